@@ -1,0 +1,116 @@
+// Package policy owns the configuration an admin writes: the TOML schema,
+// loading with positioned errors, validation, defaults, and the thresholds
+// that turn a message's verdicts into an action.
+package policy
+
+import (
+	"github.com/BurntSushi/toml"
+
+	"github.com/mailgate/mailgate/stages"
+)
+
+// Config is a whole mailgate configuration file.
+type Config struct {
+	Hostname string        `toml:"hostname"` // the gateway's name: greeting, Received, DSNs
+	DataDir  string        `toml:"data_dir"` // spool, quarantine, state
+	Server   Server        `toml:"server"`
+	DNS      DNS           `toml:"dns"`
+	Admin    Admin         `toml:"admin"`
+	Delivery Delivery      `toml:"delivery"`
+	Routes   []Route       `toml:"route"`
+	Stages   []StageConfig `toml:"stage"`
+	Policy   Policy        `toml:"policy"`
+	Log      Log           `toml:"log"`
+
+	// File is the path the config was read from ("" for the embedded one).
+	File string `toml:"-"`
+	// pos finds the line of a key, for errors found after decoding.
+	pos *positions
+}
+
+// Server is the [server] table: the SMTP listener and its limits.
+type Server struct {
+	Listen              []string        `toml:"listen"`                 // host:port; default ["127.0.0.1:2525"]
+	MaxMessageSize      stages.Size     `toml:"max_message_size"`       // default 50MB
+	MaxRecipients       int             `toml:"max_recipients"`         // per message; default 1000
+	MaxConnections      int             `toml:"max_connections"`        // in total; default 2000
+	MaxConnectionsPerIP int             `toml:"max_connections_per_ip"` // default 50
+	MaxLineLength       int             `toml:"max_line_length"`        // bytes, commands and DATA lines; default 16384
+	MaxHops             int             `toml:"max_hops"`               // Received fields before a loop is assumed; default 50
+	CommandTimeout      stages.Duration `toml:"command_timeout"`        // idle time between commands; default 5m (RFC 5321 §4.5.3.2)
+	DataTimeout         stages.Duration `toml:"data_timeout"`           // idle time while reading DATA; default 10m
+	FilterTimeout       stages.Duration `toml:"filter_timeout"`         // per-message deadline for data-phase stages; default 60s
+	TrustedNetworks     []string        `toml:"trusted_networks"`       // CIDRs that may relay to any domain
+	TLSCert             string          `toml:"tls_cert"`               // PEM file; with tls_key enables STARTTLS
+	TLSKey              string          `toml:"tls_key"`
+	BareLF              string          `toml:"bare_lf"` // "normalize" (default) or "reject"
+}
+
+// DNS is the [dns] table.
+type DNS struct {
+	Servers []string        `toml:"servers"` // host:port; default: the nameservers of /etc/resolv.conf
+	Timeout stages.Duration `toml:"timeout"` // per query; default 5s
+}
+
+// Admin is the [admin] table: the local admin listener.
+type Admin struct {
+	Listen string `toml:"listen"` // /metrics, /healthz and the admin API; default "127.0.0.1:8025"; "" disables
+}
+
+// Delivery is the [delivery] table: how queued mail is relayed.
+type Delivery struct {
+	MaxAge          stages.Duration `toml:"max_age"`           // give up and bounce after this; default 120h (5 days)
+	RetryMin        stages.Duration `toml:"retry_min"`         // first retry delay; default 1m
+	RetryMax        stages.Duration `toml:"retry_max"`         // backoff ceiling; default 1h
+	ConnectTimeout  stages.Duration `toml:"connect_timeout"`   // default 30s
+	CommandTimeout  stages.Duration `toml:"command_timeout"`   // per SMTP command to the next hop; default 5m
+	MaxConnections  int             `toml:"max_connections"`   // concurrent connections per destination; default 20
+	BounceFrom      string          `toml:"bounce_from"`       // From of DSNs; default "MAILER-DAEMON@<hostname>"
+	HeloName        string          `toml:"helo_name"`         // default: hostname
+	IdleConnTimeout stages.Duration `toml:"idle_conn_timeout"` // keep an idle connection for reuse this long; default 30s
+}
+
+// Route is one [[route]]: where mail for some recipient domains goes.
+type Route struct {
+	// Domains are exact names ("example.test"), wildcards for subdomains
+	// ("*.example.test") or "*" for every domain (a default route).
+	Domains []string `toml:"domains"`
+	Servers []string `toml:"servers"` // host:port tried in order; or
+	MX      bool     `toml:"mx"`      // look up MX records of the recipient domain
+	// Maildir delivers into a local Maildir instead of over SMTP; the
+	// embedded quickstart config uses it so a first run needs no other server.
+	Maildir string `toml:"maildir"`
+	TLS     string `toml:"tls"` // "opportunistic" (default), "required" or "none"
+	// TLSSkipVerify accepts any certificate from the next hop (internal
+	// servers with self-signed certificates).
+	TLSSkipVerify bool `toml:"tls_skip_verify"`
+}
+
+// StageConfig is one [[stage]] of the filter chain.
+type StageConfig struct {
+	Name    string          `toml:"name"`
+	Kind    string          `toml:"kind"`
+	OnError string          `toml:"on_error"` // tempfail (default), accept, reject, quarantine or skip
+	Timeout stages.Duration `toml:"timeout"`  // per call; default 10s
+	// Path and SHA256 locate the executable of kind = "plugin".
+	Path   string `toml:"path"`
+	SHA256 string `toml:"sha256"`
+	// Config is the [stage.config] block, decoded by the kind.
+	Config toml.Primitive `toml:"config"`
+
+	index int // position in Stages, for error positions
+}
+
+// Policy is the [policy] table: how the total score maps to an action.
+type Policy struct {
+	TagScore        float64 `toml:"tag_score"`        // default 5
+	QuarantineScore float64 `toml:"quarantine_score"` // default 10
+	RejectScore     float64 `toml:"reject_score"`     // default 15
+	SubjectTag      string  `toml:"subject_tag"`      // default "[SPAM]"
+}
+
+// Log is the [log] table.
+type Log struct {
+	Level  string `toml:"level"`  // debug, info (default), warn or error
+	Format string `toml:"format"` // text (default) or json
+}
