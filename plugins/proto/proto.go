@@ -1,0 +1,36 @@
+// Package proto is the versioned contract between the mailgate engine and
+// its filter plugins: the gRPC service in filter.proto (generated Go code in
+// filter.pb.go and filter_grpc.pb.go) and the go-plugin handshake both sides
+// must agree on.
+//
+// To regenerate after editing filter.proto (needs protoc, protoc-gen-go and
+// protoc-gen-go-grpc on PATH; go install
+// google.golang.org/protobuf/cmd/protoc-gen-go@latest and
+// google.golang.org/grpc/cmd/protoc-gen-go-grpc@latest):
+//
+//	go generate ./plugins/proto
+package proto
+
+//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative filter.proto
+
+// The go-plugin handshake. The magic cookie is not security: it only tells
+// a binary started by mailgate that it is being run as a plugin, so that a
+// user who runs it by hand gets a message instead of a hang.
+const (
+	// ProtocolVersion is the version of this contract. It is checked in the
+	// go-plugin handshake and again in DescribeResponse.protocol_version.
+	ProtocolVersion = 1
+
+	MagicCookieKey   = "MAILGATE_PLUGIN"
+	MagicCookieValue = "9f1c7e2a-mailgate-filter-v1"
+
+	// PluginName is the name the Filter service is dispensed under.
+	PluginName = "filter"
+)
+
+// MaxInline is the largest body sent inline in a RunRequest; larger ones
+// travel as a FileRef or in RunStream chunks.
+const MaxInline = 64 << 10
+
+// ChunkSize is the size of the body chunks of RunStream.
+const ChunkSize = 64 << 10
