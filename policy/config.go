@@ -4,6 +4,8 @@
 package policy
 
 import (
+	"net/netip"
+
 	"github.com/BurntSushi/toml"
 
 	"github.com/mailgate/mailgate/stages"
@@ -24,8 +26,9 @@ type Config struct {
 
 	// File is the path the config was read from ("" for the embedded one).
 	File string `toml:"-"`
-	// pos finds the line of a key, for errors found after decoding.
-	pos *positions
+	// src is what the loader keeps of the file: key lines for errors found
+	// after loading, and the TOML metadata [stage.config] blocks decode with.
+	src *source
 }
 
 // Server is the [server] table: the SMTP listener and its limits.
@@ -44,6 +47,10 @@ type Server struct {
 	TLSCert             string          `toml:"tls_cert"`               // PEM file; with tls_key enables STARTTLS
 	TLSKey              string          `toml:"tls_key"`
 	BareLF              string          `toml:"bare_lf"` // "normalize" (default) or "reject"
+
+	// trusted is TrustedNetworks parsed once by the loader, so a connection
+	// only compares prefixes.
+	trusted []netip.Prefix
 }
 
 // DNS is the [dns] table.
