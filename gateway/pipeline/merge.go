@@ -1,0 +1,120 @@
+package pipeline
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages"
+)
+
+// Generic replies: they reach the sender, so they say nothing of what a
+// stage found (RFC 3463 codes: 5.7.1 delivery not authorized, 4.7.1
+// temporary policy failure, 4.3.0 temporary system failure).
+var (
+	rejectReply   = stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Message rejected"}
+	tempFailReply = stages.Reply{Code: 451, Enhanced: [3]int{4, 7, 1}, Text: "Try again later"}
+	// errorReply is the tempfail of a broken stage: the fault is ours,
+	// not the message's.
+	errorReply = stages.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Text: "Temporary failure, try again later"}
+)
+
+// verdict is a candidate for what decides a phase.
+type verdict struct {
+	action stages.Action
+	stage  string // "" for a threshold or nobody
+	reason string
+	reply  *stages.Reply
+}
+
+func (o outcome) verdict() verdict {
+	reason := o.res.Reason
+	if o.res.Err != "" {
+		reason = o.res.Reason + ": " + o.res.Err
+	}
+	return verdict{action: o.res.Action, stage: o.res.Name, reason: reason, reply: o.reply}
+}
+
+// merge picks what decides a phase, given the Tag or Quarantine carried from
+// earlier phases, the outcomes of this phase in chain order and the total
+// score. It also returns best, the strongest verdict other than Accept.
+//
+// The strongest action wins: reject > tempfail > quarantine > tag >
+// continue; among equals, the first in chain order. The score thresholds
+// count as one more verdict, losing ties to a stage so that its reply and
+// reason are kept.
+//
+// An Accept stops the chain (runChain ran nothing after it) and exempts the
+// message from the thresholds and from tagging. What stages before it
+// asked for still stands when it is Quarantine or stronger: in a chain
+// "clamav, allowlist, spam" a virus is refused even from an allow-listed
+// sender, while "allowlist" first exempts the sender from everything.
+func merge(carried verdict, outs []outcome, total float64, pol policy.Policy) (decided, best verdict) {
+	best = carried
+	var accept *verdict
+	for _, o := range outs {
+		v := o.verdict()
+		if v.action == stages.Accept {
+			accept = &v
+			break
+		}
+		if v.action > best.action {
+			best = v
+		}
+	}
+	if accept != nil && best.action < stages.Quarantine {
+		return *accept, best
+	}
+	if t := threshold(total, pol); t.action > best.action {
+		return t, best
+	}
+	return best, best
+}
+
+// threshold maps the total score to an action. A threshold of zero or less
+// is off: the config loader fills in defaults, so zero means a caller that
+// wants no thresholds.
+func threshold(total float64, pol policy.Policy) verdict {
+	for _, t := range []struct {
+		action stages.Action
+		key    string
+		limit  float64
+	}{
+		{stages.Reject, "reject_score", pol.RejectScore},
+		{stages.Quarantine, "quarantine_score", pol.QuarantineScore},
+		{stages.Tag, "tag_score", pol.TagScore},
+	} {
+		if t.limit > 0 && total >= t.limit {
+			return verdict{action: t.action, reason: fmt.Sprintf("score %g reached %s %g", total, t.key, t.limit)}
+		}
+	}
+	return verdict{}
+}
+
+// replyFor returns the reply for a decision: the deciding stage's when it
+// is valid for the action, else the generic default. A stage's reply is
+// checked because a wrong one is dangerous: a 250 on a Reject would drop
+// the message in silence.
+func replyFor(v verdict, log *slog.Logger) *stages.Reply {
+	var def stages.Reply
+	switch v.action {
+	case stages.Reject:
+		def = rejectReply
+	case stages.TempFail:
+		def = tempFailReply
+	default:
+		return nil
+	}
+	if v.reply == nil {
+		return &def
+	}
+	r := *v.reply
+	class := def.Code / 100
+	if r.Code/100 != class || (r.Enhanced != [3]int{} && r.Enhanced[0] != class) ||
+		r.Text == "" || strings.ContainsAny(r.Text, "\r\n") {
+		log.Warn("stage reply not valid for its action; using the default", "stage", v.stage, "action", v.action.String(), "reply", r.String())
+		return &def
+	}
+	return &r
+}
