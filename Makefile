@@ -1,0 +1,58 @@
+# mailgate — `make test` runs every test; `make bench` measures.
+
+GO      ?= go
+PKGS    ?= ./...
+# Debian packages the integration tests talk to (real parts, not mocks).
+TEST_DEBS = swaks postfix clamav-daemon clamav-milter opendkim opendkim-tools
+
+.PHONY: all build test test-short vet fuzz bench deps clean
+
+all: build
+
+build:
+	$(GO) build -o bin/mailgate ./cmd/mailgate
+
+# deps installs what the tests need when it is missing: as root through
+# apt-get (as on CI); otherwise it names the packages to install.
+deps:
+	@missing=""; \
+	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools; do \
+		bin=$${c%%:*}; pkg=$${c##*:}; \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing:$$missing"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+			apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null || exit 1; \
+		else \
+			echo "tests need these Debian packages:$$missing (apt-get install$$missing)"; \
+		fi; \
+	fi
+
+vet:
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+
+test: deps vet
+	PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -race -timeout 20m $(PKGS)
+	$(MAKE) fuzz
+
+# Each fuzz target runs briefly; crashers found are kept in testdata/fuzz
+# and replayed by every later `go test`.
+FUZZTIME ?= 10s
+fuzz:
+	@grep -rl --include='*_test.go' '^func Fuzz' . | while read f; do \
+		dir=$$(dirname $$f); \
+		for fn in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | sed 's/^func //'); do \
+			echo "fuzz $$dir $$fn"; \
+			$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$dir || exit 1; \
+		done; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s $(PKGS)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,70 @@
+// Command mailgate is the one binary of the mail gateway: it serves mail,
+// checks configs, dry-runs a message through the filter chain, operates the
+// queue and quarantine, and serves the built-in stage kinds as plugins.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `mailgate is a filtering mail gateway.
+
+Usage:
+  mailgate serve [-config FILE]    run the gateway (no -config: the embedded quickstart)
+  mailgate check [-config FILE]    validate a config; exit 1 with positioned errors
+  mailgate plugin KIND             serve a built-in stage kind (started by the gateway)
+  mailgate version
+
+Run "mailgate COMMAND -h" for a command's flags.
+`
+
+// version is set by the build (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks an error whose message has already been printed.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(args[1:], stderr)
+	case "check":
+		err = cmdCheck(args[1:], stdout, stderr)
+	case "plugin":
+		err = cmdPlugin(args[1:], stderr)
+	case "version":
+		fmt.Fprintln(stdout, "mailgate", version)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "mailgate: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+		return 2
+	case errors.Is(err, errConfig):
+		return 1
+	default:
+		fmt.Fprintf(stderr, "mailgate %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+// errConfig marks a config error that was already printed: exit 1.
+var errConfig = errors.New("invalid config")

@@ -1,0 +1,337 @@
+package gateway_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway"
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/policy"
+)
+
+// startGateway runs a gateway in-process on 127.0.0.1:0 with the given
+// config (the listen address, data_dir and admin listener are filled in).
+func startGateway(t *testing.T, config string) *gateway.Gateway {
+	t.Helper()
+	dir := t.TempDir()
+	full := fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir) + config
+	if !strings.Contains(config, "[server]") {
+		full += "\n[server]\nlisten = [\"127.0.0.1:0\"]\n"
+	}
+	cfg, err := policy.Parse("test.toml", []byte(full))
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, full)
+	}
+	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g.Shutdown(ctx)
+	})
+	return g
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("MAILGATE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func routeTo(srv *routertest.Server, domains ...string) string {
+	return fmt.Sprintf("\n[delivery]\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n\n[[route]]\ndomains = [%s]\nservers = [%q]\n",
+		quoteList(domains), srv.Addr())
+}
+
+func quoteList(list []string) string {
+	var q []string
+	for _, s := range list {
+		q = append(q, fmt.Sprintf("%q", s))
+	}
+	return strings.Join(q, ", ")
+}
+
+// client is a raw SMTP client: it writes exactly the bytes a test gives it,
+// so tests can send what well-behaved libraries refuse to (smuggling vectors,
+// bare LF, oversize data).
+type client struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dial(t *testing.T, addr net.Addr) *client {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &client{t: t, conn: conn, r: bufio.NewReader(conn)}
+	t.Cleanup(func() { conn.Close() })
+	c.expect("220")
+	return c
+}
+
+// reply reads one (possibly multi-line) reply and returns its last line.
+func (c *client) reply() string {
+	c.t.Helper()
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			c.t.Fatalf("read reply: %v", err)
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 4 || line[3] != '-' {
+			return line
+		}
+	}
+}
+
+func (c *client) expect(prefix string) string {
+	c.t.Helper()
+	r := c.reply()
+	if !strings.HasPrefix(r, prefix) {
+		c.t.Fatalf("got reply %q, want %q", r, prefix)
+	}
+	return r
+}
+
+func (c *client) send(s string) {
+	c.t.Helper()
+	if _, err := c.conn.Write([]byte(s)); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *client) cmd(line, want string) string {
+	c.t.Helper()
+	c.send(line + "\r\n")
+	return c.expect(want)
+}
+
+// sendMail runs one whole transaction and returns the reply to the data.
+func (c *client) sendMail(from string, to []string, data string) string {
+	c.t.Helper()
+	c.cmd("MAIL FROM:<"+from+">", "250")
+	for _, rc := range to {
+		c.cmd("RCPT TO:<"+rc+">", "250")
+	}
+	c.cmd("DATA", "354")
+	c.send(data + ".\r\n")
+	return c.reply()
+}
+
+func message(id, body string) string {
+	return "From: a@sender.test\r\nTo: b@dest.test\r\nSubject: test\r\nMessage-ID: <" + id + ">\r\n\r\n" + body
+}
+
+func TestDeliversWithReceivedAndIdenticalBody(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.sender.test", "250")
+	body := "line one\r\n..leading dot\r\n" + strings.Repeat("x", 990) + "\r\n"
+	r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("m1@test", body))
+	if !strings.HasPrefix(r, "250 2.0.0 Ok: queued as ") {
+		t.Fatalf("DATA reply %q", r)
+	}
+	id := strings.TrimPrefix(r, "250 2.0.0 Ok: queued as ")
+	msgs := down.WaitFor(t, 1, 10*time.Second)
+	m := msgs[0]
+	if m.From != "a@sender.test" || len(m.Rcpts) != 1 || m.Rcpts[0] != "b@dest.test" {
+		t.Fatalf("envelope %q -> %q", m.From, m.Rcpts)
+	}
+	data := string(m.Data)
+	if !strings.HasPrefix(data, "Received: from client.sender.test ([127.0.0.1])\r\n\tby mx.gateway.test (mailgate) with ESMTP id "+id+"\r\n\tfor <b@dest.test>; ") {
+		t.Fatalf("no Received field on top:\n%s", data)
+	}
+	want := message("m1@test", body)
+	if !strings.HasSuffix(data, want) {
+		t.Fatalf("relayed message differs:\n got %q\nwant suffix %q", data, want)
+	}
+}
+
+func TestRelayDenied(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test", "*.sub.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	c.cmd("MAIL FROM:<a@sender.test>", "250")
+	for _, rcpt := range []string{"x@elsewhere.test", "x@dest.test.evil.test", "x@sub.test", "x@[127.0.0.1]", "x@dest.test@evil.test"} {
+		if r := c.cmd("RCPT TO:<"+rcpt+">", "5"); !strings.HasPrefix(r, "554 5.7.1 ") && !strings.HasPrefix(r, "501 ") {
+			t.Errorf("RCPT %s: %q, want 554 5.7.1 relay denied", rcpt, r)
+		}
+	}
+	c.cmd("RCPT TO:<x@DEST.TEST>", "250")
+	c.cmd("RCPT TO:<x@a.sub.test>", "250")
+}
+
+func TestTrustedNetworkMayRelay(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"127.0.0.0/8\"]\n"+routeTo(down, "dest.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	c.cmd("MAIL FROM:<a@dest.test>", "250")
+	c.cmd("RCPT TO:<x@anywhere.test>", "250")
+}
+
+func TestSizeLimit(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_message_size = \"10KB\"\n"+routeTo(down, "dest.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	// Declared too big: refused at MAIL (RFC 1870).
+	c.cmd("MAIL FROM:<a@sender.test> SIZE=20000", "552 5.3.4")
+	// Undeclared: refused while reading, after the client has sent it all.
+	big := message("big@test", strings.Repeat(strings.Repeat("y", 70)+"\r\n", 300))
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, big); !strings.HasPrefix(r, "552 5.3.4") {
+		t.Fatalf("oversize DATA: %q", r)
+	}
+	// The session goes on and a small message passes.
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("small@test", "hi\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatalf("small message after oversize one: %q", r)
+	}
+	msgs := down.WaitFor(t, 1, 10*time.Second)
+	if !bytes.Contains(msgs[0].Data, []byte("small@test")) {
+		t.Fatalf("wrong message delivered")
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(down.Messages()); n != 1 {
+		t.Fatalf("%d messages delivered, want 1", n)
+	}
+}
+
+func TestDisconnectMidDataLeavesNothing(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	c.cmd("MAIL FROM:<a@sender.test>", "250")
+	c.cmd("RCPT TO:<b@dest.test>", "250")
+	c.cmd("DATA", "354")
+	c.send(message("half@test", "half a message\r\n"))
+	c.conn.Close()
+	// A second client proves the gateway is fine and gives the first one
+	// time to be cleaned up.
+	c2 := dial(t, g.SMTPAddrs()[0])
+	c2.cmd("EHLO client.test", "250")
+	if r := c2.sendMail("a@sender.test", []string{"b@dest.test"}, message("whole@test", "ok\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatal(r)
+	}
+	down.WaitFor(t, 1, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	for _, m := range down.Messages() {
+		if bytes.Contains(m.Data, []byte("half@test")) {
+			t.Fatal("half message was delivered")
+		}
+	}
+}
+
+func TestLoopDetected(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_hops = 3\n"+routeTo(down, "dest.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	hops := strings.Repeat("Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n", 4)
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, hops+message("loop@test", "x\r\n")); !strings.HasPrefix(r, "554 5.4.6") {
+		t.Fatalf("looping message: %q", r)
+	}
+}
+
+func TestDownstreamDownThenBack(t *testing.T) {
+	down := routertest.NewServer(t)
+	down.Stop()
+	g := startGateway(t, routeTo(down, "dest.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	for i := range 3 {
+		if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("q%d@test", i), "queued\r\n")); !strings.HasPrefix(r, "250") {
+			t.Fatal(r)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // a few failed attempts
+	down.Restart()
+	down.WaitFor(t, 3, 15*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	seen := map[string]int{}
+	for _, m := range down.Messages() {
+		seen[messageID(m.Data)]++
+	}
+	for i := range 3 {
+		if n := seen[fmt.Sprintf("q%d@test", i)]; n != 1 {
+			t.Errorf("q%d delivered %d times, want once", i, n)
+		}
+	}
+}
+
+func TestPermanentFailureBounces(t *testing.T) {
+	down := routertest.NewServer(t)
+	down.SetRcptReply("nobody@dest.test", 550)
+	g := startGateway(t, routeTo(down, "dest.test", "sender.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	if r := c.sendMail("a@sender.test", []string{"nobody@dest.test", "b@dest.test"}, message("perm@test", "x\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatal(r)
+	}
+	// The good recipient gets it; the sender gets one DSN.
+	msgs := down.WaitFor(t, 2, 10*time.Second)
+	var dsn *routertest.Message
+	for i, m := range msgs {
+		if m.From == "" {
+			dsn = &msgs[i]
+		}
+	}
+	if dsn == nil {
+		t.Fatalf("no DSN among %d messages", len(msgs))
+	}
+	if len(dsn.Rcpts) != 1 || dsn.Rcpts[0] != "a@sender.test" {
+		t.Fatalf("DSN went to %q", dsn.Rcpts)
+	}
+	for _, want := range []string{"multipart/report", "report-type=delivery-status", "Final-Recipient: rfc822; nobody@dest.test", "Action: failed", "Status: 5."} {
+		if !bytes.Contains(dsn.Data, []byte(want)) {
+			t.Errorf("DSN lacks %q:\n%s", want, dsn.Data)
+		}
+	}
+
+	// From the null sender: no DSN, ever (RFC 5321 §4.5.5).
+	if r := c.sendMail("", []string{"nobody@dest.test"}, message("perm2@test", "x\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatal(r)
+	}
+	time.Sleep(time.Second)
+	if n := len(down.Messages()); n != 2 {
+		t.Fatalf("%d messages downstream, want 2 (no DSN for <>)", n)
+	}
+}
+
+func messageID(data []byte) string {
+	for _, line := range strings.Split(string(data), "\r\n") {
+		if v, ok := strings.CutPrefix(line, "Message-ID: <"); ok {
+			return strings.TrimSuffix(v, ">")
+		}
+		if line == "" {
+			break
+		}
+	}
+	return ""
+}
+
+// tempDir is a data dir that outlives a restarted gateway.
+func tempDir(t *testing.T) string {
+	return filepath.Join(t.TempDir(), "data")
+}

@@ -1,0 +1,307 @@
+package gateway_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+)
+
+// mailgateBin is the mailgate binary built once for the tests that run it as
+// a separate process (kill -9, swaks).
+var mailgateBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mailgate-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	mailgateBin = filepath.Join(dir, "mailgate")
+	build := exec.Command("go", "build", "-race", "-o", mailgateBin, "../cmd/mailgate")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build mailgate:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// process is a mailgate serve running as a child process.
+type process struct {
+	cmd  *exec.Cmd
+	addr string
+	log  *strings.Builder
+	mu   sync.Mutex
+}
+
+var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
+
+// startProcess runs `mailgate serve -config FILE` and waits until it listens.
+func startProcess(t *testing.T, configFile string) *process {
+	t.Helper()
+	cmd := exec.Command(mailgateBin, "serve", "-config", configFile)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, log: &strings.Builder{}}
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if m := listeningRE.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case addrc <- m[1]:
+				default:
+				}
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			p.mu.Lock()
+			t.Logf("mailgate log:\n%s", p.log.String())
+			p.mu.Unlock()
+		}
+	})
+	select {
+	case p.addr = <-addrc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("mailgate did not start listening")
+	}
+	return p
+}
+
+func (p *process) kill9(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Wait()
+}
+
+func writeConfig(t *testing.T, dataDir string, down *routertest.Server) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`hostname = "mx.gateway.test"
+data_dir = %q
+[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = ""
+[delivery]
+retry_min = "100ms"
+retry_max = "500ms"
+[[route]]
+domains = ["dest.test"]
+servers = [%q]
+`, dataDir, down.Addr())
+	f := filepath.Join(t.TempDir(), "mailgate.toml")
+	if err := os.WriteFile(f, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestKill9MidLoadLosesNothing sends a stream of messages from several
+// clients, kills the gateway with SIGKILL while they are being accepted and
+// relayed, restarts it on the same data dir, and checks that every message
+// that got a 250 reached the downstream server.
+func TestKill9MidLoadLosesNothing(t *testing.T) {
+	down := routertest.NewServer(t)
+	data := tempDir(t)
+	conf := writeConfig(t, data, down)
+	p := startProcess(t, conf)
+
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("w%d-%d@crash.test", w, i)
+				if sendOne(p.addr, id) {
+					mu.Lock()
+					acked[id] = true
+					mu.Unlock()
+				} else {
+					return // the gateway is gone
+				}
+			}
+		}()
+	}
+	// Kill once a fair number of messages is in and some went out.
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		n := len(acked)
+		mu.Unlock()
+		if n >= 40 && len(down.Messages()) >= 5 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.kill9(t)
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(acked) < 10 {
+		t.Fatalf("only %d messages accepted before the kill", len(acked))
+	}
+
+	startProcess(t, conf)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		got := map[string]int{}
+		for _, m := range down.Messages() {
+			got[messageID(m.Data)]++
+		}
+		var missing []string
+		for id := range acked {
+			if got[id] == 0 {
+				missing = append(missing, id)
+			}
+		}
+		if len(missing) == 0 {
+			t.Logf("%d acknowledged, %d deliveries downstream", len(acked), len(down.Messages()))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acknowledged messages never arrived, e.g. %v", len(missing), len(acked), missing[:min(5, len(missing))])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// sendOne sends one message and reports whether it got a 250.
+func sendOne(addr, id string) bool {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(conn)
+	read := func() string {
+		var last string
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return ""
+			}
+			last = line
+			if len(line) < 4 || line[3] != '-' {
+				return last
+			}
+		}
+	}
+	if !strings.HasPrefix(read(), "220") {
+		return false
+	}
+	fmt.Fprintf(conn, "EHLO c.test\r\n")
+	if !strings.HasPrefix(read(), "250") {
+		return false
+	}
+	// Pipelined (RFC 2920): MAIL, RCPT and DATA in one write.
+	fmt.Fprintf(conn, "MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n")
+	for _, want := range []string{"250", "250", "354"} {
+		if !strings.HasPrefix(read(), want) {
+			return false
+		}
+	}
+	fmt.Fprintf(conn, "%s.\r\n", message(id, strings.Repeat("body line\r\n", 50)))
+	ok := strings.HasPrefix(read(), "250")
+	fmt.Fprintf(conn, "QUIT\r\n")
+	return ok
+}
+
+// requireCommand finds a program the test talks to. Under CI it must be
+// there (the Makefile's deps target installs it); elsewhere the test says
+// what to install and skips.
+func requireCommand(t *testing.T, name, debianPackage string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		if p := filepath.Join(dir, name); fileExists(p) {
+			return p
+		}
+	}
+	msg := fmt.Sprintf("%s not found: install the Debian package %s (apt-get install %s)", name, debianPackage, debianPackage)
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// TestSwaksThroughServe is the first thing a user does: send a message with
+// swaks through `mailgate serve` and see it arrive downstream, with the
+// gateway's Received field on top and the body byte for byte.
+func TestSwaksThroughServe(t *testing.T) {
+	swaks := requireCommand(t, "swaks", "swaks")
+	down := routertest.NewServer(t)
+	p := startProcess(t, writeConfig(t, tempDir(t), down))
+	host, port, _ := net.SplitHostPort(p.addr)
+	body := "Hello from swaks.\r\n.A line that starts with a dot.\r\nÜnïcödé 8-bit line.\r\n"
+	out, err := exec.Command(swaks, "--server", host, "--port", port,
+		"--ehlo", "swaks.client.test", "--from", "a@sender.test", "--to", "b@dest.test",
+		"--header", "Subject: swaks test", "--header", "Message-ID: <swaks@test>",
+		"--body", body, "--8bitmime").CombinedOutput()
+	if err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "<~  250 2.0.0 Ok: queued as ") {
+		t.Fatalf("swaks did not get a 250 with a queue ID:\n%s", out)
+	}
+	msgs := down.WaitFor(t, 1, 10*time.Second)
+	data := string(msgs[0].Data)
+	if !strings.HasPrefix(data, "Received: from swaks.client.test ([127.0.0.1])\r\n\tby mx.gateway.test (mailgate) with ESMTP id ") {
+		t.Fatalf("no Received field on top:\n%s", data)
+	}
+	if !strings.Contains(data, "Subject: swaks test\r\n") {
+		t.Fatalf("header lost:\n%s", data)
+	}
+	_, gotBody, _ := strings.Cut(data, "\r\n\r\n")
+	if gotBody != body {
+		t.Fatalf("body differs:\n got %q\nwant %q", gotBody, body)
+	}
+}

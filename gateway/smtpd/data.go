@@ -1,0 +1,172 @@
+package smtpd
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+)
+
+// errBareLineEnd is returned by the line-end reader in reject mode.
+var errBareLineEnd = errors.New("bare CR or LF in message")
+
+// lineEndReader reads DATA (already dot-unstuffed by go-smtp, which ends DATA
+// only at CRLF.CRLF) and makes every line end a CRLF, so that what the gateway
+// spools and later relays contains no bare CR or LF: the defence against SMTP
+// smuggling (CVE-2023-51766 and friends) on the outbound side.
+//
+// In normalize mode (the default, as Postfix 3.9's
+// smtpd_forbid_bare_newline=normalize) a bare LF becomes CRLF — clients that
+// write Unix line ends keep their line structure — and a bare CR becomes a
+// space (as Postfix's cleanup_replace_stray_cr_lf). A "\n.\n" therefore never
+// ends the message: it becomes a line holding a single dot inside the body,
+// which is dot-stuffed again on relay. In reject mode any bare CR or LF fails
+// the message with errBareLineEnd after it has been read to its end.
+type lineEndReader struct {
+	r         *bufio.Reader
+	reject    bool
+	bad       bool // a bare CR or LF was seen
+	pendingCR bool // the last piece ended in CR; the next byte decides what it was
+	out       []byte
+	buf       []byte
+}
+
+func newLineEndReader(r io.Reader, reject bool) *lineEndReader {
+	return &lineEndReader{r: bufio.NewReaderSize(r, 32*1024), reject: reject}
+}
+
+func (l *lineEndReader) Read(p []byte) (int, error) {
+	for len(l.out) == 0 {
+		chunk, err := l.r.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			err = nil
+		}
+		if len(chunk) > 0 {
+			l.out = l.fix(chunk)
+			continue
+		}
+		if err == io.EOF && l.pendingCR {
+			l.pendingCR, l.bad = false, true
+			l.out = []byte(" ")
+			continue
+		}
+		if err == io.EOF && l.bad && l.reject {
+			return 0, errBareLineEnd
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, l.out)
+	l.out = l.out[n:]
+	return n, nil
+}
+
+// fix rewrites one piece read up to LF (or a buffer-full piece of a long
+// line). A CR that ends a piece is held back until the next byte shows
+// whether it was the first half of a CRLF.
+func (l *lineEndReader) fix(chunk []byte) []byte {
+	if !l.pendingCR && isClean(chunk) {
+		return chunk
+	}
+	b := l.buf[:0]
+	if l.pendingCR {
+		l.pendingCR = false
+		if chunk[0] == '\n' {
+			b = append(b, '\r')
+		} else {
+			l.bad = true
+			b = append(b, l.strayCR())
+		}
+	}
+	for i, c := range chunk {
+		switch {
+		case c == '\n' && (i == 0 && len(b) == 0 || i > 0 && chunk[i-1] != '\r'):
+			l.bad = true
+			if !l.reject {
+				b = append(b, '\r')
+			}
+			b = append(b, '\n')
+		case c == '\r' && i == len(chunk)-1:
+			l.pendingCR = true
+		case c == '\r' && chunk[i+1] != '\n':
+			l.bad = true
+			b = append(b, l.strayCR())
+		default:
+			b = append(b, c)
+		}
+	}
+	l.buf = b
+	return b
+}
+
+// strayCR is what a CR that is not part of CRLF becomes.
+func (l *lineEndReader) strayCR() byte {
+	if l.reject {
+		return '\r'
+	}
+	return ' '
+}
+
+// isClean reports whether every CR and LF in chunk is part of a CRLF and the
+// chunk does not end in CR.
+func isClean(chunk []byte) bool {
+	for i, c := range chunk {
+		switch c {
+		case '\n':
+			if i == 0 || chunk[i-1] != '\r' {
+				return false
+			}
+		case '\r':
+			if i+1 == len(chunk) || chunk[i+1] != '\n' {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// headerScanner watches the bytes of a message go by and counts the
+// Received fields of its header (RFC 5321 §6.3: a loop is assumed when a
+// message has passed too many hops). It stops looking at the end of the
+// header block.
+type headerScanner struct {
+	received  int
+	inHeader  bool
+	line      []byte // the start of the current line, up to 9 bytes
+	headerLen int64  // bytes of the header block including its empty line; 0 until known
+	seen      int64
+}
+
+func newHeaderScanner() *headerScanner {
+	return &headerScanner{inHeader: true}
+}
+
+func (h *headerScanner) Write(p []byte) (int, error) {
+	if !h.inHeader {
+		return len(p), nil
+	}
+	for i, c := range p {
+		if c == '\n' {
+			if isBlank(h.line) {
+				h.inHeader = false
+				h.headerLen = h.seen + int64(i) + 1
+				return len(p), nil
+			}
+			h.line = h.line[:0]
+			continue
+		}
+		if len(h.line) < 9 {
+			h.line = append(h.line, c)
+			if len(h.line) == 9 && bytes.EqualFold(h.line, []byte("received:")) {
+				h.received++
+			}
+		}
+	}
+	h.seen += int64(len(p))
+	return len(p), nil
+}
+
+func isBlank(line []byte) bool {
+	return len(line) == 0 || (len(line) == 1 && line[0] == '\r')
+}

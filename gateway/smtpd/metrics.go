@@ -1,0 +1,47 @@
+package smtpd
+
+import (
+	"crypto/tls"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics counts SMTP sessions and replies. A nil *Metrics counts nothing.
+type Metrics struct {
+	sessions prometheus.Counter
+	replies  *prometheus.CounterVec
+}
+
+// NewMetrics registers the SMTP metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		sessions: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mailgate", Subsystem: "smtp", Name: "sessions_total",
+			Help: "SMTP sessions that greeted (HELO/EHLO).",
+		}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mailgate", Subsystem: "smtp", Name: "replies_total",
+			Help: "Replies to MAIL, RCPT and DATA and connection refusals, by code.",
+		}, []string{"code"}),
+	}
+	reg.MustRegister(m.sessions, m.replies)
+	return m
+}
+
+func (m *Metrics) session() {
+	if m != nil {
+		m.sessions.Inc()
+	}
+}
+
+func (m *Metrics) reply(code int) {
+	if m != nil {
+		m.replies.WithLabelValues(strconv.Itoa(code)).Inc()
+	}
+}
+
+// tlsDescription renders a TLS connection as "TLS1.3 with cipher X".
+func tlsDescription(version, suite uint16) string {
+	return tls.VersionName(version) + " with cipher " + tls.CipherSuiteName(suite)
+}
