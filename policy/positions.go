@@ -316,7 +316,7 @@ func (s *scanner) basicString() {
 	}
 }
 
-// multiline skips a """ or ''' string; q is the quote character.
+// multiline skips a multi-line string; q is its quote character.
 func (s *scanner) multiline(q string) {
 	delim := q + q + q
 	s.i += 3

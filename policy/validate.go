@@ -42,7 +42,7 @@ func (c *Config) validate() Errors {
 	if c.Admin.Listen != "" {
 		v.hostPort(root.field("admin").field("listen"), c.Admin.Listen, true, "127.0.0.1:8025")
 	}
-	v.delivery(&c.Delivery, root.field("delivery"))
+	v.delivery(&c.Delivery, root.field("delivery"), c.Hostname)
 	v.routes(c.Routes, root.field("route"))
 	v.stages(c.Stages, root.field("stage"))
 	v.policy(&c.Policy, root.field("policy"))
@@ -104,7 +104,9 @@ func (v *validator) dns(d *DNS, k key) {
 	v.duration(k.field("timeout"), d.Timeout)
 }
 
-func (v *validator) delivery(d *Delivery, k key) {
+// delivery checks [delivery]; hostname is where helo_name and bounce_from
+// come from when not set, and a bad hostname is reported once, as hostname.
+func (v *validator) delivery(d *Delivery, k key, hostname string) {
 	v.duration(k.field("max_age"), d.MaxAge)
 	v.duration(k.field("retry_min"), d.RetryMin)
 	v.duration(k.field("retry_max"), d.RetryMax)
@@ -115,10 +117,10 @@ func (v *validator) delivery(d *Delivery, k key) {
 		v.errorf(k.field("retry_min"), "%s is above retry_max %s; expect retry_min <= retry_max", d.RetryMin, d.RetryMax)
 	}
 	v.positive(k.field("max_connections"), d.MaxConnections)
-	if local, domain, ok := strings.Cut(d.BounceFrom, "@"); !ok || local == "" || !isDomain(domain) {
+	if local, domain, ok := strings.Cut(d.BounceFrom, "@"); d.BounceFrom != "MAILER-DAEMON@"+hostname && (!ok || local == "" || !isDomain(domain)) {
 		v.errorf(k.field("bounce_from"), `unexpected %q; expect an address such as "MAILER-DAEMON@mx.example.test"`, d.BounceFrom)
 	}
-	if !isDomain(d.HeloName) {
+	if d.HeloName != hostname && !isDomain(d.HeloName) {
 		v.errorf(k.field("helo_name"), `unexpected %q; expect a host name such as "mx.example.test"`, d.HeloName)
 	}
 }
@@ -140,7 +142,10 @@ func (v *validator) routes(routes []Route, k key) {
 				v.errorf(dk, `unexpected %q; expect a domain such as "example.test", "*.example.test" for its subdomains, or "*" for all`, d)
 				continue
 			}
-			if first, ok := routed[d]; ok {
+			if first, ok := routed[d]; ok && first == i {
+				v.errorf(dk, "%q is listed twice", d)
+				continue
+			} else if ok {
 				v.errorf(dk, "%q is routed twice; %s already has it", d, k.index(first).name)
 				continue
 			}
