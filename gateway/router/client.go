@@ -1,0 +1,294 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// TLS modes of a route (policy.Route.TLS).
+const (
+	tlsOpportunistic = "opportunistic"
+	tlsRequired      = "required"
+	tlsNone          = "none"
+)
+
+// conn is one SMTP connection to a next hop.
+type conn struct {
+	c         *smtp.Client
+	nc        net.Conn // under c: deadlines, and closing it aborts c
+	tls       bool
+	idleSince time.Time
+}
+
+// close ends the session politely if the server still listens.
+func (c *conn) close() {
+	c.c.CommandTimeout = time.Second
+	if c.c.Quit() != nil {
+		c.c.Close()
+	}
+}
+
+// smtpClient delivers over SMTP through a pool of connections.
+type smtpClient struct {
+	pool           *pool
+	helo           string
+	connectTimeout time.Duration
+	commandTimeout time.Duration
+}
+
+// connect returns a ready connection (greeted, EHLO done, TLS as the mode
+// asks) to t, reused from the pool when one is idle.
+func (sc *smtpClient) connect(ctx context.Context, d *dest, t target, mode string, skipVerify bool) (*conn, error) {
+	for {
+		c, err := sc.pool.acquire(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		if c == nil {
+			break
+		}
+		// The server may have closed an idle connection; RSET finds out
+		// before a transaction starts and clears any leftover state
+		// (RFC 5321 §4.1.1.5).
+		if err := c.withContext(ctx, c.c.Reset); err == nil {
+			return c, nil
+		}
+		sc.pool.drop(d, c)
+	}
+	c, err := sc.dial(ctx, t, mode, skipVerify)
+	if err != nil {
+		sc.pool.release(d)
+		return nil, err
+	}
+	return c, nil
+}
+
+// dial opens a new connection. With opportunistic TLS a failed handshake
+// is followed by one plain connection: the peer offered STARTTLS but
+// cannot complete it, and unauthenticated encryption is optional anyway
+// (RFC 7435 §1.2); a required TLS route never falls back.
+func (sc *smtpClient) dial(ctx context.Context, t target, mode string, skipVerify bool) (*conn, error) {
+	dialer := net.Dialer{Timeout: sc.connectTimeout}
+	nc, err := dialer.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &conn{nc: nc, c: sc.newClient(nc)}
+	if err := c.withContext(ctx, func() error { return c.c.Hello(sc.helo) }); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("%s: %w", t.addr, err)
+	}
+	if mode == tlsNone {
+		return c, nil
+	}
+	if ok, _ := c.c.Extension("STARTTLS"); !ok {
+		if mode == tlsRequired {
+			c.close()
+			return nil, replyErr(451, 4, 7, 10, t.addr+" does not offer STARTTLS, which the route requires")
+		}
+		return c, nil
+	}
+	cfg := &tls.Config{ServerName: t.name, MinVersion: tls.VersionTLS12}
+	if mode == tlsOpportunistic || skipVerify {
+		// Opportunistic TLS encrypts without authenticating the peer
+		// (RFC 7435); tls_skip_verify does so for a required route.
+		cfg.InsecureSkipVerify = true
+	}
+	tc, err := sc.startTLS(ctx, nc, cfg)
+	if err != nil {
+		nc.Close()
+		if mode == tlsOpportunistic && ctx.Err() == nil {
+			return sc.dial(ctx, t, tlsNone, skipVerify)
+		}
+		return nil, replyErr(451, 4, 7, 10, fmt.Sprintf("%s: STARTTLS: %v", t.addr, err))
+	}
+	// RFC 3207 §4.2: after the handshake the client starts over with EHLO.
+	c = &conn{nc: tc, c: sc.newClient(&greeted{Conn: tc, greeting: strings.NewReader("220 TLS\r\n")}), tls: true}
+	if err := c.withContext(ctx, func() error { return c.c.Hello(sc.helo) }); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("%s: %w", t.addr, err)
+	}
+	return c, nil
+}
+
+func (sc *smtpClient) newClient(nc net.Conn) *smtp.Client {
+	c := smtp.NewClient(nc)
+	c.CommandTimeout = sc.commandTimeout
+	c.SubmissionTimeout = sc.commandTimeout
+	return c
+}
+
+// startTLS sends STARTTLS on a connection whose EHLO exchange is done and
+// returns the TLS connection. go-smtp's Client has no way to start TLS on
+// a session it already greeted with our EHLO name, so the command is sent
+// here; nothing is buffered in the client at this point because the
+// server sends nothing unasked.
+func (sc *smtpClient) startTLS(ctx context.Context, nc net.Conn, cfg *tls.Config) (net.Conn, error) {
+	nc.SetDeadline(time.Now().Add(sc.commandTimeout))
+	defer nc.SetDeadline(time.Time{})
+	if _, err := io.WriteString(nc, "STARTTLS\r\n"); err != nil {
+		return nil, err
+	}
+	if _, _, err := textproto.NewReader(bufio.NewReader(nc)).ReadResponse(220); err != nil {
+		return nil, err
+	}
+	tc := tls.Client(nc, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// greeted hands a connection to smtp.NewClient, which reads a greeting
+// first, after STARTTLS where the server sends none (RFC 3207 §4.2).
+type greeted struct {
+	net.Conn
+	greeting *strings.Reader
+}
+
+func (g *greeted) Read(p []byte) (int, error) {
+	if g.greeting.Len() > 0 {
+		return g.greeting.Read(p)
+	}
+	return g.Conn.Read(p)
+}
+
+// withContext runs fn, closing the connection if ctx ends first so that a
+// shutdown is not held up by a slow server.
+func (c *conn) withContext(ctx context.Context, fn func() error) error {
+	stop := context.AfterFunc(ctx, func() { c.nc.Close() })
+	err := fn()
+	if !stop() {
+		return errors.Join(ctx.Err(), err)
+	}
+	return err
+}
+
+// sent is the outcome of one transaction.
+type sent struct {
+	errs     []error // per recipient; nil: accepted with the message
+	reply    string  // the reply to the end of DATA
+	reusable bool    // the session is in a clean state for another transaction
+}
+
+// send runs one mail transaction (RFC 5321 §3.3) for rcpts.
+func (sc *smtpClient) send(ctx context.Context, c *conn, from string, rcpts []string, size int64, msg io.Reader) sent {
+	res := sent{errs: make([]error, len(rcpts))}
+	fail := func(err error, idx []int) {
+		for _, i := range idx {
+			res.errs[i] = err
+		}
+	}
+	all := make([]int, len(rcpts))
+	for i := range all {
+		all[i] = i
+	}
+	err := c.withContext(ctx, func() error {
+		opts := &smtp.MailOptions{Size: size}
+		if !isASCII(from) || !allASCII(rcpts) {
+			// RFC 6531 §3.2: non-ASCII addresses need SMTPUTF8 at the
+			// next hop; without it the mail cannot be relayed.
+			if ok, _ := c.c.Extension("SMTPUTF8"); !ok {
+				fail(replyErr(553, 5, 6, 7, "next hop does not support SMTPUTF8"), all)
+				res.reusable = true
+				return nil
+			}
+			opts.UTF8 = true
+		}
+		// go-smtp adds BODY=8BITMIME when the server offers it
+		// (RFC 6152) and SIZE when it offers that (RFC 1870).
+		if err := c.c.Mail(from, opts); err != nil {
+			fail(err, all)
+			res.reusable = isReply(err) && c.c.Reset() == nil
+			return nil
+		}
+		var accepted []int
+		for i, rcpt := range rcpts {
+			if err := c.c.Rcpt(rcpt, nil); err != nil {
+				res.errs[i] = err
+				if !isReply(err) {
+					fail(err, all[i+1:])
+					fail(err, accepted)
+					return nil
+				}
+				continue
+			}
+			accepted = append(accepted, i)
+		}
+		if len(accepted) == 0 {
+			res.reusable = c.c.Reset() == nil
+			return nil
+		}
+		w, err := c.c.Data()
+		if err != nil {
+			fail(err, accepted)
+			res.reusable = isReply(err) && c.c.Reset() == nil
+			return nil
+		}
+		if _, err := io.Copy(&deadlineWriter{w: w, nc: c.nc, timeout: sc.commandTimeout}, msg); err != nil {
+			// The message is cut off mid-DATA: the session is lost.
+			fail(fmt.Errorf("sending message: %w", err), accepted)
+			return nil
+		}
+		resp, err := w.CloseWithResponse()
+		if err != nil {
+			fail(err, accepted)
+			res.reusable = isReply(err)
+			return nil
+		}
+		res.reply = "250 " + oneLine(resp.StatusText)
+		res.reusable = true
+		return nil
+	})
+	if err != nil {
+		// ctx ended and closed the connection under the transaction.
+		for i, e := range res.errs {
+			if e != nil {
+				res.errs[i] = errors.Join(err, e)
+			}
+		}
+		res.reusable = false
+	}
+	return res
+}
+
+// deadlineWriter gives every write of the message a deadline: go-smtp
+// sets one per command but none while the message is written.
+type deadlineWriter struct {
+	w       io.Writer
+	nc      net.Conn
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.nc.SetWriteDeadline(time.Now().Add(d.timeout))
+	return d.w.Write(p)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func allASCII(ss []string) bool {
+	for _, s := range ss {
+		if !isASCII(s) {
+			return false
+		}
+	}
+	return true
+}

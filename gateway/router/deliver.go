@@ -1,0 +1,222 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/policy"
+)
+
+// result is what one attempt did for one recipient.
+type result struct {
+	idx       int // into Envelope.Rcpts
+	status    spool.RcptStatus
+	reply     string
+	host      string
+	abandoned bool // cut short by shutdown: the recipient is left as it was
+}
+
+// group is the pending recipients of a message that go the same way.
+type group struct {
+	route  *policy.Route // nil: no route, MX delivery
+	domain string        // for MX delivery: the recipients' domain
+	rcpts  []int
+}
+
+// groups splits the pending recipients of env by destination, keeping
+// their order. A route with servers or a maildir takes all its
+// recipients at once; MX delivery goes per domain.
+func (r *Router) groups(env *spool.Envelope) []*group {
+	type key struct {
+		route  *policy.Route
+		domain string
+	}
+	var out []*group
+	seen := make(map[key]*group)
+	for i, rc := range env.Rcpts {
+		if rc.Status != spool.Pending {
+			continue
+		}
+		d := domainOf(rc.Addr)
+		route, ok := r.table.Match(d)
+		if !ok {
+			route = nil
+		}
+		k := key{route: route}
+		if route == nil || route.MX {
+			k.domain = d
+		}
+		g := seen[k]
+		if g == nil {
+			g = &group{route: route, domain: k.domain}
+			seen[k] = g
+			out = append(out, g)
+		}
+		g.rcpts = append(g.rcpts, i)
+	}
+	return out
+}
+
+// attempt tries to deliver the pending recipients of env (a copy owned by
+// the caller), one group after the other, and reports per recipient.
+func (r *Router) attempt(ctx context.Context, env *spool.Envelope) []result {
+	groups := r.groups(env)
+	var out []result
+	msg, err := r.sp.OpenMessage(env.ID)
+	if err != nil {
+		r.log.Error("open message", "id", env.ID, "err", err)
+		reply := replyOf(replyErr(451, 4, 3, 0, "queued message cannot be read"))
+		for _, g := range groups {
+			for _, i := range g.rcpts {
+				out = append(out, result{idx: i, status: spool.Pending, reply: reply})
+			}
+		}
+		return out
+	}
+	defer msg.Close()
+	for _, g := range groups {
+		if _, err := msg.Seek(0, io.SeekStart); err != nil {
+			r.log.Error("read message", "id", env.ID, "err", err)
+			for _, i := range g.rcpts {
+				out = append(out, result{idx: i, status: spool.Pending, reply: replyOf(replyErr(451, 4, 3, 0, "queued message cannot be read"))})
+			}
+			continue
+		}
+		if g.route != nil && g.route.Maildir != "" {
+			out = append(out, r.toMaildir(env, g, msg)...)
+			continue
+		}
+		out = append(out, r.toSMTP(ctx, env, g, msg)...)
+	}
+	return out
+}
+
+func (r *Router) toMaildir(env *spool.Envelope, g *group, msg io.Reader) []result {
+	out := make([]result, 0, len(g.rcpts))
+	host := "maildir:" + g.route.Maildir
+	name, err := deliverMaildir(g.route.Maildir, env.ID, r.cfg.Hostname, env.From, msg)
+	res := result{status: spool.Delivered, reply: "250 2.0.0 delivered as " + name, host: host}
+	if err != nil {
+		r.log.Error("maildir delivery", "id", env.ID, "err", err)
+		res = result{status: spool.Pending, reply: replyOf(replyErr(451, 4, 3, 0, err.Error())), host: host}
+	}
+	for _, i := range g.rcpts {
+		res.idx = i
+		out = append(out, res)
+	}
+	return out
+}
+
+// toSMTP delivers a group to the first of its hosts that takes a
+// connection: the next host is tried on connection trouble and on a
+// refused greeting or EHLO (RFC 5321 §5.1), not on replies within the
+// transaction.
+func (r *Router) toSMTP(ctx context.Context, env *spool.Envelope, g *group, msg io.Reader) []result {
+	out := make([]result, 0, len(g.rcpts))
+	all := func(err error, host string) []result {
+		st := spool.Pending
+		if isPermanent(err) {
+			st = spool.Failed
+		}
+		for _, i := range g.rcpts {
+			out = append(out, result{idx: i, status: st, reply: replyOf(err), host: host, abandoned: ctx.Err() != nil})
+		}
+		return out
+	}
+
+	mode, skipVerify := tlsOpportunistic, false
+	if g.route != nil && g.route.TLS != "" {
+		mode, skipVerify = g.route.TLS, g.route.TLSSkipVerify
+	}
+	var targets []target
+	if g.route != nil && len(g.route.Servers) > 0 {
+		for _, s := range g.route.Servers {
+			host, _, err := net.SplitHostPort(s)
+			if err != nil {
+				host = s
+			}
+			targets = append(targets, target{addr: s, name: host})
+		}
+	} else {
+		lctx, cancel := context.WithTimeout(ctx, r.lookupTimeout())
+		ts, err := r.res.lookup(lctx, g.domain)
+		cancel()
+		if err != nil {
+			return all(err, "")
+		}
+		targets = ts
+	}
+
+	rcpts := make([]string, len(g.rcpts))
+	for k, i := range g.rcpts {
+		rcpts[k] = env.Rcpts[i].Addr
+	}
+	var lastErr error
+	for _, t := range targets {
+		d := r.client.pool.dest(destKey{addr: t.addr, name: t.name, tls: mode, skipVerify: skipVerify})
+		c, err := r.client.connect(ctx, d, t, mode, skipVerify)
+		if err != nil {
+			lastErr = err
+			r.log.Debug("connect", "id", env.ID, "host", t.addr, "err", err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		s := r.client.send(ctx, c, env.From, rcpts, env.Size, msg)
+		if s.reusable {
+			r.client.pool.put(d, c)
+		} else {
+			r.client.pool.drop(d, c)
+		}
+		host := t.label()
+		for k, i := range g.rcpts {
+			err := s.errs[k]
+			res := result{idx: i, status: spool.Delivered, reply: s.reply, host: host}
+			switch {
+			case err == nil:
+			case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+				res = result{idx: i, status: spool.Pending, reply: replyOf(err), host: host, abandoned: true}
+			case isPermanent(err):
+				res.status, res.reply = spool.Failed, replyOf(err)
+			default:
+				res.status, res.reply = spool.Pending, replyOf(err)
+			}
+			out = append(out, res)
+		}
+		return out
+	}
+	return all(lastErr, "")
+}
+
+// lookupTimeout bounds the DNS work for one destination: a few queries.
+func (r *Router) lookupTimeout() time.Duration {
+	return 4 * time.Duration(r.cfg.DNS.Timeout)
+}
+
+// label names the host for LastHost and logs: the name as it appears in
+// the route or MX record, with the port.
+func (t target) label() string {
+	_, port, err := net.SplitHostPort(t.addr)
+	if err != nil {
+		return t.addr
+	}
+	return net.JoinHostPort(t.name, port)
+}
+
+// logAttrs are the attributes of an outcome line.
+func logAttrs(env *spool.Envelope, rc *spool.Recipient, now time.Time) []any {
+	return []any{
+		slog.String("id", env.ID),
+		slog.String("rcpt", rc.Addr),
+		slog.String("host", rc.LastHost),
+		slog.String("reply", rc.LastReply),
+		slog.Int("attempt", rc.Attempts),
+		slog.Duration("delay", now.Sub(env.Received).Round(time.Millisecond)),
+	}
+}

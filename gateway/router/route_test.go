@@ -1,0 +1,101 @@
+package router
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/policy"
+)
+
+func TestTableMatch(t *testing.T) {
+	routes := []policy.Route{
+		{Domains: []string{"example.test", "*.example.test"}, Servers: []string{"a:25"}},
+		{Domains: []string{"*.deep.example.test"}, Servers: []string{"b:25"}},
+		{Domains: []string{"Other.Test."}, MX: true},
+		{Domains: []string{"*"}, Maildir: "/tmp/x"},
+	}
+	tab, err := NewTable(routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		domain string
+		want   int // index in routes
+	}{
+		{"example.test", 0},
+		{"EXAMPLE.test.", 0},
+		{"a.example.test", 0},
+		{"x.deep.example.test", 1},
+		{"deep.example.test", 0}, // *.deep… matches subdomains only
+		{"other.test", 2},
+		{"sub.other.test", 3},
+		{"anything.else", 3},
+	} {
+		got, ok := tab.Match(tc.domain)
+		if !ok || got != &routes[tc.want] {
+			t.Errorf("Match(%q) = %v, %v; want route %d", tc.domain, got, ok, tc.want+1)
+		}
+	}
+
+	noDefault, err := NewTable(routes[:3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"anything.else", "xexample.test", ""} {
+		if r, ok := noDefault.Match(d); ok {
+			t.Errorf("Match(%q) = %v, want no route", d, r)
+		}
+	}
+}
+
+func TestTableErrors(t *testing.T) {
+	for _, tc := range []struct {
+		routes []policy.Route
+		want   string
+	}{
+		{[]policy.Route{{Domains: []string{"a.test"}}}, "exactly one of servers, mx or maildir"},
+		{[]policy.Route{{Domains: []string{"a.test"}, MX: true, Maildir: "/x"}}, "exactly one"},
+		{[]policy.Route{{MX: true}}, "no domains"},
+		{[]policy.Route{{Domains: []string{"a.test"}, MX: true}, {Domains: []string{"A.test."}, MX: true}}, `route 2: domain "a.test" is already routed by route 1`},
+		{[]policy.Route{{Domains: []string{"*.."}, MX: true}}, "bad domain"},
+		{[]policy.Route{{Domains: []string{"*.*.test"}, MX: true}}, "bad domain"},
+		{[]policy.Route{{Domains: []string{"a.*.test"}, MX: true}}, "bad domain"},
+		{[]policy.Route{{Domains: []string{"a.test"}, MX: true, TLS: "tls"}}, `tls: unexpected "tls"`},
+	} {
+		_, err := NewTable(tc.routes)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("NewTable(%+v) = %v, want error with %q", tc.routes, err, tc.want)
+		}
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	lo, hi := time.Minute, time.Hour
+	for _, tc := range []struct {
+		n    int
+		base time.Duration
+	}{
+		{1, time.Minute}, {2, 2 * time.Minute}, {3, 4 * time.Minute},
+		{7, time.Hour}, {100, time.Hour},
+	} {
+		for range 20 {
+			got := backoff(tc.n, lo, hi)
+			if got < tc.base || got > tc.base+tc.base/10 {
+				t.Fatalf("backoff(%d) = %v, want %v plus at most 10%%", tc.n, got, tc.base)
+			}
+		}
+	}
+}
+
+func TestDomainOf(t *testing.T) {
+	for addr, want := range map[string]string{
+		"a@Example.Test":   "example.test",
+		`"x@y"@host.test.`: "host.test",
+		"postmaster":       "",
+	} {
+		if got := domainOf(addr); got != want {
+			t.Errorf("domainOf(%q) = %q, want %q", addr, got, want)
+		}
+	}
+}
