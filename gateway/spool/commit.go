@@ -1,0 +1,174 @@
+package spool
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// job is one commit (data != nil) or envelope update waiting for a flush.
+type job struct {
+	id      string
+	data    *os.File // the message file; nil for an update
+	msgPath string
+	env     *os.File // the new envelope in tmp/, renamed to env/<id>
+	done    chan error
+
+	// Guarded by Spool.mu.
+	abandoned bool // the committer's caller gave up waiting
+	decided   bool // the committer has its result; too late to abandon
+}
+
+func (s *Spool) submit(j *job) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.pending = append(s.pending, j)
+	s.mu.Unlock()
+	s.signal()
+	return nil
+}
+
+func (s *Spool) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// abandon marks j so that the committer removes its message instead of
+// reporting on it. It reports false if the committer has already decided.
+func (s *Spool) abandon(j *job) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if j.decided {
+		return false
+	}
+	j.abandoned = true
+	return true
+}
+
+// discard removes the files of a job that never became committed.
+func (s *Spool) discard(j *job) {
+	j.env.Close()
+	os.Remove(j.env.Name())
+	if j.data != nil {
+		j.data.Close()
+		os.Remove(j.msgPath)
+	}
+}
+
+// commitLoop is the group committer: every job that arrives while a flush
+// is running waits for the next one, so N concurrent commits cost about
+// two flushes, not 2N.
+func (s *Spool) commitLoop() {
+	defer close(s.stopped)
+	for {
+		<-s.wake
+		s.mu.Lock()
+		batch := s.pending
+		s.pending = nil
+		closed := s.closed
+		s.mu.Unlock()
+		if len(batch) > 0 {
+			s.flush(batch)
+		}
+		if closed {
+			return // submit refuses new jobs once closed
+		}
+	}
+}
+
+// flush makes a batch durable in two steps, because a crash must never
+// leave an envelope in env/ whose message is not all on disk:
+//
+//  1. message files, their directory entries and the new envelopes are
+//     flushed;
+//  2. the envelopes are renamed into env/ (the commit point) and env/ is
+//     flushed, which makes the renames durable.
+func (s *Spool) flush(batch []*job) {
+	errs := make([]error, len(batch))
+	if err := s.syncData(); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+	}
+
+	renamed := make([]bool, len(batch))
+	anyRenamed := false
+	for i, j := range batch {
+		if errs[i] != nil {
+			continue
+		}
+		if err := os.Rename(j.env.Name(), s.envPath(j.id)); err != nil {
+			errs[i] = err
+			continue
+		}
+		renamed[i], anyRenamed = true, true
+	}
+	if anyRenamed {
+		if err := s.envDirF.Sync(); err != nil {
+			for i := range batch {
+				if renamed[i] {
+					errs[i] = fmt.Errorf("fsync env/: %w", err)
+				}
+			}
+		}
+	}
+
+	abandoned := make([]bool, len(batch))
+	s.mu.Lock()
+	for i, j := range batch {
+		j.decided = true
+		abandoned[i] = j.abandoned
+	}
+	s.mu.Unlock()
+
+	for i, j := range batch {
+		j.env.Close()
+		if j.data != nil {
+			j.data.Close()
+		}
+		switch {
+		case j.data != nil && (errs[i] != nil || abandoned[i]):
+			// Not acknowledged, so not committed.
+			if renamed[i] {
+				os.Remove(s.envPath(j.id))
+			} else {
+				os.Remove(j.env.Name())
+			}
+			os.Remove(j.msgPath)
+		case errs[i] != nil && !renamed[i]:
+			os.Remove(j.env.Name())
+		}
+		j.done <- errs[i]
+	}
+}
+
+// syncData is step 1 of flush.
+//
+// It is one syncfs(2) on the spool's file system rather than an fdatasync
+// of every file plus an fsync of msg/. Both were measured (ext4 in a 2-core
+// VM, 5 KB messages, BenchmarkCommit / BenchmarkCommitParallel with 16
+// goroutines per core, figures vary with the machine's other load):
+//
+//	                      serial         parallel      step 1 per batch
+//	parallel fdatasync    2.0-3.4 ms/op  1.4-3.0 ms/op ~20 ms for ~15 jobs
+//	syncfs                1.1-2.6 ms/op  1.1-1.7 ms/op ~7 ms for ~10 jobs
+//
+// Concurrent fdatasyncs of freshly created files do not share one journal
+// commit while other sessions keep creating files, so a batch cost about
+// one commit per file; syncfs forces a single journal commit for all. The
+// price is that syncfs also writes back dirty data of other files on the
+// same file system, so the spool is best on a file system without bulk
+// writers. Since Linux 5.8 syncfs reports writeback errors of the file
+// system, ours included; an error fails the whole batch, which is safe.
+func (s *Spool) syncData() error {
+	if err := unix.Syncfs(int(s.msgDirF.Fd())); err != nil {
+		return fmt.Errorf("syncfs: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,132 @@
+package spool
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const crashChildEnv = "SPOOL_CRASH_CHILD_DIR"
+
+// crashMessage is the content the child commits as message n, so that the
+// parent can check every byte.
+func crashMessage(n int) []byte { return message("crash "+strconv.Itoa(n), 1000+n*37%9000) }
+
+// TestKill9 runs a child process that commits messages from several
+// goroutines and prints each ID once Commit has returned, kills it with
+// SIGKILL mid-stream, and checks that every printed message survived.
+func TestKill9(t *testing.T) {
+	if dir := os.Getenv(crashChildEnv); dir != "" {
+		crashChild(dir)
+		return
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKill9$", "-test.count=1")
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	committed := map[string]int{}
+	sc := bufio.NewScanner(out)
+	killed := false
+	for sc.Scan() {
+		id, n, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "committed "), " ")
+		if !ok {
+			continue // test framework output
+		}
+		committed[id], _ = strconv.Atoi(n)
+		if len(committed) == 300 && !killed {
+			cmd.Process.Kill() // SIGKILL; lines already in the pipe are still read
+			killed = true
+		}
+	}
+	cmd.Wait()
+	if !killed {
+		t.Fatalf("child ended after %d commits without being killed", len(committed))
+	}
+
+	s := openT(t, dir, Options{})
+	envs, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, env := range envs {
+		listed[env.ID] = true
+		m, err := s.OpenMessage(env.ID)
+		got := readAll(t, m, err)
+		if int64(len(got)) != env.Size {
+			t.Errorf("%s: %d bytes on disk, envelope says %d", env.ID, len(got), env.Size)
+		}
+	}
+	for id, n := range committed {
+		if !listed[id] {
+			t.Errorf("message %s was committed but is lost", id)
+			continue
+		}
+		m, err := s.OpenMessage(id)
+		if got := readAll(t, m, err); !bytes.Equal(got, crashMessage(n)) {
+			t.Errorf("message %s: content differs", id)
+		}
+	}
+	// Messages in flight at the kill are either committed (Commit was about
+	// to return) or gone; nothing uncommitted is left.
+	if got := names(t, s.msgDir); len(got) != len(envs) {
+		t.Errorf("%d message files for %d envelopes", len(got), len(envs))
+	}
+	t.Logf("%d commits printed, %d listed after kill -9", len(committed), len(envs))
+}
+
+// crashChild commits messages until it is killed, or exits after a while
+// so that a lost parent does not leave it running.
+func crashChild(dir string) {
+	s, err := Open(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var (
+		mu   sync.Mutex
+		next int
+		wg   sync.WaitGroup
+	)
+	for range 8 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				mu.Lock()
+				n := next
+				next++
+				mu.Unlock()
+				w, err := s.Create()
+				if err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					os.Exit(2)
+				}
+				w.Write(crashMessage(n))
+				if err := w.Commit(ctx, &Envelope{From: "a@example.test"}); err != nil {
+					return
+				}
+				mu.Lock()
+				fmt.Printf("committed %s %d\n", w.ID(), n)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	os.Exit(3)
+}

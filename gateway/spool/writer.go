@@ -1,0 +1,221 @@
+package spool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// bufSize bounds the memory a Writer uses, whatever the message size.
+const bufSize = 64 << 10
+
+var errFinished = errors.New("spool: message already committed or aborted")
+
+// Writer receives the bytes of one message before it is committed. A Writer
+// is used by one goroutine. It ends with Commit or Abort; after a failed
+// Commit the message is already gone and Abort does nothing.
+type Writer struct {
+	s    *Spool
+	id   string
+	path string
+	f    *os.File
+	buf  *bufio.Writer
+	size int64
+	err  error // first write error; the message cannot be committed
+	done bool  // committed, aborted or handed to the committer
+}
+
+func newWriter(s *Spool, id, path string, f *os.File) *Writer {
+	w := &Writer{s: s, id: id, path: path, f: f}
+	w.buf = bufio.NewWriterSize(f, bufSize)
+	return w
+}
+
+// ID is the message's queue ID.
+func (w *Writer) ID() string { return w.id }
+
+// Path is the file that holds the message. A reader in another process
+// opens it read-only, after Flush; Rewrite replaces the file, so open it
+// again after one.
+func (w *Writer) Path() string { return w.path }
+
+// Size is the number of bytes written so far.
+func (w *Writer) Size() int64 { return w.size }
+
+// Write appends p to the message. Errors wrap the file system's, so a full
+// disk can be told with IsFull.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.done {
+		return 0, errFinished
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if fail := w.s.opts.FailWrites; fail != nil {
+		if err := fail(); err != nil {
+			w.err = fmt.Errorf("spool: write %s: %w", w.id, err)
+			return 0, w.err
+		}
+	}
+	n, err := w.buf.Write(p)
+	w.size += int64(n)
+	if err != nil {
+		w.err = fmt.Errorf("spool: write %s: %w", w.id, err)
+		return n, w.err
+	}
+	return n, nil
+}
+
+// Flush writes the buffered bytes to the file, so that a reader of Path
+// sees everything written so far.
+func (w *Writer) Flush() error {
+	if w.done {
+		return errFinished
+	}
+	if w.err != nil {
+		return w.err
+	}
+	if err := w.buf.Flush(); err != nil {
+		w.err = fmt.Errorf("spool: write %s: %w", w.id, err)
+		return w.err
+	}
+	return nil
+}
+
+// Open returns a reader of the bytes written so far (for the data-phase
+// stages that read the message before it is committed).
+func (w *Writer) Open() (io.ReadSeekCloser, error) {
+	if err := w.Flush(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(w.path)
+	if err != nil {
+		return nil, fmt.Errorf("spool: open %s: %w", w.id, err)
+	}
+	return f, nil
+}
+
+// Rewrite streams the bytes written so far through fn into a new file that
+// takes their place (header edits, body replacement). Before Commit only.
+// If fn or a write fails the message is left as it was.
+func (w *Writer) Rewrite(fn func(src io.Reader, dst io.Writer) error) error {
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	src, err := os.Open(w.path)
+	if err != nil {
+		return fmt.Errorf("spool: rewrite %s: %w", w.id, err)
+	}
+	defer src.Close()
+	f, err := os.CreateTemp(w.s.tmpDir, w.id+".msg.*")
+	if err != nil {
+		return fmt.Errorf("spool: rewrite %s: %w", w.id, err)
+	}
+	fw := &fileWriter{w: f, fail: w.s.opts.FailWrites}
+	dst := bufio.NewWriterSize(fw, bufSize)
+	err = fn(src, dst)
+	if err == nil {
+		err = dst.Flush()
+	}
+	if err == nil {
+		// Same file system, so rename is atomic: a reader sees the old or
+		// the new message, never a part.
+		err = os.Rename(f.Name(), w.path)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return fmt.Errorf("spool: rewrite %s: %w", w.id, err)
+	}
+	w.f.Close()
+	w.f = f
+	w.buf.Reset(f)
+	w.size = fw.n
+	return nil
+}
+
+// Commit writes the envelope and makes message and envelope durable; it
+// returns nil only once they are on stable storage. It sets env.ID and
+// env.Size, and env.Received if it is zero. If ctx ends first, Commit
+// returns its error and the message is removed: the client was not told
+// it was accepted, so it must not be delivered.
+func (w *Writer) Commit(ctx context.Context, env *Envelope) error {
+	if w.done {
+		return errFinished
+	}
+	if err := ctx.Err(); err != nil {
+		w.Abort()
+		return fmt.Errorf("spool: commit %s: %w", w.id, err)
+	}
+	if err := w.Flush(); err != nil {
+		w.Abort()
+		return err
+	}
+	env.ID, env.Size = w.id, w.size
+	if env.Received.IsZero() {
+		env.Received = time.Now()
+	}
+	ef, err := w.s.writeEnvelope(env)
+	if err != nil {
+		w.Abort()
+		return fmt.Errorf("spool: commit %s: %w", w.id, err)
+	}
+	w.done = true
+	j := &job{id: w.id, data: w.f, msgPath: w.path, env: ef, done: make(chan error, 1)}
+	if err := w.s.submit(j); err != nil {
+		w.s.discard(j)
+		return fmt.Errorf("spool: commit %s: %w", w.id, err)
+	}
+	select {
+	case err := <-j.done:
+		if err != nil {
+			return fmt.Errorf("spool: commit %s: %w", w.id, err)
+		}
+		return nil
+	case <-ctx.Done():
+		if !w.s.abandon(j) {
+			// The committer already decided; take its answer.
+			if err := <-j.done; err != nil {
+				return fmt.Errorf("spool: commit %s: %w", w.id, err)
+			}
+			return nil
+		}
+		return fmt.Errorf("spool: commit %s: %w", w.id, ctx.Err())
+	}
+}
+
+// Abort removes everything of an uncommitted message.
+func (w *Writer) Abort() error {
+	if w.done {
+		return nil
+	}
+	w.done = true
+	w.f.Close()
+	if err := os.Remove(w.path); err != nil {
+		return fmt.Errorf("spool: abort %s: %w", w.id, err)
+	}
+	return nil
+}
+
+// fileWriter writes to a spool file, counts bytes, and fails where the
+// FailWrites option says so.
+type fileWriter struct {
+	w    io.Writer
+	fail func() error
+	n    int64
+}
+
+func (fw *fileWriter) Write(p []byte) (int, error) {
+	if fw.fail != nil {
+		if err := fw.fail(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := fw.w.Write(p)
+	fw.n += int64(n)
+	return n, err
+}
