@@ -131,11 +131,9 @@ func isClean(chunk []byte) bool {
 // message has passed too many hops). It stops looking at the end of the
 // header block.
 type headerScanner struct {
-	received  int
-	inHeader  bool
-	line      []byte // the start of the current line, up to 9 bytes
-	headerLen int64  // bytes of the header block including its empty line; 0 until known
-	seen      int64
+	received int
+	inHeader bool
+	line     []byte // the start of the current line, up to 9 bytes
 }
 
 func newHeaderScanner() *headerScanner {
@@ -146,11 +144,10 @@ func (h *headerScanner) Write(p []byte) (int, error) {
 	if !h.inHeader {
 		return len(p), nil
 	}
-	for i, c := range p {
+	for _, c := range p {
 		if c == '\n' {
 			if isBlank(h.line) {
 				h.inHeader = false
-				h.headerLen = h.seen + int64(i) + 1
 				return len(p), nil
 			}
 			h.line = h.line[:0]
@@ -163,7 +160,6 @@ func (h *headerScanner) Write(p []byte) (int, error) {
 			}
 		}
 	}
-	h.seen += int64(len(p))
 	return len(p), nil
 }
 

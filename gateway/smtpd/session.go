@@ -80,7 +80,7 @@ type session struct {
 	earlyPhase stages.Phase
 
 	// The transaction in progress.
-	ftx   FilterTx
+	ftx   *pipeline.Session
 	tx    *stages.Transaction
 	w     *spool.Writer
 	utf8  bool

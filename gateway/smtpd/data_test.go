@@ -1,0 +1,90 @@
+package smtpd
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+func TestLineEndReader(t *testing.T) {
+	cases := []struct {
+		in, normalized string
+		bare           bool
+	}{
+		{"a\r\nb\r\n", "a\r\nb\r\n", false},
+		{"a\nb\n", "a\r\nb\r\n", true},
+		{"\n", "\r\n", true},
+		{"a\rb\r\n", "a b\r\n", true},
+		{"a\r\r\n", "a \r\n", true},
+		{"x\n.\nMAIL FROM:<e@x>\r\n", "x\r\n.\r\nMAIL FROM:<e@x>\r\n", true},
+		{"x\r.\rY\r\n", "x . Y\r\n", true},
+		{"tail\r", "tail ", true},
+		{"", "", false},
+		{"\r\n\x00.\r\n", "\r\n\x00.\r\n", false},
+	}
+	for _, c := range cases {
+		// One byte at a time too, so a CRLF split across reads is seen.
+		for _, oneByte := range []bool{false, true} {
+			var r io.Reader = strings.NewReader(c.in)
+			if oneByte {
+				r = iotest.OneByteReader(r)
+			}
+			got, err := io.ReadAll(newLineEndReader(r, false))
+			if err != nil || string(got) != c.normalized {
+				t.Errorf("normalize %q (one byte %v) = %q, %v; want %q", c.in, oneByte, got, err, c.normalized)
+			}
+			lr := newLineEndReader(strings.NewReader(c.in), true)
+			_, err = io.ReadAll(lr)
+			if bare := errors.Is(err, errBareLineEnd); bare != c.bare {
+				t.Errorf("reject %q: err %v, want bare=%v", c.in, err, c.bare)
+			}
+		}
+	}
+}
+
+func TestLineEndReaderLongLine(t *testing.T) {
+	// Longer than the reader's buffer, with a CR at the buffer boundary.
+	in := strings.Repeat("a", 32*1024-1) + "\r\n" + strings.Repeat("b", 70000) + "\r\n"
+	got, err := io.ReadAll(newLineEndReader(strings.NewReader(in), false))
+	if err != nil || string(got) != in {
+		t.Fatalf("long lines changed (err %v, len %d want %d)", err, len(got), len(in))
+	}
+}
+
+func FuzzLineEndReader(f *testing.F) {
+	for _, s := range []string{"a\r\n", "a\nb\r\n.\r\n", "\r\r\n\n\r", "x\r.\r\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		got, err := io.ReadAll(newLineEndReader(bytes.NewReader(in), false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range got {
+			if c == '\n' && (i == 0 || got[i-1] != '\r') || c == '\r' && (i+1 == len(got) || got[i+1] != '\n') {
+				t.Fatalf("bare line end at %d in %q (from %q)", i, got, in)
+			}
+		}
+		if isClean(in) && len(in) > 0 && in[len(in)-1] != '\r' && !bytes.Equal(got, in) {
+			t.Fatalf("clean input changed: %q -> %q", in, got)
+		}
+		again, _ := io.ReadAll(newLineEndReader(bytes.NewReader(got), false))
+		if !bytes.Equal(again, got) {
+			t.Fatalf("not idempotent: %q -> %q", got, again)
+		}
+	})
+}
+
+func TestHeaderScanner(t *testing.T) {
+	msg := "Received: a\r\nreceived: b\r\n continued Received: no\r\nX-Received: no\r\nSubject: s\r\n\r\nReceived: body\r\n"
+	h := newHeaderScanner()
+	for i := 0; i < len(msg); i += 3 { // in pieces
+		h.Write([]byte(msg[i:min(i+3, len(msg))]))
+	}
+	if h.received != 2 {
+		t.Fatalf("received = %d, want 2", h.received)
+	}
+}
