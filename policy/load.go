@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"reflect"
 	"sort"
@@ -92,6 +93,8 @@ func (c *Config) StageConfigJSON(i int) ([]byte, error) {
 	}
 	return b, nil
 }
+
+var _ stages.Config = stageConfig{}
 
 type stageConfig struct {
 	c *Config
@@ -417,7 +420,7 @@ func (d *decoder) leaf(p toml.Primitive, rv reflect.Value, k key, raw any) {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
 		below = rv.Int() <= 0
 	case reflect.Float32, reflect.Float64:
-		below = rv.Float() <= 0
+		below = !(rv.Float() > 0) // NaN too
 	}
 	if below {
 		d.errorf(k, "unexpected %s; expect %s", show(raw), above0(rv.Type()))
@@ -560,6 +563,14 @@ func show(raw any) string {
 	case string:
 		return strconv.Quote(v)
 	case float64:
+		switch {
+		case math.IsNaN(v):
+			return "nan"
+		case math.IsInf(v, 1):
+			return "inf"
+		case math.IsInf(v, -1):
+			return "-inf"
+		}
 		return strconv.FormatFloat(v, 'g', -1, 64)
 	case map[string]any:
 		return "table"

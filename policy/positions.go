@@ -133,7 +133,12 @@ func (s *scanner) header() {
 	s.space(false)
 	keys := s.key()
 	s.space(false)
-	s.i += strings.IndexByte(s.src[s.i:]+"\n", '\n') // the rest is "]" or "]]" and a comment
+	// The rest of the line is "]" or "]]" and maybe a comment.
+	if n := strings.IndexByte(s.src[s.i:], '\n'); n >= 0 {
+		s.i += n
+	} else {
+		s.i = len(s.src)
+	}
 	if len(keys) == 0 {
 		return
 	}

@@ -6,8 +6,8 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-func TestScanPositions(t *testing.T) {
-	const src = `# comment [not.a.table]
+// scanSrc has every form of key and value the scanner must step through.
+const scanSrc = `# comment [not.a.table]
 top = 1
 "quoted.key" = 2
 'literal' = 3
@@ -45,10 +45,12 @@ on = "rcpt"
 [policy]
 "esc\u0041ped" = 1
 `
-	if _, err := toml.Decode(src, new(map[string]any)); err != nil {
+
+func TestScanPositions(t *testing.T) {
+	if _, err := toml.Decode(scanSrc, new(map[string]any)); err != nil {
 		t.Fatalf("the test input is not TOML: %v", err)
 	}
-	pos := scanPositions(src)
+	pos := scanPositions(scanSrc)
 	tests := []struct {
 		key  string
 		line int

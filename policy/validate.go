@@ -207,7 +207,7 @@ func (v *validator) stages(list []StageConfig, k key) {
 func (v *validator) policy(p *Policy, k key) {
 	const order = "expect 0 < tag_score <= quarantine_score <= reject_score"
 	switch {
-	case p.TagScore <= 0:
+	case !(p.TagScore > 0): // NaN too
 		v.errorf(k.field("tag_score"), "unexpected %s; %s", num(p.TagScore), order)
 	case p.QuarantineScore < p.TagScore:
 		v.errorf(k.field("quarantine_score"), "%s is below tag_score %s; %s", num(p.QuarantineScore), num(p.TagScore), order)
