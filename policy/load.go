@@ -155,10 +155,13 @@ func (e Error) Error() string {
 }
 
 func where(file string, line int) string {
-	if line > 0 {
-		return file + ":" + strconv.Itoa(line)
+	switch {
+	case line == 0:
+		return file
+	case file == "": // a config that came from no file, such as an embedded one
+		return "line " + strconv.Itoa(line)
 	}
-	return file
+	return file + ":" + strconv.Itoa(line)
 }
 
 func join2(a, b string) string {
@@ -281,7 +284,7 @@ type decoder struct {
 	reporter
 	md      *toml.MetaData
 	defined map[string]bool // if not nil, records every key seen
-	// positive refuses numbers below 1. Every number in mailgate's own
+	// positive refuses numbers of 0 and below. Every number in mailgate's own
 	// schema is a count, a size, a duration or a score, and 0 in the struct
 	// stands for "the default": a 0 written in the file would silently turn
 	// into the default rather than what the admin asked for.

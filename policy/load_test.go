@@ -229,9 +229,15 @@ func TestDecodeThenValidate(t *testing.T) {
 }
 
 func TestDecodeRefusesBadKeys(t *testing.T) {
-	_, err := Decode("d.toml", []byte("data_dir = \"/d\"\n[server]\nlisen = []\n"))
+	src := []byte("data_dir = \"/d\"\n[server]\nlisen = []\n")
+	_, err := Decode("d.toml", src)
 	if err == nil || err.Error() != "d.toml:3: server.lisen: unknown key; did you mean listen?" {
 		t.Errorf("Decode error = %v", err)
+	}
+	// A config without a file name, such as an embedded one.
+	_, err = Decode("", src)
+	if err == nil || err.Error() != "line 3: server.lisen: unknown key; did you mean listen?" {
+		t.Errorf("Decode error without a file name = %v", err)
 	}
 }
 
