@@ -151,21 +151,26 @@ func (s *Spool) flush(batch []*job) {
 // syncData is step 1 of flush.
 //
 // It is one syncfs(2) on the spool's file system rather than an fdatasync
-// of every file plus an fsync of msg/. Both were measured (ext4 in a 2-core
-// VM, 5 KB messages, BenchmarkCommit / BenchmarkCommitParallel with 16
-// goroutines per core, figures vary with the machine's other load):
+// of every file plus an fsync of msg/. Both were measured with
+// BenchmarkCommit and BenchmarkCommitParallel (5 KB messages, 16
+// goroutines per core) on ext4 in a 2-core VM, first quiet, then with
+// other builds writing to the same disk:
 //
-//	                      serial         parallel      step 1 per batch
-//	parallel fdatasync    2.0-3.4 ms/op  1.4-3.0 ms/op ~20 ms for ~15 jobs
-//	syncfs                1.1-2.6 ms/op  1.1-1.7 ms/op ~7 ms for ~10 jobs
+//	                     serial ms/op   parallel ms/op
+//	parallel fdatasync   2.0-3.4        1.4-3.0   (quiet)
+//	syncfs               1.1-2.6        1.1-1.7
+//	parallel fdatasync   4.8-10.7       3.4-4.3   (loaded)
+//	syncfs               2.9-4.2        1.0-2.1
 //
 // Concurrent fdatasyncs of freshly created files do not share one journal
-// commit while other sessions keep creating files, so a batch cost about
-// one commit per file; syncfs forces a single journal commit for all. The
+// commit while other sessions keep creating files: a batch of ~15 commits
+// spent ~20 ms in step 1, about one journal commit per file, against ~7 ms
+// for syncfs, which forces a single journal commit for everything. The
 // price is that syncfs also writes back dirty data of other files on the
-// same file system, so the spool is best on a file system without bulk
-// writers. Since Linux 5.8 syncfs reports writeback errors of the file
-// system, ours included; an error fails the whole batch, which is safe.
+// same file system (it won even so above), so the spool is best kept off
+// file systems with bulk writers. Since Linux 5.8 syncfs reports writeback
+// errors on the file system, ours included; an error fails the whole
+// batch, which is safe.
 func (s *Spool) syncData() error {
 	if err := unix.Syncfs(int(s.msgDirF.Fd())); err != nil {
 		return fmt.Errorf("syncfs: %w", err)

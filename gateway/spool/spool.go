@@ -108,7 +108,8 @@ type Spool struct {
 	msgDir, envDir, tmpDir string
 	opts                   Options
 	lock                   *os.File // holds the flock until Close
-	msgDirF, envDirF       *os.File // for fsync of directory entries
+	msgDirF                *os.File // a handle on the file system, for syncfs
+	envDirF                *os.File // fsync makes renames into env/ durable
 	ids                    idGen
 
 	// idLocks serialize Update and Remove of the same message, so an Update
