@@ -9,6 +9,15 @@
 // of all; editing stages run alone, in config order, each seeing the edits
 // of the ones before it.
 //
+// A caller builds one Pipeline per configuration with New, starts a Session
+// per SMTP connection with Begin, runs the connect and helo phases on it,
+// and runs each transaction (mail, rcpt, data) on a Fork of it:
+//
+//	s := p.Begin()
+//	d := s.Run(ctx, stages.Connect, tx, log)
+//	t := s.Fork() // at each MAIL FROM
+//	d = t.Run(ctx, stages.Mail, tx, log)
+//
 // The pipeline decides but never speaks SMTP: gateway/smtpd turns a
 // Decision into a reply.
 package pipeline

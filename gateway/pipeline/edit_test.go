@@ -1,0 +1,233 @@
+package pipeline
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/mailgate/mailgate/stages"
+)
+
+func hdr(kv ...string) stages.Header {
+	var h stages.Header
+	for i := 0; i < len(kv); i += 2 {
+		h = append(h, stages.Field{Name: kv[i], Value: kv[i+1]})
+	}
+	return h
+}
+
+func TestApplyEdits(t *testing.T) {
+	base := func() *stages.Transaction {
+		return &stages.Transaction{
+			From:   "a@example.org",
+			Rcpts:  []string{"b@example.test", "c@example.test"},
+			Header: hdr("Received", "r1", "X-A", "1", "Subject", "hi", "X-A", "2", "X-A", "3"),
+			Body:   stages.BytesBody("old\r\n"),
+		}
+	}
+	for _, c := range []struct {
+		name   string
+		edits  []stages.Edit
+		header stages.Header // nil: unchanged
+		rcpts  []string      // nil: unchanged
+		from   *string       // nil: unchanged
+		body   string        // "": unchanged
+	}{
+		{name: "add", edits: []stages.Edit{{Op: stages.HeaderAdd, Name: "X-New", Value: " v "}},
+			header: hdr("Received", "r1", "X-A", "1", "Subject", "hi", "X-A", "2", "X-A", "3", "X-New", "v")},
+		{name: "insert at top", edits: []stages.Edit{{Op: stages.HeaderInsert, Name: "Authentication-Results", Value: "mx; spf=pass"}},
+			header: hdr("Authentication-Results", "mx; spf=pass", "Received", "r1", "X-A", "1", "Subject", "hi", "X-A", "2", "X-A", "3")},
+		{name: "insert at index", edits: []stages.Edit{{Op: stages.HeaderInsert, Name: "X-I", Value: "i", Index: 2}},
+			header: hdr("Received", "r1", "X-A", "1", "X-I", "i", "Subject", "hi", "X-A", "2", "X-A", "3")},
+		{name: "insert past the end appends", edits: []stages.Edit{{Op: stages.HeaderInsert, Name: "X-I", Value: "i", Index: 99}},
+			header: hdr("Received", "r1", "X-A", "1", "Subject", "hi", "X-A", "2", "X-A", "3", "X-I", "i")},
+		{name: "change second", edits: []stages.Edit{{Op: stages.HeaderChange, Name: "x-a", Value: "two", Index: 2}},
+			header: hdr("Received", "r1", "X-A", "1", "Subject", "hi", "x-a", "two", "X-A", "3")},
+		{name: "change index 0 is the first", edits: []stages.Edit{{Op: stages.HeaderChange, Name: "X-A", Value: "one"}},
+			header: hdr("Received", "r1", "X-A", "one", "Subject", "hi", "X-A", "2", "X-A", "3")},
+		{name: "change with empty value deletes", edits: []stages.Edit{{Op: stages.HeaderChange, Name: "X-A", Index: 3}},
+			header: hdr("Received", "r1", "X-A", "1", "Subject", "hi", "X-A", "2")},
+		{name: "change of a missing field adds it", edits: []stages.Edit{{Op: stages.HeaderChange, Name: "X-B", Value: "b", Index: 1}},
+			header: hdr("Received", "r1", "X-A", "1", "Subject", "hi", "X-A", "2", "X-A", "3", "X-B", "b")},
+		{name: "delete all", edits: []stages.Edit{{Op: stages.HeaderDelete, Name: "x-A"}},
+			header: hdr("Received", "r1", "Subject", "hi")},
+		{name: "delete one", edits: []stages.Edit{{Op: stages.HeaderDelete, Name: "X-A", Index: 2}},
+			header: hdr("Received", "r1", "X-A", "1", "Subject", "hi", "X-A", "3")},
+		{name: "delete missing is a no-op", edits: []stages.Edit{{Op: stages.HeaderDelete, Name: "X-A", Index: 4}}},
+		{name: "subject tag", edits: []stages.Edit{{Op: stages.SubjectTag, Value: "[SPAM]"}},
+			header: hdr("Received", "r1", "X-A", "1", "Subject", "[SPAM] hi", "X-A", "2", "X-A", "3")},
+		{name: "subject tag once", edits: []stages.Edit{{Op: stages.SubjectTag, Value: "[SPAM]"}, {Op: stages.SubjectTag, Value: "[SPAM]"}},
+			header: hdr("Received", "r1", "X-A", "1", "Subject", "[SPAM] hi", "X-A", "2", "X-A", "3")},
+		{name: "subject tag adds a subject", edits: []stages.Edit{{Op: stages.HeaderDelete, Name: "Subject"}, {Op: stages.SubjectTag, Value: "[SPAM]"}},
+			header: hdr("Received", "r1", "X-A", "1", "X-A", "2", "X-A", "3", "Subject", "[SPAM]")},
+		{name: "rcpt add", edits: []stages.Edit{{Op: stages.RcptAdd, Value: "<archive@example.test>"}, {Op: stages.RcptAdd, Value: "B@example.test"}},
+			rcpts: []string{"b@example.test", "c@example.test", "archive@example.test"}},
+		{name: "rcpt delete", edits: []stages.Edit{{Op: stages.RcptDelete, Value: "<C@example.test>"}},
+			rcpts: []string{"b@example.test"}},
+		{name: "sender change", edits: []stages.Edit{{Op: stages.SenderChange, Value: "<bounces@example.org>"}},
+			from: new("bounces@example.org")},
+		{name: "sender to null", edits: []stages.Edit{{Op: stages.SenderChange, Value: "<>"}},
+			from: new("")},
+		{name: "body replace", edits: []stages.Edit{{Op: stages.BodyReplace, Body: []byte("new\nbody\rend")}},
+			body: "new\r\nbody\r\nend"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tx := base()
+			if err := ApplyEdits(tx, c.edits); err != nil {
+				t.Fatal(err)
+			}
+			want := base()
+			if c.header != nil {
+				want.Header = c.header
+			}
+			if c.rcpts != nil {
+				want.Rcpts = c.rcpts
+			}
+			if c.from != nil {
+				want.From = *c.from
+			}
+			if c.body != "" {
+				want.Body = stages.BytesBody(c.body)
+			}
+			if !slices.Equal(tx.Header, want.Header) {
+				t.Errorf("header\n got %q\nwant %q", tx.Header, want.Header)
+			}
+			if !slices.Equal(tx.Rcpts, want.Rcpts) {
+				t.Errorf("rcpts %q, want %q", tx.Rcpts, want.Rcpts)
+			}
+			if tx.From != want.From {
+				t.Errorf("from %q, want %q", tx.From, want.From)
+			}
+			if !bytes.Equal(tx.Body.(stages.BytesBody), want.Body.(stages.BytesBody)) {
+				t.Errorf("body %q, want %q", tx.Body, want.Body)
+			}
+		})
+	}
+}
+
+func TestApplyEditsAllOrNothing(t *testing.T) {
+	header := hdr("Subject", "hi", "X-A", "1")
+	tx := &stages.Transaction{From: "a@example.org", Rcpts: []string{"b@example.test"}, Header: header}
+	err := ApplyEdits(tx, []stages.Edit{
+		{Op: stages.HeaderChange, Name: "X-A", Value: "changed"},
+		{Op: stages.RcptAdd, Value: "c@example.test"},
+		{Op: stages.HeaderAdd, Name: "X-Bad", Value: "x\rBcc: victim@example.org"},
+	})
+	if err == nil || !strings.Contains(err.Error(), "edit 3 (header_add X-Bad)") {
+		t.Fatalf("error %v, want edit 3 refused", err)
+	}
+	if !slices.Equal(tx.Header, hdr("Subject", "hi", "X-A", "1")) || !slices.Equal(tx.Rcpts, []string{"b@example.test"}) {
+		t.Errorf("transaction changed: %q %q", tx.Header, tx.Rcpts)
+	}
+	// The slice the transaction had is not written into either: a stage
+	// that outlived its timeout may still read it.
+	if header[1].Value != "1" {
+		t.Errorf("the original header slice was written: %q", header)
+	}
+}
+
+func TestApplyEditsRefuses(t *testing.T) {
+	for _, e := range []stages.Edit{
+		{Op: stages.HeaderAdd, Name: "X-A", Value: "a\r\nBcc: x@example.org"}, // injected field
+		{Op: stages.HeaderAdd, Name: "X-A", Value: "a\r\n \r\n b"},            // whitespace-only line
+		{Op: stages.HeaderAdd, Name: "X-A", Value: "a\nb"},                    // bare LF
+		{Op: stages.HeaderAdd, Name: "X-A", Value: "a\rb"},                    // bare CR
+		{Op: stages.HeaderAdd, Name: "X-A", Value: "a\x00b"},                  // NUL
+		{Op: stages.HeaderAdd, Name: "X A", Value: "a"},                       // space in name
+		{Op: stages.HeaderAdd, Name: "X:A", Value: "a"},                       // colon in name
+		{Op: stages.HeaderAdd, Name: "", Value: "a"},                          // no name
+		{Op: stages.HeaderAdd, Name: "X-A", Value: strings.Repeat("x", 1000)}, // over 998, nowhere to fold
+		{Op: stages.HeaderInsert, Name: "X-A", Value: "a", Index: -1},
+		{Op: stages.HeaderChange, Name: "X-A", Value: "a\nb"},
+		{Op: stages.HeaderDelete, Name: "X-A", Index: -1},
+		{Op: stages.SubjectTag, Value: "[SPAM]\r\nBcc: x@example.org"},
+		{Op: stages.SubjectTag, Value: " "},
+		{Op: stages.RcptAdd, Value: ""},
+		{Op: stages.RcptAdd, Value: "a@example.test> NOTIFY=NEVER"},
+		{Op: stages.SenderChange, Value: "a@example.org\r\nRCPT TO:<x@example.org>"},
+		{Op: 99},
+	} {
+		tx := &stages.Transaction{Header: hdr("Subject", "hi")}
+		if err := ApplyEdits(tx, []stages.Edit{e}); err == nil {
+			t.Errorf("%s %q %q: accepted", e.Op, e.Name, e.Value)
+		}
+	}
+}
+
+func TestFolding(t *testing.T) {
+	long := "mx.example.test; spf=pass smtp.mailfrom=sender@example.org; dkim=pass header.d=example.org header.s=sel; dmarc=pass header.from=example.org"
+	tx := &stages.Transaction{}
+	if err := ApplyEdits(tx, []stages.Edit{{Op: stages.HeaderAdd, Name: "Authentication-Results", Value: long}}); err != nil {
+		t.Fatal(err)
+	}
+	v := tx.Header[0].Value
+	lines := strings.Split("Authentication-Results: "+v, "\r\n")
+	if len(lines) < 2 {
+		t.Fatalf("not folded: %q", v)
+	}
+	for _, l := range lines {
+		if len(l) > 78 {
+			t.Errorf("line of %d characters: %q", len(l), l)
+		}
+	}
+	for _, l := range lines[1:] {
+		if l[0] != ' ' {
+			t.Errorf("continuation line without leading white space: %q", l)
+		}
+	}
+	if got := stages.Unfold(v); got != long {
+		t.Errorf("unfolds to\n%q\nwant\n%q", got, long)
+	}
+
+	// A word longer than a line stays whole; the rest still folds.
+	word := strings.Repeat("b", 100)
+	if got := fold("X-A", "a "+word+" c"); got != "a\r\n "+word+"\r\n c" {
+		t.Errorf("fold = %q", got)
+	}
+	// Folded already: kept as the stage folded it.
+	folded := "v=1; a=rsa-sha256;\r\n\tb=abc"
+	if err := ApplyEdits(tx, []stages.Edit{{Op: stages.HeaderAdd, Name: "DKIM-Signature", Value: folded}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := tx.Header[1].Value; got != folded {
+		t.Errorf("prefolded value changed to %q", got)
+	}
+}
+
+func TestSubjectTagFoldsLongSubject(t *testing.T) {
+	subject := strings.Repeat("word ", 20) + "end"
+	tx := &stages.Transaction{Header: hdr("Subject", subject)}
+	if err := ApplyEdits(tx, []stages.Edit{{Op: stages.SubjectTag, Value: "[SPAM]"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := tx.Header.Get("Subject"); got != "[SPAM] "+subject {
+		t.Errorf("subject %q", got)
+	}
+	for _, l := range strings.Split("Subject: "+tx.Header[0].Value, "\r\n") {
+		if len(l) > 78 {
+			t.Errorf("line of %d characters: %q", len(l), l)
+		}
+	}
+}
+
+func FuzzFold(f *testing.F) {
+	f.Add("X-A", "a b c")
+	f.Add("Subject", strings.Repeat("ab  ", 40))
+	f.Fuzz(func(t *testing.T, name, value string) {
+		tx := &stages.Transaction{}
+		if ApplyEdits(tx, []stages.Edit{{Op: stages.HeaderAdd, Name: name, Value: value}}) != nil {
+			return
+		}
+		var b bytes.Buffer
+		tx.Header.WriteTo(&b)
+		// Whatever was accepted parses back as the one field it was.
+		h, err := stages.ParseHeader(&b)
+		if err != nil || len(h) != 1 || h[0].Name != name {
+			t.Fatalf("%q: parsed back as %q (%v)", b.String(), h, err)
+		}
+		if got, want := stages.Unfold(h[0].Value), strings.TrimSpace(value); !strings.Contains(value, "\r\n") && got != want {
+			t.Fatalf("unfolds to %q, want %q", got, want)
+		}
+	})
+}
