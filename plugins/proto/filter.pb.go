@@ -1,10 +1,10 @@
 // The contract between the mailgate engine (the host) and a filter plugin.
 //
 // A plugin is an executable that hashicorp/go-plugin starts with the
-// handshake in handshake.go (magic cookie MAILGATE_PLUGIN, protocol version
-// 1) and that serves the Filter service below over gRPC. The host calls
-// Describe once, then Configure once, then Run for every phase of every
-// transaction the plugin declared, concurrently.
+// handshake in proto.go (magic cookie MAILGATE_PLUGIN, protocol version 1)
+// and that serves the Filter service below over gRPC. For each process the
+// host calls Configure once, then Describe once, then Run for every phase of
+// every transaction the plugin declared, concurrently.
 //
 // Every field is a named message field, never a positional argument, so the
 // contract grows by adding fields. A change that breaks old plugins gets a
@@ -525,7 +525,8 @@ type ConfigureResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// error is empty when the config was accepted.
 	Error string `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
-	// key names the config key error is about, when known.
+	// key names the config key error is about, when known; error need not
+	// repeat it ("unknown key").
 	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1586,9 +1587,9 @@ const file_filter_proto_rawDesc = "" +
 	"\x13EDIT_OP_RCPT_DELETE\x10\a\x12\x19\n" +
 	"\x15EDIT_OP_SENDER_CHANGE\x10\b\x12\x18\n" +
 	"\x14EDIT_OP_BODY_REPLACE\x10\t2\xd7\x02\n" +
-	"\x06Filter\x12U\n" +
-	"\bDescribe\x12#.mailgate.plugin.v1.DescribeRequest\x1a$.mailgate.plugin.v1.DescribeResponse\x12X\n" +
-	"\tConfigure\x12$.mailgate.plugin.v1.ConfigureRequest\x1a%.mailgate.plugin.v1.ConfigureResponse\x12F\n" +
+	"\x06Filter\x12X\n" +
+	"\tConfigure\x12$.mailgate.plugin.v1.ConfigureRequest\x1a%.mailgate.plugin.v1.ConfigureResponse\x12U\n" +
+	"\bDescribe\x12#.mailgate.plugin.v1.DescribeRequest\x1a$.mailgate.plugin.v1.DescribeResponse\x12F\n" +
 	"\x03Run\x12\x1e.mailgate.plugin.v1.RunRequest\x1a\x1f.mailgate.plugin.v1.RunResponse\x12T\n" +
 	"\tRunStream\x12$.mailgate.plugin.v1.RunStreamRequest\x1a\x1f.mailgate.plugin.v1.RunResponse(\x01B,Z*github.com/mailgate/mailgate/plugins/protob\x06proto3"
 
@@ -1647,12 +1648,12 @@ var file_filter_proto_depIdxs = []int32{
 	17, // 14: mailgate.plugin.v1.Verdict.reply:type_name -> mailgate.plugin.v1.Reply
 	18, // 15: mailgate.plugin.v1.Verdict.edits:type_name -> mailgate.plugin.v1.Edit
 	19, // 16: mailgate.plugin.v1.RunResponse.verdict:type_name -> mailgate.plugin.v1.Verdict
-	4,  // 17: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
-	7,  // 18: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
+	7,  // 17: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
+	4,  // 18: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
 	15, // 19: mailgate.plugin.v1.Filter.Run:input_type -> mailgate.plugin.v1.RunRequest
 	16, // 20: mailgate.plugin.v1.Filter.RunStream:input_type -> mailgate.plugin.v1.RunStreamRequest
-	5,  // 21: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
-	8,  // 22: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
+	8,  // 21: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
+	5,  // 22: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
 	20, // 23: mailgate.plugin.v1.Filter.Run:output_type -> mailgate.plugin.v1.RunResponse
 	20, // 24: mailgate.plugin.v1.Filter.RunStream:output_type -> mailgate.plugin.v1.RunResponse
 	21, // [21:25] is the sub-list for method output_type

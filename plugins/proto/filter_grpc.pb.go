@@ -1,10 +1,10 @@
 // The contract between the mailgate engine (the host) and a filter plugin.
 //
 // A plugin is an executable that hashicorp/go-plugin starts with the
-// handshake in handshake.go (magic cookie MAILGATE_PLUGIN, protocol version
-// 1) and that serves the Filter service below over gRPC. The host calls
-// Describe once, then Configure once, then Run for every phase of every
-// transaction the plugin declared, concurrently.
+// handshake in proto.go (magic cookie MAILGATE_PLUGIN, protocol version 1)
+// and that serves the Filter service below over gRPC. For each process the
+// host calls Configure once, then Describe once, then Run for every phase of
+// every transaction the plugin declared, concurrently.
 //
 // Every field is a named message field, never a positional argument, so the
 // contract grows by adding fields. A change that breaks old plugins gets a
@@ -31,8 +31,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Filter_Describe_FullMethodName  = "/mailgate.plugin.v1.Filter/Describe"
 	Filter_Configure_FullMethodName = "/mailgate.plugin.v1.Filter/Configure"
+	Filter_Describe_FullMethodName  = "/mailgate.plugin.v1.Filter/Describe"
 	Filter_Run_FullMethodName       = "/mailgate.plugin.v1.Filter/Run"
 	Filter_RunStream_FullMethodName = "/mailgate.plugin.v1.Filter/RunStream"
 )
@@ -41,12 +41,12 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type FilterClient interface {
-	// Describe says what the plugin is and what it needs. It may be called
-	// before Configure.
-	Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error)
 	// Configure hands the plugin its [stage.config] block. A refused config
 	// is a ConfigureResponse with error set, not an RPC error.
 	Configure(ctx context.Context, in *ConfigureRequest, opts ...grpc.CallOption) (*ConfigureResponse, error)
+	// Describe says what the configured plugin is and what it needs; it
+	// comes after Configure because the phases may depend on the config.
+	Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error)
 	// Run asks for a verdict on one phase of one transaction. An RPC error
 	// means the stage broke (scanner down, bug); verdicts describe the mail.
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (*RunResponse, error)
@@ -64,20 +64,20 @@ func NewFilterClient(cc grpc.ClientConnInterface) FilterClient {
 	return &filterClient{cc}
 }
 
-func (c *filterClient) Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error) {
+func (c *filterClient) Configure(ctx context.Context, in *ConfigureRequest, opts ...grpc.CallOption) (*ConfigureResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DescribeResponse)
-	err := c.cc.Invoke(ctx, Filter_Describe_FullMethodName, in, out, cOpts...)
+	out := new(ConfigureResponse)
+	err := c.cc.Invoke(ctx, Filter_Configure_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *filterClient) Configure(ctx context.Context, in *ConfigureRequest, opts ...grpc.CallOption) (*ConfigureResponse, error) {
+func (c *filterClient) Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ConfigureResponse)
-	err := c.cc.Invoke(ctx, Filter_Configure_FullMethodName, in, out, cOpts...)
+	out := new(DescribeResponse)
+	err := c.cc.Invoke(ctx, Filter_Describe_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -111,12 +111,12 @@ type Filter_RunStreamClient = grpc.ClientStreamingClient[RunStreamRequest, RunRe
 // All implementations must embed UnimplementedFilterServer
 // for forward compatibility.
 type FilterServer interface {
-	// Describe says what the plugin is and what it needs. It may be called
-	// before Configure.
-	Describe(context.Context, *DescribeRequest) (*DescribeResponse, error)
 	// Configure hands the plugin its [stage.config] block. A refused config
 	// is a ConfigureResponse with error set, not an RPC error.
 	Configure(context.Context, *ConfigureRequest) (*ConfigureResponse, error)
+	// Describe says what the configured plugin is and what it needs; it
+	// comes after Configure because the phases may depend on the config.
+	Describe(context.Context, *DescribeRequest) (*DescribeResponse, error)
 	// Run asks for a verdict on one phase of one transaction. An RPC error
 	// means the stage broke (scanner down, bug); verdicts describe the mail.
 	Run(context.Context, *RunRequest) (*RunResponse, error)
@@ -134,11 +134,11 @@ type FilterServer interface {
 // pointer dereference when methods are called.
 type UnimplementedFilterServer struct{}
 
-func (UnimplementedFilterServer) Describe(context.Context, *DescribeRequest) (*DescribeResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method Describe not implemented")
-}
 func (UnimplementedFilterServer) Configure(context.Context, *ConfigureRequest) (*ConfigureResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Configure not implemented")
+}
+func (UnimplementedFilterServer) Describe(context.Context, *DescribeRequest) (*DescribeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Describe not implemented")
 }
 func (UnimplementedFilterServer) Run(context.Context, *RunRequest) (*RunResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Run not implemented")
@@ -167,24 +167,6 @@ func RegisterFilterServer(s grpc.ServiceRegistrar, srv FilterServer) {
 	s.RegisterService(&Filter_ServiceDesc, srv)
 }
 
-func _Filter_Describe_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(DescribeRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(FilterServer).Describe(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Filter_Describe_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(FilterServer).Describe(ctx, req.(*DescribeRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 func _Filter_Configure_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ConfigureRequest)
 	if err := dec(in); err != nil {
@@ -199,6 +181,24 @@ func _Filter_Configure_Handler(srv interface{}, ctx context.Context, dec func(in
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(FilterServer).Configure(ctx, req.(*ConfigureRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Filter_Describe_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DescribeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FilterServer).Describe(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Filter_Describe_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FilterServer).Describe(ctx, req.(*DescribeRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -236,12 +236,12 @@ var Filter_ServiceDesc = grpc.ServiceDesc{
 	HandlerType: (*FilterServer)(nil),
 	Methods: []grpc.MethodDesc{
 		{
-			MethodName: "Describe",
-			Handler:    _Filter_Describe_Handler,
-		},
-		{
 			MethodName: "Configure",
 			Handler:    _Filter_Configure_Handler,
+		},
+		{
+			MethodName: "Describe",
+			Handler:    _Filter_Describe_Handler,
 		},
 		{
 			MethodName: "Run",

@@ -1,0 +1,408 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/mailgate/mailgate/stages"
+)
+
+// testPlugin is the path of plugins/internal/testplugin, built by TestMain.
+var testPlugin string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		helperMain()
+		return
+	}
+	dir, err := os.MkdirTemp("", "mailgate-host-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	testPlugin = filepath.Join(dir, "testplugin")
+	build := exec.Command("go", "build", "-o", testPlugin, "github.com/mailgate/mailgate/plugins/internal/testplugin")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build testplugin:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// logBuffer collects the JSON lines of a slog logger for assertions.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func startTest(t testing.TB, spec Spec) *Plugin {
+	t.Helper()
+	if spec.Cmd == nil {
+		spec.Cmd = []string{testPlugin}
+	}
+	if spec.Name == "" {
+		spec.Name = "test"
+	}
+	if spec.Logger == nil {
+		spec.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func dataTx(from string, body stages.Body) *stages.Transaction {
+	return &stages.Transaction{
+		QueueID: "Q1",
+		Client:  stages.Client{Addr: netip.MustParseAddr("192.0.2.7"), Port: 40000, Helo: "client.test"},
+		From:    from,
+		Rcpts:   []string{"user@example.test"},
+		Header:  stages.Header{{Name: "Subject", Value: "hello"}, {Name: "From", Value: "a@example.org"}},
+		Body:    body,
+	}
+}
+
+func run(p *Plugin, timeout time.Duration, tx *stages.Transaction) (stages.Verdict, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return p.Run(ctx, stages.Data, tx)
+}
+
+func digest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return fmt.Sprintf("%d %x", len(b), sum)
+}
+
+// waitFor polls cond every 50ms for at most limit.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", limit, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	logs := &logBuffer{}
+	p := startTest(t, Spec{
+		Name:   "rt",
+		Config: []byte(`{"action": "tag", "score": 2.5, "reply": "not wanted here", "add_header": "X-Test: yes"}`),
+		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
+	})
+
+	if got, want := p.Info(), (stages.Info{
+		Kind: "testplugin", Version: "1", Phases: stages.AllPhases, Edits: true,
+		Needs: stages.NeedEnvelope | stages.NeedHeader | stages.NeedBody | stages.NeedResults,
+	}); got != want {
+		t.Errorf("Info() = %+v, want %+v", got, want)
+	}
+	if p.Name() != "rt" {
+		t.Errorf("Name() = %q", p.Name())
+	}
+
+	body := []byte("Hello.\r\n")
+	v, err := run(p, 5*time.Second, dataTx("a@example.org", stages.BytesBody(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Action != stages.Tag || v.Score != 2.5 || v.Result != digest(body) {
+		t.Errorf("verdict %+v", v)
+	}
+	if v.Reply == nil || v.Reply.String() != "550 5.7.1 not wanted here" {
+		t.Errorf("reply %v", v.Reply)
+	}
+	wantEdits := []stages.Edit{{Op: stages.HeaderAdd, Name: "X-Test", Value: "yes"}}
+	if fmt.Sprint(v.Edits) != fmt.Sprint(wantEdits) {
+		t.Errorf("edits %+v, want %+v", v.Edits, wantEdits)
+	}
+
+	// The plugin's slog line keeps its level; a plain stderr line arrives
+	// through go-plugin's stdio stream, so it may lag.
+	waitFor(t, 5*time.Second, "plugin log lines in the gateway log:\n"+logs.String(), func() bool {
+		s := logs.String()
+		return strings.Contains(s, `"level":"WARN","msg":"testplugin configured","stage":"rt"`) &&
+			strings.Contains(s, `"msg":"testplugin plain stderr line","stage":"rt","stream":"stderr"`)
+	})
+}
+
+func TestConfigRefused(t *testing.T) {
+	for _, tc := range []struct {
+		config, key, text string
+	}{
+		{`{"bogus": 1}`, "bogus", `config: bogus: unknown key`},
+		{`{"sleep": 5}`, "sleep", `config: sleep: unexpected number; expect a string`},
+		{`{"sleep": "soon"}`, "sleep", `config: sleep: unexpected duration "soon"`},
+		{`{"garbage": "lots"}`, "garbage", `config: garbage: unexpected "lots"; expect action or edit`},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		p, err := Start(ctx, Spec{Name: "cfg", Cmd: []string{testPlugin}, Config: []byte(tc.config)})
+		cancel()
+		if err == nil {
+			p.Close()
+			t.Errorf("%s: Start succeeded", tc.config)
+			continue
+		}
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Key != tc.key || !strings.Contains(err.Error(), tc.text) ||
+			!strings.HasPrefix(err.Error(), `stage "cfg": `) {
+			t.Errorf("%s: error %q (%#v), want key %q and %q", tc.config, err, ce, tc.key, tc.text)
+		}
+	}
+}
+
+func TestSHA256Pin(t *testing.T) {
+	b, err := os.ReadFile(testPlugin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	good := hex.EncodeToString(sum[:])
+
+	p := startTest(t, Spec{SHA256: strings.ToUpper(good)})
+	if _, err := run(p, 5*time.Second, dataTx("a@example.org", nil)); err != nil {
+		t.Errorf("pinned plugin: %v", err)
+	}
+
+	bad := strings.Repeat("0", 64)
+	_, err = Start(context.Background(), Spec{Name: "pin", Cmd: []string{testPlugin}, SHA256: bad})
+	if err == nil || !strings.Contains(err.Error(), "sha256 "+good) || !strings.Contains(err.Error(), "pins "+bad) {
+		t.Errorf("Start with a wrong pin: %v", err)
+	}
+}
+
+func TestMissingBinary(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-plugin")
+	start := time.Now()
+	_, err := Start(context.Background(), Spec{Name: "gone", Cmd: []string{missing}})
+	if err == nil || !strings.Contains(err.Error(), "no such file") || !strings.Contains(err.Error(), `stage "gone"`) {
+		t.Errorf("Start of a missing binary: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v to fail", d)
+	}
+}
+
+func TestKillRestart(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := startTest(t, Spec{Name: "kill", Config: []byte(`{"sleep": "30s"}`), Registerer: reg})
+	old := p.current().pid
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := run(p, 60*time.Second, dataTx("sleep@example.org", nil))
+		done <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // let the call reach the plugin
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("in-flight Run of a killed plugin succeeded")
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("in-flight Run still waiting 3s after its plugin was killed")
+	}
+
+	var v stages.Verdict
+	waitFor(t, 10*time.Second, "Run to succeed after the restart", func() bool {
+		var err error
+		v, err = run(p, 2*time.Second, dataTx("a@example.org", nil))
+		return err == nil
+	})
+	if v.Reason == fmt.Sprintf("pid %d", old) {
+		t.Errorf("answered by the killed process %d", old)
+	}
+	err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP mailgate_plugin_restarts_total Times a stage's plugin process was started again after it exited or was replaced.
+# TYPE mailgate_plugin_restarts_total counter
+mailgate_plugin_restarts_total{stage="kill"} 1
+`), "mailgate_plugin_restarts_total")
+	if err != nil {
+		t.Error(err)
+	}
+}
+
+func TestCrashRestart(t *testing.T) {
+	p := startTest(t, Spec{Name: "crash"})
+	if _, err := run(p, 5*time.Second, dataTx("crash@example.org", nil)); err == nil {
+		t.Fatal("Run that crashed the plugin succeeded")
+	}
+	// While the process is down, calls fail fast.
+	start := time.Now()
+	_, err := run(p, 5*time.Second, dataTx("a@example.org", nil))
+	if err != nil && time.Since(start) > time.Second {
+		t.Errorf("a call to a down plugin took %v", time.Since(start))
+	}
+	waitFor(t, 10*time.Second, "Run to succeed after the crash", func() bool {
+		_, err := run(p, 2*time.Second, dataTx("a@example.org", nil))
+		return err == nil
+	})
+}
+
+func TestDeadline(t *testing.T) {
+	p := startTest(t, Spec{Config: []byte(`{"sleep": "10s"}`)})
+	const timeout = 300 * time.Millisecond
+	start := time.Now()
+	_, err := run(p, timeout, dataTx("sleep@example.org", nil))
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Run past its deadline: %v, want context.DeadlineExceeded", err)
+	}
+	if took > timeout+500*time.Millisecond {
+		t.Errorf("Run returned %v after a %v deadline", took, timeout)
+	}
+}
+
+func TestCircuit(t *testing.T) {
+	p := startTest(t, Spec{MaxFailures: 3, Cooldown: 500 * time.Millisecond})
+	for i := range 3 {
+		_, err := run(p, 5*time.Second, dataTx("fail@example.org", nil))
+		if err == nil || !strings.Contains(err.Error(), "scanner unreachable") {
+			t.Fatalf("failing call %d: %v", i+1, err)
+		}
+	}
+	opened := time.Now()
+	_, err := run(p, 5*time.Second, dataTx("a@example.org", nil))
+	if !errors.Is(err, ErrCircuitOpen) {
+		t.Fatalf("call after 3 failures: %v, want ErrCircuitOpen", err)
+	}
+	// After the cool-down a probe goes through (once the process, replaced
+	// when the circuit opened, is back) and closes the circuit.
+	waitFor(t, 10*time.Second, "the circuit to close", func() bool {
+		_, err := run(p, 2*time.Second, dataTx("a@example.org", nil))
+		return err == nil
+	})
+	if d := time.Since(opened); d < 500*time.Millisecond {
+		t.Errorf("circuit closed after %v, before its cool-down", d)
+	}
+	if _, err := run(p, 2*time.Second, dataTx("a@example.org", nil)); err != nil {
+		t.Errorf("call after the circuit closed: %v", err)
+	}
+}
+
+func TestPanicKeepsProcess(t *testing.T) {
+	p := startTest(t, Spec{})
+	pid := p.current().pid
+	_, err := run(p, 5*time.Second, dataTx("panic@example.org", nil))
+	if err == nil || !strings.Contains(err.Error(), "filter panicked: testplugin told to panic") {
+		t.Errorf("Run of a panicking filter: %v", err)
+	}
+	v, err := run(p, 5*time.Second, dataTx("a@example.org", nil))
+	if err != nil || v.Reason != fmt.Sprintf("pid %d", pid) {
+		t.Errorf("after a panic: %+v, %v; want the same process %d", v, err, pid)
+	}
+}
+
+func TestGarbage(t *testing.T) {
+	for _, tc := range []struct{ config, want string }{
+		{`{"garbage": "action"}`, "plugin answered garbage: unknown action 43"},
+		{`{"garbage": "edit"}`, `plugin answered garbage: edit 1: header_add: field "X-Ok"`},
+	} {
+		p := startTest(t, Spec{Config: []byte(tc.config)})
+		_, err := run(p, 5*time.Second, dataTx("a@example.org", nil))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.config, err, tc.want)
+		}
+	}
+}
+
+func TestClose(t *testing.T) {
+	p := startTest(t, Spec{})
+	pid := p.current().pid
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("plugin process %d after Close: kill(0) = %v, want ESRCH", pid, err)
+	}
+	if _, err := run(p, time.Second, dataTx("a@example.org", nil)); !errors.Is(err, ErrClosed) {
+		t.Errorf("Run after Close: %v, want ErrClosed", err)
+	}
+}
+
+// fileBody is a body in a file, as the spool keeps it. Open fails so that a
+// test sees the host never reads the body itself.
+type fileBody struct {
+	path         string
+	offset, size int64
+}
+
+func (b fileBody) Size() int64           { return b.size }
+func (b fileBody) File() (string, int64) { return b.path, b.offset }
+func (b fileBody) Open() (io.ReadCloser, error) {
+	return nil, errors.New("the host must not read a file body")
+}
+
+func TestBodies(t *testing.T) {
+	big := make([]byte, 1<<20+3)
+	rand.Read(big)
+	header := []byte("Subject: hello\r\n\r\n")
+	path := filepath.Join(t.TempDir(), "msg")
+	if err := os.WriteFile(path, append(header, big...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	small := []byte("short\r\n")
+
+	p := startTest(t, Spec{})
+	for _, tc := range []struct {
+		name string
+		body stages.Body
+		want []byte
+	}{
+		{"inline", stages.BytesBody(small), small},
+		{"file", fileBody{path, int64(len(header)), int64(len(big))}, big},
+		{"streamed", stages.BytesBody(big), big},
+		{"empty", stages.BytesBody(nil), nil},
+	} {
+		v, err := run(p, 10*time.Second, dataTx("a@example.org", tc.body))
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		} else if v.Result != digest(tc.want) {
+			t.Errorf("%s: plugin read %q, want %q", tc.name, v.Result, digest(tc.want))
+		}
+	}
+}

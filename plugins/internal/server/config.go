@@ -1,0 +1,104 @@
+package server
+
+import (
+	"bytes"
+	"encoding"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// ConfigError is a config value a filter refuses, with the key it is about
+// so the host can point the admin at the right line.
+type ConfigError struct {
+	Key string
+	Err error
+}
+
+func (e *ConfigError) Error() string { return e.Key + ": " + e.Err.Error() }
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// jsonConfig is the stages.Config a plugin gets: the [stage.config] block as
+// the host sent it, one JSON object.
+type jsonConfig []byte
+
+// Decode decodes the object into v, refusing keys v does not have. It
+// decodes one key at a time so that every error names its key: encoding/json
+// alone reports "unknown field" with a key but a bad duration without one.
+func (c jsonConfig) Decode(v any) error {
+	raw := bytes.TrimSpace(c)
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		return nil
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return fmt.Errorf("config is not a JSON object: %w", err)
+	}
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		one, err := json.Marshal(map[string]json.RawMessage{k: fields[k]})
+		if err != nil {
+			return &ConfigError{Key: k, Err: err}
+		}
+		dec := json.NewDecoder(bytes.NewReader(one))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(v); err != nil {
+			return &ConfigError{Key: k, Err: plainError(k, err)}
+		}
+	}
+	return nil
+}
+
+// plainError rewrites encoding/json's errors, which speak of Go types, in
+// the words of a config file.
+// Errors inside a nested table keep the nested key's path.
+func plainError(key string, err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		msg := fmt.Sprintf("unexpected %s; expect %s", te.Value, expect(te.Type))
+		if te.Field != "" && te.Field != key {
+			msg = te.Field + ": " + msg
+		}
+		return errors.New(msg)
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if name, err := strconv.Unquote(name); err == nil && name != key {
+			return fmt.Errorf("unknown key %q", name)
+		}
+		return errors.New("unknown key")
+	}
+	return err
+}
+
+var textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+
+func expect(t reflect.Type) string {
+	if reflect.PointerTo(t).Implements(textUnmarshaler) {
+		return "a string"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.Map, reflect.Struct:
+		return "a table"
+	}
+	return t.String()
+}

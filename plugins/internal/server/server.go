@@ -1,0 +1,312 @@
+// Package server is the plugin side of the mailgate plugin protocol: it
+// serves a stages.Factory as the gRPC Filter service of plugins/proto
+// through hashicorp/go-plugin. plugins/sdk wraps it for plugin authors and
+// plugins/sdk/sdktest runs it in-process for their tests.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"runtime/debug"
+	"sync"
+
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/mailgate/mailgate/plugins/proto"
+	"github.com/mailgate/mailgate/stages"
+)
+
+// Serve serves factory until the host stops the plugin. test is nil in a
+// real plugin process; sdktest sets it to serve in-process.
+func Serve(factory stages.Factory, log *slog.Logger, test *plugin.ServeTestConfig) {
+	s := &filterServer{factory: factory, log: log}
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: Handshake(),
+		Plugins:         plugin.PluginSet{proto.PluginName: &GRPCPlugin{Filter: s}},
+		GRPCServer:      plugin.DefaultGRPCServer,
+		Test:            test,
+	})
+	s.close()
+}
+
+// Handshake is the go-plugin handshake of plugins/proto.
+func Handshake() plugin.HandshakeConfig {
+	return plugin.HandshakeConfig{
+		ProtocolVersion:  proto.ProtocolVersion,
+		MagicCookieKey:   proto.MagicCookieKey,
+		MagicCookieValue: proto.MagicCookieValue,
+	}
+}
+
+// GRPCPlugin is the go-plugin Plugin of the Filter service. The plugin side
+// sets Filter; the host side leaves it nil and gets a proto.FilterClient.
+type GRPCPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	Filter proto.FilterServer
+}
+
+func (p *GRPCPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	if p.Filter == nil {
+		return errors.New("no filter to serve")
+	}
+	proto.RegisterFilterServer(s, p.Filter)
+	return nil
+}
+
+func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return proto.NewFilterClient(c), nil
+}
+
+// filterServer builds the filter at Configure and runs it for every Run,
+// concurrently: a filter must be safe for concurrent use.
+type filterServer struct {
+	proto.UnimplementedFilterServer
+	factory stages.Factory
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	filter stages.Filter // nil until configured
+}
+
+func (s *filterServer) configured() (stages.Filter, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.filter == nil {
+		return nil, status.Error(codes.FailedPrecondition, "not configured")
+	}
+	return s.filter, nil
+}
+
+func (s *filterServer) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.filter.(stages.Closer); ok {
+		if err := c.Close(); err != nil {
+			s.log.Error("close filter", "err", err)
+		}
+	}
+	s.filter = nil
+}
+
+func (s *filterServer) Configure(_ context.Context, req *proto.ConfigureRequest) (*proto.ConfigureResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.filter != nil {
+		return nil, status.Error(codes.FailedPrecondition, "already configured")
+	}
+	env := stages.Env{
+		Hostname:   req.GetEnv().GetHostname(),
+		DNSServers: req.GetEnv().GetDnsServers(),
+		DataDir:    req.GetEnv().GetDataDir(),
+	}
+	f, err := s.factory(env, jsonConfig(req.GetConfig()))
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			return &proto.ConfigureResponse{Error: ce.Err.Error(), Key: ce.Key}, nil
+		}
+		return &proto.ConfigureResponse{Error: err.Error()}, nil
+	}
+	s.filter = f
+	return &proto.ConfigureResponse{}, nil
+}
+
+func (s *filterServer) Describe(context.Context, *proto.DescribeRequest) (*proto.DescribeResponse, error) {
+	f, err := s.configured()
+	if err != nil {
+		return nil, err
+	}
+	info := f.Info()
+	return &proto.DescribeResponse{
+		Kind:            info.Kind,
+		Version:         info.Version,
+		Phases:          proto.FromPhases(info.Phases),
+		Needs:           proto.FromNeeds(info.Needs),
+		Edits:           info.Edits,
+		ProtocolVersion: proto.ProtocolVersion,
+	}, nil
+}
+
+func (s *filterServer) Run(ctx context.Context, req *proto.RunRequest) (*proto.RunResponse, error) {
+	var body stages.Body
+	switch src := req.GetBody().GetSource().(type) {
+	case nil:
+	case *proto.Body_Inline:
+		body = stages.BytesBody(src.Inline)
+	case *proto.Body_File:
+		body = fileBody{path: src.File.GetPath(), offset: src.File.GetOffset(), size: src.File.GetLength()}
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "body %T must come by RunStream", src)
+	}
+	return s.run(ctx, req, body)
+}
+
+func (s *filterServer) RunStream(stream proto.Filter_RunStreamServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	req := first.GetRequest()
+	if req == nil {
+		return status.Error(codes.InvalidArgument, "the first message of RunStream must be the request")
+	}
+	size := req.GetBody().GetStreamed()
+	// The body is spilled to a temporary file rather than memory so a
+	// plugin's memory stays bounded whatever the message size.
+	f, err := os.CreateTemp("", "mailgate-body-*")
+	if err != nil {
+		return fmt.Errorf("spill body: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	var n int64
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		chunk := m.GetChunk()
+		if n += int64(len(chunk)); n > size {
+			return status.Errorf(codes.InvalidArgument, "body longer than the %d bytes announced", size)
+		}
+		if _, err := f.Write(chunk); err != nil {
+			return fmt.Errorf("spill body: %w", err)
+		}
+	}
+	if n != size {
+		return status.Errorf(codes.InvalidArgument, "body of %d bytes, %d announced", n, size)
+	}
+	resp, err := s.run(stream.Context(), req, sectionBody{io.NewSectionReader(f, 0, size)})
+	if err != nil {
+		return err
+	}
+	return stream.SendAndClose(resp)
+}
+
+// run calls the filter. A panic in the filter becomes this call's error
+// rather than the end of the process and of every other call in flight.
+func (s *filterServer) run(ctx context.Context, req *proto.RunRequest, body stages.Body) (resp *proto.RunResponse, err error) {
+	f, err := s.configured()
+	if err != nil {
+		return nil, err
+	}
+	phase, err := proto.ToPhase(req.GetPhase())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	tx, err := transaction(req.GetTransaction())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	tx.Body = body
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("filter panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			resp, err = nil, status.Errorf(codes.Internal, "filter panicked: %v", r)
+		}
+	}()
+	v, err := f.Run(ctx, phase, tx)
+	if err != nil {
+		return nil, status.Error(codes.Unknown, err.Error())
+	}
+	return &proto.RunResponse{Verdict: verdict(v)}, nil
+}
+
+func transaction(t *proto.Transaction) (*stages.Transaction, error) {
+	c := t.GetClient()
+	tx := &stages.Transaction{
+		QueueID: t.GetQueueId(),
+		Client: stages.Client{
+			Port:     uint16(c.GetPort()),
+			Name:     c.GetName(),
+			Helo:     c.GetHelo(),
+			TLS:      c.GetTls(),
+			AuthUser: c.GetAuthUser(),
+			Trusted:  c.GetTrusted(),
+		},
+		From:  t.GetFrom(),
+		Rcpts: t.GetRcpts(),
+	}
+	if a := c.GetAddr(); a != "" {
+		addr, err := netip.ParseAddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("client address: %w", err)
+		}
+		tx.Client.Addr = addr
+	}
+	for _, f := range t.GetHeader() {
+		tx.Header = append(tx.Header, stages.Field{Name: f.GetName(), Value: f.GetValue()})
+	}
+	for _, r := range t.GetResults() {
+		a, err := proto.ToAction(r.GetAction())
+		if err != nil {
+			return nil, fmt.Errorf("result of stage %q: %w", r.GetStage(), err)
+		}
+		tx.Results = append(tx.Results, stages.Result{
+			Stage: r.GetStage(), Kind: r.GetKind(), Action: a, Score: r.GetScore(),
+			Result: r.GetResult(), Reason: r.GetReason(), Errored: r.GetErrored(),
+		})
+	}
+	return tx, nil
+}
+
+func verdict(v stages.Verdict) *proto.Verdict {
+	out := &proto.Verdict{
+		Action: proto.FromAction(v.Action),
+		Score:  v.Score,
+		Result: v.Result,
+		Reason: v.Reason,
+	}
+	if r := v.Reply; r != nil {
+		out.Reply = &proto.Reply{Code: int32(r.Code), Text: r.Text}
+		if r.Enhanced != [3]int{} {
+			out.Reply.Enhanced = []int32{int32(r.Enhanced[0]), int32(r.Enhanced[1]), int32(r.Enhanced[2])}
+		}
+	}
+	for _, e := range v.Edits {
+		out.Edits = append(out.Edits, &proto.Edit{
+			Op: proto.FromEditOp(e.Op), Name: e.Name, Value: e.Value, Index: int64(e.Index), Body: e.Body,
+		})
+	}
+	return out
+}
+
+// fileBody is a body the host left in a file: the spooled message.
+type fileBody struct {
+	path         string
+	offset, size int64
+}
+
+func (b fileBody) Size() int64 { return b.size }
+
+func (b fileBody) Open() (io.ReadCloser, error) {
+	f, err := os.Open(b.path)
+	if err != nil {
+		return nil, fmt.Errorf("open body: %w", err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.NewSectionReader(f, b.offset, b.size), f}, nil
+}
+
+// sectionBody is a body spilled by RunStream; readers share the file
+// through ReadAt, which is safe for concurrent use.
+type sectionBody struct{ r *io.SectionReader }
+
+func (b sectionBody) Size() int64 { return b.r.Size() }
+
+func (b sectionBody) Open() (io.ReadCloser, error) {
+	return io.NopCloser(io.NewSectionReader(b.r, 0, b.r.Size())), nil
+}

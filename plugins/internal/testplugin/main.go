@@ -1,0 +1,104 @@
+// Command testplugin is the filter plugin the tests of plugins/host start
+// as a real process. What it does is chosen by its config and, per call, by
+// the local part of the envelope sender:
+//
+//	crash@…  exits at once (status 3), in-flight calls with it
+//	sleep@…  sleeps for the config's "sleep", ignoring the call's deadline
+//	fail@…   returns an error (the stage broke)
+//	panic@…  panics inside Run
+//
+// Otherwise it answers the config's verdict. For a body it reports the
+// size and SHA-256 it read in Result, "<size> <hex>", and its pid in Reason.
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/mailgate/mailgate/plugins/sdk"
+	"github.com/mailgate/mailgate/stages"
+)
+
+type config struct {
+	Action    stages.Action   `json:"action"`     // default continue
+	Score     float64         `json:"score"`      //
+	Reply     string          `json:"reply"`      // text of a 550 5.7.1 reply
+	AddHeader string          `json:"add_header"` // "Name: value", added by an edit
+	Sleep     stages.Duration `json:"sleep"`      // for sleep@ senders
+	Garbage   string          `json:"garbage"`    // "action" or "edit": a verdict the host must refuse
+}
+
+type filter struct{ cfg config }
+
+func newFilter(_ stages.Env, c stages.Config) (stages.Filter, error) {
+	var cfg config
+	if err := c.Decode(&cfg); err != nil {
+		return nil, err
+	}
+	if cfg.Garbage != "" && cfg.Garbage != "action" && cfg.Garbage != "edit" {
+		return nil, &sdk.ConfigError{Key: "garbage", Err: fmt.Errorf("unexpected %q; expect action or edit", cfg.Garbage)}
+	}
+	// Both ways a plugin's output reaches the gateway's log.
+	slog.Warn("testplugin configured", "action", cfg.Action)
+	fmt.Fprintln(os.Stderr, "testplugin plain stderr line")
+	return &filter{cfg}, nil
+}
+
+func (f *filter) Info() stages.Info {
+	return stages.Info{
+		Kind:    "testplugin",
+		Version: "1",
+		Phases:  stages.AllPhases,
+		Needs:   stages.NeedHeader | stages.NeedBody | stages.NeedResults,
+		Edits:   f.cfg.AddHeader != "" || f.cfg.Garbage == "edit",
+	}
+}
+
+func (f *filter) Run(_ context.Context, _ stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
+	switch local, _, _ := strings.Cut(tx.From, "@"); local {
+	case "crash":
+		os.Exit(3)
+	case "sleep":
+		time.Sleep(time.Duration(f.cfg.Sleep))
+	case "fail":
+		return stages.Verdict{}, errors.New("scanner unreachable")
+	case "panic":
+		panic("testplugin told to panic")
+	}
+	v := stages.Verdict{Action: f.cfg.Action, Score: f.cfg.Score, Reason: fmt.Sprintf("pid %d", os.Getpid())}
+	if f.cfg.Reply != "" {
+		v.Reply = &stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: f.cfg.Reply}
+	}
+	if name, value, ok := strings.Cut(f.cfg.AddHeader, ":"); ok {
+		v.Edits = append(v.Edits, stages.Edit{Op: stages.HeaderAdd, Name: name, Value: strings.TrimSpace(value)})
+	}
+	switch f.cfg.Garbage {
+	case "action":
+		v.Action = stages.Action(42)
+	case "edit":
+		v.Edits = append(v.Edits, stages.Edit{Op: stages.HeaderAdd, Name: "X-Ok", Value: "1\r\nInjected: yes"})
+	}
+	if tx.Body != nil {
+		r, err := tx.Body.Open()
+		if err != nil {
+			return stages.Verdict{}, err
+		}
+		defer r.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, r)
+		if err != nil {
+			return stages.Verdict{}, fmt.Errorf("read body: %w", err)
+		}
+		v.Result = fmt.Sprintf("%d %x", n, h.Sum(nil))
+	}
+	return v, nil
+}
+
+func main() { sdk.Serve(newFilter) }

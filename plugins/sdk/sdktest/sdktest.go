@@ -1,0 +1,66 @@
+// Package sdktest runs a filter plugin in-process for its author's tests,
+// against the gateway's real plugin host over a real gRPC connection: what
+// a test sees is what the gateway will see, config errors included.
+package sdktest
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/mailgate/mailgate/plugins/host"
+	"github.com/mailgate/mailgate/plugins/internal/server"
+	"github.com/mailgate/mailgate/stages"
+)
+
+// Stage serves factory in-process, configures it with config (a JSON
+// object, as the gateway turns a [stage.config] block into) and returns
+// the stage as the pipeline would run it. A refused config is the error
+// the gateway would report, a *host.ConfigError. The plugin stops when the
+// test ends.
+//
+// The stage's Env has Hostname "mx.example.test" and a fresh DataDir.
+func Stage(t testing.TB, factory stages.Factory, config string) (stages.Stage, error) {
+	t.Helper()
+	// Warnings and errors only, to stderr: t.Log would panic if go-plugin
+	// logged after the test ended.
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithCancel(context.Background())
+	attach := make(chan *plugin.ReattachConfig, 1)
+	closed := make(chan struct{})
+	go server.Serve(factory, log, &plugin.ServeTestConfig{Context: ctx, ReattachConfigCh: attach, CloseCh: closed})
+	stop := func() {
+		cancel()
+		<-closed
+	}
+	var rc *plugin.ReattachConfig
+	select {
+	case rc = <-attach:
+	case <-closed:
+		cancel()
+		return nil, errors.New("sdktest: plugin server ended before serving")
+	case <-time.After(10 * time.Second):
+		stop()
+		return nil, errors.New("sdktest: plugin server did not start within 10s")
+	}
+	p, err := host.Attach(ctx, host.Spec{
+		Name:   "sdktest",
+		Config: []byte(config),
+		Env:    stages.Env{Hostname: "mx.example.test", DataDir: t.TempDir()},
+		Logger: log,
+	}, rc)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	t.Cleanup(func() {
+		p.Close()
+		stop()
+	})
+	return p, nil
+}
