@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 )
@@ -16,7 +17,7 @@ const helperEnv = "MAILGATE_HOST_TEST_HELPER"
 func helperMain() {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	p, err := Start(ctx, Spec{Name: "helper", Cmd: []string{os.Getenv(helperEnv)}})
+	p, err := Start(ctx, Spec{Name: "helper", Cmd: []string{os.Getenv(helperEnv)}, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -51,6 +51,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+var discard = slog.New(slog.DiscardHandler)
+
 // logBuffer collects the JSON lines of a slog logger for assertions.
 type logBuffer struct {
 	mu sync.Mutex
@@ -78,7 +80,7 @@ func startTest(t testing.TB, spec Spec) *Plugin {
 		spec.Name = "test"
 	}
 	if spec.Logger == nil {
-		spec.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		spec.Logger = discard
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -177,7 +179,7 @@ func TestConfigRefused(t *testing.T) {
 		{`{"garbage": "lots"}`, "garbage", `config: garbage: unexpected "lots"; expect action or edit`},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		p, err := Start(ctx, Spec{Name: "cfg", Cmd: []string{testPlugin}, Config: []byte(tc.config)})
+		p, err := Start(ctx, Spec{Name: "cfg", Cmd: []string{testPlugin}, Config: []byte(tc.config), Logger: discard})
 		cancel()
 		if err == nil {
 			p.Close()
@@ -206,7 +208,7 @@ func TestSHA256Pin(t *testing.T) {
 	}
 
 	bad := strings.Repeat("0", 64)
-	_, err = Start(context.Background(), Spec{Name: "pin", Cmd: []string{testPlugin}, SHA256: bad})
+	_, err = Start(context.Background(), Spec{Name: "pin", Cmd: []string{testPlugin}, SHA256: bad, Logger: discard})
 	if err == nil || !strings.Contains(err.Error(), "sha256 "+good) || !strings.Contains(err.Error(), "pins "+bad) {
 		t.Errorf("Start with a wrong pin: %v", err)
 	}
@@ -215,7 +217,7 @@ func TestSHA256Pin(t *testing.T) {
 func TestMissingBinary(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "no-such-plugin")
 	start := time.Now()
-	_, err := Start(context.Background(), Spec{Name: "gone", Cmd: []string{missing}})
+	_, err := Start(context.Background(), Spec{Name: "gone", Cmd: []string{missing}, Logger: discard})
 	if err == nil || !strings.Contains(err.Error(), "no such file") || !strings.Contains(err.Error(), `stage "gone"`) {
 		t.Errorf("Start of a missing binary: %v", err)
 	}

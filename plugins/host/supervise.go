@@ -48,6 +48,7 @@ func (p *Plugin) supervise(ctx context.Context, started chan<- error) {
 	pr, err := p.launch(ctx, nil)
 	if err == nil {
 		p.info = pr.info
+		p.setCurrent(pr)
 	}
 	started <- err
 	if err != nil {
@@ -55,7 +56,6 @@ func (p *Plugin) supervise(ctx context.Context, started chan<- error) {
 	}
 	backoff := p.spec.RestartMin
 	for {
-		p.setCurrent(pr)
 		p.log.Info("plugin running", "pid", pr.pid, "kind", pr.info.Kind, "version", pr.info.Version)
 		p.wait(pr)
 		p.setCurrent(nil)
@@ -82,6 +82,7 @@ func (p *Plugin) supervise(ctx context.Context, started chan<- error) {
 				p.log.Error("restart plugin", "err", err)
 			}
 		}
+		p.setCurrent(pr)
 	}
 }
 
