@@ -306,24 +306,24 @@ func (p *Plugin) request(phase stages.Phase, tx *stages.Transaction) (*proto.Run
 			Addr:     addrString(tx.Client.Addr),
 			Port:     uint32(tx.Client.Port),
 			Name:     tx.Client.Name,
-			Helo:     tx.Client.Helo,
+			Helo:     []byte(tx.Client.Helo),
 			Tls:      tx.Client.TLS,
-			AuthUser: tx.Client.AuthUser,
+			AuthUser: []byte(tx.Client.AuthUser),
 			Trusted:  tx.Client.Trusted,
 		},
-		From:  tx.From,
-		Rcpts: tx.Rcpts,
+		From:  []byte(tx.From),
+		Rcpts: proto.FromStrings(tx.Rcpts),
 	}
 	if needs&(stages.NeedHeader|stages.NeedBody) != 0 {
 		for _, f := range tx.Header {
-			t.Header = append(t.Header, &proto.HeaderField{Name: f.Name, Value: f.Value})
+			t.Header = append(t.Header, &proto.HeaderField{Name: []byte(f.Name), Value: []byte(f.Value)})
 		}
 	}
 	if needs&stages.NeedResults != 0 {
 		for _, r := range tx.Results {
 			t.Results = append(t.Results, &proto.Result{
 				Stage: r.Stage, Kind: r.Kind, Action: proto.FromAction(r.Action), Score: r.Score,
-				Result: r.Result, Reason: r.Reason, Errored: r.Errored,
+				Result: []byte(r.Result), Reason: []byte(r.Reason), Errored: r.Errored,
 			})
 		}
 	}

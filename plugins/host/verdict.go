@@ -24,7 +24,7 @@ func toVerdict(v *proto.Verdict, mayEdit bool) (stages.Verdict, error) {
 	if math.IsNaN(v.GetScore()) || math.IsInf(v.GetScore(), 0) {
 		return stages.Verdict{}, fmt.Errorf("score %v", v.GetScore())
 	}
-	out := stages.Verdict{Action: action, Score: v.GetScore(), Result: v.GetResult(), Reason: v.GetReason()}
+	out := stages.Verdict{Action: action, Score: v.GetScore(), Result: string(v.GetResult()), Reason: string(v.GetReason())}
 	if r := v.GetReply(); r != nil {
 		if out.Reply, err = toReply(r); err != nil {
 			return stages.Verdict{}, fmt.Errorf("reply: %w", err)
@@ -77,7 +77,7 @@ func toEdit(e *proto.Edit) (stages.Edit, error) {
 	if err != nil {
 		return stages.Edit{}, err
 	}
-	out := stages.Edit{Op: op, Name: e.GetName(), Value: e.GetValue(), Index: int(e.GetIndex()), Body: e.GetBody()}
+	out := stages.Edit{Op: op, Name: string(e.GetName()), Value: string(e.GetValue()), Index: int(e.GetIndex()), Body: e.GetBody()}
 	if out.Index < 0 || int64(out.Index) != e.GetIndex() {
 		return stages.Edit{}, fmt.Errorf("%s: index %d", op, e.GetIndex())
 	}

@@ -99,3 +99,27 @@ func ToEditOp(o EditOp) (stages.EditOp, error) {
 	}
 	return stages.EditOp(o), nil
 }
+
+// ToStrings and FromStrings convert the repeated bytes fields (envelope
+// recipients) to Go strings and back; a Go string holds any bytes.
+func ToStrings(bs [][]byte) []string {
+	if bs == nil {
+		return nil
+	}
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = string(b)
+	}
+	return out
+}
+
+func FromStrings(ss []string) [][]byte {
+	if ss == nil {
+		return nil
+	}
+	out := make([][]byte, len(ss))
+	for i, s := range ss {
+		out[i] = []byte(s)
+	}
+	return out
+}

@@ -15,6 +15,7 @@ import (
 	"runtime/debug"
 	"sync"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -28,10 +29,16 @@ import (
 // real plugin process; sdktest sets it to serve in-process.
 func Serve(factory stages.Factory, log *slog.Logger, test *plugin.ServeTestConfig) {
 	s := &filterServer{factory: factory, log: log}
+	var hlog hclog.Logger // nil: go-plugin's own, JSON on stderr for the host to parse
+	if test != nil {
+		// In-process, that JSON would only clutter the test's output.
+		hlog = hclog.NewNullLogger()
+	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake(),
 		Plugins:         plugin.PluginSet{proto.PluginName: &GRPCPlugin{Filter: s}},
 		GRPCServer:      plugin.DefaultGRPCServer,
+		Logger:          hlog,
 		Test:            test,
 	})
 	s.close()
@@ -230,13 +237,13 @@ func transaction(t *proto.Transaction) (*stages.Transaction, error) {
 		Client: stages.Client{
 			Port:     uint16(c.GetPort()),
 			Name:     c.GetName(),
-			Helo:     c.GetHelo(),
+			Helo:     string(c.GetHelo()),
 			TLS:      c.GetTls(),
-			AuthUser: c.GetAuthUser(),
+			AuthUser: string(c.GetAuthUser()),
 			Trusted:  c.GetTrusted(),
 		},
-		From:  t.GetFrom(),
-		Rcpts: t.GetRcpts(),
+		From:  string(t.GetFrom()),
+		Rcpts: proto.ToStrings(t.GetRcpts()),
 	}
 	if a := c.GetAddr(); a != "" {
 		addr, err := netip.ParseAddr(a)
@@ -246,7 +253,7 @@ func transaction(t *proto.Transaction) (*stages.Transaction, error) {
 		tx.Client.Addr = addr
 	}
 	for _, f := range t.GetHeader() {
-		tx.Header = append(tx.Header, stages.Field{Name: f.GetName(), Value: f.GetValue()})
+		tx.Header = append(tx.Header, stages.Field{Name: string(f.GetName()), Value: string(f.GetValue())})
 	}
 	for _, r := range t.GetResults() {
 		a, err := proto.ToAction(r.GetAction())
@@ -255,7 +262,7 @@ func transaction(t *proto.Transaction) (*stages.Transaction, error) {
 		}
 		tx.Results = append(tx.Results, stages.Result{
 			Stage: r.GetStage(), Kind: r.GetKind(), Action: a, Score: r.GetScore(),
-			Result: r.GetResult(), Reason: r.GetReason(), Errored: r.GetErrored(),
+			Result: string(r.GetResult()), Reason: string(r.GetReason()), Errored: r.GetErrored(),
 		})
 	}
 	return tx, nil
@@ -265,8 +272,8 @@ func verdict(v stages.Verdict) *proto.Verdict {
 	out := &proto.Verdict{
 		Action: proto.FromAction(v.Action),
 		Score:  v.Score,
-		Result: v.Result,
-		Reason: v.Reason,
+		Result: []byte(v.Result),
+		Reason: []byte(v.Reason),
 	}
 	if r := v.Reply; r != nil {
 		out.Reply = &proto.Reply{Code: int32(r.Code), Text: r.Text}
@@ -276,7 +283,7 @@ func verdict(v stages.Verdict) *proto.Verdict {
 	}
 	for _, e := range v.Edits {
 		out.Edits = append(out.Edits, &proto.Edit{
-			Op: proto.FromEditOp(e.Op), Name: e.Name, Value: e.Value, Index: int64(e.Index), Body: e.Body,
+			Op: proto.FromEditOp(e.Op), Name: []byte(e.Name), Value: []byte(e.Value), Index: int64(e.Index), Body: e.Body,
 		})
 	}
 	return out
