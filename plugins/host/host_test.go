@@ -98,7 +98,7 @@ func dataTx(from string, body stages.Body) *stages.Transaction {
 		Client:  stages.Client{Addr: netip.MustParseAddr("192.0.2.7"), Port: 40000, Helo: "client.test"},
 		From:    from,
 		Rcpts:   []string{"user@example.test"},
-		Header:  stages.Header{{Name: "Subject", Value: "hello"}, {Name: "From", Value: "a@example.org"}},
+		Header:  stages.Header{{Name: "Subject", Value: "caf\xe9, Latin-1 as mail often is"}, {Name: "From", Value: "a@example.org"}},
 		Body:    body,
 	}
 }
@@ -158,6 +158,12 @@ func TestRoundTrip(t *testing.T) {
 	wantEdits := []stages.Edit{{Op: stages.HeaderAdd, Name: "X-Test", Value: "yes"}}
 	if fmt.Sprint(v.Edits) != fmt.Sprint(wantEdits) {
 		t.Errorf("edits %+v, want %+v", v.Edits, wantEdits)
+	}
+
+	// Mail is not always UTF-8; the plugin gets the bytes as they came.
+	v, err = run(p, 5*time.Second, dataTx("a@example.org", nil))
+	if err != nil || v.Result != "caf\xe9, Latin-1 as mail often is" {
+		t.Errorf("Subject as the plugin saw it: %q, %v", v.Result, err)
 	}
 
 	// The plugin's slog line keeps its level; a plain stderr line arrives

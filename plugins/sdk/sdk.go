@@ -9,6 +9,7 @@
 package sdk
 
 import (
+	"io"
 	"log/slog"
 	"os"
 
@@ -36,12 +37,16 @@ type ConfigError = server.ConfigError
 // lines to stderr that the gateway logs at their level, tagged with the
 // stage name.
 func Serve(factory stages.Factory) {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{
-		Level:       slog.LevelDebug, // the gateway's logger decides what it keeps
-		ReplaceAttr: hclogKeys,
-	}))
+	log := newLogger(os.Stderr)
 	slog.SetDefault(log)
 	server.Serve(factory, log, nil)
+}
+
+func newLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{
+		Level:       slog.LevelDebug - 4, // the gateway's logger decides what it keeps
+		ReplaceAttr: hclogKeys,
+	}))
 }
 
 // hclogKeys renames slog's keys to the ones of hclog's JSON format, which

@@ -8,7 +8,8 @@
 //	panic@…  panics inside Run
 //
 // Otherwise it answers the config's verdict. For a body it reports the
-// size and SHA-256 it read in Result, "<size> <hex>", and its pid in Reason.
+// size and SHA-256 it read in Result, "<size> <hex>", without one the
+// Subject it got; its pid goes in Reason.
 package main
 
 import (
@@ -85,6 +86,7 @@ func (f *filter) Run(_ context.Context, _ stages.Phase, tx *stages.Transaction) 
 	case "edit":
 		v.Edits = append(v.Edits, stages.Edit{Op: stages.HeaderAdd, Name: "X-Ok", Value: "1\r\nInjected: yes"})
 	}
+	v.Result = tx.Header.Get("Subject")
 	if tx.Body != nil {
 		r, err := tx.Body.Open()
 		if err != nil {
