@@ -111,9 +111,10 @@ func (a *hclogAdapter) StandardWriter(opts *hclog.StandardLoggerOptions) io.Writ
 	return a.StandardLogger(opts).Writer()
 }
 
-// lineLogger logs, a line at a time, what a plugin writes to its own
-// stdout or stderr after go-plugin has redirected them (fmt.Println,
-// panics of goroutines the sdk does not guard).
+// lineLogger logs, a line at a time, what a plugin writes to os.Stdout or
+// os.Stderr once go-plugin has redirected them (fmt.Println and the like).
+// What reaches the process's original stderr (slog, the runtime's panic
+// traces) goes through go-plugin's stderr parsing instead.
 type lineLogger struct {
 	log *slog.Logger
 
