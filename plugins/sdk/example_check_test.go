@@ -23,7 +23,7 @@ func TestReadmeExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	code := string(src)
-	code = code[strings.Index(code, "import (") : strings.Index(code, "// In a plugin's package main")]
+	code = code[strings.Index(code, "import ("):strings.Index(code, "// In a plugin's package main")]
 	if !strings.Contains(string(readme), code) {
 		t.Errorf("plugins/README.md does not show example_test.go as it is; want:\n%s", code)
 	}
