@@ -53,6 +53,13 @@ func TestMain(m *testing.M) {
 
 var discard = slog.New(slog.DiscardHandler)
 
+// current returns the running process, nil while down.
+func (p *Plugin) current() *proc {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cur
+}
+
 // logBuffer collects the JSON lines of a slog logger for assertions.
 type logBuffer struct {
 	mu sync.Mutex

@@ -92,13 +92,6 @@ func (p *Plugin) setCurrent(pr *proc) {
 	p.mu.Unlock()
 }
 
-// current returns the running process, nil while down.
-func (p *Plugin) current() *proc {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.cur
-}
-
 // wait returns when pr has exited, should be replaced, or the plugin closes.
 func (p *Plugin) wait(pr *proc) {
 	tick := time.NewTicker(exitPoll)
