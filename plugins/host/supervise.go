@@ -45,7 +45,9 @@ func (p *Plugin) supervise(ctx context.Context, started chan<- error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
+	ctx, cancel := context.WithTimeout(ctx, p.spec.StartTimeout)
 	pr, err := p.launch(ctx, nil)
+	cancel()
 	if err == nil {
 		p.info = pr.info
 		p.setCurrent(pr)
