@@ -151,7 +151,7 @@ func (r *Router) do(ctx context.Context, fn func(*scheduler) error) error {
 }
 
 // Run loads every queued message from the spool and delivers until ctx
-// ends. It then waits for the deliveries in progress, which ctx's end
+// ends; call it once. It then waits for the deliveries in progress, which ctx's end
 // cuts short: a cut-short attempt leaves its recipients pending, so they
 // are delivered at least once after a restart.
 func (r *Router) Run(ctx context.Context) error {
@@ -183,7 +183,9 @@ func (r *Router) Run(ctx context.Context) error {
 	for {
 		s.takeIncoming()
 		s.startDue(ctx)
-		if next, ok := s.nextDue(); ok {
+		// With every worker busy a finished job wakes the loop; a timer
+		// for a message that is already due would only spin.
+		if next, ok := s.nextDue(); ok && s.busy < r.workers {
 			timer.Reset(time.Until(next))
 		} else {
 			timer.Stop()

@@ -41,6 +41,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	srv       *smtp.Server // nil while stopped
+	ln        net.Listener
 	served    chan struct{}
 	msgs      []Message
 	rcptReply map[string]int
@@ -153,13 +154,16 @@ func (s *Server) SetDataReply(code int) {
 // to Addr are refused. Stopping a stopped server does nothing.
 func (s *Server) Stop() {
 	s.mu.Lock()
-	srv, served := s.srv, s.served
+	srv, ln, served := s.srv, s.ln, s.served
 	s.srv = nil
 	s.mu.Unlock()
 	if srv == nil {
 		return
 	}
+	// Close the listener too: srv.Close misses it if Serve has not
+	// registered it yet.
 	srv.Close()
+	ln.Close()
 	<-served
 }
 
@@ -192,7 +196,7 @@ func (s *Server) serve(l net.Listener) {
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	served := make(chan struct{})
 	s.mu.Lock()
-	s.srv, s.served = srv, served
+	s.srv, s.ln, s.served = srv, l, served
 	s.mu.Unlock()
 	go func() {
 		defer close(served)

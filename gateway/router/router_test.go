@@ -1,0 +1,637 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages"
+)
+
+const waitLong = 10 * time.Second
+
+// testConfig is a config with short retries; DNS points at a closed port
+// so that a test that reaches MX delivery by mistake fails.
+func testConfig(routes ...policy.Route) *policy.Config {
+	ms := func(n int) stages.Duration { return stages.Duration(time.Duration(n) * time.Millisecond) }
+	return &policy.Config{
+		Hostname: "gw.test",
+		DNS:      policy.DNS{Servers: []string{"127.0.0.1:1"}, Timeout: ms(500)},
+		Delivery: policy.Delivery{
+			MaxAge:          ms(60_000),
+			RetryMin:        ms(50),
+			RetryMax:        ms(200),
+			ConnectTimeout:  ms(2000),
+			CommandTimeout:  ms(5000),
+			MaxConnections:  4,
+			BounceFrom:      "MAILER-DAEMON@gw.test",
+			HeloName:        "gw.test",
+			IdleConnTimeout: ms(30_000),
+		},
+		Routes: routes,
+	}
+}
+
+func serverRoute(domain string, srvs ...*routertest.Server) policy.Route {
+	r := policy.Route{Domains: []string{domain}, TLS: "opportunistic"}
+	for _, s := range srvs {
+		r.Servers = append(r.Servers, s.Addr())
+	}
+	return r
+}
+
+func openSpool(t *testing.T) *spool.Spool {
+	t.Helper()
+	sp, err := spool.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	return sp
+}
+
+// logBuffer collects log output for assertions.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+type harness struct {
+	t    *testing.T
+	cfg  *policy.Config
+	sp   *spool.Spool
+	r    *Router
+	logs *logBuffer
+	stop func()
+}
+
+// start runs a Router over sp until the test ends or h.stop is called.
+func start(t *testing.T, cfg *policy.Config, sp *spool.Spool, opts ...Option) *harness {
+	t.Helper()
+	logs := &logBuffer{}
+	r, err := New(cfg, sp, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("router log:\n%s", logs)
+		}
+	})
+	return &harness{t: t, cfg: cfg, sp: sp, r: r, logs: logs, stop: stop}
+}
+
+// commit puts a message into the spool as smtpd does.
+func commit(t *testing.T, sp *spool.Spool, from string, rcpts []string, data string) *spool.Envelope {
+	t.Helper()
+	w, err := sp.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte(data)); err != nil {
+		t.Fatal(err)
+	}
+	env := &spool.Envelope{From: from}
+	for _, r := range rcpts {
+		env.Rcpts = append(env.Rcpts, spool.Recipient{Addr: r, Status: spool.Pending})
+	}
+	if err := w.Commit(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+func (h *harness) send(from string, rcpts []string, data string) *spool.Envelope {
+	env := commit(h.t, h.sp, from, rcpts, data)
+	h.r.Enqueue(env)
+	return env
+}
+
+// waitUntil polls cond until it holds; bounded by waitLong.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (h *harness) waitGone(id string) {
+	h.t.Helper()
+	waitUntil(h.t, id+" is removed from the spool", func() bool {
+		_, err := h.sp.Load(id)
+		return errors.Is(err, fs.ErrNotExist)
+	})
+}
+
+// waitAttempts waits until the router has tried env n times.
+func (h *harness) waitAttempts(id string, n int) *spool.Envelope {
+	h.t.Helper()
+	var env *spool.Envelope
+	waitUntil(h.t, id+" was attempted", func() bool {
+		var err error
+		env, err = h.sp.Load(id)
+		return err == nil && env.Attempts >= n
+	})
+	return env
+}
+
+const sample = "From: alice@sender.test\r\n" +
+	"To: bob@ex.test\r\n" +
+	"Subject: test\r\n" +
+	"Message-ID: <1@sender.test>\r\n" +
+	"\r\n" +
+	"Hello.\r\n" +
+	".leading dot must survive dot-stuffing\r\n" +
+	"..two dots\r\n" +
+	".\r\n" +
+	"8bit: caf\xc3\xa9\r\n" +
+	"trailing spaces   \r\n" +
+	"\r\n"
+
+func TestDeliverByteIdentical(t *testing.T) {
+	srv := routertest.NewServer(t)
+	h := start(t, testConfig(serverRoute("ex.test", srv)), openSpool(t))
+	env := h.send("alice@sender.test", []string{"bob@ex.test", "carol@ex.test"}, sample)
+
+	msgs := srv.WaitFor(1, waitLong)
+	m := msgs[0]
+	if string(m.Data) != sample {
+		t.Errorf("downstream got\n%q\nwant\n%q", m.Data, sample)
+	}
+	if m.From != "alice@sender.test" || strings.Join(m.Rcpts, ",") != "bob@ex.test,carol@ex.test" {
+		t.Errorf("envelope %q -> %q", m.From, m.Rcpts)
+	}
+	if m.Helo != "gw.test" {
+		t.Errorf("EHLO %q, want helo_name gw.test", m.Helo)
+	}
+	h.waitGone(env.ID)
+	logs := h.logs.String()
+	for _, rcpt := range []string{"bob@ex.test", "carol@ex.test"} {
+		if !strings.Contains(logs, "msg=relayed id="+env.ID+" rcpt="+rcpt+" host="+srv.Addr()) {
+			t.Errorf("no relayed line for %s in log:\n%s", rcpt, logs)
+		}
+	}
+}
+
+func TestConnectionReuse(t *testing.T) {
+	srv := routertest.NewServer(t)
+	cfg := testConfig(serverRoute("ex.test", srv))
+	cfg.Delivery.MaxConnections = 1 // every message must wait for the one connection
+	h := start(t, cfg, openSpool(t))
+	var ids []string
+	for i := range 5 {
+		env := h.send("alice@sender.test", []string{"bob@ex.test"}, strings.Replace(sample, "Hello.", "Hello "+string(rune('A'+i)), 1))
+		ids = append(ids, env.ID)
+	}
+	srv.WaitFor(5, waitLong)
+	for _, id := range ids {
+		h.waitGone(id)
+	}
+	if n := srv.Connections(); n != 1 {
+		t.Errorf("%d connections for 5 messages, want 1", n)
+	}
+	if n := len(srv.Messages()); n != 5 {
+		t.Errorf("%d messages delivered, want 5", n)
+	}
+}
+
+func TestIdleConnectionDropped(t *testing.T) {
+	srv := routertest.NewServer(t)
+	cfg := testConfig(serverRoute("ex.test", srv))
+	cfg.Delivery.IdleConnTimeout = stages.Duration(100 * time.Millisecond)
+	h := start(t, cfg, openSpool(t))
+	h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	srv.WaitFor(1, waitLong)
+	time.Sleep(300 * time.Millisecond)
+	h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	srv.WaitFor(2, waitLong)
+	if n := srv.Connections(); n != 2 {
+		t.Errorf("%d connections, want 2: the first one idled out", n)
+	}
+}
+
+func TestDownstreamDownThenBack(t *testing.T) {
+	srv := routertest.NewServer(t)
+	srv.Stop()
+	h := start(t, testConfig(serverRoute("ex.test", srv)), openSpool(t))
+	env := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+
+	got := h.waitAttempts(env.ID, 2)
+	rc := got.Rcpts[0]
+	if rc.Status != spool.Pending || !strings.HasPrefix(rc.LastReply, "451 4.4.1 ") || !strings.Contains(rc.LastReply, "refused") {
+		t.Errorf("after a refused connection: %+v", rc)
+	}
+	if !strings.Contains(h.logs.String(), "msg=deferred id="+env.ID) {
+		t.Errorf("no deferred line in log:\n%s", h.logs)
+	}
+	srv.Restart()
+	srv.WaitFor(1, waitLong)
+	h.waitGone(env.ID)
+	time.Sleep(4 * time.Duration(h.cfg.Delivery.RetryMax))
+	if n := len(srv.Messages()); n != 1 {
+		t.Errorf("delivered %d times, want once", n)
+	}
+}
+
+func TestFailover(t *testing.T) {
+	down := routertest.NewServer(t)
+	down.Stop()
+	up := routertest.NewServer(t)
+	h := start(t, testConfig(serverRoute("ex.test", down, up)), openSpool(t))
+	env := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	up.WaitFor(1, waitLong)
+	h.waitGone(env.ID)
+	if !strings.Contains(h.logs.String(), "host="+up.Addr()) {
+		t.Errorf("relayed line does not name %s:\n%s", up.Addr(), h.logs)
+	}
+}
+
+func TestPerRecipientResults(t *testing.T) {
+	srv := routertest.NewServer(t)
+	srv.SetRcptReply("bad@ex.test", 550)
+	srv.SetRcptReply("later@ex.test", 451)
+	cfg := testConfig(serverRoute("ex.test", srv), serverRoute("sender.test", srv))
+	h := start(t, cfg, openSpool(t))
+	env := h.send("alice@sender.test", []string{"good1@ex.test", "bad@ex.test", "later@ex.test", "good2@ex.test"}, sample)
+
+	// The good recipients and the DSN for the bad one.
+	msgs := srv.WaitFor(2, waitLong)
+	if got := strings.Join(msgs[0].Rcpts, ","); got != "good1@ex.test,good2@ex.test" || string(msgs[0].Data) != sample {
+		t.Errorf("first delivery to %s", got)
+	}
+	dsnMsg := msgs[1]
+	if dsnMsg.From != "" || strings.Join(dsnMsg.Rcpts, ",") != "alice@sender.test" {
+		t.Fatalf("second message %q -> %q, want the DSN from <> to alice", dsnMsg.From, dsnMsg.Rcpts)
+	}
+	parts := parseDSN(t, dsnMsg.Data)
+	if !strings.Contains(parts.status, "Final-Recipient: rfc822; bad@ex.test\r\nAction: failed\r\nStatus: 5.1.1\r\n") ||
+		!strings.Contains(parts.status, "Diagnostic-Code: smtp; 550 5.1.1 no such user here") {
+		t.Errorf("delivery-status part:\n%s", parts.status)
+	}
+	for _, other := range []string{"good1", "good2", "later"} {
+		if strings.Contains(parts.status, other) {
+			t.Errorf("DSN reports %s:\n%s", other, parts.status)
+		}
+	}
+	if !strings.Contains(parts.headers, "Message-ID: <1@sender.test>") {
+		t.Errorf("DSN lacks the original header:\n%s", parts.headers)
+	}
+
+	// The deferred one is retried alone.
+	e := h.waitAttempts(env.ID, 2)
+	if !e.DSNSent || e.Rcpts[1].Status != spool.Failed || e.Rcpts[2].Status != spool.Pending || e.Rcpts[2].Attempts < 2 ||
+		e.Rcpts[0].Attempts != 1 || e.Rcpts[3].Attempts != 1 {
+		t.Errorf("envelope after retries: %+v", e)
+	}
+	srv.SetRcptReply("later@ex.test", 0)
+	msgs = srv.WaitFor(3, waitLong)
+	if got := strings.Join(msgs[2].Rcpts, ","); got != "later@ex.test" {
+		t.Errorf("retry went to %s, want later@ex.test only", got)
+	}
+	h.waitGone(env.ID)
+	time.Sleep(4 * time.Duration(h.cfg.Delivery.RetryMax))
+	if n := len(srv.Messages()); n != 3 {
+		t.Errorf("%d messages downstream, want 3 (good ones, DSN, later)", n)
+	}
+	if !strings.Contains(h.logs.String(), "msg=bounced id="+env.ID+" rcpt=bad@ex.test") {
+		t.Errorf("no bounced line:\n%s", h.logs)
+	}
+}
+
+func TestNoDSNToNullSenderOrForDSN(t *testing.T) {
+	srv := routertest.NewServer(t)
+	srv.SetRcptReply("bad@ex.test", 550)
+	h := start(t, testConfig(serverRoute("ex.test", srv), serverRoute("sender.test", srv)), openSpool(t))
+
+	nullSender := h.send("", []string{"bad@ex.test"}, sample)
+	w, err := h.sp.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte(sample))
+	isDSN := &spool.Envelope{From: "alice@sender.test", DSN: true, Rcpts: []spool.Recipient{{Addr: "bad@ex.test", Status: spool.Pending}}}
+	if err := w.Commit(context.Background(), isDSN); err != nil {
+		t.Fatal(err)
+	}
+	h.r.Enqueue(isDSN)
+
+	h.waitGone(nullSender.ID)
+	h.waitGone(isDSN.ID)
+	time.Sleep(4 * time.Duration(h.cfg.Delivery.RetryMax))
+	if msgs := srv.Messages(); len(msgs) != 0 {
+		t.Errorf("downstream got %d messages, want none: %+v", len(msgs), msgs[0].Rcpts)
+	}
+	if strings.Contains(h.logs.String(), "dsn queued") {
+		t.Errorf("a DSN was queued:\n%s", h.logs)
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	srv := routertest.NewServer(t)
+	srv.SetRcptReply("slow@ex.test", 451)
+	cfg := testConfig(serverRoute("ex.test", srv), serverRoute("sender.test", srv))
+	cfg.Delivery.MaxAge = stages.Duration(400 * time.Millisecond)
+	h := start(t, cfg, openSpool(t))
+	env := h.send("alice@sender.test", []string{"slow@ex.test"}, sample)
+
+	msgs := srv.WaitFor(1, waitLong)
+	if msgs[0].From != "" || msgs[0].Rcpts[0] != "alice@sender.test" {
+		t.Fatalf("got %q -> %q, want the DSN", msgs[0].From, msgs[0].Rcpts)
+	}
+	parts := parseDSN(t, msgs[0].Data)
+	if !strings.Contains(parts.status, "Final-Recipient: rfc822; slow@ex.test\r\nAction: failed\r\nStatus: 5.4.7\r\n") ||
+		!strings.Contains(parts.status, "Diagnostic-Code: smtp; 451 4.0.0 test reply") {
+		t.Errorf("delivery-status part:\n%s", parts.status)
+	}
+	if !strings.Contains(parts.human, "delivery time expired") {
+		t.Errorf("human part:\n%s", parts.human)
+	}
+	h.waitGone(env.ID)
+	if !strings.Contains(h.logs.String(), "msg=expired id="+env.ID+" rcpt=slow@ex.test") {
+		t.Errorf("no expired line:\n%s", h.logs)
+	}
+	if el := time.Since(env.Received); el < 400*time.Millisecond {
+		t.Errorf("expired after %v, before max_age", el)
+	}
+}
+
+// startDNS serves zone (RR strings) on 127.0.0.1 over UDP. Names it does
+// not know get NXDOMAIN.
+func startDNS(t *testing.T, zone ...string) string {
+	t.Helper()
+	var rrs []dns.RR
+	for _, z := range zone {
+		rr, err := dns.NewRR(z)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rrs = append(rrs, rr)
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(req)
+		q := req.Question[0]
+		known := false
+		for _, rr := range rrs {
+			if strings.EqualFold(rr.Header().Name, q.Name) {
+				known = true
+				if rr.Header().Rrtype == q.Qtype {
+					m.Answer = append(m.Answer, rr)
+				}
+			}
+		}
+		if !known {
+			m.Rcode = dns.RcodeNameError
+		}
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go srv.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+func TestMXDelivery(t *testing.T) {
+	srv := routertest.NewServer(t)
+	dnsAddr := startDNS(t,
+		"mx.test. 60 IN MX 20 backup.mx.test.",
+		"mx.test. 60 IN MX 10 mail.mx.test.",
+		"mail.mx.test. 60 IN A 127.0.0.1",
+		"backup.mx.test. 60 IN A 127.0.0.2",
+		"implicit.test. 60 IN A 127.0.0.1",
+		"null.test. 60 IN MX 0 .",
+	)
+	cfg := testConfig(
+		policy.Route{Domains: []string{"mx.test"}, MX: true},
+		serverRoute("sender.test", srv),
+	)
+	cfg.DNS.Servers = []string{dnsAddr}
+	h := start(t, cfg, openSpool(t), MXPort(srv.Port()))
+
+	// A route with mx = true, and MX delivery without a route (as for
+	// trusted relaying) to a domain with only an A record.
+	routed := h.send("alice@sender.test", []string{"bob@mx.test"}, sample)
+	unrouted := h.send("", []string{"carol@implicit.test"}, sample)
+	msgs := srv.WaitFor(2, waitLong)
+	got := map[string]bool{}
+	for _, m := range msgs {
+		got[strings.Join(m.Rcpts, ",")] = true
+	}
+	if !got["bob@mx.test"] || !got["carol@implicit.test"] {
+		t.Errorf("delivered to %v", got)
+	}
+	h.waitGone(routed.ID)
+	h.waitGone(unrouted.ID)
+	if !strings.Contains(h.logs.String(), "rcpt=bob@mx.test host=mail.mx.test:"+srv.Port()) {
+		t.Errorf("bob@mx.test not relayed via mail.mx.test:\n%s", h.logs)
+	}
+
+	// Null MX (RFC 7505) fails at once, with a DSN.
+	null := h.send("alice@sender.test", []string{"dave@null.test"}, sample)
+	msgs = srv.WaitFor(3, waitLong)
+	parts := parseDSN(t, msgs[2].Data)
+	if !strings.Contains(parts.status, "Final-Recipient: rfc822; dave@null.test\r\nAction: failed\r\nStatus: 5.1.10\r\n") {
+		t.Errorf("null MX DSN:\n%s", parts.status)
+	}
+	h.waitGone(null.ID)
+}
+
+func TestRestartPicksUpQueue(t *testing.T) {
+	srv := routertest.NewServer(t)
+	srv.Stop()
+	cfg := testConfig(serverRoute("ex.test", srv))
+	sp := openSpool(t)
+	h1 := start(t, cfg, sp)
+	deferred := h1.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	h1.waitAttempts(deferred.ID, 1)
+	h1.stop()
+	// Committed while no router runs, never enqueued.
+	idle := commit(t, sp, "alice@sender.test", []string{"carol@ex.test"}, sample)
+
+	srv.Restart()
+	h2 := start(t, cfg, sp)
+	msgs := srv.WaitFor(2, waitLong)
+	h2.waitGone(deferred.ID)
+	h2.waitGone(idle.ID)
+	time.Sleep(4 * time.Duration(cfg.Delivery.RetryMax))
+	if n := len(srv.Messages()); n != 2 {
+		t.Errorf("%d deliveries, want 2: %v %v", n, msgs[0].Rcpts, msgs[1].Rcpts)
+	}
+}
+
+func TestShutdownAbandonsSafely(t *testing.T) {
+	srv := routertest.NewServer(t)
+	srv.SetDataReply(451)
+	cfg := testConfig(serverRoute("ex.test", srv))
+	sp := openSpool(t)
+	h := start(t, cfg, sp)
+	env := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	h.waitAttempts(env.ID, 1)
+	h.stop()
+	if err := h.r.Retry(context.Background(), env.ID); !errors.Is(err, ErrStopped) {
+		t.Errorf("Retry after Run returned: %v, want ErrStopped", err)
+	}
+	got, err := sp.Load(env.ID)
+	if err != nil || got.Rcpts[0].Status != spool.Pending {
+		t.Fatalf("after shutdown: %+v, %v; want the recipient pending", got, err)
+	}
+}
+
+func TestOperatorCalls(t *testing.T) {
+	srv := routertest.NewServer(t)
+	srv.Stop()
+	cfg := testConfig(serverRoute("ex.test", srv))
+	cfg.Delivery.RetryMin = stages.Duration(time.Hour) // only Retry and Release bring an attempt
+	cfg.Delivery.RetryMax = stages.Duration(time.Hour)
+	h := start(t, cfg, openSpool(t))
+	ctx := context.Background()
+
+	held := h.send("alice@sender.test", []string{"held@ex.test"}, sample)
+	deleted := h.send("alice@sender.test", []string{"deleted@ex.test"}, sample)
+	retried := h.send("alice@sender.test", []string{"retried@ex.test"}, sample)
+	for _, id := range []string{held.ID, deleted.ID, retried.ID} {
+		h.waitAttempts(id, 1)
+	}
+	if err := h.r.Hold(ctx, held.ID); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := h.sp.Load(held.ID); !e.Held {
+		t.Error("Hold did not reach the spool")
+	}
+	if err := h.r.Delete(ctx, deleted.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.sp.Load(deleted.ID); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("deleted message still in the spool: %v", err)
+	}
+	if err := h.r.Delete(ctx, deleted.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second Delete: %v, want ErrNotFound", err)
+	}
+	if err := h.r.Retry(ctx, held.ID); err == nil {
+		t.Error("Retry of a held message succeeded")
+	}
+
+	srv.Restart()
+	if err := h.r.Retry(ctx, retried.ID); err != nil {
+		t.Fatal(err)
+	}
+	msgs := srv.WaitFor(1, waitLong)
+	h.waitGone(retried.ID)
+	if msgs[0].Rcpts[0] != "retried@ex.test" {
+		t.Errorf("delivered %v, want retried@ex.test", msgs[0].Rcpts)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(srv.Messages()); n != 1 {
+		t.Fatalf("%d deliveries while one message is held", n)
+	}
+	if err := h.r.Release(ctx, held.ID); err != nil {
+		t.Fatal(err)
+	}
+	msgs = srv.WaitFor(2, waitLong)
+	if msgs[1].Rcpts[0] != "held@ex.test" {
+		t.Errorf("delivered %v, want held@ex.test", msgs[1].Rcpts)
+	}
+	h.waitGone(held.ID)
+}
+
+func TestMaildirDelivery(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "Maildir")
+	h := start(t, testConfig(policy.Route{Domains: []string{"*"}, Maildir: dir}), openSpool(t))
+	env := h.send("alice@sender.test", []string{"bob@ex.test", "carol@other.test"}, sample)
+	h.waitGone(env.ID)
+	files, err := os.ReadDir(filepath.Join(dir, "new"))
+	if err != nil || len(files) != 1 {
+		t.Fatalf("new/ holds %v (%v), want one message", files, err)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "new", files[0].Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "Return-Path: <alice@sender.test>\r\n" + sample; string(got) != want {
+		t.Errorf("maildir file:\n%q\nwant\n%q", got, want)
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmp) != 0 {
+		t.Errorf("tmp/ not empty: %v", tmp)
+	}
+}
+
+func TestTLS(t *testing.T) {
+	withTLS := routertest.NewServer(t, routertest.WithTLS())
+	plain := routertest.NewServer(t)
+	opp := serverRoute("opp.test", withTLS)
+	req := serverRoute("req.test", withTLS)
+	req.TLS, req.TLSSkipVerify = "required", true
+	reqPlain := serverRoute("reqplain.test", plain)
+	reqPlain.TLS = "required"
+	none := serverRoute("none.test", withTLS)
+	none.TLS = "none"
+	h := start(t, testConfig(opp, req, reqPlain, none), openSpool(t))
+
+	h.send("a@sender.test", []string{"x@opp.test"}, sample)
+	h.send("a@sender.test", []string{"x@req.test"}, sample)
+	h.send("a@sender.test", []string{"x@none.test"}, sample)
+	failing := h.send("a@sender.test", []string{"x@reqplain.test"}, sample)
+	msgs := withTLS.WaitFor(3, waitLong)
+	for _, m := range msgs {
+		wantTLS := m.Rcpts[0] != "x@none.test"
+		if m.TLS != wantTLS || m.Helo != "gw.test" || string(m.Data) != sample {
+			t.Errorf("to %s: TLS %v (want %v), EHLO %q", m.Rcpts[0], m.TLS, wantTLS, m.Helo)
+		}
+	}
+	e := h.waitAttempts(failing.ID, 1)
+	if r := e.Rcpts[0]; r.Status != spool.Pending || !strings.HasPrefix(r.LastReply, "451 4.7.10 ") {
+		t.Errorf("required TLS without STARTTLS: %+v", r)
+	}
+	if n := len(plain.Messages()); n != 0 {
+		t.Errorf("%d messages sent in clear on a required-TLS route", n)
+	}
+}
