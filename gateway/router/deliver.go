@@ -157,12 +157,16 @@ func (r *Router) toSMTP(ctx context.Context, env *spool.Envelope, g *group, msg 
 		rcpts[k] = env.Rcpts[i].Addr
 	}
 	var lastErr error
+	var lastHost string
 	for _, t := range targets {
-		d := r.client.pool.dest(destKey{addr: t.addr, name: t.name, tls: mode, skipVerify: skipVerify})
+		host := t.label()
+		pool := r.client.pool
+		d := pool.dest(destKey{addr: t.addr, name: t.name, tls: mode, skipVerify: skipVerify})
 		c, err := r.client.connect(ctx, d, t, mode, skipVerify)
 		if err != nil {
-			lastErr = err
-			r.log.Debug("connect", "id", env.ID, "host", t.addr, "err", err)
+			pool.done(d)
+			lastErr, lastHost = err, host
+			r.log.Debug("connect", "id", env.ID, "host", host, "err", err)
 			if ctx.Err() != nil {
 				break
 			}
@@ -170,11 +174,11 @@ func (r *Router) toSMTP(ctx context.Context, env *spool.Envelope, g *group, msg 
 		}
 		s := r.client.send(ctx, c, env.From, rcpts, env.Size, msg)
 		if s.reusable {
-			r.client.pool.put(d, c)
+			pool.put(d, c)
 		} else {
-			r.client.pool.drop(d, c)
+			pool.drop(d, c)
 		}
-		host := t.label()
+		pool.done(d)
 		for k, i := range g.rcpts {
 			err := s.errs[k]
 			res := result{idx: i, status: spool.Delivered, reply: s.reply, host: host}
@@ -191,7 +195,7 @@ func (r *Router) toSMTP(ctx context.Context, env *spool.Envelope, g *group, msg 
 		}
 		return out
 	}
-	return all(lastErr, "")
+	return all(lastErr, lastHost)
 }
 
 // lookupTimeout bounds the DNS work for one destination: a few queries.

@@ -34,8 +34,11 @@ func newPool(max int, idleTimeout time.Duration) *pool {
 type dest struct {
 	slots chan struct{}
 	idle  chan *conn
+	users int // deliveries holding the dest; under pool.mu
 }
 
+// dest returns the destination for k; the caller calls done when it is
+// through with it.
 func (p *pool) dest(k destKey) *dest {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -44,7 +47,14 @@ func (p *pool) dest(k destKey) *dest {
 		d = &dest{slots: make(chan struct{}, p.max), idle: make(chan *conn, p.max)}
 		p.dests[k] = d
 	}
+	d.users++
 	return d
+}
+
+func (p *pool) done(d *dest) {
+	p.mu.Lock()
+	d.users--
+	p.mu.Unlock()
 }
 
 // acquire returns an idle connection, or nil with a slot reserved for a
@@ -87,7 +97,8 @@ func (p *pool) drop(d *dest, c *conn) {
 func (p *pool) release(d *dest) { <-d.slots }
 
 // sweep closes the connections idle for idleTimeout or longer, or all
-// idle connections when all is true.
+// idle connections when all is true, and forgets destinations without
+// connections and users (MX delivery meets many).
 func (p *pool) sweep(all bool) {
 	p.mu.Lock()
 	dests := make([]*dest, 0, len(p.dests))
@@ -110,6 +121,13 @@ func (p *pool) sweep(all bool) {
 				continue
 			}
 			p.drop(d, c)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, d := range p.dests {
+		if d.users == 0 && len(d.slots) == 0 {
+			delete(p.dests, k)
 		}
 	}
 }

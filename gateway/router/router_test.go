@@ -635,3 +635,74 @@ func TestTLS(t *testing.T) {
 		t.Errorf("%d messages sent in clear on a required-TLS route", n)
 	}
 }
+
+// refusingGreeter accepts connections and greets them with 421 (RFC 5321
+// §3.1: the server is not available).
+func refusingGreeter(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("421 4.3.2 busy, try later\r\n"))
+			c.Close()
+		}
+	})
+	return l.Addr().String()
+}
+
+func TestFailoverOnRefusedGreeting(t *testing.T) {
+	up := routertest.NewServer(t)
+	route := policy.Route{Domains: []string{"ex.test"}, Servers: []string{refusingGreeter(t), up.Addr()}}
+	h := start(t, testConfig(route), openSpool(t))
+	env := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	up.WaitFor(1, waitLong)
+	h.waitGone(env.ID)
+}
+
+func TestStalePooledConnection(t *testing.T) {
+	srv := routertest.NewServer(t)
+	h := start(t, testConfig(serverRoute("ex.test", srv)), openSpool(t))
+	h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	srv.WaitFor(1, waitLong)
+	// The server goes away and back: the idle connection is dead.
+	srv.Stop()
+	srv.Restart()
+	env := h.send("alice@sender.test", []string{"carol@ex.test"}, sample)
+	srv.WaitFor(2, waitLong)
+	h.waitGone(env.ID)
+	if e := strings.Count(h.logs.String(), "msg=deferred"); e != 0 {
+		t.Errorf("a dead pooled connection caused %d deferrals:\n%s", e, h.logs)
+	}
+}
+
+func TestDataRejectedOneDSN(t *testing.T) {
+	srv := routertest.NewServer(t)
+	srv.SetDataReply(554)
+	senders := routertest.NewServer(t)
+	h := start(t, testConfig(serverRoute("ex.test", srv), serverRoute("sender.test", senders)), openSpool(t), Workers(1))
+	env := h.send("alice@sender.test", []string{"bob@ex.test", "carol@ex.test"}, sample)
+	msgs := senders.WaitFor(1, waitLong)
+	parts := parseDSN(t, msgs[0].Data)
+	for _, rcpt := range []string{"bob@ex.test", "carol@ex.test"} {
+		if !strings.Contains(parts.status, "Final-Recipient: rfc822; "+rcpt+"\r\nAction: failed\r\nStatus: 5.0.0\r\n") {
+			t.Errorf("DSN does not report %s:\n%s", rcpt, parts.status)
+		}
+	}
+	h.waitGone(env.ID)
+	time.Sleep(4 * time.Duration(h.cfg.Delivery.RetryMax))
+	if n := len(senders.Messages()); n != 1 {
+		t.Errorf("%d DSNs, want 1", n)
+	}
+	if n := len(srv.Messages()); n != 0 {
+		t.Errorf("server that rejected DATA recorded %d messages", n)
+	}
+}
