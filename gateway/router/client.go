@@ -26,7 +26,6 @@ const (
 type conn struct {
 	c         *smtp.Client
 	nc        net.Conn // under c: deadlines, and closing it aborts c
-	tls       bool
 	idleSince time.Time
 }
 
@@ -104,7 +103,11 @@ func (sc *smtpClient) dial(ctx context.Context, t target, mode string, skipVerif
 		// (RFC 7435); tls_skip_verify does so for a required route.
 		cfg.InsecureSkipVerify = true
 	}
-	tc, err := sc.startTLS(ctx, nc, cfg)
+	var tc net.Conn
+	err = c.withContext(ctx, func() (err error) {
+		tc, err = sc.startTLS(nc, cfg)
+		return err
+	})
 	if err != nil {
 		nc.Close()
 		if mode == tlsOpportunistic && ctx.Err() == nil {
@@ -113,7 +116,7 @@ func (sc *smtpClient) dial(ctx context.Context, t target, mode string, skipVerif
 		return nil, replyErr(451, 4, 7, 10, fmt.Sprintf("%s: STARTTLS: %v", t.addr, err))
 	}
 	// RFC 3207 §4.2: after the handshake the client starts over with EHLO.
-	c = &conn{nc: tc, c: sc.newClient(&greeted{Conn: tc, greeting: strings.NewReader("220 TLS\r\n")}), tls: true}
+	c = &conn{nc: tc, c: sc.newClient(&greeted{Conn: tc, greeting: strings.NewReader("220 TLS\r\n")})}
 	if err := c.withContext(ctx, func() error { return c.c.Hello(sc.helo) }); err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("%s: %w", t.addr, err)
@@ -133,7 +136,7 @@ func (sc *smtpClient) newClient(nc net.Conn) *smtp.Client {
 // a session it already greeted with our EHLO name, so the command is sent
 // here; nothing is buffered in the client at this point because the
 // server sends nothing unasked.
-func (sc *smtpClient) startTLS(ctx context.Context, nc net.Conn, cfg *tls.Config) (net.Conn, error) {
+func (sc *smtpClient) startTLS(nc net.Conn, cfg *tls.Config) (net.Conn, error) {
 	nc.SetDeadline(time.Now().Add(sc.commandTimeout))
 	defer nc.SetDeadline(time.Time{})
 	if _, err := io.WriteString(nc, "STARTTLS\r\n"); err != nil {
@@ -143,7 +146,7 @@ func (sc *smtpClient) startTLS(ctx context.Context, nc net.Conn, cfg *tls.Config
 		return nil, err
 	}
 	tc := tls.Client(nc, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
+	if err := tc.Handshake(); err != nil {
 		return nil, err
 	}
 	return tc, nil

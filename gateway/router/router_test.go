@@ -474,6 +474,16 @@ func TestMXDelivery(t *testing.T) {
 	if !strings.Contains(h.logs.String(), "rcpt=bob@mx.test host=mail.mx.test:"+srv.Port()) {
 		t.Errorf("bob@mx.test not relayed via mail.mx.test:\n%s", h.logs)
 	}
+	if strings.Contains(h.logs.String(), "backup.mx.test") {
+		t.Errorf("the backup MX was tried before the preferred one:\n%s", h.logs)
+	}
+
+	// A domain that does not exist fails at once.
+	nx := h.send("", []string{"eve@nowhere.test"}, sample)
+	h.waitGone(nx.ID)
+	if !strings.Contains(h.logs.String(), `msg=bounced id=`+nx.ID+` rcpt=eve@nowhere.test host="" reply="550 5.1.2 recipient domain nowhere.test not found"`) {
+		t.Errorf("no bounce for a domain without DNS:\n%s", h.logs)
+	}
 
 	// Null MX (RFC 7505) fails at once, with a DSN.
 	null := h.send("alice@sender.test", []string{"dave@null.test"}, sample)

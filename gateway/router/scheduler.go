@@ -71,8 +71,13 @@ func (s *scheduler) add(env *spool.Envelope) {
 		}
 	}
 	s.items[env.ID] = it
-	if !env.Held {
+	switch {
+	case env.Held:
+	case hasPending(env):
 		s.schedule(it, env.NextAttempt)
+	default:
+		// Only a DSN or the removal is left to do.
+		s.schedule(it, time.Time{})
 	}
 }
 
