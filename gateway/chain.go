@@ -82,13 +82,13 @@ func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, re
 			DNSServers: cfg.DNS.Servers,
 			DataDir:    cfg.DataDir,
 		},
-		Logger:     log.With("stage", sc.Name),
+		Logger:     log,
 		Registerer: reg,
 	})
 	if err != nil {
 		var ce *host.ConfigError
 		if errors.As(err, &ce) && ce.Key != "" {
-			return nil, fmt.Errorf("%s: stage[%d].config.%s: %s", where("config."+ce.Key), i, ce.Key, ce.Msg)
+			return nil, fmt.Errorf("%s: stage[%d].config.%s: %s", where("config."+ce.Key), i, ce.Key, ce.Message)
 		}
 		return nil, fmt.Errorf("%s: stage %q (kind %s): %w", where("kind"), sc.Name, sc.Kind, err)
 	}

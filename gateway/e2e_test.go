@@ -146,13 +146,15 @@ func TestDeliversWithReceivedAndIdenticalBody(t *testing.T) {
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.cmd("EHLO client.sender.test", "250")
-	body := "line one\r\n..leading dot\r\n" + strings.Repeat("x", 990) + "\r\n"
-	r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("m1@test", body))
+	// On the wire the dot is doubled (RFC 5321 §4.5.2); the message has one.
+	body := "line one\r\n.leading dot\r\n" + strings.Repeat("x", 990) + "\r\n"
+	stuffed := strings.ReplaceAll(body, "\r\n.", "\r\n..")
+	r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("m1@test", stuffed))
 	if !strings.HasPrefix(r, "250 2.0.0 Ok: queued as ") {
 		t.Fatalf("DATA reply %q", r)
 	}
 	id := strings.TrimPrefix(r, "250 2.0.0 Ok: queued as ")
-	msgs := down.WaitFor(t, 1, 10*time.Second)
+	msgs := down.WaitFor(1, 10*time.Second)
 	m := msgs[0]
 	if m.From != "a@sender.test" || len(m.Rcpts) != 1 || m.Rcpts[0] != "b@dest.test" {
 		t.Fatalf("envelope %q -> %q", m.From, m.Rcpts)
@@ -207,7 +209,7 @@ func TestSizeLimit(t *testing.T) {
 	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("small@test", "hi\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatalf("small message after oversize one: %q", r)
 	}
-	msgs := down.WaitFor(t, 1, 10*time.Second)
+	msgs := down.WaitFor(1, 10*time.Second)
 	if !bytes.Contains(msgs[0].Data, []byte("small@test")) {
 		t.Fatalf("wrong message delivered")
 	}
@@ -234,7 +236,7 @@ func TestDisconnectMidDataLeavesNothing(t *testing.T) {
 	if r := c2.sendMail("a@sender.test", []string{"b@dest.test"}, message("whole@test", "ok\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
-	down.WaitFor(t, 1, 10*time.Second)
+	down.WaitFor(1, 10*time.Second)
 	time.Sleep(300 * time.Millisecond)
 	for _, m := range down.Messages() {
 		if bytes.Contains(m.Data, []byte("half@test")) {
@@ -267,7 +269,7 @@ func TestDownstreamDownThenBack(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond) // a few failed attempts
 	down.Restart()
-	down.WaitFor(t, 3, 15*time.Second)
+	down.WaitFor(3, 15*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	seen := map[string]int{}
 	for _, m := range down.Messages() {
@@ -290,7 +292,7 @@ func TestPermanentFailureBounces(t *testing.T) {
 		t.Fatal(r)
 	}
 	// The good recipient gets it; the sender gets one DSN.
-	msgs := down.WaitFor(t, 2, 10*time.Second)
+	msgs := down.WaitFor(2, 10*time.Second)
 	var dsn *routertest.Message
 	for i, m := range msgs {
 		if m.From == "" {

@@ -266,7 +266,6 @@ func (s *session) Data(r io.Reader) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.srv.cfg.FilterTimeout))
 	defer cancel()
 	origHeader := slices.Clone(s.tx.Header)
-	origBody := s.tx.Body
 	d := s.ftx.Run(ctx, stages.Data, s.tx, log)
 	if ctx.Err() != nil && d.Action != stages.Reject {
 		s.abort()
@@ -291,8 +290,8 @@ func (s *session) Data(r io.Reader) error {
 		log.Info("discarded", "reason", "no recipients left after filtering", "stage", d.Stage)
 		return s.count(reply(250, 2, 0, 0, "Ok"))
 	}
-	if !slices.Equal(origHeader, s.tx.Header) || s.tx.Body != origBody {
-		if err := s.rewrite(w, origBody); err != nil {
+	if !slices.Equal(origHeader, s.tx.Header) || d.BodyReplaced {
+		if err := s.rewrite(w); err != nil {
 			return s.spoolErrorLog(log, err, "rewrite")
 		}
 	}
@@ -349,7 +348,7 @@ func (s *session) readMessage(w *spool.Writer) error {
 }
 
 // rewrite replaces the spooled message with the edited header and body.
-func (s *session) rewrite(w *spool.Writer, origBody stages.Body) error {
+func (s *session) rewrite(w *spool.Writer) error {
 	return w.Rewrite(func(_ io.Reader, dst io.Writer) error {
 		if _, err := s.tx.Header.WriteTo(dst); err != nil {
 			return err
