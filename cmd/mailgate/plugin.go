@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -46,15 +47,12 @@ func cmdPlugin(args []string, stderr io.Writer) error {
 // checkStages validates what policy cannot: that every kind exists.
 func checkStages(cfg *policy.Config) error {
 	kinds := builtinKinds()
-	var errs policy.Errors
+	var errs []error
 	for i, st := range cfg.Stages {
 		if _, ok := kinds[st.Kind]; !ok && st.Kind != "plugin" {
 			errs = append(errs, fmt.Errorf("%s: stage[%d].kind: unexpected %q; expect %s",
 				cfg.Position(fmt.Sprintf("stage.%d.kind", i)), i, st.Kind, kindNames()))
 		}
 	}
-	if len(errs) > 0 {
-		return errs
-	}
-	return nil
+	return errors.Join(errs...)
 }
