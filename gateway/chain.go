@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,9 +96,37 @@ func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, re
 	return p, nil
 }
 
-// Close stops every plugin process.
+// Close stops every plugin process, all at once: each may take a moment
+// to exit gracefully.
 func (c *chain) Close() {
+	var wg sync.WaitGroup
 	for _, p := range c.plugins {
-		p.Close()
+		wg.Go(func() { p.Close() })
 	}
+	wg.Wait()
+}
+
+// StageInfo is a configured stage and what its plugin describes.
+type StageInfo struct {
+	Name    string
+	OnError string
+	Timeout time.Duration
+	Info    stages.Info
+}
+
+// DescribeStages starts every stage's plugin with its config, as serve would,
+// asks what it is and stops it again. A config a kind refuses is an error
+// with the position of the key, so `mailgate check` catches it.
+func DescribeStages(ctx context.Context, cfg *policy.Config, opts Options) ([]StageInfo, error) {
+	ch, err := newChain(ctx, cfg, opts, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer ch.Close()
+	var out []StageInfo
+	for i, p := range ch.plugins {
+		sc := cfg.Stages[i]
+		out = append(out, StageInfo{Name: p.Name(), OnError: sc.OnError, Timeout: time.Duration(sc.Timeout), Info: p.Info()})
+	}
+	return out, nil
 }

@@ -125,6 +125,26 @@ func (c *client) cmd(line, want string) string {
 	return c.expect(want)
 }
 
+// trySend runs one whole transaction and returns the first reply that is not
+// a success: the refusal of MAIL, a RCPT or the data, or the final 250. After
+// a refusal the transaction is reset.
+func (c *client) trySend(from string, to []string, data string) string {
+	c.t.Helper()
+	steps := []string{"MAIL FROM:<" + from + ">"}
+	for _, rc := range to {
+		steps = append(steps, "RCPT TO:<"+rc+">")
+	}
+	for _, s := range append(steps, "DATA") {
+		c.send(s + "\r\n")
+		if r := c.reply(); r[0] != '2' && r[0] != '3' {
+			c.cmd("RSET", "250")
+			return r
+		}
+	}
+	c.send(data + ".\r\n")
+	return c.reply()
+}
+
 // sendMail runs one whole transaction and returns the reply to the data.
 func (c *client) sendMail(from string, to []string, data string) string {
 	c.t.Helper()

@@ -18,9 +18,10 @@ import (
 	"github.com/mailgate/mailgate/gateway/router/routertest"
 )
 
-// mailgateBin is the mailgate binary built once for the tests that run it as
-// a separate process (kill -9, swaks).
-var mailgateBin string
+// Binaries built once for the tests that run them as separate processes:
+// mailgate itself (kill -9, swaks), the plugin host's test plugin and the
+// example third-party plugin.
+var mailgateBin, testPluginBin, exeblockBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "mailgate-bin")
@@ -29,11 +30,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	mailgateBin = filepath.Join(dir, "mailgate")
-	build := exec.Command("go", "build", "-race", "-o", mailgateBin, "../cmd/mailgate")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build mailgate:", err)
-		os.Exit(1)
+	testPluginBin = filepath.Join(dir, "testplugin")
+	exeblockBin = filepath.Join(dir, "exeblock")
+	for bin, pkg := range map[string]string{mailgateBin: "../cmd/mailgate", testPluginBin: "../plugins/internal/testplugin", exeblockBin: "../examples/plugins/exeblock"} {
+		build := exec.Command("go", "build", "-race", "-o", bin, pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build", pkg, err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -16,6 +16,9 @@ const usage = `mailgate is a filtering mail gateway.
 Usage:
   mailgate serve [-config FILE]    run the gateway (no -config: the embedded quickstart)
   mailgate check [-config FILE]    validate a config; exit 1 with positioned errors
+  mailgate test [-config FILE] -client-ip IP -helo NAME -from ADDR -to ADDR [-json] MSG.eml
+                                   dry run of one message through the real pipeline
+  mailgate plugins [-config FILE]  start each stage's plugin and show what it describes
   mailgate plugin KIND             serve a built-in stage kind (started by the gateway)
   mailgate version
 
@@ -43,6 +46,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdServe(args[1:], stderr)
 	case "check":
 		err = cmdCheck(args[1:], stdout, stderr)
+	case "test":
+		err = cmdTest(args[1:], stdout, stderr)
+	case "plugins":
+		err = cmdPlugins(args[1:], stdout, stderr)
 	case "plugin":
 		err = cmdPlugin(args[1:], stderr)
 	case "version":

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
+	"text/tabwriter"
 
+	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/plugins/sdk"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
@@ -55,4 +59,50 @@ func checkStages(cfg *policy.Config) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cmdPlugins starts each configured stage and prints what it describes.
+func cmdPlugins(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("plugins", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("config", "", "config `FILE` (default: the embedded quickstart config)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*file)
+	if err == nil {
+		err = checkStages(cfg)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return errConfig
+	}
+	infos, err := gateway.DescribeStages(context.Background(), cfg, gateway.Options{PluginCommand: pluginCommand})
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return errConfig
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STAGE\tKIND\tVERSION\tPHASES\tNEEDS\tEDITS\tTIMEOUT\tON_ERROR")
+	for _, s := range infos {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\n", s.Name, s.Info.Kind, s.Info.Version, s.Info.Phases,
+			needsString(s.Info.Needs), s.Info.Edits, s.Timeout, s.OnError)
+	}
+	return tw.Flush()
+}
+
+func needsString(n stages.Needs) string {
+	var out []string
+	for _, x := range []struct {
+		n    stages.Needs
+		name string
+	}{{stages.NeedEnvelope, "envelope"}, {stages.NeedHeader, "header"}, {stages.NeedBody, "body"}, {stages.NeedResults, "results"}} {
+		if n&x.n != 0 {
+			out = append(out, x.name)
+		}
+	}
+	if len(out) == 0 {
+		return "envelope"
+	}
+	return strings.Join(out, ",")
 }

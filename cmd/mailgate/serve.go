@@ -92,6 +92,11 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, err)
 		return errConfig
 	}
+	// Each kind validates its own [stage.config]: start them all once.
+	if _, err := gateway.DescribeStages(context.Background(), cfg, gateway.Options{PluginCommand: pluginCommand}); err != nil {
+		fmt.Fprintln(stderr, err)
+		return errConfig
+	}
 	name := cfg.File
 	fmt.Fprintf(stdout, "%s: ok (%d routes, %d stages)\n", name, len(cfg.Routes), len(cfg.Stages))
 	return nil

@@ -67,6 +67,34 @@ func toSMTP(r *stages.Reply, def *smtp.SMTPError) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: r.Code, EnhancedCode: e, Message: text}
 }
 
+// replyFor is the reply to a Reject or TempFail decision given at phase ph
+// (rejections from connect, helo and mail are given at RCPT).
+func replyFor(ph stages.Phase, d pipeline.Decision) *smtp.SMTPError {
+	def := errRejected
+	switch {
+	case d.Action == stages.TempFail && ph == stages.Data:
+		def = errTempFail
+	case d.Action == stages.TempFail:
+		def = errRcptTempFail
+	case ph == stages.Rcpt:
+		def = errRcptRejected
+	}
+	return toSMTP(d.Reply, def)
+}
+
+// Reply renders the reply a client gets for decision d at phase ph, as
+// `mailgate test` shows it.
+func Reply(ph stages.Phase, d pipeline.Decision) string {
+	return replyText(replyFor(ph, d))
+}
+
+// RelayDenied is the reply to a recipient the gateway does not relay for.
+func RelayDenied() string { return replyText(errRelayDenied) }
+
+func replyText(r *smtp.SMTPError) string {
+	return fmt.Sprintf("%d %d.%d.%d %s", r.Code, r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)
+}
+
 type session struct {
 	srv    *Server
 	conn   *smtp.Conn
@@ -161,11 +189,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	log := s.txLog.With("rcpt", to)
 	if s.early != nil {
-		def := errRejected
-		if s.early.Action == stages.TempFail {
-			def = errRcptTempFail
-		}
-		r := toSMTP(s.early.Reply, def)
+		r := replyFor(stages.Rcpt, *s.early)
 		s.logDecision(log, "rejected", r, "phase", s.earlyPhase.String(), "stage", s.early.Stage, "reason", s.early.Reason)
 		return s.count(r)
 	}
@@ -190,11 +214,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	switch d.Action {
 	case stages.Reject, stages.TempFail:
 		s.tx.Rcpts = s.tx.Rcpts[:len(s.tx.Rcpts)-1]
-		def := errRcptRejected
-		if d.Action == stages.TempFail {
-			def = errRcptTempFail
-		}
-		r := toSMTP(d.Reply, def)
+		r := replyFor(stages.Rcpt, d)
 		s.logDecision(log, "rejected", r, "phase", "rcpt", "stage", d.Stage, "reason", d.Reason)
 		return s.count(r)
 	}
@@ -274,12 +294,12 @@ func (s *session) Data(r io.Reader) error {
 	switch d.Action {
 	case stages.Reject:
 		s.abort()
-		r := toSMTP(d.Reply, errRejected)
+		r := replyFor(stages.Data, d)
 		s.logDecision(log, "rejected", r, "phase", "data", "stage", d.Stage, "reason", d.Reason, "score", d.Score)
 		return s.count(r)
 	case stages.TempFail:
 		s.abort()
-		r := toSMTP(d.Reply, errTempFail)
+		r := replyFor(stages.Data, d)
 		s.logDecision(log, "deferred", r, "phase", "data", "stage", d.Stage, "reason", d.Reason, "score", d.Score)
 		return s.count(r)
 	}
@@ -415,7 +435,7 @@ func (s *session) failLog(log *slog.Logger, r *smtp.SMTPError, phase, reason str
 
 // logDecision writes the one greppable line of a decision.
 func (s *session) logDecision(log *slog.Logger, what string, r *smtp.SMTPError, args ...any) {
-	log.Info(what, append([]any{"code", r.Code, "reply", fmt.Sprintf("%d.%d.%d %s", r.EnhancedCode[0], r.EnhancedCode[1], r.EnhancedCode[2], r.Message)}, args...)...)
+	log.Info(what, append([]any{"code", r.Code, "reply", replyText(r)}, args...)...)
 }
 
 func (s *session) count(r *smtp.SMTPError) error {

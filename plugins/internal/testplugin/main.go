@@ -62,7 +62,7 @@ func (f *filter) Info() stages.Info {
 	}
 }
 
-func (f *filter) Run(_ context.Context, _ stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
+func (f *filter) Run(_ context.Context, ph stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
 	switch local, _, _ := strings.Cut(tx.From, "@"); local {
 	case "crash":
 		os.Exit(3)
@@ -77,7 +77,7 @@ func (f *filter) Run(_ context.Context, _ stages.Phase, tx *stages.Transaction) 
 	if f.cfg.Reply != "" {
 		v.Reply = &stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: f.cfg.Reply}
 	}
-	if name, value, ok := strings.Cut(f.cfg.AddHeader, ":"); ok {
+	if name, value, ok := strings.Cut(f.cfg.AddHeader, ":"); ok && ph == stages.Data {
 		v.Edits = append(v.Edits, stages.Edit{Op: stages.HeaderAdd, Name: name, Value: strings.TrimSpace(value)})
 	}
 	switch f.cfg.Garbage {

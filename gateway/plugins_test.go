@@ -1,0 +1,190 @@
+package gateway_test
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+)
+
+func pluginStage(name, path string, timeout, onError, config string) string {
+	s := fmt.Sprintf("\n[[stage]]\nname = %q\nkind = \"plugin\"\npath = %q\n", name, path)
+	if timeout != "" {
+		s += fmt.Sprintf("timeout = %q\n", timeout)
+	}
+	if onError != "" {
+		s += fmt.Sprintf("on_error = %q\n", onError)
+	}
+	if config != "" {
+		s += "[stage.config]\n" + config + "\n"
+	}
+	return s
+}
+
+// TestChainOfThreePlugins: a message passes three plugin processes and
+// reaches the downstream server with their header edits in chain order.
+func TestChainOfThreePlugins(t *testing.T) {
+	down := routertest.NewServer(t)
+	conf := routeTo(down, "dest.test")
+	for _, n := range []string{"one", "two", "three"} {
+		conf += pluginStage("p-"+n, testPluginBin, "", "", fmt.Sprintf("add_header = \"X-Chain: %s\"", n))
+	}
+	g := startGateway(t, conf)
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("chain@test", "body\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatal(r)
+	}
+	data := string(down.WaitFor(1, 10*time.Second)[0].Data)
+	i1, i2, i3 := strings.Index(data, "X-Chain: one\r\n"), strings.Index(data, "X-Chain: two\r\n"), strings.Index(data, "X-Chain: three\r\n")
+	if i1 < 0 || i2 < i1 || i3 < i2 {
+		t.Fatalf("headers missing or out of order (%d %d %d):\n%s", i1, i2, i3, data)
+	}
+	if !strings.HasSuffix(data, "\r\n\r\nbody\r\n") {
+		t.Fatalf("body changed:\n%q", data)
+	}
+}
+
+func fakePE() []byte {
+	b := make([]byte, 512)
+	copy(b, "MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00")
+	binary.LittleEndian.PutUint32(b[0x3c:], 0x80)
+	copy(b[0x80:], "PE\x00\x00\x4c\x01")
+	return b
+}
+
+func withAttachment(id, name, ctype string, content []byte) string {
+	return "From: a@sender.test\r\nTo: b@dest.test\r\nSubject: invoice\r\nMessage-ID: <" + id + ">\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n" +
+		"--b1\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n" +
+		"--b1\r\nContent-Type: " + ctype + "; name=\"" + name + "\"\r\nContent-Transfer-Encoding: base64\r\n" +
+		"Content-Disposition: attachment; filename=\"" + name + "\"\r\n\r\n" +
+		base64.StdEncoding.EncodeToString(content) + "\r\n--b1--\r\n"
+}
+
+// TestExamplePluginRejects: the third-party example plugin refuses its
+// trigger, a program disguised as a PDF, with its own reply text.
+func TestExamplePluginRejects(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("exeblock", exeblockBin, "", "",
+		`reply = "Executables are not accepted here"`))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	r := c.sendMail("a@sender.test", []string{"b@dest.test"}, withAttachment("exe@test", "invoice.pdf", "application/pdf", fakePE()))
+	if r != "550 5.7.1 Executables are not accepted here" {
+		t.Fatalf("program attachment: %q", r)
+	}
+	pdf := []byte("%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n")
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, withAttachment("pdf@test", "invoice.pdf", "application/pdf", pdf)); !strings.HasPrefix(r, "250") {
+		t.Fatalf("PDF attachment: %q", r)
+	}
+	if msgs := down.WaitFor(1, 10*time.Second); messageID(msgs[0].Data) != "pdf@test" {
+		t.Fatalf("wrong message delivered")
+	}
+}
+
+// TestPluginTimeout: a plugin that sleeps past its timeout gets the stage's
+// on_error within the timeout, not after the sleep.
+func TestPluginTimeout(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("slow", testPluginBin, "300ms", "reject", `sleep = "20s"`))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	start := time.Now()
+	// The test plugin sleeps for senders called sleep@; MAIL is its first call.
+	c.cmd("MAIL FROM:<sleep@sender.test>", "250")
+	r := c.cmd("RCPT TO:<b@dest.test>", "5")
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("reply after %v: the stage's timeout was not enforced", el)
+	}
+	if !strings.HasPrefix(r, "550 5.7.1") {
+		t.Fatalf("on_error = reject gave %q", r)
+	}
+}
+
+// pluginPIDs returns the processes running the executable at path.
+func pluginPIDs(t *testing.T, path string) []int {
+	t.Helper()
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err == nil && exe == path {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestPluginKilledMidStream: kill -9 of a plugin process while mail flows
+// leaves the gateway serving; messages in flight get on_error (a 4xx, never a
+// hang or a loss) and later ones are filtered again once the plugin is back.
+func TestPluginKilledMidStream(t *testing.T) {
+	down := routertest.NewServer(t)
+	bin := filepath.Join(t.TempDir(), "testplugin-kill") // own copy: its pid is ours alone
+	b, err := os.ReadFile(testPluginBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("marker", bin, "2s", "tempfail", `add_header = "X-Filtered: yes"`))
+	pids := pluginPIDs(t, bin)
+	if len(pids) != 1 {
+		t.Fatalf("plugin processes: %v", pids)
+	}
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	accepted, deferred := 0, 0
+	killed := false
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; ; i++ {
+		if i == 5 && !killed {
+			if err := syscallKill(pids[0]); err != nil {
+				t.Fatal(err)
+			}
+			killed = true
+		}
+		r := c.trySend("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("k%d@test", i), "x\r\n"))
+		switch {
+		case strings.HasPrefix(r, "250"):
+			accepted++
+		case strings.HasPrefix(r, "451") || strings.HasPrefix(r, "450"):
+			deferred++
+		default:
+			t.Fatalf("message %d: %q", i, r)
+		}
+		// Done once the restarted plugin filtered a few messages again.
+		if killed && deferred > 0 && accepted >= 8 {
+			break
+		}
+		if killed && deferred == 0 && accepted >= 10 {
+			break // the restart was fast enough that no message saw it down
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("plugin never came back: %d accepted, %d deferred", accepted, deferred)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("after kill -9 of the plugin: %d accepted, %d deferred", accepted, deferred)
+	if now := pluginPIDs(t, bin); len(now) != 1 || now[0] == pids[0] {
+		t.Fatalf("plugin not restarted: before %v, now %v", pids, now)
+	}
+	msgs := down.WaitFor(accepted, 10*time.Second)
+	for _, m := range msgs {
+		if !strings.Contains(string(m.Data), "X-Filtered: yes\r\n") {
+			t.Fatalf("a message passed unfiltered:\n%s", m.Data)
+		}
+	}
+}
