@@ -19,7 +19,8 @@ import (
 // "300 AAAA 2001:db8::1" (the TTL defaults to 3600). Names need not end in a
 // dot. Two words are special:
 //
-//	TIMEOUT   the server never answers any query for the name
+//	TIMEOUT   the server never answers a query for the name of a type the
+//	          name has no record of; alone, it never answers at all
 //	SERVFAIL  the server answers every query for the name with SERVFAIL
 type Zone map[string][]string
 
@@ -100,7 +101,7 @@ func (s *Server) Queries() int { return int(s.queries.Load()) }
 // Set replaces the records of name with recs, written as in Zone.
 func (s *Server) Set(name string, recs ...string) {
 	s.t.Helper()
-	owner := dns.CanonicalName(name)
+	owner := canonical(name)
 	var rrs []dns.RR
 	timeout, servfail := false, false
 	for _, rec := range recs {
@@ -133,7 +134,7 @@ func (s *Server) Add(rrs ...dns.RR) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, rr := range rrs {
-		owner := dns.CanonicalName(rr.Header().Name)
+		owner := canonical(rr.Header().Name)
 		if rr.Header().Class == 0 {
 			rr.Header().Class = dns.ClassINET
 		}
@@ -159,9 +160,9 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 	m.RecursionAvailable = true
 
 	s.mu.Lock()
-	name := dns.CanonicalName(q.Name)
+	name := canonical(q.Name)
 	for hop := 0; ; hop++ {
-		if s.timeout[name] {
+		if s.timeout[name] && !s.has(name, q.Qtype) {
 			s.mu.Unlock()
 			return // never answer: the client times out
 		}
@@ -180,7 +181,7 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 		}
 		if cname != nil && hop < maxChain {
 			m.Answer = append(m.Answer, dns.Copy(cname))
-			name = dns.CanonicalName(cname.Target)
+			name = canonical(cname.Target)
 			continue
 		}
 		for _, rr := range s.records[name] {
@@ -207,6 +208,30 @@ func (s *Server) serve(w dns.ResponseWriter, req *dns.Msg) {
 		m.Truncate(int(size))
 	}
 	w.WriteMsg(m)
+}
+
+// has reports whether name has records of type qtype. The caller holds s.mu.
+func (s *Server) has(name string, qtype uint16) bool {
+	for _, rr := range s.records[name] {
+		if rr.Header().Rrtype == qtype {
+			return true
+		}
+	}
+	return false
+}
+
+// canonical returns name in the one presentation form the server keys its
+// records by: lower case, fully qualified, and escaped the way miekg/dns
+// escapes names it unpacks (a space is "\\ ", a NUL "\\000"), so that a
+// name a test wrote either way matches the name a query carries.
+func canonical(name string) string {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	wire, err := m.Pack()
+	if err == nil && m.Unpack(wire) == nil {
+		name = m.Question[0].Name
+	}
+	return dns.CanonicalName(name)
 }
 
 // exists reports whether name has records or is an empty non-terminal (a

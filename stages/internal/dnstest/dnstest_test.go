@@ -21,13 +21,15 @@ func ask(t *testing.T, net, addr, name string, qtype uint16) (*dns.Msg, error) {
 
 func TestServer(t *testing.T) {
 	s := dnstest.NewServer(t, dnstest.Zone{
-		"example.test":       {`TXT "v=spf1 -all"`, "A 192.0.2.1", "MX 10 mx.example.test."},
-		"mx.example.test":    {"AAAA 2001:db8::25"},
-		"www.example.test":   {"CNAME example.test."},
-		"x.y.example.test":   {"A 192.0.2.7"},
-		"slow.example.test":  {"TIMEOUT"},
-		"broke.example.test": {"SERVFAIL"},
-		"big.example.test":   {"TXT " + strings.Repeat(`"`+strings.Repeat("z", 250)+`" `, 4)},
+		"example.test":         {`TXT "v=spf1 -all"`, "A 192.0.2.1", "MX 10 mx.example.test."},
+		"mx.example.test":      {"AAAA 2001:db8::25"},
+		"www.example.test":     {"CNAME example.test."},
+		"x.y.example.test":     {"A 192.0.2.7"},
+		"slow.example.test":    {"TIMEOUT"},
+		"part.example.test":    {"A 192.0.2.3", "TIMEOUT"},
+		`sp\ ace.example.test`: {"A 192.0.2.4"},
+		"broke.example.test":   {"SERVFAIL"},
+		"big.example.test":     {"TXT " + strings.Repeat(`"`+strings.Repeat("z", 250)+`" `, 4)},
 	})
 	s.Add(&dns.TXT{Hdr: dns.RR_Header{Name: "odd.example.test.", Rrtype: dns.TypeTXT, Ttl: 60}, Txt: []string{"a\"b\xff"}})
 
@@ -46,6 +48,8 @@ func TestServer(t *testing.T) {
 		{"none.example.test", dns.TypeA, dns.RcodeNameError, nil},
 		{"broke.example.test", dns.TypeA, dns.RcodeServerFailure, nil},
 		{"odd.example.test", dns.TypeTXT, dns.RcodeSuccess, []string{"TXT"}},
+		{"part.example.test", dns.TypeA, dns.RcodeSuccess, []string{"A"}},
+		{`SP\032ACE.example.test`, dns.TypeA, dns.RcodeSuccess, []string{"A"}},
 	}
 	for _, tt := range tests {
 		r, err := ask(t, "udp", s.Addr(), tt.name, tt.qtype)
@@ -69,6 +73,9 @@ func TestServer(t *testing.T) {
 	if _, err := ask(t, "udp", s.Addr(), "slow.example.test", dns.TypeA); err == nil {
 		t.Error("TIMEOUT name answered")
 	}
+	if _, err := ask(t, "udp", s.Addr(), "part.example.test", dns.TypeTXT); err == nil {
+		t.Error("TIMEOUT name answered for a type it has no record of")
+	}
 
 	// Over UDP without EDNS0 the 1000-byte TXT does not fit in 512 bytes.
 	r, err := ask(t, "udp", s.Addr(), "big.example.test", dns.TypeTXT)
@@ -85,7 +92,7 @@ func TestServer(t *testing.T) {
 	if len(r.Answer) != 0 {
 		t.Errorf("Set did not replace the records: %v", r.Answer)
 	}
-	if s.Queries() != len(tests)+5 {
-		t.Errorf("Queries() = %d, want %d", s.Queries(), len(tests)+5)
+	if s.Queries() != len(tests)+6 {
+		t.Errorf("Queries() = %d, want %d", s.Queries(), len(tests)+6)
 	}
 }
