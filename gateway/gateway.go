@@ -34,6 +34,8 @@ type Options struct {
 	PluginCommand func(kind string) []string
 	// Router options (tests point MX delivery at a test port with them).
 	Router []router.Option
+	// Spool options (tests inject write failures with them).
+	Spool spool.Options
 }
 
 // Gateway is one running mailgate.
@@ -63,7 +65,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (*Gateway, error
 	g := &Gateway{cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry()}
 	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	sp, err := spool.Open(filepath.Join(cfg.DataDir, "queue"))
+	sp, err := spool.OpenWith(filepath.Join(cfg.DataDir, "queue"), opts.Spool)
 	if err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
 	}

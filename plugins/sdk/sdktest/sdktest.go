@@ -59,7 +59,14 @@ func Stage(t testing.TB, factory stages.Factory, config string) (stages.Stage, e
 		return nil, err
 	}
 	t.Cleanup(func() {
+		// Close asks the plugin to shut down, which ends the server by
+		// itself; cancelling before it has would stop the gRPC server from
+		// two goroutines at once (a race inside go-plugin).
 		p.Close()
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+		}
 		stop()
 	})
 	return p, nil

@@ -1,0 +1,255 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway"
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/policy"
+)
+
+// TestDiskFull: a spool that cannot write answers 452 and keeps what it
+// had already accepted.
+func TestDiskFull(t *testing.T) {
+	down := routertest.NewServer(t)
+	down.Stop()
+	var full atomic.Bool
+	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"\"\n%s",
+		t.TempDir(), routeTo(down, "dest.test"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t), Spool: spool.Options{
+		FailWrites: func() error {
+			if full.Load() {
+				return syscall.ENOSPC
+			}
+			return nil
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("before@test", "x\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatal(r)
+	}
+	full.Store(true)
+	if r := c.trySend("a@sender.test", []string{"b@dest.test"}, message("during@test", "x\r\n")); !strings.HasPrefix(r, "452 4.3.1") {
+		t.Fatalf("full spool: %q, want 452 4.3.1", r)
+	}
+	full.Store(false)
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("after@test", "x\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatal(r)
+	}
+	down.Restart()
+	msgs := down.WaitFor(2, 15*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	got := map[string]bool{}
+	for _, m := range down.Messages() {
+		got[messageID(m.Data)] = true
+	}
+	if !got["before@test"] || !got["after@test"] || got["during@test"] || len(msgs) != 2 {
+		t.Fatalf("delivered %v", got)
+	}
+}
+
+func TestConnectionLimitPerIP(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections_per_ip = 2\n"+routeTo(down, "dest.test"))
+	c1 := dial(t, g.SMTPAddrs()[0])
+	dial(t, g.SMTPAddrs()[0])
+	conn, err := net.Dial("tcp", g.SMTPAddrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	line, _ := bufio.NewReader(conn).ReadString('\n')
+	if !strings.HasPrefix(line, "421 4.7.0") {
+		t.Fatalf("third connection got %q, want 421 4.7.0", line)
+	}
+	// A slot frees up when a client leaves.
+	c1.cmd("QUIT", "221")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", g.SMTPAddrs()[0].String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		line, _ := bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+		if strings.HasPrefix(line, "220") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot not released: %q", line)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestRecipientLimitAndIdleTimeout(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_recipients = 2\ncommand_timeout = \"500ms\"\n"+routeTo(down, "dest.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	c.cmd("MAIL FROM:<a@sender.test>", "250")
+	c.cmd("RCPT TO:<1@dest.test>", "250")
+	c.cmd("RCPT TO:<2@dest.test>", "250")
+	c.cmd("RCPT TO:<3@dest.test>", "452 4.5.3")
+	// Then idle past command_timeout: 421 and the connection closes.
+	c.expect("421 4.4.2")
+}
+
+func TestMalformedCommands(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("MAIL FROM:<a@sender.test>", "502 5.5.1") // before EHLO
+	c.cmd("EHLO client.test", "250")
+	c.cmd("RCPT TO:<b@dest.test>", "502 5.5.1") // before MAIL
+	c.cmd("MAIL TO:<a@sender.test>", "501 5.5.2")
+	c.cmd("MAIL FROM:<a@sender.test> BODY=9BIT", "501 5.5.4")
+	c.cmd("MAIL FROM:<a@sender.test>", "250")
+	c.cmd("RCPT TO:<no-domain>", "501 5.")
+	c.cmd("RCPT TO:<ü@dest.test>", "553 5.6.7") // no SMTPUTF8 in MAIL
+	c.cmd("DATA", "502 5.5.1")                  // no valid recipient
+	c.cmd("XYZW", "500 5.5.2")
+}
+
+func selfSignedFiles(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.gateway.test"},
+		DNSNames: []string{"mx.gateway.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return certFile, keyFile
+}
+
+// TestSTARTTLS: with a certificate configured the gateway offers STARTTLS,
+// and the Received field of a message sent over TLS says so (RFC 3848).
+func TestSTARTTLS(t *testing.T) {
+	down := routertest.NewServer(t)
+	cert, key := selfSignedFiles(t)
+	g := startGateway(t, fmt.Sprintf("[server]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = %q\ntls_key = %q\n", cert, key)+routeTo(down, "dest.test"))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.send("EHLO client.test\r\n")
+	ehlo := ""
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		ehlo += line
+		if line[3] == ' ' {
+			break
+		}
+	}
+	if !strings.Contains(ehlo, "250-STARTTLS") {
+		t.Fatalf("no STARTTLS offered:\n%s", ehlo)
+	}
+	c.cmd("STARTTLS", "220")
+	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	c.conn, c.r = tc, bufio.NewReader(tc)
+	c.cmd("EHLO client.test", "250")
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("tls@test", "secret\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatal(r)
+	}
+	data := string(down.WaitFor(1, 10*time.Second)[0].Data)
+	if !strings.Contains(data, "\t(using TLS 1.3 with cipher TLS_") || !strings.Contains(data, "with ESMTPS id ") {
+		t.Fatalf("Received field does not show TLS:\n%s", data)
+	}
+}
+
+// TestQuickstart: `mailgate serve` with no config delivers into a Maildir a
+// newcomer can look into.
+func TestQuickstart(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(mailgateBin, "serve")
+	cmd.Dir = dir
+	cmd.Stderr = os.Stderr
+	if os.Getenv("MAILGATE_TEST_LOG") == "" {
+		cmd.Stderr = nil
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var c *client
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if conn, err := net.Dial("tcp", "127.0.0.1:2525"); err == nil {
+			conn.Close()
+			c = dial(t, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2525})
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("quickstart did not listen on 127.0.0.1:2525")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.cmd("EHLO client.test", "250")
+	if r := c.sendMail("you@example.org", []string{"me@example.test"}, message("quick@test", "first mail\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatal(r)
+	}
+	newDir := filepath.Join(dir, "mailgate-data", "maildir", "new")
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		entries, _ := os.ReadDir(newDir)
+		if len(entries) == 1 {
+			b, err := os.ReadFile(filepath.Join(newDir, entries[0].Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(b), "Message-ID: <quick@test>") || !strings.Contains(string(b), "first mail") {
+				t.Fatalf("maildir file:\n%s", b)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing in %s", newDir)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
