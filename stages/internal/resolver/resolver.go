@@ -186,11 +186,36 @@ func (r *Resolver) query(ctx context.Context, network, server string, m *dns.Msg
 		}
 		return nil, err
 	}
-	if len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, m.Question[0].Name) ||
+	if len(resp.Question) != 1 || !sameName(resp.Question[0].Name, m.Question[0].Name) ||
 		resp.Question[0].Qtype != m.Question[0].Qtype {
 		return nil, errors.New("response does not match the question")
 	}
 	return resp, nil
+}
+
+// sameName compares two names in wire form, ignoring ASCII case: their
+// presentation forms may escape the same octet differently ("\\ " and
+// "\\032").
+func sameName(a, b string) bool {
+	var wa, wb [256]byte
+	na, errA := dns.PackDomainName(a, wa[:], 0, nil, false)
+	nb, errB := dns.PackDomainName(b, wb[:], 0, nil, false)
+	if errA != nil || errB != nil || na != nb {
+		return false
+	}
+	for i := range na {
+		if lower(wa[i]) != lower(wb[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 func answerOf(resp *dns.Msg, qtype uint16) Answer {

@@ -35,6 +35,7 @@ func TestLookup(t *testing.T) {
 		"empty.example.test": {"TXT \"hello\""},
 		"x.sub.example.test": {"A 192.0.2.9"},
 		"fail.example.test":  {"SERVFAIL"},
+		`a\ b.example.test`:  {"A 192.0.2.5"},
 	})
 	r := newResolver(t, time.Second, srv)
 
@@ -52,6 +53,7 @@ func TestLookup(t *testing.T) {
 		{name: "empty.example.test", qtype: dns.TypeA, n: 0, ttl: 60}, // no data: SOA minimum
 		{name: "sub.example.test", qtype: dns.TypeA, n: 0, ttl: 60},   // empty non-terminal: no data
 		{name: "nope.example.test", qtype: dns.TypeA, rcode: dns.RcodeNameError, ttl: 60},
+		{name: `A\032B.example.test`, qtype: dns.TypeA, n: 1, ttl: 3600}, // escaped otherwise by the server
 		{name: "big.example.test", qtype: dns.TypeTXT, n: 1, ttl: 3600, payload: 20 * 200},
 	}
 	for _, tt := range tests {
