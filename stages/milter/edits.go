@@ -125,6 +125,10 @@ func convert(p packet) (stages.Edit, error) {
 	return stages.Edit{}, fmt.Errorf("%s: %w", describe(p.code), err)
 }
 
+// maxLine is the limit on a header line (RFC 5322 §2.1.1: MUST be no
+// more than 998 characters, excluding the CRLF).
+const maxLine = 998
+
 func headerEdit(code gomilter.ModifyActCode, index int, name, value string) (stages.Edit, error) {
 	if err := checkName(name); err != nil {
 		return stages.Edit{}, err
@@ -132,6 +136,9 @@ func headerEdit(code gomilter.ModifyActCode, index int, name, value string) (sta
 	v, err := fold(value)
 	if err != nil {
 		return stages.Edit{}, fmt.Errorf("header %s: %w", name, err)
+	}
+	if !fits(name, v) {
+		return stages.Edit{}, fmt.Errorf("header %s: a line longer than %d characters (RFC 5322 §2.1.1)", name, maxLine)
 	}
 	switch code {
 	case gomilter.ActAddHeader:
@@ -148,6 +155,36 @@ func headerEdit(code gomilter.ModifyActCode, index int, name, value string) (sta
 	}
 	return stages.Edit{Op: stages.HeaderChange, Name: name, Value: v, Index: index}, nil
 }
+
+// fits reports whether every line of the field "name: v" stays within
+// maxLine once written. A folded value keeps its lines. An unfolded one
+// is folded by the gateway before runs of white space, so a line can be
+// no shorter than a run of white space and the word after it.
+func fits(name, v string) bool {
+	if strings.Contains(v, "\r\n") {
+		for k, line := range strings.Split(v, "\r\n") {
+			if k == 0 {
+				line = name + ": " + line
+			}
+			if len(line) > maxLine {
+				return false
+			}
+		}
+		return true
+	}
+	n := len(name) + len(": ")
+	for i := 0; i < len(v); i++ {
+		if i > 0 && isWSP(v[i]) && !isWSP(v[i-1]) {
+			n = 0
+		}
+		if n++; n > maxLine {
+			return false
+		}
+	}
+	return true
+}
+
+func isWSP(c byte) bool { return c == ' ' || c == '\t' }
 
 // cstring splits a NUL-terminated string off the front of b.
 func cstring(b []byte) (string, []byte, error) {
@@ -191,7 +228,7 @@ func fold(v string) (string, error) {
 			return "", errors.New("line break that is not a fold in value")
 		}
 	}
-	return strings.Join(lines, "\r\n"), nil
+	return strings.Trim(strings.Join(lines, "\r\n"), " \t"), nil
 }
 
 // envelopeAddress strips the angle brackets of an address from a milter.

@@ -103,7 +103,7 @@ func (m *Milter) Run(ctx context.Context, p stages.Phase, tx *stages.Transaction
 		if ctx.Err() != nil {
 			return stages.Verdict{}, fmt.Errorf("milter %s: %w", m.address, context.Cause(ctx))
 		}
-		if wctx.Err() != nil {
+		if dl, ok := wctx.Deadline(); ok && !time.Now().Before(dl) {
 			err = fmt.Errorf("no answer within the stage's timeout: %w", err)
 		}
 		return m.fallback(tx, err), nil
