@@ -1,0 +1,299 @@
+package headers
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"mime"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/mailgate/mailgate/gateway/pipeline"
+	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
+	"github.com/mailgate/mailgate/stages"
+)
+
+// jsonConfig is a stages.Config from a JSON object, refusing unknown keys
+// as the gateway does.
+type jsonConfig string
+
+func (c jsonConfig) Decode(v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(c)))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+func newFilter(t testing.TB, config string) *Headers {
+	t.Helper()
+	f, err := New(stages.Env{Hostname: "mx.example.test"}, jsonConfig(config))
+	if err != nil {
+		t.Fatalf("New(%s): %v", config, err)
+	}
+	return f.(*Headers)
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ config, want string }{
+		{`{}`, "nothing to do"},
+		{`{"rule": [{"action": "append", "name": "X-A", "value": "1"}]}`, `rule[0].action: unexpected "append"; expect add, set, remove or rewrite`},
+		{`{"rule": [{"action": "add", "value": "1"}]}`, "rule[0].name: required"},
+		{`{"rule": [{"action": "add", "name": "X A", "value": "1"}]}`, `rule[0].name: unexpected "X A"`},
+		{`{"rule": [{"action": "add", "name": "X-A:", "value": "1"}]}`, `rule[0].name: unexpected "X-A:"`},
+		{`{"rule": [{"action": "add", "name": "X-A"}]}`, "rule[0].value: required"},
+		{`{"rule": [{"action": "add", "name": "X-A", "value": "{ip}"}]}`, "rule[0].value: unknown placeholder {ip}; expect {score}, {queue_id}"},
+		{`{"rule": [{"action": "add", "name": "X-A", "value": "{score"}]}`, "rule[0].value: unclosed {"},
+		{`{"rule": [{"action": "add", "name": "X-A", "value": "a\nb"}]}`, "rule[0].value: control character"},
+		{`{"rule": [{"action": "add", "name": "X-A", "value": "1", "pattern": "x"}]}`, `rule[0].pattern: not used by action "add"; it takes name, value`},
+		{`{"rule": [{"action": "set", "name_regex": "X-.*", "value": "1"}]}`, `rule[0].name_regex: not used by action "set"`},
+		{`{"rule": [{"action": "remove"}]}`, "rule[0].name: required; expect a field name, or name_regex"},
+		{`{"rule": [{"action": "remove", "name": "X-A", "name_regex": "X-B"}]}`, "rule[0].name_regex: unexpected with name"},
+		{`{"rule": [{"action": "remove", "name_regex": "X-(["}]}`, "rule[0].name_regex: error parsing regexp"},
+		{`{"rule": [{"action": "remove", "name": "X-A", "value": "v"}]}`, `rule[0].value: not used by action "remove"`},
+		{`{"rule": [{"action": "rewrite", "name": "Subject"}]}`, "rule[0].pattern: required"},
+		{`{"rule": [{"action": "rewrite", "name": "Subject", "pattern": "(", "replacement": "x"}]}`, "rule[0].pattern: error parsing regexp"},
+		{`{"rule": [{"action": "rewrite", "name": "Subject", "pattern": "x", "replacement": "a\r\nBcc: b"}]}`, "rule[0].replacement: control character"},
+		{`{"rule": [{"action": "add", "name": "X-A", "value": "1"}, {"action": "rewrite", "name": "X-A"}]}`, "rule[1].pattern: required"},
+		{`{"remove_internal": ["X Internal*"]}`, `remove_internal[0]: unexpected "X Internal*"`},
+		{`{"remove_internal": [""]}`, `remove_internal[0]: unexpected ""`},
+		{`{"spam_headers": true, "spam_header_prefix": "X Spam "}`, `spam_header_prefix: unexpected "X Spam "`},
+		{`{"rule": [{"action": "add", "name": "X-A", "value": "1", "extra": 1}]}`, `unknown field "extra"`},
+	} {
+		_, err := New(stages.Env{Hostname: "mx.example.test"}, jsonConfig(tc.config))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New(%s):\n err %v\nwant %q", tc.config, err, tc.want)
+		}
+	}
+	if _, err := New(stages.Env{}, jsonConfig(`{"authentication_results": true}`)); err == nil || !strings.Contains(err.Error(), "authserv-id") {
+		t.Errorf("authentication_results without a hostname: err %v", err)
+	}
+}
+
+func TestInfo(t *testing.T) {
+	info := newFilter(t, `{"spam_headers": true}`).Info()
+	want := stages.Info{Kind: "headers", Version: "1", Phases: stages.Data, Needs: stages.NeedHeader | stages.NeedResults, Edits: true}
+	if info != want {
+		t.Errorf("info %+v, want %+v", info, want)
+	}
+}
+
+// TestSkipped is a rewrite that would make a line longer than RFC 5322
+// allows: the pipeline would refuse the edit and fail the message, so the
+// stage leaves it out and says so.
+func TestSkipped(t *testing.T) {
+	f := newFilter(t, `{"rule": [
+		{"action": "rewrite", "name": "X-Long", "pattern": "^(.*)$", "replacement": "$1$1"},
+		{"action": "add", "name": "X-Helo", "value": "{helo}{helo}{helo}"},
+		{"action": "add", "name": "X-Ok", "value": "ok"}]}`)
+	long := strings.Repeat("a", 600)
+	tx := &stages.Transaction{
+		Client: stages.Client{Helo: strings.Repeat("h", 1000)},
+		Header: stages.Header{{Name: "X-Long", Value: long}},
+	}
+	v, err := f.Run(context.Background(), stages.Data, tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Edits) != 2 || v.Edits[0].Name != "X-Helo" || len(v.Edits[0].Value) != 3*maxPlaceholder || v.Edits[1].Name != "X-Ok" {
+		t.Errorf("edits %+v", v.Edits)
+	}
+	if !strings.Contains(v.Reason, "rule[0]: X-Long: line of 1208 characters; the limit is 998") {
+		t.Errorf("reason %q", v.Reason)
+	}
+	if err := pipeline.ApplyEdits(tx, v.Edits); err != nil {
+		t.Errorf("ApplyEdits: %v", err)
+	}
+	if tx.Header[0].Value != long {
+		t.Errorf("X-Long changed")
+	}
+}
+
+// TestPlaceholders checks that values from the client cannot break out of
+// their field.
+func TestPlaceholders(t *testing.T) {
+	f := newFilter(t, `{"rule": [{"action": "add", "name": "X-Client", "value": "{client_ip} {helo} {from} {client_name}"}]}`)
+	tx := &stages.Transaction{
+		Client: stages.Client{Addr: netip.MustParseAddr("::ffff:192.0.2.1"), Helo: "evil\r\nBcc: x@example.org", Name: "n\x00ame"},
+		From:   "a@example.org\tb",
+	}
+	v, _ := f.Run(context.Background(), stages.Data, tx)
+	if len(v.Edits) != 1 || v.Edits[0].Value != "192.0.2.1 evil??Bcc: x@example.org a@example.org?b n?ame" {
+		t.Errorf("edits %+v", v.Edits)
+	}
+}
+
+func TestUnchanged(t *testing.T) {
+	f := newFilter(t, `{"rule": [{"action": "set", "name": "X-A", "value": "1"}, {"action": "rewrite", "name": "Subject", "pattern": "^x", "replacement": "x"}]}`)
+	tx := &stages.Transaction{Header: stages.Header{{Name: "x-a", Value: "1"}, {Name: "Subject", Value: "xyz"}}}
+	v, _ := f.Run(context.Background(), stages.Data, tx)
+	if len(v.Edits) != 0 || v.Result != "unchanged" {
+		t.Errorf("verdict %+v", v)
+	}
+}
+
+func TestAuthservID(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"mx.example.test; spf=pass", "mx.example.test"},
+		{"  mx.example.test 1; none", "mx.example.test"},
+		{"(comment (nested) \\) x) mx.example.test;", "mx.example.test"},
+		{"\r\n\tmx.example.test(c);", "mx.example.test"},
+		{`"mx.example.test"; none`, "mx.example.test"},
+		{`"unterminated; none`, ""},
+		{"(unterminated", ""},
+		{"", ""},
+		{"mx.example.test", "mx.example.test"},
+	} {
+		if got := authservID(tc.in); got != tc.want {
+			t.Errorf("authservID(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestEncode(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"plain ascii", "plain ascii"},
+		{"Grüße aus Köln", "=?utf-8?q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?="},
+		{"[EXT] Grüße  <a@b>", "[EXT] =?utf-8?q?Gr=C3=BC=C3=9Fe?=  <a@b>"},
+		{"a\r\nBcc: b", "=?utf-8?q?a=0D=0ABcc:?= b"},
+	} {
+		got := encode(tc.in)
+		if got != tc.want {
+			t.Errorf("encode(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+		if back, _ := decode(got); back != tc.in {
+			t.Errorf("decode(encode(%q)) = %q", tc.in, back)
+		}
+	}
+}
+
+func FuzzEncode(f *testing.F) {
+	for _, s := range []string{"Grüße aus Köln", "a\r\nb", "=?utf-8?q?x?=", "x\x00y", strings.Repeat("ü", 100)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		// Only text that came from decoding is encoded: no leading or
+		// trailing white space (unfolding trims it) and valid UTF-8
+		// (the decoder converts to it).
+		s = strings.Trim(strings.ToValidUTF8(s, "?"), " \t")
+		enc := encode(s)
+		if checkText(enc) != nil {
+			t.Fatalf("encode(%q) = %q has control characters", s, enc)
+		}
+		back, err := new(mime.WordDecoder).DecodeHeader(enc)
+		if err != nil {
+			t.Fatalf("decode %q: %v", enc, err)
+		}
+		// Runs of white space inside the span stay; readers see the
+		// same words.
+		if strings.Join(strings.Fields(back), " ") != strings.Join(strings.Fields(s), " ") && !strings.Contains(s, "=?") {
+			t.Errorf("encode(%q) = %q decodes to %q", s, enc, back)
+		}
+	})
+}
+
+// FuzzRules applies rules built from the fuzzer's strings to a header it
+// makes up, with the built-in options on: the stage must never panic, the
+// pipeline must accept every edit, nothing it writes may hold a bare CR or
+// LF, and the stage's own view of the result must be what the pipeline
+// made.
+func FuzzRules(f *testing.F) {
+	f.Add("Subject: =?UTF-8?Q?[EXT]_Gr=C3=BC=C3=9Fe?=\r\nX-A: 1\r\nx-a: 2\r\n\r\n", "Subject", "^\\[EXT\\] ", "", "{helo}")
+	f.Add("Authentication-Results: mx.example.test; none\r\nReceived: a\r\n\tb\r\n\r\n", "Received", "a", "$0$0", "x")
+	f.Add("X-Spam-Status: Yes\r\nBad line\r\nSubject: \xff\xfe\r\n\r\n", "X-Spam-Status", ".*", "z\u00fc", "{score}")
+	f.Add("Subject: a\rb\r\nX: \r\n \r\n\r\n", "Subject", "a", "c", "")
+	f.Fuzz(func(t *testing.T, header, name, pattern, replacement, value string) {
+		h, err := stages.ParseHeader(bufio.NewReader(strings.NewReader(header)))
+		if err != nil || len(h) > 50 {
+			return
+		}
+		rules := []Rule{
+			{Action: "rewrite", Name: name, Pattern: pattern, Replacement: replacement},
+			{Action: "remove", NameRegex: "(?i)^" + pattern, Pattern: replacement},
+			{Action: "set", Name: name, Value: value},
+			{Action: "add", Name: name, Value: value},
+			{Action: "remove", Name: name, Pattern: pattern},
+		}
+		cfg, _ := json.Marshal(Config{Rules: rules, RemoveInternal: []string{name + "*"}, SpamHeaders: true, AuthenticationResults: true})
+		ff, err := New(stages.Env{Hostname: "mx.example.test"}, jsonConfig(cfg))
+		if err != nil {
+			return
+		}
+		tx := &stages.Transaction{
+			Header: h,
+			Client: stages.Client{Helo: value},
+			From:   replacement,
+			Results: []stages.Result{
+				{Stage: "spf", Kind: "spf", Result: name, Reason: pattern},
+				{Stage: name, Kind: "spam", Score: 2, Reason: value},
+			},
+		}
+		e := ff.(*Headers).edit(tx)
+		applied := *tx
+		if err := pipeline.ApplyEdits(&applied, e.edits); err != nil {
+			t.Fatalf("ApplyEdits refused the stage's edits: %v\nedits: %+v", err, e.edits)
+		}
+		if len(applied.Header) != len(e.h) {
+			t.Fatalf("the stage sees %d fields, the pipeline made %d", len(e.h), len(applied.Header))
+		}
+		for i, got := range applied.Header {
+			want := e.h[i]
+			if got.Name != want.Name || stages.Unfold(got.Value) != stages.Unfold(want.Value) {
+				t.Errorf("field %d: the stage sees %q: %q, the pipeline made %q: %q", i, want.Name, want.Value, got.Name, got.Value)
+			}
+			var b bytes.Buffer
+			stages.Header{got}.WriteTo(&b)
+			if i := bareLineEnd(b.Bytes()); i >= 0 && !contains(h, got) {
+				t.Errorf("written field %q has a bare CR or LF", b.Bytes())
+			}
+		}
+	})
+}
+
+// contains reports whether h has f exactly, as received.
+func contains(h stages.Header, f stages.Field) bool {
+	for _, g := range h {
+		if g == f {
+			return true
+		}
+	}
+	return false
+}
+
+// TestPlugin runs the stage through the gateway's plugin host over gRPC:
+// the verdicts of earlier stages and 8-bit header values must arrive
+// intact.
+func TestPlugin(t *testing.T) {
+	st, err := sdktest.Stage(t, New, `{"authentication_results": true, "spam_headers": true,
+		"rule": [{"action": "rewrite", "name": "Subject", "pattern": "^\\[EXT\\] ", "replacement": ""}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := st.Info(); !info.Edits || info.Needs&stages.NeedResults == 0 {
+		t.Errorf("info %+v", info)
+	}
+	tx := &stages.Transaction{
+		From:   "a@example.org",
+		Header: stages.Header{{Name: "Subject", Value: "[EXT] Grüße"}, {Name: "Authentication-Results", Value: "mx.example.test; spf=pass"}},
+		Body:   stages.BytesBody("body\r\n"),
+		Results: []stages.Result{
+			{Stage: "spf", Kind: "spf", Score: 1, Result: "softfail", Reason: "smtp.mailfrom=example.org"},
+		},
+	}
+	v, err := st.Run(context.Background(), stages.Data, tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.ApplyEdits(tx, v.Edits); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	tx.Header.WriteTo(&b)
+	want := "Authentication-Results: mx.example.test; spf=softfail\r\n smtp.mailfrom=example.org\r\n" +
+		"Subject: Grüße\r\n" +
+		"X-Spam-Score: 1.0\r\n" +
+		"X-Spam-Status: No, score=1.0 required=5.0 tests=SPF_SOFTFAIL=1.0\r\n\r\n"
+	if b.String() != want {
+		t.Errorf("header\n%s\nwant\n%s", b.String(), want)
+	}
+}
