@@ -1,0 +1,117 @@
+// Package spf checks the envelope sender against the SPF policy its domain
+// publishes (RFC 7208): at MAIL FROM it reports the result with a score
+// and, if configured, an action; at the end of DATA it adds the
+// Received-SPF header field (§9.1). Results reach later stages through
+// tx.Results as the result word and an Authentication-Results style reason
+// ("spf=fail smtp.mailfrom=example.com").
+package spf
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/internal/resolver"
+)
+
+// Config is the [stage.config] block of an spf stage.
+type Config struct {
+	// CheckHelo also checks the HELO identity (RFC 7208 §2.3) and records
+	// its result in the reason; the verdict stays that of MAIL FROM.
+	CheckHelo bool `json:"check_helo" toml:"check_helo"`
+	// RejectFail is shorthand for action.fail = "reject".
+	RejectFail bool `json:"reject_fail" toml:"reject_fail"`
+	// Action maps a result word to the action the verdict asks for;
+	// results not listed ask for continue.
+	Action map[string]string `json:"action" toml:"action"`
+	// Score maps a result word to the score the verdict adds. Listed
+	// results replace the defaults (fail 5, softfail 2); others score 0.
+	Score map[string]float64 `json:"score" toml:"score"`
+	// DNSTimeout bounds one DNS query to one server.
+	DNSTimeout stages.Duration `json:"dns_timeout" toml:"dns_timeout"`
+	// CacheSize is how many DNS answers are kept for their TTL; 0 turns
+	// the cache off.
+	CacheSize int `json:"cache_size" toml:"cache_size"`
+}
+
+// defaultConfig is the configuration of a stage with no [stage.config].
+func defaultConfig() Config {
+	return Config{
+		CheckHelo:  true,
+		Score:      map[string]float64{string(Fail): 5, string(SoftFail): 2},
+		DNSTimeout: stages.Duration(3 * time.Second),
+		CacheSize:  4096,
+	}
+}
+
+// New builds an spf filter from its config block.
+func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
+	c := defaultConfig()
+	if err := cfg.Decode(&c); err != nil {
+		return nil, err
+	}
+	f := &Filter{
+		hostname:  env.Hostname,
+		checkHelo: c.CheckHelo,
+		actions:   map[Result]stages.Action{},
+		scores:    map[Result]float64{},
+		memo:      newMemo(memoSize, memoTTL),
+	}
+	for name, a := range c.Action {
+		res, err := parseResult("action", name)
+		if err != nil {
+			return nil, err
+		}
+		act, err := stages.ParseAction(a)
+		if err != nil || act == stages.Accept {
+			return nil, fmt.Errorf("action.%s: unexpected %q; expect continue, tag, quarantine, tempfail or reject", name, a)
+		}
+		f.actions[res] = act
+	}
+	if c.RejectFail {
+		if a, ok := f.actions[Fail]; ok && a != stages.Reject {
+			return nil, fmt.Errorf("reject_fail: conflicts with action.fail = %q; set only one of them", a)
+		}
+		f.actions[Fail] = stages.Reject
+	}
+	for name, s := range c.Score {
+		res, err := parseResult("score", name)
+		if err != nil {
+			return nil, err
+		}
+		if math.IsNaN(s) || math.IsInf(s, 0) {
+			return nil, fmt.Errorf("score.%s: unexpected %v; expect a finite number", name, s)
+		}
+		f.scores[res] = s
+	}
+	if c.DNSTimeout <= 0 {
+		return nil, errors.New(`dns_timeout: expect a duration above 0, such as "3s"`)
+	}
+	if c.CacheSize < 0 {
+		return nil, fmt.Errorf("cache_size: unexpected %d; expect 0 (no cache) or more", c.CacheSize)
+	}
+	r, err := resolver.New(env.DNSServers, time.Duration(c.DNSTimeout), resolver.WithCache(c.CacheSize))
+	if err != nil {
+		return nil, fmt.Errorf("spf: %w", err)
+	}
+	f.dns = r
+	return f, nil
+}
+
+// parseResult checks a key of the action or score table.
+func parseResult(table, name string) (Result, error) {
+	for _, r := range results {
+		if name == string(r) {
+			return r, nil
+		}
+	}
+	words := make([]string, len(results))
+	for i, r := range results {
+		words[i] = string(r)
+	}
+	return "", fmt.Errorf("%s.%s: unknown result; expect %s or %s", table, name,
+		strings.Join(words[:len(words)-1], ", "), words[len(words)-1])
+}

@@ -1,0 +1,277 @@
+package spf
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
+	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/internal/dnstest"
+)
+
+// testServer serves the policies the stage tests use.
+func testServer(t testing.TB) *dnstest.Server {
+	return dnstest.NewServer(t, dnstest.Zone{
+		"pass.example.com":   {`TXT "v=spf1 ip4:192.0.2.0/24 -all"`},
+		"fail.example.com":   {`TXT "v=spf1 ip4:192.0.2.1 -all exp=why.example.com"`},
+		"why.example.com":    {`TXT "Not from here, %{i}."`},
+		"plain.example.com":  {`TXT "v=spf1 -all"`},
+		"soft.example.com":   {`TXT "v=spf1 ~all"`},
+		"broken.example.com": {`TXT "v=spf1 ip4:300.1.1.1 -all"`},
+		"slow.example.com":   {"TIMEOUT"},
+		"mail.example.net":   {`TXT "v=spf1 a -all"`, "A 192.0.2.10"},
+		"nospf.example.com":  {"A 192.0.2.1"},
+		"weird(.example.com": {`TXT "v=spf1 -all exp=x.example.com"`},
+		"x.example.com":      {`TXT "a\"b(c)\\d %{l}"`},
+	})
+}
+
+func tx(ip, helo, from string) *stages.Transaction {
+	return &stages.Transaction{
+		QueueID: "Q1",
+		Client:  stages.Client{Addr: netip.MustParseAddr(ip), Helo: helo},
+		From:    from,
+	}
+}
+
+// newFilter builds the stage from a JSON config, as the plugin host sends it.
+func newFilter(t testing.TB, srv *dnstest.Server, config string) *Filter {
+	t.Helper()
+	f, err := New(stages.Env{Hostname: "mx.example.test", DNSServers: []string{srv.Addr()}}, jsonConfig(config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.(*Filter)
+}
+
+type jsonConfig string
+
+func (c jsonConfig) Decode(v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(c)))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+func TestMailVerdicts(t *testing.T) {
+	srv := testServer(t)
+	tests := []struct {
+		name, config, ip, helo, from string
+		action                       stages.Action
+		score                        float64
+		result, reason, reply        string
+	}{
+		{
+			name: "pass", config: `{}`, ip: "192.0.2.7", helo: "mail.example.net", from: "joe@pass.example.com",
+			result: "pass", reason: "spf=pass smtp.mailfrom=pass.example.com; spf=fail smtp.helo=mail.example.net",
+		},
+		{
+			name: "fail scores by default", config: `{}`, ip: "192.0.2.99", helo: "mail.example.net", from: "joe@fail.example.com",
+			score: 5, result: "fail", reason: "spf=fail smtp.mailfrom=fail.example.com; spf=fail smtp.helo=mail.example.net",
+		},
+		{
+			name: "reject_fail with explanation", config: `{"reject_fail": true, "check_helo": false}`, ip: "192.0.2.99", helo: "mail.example.net", from: "joe@fail.example.com",
+			action: stages.Reject, score: 5, result: "fail", reason: "spf=fail smtp.mailfrom=fail.example.com",
+			reply: "550 5.7.23 SPF fail: Not from here, 192.0.2.99.",
+		},
+		{
+			name: "reject without explanation", config: `{"reject_fail": true, "check_helo": false}`, ip: "2001:db8::1", helo: "h.example.net", from: "joe@plain.example.com",
+			action: stages.Reject, score: 5, result: "fail", reason: "spf=fail smtp.mailfrom=plain.example.com",
+			reply: "550 5.7.23 SPF fail: plain.example.com does not designate 2001:db8::1 as permitted sender",
+		},
+		{
+			name: "explanation sanitised", config: `{"reject_fail": true, "check_helo": false}`, ip: "192.0.2.99", helo: "h.example.net", from: "a\x01b@weird(.example.com",
+			action: stages.Reject, score: 5, result: "fail", reason: `spf=fail smtp.mailfrom="weird(.example.com"`,
+			reply: `550 5.7.23 SPF fail: a"b(c)\d ab`,
+		},
+		{
+			name: "softfail score table", config: `{"score": {"softfail": 3.5}, "check_helo": false}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@soft.example.com",
+			score: 3.5, result: "softfail", reason: "spf=softfail smtp.mailfrom=soft.example.com",
+		},
+		{
+			name: "permerror", config: `{"action": {"permerror": "reject"}, "check_helo": false}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@broken.example.com",
+			action: stages.Reject, result: "permerror",
+			reason: `spf=permerror smtp.mailfrom=broken.example.com (SPF record of broken.example.com: "ip4:300.1.1.1": invalid address "300.1.1.1")`,
+			reply:  "550 5.7.24 SPF permerror: the SPF policy of broken.example.com could not be evaluated",
+		},
+		{
+			name: "temperror is a result", config: `{"action": {"temperror": "tempfail"}, "check_helo": false, "dns_timeout": "100ms"}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@slow.example.com",
+			action: stages.TempFail, result: "temperror",
+			reply: "451 4.7.24 SPF temperror: the SPF policy of slow.example.com could not be evaluated",
+		},
+		{
+			name: "none", config: `{}`, ip: "192.0.2.7", helo: "[192.0.2.7]", from: "joe@nospf.example.com",
+			result: "none", reason: "spf=none smtp.mailfrom=nospf.example.com (no SPF record for nospf.example.com); spf=none smtp.helo=\"[192.0.2.7]\" (\"[192.0.2.7]\" is not a domain name)",
+		},
+		{
+			name: "null sender checks postmaster@helo", config: `{}`, ip: "192.0.2.10", helo: "mail.example.net", from: "",
+			result: "pass", reason: "spf=pass smtp.helo=mail.example.net",
+		},
+		{
+			name: "IPv4-mapped client", config: `{"check_helo": false}`, ip: "::ffff:192.0.2.7", helo: "h.example.net", from: "joe@pass.example.com",
+			result: "pass", reason: "spf=pass smtp.mailfrom=pass.example.com",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFilter(t, srv, tt.config)
+			v, err := f.Run(context.Background(), stages.Mail, tx(tt.ip, tt.helo, tt.from))
+			if err != nil {
+				t.Fatalf("error %v: SPF problems are results", err)
+			}
+			if v.Action != tt.action || v.Score != tt.score || v.Result != tt.result {
+				t.Errorf("verdict %v/%v/%q, want %v/%v/%q", v.Action, v.Score, v.Result, tt.action, tt.score, tt.result)
+			}
+			if tt.reason != "" && v.Reason != tt.reason {
+				t.Errorf("reason\n got %s\nwant %s", v.Reason, tt.reason)
+			}
+			reply := ""
+			if v.Reply != nil {
+				reply = v.Reply.String()
+			}
+			if reply != tt.reply {
+				t.Errorf("reply %q, want %q", reply, tt.reply)
+			}
+			if len(v.Edits) != 0 {
+				t.Errorf("edits at MAIL: %v", v.Edits)
+			}
+		})
+	}
+}
+
+func TestDataReceivedSPF(t *testing.T) {
+	srv := testServer(t)
+	f := newFilter(t, srv, `{"dns_timeout": "100ms"}`)
+	tests := []struct {
+		ip, helo, from string
+		header         string
+	}{
+		{"192.0.2.99", "mail.example.net", "joe@fail.example.com",
+			`fail (mx.example.test: domain of joe@fail.example.com does not designate 192.0.2.99 as permitted sender) client-ip=192.0.2.99; envelope-from="joe@fail.example.com"; helo=mail.example.net; receiver=mx.example.test; identity=mailfrom; mechanism=-all;`},
+		{"2001:db8::5", "[2001:db8::5]", "",
+			`none (mx.example.test: domain of postmaster@[2001:db8::5] does not designate permitted sender hosts) client-ip="2001:db8::5"; envelope-from=""; helo="[2001:db8::5]"; receiver=mx.example.test; identity=helo;`},
+		{"192.0.2.7", "h.example.net", "joe@slow.example.com",
+			`temperror (mx.example.test: temporary error in processing during lookup of joe@slow.example.com) client-ip=192.0.2.7; envelope-from="joe@slow.example.com"; helo=h.example.net; receiver=mx.example.test; identity=mailfrom; problem="TXT lookup of slow.example.com: lookup slow.example.com. TXT: temporary DNS failure: 127.0.0.1:`},
+	}
+	for _, tt := range tests {
+		txn := tx(tt.ip, tt.helo, tt.from)
+		mail, _ := f.Run(context.Background(), stages.Mail, txn)
+		before := srv.Queries()
+		start := time.Now()
+		v, err := f.Run(context.Background(), stages.Data, txn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if srv.Queries() != before || time.Since(start) > 50*time.Millisecond {
+			t.Errorf("%s: DATA evaluated again (%d queries, %v)", tt.from, srv.Queries()-before, time.Since(start))
+		}
+		if v.Action != stages.Continue || v.Score != 0 || v.Result != mail.Result || v.Reason != mail.Reason {
+			t.Errorf("%s: DATA verdict %+v, MAIL %+v", tt.from, v, mail)
+		}
+		if len(v.Edits) != 1 || v.Edits[0].Op != stages.HeaderInsert || v.Edits[0].Index != 0 || v.Edits[0].Name != "Received-SPF" {
+			t.Fatalf("%s: edits %+v", tt.from, v.Edits)
+		}
+		if got := v.Edits[0].Value; !strings.HasPrefix(got, tt.header) || strings.ContainsAny(got, "\r\n") {
+			t.Errorf("Received-SPF\n got %s\nwant %s", got, tt.header)
+		}
+	}
+
+	// A DATA phase without a MAIL phase before it (a restarted plugin)
+	// evaluates on its own.
+	g := newFilter(t, srv, `{}`)
+	v, _ := g.Run(context.Background(), stages.Data, tx("192.0.2.7", "h.example.net", "joe@pass.example.com"))
+	if len(v.Edits) != 1 || !strings.HasPrefix(v.Edits[0].Value, "pass (") {
+		t.Errorf("DATA alone: %+v", v)
+	}
+}
+
+func TestResolverCache(t *testing.T) {
+	srv := testServer(t)
+	f := newFilter(t, srv, `{"check_helo": false}`)
+	f.Run(context.Background(), stages.Mail, tx("192.0.2.7", "h.example.net", "a@pass.example.com"))
+	before := srv.Queries()
+	// Another client: not in the memo, but every answer is cached.
+	v, _ := f.Run(context.Background(), stages.Mail, tx("192.0.2.8", "h.example.net", "a@pass.example.com"))
+	if v.Result != "pass" || srv.Queries() != before {
+		t.Errorf("result %s after %d more queries, want pass from the cache", v.Result, srv.Queries()-before)
+	}
+	g := newFilter(t, srv, `{"check_helo": false, "cache_size": 0}`)
+	g.Run(context.Background(), stages.Mail, tx("192.0.2.7", "h.example.net", "a@pass.example.com"))
+	before = srv.Queries()
+	g.Run(context.Background(), stages.Mail, tx("192.0.2.8", "h.example.net", "a@pass.example.com"))
+	if srv.Queries() == before {
+		t.Error("cache_size = 0 still cached")
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	srv := testServer(t)
+	tests := []struct{ config, err string }{
+		{`{"action": {"fial": "reject"}}`, "action.fial: unknown result; expect pass, fail, softfail, neutral, none, permerror or temperror"},
+		{`{"action": {"fail": "rejct"}}`, `action.fail: unexpected "rejct"; expect continue, tag, quarantine, tempfail or reject`},
+		{`{"action": {"pass": "accept"}}`, `action.pass: unexpected "accept"`},
+		{`{"score": {"none ": 1}}`, `score.none : unknown result`},
+		{`{"reject_fail": true, "action": {"fail": "tag"}}`, `reject_fail: conflicts with action.fail = "tag"`},
+		{`{"dns_timeout": "0s"}`, `dns_timeout: expect a duration above 0`},
+		{`{"cache_size": -1}`, `cache_size: unexpected -1`},
+		{`{"check_hello": true}`, `unknown field "check_hello"`},
+	}
+	for _, tt := range tests {
+		_, err := New(stages.Env{DNSServers: []string{srv.Addr()}}, jsonConfig(tt.config))
+		if err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("%s: error %v, want %q", tt.config, err, tt.err)
+		}
+	}
+}
+
+// TestPluginRoundTrip runs the stage over the real plugin protocol.
+func TestPluginRoundTrip(t *testing.T) {
+	srv := testServer(t)
+	st, err := sdktest.Stage(t, func(env stages.Env, cfg stages.Config) (stages.Filter, error) {
+		env.DNSServers = []string{srv.Addr()}
+		return New(env, cfg)
+	}, `{"reject_fail": true}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn := tx("192.0.2.99", "mail.example.net", "joe@fail.example.com")
+	v, err := st.Run(context.Background(), stages.Mail, txn)
+	if err != nil || v.Action != stages.Reject || v.Reply == nil || v.Reply.Code != 550 || v.Reply.Enhanced != [3]int{5, 7, 23} {
+		t.Fatalf("MAIL over the plugin protocol: %+v %v", v, err)
+	}
+	v, err = st.Run(context.Background(), stages.Data, txn)
+	if err != nil || len(v.Edits) != 1 || !strings.HasPrefix(v.Edits[0].Value, "fail (mx.example.test: ") {
+		t.Fatalf("DATA over the plugin protocol: %+v %v", v, err)
+	}
+	if _, err := sdktest.Stage(t, New, `{"action": {"fail": "bounce"}}`); err == nil || !strings.Contains(err.Error(), "action.fail") {
+		t.Errorf("bad config over the plugin protocol: %v", err)
+	}
+}
+
+// BenchmarkSPFEvaluate evaluates a typical record (include, ip4, mx)
+// against the test DNS server with the resolver cache warm. Each iteration
+// uses a new client address, so the per-transaction memo does not answer.
+func BenchmarkSPFEvaluate(b *testing.B) {
+	srv := dnstest.NewServer(b, dnstest.Zone{
+		"example.com":      {`TXT "v=spf1 include:_spf.example.net ip4:198.51.100.0/24 mx -all"`, "MX 10 mx1.example.com.", "MX 20 mx2.example.com."},
+		"_spf.example.net": {`TXT "v=spf1 ip4:203.0.113.0/24 ip6:2001:db8::/32 ~all"`},
+		"mx1.example.com":  {"A 192.0.2.1"},
+		"mx2.example.com":  {"A 192.0.2.2"},
+	})
+	f, err := New(stages.Env{Hostname: "mx.example.test", DNSServers: []string{srv.Addr()}}, jsonConfig(`{"check_helo": false}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		ip := netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}) // matches mx only for .1 and .2
+		v, _ := f.Run(ctx, stages.Mail, &stages.Transaction{Client: stages.Client{Addr: ip, Helo: "h.example.net"}, From: "joe@example.com"})
+		if v.Result != "pass" && v.Result != "fail" {
+			b.Fatalf("result %s", v.Result)
+		}
+	}
+}
