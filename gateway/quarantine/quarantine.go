@@ -1,0 +1,454 @@
+// Package quarantine keeps the messages policy decided to hold back, with
+// their envelope, every stage verdict and the deciding reason, until an
+// operator releases or deletes them or the retention period ends.
+//
+// # On-disk layout
+//
+//	<dir>/<id>.eml   the message as it would have been relayed
+//	<dir>/<id>.json  the Record; its presence means "quarantined"
+//	<dir>/tmp/       records and messages being written
+//
+// <id> is the queue ID the message got at MAIL FROM, so a trace, a log
+// line and the quarantine all name it the same way.
+//
+// Add links (or copies) the spooled message to tmp/, flushes it, renames it
+// into place, then writes the record to tmp/, flushes it and renames it
+// into place, and flushes the directory: a record only ever appears
+// complete, after its message, and Add returns only once both survive a
+// crash, so the client's 250 is as durable as for a queued message. Open
+// removes tmp/ and every .eml without a .json.
+//
+// # Release, exactly once
+//
+// Release copies the message into a new spool message and records the
+// release in three durable steps, with the router hearing of the copy
+// only after the last one:
+//
+//  1. the record names the new queue ID as Releasing;
+//  2. the spool commits the copy (it is not handed to the router yet,
+//     and a router learns of spool messages only at start or when
+//     handed one, so nothing delivers it);
+//  3. the record names it as Released.
+//
+// A crash before 2 leaves Releasing set and no committed copy: Recover
+// clears Releasing and the message can be released again. A crash between
+// 2 and 3 leaves Releasing set and a committed copy: Recover, which runs
+// before the router loads the spool, finds the copy and completes step 3;
+// the router then delivers the copy once. A second Release of a record
+// with Released set fails with ErrAlreadyReleased naming the copy. The one
+// case that breaks this is an operator deleting the copy from the queue
+// between a crash and the next start: Recover then sees no copy and allows
+// another release.
+package quarantine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/trace"
+)
+
+// DefaultRetention is how long a quarantined message is kept when the
+// config says nothing: 30 days.
+const DefaultRetention = 720 * time.Hour
+
+// ErrNotFound is returned for an ID that is not in the quarantine.
+var ErrNotFound = errors.New("no such message in the quarantine")
+
+// ErrAlreadyReleased is returned by Release for a message released
+// before; the error names the queue ID of that release.
+var ErrAlreadyReleased = errors.New("already released")
+
+// Record is what the quarantine keeps about a message besides its bytes.
+type Record struct {
+	ID         string    `json:"id"` // queue ID given at MAIL FROM
+	MessageID  string    `json:"message_id,omitempty"`
+	From       string    `json:"from"` // "" is the null sender
+	Rcpts      []string  `json:"rcpts"`
+	ClientAddr string    `json:"client_addr,omitempty"`
+	ClientHelo string    `json:"client_helo,omitempty"`
+	Time       time.Time `json:"time"` // when it was quarantined; retention counts from here
+	Size       int64     `json:"size"`
+	// The decision: the total score, the stage that decided ("" when a
+	// score threshold did) and why.
+	Score  float64 `json:"score"`
+	Stage  string  `json:"stage,omitempty"`
+	Reason string  `json:"reason"`
+	// Verdicts are every stage result of the transaction, all phases, in
+	// the order they ran.
+	Verdicts []trace.Stage `json:"verdicts"`
+	// Releasing is the queue ID of a release in progress (see the
+	// package comment); Released that of the release done.
+	Releasing  string    `json:"releasing,omitempty"`
+	Released   string    `json:"released,omitempty"`
+	ReleasedAt time.Time `json:"released_at,omitzero"`
+}
+
+// Filter selects records; zero fields select everything.
+type Filter struct {
+	From      string        // substring of the sender, case-insensitive
+	Rcpt      string        // substring of any recipient, case-insensitive
+	Stage     string        // a stage that decided or gave a verdict other than continue
+	OlderThan time.Duration // quarantined at least this long ago
+	NewerThan time.Duration // quarantined at most this long ago
+}
+
+// Match reports whether r passes f at time now.
+func (f Filter) Match(r *Record, now time.Time) bool {
+	if f.From != "" && !containsFold(r.From, f.From) {
+		return false
+	}
+	if f.Rcpt != "" && !slices.ContainsFunc(r.Rcpts, func(a string) bool { return containsFold(a, f.Rcpt) }) {
+		return false
+	}
+	if f.Stage != "" && r.Stage != f.Stage && !slices.ContainsFunc(r.Verdicts, func(v trace.Stage) bool {
+		return v.Name == f.Stage && v.Action != "continue"
+	}) {
+		return false
+	}
+	age := now.Sub(r.Time)
+	if f.OlderThan > 0 && age < f.OlderThan {
+		return false
+	}
+	if f.NewerThan > 0 && age > f.NewerThan {
+		return false
+	}
+	return true
+}
+
+func containsFold(s, sub string) bool {
+	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
+
+// Spooler is the part of the spool a release needs.
+type Spooler interface {
+	Create() (*spool.Writer, error)
+	Load(id string) (*spool.Envelope, error)
+}
+
+// Store is a quarantine directory. Its methods are safe for concurrent use
+// within one process; the gateway is its only writer.
+type Store struct {
+	dir, tmp string
+	// mu serializes changes: they are rare, and a release must not race
+	// a delete or another release of the same message.
+	mu sync.Mutex
+}
+
+// Open opens (creating it if needed) the quarantine under dir and removes
+// what an interrupted Add left behind.
+func Open(dir string) (*Store, error) {
+	s := &Store{dir: dir, tmp: filepath.Join(dir, "tmp")}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open quarantine: %w", err)
+	}
+	if err := os.RemoveAll(s.tmp); err != nil {
+		return nil, fmt.Errorf("open quarantine: %w", err)
+	}
+	if err := os.Mkdir(s.tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("open quarantine: %w", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open quarantine: %w", err)
+	}
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".eml")
+		if !ok || !spool.ValidID(id) {
+			continue
+		}
+		if _, err := os.Stat(s.recPath(id)); errors.Is(err, fs.ErrNotExist) {
+			os.Remove(s.msgPath(id))
+		}
+	}
+	return s, nil
+}
+
+func (s *Store) msgPath(id string) string { return filepath.Join(s.dir, id+".eml") }
+func (s *Store) recPath(id string) string { return filepath.Join(s.dir, id+".json") }
+
+// MessagePath is the file holding the bytes of quarantined message id.
+func (s *Store) MessagePath(id string) string { return s.msgPath(id) }
+
+// Add puts the message in the file msgPath (a spooled message that is
+// not committed; the caller aborts it afterwards) into the quarantine
+// under rec.ID. It returns once message and record are on stable storage.
+func (s *Store) Add(rec *Record, msgPath string) error {
+	if !spool.ValidID(rec.ID) {
+		return fmt.Errorf("quarantine %q: invalid queue ID", rec.ID)
+	}
+	if rec.Time.IsZero() {
+		rec.Time = time.Now().UTC()
+	}
+	tmp := filepath.Join(s.tmp, rec.ID+".eml")
+	// A hard link costs nothing; across file systems, copy.
+	if err := os.Link(msgPath, tmp); err != nil {
+		if err := copyFile(msgPath, tmp); err != nil {
+			return fmt.Errorf("quarantine %s: %w", rec.ID, err)
+		}
+	}
+	err := syncFile(tmp)
+	if err == nil {
+		err = os.Rename(tmp, s.msgPath(rec.ID))
+	}
+	if err == nil {
+		err = s.writeRecord(rec)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		os.Remove(s.msgPath(rec.ID))
+		return fmt.Errorf("quarantine %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// writeRecord durably replaces (or creates) the record of rec.ID.
+func (s *Store) writeRecord(rec *Record) error {
+	b, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(s.tmp, rec.ID+".json.*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), s.recPath(rec.ID))
+	}
+	if err == nil {
+		err = syncFile(s.dir)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write record: %w", err)
+	}
+	return nil
+}
+
+// Get returns the record of id.
+func (s *Store) Get(id string) (*Record, error) {
+	if !spool.ValidID(id) {
+		return nil, fmt.Errorf("quarantine %q: %w", id, ErrNotFound)
+	}
+	b, err := os.ReadFile(s.recPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("quarantine %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("quarantine %s: %w", id, err)
+	}
+	rec := new(Record)
+	if err := json.Unmarshal(b, rec); err != nil {
+		return nil, fmt.Errorf("quarantine %s: %w", id, err)
+	}
+	return rec, nil
+}
+
+// List returns the records f selects at now, oldest first.
+func (s *Store) List(f Filter, now time.Time) ([]*Record, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list quarantine: %w", err)
+	}
+	var out []*Record
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || !spool.ValidID(id) {
+			continue
+		}
+		rec, err := s.Get(id)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted since ReadDir
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list quarantine: %w", err)
+		}
+		if f.Match(rec, now) {
+			out = append(out, rec)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Record) int { return a.Time.Compare(b.Time) })
+	return out, nil
+}
+
+// Delete removes a message from the quarantine: the record first, so a
+// crash in between leaves a message file that Open removes.
+func (s *Store) Delete(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.delete(id)
+}
+
+func (s *Store) delete(id string) error {
+	if !spool.ValidID(id) {
+		return fmt.Errorf("quarantine %q: %w", id, ErrNotFound)
+	}
+	if err := os.Remove(s.recPath(id)); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("quarantine %s: %w", id, ErrNotFound)
+	} else if err != nil {
+		return fmt.Errorf("quarantine delete %s: %w", id, err)
+	}
+	if err := os.Remove(s.msgPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("quarantine delete %s: %w", id, err)
+	}
+	return nil
+}
+
+// Expire deletes the messages quarantined more than retention before now
+// and returns their IDs.
+func (s *Store) Expire(now time.Time, retention time.Duration) ([]string, error) {
+	recs, err := s.List(Filter{OlderThan: retention}, now)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	var errs []error
+	for _, r := range recs {
+		if err := s.delete(r.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
+			continue
+		}
+		ids = append(ids, r.ID)
+	}
+	return ids, errors.Join(errs...)
+}
+
+// Release queues a copy of message id in sp for delivery to its
+// recipients and returns the copy's envelope, for the caller to hand to
+// the router. See the package comment for why this is exactly once.
+func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Envelope, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec, err := s.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Released != "" {
+		return nil, fmt.Errorf("quarantine %s: %w as %s at %s", id, ErrAlreadyReleased, rec.Released, rec.ReleasedAt.Format(time.RFC3339))
+	}
+	w, err := sp.Create()
+	if err != nil {
+		return nil, fmt.Errorf("release %s: %w", id, err)
+	}
+	if err := copyInto(w, s.msgPath(id)); err != nil {
+		w.Abort()
+		return nil, fmt.Errorf("release %s: %w", id, err)
+	}
+	// Step 1.
+	rec.Releasing = w.ID()
+	if err := s.writeRecord(rec); err != nil {
+		w.Abort()
+		return nil, fmt.Errorf("release %s: %w", id, err)
+	}
+	// Step 2. Once started the commit is finished whatever the caller's
+	// context does: a half-done release is only undone by Recover.
+	env := &spool.Envelope{
+		From:       rec.From,
+		Received:   time.Now().UTC(), // delivery gets its full max_age from the release
+		ClientAddr: rec.ClientAddr,
+		ClientHelo: rec.ClientHelo,
+		MessageID:  rec.MessageID,
+	}
+	for _, r := range rec.Rcpts {
+		env.Rcpts = append(env.Rcpts, spool.Recipient{Addr: r, Status: spool.Pending})
+	}
+	if err := w.Commit(context.WithoutCancel(ctx), env); err != nil {
+		rec.Releasing = ""
+		if werr := s.writeRecord(rec); werr != nil {
+			err = errors.Join(err, werr)
+		}
+		return nil, fmt.Errorf("release %s: %w", id, err)
+	}
+	// Step 3.
+	rec.Released, rec.Releasing, rec.ReleasedAt = env.ID, "", time.Now().UTC()
+	if err := s.writeRecord(rec); err != nil {
+		// The copy is committed and the router will deliver it after a
+		// restart (Recover completes the record), so the release is
+		// done; only the record lags.
+		return env, fmt.Errorf("release %s: queued as %s but not recorded: %w", id, env.ID, err)
+	}
+	return env, nil
+}
+
+// Recover completes or undoes releases a crash interrupted. Call it before
+// the router loads the spool.
+func (s *Store) Recover(sp Spooler) error {
+	recs, err := s.List(Filter{}, time.Now())
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, rec := range recs {
+		if rec.Releasing == "" {
+			continue
+		}
+		switch _, err := sp.Load(rec.Releasing); {
+		case err == nil:
+			rec.Released, rec.ReleasedAt = rec.Releasing, time.Now().UTC()
+		case errors.Is(err, fs.ErrNotExist):
+		default:
+			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
+		}
+		rec.Releasing = ""
+		if err := s.writeRecord(rec); err != nil {
+			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
+		}
+	}
+	return nil
+}
+
+func copyInto(w io.Writer, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(w, f)
+	return err
+}
+
+func copyFile(src, dst string) error {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	err = copyInto(out, src)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// syncFile flushes a file or directory to stable storage.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
