@@ -22,6 +22,11 @@ import (
 // config (the listen address, data_dir and admin listener are filled in).
 func startGateway(t *testing.T, config string) *gateway.Gateway {
 	t.Helper()
+	return startGatewayTB(t, config)
+}
+
+func startGatewayTB(t testing.TB, config string) *gateway.Gateway {
+	t.Helper()
 	dir := t.TempDir()
 	full := fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir) + config
 	if !strings.Contains(config, "[server]") {
@@ -46,7 +51,7 @@ func startGateway(t *testing.T, config string) *gateway.Gateway {
 	return g
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("MAILGATE_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
