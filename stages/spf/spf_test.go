@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/stages"
@@ -160,13 +159,13 @@ func TestDataReceivedSPF(t *testing.T) {
 		txn := tx(tt.ip, tt.helo, tt.from)
 		mail, _ := f.Run(context.Background(), stages.Mail, txn)
 		before := srv.Queries()
-		start := time.Now()
 		v, err := f.Run(context.Background(), stages.Data, txn)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if srv.Queries() != before || time.Since(start) > 50*time.Millisecond {
-			t.Errorf("%s: DATA evaluated again (%d queries, %v)", tt.from, srv.Queries()-before, time.Since(start))
+		// Even a timed-out query reaches the server and counts.
+		if srv.Queries() != before {
+			t.Errorf("%s: DATA evaluated again (%d queries)", tt.from, srv.Queries()-before)
 		}
 		if v.Action != stages.Continue || v.Score != 0 || v.Result != mail.Result || v.Reason != mail.Reason {
 			t.Errorf("%s: DATA verdict %+v, MAIL %+v", tt.from, v, mail)
