@@ -104,16 +104,63 @@ type StageConfig struct {
 	SHA256 string `toml:"sha256"`
 	// Config is the [stage.config] block, decoded by the kind.
 	Config toml.Primitive `toml:"config"`
+	// Results maps the stage's result words to actions ([stage.results]
+	// fail = "reject"): the pipeline uses that action instead of the
+	// stage's own.
+	Results map[string]string `toml:"results"`
 
 	index int // position in Stages, for error positions
 }
 
-// Policy is the [policy] table: how the total score maps to an action.
+// Policy is the [policy] table: how the verdicts of the stages and the
+// total score map to an action, the allow- and block-lists, and the
+// overrides for some recipients. README.md documents every key.
 type Policy struct {
-	TagScore        float64 `toml:"tag_score"`        // default 5
-	QuarantineScore float64 `toml:"quarantine_score"` // default 10
-	RejectScore     float64 `toml:"reject_score"`     // default 15
-	SubjectTag      string  `toml:"subject_tag"`      // default "[SPAM]"
+	TagScore        float64 `toml:"tag_score,omitempty"`        // default 5
+	QuarantineScore float64 `toml:"quarantine_score,omitempty"` // default 10
+	RejectScore     float64 `toml:"reject_score,omitempty"`     // default 15
+	// SubjectTag prefixes the Subject of a tagged message; default "[SPAM]"
+	// when the key is not written, "" for none.
+	SubjectTag string `toml:"subject_tag"`
+	// TagHeaders are "Name: value" header fields added to a tagged message.
+	TagHeaders []string `toml:"tag_headers,omitempty"`
+
+	Allow List `toml:"allow"` // an entry accepts without running the stages
+	Block List `toml:"block"` // an entry rejects; it wins over Allow
+
+	// Overrides lay other thresholds, tags and result mappings over these
+	// for some recipients; see For.
+	Overrides []Override `toml:"override,omitempty"`
+}
+
+// Override is one [[policy.override]]: the policy of some recipients. A
+// value it does not set is taken from [policy].
+type Override struct {
+	Name string `toml:"name,omitempty"` // for logs; default: its first rcpt or domain
+	// Domains are recipient domains: "example.test", or "*.example.test"
+	// for its subdomains.
+	Domains []string `toml:"domains,omitempty"`
+	// Rcpts are recipient addresses; they win over Domains.
+	Rcpts []string `toml:"rcpts,omitempty"`
+
+	TagScore        float64 `toml:"tag_score,omitempty"`
+	QuarantineScore float64 `toml:"quarantine_score,omitempty"`
+	RejectScore     float64 `toml:"reject_score,omitempty"`
+	SubjectTag      *string `toml:"subject_tag"` // nil: [policy]'s; "" for none
+	// TagHeaders replace those of [policy]; nil takes them, [] means none.
+	TagHeaders []string `toml:"tag_headers"`
+	// Results maps stage name → result word → action, over the stage's own
+	// [stage.results].
+	Results map[string]map[string]string `toml:"results,omitempty"`
+}
+
+// List is [policy.allow] or [policy.block]. Each key is checked at the
+// phase where its item is known.
+type List struct {
+	ClientIPs []string `toml:"client_ips,omitempty"` // "192.0.2.1" or "192.0.2.0/24", at connect
+	Helos     []string `toml:"helos,omitempty"`      // "mail.example.org" or "*.example.org", at helo
+	Senders   []string `toml:"senders,omitempty"`    // an address, a domain, "@domain" or "*.domain", at mail
+	Rcpts     []string `toml:"rcpts,omitempty"`      // the same forms as senders, at rcpt
 }
 
 // Log is the [log] table.

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -535,13 +537,8 @@ func structFields(t reflect.Type) fieldList {
 	return fs
 }
 
-func sortedKeys(m map[string]toml.Primitive) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
 }
 
 func isScalar(raw any) bool {
@@ -751,7 +748,11 @@ func (c *Config) setDefaults() {
 	if p.RejectScore == 0 {
 		p.RejectScore = 15
 	}
-	str(&p.SubjectTag, "[SPAM]")
+	// subject_tag = "" turns the tag off, so only a missing key gets the
+	// default.
+	if !c.src.isDefined("policy.subject_tag") {
+		str(&p.SubjectTag, "[SPAM]")
+	}
 	str(&c.Log.Level, "info")
 	str(&c.Log.Format, "text")
 }

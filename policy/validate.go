@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -45,13 +46,21 @@ func (c *Config) validate() Errors {
 	v.delivery(&c.Delivery, root.field("delivery"), c.Hostname)
 	v.routes(c.Routes, root.field("route"))
 	v.stages(c.Stages, root.field("stage"))
-	v.policy(&c.Policy, root.field("policy"))
+	names := make([]string, 0, len(c.Stages))
+	for _, st := range c.Stages {
+		names = append(names, st.Name)
+	}
+	v.policy(&c.Policy, root.field("policy"), names)
 	v.oneOf(root.field("log").field("level"), c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf(root.field("log").field("format"), c.Log.Format, "text", "json")
 	return v.errs
 }
 
-type validator struct{ reporter }
+type validator struct {
+	reporter
+	// loose checks a Policy put together in Go: see Policy.Check.
+	loose bool
+}
 
 func (v *validator) server(s *Server, k key) {
 	if len(s.Listen) == 0 {
@@ -181,6 +190,7 @@ func (v *validator) stages(list []StageConfig, k key) {
 		default:
 			named[st.Name] = i
 		}
+		v.results(sk.field("results"), st.Results)
 		if st.Kind == "" {
 			v.errorf(sk.field("kind"), `required; expect the filter's kind such as "spf" or "plugin"`)
 		}
@@ -204,15 +214,182 @@ func (v *validator) stages(list []StageConfig, k key) {
 	}
 }
 
-func (v *validator) policy(p *Policy, k key) {
+// Check checks what of a Policy put together in Go, rather than loaded,
+// would make the pipeline misbehave: header text that is not a header,
+// list entries and override recipients that can never match, result words
+// that are not actions. Thresholds are not checked: 0 turns one off.
+func (p *Policy) Check() error {
+	v := &validator{loose: true}
+	v.policy(p, key{}.field("policy"), nil)
+	return v.errs.err()
+}
+
+// policy checks [policy]; stageNames are the names of the [[stage]]s the
+// results of an override refer to.
+func (v *validator) policy(p *Policy, k key, stageNames []string) {
+	all := [3]bool{true, true, true}
+	v.thresholds(k, [3]float64{p.TagScore, p.QuarantineScore, p.RejectScore}, all)
+	v.tagging(k, p.SubjectTag, p.TagHeaders)
+	v.list(&p.Allow, k.field("allow"))
+	v.list(&p.Block, k.field("block"))
+
+	named := map[string]int{}   // override name → the override that has it
+	domains := map[string]int{} // domain → the override that has it
+	rcpts := map[string]int{}   // address → the override that has it
+	ok := k.field("override")
+	for i := range p.Overrides {
+		o := &p.Overrides[i]
+		k := ok.index(i)
+		if len(o.Domains) == 0 && len(o.Rcpts) == 0 {
+			v.errorf(k.field("domains"), `required without rcpts; expect the domains the override is for such as ["marketing.example.test"], or set rcpts such as ["legal@example.test"]`)
+		}
+		name := o.name()
+		switch first, dup := named[name]; {
+		case o.Name != "" && !isText(o.Name):
+			v.errorf(k.field("name"), "unexpected %q; expect a name without control characters", o.Name)
+		case name == DefaultName:
+			v.errorf(k.field("name"), "%q is the name of [policy] itself; expect another name", name)
+		case dup:
+			v.errorf(k.field("name"), "%q is used twice; %s has the same name", name, ok.index(first).name)
+		case name != "":
+			named[name] = i
+		}
+		for j, d := range o.Domains {
+			dk := k.field("domains").index(j)
+			if d == "*" || !isDomain(strings.TrimPrefix(d, "*.")) {
+				v.errorf(dk, `unexpected %q; expect a domain such as "example.test" or "*.example.test" for its subdomains`, d)
+				continue
+			}
+			v.once(domains, normDomain(d), i, dk, ok)
+		}
+		for j, r := range o.Rcpts {
+			rk := k.field("rcpts").index(j)
+			if !isAddress(r) {
+				v.errorf(rk, `unexpected %q; expect an address such as "legal@example.test"`, r)
+				continue
+			}
+			v.once(rcpts, strings.ToLower(r), i, rk, ok)
+		}
+		// Unset values come from [policy]; the thresholds must be in order
+		// once combined.
+		own := [3]bool{o.TagScore != 0, o.QuarantineScore != 0, o.RejectScore != 0}
+		e := p.override(i)
+		v.thresholds(k, [3]float64{e.TagScore, e.QuarantineScore, e.RejectScore}, own)
+		if o.SubjectTag != nil {
+			v.tagging(k, *o.SubjectTag, nil)
+		}
+		v.tagging(k, "", o.TagHeaders)
+		for _, stage := range sortedKeys(o.Results) {
+			sk := k.field("results").field(stage)
+			if stageNames != nil && !slices.Contains(stageNames, stage) {
+				switch s := suggest(stage, stageNames); {
+				case s != "":
+					v.errorf(sk, "no stage named %q; did you mean %s?", stage, s)
+				case len(stageNames) == 0:
+					v.errorf(sk, "no stage named %q; expect the name of a [[stage]], and there are none", stage)
+				default:
+					v.errorf(sk, "no stage named %q; expect %s", stage, oneOf(stageNames))
+				}
+			}
+			v.results(sk, o.Results[stage])
+		}
+	}
+}
+
+// once records that key belongs to override i, or reports that another
+// already has it.
+func (v *validator) once(seen map[string]int, name string, i int, k, overrides key) {
+	switch first, ok := seen[name]; {
+	case ok && first == i:
+		v.errorf(k, "%q is listed twice", name)
+	case ok:
+		v.errorf(k, "%q is in two overrides; %s already has it", name, overrides.index(first).name)
+	default:
+		seen[name] = i
+	}
+}
+
+var thresholdKeys = [3]string{"tag_score", "quarantine_score", "reject_score"}
+
+// thresholds checks 0 < tag_score <= quarantine_score <= reject_score. own
+// says which of the three the table at k writes; the others come from
+// [policy], and a problem is reported at a key the table does write.
+func (v *validator) thresholds(k key, t [3]float64, own [3]bool) {
+	if v.loose {
+		return
+	}
 	const order = "expect 0 < tag_score <= quarantine_score <= reject_score"
-	switch {
-	case !(p.TagScore > 0): // NaN too
-		v.errorf(k.field("tag_score"), "unexpected %s; %s", num(p.TagScore), order)
-	case p.QuarantineScore < p.TagScore:
-		v.errorf(k.field("quarantine_score"), "%s is below tag_score %s; %s", num(p.QuarantineScore), num(p.TagScore), order)
-	case p.RejectScore < p.QuarantineScore:
-		v.errorf(k.field("reject_score"), "%s is below quarantine_score %s; %s", num(p.RejectScore), num(p.QuarantineScore), order)
+	if !(t[0] > 0) { // NaN too
+		v.errorf(k.field(thresholdKeys[0]), "unexpected %s; %s", num(t[0]), order)
+		return
+	}
+	for lo := range 2 {
+		hi := lo + 1
+		if t[hi] >= t[lo] {
+			continue
+		}
+		switch {
+		case own[hi] && own[lo]:
+			v.errorf(k.field(thresholdKeys[hi]), "%s is below %s %s; %s", num(t[hi]), thresholdKeys[lo], num(t[lo]), order)
+		case own[hi]:
+			v.errorf(k.field(thresholdKeys[hi]), "%s is below %s %s of [policy]; %s", num(t[hi]), thresholdKeys[lo], num(t[lo]), order)
+		default:
+			v.errorf(k.field(thresholdKeys[lo]), "%s is above %s %s of [policy]; %s", num(t[lo]), thresholdKeys[hi], num(t[hi]), order)
+		}
+		return
+	}
+}
+
+// tagging checks what is written into a tagged message: both end up in its
+// header, where a line break would start a field of the sender's choosing.
+func (v *validator) tagging(k key, subjectTag string, headers []string) {
+	if !isText(subjectTag) {
+		v.errorf(k.field("subject_tag"), `unexpected %q; expect text without control characters such as "[SPAM]"`, subjectTag)
+	}
+	for i, h := range headers {
+		if !isHeaderLine(h) {
+			v.errorf(k.field("tag_headers").index(i), `unexpected %q; expect a header field such as "X-Spam-Flag: YES"`, h)
+		}
+	}
+}
+
+func (v *validator) list(l *List, k key) {
+	for i, e := range l.ClientIPs {
+		if _, err := parsePrefix(e); err != nil {
+			v.errorf(k.field("client_ips").index(i), `unexpected %q; expect an address such as "192.0.2.1" or a network such as "192.0.2.0/24"`, e)
+		}
+	}
+	for i, e := range l.Helos {
+		literal := len(e) > 2 && e[0] == '[' && e[len(e)-1] == ']' && !strings.ContainsAny(e[1:len(e)-1], "[] \t")
+		if !literal && !isDomain(strings.TrimPrefix(e, "*.")) {
+			v.errorf(k.field("helos").index(i), `unexpected %q; expect a host name such as "mail.example.org", "*.example.org" for its subdomains, or an address literal such as "[192.0.2.1]"`, e)
+		}
+	}
+	for _, f := range []struct {
+		name    string
+		entries []string
+	}{{"senders", l.Senders}, {"rcpts", l.Rcpts}} {
+		for i, e := range f.entries {
+			if !isAddress(e) && !isDomain(strings.TrimPrefix(strings.TrimPrefix(e, "@"), "*.")) {
+				v.errorf(k.field(f.name).index(i), `unexpected %q; expect an address such as "user@example.org", a domain such as "example.org", or "*.example.org" for its subdomains`, e)
+			}
+		}
+	}
+}
+
+// results checks a map of result words to actions.
+func (v *validator) results(k key, m map[string]string) {
+	for _, result := range sortedKeys(m) {
+		rk := k.field(result)
+		word := m[result]
+		switch _, ok := parseResultAction(word); {
+		case result == "":
+			v.errorf(rk, "unexpected empty result word; expect a word the stage reports such as \"fail\"")
+		case word == "accept":
+			v.errorf(rk, "unexpected \"accept\"; a result cannot exempt a message, [policy.allow] does; expect %s", oneOf(resultActions))
+		case !ok:
+			v.errorf(rk, "unexpected %q; expect %s", word, oneOf(resultActions))
+		}
 	}
 }
 
@@ -280,6 +457,41 @@ func isDomain(s string) bool {
 // "*" for every domain.
 func isRouteDomain(s string) bool {
 	return s == "*" || isDomain(strings.TrimPrefix(s, "*."))
+}
+
+// isAddress reports whether s is an address local@domain. The local part
+// is compared as a whole and only checked to be there.
+func isAddress(s string) bool {
+	i := strings.LastIndexByte(s, '@')
+	return i > 0 && isDomain(s[i+1:]) && isText(s[:i]) && !strings.ContainsAny(s[:i], " \t")
+}
+
+// isText reports whether s has no control characters (RFC 5322 §2.2: a
+// header field body is printable characters and white space; line breaks
+// only fold).
+func isText(s string) bool {
+	for _, r := range s {
+		if r < 0x20 && r != '\t' || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// isHeaderLine reports whether s is "Name: value": a field name of
+// printable US-ASCII other than ":" (RFC 5322 §3.6.8) and a value of text.
+func isHeaderLine(s string) bool {
+	name, value, ok := strings.Cut(s, ":")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" || strings.TrimSpace(value) == "" || !isText(value) {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if c < 33 || c > 126 {
+			return false
+		}
+	}
+	return true
 }
 
 func isName(s string) bool {
