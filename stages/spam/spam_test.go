@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"mime/quotedprintable"
 	"strings"
 	"testing"
@@ -44,7 +45,10 @@ func parse(t testing.TB, msg string) *stages.Transaction {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rest := msg[len(msg)-r.Buffered():]
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return &stages.Transaction{QueueID: "Q1", From: "a@example.test", Rcpts: []string{"b@example.test"}, Header: h, Body: stages.BytesBody(rest)}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -150,6 +151,10 @@ func (d *spamd) check(ctx context.Context, tx *stages.Transaction) (backendResul
 // ctxErr prefers the context's error, which says why a connection closed
 // under a read or write.
 func ctxErr(ctx context.Context, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The connection's deadline is the context's; it may fire first.
+		return context.DeadlineExceeded
+	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
