@@ -10,10 +10,16 @@ import (
 const authResults = "Authentication-Results"
 
 // authMethods are the kinds of stages whose results are authentication
-// results, as the RFC 8601 method each reports (the IANA "Email
-// Authentication Methods" registry). A DNSBL is not one: its listings go
-// to the spam fields.
-var authMethods = []string{"spf", "dkim", "dmarc", "arc", "iprev"}
+// results, as the RFC 8601 method each reports, with the result words the
+// method has (RFC 8601 §2.7; RFC 8617 §7.2 for ARC). A DNSBL is not one:
+// its listings go to the spam fields.
+var authMethods = map[string][]string{
+	"spf":   {"none", "neutral", "pass", "fail", "softfail", "policy", "temperror", "permerror"},
+	"dkim":  {"none", "pass", "fail", "policy", "neutral", "temperror", "permerror"},
+	"dmarc": {"none", "pass", "fail", "temperror", "permerror"},
+	"arc":   {"none", "pass", "fail"},
+	"iprev": {"pass", "fail", "temperror", "permerror"},
+}
 
 // addAuthResults removes the Authentication-Results fields that claim this
 // gateway's authserv-id and puts one of its own on top.
@@ -49,7 +55,8 @@ func (f *Headers) addAuthResults(e *editor, tx *stages.Transaction) {
 // ptype smtp, header, body or policy).
 func resinfo(r stages.Result, tx *stages.Transaction) string {
 	method := strings.ToLower(r.Kind)
-	if !slices.Contains(authMethods, method) {
+	results, ok := authMethods[method]
+	if !ok {
 		return ""
 	}
 	result := strings.ToLower(r.Result)
@@ -58,7 +65,9 @@ func resinfo(r stages.Result, tx *stages.Transaction) string {
 		// (RFC 8601 §2.7.1, §2.7.2).
 		result = "temperror"
 	}
-	if !isKeyword(result) {
+	if !slices.Contains(results, result) {
+		// A word outside the method's registry would mislead whoever
+		// reads the field; "arc" has no temperror to fall back on.
 		return ""
 	}
 	spec := method + "=" + result
