@@ -14,13 +14,18 @@ import (
 	"github.com/mailgate/mailgate/plugins/sdk"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/clamav"
+	"github.com/mailgate/mailgate/stages/headers"
 )
 
 // builtinKinds are the stage kinds this binary serves with `mailgate plugin
 // KIND`. It is built on demand rather than kept in a package variable, so
 // there is no registry state to share.
 func builtinKinds() map[string]stages.Factory {
-	return map[string]stages.Factory{}
+	return map[string]stages.Factory{
+		"clamav":  clamav.New,
+		"headers": headers.New,
+	}
 }
 
 func kindNames() string {
