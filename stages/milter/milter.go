@@ -137,46 +137,62 @@ func (m *Milter) fallback(tx *stages.Transaction, err error) stages.Verdict {
 	}
 }
 
-// ask runs one conversation on an idle session or a new one. An idle
+// ask runs one conversation on a kept session or a new one. A kept
 // session the milter closed meanwhile fails before any answer; the
-// conversation is then run again on a new connection.
+// conversation then runs again on a new connection.
 func (m *Milter) ask(ctx context.Context, tx *stages.Transaction) (outcome, error) {
-	s := m.pool.get()
-	reused := s != nil
-	if !reused {
+	s, bound := m.pool.get(tx.Client)
+	kept := s != nil
+	if !kept {
 		var err error
 		if s, err = dial(ctx, m.network, m.dialAddr, m.connectTimeout); err != nil {
 			return outcome{}, err
 		}
 	}
-	out, err := m.converse(ctx, s, tx)
-	if err != nil && reused && !s.heard && ctx.Err() == nil && !errors.As(err, &localError{}) {
+	out, err := m.converse(ctx, s, tx, bound)
+	if err != nil && kept && !s.heard && ctx.Err() == nil && !errors.As(err, &localError{}) {
 		s.nc.Close()
-		m.log.Debug("idle milter connection was closed; reconnecting", "error", err.Error())
+		m.log.Debug("kept milter connection was closed; reconnecting", "error", err.Error())
 		if s, err = dial(ctx, m.network, m.dialAddr, m.connectTimeout); err != nil {
 			return outcome{}, err
 		}
-		out, err = m.converse(ctx, s, tx)
+		out, err = m.converse(ctx, s, tx, false)
 	}
 	if err != nil {
 		s.nc.Close()
 		return outcome{}, err
 	}
-	m.release(ctx, s, out.complete)
+	m.release(ctx, s, out, tx.Client)
 	return out, nil
 }
 
-// release ends the milter's view of this SMTP connection. After a complete
-// message, SMFIC_QUIT_NC (protocol version 6) keeps the connection for
-// the next transaction: libmilter accepts it only after the end of a
-// message, and then expects SMFIC_CONNECT. Otherwise SMFIC_QUIT closes.
-func (m *Milter) release(ctx context.Context, s *session, complete bool) {
+// release keeps the session for another transaction if the milter's state
+// allows it (see pool), or ends it with SMFIC_QUIT.
+func (m *Milter) release(ctx context.Context, s *session, out outcome, client stages.Client) {
 	s.timeout, s.limit = m.commandTimeout, time.Time{}
-	if complete && s.version >= 6 && ctx.Err() == nil {
-		if err := s.write(byte(gomilter.CodeQuitNewConn), nil); err == nil {
-			m.pool.put(s)
+	if ctx.Err() != nil {
+		// The caller gave up; an interrupted session is not reused.
+		s.nc.Close()
+		return
+	}
+	switch {
+	case out.complete && out.reply.code == gomilter.ActContinue && s.version >= 6:
+		// libmilter takes SMFIC_QUIT_NC after the end of a message
+		// (state ST_ENDM), then expects SMFIC_CONNECT.
+		if s.write(byte(gomilter.CodeQuitNewConn), nil) == nil {
+			m.pool.put(s, nil)
 			return
 		}
+	case out.inMessage:
+		// Decided within the message: SMFIC_ABORT ends it, and the
+		// milter waits for the client's next MAIL.
+		if s.write(byte(gomilter.CodeAbort), nil) == nil {
+			m.pool.put(s, &client)
+			return
+		}
+	case out.complete || out.afterHelo:
+		m.pool.put(s, &client)
+		return
 	}
 	s.timeout = time.Second // best effort: the milter need not read it
 	s.write(byte(gomilter.CodeQuit), nil)
@@ -185,30 +201,32 @@ func (m *Milter) release(ctx context.Context, s *session, complete bool) {
 
 // outcome is how a conversation ended.
 type outcome struct {
-	step     string // where the milter decided, for the reason
-	reply    reply  // its deciding reply
-	mods     mods   // modifications at the end of the message
-	complete bool   // the end of the message was reached
+	step      string // where the milter decided, for the reason
+	reply     reply  // its deciding reply
+	mods      mods   // modifications at the end of the message
+	complete  bool   // the end of the message was reached
+	afterHelo bool   // decided at MAIL or later: the connection is still on
+	inMessage bool   // decided between RCPT and the body: a message is open
 }
 
 // converse replays the transaction to the milter, leaving out the steps
 // the milter asked to skip, and stops at the first reply other than
-// continue.
-func (m *Milter) converse(ctx context.Context, s *session, tx *stages.Transaction) (outcome, error) {
+// continue. A bound session knows the client already and starts at MAIL.
+func (m *Milter) converse(ctx context.Context, s *session, tx *stages.Transaction, bound bool) (outcome, error) {
 	stop := context.AfterFunc(ctx, s.interrupt)
 	defer stop()
 	s.limit, s.heard = time.Time{}, false
 	if dl, ok := ctx.Deadline(); ok {
 		s.limit = dl
 	}
-	out, err := m.steps(s, tx)
+	out, err := m.steps(s, tx, bound)
 	if err != nil && ctx.Err() != nil && !errors.As(err, &localError{}) {
 		err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
 	}
 	return out, err
 }
 
-func (m *Milter) steps(s *session, tx *stages.Transaction) (outcome, error) {
+func (m *Milter) steps(s *session, tx *stages.Transaction, bound bool) (outcome, error) {
 	type step struct {
 		name    string
 		skip    gomilter.OptProtocol // the milter asked not to see it
@@ -218,10 +236,11 @@ func (m *Milter) steps(s *session, tx *stages.Transaction) (outcome, error) {
 		rcpt    string
 		noReply gomilter.OptProtocol
 	}
-	steps := []step{
-		{"connect", gomilter.OptNoConnect, gomilter.StageConnect, gomilter.CodeConn, connectInfo(tx.Client), "", gomilter.OptNoConnReply},
+	var steps []step
+	if !bound {
+		steps = append(steps, step{"connect", gomilter.OptNoConnect, gomilter.StageConnect, gomilter.CodeConn, connectInfo(tx.Client), "", gomilter.OptNoConnReply})
 	}
-	if tx.Client.Helo != "" {
+	if tx.Client.Helo != "" && !bound {
 		steps = append(steps, step{"helo", gomilter.OptNoHelo, gomilter.StageHelo, gomilter.CodeHelo, cstrings(tx.Client.Helo), "", gomilter.OptNoHeloReply})
 	}
 	// ESMTP parameters of MAIL and RCPT are not kept by the gateway, so
@@ -245,7 +264,8 @@ func (m *Milter) steps(s *session, tx *stages.Transaction) (outcome, error) {
 			return outcome{}, fmt.Errorf("%s: %w", st.name, err)
 		}
 		if decided(r) {
-			return outcome{step: st.name, reply: r}, nil
+			return outcome{step: st.name, reply: r, afterHelo: st.code != gomilter.CodeConn && st.code != gomilter.CodeHelo,
+				inMessage: st.code == gomilter.CodeRcpt || st.code == gomilter.CodeData}, nil
 		}
 	}
 
@@ -267,7 +287,7 @@ func (m *Milter) steps(s *session, tx *stages.Transaction) (outcome, error) {
 				return outcome{}, fmt.Errorf("header %s: %w", f.Name, err)
 			}
 			if decided(r) {
-				return outcome{step: "header " + f.Name, reply: r}, nil
+				return outcome{step: "header " + f.Name, reply: r, afterHelo: true, inMessage: true}, nil
 			}
 		}
 	}
@@ -277,7 +297,7 @@ func (m *Milter) steps(s *session, tx *stages.Transaction) (outcome, error) {
 			return outcome{}, fmt.Errorf("end of header: %w", err)
 		}
 		if decided(r) {
-			return outcome{step: "end of header", reply: r}, nil
+			return outcome{step: "end of header", reply: r, afterHelo: true, inMessage: true}, nil
 		}
 	}
 	if s.proto&gomilter.OptNoBody == 0 && tx.Body != nil {
@@ -286,7 +306,7 @@ func (m *Milter) steps(s *session, tx *stages.Transaction) (outcome, error) {
 			return outcome{}, err
 		}
 		if decided(r) {
-			return outcome{step: "body", reply: r}, nil
+			return outcome{step: "body", reply: r, afterHelo: true, inMessage: true}, nil
 		}
 	}
 

@@ -269,55 +269,93 @@ func TestProtocolV6(t *testing.T) {
 	}
 }
 
-// TestReuse: after a complete message a version 6 milter's connection is
-// kept (SMFIC_QUIT_NC) and used for the next transactions; a kept
-// connection the milter closed meanwhile is replaced without a failure.
+// TestReuse: a version 6 milter's connection is kept for the next
+// transactions: for any client after a message that ended with continue
+// (SMFIC_QUIT_NC), and for the same SMTP client's next message otherwise.
+// A kept connection the milter closed meanwhile is replaced without a
+// failure.
 func TestReuse(t *testing.T) {
-	f := startFake(t, &fakeMilter{})
-	m := newMilter(t, `{"address": "`+f.addr+`"}`)
-	const n = 10
-	for range n {
-		if v := run(t, m, testTx()); v.Action != stages.Continue || v.Result != "continue" {
-			t.Fatalf("verdict %+v", v)
-		}
+	const n = 5
+	otherClient := func(i int) *stages.Transaction {
+		tx := testTx()
+		tx.Client.Port = uint16(50000 + i)
+		return tx
 	}
-	if got := f.ln.n.Load(); got != 1 {
-		t.Errorf("%d transactions used %d connections; want 1", n, got)
+	sameClient := func(int) *stages.Transaction { return testTx() }
+	accept := func(w io.Writer) { writeRaw(w, 'a', nil) }
+	tests := []struct {
+		name  string
+		eom   func(w io.Writer)
+		tx    func(i int) *stages.Transaction
+		conns int32
+		codes string // of the second transaction
+	}{
+		{"continue, other clients", nil, otherClient, 1, "DCDHDMDRDRDTLLLLLDNBDEK"},
+		{"accept, same client", accept, sameClient, 1, "DMDRDRDTLLLLLDNBDE"},
+		{"accept, other clients", accept, otherClient, n, "ODCDHDMDRDRDTLLLLLDNBDE"},
 	}
-	if got := strings.Count(f.codes(), "O"); got != 1 {
-		t.Errorf("%d option negotiations; want 1", got)
-	}
-
-	// Concurrent transactions each need a connection, and keep at most
-	// maxIdle of them.
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if v, err := m.Run(ctx, stages.Data, testTx()); err != nil || v.Result != "continue" {
-				t.Errorf("concurrent run: %+v %v", v, err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := startFake(t, &fakeMilter{eom: tt.eom})
+			m := newMilter(t, `{"address": "`+f.addr+`"}`)
+			var first string
+			for i := range n {
+				if v := run(t, m, tt.tx(i)); v.Action != stages.Continue {
+					t.Fatalf("verdict %+v", v)
+				}
+				if i == 0 {
+					time.Sleep(20 * time.Millisecond) // for a SMFIC_QUIT_NC in flight
+					first = f.codes()
+				}
+				if i == 1 {
+					time.Sleep(20 * time.Millisecond)
+					if got := strings.TrimPrefix(f.codes(), first); got != tt.codes {
+						t.Errorf("second transaction sent %s; want %s", got, tt.codes)
+					}
+				}
+			}
+			if got := f.ln.n.Load(); got != tt.conns {
+				t.Errorf("%d transactions used %d connections; want %d", n, got, tt.conns)
 			}
 		})
 	}
-	wg.Wait()
-	if got := f.ln.n.Load(); got > 5 {
-		t.Errorf("%d connections after 4 concurrent transactions; want at most 5", got)
-	}
 
-	// A milter that closes kept connections (a restart, an idle
-	// timeout): each transaction finds its kept connection dead, and
-	// reconnects without a failure.
-	f2 := startFake(t, &fakeMilter{dropKept: true})
-	m2 := newMilter(t, `{"address": "`+f2.addr+`"}`)
-	for i := range 3 {
-		if v := run(t, m2, testTx()); v.Result != "continue" {
-			t.Errorf("transaction %d after the milter closed the kept connection: %+v", i, v)
+	t.Run("concurrent", func(t *testing.T) {
+		f := startFake(t, &fakeMilter{})
+		m := newMilter(t, `{"address": "`+f.addr+`"}`)
+		for round := range 3 {
+			var wg sync.WaitGroup
+			for i := range 4 {
+				wg.Go(func() {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					if v, err := m.Run(ctx, stages.Data, otherClient(round*4+i)); err != nil || v.Result != "continue" {
+						t.Errorf("concurrent run: %+v %v", v, err)
+					}
+				})
+			}
+			wg.Wait()
 		}
-	}
-	if got := f2.ln.n.Load(); got != 3 {
-		t.Errorf("%d connections; want 3", got)
-	}
+		if got := f.ln.n.Load(); got > 4 {
+			t.Errorf("3 rounds of 4 concurrent transactions used %d connections; want at most 4", got)
+		}
+	})
+
+	t.Run("closed while kept", func(t *testing.T) {
+		// A milter that closes kept connections (a restart, an idle
+		// timeout): each transaction finds its kept connection dead, and
+		// reconnects without a failure.
+		f := startFake(t, &fakeMilter{dropKept: true})
+		m := newMilter(t, `{"address": "`+f.addr+`"}`)
+		for i := range 3 {
+			if v := run(t, m, otherClient(i)); v.Result != "continue" {
+				t.Errorf("transaction %d after the milter closed the kept connection: %+v", i, v)
+			}
+		}
+		if got := f.ln.n.Load(); got != 3 {
+			t.Errorf("%d connections; want 3", got)
+		}
+	})
 }
 
 // TestBroken: a milter that is down, too slow, closes mid-conversation or

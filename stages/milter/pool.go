@@ -1,8 +1,11 @@
 package milter
 
 import (
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/mailgate/mailgate/stages"
 )
 
 const (
@@ -20,55 +23,86 @@ const (
 	circuitRetry     = 10 * time.Second
 )
 
-// pool keeps sessions that ended with SMFIC_QUIT_NC, ready for the next
-// SMTP transaction's SMFIC_CONNECT without a new connection and option
-// negotiation.
+// pool keeps sessions for later transactions, so that a busy gateway does
+// not open a milter connection per message. A session is kept in one of
+// two states:
+//
+//   - fresh: it ended with SMFIC_QUIT_NC and takes any client's
+//     SMFIC_CONNECT, without a new connection or option negotiation;
+//   - bound: it is still in one SMTP client's connection, as far as the
+//     milter knows, and takes that client's next transaction from
+//     SMFIC_MAIL on, as a milter sees several messages per connection
+//     from Postfix.
+//
+// libmilter accepts SMFIC_QUIT_NC only after a message that ended with
+// continue; after accept (what opendkim answers when it signs) it ignores
+// it, and only a bound session can be reused.
 type pool struct {
 	max  int
 	idle time.Duration
 
 	mu     sync.Mutex
-	free   []idleSession // most recently used last
+	free   []idleSession // oldest first
 	closed bool
 }
 
 type idleSession struct {
-	s     *session
-	since time.Time
+	s      *session
+	since  time.Time
+	client *stages.Client // the client a bound session belongs to; nil if fresh
 }
 
-// get returns an idle session, or nil. Sessions idle too long are closed.
-func (p *pool) get() *session {
+// get returns a session bound to client, else a fresh one, else nil; bound
+// reports which. Sessions idle too long are closed.
+func (p *pool) get(client stages.Client) (s *session, bound bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	now := time.Now()
-	for len(p.free) > 0 {
-		last := p.free[len(p.free)-1]
-		p.free = p.free[:len(p.free)-1]
-		if now.Sub(last.since) < p.idle {
-			return last.s
+	p.expire()
+	k := slices.IndexFunc(p.free, func(is idleSession) bool { return is.client != nil && *is.client == client })
+	if k < 0 {
+		// The most recently used fresh session: the likeliest alive.
+		for i := len(p.free) - 1; i >= 0 && k < 0; i-- {
+			if p.free[i].client == nil {
+				k = i
+			}
 		}
-		last.s.nc.Close()
 	}
-	return nil
+	if k < 0 {
+		return nil, false
+	}
+	is := p.free[k]
+	p.free = slices.Delete(p.free, k, k+1)
+	return is.s, is.client != nil
 }
 
-// put keeps s for reuse, or closes it when the pool is full or closed.
-func (p *pool) put(s *session) {
+// put keeps s, bound to client if not nil, making room by closing the
+// oldest idle session if the pool is full. A closed pool closes s.
+func (p *pool) put(s *session, client *stages.Client) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || len(p.free) >= p.max {
+	if p.closed {
 		s.nc.Close()
 		return
 	}
-	// The oldest idle sessions are at the front; drop those expired so a
-	// quiet period does not keep dead connections around.
-	now := time.Now()
-	for len(p.free) > 0 && now.Sub(p.free[0].since) >= p.idle {
+	p.expire()
+	if len(p.free) >= p.max {
 		p.free[0].s.nc.Close()
 		p.free = p.free[1:]
 	}
-	p.free = append(p.free, idleSession{s, now})
+	p.free = append(p.free, idleSession{s, time.Now(), client})
+}
+
+// expire closes sessions idle too long. The milter sees its connection
+// close, as at the end of an SMTP session.
+func (p *pool) expire() {
+	now := time.Now()
+	p.free = slices.DeleteFunc(p.free, func(is idleSession) bool {
+		if now.Sub(is.since) < p.idle {
+			return false
+		}
+		is.s.nc.Close()
+		return true
+	})
 }
 
 // close closes every idle session; sessions put later are closed too.
