@@ -94,6 +94,16 @@ func (p *Policy) match(rcpt string) int {
 	return best
 }
 
+// All returns the default policy and that of every override, in config
+// order.
+func (p *Policy) All() []Effective {
+	all := []Effective{p.Default()}
+	for i := range p.Overrides {
+		all = append(all, p.override(i))
+	}
+	return all
+}
+
 func (p *Policy) override(i int) Effective {
 	o := &p.Overrides[i]
 	e := p.Default()

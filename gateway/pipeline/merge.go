@@ -30,15 +30,18 @@ type verdict struct {
 
 func (o outcome) verdict() verdict {
 	reason := o.res.Reason
+	if o.res.Mapped != "" {
+		reason = join(reason, o.res.Mapped)
+	}
 	if o.res.Err != "" {
 		reason = o.res.Reason + ": " + o.res.Err
 	}
 	return verdict{action: o.res.Action, stage: o.res.Name, reason: reason, reply: o.reply}
 }
 
-// merge picks what decides a phase, given the Tag or Quarantine carried from
-// earlier phases, the outcomes of this phase in chain order and the total
-// score. It also returns best, the strongest verdict other than Accept.
+// merge picks what decides a phase, given the strongest verdict carried
+// from earlier phases, the outcomes of this phase in chain order, the total
+// score and the policy whose thresholds apply.
 //
 // The strongest action wins: reject > tempfail > quarantine > tag >
 // continue; among equals, the first in chain order. The score thresholds
@@ -50,8 +53,8 @@ func (o outcome) verdict() verdict {
 // asked for still stands when it is Quarantine or stronger: in a chain
 // "clamav, allowlist, spam" a virus is refused even from an allow-listed
 // sender, while "allowlist" first exempts the sender from everything.
-func merge(carried verdict, outs []outcome, total float64, pol policy.Policy) (decided, best verdict) {
-	best = carried
+func merge(carried verdict, outs []outcome, total float64, pol policy.Effective) verdict {
+	best := carried
 	var accept *verdict
 	for _, o := range outs {
 		v := o.verdict()
@@ -64,18 +67,18 @@ func merge(carried verdict, outs []outcome, total float64, pol policy.Policy) (d
 		}
 	}
 	if accept != nil && best.action < stages.Quarantine {
-		return *accept, best
+		return *accept
 	}
 	if t := threshold(total, pol); t.action > best.action {
-		return t, best
+		return t
 	}
-	return best, best
+	return best
 }
 
 // threshold maps the total score to an action. A threshold of zero or less
 // is off: the config loader fills in defaults, so zero means a caller that
 // wants no thresholds.
-func threshold(total float64, pol policy.Policy) verdict {
+func threshold(total float64, pol policy.Effective) verdict {
 	for _, t := range []struct {
 		action stages.Action
 		key    string
@@ -86,10 +89,18 @@ func threshold(total float64, pol policy.Policy) verdict {
 		{stages.Tag, "tag_score", pol.TagScore},
 	} {
 		if t.limit > 0 && total >= t.limit {
-			return verdict{action: t.action, reason: fmt.Sprintf("score %g reached %s %g", total, t.key, t.limit)}
+			return verdict{action: t.action, reason: fmt.Sprintf("score %g reached %s %g of policy %s", total, t.key, t.limit, pol.Name)}
 		}
 	}
 	return verdict{}
+}
+
+// join joins two parts of a reason.
+func join(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 // replyFor returns the reply for a decision: the deciding stage's when it

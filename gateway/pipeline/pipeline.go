@@ -20,6 +20,25 @@
 //
 // The pipeline decides but never speaks SMTP: gateway/smtpd turns a
 // Decision into a reply.
+//
+// The pipeline also applies the [policy] of package policy around the
+// stages: the allow- and block-lists are checked before the stages of each
+// phase and show in the trace as stages of kind "policy" (policy.allow,
+// policy.block); result mappings turn a stage's result word into the
+// action taken; and the thresholds, subject tag and tag headers are those
+// of the transaction's policy, which its recipients decide
+// (policy.Policy.For).
+//
+// How smtpd uses this: nothing beyond running the phases. A message has one
+// policy, so at each RCPT the pipeline compares the recipient's policy with
+// that of the recipients accepted before it; when they differ, the decision
+// is TempFail with Reply 452 4.5.3 and Stage "policy.split", before any
+// stage runs. smtpd answers it like any other TempFail at RCPT (the
+// recipient is left out of the transaction), and the client sends that
+// recipient again in a transaction of its own: nobody is accepted and then
+// bounced. The first accepted recipient fixes the policy (Decision.Policy
+// names it); a refused one does not. Before any recipient is known, a score
+// rejects only if it reaches the reject_score of every policy.
 package pipeline
 
 import (
@@ -81,6 +100,10 @@ type StageSpec struct {
 	Stage   stages.Stage
 	OnError OnError
 	Timeout time.Duration // per call; 0 means DefaultTimeout
+	// Results maps the stage's result words to the action the pipeline
+	// takes instead of the stage's own ([stage.results], see
+	// policy.StageConfig.ResultActions). Accept is not allowed.
+	Results map[string]stages.Action
 }
 
 // Options are the pipeline's optional collaborators.
@@ -98,8 +121,14 @@ type Options struct {
 type Pipeline struct {
 	stages []stage
 	pol    policy.Policy
-	log    *slog.Logger
-	m      *metrics
+	def    policy.Effective // the policy of a transaction without recipients
+	// early is the policy of the phases before the first recipient: the
+	// default, with the reject_score of the most lenient policy, so that no
+	// message is refused by its score before its recipients are known if
+	// the policy of some recipient would take it.
+	early policy.Effective
+	log   *slog.Logger
+	m     *metrics
 }
 
 // stage is a StageSpec with what the pipeline needs of it at every call.
@@ -109,6 +138,7 @@ type stage struct {
 	info    stages.Info // asked once: for a plugin it is a round trip
 	onError OnError
 	timeout time.Duration
+	results map[string]stages.Action
 	// timeoutErr is the cause of a per-call timeout; it wraps
 	// context.DeadlineExceeded so that timeouts are told apart.
 	timeoutErr error
@@ -116,10 +146,18 @@ type stage struct {
 
 // New builds a pipeline from the stages in chain order.
 func New(specs []StageSpec, pol policy.Policy, opts Options) (*Pipeline, error) {
-	if err := checkText(pol.SubjectTag); err != nil {
-		return nil, fmt.Errorf("subject_tag: %w", err)
+	if err := pol.Check(); err != nil {
+		return nil, err
 	}
-	p := &Pipeline{pol: pol, log: opts.Logger}
+	p := &Pipeline{pol: pol, def: pol.Default(), early: pol.Default(), log: opts.Logger}
+	for _, e := range pol.All() {
+		// 0 is a threshold that is off: the most lenient of all.
+		if e.RejectScore <= 0 || p.early.RejectScore <= 0 {
+			p.early.RejectScore = 0
+		} else {
+			p.early.RejectScore = max(p.early.RejectScore, e.RejectScore)
+		}
+	}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -143,6 +181,11 @@ func New(specs []StageSpec, pol policy.Policy, opts Options) (*Pipeline, error) 
 		if int(sp.OnError) >= len(onErrorNames) {
 			return nil, fmt.Errorf("stage %q: invalid on_error %d", name, sp.OnError)
 		}
+		for result, a := range sp.Results {
+			if a >= stages.Accept {
+				return nil, fmt.Errorf("stage %q: results: %q maps to %s; expect continue, tag, quarantine, tempfail or reject", name, result, a)
+			}
+		}
 		timeout := sp.Timeout
 		if timeout <= 0 {
 			timeout = DefaultTimeout
@@ -153,6 +196,7 @@ func New(specs []StageSpec, pol policy.Policy, opts Options) (*Pipeline, error) 
 			info:       info,
 			onError:    sp.OnError,
 			timeout:    timeout,
+			results:    sp.Results,
 			timeoutErr: fmt.Errorf("timed out after %s: %w", timeout, context.DeadlineExceeded),
 		})
 	}
@@ -175,6 +219,7 @@ type Decision struct {
 	Reply        *stages.Reply
 	Stage        string        // the stage that decided; "" for a score threshold or nobody
 	Reason       string        // detail for the log, never for the client
+	Policy       string        // the name of the policy applied: policy.DefaultName or an override's
 	Trace        []StageResult // every stage that ran in this phase, in chain order
 	BodyReplaced bool          // a stage replaced tx.Body with a stages.BytesBody
 }
@@ -188,6 +233,9 @@ type StageResult struct {
 	Score    float64
 	Result   string
 	Reason   string
+	// Mapped is the result mapping that set Action in place of the
+	// stage's own, as in "stage results: fail = reject"; "" if none did.
+	Mapped   string
 	Duration time.Duration
 	Err      string // why the stage broke; "" if it did not
 	OnError  bool   // the stage broke and its on_error gave Action
@@ -209,11 +257,13 @@ type StageResult struct {
 //
 // A Session is not safe for concurrent use, like the SMTP session it serves.
 type Session struct {
-	p       *Pipeline
-	score   float64
-	results []stages.Result
-	flag    verdict  // strongest Tag or Quarantine so far
-	accept  *verdict // an Accept that holds for the rest of the session
+	p     *Pipeline
+	score float64
+	// outs are the stage calls of the phases that went through, in order:
+	// their verdicts carry forward, and stages that need results see them.
+	outs   []outcome
+	accept *verdict          // an Accept that holds for the rest of the session
+	eff    *policy.Effective // the transaction's policy, set by its first recipient
 }
 
 // Begin starts the state of one SMTP session.
@@ -222,35 +272,72 @@ func (p *Pipeline) Begin() *Session { return &Session{p: p} }
 // Fork returns an independent copy of the state so far.
 func (s *Session) Fork() *Session {
 	c := *s
-	c.results = slices.Clone(s.results)
+	c.outs = slices.Clone(s.outs)
 	return &c
 }
+
+// splitReply defers a recipient whose policy differs from the
+// transaction's. 452 is what RFC 5321 §4.5.3.1.10 has a server answer to
+// recipients beyond what it takes in one transaction; the client delivers
+// to the recipients accepted so far and sends the others again in another
+// transaction. 4.5.3 is "too many recipients" (RFC 3463 §3.6).
+var splitReply = stages.Reply{Code: 452, Enhanced: [3]int{4, 5, 3}, Text: "Recipients with different policies, send separately"}
 
 // Run runs the stages that declared ph, applies their edits to tx and
 // returns the decision. ctx bounds the whole phase (the per-message
 // deadline); each call is further bounded by its stage's timeout. log is the
 // per-message logger; nil uses Options.Logger.
 //
-// When the data phase ends in Tag, the policy's subject_tag is applied to
-// tx, so what is relayed (and what a dry run shows) carries it.
+// Before the stages, the policy's lists are checked for what ph adds to tx
+// (see policy.List.Match): a block entry rejects, even after an allow entry
+// matched; an allow entry accepts without running the stages, as a stage's
+// Accept does. At rcpt, the recipient's policy (policy.Policy.For) must be
+// the one of the recipients accepted before it, else the recipient is
+// deferred with 452 4.5.3.
+//
+// When the data phase ends in Tag, the policy's subject_tag and
+// tag_headers are applied to tx, so what is relayed (and what a dry run
+// shows) carries them.
 func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transaction, log *slog.Logger) Decision {
 	if log == nil {
 		log = s.p.log
 	}
-	if s.accept != nil {
-		return Decision{Action: stages.Accept, Score: s.score, Stage: s.accept.stage, Reason: s.accept.reason}
+	eff := s.policy(ph)
+	if hit, ok := s.p.pol.Block.Match(ph, tx); ok {
+		d, _ := s.listed(ctx, ph, "policy.block", stages.Reject, hit, eff, log)
+		return d
 	}
-	outs := s.p.runChain(ctx, ph, tx, s.results, log)
+	if s.accept != nil {
+		return Decision{Action: stages.Accept, Score: s.score, Stage: s.accept.stage, Reason: s.accept.reason, Policy: eff.Name}
+	}
+	if ph == stages.Rcpt && len(tx.Rcpts) > 0 {
+		rcpt := tx.Rcpts[len(tx.Rcpts)-1]
+		eff = s.p.pol.For(rcpt)
+		if s.eff != nil && !policy.SamePolicy(*s.eff, eff) {
+			return s.split(ctx, rcpt, eff, log)
+		}
+	}
+	if hit, ok := s.p.pol.Allow.Match(ph, tx); ok {
+		d, v := s.listed(ctx, ph, "policy.allow", stages.Accept, hit, eff, log)
+		s.commit(ph, eff, &v)
+		return d
+	}
+
+	prior := make([]stages.Result, len(s.outs))
+	for i, o := range s.outs {
+		prior[i] = o.result()
+	}
+	outs := s.p.runChain(ctx, ph, tx, prior, eff, log)
 
 	phaseScore := 0.0
-	d := Decision{Trace: make([]StageResult, len(outs))}
+	d := Decision{Trace: make([]StageResult, len(outs)), Policy: eff.Name}
 	for i, o := range outs {
 		phaseScore += o.res.Score
 		d.Trace[i] = o.res
 		d.BodyReplaced = d.BodyReplaced || o.bodyReplaced
 	}
 	d.Score = s.score + phaseScore
-	decided, best := merge(s.flag, outs, d.Score, s.p.pol)
+	decided := merge(s.carried(eff), outs, d.Score, eff)
 	d.Action, d.Stage, d.Reason = decided.action, decided.stage, decided.reason
 	d.Reply = replyFor(decided, log)
 
@@ -258,21 +345,111 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 		return d
 	}
 	s.score += phaseScore
-	for _, o := range outs {
-		s.results = append(s.results, o.result())
+	s.outs = append(s.outs, outs...)
+	var accept *verdict
+	if d.Action == stages.Accept {
+		accept = &decided
 	}
-	if best.action > s.flag.action {
-		s.flag = best
-	}
-	if d.Action == stages.Accept && ph != stages.Rcpt {
-		s.accept = &decided
-	}
-	if ph == stages.Data && d.Action == stages.Tag && s.p.pol.SubjectTag != "" {
-		if err := ApplyEdits(tx, []stages.Edit{{Op: stages.SubjectTag, Value: s.p.pol.SubjectTag}}); err != nil {
-			log.Error("subject tag", "error", err)
-		}
+	s.commit(ph, eff, accept)
+	if ph == stages.Data && d.Action == stages.Tag {
+		tag(tx, eff, log)
 	}
 	return d
+}
+
+// policy returns the policy phase ph is judged by until a recipient says
+// otherwise.
+func (s *Session) policy(ph stages.Phase) policy.Effective {
+	switch {
+	case s.eff != nil:
+		return *s.eff
+	case ph&(stages.Connect|stages.Helo|stages.Mail) != 0:
+		return s.p.early
+	}
+	return s.p.def
+}
+
+// commit records what a phase that went through decided for the rest of
+// the session: an accepted recipient sets the transaction's policy, and an
+// Accept before rcpt holds from then on.
+func (s *Session) commit(ph stages.Phase, eff policy.Effective, accept *verdict) {
+	switch {
+	case ph == stages.Rcpt:
+		if s.eff == nil {
+			s.eff = &eff
+		}
+	case accept != nil:
+		s.accept = accept
+	}
+}
+
+// carried returns the strongest verdict of the phases before, other than
+// Accept, with the results mapped by the override of eff: an override
+// applies to the whole transaction, so to the verdicts of the phases that
+// ran before its recipient was known too.
+func (s *Session) carried(eff policy.Effective) verdict {
+	var best verdict
+	for _, o := range s.outs {
+		if a, how, ok := overrideMapping(eff, o.res.Name, o.res.Result); ok && !o.res.OnError {
+			o.res.Action, o.res.Mapped = a, how
+		}
+		if v := o.verdict(); v.action != stages.Accept && v.action > best.action {
+			best = v
+		}
+	}
+	return best
+}
+
+// listed is the decision of an allow- or block-list entry, recorded in the
+// trace as a stage of kind "policy" so that logs and dry runs show it.
+func (s *Session) listed(ctx context.Context, ph stages.Phase, name string, a stages.Action, hit policy.Hit, eff policy.Effective, log *slog.Logger) (Decision, verdict) {
+	reason := fmt.Sprintf("%s.%s entry %q matches %s", name, hit.Key, hit.Entry, hit.Value)
+	v := verdict{action: a, stage: name, reason: reason}
+	log.LogAttrs(ctx, slog.LevelInfo, "policy list", slog.String("list", name), slog.String("phase", ph.String()),
+		slog.String("key", hit.Key), slog.String("entry", hit.Entry), slog.String("value", hit.Value), slog.String("action", a.String()))
+	return Decision{
+		Action: a,
+		Score:  s.score,
+		Reply:  replyFor(v, log),
+		Stage:  name,
+		Reason: reason,
+		Policy: eff.Name,
+		Trace:  []StageResult{{Name: name, Kind: "policy", Phase: ph, Action: a, Result: hit.Key, Reason: reason}},
+	}, v
+}
+
+// split defers a recipient whose policy differs from the transaction's.
+func (s *Session) split(ctx context.Context, rcpt string, eff policy.Effective, log *slog.Logger) Decision {
+	const name = "policy.split"
+	reason := fmt.Sprintf("recipient %s has policy %q, the recipients before it %q", rcpt, eff.Name, s.eff.Name)
+	log.LogAttrs(ctx, slog.LevelInfo, "policy split", slog.String("rcpt", rcpt),
+		slog.String("policy", eff.Name), slog.String("transaction_policy", s.eff.Name))
+	return Decision{
+		Action: stages.TempFail,
+		Score:  s.score,
+		Reply:  &splitReply,
+		Stage:  name,
+		Reason: reason,
+		Policy: s.eff.Name,
+		Trace:  []StageResult{{Name: name, Kind: "policy", Phase: stages.Rcpt, Action: stages.TempFail, Result: eff.Name, Reason: reason}},
+	}
+}
+
+// tag marks a message the data phase tagged, as its policy says.
+func tag(tx *stages.Transaction, eff policy.Effective, log *slog.Logger) {
+	var edits []stages.Edit
+	if eff.SubjectTag != "" {
+		edits = append(edits, stages.Edit{Op: stages.SubjectTag, Value: eff.SubjectTag})
+	}
+	for _, f := range eff.TagHeaders {
+		edits = append(edits, stages.Edit{Op: stages.HeaderAdd, Name: f.Name, Value: f.Value})
+	}
+	if len(edits) == 0 {
+		return
+	}
+	if err := ApplyEdits(tx, edits); err != nil {
+		log.Error("tag message", "policy", eff.Name, "error", err)
+	}
 }
 
 // outcome is one stage call as the pipeline saw it.
@@ -287,22 +464,41 @@ func (o outcome) result() stages.Result {
 		Result: o.res.Result, Reason: o.res.Reason, Errored: o.res.OnError}
 }
 
+// mapResult returns the action a result mapping gives a stage's result
+// word, and the mapping: the override of eff first, then the stage's own
+// [stage.results].
+func (sg *stage) mapResult(eff policy.Effective, result string) (stages.Action, string, bool) {
+	if a, how, ok := overrideMapping(eff, sg.name, result); ok {
+		return a, how, true
+	}
+	if a, ok := sg.results[result]; ok && result != "" {
+		return a, fmt.Sprintf("stage results: %s = %s", result, a), true
+	}
+	return 0, "", false
+}
+
+func overrideMapping(eff policy.Effective, stage, result string) (stages.Action, string, bool) {
+	a, ok := eff.Result(stage, result)
+	if !ok {
+		return 0, "", false
+	}
+	return a, fmt.Sprintf("policy %s results: %s.%s = %s", eff.Name, stage, result, a), true
+}
+
 // runChain runs the stages of phase ph in groups (see groupLen) and returns
 // their outcomes in chain order, up to and including the first Accept.
-func (p *Pipeline) runChain(ctx context.Context, ph stages.Phase, tx *stages.Transaction, prior []stages.Result, log *slog.Logger) []outcome {
+// Result words are mapped to actions under policy eff.
+func (p *Pipeline) runChain(ctx context.Context, ph stages.Phase, tx *stages.Transaction, prior []stages.Result, eff policy.Effective, log *slog.Logger) []outcome {
 	var run []*stage
 	for i := range p.stages {
 		if p.stages[i].info.Phases.Has(ph) {
 			run = append(run, &p.stages[i])
 		}
 	}
-	// prior grows below; a clone keeps the session's own slice untouched
-	// until the phase is committed.
-	prior = slices.Clone(prior)
 	var outs []outcome
 	for len(run) > 0 {
 		n := groupLen(run)
-		got := p.runGroup(ctx, ph, tx, run[:n], prior, log)
+		got := p.runGroup(ctx, ph, tx, run[:n], prior, eff, log)
 		for i, o := range got {
 			p.record(ctx, ph, run[i], o, log)
 			prior = append(prior, o.result())
@@ -335,10 +531,10 @@ func groupLen(run []*stage) int {
 // runGroup runs a group and returns its outcomes in chain order. When a
 // stage accepts, the stages after it in the group are cancelled and left
 // out, as if the chain had stopped there.
-func (p *Pipeline) runGroup(ctx context.Context, ph stages.Phase, tx *stages.Transaction, group []*stage, prior []stages.Result, log *slog.Logger) []outcome {
+func (p *Pipeline) runGroup(ctx context.Context, ph stages.Phase, tx *stages.Transaction, group []*stage, prior []stages.Result, eff policy.Effective, log *slog.Logger) []outcome {
 	if len(group) == 1 {
 		sg := group[0]
-		o, edits := p.runOne(ctx, ph, sg, tx, prior, log)
+		o, edits := p.runOne(ctx, ph, sg, tx, prior, eff, log)
 		if len(edits) > 0 {
 			if err := ApplyEdits(tx, edits); err != nil {
 				return []outcome{p.failed(sg, o, err)}
@@ -357,7 +553,7 @@ func (p *Pipeline) runGroup(ctx context.Context, ph stages.Phase, tx *stages.Tra
 		go func() {
 			// Stages in a group never edit (groupLen), so the edits
 			// return is always empty.
-			outs[i], _ = p.runOne(cctx, ph, sg, tx, prior, log)
+			outs[i], _ = p.runOne(cctx, ph, sg, tx, prior, eff, log)
 			done <- i
 		}()
 	}
@@ -381,8 +577,8 @@ func (p *Pipeline) runGroup(ctx context.Context, ph stages.Phase, tx *stages.Tra
 }
 
 // runOne calls one stage and returns its outcome, with on_error applied if
-// it broke, and the edits it asked for.
-func (p *Pipeline) runOne(ctx context.Context, ph stages.Phase, sg *stage, tx *stages.Transaction, prior []stages.Result, log *slog.Logger) (outcome, []stages.Edit) {
+// it broke or its result mapped, and the edits it asked for.
+func (p *Pipeline) runOne(ctx context.Context, ph stages.Phase, sg *stage, tx *stages.Transaction, prior []stages.Result, eff policy.Effective, log *slog.Logger) (outcome, []stages.Edit) {
 	// Each stage gets its own shallow copy: Results differ per stage, and
 	// a stage that outlives its timeout keeps reading a Transaction
 	// nobody changes (ApplyEdits replaces slices rather than writing
@@ -402,6 +598,9 @@ func (p *Pipeline) runOne(ctx context.Context, ph stages.Phase, sg *stage, tx *s
 		return p.failed(sg, o, err), nil
 	}
 	o.res.Action, o.res.Score, o.res.Result, o.res.Reason = v.Action, v.Score, v.Result, v.Reason
+	if a, how, ok := sg.mapResult(eff, v.Result); ok {
+		o.res.Action, o.res.Mapped = a, how
+	}
 	o.reply = v.Reply
 	return o, v.Edits
 }
@@ -496,6 +695,9 @@ func (p *Pipeline) record(ctx context.Context, ph stages.Phase, sg *stage, o out
 		slog.String("result", o.res.Result),
 		slog.String("reason", o.res.Reason),
 		slog.Duration("duration", o.res.Duration),
+	}
+	if o.res.Mapped != "" {
+		attrs = append(attrs, slog.String("mapped", o.res.Mapped))
 	}
 	if o.res.Err != "" {
 		attrs = append(attrs, slog.String("error", o.res.Err))
