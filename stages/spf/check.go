@@ -41,8 +41,8 @@ const (
 // Outcome is what one check_host() evaluation found.
 type Outcome struct {
 	Result Result
-	// Mechanism is the term that matched ("default" when none did and the
-	// result is the default neutral), for Received-SPF's mechanism= key.
+	// Mechanism is the term that matched, or "default" when none did, for
+	// Received-SPF's mechanism= key (§9.1); "" when no record was evaluated.
 	Mechanism string
 	// Problem says what went wrong for permerror, temperror and none.
 	Problem string
@@ -286,9 +286,9 @@ func (c *checker) matchMX(ctx context.Context, target string, m mechanism) (bool
 // matchPTR is the ptr mechanism (§5.5): a validated name of the client that
 // is target or below it.
 func (c *checker) matchPTR(ctx context.Context, target string) (bool, error) {
-	names, err := c.ptrNames(ctx)
-	if err != nil {
-		return false, err
+	names, void := c.ptrNames(ctx)
+	if void {
+		return false, c.countVoid()
 	}
 	for _, n := range names {
 		if inDomain(n, target) && c.validates(ctx, n) {
@@ -299,25 +299,21 @@ func (c *checker) matchPTR(ctx context.Context, target string) (bool, error) {
 }
 
 // ptrNames returns the first 10 names the client's reverse zone gives
-// (§4.6.4). A DNS error makes ptr not match (§5.5), so only the void count
-// can fail it.
-func (c *checker) ptrNames(ctx context.Context) ([]string, error) {
+// (§4.6.4), and whether the lookup was void (NXDOMAIN or no data). A DNS
+// error gives no names: ptr then does not match (§5.5).
+func (c *checker) ptrNames(ctx context.Context) (names []string, void bool) {
 	rev, err := dns.ReverseAddr(c.ip.String())
 	if err != nil {
-		return nil, nil
+		return nil, false
 	}
 	a, err := c.dns.Lookup(ctx, rev, dns.TypePTR)
 	if err != nil {
-		return nil, nil
+		return nil, false
 	}
-	if a.Empty() {
-		return nil, c.countVoid()
-	}
-	var names []string
 	for _, rr := range a.RRs[:min(len(a.RRs), maxAddrLookups)] {
 		names = append(names, unescapeName(strings.TrimSuffix(rr.(*dns.PTR).Ptr, ".")))
 	}
-	return names, nil
+	return names, a.Empty()
 }
 
 // validates reports whether name has an address record for the client; a

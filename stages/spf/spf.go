@@ -171,7 +171,7 @@ func (f *Filter) receivedSPF(ev evaluation, tx *stages.Transaction) string {
 		"receiver=" + kvValue(who),
 		"identity=" + ev.identity,
 	}
-	if ev.out.Mechanism != "" && ev.out.Mechanism != "default" {
+	if ev.out.Mechanism != "" {
 		kv = append(kv, "mechanism="+kvValue(ev.out.Mechanism))
 	}
 	if ev.out.Problem != "" && (ev.out.Result == PermError || ev.out.Result == TempError) {

@@ -3,6 +3,7 @@ package spf
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -15,17 +16,18 @@ import (
 // testServer serves the policies the stage tests use.
 func testServer(t testing.TB) *dnstest.Server {
 	return dnstest.NewServer(t, dnstest.Zone{
-		"pass.example.com":   {`TXT "v=spf1 ip4:192.0.2.0/24 -all"`},
-		"fail.example.com":   {`TXT "v=spf1 ip4:192.0.2.1 -all exp=why.example.com"`},
-		"why.example.com":    {`TXT "Not from here, %{i}."`},
-		"plain.example.com":  {`TXT "v=spf1 -all"`},
-		"soft.example.com":   {`TXT "v=spf1 ~all"`},
-		"broken.example.com": {`TXT "v=spf1 ip4:300.1.1.1 -all"`},
-		"slow.example.com":   {"TIMEOUT"},
-		"mail.example.net":   {`TXT "v=spf1 a -all"`, "A 192.0.2.10"},
-		"nospf.example.com":  {"A 192.0.2.1"},
-		"weird(.example.com": {`TXT "v=spf1 -all exp=x.example.com"`},
-		"x.example.com":      {`TXT "a\"b(c)\\d %{l}"`},
+		"pass.example.com":    {`TXT "v=spf1 ip4:192.0.2.0/24 -all"`},
+		"fail.example.com":    {`TXT "v=spf1 ip4:192.0.2.1 -all exp=why.example.com"`},
+		"why.example.com":     {`TXT "Not from here, %{i}."`},
+		"plain.example.com":   {`TXT "v=spf1 -all"`},
+		"soft.example.com":    {`TXT "v=spf1 ~all"`},
+		"neutral.example.com": {`TXT "v=spf1 ip4:198.51.100.1"`},
+		"broken.example.com":  {`TXT "v=spf1 ip4:300.1.1.1 -all"`},
+		"slow.example.com":    {"TIMEOUT"},
+		"mail.example.net":    {`TXT "v=spf1 a -all"`, "A 192.0.2.10"},
+		"nospf.example.com":   {"A 192.0.2.1"},
+		"weird(.example.com":  {`TXT "v=spf1 -all exp=x.example.com"`},
+		"x.example.com":       {`TXT "a\"b(c)\\d %{l}"`},
 	})
 }
 
@@ -150,6 +152,8 @@ func TestDataReceivedSPF(t *testing.T) {
 	}{
 		{"192.0.2.99", "mail.example.net", "joe@fail.example.com",
 			`fail (mx.example.test: domain of joe@fail.example.com does not designate 192.0.2.99 as permitted sender) client-ip=192.0.2.99; envelope-from="joe@fail.example.com"; helo=mail.example.net; receiver=mx.example.test; identity=mailfrom; mechanism=-all;`},
+		{"192.0.2.7", "mail.example.net", "joe@neutral.example.com",
+			`neutral (mx.example.test: 192.0.2.7 is neither permitted nor denied by domain of joe@neutral.example.com) client-ip=192.0.2.7; envelope-from="joe@neutral.example.com"; helo=mail.example.net; receiver=mx.example.test; identity=mailfrom; mechanism=default;`},
 		{"2001:db8::5", "[2001:db8::5]", "",
 			`none (mx.example.test: domain of postmaster@[2001:db8::5] does not designate permitted sender hosts) client-ip="2001:db8::5"; envelope-from=""; helo="[2001:db8::5]"; receiver=mx.example.test; identity=helo;`},
 		{"192.0.2.7", "h.example.net", "joe@slow.example.com",
@@ -252,7 +256,8 @@ func TestPluginRoundTrip(t *testing.T) {
 
 // BenchmarkSPFEvaluate evaluates a typical record (include, ip4, mx)
 // against the test DNS server with the resolver cache warm. Each iteration
-// uses a new client address, so the per-transaction memo does not answer.
+// uses a new client address, so the per-transaction memo does not answer
+// and every mechanism is evaluated.
 func BenchmarkSPFEvaluate(b *testing.B) {
 	srv := dnstest.NewServer(b, dnstest.Zone{
 		"example.com":      {`TXT "v=spf1 include:_spf.example.net ip4:198.51.100.0/24 mx -all"`, "MX 10 mx1.example.com.", "MX 20 mx2.example.com."},
@@ -267,10 +272,32 @@ func BenchmarkSPFEvaluate(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		ip := netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}) // matches mx only for .1 and .2
+		// 16M addresses before one repeats: far more than the memo holds.
+		ip := netip.AddrFrom4([4]byte{192, byte(i >> 16), byte(i >> 8), byte(i)})
 		v, _ := f.Run(ctx, stages.Mail, &stages.Transaction{Client: stages.Client{Addr: ip, Helo: "h.example.net"}, From: "joe@example.com"})
 		if v.Result != "pass" && v.Result != "fail" {
 			b.Fatalf("result %s", v.Result)
 		}
+	}
+}
+
+// TestNoDNSServer: with no server answering at all, the check still ends in
+// a verdict (temperror), not a stage error.
+func TestNoDNSServer(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close() // bound but never read: queries go unanswered
+	f, err := New(stages.Env{DNSServers: []string{pc.LocalAddr().String()}}, jsonConfig(`{"dns_timeout": "100ms"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := f.Run(context.Background(), stages.Mail, tx("192.0.2.7", "h.example.net", "joe@example.com"))
+	if err != nil || v.Result != "temperror" || v.Action != stages.Continue || v.Score != 0 {
+		t.Fatalf("verdict %+v, error %v; want temperror, continue, no error", v, err)
+	}
+	if !strings.Contains(v.Reason, "spf=temperror smtp.mailfrom=example.com (TXT lookup of example.com: ") {
+		t.Errorf("reason %q", v.Reason)
 	}
 }
