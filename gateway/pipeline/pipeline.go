@@ -226,13 +226,13 @@ type Decision struct {
 
 // StageResult is what one stage did in one phase.
 type StageResult struct {
-	Name     string
-	Kind     string
-	Phase    stages.Phase
-	Action   stages.Action // after on_error
-	Score    float64
-	Result   string
-	Reason   string
+	Name   string
+	Kind   string
+	Phase  stages.Phase
+	Action stages.Action // after on_error
+	Score  float64
+	Result string
+	Reason string
 	// Mapped is the result mapping that set Action in place of the
 	// stage's own, as in "stage results: fail = reject"; "" if none did.
 	Mapped   string
