@@ -16,6 +16,7 @@ import (
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/clamav"
 	"github.com/mailgate/mailgate/stages/headers"
+	"github.com/mailgate/mailgate/stages/spf"
 )
 
 // builtinKinds are the stage kinds this binary serves with `mailgate plugin
@@ -25,6 +26,7 @@ func builtinKinds() map[string]stages.Factory {
 	return map[string]stages.Factory{
 		"clamav":  clamav.New,
 		"headers": headers.New,
+		"spf":     spf.New,
 	}
 }
 
