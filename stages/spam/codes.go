@@ -19,21 +19,30 @@ type codes struct {
 func parseCodes(returns []string, mask uint32) (codes, error) {
 	c := codes{mask: mask}
 	for i, r := range returns {
-		lo, hi, isRange := strings.Cut(r, "-")
-		a, err := codeOf(lo)
-		b := a
-		if err == nil && isRange {
-			b, err = codeOf(hi)
+		rg, err := parseRange(r)
+		if err != nil {
+			return codes{}, fmt.Errorf("returns[%d]: %w", i, err)
 		}
-		if err != nil || b < a {
-			return codes{}, fmt.Errorf("returns[%d]: unexpected %q; expect an address in 127.0.0.0/8 such as \"127.0.0.2\", or a range such as \"127.0.0.4-127.0.0.7\"", i, r)
-		}
-		c.ranges = append(c.ranges, [2]uint32{a, b})
+		c.ranges = append(c.ranges, rg)
 	}
 	if len(c.ranges) == 0 && mask == 0 {
 		c.ranges = [][2]uint32{{0x7f000002, 0x7ffffeff}}
 	}
 	return c, nil
+}
+
+// parseRange reads "127.0.0.2" or "127.0.0.4-127.0.0.7".
+func parseRange(r string) ([2]uint32, error) {
+	lo, hi, isRange := strings.Cut(r, "-")
+	a, err := codeOf(lo)
+	b := a
+	if err == nil && isRange {
+		b, err = codeOf(hi)
+	}
+	if err != nil || b < a {
+		return [2]uint32{}, fmt.Errorf("unexpected %q; expect an address in 127.0.0.0/8 such as \"127.0.0.2\", or a range such as \"127.0.0.4-127.0.0.7\"", r)
+	}
+	return [2]uint32{a, b}, nil
 }
 
 func codeOf(s string) (uint32, error) {

@@ -1,0 +1,83 @@
+package dnsbl
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// codes says which answers of a DNS list count as a listing: address
+// ranges and a bit mask (lists such as SURBL's multi encode several lists
+// in the bits of one answer).
+type codes struct {
+	ranges [][2]uint32 // inclusive
+	mask   uint32
+}
+
+// parseCodes reads "127.0.0.2" and "127.0.0.4-127.0.0.7" entries. Without
+// ranges or mask, every listing code counts.
+func parseCodes(returns []string, mask uint32) (codes, error) {
+	c := codes{mask: mask}
+	for i, r := range returns {
+		rg, err := parseRange(r)
+		if err != nil {
+			return codes{}, fmt.Errorf("returns[%d]: %w", i, err)
+		}
+		c.ranges = append(c.ranges, rg)
+	}
+	if len(c.ranges) == 0 && mask == 0 {
+		c.ranges = [][2]uint32{{0x7f000002, 0x7ffffeff}}
+	}
+	return c, nil
+}
+
+// parseRange reads "127.0.0.2" or "127.0.0.4-127.0.0.7".
+func parseRange(r string) ([2]uint32, error) {
+	lo, hi, isRange := strings.Cut(r, "-")
+	a, err := codeOf(lo)
+	b := a
+	if err == nil && isRange {
+		b, err = codeOf(hi)
+	}
+	if err != nil || b < a {
+		return [2]uint32{}, fmt.Errorf("unexpected %q; expect an address in 127.0.0.0/8 such as \"127.0.0.2\", or a range such as \"127.0.0.4-127.0.0.7\"", r)
+	}
+	return [2]uint32{a, b}, nil
+}
+
+func codeOf(s string) (uint32, error) {
+	ip, err := netip.ParseAddr(strings.TrimSpace(s))
+	if err != nil || !ip.Is4() || ip.As4()[0] != 127 {
+		return 0, fmt.Errorf("not in 127.0.0.0/8: %q", s)
+	}
+	return u32(ip), nil
+}
+
+func u32(ip netip.Addr) uint32 {
+	b := ip.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+// match reports whether a listing code counts.
+func (c codes) match(ip netip.Addr) bool {
+	v := u32(ip)
+	for _, r := range c.ranges {
+		if v >= r[0] && v <= r[1] {
+			return true
+		}
+	}
+	return v&c.mask != 0
+}
+
+// validCode reports whether an answer is a listing code at all. RFC 5782
+// §2.1 puts codes in 127.0.0.0/8; 127.0.0.1 is never a listing (§5) and
+// some lists use it for "query refused", as Spamhaus uses 127.255.255.0/24.
+// Anything else (a wildcarding resolver's ad server, an error code) says
+// nothing about the name.
+func validCode(ip netip.Addr) bool {
+	if !ip.Is4() {
+		return false
+	}
+	b := ip.As4()
+	return b[0] == 127 && u32(ip) != 0x7f000001 && !(b[1] == 255 && b[2] == 255)
+}
