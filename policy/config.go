@@ -116,9 +116,9 @@ type StageConfig struct {
 // total score map to an action, the allow- and block-lists, and the
 // overrides for some recipients. README.md documents every key.
 type Policy struct {
-	TagScore        float64 `toml:"tag_score,omitempty"`        // default 5
-	QuarantineScore float64 `toml:"quarantine_score,omitempty"` // default 10
-	RejectScore     float64 `toml:"reject_score,omitempty"`     // default 15
+	TagScore        float64 `toml:"tag_score,omitzero"`        // default 5
+	QuarantineScore float64 `toml:"quarantine_score,omitzero"` // default 10
+	RejectScore     float64 `toml:"reject_score,omitzero"`     // default 15
 	// SubjectTag prefixes the Subject of a tagged message; default "[SPAM]"
 	// when the key is not written, "" for none.
 	SubjectTag string `toml:"subject_tag"`
@@ -143,9 +143,9 @@ type Override struct {
 	// Rcpts are recipient addresses; they win over Domains.
 	Rcpts []string `toml:"rcpts,omitempty"`
 
-	TagScore        float64 `toml:"tag_score,omitempty"`
-	QuarantineScore float64 `toml:"quarantine_score,omitempty"`
-	RejectScore     float64 `toml:"reject_score,omitempty"`
+	TagScore        float64 `toml:"tag_score,omitzero"`
+	QuarantineScore float64 `toml:"quarantine_score,omitzero"`
+	RejectScore     float64 `toml:"reject_score,omitzero"`
 	SubjectTag      *string `toml:"subject_tag"` // nil: [policy]'s; "" for none
 	// TagHeaders replace those of [policy]; nil takes them, [] means none.
 	TagHeaders []string `toml:"tag_headers"`

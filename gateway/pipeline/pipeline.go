@@ -229,7 +229,7 @@ type StageResult struct {
 	Name   string
 	Kind   string
 	Phase  stages.Phase
-	Action stages.Action // after on_error
+	Action stages.Action // after on_error or a result mapping
 	Score  float64
 	Result string
 	Reason string
