@@ -247,15 +247,16 @@ func TestProtocolV6(t *testing.T) {
 			gomilter.OptNoRcptReply | gomilter.OptNoData),
 		symlist: symlist,
 		eom: func(w io.Writer) {
-			for range 5 {
-				time.Sleep(100 * time.Millisecond)
+			// 1.5s in all, past the content_timeout of 1s.
+			for range 6 {
+				time.Sleep(250 * time.Millisecond)
 				writeRaw(w, respProgress, nil)
 			}
 			writeRaw(w, 'h', []byte("X-Checked\x00yes\x00"))
 			writeRaw(w, 'c', nil)
 		},
 	})
-	m := newMilter(t, `{"address": "`+f.addr+`", "content_timeout": "300ms"}`)
+	m := newMilter(t, `{"address": "`+f.addr+`", "content_timeout": "1s"}`)
 	v := run(t, m, testTx())
 	if v.Action != stages.Continue || len(v.Edits) != 1 || v.Edits[0].Name != "X-Checked" {
 		t.Fatalf("verdict %+v", v)
