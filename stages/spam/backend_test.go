@@ -32,7 +32,12 @@ type spamdRequest struct {
 // answers when reply is "". It records each request in got.
 func fakeSpamd(t *testing.T, reply string) (addr string, got chan spamdRequest) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return fakeSpamdOn(t, "tcp", "127.0.0.1:0", reply)
+}
+
+func fakeSpamdOn(t *testing.T, network, address, reply string) (addr string, got chan spamdRequest) {
+	t.Helper()
+	l, err := net.Listen(network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +112,15 @@ func TestSpamd(t *testing.T) {
 	want := wholeMessage(t, tx)
 	if req.command != "SYMBOLS SPAMC/1.5" || req.headers["content-length"] != strconv.Itoa(len(want)) || req.message != want {
 		t.Errorf("spamd got %q %v and %d bytes; want SYMBOLS SPAMC/1.5 and the %d bytes of the message", req.command, req.headers, len(req.message), len(want))
+	}
+}
+
+func TestSpamdUnixSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spamd.sock")
+	fakeSpamdOn(t, "unix", path, "SPAMD/1.1 0 EX_OK\r\nSpam: False ; 1.2 / 5.0\r\n\r\n")
+	s := newSpam(t, stages.Env{}, fmt.Sprintf(`{"backend": "spamd", "address": "unix:%s"}`, path))
+	if v := run(t, s, parse(t, clean)); v.Score != 1.2 || v.Result != "ham" || v.Reason != "spamd=1.2" {
+		t.Errorf("verdict %+v", v)
 	}
 }
 

@@ -30,6 +30,7 @@ const (
 // content is what the rules look at: a message decoded and bounded.
 type content struct {
 	header    []field  // top-level fields, unfolded and RFC 2047-decoded
+	allHeader string   // the decoded header, one "Name: value" line per field
 	text      string   // decoded text of the text/* parts, HTML reduced to text
 	uris      []string // URLs of the text and of HTML links, each once, in order
 	plain     bool     // a text/plain part was seen
@@ -64,17 +65,6 @@ func (c *content) values(name string) []string {
 	return vs
 }
 
-// headerText is the whole decoded header, one "Name: value" line per field.
-func (c *content) headerText() string {
-	var b strings.Builder
-	for _, f := range c.header {
-		b.WriteString(f.name)
-		b.WriteString(": ")
-		b.WriteString(f.value)
-		b.WriteByte('\n')
-	}
-	return b.String()
-}
 
 // extract decodes a message for the rules: the header fields and, from body,
 // at most maxText bytes of decoded text. It never fails: what cannot be
@@ -97,6 +87,11 @@ func extract(h stages.Header, body io.Reader, maxText int) *content {
 		kept += len(f.Name) + len(v) + len(raw)
 		c.header = append(c.header, field{f.Name, v, raw})
 	}
+	var all strings.Builder
+	for _, f := range c.header {
+		all.WriteString(f.name + ": " + f.value + "\n")
+	}
+	c.allHeader = all.String()
 	w := &walker{c: c, left: maxText, seen: map[string]bool{}}
 	if body != nil {
 		w.entity(top, io.LimitReader(body, maxRead), 0, "text/plain")

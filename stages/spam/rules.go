@@ -105,7 +105,7 @@ func headerMatch(name, pattern string) (func(*message) bool, error) {
 		if re == nil {
 			return nil, errors.New(`pattern: header = "ALL" needs a pattern`)
 		}
-		return func(m *message) bool { return re.MatchString(m.headerText()) }, nil
+		return func(m *message) bool { return re.MatchString(m.allHeader) }, nil
 	}
 	return func(m *message) bool {
 		vs := m.values(name)
