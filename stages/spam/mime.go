@@ -65,7 +65,6 @@ func (c *content) values(name string) []string {
 	return vs
 }
 
-
 // extract decodes a message for the rules: the header fields and, from body,
 // at most maxText bytes of decoded text. It never fails: what cannot be
 // decoded is left out and marks the content malformed.
