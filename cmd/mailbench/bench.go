@@ -1,0 +1,435 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The lines, in the order they run within a round and appear in the
+// report.
+const (
+	lineSink            = "smtp-sink"
+	linePostfix         = "postfix"
+	lineMailgate        = "mailgate"
+	lineChain           = "mailgate+chain"
+	linePostfixOpendkim = "postfix+opendkim"
+	lineMailgateMilter  = "mailgate+opendkim"
+)
+
+var lineNames = []string{lineSink, linePostfix, lineMailgate, lineChain, linePostfixOpendkim, lineMailgateMilter}
+
+func isLine(name string) bool { return slices.Contains(lineNames, name) }
+
+// lineInfo says what a line is and which line it is held against.
+var lineInfo = map[string]struct{ what, vs string }{
+	lineSink:            {"smtp-sink alone: the client's and the loopback's ceiling", ""},
+	linePostfix:         {"Postfix relaying to smtp-sink (queue on disk, no milter)", ""},
+	lineMailgate:        {"mailgate relaying to smtp-sink, no stages", linePostfix},
+	lineChain:           {"mailgate with spf, dnsbl, spam, headers out of process", linePostfix},
+	linePostfixOpendkim: {"Postfix with opendkim (signing) as smtpd_milters", ""},
+	lineMailgateMilter:  {"mailgate with the same opendkim as a milter stage", linePostfixOpendkim},
+}
+
+// line is one server under test, with the sink it delivers to.
+type line struct {
+	name  string
+	addr  string       // where the client sends
+	sink  *sink        // where the server delivers (the server itself for smtp-sink)
+	roots func() []int // PIDs whose process trees are the server: CPU and memory
+	alive func() error // an error once the server has died
+	skip  string       // why the line does not run, "" if it does
+	stats map[string]*stats
+}
+
+// bench is one mailbench run.
+type bench struct {
+	opts *options
+	log  io.Writer
+
+	tools    tools
+	dir      string // temp dir for every config, queue and log
+	mailgate string // the mailgate binary built for the run
+	dns      *dnsServer
+	opendkim *opendkimInstance
+	stops    []func() // run in reverse order when the run ends
+	lines    []*line
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.log, "mailbench: "+format+"\n", args...)
+}
+
+// onStop registers what undoes a start; every start is followed by one, so
+// an error or an interrupt anywhere still stops all that was started.
+func (b *bench) onStop(f func()) { b.stops = append(b.stops, f) }
+
+func (b *bench) stopAll() {
+	for i := len(b.stops) - 1; i >= 0; i-- {
+		b.stops[i]()
+	}
+	b.stops = nil
+}
+
+// run sets the lines up, measures them and returns the report; the report
+// holds what was measured before any error.
+func (b *bench) run(ctx context.Context) (*report, error) {
+	defer b.stopAll()
+	rep := newReport(b.opts)
+	if err := b.setup(ctx, rep); err != nil {
+		return nil, err
+	}
+	for _, l := range b.lines {
+		rep.lines = append(rep.lines, l)
+	}
+	runs := []sizeRun{{label: "small", messages: b.opts.messages, size: int(b.opts.size)}}
+	if b.opts.large > 0 {
+		runs = append(runs, sizeRun{label: "large", messages: b.opts.large, size: int(b.opts.largeSize)})
+	}
+	rep.runs = runs
+	for _, r := range runs {
+		if err := b.measure(ctx, r, rep); err != nil {
+			return rep, err
+		}
+	}
+	if b.opts.halfPeak {
+		if err := b.measureHalfPeak(ctx, runs[0], rep); err != nil {
+			return rep, err
+		}
+	}
+	if b.opts.memory {
+		if err := b.measureMemory(ctx, rep); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// setup builds mailgate and starts every line's servers.
+func (b *bench) setup(ctx context.Context, rep *report) error {
+	want := strings.Split(b.opts.lines, ",")
+	var err error
+	if b.tools, err = findTools(); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 && (slices.Contains(want, linePostfix) || slices.Contains(want, linePostfixOpendkim)) {
+		return errors.New("the Postfix lines start Postfix, which needs root: run as root, or choose -lines without them")
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	if b.dir, err = os.MkdirTemp("", "mailbench-"); err != nil {
+		return err
+	}
+	if b.opts.keep {
+		b.onStop(func() { b.logf("kept %s", b.dir) })
+	} else {
+		b.onStop(func() { os.RemoveAll(b.dir) })
+	}
+	// Postfix's and opendkim's unprivileged processes must get through.
+	if err := os.Chmod(b.dir, 0o755); err != nil {
+		return err
+	}
+	if b.opts.mailgate != "" {
+		if b.mailgate, err = filepath.Abs(b.opts.mailgate); err != nil {
+			return err
+		}
+		rep.commit = "(binary " + b.opts.mailgate + ")"
+	} else {
+		b.mailgate = filepath.Join(b.dir, "mailgate")
+		b.logf("building mailgate")
+		if err := buildMailgate(ctx, root, b.mailgate); err != nil {
+			return err
+		}
+		rep.commit = gitDescribe(ctx, root)
+	}
+	if b.dns, err = startDNS(); err != nil {
+		return err
+	}
+	b.onStop(b.dns.stop)
+	for _, name := range lineNames {
+		if !slices.Contains(want, name) {
+			continue
+		}
+		l := &line{name: name, stats: map[string]*stats{}}
+		b.lines = append(b.lines, l)
+		if err := b.startLine(ctx, l); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			l.skip = "FAILED to start: " + err.Error()
+			rep.fail("%s: %v", name, err)
+		}
+		if l.skip != "" {
+			b.logf("%s: skipped: %s", name, l.skip)
+		}
+	}
+	return nil
+}
+
+// startLine starts a line's sink and server.
+func (b *bench) startLine(ctx context.Context, l *line) error {
+	s, err := startSink(ctx, b.tools.smtpSink)
+	if err != nil {
+		return err
+	}
+	b.onStop(s.stop)
+	l.sink = s
+	switch l.name {
+	case lineSink:
+		l.addr = s.addr
+		l.roots = func() []int { return []int{s.pid()} }
+		l.alive = func() error { return nil }
+		return nil
+	case linePostfix, linePostfixOpendkim:
+		milter := ""
+		var extra []int
+		if l.name == linePostfixOpendkim {
+			o, err := b.startOpendkim(ctx)
+			if err != nil {
+				return err
+			}
+			milter, extra = "inet:"+o.addr, []int{o.pid()}
+		}
+		b.logf("starting %s", l.name)
+		p, err := startPostfix(ctx, b.tools.postfix, b.dir, l.name, s.addr, milter)
+		if p != nil {
+			b.onStop(p.stop)
+		}
+		if err != nil {
+			return err
+		}
+		l.addr = p.addr
+		l.roots = func() []int { return append([]int{p.master()}, extra...) }
+		l.alive = func() error {
+			if p.master() == 0 {
+				return errors.New("the Postfix master is gone")
+			}
+			return nil
+		}
+		return nil
+	}
+	stageBlocks, extra := "", []int(nil)
+	switch l.name {
+	case lineChain:
+		var err error
+		if stageBlocks, err = b.chainBlocks(); err != nil {
+			return err
+		}
+	case lineMailgateMilter:
+		o, err := b.startOpendkim(ctx)
+		if err != nil {
+			return err
+		}
+		stageBlocks, extra = fmt.Sprintf(milterChain, o.addr), []int{o.pid()}
+	}
+	m, note, err := b.startMailgate(ctx, l.name, s.addr, stageBlocks)
+	if err != nil || note != "" {
+		l.skip = note
+		return err
+	}
+	l.addr = m.addr
+	l.roots = func() []int { return append([]int{m.pid()}, extra...) }
+	l.alive = m.alive
+	return nil
+}
+
+// startMailgate writes a config, checks it and starts mailgate with it. A
+// config that "mailgate check" refuses gives a note and no instance.
+func (b *bench) startMailgate(ctx context.Context, name, sinkAddr, stageBlocks string) (*mailgateInstance, string, error) {
+	dir := filepath.Join(b.dir, name)
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	cfg, err := mailgateConfig(dir, addr, sinkAddr, b.dns.addr, stageBlocks)
+	if err != nil {
+		return nil, "", err
+	}
+	if note := checkMailgate(ctx, b.mailgate, cfg); note != "" {
+		return nil, note, nil
+	}
+	b.logf("starting %s", name)
+	m, err := startMailgate(ctx, b.mailgate, cfg, addr, filepath.Join(dir, "mailgate.log"))
+	if err != nil {
+		return nil, "", err
+	}
+	b.onStop(m.stop)
+	return m, "", nil
+}
+
+// chainBlocks are the [[stage]] blocks of the chain line: the -chain file
+// or the default chain.
+func (b *bench) chainBlocks() (string, error) {
+	if b.opts.chain == "" {
+		return defaultChain, nil
+	}
+	c, err := os.ReadFile(b.opts.chain)
+	if err != nil {
+		return "", fmt.Errorf("-chain: %w", err)
+	}
+	return string(c), nil
+}
+
+// startOpendkim starts the one opendkim the milter lines share.
+func (b *bench) startOpendkim(ctx context.Context) (*opendkimInstance, error) {
+	if b.opendkim != nil {
+		return b.opendkim, nil
+	}
+	o, err := startOpendkim(ctx, b.tools, b.dir)
+	if err != nil {
+		return nil, err
+	}
+	b.onStop(o.stop)
+	b.opendkim = o
+	return o, nil
+}
+
+// sizeRun is one message size and count.
+type sizeRun struct {
+	label    string // key of line.stats
+	messages int
+	size     int
+}
+
+// measure runs r's messages through every line: a warm-up each, then the
+// rounds, each line taking its turn in every round.
+func (b *bench) measure(ctx context.Context, r sizeRun, rep *report) error {
+	active := b.running()
+	for _, l := range active {
+		l.stats[r.label] = newStats()
+		if b.opts.warmup == 0 {
+			continue
+		}
+		b.logf("%s: warm-up, %d messages of %d bytes", l.name, b.opts.warmup, r.size)
+		if _, err := b.batch(ctx, l, b.opts.warmup, r.size, 0); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			l.skip = "FAILED in warm-up: " + err.Error()
+			rep.fail("%s warm-up: %v", l.name, err)
+		}
+	}
+	for round := range b.opts.rounds {
+		n := r.messages / b.opts.rounds
+		if round < r.messages%b.opts.rounds {
+			n++
+		}
+		order := b.running()
+		if round%2 == 1 {
+			// Reverse every other round: a trend in the machine's load
+			// then hits the first and the last line alike.
+			slices.Reverse(order)
+		}
+		for _, l := range order {
+			b.logf("%s: round %d/%d, %d messages of %d bytes", l.name, round+1, b.opts.rounds, n, r.size)
+			bt, err := b.batch(ctx, l, n, r.size, 0)
+			if bt != nil {
+				l.stats[r.label].add(bt)
+				if bt.mismatch() {
+					rep.fail("MISMATCH %s, %s messages, round %d: %d accepted (250) but %d arrived at the sink",
+						l.name, sizeLabel(r.size), round+1, bt.res.accepted, bt.delivered)
+				}
+				if ref := bt.refusedText(); ref != "" {
+					rep.fail("%s, %s messages, round %d: %d of %d messages not accepted: %s",
+						l.name, sizeLabel(r.size), round+1, n-bt.res.accepted, n, ref)
+				}
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				l.skip = "FAILED: " + err.Error()
+				rep.fail("%s: %v", l.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// running returns the lines that have not been skipped.
+func (b *bench) running() []*line {
+	var out []*line
+	for _, l := range b.lines {
+		if l.skip == "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// drainStall is how long the sink count may stand still below the number
+// of accepted messages before the batch is declared a mismatch.
+const drainStall = 30 * time.Second
+
+// batch sends n messages of size bytes to a line, waits until its sink has
+// them all, and measures.
+func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64) (*batch, error) {
+	if err := l.alive(); err != nil {
+		return nil, err
+	}
+	roots := l.roots()
+	before, _ := l.sink.received()
+	cpu0 := cpuSeconds(roots...)
+	mem := sample(ctx, 250*time.Millisecond, roots...)
+	ld := load{
+		addr: l.addr, messages: n, size: size, sessions: b.opts.sessions, perConn: b.opts.perConn, rate: rate,
+		from: "bench@" + senderDomain, to: "user@" + recipientDomain,
+	}
+	res, err := ld.run(ctx)
+	bt := &batch{res: res}
+	if res != nil {
+		got, last := l.sink.waitFor(ctx, before+res.accepted, drainStall)
+		bt.delivered = got - before
+		bt.acceptTime = res.lastAccept.Sub(res.start)
+		if bt.delivered > 0 {
+			bt.deliverTime = last.Sub(res.firstAccept)
+		}
+	}
+	bt.cpu = cpuSeconds(roots...) - cpu0
+	bt.rss, bt.pss = mem.end()
+	if err == nil {
+		err = l.alive()
+	}
+	return bt, err
+}
+
+// measureHalfPeak sends to the chain line (and for comparison to the
+// Postfix and plain mailgate lines) at half the rate each took at its peak,
+// and reports the p99: the latency a client sees on a gateway that is
+// busy but not saturated.
+func (b *bench) measureHalfPeak(ctx context.Context, r sizeRun, rep *report) error {
+	n := max(200, r.messages/4)
+	for _, l := range b.running() {
+		if l.name != linePostfix && l.name != lineMailgate && l.name != lineChain {
+			continue
+		}
+		full := l.stats[r.label]
+		if full == nil || full.acceptRate() == 0 {
+			continue
+		}
+		rate := full.acceptRate() / 2
+		b.logf("%s: %d messages at %.0f msg/s (half its peak)", l.name, n, rate)
+		bt, err := b.batch(ctx, l, n, r.size, rate)
+		if bt != nil && bt.res != nil {
+			rep.halfPeak = append(rep.halfPeak, halfPeak{line: l.name, rate: rate, batch: bt, full: full})
+			if bt.mismatch() {
+				rep.fail("MISMATCH %s at half peak: %d accepted (250) but %d arrived at the sink", l.name, bt.res.accepted, bt.delivered)
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			rep.fail("%s at half peak: %v", l.name, err)
+		}
+	}
+	return nil
+}

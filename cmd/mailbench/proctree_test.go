@@ -1,0 +1,58 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+func TestParseStat(t *testing.T) {
+	// The command name may hold spaces and parentheses.
+	line := "4242 (a b) c) S 17 4242 4242 0 -1 4194304 100 0 0 0 250 50 7 3 20 0 1 0 123 1000000 300 18446744073709551615\n"
+	st, err := parseStat([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := procStat{pid: 4242, ppid: 17, cpu: 250 + 50 + 7 + 3, rss: 300}
+	if st != want {
+		t.Errorf("parseStat = %+v, want %+v", st, want)
+	}
+	for _, bad := range []string{"", "12 (x", "x (y) S 1", "12 (y) S 1 2 3"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q): no error", bad)
+		}
+	}
+}
+
+func TestTreeCountsChildren(t *testing.T) {
+	// A child that burns CPU and exits: its time must show in the
+	// parent's tree (cutime), as a Postfix smtpd's shows in the master's.
+	before := cpuSeconds(os.Getpid())
+	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done")
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		t.Skipf("sh: %v", err)
+	}
+	spent := time.Since(start).Seconds()
+	after := cpuSeconds(os.Getpid())
+	if after-before < spent/4 {
+		t.Errorf("tree CPU grew %.2fs while a child ran for %.2fs", after-before, spent)
+	}
+
+	sleeper := exec.Command("sleep", "5")
+	if err := sleeper.Start(); err != nil {
+		t.Skipf("sleep: %v", err)
+	}
+	defer func() { sleeper.Process.Kill(); sleeper.Wait() }()
+	found := false
+	for _, st := range tree(os.Getpid()) {
+		found = found || st.pid == sleeper.Process.Pid
+	}
+	if !found {
+		t.Errorf("tree(%d) misses child %d", os.Getpid(), sleeper.Process.Pid)
+	}
+	if rss, pss := memory(os.Getpid()); rss <= 0 || pss <= 0 || pss > rss {
+		t.Errorf("memory = RSS %d, PSS %d", rss, pss)
+	}
+}
