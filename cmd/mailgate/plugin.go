@@ -15,7 +15,9 @@ import (
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/clamav"
+	"github.com/mailgate/mailgate/stages/dnsbl"
 	"github.com/mailgate/mailgate/stages/headers"
+	"github.com/mailgate/mailgate/stages/spam"
 	"github.com/mailgate/mailgate/stages/spf"
 )
 
@@ -25,7 +27,9 @@ import (
 func builtinKinds() map[string]stages.Factory {
 	return map[string]stages.Factory{
 		"clamav":  clamav.New,
+		"dnsbl":   dnsbl.New,
 		"headers": headers.New,
+		"spam":    spam.New,
 		"spf":     spf.New,
 	}
 }
