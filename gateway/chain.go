@@ -2,10 +2,12 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,31 +19,59 @@ import (
 )
 
 // chain is the configured stages, each a plugin process, and the pipeline
-// that runs them.
+// that runs them. A reload builds a new chain that shares the plugins
+// whose configuration did not change.
 type chain struct {
-	plugins  []*host.Plugin
+	plugins  []*plugin
 	pipeline *pipeline.Pipeline
+	once     sync.Once
+}
+
+// plugin is a stage's plugin process, shared by the chains that use it.
+type plugin struct {
+	*host.Plugin
+	key  string // the stage's name and what it was started with
+	refs atomic.Int32
 }
 
 // newChain starts one plugin process per [[stage]] and builds the pipeline.
-// A stage that cannot start is a configuration error: the gateway does not
-// start with a chain other than the one the admin wrote.
-func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometheus.Registerer) (*chain, error) {
+// A stage that old (may be nil) runs under the same name with the very
+// same kind, executable, config and environment is taken over from old
+// instead of started again. A stage that cannot start is a configuration
+// error: the gateway does not start with a chain other than the one the
+// admin wrote.
+func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometheus.Registerer, old *chain) (*chain, error) {
 	ch := &chain{}
+	running := map[string]*plugin{}
+	if old != nil {
+		for _, p := range old.plugins {
+			running[p.key] = p
+		}
+	}
 	var specs []pipeline.StageSpec
 	for i, sc := range cfg.Stages {
-		p, err := startStage(ctx, cfg, i, opts, reg)
+		key, err := pluginKey(cfg, i)
 		if err != nil {
 			ch.Close()
 			return nil, err
 		}
+		p := running[key]
+		if p == nil {
+			hp, err := startStage(ctx, cfg, i, opts, reg)
+			if err != nil {
+				ch.Close()
+				return nil, err
+			}
+			p = &plugin{Plugin: hp, key: key}
+		}
+		p.refs.Add(1)
 		ch.plugins = append(ch.plugins, p)
 		onErr, err := pipeline.ParseOnError(sc.OnError)
 		if err != nil {
 			ch.Close()
 			return nil, fmt.Errorf("%s: stage[%d].on_error: %w", cfg.Position(fmt.Sprintf("stage.%d.on_error", i)), i, err)
 		}
-		specs = append(specs, pipeline.StageSpec{Stage: p, OnError: onErr, Timeout: time.Duration(sc.Timeout)})
+		specs = append(specs, pipeline.StageSpec{Stage: p.Plugin, OnError: onErr, Timeout: time.Duration(sc.Timeout)})
 	}
 	pl, err := pipeline.New(specs, cfg.Policy, pipeline.Options{Logger: opts.Logger, Registerer: reg})
 	if err != nil {
@@ -50,6 +80,33 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 	}
 	ch.pipeline = pl
 	return ch, nil
+}
+
+// pluginKey is a stage's name and everything its plugin process is
+// started with. on_error and timeout are not in it: the pipeline applies
+// them.
+func pluginKey(cfg *policy.Config, i int) (string, error) {
+	sc := cfg.Stages[i]
+	conf, err := cfg.StageConfigJSON(i)
+	if err != nil {
+		return "", fmt.Errorf("%s: stage %q: %w", cfg.Position(fmt.Sprintf("stage.%d.config", i)), sc.Name, err)
+	}
+	b, err := json.Marshal([]any{sc.Name, sc.Kind, sc.Path, sc.SHA256, json.RawMessage(conf), cfg.Hostname, cfg.DNS.Servers, cfg.DataDir})
+	return string(b), err
+}
+
+// Close stops the plugin processes no other chain uses, all at once: each
+// may take a moment to exit gracefully. Only the first call does anything.
+func (c *chain) Close() {
+	c.once.Do(func() {
+		var wg sync.WaitGroup
+		for _, p := range c.plugins {
+			if p.refs.Add(-1) == 0 {
+				wg.Go(func() { p.Close() })
+			}
+		}
+		wg.Wait()
+	})
 }
 
 // startStage starts the plugin process of stage i.
@@ -96,16 +153,6 @@ func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, re
 	return p, nil
 }
 
-// Close stops every plugin process, all at once: each may take a moment
-// to exit gracefully.
-func (c *chain) Close() {
-	var wg sync.WaitGroup
-	for _, p := range c.plugins {
-		wg.Go(func() { p.Close() })
-	}
-	wg.Wait()
-}
-
 // StageInfo is a configured stage and what its plugin describes.
 type StageInfo struct {
 	Name    string
@@ -118,7 +165,7 @@ type StageInfo struct {
 // asks what it is and stops it again. A config a kind refuses is an error
 // with the position of the key, so `mailgate check` catches it.
 func DescribeStages(ctx context.Context, cfg *policy.Config, opts Options) ([]StageInfo, error) {
-	ch, err := newChain(ctx, cfg, opts, nil)
+	ch, err := newChain(ctx, cfg, opts, nil, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -1,8 +1,9 @@
 // Package gateway assembles a running mail gateway from its parts: the spool,
-// the stage plugins and the pipeline over them, the SMTP listeners, the
-// router that relays what was accepted, and the admin listener. cmd/mailgate
-// and the end-to-end tests use it; it holds no logic of its own beyond
-// wiring and lifecycle (start in dependency order, stop in reverse).
+// the quarantine and the message traces, the stage plugins and the pipeline
+// over them, the SMTP listeners, the router that relays what was accepted,
+// and the admin listener with its API. cmd/mailgate and the end-to-end
+// tests use it; it holds no logic of its own beyond wiring, lifecycle
+// (start in dependency order, stop in reverse) and reloading the config.
 package gateway
 
 import (
@@ -20,9 +21,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 )
 
@@ -36,17 +40,34 @@ type Options struct {
 	Router []router.Option
 	// Spool options (tests inject write failures with them).
 	Spool spool.Options
+	// LoadConfig reads the config file again, for Reload; nil makes
+	// Reload fail (the embedded quickstart config has no file).
+	LoadConfig func() (*policy.Config, error)
+	// LogLevel, if set, follows [log] level on each reload.
+	LogLevel *slog.LevelVar
 }
+
+// Retention is how long quarantined messages and traces are kept.
+const Retention = quarantine.DefaultRetention
 
 // Gateway is one running mailgate.
 type Gateway struct {
-	cfg    *policy.Config
+	opts   Options
 	log    *slog.Logger
 	reg    *prometheus.Registry
 	spool  *spool.Spool
+	quar   *quarantine.Store
+	trace  *trace.Log
 	router *router.Router
 	smtp   *smtpd.Server
-	chain  *chain
+
+	reloading sync.Mutex // one reload at a time
+	mu        sync.Mutex
+	cfg       *policy.Config // the config in force
+	chain     *chain         // the chain new sessions get
+	// chains are the chains some session may still use, chain included;
+	// each is closed when the last session using it ends.
+	chains map[*chain]bool
 
 	listeners []net.Listener
 	admin     *http.Server
@@ -56,50 +77,70 @@ type Gateway struct {
 	wg     sync.WaitGroup
 }
 
-// New opens the spool, starts the stage plugins and builds every part, but
-// listens on nothing yet.
-func New(ctx context.Context, cfg *policy.Config, opts Options) (*Gateway, error) {
+// New opens the spool, the quarantine and the traces, starts the stage
+// plugins and builds every part, but listens on nothing yet.
+func New(ctx context.Context, cfg *policy.Config, opts Options) (g *Gateway, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	g := &Gateway{cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry()}
+	g = &Gateway{opts: opts, cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), chains: map[*chain]bool{}}
 	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 
-	sp, err := spool.OpenWith(filepath.Join(cfg.DataDir, "queue"), opts.Spool)
-	if err != nil {
+	if g.spool, err = spool.OpenWith(filepath.Join(cfg.DataDir, "queue"), opts.Spool); err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
-	g.spool = sp
+	undo = append(undo, func() { g.spool.Close() })
+	if g.quar, err = quarantine.Open(filepath.Join(cfg.DataDir, "quarantine")); err != nil {
+		return nil, err
+	}
+	// Before the router loads the spool: see the quarantine package.
+	if err = g.quar.Recover(g.spool); err != nil {
+		return nil, err
+	}
+	if g.trace, err = trace.Open(filepath.Join(cfg.DataDir, "trace"), opts.Logger); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { g.trace.Close() })
 
-	rt, err := router.New(cfg, sp, opts.Logger, opts.Router...)
-	if err != nil {
-		sp.Close()
+	ropts := append([]router.Option{router.Trace(g.trace), router.Metrics(g.reg)}, opts.Router...)
+	if g.router, err = router.New(cfg, g.spool, opts.Logger, ropts...); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
-	g.router = rt
-
-	ch, err := newChain(ctx, cfg, opts, g.reg)
+	table, err := router.NewTable(cfg.Routes)
 	if err != nil {
-		sp.Close()
+		return nil, fmt.Errorf("router: %w", err)
+	}
+
+	ch, err := newChain(ctx, cfg, opts, g.reg, nil)
+	if err != nil {
 		return nil, err
 	}
+	undo = append(undo, ch.Close)
 	g.chain = ch
+	g.chains[ch] = true
 
-	srv, err := smtpd.New(smtpd.Options{
-		Config:   cfg,
-		Spool:    sp,
-		Routes:   routeMatcher{rt.Table()},
-		Queue:    rt,
-		Pipeline: ch.pipeline,
-		Logger:   opts.Logger,
-		Metrics:  smtpd.NewMetrics(g.reg),
+	g.smtp, err = smtpd.New(smtpd.Options{
+		Config:     cfg,
+		Spool:      g.spool,
+		Routes:     routeMatcher{table},
+		Queue:      g.router,
+		Quarantine: g.quar,
+		Pipeline:   ch.pipeline,
+		Logger:     opts.Logger,
+		Metrics:    smtpd.NewMetrics(g.reg),
+		Trace:      g.trace,
 	})
 	if err != nil {
-		ch.Close()
-		sp.Close()
 		return nil, err
 	}
-	g.smtp = srv
 	return g, nil
 }
 
@@ -107,7 +148,8 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (*Gateway, error
 func (g *Gateway) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
-	for _, addr := range g.cfg.Server.Listen {
+	cfg := g.config()
+	for _, addr := range cfg.Server.Listen {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			g.Close()
@@ -115,19 +157,15 @@ func (g *Gateway) Start() error {
 		}
 		g.listeners = append(g.listeners, l)
 	}
-	if a := g.cfg.Admin.Listen; a != "" {
+	if a := cfg.Admin.Listen; a != "" {
 		l, err := net.Listen("tcp", a)
 		if err != nil {
 			g.Close()
 			return fmt.Errorf("admin listen %s: %w", a, err)
 		}
 		g.adminL = l
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-			w.Write([]byte("ok\n"))
-		})
-		g.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		h := admin.Handler(adminBackend{g}, promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
+		g.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
@@ -135,13 +173,18 @@ func (g *Gateway) Start() error {
 				g.log.Error("admin listener", "err", err)
 			}
 		}()
+		g.log.Info("admin listening", "addr", l.Addr().String())
 	}
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
 		if err := g.router.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 			g.log.Error("router stopped", "err", err)
 		}
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.expireLoop(ctx)
 	}()
 	for _, l := range g.listeners {
 		g.wg.Add(1)
@@ -154,6 +197,32 @@ func (g *Gateway) Start() error {
 		g.log.Info("listening", "addr", l.Addr().String())
 	}
 	return nil
+}
+
+// expireLoop deletes quarantined messages and traces past their retention,
+// at start and then every hour.
+func (g *Gateway) expireLoop(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		ids, err := g.quar.Expire(now, Retention)
+		for _, id := range ids {
+			g.log.Info("quarantine expired", "id", id)
+			g.trace.Record(trace.Event{QueueID: id, Event: "deleted", Reason: "quarantine retention " + Retention.String() + " reached"})
+		}
+		if err != nil {
+			g.log.Error("quarantine expiry", "err", err)
+		}
+		if err := g.trace.Expire(now, Retention); err != nil {
+			g.log.Error("trace expiry", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // SMTPAddrs returns the addresses the SMTP listeners are bound to.
@@ -192,8 +261,40 @@ func (g *Gateway) Close() error {
 		g.cancel()
 	}
 	g.wg.Wait()
-	g.chain.Close()
+	g.mu.Lock()
+	chains := g.chains
+	g.chains = map[*chain]bool{}
+	g.mu.Unlock()
+	for ch := range chains {
+		ch.Close()
+	}
+	g.trace.Close()
 	return g.spool.Close()
+}
+
+func (g *Gateway) config() *policy.Config {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.cfg
+}
+
+// Health returns why the gateway cannot take mail, or nil: the spool and
+// the quarantine must be writable.
+func (g *Gateway) Health() error {
+	w, err := g.spool.Create()
+	if err == nil {
+		if _, err = w.Write([]byte("healthz\r\n")); err == nil {
+			err = w.Flush()
+		}
+		w.Abort()
+	}
+	if err != nil {
+		return fmt.Errorf("spool not writable: %w", err)
+	}
+	if err := g.quar.Writable(); err != nil {
+		return fmt.Errorf("quarantine not writable: %w", err)
+	}
+	return nil
 }
 
 // routeMatcher adapts the route table to smtpd's relay control.

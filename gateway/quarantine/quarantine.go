@@ -452,3 +452,14 @@ func syncFile(path string) error {
 	}
 	return err
 }
+
+// Writable reports whether a message could be quarantined now.
+func (s *Store) Writable() error {
+	f, err := os.CreateTemp(s.tmp, "probe.*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}

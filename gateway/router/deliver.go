@@ -31,7 +31,7 @@ type group struct {
 // groups splits the pending recipients of env by destination, keeping
 // their order. A route with servers or a maildir takes all its
 // recipients at once; MX delivery goes per domain.
-func (r *Router) groups(env *spool.Envelope) []*group {
+func (c *conf) groups(env *spool.Envelope) []*group {
 	type key struct {
 		route  *policy.Route
 		domain string
@@ -43,7 +43,7 @@ func (r *Router) groups(env *spool.Envelope) []*group {
 			continue
 		}
 		d := domainOf(rc.Addr)
-		route, ok := r.table.Match(d)
+		route, ok := c.table.Match(d)
 		if !ok {
 			route = nil
 		}
@@ -65,7 +65,8 @@ func (r *Router) groups(env *spool.Envelope) []*group {
 // attempt tries to deliver the pending recipients of env (a copy owned by
 // the caller), one group after the other, and reports per recipient.
 func (r *Router) attempt(ctx context.Context, env *spool.Envelope) []result {
-	groups := r.groups(env)
+	c := r.conf.Load()
+	groups := c.groups(env)
 	var out []result
 	msg, err := r.sp.OpenMessage(env.ID)
 	if err != nil {
@@ -88,18 +89,18 @@ func (r *Router) attempt(ctx context.Context, env *spool.Envelope) []result {
 			continue
 		}
 		if g.route != nil && g.route.Maildir != "" {
-			out = append(out, r.toMaildir(env, g, msg)...)
+			out = append(out, r.toMaildir(c, env, g, msg)...)
 			continue
 		}
-		out = append(out, r.toSMTP(ctx, env, g, msg)...)
+		out = append(out, r.toSMTP(ctx, c, env, g, msg)...)
 	}
 	return out
 }
 
-func (r *Router) toMaildir(env *spool.Envelope, g *group, msg io.Reader) []result {
+func (r *Router) toMaildir(c *conf, env *spool.Envelope, g *group, msg io.Reader) []result {
 	out := make([]result, 0, len(g.rcpts))
 	host := "maildir:" + g.route.Maildir
-	name, err := deliverMaildir(g.route.Maildir, env.ID, r.cfg.Hostname, env.From, msg)
+	name, err := deliverMaildir(g.route.Maildir, env.ID, c.cfg.Hostname, env.From, msg)
 	res := result{status: spool.Delivered, reply: "250 2.0.0 delivered as " + name, host: host}
 	if err != nil {
 		r.log.Error("maildir delivery", "id", env.ID, "err", err)
@@ -116,7 +117,7 @@ func (r *Router) toMaildir(env *spool.Envelope, g *group, msg io.Reader) []resul
 // connection: the next host is tried on connection trouble and on a
 // refused greeting or EHLO (RFC 5321 §5.1), not on replies within the
 // transaction.
-func (r *Router) toSMTP(ctx context.Context, env *spool.Envelope, g *group, msg io.Reader) []result {
+func (r *Router) toSMTP(ctx context.Context, cf *conf, env *spool.Envelope, g *group, msg io.Reader) []result {
 	out := make([]result, 0, len(g.rcpts))
 	all := func(err error, host string) []result {
 		st := spool.Pending
@@ -143,8 +144,8 @@ func (r *Router) toSMTP(ctx context.Context, env *spool.Envelope, g *group, msg 
 			targets = append(targets, target{addr: s, name: host})
 		}
 	} else {
-		lctx, cancel := context.WithTimeout(ctx, r.lookupTimeout())
-		ts, err := r.res.lookup(lctx, g.domain)
+		lctx, cancel := context.WithTimeout(ctx, cf.lookupTimeout())
+		ts, err := cf.res.lookup(lctx, g.domain)
 		cancel()
 		if err != nil {
 			return all(err, "")
@@ -160,9 +161,9 @@ func (r *Router) toSMTP(ctx context.Context, env *spool.Envelope, g *group, msg 
 	var lastHost string
 	for _, t := range targets {
 		host := t.label()
-		pool := r.client.pool
+		pool := cf.client.pool
 		d := pool.dest(destKey{addr: t.addr, name: t.name, tls: mode, skipVerify: skipVerify})
-		c, err := r.client.connect(ctx, d, t, mode, skipVerify)
+		c, err := cf.client.connect(ctx, d, t, mode, skipVerify)
 		if err != nil {
 			pool.done(d)
 			lastErr, lastHost = err, host
@@ -172,7 +173,7 @@ func (r *Router) toSMTP(ctx context.Context, env *spool.Envelope, g *group, msg 
 			}
 			continue
 		}
-		s := r.client.send(ctx, c, env.From, rcpts, env.Size, msg)
+		s := cf.client.send(ctx, c, env.From, rcpts, env.Size, msg)
 		if s.reusable {
 			pool.put(d, c)
 		} else {
@@ -199,8 +200,8 @@ func (r *Router) toSMTP(ctx context.Context, env *spool.Envelope, g *group, msg 
 }
 
 // lookupTimeout bounds the DNS work for one destination: a few queries.
-func (r *Router) lookupTimeout() time.Duration {
-	return 4 * time.Duration(r.cfg.DNS.Timeout)
+func (c *conf) lookupTimeout() time.Duration {
+	return 4 * time.Duration(c.cfg.DNS.Timeout)
 }
 
 // label names the host for LastHost and logs: the name as it appears in

@@ -17,9 +17,13 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 )
 
@@ -30,15 +34,20 @@ var ErrNotFound = errors.New("router: no such message in the queue")
 var ErrStopped = errors.New("router: stopped")
 
 // Router schedules and performs deliveries. Create it with New, run it
-// with Run; Enqueue and the operator calls are safe for concurrent use.
+// with Run; Enqueue, Reload and the operator calls are safe for concurrent
+// use.
 type Router struct {
-	cfg     *policy.Config
 	sp      *spool.Spool
 	log     *slog.Logger
-	table   *Table
-	res     *resolver
-	client  *smtpClient
+	pool    *pool // shared by every conf: connections outlive a reload
+	mxPort  string
 	workers int
+	trace   *trace.Log
+	m       *metrics
+
+	// conf is what a reload replaces. A delivery attempt loads it once
+	// and uses that one throughout.
+	conf atomic.Pointer[conf]
 
 	mu       sync.Mutex
 	incoming []*spool.Envelope
@@ -55,35 +64,36 @@ func Workers(n int) Option { return func(r *Router) { r.workers = n } }
 
 // MXPort makes MX delivery use port instead of 25. MX records carry no
 // port, so tests with a server on a loopback port need this.
-func MXPort(port string) Option { return func(r *Router) { r.res.port = port } }
+func MXPort(port string) Option { return func(r *Router) { r.mxPort = port } }
+
+// Trace makes the router record every attempt and outcome in t.
+func Trace(t *trace.Log) Option { return func(r *Router) { r.trace = t } }
+
+// Metrics registers the router's metrics with reg: delivery outcomes and,
+// read from the queue at each scrape, its size and oldest message by
+// destination.
+func Metrics(reg prometheus.Registerer) Option { return func(r *Router) { r.m = newMetrics(r, reg) } }
+
+// conf is the part of a Router that follows the config.
+type conf struct {
+	cfg    *policy.Config
+	table  *Table
+	res    *resolver
+	client *smtpClient
+}
 
 // New makes a Router for the routes and [delivery] settings of cfg
 // (with defaults applied, as policy.Load does) over the spool sp.
 func New(cfg *policy.Config, sp *spool.Spool, logger *slog.Logger, opts ...Option) (*Router, error) {
-	table, err := NewTable(cfg.Routes)
-	if err != nil {
-		return nil, fmt.Errorf("router: %w", err)
-	}
-	res, err := newResolver(cfg.DNS.Servers, time.Duration(cfg.DNS.Timeout), "25")
-	if err != nil {
-		return nil, fmt.Errorf("router: %w", err)
-	}
 	dl := cfg.Delivery
-	if dl.MaxConnections <= 0 || dl.RetryMin <= 0 || dl.RetryMax < dl.RetryMin || dl.MaxAge <= 0 || dl.IdleConnTimeout <= 0 {
-		return nil, errors.New("router: [delivery] needs positive max_connections, retry_min, max_age and idle_conn_timeout, and retry_max >= retry_min")
+	if dl.MaxConnections <= 0 || dl.IdleConnTimeout <= 0 {
+		return nil, errors.New("router: [delivery] needs positive max_connections and idle_conn_timeout")
 	}
 	r := &Router{
-		cfg:   cfg,
-		sp:    sp,
-		log:   logger,
-		table: table,
-		res:   res,
-		client: &smtpClient{
-			pool:           newPool(dl.MaxConnections, time.Duration(dl.IdleConnTimeout)),
-			helo:           dl.HeloName,
-			connectTimeout: time.Duration(dl.ConnectTimeout),
-			commandTimeout: time.Duration(dl.CommandTimeout),
-		},
+		sp:      sp,
+		log:     logger,
+		pool:    newPool(dl.MaxConnections, time.Duration(dl.IdleConnTimeout)),
+		mxPort:  "25",
 		workers: 100,
 		wake:    make(chan struct{}, 1),
 		ops:     make(chan op),
@@ -92,11 +102,71 @@ func New(cfg *policy.Config, sp *spool.Spool, logger *slog.Logger, opts ...Optio
 	for _, o := range opts {
 		o(r)
 	}
+	if r.m == nil {
+		r.m = newMetrics(r, nil)
+	}
+	c, err := r.newConf(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r.conf.Store(c)
 	return r, nil
 }
 
-// Table returns the route table, for relay control in smtpd.
-func (r *Router) Table() *Table { return r.table }
+// newConf builds what cfg asks for, or says why it cannot.
+func (r *Router) newConf(cfg *policy.Config) (*conf, error) {
+	table, err := NewTable(cfg.Routes)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	res, err := newResolver(cfg.DNS.Servers, time.Duration(cfg.DNS.Timeout), r.mxPort)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	dl := cfg.Delivery
+	if dl.RetryMin <= 0 || dl.RetryMax < dl.RetryMin || dl.MaxAge <= 0 {
+		return nil, errors.New("router: [delivery] needs positive retry_min and max_age, and retry_max >= retry_min")
+	}
+	return &conf{
+		cfg:   cfg,
+		table: table,
+		res:   res,
+		client: &smtpClient{
+			pool:           r.pool,
+			helo:           dl.HeloName,
+			connectTimeout: time.Duration(dl.ConnectTimeout),
+			commandTimeout: time.Duration(dl.CommandTimeout),
+		},
+	}, nil
+}
+
+// Reload makes deliveries that start from now on use the routes, [dns]
+// and [delivery] settings of cfg; those in progress finish as they began.
+// The connection pool is kept, so delivery.max_connections and
+// idle_conn_timeout only change with a restart: Reload refuses a cfg that
+// changes them and changes nothing.
+func (r *Router) Reload(cfg *policy.Config) error {
+	c, err := r.check(cfg)
+	if err != nil {
+		return err
+	}
+	r.conf.Store(c)
+	return nil
+}
+
+// Check reports whether Reload would accept cfg, without applying it.
+func (r *Router) Check(cfg *policy.Config) error {
+	_, err := r.check(cfg)
+	return err
+}
+
+func (r *Router) check(cfg *policy.Config) (*conf, error) {
+	old := r.conf.Load().cfg.Delivery
+	if cfg.Delivery.MaxConnections != old.MaxConnections || cfg.Delivery.IdleConnTimeout != old.IdleConnTimeout {
+		return nil, errors.New("delivery.max_connections and delivery.idle_conn_timeout change only with a restart")
+	}
+	return r.newConf(cfg)
+}
 
 // Enqueue hands a just-committed message to the router for an immediate
 // first attempt. It never blocks; a message enqueued while Run is not
@@ -175,7 +245,7 @@ func (r *Router) Run(ctx context.Context) error {
 	defer func() {
 		stopSweep()
 		sweeper.Wait()
-		r.client.pool.sweep(true)
+		r.pool.sweep(true)
 	}()
 
 	timer := time.NewTimer(time.Hour)
@@ -209,14 +279,14 @@ func (r *Router) Run(ctx context.Context) error {
 // sweep closes idle connections once they are older than
 // idle_conn_timeout, so that servers are not left holding them.
 func (r *Router) sweep(ctx context.Context) {
-	t := time.NewTicker(r.client.pool.idleTimeout / 2)
+	t := time.NewTicker(r.pool.idleTimeout / 2)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			r.client.pool.sweep(false)
+			r.pool.sweep(false)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/trace"
 )
 
 // scheduler is the queue state owned by the Run goroutine.
@@ -156,6 +157,7 @@ func (s *scheduler) finish(ctx context.Context, out outcome) {
 		it.unreported = nil
 		it.env.DSNSent = true
 		s.r.log.Info("dsn queued", "id", it.env.ID, "dsn_id", out.dsn.ID, "to", it.env.From)
+		s.r.trace.Record(trace.Event{QueueID: it.env.ID, MessageID: it.env.MessageID, Event: "dsn", Related: out.dsn.ID, Rcpts: []string{it.env.From}})
 		s.add(out.dsn)
 	}
 	if it.deleted {
@@ -166,7 +168,7 @@ func (s *scheduler) finish(ctx context.Context, out outcome) {
 		s.r.log.Error("dsn", "id", it.env.ID, "err", out.dsnErr)
 		if ctx.Err() == nil && !it.env.Held {
 			// Try again later; until then the message stays queued.
-			dl := s.r.cfg.Delivery
+			dl := s.r.conf.Load().cfg.Delivery
 			s.schedule(it, time.Now().Add(backoff(1, time.Duration(dl.RetryMin), time.Duration(dl.RetryMax))))
 		}
 		return
@@ -181,7 +183,7 @@ func (s *scheduler) finish(ctx context.Context, out outcome) {
 // waited max_age and plans the next attempt.
 func (s *scheduler) record(ctx context.Context, it *item, results []result) {
 	env := it.env
-	dl := s.r.cfg.Delivery
+	dl := s.r.conf.Load().cfg.Delivery
 	now := time.Now()
 	var failed []int
 	var deferred []*spool.Recipient
@@ -194,15 +196,21 @@ func (s *scheduler) record(ctx context.Context, it *item, results []result) {
 		rc := &env.Rcpts[res.idx]
 		rc.Status, rc.LastReply, rc.LastHost, rc.Updated = res.status, res.reply, res.host, now
 		rc.Attempts++
+		outcome := "deferred"
 		switch rc.Status {
 		case spool.Delivered:
+			outcome = "relayed"
 			s.r.log.Info("relayed", logAttrs(env, rc, now)...)
 		case spool.Failed:
+			outcome = "bounced"
 			s.r.log.Info("bounced", logAttrs(env, rc, now)...)
 			failed = append(failed, res.idx)
 		default:
 			deferred = append(deferred, rc)
 		}
+		s.r.m.outcome(outcome)
+		s.r.trace.Record(trace.Event{QueueID: env.ID, MessageID: env.MessageID, Event: "attempt", Action: outcome,
+			Rcpts: []string{rc.Addr}, Host: rc.LastHost, Reply: rc.LastReply})
 	}
 	if attempted {
 		env.Attempts++
@@ -216,6 +224,9 @@ func (s *scheduler) record(ctx context.Context, it *item, results []result) {
 			if rc.Status == spool.Pending {
 				rc.Status, rc.Updated = spool.Failed, now
 				s.r.log.Info("expired", logAttrs(env, rc, now)...)
+				s.r.m.outcome("expired")
+				s.r.trace.Record(trace.Event{QueueID: env.ID, MessageID: env.MessageID, Event: "expired", Action: "bounced",
+					Rcpts: []string{rc.Addr}, Reply: rc.LastReply, Reason: "max_age reached"})
 				failed = append(failed, i)
 			}
 		}
@@ -284,6 +295,7 @@ func (s *scheduler) retry(id string) error {
 	if !it.busy {
 		s.schedule(it, time.Now())
 	}
+	s.r.trace.Record(trace.Event{QueueID: id, MessageID: it.env.MessageID, Event: "retry", Reason: "operator"})
 	return nil
 }
 
@@ -302,10 +314,12 @@ func (s *scheduler) hold(id string, held bool) error {
 	}
 	if held {
 		s.r.log.Info("held", "id", id)
+		s.r.trace.Record(trace.Event{QueueID: id, MessageID: it.env.MessageID, Event: "held", Reason: "operator"})
 		s.unschedule(it)
 		return nil
 	}
 	s.r.log.Info("released", "id", id)
+	s.r.trace.Record(trace.Event{QueueID: id, MessageID: it.env.MessageID, Event: "released", Reason: "operator"})
 	if !it.busy {
 		s.schedule(it, time.Now())
 	}
@@ -318,6 +332,7 @@ func (s *scheduler) remove(id string) error {
 		return fmt.Errorf("delete %s: %w", id, ErrNotFound)
 	}
 	s.r.log.Info("deleted", "id", id)
+	s.r.trace.Record(trace.Event{QueueID: id, MessageID: it.env.MessageID, Event: "deleted", Reason: "operator"})
 	if it.busy {
 		it.deleted = true
 		return nil
@@ -328,6 +343,7 @@ func (s *scheduler) remove(id string) error {
 
 // queueDSN puts a DSN about failed, recipients of env, into the spool.
 func (r *Router) queueDSN(ctx context.Context, env *spool.Envelope, failed []spool.Recipient) (*spool.Envelope, error) {
+	cfg := r.conf.Load().cfg
 	var header []byte
 	msg, err := r.sp.OpenMessage(env.ID)
 	if err == nil {
@@ -344,13 +360,13 @@ func (r *Router) queueDSN(ctx context.Context, env *spool.Envelope, failed []spo
 	}
 	d := &dsn{
 		id:         w.ID(),
-		hostname:   r.cfg.Hostname,
-		bounceFrom: r.cfg.Delivery.BounceFrom,
+		hostname:   cfg.Hostname,
+		bounceFrom: cfg.Delivery.BounceFrom,
 		date:       time.Now(),
 		env:        env,
 		failed:     failed,
 		header:     header,
-		maxAge:     time.Duration(r.cfg.Delivery.MaxAge),
+		maxAge:     time.Duration(cfg.Delivery.MaxAge),
 	}
 	if err := d.render(w); err != nil {
 		w.Abort()
@@ -361,7 +377,7 @@ func (r *Router) queueDSN(ctx context.Context, env *spool.Envelope, failed []spo
 		From:      "",
 		Rcpts:     []spool.Recipient{{Addr: env.From, Status: spool.Pending}},
 		DSN:       true,
-		MessageID: fmt.Sprintf("<%s@%s>", d.id, r.cfg.Hostname),
+		MessageID: fmt.Sprintf("<%s@%s>", d.id, cfg.Hostname),
 	}
 	if err := w.Commit(ctx, denv); err != nil {
 		return nil, fmt.Errorf("commit dsn: %w", err)

@@ -5,12 +5,16 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailgate/mailgate/stages"
 )
 
-// Metrics counts SMTP sessions and replies. A nil *Metrics counts nothing.
+// Metrics counts SMTP sessions, replies and policy actions. A nil *Metrics
+// counts nothing.
 type Metrics struct {
 	sessions prometheus.Counter
 	replies  *prometheus.CounterVec
+	actions  *prometheus.CounterVec
 }
 
 // NewMetrics registers the SMTP metrics with reg.
@@ -24,8 +28,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "mailgate", Subsystem: "smtp", Name: "replies_total",
 			Help: "Replies to MAIL, RCPT and DATA and connection refusals, by code.",
 		}, []string{"code"}),
+		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mailgate", Subsystem: "policy", Name: "actions_total",
+			Help: "Decisions of the filter chain and policy: per message at DATA, per refused recipient at RCPT.",
+		}, []string{"action"}),
 	}
-	reg.MustRegister(m.sessions, m.replies)
+	reg.MustRegister(m.sessions, m.replies, m.actions)
 	return m
 }
 
@@ -38,6 +46,12 @@ func (m *Metrics) session() {
 func (m *Metrics) reply(code int) {
 	if m != nil {
 		m.replies.WithLabelValues(strconv.Itoa(code)).Inc()
+	}
+}
+
+func (m *Metrics) action(a stages.Action) {
+	if m != nil {
+		m.actions.WithLabelValues(a.String()).Inc()
 	}
 }
 

@@ -1,25 +1,35 @@
 // Package smtpd is the gateway's SMTP ingress: a go-smtp Backend and Session
 // that enforce relay control and limits, stream DATA into the spool, run the
 // filter chain before replying, and acknowledge with 250 only once the
-// message is durable. It is the only place that speaks SMTP replies; every
-// reply text is generic, details go to the log.
+// message is durable, in the spool or in the quarantine. It is the only
+// place that speaks SMTP replies; every reply text is generic, details go
+// to the log and to the message's trace.
+//
+// A session runs under the config and filter chain it started with from
+// its first EHLO to its end; Reload changes what later sessions get, as
+// Postfix's smtpd processes finish their session under the old main.cf.
 package smtpd
 
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailgate/mailgate/gateway/pipeline"
+	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 )
 
@@ -34,27 +44,52 @@ type Queuer interface {
 	Enqueue(env *spool.Envelope)
 }
 
+// Quarantiner keeps a message policy held back. Add takes the file of a
+// spooled message that is not committed and returns once the message and
+// its record are on stable storage; the caller then drops the spool file.
+type Quarantiner interface {
+	Add(rec *quarantine.Record, msgPath string) error
+}
+
 // Options is everything a Server needs.
 type Options struct {
-	Config *policy.Config
-	Spool  *spool.Spool
-	Routes RouteMatcher
-	Queue  Queuer
+	Config     *policy.Config
+	Spool      *spool.Spool
+	Routes     RouteMatcher
+	Queue      Queuer
+	Quarantine Quarantiner
 	// Pipeline runs the stages; nil runs none.
 	Pipeline *pipeline.Pipeline
 	Logger   *slog.Logger
-	// Metrics, when set, counts replies by code.
+	// Metrics, when set, counts sessions, replies and policy actions.
 	Metrics *Metrics
+	// Trace, when set, records each transaction's story.
+	Trace *trace.Log
 }
 
 // Server is the SMTP listener side of the gateway.
 type Server struct {
-	opts    Options
-	cfg     *policy.Server
-	trusted []netip.Prefix
-	srv     *smtp.Server
-	log     *slog.Logger
-	limits  *connLimits
+	opts   Options
+	srv    *smtp.Server
+	log    *slog.Logger
+	limits *connLimits
+
+	mu  sync.Mutex
+	gen *generation // what new sessions run under
+}
+
+// generation is what a session runs under from its start to its end: a
+// reload makes a new one for the sessions that start after it.
+type generation struct {
+	cfg      *policy.Config
+	pipeline *pipeline.Pipeline
+	routes   RouteMatcher
+	trusted  []netip.Prefix
+	// Under Server.mu: the sessions using it, and whether a reload
+	// replaced it; retired is called when both say it is unused.
+	refs     int
+	replaced bool
+	retired  func()
 }
 
 // New builds a Server from its options.
@@ -63,23 +98,18 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.Pipeline == nil {
-		p, err := pipeline.New(nil, opts.Config.Policy, pipeline.Options{})
-		if err != nil {
-			return nil, err
-		}
-		opts.Pipeline = p
+	if opts.Quarantine == nil {
+		return nil, errors.New("smtpd: no quarantine")
 	}
-	trusted, err := parsePrefixes(cfg.TrustedNetworks)
+	gen, err := newGeneration(Update{Config: opts.Config, Pipeline: opts.Pipeline, Routes: opts.Routes})
 	if err != nil {
-		return nil, fmt.Errorf("server.trusted_networks: %w", err)
+		return nil, err
 	}
 	s := &Server{
-		opts:    opts,
-		cfg:     cfg,
-		trusted: trusted,
-		log:     opts.Logger,
-		limits:  newConnLimits(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
+		opts:   opts,
+		log:    opts.Logger,
+		limits: newConnLimits(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
+		gen:    gen,
 	}
 	srv := smtp.NewServer(s)
 	srv.Domain = opts.Config.Hostname
@@ -99,6 +129,103 @@ func New(opts Options) (*Server, error) {
 	}
 	s.srv = srv
 	return s, nil
+}
+
+// Update is what a reload gives the sessions that start after it.
+type Update struct {
+	Config   *policy.Config
+	Pipeline *pipeline.Pipeline // nil runs no stages
+	Routes   RouteMatcher
+}
+
+func newGeneration(u Update) (*generation, error) {
+	trusted, err := parsePrefixes(u.Config.Server.TrustedNetworks)
+	if err != nil {
+		return nil, fmt.Errorf("server.trusted_networks: %w", err)
+	}
+	p := u.Pipeline
+	if p == nil {
+		if p, err = pipeline.New(nil, u.Config.Policy, pipeline.Options{}); err != nil {
+			return nil, err
+		}
+	}
+	return &generation{cfg: u.Config, pipeline: p, routes: u.Routes, trusted: trusted}, nil
+}
+
+// Check reports whether Reload would accept cfg. The settings go-smtp
+// holds for every connection, the name the server greets with and the
+// listeners are fixed at start: changing them needs a restart.
+func (s *Server) Check(cfg *policy.Config) error {
+	old, cur := s.opts.Config, cfg
+	var keys []string
+	for _, k := range []struct {
+		key     string
+		changed bool
+	}{
+		{"hostname", old.Hostname != cur.Hostname},
+		{"server.listen", !slices.Equal(old.Server.Listen, cur.Server.Listen)},
+		{"server.max_message_size", old.Server.MaxMessageSize != cur.Server.MaxMessageSize},
+		{"server.max_recipients", old.Server.MaxRecipients != cur.Server.MaxRecipients},
+		{"server.max_line_length", old.Server.MaxLineLength != cur.Server.MaxLineLength},
+		{"server.command_timeout", old.Server.CommandTimeout != cur.Server.CommandTimeout},
+		{"server.tls_cert", old.Server.TLSCert != cur.Server.TLSCert},
+		{"server.tls_key", old.Server.TLSKey != cur.Server.TLSKey},
+	} {
+		if k.changed {
+			keys = append(keys, k.key)
+		}
+	}
+	if len(keys) > 0 {
+		return fmt.Errorf("%s changed: restart needed", strings.Join(keys, ", "))
+	}
+	if _, err := parsePrefixes(cfg.Server.TrustedNetworks); err != nil {
+		return fmt.Errorf("server.trusted_networks: %w", err)
+	}
+	return nil
+}
+
+// Reload makes sessions that start from now on run under u; sessions in
+// progress finish under what they started with. retired is called once
+// no session uses what u replaces any more (at once if none does), so its
+// stages can be stopped then.
+func (s *Server) Reload(u Update, retired func()) error {
+	if err := s.Check(u.Config); err != nil {
+		return err
+	}
+	gen, err := newGeneration(u)
+	if err != nil {
+		return err
+	}
+	s.limits.set(u.Config.Server.MaxConnections, u.Config.Server.MaxConnectionsPerIP)
+	s.mu.Lock()
+	old := s.gen
+	s.gen = gen
+	old.replaced, old.retired = true, retired
+	idle := old.refs == 0
+	s.mu.Unlock()
+	if idle && retired != nil {
+		retired()
+	}
+	return nil
+}
+
+// acquire returns the generation a new session runs under.
+func (s *Server) acquire() *generation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen.refs++
+	return s.gen
+}
+
+// release ends a session's use of g.
+func (s *Server) release(g *generation) {
+	s.mu.Lock()
+	g.refs--
+	done := g.refs == 0 && g.replaced && g.retired != nil
+	s.mu.Unlock()
+	if done {
+		g.retired()
+	}
 }
 
 // Serve accepts SMTP connections on l until Shutdown.
@@ -127,8 +254,8 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	return newSession(s, c), nil
 }
 
-func (s *Server) isTrusted(a netip.Addr) bool {
-	for _, p := range s.trusted {
+func (g *generation) isTrusted(a netip.Addr) bool {
+	for _, p := range g.trusted {
 		if p.Contains(a) {
 			return true
 		}
@@ -163,6 +290,13 @@ type connLimits struct {
 
 func newConnLimits(maxTotal, maxPerIP int) *connLimits {
 	return &connLimits{perIP: make(map[netip.Addr]int), maxTotal: maxTotal, maxPerIP: maxPerIP}
+}
+
+// set changes the limits for connections accepted from now on.
+func (l *connLimits) set(maxTotal, maxPerIP int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.maxTotal, l.maxPerIP = maxTotal, maxPerIP
 }
 
 // acquire takes a slot for a; it returns false and a reason when a limit

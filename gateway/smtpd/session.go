@@ -17,7 +17,9 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailgate/mailgate/gateway/pipeline"
+	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
 )
 
@@ -97,6 +99,7 @@ func replyText(r *smtp.SMTPError) string {
 
 type session struct {
 	srv    *Server
+	gen    *generation // the config it runs under, from start to end
 	conn   *smtp.Conn
 	log    *slog.Logger
 	client stages.Client
@@ -106,6 +109,9 @@ type session struct {
 	// early is a rejection from connect, helo or mail, answered at RCPT.
 	early      *pipeline.Decision
 	earlyPhase stages.Phase
+	// connStages are the connect and helo results, for each transaction's
+	// trace and quarantine record.
+	connStages []trace.Stage
 
 	// The transaction in progress.
 	ftx   *pipeline.Session
@@ -113,18 +119,23 @@ type session struct {
 	w     *spool.Writer
 	utf8  bool
 	txLog *slog.Logger
+	// txStages are the stage results of the transaction so far, all
+	// phases, connect and helo included.
+	txStages []trace.Stage
 }
 
 func newSession(s *Server, c *smtp.Conn) *session {
 	addr := remoteAddr(c.Conn())
+	gen := s.acquire()
 	sess := &session{
 		srv:   s,
+		gen:   gen,
 		conn:  c,
 		start: time.Now(),
 		client: stages.Client{
 			Addr:    addr,
 			Helo:    c.Hostname(),
-			Trusted: s.isTrusted(addr),
+			Trusted: gen.isTrusted(addr),
 		},
 	}
 	if ta, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
@@ -136,18 +147,28 @@ func newSession(s *Server, c *smtp.Conn) *session {
 	sess.log = s.log.With("client", addr.String(), "helo", sess.client.Helo)
 	s.opts.Metrics.session()
 
-	sess.base = s.opts.Pipeline.Begin()
+	sess.base = gen.pipeline.Begin()
 	tx := &stages.Transaction{Client: sess.client}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.FilterTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(gen.cfg.Server.FilterTimeout))
 	defer cancel()
 	for _, ph := range []stages.Phase{stages.Connect, stages.Helo} {
 		d := sess.base.Run(ctx, ph, tx, sess.log)
+		sess.connStages = append(sess.connStages, trace.Stages(d.Trace)...)
 		if d.Action == stages.Reject || d.Action == stages.TempFail {
 			sess.early, sess.earlyPhase = &d, ph
 			break
 		}
 	}
 	return sess
+}
+
+// record adds an event to the trace of the transaction in progress.
+func (s *session) record(e trace.Event) {
+	if s.tx == nil {
+		return
+	}
+	e.QueueID = s.tx.QueueID
+	s.srv.opts.Trace.Record(e)
 }
 
 // Mail implements smtp.Session: MAIL FROM starts a transaction. Its queue ID
@@ -170,14 +191,21 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.tx = &stages.Transaction{QueueID: w.ID(), Client: s.client, From: from}
 	s.txLog = s.log.With("queue_id", w.ID(), "from", from)
 	s.ftx = s.base.Fork()
+	s.txStages = slices.Clone(s.connStages)
+	s.record(trace.Event{Time: s.start, Event: "connect", Client: s.client.Addr.String(), Helo: s.client.Helo,
+		TLS: s.client.TLS, Stages: s.connStages})
+	var mailStages []trace.Stage
 	if s.early == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.srv.cfg.FilterTimeout))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.gen.cfg.Server.FilterTimeout))
 		defer cancel()
 		d := s.ftx.Run(ctx, stages.Mail, s.tx, s.txLog)
+		mailStages = trace.Stages(d.Trace)
+		s.txStages = append(s.txStages, mailStages...)
 		if d.Action == stages.Reject || d.Action == stages.TempFail {
 			s.early, s.earlyPhase = &d, stages.Mail
 		}
 	}
+	s.record(trace.Event{Event: "mail", From: &from, Stages: mailStages})
 	s.srv.opts.Metrics.reply(250)
 	return nil
 }
@@ -188,36 +216,50 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return s.fail(errLocal, "rcpt", "no transaction")
 	}
 	log := s.txLog.With("rcpt", to)
+	refuse := func(r *smtp.SMTPError, e trace.Event) error {
+		e.Event, e.Rcpts, e.Reply = "rcpt", []string{to}, replyText(r)
+		s.record(e)
+		return s.count(r)
+	}
 	if s.early != nil {
 		r := replyFor(stages.Rcpt, *s.early)
 		s.logDecision(log, "rejected", r, "phase", s.earlyPhase.String(), "stage", s.early.Stage, "reason", s.early.Reason)
-		return s.count(r)
+		s.srv.opts.Metrics.action(s.early.Action)
+		return refuse(r, trace.Event{Action: s.early.Action.String(), Stage: s.early.Stage,
+			Reason: s.earlyPhase.String() + ": " + s.early.Reason, Score: s.early.Score})
 	}
 	if !s.utf8 && !isASCII(to) {
-		return s.failLog(log, errNeedUTF8, "rcpt", "non-ASCII recipient without SMTPUTF8")
+		s.failLog(log, errNeedUTF8, "rcpt", "non-ASCII recipient without SMTPUTF8")
+		return refuse(errNeedUTF8, trace.Event{Action: "reject", Reason: "non-ASCII recipient without SMTPUTF8"})
 	}
 	at := strings.LastIndexByte(to, '@')
 	if at <= 0 || at == len(to)-1 {
-		return s.failLog(log, errBadRcpt, "rcpt", "recipient without domain")
+		s.failLog(log, errBadRcpt, "rcpt", "recipient without domain")
+		return refuse(errBadRcpt, trace.Event{Action: "reject", Reason: "recipient without domain"})
 	}
 	domain := to[at+1:]
 	// An open relay is the worst bug a gateway can have: mail is taken only
 	// for domains we route, unless the client is trusted.
-	if !s.client.Trusted && !s.srv.opts.Routes.HasRoute(domain) {
-		s.logDecision(log, "rejected", errRelayDenied, "phase", "rcpt", "reason", "relay denied: no route for "+domain)
-		return s.count(errRelayDenied)
+	if !s.client.Trusted && !s.gen.routes.HasRoute(domain) {
+		reason := "relay denied: no route for " + domain
+		s.logDecision(log, "rejected", errRelayDenied, "phase", "rcpt", "reason", reason)
+		return refuse(errRelayDenied, trace.Event{Action: "reject", Reason: reason})
 	}
 	s.tx.Rcpts = append(s.tx.Rcpts, to)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.srv.cfg.FilterTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.gen.cfg.Server.FilterTimeout))
 	defer cancel()
 	d := s.ftx.Run(ctx, stages.Rcpt, s.tx, log)
+	ts := trace.Stages(d.Trace)
 	switch d.Action {
 	case stages.Reject, stages.TempFail:
 		s.tx.Rcpts = s.tx.Rcpts[:len(s.tx.Rcpts)-1]
 		r := replyFor(stages.Rcpt, d)
 		s.logDecision(log, "rejected", r, "phase", "rcpt", "stage", d.Stage, "reason", d.Reason)
-		return s.count(r)
+		s.srv.opts.Metrics.action(d.Action)
+		return refuse(r, trace.Event{Action: d.Action.String(), Stage: d.Stage, Reason: d.Reason, Score: d.Score, Stages: ts})
 	}
+	s.txStages = append(s.txStages, ts...)
+	s.record(trace.Event{Event: "rcpt", Rcpts: []string{to}, Action: d.Action.String(), Score: d.Score, Stages: ts})
 	s.srv.opts.Metrics.reply(250)
 	return nil
 }
@@ -231,11 +273,18 @@ func (s *session) Data(r io.Reader) error {
 	}
 	log := s.txLog.With("rcpts", s.tx.Rcpts)
 	w := s.w
+	cfg := &s.gen.cfg.Server
+	// refuse ends the transaction with reply r and traces why.
+	refuse := func(r *smtp.SMTPError, reason string) error {
+		s.record(trace.Event{Event: "data", Action: actionOf(r), Reason: reason, Reply: replyText(r), Size: w.Size()})
+		s.abort()
+		return s.failLog(log, r, "data", reason)
+	}
 
 	// Reading: refresh the read deadline as data arrives so a slow but
 	// moving client is not cut off, while a stalled one is (data_timeout).
-	dr := &deadlineReader{r: r, c: s.conn.Conn(), d: time.Duration(s.srv.cfg.DataTimeout)}
-	in := newLineEndReader(dr, s.srv.cfg.BareLF == "reject")
+	dr := &deadlineReader{r: r, c: s.conn.Conn(), d: time.Duration(cfg.DataTimeout)}
+	in := newLineEndReader(dr, cfg.BareLF == "reject")
 	hs := newHeaderScanner()
 	received := s.receivedField()
 	if _, err := io.WriteString(w, received); err != nil {
@@ -247,19 +296,17 @@ func (s *session) Data(r io.Reader) error {
 		var ne net.Error
 		switch {
 		case errors.As(err, &se): // size limit from go-smtp's reader: 552 5.3.4
-			s.abort()
-			return s.failLog(log, se, "data", err.Error())
+			return refuse(se, err.Error())
 		case errors.Is(err, errBareLineEnd):
-			s.abort()
-			return s.failLog(log, errBareLF, "data", "bare CR or LF")
+			return refuse(errBareLF, "bare CR or LF")
 		case errors.Is(err, smtp.ErrTooLongLine):
-			s.abort()
-			return s.failLog(log, errLineTooLong, "data", "line longer than max_line_length")
+			return refuse(errLineTooLong, "line longer than max_line_length")
 		case errors.As(err, &ne) && ne.Timeout():
-			s.abort()
+			err := refuse(errDataTimeout, "data timeout")
 			s.conn.Close()
-			return s.failLog(log, errDataTimeout, "data", "data timeout")
+			return err
 		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, smtp.ErrDataReset):
+			s.record(trace.Event{Event: "data", Action: "aborted", Reason: "client went away during DATA"})
 			s.abort()
 			log.Info("aborted", "reason", "client went away during DATA")
 			return errLocal
@@ -270,24 +317,37 @@ func (s *session) Data(r io.Reader) error {
 			if errors.As(err, &sw) {
 				return s.spoolErrorLog(log, err, "write")
 			}
+			s.record(trace.Event{Event: "data", Action: "aborted", Reason: err.Error()})
 			s.abort()
 			log.Info("aborted", "reason", err.Error())
 			return errLocal
 		}
 	}
-	if hs.received > s.srv.cfg.MaxHops {
-		s.abort()
-		return s.failLog(log, errTooManyHops, "data", fmt.Sprintf("mail loop: %d Received fields", hs.received))
+	if hs.received > cfg.MaxHops {
+		return refuse(errTooManyHops, fmt.Sprintf("mail loop: %d Received fields", hs.received))
 	}
 
 	if err := s.readMessage(w); err != nil {
 		return s.spoolErrorLog(log, err, "read back")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.srv.cfg.FilterTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.FilterTimeout))
 	defer cancel()
 	origHeader := slices.Clone(s.tx.Header)
 	d := s.ftx.Run(ctx, stages.Data, s.tx, log)
+	ts := trace.Stages(d.Trace)
+	s.txStages = append(s.txStages, ts...)
+	ev := trace.Event{Event: "data", MessageID: s.tx.Header.Get("Message-Id"), Size: w.Size(), Stages: ts,
+		Action: d.Action.String(), Score: d.Score, Stage: d.Stage, Reason: d.Reason}
+	decided := func(r *smtp.SMTPError) error {
+		ev.Reply = replyText(r)
+		s.record(ev)
+		s.srv.opts.Metrics.action(d.Action)
+		return s.count(r)
+	}
 	if ctx.Err() != nil && d.Action != stages.Reject {
+		ev.Action, ev.Reason, ev.Reply = "tempfail", "filter_timeout reached", replyText(errFilterTime)
+		s.record(ev)
+		s.srv.opts.Metrics.action(stages.TempFail)
 		s.abort()
 		return s.failLog(log, errFilterTime, "data", "filter_timeout reached")
 	}
@@ -296,24 +356,36 @@ func (s *session) Data(r io.Reader) error {
 		s.abort()
 		r := replyFor(stages.Data, d)
 		s.logDecision(log, "rejected", r, "phase", "data", "stage", d.Stage, "reason", d.Reason, "score", d.Score)
-		return s.count(r)
+		return decided(r)
 	case stages.TempFail:
 		s.abort()
 		r := replyFor(stages.Data, d)
 		s.logDecision(log, "deferred", r, "phase", "data", "stage", d.Stage, "reason", d.Reason, "score", d.Score)
-		return s.count(r)
+		return decided(r)
 	}
 	if len(s.tx.Rcpts) == 0 {
 		// Every recipient was removed by a stage: nothing to deliver, and
 		// the sender must not learn that from a bounce.
 		s.abort()
 		log.Info("discarded", "reason", "no recipients left after filtering", "stage", d.Stage)
-		return s.count(reply(250, 2, 0, 0, "Ok"))
+		ev.Action, ev.Reason = "discard", "no recipients left after filtering"
+		return decided(reply(250, 2, 0, 0, "Ok"))
 	}
 	if !slices.Equal(origHeader, s.tx.Header) || d.BodyReplaced {
 		if err := s.rewrite(w); err != nil {
 			return s.spoolErrorLog(log, err, "rewrite")
 		}
+	}
+	id := s.tx.QueueID
+	if d.Action == stages.Quarantine {
+		if err := s.quarantine(w, d, ev.MessageID); err != nil {
+			return s.spoolErrorLog(log, err, "quarantine")
+		}
+		log.Info("quarantined", "size", w.Size(), "message_id", ev.MessageID, "score", d.Score,
+			"stage", d.Stage, "reason", d.Reason, "delay", time.Since(s.start).Round(time.Millisecond))
+		err := decided(reply(250, 2, 0, 0, "Ok: queued as "+id))
+		s.abort()
+		return err
 	}
 
 	env := &spool.Envelope{
@@ -321,8 +393,7 @@ func (s *session) Data(r io.Reader) error {
 		Received:   time.Now().UTC(),
 		ClientAddr: s.client.Addr.String(),
 		ClientHelo: s.client.Helo,
-		MessageID:  s.tx.Header.Get("Message-Id"),
-		Held:       d.Action == stages.Quarantine,
+		MessageID:  ev.MessageID,
 	}
 	for _, rc := range s.tx.Rcpts {
 		env.Rcpts = append(env.Rcpts, spool.Recipient{Addr: rc, Status: spool.Pending})
@@ -334,17 +405,42 @@ func (s *session) Data(r io.Reader) error {
 		return s.spoolErrorLog(log, err, "commit")
 	}
 	s.w = nil
-	outcome := "accepted"
-	if d.Action == stages.Quarantine {
-		outcome = "quarantined"
-	}
-	log.Info(outcome, "size", env.Size, "message_id", env.MessageID, "score", d.Score,
+	log.Info("accepted", "size", env.Size, "message_id", env.MessageID, "score", d.Score,
 		"action", d.Action.String(), "stage", d.Stage, "reason", d.Reason, "delay", time.Since(s.start).Round(time.Millisecond))
-	if !env.Held {
-		s.srv.opts.Queue.Enqueue(env)
-	}
+	s.srv.opts.Queue.Enqueue(env)
+	err = decided(reply(250, 2, 0, 0, "Ok: queued as "+env.ID))
 	s.tx = nil
-	return s.count(reply(250, 2, 0, 0, "Ok: queued as "+env.ID))
+	return err
+}
+
+// quarantine moves the message into the quarantine with its envelope,
+// every verdict and the reason; the spool file is dropped by the caller.
+func (s *session) quarantine(w *spool.Writer, d pipeline.Decision, messageID string) error {
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	rec := &quarantine.Record{
+		ID:         s.tx.QueueID,
+		MessageID:  messageID,
+		From:       s.tx.From,
+		Rcpts:      slices.Clone(s.tx.Rcpts),
+		ClientAddr: s.client.Addr.String(),
+		ClientHelo: s.client.Helo,
+		Size:       w.Size(),
+		Score:      d.Score,
+		Stage:      d.Stage,
+		Reason:     d.Reason,
+		Verdicts:   s.txStages,
+	}
+	return s.srv.opts.Quarantine.Add(rec, w.Path())
+}
+
+// actionOf names the action a refusal stands for, for the trace.
+func actionOf(r *smtp.SMTPError) string {
+	if r.Code/100 == 4 {
+		return "tempfail"
+	}
+	return "reject"
 }
 
 // readMessage parses the header of what was spooled and points tx.Body at
@@ -389,9 +485,11 @@ func (s *session) rewrite(w *spool.Writer) error {
 // Reset implements smtp.Session (RSET, a new EHLO, the end of DATA).
 func (s *session) Reset() { s.abort() }
 
-// Logout implements smtp.Session.
+// Logout implements smtp.Session; go-smtp calls it once, when the
+// connection closes or STARTTLS starts a new session.
 func (s *session) Logout() error {
 	s.abort()
+	s.srv.release(s.gen)
 	return nil
 }
 
@@ -404,7 +502,7 @@ func (s *session) abort() {
 		}
 		s.w = nil
 	}
-	s.tx, s.ftx, s.txLog = nil, nil, nil
+	s.tx, s.ftx, s.txLog, s.txStages = nil, nil, nil, nil
 	if s.earlyPhase == stages.Mail {
 		s.early, s.earlyPhase = nil, 0
 	}
@@ -415,11 +513,12 @@ func (s *session) spoolError(err error, op string) error {
 }
 
 func (s *session) spoolErrorLog(log *slog.Logger, err error, op string) error {
-	s.abort()
 	r := errLocal
 	if spool.IsFull(err) {
 		r = errNoSpace
 	}
+	s.record(trace.Event{Event: "data", Action: "tempfail", Reason: op + " failed: " + err.Error(), Reply: replyText(r)})
+	s.abort()
 	log.Error("spool "+op+" failed", "err", err, "reply", r.Code)
 	return s.count(r)
 }

@@ -1,0 +1,210 @@
+// Package admin is the gateway's local admin API and its client: a JSON API
+// under /api/ on the [admin] listener, next to /metrics and /healthz, that
+// `mailgate queue`, `mailgate quarantine` and `mailgate reload` use, so
+// that the running gateway stays the only process that changes its data
+// dir.
+//
+//	GET    /api/queue                   queued messages (spool envelopes)
+//	GET    /api/queue/{id}              one of them
+//	POST   /api/queue/{id}/retry        deliver now
+//	POST   /api/queue/{id}/hold         stop delivery attempts
+//	POST   /api/queue/{id}/release      resume them
+//	DELETE /api/queue/{id}              drop it, without a DSN
+//	GET    /api/quarantine?from=&rcpt=&stage=&older=&newer=
+//	GET    /api/quarantine/{id}         one record
+//	GET    /api/quarantine/{id}/message the message itself
+//	POST   /api/quarantine/{id}/release queue it for delivery, once
+//	DELETE /api/quarantine/{id}
+//	POST   /api/reload                  re-read the config file
+//
+// The API answers clients on loopback addresses only, whatever address the
+// listener has, and a request that changes something must carry the
+// header "Mailgate-Admin: 1": a web page cannot send that header to
+// another origin without the browser asking first (CORS preflight), which
+// this API never allows, so a page the operator visits cannot drive it.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/quarantine"
+	"github.com/mailgate/mailgate/gateway/router"
+	"github.com/mailgate/mailgate/gateway/spool"
+)
+
+// Header must be set to "1" on requests that change something.
+const Header = "Mailgate-Admin"
+
+// Backend is the running gateway as the API sees it.
+type Backend interface {
+	Queue() ([]*spool.Envelope, error)
+	QueuedMessage(id string) (*spool.Envelope, error)
+	// QueueOp runs retry, hold, release or delete on a queued message.
+	QueueOp(ctx context.Context, op, id string) error
+
+	Quarantined(f quarantine.Filter) ([]*quarantine.Record, error)
+	QuarantineRecord(id string) (*quarantine.Record, error)
+	QuarantineMessage(id string) (io.ReadCloser, error)
+	// QuarantineRelease queues a quarantined message and returns the
+	// queue ID of the copy.
+	QuarantineRelease(ctx context.Context, id string) (string, error)
+	QuarantineDelete(id string) error
+
+	Reload(ctx context.Context) error
+	// Health returns why the gateway cannot take mail, or nil.
+	Health() error
+}
+
+// Handler serves the API, /healthz (200 "ok", or 503 and why) and
+// /metrics with the given handler.
+func Handler(b Backend, metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := b.Health(); err != nil {
+			http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+
+	api := http.NewServeMux()
+	api.HandleFunc("GET /api/queue", func(w http.ResponseWriter, r *http.Request) {
+		envs, err := b.Queue()
+		reply(w, envs, err)
+	})
+	api.HandleFunc("GET /api/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
+		env, err := b.QueuedMessage(r.PathValue("id"))
+		reply(w, env, err)
+	})
+	api.HandleFunc("POST /api/queue/{id}/{op}", func(w http.ResponseWriter, r *http.Request) {
+		op := r.PathValue("op")
+		if op != "retry" && op != "hold" && op != "release" {
+			replyError(w, http.StatusNotFound, fmt.Errorf("unknown operation %q; expect retry, hold or release", op))
+			return
+		}
+		reply(w, done{}, b.QueueOp(r.Context(), op, r.PathValue("id")))
+	})
+	api.HandleFunc("DELETE /api/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, done{}, b.QueueOp(r.Context(), "delete", r.PathValue("id")))
+	})
+	api.HandleFunc("GET /api/quarantine", func(w http.ResponseWriter, r *http.Request) {
+		f, err := parseFilter(r)
+		if err != nil {
+			replyError(w, http.StatusBadRequest, err)
+			return
+		}
+		recs, err := b.Quarantined(f)
+		reply(w, recs, err)
+	})
+	api.HandleFunc("GET /api/quarantine/{id}", func(w http.ResponseWriter, r *http.Request) {
+		rec, err := b.QuarantineRecord(r.PathValue("id"))
+		reply(w, rec, err)
+	})
+	api.HandleFunc("GET /api/quarantine/{id}/message", func(w http.ResponseWriter, r *http.Request) {
+		m, err := b.QuarantineMessage(r.PathValue("id"))
+		if err != nil {
+			reply(w, nil, err)
+			return
+		}
+		defer m.Close()
+		w.Header().Set("Content-Type", "message/rfc822")
+		io.Copy(w, m)
+	})
+	api.HandleFunc("POST /api/quarantine/{id}/release", func(w http.ResponseWriter, r *http.Request) {
+		id, err := b.QuarantineRelease(r.Context(), r.PathValue("id"))
+		reply(w, Released{QueueID: id}, err)
+	})
+	api.HandleFunc("DELETE /api/quarantine/{id}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, done{}, b.QuarantineDelete(r.PathValue("id")))
+	})
+	api.HandleFunc("POST /api/reload", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, done{}, b.Reload(r.Context()))
+	})
+	mux.Handle("/api/", guard(api))
+	return mux
+}
+
+// Released is the answer to a quarantine release.
+type Released struct {
+	QueueID string `json:"queue_id"`
+}
+
+// done is the answer to a call that returns nothing.
+type done struct {
+	OK bool `json:"ok"`
+}
+
+// guard lets through loopback clients only, and changes only with Header.
+func guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if a, err := netip.ParseAddr(host); err != nil || !a.Unmap().IsLoopback() {
+			replyError(w, http.StatusForbidden, errors.New("the admin API answers loopback clients only"))
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Header.Get(Header) != "1" {
+			replyError(w, http.StatusForbidden, fmt.Errorf("missing header %s: 1", Header))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func parseFilter(r *http.Request) (quarantine.Filter, error) {
+	q := r.URL.Query()
+	f := quarantine.Filter{From: q.Get("from"), Rcpt: q.Get("rcpt"), Stage: q.Get("stage")}
+	for _, d := range []struct {
+		key string
+		dst *time.Duration
+	}{{"older", &f.OlderThan}, {"newer", &f.NewerThan}} {
+		if v := q.Get(d.key); v != "" {
+			t, err := time.ParseDuration(v)
+			if err != nil {
+				return f, fmt.Errorf("%s: %w", d.key, err)
+			}
+			*d.dst = t
+		}
+	}
+	return f, nil
+}
+
+// status maps an error to the HTTP status that tells the client what kind
+// of failure it was.
+func status(err error) int {
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, router.ErrNotFound), errors.Is(err, quarantine.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, quarantine.ErrAlreadyReleased):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		replyError(w, status(err), err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func replyError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(errorBody{Error: err.Error()})
+}

@@ -1,0 +1,77 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/quarantine"
+	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/trace"
+)
+
+// adminBackend is the gateway as the admin API sees it.
+type adminBackend struct{ g *Gateway }
+
+func (b adminBackend) Queue() ([]*spool.Envelope, error) { return b.g.spool.List() }
+
+func (b adminBackend) QueuedMessage(id string) (*spool.Envelope, error) { return b.g.spool.Load(id) }
+
+func (b adminBackend) QueueOp(ctx context.Context, op, id string) error {
+	r := b.g.router
+	switch op {
+	case "retry":
+		return r.Retry(ctx, id)
+	case "hold":
+		return r.Hold(ctx, id)
+	case "release":
+		return r.Release(ctx, id)
+	case "delete":
+		return r.Delete(ctx, id)
+	}
+	return fmt.Errorf("unknown queue operation %q", op)
+}
+
+func (b adminBackend) Quarantined(f quarantine.Filter) ([]*quarantine.Record, error) {
+	return b.g.quar.List(f, time.Now())
+}
+
+func (b adminBackend) QuarantineRecord(id string) (*quarantine.Record, error) { return b.g.quar.Get(id) }
+
+func (b adminBackend) QuarantineMessage(id string) (io.ReadCloser, error) {
+	if _, err := b.g.quar.Get(id); err != nil {
+		return nil, err
+	}
+	return os.Open(b.g.quar.MessagePath(id))
+}
+
+// QuarantineRelease queues a copy of a quarantined message, exactly once,
+// and hands it to the router.
+func (b adminBackend) QuarantineRelease(ctx context.Context, id string) (string, error) {
+	g := b.g
+	env, err := g.quar.Release(ctx, id, g.spool)
+	if env == nil {
+		return "", err
+	}
+	// Queued, even if the record lags (err != nil): deliver it.
+	g.router.Enqueue(env)
+	g.log.Info("quarantine released", "id", id, "queue_id", env.ID, "from", env.From, "message_id", env.MessageID)
+	g.trace.Record(trace.Event{QueueID: id, MessageID: env.MessageID, Event: "released", Reason: "operator", Related: env.ID})
+	g.trace.Record(trace.Event{QueueID: env.ID, MessageID: env.MessageID, Event: "queued", Reason: "released from the quarantine", Related: id})
+	return env.ID, err
+}
+
+func (b adminBackend) QuarantineDelete(id string) error {
+	if err := b.g.quar.Delete(id); err != nil {
+		return err
+	}
+	b.g.log.Info("quarantine deleted", "id", id)
+	b.g.trace.Record(trace.Event{QueueID: id, Event: "deleted", Reason: "operator"})
+	return nil
+}
+
+func (b adminBackend) Reload(ctx context.Context) error { return b.g.Reload(ctx) }
+
+func (b adminBackend) Health() error { return b.g.Health() }

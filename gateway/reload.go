@@ -1,0 +1,114 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/mailgate/mailgate/gateway/router"
+	"github.com/mailgate/mailgate/gateway/smtpd"
+	"github.com/mailgate/mailgate/policy"
+)
+
+// Reload re-reads the config file and applies it: SIGHUP and `mailgate
+// reload` end here. The new config is validated and every part it needs
+// is built first (plugins are started only for stages whose config
+// changed; the others are shared); only then is it applied, all at once.
+// A config that fails any of that is refused, logged, and changes
+// nothing. Sessions in progress finish under the config they started
+// with; their old plugins stop when the last of them ends.
+//
+// What the running process cannot change (listeners, data_dir, hostname,
+// the limits go-smtp holds per server) is refused with "restart needed".
+func (g *Gateway) Reload(ctx context.Context) error {
+	g.reloading.Lock()
+	defer g.reloading.Unlock()
+	cfg, err := g.reload(ctx)
+	if err != nil {
+		g.log.Error("reload refused; the running config stays", "err", err)
+		return fmt.Errorf("reload: %w", err)
+	}
+	g.log.Info("reloaded", "config", cfg.File, "stages", len(cfg.Stages), "routes", len(cfg.Routes))
+	return nil
+}
+
+func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
+	if g.opts.LoadConfig == nil {
+		return nil, errors.New("the gateway runs without a config file; nothing to re-read")
+	}
+	cfg, err := g.opts.LoadConfig()
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	old, oldChain := g.cfg, g.chain
+	g.mu.Unlock()
+	if err := restartNeeded(old, cfg); err != nil {
+		return nil, err
+	}
+	if err := g.smtp.Check(cfg); err != nil {
+		return nil, err
+	}
+	if err := g.router.Check(cfg); err != nil {
+		return nil, err
+	}
+	table, err := router.NewTable(cfg.Routes)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := newChain(ctx, cfg, g.opts, g.reg, oldChain)
+	if err != nil {
+		return nil, err
+	}
+
+	// Everything is built and checked: apply.
+	if err := g.router.Reload(cfg); err != nil {
+		ch.Close()
+		return nil, err
+	}
+	g.mu.Lock()
+	g.chains[ch] = true
+	g.mu.Unlock()
+	retire := func() {
+		g.mu.Lock()
+		delete(g.chains, oldChain)
+		g.mu.Unlock()
+		oldChain.Close()
+	}
+	if err := g.smtp.Reload(smtpd.Update{Config: cfg, Pipeline: ch.pipeline, Routes: routeMatcher{table}}, retire); err != nil {
+		// Checked above, so this does not happen; undo all the same.
+		g.router.Reload(old)
+		g.mu.Lock()
+		delete(g.chains, ch)
+		g.mu.Unlock()
+		ch.Close()
+		return nil, err
+	}
+	g.mu.Lock()
+	g.cfg, g.chain = cfg, ch
+	g.mu.Unlock()
+	if g.opts.LogLevel != nil {
+		g.opts.LogLevel.UnmarshalText([]byte(cfg.Log.Level)) // validated by policy
+	}
+	return cfg, nil
+}
+
+// restartNeeded refuses changes to what the gateway's own parts fixed at
+// start; smtpd and the router check theirs.
+func restartNeeded(old, cfg *policy.Config) error {
+	var keys []string
+	if old.DataDir != cfg.DataDir {
+		keys = append(keys, "data_dir")
+	}
+	if old.Admin.Listen != cfg.Admin.Listen {
+		keys = append(keys, "admin.listen")
+	}
+	if old.Log.Format != cfg.Log.Format {
+		keys = append(keys, "log.format")
+	}
+	if len(keys) > 0 {
+		return fmt.Errorf("%s changed: restart needed", strings.Join(keys, ", "))
+	}
+	return nil
+}

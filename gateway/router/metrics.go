@@ -1,0 +1,114 @@
+package router
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailgate/mailgate/gateway/spool"
+)
+
+// metrics counts delivery outcomes and reads the queue at each scrape.
+type metrics struct {
+	outcomes *prometheus.CounterVec
+	size     *prometheus.Desc
+	oldest   *prometheus.Desc
+	r        *Router
+}
+
+// newMetrics makes the router's metrics and registers them with reg, if
+// any. Unregistered, they cost little and spare every use a nil check.
+func newMetrics(r *Router, reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mailgate", Subsystem: "delivery", Name: "outcomes_total",
+			Help: "Delivery outcomes per recipient: relayed, deferred, bounced, expired.",
+		}, []string{"outcome"}),
+		size: prometheus.NewDesc("mailgate_queue_messages",
+			"Queued messages with recipients pending for a destination (a route's first domain, or the recipient domain for MX delivery).",
+			[]string{"destination"}, nil),
+		oldest: prometheus.NewDesc("mailgate_queue_oldest_age_seconds",
+			"Age of the oldest queued message with recipients pending for a destination.",
+			[]string{"destination"}, nil),
+		r: r,
+	}
+	if reg != nil {
+		reg.MustRegister(m.outcomes, m)
+	}
+	return m
+}
+
+func (m *metrics) outcome(o string) { m.outcomes.WithLabelValues(o).Inc() }
+
+// Describe implements prometheus.Collector for the queue gauges.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.size
+	ch <- m.oldest
+}
+
+// Collect implements prometheus.Collector: it asks the Run goroutine,
+// which owns the queue, for a summary.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	dests, err := m.r.Destinations(ctx)
+	if err != nil {
+		return // not running: no queue to describe
+	}
+	now := time.Now()
+	for _, d := range dests {
+		ch <- prometheus.MustNewConstMetric(m.size, prometheus.GaugeValue, float64(d.Messages), d.Name)
+		ch <- prometheus.MustNewConstMetric(m.oldest, prometheus.GaugeValue, now.Sub(d.Oldest).Seconds(), d.Name)
+	}
+}
+
+// Destination summarizes the queued messages bound for one destination.
+type Destination struct {
+	Name     string    // a route's first domain, or the recipient domain for MX delivery
+	Messages int       // messages with recipients pending for it
+	Oldest   time.Time // when the oldest of them was received
+}
+
+// Destinations summarizes the queue by destination.
+func (r *Router) Destinations(ctx context.Context) ([]Destination, error) {
+	var out []Destination
+	err := r.do(ctx, func(s *scheduler) error {
+		c := r.conf.Load()
+		index := map[string]int{}
+		for _, it := range s.items {
+			seen := map[string]bool{}
+			for _, rc := range it.env.Rcpts {
+				if rc.Status != spool.Pending {
+					continue
+				}
+				name := c.destination(rc.Addr)
+				if seen[name] {
+					continue
+				}
+				seen[name] = true
+				i, ok := index[name]
+				if !ok {
+					i = len(out)
+					index[name] = i
+					out = append(out, Destination{Name: name, Oldest: it.env.Received})
+				}
+				out[i].Messages++
+				if it.env.Received.Before(out[i].Oldest) {
+					out[i].Oldest = it.env.Received
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// destination names where a recipient goes, for metrics.
+func (c *conf) destination(addr string) string {
+	d := domainOf(addr)
+	if route, ok := c.table.Match(d); ok && !route.MX && len(route.Domains) > 0 {
+		return route.Domains[0]
+	}
+	return d
+}
