@@ -21,6 +21,7 @@ import (
 	"golang.org/x/net/idna"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/internal/dnslist"
 	"github.com/mailgate/mailgate/stages/internal/resolver"
 )
 
@@ -36,7 +37,7 @@ type list struct {
 	kind       string // typeIP or typeDomain
 	helo       bool
 	weight     float64
-	codes      codes
+	codes      dnslist.Codes
 	labels     []label
 	action     stages.Action
 	reply      string
@@ -145,10 +146,10 @@ func (f *DNSBL) lookup(ctx context.Context, l *list, name string) ([]netip.Addr,
 			continue
 		}
 		ip = ip.Unmap()
-		if !validCode(ip) {
+		if !dnslist.ValidCode(ip) {
 			return nil, fmt.Errorf("answer %s is not a listing code", ip)
 		}
-		if l.codes.match(ip) {
+		if l.codes.Match(ip) {
 			listed = append(listed, ip)
 		}
 	}
@@ -221,7 +222,7 @@ func (q *query) describe() string {
 			b.WriteByte(',')
 		}
 		b.WriteString(ip.String())
-		v := u32(ip)
+		v := dnslist.U32(ip)
 		for _, l := range q.l.labels {
 			if v >= l.r[0] && v <= l.r[1] {
 				labels = append(labels, l.text)

@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/internal/dnslist"
 	"github.com/mailgate/mailgate/stages/internal/resolver"
 )
 
@@ -114,11 +115,11 @@ func newList(l List) (*list, error) {
 		return nil, errors.New("weight: expect a number")
 	}
 	var err error
-	if bl.codes, err = parseCodes(l.Returns, l.Mask); err != nil {
+	if bl.codes, err = dnslist.ParseCodes(l.Returns, l.Mask); err != nil {
 		return nil, err
 	}
 	for k, v := range l.Labels {
-		r, err := parseRange(k)
+		r, err := dnslist.ParseRange(k)
 		if err != nil {
 			return nil, fmt.Errorf("labels: %w", err)
 		}

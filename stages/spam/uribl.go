@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/miekg/dns"
+
+	"github.com/mailgate/mailgate/stages/internal/dnslist"
 )
 
 // maxURIBLDomains bounds the domains of one message looked up, so a
@@ -23,7 +25,7 @@ const maxInFlight = 8
 type list struct {
 	zone  string
 	score float64
-	codes codes
+	codes dnslist.Codes
 }
 
 func newList(u URIBL) (list, error) {
@@ -34,7 +36,7 @@ func newList(u URIBL) (list, error) {
 	if !finite(u.Score) {
 		return list{}, errors.New("score: expect a number")
 	}
-	c, err := parseCodes(u.Returns, u.Mask)
+	c, err := dnslist.ParseCodes(u.Returns, u.Mask)
 	if err != nil {
 		return list{}, err
 	}
@@ -124,10 +126,10 @@ func (s *Spam) lookup(ctx context.Context, l list, domain string) (string, error
 			continue
 		}
 		ip = ip.Unmap()
-		if !validCode(ip) {
+		if !dnslist.ValidCode(ip) {
 			return "", fmt.Errorf("answer %s is not a listing code", ip)
 		}
-		if listed == "" && l.codes.match(ip) {
+		if listed == "" && l.codes.Match(ip) {
 			listed = ip.String()
 		}
 	}

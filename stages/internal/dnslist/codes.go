@@ -1,4 +1,7 @@
-package spam
+// Package dnslist reads the answers of DNS block- and allow-lists (RFC
+// 5782): which return Codes count as a listing, and which answers are no
+// listing at all. The dnsbl and spam (URIBL) kinds share it.
+package dnslist
 
 import (
 	"fmt"
@@ -6,22 +9,22 @@ import (
 	"strings"
 )
 
-// codes says which answers of a DNS list count as a listing: address
+// Codes says which answers of a DNS list count as a listing: address
 // ranges and a bit mask (lists such as SURBL's multi encode several lists
 // in the bits of one answer).
-type codes struct {
+type Codes struct {
 	ranges [][2]uint32 // inclusive
 	mask   uint32
 }
 
-// parseCodes reads "127.0.0.2" and "127.0.0.4-127.0.0.7" entries. Without
+// ParseCodes reads "127.0.0.2" and "127.0.0.4-127.0.0.7" entries. Without
 // ranges or mask, every listing code counts.
-func parseCodes(returns []string, mask uint32) (codes, error) {
-	c := codes{mask: mask}
+func ParseCodes(returns []string, mask uint32) (Codes, error) {
+	c := Codes{mask: mask}
 	for i, r := range returns {
-		rg, err := parseRange(r)
+		rg, err := ParseRange(r)
 		if err != nil {
-			return codes{}, fmt.Errorf("returns[%d]: %w", i, err)
+			return Codes{}, fmt.Errorf("returns[%d]: %w", i, err)
 		}
 		c.ranges = append(c.ranges, rg)
 	}
@@ -31,8 +34,8 @@ func parseCodes(returns []string, mask uint32) (codes, error) {
 	return c, nil
 }
 
-// parseRange reads "127.0.0.2" or "127.0.0.4-127.0.0.7".
-func parseRange(r string) ([2]uint32, error) {
+// ParseRange reads "127.0.0.2" or "127.0.0.4-127.0.0.7".
+func ParseRange(r string) ([2]uint32, error) {
 	lo, hi, isRange := strings.Cut(r, "-")
 	a, err := codeOf(lo)
 	b := a
@@ -50,17 +53,18 @@ func codeOf(s string) (uint32, error) {
 	if err != nil || !ip.Is4() || ip.As4()[0] != 127 {
 		return 0, fmt.Errorf("not in 127.0.0.0/8: %q", s)
 	}
-	return u32(ip), nil
+	return U32(ip), nil
 }
 
-func u32(ip netip.Addr) uint32 {
+// U32 is an IPv4 address as a number.
+func U32(ip netip.Addr) uint32 {
 	b := ip.As4()
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
-// match reports whether a listing code counts.
-func (c codes) match(ip netip.Addr) bool {
-	v := u32(ip)
+// Match reports whether a listing code counts.
+func (c Codes) Match(ip netip.Addr) bool {
+	v := U32(ip)
 	for _, r := range c.ranges {
 		if v >= r[0] && v <= r[1] {
 			return true
@@ -69,15 +73,15 @@ func (c codes) match(ip netip.Addr) bool {
 	return v&c.mask != 0
 }
 
-// validCode reports whether an answer is a listing code at all. RFC 5782
-// §2.1 puts codes in 127.0.0.0/8; 127.0.0.1 is never a listing (§5) and
+// ValidCode reports whether an answer is a listing code at all. RFC 5782
+// §2.1 puts Codes in 127.0.0.0/8; 127.0.0.1 is never a listing (§5) and
 // some lists use it for "query refused", as Spamhaus uses 127.255.255.0/24.
 // Anything else (a wildcarding resolver's ad server, an error code) says
 // nothing about the name.
-func validCode(ip netip.Addr) bool {
+func ValidCode(ip netip.Addr) bool {
 	if !ip.Is4() {
 		return false
 	}
 	b := ip.As4()
-	return b[0] == 127 && u32(ip) != 0x7f000001 && !(b[1] == 255 && b[2] == 255)
+	return b[0] == 127 && U32(ip) != 0x7f000001 && !(b[1] == 255 && b[2] == 255)
 }
