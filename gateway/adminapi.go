@@ -38,7 +38,9 @@ func (b adminBackend) Quarantined(f quarantine.Filter) ([]*quarantine.Record, er
 	return b.g.quar.List(f, time.Now())
 }
 
-func (b adminBackend) QuarantineRecord(id string) (*quarantine.Record, error) { return b.g.quar.Get(id) }
+func (b adminBackend) QuarantineRecord(id string) (*quarantine.Record, error) {
+	return b.g.quar.Get(id)
+}
 
 func (b adminBackend) QuarantineMessage(id string) (io.ReadCloser, error) {
 	if _, err := b.g.quar.Get(id); err != nil {

@@ -19,6 +19,13 @@ Usage:
   mailgate test [-config FILE] -client-ip IP -helo NAME -from ADDR -to ADDR [-json] MSG.eml
                                    dry run of one message through the real pipeline
   mailgate plugins [-config FILE]  start each stage's plugin and show what it describes
+  mailgate queue list|show|retry|hold|release|delete [-config FILE] [ID...]
+                                   the running gateway's queue
+  mailgate quarantine list|show|release|delete [-config FILE] [flags] [ID...]
+                                   the running gateway's quarantine
+  mailgate trace [-config FILE] [-json] QUEUE-ID|MESSAGE-ID
+                                   what happened to a message, rejected ones too
+  mailgate reload [-config FILE]   make the running gateway re-read its config (as SIGHUP)
   mailgate plugin KIND             serve a built-in stage kind (started by the gateway)
   mailgate version
 
@@ -52,6 +59,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdPlugins(args[1:], stdout, stderr)
 	case "plugin":
 		err = cmdPlugin(args[1:], stderr)
+	case "queue":
+		err = cmdQueue(args[1:], stdout, stderr)
+	case "quarantine":
+		err = cmdQuarantine(args[1:], stdout, stderr)
+	case "trace":
+		err = cmdTrace(args[1:], stdout, stderr)
+	case "reload":
+		err = cmdReload(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mailgate", version)
 	case "help", "-h", "-help", "--help":

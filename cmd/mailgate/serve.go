@@ -27,14 +27,27 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg, stderr)
+	level := new(slog.LevelVar)
+	log := newLeveledLogger(cfg, stderr, level)
+	opts := gateway.Options{Logger: log, PluginCommand: pluginCommand, LogLevel: level}
 	if *file == "" {
 		log.Info("no -config given: running the embedded quickstart config", "data_dir", cfg.DataDir)
+	} else {
+		opts.LoadConfig = func() (*policy.Config, error) {
+			cfg, err := loadConfig(*file)
+			if err == nil {
+				err = checkStages(cfg)
+			}
+			return cfg, err
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
-	g, err := gateway.New(ctx, cfg, gateway.Options{Logger: log, PluginCommand: pluginCommand})
+	g, err := gateway.New(ctx, cfg, opts)
 	if err != nil {
 		return err
 	}
@@ -42,7 +55,14 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info("mailgate started", "version", version, "hostname", cfg.Hostname)
-	<-ctx.Done()
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-hup:
+			// Reload logs its outcome; a refused config keeps the old one.
+			g.Reload(ctx)
+		}
+	}
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -58,7 +78,12 @@ func loadConfig(file string) (*policy.Config, error) {
 }
 
 func newLogger(cfg *policy.Config, w io.Writer) *slog.Logger {
-	var level slog.Level
+	return newLeveledLogger(cfg, w, new(slog.LevelVar))
+}
+
+// newLeveledLogger logs at the level of level, set here from the config
+// and later by reloads.
+func newLeveledLogger(cfg *policy.Config, w io.Writer, level *slog.LevelVar) *slog.Logger {
 	level.UnmarshalText([]byte(cfg.Log.Level)) // validated by policy; "" is info
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.Log.Format == "json" {
