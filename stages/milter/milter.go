@@ -215,11 +215,12 @@ type outcome struct {
 func (m *Milter) converse(ctx context.Context, s *session, tx *stages.Transaction, bound bool) (outcome, error) {
 	stop := context.AfterFunc(ctx, s.interrupt)
 	defer stop()
-	s.limit, s.heard = time.Time{}, false
+	s.limit, s.ctx, s.heard = time.Time{}, ctx, false
 	if dl, ok := ctx.Deadline(); ok {
 		s.limit = dl
 	}
 	out, err := m.steps(s, tx, bound)
+	s.ctx = nil
 	if err != nil && ctx.Err() != nil && !errors.As(err, &localError{}) {
 		err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
 	}

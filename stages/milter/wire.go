@@ -77,9 +77,10 @@ type session struct {
 	// (SMFIF_SETSYMLIST); a step it did not name gets the defaults.
 	symlist map[gomilter.Stage][]string
 
-	timeout time.Duration // of the current step; a progress packet restarts it
-	limit   time.Time     // the caller's deadline, which nothing extends
-	heard   bool          // a packet arrived in the current conversation
+	timeout time.Duration   // of the current step; a progress packet restarts it
+	limit   time.Time       // the caller's deadline, which nothing extends
+	ctx     context.Context // the caller's; nil between conversations
+	heard   bool            // a packet arrived in the current conversation
 }
 
 // dial connects and negotiates options within timeout (the connect_timeout).
@@ -89,7 +90,7 @@ func dial(ctx context.Context, network, address string, timeout time.Duration) (
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	s := &session{nc: nc, r: bufio.NewReader(nc), timeout: timeout}
+	s := &session{nc: nc, r: bufio.NewReader(nc), timeout: timeout, ctx: ctx}
 	if dl, ok := ctx.Deadline(); ok {
 		s.limit = dl
 	}
@@ -109,8 +110,13 @@ func dial(ctx context.Context, network, address string, timeout time.Duration) (
 func (s *session) interrupt() { s.nc.SetDeadline(time.Unix(1, 0)) }
 
 // deadline is when the current read or write must be done: the step's
-// timeout from now, or the caller's deadline if that is sooner.
+// timeout from now, or the caller's deadline if that is sooner, or at once
+// when the caller has given up (interrupt covers an operation under way;
+// this, the ones after it).
 func (s *session) deadline() time.Time {
+	if s.ctx != nil && s.ctx.Err() != nil {
+		return time.Unix(1, 0)
+	}
 	d := time.Now().Add(s.timeout)
 	if !s.limit.IsZero() && s.limit.Before(d) {
 		return s.limit
