@@ -198,3 +198,19 @@ func FuzzEndOfMessage(f *testing.F) {
 		}
 	})
 }
+
+// FuzzOptions feeds arbitrary option negotiation answers: a version is
+// 2 to 6, flags are never more than offered, and nothing panics.
+func FuzzOptions(f *testing.F) {
+	f.Add([]byte("\x00\x00\x00\x06\x00\x00\x01\xff\x00\x1f\xff\xff\x00\x00\x00\x02{mail_addr} i\x00"))
+	f.Add([]byte("\x00\x00\x00\x02\xff\xff\xff\xff\xff\xff\xff\xff"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var s session
+		if err := s.parseOptions(data); err != nil {
+			return
+		}
+		if s.version < 2 || s.version > protocolVersion || s.actions&^offerActions != 0 || s.proto&^offerProtocol != 0 {
+			t.Fatalf("accepted %d %x %x", s.version, s.actions, s.proto)
+		}
+	})
+}
