@@ -71,7 +71,7 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 			ch.Close()
 			return nil, fmt.Errorf("%s: stage[%d].on_error: %w", cfg.Position(fmt.Sprintf("stage.%d.on_error", i)), i, err)
 		}
-		specs = append(specs, pipeline.StageSpec{Stage: p.Plugin, OnError: onErr, Timeout: time.Duration(sc.Timeout)})
+		specs = append(specs, pipeline.StageSpec{Stage: p.Plugin, OnError: onErr, Timeout: time.Duration(sc.Timeout), Results: sc.ResultActions()})
 	}
 	pl, err := pipeline.New(specs, cfg.Policy, pipeline.Options{Logger: opts.Logger, Registerer: reg})
 	if err != nil {

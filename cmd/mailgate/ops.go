@@ -338,6 +338,9 @@ func printRecord(w io.Writer, r *quarantine.Record) error {
 		fmt.Fprintf(tw, "stage:\t%s\n", r.Stage)
 	}
 	fmt.Fprintf(tw, "reason:\t%s\n", r.Reason)
+	if r.Policy != "" {
+		fmt.Fprintf(tw, "policy:\t%s\n", r.Policy)
+	}
 	if r.Released != "" {
 		fmt.Fprintf(tw, "released:\t%s as %s\n", r.ReleasedAt.Format(time.RFC3339), r.Released)
 	}

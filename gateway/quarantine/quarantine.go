@@ -81,10 +81,11 @@ type Record struct {
 	Time       time.Time `json:"time"` // when it was quarantined; retention counts from here
 	Size       int64     `json:"size"`
 	// The decision: the total score, the stage that decided ("" when a
-	// score threshold did) and why.
+	// score threshold did), why, and under which policy.
 	Score  float64 `json:"score"`
 	Stage  string  `json:"stage,omitempty"`
 	Reason string  `json:"reason"`
+	Policy string  `json:"policy,omitempty"` // the [policy] or override applied
 	// Verdicts are every stage result of the transaction, all phases, in
 	// the order they ran.
 	Verdicts []trace.Stage `json:"verdicts"`

@@ -252,14 +252,22 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	ts := trace.Stages(d.Trace)
 	switch d.Action {
 	case stages.Reject, stages.TempFail:
+		// A TempFail here may be the pipeline's 452 4.5.3 for a recipient
+		// under another policy than those accepted before: the client
+		// sends it again in a transaction of its own (RFC 5321
+		// §4.5.3.1.10), so one message never mixes policies.
 		s.tx.Rcpts = s.tx.Rcpts[:len(s.tx.Rcpts)-1]
 		r := replyFor(stages.Rcpt, d)
-		s.logDecision(log, "rejected", r, "phase", "rcpt", "stage", d.Stage, "reason", d.Reason)
+		what := "rejected"
+		if d.Action == stages.TempFail {
+			what = "deferred"
+		}
+		s.logDecision(log, what, r, "phase", "rcpt", "stage", d.Stage, "reason", d.Reason, "policy", d.Policy)
 		s.srv.opts.Metrics.action(d.Action)
-		return refuse(r, trace.Event{Action: d.Action.String(), Stage: d.Stage, Reason: d.Reason, Score: d.Score, Stages: ts})
+		return refuse(r, trace.Event{Action: d.Action.String(), Stage: d.Stage, Reason: d.Reason, Score: d.Score, Policy: d.Policy, Stages: ts})
 	}
 	s.txStages = append(s.txStages, ts...)
-	s.record(trace.Event{Event: "rcpt", Rcpts: []string{to}, Action: d.Action.String(), Score: d.Score, Stages: ts})
+	s.record(trace.Event{Event: "rcpt", Rcpts: []string{to}, Action: d.Action.String(), Score: d.Score, Policy: d.Policy, Stages: ts})
 	s.srv.opts.Metrics.reply(250)
 	return nil
 }
@@ -337,7 +345,7 @@ func (s *session) Data(r io.Reader) error {
 	ts := trace.Stages(d.Trace)
 	s.txStages = append(s.txStages, ts...)
 	ev := trace.Event{Event: "data", MessageID: s.tx.Header.Get("Message-Id"), Size: w.Size(), Stages: ts,
-		Action: d.Action.String(), Score: d.Score, Stage: d.Stage, Reason: d.Reason}
+		Action: d.Action.String(), Score: d.Score, Stage: d.Stage, Reason: d.Reason, Policy: d.Policy}
 	decided := func(r *smtp.SMTPError) error {
 		ev.Reply = replyText(r)
 		s.record(ev)
@@ -382,7 +390,7 @@ func (s *session) Data(r io.Reader) error {
 			return s.spoolErrorLog(log, err, "quarantine")
 		}
 		log.Info("quarantined", "size", w.Size(), "message_id", ev.MessageID, "score", d.Score,
-			"stage", d.Stage, "reason", d.Reason, "delay", time.Since(s.start).Round(time.Millisecond))
+			"stage", d.Stage, "reason", d.Reason, "policy", d.Policy, "delay", time.Since(s.start).Round(time.Millisecond))
 		err := decided(reply(250, 2, 0, 0, "Ok: queued as "+id))
 		s.abort()
 		return err
@@ -406,7 +414,7 @@ func (s *session) Data(r io.Reader) error {
 	}
 	s.w = nil
 	log.Info("accepted", "size", env.Size, "message_id", env.MessageID, "score", d.Score,
-		"action", d.Action.String(), "stage", d.Stage, "reason", d.Reason, "delay", time.Since(s.start).Round(time.Millisecond))
+		"action", d.Action.String(), "stage", d.Stage, "reason", d.Reason, "policy", d.Policy, "delay", time.Since(s.start).Round(time.Millisecond))
 	s.srv.opts.Queue.Enqueue(env)
 	err = decided(reply(250, 2, 0, 0, "Ok: queued as "+env.ID))
 	s.tx = nil
@@ -430,6 +438,7 @@ func (s *session) quarantine(w *spool.Writer, d pipeline.Decision, messageID str
 		Score:      d.Score,
 		Stage:      d.Stage,
 		Reason:     d.Reason,
+		Policy:     d.Policy,
 		Verdicts:   s.txStages,
 	}
 	return s.srv.opts.Quarantine.Add(rec, w.Path())

@@ -54,7 +54,8 @@ type Event struct {
 	// The decision or outcome.
 	Action string  `json:"action,omitempty"`
 	Score  float64 `json:"score,omitempty"`
-	Stage  string  `json:"stage,omitempty"` // the stage that decided
+	Stage  string  `json:"stage,omitempty"`  // the stage that decided
+	Policy string  `json:"policy,omitempty"` // the [policy] or override applied
 	Reason string  `json:"reason,omitempty"`
 	Reply  string  `json:"reply,omitempty"` // the reply given, or received from the next hop
 	Host   string  `json:"host,omitempty"`
@@ -346,6 +347,7 @@ func Print(w io.Writer, events []Event) error {
 			fmt.Fprintf(bw, " score=%g", e.Score)
 		}
 		field("stage", e.Stage)
+		field("policy", e.Policy)
 		field("reason", e.Reason)
 		field("host", e.Host)
 		field("reply", e.Reply)
