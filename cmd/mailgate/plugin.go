@@ -17,6 +17,7 @@ import (
 	"github.com/mailgate/mailgate/stages/clamav"
 	"github.com/mailgate/mailgate/stages/dnsbl"
 	"github.com/mailgate/mailgate/stages/headers"
+	"github.com/mailgate/mailgate/stages/milter"
 	"github.com/mailgate/mailgate/stages/spam"
 	"github.com/mailgate/mailgate/stages/spf"
 )
@@ -29,6 +30,7 @@ func builtinKinds() map[string]stages.Factory {
 		"clamav":  clamav.New,
 		"dnsbl":   dnsbl.New,
 		"headers": headers.New,
+		"milter":  milter.New,
 		"spam":    spam.New,
 		"spf":     spf.New,
 	}
