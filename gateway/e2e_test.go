@@ -32,6 +32,11 @@ func startGatewayTB(t testing.TB, config string) *gateway.Gateway {
 	if !strings.Contains(config, "[server]") {
 		full += "\n[server]\nlisten = [\"127.0.0.1:0\"]\n"
 	}
+	if !strings.Contains(config, "[admin]") {
+		// Not the default port: fuzz workers and other test binaries run
+		// gateways at the same time.
+		full += "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+	}
 	cfg, err := policy.Parse("test.toml", []byte(full))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, full)
