@@ -103,21 +103,22 @@ type stageConfig struct {
 	i int
 }
 
+// Decode decodes the block the way the kind's plugin process will, from the
+// JSON the engine sends it (stages.JSONConfig, matching json tags), so a
+// test or a check sees exactly what the plugin sees; a refused key comes
+// back with its position in the file.
 func (s stageConfig) Decode(v any) error {
-	rv := reflect.ValueOf(v)
-	if rv.Kind() != reflect.Pointer || rv.IsNil() {
-		return fmt.Errorf("decode stage config: need a non-nil pointer, got %T", v)
+	b, err := s.c.StageConfigJSON(s.i)
+	if err != nil {
+		return err
 	}
-	k := stageConfigKey(s.i)
-	src := s.c.src
-	if !src.isDefined(k.dotted) {
-		return nil
+	err = stages.JSONConfig(b).Decode(v)
+	var ce *stages.ConfigError
+	if errors.As(err, &ce) {
+		k := stageConfigKey(s.i).field(ce.Key)
+		return Error{File: s.c.File, Line: s.c.src.line(k.dotted), Key: k.name, Msg: ce.Err.Error()}
 	}
-	src.mu.Lock()
-	defer src.mu.Unlock()
-	d := &decoder{reporter: reporter{file: s.c.File, pos: src.pos}, md: &src.md}
-	d.value(s.c.Stages[s.i].Config, rv.Elem(), k)
-	return d.errs.err()
+	return err
 }
 
 func stageConfigKey(i int) key { return key{}.field("stage").index(i).field("config") }

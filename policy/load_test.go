@@ -268,14 +268,16 @@ config.max_size = "big"
 config.limits = { depth = 3, width = 2 }
 `
 
+// clamConfig is a kind's config struct: json tags name the keys, as the
+// plugin process decodes them.
 type clamConfig struct {
-	Address string          `toml:"address"`
-	Timeout stages.Duration `toml:"timeout"`
-	MaxSize int             `toml:"max_size"`
-	Lists   []string        `toml:"lists"`
+	Address string          `json:"address"`
+	Timeout stages.Duration `json:"timeout"`
+	MaxSize int             `json:"max_size"`
+	Lists   []string        `json:"lists"`
 	Limits  struct {
-		Depth int `toml:"depth"`
-	} `toml:"limits"`
+		Depth int `json:"depth"`
+	} `json:"limits"`
 }
 
 func TestStageConfig(t *testing.T) {
@@ -301,19 +303,14 @@ func TestStageConfig(t *testing.T) {
 	}
 
 	var m map[string]any
-	if err := c.StageConfig(1).Decode(&m); err != nil || m["address"] != "unix:/run/clamav/clamd.ctl" || m["max_size"] != int64(1024) {
+	if err := c.StageConfig(1).Decode(&m); err != nil || m["address"] != "unix:/run/clamav/clamd.ctl" || m["max_size"] != float64(1024) {
 		t.Errorf("decode into a map: %v, %v", m, err)
 	}
 
+	// The first refused key, with its line, as the plugin would refuse it.
 	err = c.StageConfig(2).Decode(&clamConfig{})
-	wantErr := strings.Join([]string{
-		`s.toml:22: stage[2].config.adress: unknown key; did you mean address?`,
-		`s.toml:23: stage[2].config.timeout: unexpected duration "5"; expect a positive duration such as "30s", "5m" or "1h30m"`,
-		`s.toml:24: stage[2].config.max_size: unexpected "big"; expect an integer`,
-		`s.toml:25: stage[2].config.limits.width: unknown key; expect depth`,
-	}, "\n")
-	if err == nil || err.Error() != wantErr {
-		t.Errorf("stage 2 errors:\n%v\nwant:\n%s", err, wantErr)
+	if want := `s.toml:22: stage[2].config.adress: unknown key`; err == nil || err.Error() != want {
+		t.Errorf("stage 2 error:\n%v\nwant:\n%s", err, want)
 	}
 
 	if err := c.StageConfig(1).Decode(clamConfig{}); err == nil {

@@ -22,7 +22,7 @@ import (
 // already ConfigErrors; return one for checks of your own:
 //
 //	return nil, &sdk.ConfigError{Key: "reply", Err: errors.New("must not be empty")}
-type ConfigError = server.ConfigError
+type ConfigError = stages.ConfigError
 
 // Serve runs the filter factory builds as a plugin of the gateway that
 // started this process, and returns when the gateway stops it. Call it once

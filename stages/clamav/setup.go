@@ -12,20 +12,20 @@ import (
 type Config struct {
 	// Address is clamd's socket: "unix:/path" or "tcp:host:port"; a
 	// plain "/path" or "host:port" works too.
-	Address string `json:"address" toml:"address"`
+	Address string `json:"address"`
 	// MaxSize is the largest message sent to clamd. Keep it at or below
 	// clamd's StreamMaxLength, or clamd refuses larger messages with an
 	// error instead of scanning them.
-	MaxSize stages.Size `json:"max_size" toml:"max_size"`
+	MaxSize stages.Size `json:"max_size"`
 	// Oversize is what a message larger than MaxSize gets: "skip" (not
 	// scanned, result "skipped") or "error" (a stage error: on_error
 	// applies).
-	Oversize string `json:"oversize" toml:"oversize"`
+	Oversize string `json:"oversize"`
 	// Infected is the action for a message with a virus: "reject",
 	// "quarantine" or "tag".
-	Infected string `json:"infected" toml:"infected"`
+	Infected string `json:"infected"`
 	// Score is added to the message's score when a virus is found.
-	Score float64 `json:"score" toml:"score"`
+	Score float64 `json:"score"`
 }
 
 const (

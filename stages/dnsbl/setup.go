@@ -19,41 +19,41 @@ import (
 // Config is the [stage.config] block of a dnsbl stage.
 type Config struct {
 	// Lists are the DNS lists to ask, all at once.
-	Lists []List `json:"list" toml:"list"`
+	Lists []List `json:"list"`
 	// DNSTimeout bounds one DNS query to one server.
-	DNSTimeout stages.Duration `json:"dns_timeout" toml:"dns_timeout"`
+	DNSTimeout stages.Duration `json:"dns_timeout"`
 	// CacheSize is how many DNS answers are kept for their TTL; 0 turns
 	// the cache off.
-	CacheSize int `json:"cache_size" toml:"cache_size"`
+	CacheSize int `json:"cache_size"`
 }
 
 // List is one [[stage.config.list]].
 type List struct {
 	// Zone is the list's DNS zone, e.g. "zen.spamhaus.org".
-	Zone string `json:"zone" toml:"zone"`
+	Zone string `json:"zone"`
 	// Type is "ip" (the client address, at connect) or "domain" (the
 	// envelope sender's domain, at MAIL FROM: an RHSBL).
-	Type string `json:"type" toml:"type"`
+	Type string `json:"type"`
 	// Helo also looks the HELO name up in a domain list.
-	Helo bool `json:"helo" toml:"helo"`
+	Helo bool `json:"helo"`
 	// Weight is the score a listing adds; negative for an allow-list.
-	Weight float64 `json:"weight" toml:"weight"`
+	Weight float64 `json:"weight"`
 	// Returns and Mask choose the answers that count as listed; see
 	// README.md.
-	Returns []string `json:"returns" toml:"returns"`
-	Mask    uint32   `json:"mask" toml:"mask"`
+	Returns []string `json:"returns"`
+	Mask    uint32   `json:"mask"`
 	// Labels names answers in the reason: {"127.0.0.2" = "SBL"}; keys
 	// are codes or ranges as in Returns.
-	Labels map[string]string `json:"labels" toml:"labels"`
+	Labels map[string]string `json:"labels"`
 	// Action is what a listing asks for besides its weight: continue (the
 	// default), tag, quarantine, tempfail, reject, or accept.
-	Action string `json:"action" toml:"action"`
+	Action string `json:"action"`
 	// Reply is the text of a reject or tempfail reply, with {ip},
 	// {domain} and {zone} replaced.
-	Reply string `json:"reply" toml:"reply"`
+	Reply string `json:"reply"`
 	// FailClosed makes a failed lookup a stage error instead of skipping
 	// the list.
-	FailClosed bool `json:"fail_closed" toml:"fail_closed"`
+	FailClosed bool `json:"fail_closed"`
 }
 
 func defaultConfig() Config {

@@ -13,38 +13,38 @@ import (
 // Config is the [stage.config] block of a headers stage.
 type Config struct {
 	// Rules are applied in order, after the built-in options below.
-	Rules []Rule `json:"rule" toml:"rule"`
+	Rules []Rule `json:"rule"`
 	// RemoveInternal lists glob patterns ("X-Internal-*") of fields that
 	// only this gateway may write: they are removed from every message
 	// first, so a sender cannot forge them.
-	RemoveInternal []string `json:"remove_internal" toml:"remove_internal"`
+	RemoveInternal []string `json:"remove_internal"`
 	// SpamHeaders adds <prefix>Score and <prefix>Status from the verdicts
 	// of the stages before this one, replacing any already there.
-	SpamHeaders      bool    `json:"spam_headers" toml:"spam_headers"`
-	SpamHeaderPrefix string  `json:"spam_header_prefix" toml:"spam_header_prefix"`
-	SpamThreshold    float64 `json:"spam_threshold" toml:"spam_threshold"`
+	SpamHeaders      bool    `json:"spam_headers"`
+	SpamHeaderPrefix string  `json:"spam_header_prefix"`
+	SpamThreshold    float64 `json:"spam_threshold"`
 	// AuthenticationResults adds one Authentication-Results field (RFC
 	// 8601) from the verdicts of the stages before this one, and removes
 	// those that claim to come from this gateway.
-	AuthenticationResults bool `json:"authentication_results" toml:"authentication_results"`
+	AuthenticationResults bool `json:"authentication_results"`
 }
 
 // Rule is one [[stage.config.rule]].
 type Rule struct {
 	// Action is add, set, remove or rewrite.
-	Action string `json:"action" toml:"action"`
+	Action string `json:"action"`
 	// Name is the field the rule is about; remove takes NameRegex instead
 	// if it should match several names.
-	Name      string `json:"name" toml:"name"`
-	NameRegex string `json:"name_regex" toml:"name_regex"`
+	Name      string `json:"name"`
+	NameRegex string `json:"name_regex"`
 	// Value is the value add and set write, with placeholders such as
 	// {client_ip}.
-	Value string `json:"value" toml:"value"`
+	Value string `json:"value"`
 	// Pattern is the regular expression rewrite replaces (and remove, if
 	// given, requires) in the field's value; Replacement is what replaces
 	// it, with $1 for groups.
-	Pattern     string `json:"pattern" toml:"pattern"`
-	Replacement string `json:"replacement" toml:"replacement"`
+	Pattern     string `json:"pattern"`
+	Replacement string `json:"replacement"`
 }
 
 // New builds a headers filter from its config block.

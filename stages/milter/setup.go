@@ -16,15 +16,15 @@ import (
 type Config struct {
 	// Address of the milter: "unix:/path", "inet:host:port",
 	// "inet6:[addr]:port"; sendmail's "inet:port@host" is accepted too.
-	Address        string          `json:"address" toml:"address"`
-	ConnectTimeout stages.Duration `json:"connect_timeout" toml:"connect_timeout"` // connect and negotiate; default 5s
-	CommandTimeout stages.Duration `json:"command_timeout" toml:"command_timeout"` // per connect/helo/mail/rcpt/data reply; default 10s
-	ContentTimeout stages.Duration `json:"content_timeout" toml:"content_timeout"` // per header/body/end-of-message reply; default 30s
+	Address        string          `json:"address"`
+	ConnectTimeout stages.Duration `json:"connect_timeout"` // connect and negotiate; default 5s
+	CommandTimeout stages.Duration `json:"command_timeout"` // per connect/helo/mail/rcpt/data reply; default 10s
+	ContentTimeout stages.Duration `json:"content_timeout"` // per header/body/end-of-message reply; default 30s
 	// DefaultAction is the verdict when the milter cannot be asked:
 	// tempfail (default), accept, reject, quarantine or skip.
-	DefaultAction string `json:"default_action" toml:"default_action"`
+	DefaultAction string `json:"default_action"`
 	// Macros overrides macro values sent to the milter; "" leaves a macro out.
-	Macros map[string]string `json:"macros" toml:"macros"`
+	Macros map[string]string `json:"macros"`
 }
 
 // Defaults: below the stage's default timeout of 10s where it matters, so

@@ -20,54 +20,54 @@ import (
 type Config struct {
 	// SpamScore is the total from which the result word is "spam" rather
 	// than "ham". It is informative: the policy thresholds decide.
-	SpamScore *float64 `json:"spam_score" toml:"spam_score"`
+	SpamScore *float64 `json:"spam_score"`
 	// DefaultRules turns the built-in rule set on (the default) or off.
-	DefaultRules *bool `json:"default_rules" toml:"default_rules"`
+	DefaultRules *bool `json:"default_rules"`
 	// Rules adds rules, or changes the score of a built-in one.
-	Rules []Rule `json:"rule" toml:"rule"`
+	Rules []Rule `json:"rule"`
 	// URIBL lists the URI blocklists to look the domains of links up in.
-	URIBL []URIBL `json:"uribl" toml:"uribl"`
+	URIBL []URIBL `json:"uribl"`
 	// DNSTimeout bounds one DNS query of a URIBL lookup.
-	DNSTimeout stages.Duration `json:"dns_timeout" toml:"dns_timeout"`
+	DNSTimeout stages.Duration `json:"dns_timeout"`
 	// MaxTextSize is how many bytes of decoded text the rules scan.
-	MaxTextSize stages.Size `json:"max_text_size" toml:"max_text_size"`
+	MaxTextSize stages.Size `json:"max_text_size"`
 
 	// Backend is "native" (the rules only), "spamd" or "rspamd".
-	Backend string `json:"backend" toml:"backend"`
+	Backend string `json:"backend"`
 	// Address of spamd ("host:port" or "unix:/path") or rspamd
 	// ("http://host:port" or "host:port").
-	Address string `json:"address" toml:"address"`
+	Address string `json:"address"`
 	// Timeout bounds one backend check.
-	Timeout stages.Duration `json:"timeout" toml:"timeout"`
+	Timeout stages.Duration `json:"timeout"`
 	// BackendWeight multiplies the backend's score before it joins the total.
-	BackendWeight *float64 `json:"backend_weight" toml:"backend_weight"`
+	BackendWeight *float64 `json:"backend_weight"`
 	// BackendMaxSize: larger messages are not sent to the backend.
-	BackendMaxSize stages.Size `json:"backend_max_size" toml:"backend_max_size"`
+	BackendMaxSize stages.Size `json:"backend_max_size"`
 }
 
 // Rule is one [[stage.config.rule]]: a name, a score and exactly one of
 // header (with an optional pattern), body, uri or result. A rule with only
 // a name and a score changes the score of the built-in rule of that name.
 type Rule struct {
-	Name    string  `json:"name" toml:"name"`
-	Score   float64 `json:"score" toml:"score"`
-	Header  string  `json:"header" toml:"header"`
-	Pattern string  `json:"pattern" toml:"pattern"`
-	Body    string  `json:"body" toml:"body"`
-	URI     string  `json:"uri" toml:"uri"`
-	Result  string  `json:"result" toml:"result"`
-	Negate  bool    `json:"negate" toml:"negate"`
+	Name    string  `json:"name"`
+	Score   float64 `json:"score"`
+	Header  string  `json:"header"`
+	Pattern string  `json:"pattern"`
+	Body    string  `json:"body"`
+	URI     string  `json:"uri"`
+	Result  string  `json:"result"`
+	Negate  bool    `json:"negate"`
 }
 
 // URIBL is one [[stage.config.uribl]]: a DNS zone listing domains.
 type URIBL struct {
-	Zone  string  `json:"zone" toml:"zone"`
-	Score float64 `json:"score" toml:"score"`
+	Zone  string  `json:"zone"`
+	Score float64 `json:"score"`
 	// Returns lists the answers that count as listed, "127.0.0.2" or
 	// "127.0.0.4-127.0.0.7"; Mask counts answers with any of its bits set.
 	// Neither: any answer in 127.0.0.2-127.255.254.255.
-	Returns []string `json:"returns" toml:"returns"`
-	Mask    uint32   `json:"mask" toml:"mask"`
+	Returns []string `json:"returns"`
+	Mask    uint32   `json:"mask"`
 }
 
 // Defaults.

@@ -21,20 +21,20 @@ import (
 type Config struct {
 	// CheckHelo also checks the HELO identity (RFC 7208 §2.3) and records
 	// its result in the reason; the verdict stays that of MAIL FROM.
-	CheckHelo bool `json:"check_helo" toml:"check_helo"`
+	CheckHelo bool `json:"check_helo"`
 	// RejectFail is shorthand for action.fail = "reject".
-	RejectFail bool `json:"reject_fail" toml:"reject_fail"`
+	RejectFail bool `json:"reject_fail"`
 	// Action maps a result word to the action the verdict asks for;
 	// results not listed ask for continue.
-	Action map[string]string `json:"action" toml:"action"`
+	Action map[string]string `json:"action"`
 	// Score maps a result word to the score the verdict adds. Listed
 	// results replace the defaults (fail 5, softfail 2); others score 0.
-	Score map[string]float64 `json:"score" toml:"score"`
+	Score map[string]float64 `json:"score"`
 	// DNSTimeout bounds one DNS query to one server.
-	DNSTimeout stages.Duration `json:"dns_timeout" toml:"dns_timeout"`
+	DNSTimeout stages.Duration `json:"dns_timeout"`
 	// CacheSize is how many DNS answers are kept for their TTL; 0 turns
 	// the cache off.
-	CacheSize int `json:"cache_size" toml:"cache_size"`
+	CacheSize int `json:"cache_size"`
 }
 
 // defaultConfig is the configuration of a stage with no [stage.config].

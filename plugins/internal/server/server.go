@@ -114,9 +114,9 @@ func (s *filterServer) Configure(_ context.Context, req *proto.ConfigureRequest)
 		DNSServers: req.GetEnv().GetDnsServers(),
 		DataDir:    req.GetEnv().GetDataDir(),
 	}
-	f, err := s.factory(env, jsonConfig(req.GetConfig()))
+	f, err := s.factory(env, stages.JSONConfig(req.GetConfig()))
 	if err != nil {
-		var ce *ConfigError
+		var ce *stages.ConfigError
 		if errors.As(err, &ce) {
 			return &proto.ConfigureResponse{Error: ce.Err.Error(), Key: ce.Key}, nil
 		}

@@ -1,19 +1,17 @@
-package server
+package stages
 
 import (
 	"errors"
 	"testing"
 	"time"
-
-	"github.com/mailgate/mailgate/stages"
 )
 
 type testConfig struct {
-	Address string          `json:"address"`
-	Timeout stages.Duration `json:"timeout"`
-	Max     stages.Size     `json:"max"`
-	Retries int             `json:"retries"`
-	Names   []string        `json:"names"`
+	Address string   `json:"address"`
+	Timeout Duration `json:"timeout"`
+	Max     Size     `json:"max"`
+	Retries int      `json:"retries"`
+	Names   []string `json:"names"`
 	Sub     struct {
 		On bool `json:"on"`
 	} `json:"sub"`

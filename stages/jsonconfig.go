@@ -1,4 +1,4 @@
-package server
+package stages
 
 import (
 	"bytes"
@@ -12,8 +12,8 @@ import (
 	"strings"
 )
 
-// ConfigError is a config value a filter refuses, with the key it is about
-// so the host can point the admin at the right line.
+// ConfigError is a config value a kind refuses, with the key it is about,
+// so the engine can point the admin at the line in the config file.
 type ConfigError struct {
 	Key string
 	Err error
@@ -23,8 +23,11 @@ func (e *ConfigError) Error() string { return e.Key + ": " + e.Err.Error() }
 
 func (e *ConfigError) Unwrap() error { return e.Err }
 
-// jsonConfig is the stages.Config a plugin gets: the [stage.config] block as
-// the host sent it, one JSON object.
+// JSONConfig is a Config held as one JSON object: the [stage.config] block
+// as the engine sends it to a plugin process. Struct fields are matched by
+// their json tags, which are the config key names.
+func JSONConfig(object []byte) Config { return jsonConfig(object) }
+
 type jsonConfig []byte
 
 // Decode decodes the object into v, refusing keys v does not have. It
