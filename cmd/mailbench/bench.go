@@ -377,7 +377,7 @@ func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64) (
 	}
 	roots := l.roots()
 	before, _ := l.sink.received()
-	cpu0 := cpuSeconds(roots...)
+	cpu0 := snapshot(roots...)
 	mem := sample(ctx, 250*time.Millisecond, roots...)
 	ld := load{
 		addr: l.addr, messages: n, size: size, sessions: b.opts.sessions, perConn: b.opts.perConn, rate: rate,
@@ -393,7 +393,8 @@ func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64) (
 			bt.deliverTime = last.Sub(res.firstAccept)
 		}
 	}
-	bt.cpu = cpuSeconds(roots...) - cpu0
+	cpu1 := snapshot(roots...)
+	bt.cpu, bt.cpuBy = cpu1.seconds()-cpu0.seconds(), cpuBreakdown(cpu0, cpu1)
 	bt.rss, bt.pss = mem.end()
 	if err == nil {
 		err = l.alive()

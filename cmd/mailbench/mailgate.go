@@ -14,8 +14,9 @@ import (
 )
 
 // defaultChain is line (b): the checks a gateway in front of corporate mail
-// would run, all out of process. The DNS server mailbench starts answers
-// their lookups; the DNSBL zone it serves is empty.
+// would run, all out of process, with their default settings. The DNS
+// server mailbench starts answers their lookups; the DNSBL zone it serves
+// is empty, and spam runs its built-in rules (no spamd).
 const defaultChain = `
 [[stage]]
 name = "spf"
@@ -24,8 +25,8 @@ kind = "spf"
 [[stage]]
 name = "dnsbl"
 kind = "dnsbl"
-[stage.config]
-zones = ["dnsbl.bench.test"]
+[[stage.config.list]]
+zone = "dnsbl.bench.test"
 
 [[stage]]
 name = "spam"

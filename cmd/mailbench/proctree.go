@@ -19,12 +19,16 @@ const clockTicks = 100
 // procStat is what mailbench reads of one /proc/PID/stat (proc(5)).
 type procStat struct {
 	pid, ppid int
-	// cpu is utime+stime+cutime+cstime in ticks: the process's own CPU and
-	// that of the children it has reaped, so a server's tree loses nothing
-	// when a worker exits during a run (Postfix recycles its smtpd).
-	cpu int64
-	rss int64 // resident pages
+	comm      string // the command name, at most 15 bytes
+	// own is utime+stime, reaped is cutime+cstime, in ticks: the process's
+	// own CPU and that of the children it has waited for, so a server's
+	// tree loses nothing when a worker exits during a run (Postfix
+	// recycles its smtpd processes).
+	own, reaped int64
+	rss         int64 // resident pages
 }
+
+func (st procStat) cpu() int64 { return st.own + st.reaped }
 
 // parseStat parses the text of /proc/PID/stat. The command name, field 2,
 // is in parentheses and may itself hold spaces and ")": the fields after it
@@ -48,10 +52,12 @@ func parseStat(b []byte) (procStat, error) {
 		return n
 	}
 	return procStat{
-		pid:  pid,
-		ppid: int(num(4)),
-		cpu:  num(14) + num(15) + num(16) + num(17),
-		rss:  num(24),
+		pid:    pid,
+		ppid:   int(num(4)),
+		comm:   string(b[open+1 : end]),
+		own:    num(14) + num(15),
+		reaped: num(16) + num(17),
+		rss:    num(24),
 	}, nil
 }
 
@@ -90,13 +96,74 @@ func tree(roots ...int) []procStat {
 	return out
 }
 
-// cpuSeconds is the CPU time the trees under roots have used so far.
-func cpuSeconds(roots ...int) float64 {
-	var ticks int64
+// cpuSnapshot is the CPU of each process of a tree at one time.
+type cpuSnapshot map[int]procStat
+
+func snapshot(roots ...int) cpuSnapshot {
+	s := cpuSnapshot{}
 	for _, st := range tree(roots...) {
-		ticks += st.cpu
+		s[st.pid] = st
+	}
+	return s
+}
+
+// seconds is the CPU time the tree has used so far, reaped children
+// included.
+func (s cpuSnapshot) seconds() float64 {
+	var ticks int64
+	for _, st := range s {
+		ticks += st.cpu()
 	}
 	return float64(ticks) / clockTicks
+}
+
+// reapedLabel names the CPU of processes that exited between two
+// snapshots (and were waited for by a process of the tree).
+const reapedLabel = "exited processes"
+
+// cpuBreakdown splits the CPU seconds used between two snapshots of a tree
+// by process: "smtpd", "cleanup", "mailgate plugin spam"... The parts add
+// up to the tree's total.
+func cpuBreakdown(before, after cpuSnapshot) map[string]float64 {
+	ticks := map[string]int64{}
+	for pid, a := range after {
+		own := a.own
+		if b, ok := before[pid]; ok && b.comm == a.comm {
+			own -= b.own
+			ticks[reapedLabel] += a.reaped - b.reaped
+		} else {
+			ticks[reapedLabel] += a.reaped
+		}
+		ticks[label(a)] += own
+	}
+	for pid, b := range before {
+		if _, ok := after[pid]; !ok {
+			// Its whole life is in its parent's reaped time now; the part
+			// before the first snapshot was not used in between.
+			ticks[reapedLabel] -= b.own + b.reaped
+		}
+	}
+	out := map[string]float64{}
+	for k, v := range ticks {
+		if v != 0 {
+			out[k] = float64(v) / clockTicks
+		}
+	}
+	return out
+}
+
+// label names a process for the CPU breakdown: its command name, or for
+// mailgate's plugin processes the kind they serve.
+func label(st procStat) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.pid))
+	if err != nil {
+		return st.comm
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if len(args) >= 3 && args[1] == "plugin" {
+		return filepath.Base(args[0]) + " plugin " + args[2]
+	}
+	return st.comm
 }
 
 // memory is the resident memory of the trees under roots, in bytes: RSS

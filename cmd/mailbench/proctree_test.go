@@ -14,7 +14,7 @@ func TestParseStat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := procStat{pid: 4242, ppid: 17, cpu: 250 + 50 + 7 + 3, rss: 300}
+	want := procStat{pid: 4242, ppid: 17, comm: "a b) c", own: 250 + 50, reaped: 7 + 3, rss: 300}
 	if st != want {
 		t.Errorf("parseStat = %+v, want %+v", st, want)
 	}
@@ -28,14 +28,14 @@ func TestParseStat(t *testing.T) {
 func TestTreeCountsChildren(t *testing.T) {
 	// A child that burns CPU and exits: its time must show in the
 	// parent's tree (cutime), as a Postfix smtpd's shows in the master's.
-	before := cpuSeconds(os.Getpid())
+	before := snapshot(os.Getpid()).seconds()
 	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done")
 	start := time.Now()
 	if err := cmd.Run(); err != nil {
 		t.Skipf("sh: %v", err)
 	}
 	spent := time.Since(start).Seconds()
-	after := cpuSeconds(os.Getpid())
+	after := snapshot(os.Getpid()).seconds()
 	if after-before < spent/4 {
 		t.Errorf("tree CPU grew %.2fs while a child ran for %.2fs", after-before, spent)
 	}
@@ -54,5 +54,36 @@ func TestTreeCountsChildren(t *testing.T) {
 	}
 	if rss, pss := memory(os.Getpid()); rss <= 0 || pss <= 0 || pss > rss {
 		t.Errorf("memory = RSS %d, PSS %d", rss, pss)
+	}
+}
+
+func TestCPUBreakdown(t *testing.T) {
+	// PIDs above any pid_max, so that labels are the command names.
+	const master, smtpd, cleanup, gone = 1 << 30, 1<<30 + 1, 1<<30 + 2, 1<<30 + 3
+	before := cpuSnapshot{
+		master: {pid: master, comm: "master", own: 10, reaped: 5},
+		smtpd:  {pid: smtpd, ppid: master, comm: "smtpd", own: 100},
+		gone:   {pid: gone, ppid: master, comm: "cleanup", own: 40, reaped: 2},
+	}
+	after := cpuSnapshot{
+		master:  {pid: master, comm: "master", own: 12, reaped: 5 + 60 + 2},
+		smtpd:   {pid: smtpd, ppid: master, comm: "smtpd", own: 300},
+		cleanup: {pid: cleanup, ppid: master, comm: "cleanup", own: 50},
+	}
+	got := cpuBreakdown(before, after)
+	// gone used 60-40 = 20 ticks between the snapshots, then exited.
+	want := map[string]float64{"master": 0.02, "smtpd": 2, "cleanup": 0.5, reapedLabel: 0.2}
+	if len(got) != len(want) {
+		t.Fatalf("cpuBreakdown = %v, want %v", got, want)
+	}
+	sum := 0.0
+	for k, v := range want {
+		if d := got[k] - v; d > 1e-9 || d < -1e-9 {
+			t.Errorf("%s: %v, want %v", k, got[k], v)
+		}
+		sum += got[k]
+	}
+	if total := after.seconds() - before.seconds(); total-sum > 1e-9 || sum-total > 1e-9 {
+		t.Errorf("parts add up to %v, total %v", sum, total)
 	}
 }

@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -86,6 +89,9 @@ func (r *report) markdown() string {
 		}
 		b.WriteString("\n")
 	}
+	if len(r.runs) > 0 {
+		r.cpuTable(&b, r.runs[0])
+	}
 	if len(r.halfPeak) > 0 {
 		b.WriteString("#### p99 at half peak\n\n")
 		fmt.Fprintf(&b, "The same %s messages, sent at half the rate the line accepted at full load (arrivals paced, not waiting for replies).\n\n", sizeLabel(r.runs[0].size))
@@ -134,6 +140,40 @@ func (r *report) markdown() string {
 	}
 	b.WriteString(endMarker + "\n")
 	return b.String()
+}
+
+// cpuTable shows where each line's CPU goes, by process.
+func (r *report) cpuTable(b *strings.Builder, run sizeRun) {
+	var rows []string
+	for _, l := range r.lines {
+		s := l.stats[run.label]
+		if l.name == lineSink || s == nil || s.accepted == 0 {
+			continue
+		}
+		names := slices.Collect(maps.Keys(s.cpuBy))
+		slices.SortFunc(names, func(a, b string) int { return cmp.Compare(s.cpuBy[b], s.cpuBy[a]) })
+		var parts []string
+		other := 0.0
+		for _, n := range names {
+			v := s.cpuBy[n] / float64(s.accepted) * 1000
+			if s.cpuBy[n] < s.cpu/50 {
+				other += v
+				continue
+			}
+			parts = append(parts, fmt.Sprintf("%s %.2f", n, v))
+		}
+		if other > 0 {
+			parts = append(parts, fmt.Sprintf("other %.2f", other))
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %.2f | %s |", l.name, s.cpuPer1000(), strings.Join(parts, " · ")))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "#### Where the CPU goes (%s messages)\n\n", sizeLabel(run.size))
+	b.WriteString("CPU seconds per 1,000 messages by process of the server's tree (\"exited processes\": workers that ended during a batch).\n\n")
+	b.WriteString("| line | total | by process |\n|---|--:|---|\n")
+	b.WriteString(strings.Join(rows, "\n") + "\n\n")
 }
 
 func (r *report) line(name string) *line {

@@ -16,7 +16,8 @@ type batch struct {
 	acceptTime  time.Duration // first connection to last 250
 	deliverTime time.Duration // first 250 to last arrival at the sink
 	cpu         float64       // CPU seconds of the server's tree, delivery included
-	rss, pss    int64         // peak memory of the server's tree, bytes
+	cpuBy       map[string]float64
+	rss, pss    int64 // peak memory of the server's tree, bytes
 }
 
 func (bt *batch) mismatch() bool { return bt.res != nil && bt.delivered != bt.res.accepted }
@@ -40,10 +41,11 @@ type stats struct {
 	acceptTime, deliverTime time.Duration
 	latency                 []time.Duration
 	cpu                     float64
+	cpuBy                   map[string]float64 // by process, see cpuBreakdown
 	rss, pss                int64
 }
 
-func newStats() *stats { return &stats{} }
+func newStats() *stats { return &stats{cpuBy: map[string]float64{}} }
 
 func (s *stats) add(bt *batch) {
 	s.batches++
@@ -56,6 +58,9 @@ func (s *stats) add(bt *batch) {
 	s.acceptTime += bt.acceptTime
 	s.deliverTime += bt.deliverTime
 	s.cpu += bt.cpu
+	for k, v := range bt.cpuBy {
+		s.cpuBy[k] += v
+	}
 	s.rss, s.pss = max(s.rss, bt.rss), max(s.pss, bt.pss)
 }
 
