@@ -14,7 +14,7 @@ import (
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/stages"
-	"github.com/mailgate/mailgate/stages/internal/clamdtest"
+	"github.com/mailgate/mailgate/stages/clamdtest"
 )
 
 // jsonConfig is a stages.Config from a JSON object, refusing unknown keys

@@ -11,7 +11,7 @@ import (
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
-	"github.com/mailgate/mailgate/stages/internal/dnstest"
+	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
 // prelude makes a README example, which shows only its [[stage]] block, a

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/mailgate/mailgate/stages"
-	"github.com/mailgate/mailgate/stages/internal/clamdtest"
+	"github.com/mailgate/mailgate/stages/clamdtest"
 )
 
 // TestClamavMilter scans through a real clamav-milter and clamd with the

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/stages"
-	"github.com/mailgate/mailgate/stages/internal/dnstest"
+	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
 // jsonConfig is a stages.Config as the plugin side decodes it: a JSON

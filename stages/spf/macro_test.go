@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/stages/internal/dnstest"
+	"github.com/mailgate/mailgate/stages/dnstest"
 	"github.com/mailgate/mailgate/stages/internal/resolver"
 )
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/stages"
-	"github.com/mailgate/mailgate/stages/internal/dnstest"
+	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
 // testServer serves the policies the stage tests use.

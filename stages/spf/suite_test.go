@@ -13,7 +13,7 @@ import (
 	"github.com/miekg/dns"
 	"gopkg.in/yaml.v3"
 
-	"github.com/mailgate/mailgate/stages/internal/dnstest"
+	"github.com/mailgate/mailgate/stages/dnstest"
 	"github.com/mailgate/mailgate/stages/internal/resolver"
 )
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/mailgate/mailgate/stages/internal/dnstest"
+	"github.com/mailgate/mailgate/stages/dnstest"
 	"github.com/mailgate/mailgate/stages/internal/resolver"
 )
 

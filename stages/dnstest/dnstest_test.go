@@ -7,7 +7,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/mailgate/mailgate/stages/internal/dnstest"
+	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
 func ask(t *testing.T, net, addr, name string, qtype uint16) (*dns.Msg, error) {
