@@ -163,7 +163,7 @@ func (r *Router) Check(cfg *policy.Config) error {
 func (r *Router) check(cfg *policy.Config) (*conf, error) {
 	old := r.conf.Load().cfg.Delivery
 	if cfg.Delivery.MaxConnections != old.MaxConnections || cfg.Delivery.IdleConnTimeout != old.IdleConnTimeout {
-		return nil, errors.New("delivery.max_connections and delivery.idle_conn_timeout change only with a restart")
+		return nil, errors.New("delivery.max_connections or delivery.idle_conn_timeout changed: restart needed")
 	}
 	return r.newConf(cfg)
 }

@@ -353,31 +353,33 @@ func (s *session) Data(r io.Reader) error {
 		return s.count(r)
 	}
 	if ctx.Err() != nil && d.Action != stages.Reject {
-		ev.Action, ev.Reason, ev.Reply = "tempfail", "filter_timeout reached", replyText(errFilterTime)
-		s.record(ev)
-		s.srv.opts.Metrics.action(stages.TempFail)
+		ev.Action, ev.Reason = "tempfail", "filter_timeout reached"
+		s.logDecision(log, "deferred", errFilterTime, "phase", "data", "reason", ev.Reason)
+		d.Action = stages.TempFail
+		err := decided(errFilterTime)
 		s.abort()
-		return s.failLog(log, errFilterTime, "data", "filter_timeout reached")
+		return err
 	}
 	switch d.Action {
-	case stages.Reject:
-		s.abort()
+	case stages.Reject, stages.TempFail:
 		r := replyFor(stages.Data, d)
-		s.logDecision(log, "rejected", r, "phase", "data", "stage", d.Stage, "reason", d.Reason, "score", d.Score)
-		return decided(r)
-	case stages.TempFail:
+		what := "rejected"
+		if d.Action == stages.TempFail {
+			what = "deferred"
+		}
+		s.logDecision(log, what, r, "phase", "data", "stage", d.Stage, "reason", d.Reason, "score", d.Score, "policy", d.Policy)
+		err := decided(r)
 		s.abort()
-		r := replyFor(stages.Data, d)
-		s.logDecision(log, "deferred", r, "phase", "data", "stage", d.Stage, "reason", d.Reason, "score", d.Score)
-		return decided(r)
+		return err
 	}
 	if len(s.tx.Rcpts) == 0 {
 		// Every recipient was removed by a stage: nothing to deliver, and
 		// the sender must not learn that from a bounce.
-		s.abort()
 		log.Info("discarded", "reason", "no recipients left after filtering", "stage", d.Stage)
 		ev.Action, ev.Reason = "discard", "no recipients left after filtering"
-		return decided(reply(250, 2, 0, 0, "Ok"))
+		err := decided(reply(250, 2, 0, 0, "Ok"))
+		s.abort()
+		return err
 	}
 	if !slices.Equal(origHeader, s.tx.Header) || d.BodyReplaced {
 		if err := s.rewrite(w); err != nil {
