@@ -27,6 +27,16 @@ func startGateway(t *testing.T, config string) *gateway.Gateway {
 
 func startGatewayTB(t testing.TB, config string) *gateway.Gateway {
 	t.Helper()
+	return startGatewayOpts(t, config, gateway.Options{Logger: testLogger(t)})
+}
+
+// startGatewayOpts is startGateway with options; built-in stage kinds are
+// served by the mailgate binary the tests built.
+func startGatewayOpts(t testing.TB, config string, opts gateway.Options) *gateway.Gateway {
+	t.Helper()
+	if opts.PluginCommand == nil {
+		opts.PluginCommand = func(kind string) []string { return []string{mailgateBin, "plugin", kind} }
+	}
 	dir := t.TempDir()
 	full := fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir) + config
 	if !strings.Contains(config, "[server]") {
@@ -41,7 +51,7 @@ func startGatewayTB(t testing.TB, config string) *gateway.Gateway {
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, full)
 	}
-	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t)})
+	g, err := gateway.New(context.Background(), cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
