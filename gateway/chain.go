@@ -148,7 +148,12 @@ func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, re
 		if errors.As(err, &ce) && ce.Key != "" {
 			return nil, fmt.Errorf("%s: stage[%d].config.%s: %s", where("config."+ce.Key), i, ce.Key, ce.Message)
 		}
-		return nil, fmt.Errorf("%s: stage %q (kind %s): %w", where("kind"), sc.Name, sc.Kind, err)
+		key := "kind" // a built-in kind that does not start
+		if sc.Kind == "plugin" {
+			key = "path" // a plugin executable that does not start
+		}
+		// The host's errors name the stage already.
+		return nil, fmt.Errorf("%s: stage[%d].%s: %w", where(key), i, key, err)
 	}
 	return p, nil
 }
