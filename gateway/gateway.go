@@ -62,6 +62,7 @@ type Gateway struct {
 	smtp   *smtpd.Server
 
 	reloading sync.Mutex // one reload at a time
+	closed    bool       // under reloading: no more reloads
 	mu        sync.Mutex
 	cfg       *policy.Config // the config in force
 	chain     *chain         // the chain new sessions get
@@ -261,6 +262,11 @@ func (g *Gateway) Close() error {
 		g.cancel()
 	}
 	g.wg.Wait()
+	// A reload the admin API started finishes first, so that no chain it
+	// starts is left running.
+	g.reloading.Lock()
+	g.closed = true
+	g.reloading.Unlock()
 	g.mu.Lock()
 	chains := g.chains
 	g.chains = map[*chain]bool{}

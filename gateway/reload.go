@@ -34,6 +34,9 @@ func (g *Gateway) Reload(ctx context.Context) error {
 }
 
 func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
+	if g.closed {
+		return nil, errors.New("the gateway is shutting down")
+	}
 	if g.opts.LoadConfig == nil {
 		return nil, errors.New("the gateway runs without a config file; nothing to re-read")
 	}

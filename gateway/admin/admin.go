@@ -92,10 +92,10 @@ func Handler(b Backend, metrics http.Handler) http.Handler {
 			replyError(w, http.StatusNotFound, fmt.Errorf("unknown operation %q; expect retry, hold or release", op))
 			return
 		}
-		reply(w, done{}, b.QueueOp(r.Context(), op, r.PathValue("id")))
+		reply(w, done{OK: true}, b.QueueOp(r.Context(), op, r.PathValue("id")))
 	})
 	api.HandleFunc("DELETE /api/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, done{}, b.QueueOp(r.Context(), "delete", r.PathValue("id")))
+		reply(w, done{OK: true}, b.QueueOp(r.Context(), "delete", r.PathValue("id")))
 	})
 	api.HandleFunc("GET /api/quarantine", func(w http.ResponseWriter, r *http.Request) {
 		f, err := parseFilter(r)
@@ -125,10 +125,10 @@ func Handler(b Backend, metrics http.Handler) http.Handler {
 		reply(w, Released{QueueID: id}, err)
 	})
 	api.HandleFunc("DELETE /api/quarantine/{id}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, done{}, b.QuarantineDelete(r.PathValue("id")))
+		reply(w, done{OK: true}, b.QuarantineDelete(r.PathValue("id")))
 	})
 	api.HandleFunc("POST /api/reload", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, done{}, b.Reload(r.Context()))
+		reply(w, done{OK: true}, b.Reload(r.Context()))
 	})
 	mux.Handle("/api/", guard(api))
 	return mux

@@ -1,0 +1,139 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/quarantine"
+	"github.com/mailgate/mailgate/gateway/router"
+	"github.com/mailgate/mailgate/gateway/spool"
+)
+
+// fake is a Backend that records calls and fails as told.
+type fake struct {
+	calls  []string
+	filter quarantine.Filter
+	health error
+}
+
+func (f *fake) Queue() ([]*spool.Envelope, error) { return []*spool.Envelope{{ID: "Q1"}}, nil }
+func (f *fake) QueuedMessage(id string) (*spool.Envelope, error) {
+	return nil, fmt.Errorf("load %s: %w", id, router.ErrNotFound)
+}
+func (f *fake) QueueOp(_ context.Context, op, id string) error {
+	f.calls = append(f.calls, op+" "+id)
+	return nil
+}
+func (f *fake) Quarantined(flt quarantine.Filter) ([]*quarantine.Record, error) {
+	f.filter = flt
+	return nil, nil
+}
+func (f *fake) QuarantineRecord(id string) (*quarantine.Record, error) {
+	return &quarantine.Record{ID: id}, nil
+}
+func (f *fake) QuarantineMessage(id string) (io.ReadCloser, error) {
+	return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nbody\r\n")), nil
+}
+func (f *fake) QuarantineRelease(_ context.Context, id string) (string, error) {
+	return "", fmt.Errorf("quarantine %s: %w as Q2", id, quarantine.ErrAlreadyReleased)
+}
+func (f *fake) QuarantineDelete(id string) error { return nil }
+func (f *fake) Reload(context.Context) error {
+	return errors.New("reload: server.listen changed: restart needed")
+}
+func (f *fake) Health() error { return f.health }
+
+func do(t *testing.T, h http.Handler, method, target, remote string, header bool) (int, string) {
+	t.Helper()
+	r := httptest.NewRequest(method, target, nil)
+	r.RemoteAddr = remote
+	if header {
+		r.Header.Set(Header, "1")
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w.Code, w.Body.String()
+}
+
+func TestHandler(t *testing.T) {
+	b := &fake{}
+	h := Handler(b, http.NotFoundHandler())
+	const local = "127.0.0.1:5555"
+	for _, tc := range []struct {
+		method, target, remote string
+		header                 bool
+		code                   int
+		body                   string
+	}{
+		{"GET", "/api/queue", "192.0.2.7:5555", true, 403, "loopback clients only"},
+		{"GET", "/api/queue", "[::1]:5555", false, 200, `"id":"Q1"`},
+		{"POST", "/api/queue/Q1/hold", local, false, 403, "missing header Mailgate-Admin: 1"},
+		{"POST", "/api/queue/Q1/hold", local, true, 200, `{"ok":true}`},
+		{"POST", "/api/queue/Q1/explode", local, true, 404, "expect retry, hold or release"},
+		{"DELETE", "/api/queue/Q1", local, true, 200, `{"ok":true}`},
+		{"GET", "/api/queue/NOPE", local, false, 404, "no such message in the queue"},
+		{"POST", "/api/quarantine/Q1/release", local, true, 409, "already released as Q2"},
+		{"GET", "/api/quarantine/Q1/message", local, false, 200, "Subject: x\r\n"},
+		{"GET", "/api/quarantine?older=bogus", local, false, 400, "older"},
+		{"POST", "/api/reload", local, true, 500, "restart needed"},
+		{"GET", "/healthz", "192.0.2.7:5555", false, 200, "ok\n"},
+	} {
+		code, body := do(t, h, tc.method, tc.target, tc.remote, tc.header)
+		if code != tc.code || !strings.Contains(body, tc.body) {
+			t.Errorf("%s %s from %s: %d %q, want %d with %q", tc.method, tc.target, tc.remote, code, body, tc.code, tc.body)
+		}
+	}
+	if got := strings.Join(b.calls, ","); got != "hold Q1,delete Q1" {
+		t.Errorf("queue operations %q", got)
+	}
+	do(t, h, "GET", "/api/quarantine?from=a%40x&rcpt=b&stage=av&older=2h&newer=72h", local, false)
+	if want := (quarantine.Filter{From: "a@x", Rcpt: "b", Stage: "av", OlderThan: 2 * time.Hour, NewerThan: 72 * time.Hour}); b.filter != want {
+		t.Errorf("filter %+v, want %+v", b.filter, want)
+	}
+	b.health = errors.New("spool not writable: disk full")
+	if code, body := do(t, h, "GET", "/healthz", local, false); code != 503 || !strings.Contains(body, "disk full") {
+		t.Errorf("unhealthy: %d %q", code, body)
+	}
+}
+
+// TestClient: the client sends what the handler needs and turns error
+// answers into errors with the server's text.
+func TestClient(t *testing.T) {
+	b := &fake{}
+	srv := httptest.NewServer(Handler(b, http.NotFoundHandler()))
+	defer srv.Close()
+	c, err := NewClient(strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.QueueOp(ctx, "retry", "Q1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.QuarantineRelease(ctx, "Q1"); err == nil || !strings.Contains(err.Error(), "already released as Q2") {
+		t.Fatalf("release: %v", err)
+	}
+	if _, err := c.QueuedMessage(ctx, "NOPE"); !NotFound(err) {
+		t.Fatalf("show of an unknown ID: %v", err)
+	}
+	var msg strings.Builder
+	if err := c.QuarantineMessage(ctx, "Q1", &msg); err != nil || msg.String() != "Subject: x\r\n\r\nbody\r\n" {
+		t.Fatalf("message %q, %v", msg.String(), err)
+	}
+	if _, err := c.Quarantined(ctx, quarantine.Filter{From: "a@x", OlderThan: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if b.filter.From != "a@x" || b.filter.OlderThan != time.Hour {
+		t.Fatalf("filter sent %+v", b.filter)
+	}
+	if c, _ := NewClient("0.0.0.0:8025"); c.base != "http://127.0.0.1:8025" {
+		t.Fatalf("unspecified address reached at %s", c.base)
+	}
+}
