@@ -43,9 +43,6 @@ func startGatewayOpts(t testing.TB, config string, opts gateway.Options) *gatewa
 		full += "\n[server]\nlisten = [\"127.0.0.1:0\"]\n"
 	}
 	if !strings.Contains(config, "[admin]") {
-		full += "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
-	}
-	if !strings.Contains(config, "[admin]") {
 		// Not the default port: fuzz workers and other test binaries run
 		// gateways at the same time.
 		full += "\n[admin]\nlisten = \"127.0.0.1:0\"\n"
