@@ -143,7 +143,7 @@ func (b *bench) setup(ctx context.Context, rep *report) error {
 		}
 		rep.commit = "(binary " + b.opts.mailgate + ")"
 	} else {
-		b.mailgate = filepath.Join(b.dir, "mailgate")
+		b.mailgate = filepath.Join(b.dir, "bin", "mailgate")
 		b.logf("building mailgate")
 		if err := buildMailgate(ctx, root, b.mailgate); err != nil {
 			return err
@@ -405,32 +405,48 @@ func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64) (
 // measureHalfPeak sends to the chain line (and for comparison to the
 // Postfix and plain mailgate lines) at half the rate each took at its peak,
 // and reports the p99: the latency a client sees on a gateway that is
-// busy but not saturated.
+// busy but not saturated. The lines take turns in rounds here too.
 func (b *bench) measureHalfPeak(ctx context.Context, r sizeRun, rep *report) error {
-	n := max(200, r.messages/4)
+	var hp []*halfPeak
 	for _, l := range b.running() {
-		if l.name != linePostfix && l.name != lineMailgate && l.name != lineChain {
-			continue
-		}
 		full := l.stats[r.label]
-		if full == nil || full.acceptRate() == 0 {
-			continue
+		if (l.name == linePostfix || l.name == lineMailgate || l.name == lineChain) && full != nil && full.acceptRate() > 0 {
+			hp = append(hp, &halfPeak{line: l, rate: full.acceptRate() / 2, stats: newStats(), full: full})
 		}
-		rate := full.acceptRate() / 2
-		b.logf("%s: %d messages at %.0f msg/s (half its peak)", l.name, n, rate)
-		bt, err := b.batch(ctx, l, n, r.size, rate)
-		if bt != nil && bt.res != nil {
-			rep.halfPeak = append(rep.halfPeak, halfPeak{line: l.name, rate: rate, batch: bt, full: full})
-			if bt.mismatch() {
-				rep.fail("MISMATCH %s at half peak: %d accepted (250) but %d arrived at the sink", l.name, bt.res.accepted, bt.delivered)
+	}
+	total := max(200, r.messages/4)
+	for round := range b.opts.rounds {
+		n := total / b.opts.rounds
+		if round < total%b.opts.rounds {
+			n++
+		}
+		order := slices.Clone(hp)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, h := range order {
+			if h.line.skip != "" {
+				continue
+			}
+			b.logf("%s: round %d/%d, %d messages at %.0f msg/s (half its peak)", h.line.name, round+1, b.opts.rounds, n, h.rate)
+			bt, err := b.batch(ctx, h.line, n, r.size, h.rate)
+			if bt != nil {
+				h.stats.add(bt)
+				if bt.mismatch() {
+					rep.fail("MISMATCH %s at half peak: %d accepted (250) but %d arrived at the sink", h.line.name, bt.res.accepted, bt.delivered)
+				}
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				h.line.skip = "FAILED at half peak: " + err.Error()
+				rep.fail("%s at half peak: %v", h.line.name, err)
 			}
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			rep.fail("%s at half peak: %v", l.name, err)
-		}
+	}
+	for _, h := range hp {
+		rep.halfPeak = append(rep.halfPeak, *h)
 	}
 	return nil
 }

@@ -121,7 +121,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if rep != nil {
 		md := rep.markdown()
 		fmt.Fprint(stdout, md)
-		if o.write {
+		// A run that failed to finish is shown but never replaces the
+		// figures of a complete one.
+		if o.write && err == nil {
 			if werr := writeReport(o.out, md); werr != nil {
 				fmt.Fprintln(stderr, "mailbench:", werr)
 				return 1

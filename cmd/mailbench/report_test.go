@@ -35,6 +35,15 @@ func TestWriteReport(t *testing.T) {
 		t.Errorf("replaced file = %q, want %q", got, want)
 	}
 
+	// A begin marker written by hand, with other words, is found too.
+	os.WriteFile(file, []byte("intro\n<!-- mailbench:begin -->\n<!-- mailbench:end -->\nafter\n"), 0o644)
+	if err := writeReport(file, md("hand")); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := read(), "intro\n"+md("hand")+"after\n"; got != want {
+		t.Errorf("replaced file = %q, want %q", got, want)
+	}
+
 	// A file without markers gets the report at its end.
 	os.WriteFile(file, []byte("# Benchmarks\n"), 0o644)
 	if err := writeReport(file, md("three")); err != nil {
