@@ -96,6 +96,19 @@ func (s *Spool) flush(batch []*job) {
 			errs[i] = err
 		}
 	}
+	// syncfs reports a writeback error once per file system: an earlier
+	// batch's syncfs may have consumed the error of pages of a message
+	// that was still being received then, and those pages are now marked
+	// clean though they never reached the disk. Each file keeps its own
+	// error state, so an fsync per message file catches exactly that; it
+	// costs little, as syncfs left nothing dirty to write.
+	for i, j := range batch {
+		if errs[i] == nil && j.data != nil {
+			if err := j.data.Sync(); err != nil {
+				errs[i] = fmt.Errorf("fsync message: %w", err)
+			}
+		}
+	}
 
 	renamed := make([]bool, len(batch))
 	anyRenamed := false
