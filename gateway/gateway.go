@@ -47,9 +47,6 @@ type Options struct {
 	LogLevel *slog.LevelVar
 }
 
-// Retention is how long quarantined messages and traces are kept.
-const Retention = quarantine.DefaultRetention
-
 // Gateway is one running mailgate.
 type Gateway struct {
 	opts   Options
@@ -206,16 +203,17 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
-		now := time.Now()
-		ids, err := g.quar.Expire(now, Retention)
+		now, cfg := time.Now(), g.config()
+		keep := time.Duration(cfg.Quarantine.Retention)
+		ids, err := g.quar.Expire(now, keep)
 		for _, id := range ids {
 			g.log.Info("quarantine expired", "id", id)
-			g.trace.Record(trace.Event{QueueID: id, Event: "deleted", Reason: "quarantine retention " + Retention.String() + " reached"})
+			g.trace.Record(trace.Event{QueueID: id, Event: "deleted", Reason: "quarantine retention " + keep.String() + " reached"})
 		}
 		if err != nil {
 			g.log.Error("quarantine expiry", "err", err)
 		}
-		if err := g.trace.Expire(now, Retention); err != nil {
+		if err := g.trace.Expire(now, time.Duration(cfg.Trace.Retention)); err != nil {
 			g.log.Error("trace expiry", "err", err)
 		}
 		select {

@@ -23,6 +23,10 @@ type Config struct {
 	Stages   []StageConfig `toml:"stage"`
 	Policy   Policy        `toml:"policy"`
 	Log      Log           `toml:"log"`
+	// Quarantine and Trace say how long quarantined messages and message
+	// traces are kept.
+	Quarantine Retention `toml:"quarantine"`
+	Trace      Retention `toml:"trace"`
 
 	// File is the path the config was read from ("" for the embedded one).
 	File string `toml:"-"`
@@ -167,4 +171,9 @@ type List struct {
 type Log struct {
 	Level  string `toml:"level"`  // debug, info (default), warn or error
 	Format string `toml:"format"` // text (default) or json
+}
+
+// Retention is the [quarantine] and [trace] tables.
+type Retention struct {
+	Retention stages.Duration `toml:"retention"` // delete after this; default 720h (30 days)
 }

@@ -715,6 +715,8 @@ func (c *Config) setDefaults() {
 	d(&s.FilterTimeout, 60*time.Second)
 	str(&s.BareLF, "normalize")
 	d(&c.DNS.Timeout, 5*time.Second)
+	d(&c.Quarantine.Retention, 720*time.Hour)
+	d(&c.Trace.Retention, 720*time.Hour)
 	// listen = "" turns the admin listener off, so only a missing key
 	// gets the default.
 	if !c.src.isDefined("admin.listen") {

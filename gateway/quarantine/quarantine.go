@@ -59,10 +59,6 @@ import (
 	"github.com/mailgate/mailgate/gateway/trace"
 )
 
-// DefaultRetention is how long a quarantined message is kept when the
-// config says nothing: 30 days.
-const DefaultRetention = 720 * time.Hour
-
 // ErrNotFound is returned for an ID that is not in the quarantine.
 var ErrNotFound = errors.New("no such message in the quarantine")
 

@@ -119,7 +119,7 @@ func TestExpire(t *testing.T) {
 	now := time.Now()
 	old := add(t, q, sp, "old@a.test", "x@dest.test", "", now.Add(-31*24*time.Hour))
 	fresh := add(t, q, sp, "new@a.test", "x@dest.test", "", now.Add(-time.Hour))
-	ids, err := q.Expire(now, DefaultRetention)
+	ids, err := q.Expire(now, 720*time.Hour)
 	if err != nil || len(ids) != 1 || ids[0] != old.ID {
 		t.Fatalf("Expire = %v, %v; want [%s]", ids, err, old.ID)
 	}
