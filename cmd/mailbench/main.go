@@ -73,7 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.perConn, "per-conn", 100, "messages per connection")
 	fs.IntVar(&o.rounds, "rounds", 4, "rounds the messages are split into; lines take turns in each")
 	fs.IntVar(&o.warmup, "warmup", 200, "messages each line gets before it is measured")
-	fs.StringVar(&o.lines, "lines", strings.Join(lineNames, ","), "comma-separated `lines` to run")
+	fs.StringVar(&o.lines, "lines", strings.Join(lineNames(), ","), "comma-separated `lines` to run")
 	fs.StringVar(&o.chain, "chain", "", "TOML `file` of [[stage]] blocks for the mailgate+chain line (default: spf, dnsbl, spam, headers)")
 	fs.BoolVar(&o.halfPeak, "half-peak", true, "measure p99 at half the peak rate")
 	fs.BoolVar(&o.memory, "memory", true, "measure mailgate's memory with idle connections and one big message")
@@ -93,11 +93,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		o.large = o.messages / 5
 	}
 	if o.messages < 1 || o.sessions < 1 || o.perConn < 1 || o.rounds < 1 || o.warmup < 0 {
-		return nil, errors.New("-n, -c, -per-conn and -rounds must be positive")
+		return nil, errors.New("-n, -c, -per-conn and -rounds must be positive, -warmup not negative")
 	}
 	for name := range strings.SplitSeq(o.lines, ",") {
 		if !isLine(name) {
-			return nil, fmt.Errorf("-lines: unexpected %q; expect some of %s", name, strings.Join(lineNames, ", "))
+			return nil, fmt.Errorf("-lines: unexpected %q; expect some of %s", name, strings.Join(lineNames(), ", "))
 		}
 	}
 	return o, nil
