@@ -32,6 +32,7 @@ type content struct {
 	header    []field  // top-level fields, unfolded and RFC 2047-decoded
 	allHeader string   // the decoded header, one "Name: value" line per field
 	text      string   // decoded text of the text/* parts, HTML reduced to text
+	lower     string   // text with its ASCII letters lower-cased
 	uris      []string // URLs of the text and of HTML links, each once, in order
 	plain     bool     // a text/plain part was seen
 	html      bool     // a text/html part was seen
@@ -95,7 +96,7 @@ func extract(h stages.Header, body io.Reader, maxText int) *content {
 	if body != nil {
 		w.entity(top, io.LimitReader(body, maxRead), 0, "text/plain")
 	}
-	c.text = w.text.String()
+	c.text, c.lower = w.text.String(), w.lower.String()
 	return c
 }
 
@@ -125,7 +126,8 @@ func charsetReader(charset string, r io.Reader) (io.Reader, error) {
 type walker struct {
 	c     *content
 	text  strings.Builder
-	left  int // decoded text bytes still to read
+	lower strings.Builder // text, ASCII lower-cased
+	left  int             // decoded text bytes still to read
 	parts int
 	seen  map[string]bool // URLs already in c.uris
 }
@@ -255,11 +257,14 @@ func (w *walker) textPart(h textproto.MIMEHeader, body io.Reader, mt, charset st
 	} else if mt == "text/plain" {
 		w.c.plain = true
 	}
-	for _, u := range findURIs(s) {
+	lower := lowerASCII(s)
+	for _, u := range findURIs(s, lower) {
 		w.addURI(u)
 	}
 	w.text.WriteString(s)
 	w.text.WriteByte('\n')
+	w.lower.WriteString(lower)
+	w.lower.WriteByte('\n')
 }
 
 // transferDecoder undoes the Content-Transfer-Encoding (RFC 2045 §6).

@@ -231,7 +231,7 @@ func TestURIs(t *testing.T) {
 		{"mailto:a@b.example and example.com alone are not links; nor http:// alone", nil},
 	}
 	for _, tt := range tests {
-		if got := findURIs(tt.text); !slices.Equal(got, tt.uris) {
+		if got := findURIs(tt.text, lowerASCII(tt.text)); !slices.Equal(got, tt.uris) {
 			t.Errorf("findURIs(%q) = %q; want %q", tt.text, got, tt.uris)
 		}
 	}

@@ -21,6 +21,7 @@ const gtubeScore = 1000
 // message is what a rule looks at.
 type message struct {
 	*content
+	scan    scanText // the text, for body rules
 	results []stages.Result
 }
 
@@ -59,7 +60,8 @@ func compile(rc Rule) (rule, error) {
 		if err != nil {
 			return rule{}, fmt.Errorf("body: %w", err)
 		}
-		r.match = func(m *message) bool { return re.MatchString(m.text) }
+		tm := newTextMatcher(re)
+		r.match = func(m *message) bool { return tm.match(m.scan) }
 	case rc.URI != "":
 		re, err := regexp.Compile(rc.URI)
 		if err != nil {

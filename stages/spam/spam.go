@@ -79,7 +79,7 @@ func (s *Spam) Run(ctx context.Context, _ stages.Phase, tx *stages.Transaction) 
 	}
 
 	c := extract(tx.Header, body, s.maxText)
-	m := &message{content: c, results: tx.Results}
+	m := &message{content: c, scan: newScanText(c.text, c.lower), results: tx.Results}
 	var hits []hit
 	isGTUBE := strings.Contains(c.text, gtube)
 	if isGTUBE {
