@@ -114,7 +114,7 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	}
 	for _, rc := range in.To {
 		_, domain, _ := strings.Cut(rc, "@")
-		if _, ok := table.Match(domain); !ok && !trusted {
+		if !table.Relays(domain) && !trusted {
 			res.Action, res.Phase, res.Reason, res.Reply = "reject", "rcpt", "relay denied: no route for "+domain, smtpd.RelayDenied()
 			return finish(res), nil
 		}

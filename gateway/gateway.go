@@ -301,10 +301,8 @@ func (g *Gateway) Health() error {
 	return nil
 }
 
-// routeMatcher adapts the route table to smtpd's relay control.
+// routeMatcher adapts the route table to smtpd's relay control: only
+// domains a route names, never the "*" route.
 type routeMatcher struct{ t *router.Table }
 
-func (m routeMatcher) HasRoute(domain string) bool {
-	_, ok := m.t.Match(domain)
-	return ok
-}
+func (m routeMatcher) HasRoute(domain string) bool { return m.t.Relays(domain) }

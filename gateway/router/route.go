@@ -74,10 +74,31 @@ func NewTable(routes []policy.Route) (*Table, error) {
 // Match returns the route for a recipient domain: an exact name first,
 // then the longest matching "*.suffix", then the "*" default route. The
 // bool is false when no route matches; such mail goes to the domain's MX
-// hosts, which only trusted clients and DSNs may use (smtpd refuses other
-// recipients without a route, so Match is its relay control).
+// hosts. Match says where mail goes, not whether it may be taken: that is
+// Relays.
 func (t *Table) Match(domain string) (*policy.Route, bool) {
-	d := normDomain(domain)
+	if r, ok := t.named(normDomain(domain)); ok {
+		return r, true
+	}
+	if t.def != nil {
+		return t.def, true
+	}
+	return nil, false
+}
+
+// Relays reports whether mail for domain may be accepted from any client:
+// an exact or "*.suffix" entry names it. The "*" route never counts: it
+// carries outbound mail of trusted clients and DSNs to the whole
+// Internet, and taking mail from anyone for it would make the gateway an
+// open relay (RFC 5321 §3.6.2 and §7.1).
+func (t *Table) Relays(domain string) bool {
+	_, ok := t.named(normDomain(domain))
+	return ok
+}
+
+// named returns the route an exact name or the longest "*.suffix" gives
+// the normalised domain d.
+func (t *Table) named(d string) (*policy.Route, bool) {
 	if r, ok := t.exact[d]; ok {
 		return r, true
 	}
@@ -85,9 +106,6 @@ func (t *Table) Match(domain string) (*policy.Route, bool) {
 		if strings.HasSuffix(d, w.suffix) {
 			return w.route, true
 		}
-	}
-	if t.def != nil {
-		return t.def, true
 	}
 	return nil, false
 }

@@ -99,3 +99,35 @@ func TestDomainOf(t *testing.T) {
 		}
 	}
 }
+
+func TestTableRelays(t *testing.T) {
+	// The layout of examples/gateway.toml: our domains, and "*" for the
+	// outbound mail of trusted clients and DSNs.
+	routes := []policy.Route{
+		{Domains: []string{"example.test", "*.example.test"}, Servers: []string{"a:25"}},
+		{Domains: []string{"*"}, MX: true},
+	}
+	tab, err := NewTable(routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		domain string
+		want   bool
+	}{
+		{"example.test", true},
+		{"Example.TEST.", true},
+		{"a.b.example.test", true},
+		{"gmail.test", false},
+		{"xexample.test", false},
+		{"", false},
+	} {
+		if got := tab.Relays(tc.domain); got != tc.want {
+			t.Errorf("Relays(%q) = %v, want %v", tc.domain, got, tc.want)
+		}
+		// Delivery still has a route for everything.
+		if _, ok := tab.Match(tc.domain); !ok {
+			t.Errorf("Match(%q): no route", tc.domain)
+		}
+	}
+}

@@ -34,7 +34,8 @@ import (
 )
 
 // RouteMatcher says whether mail for a domain may be accepted from an
-// untrusted client: it has a route.
+// untrusted client: a route names it. A catch-all route for outbound mail
+// does not count.
 type RouteMatcher interface {
 	HasRoute(domain string) bool
 }

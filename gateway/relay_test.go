@@ -1,0 +1,48 @@
+package gateway_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+)
+
+// exampleRoutes is the route layout of examples/gateway.toml: our domains
+// to the internal servers, and "*" to the MX hosts for the outbound mail
+// of trusted clients and for DSNs.
+func exampleRoutes(down *routertest.Server) string {
+	return fmt.Sprintf(`
+[[route]]
+domains = ["dest.test", "*.dest.test"]
+servers = [%q]
+
+[[route]]
+domains = ["*"]
+mx = true
+`, down.Addr())
+}
+
+// The catch-all route must not make the gateway an open relay: an
+// untrusted client may only send to domains a route names.
+func TestCatchAllRouteIsNotRelay(t *testing.T) {
+	down := routertest.NewServer(t)
+	for _, tc := range []struct {
+		trusted string
+		want    string
+	}{
+		{`["10.0.0.0/8"]`, "554 5.7.1 "},
+		{`["127.0.0.0/8"]`, "250 "},
+	} {
+		g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = "+tc.trusted+"\n"+exampleRoutes(down))
+		c := dial(t, g.SMTPAddrs()[0])
+		c.cmd("EHLO client.test", "250")
+		c.cmd("MAIL FROM:<a@sender.test>", "250")
+		if r := c.cmd("RCPT TO:<x@gmail.test>", ""); r[:len(tc.want)] != tc.want {
+			t.Errorf("trusted_networks = %s: RCPT TO:<x@gmail.test> = %q, want %q", tc.trusted, r, tc.want)
+		}
+		// Our own domains are open to everyone.
+		c.cmd("RCPT TO:<x@dest.test>", "250")
+		c.cmd("RCPT TO:<x@a.dest.test>", "250")
+	}
+}
