@@ -210,14 +210,14 @@ func (sc *smtpClient) send(ctx context.Context, c *conn, from string, rcpts []st
 		}
 		// go-smtp adds BODY=8BITMIME when the server offers it
 		// (RFC 6152) and SIZE when it offers that (RFC 1870).
-		if err := c.c.Mail(from, opts); err != nil {
+		if err := c.c.Mail(quoteAddr(from), opts); err != nil {
 			fail(err, all)
 			res.reusable = isReply(err) && c.c.Reset() == nil
 			return nil
 		}
 		var accepted []int
 		for i, rcpt := range rcpts {
-			if err := c.c.Rcpt(rcpt, nil); err != nil {
+			if err := c.c.Rcpt(quoteAddr(rcpt), nil); err != nil {
 				res.errs[i] = err
 				if !isReply(err) {
 					fail(err, all[i+1:])
@@ -276,6 +276,52 @@ type deadlineWriter struct {
 func (d *deadlineWriter) Write(p []byte) (int, error) {
 	d.nc.SetWriteDeadline(time.Now().Add(d.timeout))
 	return d.w.Write(p)
+}
+
+// quoteAddr renders an address for MAIL FROM or RCPT TO. The spool keeps
+// addresses as go-smtp parsed them, a quoted local part without its
+// quotes; a local part that is not a Dot-string is quoted again
+// (RFC 5321 §4.1.2), or the next hop would read `"x@a"@b` as x at a.
+func quoteAddr(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 || isDotString(addr[:at]) {
+		return addr
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, c := range []byte(addr[:at]) {
+		if c == '"' || c == '\\' {
+			b.WriteByte('\\') // quoted-pairSMTP
+		}
+		b.WriteByte(c)
+	}
+	b.WriteByte('"')
+	b.WriteString(addr[at:])
+	return b.String()
+}
+
+// isDotString reports whether s is atoms joined by single dots (RFC 5321
+// §4.1.2; UTF-8 counts as atext, RFC 6531 §3.3).
+func isDotString(s string) bool {
+	if s == "" {
+		return false
+	}
+	for atom := range strings.SplitSeq(s, ".") {
+		if atom == "" {
+			return false
+		}
+		for _, c := range []byte(atom) {
+			if !isAtext(c) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func isAtext(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+		c >= 0x80 || strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
 }
 
 func isASCII(s string) bool {

@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/net/idna"
+
 	"github.com/mailgate/mailgate/policy"
 )
 
@@ -111,9 +113,18 @@ func (t *Table) named(d string) (*policy.Route, bool) {
 }
 
 // normDomain makes domains comparable: DNS names are case-insensitive
-// (RFC 4343) and "example.test." is the same name as "example.test".
+// (RFC 4343), "example.test." is the same name as "example.test", and a
+// U-label is the same name as its A-label (RFC 5890 §2.3.2.1), which is
+// also what DNS is asked. Relay control (Relays) and delivery (Match)
+// both see domains through it, so they never disagree about one.
 func normDomain(d string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+	d = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+	if !isASCII(d) {
+		if a, err := idna.Lookup.ToASCII(d); err == nil {
+			d = a
+		}
+	}
+	return d
 }
 
 // domainOf returns the domain of an address: what follows the last "@".

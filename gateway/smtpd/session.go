@@ -179,8 +179,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if !opts.UTF8 && !isASCII(from) {
 		return s.fail(errNeedUTF8, "mail", "non-ASCII sender without SMTPUTF8", "from", from)
 	}
-	if from != "" && !strings.Contains(from, "@") {
-		return s.fail(errBadSender, "mail", "sender without domain", "from", from)
+	if from != "" {
+		if why := badAddress(from, s.client.Trusted); why != "" {
+			return s.fail(errBadSender, "mail", why, "from", from)
+		}
 	}
 	w, err := s.srv.opts.Spool.Create()
 	if err != nil {
@@ -232,12 +234,11 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.failLog(log, errNeedUTF8, "rcpt", "non-ASCII recipient without SMTPUTF8")
 		return refuse(errNeedUTF8, trace.Event{Action: "reject", Reason: "non-ASCII recipient without SMTPUTF8"})
 	}
-	at := strings.LastIndexByte(to, '@')
-	if at <= 0 || at == len(to)-1 {
-		s.failLog(log, errBadRcpt, "rcpt", "recipient without domain")
-		return refuse(errBadRcpt, trace.Event{Action: "reject", Reason: "recipient without domain"})
+	if why := badAddress(to, s.client.Trusted); why != "" {
+		s.failLog(log, errBadRcpt, "rcpt", why)
+		return refuse(errBadRcpt, trace.Event{Action: "reject", Reason: why})
 	}
-	domain := to[at+1:]
+	domain := to[strings.LastIndexByte(to, '@')+1:]
 	// An open relay is the worst bug a gateway can have: mail is taken only
 	// for domains we route, unless the client is trusted.
 	if !s.client.Trusted && !s.gen.routes.HasRoute(domain) {
@@ -574,7 +575,7 @@ func (s *session) receivedField() string {
 	if len(s.tx.Rcpts) == 1 {
 		// Only a single recipient is named: naming several would disclose
 		// Bcc recipients to each other (RFC 5321 §7.2).
-		fmt.Fprintf(&b, "\r\n\tfor <%s>", s.tx.Rcpts[0])
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", noControls(s.tx.Rcpts[0]))
 	}
 	fmt.Fprintf(&b, "; %s\r\n", time.Now().Format("Mon, 02 Jan 2006 15:04:05 -0700 (MST)"))
 	return b.String()
@@ -591,6 +592,17 @@ func addrLiteral(a netip.Addr) string {
 func sanitize(s string) string {
 	return strings.Map(func(c rune) rune {
 		if c <= ' ' || c == '(' || c == ')' || c == '[' || c == ']' || c == 0x7f {
+			return '_'
+		}
+		return c
+	}, s)
+}
+
+// noControls keeps an address, which Rcpt checked but a stage may have
+// added, from breaking the header field it is put in.
+func noControls(s string) string {
+	return strings.Map(func(c rune) rune {
+		if c < ' ' || c == 0x7f {
 			return '_'
 		}
 		return c

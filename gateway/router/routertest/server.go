@@ -1,7 +1,7 @@
 // Package routertest provides a recording SMTP server for tests of mail
 // delivery: it keeps every message it accepts, counts the connections it
-// gets, can refuse chosen recipients, and can go away and come back on the
-// same port. It listens on 127.0.0.1 only.
+// gets, records what clients send, can refuse chosen recipients, and can
+// go away and come back on the same port. It listens on 127.0.0.1 only.
 package routertest
 
 import (
@@ -47,7 +47,8 @@ type Server struct {
 	rcptReply map[string]int
 	dataReply int
 	conns     int
-	changed   chan struct{} // closed and replaced when a message arrives
+	wire      []*strings.Builder // per connection, what the client sent
+	changed   chan struct{}      // closed and replaced when a message arrives
 }
 
 // Option configures a Server.
@@ -127,6 +128,19 @@ func (s *Server) Connections() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.conns
+}
+
+// Transcripts returns what clients sent, one string per connection in
+// the order they connected: commands and message data as they came over
+// the wire, quotes and dot-stuffing included (encrypted after STARTTLS).
+func (s *Server) Transcripts() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, len(s.wire))
+	for i, b := range s.wire {
+		out[i] = b.String()
+	}
+	return out
 }
 
 // SetRcptReply makes the server answer RCPT TO:<addr> with code (4xx or
@@ -211,12 +225,30 @@ type countingListener struct {
 
 func (l *countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err == nil {
-		l.s.mu.Lock()
-		l.s.conns++
-		l.s.mu.Unlock()
+	if err != nil {
+		return nil, err
 	}
-	return c, err
+	w := &strings.Builder{}
+	l.s.mu.Lock()
+	l.s.conns++
+	l.s.wire = append(l.s.wire, w)
+	l.s.mu.Unlock()
+	return &recordingConn{Conn: c, s: l.s, w: w}, nil
+}
+
+// recordingConn keeps what the client sends for Transcripts.
+type recordingConn struct {
+	net.Conn
+	s *Server
+	w *strings.Builder // under s.mu
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.s.mu.Lock()
+	c.w.Write(p[:n])
+	c.s.mu.Unlock()
+	return n, err
 }
 
 type session struct {
