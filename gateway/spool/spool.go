@@ -7,7 +7,7 @@
 //	<dir>/lock       flock: exclusive during recovery, shared while open
 //	<dir>/msg/<id>   message bytes, written in place from Create on
 //	<dir>/env/<id>   envelope (JSON); its presence means "committed"
-//	<dir>/tmp/       envelopes and rewritten messages being written
+//	<dir>/tmp/       envelopes and large rewritten messages being written
 //
 // An <id> is a queue ID: 16 characters of base32hex (0-9, A-V) encoding
 // the creation time in milliseconds and 32 random bits, so IDs sort by time.
@@ -117,6 +117,10 @@ type Spool struct {
 	seed    maphash.Seed
 	idLocks [64]sync.Mutex
 
+	// inPlace holds a token for each Rewrite collecting a message in
+	// memory, to bound the memory they take together.
+	inPlace chan struct{}
+
 	mu      sync.Mutex
 	pending []*job // commits and updates waiting for the next flush
 	closed  bool
@@ -141,6 +145,7 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 		tmpDir:  filepath.Join(dir, "tmp"),
 		opts:    opts,
 		seed:    maphash.MakeSeed(),
+		inPlace: make(chan struct{}, inPlaceSlots),
 		wake:    make(chan struct{}, 1),
 		stopped: make(chan struct{}),
 	}

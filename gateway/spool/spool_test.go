@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -456,61 +457,139 @@ func TestUpdateFailureKeepsOld(t *testing.T) {
 }
 
 func TestRewrite(t *testing.T) {
-	dir := t.TempDir()
-	s := openT(t, dir, Options{})
-	w, err := s.Create()
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := message("rewrite", 3*bufSize)
-	w.Write(body)
-	addHeader := func(src io.Reader, dst io.Writer) error {
-		io.WriteString(dst, "X-Spam-Score: 1.5\r\n")
-		_, err := io.Copy(dst, src)
-		return err
-	}
-	if err := w.Rewrite(addHeader); err != nil {
-		t.Fatal(err)
-	}
-	want := append([]byte("X-Spam-Score: 1.5\r\n"), body...)
-	if w.Size() != int64(len(want)) {
-		t.Errorf("Size after Rewrite = %d, want %d", w.Size(), len(want))
-	}
-	r, err := w.Open()
-	if got := readAll(t, r, err); !bytes.Equal(got, want) {
-		t.Errorf("after Rewrite read %.40q…, want %.40q…", got, want)
-	}
+	for _, tt := range []struct {
+		name    string
+		size    int
+		full    bool // every in-memory slot taken
+		inPlace bool // the file stays the same
+	}{
+		{"in place", 3 * bufSize, false, true},
+		{"too large for memory", inPlaceMax + bufSize, false, false},
+		{"memory busy", 3 * bufSize, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openT(t, dir, Options{})
+			if tt.full {
+				for range inPlaceSlots {
+					s.inPlace <- struct{}{}
+				}
+			}
+			w, err := s.Create()
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := message("rewrite", tt.size)
+			w.Write(body)
+			w.Flush()
+			before, err := os.Stat(w.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			old, err := w.Open() // a reader from before the rewrite
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer old.Close()
+			addHeader := func(src io.Reader, dst io.Writer) error {
+				io.WriteString(dst, "X-Spam-Score: 1.5\r\n")
+				_, err := io.Copy(dst, src)
+				return err
+			}
+			if err := w.Rewrite(addHeader); err != nil {
+				t.Fatal(err)
+			}
+			want := append([]byte("X-Spam-Score: 1.5\r\n"), body...)
+			if w.Size() != int64(len(want)) {
+				t.Errorf("Size after Rewrite = %d, want %d", w.Size(), len(want))
+			}
+			r, err := w.Open()
+			if got := readAll(t, r, err); !bytes.Equal(got, want) {
+				t.Errorf("after Rewrite read %.40q…, want %.40q…", got, want)
+			}
+			after, err := os.Stat(w.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if same := os.SameFile(before, after); same != tt.inPlace {
+				t.Errorf("same file after Rewrite: %v, want %v", same, tt.inPlace)
+			}
+			if !tt.inPlace {
+				// The old file stays whole for whoever still reads it.
+				if got := readAll(t, old, nil); !bytes.Equal(got, body) {
+					t.Errorf("reader of the old file read %.40q…, want %.40q…", got, body)
+				}
+			}
 
-	// A failing rewrite leaves the message as it was.
-	boom := errors.New("filter failed")
-	err = w.Rewrite(func(src io.Reader, dst io.Writer) error {
-		io.WriteString(dst, "half")
-		return boom
-	})
-	if !errors.Is(err, boom) {
-		t.Errorf("Rewrite = %v, want %v", err, boom)
-	}
-	r, err = w.Open()
-	if got := readAll(t, r, err); !bytes.Equal(got, want) {
-		t.Error("failed Rewrite changed the message")
-	}
+			// A failing rewrite leaves the message as it was.
+			boom := errors.New("filter failed")
+			err = w.Rewrite(func(src io.Reader, dst io.Writer) error {
+				io.WriteString(dst, "half")
+				return boom
+			})
+			if !errors.Is(err, boom) {
+				t.Errorf("Rewrite = %v, want %v", err, boom)
+			}
+			r, err = w.Open()
+			if got := readAll(t, r, err); !bytes.Equal(got, want) {
+				t.Error("failed Rewrite changed the message")
+			}
 
-	// Writes after a rewrite append to the new content.
-	w.Write([]byte("tail\r\n"))
-	want = append(want, "tail\r\n"...)
-	env := &Envelope{}
-	if err := w.Commit(context.Background(), env); err != nil {
-		t.Fatal(err)
+			// Writes after a rewrite append to the new content.
+			w.Write([]byte("tail\r\n"))
+			want = append(want, "tail\r\n"...)
+			env := &Envelope{}
+			if err := w.Commit(context.Background(), env); err != nil {
+				t.Fatal(err)
+			}
+			m, err := s.OpenMessage(env.ID)
+			if got := readAll(t, m, err); !bytes.Equal(got, want) {
+				t.Error("committed message is not the rewritten one")
+			}
+			if env.Size != int64(len(want)) {
+				t.Errorf("env.Size = %d, want %d", env.Size, len(want))
+			}
+			if n := names(t, filepath.Join(dir, "tmp")); len(n) != 0 {
+				t.Errorf("tmp/ after Rewrite: %v", n)
+			}
+		})
 	}
-	m, err := s.OpenMessage(env.ID)
-	if got := readAll(t, m, err); !bytes.Equal(got, want) {
-		t.Error("committed message is not the rewritten one")
-	}
-	if env.Size != int64(len(want)) {
-		t.Errorf("env.Size = %d, want %d", env.Size, len(want))
-	}
-	if n := names(t, filepath.Join(dir, "tmp")); len(n) != 0 {
-		t.Errorf("tmp/ after Rewrite: %v", n)
+}
+
+// TestRewriteWriteFails: when the new content cannot be written in place,
+// the old one may be damaged and Commit refuses the message; a new file
+// that cannot be written leaves the old one to commit.
+func TestRewriteWriteFails(t *testing.T) {
+	for _, size := range []int{1000, inPlaceMax + 1} {
+		dir := t.TempDir()
+		var fail atomic.Bool
+		s := openT(t, dir, Options{FailWrites: func() error {
+			if fail.Load() {
+				return syscall.ENOSPC
+			}
+			return nil
+		}})
+		w, err := s.Create()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(message("full", size))
+		fail.Store(true)
+		err = w.Rewrite(func(src io.Reader, dst io.Writer) error {
+			_, err := io.Copy(dst, src)
+			return err
+		})
+		if !IsFull(err) {
+			t.Errorf("%d bytes: Rewrite = %v, want a full disk", size, err)
+		}
+		fail.Store(false)
+		err = w.Commit(context.Background(), &Envelope{})
+		if inPlace := size <= inPlaceMax; inPlace != (err != nil) {
+			t.Errorf("%d bytes: Commit after the failed Rewrite = %v; want an error: %v", size, err, inPlace)
+		}
+		if n := names(t, filepath.Join(dir, "tmp")); len(n) != 0 {
+			t.Errorf("%d bytes: tmp/ after a failed Rewrite: %v", size, n)
+		}
 	}
 }
 
