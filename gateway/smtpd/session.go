@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -106,22 +108,41 @@ type session struct {
 	start  time.Time
 
 	base *pipeline.Session // connect and helo verdicts; forked for each transaction
-	// early is a rejection from connect, helo or mail, answered at RCPT.
+	// early is a rejection from connect or helo, answered at RCPT.
 	early      *pipeline.Decision
 	earlyPhase stages.Phase
 	// connStages are the connect and helo results, for each transaction's
 	// trace and quarantine record.
 	connStages []trace.Stage
 
-	// The transaction in progress.
-	ftx   *pipeline.Session
-	tx    *stages.Transaction
-	w     *spool.Writer
-	utf8  bool
-	txLog *slog.Logger
-	// txStages are the stage results of the transaction so far, all
+	// go-smtp runs Data in a goroutine of its own for BDAT, and calls
+	// Reset or Logout from the connection's goroutine while it runs (RSET
+	// or a disconnect between chunks). mu orders them.
+	mu      sync.Mutex
+	cur     *txn // the transaction in progress
+	running int  // Data calls that have not returned
+	closed  bool // Logout was called; the last Data to end releases gen
+}
+
+// txn is one mail transaction, from MAIL FROM to its end. Data works on
+// the txn it started with, never on whatever the session holds later.
+type txn struct {
+	ftx  *pipeline.Session
+	tx   *stages.Transaction
+	w    *spool.Writer // nil once committed or aborted
+	utf8 bool
+	log  *slog.Logger
+	// stages are the stage results of the transaction so far, all
 	// phases, connect and helo included.
-	txStages []trace.Stage
+	stages []trace.Stage
+	// early is a rejection at MAIL, answered at RCPT.
+	early *pipeline.Decision
+
+	// Under session.mu.
+	inData   bool           // Data works on it: only Data may end it
+	reset    bool           // Reset or Logout came while Data worked on it
+	dataDone chan struct{}  // closed when Data returns
+	pipe     *io.PipeReader // what Data reads under BDAT
 }
 
 func newSession(s *Server, c *smtp.Conn) *session {
@@ -162,20 +183,24 @@ func newSession(s *Server, c *smtp.Conn) *session {
 	return sess
 }
 
-// record adds an event to the trace of the transaction in progress.
-func (s *session) record(e trace.Event) {
-	if s.tx == nil {
-		return
-	}
-	e.QueueID = s.tx.QueueID
+// record adds an event to the trace of transaction t.
+func (s *session) record(t *txn, e trace.Event) {
+	e.QueueID = t.tx.QueueID
 	s.srv.opts.Trace.Record(e)
+}
+
+// current returns the transaction in progress, or nil.
+func (s *session) current() *txn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
 }
 
 // Mail implements smtp.Session: MAIL FROM starts a transaction. Its queue ID
 // is fixed here so that every later line about it, a rejection at RCPT
 // included, carries the ID.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
-	s.abort()
+	s.drop(true)
 	if !opts.UTF8 && !isASCII(from) {
 		return s.fail(errNeedUTF8, "mail", "non-ASCII sender without SMTPUTF8", "from", from)
 	}
@@ -186,51 +211,71 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	w, err := s.srv.opts.Spool.Create()
 	if err != nil {
-		return s.spoolError(err, "create")
+		log := s.log.With("from", from)
+		log.Error("spool create failed", "err", err)
+		return s.count(spoolReply(err))
 	}
-	s.w = w
-	s.utf8 = opts.UTF8
-	s.tx = &stages.Transaction{QueueID: w.ID(), Client: s.client, From: from}
-	s.txLog = s.log.With("queue_id", w.ID(), "from", from)
-	s.ftx = s.base.Fork()
-	s.txStages = slices.Clone(s.connStages)
-	s.record(trace.Event{Time: s.start, Event: "connect", Client: s.client.Addr.String(), Helo: s.client.Helo,
+	t := &txn{
+		w:      w,
+		utf8:   opts.UTF8,
+		tx:     &stages.Transaction{QueueID: w.ID(), Client: s.client, From: from},
+		log:    s.log.With("queue_id", w.ID(), "from", from),
+		ftx:    s.base.Fork(),
+		stages: slices.Clone(s.connStages),
+	}
+	s.mu.Lock()
+	closed := s.closed
+	if !closed {
+		s.cur = t
+	}
+	s.mu.Unlock()
+	if closed {
+		// The connection went away under us.
+		t.abort()
+		return errLocal
+	}
+	s.record(t, trace.Event{Time: s.start, Event: "connect", Client: s.client.Addr.String(), Helo: s.client.Helo,
 		TLS: s.client.TLS, Stages: s.connStages})
 	var mailStages []trace.Stage
 	if s.early == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.gen.cfg.Server.FilterTimeout))
 		defer cancel()
-		d := s.ftx.Run(ctx, stages.Mail, s.tx, s.txLog)
+		d := t.ftx.Run(ctx, stages.Mail, t.tx, t.log)
 		mailStages = trace.Stages(d.Trace)
-		s.txStages = append(s.txStages, mailStages...)
+		t.stages = append(t.stages, mailStages...)
 		if d.Action == stages.Reject || d.Action == stages.TempFail {
-			s.early, s.earlyPhase = &d, stages.Mail
+			t.early = &d
 		}
 	}
-	s.record(trace.Event{Event: "mail", From: &from, Stages: mailStages})
+	s.record(t, trace.Event{Event: "mail", From: &from, Stages: mailStages})
 	s.srv.opts.Metrics.reply(250)
 	return nil
 }
 
 // Rcpt implements smtp.Session: relay control, then the rcpt phase.
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
-	if s.tx == nil {
+	t := s.current()
+	if t == nil {
 		return s.fail(errLocal, "rcpt", "no transaction")
 	}
-	log := s.txLog.With("rcpt", to)
+	log := t.log.With("rcpt", to)
 	refuse := func(r *smtp.SMTPError, e trace.Event) error {
 		e.Event, e.Rcpts, e.Reply = "rcpt", []string{to}, replyText(r)
-		s.record(e)
+		s.record(t, e)
 		return s.count(r)
 	}
-	if s.early != nil {
-		r := replyFor(stages.Rcpt, *s.early)
-		s.logDecision(log, "rejected", r, "phase", s.earlyPhase.String(), "stage", s.early.Stage, "reason", s.early.Reason)
-		s.srv.opts.Metrics.action(s.early.Action)
-		return refuse(r, trace.Event{Action: s.early.Action.String(), Stage: s.early.Stage,
-			Reason: s.earlyPhase.String() + ": " + s.early.Reason, Score: s.early.Score})
+	early, phase := s.early, s.earlyPhase
+	if t.early != nil {
+		early, phase = t.early, stages.Mail
 	}
-	if !s.utf8 && !isASCII(to) {
+	if early != nil {
+		r := replyFor(stages.Rcpt, *early)
+		s.logDecision(log, "rejected", r, "phase", phase.String(), "stage", early.Stage, "reason", early.Reason)
+		s.srv.opts.Metrics.action(early.Action)
+		return refuse(r, trace.Event{Action: early.Action.String(), Stage: early.Stage,
+			Reason: phase.String() + ": " + early.Reason, Score: early.Score})
+	}
+	if !t.utf8 && !isASCII(to) {
 		s.failLog(log, errNeedUTF8, "rcpt", "non-ASCII recipient without SMTPUTF8")
 		return refuse(errNeedUTF8, trace.Event{Action: "reject", Reason: "non-ASCII recipient without SMTPUTF8"})
 	}
@@ -246,10 +291,10 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.logDecision(log, "rejected", errRelayDenied, "phase", "rcpt", "reason", reason)
 		return refuse(errRelayDenied, trace.Event{Action: "reject", Reason: reason})
 	}
-	s.tx.Rcpts = append(s.tx.Rcpts, to)
+	t.tx.Rcpts = append(t.tx.Rcpts, to)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.gen.cfg.Server.FilterTimeout))
 	defer cancel()
-	d := s.ftx.Run(ctx, stages.Rcpt, s.tx, log)
+	d := t.ftx.Run(ctx, stages.Rcpt, t.tx, log)
 	ts := trace.Stages(d.Trace)
 	switch d.Action {
 	case stages.Reject, stages.TempFail:
@@ -257,7 +302,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		// under another policy than those accepted before: the client
 		// sends it again in a transaction of its own (RFC 5321
 		// §4.5.3.1.10), so one message never mixes policies.
-		s.tx.Rcpts = s.tx.Rcpts[:len(s.tx.Rcpts)-1]
+		t.tx.Rcpts = t.tx.Rcpts[:len(t.tx.Rcpts)-1]
 		r := replyFor(stages.Rcpt, d)
 		what := "rejected"
 		if d.Action == stages.TempFail {
@@ -267,8 +312,8 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.srv.opts.Metrics.action(d.Action)
 		return refuse(r, trace.Event{Action: d.Action.String(), Stage: d.Stage, Reason: d.Reason, Score: d.Score, Policy: d.Policy, Stages: ts})
 	}
-	s.txStages = append(s.txStages, ts...)
-	s.record(trace.Event{Event: "rcpt", Rcpts: []string{to}, Action: d.Action.String(), Score: d.Score, Policy: d.Policy, Stages: ts})
+	t.stages = append(t.stages, ts...)
+	s.record(t, trace.Event{Event: "rcpt", Rcpts: []string{to}, Action: d.Action.String(), Score: d.Score, Policy: d.Policy, Stages: ts})
 	s.srv.opts.Metrics.reply(250)
 	return nil
 }
@@ -277,16 +322,67 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // data-phase stages while the client waits, and answer 250 only after the
 // message and its envelope are on disk.
 func (s *session) Data(r io.Reader) error {
-	if s.tx == nil || s.w == nil {
+	s.mu.Lock()
+	t := s.cur
+	if t != nil {
+		t.inData, t.dataDone = true, make(chan struct{})
+		t.pipe, _ = r.(*io.PipeReader)
+		s.running++
+	}
+	s.mu.Unlock()
+	if t == nil {
 		return s.fail(errLocal, "data", "no transaction")
 	}
-	log := s.txLog.With("rcpts", s.tx.Rcpts)
-	w := s.w
+	defer s.endData(t)
+	return s.data(t, r)
+}
+
+// endData ends Data's work on t. A transaction reset meanwhile is ended
+// here, by the goroutine that owns its writer; after a commit that does
+// nothing.
+func (s *session) endData(t *txn) {
+	s.mu.Lock()
+	t.inData = false
+	reset := t.reset
+	s.running--
+	release := s.closed && s.running == 0
+	s.mu.Unlock()
+	if reset {
+		t.abort()
+	}
+	close(t.dataDone)
+	if release {
+		s.srv.release(s.gen)
+	}
+}
+
+// waitBDAT waits until the goroutine go-smtp runs a BDAT transaction's
+// Data in is through, after a RSET or an oversize chunk ended that
+// transaction. Data's return is not enough: that goroutine then reads the
+// connection's result channel, which the next BDAT replaces, and only
+// after that closes the pipe it gave Data (go-smtp v0.25.1 conn.go,
+// handleBdat). Until the close, a read of the pipe gives the reset error;
+// after it, io.ErrClosedPipe. Seeing that orders the next BDAT after the
+// old goroutine, whose stale result would otherwise answer the next
+// message.
+func waitBDAT(done <-chan struct{}, pipe *io.PipeReader) {
+	<-done
+	for {
+		if _, err := pipe.Read(nil); errors.Is(err, io.ErrClosedPipe) {
+			return
+		}
+		runtime.Gosched()
+	}
+}
+
+func (s *session) data(t *txn, r io.Reader) error {
+	log := t.log.With("rcpts", t.tx.Rcpts)
+	w := t.w
 	cfg := &s.gen.cfg.Server
 	// refuse ends the transaction with reply r and traces why.
 	refuse := func(r *smtp.SMTPError, reason string) error {
-		s.record(trace.Event{Event: "data", Action: actionOf(r), Reason: reason, Reply: replyText(r), Size: w.Size()})
-		s.abort()
+		s.record(t, trace.Event{Event: "data", Action: actionOf(r), Reason: reason, Reply: replyText(r), Size: w.Size()})
+		t.abort()
 		return s.failLog(log, r, "data", reason)
 	}
 
@@ -295,9 +391,9 @@ func (s *session) Data(r io.Reader) error {
 	dr := &deadlineReader{r: r, c: s.conn.Conn(), d: time.Duration(cfg.DataTimeout)}
 	in := newLineEndReader(dr, cfg.BareLF == "reject")
 	hs := newHeaderScanner()
-	received := s.receivedField()
+	received := s.receivedField(t)
 	if _, err := io.WriteString(w, received); err != nil {
-		return s.spoolErrorLog(log, err, "write")
+		return s.spoolError(t, log, err, "write")
 	}
 	_, err := io.Copy(spoolWriter{w}, io.TeeReader(in, hs))
 	if err != nil {
@@ -315,8 +411,8 @@ func (s *session) Data(r io.Reader) error {
 			s.conn.Close()
 			return err
 		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, smtp.ErrDataReset):
-			s.record(trace.Event{Event: "data", Action: "aborted", Reason: "client went away during DATA"})
-			s.abort()
+			s.record(t, trace.Event{Event: "data", Action: "aborted", Reason: "client went away during DATA"})
+			t.abort()
 			log.Info("aborted", "reason", "client went away during DATA")
 			return errLocal
 		default:
@@ -324,10 +420,10 @@ func (s *session) Data(r io.Reader) error {
 			// errors are the spool's.
 			var sw spoolWriteError
 			if errors.As(err, &sw) {
-				return s.spoolErrorLog(log, err, "write")
+				return s.spoolError(t, log, err, "write")
 			}
-			s.record(trace.Event{Event: "data", Action: "aborted", Reason: err.Error()})
-			s.abort()
+			s.record(t, trace.Event{Event: "data", Action: "aborted", Reason: err.Error()})
+			t.abort()
 			log.Info("aborted", "reason", err.Error())
 			return errLocal
 		}
@@ -336,20 +432,20 @@ func (s *session) Data(r io.Reader) error {
 		return refuse(errTooManyHops, fmt.Sprintf("mail loop: %d Received fields", hs.received))
 	}
 
-	if err := s.readMessage(w); err != nil {
-		return s.spoolErrorLog(log, err, "read back")
+	if err := readMessage(t.tx, w); err != nil {
+		return s.spoolError(t, log, err, "read back")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.FilterTimeout))
 	defer cancel()
-	origHeader := slices.Clone(s.tx.Header)
-	d := s.ftx.Run(ctx, stages.Data, s.tx, log)
+	origHeader := slices.Clone(t.tx.Header)
+	d := t.ftx.Run(ctx, stages.Data, t.tx, log)
 	ts := trace.Stages(d.Trace)
-	s.txStages = append(s.txStages, ts...)
-	ev := trace.Event{Event: "data", MessageID: s.tx.Header.Get("Message-Id"), Size: w.Size(), Stages: ts,
+	t.stages = append(t.stages, ts...)
+	ev := trace.Event{Event: "data", MessageID: t.tx.Header.Get("Message-Id"), Size: w.Size(), Stages: ts,
 		Action: d.Action.String(), Score: d.Score, Stage: d.Stage, Reason: d.Reason, Policy: d.Policy}
 	decided := func(r *smtp.SMTPError) error {
 		ev.Reply = replyText(r)
-		s.record(ev)
+		s.record(t, ev)
 		s.srv.opts.Metrics.action(d.Action)
 		return s.count(r)
 	}
@@ -358,7 +454,7 @@ func (s *session) Data(r io.Reader) error {
 		s.logDecision(log, "deferred", errFilterTime, "phase", "data", "reason", ev.Reason)
 		d.Action = stages.TempFail
 		err := decided(errFilterTime)
-		s.abort()
+		t.abort()
 		return err
 	}
 	switch d.Action {
@@ -370,71 +466,81 @@ func (s *session) Data(r io.Reader) error {
 		}
 		s.logDecision(log, what, r, "phase", "data", "stage", d.Stage, "reason", d.Reason, "score", d.Score, "policy", d.Policy)
 		err := decided(r)
-		s.abort()
+		t.abort()
 		return err
 	}
-	if len(s.tx.Rcpts) == 0 {
+	if len(t.tx.Rcpts) == 0 {
 		// Every recipient was removed by a stage: nothing to deliver, and
 		// the sender must not learn that from a bounce.
 		log.Info("discarded", "reason", "no recipients left after filtering", "stage", d.Stage)
 		ev.Action, ev.Reason = "discard", "no recipients left after filtering"
 		err := decided(reply(250, 2, 0, 0, "Ok"))
-		s.abort()
+		t.abort()
 		return err
 	}
-	if !slices.Equal(origHeader, s.tx.Header) || d.BodyReplaced {
-		if err := s.rewrite(w); err != nil {
-			return s.spoolErrorLog(log, err, "rewrite")
+	if !slices.Equal(origHeader, t.tx.Header) || d.BodyReplaced {
+		if err := rewrite(t.tx, w); err != nil {
+			return s.spoolError(t, log, err, "rewrite")
 		}
 	}
-	id := s.tx.QueueID
+	id := t.tx.QueueID
 	if d.Action == stages.Quarantine {
-		if err := s.quarantine(w, d, ev.MessageID); err != nil {
-			return s.spoolErrorLog(log, err, "quarantine")
+		if err := s.quarantine(t, d, ev.MessageID); err != nil {
+			return s.spoolError(t, log, err, "quarantine")
 		}
 		log.Info("quarantined", "size", w.Size(), "message_id", ev.MessageID, "score", d.Score,
 			"stage", d.Stage, "reason", d.Reason, "policy", d.Policy, "delay", time.Since(s.start).Round(time.Millisecond))
 		err := decided(reply(250, 2, 0, 0, "Ok: queued as "+id))
-		s.abort()
+		t.abort()
 		return err
 	}
 
 	env := &spool.Envelope{
-		From:       s.tx.From,
+		From:       t.tx.From,
 		Received:   time.Now().UTC(),
 		ClientAddr: s.client.Addr.String(),
 		ClientHelo: s.client.Helo,
 		MessageID:  ev.MessageID,
 	}
-	for _, rc := range s.tx.Rcpts {
+	for _, rc := range t.tx.Rcpts {
 		env.Rcpts = append(env.Rcpts, spool.Recipient{Addr: rc, Status: spool.Pending})
+	}
+	s.mu.Lock()
+	gone := t.reset
+	s.mu.Unlock()
+	if gone {
+		// The client reset or left before the end: it was told nothing,
+		// so nothing may be delivered.
+		s.record(t, trace.Event{Event: "data", Action: "aborted", Reason: "client went away during DATA"})
+		t.abort()
+		log.Info("aborted", "reason", "client went away during DATA")
+		return errLocal
 	}
 	// Commit is not bound to the client: once the data is in, finishing the
 	// commit is cheaper than asking the client to send it all again.
-	if err := w.Commit(context.Background(), env); err != nil {
-		s.w = nil
-		return s.spoolErrorLog(log, err, "commit")
+	err = w.Commit(context.Background(), env)
+	t.w = nil // committed, or removed by the failed Commit
+	if err != nil {
+		return s.spoolError(t, log, err, "commit")
 	}
-	s.w = nil
 	log.Info("accepted", "size", env.Size, "message_id", env.MessageID, "score", d.Score,
 		"action", d.Action.String(), "stage", d.Stage, "reason", d.Reason, "policy", d.Policy, "delay", time.Since(s.start).Round(time.Millisecond))
 	s.srv.opts.Queue.Enqueue(env)
-	err = decided(reply(250, 2, 0, 0, "Ok: queued as "+env.ID))
-	s.tx = nil
-	return err
+	return decided(reply(250, 2, 0, 0, "Ok: queued as "+env.ID))
 }
 
 // quarantine moves the message into the quarantine with its envelope,
 // every verdict and the reason; the spool file is dropped by the caller.
-func (s *session) quarantine(w *spool.Writer, d pipeline.Decision, messageID string) error {
+func (s *session) quarantine(t *txn, d pipeline.Decision, messageID string) error {
+	w := t.w
 	if err := w.Flush(); err != nil {
 		return err
 	}
 	rec := &quarantine.Record{
-		ID:         s.tx.QueueID,
+		ID:         t.tx.QueueID,
 		MessageID:  messageID,
-		From:       s.tx.From,
-		Rcpts:      slices.Clone(s.tx.Rcpts),
+		From:       t.tx.From,
+		Rcpts:      slices.Clone(t.tx.Rcpts),
 		ClientAddr: s.client.Addr.String(),
 		ClientHelo: s.client.Helo,
 		Size:       w.Size(),
@@ -442,7 +548,7 @@ func (s *session) quarantine(w *spool.Writer, d pipeline.Decision, messageID str
 		Stage:      d.Stage,
 		Reason:     d.Reason,
 		Policy:     d.Policy,
-		Verdicts:   s.txStages,
+		Verdicts:   t.stages,
 	}
 	return s.srv.opts.Quarantine.Add(rec, w.Path())
 }
@@ -457,7 +563,7 @@ func actionOf(r *smtp.SMTPError) string {
 
 // readMessage parses the header of what was spooled and points tx.Body at
 // the rest of the file, so stages read the body without a copy.
-func (s *session) readMessage(w *spool.Writer) error {
+func readMessage(tx *stages.Transaction, w *spool.Writer) error {
 	f, err := w.Open()
 	if err != nil {
 		return err
@@ -470,21 +576,21 @@ func (s *session) readMessage(w *spool.Writer) error {
 		return fmt.Errorf("parse header: %w", err)
 	}
 	offset := cr.n - int64(br.Buffered())
-	s.tx.Header = h
-	s.tx.Body = &spoolBody{path: w.Path(), offset: offset, size: w.Size() - offset}
+	tx.Header = h
+	tx.Body = &spoolBody{path: w.Path(), offset: offset, size: w.Size() - offset}
 	return nil
 }
 
 // rewrite replaces the spooled message with the edited header and body.
-func (s *session) rewrite(w *spool.Writer) error {
+func rewrite(tx *stages.Transaction, w *spool.Writer) error {
 	return w.Rewrite(func(_ io.Reader, dst io.Writer) error {
-		if _, err := s.tx.Header.WriteTo(dst); err != nil {
+		if _, err := tx.Header.WriteTo(dst); err != nil {
 			return err
 		}
-		if s.tx.Body == nil {
+		if tx.Body == nil {
 			return nil
 		}
-		body, err := s.tx.Body.Open()
+		body, err := tx.Body.Open()
 		if err != nil {
 			return err
 		}
@@ -494,43 +600,84 @@ func (s *session) rewrite(w *spool.Writer) error {
 	})
 }
 
-// Reset implements smtp.Session (RSET, a new EHLO, the end of DATA).
-func (s *session) Reset() { s.abort() }
+// Reset implements smtp.Session (RSET, a new EHLO, the end of DATA). A
+// BDAT transaction's Data may still run then; go-smtp has closed its pipe,
+// so it returns soon, and Reset waits for that.
+func (s *session) Reset() { s.drop(true) }
 
 // Logout implements smtp.Session; go-smtp calls it once, when the
-// connection closes or STARTTLS starts a new session.
+// connection closes or STARTTLS starts a new session. A Data still
+// running (BDAT) keeps the session's config until it returns.
 func (s *session) Logout() error {
-	s.abort()
-	s.srv.release(s.gen)
+	s.mu.Lock()
+	s.closed = true
+	busy := s.running > 0
+	s.mu.Unlock()
+	// No wait: Server.Close calls Logout of one connection after the
+	// other, and a Data in the data stage may take filter_timeout.
+	s.drop(false)
+	if !busy {
+		s.srv.release(s.gen)
+	}
 	return nil
 }
 
-// abort drops the transaction in progress; an uncommitted spool file is
-// removed so a client that goes away leaves nothing half-queued.
-func (s *session) abort() {
-	if s.w != nil {
-		if err := s.w.Abort(); err != nil {
-			s.log.Warn("spool abort", "queue_id", s.w.ID(), "err", err)
-		}
-		s.w = nil
+// drop ends the transaction in progress. One that Data works on is only
+// marked: Data ends it, as only Data may touch its writer, and Commit
+// and Abort must not race. With wait, drop first waits for the goroutine
+// of a BDAT transaction's Data, running or not: go-smtp closes the pipe
+// before it calls Reset, so Data may have returned already while that
+// goroutine still has work to do.
+func (s *session) drop(wait bool) {
+	s.mu.Lock()
+	t := s.cur
+	s.cur = nil
+	var running bool
+	var done chan struct{}
+	var pipe *io.PipeReader
+	if t != nil {
+		running, done, pipe = t.inData, t.dataDone, t.pipe
+		t.reset = running
 	}
-	s.tx, s.ftx, s.txLog, s.txStages = nil, nil, nil, nil
-	if s.earlyPhase == stages.Mail {
-		s.early, s.earlyPhase = nil, 0
+	s.mu.Unlock()
+	if t == nil {
+		return
+	}
+	if wait && pipe != nil {
+		waitBDAT(done, pipe)
+		running = false
+	}
+	if !running {
+		t.abort()
 	}
 }
 
-func (s *session) spoolError(err error, op string) error {
-	return s.spoolErrorLog(s.log, err, op)
+// abort removes the spool file of t unless it was committed, so a client
+// that goes away leaves nothing half-queued.
+func (t *txn) abort() {
+	if t.w == nil {
+		return
+	}
+	if err := t.w.Abort(); err != nil {
+		t.log.Warn("spool abort", "err", err)
+	}
+	t.w = nil
 }
 
-func (s *session) spoolErrorLog(log *slog.Logger, err error, op string) error {
-	r := errLocal
+// spoolReply is the reply to a failing spool: 452 when the disk is full
+// (RFC 5321 §4.2.2), else 451.
+func spoolReply(err error) *smtp.SMTPError {
 	if spool.IsFull(err) {
-		r = errNoSpace
+		return errNoSpace
 	}
-	s.record(trace.Event{Event: "data", Action: "tempfail", Reason: op + " failed: " + err.Error(), Reply: replyText(r)})
-	s.abort()
+	return errLocal
+}
+
+// spoolError ends t after the spool failed at op.
+func (s *session) spoolError(t *txn, log *slog.Logger, err error, op string) error {
+	r := spoolReply(err)
+	s.record(t, trace.Event{Event: "data", Action: "tempfail", Reason: op + " failed: " + err.Error(), Reply: replyText(r)})
+	t.abort()
 	log.Error("spool "+op+" failed", "err", err, "reply", r.Code)
 	return s.count(r)
 }
@@ -556,7 +703,7 @@ func (s *session) count(r *smtp.SMTPError) error {
 
 // receivedField renders the trace field this hop adds (RFC 5321 §4.4), in
 // the layout Postfix uses so that existing tooling parses it.
-func (s *session) receivedField() string {
+func (s *session) receivedField(t *txn) string {
 	var b strings.Builder
 	helo := s.client.Helo
 	if helo == "" {
@@ -564,18 +711,18 @@ func (s *session) receivedField() string {
 	}
 	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n", sanitize(helo), addrLiteral(s.client.Addr))
 	proto := "ESMTP"
-	if s.utf8 {
+	if t.utf8 {
 		proto = "UTF8SMTP" // RFC 6531 §3.7.3
 	}
 	if st, ok := s.conn.TLSConnectionState(); ok {
 		fmt.Fprintf(&b, "\t(using %s)\r\n", tlsDescription(st.Version, st.CipherSuite))
 		proto += "S" // RFC 3848
 	}
-	fmt.Fprintf(&b, "\tby %s (mailgate) with %s id %s", s.srv.opts.Config.Hostname, proto, s.tx.QueueID)
-	if len(s.tx.Rcpts) == 1 {
+	fmt.Fprintf(&b, "\tby %s (mailgate) with %s id %s", s.srv.opts.Config.Hostname, proto, t.tx.QueueID)
+	if len(t.tx.Rcpts) == 1 {
 		// Only a single recipient is named: naming several would disclose
 		// Bcc recipients to each other (RFC 5321 §7.2).
-		fmt.Fprintf(&b, "\r\n\tfor <%s>", noControls(s.tx.Rcpts[0]))
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", noControls(t.tx.Rcpts[0]))
 	}
 	fmt.Fprintf(&b, "; %s\r\n", time.Now().Format("Mon, 02 Jan 2006 15:04:05 -0700 (MST)"))
 	return b.String()

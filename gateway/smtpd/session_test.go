@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -231,4 +233,71 @@ func TestAddressSyntaxUTF8(t *testing.T) {
 	c.cmd("RCPT TO:<ü@bücher.test>", "250")
 	c.cmd("RCPT TO:<ü@bü_cher.test>", "501 5.1.3 ")
 	c.cmd("RCPT TO:<ü@a\u2488.test>", "501 5.1.3 ")
+}
+
+// go-smtp runs Data in a goroutine of its own for BDAT, and a RSET, an
+// oversize chunk or a disconnect between chunks ends the transaction
+// while that Data still runs. The next transaction must not be touched by
+// it: no race, every reply right, every message queued whole.
+func TestBDATInterruptedThenNewTransaction(t *testing.T) {
+	ts := serve(t, "[server]\nmax_message_size = \"1KB\"\n")
+	const rounds = 20
+	interrupt := map[string]func(c *client){
+		"rset": func(c *client) { c.cmd("RSET", "250") },
+		"oversize": func(c *client) {
+			c.send("BDAT 2000\r\n" + strings.Repeat("x", 2000))
+			c.expect("552 5.3.4 ")
+		},
+		"disconnect": func(c *client) { c.conn.Close() },
+	}
+	n := 0
+	for _, name := range []string{"rset", "oversize", "disconnect"} {
+		c := dial(t, ts)
+		for i := range rounds {
+			c.cmd("MAIL FROM:<a@sender.test>", "250")
+			c.cmd("RCPT TO:<b@dest.test>", "250")
+			c.send("BDAT 12\r\nSubject: x\r\n")
+			c.expect("250 ")
+			interrupt[name](c)
+			if name == "disconnect" {
+				c = dial(t, ts)
+			}
+			c.cmd("MAIL FROM:<a@sender.test>", "250")
+			c.cmd("RCPT TO:<b@dest.test>", "250")
+			body := fmt.Sprintf("Subject: %s %d\r\n\r\nbody\r\n", name, i)
+			if i%2 == 0 {
+				c.cmd("DATA", "354")
+				c.send(body + ".\r\n")
+			} else {
+				c.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body), body))
+			}
+			c.expect("250 2.0.0 Ok: queued as ")
+			n++
+			envs := ts.queue.queued()
+			if len(envs) != n {
+				t.Fatalf("%s round %d: %d messages queued, want %d", name, i, len(envs), n)
+			}
+			data, err := os.ReadFile(ts.spool.MessagePath(envs[n-1].ID))
+			if err != nil {
+				t.Fatalf("%s round %d: %v", name, i, err)
+			}
+			if !strings.HasSuffix(string(data), body) {
+				t.Errorf("%s round %d: queued %q, want suffix %q", name, i, data, body)
+			}
+		}
+	}
+	// The interrupted messages leave no file behind.
+	msgDir := filepath.Dir(ts.spool.MessagePath(ts.queue.queued()[0].ID))
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		files, err := os.ReadDir(msgDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(files) == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d message files in the spool, want %d", len(files), n)
+		}
+	}
 }
