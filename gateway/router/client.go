@@ -27,10 +27,20 @@ type conn struct {
 	c         *smtp.Client
 	nc        net.Conn // under c: deadlines, and closing it aborts c
 	idleSince time.Time
+	// cutOff is set when a message broke off in the middle of DATA: the
+	// connection must be closed without another word.
+	cutOff bool
 }
 
-// close ends the session politely if the server still listens.
+// close ends the session politely if the server still listens. After a
+// message was cut off it only drops the connection: the next command
+// would first end the message with "." (go-smtp's writer does that
+// before QUIT), and the server would take the truncated message.
 func (c *conn) close() {
+	if c.cutOff {
+		c.nc.Close()
+		return
+	}
 	c.c.CommandTimeout = time.Second
 	if c.c.Quit() != nil {
 		c.c.Close()
@@ -239,7 +249,12 @@ func (sc *smtpClient) send(ctx context.Context, c *conn, from string, rcpts []st
 			return nil
 		}
 		if _, err := io.Copy(&deadlineWriter{w: w, nc: c.nc, timeout: sc.commandTimeout}, msg); err != nil {
-			// The message is cut off mid-DATA: the session is lost.
+			// The message is cut off mid-DATA: the session is lost, and
+			// only closing the connection keeps the next hop from taking
+			// what it got as the whole message; a server that loses the
+			// connection drops the transaction (RFC 5321 §3.8).
+			c.cutOff = true
+			c.nc.Close()
 			fail(fmt.Errorf("sending message: %w", err), accepted)
 			return nil
 		}

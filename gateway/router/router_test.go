@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/miekg/dns"
@@ -714,5 +716,38 @@ func TestDataRejectedOneDSN(t *testing.T) {
 	}
 	if n := len(srv.Messages()); n != 0 {
 		t.Errorf("server that rejected DATA recorded %d messages", n)
+	}
+}
+
+// A message whose spool file fails to read halfway must not reach the
+// next hop: go-smtp would end the message with "." before QUIT, and the
+// server would take the first half as the whole message, then the whole
+// one again on the next attempt.
+func TestMessageCutOffIsNotDelivered(t *testing.T) {
+	srv := routertest.NewServer(t)
+	cfg := testConfig(serverRoute("dest.test", srv))
+	r, err := New(cfg, openSpool(t), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := r.conf.Load()
+	env := &spool.Envelope{ID: "0000000000000000", From: "a@sender.test", Rcpts: []spool.Recipient{{Addr: "b@dest.test", Status: spool.Pending}}}
+	g := c.groups(env)[0]
+	broken := io.MultiReader(strings.NewReader(sample[:40]), iotest.ErrReader(errors.New("disk read error")))
+	res := r.toSMTP(context.Background(), c, env, g, broken)
+	if len(res) != 1 || res[0].status != spool.Pending {
+		t.Fatalf("results %+v, want the recipient pending", res)
+	}
+	if msgs := srv.Messages(); len(msgs) != 0 {
+		t.Fatalf("the next hop took the cut-off message: %q", msgs[0].Data)
+	}
+	// The next attempt delivers the message once, whole.
+	res = r.toSMTP(context.Background(), c, env, g, strings.NewReader(sample))
+	if len(res) != 1 || res[0].status != spool.Delivered {
+		t.Fatalf("results %+v, want delivered", res)
+	}
+	msgs := srv.WaitFor(1, waitLong)
+	if len(msgs) != 1 || string(msgs[0].Data) != sample {
+		t.Fatalf("next hop has %d messages, first %q", len(msgs), msgs[0].Data)
 	}
 }
