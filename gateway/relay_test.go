@@ -38,7 +38,7 @@ func TestCatchAllRouteIsNotRelay(t *testing.T) {
 		c := dial(t, g.SMTPAddrs()[0])
 		c.cmd("EHLO client.test", "250")
 		c.cmd("MAIL FROM:<a@sender.test>", "250")
-		if r := c.cmd("RCPT TO:<x@gmail.test>", ""); r[:len(tc.want)] != tc.want {
+		if r := c.cmd("RCPT TO:<x@gmail.test>", ""); !strings.HasPrefix(r, tc.want) {
 			t.Errorf("trusted_networks = %s: RCPT TO:<x@gmail.test> = %q, want %q", tc.trusted, r, tc.want)
 		}
 		// Our own domains are open to everyone.
