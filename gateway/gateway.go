@@ -282,9 +282,12 @@ func (g *Gateway) config() *policy.Config {
 	return g.cfg
 }
 
-// Health returns why the gateway cannot take mail, or nil: the spool and
-// the quarantine must be writable.
+// Health returns why the gateway cannot take mail, or nil: delivery must
+// be running, and the spool and the quarantine writable.
 func (g *Gateway) Health() error {
+	if err := g.router.Err(); err != nil {
+		return fmt.Errorf("delivery stopped: %w", err)
+	}
 	w, err := g.spool.Create()
 	if err == nil {
 		if _, err = w.Write([]byte("healthz\r\n")); err == nil {

@@ -14,8 +14,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +54,7 @@ type Router struct {
 
 	mu       sync.Mutex
 	incoming []*spool.Envelope
+	runErr   error         // why Run stopped, if it failed
 	wake     chan struct{} // a new envelope is in incoming
 	ops      chan op
 	stopped  chan struct{} // closed when Run returns
@@ -226,12 +230,31 @@ func (r *Router) do(ctx context.Context, fn func(*scheduler) error) error {
 // are delivered at least once after a restart.
 func (r *Router) Run(ctx context.Context) error {
 	defer close(r.stopped)
+	err := r.run(ctx)
+	if err != nil {
+		r.mu.Lock()
+		r.runErr = err
+		r.mu.Unlock()
+	}
+	return err
+}
+
+// Err returns why Run failed, or nil: before Run, while it runs and after
+// it ended with its context. Mail accepted while Err is not nil would
+// never be delivered.
+func (r *Router) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.runErr
+}
+
+func (r *Router) run(ctx context.Context) error {
 	s := &scheduler{
 		r:       r,
 		items:   make(map[string]*item),
 		results: make(chan outcome),
 	}
-	envs, err := r.sp.List()
+	envs, err := r.loadQueue()
 	if err != nil {
 		return fmt.Errorf("router: load queue: %w", err)
 	}
@@ -274,6 +297,39 @@ func (r *Router) Run(ctx context.Context) error {
 		case <-timer.C:
 		}
 	}
+}
+
+// loadQueue returns the envelopes of every queued message, oldest first.
+// One that cannot be read or parsed is logged, counted and skipped: a
+// single broken file must not stop the delivery of all the others. It
+// stays in the spool for an operator to look at. spool.List stops at the
+// first such file, so the IDs are read from env/, where package spool
+// documents that committed envelopes live.
+func (r *Router) loadQueue() ([]*spool.Envelope, error) {
+	dir := filepath.Join(filepath.Dir(filepath.Dir(r.sp.MessagePath("id"))), "env")
+	names, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var envs []*spool.Envelope
+	for _, de := range names { // sorted by name, so oldest first
+		id := de.Name()
+		if !spool.ValidID(id) {
+			continue
+		}
+		env, err := r.sp.Load(id)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			// Removed since ReadDir.
+		case err != nil:
+			r.log.Error("envelope skipped: cannot be loaded; its message is not delivered until it is repaired or removed",
+				"id", id, "path", filepath.Join(dir, id), "err", err)
+			r.m.badEnvelope()
+		default:
+			envs = append(envs, env)
+		}
+	}
+	return envs, nil
 }
 
 // sweep closes idle connections once they are older than

@@ -43,6 +43,9 @@ type RouteMatcher interface {
 // Queuer takes a committed message for delivery.
 type Queuer interface {
 	Enqueue(env *spool.Envelope)
+	// Err is not nil once delivery has stopped for good: mail taken then
+	// would sit in the spool with nobody to deliver it.
+	Err() error
 }
 
 // Quarantiner keeps a message policy held back. Add takes the file of a

@@ -505,6 +505,16 @@ func (s *session) data(t *txn, r io.Reader) error {
 	for _, rc := range t.tx.Rcpts {
 		env.Rcpts = append(env.Rcpts, spool.Recipient{Addr: rc, Status: spool.Pending})
 	}
+	if err := s.srv.opts.Queue.Err(); err != nil {
+		// 250 would promise a delivery that cannot happen; 451 keeps the
+		// mail with the sender until the gateway is fixed.
+		log.Error("delivery stopped", "err", err)
+		ev.Action, ev.Reason = "tempfail", "delivery stopped"
+		d.Action = stages.TempFail
+		err := decided(errLocal)
+		t.abort()
+		return err
+	}
 	s.mu.Lock()
 	gone := t.reset
 	s.mu.Unlock()

@@ -3,6 +3,7 @@ package smtpd
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -35,6 +36,13 @@ func (r routes) HasRoute(domain string) bool {
 type queue struct {
 	mu   sync.Mutex
 	envs []*spool.Envelope
+	err  error
+}
+
+func (q *queue) Err() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.err
 }
 
 func (q *queue) Enqueue(env *spool.Envelope) {
@@ -299,5 +307,23 @@ func TestBDATInterruptedThenNewTransaction(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d message files in the spool, want %d", len(files), n)
 		}
+	}
+}
+
+// When delivery has stopped for good, DATA is answered 451 rather than
+// 250 for mail nobody would deliver.
+func TestDataRefusedWhenDeliveryStopped(t *testing.T) {
+	ts := serve(t, "")
+	c := dial(t, ts)
+	c.cmd("MAIL FROM:<a@sender.test>", "250")
+	c.cmd("RCPT TO:<b@dest.test>", "250")
+	c.cmd("DATA", "354")
+	ts.queue.mu.Lock()
+	ts.queue.err = errors.New("router: load queue: broken")
+	ts.queue.mu.Unlock()
+	c.send(msg + ".\r\n")
+	c.expect("451 4.3.0 ")
+	if n := len(ts.queue.queued()); n != 0 {
+		t.Fatalf("%d messages queued", n)
 	}
 }
