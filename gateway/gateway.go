@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,7 +129,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (g *Gateway, err
 	g.smtp, err = smtpd.New(smtpd.Options{
 		Config:     cfg,
 		Spool:      g.spool,
-		Routes:     routeMatcher{table},
+		Routes:     routeMatcher{table, g.router},
 		Queue:      g.router,
 		Quarantine: g.quar,
 		Pipeline:   ch.pipeline,
@@ -305,7 +306,19 @@ func (g *Gateway) Health() error {
 }
 
 // routeMatcher adapts the route table to smtpd's relay control: only
-// domains a route names, never the "*" route.
-type routeMatcher struct{ t *router.Table }
+// domains a route names, never the "*" route; and asks the router to
+// verify recipients of routes with verify_rcpts.
+type routeMatcher struct {
+	t *router.Table
+	r *router.Router
+}
 
 func (m routeMatcher) HasRoute(domain string) bool { return m.t.Relays(domain) }
+
+func (m routeMatcher) VerifyRcpt(ctx context.Context, addr string) error {
+	route, ok := m.t.Match(addr[strings.LastIndexByte(addr, '@')+1:])
+	if !ok || !route.VerifyRcpts {
+		return nil
+	}
+	return m.r.VerifyRcpt(ctx, route, addr)
+}

@@ -79,7 +79,7 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 		g.mu.Unlock()
 		oldChain.Close()
 	}
-	if err := g.smtp.Reload(smtpd.Update{Config: cfg, Pipeline: ch.pipeline, Routes: routeMatcher{table}}, retire); err != nil {
+	if err := g.smtp.Reload(smtpd.Update{Config: cfg, Pipeline: ch.pipeline, Routes: routeMatcher{table, g.router}}, retire); err != nil {
 		// Checked above, so this does not happen; undo all the same.
 		g.router.Reload(old)
 		g.mu.Lock()

@@ -95,6 +95,12 @@ type Route struct {
 	// TLSSkipVerify accepts any certificate from the next hop (internal
 	// servers with self-signed certificates).
 	TLSSkipVerify bool `toml:"tls_skip_verify"`
+	// VerifyRcpts asks the route's servers at RCPT whether they take the
+	// recipient (MAIL FROM:<>, RCPT TO, RSET) and refuses those they
+	// refuse for good (550 5.1.1), so that no bounce goes to a forged
+	// sender later. A temporary refusal or no answer takes the mail, to
+	// queue it. Servers routes only.
+	VerifyRcpts bool `toml:"verify_rcpts"`
 }
 
 // StageConfig is one [[stage]] of the filter chain.

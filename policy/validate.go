@@ -172,6 +172,11 @@ func (v *validator) routes(routes []Route, k key) {
 		for j, s := range r.Servers {
 			v.hostPort(rk.field("servers").index(j), s, false, "10.0.0.5:25")
 		}
+		if r.VerifyRcpts && len(r.Servers) == 0 {
+			// Only servers of our own can be asked: MX hosts elsewhere
+			// must not be probed for every recipient of a trusted client.
+			v.errorf(rk.field("verify_rcpts"), "needs servers; a route with mx or maildir cannot verify recipients")
+		}
 		v.oneOf(rk.field("tls"), r.TLS, "opportunistic", "required", "none")
 	}
 }

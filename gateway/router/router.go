@@ -47,6 +47,8 @@ type Router struct {
 	workers int
 	trace   *trace.Log
 	m       *metrics
+	// verified keeps the answers of recipient probes (VerifyRcpt).
+	verified verifyCache
 
 	// conf is what a reload replaces. A delivery attempt loads it once
 	// and uses that one throughout.

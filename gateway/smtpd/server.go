@@ -38,6 +38,10 @@ import (
 // does not count.
 type RouteMatcher interface {
 	HasRoute(domain string) bool
+	// VerifyRcpt returns an error, with the reason for the log, when the
+	// next hop of addr's route refused addr for good; nil when it took it,
+	// could not tell, or the route does not verify recipients.
+	VerifyRcpt(ctx context.Context, addr string) error
 }
 
 // Queuer takes a committed message for delivery.

@@ -41,6 +41,7 @@ var (
 	errDataTimeout  = reply(421, 4, 4, 2, "Timeout reading message, closing connection")
 	errFilterTime   = reply(451, 4, 3, 2, "Message checks timed out, try again later")
 	errBadRcpt      = reply(501, 5, 1, 3, "Bad recipient address syntax")
+	errUnknownRcpt  = reply(550, 5, 1, 1, "Recipient address rejected")
 	errBadSender    = reply(501, 5, 1, 7, "Bad sender address syntax")
 	errNeedUTF8     = reply(553, 5, 6, 7, "Non-ASCII address requires SMTPUTF8")
 )
@@ -291,9 +292,16 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.logDecision(log, "rejected", errRelayDenied, "phase", "rcpt", "reason", reason)
 		return refuse(errRelayDenied, trace.Event{Action: "reject", Reason: reason})
 	}
-	t.tx.Rcpts = append(t.tx.Rcpts, to)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.gen.cfg.Server.FilterTimeout))
 	defer cancel()
+	// A recipient the internal server refuses would bounce later, to a
+	// sender that may be forged: refuse it now (verify_rcpts).
+	if err := s.gen.routes.VerifyRcpt(ctx, to); err != nil {
+		reason := "recipient refused by the next hop: " + err.Error()
+		s.logDecision(log, "rejected", errUnknownRcpt, "phase", "rcpt", "reason", reason)
+		return refuse(errUnknownRcpt, trace.Event{Action: "reject", Reason: reason})
+	}
+	t.tx.Rcpts = append(t.tx.Rcpts, to)
 	d := t.ftx.Run(ctx, stages.Rcpt, t.tx, log)
 	ts := trace.Stages(d.Trace)
 	switch d.Action {

@@ -22,6 +22,14 @@ import (
 // without regard to case or a trailing dot.
 type routes []string
 
+// VerifyRcpt refuses the recipients whose local part is "unknown".
+func (r routes) VerifyRcpt(_ context.Context, addr string) error {
+	if strings.HasPrefix(addr, "unknown@") {
+		return errors.New("550 5.1.1 no such user")
+	}
+	return nil
+}
+
 func (r routes) HasRoute(domain string) bool {
 	d := strings.TrimSuffix(strings.ToLower(domain), ".")
 	for _, x := range r {
@@ -325,5 +333,22 @@ func TestDataRefusedWhenDeliveryStopped(t *testing.T) {
 	c.expect("451 4.3.0 ")
 	if n := len(ts.queue.queued()); n != 0 {
 		t.Fatalf("%d messages queued", n)
+	}
+}
+
+// A recipient the next hop refuses is refused at RCPT, so that no bounce
+// goes to a sender that may be forged.
+func TestRcptVerified(t *testing.T) {
+	ts := serve(t, "")
+	c := dial(t, ts)
+	c.cmd("MAIL FROM:<a@sender.test>", "250")
+	c.cmd("RCPT TO:<unknown@dest.test>", "550 5.1.1 ")
+	c.cmd("RCPT TO:<b@dest.test>", "250")
+	c.cmd("DATA", "354")
+	c.send(msg + ".\r\n")
+	c.expect("250 ")
+	envs := ts.queue.queued()
+	if len(envs) != 1 || len(envs[0].Rcpts) != 1 || envs[0].Rcpts[0].Addr != "b@dest.test" {
+		t.Fatalf("queued %+v", envs)
 	}
 }

@@ -1,0 +1,172 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/policy"
+)
+
+// How long answers of a route's servers about a recipient are kept, as
+// Postfix's address_verify_positive_expire_time and
+// address_verify_negative_expire_time (shorter here: a new mailbox should
+// not wait long to get mail), and how many are kept at most.
+const (
+	verifyKnownFor   = time.Hour
+	verifyUnknownFor = 10 * time.Minute
+	verifyCacheSize  = 20000
+)
+
+// verifyCache keeps the answers of recipient probes.
+type verifyCache struct {
+	mu      sync.Mutex
+	entries map[string]verdict
+}
+
+type verdict struct {
+	refused error // the refusal of the next hop; nil: it takes the recipient
+	expires time.Time
+}
+
+func (vc *verifyCache) get(key string, now time.Time) (verdict, bool) {
+	vc.mu.Lock()
+	defer vc.mu.Unlock()
+	v, ok := vc.entries[key]
+	if !ok || now.After(v.expires) {
+		return verdict{}, false
+	}
+	return v, true
+}
+
+// put keeps v. A full cache first forgets expired answers, then, if that
+// is not enough, some others: a probe costs little, memory without bound
+// (a dictionary attack) would.
+func (vc *verifyCache) put(key string, v verdict, now time.Time) {
+	vc.mu.Lock()
+	defer vc.mu.Unlock()
+	if vc.entries == nil {
+		vc.entries = make(map[string]verdict)
+	}
+	if len(vc.entries) >= verifyCacheSize {
+		for k, e := range vc.entries {
+			if now.After(e.expires) {
+				delete(vc.entries, k)
+			}
+		}
+		for k := range vc.entries {
+			if len(vc.entries) < verifyCacheSize*9/10 {
+				break
+			}
+			delete(vc.entries, k)
+		}
+	}
+	vc.entries[key] = v
+}
+
+// VerifyRcpt asks route's servers whether they take mail for addr, as
+// Postfix's reject_unverified_recipient: MAIL FROM:<>, RCPT TO:<addr> and
+// RSET on a pooled connection, servers in order as for delivery. It
+// returns an error, the servers' reply, only when they refused addr for
+// good (5xx): mail to it would bounce, and the bounce would go to a sender
+// that may be forged (backscatter). A temporary refusal, or no server
+// answering, is not an error: the mail is taken and queued, since keeping
+// mail while the internal servers are away is what the gateway is for.
+// Answers are cached, known recipients for an hour, refused ones for ten
+// minutes; temporary ones are not.
+func (r *Router) VerifyRcpt(ctx context.Context, route *policy.Route, addr string) error {
+	key := strings.Join(route.Servers, ",") + "\x00" + addr
+	now := time.Now()
+	if v, ok := r.verified.get(key, now); ok {
+		return v.refused
+	}
+	known, err := r.probe(ctx, route, addr)
+	switch {
+	case known:
+		r.verified.put(key, verdict{expires: now.Add(verifyKnownFor)}, now)
+	case isPermanent(err):
+		r.verified.put(key, verdict{refused: err, expires: now.Add(verifyUnknownFor)}, now)
+		return err
+	case err != nil:
+		r.log.Debug("recipient not verified", "rcpt", addr, "err", err)
+	}
+	return nil
+}
+
+// probe asks the first server of route that takes a connection about
+// addr. known is true when it accepted the recipient; err is its refusal,
+// or what kept the question from being asked.
+func (r *Router) probe(ctx context.Context, route *policy.Route, addr string) (known bool, err error) {
+	cf := r.conf.Load()
+	mode := tlsOpportunistic
+	if route.TLS != "" {
+		mode = route.TLS
+	}
+	err = errors.New("no server of the route")
+	for _, s := range route.Servers {
+		host, _, serr := net.SplitHostPort(s)
+		if serr != nil {
+			host = s
+		}
+		t := target{addr: s, name: host}
+		pool := cf.client.pool
+		d := pool.dest(destKey{addr: t.addr, name: t.name, tls: mode, skipVerify: route.TLSSkipVerify})
+		c, cerr := cf.client.connect(ctx, d, t, mode, route.TLSSkipVerify)
+		if cerr != nil {
+			pool.done(d)
+			err = cerr
+			if ctx.Err() != nil {
+				return false, err
+			}
+			continue
+		}
+		var reusable bool
+		known, reusable, err = askRcpt(ctx, c, addr)
+		if reusable {
+			pool.put(d, c)
+		} else {
+			pool.drop(d, c)
+		}
+		pool.done(d)
+		return known, err
+	}
+	return false, err
+}
+
+// askRcpt runs MAIL FROM:<>, RCPT TO:<addr> and RSET: a transaction that
+// never gets to DATA delivers nothing (RFC 5321 §4.1.1.5). The null
+// sender is what the server would see from a bounce, so it answers as it
+// would for one. err is the reply to RCPT, or why RCPT was not asked.
+func askRcpt(ctx context.Context, c *conn, addr string) (known, reusable bool, err error) {
+	cerr := c.withContext(ctx, func() error {
+		var opts *smtp.MailOptions
+		if !isASCII(addr) {
+			if ok, _ := c.c.Extension("SMTPUTF8"); !ok {
+				err, reusable = errors.New("next hop does not support SMTPUTF8"), true
+				return nil
+			}
+			opts = &smtp.MailOptions{UTF8: true}
+		}
+		if merr := c.c.Mail("", opts); merr != nil {
+			// %v: a refused MAIL says nothing about the recipient.
+			err = fmt.Errorf("MAIL FROM:<> refused: %v", merr)
+			reusable = isReply(merr) && c.c.Reset() == nil
+			return nil
+		}
+		err = c.c.Rcpt(quoteAddr(addr), nil)
+		known = err == nil
+		reusable = (known || isReply(err)) && c.c.Reset() == nil
+		return nil
+	})
+	if cerr != nil {
+		// ctx ended and closed the connection.
+		return false, false, cerr
+	}
+	return known, reusable, err
+}

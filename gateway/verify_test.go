@@ -1,0 +1,47 @@
+package gateway_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/policy"
+)
+
+// verify_rcpts: a recipient the internal server does not know is refused
+// at RCPT, not bounced later; the answer is cached.
+func TestVerifyRcpts(t *testing.T) {
+	down := routertest.NewServer(t)
+	down.SetRcptReply("nobody@dest.test", 550)
+	g := startGateway(t, fmt.Sprintf("\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q]\nverify_rcpts = true\n", down.Addr()))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	for range 2 {
+		c.cmd("MAIL FROM:<a@sender.test>", "250")
+		c.cmd("RCPT TO:<nobody@dest.test>", "550 5.1.1 ")
+		c.cmd("RCPT TO:<b@dest.test>", "250")
+		c.cmd("RSET", "250")
+	}
+	probes := 0
+	for _, w := range down.Transcripts() {
+		probes += strings.Count(w, "RCPT TO:<nobody@dest.test>")
+	}
+	if probes != 1 {
+		t.Errorf("nobody@dest.test asked %d times, want once", probes)
+	}
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("v@test", "hi\r\n")); !strings.HasPrefix(r, "250 ") {
+		t.Fatalf("DATA: %q", r)
+	}
+	if m := down.WaitFor(1, 10*time.Second)[0]; len(m.Rcpts) != 1 || m.Rcpts[0] != "b@dest.test" {
+		t.Fatalf("delivered to %q", m.Rcpts)
+	}
+}
+
+func TestVerifyRcptsNeedsServers(t *testing.T) {
+	_, err := policy.Parse("test.toml", []byte("hostname = \"mx.test\"\ndata_dir = \"/tmp/x\"\n[[route]]\ndomains = [\"*\"]\nmx = true\nverify_rcpts = true\n"))
+	if err == nil || !strings.Contains(err.Error(), "verify_rcpts: needs servers") {
+		t.Fatalf("verify_rcpts on an mx route: %v", err)
+	}
+}
