@@ -42,6 +42,7 @@ var (
 	errFilterTime   = reply(451, 4, 3, 2, "Message checks timed out, try again later")
 	errBadRcpt      = reply(501, 5, 1, 3, "Bad recipient address syntax")
 	errUnknownRcpt  = reply(550, 5, 1, 1, "Recipient address rejected")
+	errBigHeader    = reply(552, 5, 3, 4, "Message header too large")
 	errBadSender    = reply(501, 5, 1, 7, "Bad sender address syntax")
 	errNeedUTF8     = reply(553, 5, 6, 7, "Non-ASCII address requires SMTPUTF8")
 )
@@ -440,7 +441,9 @@ func (s *session) data(t *txn, r io.Reader) error {
 		return refuse(errTooManyHops, fmt.Sprintf("mail loop: %d Received fields", hs.received))
 	}
 
-	if err := readMessage(t.tx, w); err != nil {
+	if err := readMessage(t.tx, w); errors.Is(err, errHeaderTooLarge) {
+		return refuse(errBigHeader, err.Error())
+	} else if err != nil {
 		return s.spoolError(t, log, err, "read back")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.FilterTimeout))
@@ -579,6 +582,12 @@ func actionOf(r *smtp.SMTPError) string {
 	return "reject"
 }
 
+// maxHeaderSize bounds the header block of a message, which stages get
+// parsed in memory: a message without a blank line is all header.
+const maxHeaderSize = 1 << 20
+
+var errHeaderTooLarge = errors.New("header block larger than 1 MiB")
+
 // readMessage parses the header of what was spooled and points tx.Body at
 // the rest of the file, so stages read the body without a copy.
 func readMessage(tx *stages.Transaction, w *spool.Writer) error {
@@ -589,7 +598,7 @@ func readMessage(tx *stages.Transaction, w *spool.Writer) error {
 	defer f.Close()
 	cr := &countingReader{r: f}
 	br := bufio.NewReaderSize(cr, 64*1024)
-	h, err := stages.ParseHeader(br)
+	h, err := stages.ParseHeader(&headerReader{br: br, left: maxHeaderSize})
 	if err != nil {
 		return fmt.Errorf("parse header: %w", err)
 	}
@@ -597,6 +606,38 @@ func readMessage(tx *stages.Transaction, w *spool.Writer) error {
 	tx.Header = h
 	tx.Body = &spoolBody{path: w.Path(), offset: offset, size: w.Size() - offset}
 	return nil
+}
+
+// headerReader gives ParseHeader at most left more bytes, then
+// errHeaderTooLarge; a line is read in pieces, so even a single line of
+// the whole message costs no more than the limit.
+type headerReader struct {
+	br   *bufio.Reader
+	left int
+}
+
+func (h *headerReader) ReadString(delim byte) (string, error) {
+	var line []byte
+	for {
+		piece, err := h.br.ReadSlice(delim)
+		if len(piece) > h.left {
+			return "", errHeaderTooLarge
+		}
+		h.left -= len(piece)
+		line = append(line, piece...)
+		if err != bufio.ErrBufferFull {
+			return string(line), err
+		}
+	}
+}
+
+func (h *headerReader) Read(p []byte) (int, error) {
+	if h.left == 0 {
+		return 0, errHeaderTooLarge
+	}
+	n, err := h.br.Read(p[:min(len(p), h.left)])
+	h.left -= n
+	return n, err
 }
 
 // rewrite replaces the spooled message with the edited header and body.

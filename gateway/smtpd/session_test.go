@@ -352,3 +352,39 @@ func TestRcptVerified(t *testing.T) {
 		t.Fatalf("queued %+v", envs)
 	}
 }
+
+// The header is parsed into memory for the stages: a message that is all
+// header (no blank line) is refused above 1 MiB, whatever its size limit.
+func TestHeaderTooLarge(t *testing.T) {
+	ts := serve(t, "")
+	c := dial(t, ts)
+	line := "X-Pad: " + strings.Repeat("p", 990) + "\r\n"
+	big := strings.Repeat(line, 1200) // 1.2 MB
+	for _, tc := range []struct {
+		data, want string
+	}{
+		{big, "552 5.3.4 Message header too large"},
+		{"Subject: x\r\n\r\n" + big, "250 "},
+		{"Subject: x\r\n\r\n" + "body\r\n", "250 "},
+	} {
+		c.cmd("MAIL FROM:<a@sender.test>", "250")
+		c.cmd("RCPT TO:<b@dest.test>", "250")
+		c.cmd("DATA", "354")
+		c.send(tc.data + ".\r\n")
+		c.expect(tc.want)
+	}
+	if n := len(ts.queue.queued()); n != 2 {
+		t.Fatalf("%d messages queued, want 2", n)
+	}
+}
+
+func TestHeaderReader(t *testing.T) {
+	long := strings.Repeat("a", 100) + "\r\n"
+	h := &headerReader{br: bufio.NewReaderSize(strings.NewReader(long+long), 16), left: 150}
+	if got, err := h.ReadString('\n'); got != long || err != nil {
+		t.Fatalf("first line: %q, %v", got, err)
+	}
+	if _, err := h.ReadString('\n'); !errors.Is(err, errHeaderTooLarge) {
+		t.Fatalf("second line over the limit: %v", err)
+	}
+}
