@@ -99,12 +99,14 @@ func (r *Router) attempt(ctx context.Context, env *spool.Envelope) []result {
 
 func (r *Router) toMaildir(c *conf, env *spool.Envelope, g *group, msg io.Reader) []result {
 	out := make([]result, 0, len(g.rcpts))
-	host := "maildir:" + g.route.Maildir
+	// Neither host nor reply names the directory: both may be quoted to
+	// the sender in a DSN.
+	host := "maildir"
 	name, err := deliverMaildir(g.route.Maildir, env.ID, c.cfg.Hostname, env.From, msg)
 	res := result{status: spool.Delivered, reply: "250 2.0.0 delivered as " + name, host: host}
 	if err != nil {
-		r.log.Error("maildir delivery", "id", env.ID, "err", err)
-		res = result{status: spool.Pending, reply: replyOf(replyErr(451, 4, 3, 0, err.Error())), host: host}
+		r.log.Error("maildir delivery", "id", env.ID, "maildir", g.route.Maildir, "err", err)
+		res = result{status: spool.Pending, reply: replyOf(replyErr(451, 4, 3, 0, "local delivery failed")), host: host}
 	}
 	for _, i := range g.rcpts {
 		res.idx = i

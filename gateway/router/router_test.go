@@ -751,3 +751,25 @@ func TestMessageCutOffIsNotDelivered(t *testing.T) {
 		t.Fatalf("next hop has %d messages, first %q", len(msgs), msgs[0].Data)
 	}
 }
+
+// A failing Maildir leaves the recipient pending with a reply that names
+// no local path: the reply may end up in a DSN's Diagnostic-Code.
+func TestMaildirFailureReplyIsGeneric(t *testing.T) {
+	base := t.TempDir()
+	// A file where the Maildir should be: nothing can be created under it.
+	blocker := filepath.Join(base, "secret-mail-store")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(blocker, "Maildir")
+	h := start(t, testConfig(policy.Route{Domains: []string{"*"}, Maildir: dir}), openSpool(t))
+	env := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	got := h.waitAttempts(env.ID, 1)
+	rc := got.Rcpts[0]
+	if rc.Status != spool.Pending || rc.LastReply != "451 4.3.0 local delivery failed" || rc.LastHost != "maildir" {
+		t.Fatalf("recipient %+v, want pending with a generic 451", rc)
+	}
+	if !strings.Contains(h.logs.String(), "secret-mail-store") {
+		t.Errorf("the log lacks the detail:\n%s", h.logs)
+	}
+}
