@@ -1,7 +1,6 @@
 package headers
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,15 +8,12 @@ import (
 	"github.com/mailgate/mailgate/stages"
 )
 
-// maxLine is the hard limit on a header line (RFC 5322 §2.1.1: MUST be no
-// more than 998 characters, excluding the CRLF).
-const maxLine = 998
-
 // editor records edits and applies each to its own copy of the header as
 // the pipeline will (gateway/pipeline.ApplyEdits), so that the next step
-// sees the header as it will be. It emits only edits the pipeline accepts:
-// one that would make an invalid field is skipped and noted, since a
-// refused edit fails the whole stage and so the message.
+// sees the header as it will be. It emits only edits the pipeline accepts,
+// checking each field with stages.NewField as the pipeline does: one that
+// would make an invalid field is skipped and noted, since a refused edit
+// fails the whole stage and so the message.
 type editor struct {
 	h       stages.Header
 	edits   []stages.Edit
@@ -32,7 +28,7 @@ func (e *editor) skip(name string, err error) {
 // add appends the field name: v.
 func (e *editor) add(name, v string) {
 	v = strings.Trim(v, " \t")
-	if err := checkField(name, v); err != nil {
+	if _, err := stages.NewField(name, v); err != nil {
 		e.skip(name, err)
 		return
 	}
@@ -44,7 +40,7 @@ func (e *editor) add(name, v string) {
 // (RFC 5322 §3.6.7).
 func (e *editor) insertTop(name, v string) {
 	v = strings.Trim(v, " \t")
-	if err := checkField(name, v); err != nil {
+	if _, err := stages.NewField(name, v); err != nil {
 		e.skip(name, err)
 		return
 	}
@@ -69,7 +65,7 @@ func (e *editor) set(name, v string) {
 	if len(pos) == 1 && stages.Unfold(e.h[pos[0]].Value) == v {
 		return
 	}
-	if err := checkField(name, v); err != nil {
+	if _, err := stages.NewField(name, v); err != nil {
 		e.skip(name, err)
 		return
 	}
@@ -124,7 +120,7 @@ func (e *editor) each(match func(name string) bool, fn func(stages.Field) (strin
 			e.h = slices.Delete(e.h, p, p+1)
 			continue
 		}
-		if err := checkField(f.Name, v); err != nil {
+		if _, err := stages.NewField(f.Name, v); err != nil {
 			e.skip(f.Name, err)
 			continue
 		}
@@ -139,90 +135,9 @@ func (e *editor) each(match func(name string) bool, fn func(stages.Field) (strin
 func (e *editor) positions(match func(name string) bool) []int {
 	var pos []int
 	for p, f := range e.h {
-		if checkName(f.Name) == nil && match(f.Name) {
+		if stages.CheckFieldName(f.Name) == nil && match(f.Name) {
 			pos = append(pos, p)
 		}
 	}
 	return pos
 }
-
-// checkField accepts what the pipeline accepts as a field (see
-// gateway/pipeline.ApplyEdits): a valid name, and a value without control
-// characters but HTAB, either folded already (each CRLF followed by white
-// space and text) or to be folded at white space, in lines of at most
-// maxLine characters.
-func checkField(name, v string) error {
-	if err := checkName(name); err != nil {
-		return err
-	}
-	v = strings.Trim(v, " \t")
-	var lines []string
-	if strings.Contains(v, "\r\n") {
-		lines = strings.Split(v, "\r\n")
-		for k, line := range lines {
-			if err := checkText(line); err != nil {
-				return err
-			}
-			if k > 0 && (line == "" || !isWSP(line[0]) || strings.Trim(line, " \t") == "") {
-				return errors.New("line break that is not a fold")
-			}
-		}
-	} else {
-		if err := checkText(v); err != nil {
-			return err
-		}
-		lines = foldPieces(v)
-	}
-	for k, line := range lines {
-		n := len(line)
-		if k == 0 {
-			n += len(name) + len(": ")
-		}
-		if n > maxLine {
-			return fmt.Errorf("line of %d characters; the limit is %d (RFC 5322 §2.1.1)", n, maxLine)
-		}
-	}
-	return nil
-}
-
-// foldPieces splits v before each run of white space: folding (RFC 5322
-// §2.2.3) can break a line there and nowhere else, so no folded line is
-// longer than the longest piece unless it is within 78 characters.
-func foldPieces(v string) []string {
-	var pieces []string
-	start := 0
-	for i := 1; i < len(v); i++ {
-		if isWSP(v[i]) && !isWSP(v[i-1]) {
-			pieces = append(pieces, v[start:i])
-			start = i
-		}
-	}
-	return append(pieces, v[start:])
-}
-
-// checkName accepts a field name: printable US-ASCII except colon (RFC 5322
-// §3.6.8).
-func checkName(name string) error {
-	if name == "" {
-		return errors.New("empty field name")
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c < 33 || c > 126 || c == ':' {
-			return fmt.Errorf("invalid field name %q", name)
-		}
-	}
-	return nil
-}
-
-// checkText accepts one line of header text: no control characters but
-// HTAB, so above all no CR or LF.
-func checkText(s string) error {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < 32 && c != '\t') || c == 127 {
-			return fmt.Errorf("control character %q", c)
-		}
-	}
-	return nil
-}
-
-func isWSP(c byte) bool { return c == ' ' || c == '\t' }

@@ -182,7 +182,7 @@ func FuzzEncode(f *testing.F) {
 			return
 		}
 		enc := encode(s)
-		if checkText(enc) != nil {
+		if stages.CheckFieldText(enc) != nil {
 			t.Fatalf("encode(%q) = %q has control characters", s, enc)
 		}
 		back, err := new(mime.WordDecoder).DecodeHeader(enc)

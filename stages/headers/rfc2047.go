@@ -65,3 +65,5 @@ func needsEncoding(word string) bool {
 	}
 	return false
 }
+
+func isWSP(c byte) bool { return c == ' ' || c == '\t' }

@@ -71,7 +71,7 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 		f.internal = append(f.internal, re)
 	}
 	if c.SpamHeaders {
-		if err := checkName(c.SpamHeaderPrefix + "Status"); err != nil {
+		if err := stages.CheckFieldName(c.SpamHeaderPrefix + "Status"); err != nil {
 			return nil, fmt.Errorf("spam_header_prefix: unexpected %q; expect the start of a field name such as \"X-Spam-\"", c.SpamHeaderPrefix)
 		}
 	}
@@ -134,7 +134,7 @@ func compile(r Rule) (rule, error) {
 		return cr, keyError("name", "required; expect a field name such as \"X-Gateway\"")
 	}
 	if r.Name != "" {
-		if err := checkName(r.Name); err != nil {
+		if err := stages.CheckFieldName(r.Name); err != nil {
 			return cr, keyError("name", "unexpected %q; expect a field name: printable ASCII without spaces or colon", r.Name)
 		}
 	}
@@ -166,7 +166,7 @@ func compile(r Rule) (rule, error) {
 		}
 		cr.pattern = re
 	}
-	if err := checkText(r.Replacement); err != nil {
+	if err := stages.CheckFieldText(r.Replacement); err != nil {
 		return cr, keyError("replacement", "%v", err)
 	}
 	return cr, nil
@@ -175,7 +175,7 @@ func compile(r Rule) (rule, error) {
 // glob turns a field name pattern with * wildcards into a case-insensitive
 // regular expression for the whole name.
 func glob(g string) (*regexp.Regexp, error) {
-	if g == "" || checkName(strings.ReplaceAll(g, "*", "x")) != nil {
+	if g == "" || stages.CheckFieldName(strings.ReplaceAll(g, "*", "x")) != nil {
 		return nil, fmt.Errorf("unexpected %q; expect a field name with * wildcards such as \"X-Internal-*\"", g)
 	}
 	parts := strings.Split(g, "*")

@@ -27,7 +27,7 @@ type template struct {
 
 // parseTemplate splits v at placeholders; "{{" and "}}" write a brace.
 func parseTemplate(v string) (template, error) {
-	if err := checkText(v); err != nil {
+	if err := stages.CheckFieldText(v); err != nil {
 		return template{}, err
 	}
 	var t template

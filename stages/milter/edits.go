@@ -71,7 +71,7 @@ func (m *mods) all() []stages.Edit {
 	if !m.replaced {
 		return m.edits
 	}
-	return append(m.edits, stages.Edit{Op: stages.BodyReplace, Body: crlf(m.body)})
+	return append(m.edits, stages.Edit{Op: stages.BodyReplace, Body: stages.CRLF(m.body)})
 }
 
 // convert turns one header, recipient or sender modification into an edit.
@@ -87,7 +87,7 @@ func convert(p packet) (stages.Edit, error) {
 		if err != nil {
 			return stages.Edit{}, fmt.Errorf("%s: %w", describe(p.code), err)
 		}
-		addr, err := envelopeAddress(a)
+		addr, err := stages.EnvelopeAddress(a)
 		if err != nil {
 			return stages.Edit{}, fmt.Errorf("%s: %w", describe(p.code), err)
 		}
@@ -125,20 +125,10 @@ func convert(p packet) (stages.Edit, error) {
 	return stages.Edit{}, fmt.Errorf("%s: %w", describe(p.code), err)
 }
 
-// maxLine is the limit on a header line (RFC 5322 §2.1.1: MUST be no
-// more than 998 characters, excluding the CRLF).
-const maxLine = 998
-
 func headerEdit(code gomilter.ModifyActCode, index int, name, value string) (stages.Edit, error) {
-	if err := checkName(name); err != nil {
-		return stages.Edit{}, err
-	}
-	v, err := fold(value)
-	if err != nil {
+	v := crlfFolds(value)
+	if _, err := stages.NewField(name, v); err != nil {
 		return stages.Edit{}, fmt.Errorf("header %s: %w", name, err)
-	}
-	if !fits(name, v) {
-		return stages.Edit{}, fmt.Errorf("header %s: a line longer than %d characters (RFC 5322 §2.1.1)", name, maxLine)
 	}
 	switch code {
 	case gomilter.ActAddHeader:
@@ -156,35 +146,16 @@ func headerEdit(code gomilter.ModifyActCode, index int, name, value string) (sta
 	return stages.Edit{Op: stages.HeaderChange, Name: name, Value: v, Index: index}, nil
 }
 
-// fits reports whether every line of the field "name: v" stays within
-// maxLine once written. A folded value keeps its lines. An unfolded one
-// is folded by the gateway before runs of white space, so a line can be
-// no shorter than a run of white space and the word after it.
-func fits(name, v string) bool {
-	if strings.Contains(v, "\r\n") {
-		for k, line := range strings.Split(v, "\r\n") {
-			if k == 0 {
-				line = name + ": " + line
-			}
-			if len(line) > maxLine {
-				return false
-			}
-		}
-		return true
-	}
-	n := len(name) + len(": ")
-	for i := 0; i < len(v); i++ {
-		if i > 0 && isWSP(v[i]) && !isWSP(v[i-1]) {
-			n = 0
-		}
-		if n++; n > maxLine {
-			return false
-		}
-	}
-	return true
+// crlfFolds turns a header value as milters send it into the gateway's
+// form, which stages.NewField then checks. libmilter milters fold with a
+// bare LF ("\n\t"), the line end of sendmail's and Postfix's queue files;
+// the gateway keeps CRLF on the wire and refuses a bare LF, so every line
+// break becomes CRLF. Whether each is a fold (RFC 5322 §2.2.3), and not
+// the end of the field, is for stages.NewField to say.
+func crlfFolds(v string) string {
+	v = strings.TrimRight(strings.ReplaceAll(v, "\r\n", "\n"), " \t\n")
+	return strings.Trim(strings.ReplaceAll(v, "\n", "\r\n"), " \t")
 }
-
-func isWSP(c byte) bool { return c == ' ' || c == '\t' }
 
 // cstring splits a NUL-terminated string off the front of b.
 func cstring(b []byte) (string, []byte, error) {
@@ -193,82 +164,6 @@ func cstring(b []byte) (string, []byte, error) {
 		return "", nil, errors.New("missing NUL terminator")
 	}
 	return string(b[:i]), b[i+1:], nil
-}
-
-// checkName accepts a header field name: printable US-ASCII but colon
-// (RFC 5322 §3.6.8).
-func checkName(name string) error {
-	if name == "" {
-		return errors.New("empty header field name")
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; c < 33 || c > 126 || c == ':' {
-			return fmt.Errorf("invalid header field name %q", name)
-		}
-	}
-	return nil
-}
-
-// fold turns a header value as milters send it into the gateway's form.
-// libmilter milters fold with a bare LF ("\n\t"), the line end of
-// sendmail's and Postfix's queue files; the gateway keeps CRLF on the wire
-// and refuses a bare LF, so every line break becomes CRLF. A line break
-// must be a fold: followed by white space and some text (RFC 5322
-// §2.2.3), or it would end the field and let the milter inject fields.
-func fold(v string) (string, error) {
-	v = strings.TrimRight(strings.ReplaceAll(v, "\r\n", "\n"), " \t\n")
-	lines := strings.Split(v, "\n")
-	for k, line := range lines {
-		for i := 0; i < len(line); i++ {
-			if c := line[i]; (c < 32 && c != '\t') || c == 127 {
-				return "", fmt.Errorf("control character %q in value", c)
-			}
-		}
-		if k > 0 && (line == "" || (line[0] != ' ' && line[0] != '\t') || strings.Trim(line, " \t") == "") {
-			return "", errors.New("line break that is not a fold in value")
-		}
-	}
-	return strings.Trim(strings.Join(lines, "\r\n"), " \t"), nil
-}
-
-// envelopeAddress strips the angle brackets of an address from a milter.
-// Brackets inside or control characters would let the address smuggle
-// parameters into a later MAIL or RCPT command.
-func envelopeAddress(s string) (string, error) {
-	a := strings.TrimSpace(s)
-	if strings.HasPrefix(a, "<") && strings.HasSuffix(a, ">") {
-		a = a[1 : len(a)-1]
-	}
-	if strings.ContainsAny(a, "<> ") {
-		return "", fmt.Errorf("invalid address %q", s)
-	}
-	for i := 0; i < len(a); i++ {
-		if c := a[i]; c < 32 || c == 127 {
-			return "", fmt.Errorf("control character in address %q", s)
-		}
-	}
-	return a, nil
-}
-
-// crlf copies a body with every line ending as CRLF (RFC 5322 §2.3).
-// Milters send bodies with the LF line ends of the MTA's queue file or
-// with CRLF; both become CRLF.
-func crlf(b []byte) []byte {
-	out := make([]byte, 0, len(b)+len(b)/32)
-	for i := 0; i < len(b); i++ {
-		switch b[i] {
-		case '\r':
-			out = append(out, '\r', '\n')
-			if i+1 < len(b) && b[i+1] == '\n' {
-				i++
-			}
-		case '\n':
-			out = append(out, '\r', '\n')
-		default:
-			out = append(out, b[i])
-		}
-	}
-	return out
 }
 
 // maxReplyText bounds the reply text passed on from the milter: one SMTP
