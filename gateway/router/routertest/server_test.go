@@ -64,3 +64,21 @@ func TestServer(t *testing.T) {
 		t.Errorf("%d connections, want 4", n)
 	}
 }
+
+func TestTranscripts(t *testing.T) {
+	s := NewServer(t)
+	for i := range 2 {
+		if err := send(t, s.Addr(), "a@x.test", []string{"b@x.test"}, "Subject: hi\r\n\r\n.dot\r\n"); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	w := s.Transcripts()
+	if len(w) != 2 {
+		t.Fatalf("%d transcripts, want one per connection", len(w))
+	}
+	for _, want := range []string{"EHLO client.test\r\n", "MAIL FROM:<a@x.test>", "RCPT TO:<b@x.test>\r\n", "\r\n..dot\r\n.\r\n"} {
+		if !strings.Contains(w[0], want) {
+			t.Errorf("no %q in\n%s", want, w[0])
+		}
+	}
+}
