@@ -3,79 +3,38 @@ package dnsbl
 import (
 	"context"
 	"net/netip"
-	"os"
-	"regexp"
 	"testing"
 	"time"
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
-	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/dnstest"
+	"github.com/mailgate/mailgate/stages/readmetest"
 )
-
-// prelude makes a README example, which shows only its [[stage]] block, a
-// whole config.
-const prelude = `hostname = "mx.example.test"
-data_dir = "/var/lib/mailgate"
-[server]
-listen = ["127.0.0.1:2525"]
-[[route]]
-domains = ["example.test"]
-servers = ["127.0.0.1:25"]
-`
 
 // TestReadme loads the README's example as the gateway does, so the
 // documentation cannot drift from the config the code accepts, and runs it
 // over a real plugin round trip against a test DNS server.
 func TestReadme(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := regexp.MustCompile("(?s)```toml\n(.*?)```").FindAllSubmatch(readme, -1)
-	if len(blocks) == 0 {
-		t.Fatal("no toml block in README.md")
-	}
 	srv := dnstest.NewServer(t, dnstest.Zone{
 		"99.2.0.192.zen.spamhaus.org": {"A 127.0.0.4"},
 		"99.2.0.192.bl.spamcop.net":   {"A 127.0.0.2"},
 	})
-	for _, b := range blocks {
-		cfg, err := policy.Parse("README.md", []byte(prelude+`[dns]
-servers = ["`+srv.Addr()+`"]
-`+string(b[1])))
+	withServer := func(env stages.Env, cfg stages.Config) (stages.Filter, error) {
+		env.DNSServers = []string{srv.Addr()}
+		return New(env, cfg)
+	}
+	for _, st := range readmetest.Stages(t, "README.md", "dnsbl", withServer) {
+		v, err := st.Filter.Run(context.Background(), stages.Connect, &stages.Transaction{Client: stages.Client{Addr: netip.MustParseAddr("192.0.2.99")}})
 		if err != nil {
-			t.Fatalf("README example: %v", err)
+			t.Fatal(err)
 		}
-		n := 0
-		for i, st := range cfg.Stages {
-			if st.Kind != "dnsbl" {
-				continue
-			}
-			n++
-			f, err := New(stages.Env{DNSServers: cfg.DNS.Servers}, cfg.StageConfig(i))
-			if err != nil {
-				t.Fatalf("README example, stage %s: %v", st.Name, err)
-			}
-			v, err := f.Run(context.Background(), stages.Connect, &stages.Transaction{Client: stages.Client{Addr: netip.MustParseAddr("192.0.2.99")}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if v.Action != stages.Reject || v.Score != 13 || v.Reason != "zen.spamhaus.org=127.0.0.4 (XBL); bl.spamcop.net=127.0.0.2" ||
-				v.Reply == nil || v.Reply.Text != "Client host 192.0.2.99 blocked using zen.spamhaus.org" {
-				t.Errorf("README example: verdict %+v, reply %v", v, v.Reply)
-			}
-			js, err := cfg.StageConfigJSON(i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := sdktest.Stage(t, New, string(js)); err != nil {
-				t.Fatalf("README example over gRPC: %v", err)
-			}
+		if v.Action != stages.Reject || v.Score != 13 || v.Reason != "zen.spamhaus.org=127.0.0.4 (XBL); bl.spamcop.net=127.0.0.2" ||
+			v.Reply == nil || v.Reply.Text != "Client host 192.0.2.99 blocked using zen.spamhaus.org" {
+			t.Errorf("README example: verdict %+v, reply %v", v, v.Reply)
 		}
-		if n == 0 {
-			t.Error("README example has no dnsbl stage")
+		if _, err := sdktest.Stage(t, New, st.JSON); err != nil {
+			t.Fatalf("README example over gRPC: %v", err)
 		}
 	}
 }

@@ -13,47 +13,11 @@ import (
 	"testing"
 
 	"github.com/mailgate/mailgate/gateway/pipeline"
-	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/readmetest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden out.eml files")
-
-// prelude makes a [[stage]] block, as a case's config.toml or a README
-// example has it, a whole config.
-const prelude = `hostname = "mx.example.test"
-data_dir = "/var/lib/mailgate"
-[server]
-listen = ["127.0.0.1:2525"]
-[[route]]
-domains = ["example.test"]
-servers = ["127.0.0.1:25"]
-`
-
-// loadStages builds every headers stage of a [[stage]] config as the
-// gateway does: policy.Parse, then the stage's config block.
-func loadStages(t *testing.T, file string, toml []byte) []stages.Filter {
-	t.Helper()
-	cfg, err := policy.Parse(file, append([]byte(prelude), toml...))
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	var fs []stages.Filter
-	for i, st := range cfg.Stages {
-		if st.Kind != "headers" {
-			continue
-		}
-		f, err := New(stages.Env{Hostname: cfg.Hostname}, cfg.StageConfig(i))
-		if err != nil {
-			t.Fatalf("%s: stage %q: %v", file, st.Name, err)
-		}
-		fs = append(fs, f)
-	}
-	if len(fs) == 0 {
-		t.Fatalf("%s: no headers stage", file)
-	}
-	return fs
-}
 
 // readMessage reads a message stored with LF line ends as the CRLF message
 // it stands for.
@@ -97,8 +61,8 @@ func TestGolden(t *testing.T) {
 			}
 			h, body := readMessage(t, in)
 			tx.Header, tx.Body = h, stages.BytesBody(body)
-			for _, f := range loadStages(t, filepath.Join(dir, "config.toml"), conf) {
-				v, err := f.Run(context.Background(), stages.Data, tx)
+			for _, st := range readmetest.Load(t, filepath.Join(dir, "config.toml"), conf, "headers", New) {
+				v, err := st.Filter.Run(context.Background(), stages.Data, tx)
 				if err != nil {
 					t.Fatal(err)
 				}

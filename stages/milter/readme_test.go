@@ -5,34 +5,19 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
-	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/readmetest"
 )
-
-// preamble makes a [[stage]] block a whole config policy.Parse accepts.
-const preamble = "hostname = \"mx.example.test\"\ndata_dir = \"/var/lib/mailgate\"\n"
 
 // TestReadmeExamples loads the README's example and every config in
 // examples/milter as the gateway does, and builds each milter stage.
 func TestReadmeExamples(t *testing.T) {
-	files := map[string]string{}
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := regexp.MustCompile("(?s)```toml\n(.*?)```").FindAllSubmatch(readme, -1)
-	if len(blocks) == 0 {
-		t.Fatal("no toml example in README.md")
-	}
-	for i, b := range blocks {
-		files["README.md#"+string(rune('1'+i))] = string(b[1])
-	}
+	readmetest.Stages(t, "README.md", "milter", New)
 	examples, err := filepath.Glob("../../examples/milter/*.toml")
 	if err != nil || len(examples) < 4 {
 		t.Fatalf("examples/milter: %v %v", examples, err)
@@ -42,30 +27,7 @@ func TestReadmeExamples(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		files[p] = string(b)
-	}
-	for name, text := range files {
-		cfg, err := policy.Parse(name, []byte(preamble+text))
-		if err != nil {
-			t.Errorf("%s: %v", name, err)
-			continue
-		}
-		n := 0
-		for i, st := range cfg.Stages {
-			if st.Kind != "milter" {
-				continue
-			}
-			n++
-			f, err := New(stages.Env{Hostname: cfg.Hostname}, cfg.StageConfig(i))
-			if err != nil {
-				t.Errorf("%s: stage %s: %v", name, st.Name, err)
-				continue
-			}
-			f.(*Milter).Close()
-		}
-		if n == 0 {
-			t.Errorf("%s: no milter stage", name)
-		}
+		readmetest.Load(t, p, b, "milter", New)
 	}
 }
 

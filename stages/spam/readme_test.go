@@ -2,68 +2,25 @@ package spam
 
 import (
 	"context"
-	"os"
-	"regexp"
 	"testing"
 	"time"
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
-	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/readmetest"
 )
-
-// prelude makes a README example, which shows only its [[stage]] block, a
-// whole config.
-const prelude = `hostname = "mx.example.test"
-data_dir = "/var/lib/mailgate"
-[server]
-listen = ["127.0.0.1:2525"]
-[[route]]
-domains = ["example.test"]
-servers = ["127.0.0.1:25"]
-`
 
 // TestReadme loads the README's example as the gateway does, so the
 // documentation cannot drift from the config the code accepts.
 func TestReadme(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := regexp.MustCompile("(?s)```toml\n(.*?)```").FindAllSubmatch(readme, -1)
-	if len(blocks) == 0 {
-		t.Fatal("no toml block in README.md")
-	}
-	for _, b := range blocks {
-		cfg, err := policy.Parse("README.md", []byte(prelude+string(b[1])))
-		if err != nil {
-			t.Fatalf("README example: %v", err)
+	for _, st := range readmetest.Stages(t, "README.md", "spam", New) {
+		s := st.Filter.(*Spam)
+		if s.backend == nil || len(s.uribls) != 2 || s.weight != 0.8 {
+			t.Errorf("README example decoded to %+v", s)
 		}
-		n := 0
-		for i, st := range cfg.Stages {
-			if st.Kind != "spam" {
-				continue
-			}
-			n++
-			f, err := New(stages.Env{}, cfg.StageConfig(i))
-			if err != nil {
-				t.Fatalf("README example, stage %s: %v", st.Name, err)
-			}
-			s := f.(*Spam)
-			if s.backend == nil || len(s.uribls) != 2 || s.weight != 0.8 {
-				t.Errorf("README example decoded to %+v", s)
-			}
-			// The same block, as JSON, through a real plugin round trip.
-			js, err := cfg.StageConfigJSON(i)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := sdktest.Stage(t, New, string(js)); err != nil {
-				t.Fatalf("README example over gRPC: %v", err)
-			}
-		}
-		if n == 0 {
-			t.Error("README example has no spam stage")
+		// The same block, as JSON, through a real plugin round trip.
+		if _, err := sdktest.Stage(t, New, st.JSON); err != nil {
+			t.Fatalf("README example over gRPC: %v", err)
 		}
 	}
 }

@@ -2,41 +2,27 @@ package spf
 
 import (
 	"context"
-	"os"
-	"regexp"
 	"testing"
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
-	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/readmetest"
 )
 
 // TestReadmeExample loads the README's example through the real config
 // loader and builds the stage from it, in process and over the plugin
 // protocol, so the documentation cannot drift from the code.
 func TestReadmeExample(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := regexp.MustCompile("(?s)```toml\n(.*?)```").FindAllSubmatch(readme, -1)
-	if len(blocks) != 1 {
-		t.Fatalf("README.md has %d toml blocks, want 1", len(blocks))
-	}
-	// The block shows a stage only; the loader also wants a data_dir.
-	cfg, err := policy.Parse("README.md", append([]byte("data_dir = \"/var/lib/mailgate\"\n"), blocks[0][1]...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(cfg.Stages) != 1 || cfg.Stages[0].Kind != "spf" {
-		t.Fatalf("README stages: %+v", cfg.Stages)
-	}
 	srv := testServer(t)
-	env := stages.Env{Hostname: "mx.example.test", DNSServers: []string{srv.Addr()}}
-	f, err := New(env, cfg.StageConfig(0))
-	if err != nil {
-		t.Fatalf("README config: %v", err)
+	withServer := func(env stages.Env, cfg stages.Config) (stages.Filter, error) {
+		env.DNSServers = []string{srv.Addr()}
+		return New(env, cfg)
 	}
+	sts := readmetest.Stages(t, "README.md", "spf", withServer)
+	if len(sts) != 1 {
+		t.Fatalf("README.md has %d spf stages, want 1", len(sts))
+	}
+	f := sts[0].Filter
 	spf := f.(*Filter)
 	if spf.actions[Fail] != stages.Reject || spf.actions[TempError] != stages.TempFail || spf.scores[Fail] != 10 || spf.scores[Neutral] != 0.5 {
 		t.Errorf("README config decoded to actions %v scores %v", spf.actions, spf.scores)
@@ -46,11 +32,7 @@ func TestReadmeExample(t *testing.T) {
 		t.Errorf("README config on a fail: %+v reply %v", v, v.Reply)
 	}
 
-	js, err := cfg.StageConfigJSON(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := sdktest.Stage(t, New, string(js))
+	st, err := sdktest.Stage(t, New, sts[0].JSON)
 	if err != nil {
 		t.Fatalf("README config over the plugin protocol: %v", err)
 	}
