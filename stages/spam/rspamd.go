@@ -1,7 +1,6 @@
 package spam
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -48,14 +47,9 @@ type rspamdReply struct {
 
 func (d *rspamd) check(ctx context.Context, tx *stages.Transaction) (backendResult, error) {
 	res := backendResult{name: "rspamd"}
-	var head bytes.Buffer
-	tx.Header.WriteTo(&head)
-	size := int64(head.Len())
-	if tx.Body != nil {
-		size += tx.Body.Size()
-	}
-	if size > d.maxSize {
-		res.skipped = fmt.Sprintf("message of %d bytes over backend_max_size", size)
+	size, skipped := messageSize(tx, d.maxSize)
+	if skipped != "" {
+		res.skipped = skipped
 		return res, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)

@@ -31,6 +31,22 @@ type backendResult struct {
 	skipped string   // why the backend was not asked
 }
 
+// messageSize returns the size of tx's message as a backend is sent it,
+// the header as written and then the body, and, when that is over limit,
+// why the backend is not asked.
+func messageSize(tx *stages.Transaction, limit int64) (size int64, skipped string) {
+	var head bytes.Buffer
+	tx.Header.WriteTo(&head)
+	size = int64(head.Len())
+	if tx.Body != nil {
+		size += tx.Body.Size()
+	}
+	if size > limit {
+		return size, fmt.Sprintf("message of %d bytes over backend_max_size", size)
+	}
+	return size, ""
+}
+
 // maxSymbols bounds what is read of a backend's rule list.
 const maxSymbols = 64 << 10
 
@@ -49,14 +65,9 @@ var spamHeader = regexp.MustCompile(`^(?i)(true|false|yes|no)\s*;\s*(-?[0-9.]+)\
 
 func (d *spamd) check(ctx context.Context, tx *stages.Transaction) (backendResult, error) {
 	res := backendResult{name: "spamd"}
-	var head bytes.Buffer
-	tx.Header.WriteTo(&head)
-	size := int64(head.Len())
-	if tx.Body != nil {
-		size += tx.Body.Size()
-	}
-	if size > d.maxSize {
-		res.skipped = fmt.Sprintf("message of %d bytes over backend_max_size", size)
+	size, skipped := messageSize(tx, d.maxSize)
+	if skipped != "" {
+		res.skipped = skipped
 		return res, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
