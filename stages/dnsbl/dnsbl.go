@@ -135,25 +135,7 @@ func (f *DNSBL) lookup(ctx context.Context, l *list, name string) ([]netip.Addr,
 	if err != nil {
 		return nil, err
 	}
-	var listed []netip.Addr
-	for _, rr := range a.RRs {
-		rec, ok := rr.(*dns.A)
-		if !ok {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(rec.A)
-		if !ok {
-			continue
-		}
-		ip = ip.Unmap()
-		if !dnslist.ValidCode(ip) {
-			return nil, fmt.Errorf("answer %s is not a listing code", ip)
-		}
-		if l.codes.Match(ip) {
-			listed = append(listed, ip)
-		}
-	}
-	return listed, nil
+	return l.codes.Listed(a.RRs)
 }
 
 func (f *DNSBL) verdict(tx *stages.Transaction, qs []*query) (stages.Verdict, error) {

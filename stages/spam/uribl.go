@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 	"sync"
 
@@ -115,23 +114,9 @@ func (s *Spam) lookup(ctx context.Context, l list, domain string) (string, error
 	if err != nil {
 		return "", err
 	}
-	listed := ""
-	for _, rr := range a.RRs {
-		rec, ok := rr.(*dns.A)
-		if !ok {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(rec.A)
-		if !ok {
-			continue
-		}
-		ip = ip.Unmap()
-		if !dnslist.ValidCode(ip) {
-			return "", fmt.Errorf("answer %s is not a listing code", ip)
-		}
-		if listed == "" && l.codes.Match(ip) {
-			listed = ip.String()
-		}
+	listed, err := l.codes.Listed(a.RRs)
+	if err != nil || len(listed) == 0 {
+		return "", err
 	}
-	return listed, nil
+	return listed[0].String(), nil
 }

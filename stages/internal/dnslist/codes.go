@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/miekg/dns"
 )
 
 // Codes says which answers of a DNS list count as a listing: address
@@ -84,4 +86,30 @@ func ValidCode(ip netip.Addr) bool {
 	}
 	b := ip.As4()
 	return b[0] == 127 && U32(ip) != 0x7f000001 && !(b[1] == 255 && b[2] == 255)
+}
+
+// Listed returns the addresses of the A records in rrs, an answer of the
+// list, that count as a listing, in the order they came. An answer that is
+// no listing code at all (see ValidCode) makes the whole answer an error:
+// the list, or the resolver in front of it, is not answering as a list.
+func (c Codes) Listed(rrs []dns.RR) ([]netip.Addr, error) {
+	var listed []netip.Addr
+	for _, rr := range rrs {
+		rec, ok := rr.(*dns.A)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(rec.A)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if !ValidCode(ip) {
+			return nil, fmt.Errorf("answer %s is not a listing code", ip)
+		}
+		if c.Match(ip) {
+			listed = append(listed, ip)
+		}
+	}
+	return listed, nil
 }
