@@ -581,7 +581,8 @@ func show(raw any) string {
 	return fmt.Sprint(raw)
 }
 
-// describe says what a Go type accepts, for "expect ...".
+// describe says what a Go type accepts, for "expect ...": stages' words,
+// with an example for the config's own duration and size types.
 func describe(t reflect.Type) string {
 	switch t {
 	case reflect.TypeFor[stages.Duration](), durationType:
@@ -589,33 +590,7 @@ func describe(t reflect.Type) string {
 	case reflect.TypeFor[stages.Size]():
 		return `a size such as "50MB"`
 	}
-	if reflect.PointerTo(t).Implements(reflect.TypeFor[encoding.TextUnmarshaler]()) {
-		return "a string"
-	}
-	switch t.Kind() {
-	case reflect.String:
-		return "a string"
-	case reflect.Bool:
-		return "true or false"
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return "an integer"
-	case reflect.Float32, reflect.Float64:
-		return "a number"
-	case reflect.Slice, reflect.Array:
-		switch t.Elem().Kind() {
-		case reflect.String:
-			return "an array of strings"
-		case reflect.Struct, reflect.Map:
-			return "an array of tables"
-		}
-		return "an array"
-	case reflect.Struct, reflect.Map:
-		return "a table"
-	case reflect.Pointer:
-		return describe(t.Elem())
-	}
-	return t.String()
+	return stages.DescribeType(t)
 }
 
 func above0(t reflect.Type) string {

@@ -67,7 +67,7 @@ func (c jsonConfig) Decode(v any) error {
 func plainError(key string, err error) error {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		msg := fmt.Sprintf("unexpected %s; expect %s", te.Value, expect(te.Type))
+		msg := fmt.Sprintf("unexpected %s; expect %s", te.Value, DescribeType(te.Type))
 		if te.Field != "" && te.Field != key {
 			msg = te.Field + ": " + msg
 		}
@@ -84,7 +84,11 @@ func plainError(key string, err error) error {
 
 var textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
 
-func expect(t reflect.Type) string {
+// DescribeType says what a Go type accepts, for the "expect ..." of a config
+// error, in the words of TOML (string, integer, array, table): the engine's
+// config loader and a kind's JSONConfig both answer an admin who wrote the
+// value in a TOML file, so they speak of types alike.
+func DescribeType(t reflect.Type) string {
 	if reflect.PointerTo(t).Implements(textUnmarshaler) {
 		return "a string"
 	}
@@ -95,13 +99,21 @@ func expect(t reflect.Type) string {
 		return "true or false"
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return "a whole number"
+		return "an integer"
 	case reflect.Float32, reflect.Float64:
 		return "a number"
 	case reflect.Slice, reflect.Array:
-		return "a list"
-	case reflect.Map, reflect.Struct:
+		switch t.Elem().Kind() {
+		case reflect.String:
+			return "an array of strings"
+		case reflect.Struct, reflect.Map:
+			return "an array of tables"
+		}
+		return "an array"
+	case reflect.Struct, reflect.Map:
 		return "a table"
+	case reflect.Pointer:
+		return DescribeType(t.Elem())
 	}
 	return t.String()
 }

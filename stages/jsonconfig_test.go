@@ -2,6 +2,7 @@ package stages
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -41,9 +42,9 @@ func TestDecodeErrors(t *testing.T) {
 		{`{"timeout": 5}`, "timeout", "unexpected number; expect a string"},
 		{`{"timeout": "soon"}`, "timeout", `unexpected duration "soon"; expect a positive duration such as "30s", "5m" or "1h30m"`},
 		{`{"max": "lots"}`, "max", `unexpected size "lots"; expect a byte count such as "50MB", "512KiB" or "1000000"`},
-		{`{"retries": "3"}`, "retries", "unexpected string; expect a whole number"},
-		{`{"retries": 1.5}`, "retries", "unexpected number 1.5; expect a whole number"},
-		{`{"names": "a"}`, "names", "unexpected string; expect a list"},
+		{`{"retries": "3"}`, "retries", "unexpected string; expect an integer"},
+		{`{"retries": 1.5}`, "retries", "unexpected number 1.5; expect an integer"},
+		{`{"names": "a"}`, "names", "unexpected string; expect an array of strings"},
 		{`{"sub": {"on": "yes"}}`, "sub", "sub.on: unexpected string; expect true or false"},
 	} {
 		var c testConfig
@@ -56,5 +57,28 @@ func TestDecodeErrors(t *testing.T) {
 	var c testConfig
 	if err := jsonConfig(`["a"]`).Decode(&c); err == nil {
 		t.Error("a JSON list decoded as a config")
+	}
+}
+
+func TestDescribeType(t *testing.T) {
+	for _, c := range []struct {
+		v    any
+		want string
+	}{
+		{"", "a string"},
+		{Duration(0), "a string"},
+		{new(int), "an integer"},
+		{uint8(0), "an integer"},
+		{0.5, "a number"},
+		{true, "true or false"},
+		{[]string{}, "an array of strings"},
+		{[]struct{}{}, "an array of tables"},
+		{[]int{}, "an array"},
+		{map[string]string{}, "a table"},
+		{testConfig{}, "a table"},
+	} {
+		if got := DescribeType(reflect.TypeOf(c.v)); got != c.want {
+			t.Errorf("DescribeType(%T) = %q, want %q", c.v, got, c.want)
+		}
 	}
 }

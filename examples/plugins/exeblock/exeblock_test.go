@@ -205,7 +205,7 @@ func TestConfigErrors(t *testing.T) {
 		{`{"bogus": true}`, "bogus", "unknown key"},
 		{`{"action": "drop"}`, "action", `unexpected "drop"; expect reject, quarantine or tag`},
 		{`{"reply": ""}`, "reply", "expect one non-empty line of text"},
-		{`{"allow_extensions": ".exe"}`, "allow_extensions", "unexpected string; expect a list"},
+		{`{"allow_extensions": ".exe"}`, "allow_extensions", "unexpected string; expect an array of strings"},
 		{`{"max_depth": 0}`, "max_depth", "expect a number above 0"},
 	} {
 		_, err := sdktest.Stage(t, New, tc.config)
