@@ -17,7 +17,7 @@ import (
 func BenchmarkDNSBL(b *testing.B) {
 	srv := dnstest.NewServer(b, dnstest.Zone{})
 	f, err := New(stages.Env{DNSServers: []string{srv.Addr()}},
-		jsonConfig(`{"list": [{"zone": "zen.spamhaus.test"}, {"zone": "bl.spamcop.test"}]}`))
+		stages.JSONConfig([]byte(`{"list": [{"zone": "zen.spamhaus.test"}, {"zone": "bl.spamcop.test"}]}`)))
 	if err != nil {
 		b.Fatal(err)
 	}

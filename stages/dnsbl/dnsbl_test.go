@@ -2,7 +2,6 @@ package dnsbl
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -14,18 +13,9 @@ import (
 	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
-// jsonConfig is a stages.Config as the plugin side decodes it.
-type jsonConfig string
-
-func (c jsonConfig) Decode(v any) error {
-	d := json.NewDecoder(strings.NewReader(string(c)))
-	d.DisallowUnknownFields()
-	return d.Decode(v)
-}
-
 func newDNSBL(t *testing.T, srv *dnstest.Server, config string) *DNSBL {
 	t.Helper()
-	f, err := New(stages.Env{DNSServers: []string{srv.Addr()}}, jsonConfig(config))
+	f, err := New(stages.Env{DNSServers: []string{srv.Addr()}}, stages.JSONConfig([]byte(config)))
 	if err != nil {
 		t.Fatalf("New(%s): %v", config, err)
 	}
@@ -254,10 +244,10 @@ func TestConfigErrors(t *testing.T) {
 		{`{"list": [{"zone": "a.test", "reply": "x"}]}`, `reply: only with action = "reject" or "tempfail"`},
 		{`{"list": [{"zone": "a.test", "action": "reject", "reply": "x\r\n250 ok"}]}`, `reply: expect one line of printable ASCII`},
 		{`{"cache_size": -1, "list": [{"zone": "a.test"}]}`, `cache_size: unexpected -1`},
-		{`{"list": [{"zone": "a.test", "weigth": 1}]}`, `unknown field "weigth"`},
+		{`{"list": [{"zone": "a.test", "weigth": 1}]}`, `list: unknown key "weigth"`},
 	}
 	for _, tt := range tests {
-		_, err := New(stages.Env{DNSServers: []string{"127.0.0.1:53"}}, jsonConfig(tt.config))
+		_, err := New(stages.Env{DNSServers: []string{"127.0.0.1:53"}}, stages.JSONConfig([]byte(tt.config)))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: error %v; want one containing %q", tt.config, err, tt.want)
 		}

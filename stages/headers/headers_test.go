@@ -15,19 +15,9 @@ import (
 	"github.com/mailgate/mailgate/stages"
 )
 
-// jsonConfig is a stages.Config from a JSON object, refusing unknown keys
-// as the gateway does.
-type jsonConfig string
-
-func (c jsonConfig) Decode(v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(c)))
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
-}
-
 func newFilter(t testing.TB, config string) *Headers {
 	t.Helper()
-	f, err := New(stages.Env{Hostname: "mx.example.test"}, jsonConfig(config))
+	f, err := New(stages.Env{Hostname: "mx.example.test"}, stages.JSONConfig([]byte(config)))
 	if err != nil {
 		t.Fatalf("New(%s): %v", config, err)
 	}
@@ -58,14 +48,14 @@ func TestConfigErrors(t *testing.T) {
 		{`{"remove_internal": ["X Internal*"]}`, `remove_internal[0]: unexpected "X Internal*"`},
 		{`{"remove_internal": [""]}`, `remove_internal[0]: unexpected ""`},
 		{`{"spam_headers": true, "spam_header_prefix": "X Spam "}`, `spam_header_prefix: unexpected "X Spam "`},
-		{`{"rule": [{"action": "add", "name": "X-A", "value": "1", "extra": 1}]}`, `unknown field "extra"`},
+		{`{"rule": [{"action": "add", "name": "X-A", "value": "1", "extra": 1}]}`, `rule: unknown key "extra"`},
 	} {
-		_, err := New(stages.Env{Hostname: "mx.example.test"}, jsonConfig(tc.config))
+		_, err := New(stages.Env{Hostname: "mx.example.test"}, stages.JSONConfig([]byte(tc.config)))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%s):\n err %v\nwant %q", tc.config, err, tc.want)
 		}
 	}
-	if _, err := New(stages.Env{}, jsonConfig(`{"authentication_results": true}`)); err == nil || !strings.Contains(err.Error(), "authserv-id") {
+	if _, err := New(stages.Env{}, stages.JSONConfig([]byte(`{"authentication_results": true}`))); err == nil || !strings.Contains(err.Error(), "authserv-id") {
 		t.Errorf("authentication_results without a hostname: err %v", err)
 	}
 }
@@ -220,7 +210,7 @@ func FuzzRules(f *testing.F) {
 			{Action: "remove", Name: name, Pattern: pattern},
 		}
 		cfg, _ := json.Marshal(Config{Rules: rules, RemoveInternal: []string{name + "*"}, SpamHeaders: true, AuthenticationResults: true})
-		ff, err := New(stages.Env{Hostname: "mx.example.test"}, jsonConfig(cfg))
+		ff, err := New(stages.Env{Hostname: "mx.example.test"}, stages.JSONConfig([]byte(cfg)))
 		if err != nil {
 			return
 		}

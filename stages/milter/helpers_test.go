@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -22,20 +21,10 @@ import (
 	"github.com/mailgate/mailgate/stages"
 )
 
-// jsonConfig is a stages.Config as the plugin host hands one over: a JSON
-// object, unknown keys refused.
-type jsonConfig string
-
-func (c jsonConfig) Decode(v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(c)))
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
-}
-
 // newMilter builds the stage from a JSON config and closes it at the end.
 func newMilter(t *testing.T, config string) *Milter {
 	t.Helper()
-	f, err := New(stages.Env{Hostname: "mx.example.test"}, jsonConfig(config))
+	f, err := New(stages.Env{Hostname: "mx.example.test"}, stages.JSONConfig([]byte(config)))
 	if err != nil {
 		t.Fatalf("New(%s): %v", config, err)
 	}

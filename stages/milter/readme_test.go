@@ -56,7 +56,7 @@ func TestConfig(t *testing.T) {
 		{`{"address": "inet:127.0.0.1:8891", "adress": "x"}`, "adress"},
 	}
 	for _, tt := range tests {
-		f, err := New(stages.Env{}, jsonConfig(tt.config))
+		f, err := New(stages.Env{}, stages.JSONConfig([]byte(tt.config)))
 		if err == nil {
 			f.(*Milter).Close()
 		}

@@ -49,7 +49,7 @@ func benchHTMLMessage(size int) string {
 // the default chain runs it: the whole cost of one Run in the plugin
 // process, past the gRPC decoding.
 func BenchmarkSpam(b *testing.B) {
-	f, err := New(stages.Env{}, jsonConfig(`{}`))
+	f, err := New(stages.Env{}, stages.JSONConfig([]byte(`{}`)))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"io"
 	"mime/quotedprintable"
 	"strings"
@@ -15,19 +14,9 @@ import (
 	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
-// jsonConfig is a stages.Config as the plugin side decodes it: a JSON
-// object, unknown keys refused.
-type jsonConfig string
-
-func (c jsonConfig) Decode(v any) error {
-	d := json.NewDecoder(strings.NewReader(string(c)))
-	d.DisallowUnknownFields()
-	return d.Decode(v)
-}
-
 func newSpam(t *testing.T, env stages.Env, config string) *Spam {
 	t.Helper()
-	f, err := New(env, jsonConfig(config))
+	f, err := New(env, stages.JSONConfig([]byte(config)))
 	if err != nil {
 		t.Fatalf("New(%s): %v", config, err)
 	}
@@ -301,10 +290,10 @@ func TestConfigErrors(t *testing.T) {
 		{`{"uribl": [{"zone": "", "score": 1}]}`, `uribl[0]: zone: unexpected ""`},
 		{`{"uribl": [{"zone": "multi.uribl.test", "returns": ["10.0.0.1"]}]}`, `uribl[0]: returns[0]: unexpected "10.0.0.1"`},
 		{`{"uribl": [{"zone": "multi.uribl.test", "returns": ["127.0.0.9-127.0.0.2"]}]}`, `returns[0]: unexpected`},
-		{`{"spam_score": 5, "colour": "red"}`, `unknown field "colour"`},
+		{`{"spam_score": 5, "colour": "red"}`, `colour: unknown key`},
 	}
 	for _, tt := range tests {
-		_, err := New(stages.Env{}, jsonConfig(tt.config))
+		_, err := New(stages.Env{}, stages.JSONConfig([]byte(tt.config)))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: error %v; want one containing %q", tt.config, err, tt.want)
 		}
