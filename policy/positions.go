@@ -261,46 +261,41 @@ func (s *scanner) value(path string) {
 			s.i = len(s.src)
 		}
 	case '[':
-		s.i++
-		for n := 0; ; n++ {
-			s.space(true)
-			if s.i >= len(s.src) || s.src[s.i] == ']' {
-				break
-			}
-			start := s.i
+		s.items(']', func(n int) {
 			elem := path + "." + strconv.Itoa(n)
 			s.mark(elem, s.i)
 			s.value(elem)
-			s.space(true)
-			if s.peek(0) == ',' {
-				s.i++
-			} else if s.i == start {
-				s.i++
-			}
-		}
-		s.i++
+		})
 	case '{':
-		s.i++
-		for {
-			s.space(true)
-			if s.i >= len(s.src) || s.src[s.i] == '}' {
-				break
-			}
-			start := s.i
-			s.keyValue(path)
-			s.space(true)
-			if s.peek(0) == ',' {
-				s.i++
-			} else if s.i == start {
-				s.i++
-			}
-		}
-		s.i++
+		s.items('}', func(int) { s.keyValue(path) })
 	default: // number, boolean or date: up to whatever ends a value
 		for s.i < len(s.src) && !strings.ContainsRune(",]}\r\n#", rune(s.src[s.i])) {
 			s.i++
 		}
 	}
+}
+
+// items skips the comma-separated items of an array or an inline table,
+// from its opening bracket past the closing one, calling item at the start
+// of each with its number. An item that consumes nothing is skipped a byte
+// at a time, so a malformed one cannot stall the scan.
+func (s *scanner) items(closing byte, item func(n int)) {
+	s.i++
+	for n := 0; ; n++ {
+		s.space(true)
+		if s.i >= len(s.src) || s.src[s.i] == closing {
+			break
+		}
+		start := s.i
+		item(n)
+		s.space(true)
+		if s.peek(0) == ',' {
+			s.i++
+		} else if s.i == start {
+			s.i++
+		}
+	}
+	s.i++
 }
 
 // basicString skips a "string" with escapes.
