@@ -394,24 +394,3 @@ func TestScoreBeforeRecipientsUsesMostLenientReject(t *testing.T) {
 		t.Errorf("marketing: %s (%s), want quarantine (20 reaches quarantine_score 20, below reject_score 30)", d.Action, d.Reason)
 	}
 }
-
-func TestNewRefusesBadPolicy(t *testing.T) {
-	a := &fake{name: "a", info: stages.Info{Phases: stages.Data}}
-	for _, c := range []struct {
-		name  string
-		specs []StageSpec
-		pol   policy.Policy
-		want  string
-	}{
-		{"accept mapping", []StageSpec{{Stage: a, Results: map[string]stages.Action{"pass": stages.Accept}}}, noThresholds,
-			`stage "a": results: "pass" maps to accept`},
-		{"bad network", nil, policy.Policy{Block: policy.List{ClientIPs: []string{"10.0.0.0/33"}}}, `policy.block.client_ips[0]: unexpected "10.0.0.0/33"`},
-		{"header injection", nil, policy.Policy{TagHeaders: []string{"X-A: b\r\nBcc: x@example.org"}}, "policy.tag_headers[0]"},
-		{"bad result action", nil, policy.Policy{Overrides: []policy.Override{{Rcpts: []string{"a@example.test"},
-			Results: map[string]map[string]string{"spf": {"fail": "drop"}}}}}, `policy.override[0].results.spf.fail: unexpected "drop"`},
-	} {
-		if _, err := New(c.specs, c.pol, Options{}); err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
-		}
-	}
-}
