@@ -5,14 +5,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
 )
 
@@ -27,13 +28,18 @@ func TestDeliveryStoppedIsUnhealthy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The router cannot read the queue when it starts.
-	env := filepath.Join(dir, "queue", "env")
-	if err := os.Remove(env); err != nil {
+	var broken atomic.Bool
+	broken.Store(true)
+	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t), Spool: spool.Options{
+		FailReads: func() error {
+			if broken.Load() {
+				return syscall.EIO
+			}
+			return nil
+		},
+	}})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := g.Start(); err != nil {
@@ -57,9 +63,7 @@ func TestDeliveryStoppedIsUnhealthy(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// The spool works again, but nothing would deliver what it takes.
-	if err := os.Mkdir(env, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	broken.Store(false)
 	if code, body := healthz(); code != 503 || !strings.Contains(body, "delivery stopped") {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}

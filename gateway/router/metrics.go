@@ -12,7 +12,6 @@ import (
 // metrics counts delivery outcomes and reads the queue at each scrape.
 type metrics struct {
 	outcomes *prometheus.CounterVec
-	bad      prometheus.Counter
 	size     *prometheus.Desc
 	oldest   *prometheus.Desc
 	r        *Router
@@ -26,10 +25,6 @@ func newMetrics(r *Router, reg prometheus.Registerer) *metrics {
 			Namespace: "mailgate", Subsystem: "delivery", Name: "outcomes_total",
 			Help: "Delivery outcomes per recipient: relayed, deferred, bounced, expired.",
 		}, []string{"outcome"}),
-		bad: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "mailgate", Subsystem: "queue", Name: "bad_envelopes_total",
-			Help: "Queued messages skipped at start because their envelope could not be read or parsed.",
-		}),
 		size: prometheus.NewDesc("mailgate_queue_messages",
 			"Queued messages with recipients pending for a destination (a route's first domain, or the recipient domain for MX delivery).",
 			[]string{"destination"}, nil),
@@ -39,14 +34,12 @@ func newMetrics(r *Router, reg prometheus.Registerer) *metrics {
 		r: r,
 	}
 	if reg != nil {
-		reg.MustRegister(m.outcomes, m.bad, m)
+		reg.MustRegister(m.outcomes, m)
 	}
 	return m
 }
 
 func (m *metrics) outcome(o string) { m.outcomes.WithLabelValues(o).Inc() }
-
-func (m *metrics) badEnvelope() { m.bad.Inc() }
 
 // Describe implements prometheus.Collector for the queue gauges.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {

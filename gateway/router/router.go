@@ -14,11 +14,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -256,7 +253,7 @@ func (r *Router) run(ctx context.Context) error {
 		items:   make(map[string]*item),
 		results: make(chan outcome),
 	}
-	envs, err := r.loadQueue()
+	envs, err := r.sp.List()
 	if err != nil {
 		return fmt.Errorf("router: load queue: %w", err)
 	}
@@ -299,39 +296,6 @@ func (r *Router) run(ctx context.Context) error {
 		case <-timer.C:
 		}
 	}
-}
-
-// loadQueue returns the envelopes of every queued message, oldest first.
-// One that cannot be read or parsed is logged, counted and skipped: a
-// single broken file must not stop the delivery of all the others. It
-// stays in the spool for an operator to look at. spool.List stops at the
-// first such file, so the IDs are read from env/, where package spool
-// documents that committed envelopes live.
-func (r *Router) loadQueue() ([]*spool.Envelope, error) {
-	dir := filepath.Join(filepath.Dir(filepath.Dir(r.sp.MessagePath("id"))), "env")
-	names, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var envs []*spool.Envelope
-	for _, de := range names { // sorted by name, so oldest first
-		id := de.Name()
-		if !spool.ValidID(id) {
-			continue
-		}
-		env, err := r.sp.Load(id)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			// Removed since ReadDir.
-		case err != nil:
-			r.log.Error("envelope skipped: cannot be loaded; its message is not delivered until it is repaired or removed",
-				"id", id, "path", filepath.Join(dir, id), "err", err)
-			r.m.badEnvelope()
-		default:
-			envs = append(envs, env)
-		}
-	}
-	return envs, nil
 }
 
 // sweep closes idle connections once they are older than

@@ -87,3 +87,71 @@ func BenchmarkRewrite(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkUpdate is one envelope rewritten, as the router does after a
+// delivery attempt that leaves recipients pending.
+func BenchmarkUpdate(b *testing.B) {
+	s := openT(b, b.TempDir(), Options{})
+	env := &Envelope{From: "a@example.test", Rcpts: []Recipient{{Addr: "b@example.test", Status: Pending}}}
+	w, err := s.Create()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := w.Commit(context.Background(), env); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		env.Attempts++
+		if err := s.Update(env); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRemove is the end of a delivered message.
+func BenchmarkRemove(b *testing.B) {
+	s := openT(b, b.TempDir(), Options{})
+	msg := message("bench", 5<<10)
+	ids := make([]string, b.N)
+	for i := range ids {
+		w, err := s.Create()
+		if err != nil {
+			b.Fatal(err)
+		}
+		w.Write(msg)
+		if err := w.Commit(context.Background(), &Envelope{From: "a@example.test"}); err != nil {
+			b.Fatal(err)
+		}
+		ids[i] = w.ID()
+	}
+	b.ResetTimer()
+	for _, id := range ids {
+		if err := s.Remove(id); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLifecycleParallel is what a relaying gateway does to the spool
+// per message: commit, then remove once delivered, from many goroutines.
+func BenchmarkLifecycleParallel(b *testing.B) {
+	s := openT(b, b.TempDir(), Options{})
+	msg := message("bench", 5<<10)
+	b.SetBytes(int64(len(msg)))
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			w, err := s.Create()
+			if err != nil {
+				b.Fatal(err)
+			}
+			w.Write(msg)
+			if err := w.Commit(context.Background(), &Envelope{From: "a@example.test"}); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Remove(w.ID()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -3,6 +3,7 @@ package spool
 import (
 	"fmt"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -12,7 +13,7 @@ type job struct {
 	id      string
 	data    *os.File // the message file; nil for an update
 	msgPath string
-	env     *os.File // the new envelope in tmp/, renamed to env/<id>
+	js      []byte // the envelope
 	done    chan error
 
 	// Guarded by Spool.mu.
@@ -51,14 +52,11 @@ func (s *Spool) abandon(j *job) bool {
 	return true
 }
 
-// discard removes the files of a job that never became committed.
+// discard removes the message of a commit that never reached the
+// committer.
 func (s *Spool) discard(j *job) {
-	j.env.Close()
-	os.Remove(j.env.Name())
-	if j.data != nil {
-		j.data.Close()
-		os.Remove(j.msgPath)
-	}
+	j.data.Close()
+	os.Remove(j.msgPath)
 }
 
 // commitLoop is the group committer: every job that arrives while a flush
@@ -83,55 +81,20 @@ func (s *Spool) commitLoop() {
 }
 
 // flush makes a batch durable in two steps, because a crash must never
-// leave an envelope in env/ whose message is not all on disk:
+// leave a commit record in the log whose message is not all on disk:
 //
-//  1. message files, their directory entries and the new envelopes are
-//     flushed;
-//  2. the envelopes are renamed into env/ (the commit point) and env/ is
-//     flushed, which makes the renames durable.
+//  1. message files and their directory entries are flushed;
+//  2. the batch's records are appended to the log in one write, and the
+//     log is flushed (fdatasync): the commit point.
 func (s *Spool) flush(batch []*job) {
 	errs := make([]error, len(batch))
-	if err := s.syncData(); err != nil {
-		for i := range errs {
-			errs[i] = err
-		}
-	}
-	// syncfs reports a writeback error once per file system: an earlier
-	// batch's syncfs may have consumed the error of pages of a message
-	// that was still being received then, and those pages are now marked
-	// clean though they never reached the disk. Each file keeps its own
-	// error state, so an fsync per message file catches exactly that; it
-	// costs little, as syncfs left nothing dirty to write.
-	for i, j := range batch {
-		if errs[i] == nil && j.data != nil {
-			if err := j.data.Sync(); err != nil {
-				errs[i] = fmt.Errorf("fsync message: %w", err)
-			}
-		}
+	commits := slices.ContainsFunc(batch, func(j *job) bool { return j.data != nil })
+	if commits {
+		s.syncMessages(batch, errs)
 	}
 
-	renamed := make([]bool, len(batch))
-	anyRenamed := false
-	for i, j := range batch {
-		if errs[i] != nil {
-			continue
-		}
-		if err := os.Rename(j.env.Name(), s.envPath(j.id)); err != nil {
-			errs[i] = err
-			continue
-		}
-		renamed[i], anyRenamed = true, true
-	}
-	if anyRenamed {
-		if err := s.envDirF.Sync(); err != nil {
-			for i := range batch {
-				if renamed[i] {
-					errs[i] = fmt.Errorf("fsync env/: %w", err)
-				}
-			}
-		}
-	}
-
+	// From here on a caller that gives up is too late: its record may be
+	// on disk.
 	abandoned := make([]bool, len(batch))
 	s.mu.Lock()
 	for i, j := range batch {
@@ -140,24 +103,93 @@ func (s *Spool) flush(batch []*job) {
 	}
 	s.mu.Unlock()
 
+	s.logMu.Lock()
+	var b []byte
+	seq := s.seq
 	for i, j := range batch {
-		j.env.Close()
+		if errs[i] != nil || abandoned[i] {
+			continue
+		}
+		op := opUpdate
+		if j.data != nil {
+			op = opCommit
+		}
+		b = appendRecord(b, s.gen, seq, s.durable, op, j.id, j.js)
+		seq++
+	}
+	err := s.appendLog(b)
+	if err == nil {
+		s.seq = seq
+	}
+	log := s.log
+	s.logMu.Unlock()
+
+	// Outside logMu, so that a Remove does not wait for the flush. Its
+	// record, appended meanwhile, is flushed too; that does no harm.
+	if err == nil && len(b) > 0 {
+		if ferr := unix.Fdatasync(int(log.Fd())); ferr != nil {
+			err = fmt.Errorf("fdatasync %s: %w", logName, ferr)
+			// Whether the records reached the disk is unknown, and a
+			// later flush could make them durable after their callers
+			// were told they failed: write nothing more.
+			s.logMu.Lock()
+			s.logErr = fmt.Errorf("%s unusable after a failed flush (%w); restart to recover", logName, ferr)
+			s.logMu.Unlock()
+		}
+	}
+
+	if err == nil {
+		s.logMu.Lock()
+		s.durable = max(s.durable, seq)
+		for i, j := range batch {
+			if errs[i] != nil || abandoned[i] {
+				continue
+			}
+			s.x.records++
+			if _, ok := s.x.live[j.id]; ok || j.data != nil {
+				s.x.live[j.id] = j.js
+			}
+		}
+		s.maybeCompact()
+		s.logMu.Unlock()
+	}
+
+	for i, j := range batch {
+		if errs[i] == nil {
+			errs[i] = err
+		}
 		if j.data != nil {
 			j.data.Close()
-		}
-		switch {
-		case j.data != nil && (errs[i] != nil || abandoned[i]):
-			// Not acknowledged, so not committed.
-			if renamed[i] {
-				os.Remove(s.envPath(j.id))
-			} else {
-				os.Remove(j.env.Name())
+			if errs[i] != nil || abandoned[i] {
+				// Not acknowledged, so not committed.
+				os.Remove(j.msgPath)
 			}
-			os.Remove(j.msgPath)
-		case errs[i] != nil && !renamed[i]:
-			os.Remove(j.env.Name())
 		}
 		j.done <- errs[i]
+	}
+}
+
+// syncMessages is step 1 of flush; it sets the error of each commit
+// whose message may not be on disk.
+func (s *Spool) syncMessages(batch []*job, errs []error) {
+	if err := s.syncData(); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return
+	}
+	// syncfs reports a writeback error once per file system: an earlier
+	// batch's syncfs may have consumed the error of pages of a message
+	// that was still being received then, and those pages are now marked
+	// clean though they never reached the disk. Each file keeps its own
+	// error state, so an fsync per message file catches exactly that; it
+	// costs little, as syncfs left nothing dirty to write.
+	for i, j := range batch {
+		if j.data != nil {
+			if err := j.data.Sync(); err != nil {
+				errs[i] = fmt.Errorf("fsync message: %w", err)
+			}
+		}
 	}
 }
 

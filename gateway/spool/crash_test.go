@@ -21,8 +21,9 @@ const crashChildEnv = "SPOOL_CRASH_CHILD_DIR"
 func crashMessage(n int) []byte { return message("crash "+strconv.Itoa(n), 1000+n*37%9000) }
 
 // TestKill9 runs a child process that commits messages from several
-// goroutines and prints each ID once Commit has returned, kills it with
-// SIGKILL mid-stream, and checks that every printed message survived.
+// goroutines, updates or removes some, and prints each ID once the call
+// has returned; it kills the child with SIGKILL mid-stream and checks that
+// every printed commit and update survived, and every printed removal.
 func TestKill9(t *testing.T) {
 	if dir := os.Getenv(crashChildEnv); dir != "" {
 		crashChild(dir)
@@ -40,14 +41,22 @@ func TestKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	committed := map[string]int{}
+	// A removal cut short by the kill may or may not have happened.
+	updated, removing, removed := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	sc := bufio.NewScanner(out)
 	killed := false
 	for sc.Scan() {
-		id, n, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "committed "), " ")
-		if !ok {
-			continue // test framework output
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) == 3 && f[0] == "committed":
+			committed[f[1]], _ = strconv.Atoi(f[2])
+		case len(f) == 2 && f[0] == "updated":
+			updated[f[1]] = true
+		case len(f) == 2 && f[0] == "removing":
+			removing[f[1]] = true
+		case len(f) == 2 && f[0] == "removed":
+			removed[f[1]] = true
 		}
-		committed[id], _ = strconv.Atoi(n)
 		if len(committed) == 300 && !killed {
 			cmd.Process.Kill() // SIGKILL; lines already in the pipe are still read
 			killed = true
@@ -63,9 +72,9 @@ func TestKill9(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	listed := map[string]bool{}
+	listed := map[string]*Envelope{}
 	for _, env := range envs {
-		listed[env.ID] = true
+		listed[env.ID] = env
 		m, err := s.OpenMessage(env.ID)
 		got := readAll(t, m, err)
 		if int64(len(got)) != env.Size {
@@ -73,13 +82,21 @@ func TestKill9(t *testing.T) {
 		}
 	}
 	for id, n := range committed {
-		if !listed[id] {
+		env := listed[id]
+		switch {
+		case removed[id] && env != nil:
+			t.Errorf("message %s was removed but is listed", id)
+		case removed[id]:
+		case env == nil && !removing[id]:
 			t.Errorf("message %s was committed but is lost", id)
-			continue
-		}
-		m, err := s.OpenMessage(id)
-		if got := readAll(t, m, err); !bytes.Equal(got, crashMessage(n)) {
-			t.Errorf("message %s: content differs", id)
+		case env == nil: // its removal was cut short
+		case updated[id] && !env.Held:
+			t.Errorf("message %s: update lost", id)
+		default:
+			m, err := s.OpenMessage(id)
+			if got := readAll(t, m, err); !bytes.Equal(got, crashMessage(n)) {
+				t.Errorf("message %s: content differs", id)
+			}
 		}
 	}
 	// Messages in flight at the kill are either committed (Commit was about
@@ -87,7 +104,7 @@ func TestKill9(t *testing.T) {
 	if got := names(t, s.msgDir); len(got) != len(envs) {
 		t.Errorf("%d message files for %d envelopes", len(got), len(envs))
 	}
-	t.Logf("%d commits printed, %d listed after kill -9", len(committed), len(envs))
+	t.Logf("%d commits, %d updates, %d removals printed; %d listed after kill -9", len(committed), len(updated), len(removed), len(envs))
 }
 
 // crashChild commits messages until it is killed, or exits after a while
@@ -105,6 +122,11 @@ func crashChild(dir string) {
 		next int
 		wg   sync.WaitGroup
 	)
+	say := func(format string, args ...any) {
+		mu.Lock()
+		fmt.Printf(format, args...)
+		mu.Unlock()
+	}
 	for range 8 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
@@ -118,12 +140,25 @@ func crashChild(dir string) {
 					os.Exit(2)
 				}
 				w.Write(crashMessage(n))
-				if err := w.Commit(ctx, &Envelope{From: "a@example.test"}); err != nil {
+				env := &Envelope{From: "a@example.test"}
+				if err := w.Commit(ctx, env); err != nil {
 					return
 				}
-				mu.Lock()
-				fmt.Printf("committed %s %d\n", w.ID(), n)
-				mu.Unlock()
+				say("committed %s %d\n", w.ID(), n)
+				switch {
+				case n%5 == 0:
+					say("removing %s\n", env.ID)
+					if err := s.Remove(env.ID); err != nil {
+						return
+					}
+					say("removed %s\n", env.ID)
+				case n%3 == 0:
+					env.Held = true
+					if err := s.Update(env); err != nil {
+						return
+					}
+					say("updated %s\n", env.ID)
+				}
 			}
 		})
 	}

@@ -39,6 +39,20 @@ func names(t *testing.T, dir string) []string {
 	return n
 }
 
+// listIDs is the IDs s lists.
+func listIDs(t *testing.T, s *Spool) []string {
+	t.Helper()
+	envs, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{}
+	for _, env := range envs {
+		ids = append(ids, env.ID)
+	}
+	return ids
+}
+
 func readAll(t *testing.T, r io.ReadCloser, err error) []byte {
 	t.Helper()
 	if err != nil {
@@ -316,10 +330,13 @@ func TestAbort(t *testing.T) {
 	if err := w.Commit(context.Background(), &Envelope{}); err == nil {
 		t.Error("Commit after Abort succeeded")
 	}
-	for _, sub := range []string{"msg", "env", "tmp"} {
+	for _, sub := range []string{"msg", "tmp"} {
 		if n := names(t, filepath.Join(dir, sub)); len(n) != 0 {
 			t.Errorf("%s/ after Abort: %v", sub, n)
 		}
+	}
+	if ids := listIDs(t, s); len(ids) != 0 {
+		t.Errorf("listed after Abort: %v", ids)
 	}
 }
 
@@ -340,15 +357,19 @@ func TestRecovery(t *testing.T) {
 	}
 	flushed.Write([]byte("Subject: x\r\n"))
 	flushed.Flush()
-	// A crash mid-Update or mid-Rewrite leaves a file in tmp/, and one
-	// during Remove an envelope whose message is gone.
-	os.WriteFile(filepath.Join(dir, "tmp", c.ID()+".env.123"), []byte(`{"id":`), 0o600)
+	// A crash mid-Rewrite leaves a file in tmp/, and one during Remove an
+	// envelope whose message is gone.
+	os.WriteFile(filepath.Join(dir, "tmp", c.ID()+".msg.123"), []byte("Subject"), 0o600)
 	gone := commit(t, s1, []byte("gone"), &Envelope{})
 	os.Remove(s1.MessagePath(gone.ID()))
 
-	// While s1 is open, another opener (a queue command) sees only the
-	// committed message and removes nothing.
-	s2 := openT(t, dir, Options{})
+	// While s1 is open, nobody else can open the spool to write, and a
+	// reader sees only the committed messages and removes nothing.
+	if s, err := Open(dir); err == nil {
+		s.Close()
+		t.Fatal("a second Open for writing succeeded")
+	}
+	s2 := openT(t, dir, Options{ReadOnly: true})
 	if envs, err := s2.List(); err != nil || len(envs) != 2 {
 		t.Fatalf("List with the spool in use = %d, %v; want 2", len(envs), err)
 	}
@@ -361,12 +382,8 @@ func TestRecovery(t *testing.T) {
 	s1.lock.Close()
 
 	s3 := openT(t, dir, Options{})
-	envs, err := s3.List()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(envs) != 1 || envs[0].ID != c.ID() {
-		t.Fatalf("List after crash = %+v, want only %s", envs, c.ID())
+	if got, want := listIDs(t, s3), []string{c.ID()}; !slices.Equal(got, want) {
+		t.Fatalf("List after crash = %v, want %v", got, want)
 	}
 	m, err := s3.OpenMessage(c.ID())
 	if got := readAll(t, m, err); !bytes.Equal(got, committed) {
@@ -374,9 +391,6 @@ func TestRecovery(t *testing.T) {
 	}
 	if got, want := names(t, filepath.Join(dir, "msg")), []string{c.ID()}; !slices.Equal(got, want) {
 		t.Errorf("msg/ after recovery = %v, want %v", got, want)
-	}
-	if got, want := names(t, filepath.Join(dir, "env")), []string{c.ID()}; !slices.Equal(got, want) {
-		t.Errorf("env/ after recovery = %v, want %v", got, want)
 	}
 	if n := names(t, filepath.Join(dir, "tmp")); len(n) != 0 {
 		t.Errorf("tmp/ after recovery: %v", n)
@@ -435,8 +449,9 @@ func TestUpdate(t *testing.T) {
 	if err := s2.Update(env); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Update after Remove = %v, want not exist", err)
 	}
-	if n := names(t, filepath.Join(dir, "env")); len(n) != 0 {
-		t.Errorf("Update brought back a removed envelope: %v", n)
+	s2.Close()
+	if ids := listIDs(t, openT(t, dir, Options{})); len(ids) != 0 {
+		t.Errorf("Update brought back a removed envelope: %v", ids)
 	}
 }
 
@@ -636,10 +651,13 @@ func TestFailWrites(t *testing.T) {
 	}
 	w.Abort()
 
-	for _, sub := range []string{"msg", "env", "tmp"} {
+	for _, sub := range []string{"msg", "tmp"} {
 		if n := names(t, filepath.Join(dir, sub)); len(n) != 0 {
 			t.Errorf("%s/ after failed commits: %v", sub, n)
 		}
+	}
+	if ids := listIDs(t, s); len(ids) != 0 {
+		t.Errorf("listed after failed commits: %v", ids)
 	}
 	if IsFull(nil) {
 		t.Error("IsFull(nil) = true")
@@ -695,11 +713,11 @@ func TestCommitCanceled(t *testing.T) {
 	wg.Wait()
 	s.Close() // waits for the committer, which cleans up after those who left
 	slices.Sort(ok)
-	if got := names(t, filepath.Join(dir, "env")); !slices.Equal(got, ok) {
-		t.Errorf("env/ = %v, want the %d successful commits %v", got, len(ok), ok)
-	}
 	if got := names(t, filepath.Join(dir, "msg")); !slices.Equal(got, ok) {
 		t.Errorf("msg/ = %v, want the %d successful commits %v", got, len(ok), ok)
+	}
+	if got := listIDs(t, openT(t, dir, Options{})); !slices.Equal(got, ok) {
+		t.Errorf("listed %v, want the %d successful commits %v", got, len(ok), ok)
 	}
 	t.Logf("%d of 40 commits made it before their deadline", len(ok))
 }

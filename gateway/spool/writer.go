@@ -255,13 +255,13 @@ func (w *Writer) Commit(ctx context.Context, env *Envelope) error {
 	if env.Received.IsZero() {
 		env.Received = time.Now()
 	}
-	ef, err := w.s.writeEnvelope(env)
+	js, err := w.s.encode(env)
 	if err != nil {
 		w.Abort()
 		return fmt.Errorf("spool: commit %s: %w", w.id, err)
 	}
 	w.done = true
-	j := &job{id: w.id, data: w.f, msgPath: w.path, env: ef, done: make(chan error, 1)}
+	j := &job{id: w.id, data: w.f, msgPath: w.path, js: js, done: make(chan error, 1)}
 	if err := w.s.submit(j); err != nil {
 		w.s.discard(j)
 		return fmt.Errorf("spool: commit %s: %w", w.id, err)
