@@ -289,6 +289,9 @@ func (g *Gateway) Health() error {
 	if err := g.router.Err(); err != nil {
 		return fmt.Errorf("delivery stopped: %w", err)
 	}
+	if err := g.spool.Err(); err != nil {
+		return fmt.Errorf("spool stopped: %w", err)
+	}
 	w, err := g.spool.Create()
 	if err == nil {
 		if _, err = w.Write([]byte("healthz\r\n")); err == nil {

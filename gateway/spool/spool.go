@@ -524,3 +524,12 @@ func (s *Spool) closeFiles() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Err returns why the spool cannot commit anything more until a restart
+// (its envelope log failed to flush or to cut back a failed append), or
+// nil. The gateway's health check reports it.
+func (s *Spool) Err() error {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return s.logErr
+}
