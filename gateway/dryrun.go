@@ -74,10 +74,6 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	}
 	defer ch.Close()
 
-	kinds := map[string]string{}
-	for _, s := range cfg.Stages {
-		kinds[s.Name] = s.Kind
-	}
 	res := &DryRunResult{}
 	trusted := slices.ContainsFunc(cfg.Server.Trusted(), func(p netip.Prefix) bool { return p.Contains(in.ClientIP) })
 	tx := &stages.Transaction{
@@ -92,7 +88,7 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 		d := sess.Run(pctx, ph, tx, opts.Logger)
 		for _, t := range d.Trace {
 			res.Stages = append(res.Stages, StageTrace{
-				Name: t.Name, Kind: kinds[t.Name], Phase: t.Phase.String(), Action: t.Action.String(),
+				Name: t.Name, Kind: t.Kind, Phase: t.Phase.String(), Action: t.Action.String(),
 				Score: t.Score, Result: t.Result, Reason: t.Reason, Error: t.Err,
 				DurationMS: float64(t.Duration.Microseconds()) / 1000,
 			})
@@ -107,12 +103,26 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 		res.Reply = smtpd.Reply(ph, d)
 		return true
 	}
+	badSyntax := func(addr string, ph stages.Phase) bool {
+		reply, why := smtpd.CheckAddress(addr, trusted, ph == stages.Rcpt)
+		if reply == "" {
+			return false
+		}
+		res.Action, res.Phase, res.Reason, res.Reply = "reject", ph.String(), why, reply
+		return true
+	}
 	for _, ph := range []stages.Phase{stages.Connect, stages.Helo, stages.Mail} {
+		if ph == stages.Mail && in.From != "" && badSyntax(in.From, ph) {
+			return finish(res), nil
+		}
 		if d := run(ph); refused(stages.Rcpt, d) {
 			return finish(res), nil
 		}
 	}
 	for _, rc := range in.To {
+		if badSyntax(rc, stages.Rcpt) {
+			return finish(res), nil
+		}
 		_, domain, _ := strings.Cut(rc, "@")
 		if !table.Relays(domain) && !trusted {
 			res.Action, res.Phase, res.Reason, res.Reply = "reject", "rcpt", "relay denied: no route for "+domain, smtpd.RelayDenied()

@@ -205,3 +205,24 @@ spam_headers = true
 		t.Fatalf("headers added: %v", added)
 	}
 }
+
+// TestDryRunAddressSyntax: the dry run refuses what the SMTP side refuses.
+func TestDryRunAddressSyntax(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mailgate.toml")
+	os.WriteFile(conf, []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n[[route]]\ndomains = [\"dest.test\"]\nservers = [\"127.0.0.1:1\"]\n", dir)), 0o644)
+	msg := filepath.Join(dir, "msg.eml")
+	os.WriteFile(msg, []byte("Subject: x\n\nhi\n"), 0o644)
+	out, err := exec.Command(mailgateBin, "test", "-config", conf, "-client-ip", "192.0.2.10",
+		"-from", "a@sender.test", "-to", "x%evil.test@dest.test", "-json", msg).Output()
+	if err != nil {
+		t.Fatalf("mailgate test: %v\n%s", err, out)
+	}
+	var res gateway.DryRunResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Action != "reject" || res.Reply != "501 5.1.3 Bad recipient address syntax" || res.Phase != "rcpt" {
+		t.Fatalf("%+v", res)
+	}
+}

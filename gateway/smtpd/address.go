@@ -81,3 +81,19 @@ func isHostname(d string) bool {
 	}
 	return true
 }
+
+// CheckAddress says what the SMTP side answers to MAIL FROM (rcpt false) or
+// RCPT TO (rcpt true) with addr, if it refuses its syntax: the reply and the
+// reason for the log. Both are "" for an address it takes. `mailgate test`
+// uses it to answer as the SMTP side would.
+func CheckAddress(addr string, trusted, rcpt bool) (reply, reason string) {
+	why := badAddress(addr, trusted)
+	switch {
+	case why == "":
+		return "", ""
+	case rcpt:
+		return replyText(errBadRcpt), why
+	default:
+		return replyText(errBadSender), why
+	}
+}
