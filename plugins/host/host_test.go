@@ -242,7 +242,10 @@ func TestMissingBinary(t *testing.T) {
 func TestKillRestart(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	p := startTest(t, Spec{Name: "kill", Config: []byte(`{"sleep": "30s"}`), Registerer: reg})
-	old := p.current().pid
+	old, oldSock := p.current().pid, p.current().sock
+	if oldSock == "" {
+		t.Fatal("no Unix socket recorded for the plugin")
+	}
 
 	done := make(chan error, 1)
 	go func() {
@@ -270,6 +273,10 @@ func TestKillRestart(t *testing.T) {
 	})
 	if v.Reason == fmt.Sprintf("pid %d", old) {
 		t.Errorf("answered by the killed process %d", old)
+	}
+	// The killed process could not remove its socket; the host did.
+	if _, err := os.Stat(oldSock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed plugin's socket %s is still there (%v)", oldSock, err)
 	}
 	err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP mailgate_plugin_restarts_total Times a stage's plugin process was started again after it exited or was replaced.

@@ -30,6 +30,7 @@ type proc struct {
 	filter  proto.FilterClient
 	info    stages.Info
 	pid     int
+	sock    string // the plugin's Unix socket, "" for TCP
 	started time.Time
 }
 
@@ -121,6 +122,11 @@ func (pr *proc) close(attached bool) {
 		pr.rpc.Close()
 	}
 	pr.client.Kill()
+	// A plugin that exits cleanly removes its socket; one that crashed or
+	// was killed leaves it behind in the temp directory, once per restart.
+	if pr.sock != "" {
+		os.Remove(pr.sock)
+	}
 }
 
 // launch starts a process, configures it and checks its description. want,
@@ -197,6 +203,9 @@ func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *sta
 	pr := &proc{client: client, rpc: rpc, filter: filter, info: info, started: time.Now()}
 	if rc := client.ReattachConfig(); rc != nil {
 		pr.pid = rc.Pid
+		if rc.Addr != nil && rc.Addr.Network() == "unix" {
+			pr.sock = rc.Addr.String()
+		}
 	}
 	return pr, nil
 }
