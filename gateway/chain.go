@@ -138,6 +138,7 @@ func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, re
 		Env: stages.Env{
 			Hostname:   cfg.Hostname,
 			DNSServers: cfg.DNS.Servers,
+			DNSTimeout: time.Duration(cfg.DNS.Timeout),
 			DataDir:    cfg.DataDir,
 		},
 		Logger:     log,

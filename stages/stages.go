@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Phase is a point of the SMTP transaction at which a stage can run. Phases
@@ -227,6 +228,11 @@ type Config interface {
 type Env struct {
 	Hostname   string   // the gateway's own name, as in Received and Authentication-Results
 	DNSServers []string // resolvers from [dns] servers, host:port; empty means /etc/resolv.conf
+	// DNSTimeout is [dns] timeout, the bound on one DNS query to one
+	// server. Stages that look names up use it unless their own config
+	// overrides it; zero means not set, and a stage then uses its own
+	// default.
+	DNSTimeout time.Duration
 	DataDir    string
 }
 

@@ -182,6 +182,25 @@ func TestRoundTrip(t *testing.T) {
 	})
 }
 
+// TestEnv checks that the Env the gateway fills from its config reaches
+// the plugin's factory across the process boundary, and that a zero
+// DNSTimeout stays zero (not set) rather than becoming some default.
+func TestEnv(t *testing.T) {
+	for _, env := range []stages.Env{
+		{Hostname: "mx.example.test", DNSServers: []string{"127.0.0.1:5353", "[::1]:53"}, DNSTimeout: 1500 * time.Millisecond, DataDir: "/var/lib/mailgate"},
+		{Hostname: "mx.example.test"},
+	} {
+		p := startTest(t, Spec{Name: "env", Env: env})
+		v, err := run(p, 5*time.Second, dataTx("env@example.org", nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("%+v", env); v.Result != want {
+			t.Errorf("plugin saw Env %s, want %s", v.Result, want)
+		}
+	}
+}
+
 func TestConfigRefused(t *testing.T) {
 	for _, tc := range []struct {
 		config, key, text string

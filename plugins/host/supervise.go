@@ -180,8 +180,13 @@ func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *sta
 	env := p.spec.Env
 	cr, err := filter.Configure(ctx, &proto.ConfigureRequest{
 		Config: config,
-		Env:    &proto.Env{Hostname: env.Hostname, DnsServers: env.DNSServers, DataDir: env.DataDir},
-		Name:   name,
+		Env: &proto.Env{
+			Hostname:     env.Hostname,
+			DnsServers:   env.DNSServers,
+			DnsTimeoutNs: int64(env.DNSTimeout),
+			DataDir:      env.DataDir,
+		},
+		Name: name,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stage %q: configure plugin: %w", name, err)

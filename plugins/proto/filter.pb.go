@@ -404,10 +404,14 @@ func (x *DescribeResponse) GetProtocolVersion() uint32 {
 }
 
 type Env struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	DnsServers    []string               `protobuf:"bytes,2,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"` // host:port; empty means /etc/resolv.conf
-	DataDir       string                 `protobuf:"bytes,3,opt,name=data_dir,json=dataDir,proto3" json:"data_dir,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Hostname   string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	DnsServers []string               `protobuf:"bytes,2,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"` // host:port; empty means /etc/resolv.conf
+	DataDir    string                 `protobuf:"bytes,3,opt,name=data_dir,json=dataDir,proto3" json:"data_dir,omitempty"`
+	// dns_timeout_ns is [dns] timeout, the bound on one DNS query to one
+	// server, in nanoseconds (a Go time.Duration); 0 means not set, as from
+	// an engine older than this field, and a stage then uses its own default.
+	DnsTimeoutNs  int64 `protobuf:"varint,4,opt,name=dns_timeout_ns,json=dnsTimeoutNs,proto3" json:"dns_timeout_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -461,6 +465,13 @@ func (x *Env) GetDataDir() string {
 		return x.DataDir
 	}
 	return ""
+}
+
+func (x *Env) GetDnsTimeoutNs() int64 {
+	if x != nil {
+		return x.DnsTimeoutNs
+	}
+	return 0
 }
 
 type ConfigureRequest struct {
@@ -1477,12 +1488,13 @@ const file_filter_proto_rawDesc = "" +
 	"\x06phases\x18\x03 \x03(\x0e2\x19.mailgate.plugin.v1.PhaseR\x06phases\x12.\n" +
 	"\x05needs\x18\x04 \x03(\x0e2\x18.mailgate.plugin.v1.NeedR\x05needs\x12\x14\n" +
 	"\x05edits\x18\x05 \x01(\bR\x05edits\x12)\n" +
-	"\x10protocol_version\x18\x06 \x01(\rR\x0fprotocolVersion\"]\n" +
+	"\x10protocol_version\x18\x06 \x01(\rR\x0fprotocolVersion\"\x83\x01\n" +
 	"\x03Env\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1f\n" +
 	"\vdns_servers\x18\x02 \x03(\tR\n" +
 	"dnsServers\x12\x19\n" +
-	"\bdata_dir\x18\x03 \x01(\tR\adataDir\"i\n" +
+	"\bdata_dir\x18\x03 \x01(\tR\adataDir\x12$\n" +
+	"\x0edns_timeout_ns\x18\x04 \x01(\x03R\fdnsTimeoutNs\"i\n" +
 	"\x10ConfigureRequest\x12\x16\n" +
 	"\x06config\x18\x01 \x01(\fR\x06config\x12)\n" +
 	"\x03env\x18\x02 \x01(\v2\x17.mailgate.plugin.v1.EnvR\x03env\x12\x12\n" +

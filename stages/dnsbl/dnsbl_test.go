@@ -131,6 +131,39 @@ func TestFailClosed(t *testing.T) {
 	}
 }
 
+// TestDNSTimeout: dns_timeout defaults to the gateway's [dns] timeout
+// (Env.DNSTimeout), and the key overrides it either way. slow.test never
+// answers, so the stage takes one timeout and then skips that list.
+func TestDNSTimeout(t *testing.T) {
+	srv := dnstest.NewServer(t, zone)
+	tests := []struct {
+		name     string
+		env      time.Duration
+		config   string
+		min, max time.Duration
+	}{
+		// Without Env the default would be 2s.
+		{"env", 100 * time.Millisecond, `{"list": [{"zone": "slow.test"}]}`, 100 * time.Millisecond, time.Second},
+		{"key below env", 10 * time.Second, `{"dns_timeout": "100ms", "list": [{"zone": "slow.test"}]}`, 100 * time.Millisecond, time.Second},
+		{"key above env", 100 * time.Millisecond, `{"dns_timeout": "500ms", "list": [{"zone": "slow.test"}]}`, 500 * time.Millisecond, 2 * time.Second},
+	}
+	for _, tt := range tests {
+		f, err := New(stages.Env{DNSServers: []string{srv.Addr()}, DNSTimeout: tt.env}, stages.JSONConfig([]byte(tt.config)))
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		start := time.Now()
+		v := run(t, f.(*DNSBL), stages.Connect, connect("192.0.2.99"))
+		took := time.Since(start)
+		if !strings.Contains(v.Reason, "slow.test") {
+			t.Errorf("%s: reason %q; want the skipped list", tt.name, v.Reason)
+		}
+		if took < tt.min || took >= tt.max {
+			t.Errorf("%s: lookup gave up after %v; want a timeout of %v", tt.name, took, tt.min)
+		}
+	}
+}
+
 func TestRHSBL(t *testing.T) {
 	srv := dnstest.NewServer(t, zone)
 	f := newDNSBL(t, srv, `{"list": [

@@ -20,7 +20,8 @@ import (
 type Config struct {
 	// Lists are the DNS lists to ask, all at once.
 	Lists []List `json:"list"`
-	// DNSTimeout bounds one DNS query to one server.
+	// DNSTimeout bounds one DNS query to one server; by default it is
+	// [dns] timeout (Env.DNSTimeout).
 	DNSTimeout stages.Duration `json:"dns_timeout"`
 	// CacheSize is how many DNS answers are kept for their TTL; 0 turns
 	// the cache off.
@@ -56,8 +57,15 @@ type List struct {
 	FailClosed bool `json:"fail_closed"`
 }
 
-func defaultConfig() Config {
-	return Config{DNSTimeout: stages.Duration(2 * time.Second), CacheSize: 4096}
+// defaultDNSTimeout is the DNSTimeout of a stage whose Env has none.
+const defaultDNSTimeout = 2 * time.Second
+
+func defaultConfig(env stages.Env) Config {
+	c := Config{DNSTimeout: stages.Duration(defaultDNSTimeout), CacheSize: 4096}
+	if env.DNSTimeout > 0 {
+		c.DNSTimeout = stages.Duration(env.DNSTimeout)
+	}
+	return c
 }
 
 // maxReply bounds a configured reply text.
@@ -65,7 +73,7 @@ const maxReply = 200
 
 // New builds a dnsbl filter from its config block.
 func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
-	c := defaultConfig()
+	c := defaultConfig(env)
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
 	}

@@ -30,26 +30,34 @@ type Config struct {
 	// Score maps a result word to the score the verdict adds. Listed
 	// results replace the defaults (fail 5, softfail 2); others score 0.
 	Score map[string]float64 `json:"score"`
-	// DNSTimeout bounds one DNS query to one server.
+	// DNSTimeout bounds one DNS query to one server; by default it is
+	// [dns] timeout (Env.DNSTimeout).
 	DNSTimeout stages.Duration `json:"dns_timeout"`
 	// CacheSize is how many DNS answers are kept for their TTL; 0 turns
 	// the cache off.
 	CacheSize int `json:"cache_size"`
 }
 
+// defaultDNSTimeout is the DNSTimeout of a stage whose Env has none.
+const defaultDNSTimeout = 3 * time.Second
+
 // defaultConfig is the configuration of a stage with no [stage.config].
-func defaultConfig() Config {
-	return Config{
+func defaultConfig(env stages.Env) Config {
+	c := Config{
 		CheckHelo:  true,
 		Score:      map[string]float64{string(Fail): 5, string(SoftFail): 2},
-		DNSTimeout: stages.Duration(3 * time.Second),
+		DNSTimeout: stages.Duration(defaultDNSTimeout),
 		CacheSize:  4096,
 	}
+	if env.DNSTimeout > 0 {
+		c.DNSTimeout = stages.Duration(env.DNSTimeout)
+	}
+	return c
 }
 
 // New builds an spf filter from its config block.
 func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
-	c := defaultConfig()
+	c := defaultConfig(env)
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
 	}

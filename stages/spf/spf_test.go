@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/stages"
@@ -290,5 +291,41 @@ func TestNoDNSServer(t *testing.T) {
 	}
 	if !strings.Contains(v.Reason, "spf=temperror smtp.mailfrom=example.com (TXT lookup of example.com: ") {
 		t.Errorf("reason %q", v.Reason)
+	}
+}
+
+// TestDNSTimeout: dns_timeout defaults to the gateway's [dns] timeout
+// (Env.DNSTimeout), and the key overrides it either way. The lookup of
+// slow.example.com is never answered, so the check takes one timeout.
+func TestDNSTimeout(t *testing.T) {
+	srv := testServer(t)
+	tests := []struct {
+		name     string
+		env      time.Duration
+		config   string
+		min, max time.Duration
+	}{
+		// Without Env the default would be 3s.
+		{"env", 100 * time.Millisecond, `{"check_helo": false}`, 100 * time.Millisecond, time.Second},
+		{"key below env", 10 * time.Second, `{"check_helo": false, "dns_timeout": "100ms"}`, 100 * time.Millisecond, time.Second},
+		{"key above env", 100 * time.Millisecond, `{"check_helo": false, "dns_timeout": "500ms"}`, 500 * time.Millisecond, 2 * time.Second},
+	}
+	for _, tt := range tests {
+		env := stages.Env{Hostname: "mx.example.test", DNSServers: []string{srv.Addr()}, DNSTimeout: tt.env}
+		f, err := New(env, stages.JSONConfig([]byte(tt.config)))
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		start := time.Now()
+		v, err := f.Run(ctx, stages.Mail, tx("192.0.2.7", "h.example.net", "joe@slow.example.com"))
+		took := time.Since(start)
+		cancel()
+		if err != nil || v.Result != "temperror" {
+			t.Errorf("%s: verdict %+v, error %v; want temperror", tt.name, v, err)
+		}
+		if took < tt.min || took >= tt.max {
+			t.Errorf("%s: lookup gave up after %v; want a timeout of %v", tt.name, took, tt.min)
+		}
 	}
 }

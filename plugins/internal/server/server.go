@@ -14,6 +14,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -112,6 +113,7 @@ func (s *filterServer) Configure(_ context.Context, req *proto.ConfigureRequest)
 	env := stages.Env{
 		Hostname:   req.GetEnv().GetHostname(),
 		DNSServers: req.GetEnv().GetDnsServers(),
+		DNSTimeout: time.Duration(req.GetEnv().GetDnsTimeoutNs()),
 		DataDir:    req.GetEnv().GetDataDir(),
 	}
 	f, err := s.factory(env, stages.JSONConfig(req.GetConfig()))

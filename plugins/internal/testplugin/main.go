@@ -6,6 +6,7 @@
 //	sleep@…  sleeps for the config's "sleep", ignoring the call's deadline
 //	fail@…   returns an error (the stage broke)
 //	panic@…  panics inside Run
+//	env@…    reports the Env it was built with in Result
 //
 // Otherwise it answers the config's verdict. For a body it reports the
 // size and SHA-256 it read in Result, "<size> <hex>", without one the
@@ -36,9 +37,12 @@ type config struct {
 	Garbage   string          `json:"garbage"`    // "action" or "edit": a verdict the host must refuse
 }
 
-type filter struct{ cfg config }
+type filter struct {
+	cfg config
+	env stages.Env
+}
 
-func newFilter(_ stages.Env, c stages.Config) (stages.Filter, error) {
+func newFilter(env stages.Env, c stages.Config) (stages.Filter, error) {
 	var cfg config
 	if err := c.Decode(&cfg); err != nil {
 		return nil, err
@@ -49,7 +53,7 @@ func newFilter(_ stages.Env, c stages.Config) (stages.Filter, error) {
 	// Both ways a plugin's output reaches the gateway's log.
 	slog.Warn("testplugin configured", "action", cfg.Action)
 	fmt.Fprintln(os.Stderr, "testplugin plain stderr line")
-	return &filter{cfg}, nil
+	return &filter{cfg, env}, nil
 }
 
 func (f *filter) Info() stages.Info {
@@ -72,6 +76,8 @@ func (f *filter) Run(_ context.Context, ph stages.Phase, tx *stages.Transaction)
 		return stages.Verdict{}, errors.New("scanner unreachable")
 	case "panic":
 		panic("testplugin told to panic")
+	case "env":
+		return stages.Verdict{Result: fmt.Sprintf("%+v", f.env)}, nil
 	}
 	v := stages.Verdict{Action: f.cfg.Action, Score: f.cfg.Score, Reason: fmt.Sprintf("pid %d", os.Getpid())}
 	if f.cfg.Reply != "" {
