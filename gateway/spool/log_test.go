@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -357,5 +358,42 @@ func TestMigrateEnvFiles(t *testing.T) {
 	s.Close()
 	if ids := listIDs(t, openT(t, dir, Options{})); !slices.Equal(ids, []string{id}) {
 		t.Errorf("after reopen listed %v, want %s", ids, id)
+	}
+}
+
+// A compaction whose directory sync fails has already put the new log in
+// place: the spool must not go on appending to the old, nameless file —
+// what it acknowledged then would be gone after a restart. It refuses to
+// commit instead, and what it acknowledged before is all there.
+func TestCompactionDirSyncFails(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{})
+	var ids []string
+	for range 5 {
+		ids = append(ids, commit(t, s, []byte("Subject: x\r\n\r\nbody\r\n"), &Envelope{From: "a@b.test", Rcpts: []Recipient{{Addr: "c@d.test", Status: Pending}}}).ID())
+	}
+	s.logMu.Lock()
+	s.syncDir = func(string) error { return syscall.EIO }
+	err := s.compact()
+	s.logMu.Unlock()
+	if err == nil {
+		t.Fatal("compact with a failing directory sync succeeded")
+	}
+	if s.Err() == nil {
+		t.Fatal("Err() is nil after a failed compaction sync")
+	}
+	w, err := s.Create()
+	if err == nil {
+		w.Write([]byte("Subject: y\r\n\r\nlate\r\n"))
+		if err = w.Commit(context.Background(), &Envelope{From: "a@b.test", Rcpts: []Recipient{{Addr: "c@d.test", Status: Pending}}}); err == nil {
+			t.Fatal("a commit after the failed sync was acknowledged")
+		}
+	}
+	s.Close()
+	s2 := openT(t, dir, Options{})
+	for _, id := range ids {
+		if _, err := s2.Load(id); err != nil {
+			t.Errorf("acknowledged %s lost: %v", id, err)
+		}
 	}
 }

@@ -115,19 +115,24 @@ func (s *Spool) compact() error {
 	if err == nil {
 		err = os.Rename(tmp, filepath.Join(s.dir, logName))
 	}
-	if err == nil {
-		err = syncDir(s.dir)
-	}
 	if err != nil {
 		f.Close()
 		os.Remove(tmp)
 		return fmt.Errorf("compact: %w", err)
 	}
+	// From the rename on, the new file is the log: the old one has no name
+	// any more, and records appended to it would be lost at the next Open.
 	if s.log != nil {
 		s.log.Close()
 	}
 	s.log, s.gen, s.seq, s.durable, s.size = f, gen, durable, durable, int64(len(b))
 	s.x.records = len(ids)
+	if err := s.syncDir(s.dir); err != nil {
+		// Whether the rename is on disk is unknown, so is which log a
+		// restart reads: commit nothing more until then.
+		s.logErr = fmt.Errorf("%s unusable after a failed directory sync (%w); restart to recover", logName, err)
+		return fmt.Errorf("compact: %w", err)
+	}
 	return nil
 }
 

@@ -178,6 +178,8 @@ type Spool struct {
 	logErr      error    // the log's state is unknown; nothing more is written
 	compactMin  int
 	nextCompact int // dead records that trigger the next compaction
+
+	syncDir func(dir string) error // syncDir; tests make it fail
 }
 
 // Open opens (creating it if needed) the spool under dir and recovers from a
@@ -201,6 +203,7 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 		wake:       make(chan struct{}, 1),
 		stopped:    make(chan struct{}),
 		compactMin: compactMin,
+		syncDir:    syncDir,
 	}
 	s.nextCompact = s.compactMin
 	if opts.ReadOnly {
