@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/idna"
@@ -114,12 +115,21 @@ func (f *DNSBL) Run(ctx context.Context, p stages.Phase, tx *stages.Transaction)
 		}
 	}
 
+	// A list that does not answer is skipped (fail open), so the lookups
+	// must give up before the stage's own deadline does: past it the
+	// stage's on_error would apply to every list at once.
+	lctx := ctx
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		lctx, cancel = context.WithDeadline(ctx, d.Add(-time.Until(d)/10))
+		defer cancel()
+	}
 	var wg sync.WaitGroup
 	for _, q := range qs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			q.listed, q.err = f.lookup(ctx, q.l, q.name)
+			q.listed, q.err = f.lookup(lctx, q.l, q.name)
 		}()
 	}
 	wg.Wait()

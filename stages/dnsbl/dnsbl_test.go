@@ -301,3 +301,23 @@ func FuzzDomainOf(f *testing.F) {
 		}
 	})
 }
+
+// A list slower than the stage's own deadline is skipped before that
+// deadline passes, so the stage still answers (fail open) rather than
+// running into its on_error.
+func TestListsGiveUpBeforeTheStageDeadline(t *testing.T) {
+	srv := dnstest.NewServer(t, zone)
+	f, err := New(stages.Env{DNSServers: []string{srv.Addr()}, DNSTimeout: 10 * time.Second}, stages.JSONConfig([]byte(`{"list": [{"zone": "slow.test"}]}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	v, err := f.Run(ctx, stages.Connect, connect("192.0.2.99"))
+	if err != nil || ctx.Err() != nil {
+		t.Fatalf("Run: %v (deadline passed: %v)", err, ctx.Err())
+	}
+	if v.Result != "clean" || !strings.Contains(v.Reason, "slow.test") {
+		t.Fatalf("verdict %+v; want clean with the skipped list named", v)
+	}
+}
