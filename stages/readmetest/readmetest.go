@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
@@ -66,7 +67,7 @@ func Load(t testing.TB, file string, config []byte, kind string, factory stages.
 	if err != nil {
 		t.Fatalf("%v\n%s", err, config)
 	}
-	env := stages.Env{Hostname: cfg.Hostname, DNSServers: cfg.DNS.Servers}
+	env := stages.Env{Hostname: cfg.Hostname, DNSServers: cfg.DNS.Servers, DNSTimeout: time.Duration(cfg.DNS.Timeout)}
 	var built []Stage
 	for i, st := range cfg.Stages {
 		if st.Kind != kind {

@@ -119,6 +119,9 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 	if len(s.uribls) > 0 {
 		timeout := time.Duration(c.DNSTimeout)
 		if timeout == 0 {
+			timeout = env.DNSTimeout // [dns] timeout
+		}
+		if timeout == 0 {
 			timeout = defaultDNSTimeout
 		}
 		s.resolver, err = resolver.New(env.DNSServers, timeout, resolver.WithCache(cacheSize))
