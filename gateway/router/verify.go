@@ -22,6 +22,9 @@ const (
 	verifyKnownFor   = time.Hour
 	verifyUnknownFor = 10 * time.Minute
 	verifyCacheSize  = 20000
+	// verifyDownFor is how long a route whose servers did not answer a
+	// probe is not asked again.
+	verifyDownFor = 30 * time.Second
 )
 
 // verifyCache keeps the answers of recipient probes.
@@ -81,10 +84,15 @@ func (vc *verifyCache) put(key string, v verdict, now time.Time) {
 // Answers are cached, known recipients for an hour, refused ones for ten
 // minutes; temporary ones are not.
 func (r *Router) VerifyRcpt(ctx context.Context, route *policy.Route, addr string) error {
-	key := strings.Join(route.Servers, ",") + "\x00" + addr
+	servers := strings.Join(route.Servers, ",")
+	key := servers + "\x00" + addr
+	down := servers + "\x00" // the route did not answer a probe lately
 	now := time.Now()
 	if v, ok := r.verified.get(key, now); ok {
 		return v.refused
+	}
+	if _, ok := r.verified.get(down, now); ok {
+		return nil
 	}
 	known, err := r.probe(ctx, route, addr)
 	switch {
@@ -93,6 +101,12 @@ func (r *Router) VerifyRcpt(ctx context.Context, route *policy.Route, addr strin
 	case isPermanent(err):
 		r.verified.put(key, verdict{refused: err, expires: now.Add(verifyUnknownFor)}, now)
 		return err
+	case err != nil && !isReply(err):
+		// No server answered (down, hung, or slower than the probe's
+		// deadline): take mail without asking for a while, rather than
+		// make every RCPT wait for the probe to time out again.
+		r.verified.put(down, verdict{expires: now.Add(verifyDownFor)}, now)
+		r.log.Warn("recipient verification skipped: no server of the route answered", "rcpt", addr, "err", err, "for", verifyDownFor)
 	case err != nil:
 		r.log.Debug("recipient not verified", "rcpt", addr, "err", err)
 	}

@@ -4,11 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/policy"
 )
 
 // rcptCommands counts the RCPT commands the server got for addr.
@@ -88,5 +92,60 @@ func TestVerifyCacheBounded(t *testing.T) {
 	}
 	if _, ok := vc.get(fmt.Sprint(verifyCacheSize+9), now.Add(2*time.Hour)); ok {
 		t.Error("an expired entry is still served")
+	}
+}
+
+// A route whose server takes the connection but never greets costs one
+// probe's deadline, not one per recipient: the route is not asked again
+// for a while, and mail is taken meanwhile.
+func TestVerifyHungServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int32
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			mu.Lock()
+			conns = append(conns, c) // held open, never greeted
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	route := policy.Route{Domains: []string{"ex.test"}, Servers: []string{ln.Addr().String()}, VerifyRcpts: true}
+	cfg := testConfig(route)
+	r, err := New(cfg, openSpool(t), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &cfg.Routes[0]
+	for i := range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		start := time.Now()
+		err := r.VerifyRcpt(ctx, rt, fmt.Sprintf("u%d@ex.test", i))
+		cancel()
+		if err != nil {
+			t.Fatalf("hung server: %v, want the mail taken", err)
+		}
+		if el := time.Since(start); i > 0 && el > 100*time.Millisecond {
+			t.Fatalf("recipient %d waited %v: the hung route was probed again", i, el)
+		}
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("%d probe connections to a hung server, want 1", n)
 	}
 }

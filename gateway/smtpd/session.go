@@ -73,6 +73,9 @@ func toSMTP(r *stages.Reply, def *smtp.SMTPError) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: r.Code, EnhancedCode: e, Message: text}
 }
 
+// verifyTimeout bounds one recipient verification (verify_rcpts) at RCPT.
+const verifyTimeout = 5 * time.Second
+
 // replyFor is the reply to a Reject or TempFail decision given at phase ph
 // (rejections from connect, helo and mail are given at RCPT).
 func replyFor(ph stages.Phase, d pipeline.Decision) *smtp.SMTPError {
@@ -293,15 +296,22 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.logDecision(log, "rejected", errRelayDenied, "phase", "rcpt", "reason", reason)
 		return refuse(errRelayDenied, trace.Event{Action: "reject", Reason: reason})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.gen.cfg.Server.FilterTimeout))
-	defer cancel()
 	// A recipient the internal server refuses would bounce later, to a
-	// sender that may be forged: refuse it now (verify_rcpts).
-	if err := s.gen.routes.VerifyRcpt(ctx, to); err != nil {
-		reason := "recipient refused by the next hop: " + err.Error()
+	// sender that may be forged: refuse it now (verify_rcpts). The probe
+	// has a short deadline of its own, so a hung internal server costs
+	// the client seconds, not the whole filter_timeout, and leaves the
+	// rcpt-phase stages their full time.
+	filterTimeout := time.Duration(s.gen.cfg.Server.FilterTimeout)
+	vctx, vcancel := context.WithTimeout(context.Background(), min(verifyTimeout, filterTimeout/2))
+	verr := s.gen.routes.VerifyRcpt(vctx, to)
+	vcancel()
+	if verr != nil {
+		reason := "recipient refused by the next hop: " + verr.Error()
 		s.logDecision(log, "rejected", errUnknownRcpt, "phase", "rcpt", "reason", reason)
 		return refuse(errUnknownRcpt, trace.Event{Action: "reject", Reason: reason})
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), filterTimeout)
+	defer cancel()
 	t.tx.Rcpts = append(t.tx.Rcpts, to)
 	d := t.ftx.Run(ctx, stages.Rcpt, t.tx, log)
 	ts := trace.Stages(d.Trace)
