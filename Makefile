@@ -2,21 +2,21 @@
 
 GO      ?= go
 PKGS    ?= ./...
-# Debian packages the integration tests talk to (real parts, not mocks).
-TEST_DEBS = swaks postfix clamav-daemon clamav-milter opendkim opendkim-tools
 
-.PHONY: all build test test-short vet fuzz bench deps clean
+.PHONY: all build test vet fuzz bench deps clean
 
 all: build
 
 build:
 	$(GO) build -o bin/mailgate ./cmd/mailgate
 
-# deps installs what the tests need when it is missing: as root through
-# apt-get (as on CI); otherwise it names the packages to install.
+# deps installs the Debian packages the integration tests talk to (real
+# parts, not mocks) when they are missing: as root through apt-get (as on
+# CI); otherwise it names the packages to install. Each entry is
+# command:package.
 deps:
 	@missing=""; \
-	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools; do \
+	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd; do \
 		bin=$${c%%:*}; pkg=$${c##*:}; \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
