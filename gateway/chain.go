@@ -91,7 +91,7 @@ func pluginKey(cfg *policy.Config, i int) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s: stage %q: %w", cfg.Position(fmt.Sprintf("stage.%d.config", i)), sc.Name, err)
 	}
-	b, err := json.Marshal([]any{sc.Name, sc.Kind, sc.Path, sc.SHA256, json.RawMessage(conf), cfg.Hostname, cfg.DNS.Servers, cfg.DataDir})
+	b, err := json.Marshal([]any{sc.Name, sc.Kind, sc.Path, sc.SHA256, json.RawMessage(conf), cfg.Hostname, cfg.DNS.Servers, cfg.DNS.Timeout, cfg.DataDir})
 	return string(b), err
 }
 

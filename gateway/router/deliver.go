@@ -70,7 +70,7 @@ func (r *Router) attempt(ctx context.Context, env *spool.Envelope) []result {
 	var out []result
 	msg, err := r.sp.OpenMessage(env.ID)
 	if err != nil {
-		r.log.Error("open message", "id", env.ID, "err", err)
+		r.log.Error("open message", "queue_id", env.ID, "err", err)
 		reply := replyOf(replyErr(451, 4, 3, 0, "queued message cannot be read"))
 		for _, g := range groups {
 			for _, i := range g.rcpts {
@@ -82,7 +82,7 @@ func (r *Router) attempt(ctx context.Context, env *spool.Envelope) []result {
 	defer msg.Close()
 	for _, g := range groups {
 		if _, err := msg.Seek(0, io.SeekStart); err != nil {
-			r.log.Error("read message", "id", env.ID, "err", err)
+			r.log.Error("read message", "queue_id", env.ID, "err", err)
 			for _, i := range g.rcpts {
 				out = append(out, result{idx: i, status: spool.Pending, reply: replyOf(replyErr(451, 4, 3, 0, "queued message cannot be read"))})
 			}
@@ -105,7 +105,7 @@ func (r *Router) toMaildir(c *conf, env *spool.Envelope, g *group, msg io.Reader
 	name, err := deliverMaildir(g.route.Maildir, env.ID, c.cfg.Hostname, env.From, msg)
 	res := result{status: spool.Delivered, reply: "250 2.0.0 delivered as " + name, host: host}
 	if err != nil {
-		r.log.Error("maildir delivery", "id", env.ID, "maildir", g.route.Maildir, "err", err)
+		r.log.Error("maildir delivery", "queue_id", env.ID, "maildir", g.route.Maildir, "err", err)
 		res = result{status: spool.Pending, reply: replyOf(replyErr(451, 4, 3, 0, "local delivery failed")), host: host}
 	}
 	for _, i := range g.rcpts {
@@ -169,7 +169,7 @@ func (r *Router) toSMTP(ctx context.Context, cf *conf, env *spool.Envelope, g *g
 		if err != nil {
 			pool.done(d)
 			lastErr, lastHost = err, host
-			r.log.Debug("connect", "id", env.ID, "host", host, "err", err)
+			r.log.Debug("connect", "queue_id", env.ID, "host", host, "err", err)
 			if ctx.Err() != nil {
 				break
 			}
@@ -219,7 +219,7 @@ func (t target) label() string {
 // logAttrs are the attributes of an outcome line.
 func logAttrs(env *spool.Envelope, rc *spool.Recipient, now time.Time) []any {
 	return []any{
-		slog.String("id", env.ID),
+		slog.String("queue_id", env.ID),
 		slog.String("rcpt", rc.Addr),
 		slog.String("host", rc.LastHost),
 		slog.String("reply", rc.LastReply),

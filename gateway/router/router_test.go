@@ -212,7 +212,7 @@ func TestDeliverByteIdentical(t *testing.T) {
 	h.waitGone(env.ID)
 	logs := h.logs.String()
 	for _, rcpt := range []string{"bob@ex.test", "carol@ex.test"} {
-		if !strings.Contains(logs, "msg=relayed id="+env.ID+" rcpt="+rcpt+" host="+srv.Addr()) {
+		if !strings.Contains(logs, "msg=relayed queue_id="+env.ID+" rcpt="+rcpt+" host="+srv.Addr()) {
 			t.Errorf("no relayed line for %s in log:\n%s", rcpt, logs)
 		}
 	}
@@ -266,7 +266,7 @@ func TestDownstreamDownThenBack(t *testing.T) {
 	if rc.Status != spool.Pending || !strings.HasPrefix(rc.LastReply, "451 4.4.1 ") || !strings.Contains(rc.LastReply, "refused") {
 		t.Errorf("after a refused connection: %+v", rc)
 	}
-	if !strings.Contains(h.logs.String(), "msg=deferred id="+env.ID) {
+	if !strings.Contains(h.logs.String(), "msg=deferred queue_id="+env.ID) {
 		t.Errorf("no deferred line in log:\n%s", h.logs)
 	}
 	srv.Restart()
@@ -338,7 +338,7 @@ func TestPerRecipientResults(t *testing.T) {
 	if n := len(srv.Messages()); n != 3 {
 		t.Errorf("%d messages downstream, want 3 (good ones, DSN, later)", n)
 	}
-	if !strings.Contains(h.logs.String(), "msg=bounced id="+env.ID+" rcpt=bad@ex.test") {
+	if !strings.Contains(h.logs.String(), "msg=bounced queue_id="+env.ID+" rcpt=bad@ex.test") {
 		t.Errorf("no bounced line:\n%s", h.logs)
 	}
 }
@@ -392,7 +392,7 @@ func TestExpiry(t *testing.T) {
 		t.Errorf("human part:\n%s", parts.human)
 	}
 	h.waitGone(env.ID)
-	if !strings.Contains(h.logs.String(), "msg=expired id="+env.ID+" rcpt=slow@ex.test") {
+	if !strings.Contains(h.logs.String(), "msg=expired queue_id="+env.ID+" rcpt=slow@ex.test") {
 		t.Errorf("no expired line:\n%s", h.logs)
 	}
 	if el := time.Since(env.Received); el < 400*time.Millisecond {
@@ -483,7 +483,7 @@ func TestMXDelivery(t *testing.T) {
 	// A domain that does not exist fails at once.
 	nx := h.send("", []string{"eve@nowhere.test"}, sample)
 	h.waitGone(nx.ID)
-	if !strings.Contains(h.logs.String(), `msg=bounced id=`+nx.ID+` rcpt=eve@nowhere.test host="" reply="550 5.1.2 recipient domain nowhere.test not found"`) {
+	if !strings.Contains(h.logs.String(), `msg=bounced queue_id=`+nx.ID+` rcpt=eve@nowhere.test host="" reply="550 5.1.2 recipient domain nowhere.test not found"`) {
 		t.Errorf("no bounce for a domain without DNS:\n%s", h.logs)
 	}
 

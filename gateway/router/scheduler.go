@@ -156,7 +156,7 @@ func (s *scheduler) finish(ctx context.Context, out outcome) {
 	if out.dsn != nil {
 		it.unreported = nil
 		it.env.DSNSent = true
-		s.r.log.Info("dsn queued", "id", it.env.ID, "dsn_id", out.dsn.ID, "to", it.env.From)
+		s.r.log.Info("dsn queued", "queue_id", it.env.ID, "dsn_id", out.dsn.ID, "to", it.env.From)
 		s.r.trace.Record(trace.Event{QueueID: it.env.ID, MessageID: it.env.MessageID, Event: "dsn", Related: out.dsn.ID, Rcpts: []string{it.env.From}})
 		s.add(out.dsn)
 	}
@@ -165,7 +165,7 @@ func (s *scheduler) finish(ctx context.Context, out outcome) {
 		return
 	}
 	if out.dsnErr != nil {
-		s.r.log.Error("dsn", "id", it.env.ID, "err", out.dsnErr)
+		s.r.log.Error("dsn", "queue_id", it.env.ID, "err", out.dsnErr)
 		if ctx.Err() == nil && !it.env.Held {
 			// Try again later; until then the message stays queued.
 			dl := s.r.conf.Load().cfg.Delivery
@@ -257,7 +257,7 @@ func (s *scheduler) settle(it *item) {
 		return
 	}
 	if err := s.r.sp.Update(it.env); err != nil {
-		s.r.log.Error("update envelope", "id", it.env.ID, "err", err)
+		s.r.log.Error("update envelope", "queue_id", it.env.ID, "err", err)
 		if errors.Is(err, fs.ErrNotExist) {
 			// Removed behind our back (queue delete in another process).
 			s.unschedule(it)
@@ -280,7 +280,7 @@ func (s *scheduler) drop(it *item) {
 	s.unschedule(it)
 	delete(s.items, it.env.ID)
 	if err := s.r.sp.Remove(it.env.ID); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		s.r.log.Error("remove message", "id", it.env.ID, "err", err)
+		s.r.log.Error("remove message", "queue_id", it.env.ID, "err", err)
 	}
 }
 
@@ -313,12 +313,12 @@ func (s *scheduler) hold(id string, held bool) error {
 		return fmt.Errorf("hold %s: %w", id, err)
 	}
 	if held {
-		s.r.log.Info("held", "id", id)
+		s.r.log.Info("held", "queue_id", id)
 		s.r.trace.Record(trace.Event{QueueID: id, MessageID: it.env.MessageID, Event: "held", Reason: "operator"})
 		s.unschedule(it)
 		return nil
 	}
-	s.r.log.Info("released", "id", id)
+	s.r.log.Info("released", "queue_id", id)
 	s.r.trace.Record(trace.Event{QueueID: id, MessageID: it.env.MessageID, Event: "released", Reason: "operator"})
 	if !it.busy {
 		s.schedule(it, time.Now())
@@ -331,7 +331,7 @@ func (s *scheduler) remove(id string) error {
 	if it == nil {
 		return fmt.Errorf("delete %s: %w", id, ErrNotFound)
 	}
-	s.r.log.Info("deleted", "id", id)
+	s.r.log.Info("deleted", "queue_id", id)
 	s.r.trace.Record(trace.Event{QueueID: id, MessageID: it.env.MessageID, Event: "deleted", Reason: "operator"})
 	if it.busy {
 		it.deleted = true
@@ -352,7 +352,7 @@ func (r *Router) queueDSN(ctx context.Context, env *spool.Envelope, failed []spo
 	}
 	if err != nil {
 		// The report matters more than the copy of the header.
-		r.log.Warn("dsn without original header", "id", env.ID, "err", err)
+		r.log.Warn("dsn without original header", "queue_id", env.ID, "err", err)
 	}
 	w, err := r.sp.Create()
 	if err != nil {
