@@ -1,6 +1,8 @@
 // Package stages is the filter contract shared by the engine and every filter,
 // built in or third-party: the Stage a pipeline runs, the Transaction it sees,
-// the Verdict it returns and the Edits it asks for.
+// the Verdict it returns and the Edits it asks for; with them the rules an
+// edit must follow (field.go: header fields, envelope addresses) and the one
+// decoder of a stage's [stage.config] (JSONConfig).
 //
 // A stage reports what it found; policy decides what to do. A stage's error
 // means the stage broke (timeout, crash, scanner down), never "the message is

@@ -1,6 +1,8 @@
 // Command mailgate is the one binary of the mail gateway: it serves mail,
-// checks configs, dry-runs a message through the filter chain, operates the
-// queue and quarantine, and serves the built-in stage kinds as plugins.
+// checks configs, dry-runs a message through the filter chain, lists what
+// each stage's plugin describes, operates the queue and quarantine, prints
+// message traces, asks a running gateway to reload, and serves the built-in
+// stage kinds as plugins.
 package main
 
 import (

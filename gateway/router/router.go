@@ -4,7 +4,9 @@
 // Maildir), keeps every recipient's outcome in the spool, retries
 // temporary failures with exponential backoff until delivery.max_age, and
 // returns a delivery status notification (RFC 3464) to the sender of
-// recipients that failed for good.
+// recipients that failed for good. For routes with verify_rcpts it also
+// asks the route's servers about a recipient at RCPT time, so that unknown
+// users are refused then rather than bounced later.
 //
 // One goroutine (Run) owns the queue state and is the only writer of
 // envelopes; deliveries run in bounded workers on copies and report back.
