@@ -2,6 +2,7 @@ package spam
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"io"
 	"mime"
@@ -211,9 +212,16 @@ func param(v string, params map[string]string, name string) string {
 	if params != nil {
 		return params[name]
 	}
-	lower := strings.ToLower(v)
+	// Lower-case ASCII only: strings.ToLower changes the length of invalid
+	// UTF-8, and the offsets found in lower must hold in v.
+	lower := []byte(v)
+	for i, c := range lower {
+		if 'A' <= c && c <= 'Z' {
+			lower[i] = c + 'a' - 'A'
+		}
+	}
 	for i := 0; ; {
-		j := strings.Index(lower[i:], name)
+		j := bytes.Index(lower[i:], []byte(name))
 		if j < 0 {
 			return ""
 		}
