@@ -65,7 +65,12 @@ func (s *Spool) discard(j *job) {
 func (s *Spool) commitLoop() {
 	defer close(s.stopped)
 	for {
-		<-s.wake
+		select {
+		case <-s.wake:
+		case r := <-s.compacted:
+			s.finishCompact(r)
+			continue
+		}
 		s.mu.Lock()
 		batch := s.pending
 		s.pending = nil

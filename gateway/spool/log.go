@@ -63,6 +63,20 @@ func appendRecord(b []byte, gen, seq, durable uint64, op, id string, js []byte) 
 		b = append(b, ' ')
 		b = append(b, js...)
 	}
+	return seal(b, start, gen, seq, durable)
+}
+
+// appendPayload appends a record with the payload of a decoded one, to
+// carry it into another log.
+func appendPayload(b []byte, gen, seq, durable uint64, payload []byte) []byte {
+	start := len(b)
+	b = slices.Grow(b, recHeaderLen+len(payload))
+	b = append(b[:start+recHeaderLen], payload...)
+	return seal(b, start, gen, seq, durable)
+}
+
+// seal fills in the header of the record that starts at b[start:].
+func seal(b []byte, start int, gen, seq, durable uint64) []byte {
 	h := b[start : start+recHeaderLen]
 	binary.BigEndian.PutUint64(h[0:], gen)
 	binary.BigEndian.PutUint64(h[8:], seq)

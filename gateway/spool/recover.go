@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+
+	"golang.org/x/sys/unix"
 )
 
 // recover rebuilds the state of the spool from the log and the message
@@ -85,48 +88,138 @@ func migrate(dir string, x *index) (bool, error) {
 	return true, nil
 }
 
-// compact writes the live envelopes into a new log that replaces the old
-// one. The new log is written in tmp/ and flushed before the rename, so a
-// crash leaves either log whole (recovery removes tmp/), and both say the
-// same. Callers hold logMu, or are Open before the committer runs.
-func (s *Spool) compact() error {
-	gen := rand.Uint64()
-	ids := make([]string, 0, len(s.x.live))
-	for id := range s.x.live {
-		ids = append(ids, id)
+// A compaction writes the live envelopes into a new log that replaces the
+// old one, in three steps, so that commits wait only for the last:
+//
+//  1. under logMu, snapshot: a copy of the live set and the old log's
+//     size and seq at that point (on the committer between flushes, so the
+//     index says exactly what the log holds);
+//  2. without logMu, the snapshot is written to tmp/ and flushed, while
+//     commits, updates and removes go on appending to the old log;
+//  3. under logMu, on the committer between flushes (so every commit and
+//     update in the old log is on disk and acknowledged or failed), swap:
+//     the records the old log got since the snapshot are copied into the
+//     new one with its gen and seqs, the new log is flushed and renamed
+//     over the old one, and the directory is flushed.
+//
+// Until the rename the old log is the log, whole and saying everything
+// acknowledged (recovery removes tmp/); from the rename on the new one is,
+// and it was flushed with all of it before.
+type compaction struct {
+	live    map[string][]byte // the snapshot
+	from    int64             // the old log's size at the snapshot
+	fromSeq uint64            // the seq of its next record then
+	fromGen uint64            // its gen
+
+	tmp  string
+	f    *os.File // the new log, once written
+	gen  uint64
+	n    int   // records in the new log
+	size int64 // bytes in the new log
+}
+
+// snapshot is step 1. Callers hold logMu.
+func (s *Spool) snapshot() *compaction {
+	return &compaction{
+		live:    maps.Clone(s.x.live),
+		from:    s.size,
+		fromSeq: s.seq,
+		fromGen: s.gen,
+		tmp:     filepath.Join(s.tmpDir, logName),
 	}
-	slices.Sort(ids)
+}
+
+// compactChunk is how much of a new log is written and flushed at a
+// time: a commit's syncfs (see syncData) writes back whatever the
+// compaction has left dirty, so a commit waits for at most this much.
+const compactChunk = 1 << 20
+
+// write is step 2: the snapshot, sorted by ID, in a flushed file in tmp/.
+func (c *compaction) write() error {
+	c.gen = rand.Uint64()
+	ids := slices.Sorted(maps.Keys(c.live))
+	f, err := os.OpenFile(c.tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("compact: %w", err)
+	}
+	c.f = f
 	// The file becomes the log only once flushed, so every record in it
 	// is durable for whoever reads it as the log.
 	durable := uint64(len(ids)) + 1
-	b := logHeader(gen)
+	b := logHeader(c.gen)
 	for i, id := range ids {
-		b = appendRecord(b, gen, uint64(i)+1, durable, opCommit, id, s.x.live[id])
+		b = appendRecord(b, c.gen, uint64(i)+1, durable, opCommit, id, c.live[id])
+		if len(b) >= compactChunk || i == len(ids)-1 {
+			if err := c.flush(b); err != nil {
+				return err
+			}
+			b = b[:0]
+		}
 	}
-	tmp := filepath.Join(s.tmpDir, logName)
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
-	if err != nil {
+	if len(ids) == 0 {
+		if err := c.flush(b); err != nil {
+			return err
+		}
+	}
+	c.live = nil
+	c.n = len(ids)
+	// The size and the directory entry of the file, for the rename.
+	if err := f.Sync(); err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(s.dir, logName))
-	}
-	if err != nil {
-		f.Close()
-		os.Remove(tmp)
+	return nil
+}
+
+// flush writes b to the new log and makes it durable.
+func (c *compaction) flush(b []byte) error {
+	if _, err := c.f.Write(b); err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
+	if err := unix.Fdatasync(int(c.f.Fd())); err != nil {
+		return fmt.Errorf("compact: fdatasync: %w", err)
+	}
+	c.size += int64(len(b))
+	return nil
+}
+
+// discard removes the new log of a compaction that failed or came too late.
+func (c *compaction) discard() {
+	if c.f != nil {
+		c.f.Close()
+	}
+	os.Remove(c.tmp)
+}
+
+// swap is step 3. Callers hold logMu, and no flush is under way.
+func (s *Spool) swap(c *compaction) error {
+	if s.logErr != nil {
+		c.discard()
+		return fmt.Errorf("compact: %w", s.logErr)
+	}
+	tail, n, err := s.tail(c)
+	if err == nil && len(tail) > 0 {
+		if _, err = c.f.Write(tail); err == nil {
+			s.step("tail")
+			err = c.f.Sync()
+		}
+	}
+	if err == nil {
+		s.step("synced")
+		err = os.Rename(c.tmp, filepath.Join(s.dir, logName))
+	}
+	if err != nil {
+		c.discard()
+		return fmt.Errorf("compact: %w", err)
+	}
+	s.step("renamed")
 	// From the rename on, the new file is the log: the old one has no name
 	// any more, and records appended to it would be lost at the next Open.
 	if s.log != nil {
 		s.log.Close()
 	}
-	s.log, s.gen, s.seq, s.durable, s.size = f, gen, durable, durable, int64(len(b))
-	s.x.records = len(ids)
+	seq := uint64(c.n+n) + 1
+	s.log, s.gen, s.seq, s.durable, s.size = c.f, c.gen, seq, seq, c.size+int64(len(tail))
+	s.x.records = c.n + n
 	if err := s.syncDir(s.dir); err != nil {
 		// Whether the rename is on disk is unknown, so is which log a
 		// restart reads: commit nothing more until then.
@@ -136,16 +229,99 @@ func (s *Spool) compact() error {
 	return nil
 }
 
-// maybeCompact compacts the log once dead records outnumber the live
-// ones by far. A failed compaction is tried again when the log has grown
-// as much again; the old log stays valid meanwhile. Callers hold logMu.
+// tail is the records appended to the old log since the snapshot, as
+// records of the new log, and how many. Callers hold logMu.
+func (s *Spool) tail(c *compaction) ([]byte, int, error) {
+	if s.size == c.from {
+		return nil, 0, nil
+	}
+	old := make([]byte, s.size-c.from)
+	if _, err := s.log.ReadAt(old, c.from); err != nil {
+		return nil, 0, fmt.Errorf("compact: read %s: %w", logName, err)
+	}
+	// Every record in the new log is flushed before it becomes the log.
+	durable := uint64(c.n) + 1
+	var b []byte
+	n := 0
+	for len(old) > 0 {
+		r, ok := decodeRecord(old, c.fromGen)
+		if !ok || r.seq != c.fromSeq+uint64(n) {
+			return nil, 0, fmt.Errorf("compact: %s: record %d unreadable", logName, c.fromSeq+uint64(n))
+		}
+		b = appendPayload(b, c.gen, uint64(c.n+n)+1, durable, r.payload)
+		old = old[r.n:]
+		n++
+	}
+	return b, n, nil
+}
+
+// step calls the test hook at a step of a compaction.
+func (s *Spool) step(name string) {
+	if s.compactStep != nil {
+		s.compactStep(name)
+	}
+}
+
+// compact runs all three steps of a compaction at once. Callers hold
+// logMu, or are Open before the committer runs.
+func (s *Spool) compact() error {
+	c := s.snapshot()
+	if err := c.write(); err != nil {
+		c.discard()
+		return err
+	}
+	return s.swap(c)
+}
+
+// maybeCompact starts a compaction in the background once dead records
+// outnumber the live ones by far; the committer swaps the logs when it is
+// written (see finishCompact). A failed compaction is tried again when
+// the log has grown as much again; the old log stays valid meanwhile.
+// Callers hold logMu and are the committer.
 func (s *Spool) maybeCompact() {
 	dead := s.x.dead()
-	if dead < s.nextCompact || dead < 4*len(s.x.live) {
+	if s.compacting || dead < s.nextCompact || dead < 4*len(s.x.live) {
 		return
 	}
-	if err := s.compact(); err != nil {
-		s.nextCompact = 2 * dead
+	s.startCompact()
+}
+
+// startCompact takes the snapshot and writes it in the background.
+// Callers hold logMu, and no flush is under way: records a flush has
+// appended but not yet put in the index would be in neither the snapshot
+// nor the tail.
+func (s *Spool) startCompact() {
+	s.compacting = true
+	c := s.snapshot()
+	s.compactWG.Go(func() {
+		err := c.write()
+		if err == nil {
+			s.step("written")
+		}
+		s.compacted <- compactResult{c, err} // room for one: one compaction at a time
+	})
+}
+
+// compactResult is a written (or failed) new log for the committer.
+type compactResult struct {
+	c   *compaction
+	err error
+}
+
+// finishCompact swaps in a log written in the background. It runs on the
+// committer between flushes.
+func (s *Spool) finishCompact(r compactResult) {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	s.compacting = false
+	err := r.err
+	if err != nil {
+		r.c.discard()
+	} else {
+		err = s.swap(r.c)
+	}
+	if err != nil {
+		s.nextCompact = 2 * s.x.dead()
 		return
 	}
 	s.nextCompact = s.compactMin

@@ -38,7 +38,10 @@
 // into a new log. The same compaction runs when removed and replaced
 // records outnumber the live ones by far: the new log is written in tmp/,
 // flushed, and renamed over the old one, so a crash leaves one or the
-// other whole.
+// other whole. While it runs, the log is written in the background from a
+// snapshot of the live set; commits go on meanwhile, and only the swap,
+// which carries over the records appended since the snapshot, holds them
+// up (see compaction in recover.go).
 //
 // One process writes a spool at a time. Another may open it with
 // Options.ReadOnly and read what the writer committed (List, Load,
@@ -177,9 +180,16 @@ type Spool struct {
 	x           index    // what the durable records say
 	logErr      error    // the log's state is unknown; nothing more is written
 	compactMin  int
-	nextCompact int // dead records that trigger the next compaction
+	nextCompact int  // dead records that trigger the next compaction
+	compacting  bool // a compaction is under way
 
-	syncDir func(dir string) error // syncDir; tests make it fail
+	// A compaction writes its new log in the background and hands it to
+	// the committer, which swaps it in between flushes.
+	compacted chan compactResult
+	compactWG sync.WaitGroup
+
+	syncDir     func(dir string) error // syncDir; tests make it fail
+	compactStep func(step string)      // nil; tests stop a compaction at a step
 }
 
 // Open opens (creating it if needed) the spool under dir and recovers from a
@@ -203,6 +213,7 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 		wake:       make(chan struct{}, 1),
 		stopped:    make(chan struct{}),
 		compactMin: compactMin,
+		compacted:  make(chan compactResult, 1),
 		syncDir:    syncDir,
 	}
 	s.nextCompact = s.compactMin
@@ -502,6 +513,13 @@ func (s *Spool) Close() error {
 	}
 	s.signal()
 	<-s.stopped
+	// A compaction still being written is dropped; the old log is whole.
+	s.compactWG.Wait()
+	select {
+	case r := <-s.compacted:
+		r.c.discard()
+	default:
+	}
 	s.logMu.Lock()
 	err := s.log.Close()
 	s.log = nil
