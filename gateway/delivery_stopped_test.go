@@ -31,14 +31,7 @@ func TestDeliveryStoppedIsUnhealthy(t *testing.T) {
 	// The router cannot read the queue when it starts.
 	var broken atomic.Bool
 	broken.Store(true)
-	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t), Spool: spool.Options{
-		FailReads: func() error {
-			if broken.Load() {
-				return syscall.EIO
-			}
-			return nil
-		},
-	}})
+	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t), Spool: spool.Options{FailReads: failWhen(&broken, syscall.EIO)}})
 	if err != nil {
 		t.Fatal(err)
 	}

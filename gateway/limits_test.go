@@ -2,7 +2,6 @@ package gateway_test
 
 import (
 	"bufio"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -25,7 +24,6 @@ import (
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/policy"
 )
 
 // TestDiskFull: a spool that cannot write answers 452 and keeps what it
@@ -34,26 +32,8 @@ func TestDiskFull(t *testing.T) {
 	down := routertest.NewServer(t)
 	down.Stop()
 	var full atomic.Bool
-	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"\"\n%s",
-		t.TempDir(), routeTo(down, "dest.test"))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t), Spool: spool.Options{
-		FailWrites: func() error {
-			if full.Load() {
-				return syscall.ENOSPC
-			}
-			return nil
-		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
+	g := startGatewayOpts(t, routeTo(down, "dest.test"), gateway.Options{Logger: testLogger(t),
+		Spool: spool.Options{FailWrites: failWhen(&full, syscall.ENOSPC)}})
 	c := dial(t, g.SMTPAddrs()[0])
 	c.cmd("EHLO client.test", "250")
 	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("before@test", "x\r\n")); !strings.HasPrefix(r, "250") {
@@ -251,5 +231,16 @@ func TestQuickstart(t *testing.T) {
 			t.Fatalf("nothing in %s", newDir)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// failWhen is a spool fault hook: it fails every call with errno while
+// the flag is set.
+func failWhen(flag *atomic.Bool, errno syscall.Errno) func() error {
+	return func() error {
+		if flag.Load() {
+			return errno
+		}
+		return nil
 	}
 }

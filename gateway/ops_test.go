@@ -374,14 +374,7 @@ func TestHealthz(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t), Spool: spool.Options{
-		FailWrites: func() error {
-			if full.Load() {
-				return syscall.ENOSPC
-			}
-			return nil
-		},
-	}})
+	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t), Spool: spool.Options{FailWrites: failWhen(&full, syscall.ENOSPC)}})
 	if err != nil {
 		t.Fatal(err)
 	}
