@@ -13,7 +13,6 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -181,56 +180,6 @@ func TestSTARTTLS(t *testing.T) {
 	data := string(down.WaitFor(1, 10*time.Second)[0].Data)
 	if !strings.Contains(data, "\t(using TLS 1.3 with cipher TLS_") || !strings.Contains(data, "with ESMTPS id ") {
 		t.Fatalf("Received field does not show TLS:\n%s", data)
-	}
-}
-
-// TestQuickstart: `mailgate serve` with no config delivers into a Maildir a
-// newcomer can look into.
-func TestQuickstart(t *testing.T) {
-	dir := t.TempDir()
-	cmd := exec.Command(mailgateBin, "serve")
-	cmd.Dir = dir
-	cmd.Stderr = os.Stderr
-	if os.Getenv("MAILGATE_TEST_LOG") == "" {
-		cmd.Stderr = nil
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	var c *client
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if conn, err := net.Dial("tcp", "127.0.0.1:2525"); err == nil {
-			conn.Close()
-			c = dial(t, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2525})
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("quickstart did not listen on 127.0.0.1:2525")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	c.cmd("EHLO client.test", "250")
-	if r := c.sendMail("you@example.org", []string{"me@example.test"}, message("quick@test", "first mail\r\n")); !strings.HasPrefix(r, "250") {
-		t.Fatal(r)
-	}
-	newDir := filepath.Join(dir, "mailgate-data", "maildir", "new")
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		entries, _ := os.ReadDir(newDir)
-		if len(entries) == 1 {
-			b, err := os.ReadFile(filepath.Join(newDir, entries[0].Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(string(b), "Message-ID: <quick@test>") || !strings.Contains(string(b), "first mail") {
-				t.Fatalf("maildir file:\n%s", b)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing in %s", newDir)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
