@@ -53,8 +53,9 @@ func startFromFile(t *testing.T, body string) *fileGateway {
 		t.Fatal(err)
 	}
 	g, err := gateway.New(context.Background(), cfg, gateway.Options{
-		Logger:     testLogger(t),
-		LoadConfig: func() (*policy.Config, error) { return policy.Load(fg.file) },
+		Logger:        testLogger(t),
+		LoadConfig:    func() (*policy.Config, error) { return policy.Load(fg.file) },
+		PluginCommand: func(kind string) []string { return []string{mailgateBin, "plugin", kind} },
 	})
 	if err != nil {
 		t.Fatal(err)

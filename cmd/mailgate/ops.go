@@ -226,7 +226,7 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 	case "list":
 		o.fs.StringVar(&f.From, "from", "", "sender contains `S` (any case)")
 		o.fs.StringVar(&f.Rcpt, "to", "", "a recipient contains `S` (any case)")
-		o.fs.StringVar(&f.Stage, "stage", "", "stage `NAME` decided or gave a verdict other than continue")
+		o.fs.StringVar(&f.Stage, "stage", "", "stage `NAME` decided, added to the score, or gave a verdict other than continue")
 		o.fs.DurationVar(&f.OlderThan, "older", 0, "quarantined at least `DUR` ago (e.g. 24h)")
 		o.fs.DurationVar(&f.NewerThan, "newer", 0, "quarantined at most `DUR` ago")
 	case "show":

@@ -1,8 +1,10 @@
 package pipeline
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/mailgate/mailgate/policy"
@@ -23,7 +25,7 @@ var (
 // verdict is a candidate for what decides a phase.
 type verdict struct {
 	action stages.Action
-	stage  string // "" for a threshold or nobody
+	stage  string // for a threshold, the stage that added most of the score; "" for nobody
 	reason string
 	reply  *stages.Reply
 }
@@ -53,7 +55,10 @@ func (o outcome) verdict() verdict {
 // asked for still stands when it is Quarantine or stronger: in a chain
 // "clamav, allowlist, spam" a virus is refused even from an allow-listed
 // sender, while "allowlist" first exempts the sender from everything.
-func merge(carried verdict, outs []outcome, total float64, pol policy.Effective) verdict {
+//
+// scored are the outcomes of the transaction so far, this phase included:
+// a threshold names the stages whose scores reached it.
+func merge(carried verdict, outs, scored []outcome, total float64, pol policy.Effective) verdict {
 	best := carried
 	var accept *verdict
 	for _, o := range outs {
@@ -70,9 +75,53 @@ func merge(carried verdict, outs []outcome, total float64, pol policy.Effective)
 		return *accept
 	}
 	if t := threshold(total, pol); t.action > best.action {
+		t.stage, t.reason = scorers(t.reason, scored)
 		return t
 	}
 	return best
+}
+
+// maxScorers bounds how many stages a threshold's reason names.
+const maxScorers = 5
+
+// scorers names the stages that added to the score, highest first, after
+// the threshold's reason, so that a decision by score says who scored
+// ("…; scored by spam 9 (BODY_PRIZE=2,…), dnsbl 3 (listed)"), and returns
+// the top one as the deciding stage: the log's stage=, the trace, the
+// quarantine record and `quarantine list -stage` all name it.
+func scorers(reason string, scored []outcome) (string, string) {
+	var pos []StageResult
+	for _, o := range scored {
+		if o.res.Score > 0 {
+			pos = append(pos, o.res)
+		}
+	}
+	if len(pos) == 0 {
+		return "", reason
+	}
+	slices.SortStableFunc(pos, func(a, b StageResult) int { return cmp.Compare(b.Score, a.Score) })
+	var b strings.Builder
+	b.WriteString(reason)
+	b.WriteString("; scored by ")
+	for i, r := range pos[:min(len(pos), maxScorers)] {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %g", r.Name, r.Score)
+		// The stage's own words say which rules: spam lists its hits
+		// (GTUBE=1000,MISSING_DATE=1), others their result word.
+		why := r.Reason
+		if why == "" || len(why) > 80 {
+			why = r.Result
+		}
+		if why != "" {
+			fmt.Fprintf(&b, " (%s)", why)
+		}
+	}
+	if len(pos) > maxScorers {
+		fmt.Fprintf(&b, " and %d more", len(pos)-maxScorers)
+	}
+	return pos[0].Name, b.String()
 }
 
 // threshold maps the total score to an action. A threshold of zero or less

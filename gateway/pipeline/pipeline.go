@@ -217,7 +217,7 @@ type Decision struct {
 	// when it gave a valid one, else a generic default. Nil for the other
 	// actions.
 	Reply        *stages.Reply
-	Stage        string        // the stage that decided; "" for a score threshold or nobody
+	Stage        string        // the stage that decided; for a score threshold, the one that added most of the score; "" for nobody
 	Reason       string        // detail for the log, never for the client
 	Policy       string        // the name of the policy applied: policy.DefaultName or an override's
 	Trace        []StageResult // every stage that ran in this phase, in chain order
@@ -337,7 +337,7 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 		d.BodyReplaced = d.BodyReplaced || o.bodyReplaced
 	}
 	d.Score = s.score + phaseScore
-	decided := merge(s.carried(eff), outs, d.Score, eff)
+	decided := merge(s.carried(eff), outs, append(slices.Clone(s.outs), outs...), d.Score, eff)
 	d.Action, d.Stage, d.Reason = decided.action, decided.stage, decided.reason
 	d.Reply = replyFor(decided, log)
 

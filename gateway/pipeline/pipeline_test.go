@@ -171,12 +171,13 @@ func TestThresholds(t *testing.T) {
 		wantStage string
 	}{
 		{"below tag", []stages.Verdict{{Score: 2}, {Score: 2.9}}, stages.Continue, ""},
-		{"tag", []stages.Verdict{{Score: 2}, {Score: 3}}, stages.Tag, ""},
-		{"quarantine", []stages.Verdict{{Score: 6}, {Score: 4}}, stages.Quarantine, ""},
-		{"reject", []stages.Verdict{{Score: 10}, {Score: 5}}, stages.Reject, ""},
+		// A threshold names the stage that added most of the score.
+		{"tag", []stages.Verdict{{Score: 2}, {Score: 3}}, stages.Tag, "s1"},
+		{"quarantine", []stages.Verdict{{Score: 6}, {Score: 4}}, stages.Quarantine, "s0"},
+		{"reject", []stages.Verdict{{Score: 10}, {Score: 5}}, stages.Reject, "s0"},
 		{"negative score offsets", []stages.Verdict{{Score: 12}, {Score: -8}}, stages.Continue, ""},
 		{"verdict stronger than score", []stages.Verdict{{Score: 6}, {Action: stages.Reject}}, stages.Reject, "s1"},
-		{"score stronger than verdict", []stages.Verdict{{Action: stages.Tag, Score: 16}}, stages.Reject, ""},
+		{"score stronger than verdict", []stages.Verdict{{Action: stages.Tag, Score: 16}}, stages.Reject, "s0"},
 		{"tie goes to the stage", []stages.Verdict{{Action: stages.Quarantine, Score: 11}}, stages.Quarantine, "s0"},
 		{"accept escapes thresholds", []stages.Verdict{{Score: 20}, {Action: stages.Accept}}, stages.Accept, "s1"},
 	} {
@@ -732,5 +733,27 @@ func BenchmarkPipelineOverhead(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		p.Begin().Run(ctx, stages.Data, tx, nil)
+	}
+}
+
+// TestThresholdNamesScorers: a decision by score names, in its reason, the
+// stages that scored, highest first, with their own words (a spam
+// stage's rule hits), across phases; the top one is the deciding stage.
+func TestThresholdNamesScorers(t *testing.T) {
+	dnsbl := &fake{name: "zen", info: stages.Info{Kind: "dnsbl", Phases: stages.Connect},
+		run: func(context.Context, stages.Phase, *stages.Transaction) (stages.Verdict, error) {
+			return stages.Verdict{Score: 3, Result: "listed"}, nil
+		}}
+	spam := returns("spam", stages.Verdict{Score: 9, Result: "spam", Reason: "BODY_PRIZE=2,GTUBE=7"})
+	ham := returns("clean", stages.Verdict{Score: -1, Result: "ham"})
+	s := newPipeline(t, defaultPolicy, dnsbl, spam, ham).Begin()
+	tx := newTx()
+	if d := s.Run(context.Background(), stages.Connect, tx, nil); d.Action != stages.Continue {
+		t.Fatalf("connect: %s (%s)", d.Action, d.Reason)
+	}
+	d := s.Run(context.Background(), stages.Data, tx, nil)
+	want := "score 11 reached quarantine_score 10 of policy default; scored by spam 9 (BODY_PRIZE=2,GTUBE=7), zen 3 (listed)"
+	if d.Action != stages.Quarantine || d.Stage != "spam" || d.Reason != want {
+		t.Errorf("got %s by %q (%s)\nwant quarantine by \"spam\" (%s)", d.Action, d.Stage, d.Reason, want)
 	}
 }

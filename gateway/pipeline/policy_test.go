@@ -387,7 +387,8 @@ func TestScoreBeforeRecipientsUsesMostLenientReject(t *testing.T) {
 	tx := newTx()
 	tx.Rcpts = nil
 	d := addRcpt(s, tx, "user@example.test")
-	if d.Action != stages.Reject || d.Reason != "score 20 reached reject_score 15 of policy default" {
+	if d.Action != stages.Reject || d.Stage != "dnsbl" ||
+		d.Reason != "score 20 reached reject_score 15 of policy default; scored by dnsbl 20 (listed)" {
 		t.Errorf("user@: %s (%s), want reject by the default reject_score", d.Action, d.Reason)
 	}
 	if d := addRcpt(s, tx, "team@marketing.example.test"); d.Action != stages.Quarantine {

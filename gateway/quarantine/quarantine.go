@@ -96,7 +96,7 @@ type Record struct {
 type Filter struct {
 	From      string        // substring of the sender, case-insensitive
 	Rcpt      string        // substring of any recipient, case-insensitive
-	Stage     string        // a stage that decided or gave a verdict other than continue
+	Stage     string        // a stage that decided, added to the score, or gave a verdict other than continue
 	OlderThan time.Duration // quarantined at least this long ago
 	NewerThan time.Duration // quarantined at most this long ago
 }
@@ -110,7 +110,7 @@ func (f Filter) Match(r *Record, now time.Time) bool {
 		return false
 	}
 	if f.Stage != "" && r.Stage != f.Stage && !slices.ContainsFunc(r.Verdicts, func(v trace.Stage) bool {
-		return v.Name == f.Stage && v.Action != "continue"
+		return v.Name == f.Stage && (v.Action != "continue" || v.Score > 0)
 	}) {
 		return false
 	}
