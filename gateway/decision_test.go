@@ -35,6 +35,10 @@ score = 12
 	if !regexp.MustCompile(`stage:\s+spam`).MatchString(show) || !strings.Contains(show, "scored by spam 12 (WIRE_TRANSFER=12)") {
 		t.Errorf("quarantine show does not name the spam stage and its rule:\n%s", show)
 	}
+	// The same selection releases it.
+	if out := fg.must("quarantine", "release", "-stage", "spam"); !strings.Contains(out, id+": released, queued as ") {
+		t.Errorf("quarantine release -stage spam:\n%s", out)
+	}
 	if tr := fg.must("trace", id); !strings.Contains(tr, "stage=spam") || !strings.Contains(tr, "WIRE_TRANSFER=12") {
 		t.Errorf("trace does not name the deciding stage:\n%s", tr)
 	}

@@ -16,14 +16,14 @@ import (
 const usage = `mailgate is a filtering mail gateway.
 
 Usage:
-  mailgate serve [-config FILE]    run the gateway (no -config: the embedded quickstart)
+  mailgate serve [-config FILE]    run the gateway
   mailgate check [-config FILE]    validate a config; exit 1 with positioned errors
   mailgate test [-config FILE] -client-ip IP -helo NAME -from ADDR -to ADDR [-json] MSG.eml
                                    dry run of one message through the real pipeline
   mailgate plugins [-config FILE]  start each stage's plugin and show what it describes
-  mailgate queue list|show|retry|hold|release|delete [-config FILE] [ID...]
+  mailgate queue list|show|flush|retry|hold|release|delete [-config FILE] [flags] [ID...|ALL]
                                    the running gateway's queue
-  mailgate quarantine list|show|release|delete [-config FILE] [flags] [ID...]
+  mailgate quarantine list|show|release|delete [-config FILE] [flags] [ID...|ALL]
                                    the running gateway's quarantine
   mailgate trace [-config FILE] [-json] QUEUE-ID|MESSAGE-ID
                                    what happened to a message, rejected ones too
@@ -31,7 +31,9 @@ Usage:
   mailgate plugin KIND             serve a built-in stage kind (started by the gateway)
   mailgate version
 
-Run "mailgate COMMAND -h" for a command's flags.
+Without -config, every command reads /etc/mailgate/mailgate.toml, or the
+embedded quickstart config when that file does not exist. Flags may come
+before or after arguments. Run "mailgate COMMAND -h" for a command's flags.
 `
 
 // version is set by the build (-ldflags "-X main.version=...").
@@ -80,7 +82,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, flag.ErrHelp): // -h: the usage was asked for
+		return 0
+	case errors.Is(err, errUsage):
 		return 2
 	case errors.Is(err, errConfig):
 		return 1

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -23,28 +24,33 @@ import (
 // gateway over its admin API, so the gateway stays the only writer of its
 // data dir; trace only reads the trace files, which is safe next to it.
 
-const queueUsage = `usage: mailgate queue COMMAND [-config FILE] [ID...]
+const queueUsage = `usage: mailgate queue COMMAND [flags] [ID... | ALL]
 
-  list             the queued messages, oldest first
+  list             the queued messages, oldest first, with their recipients
   show ID          one message: envelope, each recipient's state and last reply
+  flush            try every waiting message now (as postqueue -f)
   retry ID...      deliver now
   hold ID...       stop delivery attempts until release
   release ID...    deliver held messages again
   delete ID...     drop messages without a DSN
 
-Flags come before the IDs.
+list, retry, hold, release and delete also select by -from S, -to S
+(a part of the sender or of a recipient, any case), -older DUR and
+-newer DUR; ALL selects every message. Flags may come anywhere.
+Run "mailgate queue COMMAND -h" for a command's flags.
 `
 
-const quarantineUsage = `usage: mailgate quarantine COMMAND [-config FILE] [flags] [ID...]
+const quarantineUsage = `usage: mailgate quarantine COMMAND [flags] [ID... | ALL]
 
-  list [-from S] [-to S] [-stage NAME] [-older DUR] [-newer DUR]
-                   quarantined messages, oldest first
+  list             quarantined messages, oldest first
   show [-message] ID
                    envelope, every stage verdict and the reason (or the message)
   release ID...    deliver to the original recipients, once
   delete ID...     delete for good
 
-Flags come before the IDs.
+list, release and delete also select by -from S, -to S, -stage NAME,
+-older DUR and -newer DUR; ALL selects every message. Flags may come
+anywhere. Run "mailgate quarantine COMMAND -h" for a command's flags.
 `
 
 // opFlags are the flags every operator command has.
@@ -63,7 +69,7 @@ func newOpFlags(name string, stderr io.Writer, usage string) opFlags {
 	}
 	return opFlags{
 		fs:     fs,
-		config: fs.String("config", "", "config `FILE` of the running gateway (default: the embedded quickstart config)"),
+		config: fs.String("config", "", configFlagHelp),
 		json:   fs.Bool("json", false, "print JSON"),
 	}
 }
@@ -81,10 +87,19 @@ func (o opFlags) client() (*admin.Client, error) {
 }
 
 func configName(cfg *policy.Config) string {
-	if cfg.File == "" {
+	if cfg.File == embeddedName {
 		return "the embedded quickstart config"
 	}
 	return cfg.File
+}
+
+// isHelp reports whether arg asks for help, which exits 0.
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help", "help":
+		return true
+	}
+	return false
 }
 
 func cmdQueue(args []string, stdout, stderr io.Writer) error {
@@ -93,14 +108,34 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	sub := args[0]
+	if isHelp(sub) {
+		fmt.Fprint(stdout, queueUsage)
+		return nil
+	}
 	o := newOpFlags("queue "+sub, stderr, queueUsage)
-	if err := o.fs.Parse(args[1:]); err != nil {
+	var sel selection
+	switch sub {
+	case "list", "retry", "hold", "release", "delete":
+		sel.flags(o.fs, false)
+	case "show", "flush":
+	default:
+		fmt.Fprintf(stderr, "mailgate queue: unknown command %q\n\n%s", sub, queueUsage)
+		return errUsage
+	}
+	ids, err := parseAll(o.fs, args[1:])
+	if err != nil {
 		return err
 	}
-	ids := o.fs.Args()
 	ctx := context.Background()
+	usage := func() error {
+		o.fs.Usage()
+		return errUsage
+	}
 	switch sub {
 	case "list":
+		if len(ids) > 0 {
+			return usage()
+		}
 		c, err := o.client()
 		if err != nil {
 			return err
@@ -109,14 +144,15 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		now := time.Now()
+		envs = slices.DeleteFunc(envs, func(e *spool.Envelope) bool { return !sel.matchEnvelope(e, now) })
 		if *o.json {
 			return printJSON(stdout, envs)
 		}
-		return printQueue(stdout, envs, time.Now())
+		return printQueue(stdout, envs, now)
 	case "show":
 		if len(ids) != 1 {
-			fmt.Fprint(stderr, queueUsage)
-			return errUsage
+			return usage()
 		}
 		c, err := o.client()
 		if err != nil {
@@ -130,27 +166,61 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 			return printJSON(stdout, env)
 		}
 		return printEnvelope(stdout, env)
-	case "retry", "hold", "release", "delete":
-		if len(ids) == 0 {
-			fmt.Fprint(stderr, queueUsage)
-			return errUsage
-		}
-		c, err := o.client()
-		if err != nil {
-			return err
-		}
-		var errs []error
-		for _, id := range ids {
-			if err := c.QueueOp(ctx, sub, id); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", id, err))
-				continue
-			}
-			fmt.Fprintf(stdout, "%s: %s\n", id, pastTense(sub))
-		}
-		return errors.Join(errs...)
 	}
-	fmt.Fprintf(stderr, "mailgate queue: unknown command %q\n\n%s", sub, queueUsage)
-	return errUsage
+	// flush, retry, hold, release, delete
+	op := sub
+	if sub == "flush" {
+		if len(ids) > 0 {
+			return usage()
+		}
+		// A flush is a retry of everything that waits, held mail excepted
+		// (hold means no attempts until release).
+		op, ids = "retry", []string{"ALL"}
+	}
+	c, err := o.client()
+	if err != nil {
+		return err
+	}
+	list := func() ([]string, error) {
+		envs, err := c.Queue(ctx)
+		if err != nil {
+			return nil, err
+		}
+		now := time.Now()
+		var ids []string
+		for _, e := range envs {
+			if sel.matchEnvelope(e, now) && !(sub == "flush" && e.Held) {
+				ids = append(ids, e.ID)
+			}
+		}
+		return ids, nil
+	}
+	ids, err = targets(ids, &sel, list)
+	if errors.Is(err, errUsage) {
+		return usage()
+	} else if err != nil {
+		return err
+	}
+	return eachID(ids, stdout, func(id string) (string, error) {
+		return pastTense(op), c.QueueOp(ctx, op, id)
+	})
+}
+
+// eachID runs op for every ID, prints "ID: what" for each that went
+// through and returns the errors of the others, each with its ID. A
+// message that left (delivered, released) since it was selected is not an
+// error when the IDs came from a selection: it says so.
+func eachID(ids []string, stdout io.Writer, op func(id string) (string, error)) error {
+	var errs []error
+	for _, id := range ids {
+		what, err := op(id)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", id, err))
+			continue
+		}
+		fmt.Fprintf(stdout, "%s: %s\n", id, what)
+	}
+	return errors.Join(errs...)
 }
 
 func pastTense(op string) string {
@@ -167,7 +237,7 @@ func pastTense(op string) string {
 
 func printQueue(w io.Writer, envs []*spool.Envelope, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tFROM\tPENDING\tSTATE\tLAST REPLY")
+	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tFROM\tTO\tPENDING\tSTATE\tLAST REPLY")
 	for _, env := range envs {
 		pending, last := 0, ""
 		for _, rc := range env.Rcpts {
@@ -185,10 +255,29 @@ func printQueue(w io.Writer, envs []*spool.Envelope, now time.Time) error {
 		case env.Attempts > 0 && !env.NextAttempt.IsZero():
 			state = "retry in " + env.NextAttempt.Sub(now).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t<%s>\t%d/%d\t%s\t%s\n", env.ID, now.Sub(env.Received).Round(time.Second),
-			env.Size, env.From, pending, len(env.Rcpts), state, last)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t<%s>\t%s\t%d/%d\t%s\t%s\n", env.ID, now.Sub(env.Received).Round(time.Second),
+			env.Size, env.From, rcptsColumn(env.Rcpts), pending, len(env.Rcpts), state, last)
 	}
 	return tw.Flush()
+}
+
+// rcptsColumn lists the recipients still pending, or all when none is,
+// the first three in full and then a count, so the table stays a table.
+func rcptsColumn(rcpts []spool.Recipient) string {
+	var pending, all []string
+	for _, rc := range rcpts {
+		all = append(all, rc.Addr)
+		if rc.Status == spool.Pending {
+			pending = append(pending, rc.Addr)
+		}
+	}
+	if len(pending) > 0 {
+		all = pending
+	}
+	if len(all) > 3 {
+		return strings.Join(all[:3], ",") + fmt.Sprintf(",+%d", len(all)-3)
+	}
+	return strings.Join(all, ",")
 }
 
 func printEnvelope(w io.Writer, env *spool.Envelope) error {
@@ -219,31 +308,41 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	sub := args[0]
+	if isHelp(sub) {
+		fmt.Fprint(stdout, quarantineUsage)
+		return nil
+	}
 	o := newOpFlags("quarantine "+sub, stderr, quarantineUsage)
-	var f quarantine.Filter
+	var sel selection
 	var message *bool
 	switch sub {
-	case "list":
-		o.fs.StringVar(&f.From, "from", "", "sender contains `S` (any case)")
-		o.fs.StringVar(&f.Rcpt, "to", "", "a recipient contains `S` (any case)")
-		o.fs.StringVar(&f.Stage, "stage", "", "stage `NAME` decided, added to the score, or gave a verdict other than continue")
-		o.fs.DurationVar(&f.OlderThan, "older", 0, "quarantined at least `DUR` ago (e.g. 24h)")
-		o.fs.DurationVar(&f.NewerThan, "newer", 0, "quarantined at most `DUR` ago")
+	case "list", "release", "delete":
+		sel.flags(o.fs, true)
 	case "show":
 		message = o.fs.Bool("message", false, "print the message itself")
+	default:
+		fmt.Fprintf(stderr, "mailgate quarantine: unknown command %q\n\n%s", sub, quarantineUsage)
+		return errUsage
 	}
-	if err := o.fs.Parse(args[1:]); err != nil {
+	ids, err := parseAll(o.fs, args[1:])
+	if err != nil {
 		return err
 	}
-	ids := o.fs.Args()
 	ctx := context.Background()
+	usage := func() error {
+		o.fs.Usage()
+		return errUsage
+	}
+	c, err := o.client()
+	if err != nil {
+		return err
+	}
 	switch sub {
 	case "list":
-		c, err := o.client()
-		if err != nil {
-			return err
+		if len(ids) > 0 {
+			return usage()
 		}
-		recs, err := c.Quarantined(ctx, f)
+		recs, err := c.Quarantined(ctx, sel.Filter)
 		if err != nil {
 			return err
 		}
@@ -253,12 +352,7 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 		return printQuarantine(stdout, recs)
 	case "show":
 		if len(ids) != 1 {
-			fmt.Fprint(stderr, quarantineUsage)
-			return errUsage
-		}
-		c, err := o.client()
-		if err != nil {
-			return err
+			return usage()
 		}
 		if *message {
 			return c.QuarantineMessage(ctx, ids[0], stdout)
@@ -271,37 +365,36 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 			return printJSON(stdout, rec)
 		}
 		return printRecord(stdout, rec)
-	case "release", "delete":
-		if len(ids) == 0 {
-			fmt.Fprint(stderr, quarantineUsage)
-			return errUsage
-		}
-		c, err := o.client()
-		if err != nil {
-			return err
-		}
-		var errs []error
-		for _, id := range ids {
-			if sub == "delete" {
-				err = c.QuarantineDelete(ctx, id)
-				if err == nil {
-					fmt.Fprintf(stdout, "%s: deleted\n", id)
-				}
-			} else {
-				var qid string
-				qid, err = c.QuarantineRelease(ctx, id)
-				if err == nil {
-					fmt.Fprintf(stdout, "%s: released, queued as %s\n", id, qid)
-				}
-			}
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", id, err))
-			}
-		}
-		return errors.Join(errs...)
 	}
-	fmt.Fprintf(stderr, "mailgate quarantine: unknown command %q\n\n%s", sub, quarantineUsage)
-	return errUsage
+	// release, delete
+	list := func() ([]string, error) {
+		recs, err := c.Quarantined(ctx, sel.Filter)
+		if err != nil {
+			return nil, err
+		}
+		var ids []string
+		for _, r := range recs {
+			// ALL releases what was not released yet: a second release
+			// of one message is refused, and would fail the whole run.
+			if sub == "delete" || r.Released == "" {
+				ids = append(ids, r.ID)
+			}
+		}
+		return ids, nil
+	}
+	ids, err = targets(ids, &sel, list)
+	if errors.Is(err, errUsage) {
+		return usage()
+	} else if err != nil {
+		return err
+	}
+	return eachID(ids, stdout, func(id string) (string, error) {
+		if sub == "delete" {
+			return "deleted", c.QuarantineDelete(ctx, id)
+		}
+		qid, err := c.QuarantineRelease(ctx, id)
+		return "released, queued as " + qid, err
+	})
 }
 
 func printQuarantine(w io.Writer, recs []*quarantine.Record) error {
@@ -362,10 +455,11 @@ func printRecord(w io.Writer, r *quarantine.Record) error {
 
 func cmdTrace(args []string, stdout, stderr io.Writer) error {
 	o := newOpFlags("trace", stderr, "usage: mailgate trace [-config FILE] [-json] QUEUE-ID|MESSAGE-ID\n")
-	if err := o.fs.Parse(args); err != nil {
+	args, err := parseAll(o.fs, args)
+	if err != nil {
 		return err
 	}
-	if o.fs.NArg() != 1 {
+	if len(args) != 1 {
 		o.fs.Usage()
 		return errUsage
 	}
@@ -373,7 +467,7 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	id := o.fs.Arg(0)
+	id := args[0]
 	evs, err := trace.Find(filepath.Join(cfg.DataDir, "trace"), id)
 	if err != nil {
 		return err
@@ -395,8 +489,11 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 
 func cmdReload(args []string, stdout, stderr io.Writer) error {
 	o := newOpFlags("reload", stderr, "usage: mailgate reload [-config FILE]\n\nThe running gateway re-reads its config file, as on SIGHUP.\n")
-	if err := o.fs.Parse(args); err != nil {
+	if args, err := parseAll(o.fs, args); err != nil {
 		return err
+	} else if len(args) > 0 {
+		o.fs.Usage()
+		return errUsage
 	}
 	c, err := o.client()
 	if err != nil {

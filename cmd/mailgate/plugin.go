@@ -78,8 +78,9 @@ func checkStages(cfg *policy.Config) error {
 func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("plugins", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	file := fs.String("config", "", "config `FILE` (default: the embedded quickstart config)")
-	if err := fs.Parse(args); err != nil {
+	usageLine(fs, "usage: mailgate plugins [-config FILE]")
+	file := fs.String("config", "", configFlagHelp)
+	if err := parseNone(fs, args); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*file)

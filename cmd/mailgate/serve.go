@@ -19,8 +19,9 @@ import (
 func cmdServe(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	file := fs.String("config", "", "config `FILE` (default: the embedded quickstart config)")
-	if err := fs.Parse(args); err != nil {
+	usageLine(fs, "usage: mailgate serve [-config FILE]")
+	file := fs.String("config", "", configFlagHelp)
+	if err := parseNone(fs, args); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*file)
@@ -30,11 +31,11 @@ func cmdServe(args []string, stderr io.Writer) error {
 	level := new(slog.LevelVar)
 	log := newLeveledLogger(cfg, stderr, level)
 	opts := gateway.Options{Logger: log, PluginCommand: pluginCommand, LogLevel: level}
-	if *file == "" {
-		log.Info("no -config given: running the embedded quickstart config", "data_dir", cfg.DataDir)
+	if cfg.File == embeddedName {
+		log.Info("no -config given and no "+defaultConfig+": running the embedded quickstart config", "data_dir", cfg.DataDir)
 	} else {
 		opts.LoadConfig = func() (*policy.Config, error) {
-			cfg, err := loadConfig(*file)
+			cfg, err := loadConfig(cfg.File)
 			if err == nil {
 				err = checkStages(cfg)
 			}
@@ -69,10 +70,17 @@ func cmdServe(args []string, stderr io.Writer) error {
 	return g.Shutdown(sctx)
 }
 
-// loadConfig reads the config file, or the embedded quickstart for "".
+// embeddedName is the File of the embedded quickstart config.
+const embeddedName = "quickstart.toml (embedded)"
+
+// loadConfig reads the config file; for "", defaultConfig when it exists,
+// else the embedded quickstart.
 func loadConfig(file string) (*policy.Config, error) {
+	if file == "" && fileExists(defaultConfig) {
+		file = defaultConfig
+	}
 	if file == "" {
-		return policy.Parse("quickstart.toml (embedded)", examples.Quickstart())
+		return policy.Parse(embeddedName, examples.Quickstart())
 	}
 	return policy.Load(file)
 }
@@ -104,8 +112,9 @@ func pluginCommand(kind string) []string {
 func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	file := fs.String("config", "", "config `FILE` (default: the embedded quickstart config)")
-	if err := fs.Parse(args); err != nil {
+	usageLine(fs, "usage: mailgate check [-config FILE]\n\nValidates the config and starts every stage once; exit 1 with positioned errors.")
+	file := fs.String("config", "", configFlagHelp)
+	if err := parseNone(fs, args); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*file)

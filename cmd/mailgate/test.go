@@ -26,7 +26,7 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 func cmdTest(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	file := fs.String("config", "", "config `FILE` (default: the embedded quickstart config)")
+	file := fs.String("config", "", configFlagHelp)
 	ip := fs.String("client-ip", "127.0.0.1", "the connecting client's `IP`")
 	helo := fs.String("helo", "client.example", "the client's HELO `NAME`")
 	from := fs.String("from", "", "envelope sender `ADDR` (empty: the null sender)")
@@ -38,10 +38,11 @@ func cmdTest(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "usage: mailgate test [-config FILE] -client-ip IP -helo NAME -from ADDR -to ADDR [-json] MSG.eml")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	args, err := parseAll(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 || len(to) == 0 {
+	if len(args) != 1 || len(to) == 0 {
 		fs.Usage()
 		return errUsage
 	}
@@ -49,7 +50,7 @@ func cmdTest(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("-client-ip: %w", err)
 	}
-	msg, err := os.ReadFile(fs.Arg(0))
+	msg, err := os.ReadFile(args[0])
 	if err != nil {
 		return err
 	}
