@@ -7,8 +7,10 @@ PKGS    ?= ./...
 
 all: build
 
+# The binary names the revision it was built from (mailgate version,
+# mailgate_build_info), even where GOFLAGS turns VCS stamping off.
 build:
-	$(GO) build -o bin/mailgate ./cmd/mailgate
+	$(GO) build -buildvcs=auto -o bin/mailgate ./cmd/mailgate
 
 # deps installs the Debian packages the integration tests talk to (real
 # parts, not mocks) when they are missing: as root through apt-get (as on

@@ -111,3 +111,19 @@ func exitCode(err error) int {
 	}
 	panic(fmt.Sprint(err))
 }
+
+// TestVersion: the binary names the revision it was built from, in
+// `mailgate version` and in mailgate_build_info on /metrics.
+func TestVersion(t *testing.T) {
+	rev, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Skipf("not a git checkout (%v): the build has no revision to report", err)
+	}
+	want := string(rev[:12])
+	out, err := exec.Command(mailgateBin, "version").CombinedOutput()
+	// A pseudo-version of the module (v0.0.0-<time>-<revision>) or the
+	// bare revision; either way, the revision.
+	if err != nil || !strings.HasPrefix(string(out), "mailgate ") || !strings.Contains(string(out), want) {
+		t.Fatalf("mailgate version: %q (%v), want the revision %s", out, err, want)
+	}
+}

@@ -46,6 +46,8 @@ type Options struct {
 	LoadConfig func() (*policy.Config, error)
 	// LogLevel, if set, follows [log] level on each reload.
 	LogLevel *slog.LevelVar
+	// Version labels mailgate_build_info; "" takes Version().
+	Version string
 }
 
 // Gateway is one running mailgate.
@@ -82,8 +84,12 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (g *Gateway, err
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.Version == "" {
+		opts.Version = Version()
+	}
 	g = &Gateway{opts: opts, cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), chains: map[*chain]bool{}}
 	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(g.reg, opts.Version)
 	var undo []func()
 	defer func() {
 		if err != nil {
@@ -163,7 +169,7 @@ func (g *Gateway) Start() error {
 			return fmt.Errorf("admin listen %s: %w", a, err)
 		}
 		g.adminL = l
-		h := admin.Handler(adminBackend{g}, promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
+		h := admin.Handler(adminBackend{g}, promhttp.HandlerFor(liveGatherer{g}, promhttp.HandlerOpts{}))
 		g.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		g.wg.Add(1)
 		go func() {

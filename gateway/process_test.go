@@ -40,7 +40,9 @@ func TestMain(m *testing.M) {
 	testPluginBin = filepath.Join(dir, "testplugin")
 	exeblockBin = filepath.Join(dir, "exeblock")
 	for bin, pkg := range map[string]string{mailgateBin: "../cmd/mailgate", testPluginBin: "../plugins/internal/testplugin", exeblockBin: "../examples/plugins/exeblock"} {
-		build := exec.Command("go", "build", "-race", "-o", bin, pkg)
+		// -buildvcs=auto over a GOFLAGS that turns it off: mailgate
+		// reports the revision it was built from.
+		build := exec.Command("go", "build", "-race", "-buildvcs=auto", "-o", bin, pkg)
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "build", pkg, err)

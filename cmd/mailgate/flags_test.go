@@ -5,7 +5,11 @@ import (
 	"flag"
 	"io"
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/policy"
 )
 
 func TestParseAll(t *testing.T) {
@@ -31,6 +35,21 @@ func TestParseAll(t *testing.T) {
 		if !errors.Is(err, tc.err) || (err == nil && (*config != tc.config || *json != tc.json || !slices.Equal(rest, tc.rest))) {
 			t.Errorf("parseAll(%q) = %q, %v (config %q json %v); want %q, %v (config %q json %v)",
 				tc.args, rest, err, *config, *json, tc.rest, tc.err, tc.config, tc.json)
+		}
+	}
+}
+
+// TestLogDurations: a duration reads the same in text and JSON logs.
+func TestLogDurations(t *testing.T) {
+	for _, format := range []string{"text", "json"} {
+		var b strings.Builder
+		cfg := &policy.Config{}
+		cfg.Log.Format = format
+		newLogger(cfg, &b).Info("stage", "duration", 1500*time.Microsecond, "delay", 2*time.Second)
+		for _, want := range []string{"1.5ms", "2s"} {
+			if !strings.Contains(b.String(), want) {
+				t.Errorf("%s log %q lacks %q", format, b.String(), want)
+			}
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/mailgate/mailgate/gateway"
 )
 
 const usage = `mailgate is a filtering mail gateway.
@@ -36,10 +38,14 @@ embedded quickstart config when that file does not exist. Flags may come
 before or after arguments. Run "mailgate COMMAND -h" for a command's flags.
 `
 
-// version is set by the build (-ldflags "-X main.version=...").
-var version = "dev"
+// version is set by the build (-ldflags "-X main.version=..."); when it
+// is not, main takes it from the VCS stamp Go puts in the binary.
+var version = ""
 
 func main() {
+	if version == "" {
+		version = gateway.Version()
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -30,7 +30,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	level := new(slog.LevelVar)
 	log := newLeveledLogger(cfg, stderr, level)
-	opts := gateway.Options{Logger: log, PluginCommand: pluginCommand, LogLevel: level}
+	opts := gateway.Options{Logger: log, PluginCommand: pluginCommand, LogLevel: level, Version: version}
 	if cfg.File == embeddedName {
 		log.Info("no -config given and no "+defaultConfig+": running the embedded quickstart config", "data_dir", cfg.DataDir)
 	} else {
@@ -93,11 +93,21 @@ func newLogger(cfg *policy.Config, w io.Writer) *slog.Logger {
 // and later by reloads.
 func newLeveledLogger(cfg *policy.Config, w io.Writer, level *slog.LevelVar) *slog.Logger {
 	level.UnmarshalText([]byte(cfg.Log.Level)) // validated by policy; "" is info
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationText}
 	if cfg.Log.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationText writes a duration as the text handler does ("1.5ms",
+// "2m30s") in JSON logs too, where slog would write integer nanoseconds:
+// one unit in both formats, which a reader sees with it.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
 
 // pluginCommand is how the gateway starts a built-in kind: this very binary.

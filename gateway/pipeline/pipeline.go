@@ -204,6 +204,12 @@ func New(specs []StageSpec, pol policy.Policy, opts Options) (*Pipeline, error) 
 	if err != nil {
 		return nil, err
 	}
+	// A stage's error and timeout counters exist, at 0, as soon as it is
+	// configured: an alert on their rate works before the first failure.
+	for _, sg := range p.stages {
+		m.errors.WithLabelValues(sg.name, sg.info.Kind)
+		m.timeouts.WithLabelValues(sg.name, sg.info.Kind)
+	}
 	p.m = m
 	return p, nil
 }

@@ -623,9 +623,11 @@ func TestMetrics(t *testing.T) {
 # HELP mailgate_stage_errors_total Stage calls that broke (error, timeout, panic, invalid verdict or edit) and had on_error applied.
 # TYPE mailgate_stage_errors_total counter
 mailgate_stage_errors_total{kind="clamav",stage="clamav"} 2
+mailgate_stage_errors_total{kind="spf",stage="spf"} 0
 # HELP mailgate_stage_timeouts_total Stage calls that ran out of time; also counted in mailgate_stage_errors_total.
 # TYPE mailgate_stage_timeouts_total counter
 mailgate_stage_timeouts_total{kind="clamav",stage="clamav"} 2
+mailgate_stage_timeouts_total{kind="spf",stage="spf"} 0
 # HELP mailgate_stage_verdicts_total Verdicts of stages by action, on_error verdicts included.
 # TYPE mailgate_stage_verdicts_total counter
 mailgate_stage_verdicts_total{action="continue",kind="clamav",stage="clamav"} 2

@@ -33,6 +33,11 @@ func newMetrics(r *Router, reg prometheus.Registerer) *metrics {
 			[]string{"destination"}, nil),
 		r: r,
 	}
+	// Every outcome is a series from the start, at 0, so that a rate or an
+	// alert on it works before the first bounce.
+	for _, o := range []string{"relayed", "deferred", "bounced", "expired"} {
+		m.outcomes.WithLabelValues(o)
+	}
 	if reg != nil {
 		reg.MustRegister(m.outcomes, m)
 	}
@@ -58,8 +63,12 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	now := time.Now()
 	for _, d := range dests {
+		age := 0.0
+		if d.Messages > 0 {
+			age = now.Sub(d.Oldest).Seconds()
+		}
 		ch <- prometheus.MustNewConstMetric(m.size, prometheus.GaugeValue, float64(d.Messages), d.Name)
-		ch <- prometheus.MustNewConstMetric(m.oldest, prometheus.GaugeValue, now.Sub(d.Oldest).Seconds(), d.Name)
+		ch <- prometheus.MustNewConstMetric(m.oldest, prometheus.GaugeValue, age, d.Name)
 	}
 }
 
@@ -70,12 +79,23 @@ type Destination struct {
 	Oldest   time.Time // when the oldest of them was received
 }
 
-// Destinations summarizes the queue by destination.
+// Destinations summarizes the queue by destination. Every route to
+// servers is one, with no messages when nothing waits for it, so that its
+// gauges exist (at 0) from the start.
 func (r *Router) Destinations(ctx context.Context) ([]Destination, error) {
 	var out []Destination
 	err := r.do(ctx, func(s *scheduler) error {
 		c := r.conf.Load()
 		index := map[string]int{}
+		for _, rt := range c.cfg.Routes {
+			if rt.MX || len(rt.Domains) == 0 {
+				continue
+			}
+			if _, ok := index[rt.Domains[0]]; !ok {
+				index[rt.Domains[0]] = len(out)
+				out = append(out, Destination{Name: rt.Domains[0]})
+			}
+		}
 		for _, it := range s.items {
 			seen := map[string]bool{}
 			for _, rc := range it.env.Rcpts {
@@ -91,12 +111,12 @@ func (r *Router) Destinations(ctx context.Context) ([]Destination, error) {
 				if !ok {
 					i = len(out)
 					index[name] = i
-					out = append(out, Destination{Name: name, Oldest: it.env.Received})
+					out = append(out, Destination{Name: name})
 				}
-				out[i].Messages++
-				if it.env.Received.Before(out[i].Oldest) {
+				if out[i].Messages == 0 || it.env.Received.Before(out[i].Oldest) {
 					out[i].Oldest = it.env.Received
 				}
+				out[i].Messages++
 			}
 		}
 		return nil

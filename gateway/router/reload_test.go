@@ -73,16 +73,17 @@ func TestQueueMetricsAndTrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The stuck message, and the DSN to a@sender.test (MX delivery,
-	// which the test's DNS cannot resolve).
+	// The stuck message, the DSN to a@sender.test (MX delivery, which
+	// the test's DNS cannot resolve), and ex.test's route, at 0.
 	byName := map[string]Destination{}
 	for _, d := range dests {
 		byName[d.Name] = d
 	}
-	if d := byName["slow.test"]; len(dests) != 2 || d.Messages != 1 || time.Since(d.Oldest) > time.Minute || byName["sender.test"].Messages != 1 {
+	if d := byName["slow.test"]; len(dests) != 3 || d.Messages != 1 || time.Since(d.Oldest) > time.Minute ||
+		byName["sender.test"].Messages != 1 || byName["ex.test"].Messages != 0 {
 		t.Fatalf("destinations %+v", dests)
 	}
-	if n, err := testutil.GatherAndCount(reg, "mailgate_queue_messages", "mailgate_queue_oldest_age_seconds"); err != nil || n != 4 {
+	if n, err := testutil.GatherAndCount(reg, "mailgate_queue_messages", "mailgate_queue_oldest_age_seconds"); err != nil || n != 6 {
 		t.Fatalf("queue gauges: %d series, %v", n, err)
 	}
 
