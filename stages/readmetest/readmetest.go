@@ -1,17 +1,21 @@
 // Package readmetest loads the configuration examples of a kind's README
-// as the gateway loads a config file and builds the stages they describe,
-// so that a kind's tests keep its documentation true. Like net/http/httptest
-// it is for tests only: it uses the engine's config loader (policy), which
-// a kind's own code never imports.
+// and builds the stages they describe from their [stage.config] blocks, as
+// a plugin process gets them (one JSON object, stages.JSONConfig), so that
+// a kind's tests keep its documentation true. Like net/http/httptest it is
+// for tests only. It reads the TOML itself and needs nothing of the
+// engine: that the examples are also whole, valid configs for the
+// gateway's loader is policy's own test (policy/readme_test.go).
 package readmetest
 
 import (
+	"encoding/json"
 	"os"
 	"regexp"
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/policy"
+	"github.com/BurntSushi/toml"
+
 	"github.com/mailgate/mailgate/stages"
 )
 
@@ -55,34 +59,55 @@ func Stages(t testing.TB, file, kind string, factory stages.Factory) []Stage {
 	return all
 }
 
-// Load parses config, a config file's text named file that may show only
-// [[stage]] tables, with policy.Parse as the gateway does, and builds each
-// stage of kind from its [stage.config] block with factory. The Env has
-// the config's hostname and DNS servers. Filters that are stages.Closer
-// are closed when the test ends. Load fails t when the config does not
-// load, has no stage of kind, or the factory refuses one.
+// Load reads config, a config file's text named file that may show only
+// [[stage]] tables, and builds each stage of kind from its [stage.config]
+// block with factory. The Env has the example's hostname (or the
+// prelude's), [dns] servers and timeout. Filters that are stages.Closer are
+// closed when the test ends. Load fails t when the text is not TOML, has no
+// stage of kind, or the factory refuses one.
 func Load(t testing.TB, file string, config []byte, kind string, factory stages.Factory) []Stage {
 	t.Helper()
-	cfg, err := policy.Parse(file, append([]byte(prelude), config...))
-	if err != nil {
-		t.Fatalf("%v\n%s", err, config)
+	var doc struct {
+		Hostname string `toml:"hostname"`
+		DNS      struct {
+			Servers []string `toml:"servers"`
+			Timeout string   `toml:"timeout"`
+		} `toml:"dns"`
+		Stages []struct {
+			Name   string         `toml:"name"`
+			Kind   string         `toml:"kind"`
+			Config map[string]any `toml:"config"`
+		} `toml:"stage"`
 	}
-	env := stages.Env{Hostname: cfg.Hostname, DNSServers: cfg.DNS.Servers, DNSTimeout: time.Duration(cfg.DNS.Timeout)}
+	if _, err := toml.Decode(prelude+string(config), &doc); err != nil {
+		t.Fatalf("%s: %v\n%s", file, err, config)
+	}
+	env := stages.Env{Hostname: doc.Hostname, DNSServers: doc.DNS.Servers}
+	if doc.DNS.Timeout != "" {
+		d, err := time.ParseDuration(doc.DNS.Timeout)
+		if err != nil {
+			t.Fatalf("%s: dns.timeout: %v", file, err)
+		}
+		env.DNSTimeout = d
+	}
 	var built []Stage
-	for i, st := range cfg.Stages {
+	for _, st := range doc.Stages {
 		if st.Kind != kind {
 			continue
 		}
-		f, err := factory(env, cfg.StageConfig(i))
+		js := []byte("{}")
+		if st.Config != nil {
+			var err error
+			if js, err = json.Marshal(st.Config); err != nil {
+				t.Fatalf("%s: stage %q: config as JSON: %v", file, st.Name, err)
+			}
+		}
+		f, err := factory(env, stages.JSONConfig(js))
 		if err != nil {
 			t.Fatalf("%s: stage %q: %v", file, st.Name, err)
 		}
 		if c, ok := f.(stages.Closer); ok {
 			t.Cleanup(func() { c.Close() })
-		}
-		js, err := cfg.StageConfigJSON(i)
-		if err != nil {
-			t.Fatal(err)
 		}
 		built = append(built, Stage{Name: st.Name, Filter: f, JSON: string(js)})
 	}
