@@ -10,6 +10,7 @@ import (
 	"github.com/emersion/go-milter"
 
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // More of the fault suite: DNS that never answers, a dead internal server,
@@ -91,7 +92,7 @@ dns_timeout = "300ms"
 // TestFailoverOneServerDown: the route's first server refuses connections;
 // every message goes to the second, once.
 func TestFailoverOneServerDown(t *testing.T) {
-	dead := freeAddr(t)
+	dead := testkit.FreeAddr(t)
 	live := routertest.NewServer(t)
 	g := startGateway(t, fmt.Sprintf("\n[delivery]\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q, %q]\n", dead, live.Addr()))
 	c := dial(t, g.SMTPAddrs()[0])

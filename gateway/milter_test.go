@@ -2,16 +2,8 @@ package gateway_test
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,75 +12,19 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // Milters as stages of the real gateway: what they change is what the
 // downstream server receives.
 
-// startDaemon runs a program in the foreground until the test ends and
-// waits until it accepts connections on addr.
-func startDaemon(t *testing.T, addr string, name string, args ...string) {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case <-exited:
-			t.Fatalf("%s exited: %s", name, out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s does not listen on %s: %s", name, addr, out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // TestOpenDKIMThroughGateway: opendkim in signing mode as a milter stage;
 // the message the downstream server receives carries a DKIM-Signature
 // that verifies with the public key the test generated.
 func TestOpenDKIMThroughGateway(t *testing.T) {
-	bin := requireCommand(t, "opendkim", "opendkim")
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	record := "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(pub)
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "test.private")
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600)
-	addr := freeAddr(t)
-	conf := filepath.Join(dir, "opendkim.conf")
-	os.WriteFile(conf, []byte(strings.Join([]string{
-		"Syslog no", "RequireSafeKeys false", "Mode s",
-		"InternalHosts 127.0.0.0/8", // the test client relays out through the gateway
-		"Domain sender.test", "Selector sel", "KeyFile " + keyFile, "Canonicalization relaxed/simple",
-		"Socket inet:" + addr[strings.LastIndex(addr, ":")+1:] + "@127.0.0.1",
-		"PidFile " + filepath.Join(dir, "opendkim.pid"), "",
-	}, "\n")), 0o600)
-	startDaemon(t, addr, bin, "-f", "-x", conf)
+	// The test client relays out through the gateway.
+	dkimd := testkit.StartOpendkim(t, testkit.OpendkimOptions{Domain: "sender.test", Selector: "sel"})
+	addr := dkimd.Addr
 
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
@@ -107,12 +43,7 @@ address = "inet:%s"
 	if !bytes.Contains(data, []byte("DKIM-Signature:")) {
 		t.Fatalf("no signature:\n%s", data)
 	}
-	verifs, err := dkim.VerifyWithOptions(bytes.NewReader(data), &dkim.VerifyOptions{LookupTXT: func(domain string) ([]string, error) {
-		if domain != "sel._domainkey.sender.test" {
-			return nil, fmt.Errorf("no TXT for %s", domain)
-		}
-		return []string{record}, nil
-	}})
+	verifs, err := dkim.VerifyWithOptions(bytes.NewReader(data), &dkim.VerifyOptions{LookupTXT: dkimd.LookupTXT})
 	if err != nil || len(verifs) != 1 || verifs[0].Err != nil {
 		t.Fatalf("verification %v %+v of\n%s", err, verifs, data)
 	}
@@ -186,7 +117,7 @@ address = "inet:%s"
 // milter's default_action (tempfail here, 451) and nothing acknowledged is
 // lost; once it is back, filtering resumes.
 func TestMilterDownThenBack(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [[stage]]

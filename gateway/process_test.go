@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // Binaries built once for the tests that run them as separate processes:
@@ -260,38 +261,11 @@ func sendOne(addr, id string) bool {
 	return ok
 }
 
-// requireCommand finds a program the test talks to. Under CI it must be
-// there (the Makefile's deps target installs it); elsewhere the test says
-// what to install and skips.
-func requireCommand(t *testing.T, name, debianPackage string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		if p := filepath.Join(dir, name); fileExists(p) {
-			return p
-		}
-	}
-	msg := fmt.Sprintf("%s not found: install the Debian package %s (apt-get install %s)", name, debianPackage, debianPackage)
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
 // TestSwaksThroughServe is the first thing a user does: send a message with
 // swaks through `mailgate serve` and see it arrive downstream, with the
 // gateway's Received field on top and the body byte for byte.
 func TestSwaksThroughServe(t *testing.T) {
-	swaks := requireCommand(t, "swaks", "swaks")
+	swaks := testkit.Need(t, "swaks", "swaks")
 	down := routertest.NewServer(t)
 	p := startProcess(t, writeConfig(t, tempDir(t), down))
 	host, port, _ := net.SplitHostPort(p.addr)

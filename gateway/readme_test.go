@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // readmeBlock returns the commands of the shell block that follows marker
@@ -64,7 +66,7 @@ var queuedRE = regexp.MustCompile(`250 2\.0\.0 Ok: queued as (\w+)`)
 // spam fields, GTUBE is refused while the client waits, and the trace
 // explains the delivered one.
 func TestREADMEQuickstart(t *testing.T) {
-	requireCommand(t, "swaks", "swaks")
+	testkit.Need(t, "swaks", "swaks")
 	cmds := readmeBlock(t, "<!-- quickstart:")
 	if len(cmds) != 4 {
 		t.Fatalf("README quickstart block: want swaks, ls, swaks, trace; got %q", cmds)

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // EICAR is the anti-virus test file (https://www.eicar.org): 68 harmless
@@ -79,7 +81,7 @@ func Start(t testing.TB) *Clamd {
 // CI set) and is skipped elsewhere, naming the package to install.
 func StartWith(t testing.TB, o Options) *Clamd {
 	t.Helper()
-	bin := lookPath(t)
+	bin := testkit.Need(t, "clamd", "clamav-daemon")
 	dir := t.TempDir()
 	sockDir := dir
 	if len(filepath.Join(dir, "clamd.sock")) > maxSocketPath {
@@ -142,24 +144,6 @@ func (c *Clamd) Log() string {
 	return string(b)
 }
 
-func lookPath(t testing.TB) string {
-	t.Helper()
-	if p, err := exec.LookPath("clamd"); err == nil {
-		return p
-	}
-	for _, p := range []string{"/usr/sbin/clamd", "/usr/local/sbin/clamd"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	msg := "clamd not found: install the Debian package clamav-daemon (apt-get install clamav-daemon)"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
-
 // start runs clamd once and waits until it answers PING, or fails with the
 // reason and clamd's log.
 func start(bin, dir, sockDir, db string, o Options) (*Clamd, error) {
@@ -200,7 +184,7 @@ func start(bin, dir, sockDir, db string, o Options) (*Clamd, error) {
 	c.cmd = exec.Command(bin, "--config-file="+confPath)
 	c.cmd.Stdout = &out
 	c.cmd.Stderr = &out
-	setPdeathsig(c.cmd)
+	testkit.KillWithParent(c.cmd)
 	if err := c.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start clamd: %w", err)
 	}

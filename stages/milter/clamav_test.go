@@ -1,7 +1,6 @@
 package milter
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,13 +8,14 @@ import (
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/clamdtest"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // TestClamavMilter scans through a real clamav-milter and clamd with the
 // EICAR test signature: EICAR is refused with the milter's own reply, or
 // quarantined with its reason, and a clean message gets its headers.
 func TestClamavMilter(t *testing.T) {
-	bin := need(t, "clamav-milter", "clamav-milter")
+	bin := testkit.Need(t, "clamav-milter", "clamav-milter")
 	clamd := clamdtest.Start(t)
 
 	tests := []struct {
@@ -42,7 +42,7 @@ func TestClamavMilter(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.onInfected, func(t *testing.T) {
 			dir := t.TempDir()
-			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			addr := testkit.FreeAddr(t)
 			conf := filepath.Join(dir, "clamav-milter.conf")
 			err := os.WriteFile(conf, []byte(strings.Join([]string{
 				"MilterSocket inet:" + addr[strings.LastIndex(addr, ":")+1:] + "@127.0.0.1",
@@ -60,7 +60,7 @@ func TestClamavMilter(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			startDaemon(t, addr, bin, "-c", conf)
+			testkit.StartDaemon(t, addr, bin, "-c", conf)
 			m := newMilter(t, `{"address": "inet:`+addr+`"}`)
 
 			tx := testTx()

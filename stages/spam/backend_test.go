@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // spamdRequest is what the fake spamd received.
@@ -271,17 +271,7 @@ func TestRspamdFailures(t *testing.T) {
 // TestRealSpamd checks the client against SpamAssassin's spamd when it is
 // installed. It is optional: the fake server above covers the protocol.
 func TestRealSpamd(t *testing.T) {
-	bin, err := exec.LookPath("spamd")
-	if err != nil {
-		if _, err := os.Stat("/usr/sbin/spamd"); err != nil {
-			const msg = "spamd not found; install the Debian package spamd to test against real SpamAssassin"
-			if os.Getenv("CI") != "" {
-				t.Fatal(msg) // `make deps` installs it
-			}
-			t.Skip(msg)
-		}
-		bin = "/usr/sbin/spamd"
-	}
+	bin := testkit.Need(t, "spamd", "spamd")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
