@@ -33,12 +33,19 @@ deps:
 		fi; \
 	fi
 
+# Modules of their own in the tree, tested as their authors would: the
+# example third-party plugin builds against this checkout through a
+# replace, outside the main module.
+MODULES ?= examples/plugins/exeblock
+
 vet:
 	$(GO) vet $(PKGS)
+	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 test: deps vet
 	PATH="$$PATH:/usr/sbin:/sbin" $(GO) test -race -timeout 20m $(PKGS)
+	@for m in $(MODULES); do echo "test $$m (own module)"; (cd $$m && $(GO) test -race ./...) || exit 1; done
 	$(MAKE) fuzz
 
 # Each fuzz target runs briefly; crashers found are kept in testdata/fuzz
@@ -52,7 +59,7 @@ fuzz:
 		dir=$$(dirname $$f); \
 		for fn in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | sed 's/^func //'); do \
 			echo "fuzz $$dir $$fn"; \
-			$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$dir || exit 1; \
+			(cd $$dir && $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) .) || exit 1; \
 		done; \
 	done
 

@@ -40,10 +40,15 @@ func TestMain(m *testing.M) {
 	mailgateBin = filepath.Join(dir, "mailgate")
 	testPluginBin = filepath.Join(dir, "testplugin")
 	exeblockBin = filepath.Join(dir, "exeblock")
-	for bin, pkg := range map[string]string{mailgateBin: "../cmd/mailgate", testPluginBin: "../plugins/internal/testplugin", exeblockBin: "../examples/plugins/exeblock"} {
+	for bin, pkg := range map[string]string{mailgateBin: "../cmd/mailgate", testPluginBin: "../plugins/internal/testplugin", exeblockBin: exeblockModule} {
 		// -buildvcs=auto over a GOFLAGS that turns it off: mailgate
 		// reports the revision it was built from.
 		build := exec.Command("go", "build", "-race", "-buildvcs=auto", "-o", bin, pkg)
+		if pkg == exeblockModule {
+			// A module of its own, built as its author builds it.
+			build = exec.Command("go", "build", "-race", "-o", bin, ".")
+			build.Dir = pkg
+		}
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "build", pkg, err)
@@ -54,6 +59,9 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// exeblockModule is the example third-party plugin, a module of its own.
+const exeblockModule = "../examples/plugins/exeblock"
 
 // process is a mailgate serve running as a child process.
 type process struct {
