@@ -19,9 +19,9 @@ import (
 	"github.com/mailgate/mailgate/stages"
 )
 
-// prelude makes an example, which shows only its [[stage]] tables, a whole
-// config.
-const prelude = `hostname = "mx.example.test"
+// Prelude makes an example, which shows only its [[stage]] tables, a whole
+// config: the keys every config must have.
+const Prelude = `hostname = "mx.example.test"
 data_dir = "/var/lib/mailgate"
 [server]
 listen = ["127.0.0.1:2525"]
@@ -31,6 +31,20 @@ servers = ["127.0.0.1:25"]
 `
 
 var tomlBlock = regexp.MustCompile("(?s)```toml\n(.*?)```")
+
+// Examples returns the text of every ```toml block of the Markdown file.
+func Examples(t testing.TB, file string) [][]byte {
+	t.Helper()
+	md, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for _, b := range tomlBlock.FindAllSubmatch(md, -1) {
+		out = append(out, b[1])
+	}
+	return out
+}
 
 // Stage is one stage of an example, built as the gateway builds it.
 type Stage struct {
@@ -44,17 +58,13 @@ type Stage struct {
 // fails t when the file has no toml block.
 func Stages(t testing.TB, file, kind string, factory stages.Factory) []Stage {
 	t.Helper()
-	md, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := tomlBlock.FindAllSubmatch(md, -1)
+	blocks := Examples(t, file)
 	if len(blocks) == 0 {
 		t.Fatalf("no toml example in %s", file)
 	}
 	var all []Stage
 	for _, b := range blocks {
-		all = append(all, Load(t, file, b[1], kind, factory)...)
+		all = append(all, Load(t, file, b, kind, factory)...)
 	}
 	return all
 }
@@ -79,7 +89,7 @@ func Load(t testing.TB, file string, config []byte, kind string, factory stages.
 			Config map[string]any `toml:"config"`
 		} `toml:"stage"`
 	}
-	if _, err := toml.Decode(prelude+string(config), &doc); err != nil {
+	if _, err := toml.Decode(Prelude+string(config), &doc); err != nil {
 		t.Fatalf("%s: %v\n%s", file, err, config)
 	}
 	env := stages.Env{Hostname: doc.Hostname, DNSServers: doc.DNS.Servers}
