@@ -153,16 +153,17 @@ func Fold(d string) string {
 	return strings.TrimSuffix(strings.ToLower(d), ".")
 }
 
-// Pattern returns a domain pattern in canonical form: a domain, or
-// "*.domain" for the subdomains of domain (not domain itself). It fails as
-// Domain does, and for an address literal after "*.".
+// Pattern returns a domain pattern of the config (routes, overrides,
+// lists) in canonical form: a host name, or "*.name" for the subdomains of
+// name (not name itself). It fails as Domain does, and for an address
+// literal, which names a host, not a domain mail is routed or listed by.
 func Pattern(p string) (string, error) {
 	rest, wild := strings.CutPrefix(p, "*.")
 	d, err := Domain(rest)
 	switch {
 	case err != nil:
 		return "", err
-	case wild && strings.HasPrefix(d, "["):
+	case strings.HasPrefix(d, "["):
 		return "", ErrDomain
 	case wild:
 		return "*." + d, nil

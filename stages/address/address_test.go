@@ -95,6 +95,7 @@ func TestDomainOf(t *testing.T) {
 		"a@Example.TEST.":   "example.test",
 		"a@bücher.test":     "xn--bcher-kva.test",
 		"a@b@c.test":        "c.test",
+		`"x@y"@host.test.`:  "host.test",
 		"a@[192.0.2.1]":     "[192.0.2.1]",
 		"":                  "",
 		"postmaster":        "",
@@ -133,7 +134,7 @@ func TestPatternAndMatch(t *testing.T) {
 			t.Errorf("Pattern(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"*", "*.", "**.example.test", "*.[192.0.2.1]", "a.*.test", "x_y.test"} {
+	for _, in := range []string{"*", "*.", "**.example.test", "*.[192.0.2.1]", "[192.0.2.1]", "a.*.test", "x_y.test"} {
 		if got, err := Pattern(in); err == nil {
 			t.Errorf("Pattern(%q) = %q, want an error", in, got)
 		}
