@@ -13,6 +13,9 @@ import (
 type Transaction struct {
 	QueueID string   `json:"queue_id,omitempty"`
 	Client  Client   `json:"client"`
+	// From and Rcpts are in the canonical form of package address (the
+	// domain lower-cased, without root dot, in A-labels; the local part as
+	// the client wrote it), whatever spelling the client used.
 	From    string   `json:"from"`            // envelope sender; "" is the null sender <>
 	Rcpts   []string `json:"rcpts,omitempty"` // in the rcpt phase the last one is being checked
 	Header  Header   `json:"header,omitempty"`
