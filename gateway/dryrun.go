@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/pipeline"
@@ -16,6 +15,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/smtpd"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // DryRunInput is one message as a client would send it.
@@ -79,7 +79,6 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	tx := &stages.Transaction{
 		QueueID: "DRYRUN",
 		Client:  stages.Client{Addr: in.ClientIP, Helo: in.Helo, Trusted: trusted},
-		From:    in.From,
 	}
 	sess := ch.pipeline.Begin()
 	run := func(ph stages.Phase) pipeline.Decision {
@@ -103,27 +102,33 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 		res.Reply = smtpd.Reply(ph, d)
 		return true
 	}
-	badSyntax := func(addr string, ph stages.Phase) bool {
-		reply, why := smtpd.CheckAddress(addr, trusted, ph == stages.Rcpt)
+	// canonical puts an address in the form the SMTP side goes on with,
+	// or refuses its syntax as the SMTP side would.
+	canonical := func(addr string, ph stages.Phase) (string, bool) {
+		canon, reply, why := smtpd.CheckAddress(addr, trusted, ph == stages.Rcpt)
 		if reply == "" {
-			return false
+			return canon, true
 		}
 		res.Action, res.Phase, res.Reason, res.Reply = "reject", ph.String(), why, reply
-		return true
+		return "", false
 	}
 	for _, ph := range []stages.Phase{stages.Connect, stages.Helo, stages.Mail} {
-		if ph == stages.Mail && in.From != "" && badSyntax(in.From, ph) {
-			return finish(res), nil
+		if ph == stages.Mail && in.From != "" {
+			var ok bool
+			if tx.From, ok = canonical(in.From, ph); !ok {
+				return finish(res), nil
+			}
 		}
 		if d := run(ph); refused(stages.Rcpt, d) {
 			return finish(res), nil
 		}
 	}
 	for _, rc := range in.To {
-		if badSyntax(rc, stages.Rcpt) {
+		rc, ok := canonical(rc, stages.Rcpt)
+		if !ok {
 			return finish(res), nil
 		}
-		_, domain, _ := strings.Cut(rc, "@")
+		_, domain, _ := address.Split(rc)
 		if !table.Relays(domain) && !trusted {
 			res.Action, res.Phase, res.Reason, res.Reply = "reject", "rcpt", "relay denied: no route for "+domain, smtpd.RelayDenied()
 			return finish(res), nil

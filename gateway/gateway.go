@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +28,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // Options are the parts of a gateway that do not come from its config.
@@ -325,7 +325,8 @@ type routeMatcher struct {
 func (m routeMatcher) HasRoute(domain string) bool { return m.t.Relays(domain) }
 
 func (m routeMatcher) VerifyRcpt(ctx context.Context, addr string) error {
-	route, ok := m.t.Match(addr[strings.LastIndexByte(addr, '@')+1:])
+	_, domain, _ := address.Split(addr)
+	route, ok := m.t.Match(domain)
 	if !ok || !route.VerifyRcpts {
 		return nil
 	}

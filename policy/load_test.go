@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/errors/*.golden from the errors Parse returns")
@@ -161,7 +162,7 @@ func TestDefaults(t *testing.T) {
 
 func TestHostnameDefault(t *testing.T) {
 	host, err := os.Hostname()
-	if err != nil || !isDomain(host) {
+	if err != nil || !address.IsHostname(host) {
 		t.Skipf("this machine's name %q cannot serve as the default", host)
 	}
 	c, err := Parse("min.toml", []byte(`data_dir = "/srv/mailgate"`))

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // DefaultName is the Name of the Effective policy of a recipient that no
@@ -57,8 +58,10 @@ func (p *Policy) Default() Effective {
 // For returns the policy of recipient rcpt. An override listing the
 // address wins; then one listing its domain exactly; then the one with the
 // longest "*.suffix" of the domain; else the default. Addresses and domains
-// compare without regard to case (RFC 5321 §2.4: local parts should be
-// treated as case-insensitive in practice; domains always are).
+// compare as the address package has them (address.Equal, address.Fold):
+// domains without case, root dot or U-labels, local parts without regard
+// to case (RFC 5321 §2.4: they should be treated as case-insensitive in
+// practice).
 func (p *Policy) For(rcpt string) Effective {
 	if i := p.match(rcpt); i >= 0 {
 		return p.override(i)
@@ -70,23 +73,23 @@ func (p *Policy) For(rcpt string) Effective {
 func (p *Policy) match(rcpt string) int {
 	for i, o := range p.Overrides {
 		for _, r := range o.Rcpts {
-			if strings.EqualFold(r, rcpt) {
+			if address.Equal(r, rcpt) {
 				return i
 			}
 		}
 	}
-	domain := domainOf(rcpt)
+	domain := address.DomainOf(rcpt)
 	if domain == "" {
 		return -1
 	}
 	best, bestLen := -1, 0
 	for i, o := range p.Overrides {
 		for _, d := range o.Domains {
-			d = normDomain(d)
+			d = address.Fold(d)
 			switch {
 			case d == domain:
 				return i
-			case strings.HasPrefix(d, "*.") && strings.HasSuffix(domain, d[1:]) && len(d) > bestLen:
+			case address.Match(d, domain) && len(d) > bestLen:
 				best, bestLen = i, len(d)
 			}
 		}
@@ -134,7 +137,7 @@ func (o *Override) name() string {
 	case len(o.Rcpts) > 0:
 		return strings.ToLower(o.Rcpts[0])
 	case len(o.Domains) > 0:
-		return normDomain(o.Domains[0])
+		return address.Fold(o.Domains[0])
 	}
 	return ""
 }
@@ -180,7 +183,7 @@ func fields(lines []string) []stages.Field {
 // Hit is an entry of an allow- or block-list that matched.
 type Hit struct {
 	Key   string // the list key: client_ips, helos, senders or rcpts
-	Entry string // the entry as written
+	Entry string // the entry as loaded: in canonical form (see Validate)
 	Value string // what it matched: the client address, HELO name, sender or recipient
 }
 
@@ -249,43 +252,21 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return p.Masked(), nil
 }
 
-// heloMatch matches a HELO name against "name" or "*.name".
+// heloMatch matches a HELO name against "name" or "*.name". A HELO name
+// is not refused for its syntax, so both sides are folded, not parsed.
 func heloMatch(entry, helo string) bool {
-	return domainMatch(normDomain(entry), normDomain(helo))
+	return address.Match(address.Fold(entry), address.Fold(helo))
 }
 
 // addressMatch matches an address against "user@domain" (the address),
 // "domain" or "@domain" (any address at the domain) and "*.domain" (any
-// address at a subdomain).
+// address at a subdomain). Validate has put loaded entries in canonical
+// form, as the SMTP side puts addresses; folding again keeps a Policy put
+// together in Go matching the same way.
 func addressMatch(entry, addr string) bool {
-	if i := strings.LastIndexByte(entry, '@'); i > 0 {
-		return strings.EqualFold(entry, addr)
+	if local, _, ok := address.Split(entry); ok && local != "" {
+		return address.Equal(entry, addr)
 	}
-	d := domainOf(addr)
-	return d != "" && domainMatch(normDomain(strings.TrimPrefix(entry, "@")), d)
-}
-
-// domainMatch matches a normalised domain against "name" or "*.name"
-// (subdomains of name, not name itself, as in [[route]]).
-func domainMatch(pattern, domain string) bool {
-	if suffix, ok := strings.CutPrefix(pattern, "*"); ok {
-		return strings.HasPrefix(suffix, ".") && strings.HasSuffix(domain, suffix)
-	}
-	return pattern == domain
-}
-
-// normDomain makes domains comparable: DNS names are case-insensitive
-// (RFC 4343) and "example.test." is the same name as "example.test".
-func normDomain(d string) string {
-	return strings.TrimSuffix(strings.ToLower(d), ".")
-}
-
-// domainOf returns the normalised domain of an address: what follows its
-// last "@".
-func domainOf(addr string) string {
-	i := strings.LastIndexByte(addr, '@')
-	if i < 0 {
-		return ""
-	}
-	return normDomain(addr[i+1:])
+	d := address.DomainOf(addr)
+	return d != "" && address.Match(address.Fold(strings.TrimPrefix(entry, "@")), d)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -220,6 +221,86 @@ func TestREADME(t *testing.T) {
 		}
 		if _, err := Parse(fmt.Sprintf("README.md example %d", i+1), []byte(src)); err != nil {
 			t.Errorf("example %d:\n%s\n%v", i+1, b[1], err)
+		}
+	}
+}
+
+// Loading puts every domain and address of lists, overrides, routes and
+// bounce_from in the form the SMTP side gives envelope addresses, taking
+// U-labels and a root dot; the local part stays as written.
+func TestEntriesCanonicalAtLoad(t *testing.T) {
+	c, err := Parse("c.toml", []byte(`hostname = "mx.example.test"
+data_dir = "/d"
+[delivery]
+bounce_from = "Bounces@MX.Example.TEST."
+[[route]]
+domains = ["Bücher.test.", "*.EXAMPLE.test."]
+mx = true
+[policy.block]
+helos = ["MX.Bücher.test.", "[IPv6:2001:DB8::1]", "[2001:DB8::1]"]
+senders = ["Spammer@Bad.TEST.", "@BÜCHER.example", "*.Bücher.org."]
+rcpts = ["CEO@Example.TEST."]
+[[policy.override]]
+rcpts = ["Legal@bücher.test"]
+domains = ["*.Bücher.net."]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		got, want []string
+	}{
+		{"delivery.bounce_from", []string{c.Delivery.BounceFrom}, []string{"Bounces@mx.example.test"}},
+		{"route.domains", c.Routes[0].Domains, []string{"xn--bcher-kva.test", "*.example.test"}},
+		{"policy.block.helos", c.Policy.Block.Helos, []string{"mx.xn--bcher-kva.test", "[IPv6:2001:db8::1]", "[2001:db8::1]"}},
+		{"policy.block.senders", c.Policy.Block.Senders, []string{"Spammer@bad.test", "@xn--bcher-kva.example", "*.xn--bcher-kva.org"}},
+		{"policy.block.rcpts", c.Policy.Block.Rcpts, []string{"CEO@example.test"}},
+		{"policy.override.rcpts", c.Policy.Overrides[0].Rcpts, []string{"Legal@xn--bcher-kva.test"}},
+		{"policy.override.domains", c.Policy.Overrides[0].Domains, []string{"*.xn--bcher-kva.net"}},
+	} {
+		if !slices.Equal(tc.got, tc.want) {
+			t.Errorf("%s = %q, want %q", tc.name, tc.got, tc.want)
+		}
+	}
+	if got := c.Policy.For("x@a.xn--bcher-kva.net").Name; got != "legal@xn--bcher-kva.test" {
+		t.Errorf("the override's name is %q, want its first address in canonical form", got)
+	}
+}
+
+// A Policy put together in Go matches as a loaded one does: its entries
+// are folded as they are compared.
+func TestSpellingsMatchInGo(t *testing.T) {
+	p := Policy{Overrides: []Override{
+		{Name: "legal", Rcpts: []string{"Legal@Example.TEST."}},
+		{Name: "idn", Domains: []string{"*.Bücher.test"}},
+	}}
+	for rcpt, want := range map[string]string{
+		"legal@example.test":        "legal",
+		"legal@example.test.":       "legal",
+		"x@shop.xn--bcher-kva.test": "idn",
+		"x@shop.bücher.test.":       "idn",
+		"x@xn--bcher-kva.test":      DefaultName,
+	} {
+		if got := p.For(rcpt).Name; got != want {
+			t.Errorf("For(%q) = %q, want %q", rcpt, got, want)
+		}
+	}
+	l := List{Senders: []string{"spammer@bad.test.", "xn--bcher-kva.test"}, Rcpts: []string{"@Bücher.example"}}
+	for _, tc := range []struct {
+		ph    stages.Phase
+		tx    stages.Transaction
+		entry string
+	}{
+		{stages.Mail, stages.Transaction{From: "spammer@bad.test"}, "spammer@bad.test."},
+		{stages.Mail, stages.Transaction{From: "Spammer@BAD.test."}, "spammer@bad.test."},
+		{stages.Mail, stages.Transaction{From: "a@bücher.test"}, "xn--bcher-kva.test"},
+		{stages.Rcpt, stages.Transaction{Rcpts: []string{"a@xn--bcher-kva.example"}}, "@Bücher.example"},
+		{stages.Rcpt, stages.Transaction{Rcpts: []string{"a@bücher.example."}}, "@Bücher.example"},
+	} {
+		hit, ok := l.Match(tc.ph, &tc.tx)
+		if !ok || hit.Entry != tc.entry {
+			t.Errorf("%s %+v: hit %+v (%v), want entry %q", tc.ph, tc.tx, hit, ok, tc.entry)
 		}
 	}
 }

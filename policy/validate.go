@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // Trusted returns TrustedNetworks parsed; single addresses are prefixes of
@@ -18,7 +19,10 @@ func (s Server) Trusted() []netip.Prefix { return s.trusted }
 
 // Validate checks every field of a decoded config and returns an Errors
 // listing each problem. It also prepares what the loader derives from the
-// config (Server.Trusted) and lower-cases route domains.
+// config (Server.Trusted) and puts every domain and address of routes,
+// overrides, lists and bounce_from in the canonical form of package
+// address (lower case, no root dot, A-labels), the form the SMTP side
+// gives envelope addresses: an entry written in U-labels is taken.
 func (c *Config) Validate() error {
 	return c.validate().err()
 }
@@ -32,7 +36,7 @@ func (c *Config) validate() Errors {
 	root := key{}
 	if c.Hostname == "" {
 		v.errorf(root.field("hostname"), `required; expect the gateway's host name such as "mx.example.test"`)
-	} else if !isDomain(c.Hostname) {
+	} else if !address.IsHostname(c.Hostname) {
 		v.errorf(root.field("hostname"), `unexpected %q; expect a host name such as "mx.example.test"`, c.Hostname)
 	}
 	if c.DataDir == "" {
@@ -126,10 +130,12 @@ func (v *validator) delivery(d *Delivery, k key, hostname string) {
 		v.errorf(k.field("retry_min"), "%s is above retry_max %s; expect retry_min <= retry_max", d.RetryMin, d.RetryMax)
 	}
 	v.positive(k.field("max_connections"), d.MaxConnections)
-	if local, domain, ok := strings.Cut(d.BounceFrom, "@"); d.BounceFrom != "MAILER-DAEMON@"+hostname && (!ok || local == "" || !isDomain(domain)) {
+	if a, ok := mailbox(d.BounceFrom); ok {
+		d.BounceFrom = a
+	} else if d.BounceFrom != "MAILER-DAEMON@"+hostname {
 		v.errorf(k.field("bounce_from"), `unexpected %q; expect an address such as "MAILER-DAEMON@mx.example.test"`, d.BounceFrom)
 	}
-	if d.HeloName != hostname && !isDomain(d.HeloName) {
+	if d.HeloName != hostname && !address.IsHostname(d.HeloName) {
 		v.errorf(k.field("helo_name"), `unexpected %q; expect a host name such as "mx.example.test"`, d.HeloName)
 	}
 }
@@ -143,13 +149,14 @@ func (v *validator) routes(routes []Route, k key) {
 			v.errorf(rk.field("domains"), `required; expect domains such as ["example.test", "*.example.test"] or ["*"]`)
 		}
 		for j, d := range r.Domains {
-			// Domain names compare without regard to case (RFC 5321 §2.4).
-			d = strings.ToLower(d)
-			r.Domains[j] = d
 			dk := rk.field("domains").index(j)
-			if !isRouteDomain(d) {
-				v.errorf(dk, `unexpected %q; expect a domain such as "example.test", "*.example.test" for its subdomains, or "*" for all`, d)
-				continue
+			if d != "*" {
+				p, err := address.Pattern(d)
+				if err != nil {
+					v.errorf(dk, `unexpected %q; expect a domain such as "example.test", "*.example.test" for its subdomains, or "*" for all`, d)
+					continue
+				}
+				d, r.Domains[j] = p, p
 			}
 			if first, ok := routed[d]; ok && first == i {
 				v.errorf(dk, "%q is listed twice", d)
@@ -248,6 +255,26 @@ func (v *validator) policy(p *Policy, k key, stageNames []string) {
 		if len(o.Domains) == 0 && len(o.Rcpts) == 0 {
 			v.errorf(k.field("domains"), `required without rcpts; expect the domains the override is for such as ["marketing.example.test"], or set rcpts such as ["legal@example.test"]`)
 		}
+		for j, d := range o.Domains {
+			dk := k.field("domains").index(j)
+			p, err := address.Pattern(d)
+			if err != nil {
+				v.errorf(dk, `unexpected %q; expect a domain such as "example.test" or "*.example.test" for its subdomains`, d)
+				continue
+			}
+			v.canonical(&o.Domains[j], p)
+			v.once(domains, p, i, dk, ok)
+		}
+		for j, r := range o.Rcpts {
+			rk := k.field("rcpts").index(j)
+			a, valid := mailbox(r)
+			if !valid {
+				v.errorf(rk, `unexpected %q; expect an address such as "legal@example.test"`, r)
+				continue
+			}
+			v.canonical(&o.Rcpts[j], a)
+			v.once(rcpts, strings.ToLower(a), i, rk, ok)
+		}
 		name := o.name()
 		switch first, dup := named[name]; {
 		case o.Name != "" && !isText(o.Name):
@@ -258,22 +285,6 @@ func (v *validator) policy(p *Policy, k key, stageNames []string) {
 			v.errorf(k.field("name"), "%q is used twice; %s has the same name", name, ok.index(first).name)
 		case name != "":
 			named[name] = i
-		}
-		for j, d := range o.Domains {
-			dk := k.field("domains").index(j)
-			if d == "*" || !isDomain(strings.TrimPrefix(d, "*.")) {
-				v.errorf(dk, `unexpected %q; expect a domain such as "example.test" or "*.example.test" for its subdomains`, d)
-				continue
-			}
-			v.once(domains, normDomain(d), i, dk, ok)
-		}
-		for j, r := range o.Rcpts {
-			rk := k.field("rcpts").index(j)
-			if !isAddress(r) {
-				v.errorf(rk, `unexpected %q; expect an address such as "legal@example.test"`, r)
-				continue
-			}
-			v.once(rcpts, strings.ToLower(r), i, rk, ok)
 		}
 		// Unset values come from [policy]; the thresholds must be in order
 		// once combined.
@@ -365,8 +376,17 @@ func (v *validator) list(l *List, k key) {
 		}
 	}
 	for i, e := range l.Helos {
+		// A HELO literal is matched as written (folded), so one a client
+		// writes oddly, such as "[2001:db8::1]" without its tag, can be
+		// listed too.
 		literal := len(e) > 2 && e[0] == '[' && e[len(e)-1] == ']' && !strings.ContainsAny(e[1:len(e)-1], "[] \t")
-		if !literal && !isDomain(strings.TrimPrefix(e, "*.")) {
+		p, err := address.Pattern(e)
+		switch {
+		case err == nil:
+			v.canonical(&l.Helos[i], p)
+		case literal:
+			v.canonical(&l.Helos[i], address.Fold(e))
+		default:
 			v.errorf(k.field("helos").index(i), `unexpected %q; expect a host name such as "mail.example.org", "*.example.org" for its subdomains, or an address literal such as "[192.0.2.1]"`, e)
 		}
 	}
@@ -375,10 +395,30 @@ func (v *validator) list(l *List, k key) {
 		entries []string
 	}{{"senders", l.Senders}, {"rcpts", l.Rcpts}} {
 		for i, e := range f.entries {
-			if !isAddress(e) && !isDomain(strings.TrimPrefix(strings.TrimPrefix(e, "@"), "*.")) {
-				v.errorf(k.field(f.name).index(i), `unexpected %q; expect an address such as "user@example.org", a domain such as "example.org", or "*.example.org" for its subdomains`, e)
+			if a, ok := mailbox(e); ok {
+				v.canonical(&f.entries[i], a)
+				continue
 			}
+			at, rest := "", e
+			if r, ok := strings.CutPrefix(e, "@"); ok {
+				at, rest = "@", r
+			}
+			p, err := address.Pattern(rest)
+			if err != nil {
+				v.errorf(k.field(f.name).index(i), `unexpected %q; expect an address such as "user@example.org", a domain such as "example.org", or "*.example.org" for its subdomains`, e)
+				continue
+			}
+			v.canonical(&f.entries[i], at+p)
 		}
+	}
+}
+
+// canonical writes the canonical form of a loaded entry over what was
+// written. A Policy put together in Go is checked, not changed: matching
+// folds its entries as it goes.
+func (v *validator) canonical(entry *string, canon string) {
+	if !v.loose {
+		*entry = canon
 	}
 }
 
@@ -432,43 +472,23 @@ func (v *validator) hostPort(k key, addr string, listen bool, example string) {
 	}
 	if ok && (host != "" || !listen) {
 		_, err := netip.ParseAddr(host)
-		ok = err == nil || isDomain(host)
+		ok = err == nil || address.IsHostname(host)
 	}
 	if !ok {
 		v.errorf(k, "unexpected %q; expect host:port such as %q", addr, example)
 	}
 }
 
-// isDomain reports whether s is a host name: labels of letters, digits and
-// hyphens, not starting or ending with a hyphen (RFC 1123 §2.1).
-func isDomain(s string) bool {
-	if len(s) == 0 || len(s) > 253 {
-		return false
+// mailbox returns a configured address in canonical form (address.Parse),
+// refusing what no envelope can carry: control characters or white space
+// in the local part.
+func mailbox(s string) (string, bool) {
+	a, err := address.Parse(s)
+	if err != nil {
+		return "", false
 	}
-	for _, label := range strings.Split(s, ".") {
-		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, c := range []byte(label) {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// isRouteDomain accepts an exact domain, "*.domain" for its subdomains and
-// "*" for every domain.
-func isRouteDomain(s string) bool {
-	return s == "*" || isDomain(strings.TrimPrefix(s, "*."))
-}
-
-// isAddress reports whether s is an address local@domain. The local part
-// is compared as a whole and only checked to be there.
-func isAddress(s string) bool {
-	i := strings.LastIndexByte(s, '@')
-	return i > 0 && isDomain(s[i+1:]) && isText(s[:i]) && !strings.ContainsAny(s[:i], " \t")
+	local, _, _ := address.Split(a)
+	return a, isText(local) && !strings.ContainsAny(local, " \t")
 }
 
 // isText reports whether s has no control characters (RFC 5322 §2.2: a

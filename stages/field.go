@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // The rules an edit's header field and envelope address must follow. The
@@ -135,7 +137,10 @@ func isWSP(c byte) bool { return c == ' ' || c == '\t' }
 // angle brackets milters tend to send; "" (or "<>") is the null sender.
 // Brackets inside, spaces or control characters would let the address
 // smuggle parameters into a later MAIL or RCPT command, and the gateway
-// never accepts such an address from a client either.
+// never accepts such an address from a client either. An address with a
+// domain comes back in the canonical form of package address, the form
+// the gateway gives every address a client sends, so that routes and
+// later edits compare it alike; a domain that is no domain is refused.
 func EnvelopeAddress(s string) (string, error) {
 	a := strings.TrimSpace(s)
 	if strings.HasPrefix(a, "<") && strings.HasSuffix(a, ">") {
@@ -148,6 +153,13 @@ func EnvelopeAddress(s string) (string, error) {
 		if c := a[i]; c < 32 || c == 127 {
 			return "", fmt.Errorf("control character in address %q", s)
 		}
+	}
+	if _, _, ok := address.Split(a); ok {
+		canon, err := address.Parse(a)
+		if err != nil {
+			return "", fmt.Errorf("invalid address %q: %w", s, err)
+		}
+		a = canon
 	}
 	return a, nil
 }

@@ -79,6 +79,11 @@ func TestEnvelopeAddress(t *testing.T) {
 		{"a@example.test", "a@example.test"},
 		{" <a@example.test> ", "a@example.test"},
 		{"<>", ""},
+		{"<Postmaster>", "Postmaster"}, // RFC 5321 §4.1.1.3: no domain needed
+		{"<A@Example.TEST.>", "A@example.test"},
+		{"ü@bücher.test", "ü@xn--bcher-kva.test"},
+		{"a@bad_domain.test", "error"},
+		{"a@", "error"},
 		{"", ""},
 		{"a@example.test> NOTIFY=NEVER", "error"},
 		{"<a<b>", "error"},

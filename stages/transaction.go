@@ -9,7 +9,10 @@ import (
 
 // Transaction is what a stage sees of one SMTP transaction. Fields fill in
 // as the session advances: Client at connect, From at MAIL, Rcpts at each
-// RCPT, Header and Body at the end of DATA.
+// RCPT, Header and Body at the end of DATA. From and Rcpts are in the
+// canonical form of package address (the domain lower-cased, without root
+// dot, in A-labels; the local part as the client wrote it), whatever
+// spelling the client used.
 type Transaction struct {
 	QueueID string   `json:"queue_id,omitempty"`
 	Client  Client   `json:"client"`

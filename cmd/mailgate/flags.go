@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
@@ -89,30 +88,11 @@ func (s *selection) empty() bool { return s.Filter == quarantine.Filter{} }
 
 // matchEnvelope applies the selection to a queued message.
 func (s *selection) matchEnvelope(env *spool.Envelope, now time.Time) bool {
-	if s.From != "" && !containsFold(env.From, s.From) {
-		return false
+	rcpts := make([]string, len(env.Rcpts))
+	for i, rc := range env.Rcpts {
+		rcpts[i] = rc.Addr
 	}
-	if s.Rcpt != "" {
-		found := false
-		for _, rc := range env.Rcpts {
-			found = found || containsFold(rc.Addr, s.Rcpt)
-		}
-		if !found {
-			return false
-		}
-	}
-	age := now.Sub(env.Received)
-	if s.OlderThan > 0 && age < s.OlderThan {
-		return false
-	}
-	if s.NewerThan > 0 && age > s.NewerThan {
-		return false
-	}
-	return true
-}
-
-func containsFold(s, sub string) bool {
-	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+	return s.MatchMessage(env.From, rcpts, env.Received, now)
 }
 
 // targets resolves what an operation acts on: the IDs given, or ALL, or

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // ApplyEdits applies edits to tx in order, as the pipeline does with a
@@ -67,13 +68,13 @@ func ApplyEdits(tx *stages.Transaction, edits []stages.Edit) error {
 			if a, err = stages.EnvelopeAddress(e.Value); err == nil && a == "" {
 				err = errors.New("empty recipient")
 			}
-			if err == nil && !slices.ContainsFunc(rcpts, func(r string) bool { return strings.EqualFold(r, a) }) {
+			if err == nil && !slices.ContainsFunc(rcpts, func(r string) bool { return address.Equal(r, a) }) {
 				rcpts = append(rcpts, a)
 			}
 		case stages.RcptDelete:
 			var a string
 			if a, err = stages.EnvelopeAddress(e.Value); err == nil {
-				rcpts = slices.DeleteFunc(rcpts, func(r string) bool { return strings.EqualFold(r, a) })
+				rcpts = slices.DeleteFunc(rcpts, func(r string) bool { return address.Equal(r, a) })
 			}
 		case stages.SenderChange:
 			// "" is the null sender <> (RFC 5321 §4.5.5).

@@ -65,6 +65,14 @@ func TestApplyEdits(t *testing.T) {
 			rcpts: []string{"b@example.test", "c@example.test", "archive@example.test"}},
 		{name: "rcpt delete", edits: []stages.Edit{{Op: stages.RcptDelete, Value: "<C@example.test>"}},
 			rcpts: []string{"b@example.test"}},
+		// An address from a stage enters in canonical form, as one from
+		// a client does, and compares in any spelling.
+		{name: "rcpt add canonical", edits: []stages.Edit{{Op: stages.RcptAdd, Value: "<Archive@Bücher.TEST.>"}, {Op: stages.RcptAdd, Value: "b@Example.test."}},
+			rcpts: []string{"b@example.test", "c@example.test", "Archive@xn--bcher-kva.test"}},
+		{name: "rcpt delete any spelling", edits: []stages.Edit{{Op: stages.RcptDelete, Value: "<C@EXAMPLE.test.>"}},
+			rcpts: []string{"b@example.test"}},
+		{name: "sender change canonical", edits: []stages.Edit{{Op: stages.SenderChange, Value: "<Bounces@Example.ORG.>"}},
+			from: new("Bounces@example.org")},
 		{name: "sender change", edits: []stages.Edit{{Op: stages.SenderChange, Value: "<bounces@example.org>"}},
 			from: new("bounces@example.org")},
 		{name: "sender to null", edits: []stages.Edit{{Op: stages.SenderChange, Value: "<>"}},
@@ -145,6 +153,8 @@ func TestApplyEditsRefuses(t *testing.T) {
 		{Op: stages.SubjectTag, Value: " "},
 		{Op: stages.RcptAdd, Value: ""},
 		{Op: stages.RcptAdd, Value: "a@example.test> NOTIFY=NEVER"},
+		{Op: stages.RcptAdd, Value: "a@bad_domain.test"}, // no route could ever take it
+		{Op: stages.RcptAdd, Value: "a@"},
 		{Op: stages.SenderChange, Value: "a@example.org\r\nRCPT TO:<x@example.org>"},
 		{Op: 99},
 	} {

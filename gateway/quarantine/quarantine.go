@@ -57,6 +57,7 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // ErrNotFound is returned for an ID that is not in the quarantine.
@@ -94,8 +95,8 @@ type Record struct {
 
 // Filter selects records; zero fields select everything.
 type Filter struct {
-	From      string        // substring of the sender, case-insensitive
-	Rcpt      string        // substring of any recipient, case-insensitive
+	From      string        // substring of the sender, case-insensitive (see needle)
+	Rcpt      string        // substring of any recipient, case-insensitive (see needle)
 	Stage     string        // a stage that decided, added to the score, or gave a verdict other than continue
 	OlderThan time.Duration // quarantined at least this long ago
 	NewerThan time.Duration // quarantined at most this long ago
@@ -103,18 +104,25 @@ type Filter struct {
 
 // Match reports whether r passes f at time now.
 func (f Filter) Match(r *Record, now time.Time) bool {
-	if f.From != "" && !containsFold(r.From, f.From) {
-		return false
-	}
-	if f.Rcpt != "" && !slices.ContainsFunc(r.Rcpts, func(a string) bool { return containsFold(a, f.Rcpt) }) {
-		return false
-	}
 	if f.Stage != "" && r.Stage != f.Stage && !slices.ContainsFunc(r.Verdicts, func(v trace.Stage) bool {
 		return v.Name == f.Stage && (v.Action != "continue" || v.Score > 0)
 	}) {
 		return false
 	}
-	age := now.Sub(r.Time)
+	return f.MatchMessage(r.From, r.Rcpts, r.Time, now)
+}
+
+// MatchMessage reports whether a message from from to rcpts, received at
+// at, passes f's sender, recipient and age tests at time now; the queue
+// commands select queued messages with it.
+func (f Filter) MatchMessage(from string, rcpts []string, at, now time.Time) bool {
+	if f.From != "" && !containsFold(from, needle(f.From)) {
+		return false
+	}
+	if rcpt := needle(f.Rcpt); f.Rcpt != "" && !slices.ContainsFunc(rcpts, func(a string) bool { return containsFold(a, rcpt) }) {
+		return false
+	}
+	age := now.Sub(at)
 	if f.OlderThan > 0 && age < f.OlderThan {
 		return false
 	}
@@ -122,6 +130,25 @@ func (f Filter) Match(r *Record, now time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// needle is what a From or Rcpt filter looks for. Records hold addresses
+// in the canonical form of package address; a filter that is a whole
+// address or domain is put in that form too, so that "ceo@example.test."
+// finds ceo@example.test and "bücher.test" its A-labels. Anything else is
+// looked for as written.
+func needle(s string) string {
+	if a, err := address.Parse(s); err == nil {
+		return a
+	}
+	at, rest := "", s
+	if r, ok := strings.CutPrefix(s, "@"); ok {
+		at, rest = "@", r
+	}
+	if d, err := address.Domain(rest); err == nil {
+		return at + d
+	}
+	return s
 }
 
 func containsFold(s, sub string) bool {

@@ -60,6 +60,27 @@ func add(t *testing.T, q *Store, sp *spool.Spool, from, rcpt, stage string, at t
 	return rec
 }
 
+// Records hold addresses as the SMTP side took them, in canonical form;
+// a filter that is a whole address or domain finds them in any spelling.
+func TestListFilterSpellings(t *testing.T) {
+	q, sp, _ := open(t)
+	now := time.Now()
+	a := add(t, q, sp, "boss@xn--bcher-kva.test", "ceo@example.test", "", now)
+	for _, f := range []Filter{
+		{Rcpt: "ceo@example.test."},
+		{Rcpt: "CEO@Example.TEST"},
+		{Rcpt: "example.test."},
+		{From: "bücher.test"},
+		{From: "@BÜCHER.test."},
+		{From: "boss@bücher.test"},
+	} {
+		recs, err := q.List(f, now)
+		if err != nil || len(recs) != 1 || recs[0].ID != a.ID {
+			t.Errorf("List(%+v) = %v, %v; want %s", f, recs, err, a.ID)
+		}
+	}
+}
+
 func TestAddListShowDelete(t *testing.T) {
 	q, sp, _ := open(t)
 	now := time.Now()

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // TLS modes of a route (policy.Route.TLS).
@@ -298,20 +300,20 @@ func (d *deadlineWriter) Write(p []byte) (int, error) {
 // quotes; a local part that is not a Dot-string is quoted again
 // (RFC 5321 §4.1.2), or the next hop would read `"x@a"@b` as x at a.
 func quoteAddr(addr string) string {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 || isDotString(addr[:at]) {
+	local, domain, ok := address.Split(addr)
+	if !ok || isDotString(local) {
 		return addr
 	}
 	var b strings.Builder
 	b.WriteByte('"')
-	for _, c := range []byte(addr[:at]) {
+	for _, c := range []byte(local) {
 		if c == '"' || c == '\\' {
 			b.WriteByte('\\') // quoted-pairSMTP
 		}
 		b.WriteByte(c)
 	}
-	b.WriteByte('"')
-	b.WriteString(addr[at:])
+	b.WriteString(`"@`)
+	b.WriteString(domain)
 	return b.String()
 }
 

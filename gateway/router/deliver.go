@@ -10,6 +10,7 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // result is what one attempt did for one recipient.
@@ -42,7 +43,10 @@ func (c *conf) groups(env *spool.Envelope) []*group {
 		if rc.Status != spool.Pending {
 			continue
 		}
-		d := domainOf(rc.Addr)
+		// A recipient queued by an older version may have a domain in
+		// another spelling: Fold makes it the one routes compare.
+		_, d, _ := address.Split(rc.Addr)
+		d = address.Fold(d)
 		route, ok := c.table.Match(d)
 		if !ok {
 			route = nil

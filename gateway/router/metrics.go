@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // metrics counts delivery outcomes and reads the queue at each scrape.
@@ -126,7 +127,8 @@ func (r *Router) Destinations(ctx context.Context) ([]Destination, error) {
 
 // destination names where a recipient goes, for metrics.
 func (c *conf) destination(addr string) string {
-	d := domainOf(addr)
+	_, d, _ := address.Split(addr)
+	d = address.Fold(d)
 	if route, ok := c.table.Match(d); ok && !route.MX && len(route.Domains) > 0 {
 		return route.Domains[0]
 	}

@@ -5,13 +5,15 @@ import (
 	"sort"
 	"strings"
 
-	"golang.org/x/net/idna"
-
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
-// Table maps recipient domains to routes. It is read-only once built and
-// safe for concurrent use.
+// Table maps recipient domains to routes. Domains compare as address.Fold
+// writes them (case, root dot and U-labels folded), the entries and what
+// is looked up alike, so that relay control (Relays) and delivery (Match)
+// never disagree about a name. It is read-only once built and safe for
+// concurrent use.
 type Table struct {
 	exact map[string]*policy.Route
 	wild  []wildcard // longest suffix first
@@ -52,7 +54,7 @@ func NewTable(routes []policy.Route) (*Table, error) {
 			return nil, fmt.Errorf("route %d: no domains", i+1)
 		}
 		for _, d := range r.Domains {
-			d = normDomain(d)
+			d = address.Fold(d)
 			if j, dup := seen[d]; dup {
 				return nil, fmt.Errorf("route %d: domain %q is already routed by route %d", i+1, d, j+1)
 			}
@@ -79,7 +81,7 @@ func NewTable(routes []policy.Route) (*Table, error) {
 // hosts. Match says where mail goes, not whether it may be taken: that is
 // Relays.
 func (t *Table) Match(domain string) (*policy.Route, bool) {
-	if r, ok := t.named(normDomain(domain)); ok {
+	if r, ok := t.named(address.Fold(domain)); ok {
 		return r, true
 	}
 	if t.def != nil {
@@ -94,7 +96,7 @@ func (t *Table) Match(domain string) (*policy.Route, bool) {
 // Internet, and taking mail from anyone for it would make the gateway an
 // open relay (RFC 5321 §3.6.2 and §7.1).
 func (t *Table) Relays(domain string) bool {
-	_, ok := t.named(normDomain(domain))
+	_, ok := t.named(address.Fold(domain))
 	return ok
 }
 
@@ -110,28 +112,4 @@ func (t *Table) named(d string) (*policy.Route, bool) {
 		}
 	}
 	return nil, false
-}
-
-// normDomain makes domains comparable: DNS names are case-insensitive
-// (RFC 4343), "example.test." is the same name as "example.test", and a
-// U-label is the same name as its A-label (RFC 5890 §2.3.2.1), which is
-// also what DNS is asked. Relay control (Relays) and delivery (Match)
-// both see domains through it, so they never disagree about one.
-func normDomain(d string) string {
-	d = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
-	if !isASCII(d) {
-		if a, err := idna.Lookup.ToASCII(d); err == nil {
-			d = a
-		}
-	}
-	return d
-}
-
-// domainOf returns the domain of an address: what follows the last "@".
-func domainOf(addr string) string {
-	i := strings.LastIndexByte(addr, '@')
-	if i < 0 {
-		return ""
-	}
-	return normDomain(addr[i+1:])
 }

@@ -88,18 +88,6 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-func TestDomainOf(t *testing.T) {
-	for addr, want := range map[string]string{
-		"a@Example.Test":   "example.test",
-		`"x@y"@host.test.`: "host.test",
-		"postmaster":       "",
-	} {
-		if got := domainOf(addr); got != want {
-			t.Errorf("domainOf(%q) = %q, want %q", addr, got, want)
-		}
-	}
-}
-
 func TestTableRelays(t *testing.T) {
 	// The layout of examples/gateway.toml: our domains, and "*" for the
 	// outbound mail of trusted clients and DSNs.

@@ -23,6 +23,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // Replies. Texts are generic on purpose: they reach the sender, details go
@@ -210,9 +211,11 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return s.fail(errNeedUTF8, "mail", "non-ASCII sender without SMTPUTF8", "from", from)
 	}
 	if from != "" {
-		if why := badAddress(from, s.client.Trusted); why != "" {
+		canon, why := envelopeAddress(from, s.client.Trusted)
+		if why != "" {
 			return s.fail(errBadSender, "mail", why, "from", from)
 		}
+		from = canon
 	}
 	w, err := s.srv.opts.Spool.Create()
 	if err != nil {
@@ -284,11 +287,15 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.failLog(log, errNeedUTF8, "rcpt", "non-ASCII recipient without SMTPUTF8")
 		return refuse(errNeedUTF8, trace.Event{Action: "reject", Reason: "non-ASCII recipient without SMTPUTF8"})
 	}
-	if why := badAddress(to, s.client.Trusted); why != "" {
+	canon, why := envelopeAddress(to, s.client.Trusted)
+	if why != "" {
 		s.failLog(log, errBadRcpt, "rcpt", why)
 		return refuse(errBadRcpt, trace.Event{Action: "reject", Reason: why})
 	}
-	domain := to[strings.LastIndexByte(to, '@')+1:]
+	// From here on the recipient is in the one form relay control,
+	// policy, routes, the relayed envelope and traces all compare.
+	to, log = canon, t.log.With("rcpt", canon)
+	_, domain, _ := address.Split(to)
 	// An open relay is the worst bug a gateway can have: mail is taken only
 	// for domains we route, unless the client is trusted.
 	if !s.client.Trusted && !s.gen.routes.HasRoute(domain) {

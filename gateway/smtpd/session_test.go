@@ -218,8 +218,10 @@ func TestAddressSyntax(t *testing.T) {
 	c.send(msg + ".\r\n")
 	c.expect("250 ")
 	envs := ts.queue.queued()
-	if len(envs) != 1 || len(envs[0].Rcpts) != 1 || envs[0].Rcpts[0].Addr != "b@Dest.Test." {
-		t.Fatalf("queued %+v, want one message to b@Dest.Test.", envs)
+	// Queued in canonical form: the domain lower-cased, without its root
+	// dot, the local part as written.
+	if len(envs) != 1 || len(envs[0].Rcpts) != 1 || envs[0].Rcpts[0].Addr != "b@dest.test" {
+		t.Fatalf("queued %+v, want one message to b@dest.test", envs)
 	}
 }
 
@@ -249,6 +251,15 @@ func TestAddressSyntaxUTF8(t *testing.T) {
 	c.cmd("RCPT TO:<ü@bücher.test>", "250")
 	c.cmd("RCPT TO:<ü@bü_cher.test>", "501 5.1.3 ")
 	c.cmd("RCPT TO:<ü@a\u2488.test>", "501 5.1.3 ")
+	c.cmd("DATA", "354")
+	c.send(msg + ".\r\n")
+	c.expect("250 ")
+	// The domains are queued in A-labels, the one form lists, routes and
+	// DNS compare; the local parts as written.
+	envs := ts.queue.queued()
+	if len(envs) != 1 || envs[0].From != "ö@xn--bcher-kva.test" || len(envs[0].Rcpts) != 1 || envs[0].Rcpts[0].Addr != "ü@xn--bcher-kva.test" {
+		t.Fatalf("queued %+v, want ö@xn--bcher-kva.test to ü@xn--bcher-kva.test", envs)
+	}
 }
 
 // go-smtp runs Data in a goroutine of its own for BDAT, and a RSET, an

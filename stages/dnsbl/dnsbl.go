@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/net/idna"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/internal/dnslist"
 	"github.com/mailgate/mailgate/stages/internal/resolver"
 )
@@ -100,8 +100,8 @@ func (f *DNSBL) Run(ctx context.Context, p stages.Phase, tx *stages.Transaction)
 			}
 		}
 	case stages.Mail:
-		sender := domainOf(tx.From)
-		helo := domainOf(tx.Client.Helo)
+		sender := lookupDomain(tx.From)
+		helo := lookupDomain(tx.Client.Helo)
 		for _, l := range f.lists {
 			if l.kind != typeDomain {
 				continue
@@ -230,7 +230,7 @@ func (q *query) describe() string {
 
 // reply is the SMTP reply of a reject or tempfail listing: generic text or
 // the list's own, with {ip}, {domain} and {zone} filled in. The values are
-// an address as netip prints it and names checked by domainOf, so a client
+// an address as netip prints it and names checked by lookupDomain, so a client
 // cannot put anything of its own making on the wire.
 func (q *query) reply(tx *stages.Transaction) *stages.Reply {
 	r := &stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}}
@@ -275,24 +275,21 @@ func reverse(ip netip.Addr) string {
 	return string(out)
 }
 
-// domainOf returns the domain to look up for an address ("user@Example.COM"
-// gives "example.com") or a HELO name, in A-label form; "" for the null
-// sender, address literals, dotless names and anything that is not a
-// domain name.
-func domainOf(s string) string {
-	if i := strings.LastIndexByte(s, '@'); i >= 0 {
-		s = s[i+1:]
+// lookupDomain returns the domain to look up for an address
+// ("user@Example.COM." gives "example.com") or a HELO name: its canonical
+// form (package address: lower case, no root dot, A-labels); "" for the
+// null sender, address literals and IP addresses, dotless names and
+// anything that is not a domain name, none of which a domain list lists.
+func lookupDomain(s string) string {
+	if _, d, ok := address.Split(s); ok {
+		s = d
 	}
-	s = strings.TrimSuffix(strings.ToLower(s), ".")
-	if s == "" || strings.HasPrefix(s, "[") || !strings.Contains(s, ".") {
+	d, err := address.Domain(s)
+	if err != nil || strings.HasPrefix(d, "[") || !strings.Contains(d, ".") {
 		return ""
 	}
-	if _, err := netip.ParseAddr(s); err == nil {
+	if _, err := netip.ParseAddr(d); err == nil {
 		return ""
 	}
-	ascii, err := idna.Lookup.ToASCII(s)
-	if err != nil {
-		return ""
-	}
-	return ascii
+	return d
 }

@@ -287,16 +287,16 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
-func FuzzDomainOf(f *testing.F) {
+func FuzzLookupDomain(f *testing.F) {
 	for _, s := range []string{"a@b.example", "x@[1.2.3.4]", "bücher.test", "a@b@c.d", "..", "a@-x-.test"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		d := domainOf(s)
+		d := lookupDomain(s)
 		for i := 0; i < len(d); i++ {
 			c := d[i]
 			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
-				t.Fatalf("domainOf(%q) = %q", s, d)
+				t.Fatalf("lookupDomain(%q) = %q", s, d)
 			}
 		}
 	})

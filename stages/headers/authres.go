@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 const authResults = "Authentication-Results"
@@ -86,7 +87,7 @@ func resinfo(r stages.Result, tx *stages.Transaction) string {
 		// RFC 8601 §2.7.2: SPF reports the identity it checked, the
 		// MAIL FROM domain, or the HELO name for the null sender (RFC
 		// 7208 §2.4).
-		if _, domain, ok := strings.Cut(tx.From, "@"); ok && isPvalue(domain) {
+		if _, domain, ok := address.Split(tx.From); ok && isPvalue(domain) {
 			spec += " smtp.mailfrom=" + domain
 		} else if tx.From == "" && isPvalue(tx.Client.Helo) {
 			spec += " smtp.helo=" + tx.Client.Helo

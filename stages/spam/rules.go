@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // gtube is the Generic Test for Unsolicited Bulk Email: a message that
@@ -194,7 +195,7 @@ func fromNameMismatch(m *message) bool {
 	if shown == nil {
 		return false
 	}
-	_, from, _ := strings.Cut(a.Address, "@")
+	_, from, _ := address.Split(a.Address)
 	return !sameDomain(shown[1], from)
 }
 

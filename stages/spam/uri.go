@@ -4,8 +4,9 @@ import (
 	"net/netip"
 	"strings"
 
-	"golang.org/x/net/idna"
 	"golang.org/x/net/publicsuffix"
+
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // findURIs returns the URLs written in text: the ones with an http, https
@@ -158,8 +159,8 @@ func uriDomain(host string) string {
 	if _, err := netip.ParseAddr(host); err == nil {
 		return ""
 	}
-	ascii, err := idna.Lookup.ToASCII(host)
-	if err != nil || !strings.Contains(ascii, ".") {
+	ascii, err := address.Domain(host)
+	if err != nil || !strings.Contains(ascii, ".") || strings.HasPrefix(ascii, "[") {
 		return ""
 	}
 	d, err := publicsuffix.EffectiveTLDPlusOne(ascii)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/internal/resolver"
 )
 
@@ -96,12 +97,14 @@ type result struct {
 // "local@domain"; for the HELO identity (and the null sender) the caller
 // passes "postmaster@<helo>" (§2.3, §2.4).
 func check(ctx context.Context, r *resolver.Resolver, ip netip.Addr, sender, helo, receiver string, now time.Time) Outcome {
-	at := strings.LastIndexByte(sender, '@')
-	local, domain := sender[:max(at, 0)], strings.TrimSuffix(sender[at+1:], ".")
+	// The sender comes in canonical form (package address); the HELO
+	// name is folded the same way: no root dot, A-labels as DNS is asked.
+	local, domain, ok := address.Split(sender)
+	domain = address.Fold(domain)
 	if local == "" {
 		local = "postmaster" // §4.3
 	}
-	if at < 0 || !validDomain(domain) {
+	if !ok || !validDomain(domain) {
 		// §4.3: a malformed or single-label domain has no policy.
 		return Outcome{Result: None, Problem: fmt.Sprintf("%q is not a domain name", domain)}
 	}

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/internal/resolver"
 )
 
@@ -77,7 +78,8 @@ func (f *Filter) evaluate(ctx context.Context, tx *stages.Transaction) evaluatio
 		// §2.4: for the null sender, check postmaster@<HELO>.
 		ev.identity, ev.sender = "helo", "postmaster@"+helo
 	}
-	ev.domain = ev.sender[strings.LastIndexByte(ev.sender, '@')+1:]
+	_, domain, _ := address.Split(ev.sender)
+	ev.domain = address.Fold(domain)
 	if !ip.IsValid() {
 		ev.out = Outcome{Result: None, Problem: "client address unknown"}
 		return ev
