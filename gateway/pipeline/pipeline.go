@@ -453,7 +453,7 @@ func tag(tx *stages.Transaction, eff policy.Effective, log *slog.Logger) {
 	if len(edits) == 0 {
 		return
 	}
-	if err := ApplyEdits(tx, edits); err != nil {
+	if err := stages.ApplyEdits(tx, edits); err != nil {
 		log.Error("tag message", "policy", eff.Name, "error", err)
 	}
 }
@@ -542,7 +542,7 @@ func (p *Pipeline) runGroup(ctx context.Context, ph stages.Phase, tx *stages.Tra
 		sg := group[0]
 		o, edits := p.runOne(ctx, ph, sg, tx, prior, eff, log)
 		if len(edits) > 0 {
-			if err := ApplyEdits(tx, edits); err != nil {
+			if err := stages.ApplyEdits(tx, edits); err != nil {
 				return []outcome{p.failed(sg, o, err)}
 			}
 			o.bodyReplaced = slices.ContainsFunc(edits, func(e stages.Edit) bool { return e.Op == stages.BodyReplace })

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/stages"
 )
 
@@ -44,7 +43,7 @@ func BenchmarkHeaders(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := pipeline.ApplyEdits(tx, v.Edits); err != nil {
+		if err := stages.ApplyEdits(tx, v.Edits); err != nil {
 			b.Fatal(err)
 		}
 		if len(tx.Header) <= len(header) {

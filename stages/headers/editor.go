@@ -9,7 +9,7 @@ import (
 )
 
 // editor records edits and applies each to its own copy of the header as
-// the pipeline will (gateway/pipeline.ApplyEdits), so that the next step
+// the pipeline will (stages.ApplyEdits), so that the next step
 // sees the header as it will be. It emits only edits the pipeline accepts,
 // checking each field with stages.NewField as the pipeline does: one that
 // would make an invalid field is skipped and noted, since a refused edit

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/readmetest"
 )
@@ -69,7 +68,7 @@ func TestGolden(t *testing.T) {
 				if strings.Contains(v.Reason, "skipped") {
 					t.Errorf("reason %q", v.Reason)
 				}
-				if err := pipeline.ApplyEdits(tx, v.Edits); err != nil {
+				if err := stages.ApplyEdits(tx, v.Edits); err != nil {
 					t.Fatalf("ApplyEdits: %v\nedits: %+v", err, v.Edits)
 				}
 			}

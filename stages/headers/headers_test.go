@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/stages"
 )
@@ -91,7 +90,7 @@ func TestSkipped(t *testing.T) {
 	if !strings.Contains(v.Reason, "rule[0]: X-Long: line of 1208 characters; the limit is 998") {
 		t.Errorf("reason %q", v.Reason)
 	}
-	if err := pipeline.ApplyEdits(tx, v.Edits); err != nil {
+	if err := stages.ApplyEdits(tx, v.Edits); err != nil {
 		t.Errorf("ApplyEdits: %v", err)
 	}
 	if tx.Header[0].Value != long {
@@ -225,7 +224,7 @@ func FuzzRules(f *testing.F) {
 		}
 		e := ff.(*Headers).edit(tx)
 		applied := *tx
-		if err := pipeline.ApplyEdits(&applied, e.edits); err != nil {
+		if err := stages.ApplyEdits(&applied, e.edits); err != nil {
 			t.Fatalf("ApplyEdits refused the stage's edits: %v\nedits: %+v", err, e.edits)
 		}
 		if len(applied.Header) != len(e.h) {
@@ -279,7 +278,7 @@ func TestPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pipeline.ApplyEdits(tx, v.Edits); err != nil {
+	if err := stages.ApplyEdits(tx, v.Edits); err != nil {
 		t.Fatal(err)
 	}
 	var b bytes.Buffer

@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/readmetest"
 )
@@ -22,7 +21,7 @@ func TestReadme(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := pipeline.ApplyEdits(tx, v.Edits); err != nil {
+		if err := stages.ApplyEdits(tx, v.Edits); err != nil {
 			t.Fatal(err)
 		}
 		if got := tx.Header.Get("Subject"); got != "[EXT] hello" {

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/stages"
 )
 
@@ -190,7 +189,7 @@ func FuzzEndOfMessage(f *testing.F) {
 			}
 		}
 		tx := testTx()
-		if err := pipeline.ApplyEdits(tx, m.all()); err != nil {
+		if err := stages.ApplyEdits(tx, m.all()); err != nil {
 			t.Fatalf("edits %+v refused by the pipeline: %v", m.all(), err)
 		}
 		if _, err := tx.Message(); err != nil && !errors.Is(err, io.EOF) {

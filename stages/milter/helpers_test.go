@@ -17,7 +17,6 @@ import (
 
 	gomilter "github.com/emersion/go-milter"
 
-	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/stages"
 )
 
@@ -71,7 +70,7 @@ func run(t *testing.T, m *Milter, tx *stages.Transaction) stages.Verdict {
 func applied(t *testing.T, tx *stages.Transaction, v stages.Verdict) (*stages.Transaction, string) {
 	t.Helper()
 	out := *tx
-	if err := pipeline.ApplyEdits(&out, v.Edits); err != nil {
+	if err := stages.ApplyEdits(&out, v.Edits); err != nil {
 		t.Fatalf("ApplyEdits(%+v): %v", v.Edits, err)
 	}
 	rc, err := out.Message()

@@ -1,4 +1,4 @@
-package pipeline
+package stages
 
 import (
 	"errors"
@@ -6,37 +6,37 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
 )
 
 // ApplyEdits applies edits to tx in order, as the pipeline does with a
-// stage's edits; the dry run and the milter stage reuse it so that an edit
-// means the same everywhere.
+// stage's edits. It is part of the contract, not of the engine, so that an
+// edit means the same everywhere: the pipeline, the dry run, the milter
+// stage, and a plugin author's test of their own edits.
 //
 // It applies all the edits or, when one is invalid, none: tx is then left
 // as it was and the error names the edit. It never writes into the header
 // or recipient slices tx had: it builds new ones, so that a stage still
 // reading the old ones (one that outlived its timeout) is never raced.
 //
-// Header fields are made with stages.NewField and addresses checked with
-// stages.EnvelopeAddress, the rules a stage can check its edits against:
+// Header fields are made with NewField and addresses checked with
+// EnvelopeAddress, the rules a stage can check its edits against:
 // values are folded to keep lines within 78 characters, a value folded
 // already is kept, and a bare CR or LF is refused, since it would end the
 // field and let a stage inject header fields or a body.
-func ApplyEdits(tx *stages.Transaction, edits []stages.Edit) error {
+func ApplyEdits(tx *Transaction, edits []Edit) error {
 	h := slices.Clone(tx.Header)
 	rcpts := slices.Clone(tx.Rcpts)
 	from, body := tx.From, tx.Body
 	for i, e := range edits {
 		var err error
 		switch e.Op {
-		case stages.HeaderAdd, stages.HeaderInsert:
-			var f stages.Field
-			if f, err = stages.NewField(e.Name, e.Value); err != nil {
+		case HeaderAdd, HeaderInsert:
+			var f Field
+			if f, err = NewField(e.Name, e.Value); err != nil {
 				break
 			}
-			if e.Op == stages.HeaderAdd {
+			if e.Op == HeaderAdd {
 				h = append(h, f)
 				break
 			}
@@ -45,42 +45,42 @@ func ApplyEdits(tx *stages.Transaction, edits []stages.Edit) error {
 				break
 			}
 			h = slices.Insert(h, min(e.Index, len(h)), f)
-		case stages.HeaderChange:
+		case HeaderChange:
 			h, err = changeField(h, e)
-		case stages.HeaderDelete:
-			if err = stages.CheckFieldName(e.Name); err != nil {
+		case HeaderDelete:
+			if err = CheckFieldName(e.Name); err != nil {
 				break
 			}
 			switch {
 			case e.Index < 0:
 				err = fmt.Errorf("negative index %d", e.Index)
 			case e.Index == 0:
-				h = slices.DeleteFunc(h, func(f stages.Field) bool { return strings.EqualFold(f.Name, e.Name) })
+				h = slices.DeleteFunc(h, func(f Field) bool { return strings.EqualFold(f.Name, e.Name) })
 			default:
 				if k := nth(h, e.Name, e.Index); k >= 0 {
 					h = slices.Delete(h, k, k+1)
 				}
 			}
-		case stages.SubjectTag:
+		case SubjectTag:
 			h, err = tagSubject(h, e.Value)
-		case stages.RcptAdd:
+		case RcptAdd:
 			var a string
-			if a, err = stages.EnvelopeAddress(e.Value); err == nil && a == "" {
+			if a, err = EnvelopeAddress(e.Value); err == nil && a == "" {
 				err = errors.New("empty recipient")
 			}
 			if err == nil && !slices.ContainsFunc(rcpts, func(r string) bool { return address.Equal(r, a) }) {
 				rcpts = append(rcpts, a)
 			}
-		case stages.RcptDelete:
+		case RcptDelete:
 			var a string
-			if a, err = stages.EnvelopeAddress(e.Value); err == nil {
+			if a, err = EnvelopeAddress(e.Value); err == nil {
 				rcpts = slices.DeleteFunc(rcpts, func(r string) bool { return address.Equal(r, a) })
 			}
-		case stages.SenderChange:
+		case SenderChange:
 			// "" is the null sender <> (RFC 5321 §4.5.5).
-			from, err = stages.EnvelopeAddress(e.Value)
-		case stages.BodyReplace:
-			body = stages.BytesBody(stages.CRLF(e.Body))
+			from, err = EnvelopeAddress(e.Value)
+		case BodyReplace:
+			body = BytesBody(CRLF(e.Body))
 		default:
 			err = errors.New("unknown operation")
 		}
@@ -95,13 +95,13 @@ func ApplyEdits(tx *stages.Transaction, edits []stages.Edit) error {
 // changeField sets the Index-th (1-based; 0 counts as 1) field called Name.
 // An empty value deletes it; a field that does not exist is added, as
 // libmilter's smfi_chgheader does.
-func changeField(h stages.Header, e stages.Edit) (stages.Header, error) {
+func changeField(h Header, e Edit) (Header, error) {
 	if e.Index < 0 {
 		return h, fmt.Errorf("negative index %d", e.Index)
 	}
 	k := nth(h, e.Name, max(e.Index, 1))
 	if e.Value == "" {
-		if err := stages.CheckFieldName(e.Name); err != nil {
+		if err := CheckFieldName(e.Name); err != nil {
 			return h, err
 		}
 		if k >= 0 {
@@ -109,7 +109,7 @@ func changeField(h stages.Header, e stages.Edit) (stages.Header, error) {
 		}
 		return h, nil
 	}
-	f, err := stages.NewField(e.Name, e.Value)
+	f, err := NewField(e.Name, e.Value)
 	if err != nil {
 		return h, err
 	}
@@ -122,20 +122,20 @@ func changeField(h stages.Header, e stages.Edit) (stages.Header, error) {
 
 // tagSubject prefixes the first Subject with tag unless it starts with it
 // already, and adds a Subject when there is none.
-func tagSubject(h stages.Header, tag string) (stages.Header, error) {
+func tagSubject(h Header, tag string) (Header, error) {
 	tag = strings.Trim(tag, " \t")
 	if tag == "" {
 		return h, errors.New("empty tag")
 	}
-	if err := stages.CheckFieldText(tag); err != nil {
+	if err := CheckFieldText(tag); err != nil {
 		return h, err
 	}
 	k := nth(h, "Subject", 1)
 	if k < 0 {
-		return append(h, stages.Field{Name: "Subject", Value: tag}), nil
+		return append(h, Field{Name: "Subject", Value: tag}), nil
 	}
 	raw := h[k].Value
-	if strings.HasPrefix(stages.Unfold(raw), tag) {
+	if strings.HasPrefix(Unfold(raw), tag) {
 		return h, nil
 	}
 	v := tag
@@ -145,14 +145,14 @@ func tagSubject(h stages.Header, tag string) (stages.Header, error) {
 		// Keep the sender's folding as it is.
 		v = tag + " " + raw
 	default:
-		v = stages.Fold("Subject", tag+" "+strings.Trim(raw, " \t"))
+		v = Fold("Subject", tag+" "+strings.Trim(raw, " \t"))
 	}
-	h[k] = stages.Field{Name: h[k].Name, Value: v} // h is ApplyEdits' own copy
+	h[k] = Field{Name: h[k].Name, Value: v} // h is ApplyEdits' own copy
 	return h, nil
 }
 
 // nth returns the position of the n-th (1-based) field called name, or -1.
-func nth(h stages.Header, name string, n int) int {
+func nth(h Header, name string, n int) int {
 	for k, f := range h {
 		if strings.EqualFold(f.Name, name) {
 			if n--; n == 0 {
