@@ -13,6 +13,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
@@ -29,29 +30,16 @@ type DryRunInput struct {
 
 // DryRunResult is what would happen to the message: `mailgate test` prints it.
 type DryRunResult struct {
-	Action         string       `json:"action"` // accept, tag, quarantine, tempfail, reject
-	Score          float64      `json:"score"`
-	Reply          string       `json:"reply"` // what the client would be told
-	Phase          string       `json:"phase"` // where the decision was made
-	Stage          string       `json:"decided_by,omitempty"`
-	Reason         string       `json:"reason,omitempty"`
-	Stages         []StageTrace `json:"stages"`
-	HeadersAdded   []HeaderLine `json:"headers_added,omitempty"`
-	HeadersRemoved []HeaderLine `json:"headers_removed,omitempty"`
-	Rcpts          []string     `json:"rcpts,omitempty"` // the recipients after edits
-}
-
-// StageTrace is one stage's verdict in one phase.
-type StageTrace struct {
-	Name       string  `json:"name"`
-	Kind       string  `json:"kind"`
-	Phase      string  `json:"phase"`
-	Action     string  `json:"action"`
-	Score      float64 `json:"score"`
-	Result     string  `json:"result,omitempty"`
-	Reason     string  `json:"reason,omitempty"`
-	Error      string  `json:"error,omitempty"`
-	DurationMS float64 `json:"duration_ms"`
+	Action         string        `json:"action"` // accept, tag, quarantine, tempfail, reject
+	Score          float64       `json:"score"`
+	Reply          string        `json:"reply"` // what the client would be told
+	Phase          string        `json:"phase"` // where the decision was made
+	Stage          string        `json:"decided_by,omitempty"`
+	Reason         string        `json:"reason,omitempty"`
+	Stages         []trace.Stage `json:"stages"`
+	HeadersAdded   []HeaderLine  `json:"headers_added,omitempty"`
+	HeadersRemoved []HeaderLine  `json:"headers_removed,omitempty"`
+	Rcpts          []string      `json:"rcpts,omitempty"` // the recipients after edits
 }
 
 // HeaderLine is one header field.
@@ -85,13 +73,7 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 		pctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.Server.FilterTimeout))
 		defer cancel()
 		d := sess.Run(pctx, ph, tx, opts.Logger)
-		for _, t := range d.Trace {
-			res.Stages = append(res.Stages, StageTrace{
-				Name: t.Name, Kind: t.Kind, Phase: t.Phase.String(), Action: t.Action.String(),
-				Score: t.Score, Result: t.Result, Reason: t.Reason, Error: t.Err,
-				DurationMS: float64(t.Duration.Microseconds()) / 1000,
-			})
-		}
+		res.Stages = append(res.Stages, d.Records()...)
 		res.Action, res.Score, res.Stage, res.Reason, res.Phase = d.Action.String(), d.Score, d.Stage, d.Reason, ph.String()
 		return d
 	}

@@ -52,6 +52,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 )
@@ -228,6 +229,26 @@ type Decision struct {
 	Policy       string        // the name of the policy applied: policy.DefaultName or an override's
 	Trace        []StageResult // every stage that ran in this phase, in chain order
 	BodyReplaced bool          // a stage replaced tx.Body with a stages.BytesBody
+}
+
+// Records are d's stage results as the trace, the quarantine record and
+// the dry run keep them.
+func (d Decision) Records() []trace.Stage {
+	out := make([]trace.Stage, 0, len(d.Trace))
+	for _, r := range d.Trace {
+		out = append(out, trace.Stage{
+			Name:       r.Name,
+			Kind:       r.Kind,
+			Phase:      r.Phase.String(),
+			Action:     r.Action.String(),
+			Score:      r.Score,
+			Result:     r.Result,
+			Reason:     r.Reason,
+			Error:      r.Err,
+			DurationMS: float64(r.Duration.Microseconds()) / 1000,
+		})
+	}
+	return out
 }
 
 // StageResult is what one stage did in one phase.

@@ -180,7 +180,7 @@ func newSession(s *Server, c *smtp.Conn) *session {
 	defer cancel()
 	for _, ph := range []stages.Phase{stages.Connect, stages.Helo} {
 		d := sess.base.Run(ctx, ph, tx, sess.log)
-		sess.connStages = append(sess.connStages, trace.Stages(d.Trace)...)
+		sess.connStages = append(sess.connStages, d.Records()...)
 		if d.Action == stages.Reject || d.Action == stages.TempFail {
 			sess.early, sess.earlyPhase = &d, ph
 			break
@@ -249,7 +249,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.gen.cfg.Server.FilterTimeout))
 		defer cancel()
 		d := t.ftx.Run(ctx, stages.Mail, t.tx, t.log)
-		mailStages = trace.Stages(d.Trace)
+		mailStages = d.Records()
 		t.stages = append(t.stages, mailStages...)
 		if d.Action == stages.Reject || d.Action == stages.TempFail {
 			t.early = &d
@@ -321,7 +321,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	defer cancel()
 	t.tx.Rcpts = append(t.tx.Rcpts, to)
 	d := t.ftx.Run(ctx, stages.Rcpt, t.tx, log)
-	ts := trace.Stages(d.Trace)
+	ts := d.Records()
 	switch d.Action {
 	case stages.Reject, stages.TempFail:
 		// A TempFail here may be the pipeline's 452 4.5.3 for a recipient
@@ -467,7 +467,7 @@ func (s *session) data(t *txn, r io.Reader) error {
 	defer cancel()
 	origHeader := slices.Clone(t.tx.Header)
 	d := t.ftx.Run(ctx, stages.Data, t.tx, log)
-	ts := trace.Stages(d.Trace)
+	ts := d.Records()
 	t.stages = append(t.stages, ts...)
 	ev := trace.Event{Event: "data", MessageID: t.tx.Header.Get("Message-Id"), Size: w.Size(), Stages: ts,
 		Action: d.Action.String(), Score: d.Score, Stage: d.Stage, Reason: d.Reason, Policy: d.Policy}

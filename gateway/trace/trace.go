@@ -32,8 +32,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/mailgate/mailgate/gateway/pipeline"
 )
 
 // Event is one thing that happened to a message.
@@ -65,36 +63,19 @@ type Event struct {
 	Related string `json:"related,omitempty"`
 }
 
-// Stage is what one stage did in one phase.
+// Stage is what one stage did in one phase: the one record of it that the
+// trace, the quarantine record and `mailgate test -json` all show. Kind and
+// score are always written, so that a script reads every stage the same.
 type Stage struct {
 	Name       string  `json:"name"`
-	Kind       string  `json:"kind,omitempty"`
+	Kind       string  `json:"kind"`
 	Phase      string  `json:"phase"`
 	Action     string  `json:"action"`
-	Score      float64 `json:"score,omitempty"`
+	Score      float64 `json:"score"`
 	Result     string  `json:"result,omitempty"`
 	Reason     string  `json:"reason,omitempty"`
 	Error      string  `json:"error,omitempty"`
 	DurationMS float64 `json:"duration_ms"`
-}
-
-// Stages converts the pipeline's per-phase results.
-func Stages(rs []pipeline.StageResult) []Stage {
-	out := make([]Stage, 0, len(rs))
-	for _, r := range rs {
-		out = append(out, Stage{
-			Name:       r.Name,
-			Kind:       r.Kind,
-			Phase:      r.Phase.String(),
-			Action:     r.Action.String(),
-			Score:      r.Score,
-			Result:     r.Result,
-			Reason:     r.Reason,
-			Error:      r.Err,
-			DurationMS: float64(r.Duration.Microseconds()) / 1000,
-		})
-	}
-	return out
 }
 
 const suffix = ".jsonl"
