@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	dnsresolver "github.com/mailgate/mailgate/stages/resolver"
 )
 
 // target is one address to try for a destination.
@@ -19,25 +21,23 @@ type target struct {
 	name string // host name: TLS server name, logs, Remote-MTA of DSNs
 }
 
-// resolver finds the mail hosts of a domain with its own DNS client, so
-// that the [dns] servers of the config are used and not the system's.
+// mxCacheSize is how many DNS answers (MX, A, AAAA) the router keeps for
+// their TTL: a queue of mail for one domain looks it up once.
+const mxCacheSize = 4096
+
+// resolver finds the mail hosts of a domain with the [dns] servers of the
+// config, not the system's, through the DNS client the stages use.
 type resolver struct {
-	servers []string // host:port
-	timeout time.Duration
-	port    string // SMTP port of MX hosts: "25" except in tests
+	dns  *dnsresolver.Resolver
+	port string // SMTP port of MX hosts: "25" except in tests
 }
 
 func newResolver(servers []string, timeout time.Duration, port string) (*resolver, error) {
-	if len(servers) == 0 {
-		conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-		if err != nil {
-			return nil, fmt.Errorf("read DNS servers: %w", err)
-		}
-		for _, s := range conf.Servers {
-			servers = append(servers, net.JoinHostPort(s, conf.Port))
-		}
+	r, err := dnsresolver.New(servers, timeout, dnsresolver.WithCache(mxCacheSize))
+	if err != nil {
+		return nil, err
 	}
-	return &resolver{servers: servers, timeout: timeout, port: port}, nil
+	return &resolver{dns: r, port: port}, nil
 }
 
 // errNullMX is the failure for a domain that publishes a null MX: RFC 7505
@@ -69,11 +69,11 @@ func (r *resolver) lookup(ctx context.Context, domain string) ([]target, error) 
 	if err != nil {
 		return nil, err
 	}
-	if in.Rcode == dns.RcodeNameError {
+	if in.NXDomain() {
 		return nil, errNoDomain(domain)
 	}
 	var mxs []*dns.MX
-	for _, rr := range in.Answer {
+	for _, rr := range in.RRs {
 		if mx, ok := rr.(*dns.MX); ok {
 			mxs = append(mxs, mx)
 		}
@@ -129,7 +129,7 @@ func (r *resolver) addrs(ctx context.Context, host string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, rr := range in.Answer {
+		for _, rr := range in.RRs {
 			switch rr := rr.(type) {
 			case *dns.A:
 				ips = append(ips, rr.A.String())
@@ -141,29 +141,12 @@ func (r *resolver) addrs(ctx context.Context, host string) ([]string, error) {
 	return ips, nil
 }
 
-// query asks the servers in order until one answers. SERVFAIL and REFUSED
-// count as no answer. A truncated UDP answer is asked again over TCP.
-func (r *resolver) query(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
-	m.RecursionDesired = true
-	var lastErr error = errors.New("no DNS servers")
-	for _, s := range r.servers {
-		c := &dns.Client{Timeout: r.timeout}
-		in, _, err := c.ExchangeContext(ctx, m, s)
-		if err == nil && in.Truncated {
-			c.Net = "tcp"
-			in, _, err = c.ExchangeContext(ctx, m, s)
-		}
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		if in.Rcode != dns.RcodeSuccess && in.Rcode != dns.RcodeNameError {
-			lastErr = fmt.Errorf("%s from %s", dns.RcodeToString[in.Rcode], s)
-			continue
-		}
-		return in, nil
+// query looks name up. A failure without an answer (timeouts, SERVFAIL)
+// is a temporary delivery failure.
+func (r *resolver) query(ctx context.Context, name string, qtype uint16) (dnsresolver.Answer, error) {
+	a, err := r.dns.Lookup(ctx, name, qtype)
+	if err != nil {
+		return a, replyErr(451, 4, 4, 3, fmt.Sprintf("DNS %s %s: %v", dns.TypeToString[qtype], name, err))
 	}
-	return nil, replyErr(451, 4, 4, 3, fmt.Sprintf("DNS %s %s: %v", dns.TypeToString[qtype], name, lastErr))
+	return a, nil
 }

@@ -23,7 +23,7 @@ import (
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/internal/dnslist"
-	"github.com/mailgate/mailgate/stages/internal/resolver"
+	"github.com/mailgate/mailgate/stages/resolver"
 )
 
 // List types.

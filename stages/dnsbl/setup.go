@@ -13,7 +13,7 @@ import (
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/internal/dnslist"
-	"github.com/mailgate/mailgate/stages/internal/resolver"
+	"github.com/mailgate/mailgate/stages/resolver"
 )
 
 // Config is the [stage.config] block of a dnsbl stage.

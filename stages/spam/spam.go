@@ -18,7 +18,7 @@ import (
 	"strings"
 
 	"github.com/mailgate/mailgate/stages"
-	"github.com/mailgate/mailgate/stages/internal/resolver"
+	"github.com/mailgate/mailgate/stages/resolver"
 )
 
 // Spam is a configured spam scorer.

@@ -11,7 +11,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailgate/mailgate/stages/address"
-	"github.com/mailgate/mailgate/stages/internal/resolver"
+	"github.com/mailgate/mailgate/stages/resolver"
 )
 
 // Result is an SPF result (RFC 7208 §2.6), as written in Received-SPF and

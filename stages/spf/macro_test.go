@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/stages/dnstest"
-	"github.com/mailgate/mailgate/stages/internal/resolver"
+	"github.com/mailgate/mailgate/stages/resolver"
 )
 
 func testChecker(t testing.TB, ip string) *checker {

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/stages"
-	"github.com/mailgate/mailgate/stages/internal/resolver"
+	"github.com/mailgate/mailgate/stages/resolver"
 )
 
 // Config is the [stage.config] block of an spf stage.

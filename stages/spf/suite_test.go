@@ -14,7 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/mailgate/mailgate/stages/dnstest"
-	"github.com/mailgate/mailgate/stages/internal/resolver"
+	"github.com/mailgate/mailgate/stages/resolver"
 )
 
 // suiteScenario is one YAML document of the RFC 7208 test suite.

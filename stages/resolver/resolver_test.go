@@ -10,7 +10,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailgate/mailgate/stages/dnstest"
-	"github.com/mailgate/mailgate/stages/internal/resolver"
+	"github.com/mailgate/mailgate/stages/resolver"
 )
 
 func newResolver(t *testing.T, timeout time.Duration, servers ...*dnstest.Server) *resolver.Resolver {

@@ -1,4 +1,5 @@
-// Package resolver is the small DNS client the built-in stages share. A
+// Package resolver is the one DNS client of mailgate: the built-in stages
+// and the router's MX lookups share it, with its deadlines and cache. A
 // lookup returns the records of the asked type, the response code and how
 // long the answer may be kept, and keeps failures that say nothing about the
 // name (timeouts, SERVFAIL) apart from answers that say a name or record does
