@@ -34,6 +34,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
@@ -60,21 +61,75 @@ type Backend interface {
 	QuarantineDelete(id string) error
 
 	Reload(ctx context.Context) error
-	// Health returns why the gateway cannot take mail, or nil.
-	Health() error
+	// Health reports on each part the gateway needs to take mail.
+	Health() Health
 }
 
-// Handler serves the API, /healthz (200 "ok", or 503 and why) and
-// /metrics with the given handler.
+// Health is the state of each part the gateway needs to take mail.
+type Health []Check
+
+// Check is the state of one part.
+type Check struct {
+	Name   string // "spool", "delivery", "quarantine", "stage <name>"
+	Status Status
+	Detail string // what it is doing, or why it is not
+}
+
+// Status is how a part stands.
+type Status string
+
+const (
+	OK Status = "ok"
+	// Degraded: the part is not working, but mail is taken without it
+	// (a stage whose on_error lets mail through).
+	Degraded Status = "degraded"
+	// Down: mail cannot be taken while the part is in this state.
+	Down Status = "down"
+)
+
+// Down returns the checks that stop mail from being taken.
+func (h Health) Down() []Check {
+	var out []Check
+	for _, c := range h {
+		if c.Status == Down {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// String is the /healthz body: "ok", or "unhealthy: " and the reasons,
+// on the first line, then a line per part.
+func (h Health) String() string {
+	var b strings.Builder
+	if down := h.Down(); len(down) == 0 {
+		b.WriteString("ok\n")
+	} else {
+		var why []string
+		for _, c := range down {
+			why = append(why, c.Name+": "+c.Detail)
+		}
+		b.WriteString("unhealthy: " + strings.Join(why, "; ") + "\n")
+	}
+	for _, c := range h {
+		fmt.Fprintf(&b, "%s: %s: %s\n", c.Name, c.Status, c.Detail)
+	}
+	return b.String()
+}
+
+// Handler serves the API, /healthz (200 "ok", or 503 "unhealthy" and why,
+// then the state of each part) and /metrics with the given handler.
 func Handler(b Backend, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := b.Health(); err != nil {
-			http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
-			return
+		h := b.Health()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if len(h.Down()) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-		w.Write([]byte("ok\n"))
+		io.WriteString(w, h.String())
 	})
 
 	api := http.NewServeMux()

@@ -20,7 +20,7 @@ import (
 type fake struct {
 	calls  []string
 	filter quarantine.Filter
-	health error
+	health Health
 }
 
 func (f *fake) Queue() ([]*spool.Envelope, error) { return []*spool.Envelope{{ID: "Q1"}}, nil }
@@ -48,12 +48,21 @@ func (f *fake) QuarantineDelete(id string) error { return nil }
 func (f *fake) Reload(context.Context) error {
 	return errors.New("reload: server.listen changed: restart needed")
 }
-func (f *fake) Health() error { return f.health }
+func (f *fake) Health() Health { return f.health }
+
+// listen is the [admin] listen of the handlers under test.
+const listen = "127.0.0.1:8025"
 
 func do(t *testing.T, h http.Handler, method, target, remote string, header bool) (int, string) {
 	t.Helper()
+	return doHost(t, h, method, target, remote, listen, header)
+}
+
+func doHost(t *testing.T, h http.Handler, method, target, remote, host string, header bool) (int, string) {
+	t.Helper()
 	r := httptest.NewRequest(method, target, nil)
 	r.RemoteAddr = remote
+	r.Host = host
 	if header {
 		r.Header.Set(Header, "1")
 	}
@@ -97,9 +106,19 @@ func TestHandler(t *testing.T) {
 	if want := (quarantine.Filter{From: "a@x", Rcpt: "b", Stage: "av", OlderThan: 2 * time.Hour, NewerThan: 72 * time.Hour}); b.filter != want {
 		t.Errorf("filter %+v, want %+v", b.filter, want)
 	}
-	b.health = errors.New("spool not writable: disk full")
-	if code, body := do(t, h, "GET", "/healthz", local, false); code != 503 || !strings.Contains(body, "disk full") {
-		t.Errorf("unhealthy: %d %q", code, body)
+	b.health = Health{
+		{Name: "spool", Status: Down, Detail: "not writable: disk full"},
+		{Name: "delivery", Status: OK, Detail: "running"},
+		{Name: "stage spam", Status: Degraded, Detail: "not running, restarting; on_error skip"},
+	}
+	want := "unhealthy: spool: not writable: disk full\n" +
+		"spool: down: not writable: disk full\ndelivery: ok: running\nstage spam: degraded: not running, restarting; on_error skip\n"
+	if code, body := do(t, h, "GET", "/healthz", local, false); code != 503 || body != want {
+		t.Errorf("unhealthy: %d %q, want 503 %q", code, body, want)
+	}
+	b.health = b.health[1:]
+	if code, body := do(t, h, "GET", "/healthz", local, false); code != 200 || !strings.HasPrefix(body, "ok\n") {
+		t.Errorf("degraded: %d %q, want 200 ok", code, body)
 	}
 }
 

@@ -69,6 +69,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // RcptStatus is where one recipient of a queued message stands.
@@ -141,6 +143,9 @@ type Options struct {
 	// non-nil error is returned in their place, so that tests of callers
 	// can simulate a spool that cannot be read.
 	FailReads func() error
+	// FreeSpace, if set, replaces the file system's answer in Free, so
+	// that tests of callers can simulate a nearly full disk.
+	FreeSpace func() (int64, error)
 }
 
 // compactMin is the number of dead records (replaced or removed) below
@@ -646,6 +651,20 @@ func (s *Spool) closeFiles() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Free returns the bytes the spool's file system has free for it: those
+// an unprivileged process may use (statfs f_bavail), as the blocks
+// reserved for root are not to be counted on.
+func (s *Spool) Free() (int64, error) {
+	if f := s.opts.FreeSpace; f != nil {
+		return f()
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.msgDir, &st); err != nil {
+		return 0, fmt.Errorf("spool: statfs %s: %w", s.msgDir, err)
+	}
+	return int64(st.Bavail) * st.Bsize, nil
 }
 
 // Err returns why the spool cannot commit anything more until a restart
