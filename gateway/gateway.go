@@ -165,7 +165,7 @@ func (g *Gateway) Start() error {
 			return fmt.Errorf("admin listen %s: %w", a, err)
 		}
 		g.adminL = l
-		h := admin.Handler(adminBackend{g}, promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
+		h := admin.Handler(adminBackend{g}, promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}), a)
 		g.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		g.wg.Add(1)
 		go func() {

@@ -508,6 +508,60 @@ func TestHealthzStages(t *testing.T) {
 	}
 }
 
+// TestAdminAPIRebinding: a page whose name rebinds to the admin
+// listener's address (DNS rebinding) sends its own name as Host; it
+// reads nothing and releases nothing, on any path. The listener's own
+// names work, and so does the CLI.
+func TestAdminAPIRebinding(t *testing.T) {
+	down := routertest.NewServer(t)
+	fg := startFromFile(t, routeTo(down, "dest.test")+pluginStage("holdall", testPluginBin, "", "", `action = "quarantine"`))
+	c := dial(t, fg.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	id := queuedAs(t, c.sendMail("a@sender.test", []string{"b@dest.test"}, message("held@test", "secret\r\n")))
+	admin := fg.AdminAddr().String()
+	_, port, _ := strings.Cut(admin, ":")
+	call := func(method, path, host string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://"+admin+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		req.Header.Set("Mailgate-Admin", "1") // a page gets it past CORS on its own origin
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, host := range []string{"rebind.evil.example", "rebind.evil.example:" + port} {
+		for _, path := range []string{"/api/queue", "/api/quarantine", "/api/quarantine/" + id, "/api/quarantine/" + id + "/message", "/healthz", "/metrics"} {
+			if code, body := call("GET", path, host); code != http.StatusMisdirectedRequest || strings.Contains(body, id) || strings.Contains(body, "secret") {
+				t.Errorf("GET %s with Host %s: %d %q, want 421 and nothing of the message", path, host, code, body)
+			}
+		}
+		for _, path := range []string{"/api/quarantine/" + id + "/release", "/api/reload"} {
+			if code, body := call("POST", path, host); code != http.StatusMisdirectedRequest {
+				t.Errorf("POST %s with Host %s: %d %q, want 421", path, host, code, body)
+			}
+		}
+	}
+	for _, host := range []string{admin, "localhost:" + port, "[::1]:" + port} {
+		if code, body := call("GET", "/api/quarantine/"+id, host); code != 200 || !strings.Contains(body, id) {
+			t.Errorf("GET with Host %s: %d %q, want 200", host, code, body)
+		}
+	}
+	// Not released by the misdirected POSTs: the CLI releases it now, once.
+	if out := fg.must("quarantine", "release", id); !strings.Contains(out, "released, queued as") {
+		t.Fatalf("release after the misdirected ones: %s", out)
+	}
+	if msgs := down.WaitFor(1, 10*time.Second); messageID(msgs[0].Data) != "held@test" {
+		t.Fatalf("delivered %s", messageID(msgs[0].Data))
+	}
+}
+
 // TestAdminAPIGuard: a request that changes something needs the header a
 // browser cannot send cross-origin unasked.
 func TestAdminAPIGuard(t *testing.T) {

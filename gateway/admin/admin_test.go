@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -63,6 +64,8 @@ func doHost(t *testing.T, h http.Handler, method, target, remote, host string, h
 	r := httptest.NewRequest(method, target, nil)
 	r.RemoteAddr = remote
 	r.Host = host
+	// The address the client reached, as http.Server tells a handler.
+	r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8025}))
 	if header {
 		r.Header.Set(Header, "1")
 	}
@@ -73,7 +76,7 @@ func doHost(t *testing.T, h http.Handler, method, target, remote, host string, h
 
 func TestHandler(t *testing.T) {
 	b := &fake{}
-	h := Handler(b, http.NotFoundHandler())
+	h := Handler(b, http.NotFoundHandler(), listen)
 	const local = "127.0.0.1:5555"
 	for _, tc := range []struct {
 		method, target, remote string
@@ -122,11 +125,60 @@ func TestHandler(t *testing.T) {
 	}
 }
 
+// TestHostGuard: a request addressed to another name than the
+// listener's (a DNS rebinding page) gets 421 on every path and changes
+// nothing; the listener's own names and addresses are served.
+func TestHostGuard(t *testing.T) {
+	const local = "127.0.0.1:5555"
+	for _, tc := range []struct {
+		listen string
+		good   []string
+		bad    []string
+	}{
+		{"127.0.0.1:8025",
+			[]string{"127.0.0.1:8025", "localhost:8025", "LOCALHOST:8025", "[::1]:8025"},
+			[]string{"rebind.evil.example", "rebind.evil.example:8025", "127.0.0.1:9999", "127.0.0.1", "localhost", "localhost.:8025", "", "mx.example.test:8025", "127.0.0.1.evil.example:8025"}},
+		{"localhost:8025",
+			[]string{"localhost:8025", "127.0.0.1:8025"},
+			[]string{"rebind.evil.example:8025"}},
+		{"admin.example.test:8025",
+			[]string{"admin.example.test:8025", "Admin.Example.Test:8025", "127.0.0.1:8025"},
+			[]string{"rebind.evil.example:8025", "admin.example.test.evil:8025"}},
+	} {
+		b := &fake{}
+		h := Handler(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "metrics") }), tc.listen)
+		for _, host := range tc.good {
+			for _, path := range []string{"/api/queue", "/healthz", "/metrics"} {
+				if code, body := doHost(t, h, "GET", path, local, host, false); code != 200 {
+					t.Errorf("listen %s, Host %q: GET %s = %d %q, want 200", tc.listen, host, path, code, body)
+				}
+			}
+		}
+		for _, host := range tc.bad {
+			for _, path := range []string{"/api/queue", "/api/quarantine/Q1/message", "/healthz", "/metrics"} {
+				code, body := doHost(t, h, "GET", path, local, host, false)
+				if code != http.StatusMisdirectedRequest || strings.Contains(body, "Q1") || strings.Contains(body, "metrics") ||
+					(host != "" && strings.Contains(body, host)) {
+					t.Errorf("listen %s, Host %q: GET %s = %d %q, want 421 with a generic body", tc.listen, host, path, code, body)
+				}
+			}
+			for _, path := range []string{"/api/quarantine/Q1/release", "/api/queue/Q1/hold", "/api/reload"} {
+				if code, _ := doHost(t, h, "POST", path, local, host, true); code != http.StatusMisdirectedRequest {
+					t.Errorf("listen %s, Host %q: POST %s = %d, want 421", tc.listen, host, path, code)
+				}
+			}
+		}
+		if len(b.calls) != 0 {
+			t.Errorf("listen %s: misdirected requests reached the backend: %v", tc.listen, b.calls)
+		}
+	}
+}
+
 // TestClient: the client sends what the handler needs and turns error
 // answers into errors with the server's text.
 func TestClient(t *testing.T) {
 	b := &fake{}
-	srv := httptest.NewServer(Handler(b, http.NotFoundHandler()))
+	srv := httptest.NewServer(Handler(b, http.NotFoundHandler(), "127.0.0.1:0"))
 	defer srv.Close()
 	c, err := NewClient(strings.TrimPrefix(srv.URL, "http://"))
 	if err != nil {
