@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
@@ -76,4 +77,4 @@ func (b adminBackend) QuarantineDelete(id string) error {
 
 func (b adminBackend) Reload(ctx context.Context) error { return b.g.Reload(ctx) }
 
-func (b adminBackend) Health() error { return b.g.Health() }
+func (b adminBackend) Health() admin.Health { return b.g.Health() }

@@ -57,7 +57,7 @@ func TestDeliveryStoppedIsUnhealthy(t *testing.T) {
 	}
 	// The spool works again, but nothing would deliver what it takes.
 	broken.Store(false)
-	if code, body := healthz(); code != 503 || !strings.Contains(body, "delivery stopped") {
+	if code, body := healthz(); code != 503 || !strings.HasPrefix(body, "unhealthy: delivery: stopped: ") {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
 	c := dial(t, g.SMTPAddrs()[0])

@@ -3,7 +3,10 @@ package gateway_test
 import (
 	"bufio"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
 )
 
@@ -142,6 +146,243 @@ func TestPluginBinaryRemoved(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	l.check(t, down, 10*time.Second)
+	for _, m := range down.Messages() {
+		if !strings.Contains(string(m.Data), "X-Filtered: yes\r\n") {
+			t.Fatalf("a message passed unfiltered: %s", messageID(m.Data))
+		}
+	}
+}
+
+// stream sends messages to b@dest.test one after another on one
+// connection until stop is closed, and reports each transaction: its
+// Message-ID, the first reply that was not a success (or the final 250),
+// and when it started and ended. It returns an error only if the
+// connection broke: a gateway that hangs or drops a client is a failure.
+func stream(addr net.Addr, prefix string, stop <-chan struct{}, report func(id, reply string, start, end time.Time)) error {
+	conn, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	// say sends a line (if any) and reads the reply; the deadline is an
+	// upper bound for a gateway that stopped answering.
+	say := func(line string) (string, error) {
+		conn.SetDeadline(time.Now().Add(time.Minute))
+		if line != "" {
+			if _, err := io.WriteString(conn, line); err != nil {
+				return "", err
+			}
+		}
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				return "", fmt.Errorf("%s: %w", strings.TrimSpace(line), err)
+			}
+			if len(l) < 5 {
+				return "", fmt.Errorf("%s: short reply %q", strings.TrimSpace(line), l)
+			}
+			if l[3] != '-' {
+				return strings.TrimRight(l, "\r\n"), nil
+			}
+		}
+	}
+	for _, line := range []string{"", "EHLO client.test\r\n"} {
+		if reply, err := say(line); err != nil || (reply[0] != '2') {
+			return fmt.Errorf("greeting or EHLO: %q, %v", reply, err)
+		}
+	}
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		id := fmt.Sprintf("%s-%d@test", prefix, i)
+		start := time.Now()
+		var reply string
+		for _, line := range []string{"MAIL FROM:<a@sender.test>\r\n", "RCPT TO:<b@dest.test>\r\n", "DATA\r\n", message(id, "x\r\n") + ".\r\n"} {
+			if reply, err = say(line); err != nil {
+				return err
+			}
+			if reply[0] != '2' && reply[0] != '3' {
+				break
+			}
+		}
+		report(id, reply, start, time.Now())
+		if reply[0] != '2' {
+			if _, err := say("RSET\r\n"); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// httpGet returns the status and body of a GET.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestPluginKilledMidStream: kill -9 of a stage plugin while several
+// clients send mail and more calls than the circuit's failure limit (5)
+// are in the plugin. Messages whose checks the crash cut short get the
+// stage's on_error (451, never a hang or a loss); the plugin is
+// restarted, and from the moment /healthz shows the new process up,
+// every message is accepted and filtered again. The tempfails last no
+// longer than the restart: one crash does not open the circuit, however
+// many calls it cut short. The test logs how long they lasted.
+func TestPluginKilledMidStream(t *testing.T) {
+	const clients, sleepers = 4, 8
+	down := routertest.NewServer(t)
+	bin := filepath.Join(t.TempDir(), "testplugin-kill") // own copy: its pid is ours alone
+	b, err := os.ReadFile(testPluginBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The timeout is an upper bound only: a killed plugin's calls fail at
+	// once.
+	logs := &syncBuffer{}
+	g := startGatewayOpts(t, routeTo(down, "dest.test")+pluginStage("marker", bin, "30s", "tempfail", "add_header = \"X-Filtered: yes\"\nsleep = \"1h\""),
+		gateway.Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	healthz := "http://" + g.AdminAddr().String() + "/healthz"
+	pids := pluginPIDs(t, bin)
+	if len(pids) != 1 {
+		t.Fatalf("plugin processes: %v", pids)
+	}
+
+	type txn struct {
+		id, reply  string
+		start, end time.Time
+	}
+	var mu sync.Mutex
+	var txns []txn
+	l := newLedger()
+	count := func(f func(txn) bool) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, x := range txns {
+			if f(x) {
+				n++
+			}
+		}
+		return n
+	}
+	stop := make(chan struct{})
+	errs := make(chan error, clients)
+	var wg sync.WaitGroup
+	for w := range clients {
+		wg.Go(func() {
+			err := stream(g.SMTPAddrs()[0], fmt.Sprintf("k%d", w), stop, func(id, reply string, start, end time.Time) {
+				mu.Lock()
+				txns = append(txns, txn{id, reply, start, end})
+				mu.Unlock()
+				l.record(id, reply)
+			})
+			if err != nil {
+				errs <- fmt.Errorf("client %d: %w", w, err)
+			}
+		})
+	}
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	}()
+	accepted := func(x txn) bool { return strings.HasPrefix(x.reply, "250") }
+	waitUntil(t, time.Minute, "mail to flow", func() bool { return count(accepted) >= 5*clients })
+	// The test plugin sleeps in the MAIL call of sleep@ senders: those
+	// calls are surely in flight when it is killed.
+	asleep := make(chan string, sleepers)
+	for range sleepers {
+		c := dial(t, g.SMTPAddrs()[0])
+		c.cmd("EHLO sleeper.test", "250")
+		// Pipelined (RFC 2920): MAIL's verdict is given at RCPT.
+		c.send("MAIL FROM:<sleep@sender.test>\r\nRCPT TO:<b@dest.test>\r\n")
+		go func() {
+			var line string
+			for range 2 {
+				line, _ = c.r.ReadString('\n')
+			}
+			asleep <- strings.TrimSpace(line)
+		}()
+	}
+	waitUntil(t, time.Minute, "the sleepers' calls to reach the plugin", func() bool {
+		return strings.Count(logs.String(), `"msg":"testplugin sleeping"`) == sleepers
+	})
+
+	if err := syscallKill(pids[0]); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	for range sleepers {
+		if r := <-asleep; !strings.HasPrefix(r, "451 ") {
+			t.Fatalf("RCPT after a MAIL check the kill cut short: %q, want on_error's 451", r)
+		}
+	}
+	var up time.Time
+	waitUntil(t, time.Minute, "/healthz to show the restarted plugin up", func() bool {
+		now := pluginPIDs(t, bin)
+		if len(now) != 1 || now[0] == pids[0] {
+			return false
+		}
+		code, body := httpGet(t, healthz)
+		if strings.Contains(body, "\nstage marker: down: circuit open") {
+			t.Fatalf("one crash opened the circuit:\n%s", body)
+		}
+		if code == 200 && strings.Contains(body, fmt.Sprintf("\nstage marker: ok: up, pid %d\n", now[0])) {
+			up = time.Now()
+			return true
+		}
+		return false
+	})
+	sentAfter := func(x txn) bool { return x.start.After(up) }
+	waitUntil(t, time.Minute, "mail to flow after the restart", func() bool { return count(sentAfter) >= 5*clients })
+	close(stop)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+
+	var tempfails int
+	var lastTempfail time.Time
+	for _, x := range txns {
+		switch {
+		case accepted(x):
+		case strings.HasPrefix(x.reply, "451 "):
+			tempfails++
+			if x.end.After(lastTempfail) {
+				lastTempfail = x.end
+			}
+			if sentAfter(x) {
+				t.Errorf("message %s, sent once the restarted plugin was up, got %q", x.id, x.reply)
+			}
+		default:
+			t.Errorf("message %s: %q", x.id, x.reply)
+		}
+	}
+	var lasted time.Duration
+	if tempfails > 0 {
+		lasted = lastTempfail.Sub(killed).Round(time.Millisecond)
+	}
+	t.Logf("kill -9 of a plugin under %d clients: %d of %d messages tempfailed, the last %v after the kill; /healthz showed the restarted plugin up %v after the kill",
+		clients, tempfails, len(txns), lasted, up.Sub(killed).Round(time.Millisecond))
+	l.check(t, down, 30*time.Second)
 	for _, m := range down.Messages() {
 		if !strings.Contains(string(m.Data), "X-Filtered: yes\r\n") {
 			t.Fatalf("a message passed unfiltered: %s", messageID(m.Data))

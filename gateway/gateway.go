@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,11 +23,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/plugins/host"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages/address"
 )
@@ -169,7 +172,7 @@ func (g *Gateway) Start() error {
 			return fmt.Errorf("admin listen %s: %w", a, err)
 		}
 		g.adminL = l
-		h := admin.Handler(adminBackend{g}, promhttp.HandlerFor(liveGatherer{g}, promhttp.HandlerOpts{}))
+		h := admin.Handler(adminBackend{g}, promhttp.HandlerFor(liveGatherer{g}, promhttp.HandlerOpts{}), a)
 		g.admin = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		g.wg.Add(1)
 		go func() {
@@ -289,14 +292,40 @@ func (g *Gateway) config() *policy.Config {
 	return g.cfg
 }
 
-// Health returns why the gateway cannot take mail, or nil: delivery must
-// be running, and the spool and the quarantine writable.
-func (g *Gateway) Health() error {
+// Health reports on each part the gateway needs to take mail: the spool
+// must be writable with room for a message of max_message_size, delivery
+// running, the quarantine writable, and each stage's plugin up with its
+// circuit closed, unless its on_error lets mail through without it.
+func (g *Gateway) Health() admin.Health {
+	g.mu.Lock()
+	cfg, ch := g.cfg, g.chain
+	g.mu.Unlock()
+	h := admin.Health{g.spoolHealth(cfg)}
+	delivery := admin.Check{Name: "delivery", Status: admin.OK, Detail: "running"}
 	if err := g.router.Err(); err != nil {
-		return fmt.Errorf("delivery stopped: %w", err)
+		delivery.Status, delivery.Detail = admin.Down, "stopped: "+err.Error()
 	}
+	quar := admin.Check{Name: "quarantine", Status: admin.OK, Detail: "writable"}
+	if err := g.quar.Writable(); err != nil {
+		quar.Status, quar.Detail = admin.Down, "not writable: "+err.Error()
+	}
+	h = append(h, delivery, quar)
+	for i, p := range ch.plugins {
+		h = append(h, stageHealth(p.Plugin, cfg.Stages[i].OnError))
+	}
+	return h
+}
+
+// spoolHealth checks the spool as DATA would use it: a file written and
+// flushed, and room for the largest message the gateway announces (EHLO
+// SIZE, RFC 1870). A disk with a few blocks left takes the probe but
+// answers every real message with 452; Postfix's smtpd likewise refuses
+// mail below 1.5 times message_size_limit free (queue_minfree).
+func (g *Gateway) spoolHealth(cfg *policy.Config) admin.Check {
+	c := admin.Check{Name: "spool", Status: admin.Down}
 	if err := g.spool.Err(); err != nil {
-		return fmt.Errorf("spool stopped: %w", err)
+		c.Detail = "stopped: " + err.Error()
+		return c
 	}
 	w, err := g.spool.Create()
 	if err == nil {
@@ -306,12 +335,58 @@ func (g *Gateway) Health() error {
 		w.Abort()
 	}
 	if err != nil {
-		return fmt.Errorf("spool not writable: %w", err)
+		c.Detail = "not writable: " + err.Error()
+		return c
 	}
-	if err := g.quar.Writable(); err != nil {
-		return fmt.Errorf("quarantine not writable: %w", err)
+	free, err := g.spool.Free()
+	if err != nil {
+		c.Detail = err.Error()
+		return c
 	}
-	return nil
+	if need := int64(cfg.Server.MaxMessageSize); free < need {
+		c.Detail = fmt.Sprintf("%s free, less than max_message_size %s", bytesString(free), bytesString(need))
+		return c
+	}
+	c.Status, c.Detail = admin.OK, fmt.Sprintf("writable, %s free", bytesString(free))
+	return c
+}
+
+// stageHealth is the state of a stage's plugin. A plugin that is down or
+// whose circuit is open stops mail if its on_error does (tempfail, the
+// default, or reject); otherwise mail goes on without it.
+func stageHealth(p *host.Plugin, onError string) admin.Check {
+	c := admin.Check{Name: "stage " + p.Name(), Status: admin.OK}
+	st := p.State()
+	switch {
+	case st.CircuitOpen:
+		c.Detail = fmt.Sprintf("circuit open after %d failures, until %s", st.Failures, st.OpenUntil.UTC().Format(time.RFC3339))
+	case !st.Up:
+		c.Detail = "not running, restarting"
+	default:
+		c.Detail = fmt.Sprintf("up, pid %d", st.PID)
+		return c
+	}
+	oe, _ := pipeline.ParseOnError(onError) // validated by policy
+	c.Detail += "; on_error " + oe.String()
+	c.Status = admin.Degraded
+	if oe == pipeline.OnErrorTempFail || oe == pipeline.OnErrorReject {
+		c.Status = admin.Down
+	}
+	return c
+}
+
+// bytesString writes n bytes in the largest decimal unit, as the config
+// writes sizes.
+func bytesString(n int64) string {
+	for _, u := range []struct {
+		unit string
+		size int64
+	}{{"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}} {
+		if n >= u.size {
+			return strings.TrimSuffix(fmt.Sprintf("%.1f", float64(n)/float64(u.size)), ".0") + u.unit
+		}
+	}
+	return fmt.Sprintf("%dB", n)
 }
 
 // routeMatcher adapts the route table to smtpd's relay control: only

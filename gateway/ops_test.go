@@ -392,16 +392,174 @@ func TestHealthz(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	if code, body := get(); code != 200 || body != "ok\n" {
+	if code, body := get(); code != 200 || !strings.HasPrefix(body, "ok\n") {
 		t.Fatalf("healthy: %d %q", code, body)
 	}
 	full.Store(true)
-	if code, body := get(); code != 503 || !strings.Contains(body, "spool not writable") || !strings.Contains(body, "no space left") {
+	if code, body := get(); code != 503 || !strings.HasPrefix(body, "unhealthy: spool: not writable") || !strings.Contains(body, "no space left") {
 		t.Fatalf("full disk: %d %q", code, body)
 	}
 	full.Store(false)
 	if code, _ := get(); code != 200 {
 		t.Fatalf("after the disk has room again: %d", code)
+	}
+}
+
+// TestHealthzNearlyFullDisk: a spool with a few blocks left takes
+// /healthz's small probe but answers every real message with 452; health
+// says 503, and why, as long as the spool has no room for a message of
+// max_message_size.
+func TestHealthzNearlyFullDisk(t *testing.T) {
+	down := routertest.NewServer(t)
+	var free atomic.Int64
+	free.Store(1 << 40)
+	var full atomic.Bool // the disk refuses any write bigger than the probe
+	g := startGatewayOpts(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_message_size = \"10MB\"\n"+routeTo(down, "dest.test"), gateway.Options{
+		Logger: testLogger(t),
+		Spool: spool.Options{
+			FreeSpace:  func() (int64, error) { return free.Load(), nil },
+			FailWrites: failWhen(&full, syscall.ENOSPC),
+		},
+	})
+	get := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + g.AdminAddr().String() + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(); code != 200 || !strings.Contains(body, "\nspool: ok: writable, 1.1TB free\n") ||
+		!strings.Contains(body, "\ndelivery: ok: running\n") || !strings.Contains(body, "\nquarantine: ok: writable\n") {
+		t.Fatalf("healthy: %d %q", code, body)
+	}
+	// 16 KB left: DATA fails, the probe would not.
+	free.Store(16 << 10)
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	full.Store(true)
+	if r := c.trySend("a@sender.test", []string{"b@dest.test"}, message("big@test", strings.Repeat("x", 70)+"\r\n")); !strings.HasPrefix(r, "452 4.3.1") {
+		t.Fatalf("DATA on a full disk: %q", r)
+	}
+	full.Store(false)
+	code, body := get()
+	if code != 503 || !strings.HasPrefix(body, "unhealthy: spool: 16.4KB free, less than max_message_size 10MB\n") {
+		t.Fatalf("nearly full disk: %d %q", code, body)
+	}
+	free.Store(20e6)
+	if code, body := get(); code != 200 {
+		t.Fatalf("with room again: %d %q", code, body)
+	}
+}
+
+// TestHealthzStages: /healthz names each stage's plugin with its process,
+// and a stage whose plugin is down makes it 503 when its on_error
+// (tempfail) stops mail, not when mail goes on without it (skip).
+func TestHealthzStages(t *testing.T) {
+	down := routertest.NewServer(t)
+	stop := filepath.Join(t.TempDir(), "testplugin-stop")
+	skip := filepath.Join(t.TempDir(), "testplugin-skip")
+	for _, bin := range []string{stop, skip} {
+		b, err := os.ReadFile(testPluginBin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(bin, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("stopper", stop, "", "tempfail", "")+pluginStage("skipper", skip, "", "skip", ""))
+	url := "http://" + g.AdminAddr().String() + "/healthz"
+	get := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get()
+	for _, bin := range []string{stop, skip} {
+		pids := pluginPIDs(t, bin)
+		if len(pids) != 1 || !strings.Contains(body, fmt.Sprintf(": ok: up, pid %d\n", pids[0])) {
+			t.Fatalf("%s (pids %v) not reported up: %d %q", bin, pids, code, body)
+		}
+	}
+	if code != 200 {
+		t.Fatalf("all up: %d %q", code, body)
+	}
+	// Without its executable a plugin cannot come back.
+	for _, bin := range []string{stop, skip} {
+		os.Remove(bin)
+		for _, pid := range pluginPIDs(t, bin+" (deleted)") {
+			syscallKill(pid)
+		}
+	}
+	waitUntil(t, 30*time.Second, "/healthz to report both plugins down", func() bool {
+		code, body = get()
+		return strings.Contains(body, "\nstage stopper: down: not running, restarting; on_error tempfail\n") &&
+			strings.Contains(body, "\nstage skipper: degraded: not running, restarting; on_error skip\n")
+	})
+	if code != 503 || !strings.HasPrefix(body, "unhealthy: stage stopper: not running, restarting; on_error tempfail\n") {
+		t.Fatalf("a tempfail stage down: %d %q", code, body)
+	}
+}
+
+// TestAdminAPIRebinding: a page whose name rebinds to the admin
+// listener's address (DNS rebinding) sends its own name as Host; it
+// reads nothing and releases nothing, on any path. The listener's own
+// names work, and so does the CLI.
+func TestAdminAPIRebinding(t *testing.T) {
+	down := routertest.NewServer(t)
+	fg := startFromFile(t, routeTo(down, "dest.test")+pluginStage("holdall", testPluginBin, "", "", `action = "quarantine"`))
+	c := dial(t, fg.SMTPAddrs()[0])
+	c.cmd("EHLO client.test", "250")
+	id := queuedAs(t, c.sendMail("a@sender.test", []string{"b@dest.test"}, message("held@test", "secret\r\n")))
+	admin := fg.AdminAddr().String()
+	_, port, _ := strings.Cut(admin, ":")
+	call := func(method, path, host string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://"+admin+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		req.Header.Set("Mailgate-Admin", "1") // a page gets it past CORS on its own origin
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, host := range []string{"rebind.evil.example", "rebind.evil.example:" + port} {
+		for _, path := range []string{"/api/queue", "/api/quarantine", "/api/quarantine/" + id, "/api/quarantine/" + id + "/message", "/healthz", "/metrics"} {
+			if code, body := call("GET", path, host); code != http.StatusMisdirectedRequest || strings.Contains(body, id) || strings.Contains(body, "secret") {
+				t.Errorf("GET %s with Host %s: %d %q, want 421 and nothing of the message", path, host, code, body)
+			}
+		}
+		for _, path := range []string{"/api/quarantine/" + id + "/release", "/api/reload"} {
+			if code, body := call("POST", path, host); code != http.StatusMisdirectedRequest {
+				t.Errorf("POST %s with Host %s: %d %q, want 421", path, host, code, body)
+			}
+		}
+	}
+	for _, host := range []string{admin, "localhost:" + port, "[::1]:" + port} {
+		if code, body := call("GET", "/api/quarantine/"+id, host); code != 200 || !strings.Contains(body, id) {
+			t.Errorf("GET with Host %s: %d %q, want 200", host, code, body)
+		}
+	}
+	// Not released by the misdirected POSTs: the CLI releases it now, once.
+	if out := fg.must("quarantine", "release", id); !strings.Contains(out, "released, queued as") {
+		t.Fatalf("release after the misdirected ones: %s", out)
+	}
+	if msgs := down.WaitFor(1, 10*time.Second); messageID(msgs[0].Data) != "held@test" {
+		t.Fatalf("delivered %s", messageID(msgs[0].Data))
 	}
 }
 

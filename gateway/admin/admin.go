@@ -22,6 +22,13 @@
 // header "Mailgate-Admin: 1": a web page cannot send that header to
 // another origin without the browser asking first (CORS preflight), which
 // this API never allows, so a page the operator visits cannot drive it.
+//
+// Every path on the listener answers only requests addressed to it: the
+// Host must be the listener's configured name or address, the address the
+// client connected to, or localhost on loopback. A page whose name an
+// attacker rebinds to 127.0.0.1 (DNS rebinding) is the same origin as the
+// API to the browser, so neither of the rules above stops it; its Host
+// is the attacker's name, and it gets 421 Misdirected Request.
 package admin
 
 import (
@@ -34,6 +41,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
@@ -60,21 +69,77 @@ type Backend interface {
 	QuarantineDelete(id string) error
 
 	Reload(ctx context.Context) error
-	// Health returns why the gateway cannot take mail, or nil.
-	Health() error
+	// Health reports on each part the gateway needs to take mail.
+	Health() Health
 }
 
-// Handler serves the API, /healthz (200 "ok", or 503 and why) and
-// /metrics with the given handler.
-func Handler(b Backend, metrics http.Handler) http.Handler {
+// Health is the state of each part the gateway needs to take mail.
+type Health []Check
+
+// Check is the state of one part.
+type Check struct {
+	Name   string // "spool", "delivery", "quarantine", "stage <name>"
+	Status Status
+	Detail string // what it is doing, or why it is not
+}
+
+// Status is how a part stands.
+type Status string
+
+const (
+	OK Status = "ok"
+	// Degraded: the part is not working, but mail is taken without it
+	// (a stage whose on_error lets mail through).
+	Degraded Status = "degraded"
+	// Down: mail cannot be taken while the part is in this state.
+	Down Status = "down"
+)
+
+// Down returns the checks that stop mail from being taken.
+func (h Health) Down() []Check {
+	var out []Check
+	for _, c := range h {
+		if c.Status == Down {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// String is the /healthz body: "ok", or "unhealthy: " and the reasons,
+// on the first line, then a line per part.
+func (h Health) String() string {
+	var b strings.Builder
+	if down := h.Down(); len(down) == 0 {
+		b.WriteString("ok\n")
+	} else {
+		var why []string
+		for _, c := range down {
+			why = append(why, c.Name+": "+c.Detail)
+		}
+		b.WriteString("unhealthy: " + strings.Join(why, "; ") + "\n")
+	}
+	for _, c := range h {
+		fmt.Fprintf(&b, "%s: %s: %s\n", c.Name, c.Status, c.Detail)
+	}
+	return b.String()
+}
+
+// Handler serves the API, /healthz (200 "ok", or 503 "unhealthy" and why,
+// then the state of each part) and /metrics with the given handler, to
+// requests addressed to listen, the listener's configured address (see
+// the package comment).
+func Handler(b Backend, metrics http.Handler, listen string) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := b.Health(); err != nil {
-			http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
-			return
+		h := b.Health()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if len(h.Down()) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-		w.Write([]byte("ok\n"))
+		io.WriteString(w, h.String())
 	})
 
 	api := http.NewServeMux()
@@ -131,7 +196,69 @@ func Handler(b Backend, metrics http.Handler) http.Handler {
 		reply(w, done{OK: true}, b.Reload(r.Context()))
 	})
 	mux.Handle("/api/", guard(api))
-	return mux
+	return hostGuard(listen, mux)
+}
+
+// hostGuard answers 421 Misdirected Request (RFC 9110 §15.5.20) to a
+// request whose Host is not the listener's own: its configured host (a
+// name or an address), the address the client connected to, or
+// localhost, 127.0.0.1 or [::1] when that is a loopback address, each
+// with the port the client connected to. The body is generic: the Host
+// is the client's text, not echoed.
+func hostGuard(listen string, next http.Handler) http.Handler {
+	cfgHost, cfgPort, _ := net.SplitHostPort(listen)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+		if !ownHost(r.Host, cfgHost, cfgPort, local) {
+			replyError(w, http.StatusMisdirectedRequest, errors.New("misdirected request: the admin listener answers requests addressed to itself only"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// ownHost reports whether host, a request's Host, names the listener
+// configured as cfgHost:cfgPort that the client reached at local (nil if
+// unknown).
+func ownHost(host, cfgHost, cfgPort string, local net.Addr) bool {
+	name, port, err := net.SplitHostPort(host)
+	if err != nil {
+		// No port: the scheme's default (RFC 9110 §4.2.1).
+		name, port = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), "80"
+	}
+	if name == "" {
+		return false
+	}
+	var localIP netip.Addr
+	wantPort := cfgPort
+	if ap, err := netip.ParseAddrPort(addrString(local)); err == nil {
+		localIP, wantPort = ap.Addr().Unmap(), strconv.Itoa(int(ap.Port()))
+	} else if ip, err := netip.ParseAddr(cfgHost); err == nil {
+		localIP = ip.Unmap()
+	}
+	if port != wantPort {
+		return false
+	}
+	if ip, err := netip.ParseAddr(name); err == nil {
+		// An address is never a rebound name: any loopback one will do
+		// on loopback.
+		ip = ip.Unmap()
+		return ip == localIP || ip.IsLoopback() && localIP.IsLoopback()
+	}
+	switch {
+	case strings.EqualFold(name, "localhost"):
+		return localIP.IsLoopback() || strings.EqualFold(cfgHost, "localhost")
+	case cfgHost != "":
+		return strings.EqualFold(name, cfgHost)
+	}
+	return false
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
 
 // Released is the answer to a quarantine release.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -20,7 +21,7 @@ import (
 type fake struct {
 	calls  []string
 	filter quarantine.Filter
-	health error
+	health Health
 }
 
 func (f *fake) Queue() ([]*spool.Envelope, error) { return []*spool.Envelope{{ID: "Q1"}}, nil }
@@ -48,12 +49,23 @@ func (f *fake) QuarantineDelete(id string) error { return nil }
 func (f *fake) Reload(context.Context) error {
 	return errors.New("reload: server.listen changed: restart needed")
 }
-func (f *fake) Health() error { return f.health }
+func (f *fake) Health() Health { return f.health }
+
+// listen is the [admin] listen of the handlers under test.
+const listen = "127.0.0.1:8025"
 
 func do(t *testing.T, h http.Handler, method, target, remote string, header bool) (int, string) {
 	t.Helper()
+	return doHost(t, h, method, target, remote, listen, header)
+}
+
+func doHost(t *testing.T, h http.Handler, method, target, remote, host string, header bool) (int, string) {
+	t.Helper()
 	r := httptest.NewRequest(method, target, nil)
 	r.RemoteAddr = remote
+	r.Host = host
+	// The address the client reached, as http.Server tells a handler.
+	r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8025}))
 	if header {
 		r.Header.Set(Header, "1")
 	}
@@ -64,7 +76,7 @@ func do(t *testing.T, h http.Handler, method, target, remote string, header bool
 
 func TestHandler(t *testing.T) {
 	b := &fake{}
-	h := Handler(b, http.NotFoundHandler())
+	h := Handler(b, http.NotFoundHandler(), listen)
 	const local = "127.0.0.1:5555"
 	for _, tc := range []struct {
 		method, target, remote string
@@ -97,9 +109,68 @@ func TestHandler(t *testing.T) {
 	if want := (quarantine.Filter{From: "a@x", Rcpt: "b", Stage: "av", OlderThan: 2 * time.Hour, NewerThan: 72 * time.Hour}); b.filter != want {
 		t.Errorf("filter %+v, want %+v", b.filter, want)
 	}
-	b.health = errors.New("spool not writable: disk full")
-	if code, body := do(t, h, "GET", "/healthz", local, false); code != 503 || !strings.Contains(body, "disk full") {
-		t.Errorf("unhealthy: %d %q", code, body)
+	b.health = Health{
+		{Name: "spool", Status: Down, Detail: "not writable: disk full"},
+		{Name: "delivery", Status: OK, Detail: "running"},
+		{Name: "stage spam", Status: Degraded, Detail: "not running, restarting; on_error skip"},
+	}
+	want := "unhealthy: spool: not writable: disk full\n" +
+		"spool: down: not writable: disk full\ndelivery: ok: running\nstage spam: degraded: not running, restarting; on_error skip\n"
+	if code, body := do(t, h, "GET", "/healthz", local, false); code != 503 || body != want {
+		t.Errorf("unhealthy: %d %q, want 503 %q", code, body, want)
+	}
+	b.health = b.health[1:]
+	if code, body := do(t, h, "GET", "/healthz", local, false); code != 200 || !strings.HasPrefix(body, "ok\n") {
+		t.Errorf("degraded: %d %q, want 200 ok", code, body)
+	}
+}
+
+// TestHostGuard: a request addressed to another name than the
+// listener's (a DNS rebinding page) gets 421 on every path and changes
+// nothing; the listener's own names and addresses are served.
+func TestHostGuard(t *testing.T) {
+	const local = "127.0.0.1:5555"
+	for _, tc := range []struct {
+		listen string
+		good   []string
+		bad    []string
+	}{
+		{"127.0.0.1:8025",
+			[]string{"127.0.0.1:8025", "localhost:8025", "LOCALHOST:8025", "[::1]:8025"},
+			[]string{"rebind.evil.example", "rebind.evil.example:8025", "127.0.0.1:9999", "127.0.0.1", "localhost", "localhost.:8025", "", "mx.example.test:8025", "127.0.0.1.evil.example:8025"}},
+		{"localhost:8025",
+			[]string{"localhost:8025", "127.0.0.1:8025"},
+			[]string{"rebind.evil.example:8025"}},
+		{"admin.example.test:8025",
+			[]string{"admin.example.test:8025", "Admin.Example.Test:8025", "127.0.0.1:8025"},
+			[]string{"rebind.evil.example:8025", "admin.example.test.evil:8025"}},
+	} {
+		b := &fake{}
+		h := Handler(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "metrics") }), tc.listen)
+		for _, host := range tc.good {
+			for _, path := range []string{"/api/queue", "/healthz", "/metrics"} {
+				if code, body := doHost(t, h, "GET", path, local, host, false); code != 200 {
+					t.Errorf("listen %s, Host %q: GET %s = %d %q, want 200", tc.listen, host, path, code, body)
+				}
+			}
+		}
+		for _, host := range tc.bad {
+			for _, path := range []string{"/api/queue", "/api/quarantine/Q1/message", "/healthz", "/metrics"} {
+				code, body := doHost(t, h, "GET", path, local, host, false)
+				if code != http.StatusMisdirectedRequest || strings.Contains(body, "Q1") || strings.Contains(body, "metrics") ||
+					(host != "" && strings.Contains(body, host)) {
+					t.Errorf("listen %s, Host %q: GET %s = %d %q, want 421 with a generic body", tc.listen, host, path, code, body)
+				}
+			}
+			for _, path := range []string{"/api/quarantine/Q1/release", "/api/queue/Q1/hold", "/api/reload"} {
+				if code, _ := doHost(t, h, "POST", path, local, host, true); code != http.StatusMisdirectedRequest {
+					t.Errorf("listen %s, Host %q: POST %s = %d, want 421", tc.listen, host, path, code)
+				}
+			}
+		}
+		if len(b.calls) != 0 {
+			t.Errorf("listen %s: misdirected requests reached the backend: %v", tc.listen, b.calls)
+		}
 	}
 }
 
@@ -107,7 +178,7 @@ func TestHandler(t *testing.T) {
 // answers into errors with the server's text.
 func TestClient(t *testing.T) {
 	b := &fake{}
-	srv := httptest.NewServer(Handler(b, http.NotFoundHandler()))
+	srv := httptest.NewServer(Handler(b, http.NotFoundHandler(), "127.0.0.1:0"))
 	defer srv.Close()
 	c, err := NewClient(strings.TrimPrefix(srv.URL, "http://"))
 	if err != nil {

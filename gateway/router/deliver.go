@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"time"
@@ -116,7 +117,31 @@ func (r *Router) toMaildir(c *conf, env *spool.Envelope, g *group, msg io.Reader
 		res.idx = i
 		out = append(out, res)
 	}
+	r.note(env, out)
 	return out
+}
+
+// note writes the final outcomes among results to the spool at once,
+// before the Run goroutine gets to store the envelope: a crash in
+// between must not deliver them again (see spool.Note). Recipients still
+// pending need no mark: they are tried again anyway.
+func (r *Router) note(env *spool.Envelope, results []result) {
+	var p spool.Progress
+	now := time.Now()
+	for _, res := range results {
+		if res.abandoned || res.status == spool.Pending {
+			continue
+		}
+		p.Rcpts = append(p.Rcpts, spool.Outcome{Rcpt: res.idx, Status: res.status, LastReply: res.reply, LastHost: res.host, Updated: now})
+	}
+	if len(p.Rcpts) == 0 {
+		return
+	}
+	if err := r.sp.Note(env.ID, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// Not fatal: the envelope is stored after the attempt anyway;
+		// only a crash before that would repeat the delivery.
+		r.log.Error("note delivery", "queue_id", env.ID, "err", err)
+	}
 }
 
 // toSMTP delivers a group to the first of its hosts that takes a
@@ -180,12 +205,6 @@ func (r *Router) toSMTP(ctx context.Context, cf *conf, env *spool.Envelope, g *g
 			continue
 		}
 		s := cf.client.send(ctx, c, env.From, rcpts, env.Size, msg)
-		if s.reusable {
-			pool.put(d, c)
-		} else {
-			pool.drop(d, c)
-		}
-		pool.done(d)
 		for k, i := range g.rcpts {
 			err := s.errs[k]
 			res := result{idx: i, status: spool.Delivered, reply: s.reply, host: host}
@@ -200,6 +219,17 @@ func (r *Router) toSMTP(ctx context.Context, cf *conf, env *spool.Envelope, g *g
 			}
 			out = append(out, res)
 		}
+		// The done-mark goes out before the connection does: a delivery
+		// holds its connection slot until the spool has its mark, so a
+		// crash repeats at most max_connections deliveries per
+		// destination.
+		r.note(env, out)
+		if s.reusable {
+			pool.put(d, c)
+		} else {
+			pool.drop(d, c)
+		}
+		pool.done(d)
 		return out
 	}
 	return all(lastErr, lastHost)

@@ -128,6 +128,13 @@ func (s *scheduler) startDue(ctx context.Context) {
 					failed[k] = env.Rcpts[i]
 				}
 				d, err := s.r.queueDSN(ctx, env, failed)
+				if err == nil {
+					// As for a delivery (see note): a crash before the
+					// envelope is stored must not send the DSN again.
+					if err := s.r.sp.Note(env.ID, spool.Progress{DSNSent: true}); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						s.r.log.Error("note dsn", "queue_id", env.ID, "err", err)
+					}
+				}
 				return outcome{it: it, isDSN: true, dsn: d, dsnErr: err}
 			})
 		case hasPending(it.env):

@@ -23,7 +23,8 @@ func crashMessage(n int) []byte { return message("crash "+strconv.Itoa(n), 1000+
 // TestKill9 runs a child process that commits messages from several
 // goroutines, updates or removes some, and prints each ID once the call
 // has returned; it kills the child with SIGKILL mid-stream and checks that
-// every printed commit and update survived, and every printed removal.
+// every printed commit, update and note survived, and every printed
+// removal.
 func TestKill9(t *testing.T) {
 	if dir := os.Getenv(crashChildEnv); dir != "" {
 		crashChild(dir)
@@ -42,7 +43,7 @@ func TestKill9(t *testing.T) {
 	}
 	committed := map[string]int{}
 	// A removal cut short by the kill may or may not have happened.
-	updated, removing, removed := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	updated, noted, removing, removed := map[string]bool{}, map[string]bool{}, map[string]bool{}, map[string]bool{}
 	sc := bufio.NewScanner(out)
 	killed := false
 	for sc.Scan() {
@@ -52,6 +53,8 @@ func TestKill9(t *testing.T) {
 			committed[f[1]], _ = strconv.Atoi(f[2])
 		case len(f) == 2 && f[0] == "updated":
 			updated[f[1]] = true
+		case len(f) == 2 && f[0] == "noted":
+			noted[f[1]] = true
 		case len(f) == 2 && f[0] == "removing":
 			removing[f[1]] = true
 		case len(f) == 2 && f[0] == "removed":
@@ -92,6 +95,8 @@ func TestKill9(t *testing.T) {
 		case env == nil: // its removal was cut short
 		case updated[id] && !env.Held:
 			t.Errorf("message %s: update lost", id)
+		case noted[id] && env.Rcpts[0].Status != Delivered:
+			t.Errorf("message %s: note lost", id)
 		default:
 			m, err := s.OpenMessage(id)
 			if got := readAll(t, m, err); !bytes.Equal(got, crashMessage(n)) {
@@ -104,7 +109,7 @@ func TestKill9(t *testing.T) {
 	if got := names(t, s.msgDir); len(got) != len(envs) {
 		t.Errorf("%d message files for %d envelopes", len(got), len(envs))
 	}
-	t.Logf("%d commits, %d updates, %d removals printed; %d listed after kill -9", len(committed), len(updated), len(removed), len(envs))
+	t.Logf("%d commits, %d updates, %d notes, %d removals printed; %d listed after kill -9", len(committed), len(updated), len(noted), len(removed), len(envs))
 }
 
 // crashChild commits messages until it is killed, or exits after a while
@@ -140,7 +145,7 @@ func crashChild(dir string) {
 					os.Exit(2)
 				}
 				w.Write(crashMessage(n))
-				env := &Envelope{From: "a@example.test"}
+				env := &Envelope{From: "a@example.test", Rcpts: []Recipient{{Addr: "b@example.test", Status: Pending}}}
 				if err := w.Commit(ctx, env); err != nil {
 					return
 				}
@@ -158,6 +163,13 @@ func crashChild(dir string) {
 						return
 					}
 					say("updated %s\n", env.ID)
+					fallthrough
+				case n%2 == 0:
+					// A note is written, not flushed: a kill -9 keeps it.
+					if err := s.Note(env.ID, Progress{Rcpts: []Outcome{{Rcpt: 0, Status: Delivered}}}); err != nil {
+						return
+					}
+					say("noted %s\n", env.ID)
 				}
 			}
 		})

@@ -18,6 +18,7 @@ import (
 //	header:  "MGENVLOG" | gen (8 bytes)
 //	record:  gen (8) | seq (8) | durable (8) | len (4) | CRC-32C (4) | payload (len)
 //	payload: "commit <id> <json>" | "update <id> <json>" | "remove <id>"
+//	         | "note <id> <json of a Progress>"
 //
 // Integers are big-endian; the CRC covers the 28 header bytes before it and
 // the payload. gen is random for each log file and seq counts its records
@@ -43,6 +44,7 @@ const (
 	opCommit = "commit"
 	opUpdate = "update"
 	opRemove = "remove"
+	opNote   = "note"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -130,8 +132,8 @@ func newIndex() index { return index{live: make(map[string][]byte)} }
 func (x *index) dead() int { return x.records - len(x.live) }
 
 // apply replays one record's payload; the last record of an ID wins and a
-// remove drops it. An update of an ID that is not live is ignored: its
-// message was removed.
+// remove drops it, a note changes the envelope before it. An update or a
+// note of an ID that is not live is ignored: its message was removed.
 func (x *index) apply(payload []byte) error {
 	op, rest, _ := bytes.Cut(payload, []byte(" "))
 	id, js, _ := bytes.Cut(rest, []byte(" "))
@@ -148,6 +150,16 @@ func (x *index) apply(payload []byte) error {
 		}
 	case opRemove:
 		delete(x.live, string(id))
+	case opNote:
+		old, ok := x.live[string(id)]
+		if !ok {
+			break
+		}
+		js, err := applyNote(old, js)
+		if err != nil {
+			return fmt.Errorf("record %.40q: %w", payload, err)
+		}
+		x.live[string(id)] = js
 	default:
 		return fmt.Errorf("record %.40q: unknown operation", payload)
 	}

@@ -30,7 +30,11 @@
 //
 // Remove appends a remove record and deletes the message file without
 // waiting for a flush: after a power loss a removed message may come back
-// and be delivered twice, but it is never lost.
+// and be delivered twice, but it is never lost. Note, the mark of a
+// delivery done, is written the same way and for the same reason: as
+// soon as the next hop's 250 is read, so that a process crash repeats
+// only the deliveries still under way, not those that wait for the next
+// flush.
 //
 // Recovery (Open) replays the log, removes tmp/, every msg/<id> the log
 // does not commit (never committed, or aborted) and every envelope whose
@@ -65,6 +69,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // RcptStatus is where one recipient of a queued message stands.
@@ -137,6 +143,9 @@ type Options struct {
 	// non-nil error is returned in their place, so that tests of callers
 	// can simulate a spool that cannot be read.
 	FailReads func() error
+	// FreeSpace, if set, replaces the file system's answer in Free, so
+	// that tests of callers can simulate a nearly full disk.
+	FreeSpace func() (int64, error)
 }
 
 // compactMin is the number of dead records (replaced or removed) below
@@ -433,6 +442,104 @@ func (s *Spool) Update(env *Envelope) error {
 	return nil
 }
 
+// Progress is what Note records of a message's delivery.
+type Progress struct {
+	// Rcpts are recipients that reached their final state, Delivered
+	// or Failed.
+	Rcpts []Outcome `json:"rcpts,omitempty"`
+	// DSNSent says the DSN for the Failed recipients is queued.
+	DSNSent bool `json:"dsn_sent,omitempty"`
+}
+
+// Outcome is the final state of one recipient, Envelope.Rcpts[Rcpt].
+type Outcome struct {
+	Rcpt      int        `json:"rcpt"`
+	Status    RcptStatus `json:"status"`
+	LastReply string     `json:"last_reply,omitempty"`
+	LastHost  string     `json:"last_host,omitempty"`
+	Updated   time.Time  `json:"updated,omitzero"`
+}
+
+// Note records delivery progress of a committed message the moment it is
+// known, with a write to the log and no flush: a process crash from then
+// on keeps it (the kernel has the bytes), a power loss may not, and then
+// the recipients are delivered again, never lost. The router notes each
+// reply of the next hop as soon as it reads it, and later stores the
+// whole envelope with Update or removes the message; without the note a
+// kill -9 in between would deliver those recipients a second time. The
+// error wraps fs.ErrNotExist if the message is not (or no longer)
+// committed.
+func (s *Spool) Note(id string, p Progress) error {
+	if !ValidID(id) {
+		return fmt.Errorf("spool: note %q: invalid queue ID: %w", id, fs.ErrNotExist)
+	}
+	if s.follow != nil {
+		return ErrReadOnly
+	}
+	for _, o := range p.Rcpts {
+		if o.Status != Delivered && o.Status != Failed {
+			return fmt.Errorf("spool: note %s: recipient %d: status %q is not final", id, o.Rcpt, o.Status)
+		}
+	}
+	patch, err := json.Marshal(p)
+	if err == nil {
+		if fail := s.opts.FailWrites; fail != nil {
+			err = fail()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("spool: note %s: %w", id, err)
+	}
+	// Under the ID's lock no Update or Remove of the message is under
+	// way, so the envelope the note applies to stays the live one.
+	mu := s.idLock(id)
+	mu.Lock()
+	defer mu.Unlock()
+	s.logMu.Lock()
+	old, ok := s.x.live[id]
+	s.logMu.Unlock()
+	if !ok {
+		return fmt.Errorf("spool: note %s: %w", id, fs.ErrNotExist)
+	}
+	js, err := applyNote(old, patch)
+	if err != nil {
+		return fmt.Errorf("spool: note %s: %w", id, err)
+	}
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	b := appendRecord(nil, s.gen, s.seq, s.durable, opNote, id, patch)
+	if err := s.appendLog(b); err != nil {
+		return fmt.Errorf("spool: note %s: %w", id, err)
+	}
+	s.seq++
+	s.x.records++
+	s.x.live[id] = js
+	return nil
+}
+
+// applyNote returns the envelope js with the Progress patch applied.
+func applyNote(js, patch []byte) ([]byte, error) {
+	var env Envelope
+	var p Progress
+	if err := json.Unmarshal(js, &env); err != nil {
+		return nil, fmt.Errorf("envelope: %w", err)
+	}
+	if err := json.Unmarshal(patch, &p); err != nil {
+		return nil, fmt.Errorf("note: %w", err)
+	}
+	for _, o := range p.Rcpts {
+		if o.Rcpt < 0 || o.Rcpt >= len(env.Rcpts) {
+			return nil, fmt.Errorf("note: recipient %d of %d", o.Rcpt, len(env.Rcpts))
+		}
+		rc := &env.Rcpts[o.Rcpt]
+		rc.Status, rc.LastReply, rc.LastHost, rc.Updated = o.Status, o.LastReply, o.LastHost, o.Updated
+	}
+	if p.DSNSent {
+		env.DSNSent = true
+	}
+	return json.Marshal(&env)
+}
+
 func (s *Spool) isLive(id string) bool {
 	s.logMu.Lock()
 	defer s.logMu.Unlock()
@@ -544,6 +651,20 @@ func (s *Spool) closeFiles() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Free returns the bytes the spool's file system has free for it: those
+// an unprivileged process may use (statfs f_bavail), as the blocks
+// reserved for root are not to be counted on.
+func (s *Spool) Free() (int64, error) {
+	if f := s.opts.FreeSpace; f != nil {
+		return f()
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.msgDir, &st); err != nil {
+		return 0, fmt.Errorf("spool: statfs %s: %w", s.msgDir, err)
+	}
+	return int64(st.Bavail) * st.Bsize, nil
 }
 
 // Err returns why the spool cannot commit anything more until a restart

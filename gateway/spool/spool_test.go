@@ -455,6 +455,84 @@ func TestUpdate(t *testing.T) {
 	}
 }
 
+// TestNote: a note changes the recipients it names and nothing else, at
+// once for readers and after a reopen, survives a compaction, and yields
+// to a later Update; a note of a removed message is refused.
+func TestNote(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{})
+	r := openT(t, dir, Options{ReadOnly: true})
+	env := &Envelope{From: "a@example.test", Rcpts: []Recipient{
+		{Addr: "b@example.test", Status: Pending},
+		{Addr: "c@example.test", Status: Pending, LastReply: "451 later"},
+	}}
+	commit(t, s, []byte("x\r\n"), env)
+	env.Held = true
+	if err := s.Update(env); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := s.Note(env.ID, Progress{Rcpts: []Outcome{{Rcpt: 0, Status: Delivered, LastReply: "250 ok", LastHost: "mx:25", Updated: at}}}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string, got *Envelope, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		want := []Recipient{
+			{Addr: "b@example.test", Status: Delivered, LastReply: "250 ok", LastHost: "mx:25", Updated: at},
+			{Addr: "c@example.test", Status: Pending, LastReply: "451 later"},
+		}
+		if !got.Held || fmt.Sprint(got.Rcpts) != fmt.Sprint(want) {
+			t.Errorf("%s: %+v, want held and %+v", when, got, want)
+		}
+	}
+	got, err := s.Load(env.ID)
+	check("Load after Note", got, err)
+	got, err = r.Load(env.ID)
+	check("reader Load after Note", got, err)
+	s.Close()
+	s = openT(t, dir, Options{})
+	got, err = s.Load(env.ID)
+	check("Load after reopen", got, err)
+	if err := s.compact(); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.Load(env.ID)
+	check("Load after compaction", got, err)
+
+	if err := s.Note(env.ID, Progress{Rcpts: []Outcome{{Rcpt: 1, Status: Pending}}}); err == nil {
+		t.Error("a note of a pending recipient was taken")
+	}
+	if err := s.Note(env.ID, Progress{Rcpts: []Outcome{{Rcpt: 2, Status: Delivered}}}); err == nil {
+		t.Error("a note of recipient 2 of 2 was taken")
+	}
+	env.Rcpts[0].Status = Failed
+	if err := s.Update(env); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Load(env.ID); err != nil || got.Rcpts[0].Status != Failed {
+		t.Errorf("Update after Note: %+v, %v", got, err)
+	}
+	if err := s.Note(env.ID, Progress{DSNSent: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Load(env.ID); err != nil || !got.DSNSent || got.Rcpts[0].Status != Failed {
+		t.Errorf("after a DSN note: %+v, %v", got, err)
+	}
+	if err := s.Remove(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Note(env.ID, Progress{DSNSent: true}); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Note after Remove = %v, want not exist", err)
+	}
+	s.Close()
+	if ids := listIDs(t, openT(t, dir, Options{})); len(ids) != 0 {
+		t.Errorf("a note brought back a removed envelope: %v", ids)
+	}
+}
+
 func TestUpdateFailureKeepsOld(t *testing.T) {
 	var fail error
 	s := openT(t, t.TempDir(), Options{FailWrites: func() error { return fail }})

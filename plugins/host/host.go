@@ -9,6 +9,11 @@
 // that exits is restarted in the background with exponential backoff; after
 // repeated failures a circuit opens and Run fails fast for a cool-down
 // before one probe call is let through.
+//
+// A crash is one failure, however many calls it cut short, and a process
+// started after a crash, configured and described, starts with a closed
+// circuit: mail is held up for the restart, not for a cool-down. The
+// restart backoff is what slows down a plugin that keeps crashing.
 package host
 
 import (
@@ -66,6 +71,9 @@ var (
 	ErrDown        = errors.New("plugin process is down; restarting")
 	ErrCircuitOpen = errors.New("circuit open after repeated failures")
 	ErrClosed      = errors.New("plugin closed")
+
+	// errLost is a call whose connection to the process broke.
+	errLost = errors.New("plugin process lost")
 )
 
 // ConfigError is a config the plugin refused at Configure.
@@ -101,9 +109,32 @@ type Plugin struct {
 
 	mu        sync.Mutex
 	cur       *proc // nil while down
-	failures  int   // consecutive failed calls
+	failures  int   // consecutive failed calls; a crash counts once
 	openUntil time.Time
 	probing   bool // a half-open probe is in flight
+}
+
+// State is where a plugin stands, for health reports.
+type State struct {
+	Up          bool      // a process is running and takes calls
+	PID         int       // its process ID; 0 while down or if not ours
+	CircuitOpen bool      // calls fail fast until OpenUntil
+	OpenUntil   time.Time // then one probe call goes through
+	Failures    int       // consecutive failed calls
+}
+
+// State reports whether the plugin takes calls now.
+func (p *Plugin) State() State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := State{Up: p.cur != nil && !p.cur.gone && p.life.Err() == nil, Failures: p.failures}
+	if st.Up {
+		st.PID = p.cur.pid
+	}
+	if p.failures >= p.spec.MaxFailures {
+		st.CircuitOpen, st.OpenUntil = true, p.openUntil
+	}
+	return st
 }
 
 var _ stages.Stage = (*Plugin)(nil)
@@ -225,7 +256,7 @@ func (p *Plugin) admit() (pr *proc, probe bool, err error) {
 		}
 		probe = true
 	}
-	if p.cur == nil {
+	if p.cur == nil || p.cur.gone {
 		return nil, false, ErrDown
 	}
 	p.probing = probe
@@ -233,7 +264,9 @@ func (p *Plugin) admit() (pr *proc, probe bool, err error) {
 }
 
 // record counts a call's outcome for the circuit. A caller that gave up
-// (ctx canceled, not timed out) says nothing about the plugin.
+// (ctx canceled, not timed out) says nothing about the plugin, nor does a
+// call to a process already known to be gone: its crash was counted once,
+// and a process the host replaced was not the plugin's fault.
 func (p *Plugin) record(pr *proc, probe bool, ctx context.Context, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -244,7 +277,13 @@ func (p *Plugin) record(pr *proc, probe bool, ctx context.Context, err error) {
 	case err == nil:
 		p.failures = 0
 		return
-	case errors.Is(ctx.Err(), context.Canceled):
+	case errors.Is(ctx.Err(), context.Canceled), pr.gone:
+		return
+	case errors.Is(err, errLost):
+		// The process died under the call. Replace it now rather than
+		// at the supervisor's next look.
+		p.crashed(pr)
+		p.replace(pr)
 		return
 	}
 	p.failures++
@@ -252,14 +291,42 @@ func (p *Plugin) record(pr *proc, probe bool, ctx context.Context, err error) {
 		return
 	}
 	p.openUntil = time.Now().Add(p.spec.Cooldown)
-	p.log.Warn("plugin circuit open", "failures", p.failures, "cooldown", p.spec.Cooldown, "err", err)
+	p.openCircuit(err)
 	// A plugin that keeps failing may be wedged rather than dead: a fresh
-	// process is cheap and the cool-down hides the restart.
-	if p.reattach == nil {
-		select {
-		case p.kick <- pr:
-		default:
-		}
+	// process is cheap and the cool-down hides the restart. It is not a
+	// crash, so the circuit stays open for its cool-down.
+	p.replace(pr)
+}
+
+// replace asks the supervisor to replace pr now. The supervisor also
+// finds a gone process on its own (see wait), so a kick lost to a full
+// channel only delays the restart.
+func (p *Plugin) replace(pr *proc) {
+	if p.reattach != nil {
+		return
+	}
+	select {
+	case p.kick <- pr:
+	default:
+	}
+}
+
+func (p *Plugin) openCircuit(err error) {
+	p.openUntil = time.Now().Add(p.spec.Cooldown)
+	p.log.Warn("plugin circuit open", "failures", p.failures, "cooldown", p.spec.Cooldown, "err", err)
+}
+
+// crashed marks pr as gone and counts its crash as one failure, the first
+// time it is seen: by a call that lost its connection or by the
+// supervisor finding the process exited. Callers hold mu.
+func (p *Plugin) crashed(pr *proc) {
+	if pr.gone {
+		return
+	}
+	pr.gone, pr.crashed = true, true
+	p.failures++
+	if p.failures == p.spec.MaxFailures {
+		p.openCircuit(errors.New("plugin process crashed"))
 	}
 }
 
@@ -279,6 +346,10 @@ func (p *Plugin) call(ctx context.Context, pr *proc, phase stages.Phase, tx *sta
 			return stages.Verdict{}, fmt.Errorf("run: %w", ctx.Err())
 		}
 		switch s, _ := status.FromError(err); s.Code() {
+		case codes.Unavailable:
+			// The connection broke or was refused: on a local socket, the
+			// process is gone.
+			return stages.Verdict{}, fmt.Errorf("run: %w: %s", errLost, s.Message())
 		case codes.Unknown:
 			return stages.Verdict{}, fmt.Errorf("plugin: %s", s.Message()) // the filter's own error
 		case codes.DeadlineExceeded:

@@ -258,9 +258,17 @@ func TestMissingBinary(t *testing.T) {
 	}
 }
 
+// sleeping returns how many calls have told the log they reached the
+// plugin and are sleeping.
+func sleeping(logs *logBuffer) int {
+	return strings.Count(logs.String(), `"msg":"testplugin sleeping"`)
+}
+
 func TestKillRestart(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	p := startTest(t, Spec{Name: "kill", Config: []byte(`{"sleep": "30s"}`), Registerer: reg})
+	logs := &logBuffer{}
+	p := startTest(t, Spec{Name: "kill", Config: []byte(`{"sleep": "30s"}`), Registerer: reg,
+		Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	old, oldSock := p.current().pid, p.current().sock
 	if oldSock == "" {
 		t.Fatal("no Unix socket recorded for the plugin")
@@ -271,7 +279,7 @@ func TestKillRestart(t *testing.T) {
 		_, err := run(p, 60*time.Second, dataTx("sleep@example.org", nil))
 		done <- err
 	}()
-	time.Sleep(300 * time.Millisecond) // let the call reach the plugin
+	waitFor(t, 10*time.Second, "the call to reach the plugin", func() bool { return sleeping(logs) == 1 })
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -305,6 +313,90 @@ mailgate_plugin_restarts_total{stage="kill"} 1
 	if err != nil {
 		t.Error(err)
 	}
+}
+
+// TestCrashIsOneFailure: kill -9 of a plugin with more calls in flight
+// than MaxFailures fails them all, and once the process is restarted
+// calls go through again. Were each of them a failure, the circuit would
+// stay open for its (here endless) cool-down.
+func TestCrashIsOneFailure(t *testing.T) {
+	const inFlight = 8
+	logs := &logBuffer{}
+	p := startTest(t, Spec{Name: "crash1", Config: []byte(`{"sleep": "30s"}`), MaxFailures: 3, Cooldown: time.Hour,
+		Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	old := p.current().pid
+	errs := make(chan error, inFlight)
+	for range inFlight {
+		go func() {
+			_, err := run(p, 60*time.Second, dataTx("sleep@example.org", nil))
+			errs <- err
+		}()
+	}
+	waitFor(t, 10*time.Second, "every call to reach the plugin", func() bool { return sleeping(logs) == inFlight })
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for range inFlight {
+		if err := <-errs; err == nil {
+			t.Fatal("a call to the killed plugin succeeded")
+		}
+	}
+	// Calls made before the restart fail fast with ErrDown and do not
+	// count either.
+	for range inFlight {
+		run(p, 5*time.Second, dataTx("a@example.org", nil))
+	}
+	if st := p.State(); st.CircuitOpen {
+		t.Errorf("circuit open after one crash: %+v", st)
+	}
+	var v stages.Verdict
+	waitFor(t, 10*time.Second, "the restarted plugin to answer", func() bool {
+		var err error
+		v, err = run(p, 5*time.Second, dataTx("a@example.org", nil))
+		if errors.Is(err, ErrCircuitOpen) {
+			t.Fatalf("circuit open after one crash: %v", err)
+		}
+		return err == nil
+	})
+	if v.Reason == fmt.Sprintf("pid %d", old) {
+		t.Errorf("answered by the killed process %d", old)
+	}
+	if st := p.State(); !st.Up || st.CircuitOpen || st.Failures != 0 {
+		t.Errorf("after the restart: %+v, want up with no failures", st)
+	}
+}
+
+// TestRestartClosesCircuit: a plugin whose circuit is open from failed
+// calls and that then crashes is, once restarted, taking calls at once,
+// not after the cool-down.
+func TestRestartClosesCircuit(t *testing.T) {
+	p := startTest(t, Spec{Name: "reopen", MaxFailures: 2, Cooldown: time.Hour})
+	first := p.current().pid
+	for range 2 {
+		run(p, 5*time.Second, dataTx("fail@example.org", nil))
+	}
+	if st := p.State(); !st.CircuitOpen {
+		t.Fatalf("after 2 failures: %+v, want the circuit open", st)
+	}
+	// The open circuit asked for a fresh process; wait for it, then
+	// crash it.
+	var pid int
+	waitFor(t, 10*time.Second, "the replacement process", func() bool {
+		if pr := p.current(); pr != nil {
+			pid = pr.pid
+		}
+		return pid != 0 && pid != first
+	})
+	if _, err := run(p, 5*time.Second, dataTx("a@example.org", nil)); !errors.Is(err, ErrCircuitOpen) {
+		t.Fatalf("call with the circuit open: %v, want ErrCircuitOpen", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the restarted plugin to answer", func() bool {
+		_, err := run(p, 5*time.Second, dataTx("a@example.org", nil))
+		return err == nil
+	})
 }
 
 func TestCrashRestart(t *testing.T) {

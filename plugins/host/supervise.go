@@ -32,6 +32,10 @@ type proc struct {
 	pid     int
 	sock    string // the plugin's Unix socket, "" for TCP
 	started time.Time
+
+	// Guarded by Plugin.mu.
+	gone    bool // exited, crashed or being replaced: calls fail fast with ErrDown
+	crashed bool // it died rather than being replaced by the host
 }
 
 // supervise owns the plugin's processes: it starts the first one (and
@@ -60,8 +64,15 @@ func (p *Plugin) supervise(ctx context.Context, started chan<- error) {
 	backoff := p.spec.RestartMin
 	for {
 		p.log.Info("plugin running", "pid", pr.pid, "kind", pr.info.Kind, "version", pr.info.Version)
-		p.wait(pr)
-		p.setCurrent(nil)
+		exited := p.wait(pr)
+		p.mu.Lock()
+		if exited {
+			p.crashed(pr)
+		}
+		pr.gone = true // replaced at the circuit's request, or closing
+		crashed := pr.crashed
+		p.cur = nil
+		p.mu.Unlock()
 		pr.close(p.reattach != nil)
 		if p.life.Err() != nil || p.reattach != nil {
 			return
@@ -85,7 +96,14 @@ func (p *Plugin) supervise(ctx context.Context, started chan<- error) {
 				p.log.Error("restart plugin", "err", err)
 			}
 		}
-		p.setCurrent(pr)
+		p.mu.Lock()
+		p.cur = pr
+		if crashed {
+			// Configured and described: the new process is healthy, and
+			// the failures were the old one's.
+			p.failures, p.openUntil = 0, time.Time{}
+		}
+		p.mu.Unlock()
 	}
 }
 
@@ -95,21 +113,28 @@ func (p *Plugin) setCurrent(pr *proc) {
 	p.mu.Unlock()
 }
 
-// wait returns when pr has exited, should be replaced, or the plugin closes.
-func (p *Plugin) wait(pr *proc) {
+// wait returns when pr has exited (true), or should be replaced, or the
+// plugin closes (false).
+func (p *Plugin) wait(pr *proc) bool {
 	tick := time.NewTicker(exitPoll)
 	defer tick.Stop()
 	for {
 		select {
 		case <-p.life.Done():
-			return
+			return false
 		case k := <-p.kick:
 			if k == pr {
-				return
+				return false
 			}
 		case <-tick.C:
 			if pr.client.Exited() {
-				return
+				return true
+			}
+			p.mu.Lock()
+			gone := pr.gone
+			p.mu.Unlock()
+			if gone {
+				return false
 			}
 		}
 	}

@@ -3,7 +3,8 @@
 // the local part of the envelope sender:
 //
 //	crash@…  exits at once (status 3), in-flight calls with it
-//	sleep@…  sleeps for the config's "sleep", ignoring the call's deadline
+//	sleep@…  logs "testplugin sleeping", then sleeps for the config's
+//	         "sleep", ignoring the call's deadline
 //	fail@…   returns an error (the stage broke)
 //	panic@…  panics inside Run
 //	env@…    reports the Env it was built with in Result
@@ -71,6 +72,8 @@ func (f *filter) Run(_ context.Context, ph stages.Phase, tx *stages.Transaction)
 	case "crash":
 		os.Exit(3)
 	case "sleep":
+		// Tests wait for this line to know the call reached the plugin.
+		slog.Info("testplugin sleeping")
 		time.Sleep(time.Duration(f.cfg.Sleep))
 	case "fail":
 		return stages.Verdict{}, errors.New("scanner unreachable")
