@@ -316,12 +316,18 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 
 // READY state -> waiting for MAIL
 func (c *Conn) handleMail(arg string) {
+	// mailgate patch 5 (503): a command out of sequence is 503, not 502
+	// (RFC 5321 §4.3.2), and MAIL inside a transaction is one.
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer")
+		return
+	}
+	if c.fromReceived {
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Nested MAIL command")
 		return
 	}
 
@@ -671,11 +677,11 @@ func isPrintableASCII(val string) bool {
 // MAIL state -> waiting for RCPTs followed by DATA
 func (c *Conn) handleRcpt(arg string) {
 	if !c.fromReceived {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer")
 		return
 	}
 
@@ -817,7 +823,7 @@ func checkNotifySet(values []DSNNotify) error {
 
 func (c *Conn) handleAuth(arg string) {
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
 		return
 	}
 	if c.didAuth {
@@ -827,7 +833,7 @@ func (c *Conn) handleAuth(arg string) {
 
 	parts := strings.Fields(arg)
 	if len(parts) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 4}, "Missing parameter")
+		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Missing parameter")
 		return
 	}
 
@@ -960,16 +966,16 @@ func (c *Conn) handleData(arg string) {
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer")
 		return
 	}
 	if c.binarymime {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages")
 		return
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		return
 	}
 
@@ -985,9 +991,28 @@ func (c *Conn) handleData(arg string) {
 
 	r := newDataReader(c)
 	code, enhancedCode, msg := dataErrorToStatus(c.Session().Data(r))
-	r.limited = false
-	io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
+	// mailgate patch 6 (421-closes): a 421 reply is written, then the
+	// connection closed (RFC 5321 §3.8), rather than the backend closing
+	// it under the reply; and when the end of the data cannot be read
+	// (the client left, or stalled past the deadline), the connection is
+	// closed too: the next command would start inside the message.
+	var drain error
+	if code != 421 {
+		r.limited = false
+		_, drain = io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
+	}
 	c.writeResponse(code, enhancedCode, msg)
+	if code == 421 || drain != nil {
+		c.Close()
+	}
+}
+
+// closes reports whether the reply to err closes the connection: 421
+// says the server is closing the transmission channel (RFC 5321 §3.8).
+// Part of mailgate patch 6 (421-closes).
+func closes(err error) bool {
+	code, _, _ := dataErrorToStatus(err)
+	return code == 421
 }
 
 func (c *Conn) handleBdat(arg string) {
@@ -1018,9 +1043,9 @@ func (c *Conn) handleBdat(arg string) {
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		// The chunk follows the command even when the command is rejected.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		c.discardChunk(size)
 		return
 	}
 
@@ -1028,7 +1053,9 @@ func (c *Conn) handleBdat(arg string) {
 		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
 
 		// Discard chunk itself without passing it to backend.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		if !c.discardChunk(size) {
+			return
+		}
 
 		c.reset()
 		return
@@ -1043,13 +1070,18 @@ func (c *Conn) handleBdat(arg string) {
 		r, c.bdatPipe = io.Pipe()
 
 		c.dataResult = make(chan error, 1)
+		// mailgate patch 2 (bdat-result): the goroutine answers on the
+		// channel of its own transaction. After a RSET the next BDAT
+		// replaces c.dataResult while this goroutine may still run, and
+		// its stale result would answer the next message.
+		result, status := c.dataResult, c.bdatStatus
 
 		go func() {
 			defer func() {
 				if err := recover(); err != nil {
-					c.handlePanic(err, c.bdatStatus)
+					c.handlePanic(err, status)
 
-					c.dataResult <- errPanic
+					result <- errPanic
 					r.CloseWithError(errPanic)
 				}
 			}()
@@ -1062,14 +1094,14 @@ func (c *Conn) handleBdat(arg string) {
 				if !ok {
 					err = c.Session().Data(r)
 					for _, rcpt := range c.recipients {
-						c.bdatStatus.SetStatus(rcpt, err)
+						status.SetStatus(rcpt, err)
 					}
 				} else {
-					err = lmtpSession.LMTPData(r, c.bdatStatus)
+					err = lmtpSession.LMTPData(r, status)
 				}
 			}
 
-			c.dataResult <- err
+			result <- err
 			r.CloseWithError(err)
 		}()
 	}
@@ -1079,8 +1111,23 @@ func (c *Conn) handleBdat(arg string) {
 		c.lineLimitReader.LineLimit = c.server.MaxLineLength
 	}()
 
-	chunk := io.LimitReader(c.text.R, int64(size))
+	// mailgate patch 1 (bdat-short-chunk): io.Copy takes the end of the
+	// connection inside the chunk for its end, and the backend then
+	// committed a truncated message. A chunk cut short by the end of the
+	// connection or a read error (a deadline) gives the backend that
+	// error instead of the end of the data; the client gets the backend's
+	// reply and the connection is closed, since the next command cannot
+	// be found where the chunk should have ended.
+	chunk := &chunkReader{r: c.text.R, n: int64(size)}
 	_, err = io.Copy(c.bdatPipe, chunk)
+	if chunk.err != nil {
+		c.bdatPipe.CloseWithError(chunk.err)
+		if !c.server.LMTP {
+			c.writeResponse(dataErrorToStatus(<-c.dataResult))
+		}
+		c.Close()
+		return
+	}
 	if err != nil {
 		// Backend might return an error early using CloseWithError without consuming
 		// the whole chunk.
@@ -1088,8 +1135,10 @@ func (c *Conn) handleBdat(arg string) {
 
 		c.writeResponse(dataErrorToStatus(err))
 
-		if err == errPanic {
+		// mailgate patches 1 and 6, was err == errPanic.
+		if closes(err) || chunk.err != nil {
 			c.Close()
+			return
 		}
 
 		c.reset()
@@ -1113,7 +1162,7 @@ func (c *Conn) handleBdat(arg string) {
 			c.writeResponse(dataErrorToStatus(err))
 		}
 
-		if err == errPanic {
+		if closes(err) { // mailgate patch 6 (421-closes), was err == errPanic
 			c.Close()
 			return
 		}
@@ -1122,6 +1171,53 @@ func (c *Conn) handleBdat(arg string) {
 	} else {
 		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Continue")
 	}
+}
+
+// discardChunk reads the size bytes of a chunk nobody takes. When they
+// cannot all be read it closes the connection and returns false: the
+// rest of the chunk would be read as commands. Part of mailgate patch 1
+// (bdat-short-chunk).
+func (c *Conn) discardChunk(size uint64) bool {
+	c.lineLimitReader.LineLimit = 0
+	defer func() {
+		c.lineLimitReader.LineLimit = c.server.MaxLineLength
+	}()
+	chunk := &chunkReader{r: c.text.R, n: int64(size)}
+	io.Copy(ioutil.Discard, chunk)
+	if chunk.err != nil {
+		c.Close()
+		return false
+	}
+	return true
+}
+
+// chunkReader reads the n bytes of a BDAT chunk. Unlike io.LimitReader
+// it makes the end of the input before the last byte an error
+// (io.ErrUnexpectedEOF), and it keeps the read error, to tell it from a
+// backend that stopped reading. Part of mailgate patch 1
+// (bdat-short-chunk).
+type chunkReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (cr *chunkReader) Read(p []byte) (int, error) {
+	if cr.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > cr.n {
+		p = p[:cr.n]
+	}
+	n, err := cr.r.Read(p)
+	cr.n -= int64(n)
+	if err == io.EOF && cr.n > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil && err != io.EOF {
+		cr.err = err
+	}
+	return n, err
 }
 
 // ErrDataReset is returned by Reader pased to Data function if client does not
@@ -1331,7 +1427,17 @@ func (c *Conn) readLine() (string, error) {
 		}
 	}
 
-	return c.text.ReadLine()
+	// mailgate patch 3 (partial-line): textproto's ReadLine returns a
+	// line cut short by a read error (the deadline, the end of the
+	// connection) as if it were whole and drops the error, so a stalled
+	// "EHLO cli" was answered as a command. A line is a command only
+	// with its line end; a fragment returns the error.
+	line, err := c.text.R.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimSuffix(line[:len(line)-1], "\r")
+	return line, nil
 }
 
 func (c *Conn) reset() {

@@ -122,6 +122,13 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 				r.state = stateEOF
 				continue
 			}
+			// mailgate patch 4 (dot-cr): "." CR not followed by LF is
+			// a dot-stuffed line that goes on: drop the dot, keep the
+			// CR (as net/textproto's DotReader does) and read c again.
+			// Without this the CR was lost, and with it the bare CR a
+			// backend must see to refuse or rewrite it.
+			r.r.UnreadByte()
+			c = '\r'
 			r.state = stateData
 		case stateCR:
 			if c == '\n' {
