@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -144,10 +143,8 @@ type txn struct {
 	early *pipeline.Decision
 
 	// Under session.mu.
-	inData   bool           // Data works on it: only Data may end it
-	reset    bool           // Reset or Logout came while Data worked on it
-	dataDone chan struct{}  // closed when Data returns
-	pipe     *io.PipeReader // what Data reads under BDAT
+	inData bool // Data works on it: only Data may end it
+	reset  bool // Reset or Logout came while Data worked on it
 }
 
 func newSession(s *Server, c *smtp.Conn) *session {
@@ -205,7 +202,7 @@ func (s *session) current() *txn {
 // is fixed here so that every later line about it, a rejection at RCPT
 // included, carries the ID.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
-	s.drop(true)
+	s.drop()
 	if !opts.UTF8 && !isASCII(from) {
 		return s.fail(errNeedUTF8, "mail", "non-ASCII sender without SMTPUTF8", "from", from)
 	}
@@ -344,8 +341,7 @@ func (s *session) Data(r io.Reader) error {
 	s.mu.Lock()
 	t := s.cur
 	if t != nil {
-		t.inData, t.dataDone = true, make(chan struct{})
-		t.pipe, _ = r.(*io.PipeReader)
+		t.inData = true
 		s.running++
 	}
 	s.mu.Unlock()
@@ -369,28 +365,8 @@ func (s *session) endData(t *txn) {
 	if reset {
 		t.abort()
 	}
-	close(t.dataDone)
 	if release {
 		s.srv.release(s.gen)
-	}
-}
-
-// waitBDAT waits until the goroutine go-smtp runs a BDAT transaction's
-// Data in is through, after a RSET or an oversize chunk ended that
-// transaction. Data's return is not enough: that goroutine then reads the
-// connection's result channel, which the next BDAT replaces, and only
-// after that closes the pipe it gave Data (go-smtp v0.25.1 conn.go,
-// handleBdat). Until the close, a read of the pipe gives the reset error;
-// after it, io.ErrClosedPipe. Seeing that orders the next BDAT after the
-// old goroutine, whose stale result would otherwise answer the next
-// message.
-func waitBDAT(done <-chan struct{}, pipe *io.PipeReader) {
-	<-done
-	for {
-		if _, err := pipe.Read(nil); errors.Is(err, io.ErrClosedPipe) {
-			return
-		}
-		runtime.Gosched()
 	}
 }
 
@@ -426,9 +402,8 @@ func (s *session) data(t *txn, r io.Reader) error {
 		case errors.Is(err, smtp.ErrTooLongLine):
 			return refuse(errLineTooLong, "line longer than max_line_length")
 		case errors.As(err, &ne) && ne.Timeout():
-			err := refuse(errDataTimeout, "data timeout")
-			s.conn.Close()
-			return err
+			// go-smtp writes the 421, then closes the connection.
+			return refuse(errDataTimeout, "data timeout")
 		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, smtp.ErrDataReset):
 			s.record(t, trace.Event{Event: "data", Action: "aborted", Reason: "client went away during DATA"})
 			t.abort()
@@ -670,9 +645,9 @@ func rewrite(tx *stages.Transaction, w *spool.Writer) error {
 }
 
 // Reset implements smtp.Session (RSET, a new EHLO, the end of DATA). A
-// BDAT transaction's Data may still run then; go-smtp has closed its pipe,
-// so it returns soon, and Reset waits for that.
-func (s *session) Reset() { s.drop(true) }
+// BDAT transaction's Data may still run then; go-smtp has closed its
+// pipe, so it returns soon and ends the transaction itself.
+func (s *session) Reset() { s.drop() }
 
 // Logout implements smtp.Session; go-smtp calls it once, when the
 // connection closes or STARTTLS starts a new session. A Data still
@@ -684,7 +659,7 @@ func (s *session) Logout() error {
 	s.mu.Unlock()
 	// No wait: Server.Close calls Logout of one connection after the
 	// other, and a Data in the data stage may take filter_timeout.
-	s.drop(false)
+	s.drop()
 	if !busy {
 		s.srv.release(s.gen)
 	}
@@ -693,30 +668,21 @@ func (s *session) Logout() error {
 
 // drop ends the transaction in progress. One that Data works on is only
 // marked: Data ends it, as only Data may touch its writer, and Commit
-// and Abort must not race. With wait, drop first waits for the goroutine
-// of a BDAT transaction's Data, running or not: go-smtp closes the pipe
-// before it calls Reset, so Data may have returned already while that
-// goroutine still has work to do.
-func (s *session) drop(wait bool) {
+// and Abort must not race. A BDAT transaction's Data runs in a goroutine
+// of go-smtp's and may outlive the transaction; it answers on a result
+// channel of its own (go-smtp patch 2, PATCHES.md), so the next
+// transaction need not wait for it.
+func (s *session) drop() {
 	s.mu.Lock()
 	t := s.cur
 	s.cur = nil
 	var running bool
-	var done chan struct{}
-	var pipe *io.PipeReader
 	if t != nil {
-		running, done, pipe = t.inData, t.dataDone, t.pipe
+		running = t.inData
 		t.reset = running
 	}
 	s.mu.Unlock()
-	if t == nil {
-		return
-	}
-	if wait && pipe != nil {
-		waitBDAT(done, pipe)
-		running = false
-	}
-	if !running {
+	if t != nil && !running {
 		t.abort()
 	}
 }
