@@ -46,6 +46,7 @@ type Server struct {
 	MaxHops             int             `toml:"max_hops"`               // Received fields before a loop is assumed; default 50
 	CommandTimeout      stages.Duration `toml:"command_timeout"`        // idle time between commands; default 5m (RFC 5321 §4.5.3.2)
 	DataTimeout         stages.Duration `toml:"data_timeout"`           // idle time while reading DATA; default 10m
+	DataTotalTimeout    stages.Duration `toml:"data_total_timeout"`     // time to read a whole message, all BDAT chunks; default 1h
 	FilterTimeout       stages.Duration `toml:"filter_timeout"`         // per-message deadline for data-phase stages; default 60s
 	TrustedNetworks     []string        `toml:"trusted_networks"`       // CIDRs that may relay to any domain
 	TLSCert             string          `toml:"tls_cert"`               // PEM file; with tls_key enables STARTTLS

@@ -79,6 +79,7 @@ func (v *validator) server(s *Server, k key) {
 	v.positive(k.field("max_hops"), s.MaxHops)
 	v.duration(k.field("command_timeout"), s.CommandTimeout)
 	v.duration(k.field("data_timeout"), s.DataTimeout)
+	v.duration(k.field("data_total_timeout"), s.DataTotalTimeout)
 	v.duration(k.field("filter_timeout"), s.FilterTimeout)
 	s.trusted = nil
 	for i, n := range s.TrustedNetworks {

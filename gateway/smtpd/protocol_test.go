@@ -2,12 +2,14 @@ package smtpd
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,11 +31,13 @@ func connect(t *testing.T, ts *testServer) *client {
 }
 
 // rest reads until the server closes the connection and returns what it
-// wrote; a server that does not close fails the test at the deadline.
+// wrote; a server that does not close fails the test at the deadline. A
+// reset counts as closed: a server that closes with bytes of the client
+// unread resets the connection, after what it wrote.
 func (c *client) rest() string {
 	c.t.Helper()
 	b, err := io.ReadAll(c.r)
-	if err != nil {
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		c.t.Fatalf("read until the server closes: %v (read %q)", err, b)
 	}
 	return string(b)
@@ -139,6 +143,76 @@ func TestDataTimeoutReply(t *testing.T) {
 		t.Errorf("BDAT stalled: got %q, want one 421 4.4.2 and the end", out)
 	}
 	waitMessageFiles(t, ts, 0)
+}
+
+// data_total_timeout: a client that keeps sending, a byte at a time, is
+// cut when the whole message takes too long, in DATA and across BDAT
+// chunks: 421 4.4.2, then the connection is closed.
+func TestDataTotalTimeout(t *testing.T) {
+	ts := serve(t, "[server]\ndata_timeout = \"1m\"\ndata_total_timeout = \"1s\"\n")
+	for _, cmd := range []string{"DATA", "BDAT"} {
+		c := dial(t, ts)
+		c.cmd("MAIL FROM:<a@sender.test>", "250")
+		c.cmd("RCPT TO:<b@dest.test>", "250")
+		piece := "BDAT 1\r\nx"
+		if cmd == "DATA" {
+			c.cmd("DATA", "354")
+			piece = "x"
+		}
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() { // the slow client
+			defer close(done)
+			for {
+				if _, err := c.conn.Write([]byte(piece)); err != nil {
+					return
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}()
+		out := c.rest()
+		close(stop)
+		<-done
+		lines := strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n")
+		if last := lines[len(lines)-1]; !strings.HasPrefix(last, "421 4.4.2 ") {
+			t.Errorf("%s trickled: last reply %q, want 421 4.4.2 (all: %q)", cmd, last, out)
+		}
+	}
+	waitMessageFiles(t, ts, 0)
+	if q := ts.queue.queued(); len(q) != 0 {
+		t.Fatalf("%d messages queued", len(q))
+	}
+}
+
+// data_timeout is the time without a byte from the client: a slow client
+// that keeps sending is not cut, however long the message takes (up to
+// data_total_timeout).
+func TestDataTimeoutIsIdle(t *testing.T) {
+	ts := serve(t, "[server]\ndata_timeout = \"2s\"\n")
+	const head, slow = "Subject: slow\r\n\r\n", "xxxxxxxxxxxxxxxxxxxxxxxxx\r\n"
+	for _, cmd := range []string{"DATA", "BDAT"} {
+		c := dial(t, ts)
+		c.cmd("MAIL FROM:<a@sender.test>", "250")
+		c.cmd("RCPT TO:<b@dest.test>", "250")
+		if cmd == "DATA" {
+			c.cmd("DATA", "354")
+		} else {
+			c.send(fmt.Sprintf("BDAT %d LAST\r\n", len(head)+len(slow)))
+		}
+		c.send(head)
+		// 2.7 s in all, over data_timeout, never 2 s without a byte.
+		for i := 0; i < len(slow); i++ {
+			time.Sleep(100 * time.Millisecond)
+			c.send(slow[i : i+1])
+		}
+		if cmd == "DATA" {
+			c.send(".\r\n")
+		}
+		c.expect("250 2.0.0 Ok: queued as ")
+	}
 }
 
 // RFC 5321 §4.3.2: a command out of sequence is answered 503 (bad sequence

@@ -381,10 +381,14 @@ func (s *session) data(t *txn, r io.Reader) error {
 		return s.failLog(log, r, "data", reason)
 	}
 
-	// Reading: refresh the read deadline as data arrives so a slow but
-	// moving client is not cut off, while a stalled one is (data_timeout).
-	dr := &deadlineReader{r: r, c: s.conn.Conn(), d: time.Duration(cfg.DataTimeout)}
-	in := newLineEndReader(dr, cfg.BareLF == "reject")
+	// Reading: a slow but moving client is not cut off, a stalled one is
+	// (data_timeout), and so is one that takes too long in all
+	// (data_total_timeout, from the DATA or first BDAT command on).
+	if lc := limited(s.conn.Conn()); lc != nil {
+		lc.readingData(time.Duration(cfg.DataTimeout), time.Now().Add(time.Duration(cfg.DataTotalTimeout)))
+		defer lc.readingData(0, time.Time{})
+	}
+	in := newLineEndReader(r, cfg.BareLF == "reject")
 	hs := newHeaderScanner()
 	received := s.receivedField(t)
 	if _, err := io.WriteString(w, received); err != nil {
@@ -798,19 +802,6 @@ func isASCII(s string) bool {
 		}
 	}
 	return true
-}
-
-type deadlineReader struct {
-	r io.Reader
-	c net.Conn
-	d time.Duration
-}
-
-func (d *deadlineReader) Read(p []byte) (int, error) {
-	if d.d > 0 {
-		d.c.SetReadDeadline(time.Now().Add(d.d))
-	}
-	return d.r.Read(p)
 }
 
 // spoolWriter marks write errors as the spool's, so they are told apart
