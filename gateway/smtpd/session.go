@@ -172,7 +172,9 @@ func newSession(s *Server, c *smtp.Conn) *session {
 
 	sess.base = gen.pipeline.Begin()
 	tx := &stages.Transaction{Client: sess.client}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(gen.cfg.Server.FilterTimeout))
+	conn, stop := whileConnected(c.Conn())
+	defer stop()
+	ctx, cancel := context.WithTimeout(conn, time.Duration(gen.cfg.Server.FilterTimeout))
 	defer cancel()
 	for _, ph := range []stages.Phase{stages.Connect, stages.Helo} {
 		d := sess.base.Run(ctx, ph, tx, sess.log)
@@ -240,7 +242,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		TLS: s.client.TLS, Stages: s.connStages})
 	var mailStages []trace.Stage
 	if s.early == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.gen.cfg.Server.FilterTimeout))
+		conn, stop := whileConnected(s.conn.Conn())
+		defer stop()
+		ctx, cancel := context.WithTimeout(conn, time.Duration(s.gen.cfg.Server.FilterTimeout))
 		defer cancel()
 		d := t.ftx.Run(ctx, stages.Mail, t.tx, t.log)
 		mailStages = trace.Stages(d.Trace)
@@ -298,8 +302,10 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	// has a short deadline of its own, so a hung internal server costs
 	// the client seconds, not the whole filter_timeout, and leaves the
 	// rcpt-phase stages their full time.
+	conn, stop := whileConnected(s.conn.Conn())
+	defer stop()
 	filterTimeout := time.Duration(s.gen.cfg.Server.FilterTimeout)
-	vctx, vcancel := context.WithTimeout(context.Background(), min(verifyTimeout, filterTimeout/2))
+	vctx, vcancel := context.WithTimeout(conn, min(verifyTimeout, filterTimeout/2))
 	verr := s.gen.routes.VerifyRcpt(vctx, to)
 	vcancel()
 	if verr != nil {
@@ -307,7 +313,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		s.logDecision(log, "rejected", errUnknownRcpt, "phase", "rcpt", "reason", reason)
 		return refuse(errUnknownRcpt, trace.Event{Action: "reject", Reason: reason})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), filterTimeout)
+	ctx, cancel := context.WithTimeout(conn, filterTimeout)
 	defer cancel()
 	t.tx.Rcpts = append(t.tx.Rcpts, to)
 	d := t.ftx.Run(ctx, stages.Rcpt, t.tx, log)
@@ -435,12 +441,24 @@ func (s *session) data(t *txn, r io.Reader) error {
 	} else if err != nil {
 		return s.spoolError(t, log, err, "read back")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.FilterTimeout))
+	// The client waits for the checks; one that hangs up meanwhile gets
+	// no reply, so they stop, and nothing is queued: it was told nothing
+	// and will send the message again.
+	conn, stop := whileConnected(s.conn.Conn())
+	defer stop()
+	ctx, cancel := context.WithTimeout(conn, time.Duration(cfg.FilterTimeout))
 	defer cancel()
 	origHeader := slices.Clone(t.tx.Header)
 	d := t.ftx.Run(ctx, stages.Data, t.tx, log)
+	stop()
 	ts := trace.Stages(d.Trace)
 	t.stages = append(t.stages, ts...)
+	if gone(ctx) {
+		s.record(t, trace.Event{Event: "data", Action: "aborted", Reason: "client went away during the checks", Stages: ts})
+		t.abort()
+		log.Info("aborted", "reason", "client went away during the checks")
+		return errLocal
+	}
 	ev := trace.Event{Event: "data", MessageID: t.tx.Header.Get("Message-Id"), Size: w.Size(), Stages: ts,
 		Action: d.Action.String(), Score: d.Score, Stage: d.Stage, Reason: d.Reason, Policy: d.Policy}
 	decided := func(r *smtp.SMTPError) error {

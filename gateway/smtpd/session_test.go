@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
@@ -79,17 +80,29 @@ type testServer struct {
 // dest.test; it stops when the test ends.
 func serve(t *testing.T, extra string) *testServer {
 	t.Helper()
+	return serveWith(t, extra, nil)
+}
+
+// serveWith is serve with a chain of stages.
+func serveWith(t *testing.T, extra string, chain []pipeline.StageSpec) *testServer {
+	t.Helper()
 	dir := t.TempDir()
 	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir)+extra))
 	if err != nil {
 		t.Fatal(err)
+	}
+	var p *pipeline.Pipeline
+	if chain != nil {
+		if p, err = pipeline.New(chain, cfg.Policy, pipeline.Options{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	sp, err := spool.Open(dir + "/queue")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := &testServer{spool: sp, queue: &queue{}}
-	srv, err := New(Options{Config: cfg, Spool: sp, Routes: routes{"dest.test"}, Queue: ts.queue, Quarantine: noQuarantine{}})
+	srv, err := New(Options{Config: cfg, Spool: sp, Routes: routes{"dest.test"}, Queue: ts.queue, Quarantine: noQuarantine{}, Pipeline: p})
 	if err != nil {
 		t.Fatal(err)
 	}
