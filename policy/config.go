@@ -99,9 +99,14 @@ type Route struct {
 	// VerifyRcpts asks the route's servers at RCPT whether they take the
 	// recipient (MAIL FROM:<>, RCPT TO, RSET) and refuses those they
 	// refuse for good (550 5.1.1), so that no bounce goes to a forged
-	// sender later. A temporary refusal or no answer takes the mail, to
-	// queue it. Servers routes only.
+	// sender later. Servers routes only.
 	VerifyRcpts bool `toml:"verify_rcpts"`
+	// VerifyRcptsUnverified is what a recipient gets that the servers
+	// could not verify (a 4xx, no answer): "tempfail" (default with
+	// verify_rcpts, 450 4.1.1, as Postfix's
+	// unverified_recipient_tempfail_action) or "accept" (fail open: the
+	// mail is queued, and may bounce later).
+	VerifyRcptsUnverified string `toml:"verify_rcpts_unverified"`
 }
 
 // StageConfig is one [[stage]] of the filter chain.

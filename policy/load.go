@@ -710,6 +710,9 @@ func (c *Config) setDefaults() {
 	str(&dl.HeloName, c.Hostname)
 	for k := range c.Routes {
 		str(&c.Routes[k].TLS, "opportunistic")
+		if c.Routes[k].VerifyRcpts {
+			str(&c.Routes[k].VerifyRcptsUnverified, "tempfail")
+		}
 	}
 	for k := range c.Stages {
 		st := &c.Stages[k]

@@ -178,6 +178,12 @@ func (v *validator) routes(routes []Route, k key) {
 			// must not be probed for every recipient of a trusted client.
 			v.errorf(rk.field("verify_rcpts"), "needs servers; a route with mx or maildir cannot verify recipients")
 		}
+		switch uk := rk.field("verify_rcpts_unverified"); {
+		case r.VerifyRcptsUnverified != "" && !r.VerifyRcpts:
+			v.errorf(uk, "needs verify_rcpts = true")
+		case r.VerifyRcpts:
+			v.oneOf(uk, r.VerifyRcptsUnverified, "tempfail", "accept")
+		}
 		v.oneOf(rk.field("tls"), r.TLS, "opportunistic", "required", "none")
 	}
 }

@@ -38,9 +38,12 @@ import (
 // does not count.
 type RouteMatcher interface {
 	HasRoute(domain string) bool
-	// VerifyRcpt returns an error, with the reason for the log, when the
-	// next hop of addr's route refused addr for good; nil when it took it,
-	// could not tell, or the route does not verify recipients.
+	// VerifyRcpt asks the next hop of addr's route whether it takes addr
+	// (verify_rcpts). It returns nil when it does, when the route does not
+	// verify recipients, or when it could not tell and the route takes
+	// such recipients anyway; a 5xx *smtp.SMTPError when it refused addr
+	// for good; any other error, the reason for the log, when it could not
+	// tell (a 4xx, no answer).
 	VerifyRcpt(ctx context.Context, addr string) error
 }
 

@@ -41,6 +41,7 @@ var (
 	errFilterTime   = reply(451, 4, 3, 2, "Message checks timed out, try again later")
 	errBadRcpt      = reply(501, 5, 1, 3, "Bad recipient address syntax")
 	errUnknownRcpt  = reply(550, 5, 1, 1, "Recipient address rejected")
+	errUnverified   = reply(450, 4, 1, 1, "Recipient address not verified, try again later")
 	errBigHeader    = reply(552, 5, 3, 4, "Message header too large")
 	errBadSender    = reply(501, 5, 1, 7, "Bad sender address syntax")
 	errNeedUTF8     = reply(553, 5, 6, 7, "Non-ASCII address requires SMTPUTF8")
@@ -298,20 +299,29 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return refuse(errRelayDenied, trace.Event{Action: "reject", Reason: reason})
 	}
 	// A recipient the internal server refuses would bounce later, to a
-	// sender that may be forged: refuse it now (verify_rcpts). The probe
-	// has a short deadline of its own, so a hung internal server costs
-	// the client seconds, not the whole filter_timeout, and leaves the
-	// rcpt-phase stages their full time.
+	// sender that may be forged: refuse it now (verify_rcpts), and one it
+	// could not verify, try later (450 4.1.1, as Postfix's
+	// unverified_recipient_tempfail_action), unless the route fails open.
+	// The probe has a short deadline of its own, so a hung internal server
+	// costs the client seconds, not the whole filter_timeout, and leaves
+	// the rcpt-phase stages their full time.
 	conn, stop := whileConnected(s.conn.Conn())
 	defer stop()
 	filterTimeout := time.Duration(s.gen.cfg.Server.FilterTimeout)
 	vctx, vcancel := context.WithTimeout(conn, min(verifyTimeout, filterTimeout/2))
 	verr := s.gen.routes.VerifyRcpt(vctx, to)
 	vcancel()
-	if verr != nil {
+	var refusal *smtp.SMTPError
+	switch {
+	case verr == nil:
+	case errors.As(verr, &refusal) && refusal.Code/100 == 5:
 		reason := "recipient refused by the next hop: " + verr.Error()
 		s.logDecision(log, "rejected", errUnknownRcpt, "phase", "rcpt", "reason", reason)
 		return refuse(errUnknownRcpt, trace.Event{Action: "reject", Reason: reason})
+	default:
+		reason := "recipient not verified: " + verr.Error()
+		s.logDecision(log, "deferred", errUnverified, "phase", "rcpt", "reason", reason)
+		return refuse(errUnverified, trace.Event{Action: "tempfail", Reason: reason})
 	}
 	ctx, cancel := context.WithTimeout(conn, filterTimeout)
 	defer cancel()
