@@ -33,10 +33,11 @@ deps:
 		fi; \
 	fi
 
-# Modules of their own in the tree, tested as their authors would: the
-# example third-party plugin builds against this checkout through a
-# replace, outside the main module.
-MODULES ?= examples/plugins/exeblock
+# Modules of their own in the tree, each vetted and tested in its own
+# directory: the example third-party plugin (built against this checkout
+# through a replace, as its author would) and the patched go-smtp
+# (third_party/go-smtp/PATCHES.md).
+MODULES ?= examples/plugins/exeblock third_party/go-smtp
 
 vet:
 	$(GO) vet $(PKGS)

@@ -38,3 +38,5 @@ require (
 	golang.org/x/crypto v0.57.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 )
+
+replace github.com/emersion/go-smtp => ./third_party/go-smtp

@@ -111,15 +111,15 @@ func TestMalformedCommands(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("MAIL FROM:<a@sender.test>", "502 5.5.1") // before EHLO
+	c.cmd("MAIL FROM:<a@sender.test>", "503 5.5.1") // before EHLO (RFC 5321 §4.3.2)
 	c.cmd("EHLO client.test", "250")
-	c.cmd("RCPT TO:<b@dest.test>", "502 5.5.1") // before MAIL
+	c.cmd("RCPT TO:<b@dest.test>", "503 5.5.1") // before MAIL
 	c.cmd("MAIL TO:<a@sender.test>", "501 5.5.2")
 	c.cmd("MAIL FROM:<a@sender.test> BODY=9BIT", "501 5.5.4")
 	c.cmd("MAIL FROM:<a@sender.test>", "250")
 	c.cmd("RCPT TO:<no-domain>", "501 5.")
 	c.cmd("RCPT TO:<ü@dest.test>", "553 5.6.7") // no SMTPUTF8 in MAIL
-	c.cmd("DATA", "502 5.5.1")                  // no valid recipient
+	c.cmd("DATA", "503 5.5.1")                  // no valid recipient
 	c.cmd("XYZW", "500 5.5.2")
 }
 

@@ -45,3 +45,33 @@ func TestVerifyRcptsNeedsServers(t *testing.T) {
 		t.Fatalf("verify_rcpts on an mx route: %v", err)
 	}
 }
+
+// verify_rcpts: a recipient the internal server could not verify (it
+// answered 4xx, or is down) is to be tried again later (450 4.1.1), also
+// while the route is not asked again after it did not answer, since taken
+// it could bounce to a forged sender; unless the route fails open.
+func TestVerifyRcptsUnverified(t *testing.T) {
+	for _, mode := range []string{"", "tempfail", "accept"} {
+		down := routertest.NewServer(t)
+		down.SetRcptReply("busy@dest.test", 450)
+		route := fmt.Sprintf("\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q]\nverify_rcpts = true\n", down.Addr())
+		if mode != "" {
+			route += fmt.Sprintf("verify_rcpts_unverified = %q\n", mode)
+		}
+		want := "450 4.1.1 "
+		if mode == "accept" {
+			want = "250 "
+		}
+		g := startGateway(t, route)
+		c := dial(t, g.SMTPAddrs()[0])
+		c.cmd("EHLO client.test", "250")
+		c.cmd("MAIL FROM:<a@sender.test>", "250")
+		c.cmd("RCPT TO:<b@dest.test>", "250") // known from now on
+		c.cmd("RCPT TO:<busy@dest.test>", want)
+		down.Stop()
+		c.cmd("RCPT TO:<nobody@dest.test>", want)
+		c.cmd("RCPT TO:<nobody2@dest.test>", want) // the route is not asked again
+		c.cmd("RCPT TO:<b@dest.test>", "250")
+		c.cmd("QUIT", "221")
+	}
+}

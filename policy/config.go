@@ -46,6 +46,7 @@ type Server struct {
 	MaxHops             int             `toml:"max_hops"`               // Received fields before a loop is assumed; default 50
 	CommandTimeout      stages.Duration `toml:"command_timeout"`        // idle time between commands; default 5m (RFC 5321 §4.5.3.2)
 	DataTimeout         stages.Duration `toml:"data_timeout"`           // idle time while reading DATA; default 10m
+	DataTotalTimeout    stages.Duration `toml:"data_total_timeout"`     // time to read a whole message, all BDAT chunks; default 1h
 	FilterTimeout       stages.Duration `toml:"filter_timeout"`         // per-message deadline for data-phase stages; default 60s
 	TrustedNetworks     []string        `toml:"trusted_networks"`       // CIDRs that may relay to any domain
 	TLSCert             string          `toml:"tls_cert"`               // PEM file; with tls_key enables STARTTLS
@@ -98,9 +99,14 @@ type Route struct {
 	// VerifyRcpts asks the route's servers at RCPT whether they take the
 	// recipient (MAIL FROM:<>, RCPT TO, RSET) and refuses those they
 	// refuse for good (550 5.1.1), so that no bounce goes to a forged
-	// sender later. A temporary refusal or no answer takes the mail, to
-	// queue it. Servers routes only.
+	// sender later. Servers routes only.
 	VerifyRcpts bool `toml:"verify_rcpts"`
+	// VerifyRcptsUnverified is what a recipient gets that the servers
+	// could not verify (a 4xx, no answer): "tempfail" (default with
+	// verify_rcpts, 450 4.1.1, as Postfix's
+	// unverified_recipient_tempfail_action) or "accept" (fail open: the
+	// mail is queued, and may bounce later).
+	VerifyRcptsUnverified string `toml:"verify_rcpts_unverified"`
 }
 
 // StageConfig is one [[stage]] of the filter chain.

@@ -687,6 +687,7 @@ func (c *Config) setDefaults() {
 	i(&s.MaxHops, 50)
 	d(&s.CommandTimeout, 5*time.Minute)
 	d(&s.DataTimeout, 10*time.Minute)
+	d(&s.DataTotalTimeout, time.Hour)
 	d(&s.FilterTimeout, 60*time.Second)
 	str(&s.BareLF, "normalize")
 	d(&c.DNS.Timeout, 5*time.Second)
@@ -709,6 +710,9 @@ func (c *Config) setDefaults() {
 	str(&dl.HeloName, c.Hostname)
 	for k := range c.Routes {
 		str(&c.Routes[k].TLS, "opportunistic")
+		if c.Routes[k].VerifyRcpts {
+			str(&c.Routes[k].VerifyRcptsUnverified, "tempfail")
+		}
 	}
 	for k := range c.Stages {
 		st := &c.Stages[k]

@@ -86,6 +86,7 @@ func TestFullConfig(t *testing.T) {
 		{"server.max_hops default", s.MaxHops, 50},
 		{"server.command_timeout default", s.CommandTimeout, stages.Duration(5 * time.Minute)},
 		{"server.data_timeout default", s.DataTimeout, stages.Duration(10 * time.Minute)},
+		{"server.data_total_timeout default", s.DataTotalTimeout, stages.Duration(time.Hour)},
 		{"server.filter_timeout default", s.FilterTimeout, stages.Duration(time.Minute)},
 		{"server.bare_lf default", s.BareLF, "normalize"},
 		{"dns.servers", c.DNS.Servers, []string{"127.0.0.1:53"}},

@@ -83,6 +83,7 @@ func (v *validator) server(s *Server, k key) {
 	v.positive(k.field("max_hops"), s.MaxHops)
 	v.duration(k.field("command_timeout"), s.CommandTimeout)
 	v.duration(k.field("data_timeout"), s.DataTimeout)
+	v.duration(k.field("data_total_timeout"), s.DataTotalTimeout)
 	v.duration(k.field("filter_timeout"), s.FilterTimeout)
 	s.trusted = nil
 	for i, n := range s.TrustedNetworks {
@@ -183,6 +184,12 @@ func (v *validator) routes(routes []Route, k key) {
 			// Only servers of our own can be asked: MX hosts elsewhere
 			// must not be probed for every recipient of a trusted client.
 			v.errorf(rk.field("verify_rcpts"), "needs servers; a route with mx or maildir cannot verify recipients")
+		}
+		switch uk := rk.field("verify_rcpts_unverified"); {
+		case r.VerifyRcptsUnverified != "" && !r.VerifyRcpts:
+			v.errorf(uk, "needs verify_rcpts = true")
+		case r.VerifyRcpts:
+			v.oneOf(uk, r.VerifyRcptsUnverified, "tempfail", "accept")
 		}
 		v.oneOf(rk.field("tls"), r.TLS, "opportunistic", "required", "none")
 	}

@@ -210,6 +210,11 @@ func (s *session) message(c *client) error {
 			// server waits for a message: end it empty.
 			c.w.WriteString(".\r\n")
 			c.flushReply()
+		} else if codes[0] == 250 {
+			// The transaction is still open: the next MAIL would be
+			// nested (503, as Postfix and mailgate answer).
+			c.w.WriteString("RSET\r\n")
+			c.flushReply()
 		}
 		return nil
 	}

@@ -109,7 +109,7 @@ func TestLoadRefusedRecipient(t *testing.T) {
 	if err == nil {
 		t.Errorf("no error when nothing could be sent")
 	}
-	if res.sent != 0 || res.accepted != 0 || res.refused["envelope 250/550/502"] != 4 {
+	if res.sent != 0 || res.accepted != 0 || res.refused["envelope 250/550/503"] != 4 {
 		t.Errorf("sent %d, accepted %d, refused %v; want 4 refused envelopes", res.sent, res.accepted, res.refused)
 	}
 	if len(rec.messages) != 0 {

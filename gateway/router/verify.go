@@ -73,16 +73,27 @@ func (vc *verifyCache) put(key string, v verdict, now time.Time) {
 	vc.entries[key] = v
 }
 
+// ErrUnverified is wrapped by the error of VerifyRcpt when the route's
+// servers could not tell whether they take a recipient.
+var ErrUnverified = errors.New("recipient not verified")
+
+// errRouteDown is why a recipient is not asked about: no server of its
+// route answered a probe lately.
+var errRouteDown = errors.New("no server of the route answered a probe lately")
+
 // VerifyRcpt asks route's servers whether they take mail for addr, as
 // Postfix's reject_unverified_recipient: MAIL FROM:<>, RCPT TO:<addr> and
 // RSET on a pooled connection, servers in order as for delivery. It
-// returns an error, the servers' reply, only when they refused addr for
-// good (5xx): mail to it would bounce, and the bounce would go to a sender
-// that may be forged (backscatter). A temporary refusal, or no server
-// answering, is not an error: the mail is taken and queued, since keeping
-// mail while the internal servers are away is what the gateway is for.
-// Answers are cached, known recipients for an hour, refused ones for ten
-// minutes; temporary ones are not.
+// returns nil when they take addr; their reply (a 5xx *smtp.SMTPError)
+// when they refused it for good: mail to it would bounce, and the bounce
+// would go to a sender that may be forged (backscatter). When they could
+// not tell (a 4xx, no answer), the recipient is unverified: the error
+// wraps ErrUnverified, unless the route takes unverified recipients
+// (verify_rcpts_unverified = "accept"), and then it is nil. Answers are
+// cached, known recipients for an hour, refused ones for ten minutes;
+// temporary ones are not. A route whose servers did not answer is not
+// asked again for verifyDownFor, and meanwhile every recipient that is
+// not known from the cache is unverified.
 func (r *Router) VerifyRcpt(ctx context.Context, route *policy.Route, addr string) error {
 	servers := strings.Join(route.Servers, ",")
 	key := servers + "\x00" + addr
@@ -92,31 +103,42 @@ func (r *Router) VerifyRcpt(ctx context.Context, route *policy.Route, addr strin
 		return v.refused
 	}
 	if _, ok := r.verified.get(down, now); ok {
-		return nil
+		return r.unverified(route, addr, errRouteDown)
 	}
-	known, err := r.probe(ctx, route, addr)
+	known, answered, err := r.probe(ctx, route, addr)
 	switch {
 	case known:
 		r.verified.put(key, verdict{expires: now.Add(verifyKnownFor)}, now)
+		return nil
 	case isPermanent(err):
 		r.verified.put(key, verdict{refused: err, expires: now.Add(verifyUnknownFor)}, now)
 		return err
-	case err != nil && !isReply(err):
+	case !answered && !errors.Is(ctx.Err(), context.Canceled):
 		// No server answered (down, hung, or slower than the probe's
-		// deadline): take mail without asking for a while, rather than
-		// make every RCPT wait for the probe to time out again.
+		// deadline): do not ask again for a while, rather than make
+		// every RCPT wait for the probe to time out again. A probe
+		// cancelled because the client left says nothing of the route.
 		r.verified.put(down, verdict{expires: now.Add(verifyDownFor)}, now)
-		r.log.Warn("recipient verification skipped: no server of the route answered", "rcpt", addr, "err", err, "for", verifyDownFor)
-	case err != nil:
-		r.log.Debug("recipient not verified", "rcpt", addr, "err", err)
+		r.log.Warn("recipient verification: no server of the route answered", "rcpt", addr, "err", err, "for", verifyDownFor)
 	}
-	return nil
+	return r.unverified(route, addr, err)
+}
+
+// unverified is what VerifyRcpt returns for a recipient the route's
+// servers could not verify, err saying why.
+func (r *Router) unverified(route *policy.Route, addr string, err error) error {
+	if route.VerifyRcptsUnverified == "accept" {
+		r.log.Debug("recipient taken unverified", "rcpt", addr, "err", err)
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrUnverified, err)
 }
 
 // probe asks the first server of route that takes a connection about
-// addr. known is true when it accepted the recipient; err is its refusal,
-// or what kept the question from being asked.
-func (r *Router) probe(ctx context.Context, route *policy.Route, addr string) (known bool, err error) {
+// addr. known is true when it accepted the recipient; answered when a
+// server replied at all (anything but 421); err is the refusal, or what
+// kept the question from being asked.
+func (r *Router) probe(ctx context.Context, route *policy.Route, addr string) (known, answered bool, err error) {
 	cf := r.conf.Load()
 	mode := tlsOpportunistic
 	if route.TLS != "" {
@@ -136,33 +158,35 @@ func (r *Router) probe(ctx context.Context, route *policy.Route, addr string) (k
 			pool.done(d)
 			err = cerr
 			if ctx.Err() != nil {
-				return false, err
+				return false, false, err
 			}
 			continue
 		}
 		var reusable bool
-		known, reusable, err = askRcpt(ctx, c, addr)
+		known, answered, reusable, err = askRcpt(ctx, c, addr)
 		if reusable {
 			pool.put(d, c)
 		} else {
 			pool.drop(d, c)
 		}
 		pool.done(d)
-		return known, err
+		return known, answered, err
 	}
-	return false, err
+	return false, false, err
 }
 
 // askRcpt runs MAIL FROM:<>, RCPT TO:<addr> and RSET: a transaction that
 // never gets to DATA delivers nothing (RFC 5321 §4.1.1.5). The null
 // sender is what the server would see from a bounce, so it answers as it
-// would for one. err is the reply to RCPT, or why RCPT was not asked.
-func askRcpt(ctx context.Context, c *conn, addr string) (known, reusable bool, err error) {
+// would for one. err is the reply to RCPT, or why RCPT was not asked;
+// answered is true when the server replied (anything but 421).
+func askRcpt(ctx context.Context, c *conn, addr string) (known, answered, reusable bool, err error) {
 	cerr := c.withContext(ctx, func() error {
 		var opts *smtp.MailOptions
 		if !isASCII(addr) {
 			if ok, _ := c.c.Extension("SMTPUTF8"); !ok {
-				err, reusable = errors.New("next hop does not support SMTPUTF8"), true
+				// Delivery would fail for good the same way (send).
+				err, answered, reusable = replyErr(553, 5, 6, 7, "next hop does not support SMTPUTF8"), true, true
 				return nil
 			}
 			opts = &smtp.MailOptions{UTF8: true}
@@ -170,17 +194,19 @@ func askRcpt(ctx context.Context, c *conn, addr string) (known, reusable bool, e
 		if merr := c.c.Mail("", opts); merr != nil {
 			// %v: a refused MAIL says nothing about the recipient.
 			err = fmt.Errorf("MAIL FROM:<> refused: %v", merr)
-			reusable = isReply(merr) && c.c.Reset() == nil
+			answered = isReply(merr)
+			reusable = answered && c.c.Reset() == nil
 			return nil
 		}
 		err = c.c.Rcpt(quoteAddr(addr), nil)
 		known = err == nil
-		reusable = (known || isReply(err)) && c.c.Reset() == nil
+		answered = known || isReply(err)
+		reusable = answered && c.c.Reset() == nil
 		return nil
 	})
 	if cerr != nil {
 		// ctx ended and closed the connection.
-		return false, false, cerr
+		return false, false, false, cerr
 	}
-	return known, reusable, err
+	return known, answered, reusable, err
 }

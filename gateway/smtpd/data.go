@@ -29,6 +29,7 @@ type lineEndReader struct {
 	pendingCR bool // the last piece ended in CR; the next byte decides what it was
 	out       []byte
 	buf       []byte
+	err       error // came with the last bytes; returned without reading again
 }
 
 func newLineEndReader(r io.Reader, reject bool) *lineEndReader {
@@ -37,10 +38,7 @@ func newLineEndReader(r io.Reader, reject bool) *lineEndReader {
 
 func (l *lineEndReader) Read(p []byte) (int, error) {
 	for len(l.out) == 0 {
-		chunk, err := l.r.ReadSlice('\n')
-		if err == bufio.ErrBufferFull {
-			err = nil
-		}
+		chunk, err := l.next()
 		if len(chunk) > 0 {
 			l.out = l.fix(chunk)
 			continue
@@ -60,6 +58,23 @@ func (l *lineEndReader) Read(p []byte) (int, error) {
 	n := copy(p, l.out)
 	l.out = l.out[n:]
 	return n, nil
+}
+
+// next reads the next piece, up to LF or a full buffer. An error that
+// comes with the last bytes is kept and returned by the next call without
+// reading again: a second read would wait out data_timeout a second time.
+func (l *lineEndReader) next() ([]byte, error) {
+	if l.err != nil {
+		return nil, l.err
+	}
+	chunk, err := l.r.ReadSlice('\n')
+	switch {
+	case err == bufio.ErrBufferFull:
+		err = nil
+	case err != nil && len(chunk) > 0:
+		l.err, err = err, nil
+	}
+	return chunk, err
 }
 
 // fix rewrites one piece read up to LF (or a buffer-full piece of a long

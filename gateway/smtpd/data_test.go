@@ -88,3 +88,38 @@ func TestHeaderScanner(t *testing.T) {
 		t.Fatalf("received = %d, want 2", h.received)
 	}
 }
+
+// timeoutReader gives its bytes with a timeout error, as a connection
+// whose deadline passed in the middle of a line, and fails the test when
+// it is read again: that read would wait out the deadline a second time.
+type timeoutReader struct {
+	t    *testing.T
+	data string
+	read bool
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string { return "i/o timeout" }
+func (timeoutErr) Timeout() bool { return true }
+
+func (r *timeoutReader) Read(p []byte) (int, error) {
+	if r.read {
+		r.t.Error("read again after a timeout")
+		return 0, io.ErrUnexpectedEOF
+	}
+	r.read = true
+	return copy(p, r.data), timeoutErr{}
+}
+
+// A partial last line and the timeout that cut it come in one read; the
+// line end reader returns the bytes, then the timeout, without reading
+// again (data_timeout must not be waited out twice).
+func TestLineEndReaderKeepsError(t *testing.T) {
+	for _, reject := range []bool{false, true} {
+		got, err := io.ReadAll(newLineEndReader(&timeoutReader{t: t, data: "Subject: x\r\n\r\npartial"}, reject))
+		if string(got) != "Subject: x\r\n\r\npartial" || !errors.Is(err, timeoutErr{}) {
+			t.Errorf("reject=%v: got %q, %v; want the bytes and the timeout", reject, got, err)
+		}
+	}
+}

@@ -38,9 +38,12 @@ import (
 // does not count.
 type RouteMatcher interface {
 	HasRoute(domain string) bool
-	// VerifyRcpt returns an error, with the reason for the log, when the
-	// next hop of addr's route refused addr for good; nil when it took it,
-	// could not tell, or the route does not verify recipients.
+	// VerifyRcpt asks the next hop of addr's route whether it takes addr
+	// (verify_rcpts). It returns nil when it does, when the route does not
+	// verify recipients, or when it could not tell and the route takes
+	// such recipients anyway; a 5xx *smtp.SMTPError when it refused addr
+	// for good; any other error, the reason for the log, when it could not
+	// tell (a 4xx, no answer).
 	VerifyRcpt(ctx context.Context, addr string) error
 }
 
@@ -370,11 +373,77 @@ type limitedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+
+	// While a message is read (readingData), every read that brings
+	// bytes moves the read deadline idle ahead (data_timeout, per read as
+	// Postfix's smtpd_timeout), and no read deadline, whoever sets it
+	// (go-smtp sets its own for the commands between BDAT chunks), goes
+	// past until (data_total_timeout): a client trickling a byte at a
+	// time cannot hold its connection for ever.
+	mu    sync.Mutex
+	idle  time.Duration
+	until time.Time
 }
 
 func (c *limitedConn) Close() error {
 	c.once.Do(c.release)
 	return c.Conn.Close()
+}
+
+func (c *limitedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.mu.Lock()
+		if c.idle > 0 {
+			c.Conn.SetReadDeadline(c.capped(time.Now().Add(c.idle)))
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+func (c *limitedConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Conn.SetReadDeadline(c.capped(t))
+}
+
+func (c *limitedConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.Conn.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetReadDeadline(c.capped(t))
+}
+
+// capped is read deadline t, no later than until. Under mu.
+func (c *limitedConn) capped(t time.Time) time.Time {
+	if !c.until.IsZero() && (t.IsZero() || t.After(c.until)) {
+		return c.until
+	}
+	return t
+}
+
+// readingData starts reading a message, with idle and until as above; a
+// zero idle ends it.
+func (c *limitedConn) readingData(idle time.Duration, until time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.idle, c.until = idle, until
+	if idle > 0 {
+		c.Conn.SetReadDeadline(c.capped(time.Now().Add(idle)))
+	}
+}
+
+// limited returns the limitedConn under c, which may be wrapped in TLS;
+// nil when c did not come from Serve's listener.
+func limited(c net.Conn) *limitedConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	lc, _ := c.(*limitedConn)
+	return lc
 }
 
 func remoteAddr(c net.Conn) netip.Addr {

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -43,6 +42,7 @@ var (
 	errFilterTime   = reply(451, 4, 3, 2, "Message checks timed out, try again later")
 	errBadRcpt      = reply(501, 5, 1, 3, "Bad recipient address syntax")
 	errUnknownRcpt  = reply(550, 5, 1, 1, "Recipient address rejected")
+	errUnverified   = reply(450, 4, 1, 1, "Recipient address not verified, try again later")
 	errBigHeader    = reply(552, 5, 3, 4, "Message header too large")
 	errBadSender    = reply(501, 5, 1, 7, "Bad sender address syntax")
 	errNeedUTF8     = reply(553, 5, 6, 7, "Non-ASCII address requires SMTPUTF8")
@@ -145,10 +145,8 @@ type txn struct {
 	early *pipeline.Decision
 
 	// Under session.mu.
-	inData   bool           // Data works on it: only Data may end it
-	reset    bool           // Reset or Logout came while Data worked on it
-	dataDone chan struct{}  // closed when Data returns
-	pipe     *io.PipeReader // what Data reads under BDAT
+	inData bool // Data works on it: only Data may end it
+	reset  bool // Reset or Logout came while Data worked on it
 }
 
 func newSession(s *Server, c *smtp.Conn) *session {
@@ -176,7 +174,9 @@ func newSession(s *Server, c *smtp.Conn) *session {
 
 	sess.base = gen.pipeline.Begin()
 	tx := &stages.Transaction{Client: sess.client}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(gen.cfg.Server.FilterTimeout))
+	conn, stop := whileConnected(c.Conn())
+	defer stop()
+	ctx, cancel := context.WithTimeout(conn, time.Duration(gen.cfg.Server.FilterTimeout))
 	defer cancel()
 	for _, ph := range []stages.Phase{stages.Connect, stages.Helo} {
 		d := sess.base.Run(ctx, ph, tx, sess.log)
@@ -206,7 +206,7 @@ func (s *session) current() *txn {
 // is fixed here so that every later line about it, a rejection at RCPT
 // included, carries the ID.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
-	s.drop(true)
+	s.drop()
 	if !opts.UTF8 && !isASCII(from) {
 		return s.fail(errNeedUTF8, "mail", "non-ASCII sender without SMTPUTF8", "from", from)
 	}
@@ -246,7 +246,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		TLS: s.client.TLS, Stages: s.connStages})
 	var mailStages []trace.Stage
 	if s.early == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.gen.cfg.Server.FilterTimeout))
+		conn, stop := whileConnected(s.conn.Conn())
+		defer stop()
+		ctx, cancel := context.WithTimeout(conn, time.Duration(s.gen.cfg.Server.FilterTimeout))
 		defer cancel()
 		d := t.ftx.Run(ctx, stages.Mail, t.tx, t.log)
 		mailStages = d.Records()
@@ -304,20 +306,31 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return refuse(errRelayDenied, trace.Event{Action: "reject", Reason: reason})
 	}
 	// A recipient the internal server refuses would bounce later, to a
-	// sender that may be forged: refuse it now (verify_rcpts). The probe
-	// has a short deadline of its own, so a hung internal server costs
-	// the client seconds, not the whole filter_timeout, and leaves the
-	// rcpt-phase stages their full time.
+	// sender that may be forged: refuse it now (verify_rcpts), and one it
+	// could not verify, try later (450 4.1.1, as Postfix's
+	// unverified_recipient_tempfail_action), unless the route fails open.
+	// The probe has a short deadline of its own, so a hung internal server
+	// costs the client seconds, not the whole filter_timeout, and leaves
+	// the rcpt-phase stages their full time.
+	conn, stop := whileConnected(s.conn.Conn())
+	defer stop()
 	filterTimeout := time.Duration(s.gen.cfg.Server.FilterTimeout)
-	vctx, vcancel := context.WithTimeout(context.Background(), min(verifyTimeout, filterTimeout/2))
+	vctx, vcancel := context.WithTimeout(conn, min(verifyTimeout, filterTimeout/2))
 	verr := s.gen.routes.VerifyRcpt(vctx, to)
 	vcancel()
-	if verr != nil {
+	var refusal *smtp.SMTPError
+	switch {
+	case verr == nil:
+	case errors.As(verr, &refusal) && refusal.Code/100 == 5:
 		reason := "recipient refused by the next hop: " + verr.Error()
 		s.logDecision(log, "rejected", errUnknownRcpt, "phase", "rcpt", "reason", reason)
 		return refuse(errUnknownRcpt, trace.Event{Action: "reject", Reason: reason})
+	default:
+		reason := "recipient not verified: " + verr.Error()
+		s.logDecision(log, "deferred", errUnverified, "phase", "rcpt", "reason", reason)
+		return refuse(errUnverified, trace.Event{Action: "tempfail", Reason: reason})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), filterTimeout)
+	ctx, cancel := context.WithTimeout(conn, filterTimeout)
 	defer cancel()
 	t.tx.Rcpts = append(t.tx.Rcpts, to)
 	d := t.ftx.Run(ctx, stages.Rcpt, t.tx, log)
@@ -351,8 +364,7 @@ func (s *session) Data(r io.Reader) error {
 	s.mu.Lock()
 	t := s.cur
 	if t != nil {
-		t.inData, t.dataDone = true, make(chan struct{})
-		t.pipe, _ = r.(*io.PipeReader)
+		t.inData = true
 		s.running++
 	}
 	s.mu.Unlock()
@@ -376,28 +388,8 @@ func (s *session) endData(t *txn) {
 	if reset {
 		t.abort()
 	}
-	close(t.dataDone)
 	if release {
 		s.srv.release(s.gen)
-	}
-}
-
-// waitBDAT waits until the goroutine go-smtp runs a BDAT transaction's
-// Data in is through, after a RSET or an oversize chunk ended that
-// transaction. Data's return is not enough: that goroutine then reads the
-// connection's result channel, which the next BDAT replaces, and only
-// after that closes the pipe it gave Data (go-smtp v0.25.1 conn.go,
-// handleBdat). Until the close, a read of the pipe gives the reset error;
-// after it, io.ErrClosedPipe. Seeing that orders the next BDAT after the
-// old goroutine, whose stale result would otherwise answer the next
-// message.
-func waitBDAT(done <-chan struct{}, pipe *io.PipeReader) {
-	<-done
-	for {
-		if _, err := pipe.Read(nil); errors.Is(err, io.ErrClosedPipe) {
-			return
-		}
-		runtime.Gosched()
 	}
 }
 
@@ -412,10 +404,14 @@ func (s *session) data(t *txn, r io.Reader) error {
 		return s.failLog(log, r, "data", reason)
 	}
 
-	// Reading: refresh the read deadline as data arrives so a slow but
-	// moving client is not cut off, while a stalled one is (data_timeout).
-	dr := &deadlineReader{r: r, c: s.conn.Conn(), d: time.Duration(cfg.DataTimeout)}
-	in := newLineEndReader(dr, cfg.BareLF == "reject")
+	// Reading: a slow but moving client is not cut off, a stalled one is
+	// (data_timeout), and so is one that takes too long in all
+	// (data_total_timeout, from the DATA or first BDAT command on).
+	if lc := limited(s.conn.Conn()); lc != nil {
+		lc.readingData(time.Duration(cfg.DataTimeout), time.Now().Add(time.Duration(cfg.DataTotalTimeout)))
+		defer lc.readingData(0, time.Time{})
+	}
+	in := newLineEndReader(r, cfg.BareLF == "reject")
 	hs := newHeaderScanner()
 	received := s.receivedField(t)
 	if _, err := io.WriteString(w, received); err != nil {
@@ -433,9 +429,8 @@ func (s *session) data(t *txn, r io.Reader) error {
 		case errors.Is(err, smtp.ErrTooLongLine):
 			return refuse(errLineTooLong, "line longer than max_line_length")
 		case errors.As(err, &ne) && ne.Timeout():
-			err := refuse(errDataTimeout, "data timeout")
-			s.conn.Close()
-			return err
+			// go-smtp writes the 421, then closes the connection.
+			return refuse(errDataTimeout, "data timeout")
 		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, smtp.ErrDataReset):
 			s.record(t, trace.Event{Event: "data", Action: "aborted", Reason: "client went away during DATA"})
 			t.abort()
@@ -463,12 +458,24 @@ func (s *session) data(t *txn, r io.Reader) error {
 	} else if err != nil {
 		return s.spoolError(t, log, err, "read back")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.FilterTimeout))
+	// The client waits for the checks; one that hangs up meanwhile gets
+	// no reply, so they stop, and nothing is queued: it was told nothing
+	// and will send the message again.
+	conn, stop := whileConnected(s.conn.Conn())
+	defer stop()
+	ctx, cancel := context.WithTimeout(conn, time.Duration(cfg.FilterTimeout))
 	defer cancel()
 	origHeader := slices.Clone(t.tx.Header)
 	d := t.ftx.Run(ctx, stages.Data, t.tx, log)
+	stop()
 	ts := d.Records()
 	t.stages = append(t.stages, ts...)
+	if gone(ctx) {
+		s.record(t, trace.Event{Event: "data", Action: "aborted", Reason: "client went away during the checks", Stages: ts})
+		t.abort()
+		log.Info("aborted", "reason", "client went away during the checks")
+		return errLocal
+	}
 	ev := trace.Event{Event: "data", MessageID: t.tx.Header.Get("Message-Id"), Size: w.Size(), Stages: ts,
 		Action: d.Action.String(), Score: d.Score, Stage: d.Stage, Reason: d.Reason, Policy: d.Policy}
 	decided := func(r *smtp.SMTPError) error {
@@ -677,9 +684,9 @@ func rewrite(tx *stages.Transaction, w *spool.Writer) error {
 }
 
 // Reset implements smtp.Session (RSET, a new EHLO, the end of DATA). A
-// BDAT transaction's Data may still run then; go-smtp has closed its pipe,
-// so it returns soon, and Reset waits for that.
-func (s *session) Reset() { s.drop(true) }
+// BDAT transaction's Data may still run then; go-smtp has closed its
+// pipe, so it returns soon and ends the transaction itself.
+func (s *session) Reset() { s.drop() }
 
 // Logout implements smtp.Session; go-smtp calls it once, when the
 // connection closes or STARTTLS starts a new session. A Data still
@@ -691,7 +698,7 @@ func (s *session) Logout() error {
 	s.mu.Unlock()
 	// No wait: Server.Close calls Logout of one connection after the
 	// other, and a Data in the data stage may take filter_timeout.
-	s.drop(false)
+	s.drop()
 	if !busy {
 		s.srv.release(s.gen)
 	}
@@ -700,30 +707,21 @@ func (s *session) Logout() error {
 
 // drop ends the transaction in progress. One that Data works on is only
 // marked: Data ends it, as only Data may touch its writer, and Commit
-// and Abort must not race. With wait, drop first waits for the goroutine
-// of a BDAT transaction's Data, running or not: go-smtp closes the pipe
-// before it calls Reset, so Data may have returned already while that
-// goroutine still has work to do.
-func (s *session) drop(wait bool) {
+// and Abort must not race. A BDAT transaction's Data runs in a goroutine
+// of go-smtp's and may outlive the transaction; it answers on a result
+// channel of its own (go-smtp patch 2, PATCHES.md), so the next
+// transaction need not wait for it.
+func (s *session) drop() {
 	s.mu.Lock()
 	t := s.cur
 	s.cur = nil
 	var running bool
-	var done chan struct{}
-	var pipe *io.PipeReader
 	if t != nil {
-		running, done, pipe = t.inData, t.dataDone, t.pipe
+		running = t.inData
 		t.reset = running
 	}
 	s.mu.Unlock()
-	if t == nil {
-		return
-	}
-	if wait && pipe != nil {
-		waitBDAT(done, pipe)
-		running = false
-	}
-	if !running {
+	if t != nil && !running {
 		t.abort()
 	}
 }
@@ -839,19 +837,6 @@ func isASCII(s string) bool {
 		}
 	}
 	return true
-}
-
-type deadlineReader struct {
-	r io.Reader
-	c net.Conn
-	d time.Duration
-}
-
-func (d *deadlineReader) Read(p []byte) (int, error) {
-	if d.d > 0 {
-		d.c.SetReadDeadline(time.Now().Add(d.d))
-	}
-	return d.r.Read(p)
 }
 
 // spoolWriter marks write errors as the spool's, so they are told apart

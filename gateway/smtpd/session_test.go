@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
@@ -22,10 +25,16 @@ import (
 // without regard to case or a trailing dot.
 type routes []string
 
-// VerifyRcpt refuses the recipients whose local part is "unknown".
+// VerifyRcpt refuses the recipients whose local part is "unknown", and
+// cannot verify those whose local part is "busy" (a 4xx) or "hung".
 func (r routes) VerifyRcpt(_ context.Context, addr string) error {
-	if strings.HasPrefix(addr, "unknown@") {
-		return errors.New("550 5.1.1 no such user")
+	switch {
+	case strings.HasPrefix(addr, "unknown@"):
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+	case strings.HasPrefix(addr, "busy@"):
+		return fmt.Errorf("not verified: %w", &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "busy"})
+	case strings.HasPrefix(addr, "hung@"):
+		return fmt.Errorf("not verified: %w", context.DeadlineExceeded)
 	}
 	return nil
 }
@@ -79,17 +88,29 @@ type testServer struct {
 // dest.test; it stops when the test ends.
 func serve(t *testing.T, extra string) *testServer {
 	t.Helper()
+	return serveWith(t, extra, nil)
+}
+
+// serveWith is serve with a chain of stages.
+func serveWith(t *testing.T, extra string, chain []pipeline.StageSpec) *testServer {
+	t.Helper()
 	dir := t.TempDir()
 	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir)+extra))
 	if err != nil {
 		t.Fatal(err)
+	}
+	var p *pipeline.Pipeline
+	if chain != nil {
+		if p, err = pipeline.New(chain, cfg.Policy, pipeline.Options{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	sp, err := spool.Open(dir + "/queue")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := &testServer{spool: sp, queue: &queue{}}
-	srv, err := New(Options{Config: cfg, Spool: sp, Routes: routes{"dest.test"}, Queue: ts.queue, Quarantine: noQuarantine{}})
+	srv, err := New(Options{Config: cfg, Spool: sp, Routes: routes{"dest.test"}, Queue: ts.queue, Quarantine: noQuarantine{}, Pipeline: p})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,12 +369,15 @@ func TestDataRefusedWhenDeliveryStopped(t *testing.T) {
 }
 
 // A recipient the next hop refuses is refused at RCPT, so that no bounce
-// goes to a sender that may be forged.
+// goes to a sender that may be forged; one it could not verify is to be
+// tried again later, not taken to bounce later.
 func TestRcptVerified(t *testing.T) {
 	ts := serve(t, "")
 	c := dial(t, ts)
 	c.cmd("MAIL FROM:<a@sender.test>", "250")
 	c.cmd("RCPT TO:<unknown@dest.test>", "550 5.1.1 ")
+	c.cmd("RCPT TO:<busy@dest.test>", "450 4.1.1 ")
+	c.cmd("RCPT TO:<hung@dest.test>", "450 4.1.1 ")
 	c.cmd("RCPT TO:<b@dest.test>", "250")
 	c.cmd("DATA", "354")
 	c.send(msg + ".\r\n")

@@ -35,9 +35,10 @@ type Message struct {
 // Server is a recording SMTP server. Its methods are safe for concurrent
 // use.
 type Server struct {
-	t    testing.TB
-	addr string
-	tls  *tls.Config
+	t      testing.TB
+	addr   string
+	tls    *tls.Config
+	noUTF8 bool
 
 	mu        sync.Mutex
 	srv       *smtp.Server // nil while stopped
@@ -58,6 +59,11 @@ type Option func(*Server)
 // for "localhost" and 127.0.0.1.
 func WithTLS() Option {
 	return func(s *Server) { s.tls = selfSigned(s.t) }
+}
+
+// WithoutSMTPUTF8 makes the server not offer SMTPUTF8 (RFC 6531).
+func WithoutSMTPUTF8() Option {
+	return func(s *Server) { s.noUTF8 = true }
 }
 
 // NewServer starts a server on 127.0.0.1 on a free port. It stops when
@@ -205,7 +211,7 @@ func (s *Server) serve(l net.Listener) {
 	srv.ReadTimeout = time.Minute
 	srv.WriteTimeout = time.Minute
 	srv.MaxLineLength = 1 << 16
-	srv.EnableSMTPUTF8 = true
+	srv.EnableSMTPUTF8 = !s.noUTF8
 	srv.TLSConfig = s.tls
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	served := make(chan struct{})
