@@ -195,22 +195,22 @@ func cmdQueue(args []string, stdout, stderr io.Writer) error {
 		}
 		return ids, nil
 	}
-	ids, err = targets(ids, &sel, list)
+	return eachID(ids, &sel, list, usage, stdout, func(id string) (string, error) {
+		return pastTense(op), c.QueueOp(ctx, op, id)
+	})
+}
+
+// eachID runs op for every message the arguments pick (the IDs given,
+// ALL, or what the selection picks from list; see targets), prints
+// "ID: what" for each that went through and returns the errors of the
+// others, each with its ID.
+func eachID(ids []string, sel *selection, list func() ([]string, error), usage func() error, stdout io.Writer, op func(id string) (string, error)) error {
+	ids, err := targets(ids, sel, list)
 	if errors.Is(err, errUsage) {
 		return usage()
 	} else if err != nil {
 		return err
 	}
-	return eachID(ids, stdout, func(id string) (string, error) {
-		return pastTense(op), c.QueueOp(ctx, op, id)
-	})
-}
-
-// eachID runs op for every ID, prints "ID: what" for each that went
-// through and returns the errors of the others, each with its ID. A
-// message that left (delivered, released) since it was selected is not an
-// error when the IDs came from a selection: it says so.
-func eachID(ids []string, stdout io.Writer, op func(id string) (string, error)) error {
 	var errs []error
 	for _, id := range ids {
 		what, err := op(id)
@@ -382,13 +382,7 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 		}
 		return ids, nil
 	}
-	ids, err = targets(ids, &sel, list)
-	if errors.Is(err, errUsage) {
-		return usage()
-	} else if err != nil {
-		return err
-	}
-	return eachID(ids, stdout, func(id string) (string, error) {
+	return eachID(ids, &sel, list, usage, stdout, func(id string) (string, error) {
 		if sub == "delete" {
 			return "deleted", c.QuarantineDelete(ctx, id)
 		}
