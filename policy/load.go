@@ -317,7 +317,9 @@ func (d *decoder) value(p toml.Primitive, rv reflect.Value, k key) {
 		d.leaf(p, rv, k, raw)
 		return
 	case encoding.TextUnmarshaler:
-		if !isScalar(raw) {
+		// A string only: BurntSushi/toml would hand the text of a number
+		// over, and max_message_size = 50 would mean 50 bytes.
+		if _, ok := raw.(string); !ok {
 			d.mismatch(k, raw, rv.Type())
 			return
 		}
@@ -391,9 +393,14 @@ func fits(raw any, t reflect.Type) bool {
 		_, ok := raw.(bool)
 		return ok
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		// A time.Duration is "5s", as BurntSushi/toml allows, never a
+		// number of nanoseconds.
 		_, ok := raw.(int64)
 		_, s := raw.(string)
-		return ok || s && t == durationType // "5s", as BurntSushi/toml allows
+		if t == durationType {
+			return s
+		}
+		return ok
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
 		n, ok := raw.(int64)
 		return ok && n >= 0
@@ -542,14 +549,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
 }
 
-func isScalar(raw any) bool {
-	switch raw.(type) {
-	case map[string]any, []map[string]any, []any:
-		return false
-	}
-	return true
-}
-
 func isArray(raw any) bool {
 	switch raw.(type) {
 	case []map[string]any, []any:
@@ -582,13 +581,10 @@ func show(raw any) string {
 }
 
 // describe says what a Go type accepts, for "expect ...": stages' words,
-// with an example for the config's own duration and size types.
+// which give an example for durations and sizes.
 func describe(t reflect.Type) string {
-	switch t {
-	case reflect.TypeFor[stages.Duration](), durationType:
-		return `a duration such as "30s"`
-	case reflect.TypeFor[stages.Size]():
-		return `a size such as "50MB"`
+	if t == durationType {
+		return stages.DurationExample
 	}
 	return stages.DescribeType(t)
 }
