@@ -78,6 +78,8 @@ func TestStartupFailures(t *testing.T) {
 		}},
 		{name: "stage refuses its config", want: "test.toml:20: stage[1].config.garbage: unexpected \"nope\"",
 			stage: "\n[[stage]]\nname = \"bad\"\nkind = \"plugin\"\npath = %q\n[stage.config]\ngarbage = \"nope\"\n"},
+		{name: "result word the stage does not declare", want: "test.toml:22: stage[1].results.lsited: unknown result of kind testplugin; did you mean listed?",
+			stage: "\n[[stage]]\nname = \"words\"\nkind = \"plugin\"\npath = %q\n[stage.config]\nresults = [\"clean\", \"listed\"]\n[stage.results]\nlsited = \"reject\"\n"},
 		{name: "smtp server", want: "trusted_networks", mutate: func(t *testing.T, cfg *policy.Config) {
 			cfg.Server.TrustedNetworks = []string{"not a network"}
 		}},

@@ -33,6 +33,19 @@ func Load(path string) (*Config, error) {
 // Parse decodes, fills in defaults and validates a config; file names it in
 // errors. The error is an Errors listing every problem found.
 func Parse(file string, data []byte) (*Config, error) {
+	c, err := ParseAll(file, data)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ParseAll is Parse for `mailgate check`, which goes on after errors to
+// report every one in a run (what the kinds of the stages refuse too): it
+// returns the config along with the Errors whenever data is TOML, and nil
+// only when it is not. A config that came with errors must never be
+// served.
+func ParseAll(file string, data []byte) (*Config, error) {
 	c, errs := decode(file, data)
 	if c != nil {
 		// A value that failed to decode left its field empty; checking that
@@ -43,10 +56,17 @@ func Parse(file string, data []byte) (*Config, error) {
 			}
 		}
 	}
-	if err := errs.err(); err != nil {
-		return nil, err
+	return c, errs.err()
+}
+
+// StageError is an Error about a key of stage i, such as its kind or
+// ("config", "address") a key of its [stage.config], at the key's line.
+func (c *Config) StageError(i int, msg string, keys ...string) Error {
+	k := key{}.field("stage").index(i)
+	for _, f := range keys {
+		k = k.field(f)
 	}
-	return c, nil
+	return Error{File: c.File, Line: c.src.line(k.dotted), Key: k.name, Msg: msg}
 }
 
 // Decode decodes a config and fills in defaults without validating it, for
@@ -166,6 +186,10 @@ func where(file string, line int) string {
 	}
 	return file + ":" + strconv.Itoa(line)
 }
+
+// About reports whether the error is about key, as users read it
+// ("stage[1].config"), or about a key inside it.
+func (e Error) About(key string) bool { return within(e.Key, key) }
 
 func join2(a, b string) string {
 	if a == "" {
@@ -608,18 +632,18 @@ func oneOf(choices []string) string {
 }
 
 // suggest returns the choice closest to a mistyped name, if one is close
-// enough to be what was meant.
+// enough to be what was meant: a quarter of the longer of the two may be
+// wrong ("sofail" for "softfail" drops two of eight letters), at most 3.
 func suggest(name string, choices []string) string {
 	best, bestDist := "", 0
 	for _, c := range choices {
 		d := distance(strings.ToLower(name), strings.ToLower(c))
+		if d > min(3, max(1, max(len(name), len(c))/4)) {
+			continue
+		}
 		if best == "" || d < bestDist {
 			best, bestDist = c, d
 		}
-	}
-	limit := min(3, max(1, len(name)/4))
-	if best == "" || bestDist > limit {
-		return ""
 	}
 	return best
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"mime"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -62,8 +63,9 @@ func TestConfigErrors(t *testing.T) {
 
 func TestInfo(t *testing.T) {
 	info := newFilter(t, `{"spam_headers": true}`).Info()
-	want := stages.Info{Kind: "headers", Version: "1", Phases: stages.Data, Needs: stages.NeedHeader | stages.NeedResults, Edits: true}
-	if info != want {
+	want := stages.Info{Kind: "headers", Version: "1", Phases: stages.Data, Needs: stages.NeedHeader | stages.NeedResults, Edits: true,
+		Results: []string{"edited", "unchanged"}}
+	if !reflect.DeepEqual(info, want) {
 		t.Errorf("info %+v, want %+v", info, want)
 	}
 }

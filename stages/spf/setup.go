@@ -116,10 +116,7 @@ func parseResult(table, name string) (Result, error) {
 			return r, nil
 		}
 	}
-	words := make([]string, len(results))
-	for i, r := range results {
-		words[i] = string(r)
-	}
+	words := Results()
 	return "", fmt.Errorf("%s.%s: unknown result; expect %s or %s", table, name,
 		strings.Join(words[:len(words)-1], ", "), words[len(words)-1])
 }

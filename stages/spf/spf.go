@@ -31,7 +31,7 @@ var _ stages.Filter = (*Filter)(nil)
 // Info declares the MAIL phase, where the check runs, and the DATA phase,
 // the only one where header edits are allowed.
 func (f *Filter) Info() stages.Info {
-	return stages.Info{Kind: "spf", Version: "1", Phases: stages.Mail | stages.Data, Needs: stages.NeedEnvelope, Edits: true}
+	return stages.Info{Kind: "spf", Version: "1", Phases: stages.Mail | stages.Data, Needs: stages.NeedEnvelope, Edits: true, Results: Results()}
 }
 
 // evaluation is the SPF outcome of one transaction.
