@@ -60,7 +60,8 @@ func Stages(t testing.TB, file, kind string, factory stages.Factory) []Stage {
 // stage of kind from its [stage.config] block with factory. The Env has
 // the config's hostname and DNS servers. Filters that are stages.Closer
 // are closed when the test ends. Load fails t when the config does not
-// load, has no stage of kind, or the factory refuses one.
+// load, has no stage of kind, the factory refuses one, or a stage of kind
+// maps a result word its filter does not declare.
 func Load(t testing.TB, file string, config []byte, kind string, factory stages.Factory) []Stage {
 	t.Helper()
 	cfg, err := policy.Parse(file, append([]byte(prelude), config...))
@@ -88,6 +89,24 @@ func Load(t testing.TB, file string, config []byte, kind string, factory stages.
 	}
 	if len(built) == 0 {
 		t.Fatalf("%s: no %s stage in\n%s", file, kind, config)
+	}
+	// The result words an example maps must be those its kind reports.
+	filters := map[int]stages.Filter{}
+	for i, st := range cfg.Stages {
+		for _, b := range built {
+			if b.Name == st.Name {
+				filters[i] = b.Filter
+			}
+		}
+	}
+	if err := cfg.CheckResults(func(i int) (string, []string, bool) {
+		f, ok := filters[i]
+		if !ok {
+			return "", nil, false
+		}
+		return kind, f.Info().Results, true
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, config)
 	}
 	return built
 }
