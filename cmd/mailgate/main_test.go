@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailgate/mailgate/gateway/spool"
 )
 
 // mailgateBin is this command, built once: the tests run it as a user
@@ -129,20 +131,44 @@ lists = ["zen.spamhaus.org"]
 	}
 }
 
-// TestServeListenFails: a listen address in use stops serve with exit
-// status 1 and the address, and no plugin process is left behind.
-func TestServeListenFails(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// TestServeStartFails: each way serve can fail to start, other than the
+// config, ends with exit status 1 and what failed, never a panic, and
+// leaves no plugin process running.
+func TestServeStartFails(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	for _, tc := range []struct{ name, server, admin string }{
-		{"smtp", l.Addr().String(), ""},
-		{"admin", "127.0.0.1:0", l.Addr().String()},
+	defer busy.Close()
+	for _, tc := range []struct {
+		name, server, admin, want string
+		prepare                   func(t *testing.T, data string)
+	}{
+		{name: "spool held by another process", want: "open spool", prepare: func(t *testing.T, data string) {
+			sp, err := spool.Open(filepath.Join(data, "queue"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { sp.Close() })
+		}},
+		{name: "quarantine not a directory", want: "open quarantine", prepare: func(t *testing.T, data string) {
+			os.MkdirAll(data, 0o700)
+			os.WriteFile(filepath.Join(data, "quarantine"), nil, 0o600)
+		}},
+		{name: "trace not a directory", want: "open trace", prepare: func(t *testing.T, data string) {
+			os.MkdirAll(data, 0o700)
+			os.WriteFile(filepath.Join(data, "trace"), nil, 0o600)
+		}},
+		{name: "smtp listen", server: busy.Addr().String(), want: "listen " + busy.Addr().String() + ": "},
+		{name: "admin listen", admin: busy.Addr().String(), want: "admin listen " + busy.Addr().String() + ": "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
+			data := filepath.Join(dir, "data")
+			server := tc.server
+			if server == "" {
+				server = "127.0.0.1:0"
+			}
 			file := filepath.Join(dir, "mailgate.toml")
 			os.WriteFile(file, []byte(fmt.Sprintf(`hostname = "mx.example.test"
 data_dir = %q
@@ -156,11 +182,13 @@ servers = ["127.0.0.1:1"]
 [[stage]]
 name = "spf"
 kind = "spf"
-`, filepath.Join(dir, "data"), tc.server, tc.admin)), 0o644)
+`, data, server, tc.admin)), 0o644)
+			if tc.prepare != nil {
+				tc.prepare(t, data)
+			}
 			r := runMailgate(t, "serve", "-config", file)
-			want := "listen " + l.Addr().String() + ": "
-			if r.code != 1 || !strings.Contains(r.stderr, want) || strings.Contains(r.stderr, "panic") {
-				t.Fatalf("exit %d, stderr:\n%s\nwant exit 1 and %q", r.code, r.stderr, want)
+			if r.code != 1 || !strings.Contains(r.stderr, tc.want) || strings.Contains(r.stderr, "panic") {
+				t.Fatalf("exit %d, stderr:\n%s\nwant exit 1 and %q", r.code, r.stderr, tc.want)
 			}
 			if pids := plugins(t); len(pids) > 0 {
 				t.Fatalf("plugin processes left running: %v", pids)
