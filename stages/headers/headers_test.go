@@ -268,7 +268,9 @@ func TestPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info := st.Info(); !info.Edits || info.Needs&stages.NeedResults == 0 {
+	// What the plugin describes crosses the wire whole, its result words
+	// too (DescribeResponse.results).
+	if info := st.Info(); !info.Edits || info.Needs&stages.NeedResults == 0 || !reflect.DeepEqual(info.Results, Results()) {
 		t.Errorf("info %+v", info)
 	}
 	tx := &stages.Transaction{
