@@ -2,6 +2,7 @@ package spf
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"strings"
@@ -206,11 +207,13 @@ func TestResolverCache(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	srv := testServer(t)
+	// Each names its key (a ConfigError), so the gateway points at the
+	// key's line rather than the stage's.
 	tests := []struct{ config, err string }{
-		{`{"action": {"fial": "reject"}}`, "action.fial: unknown result; expect pass, fail, softfail, neutral, none, permerror or temperror"},
-		{`{"action": {"fail": "rejct"}}`, `action.fail: unexpected "rejct"; expect continue, tag, quarantine, tempfail or reject`},
-		{`{"action": {"pass": "accept"}}`, `action.pass: unexpected "accept"`},
-		{`{"score": {"none ": 1}}`, `score.none : unknown result`},
+		{`{"action": {"fial": "reject"}}`, "action: fial: unknown result; expect pass, fail, softfail, neutral, none, permerror or temperror"},
+		{`{"action": {"fail": "rejct"}}`, `action: fail: unexpected "rejct"; expect continue, tag, quarantine, tempfail or reject`},
+		{`{"action": {"pass": "accept"}}`, `action: pass: unexpected "accept"`},
+		{`{"score": {"none ": 1}}`, `score: none : unknown result`},
 		{`{"reject_fail": true, "action": {"fail": "tag"}}`, `reject_fail: conflicts with action.fail = "tag"`},
 		{`{"dns_timeout": "0s"}`, `dns_timeout: expect a duration above 0`},
 		{`{"cache_size": -1}`, `cache_size: unexpected -1`},
@@ -218,7 +221,8 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		_, err := New(stages.Env{DNSServers: []string{srv.Addr()}}, stages.JSONConfig([]byte(tt.config)))
-		if err == nil || !strings.Contains(err.Error(), tt.err) {
+		var ce *stages.ConfigError
+		if !errors.As(err, &ce) || !strings.HasPrefix(tt.err, ce.Key+": ") || !strings.Contains(err.Error(), tt.err) {
 			t.Errorf("%s: error %v, want %q", tt.config, err, tt.err)
 		}
 	}
@@ -243,7 +247,7 @@ func TestPluginRoundTrip(t *testing.T) {
 	if err != nil || len(v.Edits) != 1 || !strings.HasPrefix(v.Edits[0].Value, "fail (mx.example.test: ") {
 		t.Fatalf("DATA over the plugin protocol: %+v %v", v, err)
 	}
-	if _, err := sdktest.Stage(t, New, `{"action": {"fail": "bounce"}}`); err == nil || !strings.Contains(err.Error(), "action.fail") {
+	if _, err := sdktest.Stage(t, New, `{"action": {"fail": "bounce"}}`); err == nil || !strings.Contains(err.Error(), `config: action: fail: unexpected "bounce"`) {
 		t.Errorf("bad config over the plugin protocol: %v", err)
 	}
 }
