@@ -69,9 +69,17 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 		onErr, err := pipeline.ParseOnError(sc.OnError)
 		if err != nil {
 			ch.Close()
-			return nil, fmt.Errorf("%s: stage[%d].on_error: %w", cfg.Position(fmt.Sprintf("stage.%d.on_error", i)), i, err)
+			return nil, cfg.StageError(i, err.Error(), "on_error")
 		}
 		specs = append(specs, pipeline.StageSpec{Stage: p.Plugin, OnError: onErr, Timeout: time.Duration(sc.Timeout), Results: sc.ResultActions()})
+	}
+	// Only now are the result words of every stage known, plugins' too.
+	if err := cfg.CheckResults(func(i int) (string, []string, bool) {
+		info := ch.plugins[i].Info()
+		return info.Kind, info.Results, true
+	}); err != nil {
+		ch.Close()
+		return nil, err
 	}
 	pl, err := pipeline.New(specs, cfg.Policy, pipeline.Options{Logger: opts.Logger, Registerer: reg})
 	if err != nil {
@@ -89,7 +97,7 @@ func pluginKey(cfg *policy.Config, i int) (string, error) {
 	sc := cfg.Stages[i]
 	conf, err := cfg.StageConfigJSON(i)
 	if err != nil {
-		return "", fmt.Errorf("%s: stage %q: %w", cfg.Position(fmt.Sprintf("stage.%d.config", i)), sc.Name, err)
+		return "", err // positioned
 	}
 	b, err := json.Marshal([]any{sc.Name, sc.Kind, sc.Path, sc.SHA256, json.RawMessage(conf), cfg.Hostname, cfg.DNS.Servers, cfg.DNS.Timeout, cfg.DataDir})
 	return string(b), err
@@ -112,7 +120,6 @@ func (c *chain) Close() {
 // startStage starts the plugin process of stage i.
 func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, reg prometheus.Registerer) (*host.Plugin, error) {
 	sc := cfg.Stages[i]
-	where := func(key string) string { return cfg.Position(fmt.Sprintf("stage.%d.%s", i, key)) }
 	var cmd []string
 	switch {
 	case sc.Kind == "plugin":
@@ -120,11 +127,11 @@ func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, re
 	case opts.PluginCommand != nil:
 		cmd = opts.PluginCommand(sc.Kind)
 	default:
-		return nil, fmt.Errorf("%s: stage %q: no way to start built-in kind %q", where("kind"), sc.Name, sc.Kind)
+		return nil, cfg.StageError(i, fmt.Sprintf("no way to start built-in kind %q", sc.Kind), "kind")
 	}
 	conf, err := cfg.StageConfigJSON(i)
 	if err != nil {
-		return nil, fmt.Errorf("%s: stage %q: %w", where("config"), sc.Name, err)
+		return nil, err // positioned
 	}
 	log := opts.Logger
 	if log == nil {
@@ -147,14 +154,14 @@ func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, re
 	if err != nil {
 		var ce *host.ConfigError
 		if errors.As(err, &ce) && ce.Key != "" {
-			return nil, fmt.Errorf("%s: stage[%d].config.%s: %s", where("config."+ce.Key), i, ce.Key, ce.Message)
+			return nil, cfg.StageError(i, ce.Message, "config", ce.Key)
 		}
 		key := "kind" // a built-in kind that does not start
 		if sc.Kind == "plugin" {
 			key = "path" // a plugin executable that does not start
 		}
 		// The host's errors name the stage already.
-		return nil, fmt.Errorf("%s: stage[%d].%s: %w", where(key), i, key, err)
+		return nil, cfg.StageError(i, err.Error(), key)
 	}
 	return p, nil
 }
@@ -167,19 +174,42 @@ type StageInfo struct {
 	Info    stages.Info
 }
 
-// DescribeStages starts every stage's plugin with its config, as serve would,
-// asks what it is and stops it again. A config a kind refuses is an error
-// with the position of the key, so `mailgate check` catches it.
-func DescribeStages(ctx context.Context, cfg *policy.Config, opts Options) ([]StageInfo, error) {
-	ch, err := newChain(ctx, cfg, opts, nil, nil)
-	if err != nil {
-		return nil, err
+// DescribeStages starts the plugin of every stage that start allows (nil:
+// all), with its config, as serve would, asks what it is and stops it
+// again. It goes on past a stage that fails, so that `mailgate check`
+// reports every error in one run: a config a kind refuses, with the
+// position of the key; a plugin that does not start; a result word the
+// kind does not declare. The error joins policy.Error values.
+func DescribeStages(ctx context.Context, cfg *policy.Config, opts Options, start func(i int) bool) ([]StageInfo, error) {
+	var (
+		out     []StageInfo
+		errs    []error
+		info    = map[int]stages.Info{}
+		stopped sync.WaitGroup
+	)
+	// Each plugin may take a moment to exit gracefully: all at once.
+	defer stopped.Wait()
+	for i, sc := range cfg.Stages {
+		if start != nil && !start(i) {
+			continue
+		}
+		p, err := startStage(ctx, cfg, i, opts, nil)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		info[i] = p.Info()
+		stopped.Go(func() { p.Close() })
+		out = append(out, StageInfo{Name: p.Name(), OnError: sc.OnError, Timeout: time.Duration(sc.Timeout), Info: info[i]})
 	}
-	defer ch.Close()
-	var out []StageInfo
-	for i, p := range ch.plugins {
-		sc := cfg.Stages[i]
-		out = append(out, StageInfo{Name: p.Name(), OnError: sc.OnError, Timeout: time.Duration(sc.Timeout), Info: p.Info()})
+	var words policy.Errors
+	if errors.As(cfg.CheckResults(func(i int) (string, []string, bool) {
+		in, ok := info[i]
+		return in.Kind, in.Results, ok
+	}), &words) {
+		for _, e := range words {
+			errs = append(errs, e)
+		}
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }

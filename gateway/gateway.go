@@ -82,15 +82,18 @@ type Gateway struct {
 }
 
 // New opens the spool, the quarantine and the traces, starts the stage
-// plugins and builds every part, but listens on nothing yet.
-func New(ctx context.Context, cfg *policy.Config, opts Options) (g *Gateway, err error) {
+// plugins and builds every part, but listens on nothing yet. On error,
+// what it had opened and started is closed again.
+func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Version == "" {
 		opts.Version = Version()
 	}
-	g = &Gateway{opts: opts, cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), chains: map[*chain]bool{}}
+	// g is not the named result: "return nil, err" sets that to nil
+	// before the undo below runs, and the undo steps need g.
+	g := &Gateway{opts: opts, cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), chains: map[*chain]bool{}}
 	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerBuildInfo(g.reg, opts.Version)
 	var undo []func()
@@ -157,19 +160,27 @@ func (g *Gateway) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
 	cfg := g.config()
+	// A listener that never reached Serve is unknown to go-smtp, so
+	// Close would leave it bound.
+	fail := func(err error) error {
+		for _, l := range g.listeners {
+			l.Close()
+		}
+		g.listeners = nil
+		g.Close()
+		return err
+	}
 	for _, addr := range cfg.Server.Listen {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			g.Close()
-			return fmt.Errorf("listen %s: %w", addr, err)
+			return fail(fmt.Errorf("listen %s: %w", addr, err))
 		}
 		g.listeners = append(g.listeners, l)
 	}
 	if a := cfg.Admin.Listen; a != "" {
 		l, err := net.Listen("tcp", a)
 		if err != nil {
-			g.Close()
-			return fmt.Errorf("admin listen %s: %w", a, err)
+			return fail(fmt.Errorf("admin listen %s: %w", a, err))
 		}
 		g.adminL = l
 		h := admin.Handler(adminBackend{g}, promhttp.HandlerFor(liveGatherer{g}, promhttp.HandlerOpts{}), a)

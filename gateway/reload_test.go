@@ -86,6 +86,12 @@ func TestReload(t *testing.T) {
 	}{
 		{"unknown key", body("two") + "\n[policy]\ntag_scor = 1.0\n", "tag_scor"},
 		{"plugin refuses its config", body("two") + pluginStage("bad", testPluginBin, "", "", `garbage = "nope"`), "garbage"},
+		// A result word the plugin does not declare would never apply.
+		{"result word typo", body("two") + pluginStage("words", testPluginBin, "", "", `results = ["clean", "listed"]`) +
+			"[stage.results]\nlsited = \"reject\"\n", "stage[2].results.lsited: unknown result of kind testplugin; did you mean listed?"},
+		{"override result word typo", body("two") + pluginStage("words", testPluginBin, "", "", `results = ["clean", "listed"]`) +
+			"\n[[policy.override]]\nrcpts = [\"b@dest.test\"]\nresults.words.lsited = \"reject\"\n",
+			"policy.override[0].results.words.lsited: unknown result of kind testplugin; did you mean listed?"},
 		{"pool size change", strings.Replace(body("two"), "[delivery]", "[delivery]\nmax_connections = 7", 1), "restart needed"},
 	} {
 		fg.write(bad.config)

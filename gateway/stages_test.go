@@ -226,3 +226,57 @@ func TestDryRunAddressSyntax(t *testing.T) {
 		t.Fatalf("%+v", res)
 	}
 }
+
+// TestOneAuthResultPerMethod: spf runs at MAIL and at DATA, and each run
+// is a result the headers stage sees; the delivered message must still
+// carry one Authentication-Results entry for SPF (RFC 8601 §2.7.2), not
+// "spf=pass ...; spf=pass ...".
+func TestOneAuthResultPerMethod(t *testing.T) {
+	dns := dnstest.NewServer(t, dnstest.Zone{
+		"sender.test.": {`TXT "v=spf1 ip4:127.0.0.0/8 -all"`},
+	})
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
+[dns]
+servers = [%q]
+
+[[stage]]
+name = "spf"
+kind = "spf"
+
+[[stage]]
+name = "headers"
+kind = "headers"
+[stage.config]
+authentication_results = true
+`, dns.Addr()))
+	c := dial(t, g.SMTPAddrs()[0])
+	c.cmd("EHLO mail.sender.test", "250")
+	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("authres@test", "hello\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatalf("DATA: %q", r)
+	}
+	m := delivered(t, down, "authres@test")
+	var fields []string
+	for _, line := range strings.Split(string(m.Data), "\r\n") {
+		if line == "" {
+			break
+		}
+		if strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t") {
+			fields[len(fields)-1] += line
+		} else {
+			fields = append(fields, line)
+		}
+	}
+	var ar []string
+	for _, f := range fields {
+		if v, ok := strings.CutPrefix(f, "Authentication-Results: "); ok {
+			ar = append(ar, v)
+		}
+	}
+	// The HELO name's own result (none: mail.sender.test publishes no
+	// SPF) is in the stage's reason; its smtp.helo must not be taken for a
+	// property of the MAIL FROM result.
+	if want := "mx.gateway.test; spf=pass smtp.mailfrom=sender.test"; len(ar) != 1 || ar[0] != want {
+		t.Fatalf("Authentication-Results fields %q; want one: %q", ar, want)
+	}
+}

@@ -33,6 +33,19 @@ func Load(path string) (*Config, error) {
 // Parse decodes, fills in defaults and validates a config; file names it in
 // errors. The error is an Errors listing every problem found.
 func Parse(file string, data []byte) (*Config, error) {
+	c, err := ParseAll(file, data)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ParseAll is Parse for `mailgate check`, which goes on after errors to
+// report every one in a run (what the kinds of the stages refuse too): it
+// returns the config along with the Errors whenever data is TOML, and nil
+// only when it is not. A config that came with errors must never be
+// served.
+func ParseAll(file string, data []byte) (*Config, error) {
 	c, errs := decode(file, data)
 	if c != nil {
 		// A value that failed to decode left its field empty; checking that
@@ -43,10 +56,17 @@ func Parse(file string, data []byte) (*Config, error) {
 			}
 		}
 	}
-	if err := errs.err(); err != nil {
-		return nil, err
+	return c, errs.err()
+}
+
+// StageError is an Error about a key of stage i, such as its kind or
+// ("config", "address") a key of its [stage.config], at the key's line.
+func (c *Config) StageError(i int, msg string, keys ...string) Error {
+	k := key{}.field("stage").index(i)
+	for _, f := range keys {
+		k = k.field(f)
 	}
-	return c, nil
+	return Error{File: c.File, Line: c.src.line(k.dotted), Key: k.name, Msg: msg}
 }
 
 // Decode decodes a config and fills in defaults without validating it, for
@@ -166,6 +186,10 @@ func where(file string, line int) string {
 	}
 	return file + ":" + strconv.Itoa(line)
 }
+
+// About reports whether the error is about key, as users read it
+// ("stage[1].config"), or about a key inside it.
+func (e Error) About(key string) bool { return within(e.Key, key) }
 
 func join2(a, b string) string {
 	if a == "" {
@@ -317,7 +341,9 @@ func (d *decoder) value(p toml.Primitive, rv reflect.Value, k key) {
 		d.leaf(p, rv, k, raw)
 		return
 	case encoding.TextUnmarshaler:
-		if !isScalar(raw) {
+		// A string only: BurntSushi/toml would hand the text of a number
+		// over, and max_message_size = 50 would mean 50 bytes.
+		if _, ok := raw.(string); !ok {
 			d.mismatch(k, raw, rv.Type())
 			return
 		}
@@ -391,9 +417,14 @@ func fits(raw any, t reflect.Type) bool {
 		_, ok := raw.(bool)
 		return ok
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		// A time.Duration is "5s", as BurntSushi/toml allows, never a
+		// number of nanoseconds.
 		_, ok := raw.(int64)
 		_, s := raw.(string)
-		return ok || s && t == durationType // "5s", as BurntSushi/toml allows
+		if t == durationType {
+			return s
+		}
+		return ok
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
 		n, ok := raw.(int64)
 		return ok && n >= 0
@@ -542,14 +573,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
 }
 
-func isScalar(raw any) bool {
-	switch raw.(type) {
-	case map[string]any, []map[string]any, []any:
-		return false
-	}
-	return true
-}
-
 func isArray(raw any) bool {
 	switch raw.(type) {
 	case []map[string]any, []any:
@@ -582,13 +605,10 @@ func show(raw any) string {
 }
 
 // describe says what a Go type accepts, for "expect ...": stages' words,
-// with an example for the config's own duration and size types.
+// which give an example for durations and sizes.
 func describe(t reflect.Type) string {
-	switch t {
-	case reflect.TypeFor[stages.Duration](), durationType:
-		return `a duration such as "30s"`
-	case reflect.TypeFor[stages.Size]():
-		return `a size such as "50MB"`
+	if t == durationType {
+		return stages.DurationExample
 	}
 	return stages.DescribeType(t)
 }
@@ -612,18 +632,18 @@ func oneOf(choices []string) string {
 }
 
 // suggest returns the choice closest to a mistyped name, if one is close
-// enough to be what was meant.
+// enough to be what was meant: a quarter of the longer of the two may be
+// wrong ("sofail" for "softfail" drops two of eight letters), at most 3.
 func suggest(name string, choices []string) string {
 	best, bestDist := "", 0
 	for _, c := range choices {
 		d := distance(strings.ToLower(name), strings.ToLower(c))
+		if d > min(3, max(1, max(len(name), len(c))/4)) {
+			continue
+		}
 		if best == "" || d < bestDist {
 			best, bestDist = c, d
 		}
-	}
-	limit := min(3, max(1, len(name)/4))
-	if best == "" || bestDist > limit {
-		return ""
 	}
 	return best
 }

@@ -411,6 +411,7 @@ func TestSuggest(t *testing.T) {
 		{"tsl", "tls"},
 		{"TLS_CERT", "tls_cert"},
 		{"trusted_network", "trusted_networks"},
+		{"tls_crt", "tls_cert"},
 		{"colour", ""},
 		{"x", ""},
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/spam"
+	"github.com/mailgate/mailgate/stages/spf"
 )
 
 func TestPolicyConfig(t *testing.T) {
@@ -61,7 +63,7 @@ func TestPolicyConfig(t *testing.T) {
 		ok            bool
 	}{
 		{"spf", "softfail", stages.Reject, true},
-		{"spam", "phish", stages.Quarantine, true},
+		{"spam", "spam", stages.Quarantine, true},
 		{"spf", "fail", 0, false}, // the stage's own mapping is the pipeline's
 		{"spf", "", 0, false},
 	} {
@@ -204,8 +206,10 @@ func TestCheck(t *testing.T) {
 }
 
 // TestREADME loads every TOML example of README.md, so that the
-// documentation cannot drift from what the loader accepts.
+// documentation cannot drift from what the loader accepts, nor from the
+// result words of the kinds it maps.
 func TestREADME(t *testing.T) {
+	kinds := map[string][]string{"spf": spf.Results(), "spam": spam.Results()}
 	data, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
@@ -219,7 +223,11 @@ func TestREADME(t *testing.T) {
 		if !strings.Contains(src, "[[stage]]") {
 			src += "[[stage]]\nname = \"spf\"\nkind = \"spf\"\n[[stage]]\nname = \"spam\"\nkind = \"spam\"\n"
 		}
-		if _, err := Parse(fmt.Sprintf("README.md example %d", i+1), []byte(src)); err != nil {
+		c, err := Parse(fmt.Sprintf("README.md example %d", i+1), []byte(src))
+		if err == nil {
+			err = c.CheckKinds(kinds)
+		}
+		if err != nil {
 			t.Errorf("example %d:\n%s\n%v", i+1, b[1], err)
 		}
 	}

@@ -89,6 +89,12 @@ var textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
 // config loader and a kind's JSONConfig both answer an admin who wrote the
 // value in a TOML file, so they speak of types alike.
 func DescribeType(t reflect.Type) string {
+	switch t {
+	case reflect.TypeFor[Duration]():
+		return DurationExample
+	case reflect.TypeFor[Size]():
+		return SizeExample
+	}
 	if reflect.PointerTo(t).Implements(textUnmarshaler) {
 		return "a string"
 	}

@@ -196,6 +196,12 @@ type Info struct {
 	// edit are independent of each other and run concurrently; editing
 	// stages run one after the other in config order.
 	Edits bool `json:"edits,omitempty"`
+	// Results are the result words the stage's verdicts carry (Verdict.
+	// Result). A config maps only these to actions ([stage.results],
+	// results of [[policy.override]]): a mapping of another word, a typo,
+	// would never apply, so the gateway refuses it. A stage that declares
+	// none can have no mappings.
+	Results []string `json:"results,omitempty"`
 }
 
 // Stage is one configured filter instance as the pipeline runs it.

@@ -66,7 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("mailbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.IntVar(&o.messages, "n", 10000, "messages per line in the main run")
-	fs.TextVar(&o.size, "size", &o.size, "message `size` of the main run (\"5KiB\", \"5KB\" or bytes)")
+	fs.TextVar(&o.size, "size", &o.size, "message `size` of the main run (\"5KiB\", \"5KB\", \"800B\")")
 	fs.IntVar(&o.large, "large-n", 0, "messages per line in the large-message run (default n/5; -1: no large run)")
 	fs.TextVar(&o.largeSize, "large-size", &o.largeSize, "message `size` of the large-message run")
 	fs.IntVar(&o.sessions, "c", 20, "concurrent SMTP sessions")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -22,17 +21,25 @@ import (
 	"github.com/mailgate/mailgate/stages/spf"
 )
 
+// kind is a built-in stage kind: how to build its filter, and the result
+// words of its verdicts, known before any plugin runs so that `check`
+// refuses a mapping of another word without starting anything.
+type kind struct {
+	new     stages.Factory
+	results func() []string
+}
+
 // builtinKinds are the stage kinds this binary serves with `mailgate plugin
 // KIND`. It is built on demand rather than kept in a package variable, so
 // there is no registry state to share.
-func builtinKinds() map[string]stages.Factory {
-	return map[string]stages.Factory{
-		"clamav":  clamav.New,
-		"dnsbl":   dnsbl.New,
-		"headers": headers.New,
-		"milter":  milter.New,
-		"spam":    spam.New,
-		"spf":     spf.New,
+func builtinKinds() map[string]kind {
+	return map[string]kind{
+		"clamav":  {clamav.New, clamav.Results},
+		"dnsbl":   {dnsbl.New, dnsbl.Results},
+		"headers": {headers.New, headers.Results},
+		"milter":  {milter.New, milter.Results},
+		"spam":    {spam.New, spam.Results},
+		"spf":     {spf.New, spf.Results},
 	}
 }
 
@@ -53,25 +60,23 @@ func cmdPlugin(args []string, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "usage: mailgate plugin KIND (one of %s)\n", kindNames())
 		return errUsage
 	}
-	f, ok := builtinKinds()[args[0]]
+	k, ok := builtinKinds()[args[0]]
 	if !ok {
 		return fmt.Errorf("unknown kind %q; expect one of %s", args[0], kindNames())
 	}
-	sdk.Serve(f)
+	sdk.Serve(k.new)
 	return nil
 }
 
-// checkStages validates what policy cannot: that every kind exists.
+// checkStages checks what policy alone cannot, before any plugin runs:
+// that every kind exists, and the result words mapped for the built-in
+// kinds.
 func checkStages(cfg *policy.Config) error {
-	kinds := builtinKinds()
-	var errs []error
-	for i, st := range cfg.Stages {
-		if _, ok := kinds[st.Kind]; !ok && st.Kind != "plugin" {
-			errs = append(errs, fmt.Errorf("%s: stage[%d].kind: unexpected %q; expect %s",
-				cfg.Position(fmt.Sprintf("stage.%d.kind", i)), i, st.Kind, kindNames()))
-		}
+	words := map[string][]string{}
+	for name, k := range builtinKinds() {
+		words[name] = k.results()
 	}
-	return errors.Join(errs...)
+	return cfg.CheckKinds(words)
 }
 
 // cmdPlugins starts each configured stage and prints what it describes.
@@ -83,18 +88,14 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 	if err := parseNone(fs, args); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*file)
-	if err == nil {
-		err = checkStages(cfg)
-	}
+	cfg, err := loadChecked(*file)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return errConfig
 	}
-	infos, err := gateway.DescribeStages(context.Background(), cfg, gateway.Options{PluginCommand: pluginCommand})
+	infos, err := gateway.DescribeStages(context.Background(), cfg, gateway.Options{PluginCommand: pluginCommand}, nil)
 	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return errConfig
+		return configError(err, stderr)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STAGE\tKIND\tVERSION\tPHASES\tNEEDS\tEDITS\tTIMEOUT\tON_ERROR")

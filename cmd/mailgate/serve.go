@@ -1,13 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -24,9 +27,10 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if err := parseNone(fs, args); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*file)
+	cfg, err := loadChecked(*file)
 	if err != nil {
-		return err
+		fmt.Fprintln(stderr, err)
+		return errConfig
 	}
 	level := new(slog.LevelVar)
 	log := newLeveledLogger(cfg, stderr, level)
@@ -34,13 +38,8 @@ func cmdServe(args []string, stderr io.Writer) error {
 	if cfg.File == embeddedName {
 		log.Info("no -config given and no "+defaultConfig+": running the embedded quickstart config", "data_dir", cfg.DataDir)
 	} else {
-		opts.LoadConfig = func() (*policy.Config, error) {
-			cfg, err := loadConfig(cfg.File)
-			if err == nil {
-				err = checkStages(cfg)
-			}
-			return cfg, err
-		}
+		file := cfg.File // -config, or the default path it stood for
+		opts.LoadConfig = func() (*policy.Config, error) { return loadChecked(file) }
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -50,7 +49,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 
 	g, err := gateway.New(ctx, cfg, opts)
 	if err != nil {
-		return err
+		return configError(err, stderr)
 	}
 	if err := g.Start(); err != nil {
 		return err
@@ -83,6 +82,52 @@ func loadConfig(file string) (*policy.Config, error) {
 		return policy.Parse(embeddedName, examples.Quickstart())
 	}
 	return policy.Load(file)
+}
+
+// loadChecked is loadConfig for the commands that run the stages (serve,
+// reload, test, plugins): it also checks their kinds and the result words
+// of the built-in kinds.
+func loadChecked(file string) (*policy.Config, error) {
+	cfg, err := loadConfig(file)
+	if err == nil {
+		err = checkStages(cfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// configError prints an error that names a key of the config file, such
+// as a stage that does not start, as check prints it, and returns
+// errConfig; it returns other errors for run to print.
+func configError(err error, stderr io.Writer) error {
+	var one policy.Error
+	if !errors.As(err, &one) {
+		return err
+	}
+	fmt.Fprintln(stderr, err)
+	return errConfig
+}
+
+// collect adds the errors in err, one by one, to errs.
+func collect(errs policy.Errors, err error) policy.Errors {
+	var one policy.Error
+	switch e := err.(type) {
+	case nil:
+		return errs
+	case policy.Errors:
+		return append(errs, e...)
+	case interface{ Unwrap() []error }:
+		for _, e := range e.Unwrap() {
+			errs = collect(errs, e)
+		}
+		return errs
+	}
+	if errors.As(err, &one) {
+		return append(errs, one)
+	}
+	return append(errs, policy.Error{Msg: err.Error()})
 }
 
 func newLogger(cfg *policy.Config, w io.Writer) *slog.Logger {
@@ -127,21 +172,48 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	if err := parseNone(fs, args); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*file)
-	if err != nil {
+	name, data := embeddedName, examples.Quickstart()
+	if *file == "" && fileExists(defaultConfig) {
+		*file = defaultConfig
+	}
+	if *file != "" {
+		b, err := os.ReadFile(*file)
+		if err != nil {
+			fmt.Fprintln(stderr, "read config:", err)
+			return errConfig
+		}
+		name, data = *file, b
+	}
+	// Every error in one run: the loader's, the kinds', then each stage's
+	// own, from its plugin, for every stage whose entry is sound.
+	cfg, err := policy.ParseAll(name, data)
+	if cfg == nil {
 		fmt.Fprintln(stderr, err)
 		return errConfig
 	}
-	if err := checkStages(cfg); err != nil {
-		fmt.Fprintln(stderr, err)
+	errs := collect(nil, err)
+	errs = collect(errs, checkStages(cfg))
+	sound := func(i int) bool {
+		for _, k := range []string{"name", "kind", "path", "sha256", "config"} {
+			for _, e := range errs {
+				if e.About(fmt.Sprintf("stage[%d].%s", i, k)) {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	_, err = gateway.DescribeStages(context.Background(), cfg, gateway.Options{PluginCommand: pluginCommand}, sound)
+	errs = collect(errs, err)
+	if len(errs) > 0 {
+		// In line order, once each: a built-in kind's plugin declares the
+		// same result words that were checked before it started.
+		slices.SortStableFunc(errs, func(a, b policy.Error) int {
+			return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Key, b.Key), cmp.Compare(a.Msg, b.Msg))
+		})
+		fmt.Fprintln(stderr, slices.Compact(errs))
 		return errConfig
 	}
-	// Each kind validates its own [stage.config]: start them all once.
-	if _, err := gateway.DescribeStages(context.Background(), cfg, gateway.Options{PluginCommand: pluginCommand}); err != nil {
-		fmt.Fprintln(stderr, err)
-		return errConfig
-	}
-	name := cfg.File
 	fmt.Fprintf(stdout, "%s: ok (%d routes, %d stages)\n", name, len(cfg.Routes), len(cfg.Stages))
 	return nil
 }

@@ -54,7 +54,7 @@ func cmdTest(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*file)
+	cfg, err := loadChecked(*file)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return errConfig
@@ -66,7 +66,7 @@ func cmdTest(args []string, stdout, stderr io.Writer) error {
 	res, err := gateway.DryRun(context.Background(), cfg, gateway.Options{Logger: log, PluginCommand: pluginCommand},
 		gateway.DryRunInput{ClientIP: addr.Unmap(), Helo: *helo, From: *from, To: to, Message: msg})
 	if err != nil {
-		return err
+		return configError(err, stderr)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -137,14 +138,15 @@ func TestRoundTrip(t *testing.T) {
 	logs := &logBuffer{}
 	p := startTest(t, Spec{
 		Name:   "rt",
-		Config: []byte(`{"action": "tag", "score": 2.5, "reply": "not wanted here", "add_header": "X-Test: yes"}`),
+		Config: []byte(`{"action": "tag", "score": 2.5, "reply": "not wanted here", "add_header": "X-Test: yes", "results": ["clean", "listed"]}`),
 		Logger: slog.New(slog.NewJSONHandler(logs, nil)),
 	})
 
 	if got, want := p.Info(), (stages.Info{
 		Kind: "testplugin", Version: "1", Phases: stages.AllPhases, Edits: true,
-		Needs: stages.NeedEnvelope | stages.NeedHeader | stages.NeedBody | stages.NeedResults,
-	}); got != want {
+		Needs:   stages.NeedEnvelope | stages.NeedHeader | stages.NeedBody | stages.NeedResults,
+		Results: []string{"clean", "listed"},
+	}); !reflect.DeepEqual(got, want) {
 		t.Errorf("Info() = %+v, want %+v", got, want)
 	}
 	if p.Name() != "rt" {
@@ -206,8 +208,8 @@ func TestConfigRefused(t *testing.T) {
 		config, key, text string
 	}{
 		{`{"bogus": 1}`, "bogus", `config: bogus: unknown key`},
-		{`{"sleep": 5}`, "sleep", `config: sleep: unexpected number; expect a string`},
-		{`{"sleep": "soon"}`, "sleep", `config: sleep: unexpected duration "soon"`},
+		{`{"sleep": 5}`, "sleep", `config: sleep: unexpected number; expect a duration with a unit such as "30s"`},
+		{`{"sleep": "soon"}`, "sleep", `config: sleep: unexpected "soon"; expect a duration with a unit`},
 		{`{"garbage": "lots"}`, "garbage", `config: garbage: unexpected "lots"; expect action or edit`},
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

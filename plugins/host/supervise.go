@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"reflect"
 	"runtime"
 	"strings"
 	"time"
@@ -227,7 +228,7 @@ func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *sta
 	if err != nil {
 		return nil, fmt.Errorf("stage %q: plugin describes itself wrongly: %w", name, err)
 	}
-	if want != nil && info != *want {
+	if want != nil && !reflect.DeepEqual(info, *want) {
 		return nil, fmt.Errorf("stage %q: plugin now describes itself as %+v, was %+v; restart the gateway to use it", name, info, *want)
 	}
 	pr := &proc{client: client, rpc: rpc, filter: filter, info: info, started: time.Now()}
@@ -261,6 +262,7 @@ func toInfo(d *proto.DescribeResponse) (stages.Info, error) {
 		Phases:  phases,
 		Needs:   needs | stages.NeedEnvelope,
 		Edits:   d.GetEdits(),
+		Results: d.GetResults(),
 	}, nil
 }
 

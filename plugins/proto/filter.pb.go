@@ -327,8 +327,14 @@ type DescribeResponse struct {
 	Edits bool `protobuf:"varint,5,opt,name=edits,proto3" json:"edits,omitempty"`
 	// protocol_version must equal the host's (1 for this package).
 	ProtocolVersion uint32 `protobuf:"varint,6,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// results are the result words the plugin's verdicts carry. The host
+	// refuses a config that maps any other word ([stage.results], results
+	// of [[policy.override]]): a typo would silently never apply. A plugin
+	// that declares none (as one built before this field) can have no
+	// mappings.
+	Results       []string `protobuf:"bytes,7,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DescribeResponse) Reset() {
@@ -401,6 +407,13 @@ func (x *DescribeResponse) GetProtocolVersion() uint32 {
 		return x.ProtocolVersion
 	}
 	return 0
+}
+
+func (x *DescribeResponse) GetResults() []string {
+	if x != nil {
+		return x.Results
+	}
+	return nil
 }
 
 type Env struct {
@@ -1481,14 +1494,15 @@ var File_filter_proto protoreflect.FileDescriptor
 const file_filter_proto_rawDesc = "" +
 	"\n" +
 	"\ffilter.proto\x12\x12mailgate.plugin.v1\"\x11\n" +
-	"\x0fDescribeRequest\"\xe4\x01\n" +
+	"\x0fDescribeRequest\"\xfe\x01\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x121\n" +
 	"\x06phases\x18\x03 \x03(\x0e2\x19.mailgate.plugin.v1.PhaseR\x06phases\x12.\n" +
 	"\x05needs\x18\x04 \x03(\x0e2\x18.mailgate.plugin.v1.NeedR\x05needs\x12\x14\n" +
 	"\x05edits\x18\x05 \x01(\bR\x05edits\x12)\n" +
-	"\x10protocol_version\x18\x06 \x01(\rR\x0fprotocolVersion\"\x83\x01\n" +
+	"\x10protocol_version\x18\x06 \x01(\rR\x0fprotocolVersion\x12\x18\n" +
+	"\aresults\x18\a \x03(\tR\aresults\"\x83\x01\n" +
 	"\x03Env\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1f\n" +
 	"\vdns_servers\x18\x02 \x03(\tR\n" +

@@ -27,7 +27,8 @@ func newHeloCheck(_ stages.Env, c stages.Config) (stages.Filter, error) {
 
 func (h *heloCheck) Info() stages.Info {
 	// Only the HELO phase, only the envelope: nothing else is sent.
-	return stages.Info{Kind: "helocheck", Version: "0.1.0", Phases: stages.Helo}
+	// Results are the words Run reports, which [stage.results] may map.
+	return stages.Info{Kind: "helocheck", Version: "0.1.0", Phases: stages.Helo, Results: []string{"fqdn", "no-dot"}}
 }
 
 func (h *heloCheck) Run(_ context.Context, _ stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {

@@ -52,8 +52,12 @@ func (c *ClamAV) Info() stages.Info {
 		Version: "1",
 		Phases:  stages.Data,
 		Needs:   stages.NeedHeader | stages.NeedBody,
+		Results: Results(),
 	}
 }
+
+// Results are the result words of the kind's verdicts.
+func Results() []string { return []string{"clean", "infected", "skipped"} }
 
 // Run scans the message. The verdict's result is "clean", "infected" (the
 // signature in Reason) or "skipped" (larger than max_size); clamd down,

@@ -152,7 +152,7 @@ func TestOversize(t *testing.T) {
 	// connect.
 	nowhere := "unix:" + filepath.Join(t.TempDir(), "none.sock")
 
-	v, err := run(t, newFilter(t, `{"address": "`+nowhere+`", "max_size": "1000"}`), message(t, msg))
+	v, err := run(t, newFilter(t, `{"address": "`+nowhere+`", "max_size": "1000B"}`), message(t, msg))
 	if err != nil {
 		t.Fatalf("oversize skip: %v", err)
 	}
@@ -160,7 +160,7 @@ func TestOversize(t *testing.T) {
 		t.Errorf("oversize skip: verdict %+v", v)
 	}
 
-	_, err = run(t, newFilter(t, `{"address": "`+nowhere+`", "max_size": "1000", "oversize": "error"}`), message(t, msg))
+	_, err = run(t, newFilter(t, `{"address": "`+nowhere+`", "max_size": "1000B", "oversize": "error"}`), message(t, msg))
 	if err == nil || !strings.Contains(err.Error(), "larger than max_size 1000") {
 		t.Errorf("oversize error: err %v", err)
 	}
@@ -235,7 +235,7 @@ func TestConfigErrors(t *testing.T) {
 		{`{"address": "clamd"}`, `address: unexpected "clamd"`},
 		{`{"oversize": "truncate"}`, `oversize: unexpected "truncate"; expect skip or error`},
 		{`{"infected": "drop"}`, `infected: unexpected "drop"; expect reject, quarantine or tag`},
-		{`{"max_size": "0"}`, `max_size: unexpected 0`},
+		{`{"max_size": "0B"}`, `max_size: unexpected 0`},
 		{`{"adress": "unix:/x"}`, `adress: unknown key`},
 	} {
 		_, err := New(stages.Env{}, stages.JSONConfig([]byte(tc.config)))

@@ -70,8 +70,11 @@ func (f *DNSBL) Info() stages.Info {
 			ph |= stages.Mail
 		}
 	}
-	return stages.Info{Kind: "dnsbl", Version: "1", Phases: ph, Needs: stages.NeedEnvelope}
+	return stages.Info{Kind: "dnsbl", Version: "1", Phases: ph, Needs: stages.NeedEnvelope, Results: Results()}
 }
+
+// Results are the result words of the kind's verdicts.
+func Results() []string { return []string{"listed", "allowed", "clean"} }
 
 // query is one lookup of one subject (an address or a domain) in one list.
 type query struct {

@@ -239,8 +239,9 @@ func TestCache(t *testing.T) {
 func TestInfo(t *testing.T) {
 	srv := dnstest.NewServer(t, zone)
 	f := newDNSBL(t, srv, `{"list": [`+zen+`, {"zone": "dbl.test", "type": "domain"}]}`)
-	want := stages.Info{Kind: "dnsbl", Version: "1", Phases: stages.Connect | stages.Mail, Needs: stages.NeedEnvelope}
-	if f.Info() != want {
+	want := stages.Info{Kind: "dnsbl", Version: "1", Phases: stages.Connect | stages.Mail, Needs: stages.NeedEnvelope,
+		Results: []string{"listed", "allowed", "clean"}}
+	if !reflect.DeepEqual(f.Info(), want) {
 		t.Errorf("info %+v; want %+v", f.Info(), want)
 	}
 	// No client address (a test run without -client-ip): nothing to ask.

@@ -2,7 +2,10 @@ package headers
 
 import (
 	"slices"
+	"strconv"
 	"strings"
+
+	"github.com/emersion/go-msgauth/authres"
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
@@ -23,7 +26,8 @@ var authMethods = map[string][]string{
 }
 
 // addAuthResults removes the Authentication-Results fields that claim this
-// gateway's authserv-id and puts one of its own on top.
+// gateway's authserv-id and puts one of its own on top, with one entry per
+// method, built by go-msgauth's authres.
 //
 // RFC 8601 §5: a receiver MUST delete any instance of the field that claims
 // to come from within its trust boundary but did not, since users and
@@ -33,32 +37,56 @@ func (f *Headers) addAuthResults(e *editor, tx *stages.Transaction) {
 	e.each(func(name string) bool { return strings.EqualFold(name, authResults) }, func(field stages.Field) (string, bool) {
 		return "", strings.EqualFold(authservID(field.Value), f.hostname)
 	})
-	var b strings.Builder
-	b.WriteString(f.hostname)
-	n := 0
+	var (
+		results []authres.Result
+		methods = map[string]int{} // method → its entry in results
+	)
 	for _, r := range tx.Results {
-		if spec := resinfo(r, tx); spec != "" {
-			b.WriteString("; ")
-			b.WriteString(spec)
-			n++
+		method, res := authResult(r, tx)
+		if res == nil {
+			continue
 		}
+		// One entry per method: a stage that runs in several phases
+		// (spf at MAIL and again at DATA) reports in each, and the last
+		// is what the message got.
+		if i, ok := methods[method]; ok {
+			results[i] = res
+			continue
+		}
+		methods[method] = len(results)
+		results = append(results, res)
 	}
-	if n == 0 {
-		// RFC 8601 §2.2: "none" says no authentication was done.
-		b.WriteString("; none")
-	}
-	e.insertTop(authResults, b.String())
+	e.insertTop(authResults, format(f.hostname, results))
 }
 
-// resinfo renders one stage's result as "method=result ptype.property=value
-// ...", or "" if the stage is not an authentication method. Properties are
-// the "ptype.property=value" words of the stage's reason (RFC 8601 §2.3:
-// ptype smtp, header, body or policy).
-func resinfo(r stages.Result, tx *stages.Transaction) string {
+// format writes the field's value: the authserv-id and the results, or
+// "none" if there are none (RFC 8601 §2.2). authres.Format leaves a space
+// after a result without properties; it is formatted one result at a time
+// to drop it.
+func format(authservID string, results []authres.Result) string {
+	if len(results) == 0 {
+		return authres.Format(authservID, nil)
+	}
+	parts := []string{authservID}
+	for _, r := range results {
+		parts = append(parts, strings.TrimSpace(strings.TrimPrefix(authres.Format("", []authres.Result{r}), ";")))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// authResult is one stage's result as an entry of the field, with its
+// method, or nil if the stage is not an authentication method. Its
+// properties are those of the first entry of the stage's reason, read as
+// resinfo (spf writes "spf=pass smtp.mailfrom=example.org"), for this
+// method and this result: an entry for another identity (spf's HELO
+// check) or a result quoted from the sender's DNS does not lend its
+// properties. Only ptype.property pairs with values that need no quoting
+// are kept (RFC 8601 §2.3: ptype smtp, header, body or policy).
+func authResult(r stages.Result, tx *stages.Transaction) (string, authres.Result) {
 	method := strings.ToLower(r.Kind)
 	results, ok := authMethods[method]
 	if !ok {
-		return ""
+		return "", nil
 	}
 	result := strings.ToLower(r.Result)
 	if r.Errored {
@@ -69,35 +97,69 @@ func resinfo(r stages.Result, tx *stages.Transaction) string {
 	if !slices.Contains(results, result) {
 		// A word outside the method's registry would mislead whoever
 		// reads the field; "arc" has no temperror to fall back on.
-		return ""
+		return "", nil
 	}
-	spec := method + "=" + result
-	hasIdentity := false
-	for _, w := range strings.Fields(r.Reason) {
-		w = strings.TrimRight(w, ",;:")
-		prop, val, ok := strings.Cut(w, "=")
-		ptype, _, dotted := strings.Cut(prop, ".")
-		if !ok || !dotted || !slices.Contains([]string{"smtp", "header", "body", "policy"}, ptype) || !isKeyword(strings.ToLower(prop)) || !isPvalue(val) {
-			continue
+	props := map[string]string{}
+	if !r.Errored {
+		// Parse stops at the first entry it cannot read, and returns
+		// those before it.
+		_, entries, _ := authres.Parse("reason; " + r.Reason)
+		for _, entry := range entries {
+			m, value, ps := entryOf(entry)
+			if m != method || string(value) != result {
+				continue
+			}
+			for k, v := range ps {
+				ptype, _, dotted := strings.Cut(k, ".")
+				if dotted && slices.Contains([]string{"smtp", "header", "body", "policy"}, ptype) && isKeyword(k) && isPvalue(v) {
+					props[k] = v
+				}
+			}
+			break
 		}
-		spec += " " + strings.ToLower(prop) + "=" + val
-		hasIdentity = hasIdentity || ptype == "smtp"
 	}
-	if method == "spf" && !hasIdentity {
+	if method == "spf" && props["smtp.mailfrom"] == "" && props["smtp.helo"] == "" {
 		// RFC 8601 §2.7.2: SPF reports the identity it checked, the
 		// MAIL FROM domain, or the HELO name for the null sender (RFC
 		// 7208 §2.4).
 		if _, domain, ok := address.Split(tx.From); ok && isPvalue(domain) {
-			spec += " smtp.mailfrom=" + domain
+			props["smtp.mailfrom"] = domain
 		} else if tx.From == "" && isPvalue(tx.Client.Helo) {
-			spec += " smtp.helo=" + tx.Client.Helo
+			props["smtp.helo"] = tx.Client.Helo
 		}
 	}
-	return spec
+	return method, &authres.GenericResult{Method: method, Value: authres.ResultValue(result), Params: props}
+}
+
+// entryOf returns the method, result and properties of an entry authres
+// parsed, whatever type it parsed it into.
+func entryOf(r authres.Result) (string, authres.ResultValue, map[string]string) {
+	switch r := r.(type) {
+	case *authres.SPFResult:
+		return "spf", r.Value, map[string]string{"smtp.mailfrom": r.From, "smtp.helo": r.Helo}
+	case *authres.DKIMResult:
+		return "dkim", r.Value, map[string]string{"header.d": r.Domain, "header.i": r.Identifier}
+	case *authres.DMARCResult:
+		return "dmarc", r.Value, map[string]string{"header.from": r.From}
+	case *authres.IPRevResult:
+		return "iprev", r.Value, map[string]string{"policy.iprev": r.IP}
+	case *authres.ARCResult:
+		ps := map[string]string{"smtp.remote-ip": r.RemoteIP}
+		if r.OldestPass > 0 {
+			ps["header.oldest-pass"] = strconv.Itoa(r.OldestPass)
+		}
+		return "arc", r.Value, ps
+	case *authres.GenericResult:
+		return strings.ToLower(r.Method), r.Value, r.Params
+	}
+	return "", "", nil
 }
 
 // authservID returns the authserv-id of an Authentication-Results value:
 // its first word after any comments (RFC 8601 §2.2), "" if there is none.
+// authres.Parse is not used here: it reads neither comments nor a quoted
+// authserv-id, and refuses a version other than 1, so a forged field
+// written so would stay.
 func authservID(v string) string {
 	v = stages.Unfold(v)
 	for {

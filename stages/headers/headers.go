@@ -41,8 +41,12 @@ func (f *Headers) Info() stages.Info {
 		Phases:  stages.Data,
 		Needs:   stages.NeedHeader | stages.NeedResults,
 		Edits:   true,
+		Results: Results(),
 	}
 }
+
+// Results are the result words of the kind's verdicts.
+func Results() []string { return []string{"edited", "unchanged"} }
 
 // Run computes the edits: first remove_internal, then
 // authentication_results and spam_headers, then the rules in order, each

@@ -7,8 +7,11 @@ import (
 	"encoding/json"
 	"mime"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/emersion/go-msgauth/authres"
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/stages"
@@ -61,8 +64,9 @@ func TestConfigErrors(t *testing.T) {
 
 func TestInfo(t *testing.T) {
 	info := newFilter(t, `{"spam_headers": true}`).Info()
-	want := stages.Info{Kind: "headers", Version: "1", Phases: stages.Data, Needs: stages.NeedHeader | stages.NeedResults, Edits: true}
-	if info != want {
+	want := stages.Info{Kind: "headers", Version: "1", Phases: stages.Data, Needs: stages.NeedHeader | stages.NeedResults, Edits: true,
+		Results: []string{"edited", "unchanged"}}
+	if !reflect.DeepEqual(info, want) {
 		t.Errorf("info %+v, want %+v", info, want)
 	}
 }
@@ -263,7 +267,9 @@ func TestPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info := st.Info(); !info.Edits || info.Needs&stages.NeedResults == 0 {
+	// What the plugin describes crosses the wire whole, its result words
+	// too (DescribeResponse.results).
+	if info := st.Info(); !info.Edits || info.Needs&stages.NeedResults == 0 || !reflect.DeepEqual(info.Results, Results()) {
 		t.Errorf("info %+v", info)
 	}
 	tx := &stages.Transaction{
@@ -292,7 +298,10 @@ func TestPlugin(t *testing.T) {
 	}
 }
 
-func TestResinfo(t *testing.T) {
+// TestAuthResult: one stage's result as an entry of the field. The
+// properties come from the stage's reason read as resinfo, from its entry
+// for the same method and result only.
+func TestAuthResult(t *testing.T) {
 	tx := &stages.Transaction{From: "a@example.org", Client: stages.Client{Helo: "client.example.org"}}
 	null := &stages.Transaction{Client: stages.Client{Helo: "client.example.org"}}
 	for _, tc := range []struct {
@@ -300,19 +309,55 @@ func TestResinfo(t *testing.T) {
 		tx   *stages.Transaction
 		want string
 	}{
-		{stages.Result{Kind: "spf", Result: "pass", Reason: "smtp.mailfrom=a@example.org: allowed"}, tx, "spf=pass smtp.mailfrom=a@example.org"},
+		{stages.Result{Kind: "spf", Result: "pass", Reason: "spf=pass smtp.mailfrom=a@example.org"}, tx, "spf=pass smtp.mailfrom=a@example.org"},
+		// Not resinfo: the identity comes from the envelope.
+		{stages.Result{Kind: "spf", Result: "pass", Reason: "smtp.mailfrom=b.example: allowed"}, tx, "spf=pass smtp.mailfrom=example.org"},
 		{stages.Result{Kind: "spf", Result: "Softfail"}, tx, "spf=softfail smtp.mailfrom=example.org"},
 		{stages.Result{Kind: "spf", Result: "none"}, null, "spf=none smtp.helo=client.example.org"},
-		{stages.Result{Kind: "spf", Errored: true, Reason: "dns timeout"}, tx, "spf=temperror smtp.mailfrom=example.org"},
+		{stages.Result{Kind: "spf", Errored: true, Reason: "spf=pass smtp.mailfrom=x.example"}, tx, "spf=temperror smtp.mailfrom=example.org"},
 		{stages.Result{Kind: "spf", Result: "hardfail"}, tx, ""},
-		{stages.Result{Kind: "spf", Result: "pass", Reason: "smtp.mailfrom=a;b smtp.helo=x(y) header.from=ok.example"}, tx, "spf=pass header.from=ok.example smtp.mailfrom=example.org"},
-		{stages.Result{Kind: "dkim", Result: "pass", Reason: "header.d=example.org header.s=sel1"}, tx, "dkim=pass header.d=example.org header.s=sel1"},
+		// Values that would need quoting are left out.
+		{stages.Result{Kind: "spf", Result: "pass", Reason: "spf=pass smtp.mailfrom=x(y) smtp.helo=ok.example"}, tx, "spf=pass smtp.helo=ok.example"},
+		// spf with check_helo: the HELO entry's properties are not the
+		// MAIL FROM result's.
+		{stages.Result{Kind: "spf", Result: "fail", Reason: "spf=fail smtp.mailfrom=bad.example; spf=pass smtp.helo=mx.example"}, tx, "spf=fail smtp.mailfrom=bad.example"},
+		// A problem quoting the sender's SPF record cannot lend its words.
+		{stages.Result{Kind: "spf", Result: "permerror", Reason: `spf=permerror reason="bad term \"x;\" in example.org"; spf=pass smtp.mailfrom=bank.example`}, tx, "spf=permerror smtp.mailfrom=example.org"},
+		// authres keeps the DKIM properties it knows: header.d, header.i.
+		{stages.Result{Kind: "dkim", Result: "pass", Reason: "dkim=pass header.d=example.org header.i=@example.org"}, tx, "dkim=pass header.d=example.org header.i=@example.org"},
+		{stages.Result{Kind: "iprev", Result: "pass", Reason: "iprev=pass policy.iprev=192.0.2.1"}, tx, "iprev=pass policy.iprev=192.0.2.1"},
+		{stages.Result{Kind: "arc", Result: "pass"}, tx, "arc=pass"},
 		{stages.Result{Kind: "arc", Errored: true}, tx, ""},
 		{stages.Result{Kind: "dnsbl", Result: "listed"}, tx, ""},
 	} {
-		if got := resinfo(tc.r, tc.tx); got != tc.want {
-			t.Errorf("resinfo(%+v) = %q, want %q", tc.r, got, tc.want)
+		got := ""
+		if _, res := authResult(tc.r, tc.tx); res != nil {
+			got = strings.TrimPrefix(format("id", []authres.Result{res}), "id; ")
 		}
+		if got != tc.want {
+			t.Errorf("authResult(%+v) = %q, want %q", tc.r, got, tc.want)
+		}
+	}
+}
+
+// TestAuthResultsOnePerMethod: spf reports at MAIL and at DATA; the field
+// has one spf entry, the last.
+func TestAuthResultsOnePerMethod(t *testing.T) {
+	tx := &stages.Transaction{
+		From:   "a@example.org",
+		Header: stages.Header{{Name: "Subject", Value: "x"}},
+		Results: []stages.Result{
+			{Stage: "spf", Kind: "spf", Result: "pass", Reason: "spf=pass smtp.mailfrom=example.org; spf=none smtp.helo=mx.example.org"},
+			{Stage: "dnsbl", Kind: "dnsbl", Result: "clean"},
+			{Stage: "spf", Kind: "spf", Result: "pass", Reason: "spf=pass smtp.mailfrom=example.org; spf=none smtp.helo=mx.example.org"},
+		},
+	}
+	v, err := newFilter(t, `{"authentication_results": true}`).Run(context.Background(), stages.Data, tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Edits) != 1 || v.Edits[0].Value != "mx.example.test; spf=pass smtp.mailfrom=example.org" {
+		t.Fatalf("edits %+v", v.Edits)
 	}
 }
 

@@ -58,7 +58,14 @@ func (m *Milter) Info() stages.Info {
 		Phases:  stages.Data,
 		Needs:   stages.NeedHeader | stages.NeedBody,
 		Edits:   true,
+		Results: Results(),
 	}
+}
+
+// Results are the result words of the kind's verdicts: the milter's
+// answer, or "unavailable" for default_action.
+func Results() []string {
+	return []string{"continue", "accept", "reject", "tempfail", "discard", "quarantine", "unavailable"}
 }
 
 // Close closes the idle connections.

@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"os"
 	"regexp"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,7 +76,8 @@ func Stages(t testing.TB, file, kind string, factory stages.Factory) []Stage {
 // block with factory. The Env has the example's hostname (or the
 // prelude's), [dns] servers and timeout. Filters that are stages.Closer are
 // closed when the test ends. Load fails t when the text is not TOML, has no
-// stage of kind, or the factory refuses one.
+// stage of kind, the factory refuses one, or a stage of kind maps a result
+// word ([stage.results]) its filter does not declare.
 func Load(t testing.TB, file string, config []byte, kind string, factory stages.Factory) []Stage {
 	t.Helper()
 	var doc struct {
@@ -84,9 +87,10 @@ func Load(t testing.TB, file string, config []byte, kind string, factory stages.
 			Timeout string   `toml:"timeout"`
 		} `toml:"dns"`
 		Stages []struct {
-			Name   string         `toml:"name"`
-			Kind   string         `toml:"kind"`
-			Config map[string]any `toml:"config"`
+			Name    string            `toml:"name"`
+			Kind    string            `toml:"kind"`
+			Config  map[string]any    `toml:"config"`
+			Results map[string]string `toml:"results"`
 		} `toml:"stage"`
 	}
 	if _, err := toml.Decode(Prelude+string(config), &doc); err != nil {
@@ -118,6 +122,12 @@ func Load(t testing.TB, file string, config []byte, kind string, factory stages.
 		}
 		if c, ok := f.(stages.Closer); ok {
 			t.Cleanup(func() { c.Close() })
+		}
+		// The result words an example maps must be those its kind reports.
+		for word := range st.Results {
+			if !slices.Contains(f.Info().Results, word) {
+				t.Fatalf("%s: stage %q: results.%s: not a result word of kind %s (%s)", file, st.Name, word, kind, strings.Join(f.Info().Results, ", "))
+			}
 		}
 		built = append(built, Stage{Name: st.Name, Filter: f, JSON: string(js)})
 	}

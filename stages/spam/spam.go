@@ -48,8 +48,12 @@ func (s *Spam) Info() stages.Info {
 		Version: "1",
 		Phases:  stages.Data,
 		Needs:   stages.NeedHeader | stages.NeedBody | stages.NeedResults,
+		Results: Results(),
 	}
 }
+
+// Results are the result words of the kind's verdicts.
+func Results() []string { return []string{"spam", "ham", "gtube"} }
 
 // Run scores the message. The error return is for a backend that could not
 // be asked, or a body that could not be read.

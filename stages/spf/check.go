@@ -31,6 +31,15 @@ const (
 // results lists every result, in the order the README gives them.
 var results = [...]Result{Pass, Fail, SoftFail, Neutral, None, PermError, TempError}
 
+// Results are the result words of the kind's verdicts: the SPF results.
+func Results() []string {
+	words := make([]string, len(results))
+	for i, r := range results {
+		words[i] = string(r)
+	}
+	return words
+}
+
 // Limits of §4.6.4.
 const (
 	maxLookups     = 10 // terms that cause DNS queries, per check

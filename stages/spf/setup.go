@@ -75,13 +75,13 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 		}
 		act, err := stages.ParseAction(a)
 		if err != nil || act == stages.Accept {
-			return nil, fmt.Errorf("action.%s: unexpected %q; expect continue, tag, quarantine, tempfail or reject", name, a)
+			return nil, &stages.ConfigError{Key: "action", Err: fmt.Errorf("%s: unexpected %q; expect continue, tag, quarantine, tempfail or reject", name, a)}
 		}
 		f.actions[res] = act
 	}
 	if c.RejectFail {
 		if a, ok := f.actions[Fail]; ok && a != stages.Reject {
-			return nil, fmt.Errorf("reject_fail: conflicts with action.fail = %q; set only one of them", a)
+			return nil, &stages.ConfigError{Key: "reject_fail", Err: fmt.Errorf("conflicts with action.fail = %q; set only one of them", a)}
 		}
 		f.actions[Fail] = stages.Reject
 	}
@@ -91,15 +91,15 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 			return nil, err
 		}
 		if math.IsNaN(s) || math.IsInf(s, 0) {
-			return nil, fmt.Errorf("score.%s: unexpected %v; expect a finite number", name, s)
+			return nil, &stages.ConfigError{Key: "score", Err: fmt.Errorf("%s: unexpected %v; expect a finite number", name, s)}
 		}
 		f.scores[res] = s
 	}
 	if c.DNSTimeout <= 0 {
-		return nil, errors.New(`dns_timeout: expect a duration above 0, such as "3s"`)
+		return nil, &stages.ConfigError{Key: "dns_timeout", Err: errors.New(`expect a duration above 0, such as "3s"`)}
 	}
 	if c.CacheSize < 0 {
-		return nil, fmt.Errorf("cache_size: unexpected %d; expect 0 (no cache) or more", c.CacheSize)
+		return nil, &stages.ConfigError{Key: "cache_size", Err: fmt.Errorf("unexpected %d; expect 0 (no cache) or more", c.CacheSize)}
 	}
 	r, err := resolver.New(env.DNSServers, time.Duration(c.DNSTimeout), resolver.WithCache(c.CacheSize))
 	if err != nil {
@@ -109,17 +109,15 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 	return f, nil
 }
 
-// parseResult checks a key of the action or score table.
+// parseResult checks a key of the action or score table: a result word
+// mistyped there would silently never apply.
 func parseResult(table, name string) (Result, error) {
 	for _, r := range results {
 		if name == string(r) {
 			return r, nil
 		}
 	}
-	words := make([]string, len(results))
-	for i, r := range results {
-		words[i] = string(r)
-	}
-	return "", fmt.Errorf("%s.%s: unknown result; expect %s or %s", table, name,
-		strings.Join(words[:len(words)-1], ", "), words[len(words)-1])
+	words := Results()
+	return "", &stages.ConfigError{Key: table, Err: fmt.Errorf("%s: unknown result; expect %s or %s", name,
+		strings.Join(words[:len(words)-1], ", "), words[len(words)-1])}
 }

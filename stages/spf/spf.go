@@ -8,6 +8,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/emersion/go-msgauth/authres"
+
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/resolver"
@@ -32,7 +34,7 @@ var _ stages.Filter = (*Filter)(nil)
 // Info declares the MAIL phase, where the check runs, and the DATA phase,
 // the only one where header edits are allowed.
 func (f *Filter) Info() stages.Info {
-	return stages.Info{Kind: "spf", Version: "1", Phases: stages.Mail | stages.Data, Needs: stages.NeedEnvelope, Edits: true}
+	return stages.Info{Kind: "spf", Version: "1", Phases: stages.Mail | stages.Data, Needs: stages.NeedEnvelope, Edits: true, Results: Results()}
 }
 
 // evaluation is the SPF outcome of one transaction.
@@ -94,26 +96,36 @@ func (f *Filter) evaluate(ctx context.Context, tx *stages.Transaction) evaluatio
 }
 
 // reason is the detail for logs and for the headers stage, written as
-// Authentication-Results resinfo (RFC 8601 §2.7.2):
-// "spf=fail smtp.mailfrom=example.com (problem); spf=pass smtp.helo=mx.example.com".
+// Authentication-Results resinfo (RFC 8601 §2.7.2) by go-msgauth's authres:
+// the MAIL FROM result first, then the HELO one when checked, each with
+// its problem as the reason: "spf=fail smtp.mailfrom=example.com;
+// spf=permerror reason=\"...\" smtp.helo=mx.example.com".
 func (ev evaluation) reason() string {
-	prop := "smtp.mailfrom"
-	if ev.identity == "helo" {
-		prop = "smtp.helo"
-	}
-	s := resinfo(ev.out, prop, ev.domain)
+	entries := []authres.Result{authResult(ev.out, ev.identity == "helo", ev.domain)}
 	if ev.helo != nil {
-		s += "; " + resinfo(*ev.helo, "smtp.helo", ev.heloName)
+		entries = append(entries, authResult(*ev.helo, true, ev.heloName))
 	}
-	return s
+	parts := make([]string, len(entries))
+	for i, e := range entries {
+		// Format writes "authserv-id; resinfo", with a space after a
+		// resinfo without properties.
+		parts[i] = strings.TrimSpace(strings.TrimPrefix(authres.Format("", []authres.Result{e}), ";"))
+	}
+	return strings.Join(parts, "; ")
 }
 
-func resinfo(o Outcome, prop, domain string) string {
-	s := fmt.Sprintf("spf=%s %s=%s", o.Result, prop, kvValue(domain))
-	if o.Problem != "" {
-		s += " (" + commentText(o.Problem) + ")"
+// authResult is o as an Authentication-Results entry for the identity
+// name: a HELO name, or the MAIL FROM domain. authres quotes what needs
+// it, but escapes no backslash and keeps control characters: the problem
+// may quote the sender's DNS, so both are dropped.
+func authResult(o Outcome, helo bool, name string) authres.Result {
+	r := &authres.SPFResult{Value: authres.ResultValue(o.Result), Reason: strings.ReplaceAll(clean(o.Problem), `\`, "")}
+	if helo {
+		r.Helo = clean(name)
+	} else {
+		r.From = clean(name)
 	}
-	return s
+	return r
 }
 
 // reply is the SMTP reply of a rejection or a temporary failure, with the

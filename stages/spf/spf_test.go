@@ -2,11 +2,14 @@ package spf
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-msgauth/authres"
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/stages"
@@ -87,7 +90,7 @@ func TestMailVerdicts(t *testing.T) {
 		{
 			name: "permerror", config: `{"action": {"permerror": "reject"}, "check_helo": false}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@broken.example.com",
 			action: stages.Reject, result: "permerror",
-			reason: `spf=permerror smtp.mailfrom=broken.example.com (SPF record of broken.example.com: "ip4:300.1.1.1": invalid address "300.1.1.1")`,
+			reason: `spf=permerror reason="SPF record of broken.example.com: \"ip4:300.1.1.1\": invalid address \"300.1.1.1\"" smtp.mailfrom=broken.example.com`,
 			reply:  "550 5.7.24 SPF permerror: the SPF policy of broken.example.com could not be evaluated",
 		},
 		{
@@ -97,7 +100,7 @@ func TestMailVerdicts(t *testing.T) {
 		},
 		{
 			name: "none", config: `{}`, ip: "192.0.2.7", helo: "[192.0.2.7]", from: "joe@nospf.example.com",
-			result: "none", reason: "spf=none smtp.mailfrom=nospf.example.com (no SPF record for nospf.example.com); spf=none smtp.helo=\"[192.0.2.7]\" (\"[192.0.2.7]\" is not a domain name)",
+			result: "none", reason: `spf=none reason="no SPF record for nospf.example.com" smtp.mailfrom=nospf.example.com; spf=none reason="\"[192.0.2.7]\" is not a domain name" smtp.helo=[192.0.2.7]`,
 		},
 		{
 			name: "null sender checks postmaster@helo", config: `{}`, ip: "192.0.2.10", helo: "mail.example.net", from: "",
@@ -204,11 +207,13 @@ func TestResolverCache(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	srv := testServer(t)
+	// Each names its key (a ConfigError), so the gateway points at the
+	// key's line rather than the stage's.
 	tests := []struct{ config, err string }{
-		{`{"action": {"fial": "reject"}}`, "action.fial: unknown result; expect pass, fail, softfail, neutral, none, permerror or temperror"},
-		{`{"action": {"fail": "rejct"}}`, `action.fail: unexpected "rejct"; expect continue, tag, quarantine, tempfail or reject`},
-		{`{"action": {"pass": "accept"}}`, `action.pass: unexpected "accept"`},
-		{`{"score": {"none ": 1}}`, `score.none : unknown result`},
+		{`{"action": {"fial": "reject"}}`, "action: fial: unknown result; expect pass, fail, softfail, neutral, none, permerror or temperror"},
+		{`{"action": {"fail": "rejct"}}`, `action: fail: unexpected "rejct"; expect continue, tag, quarantine, tempfail or reject`},
+		{`{"action": {"pass": "accept"}}`, `action: pass: unexpected "accept"`},
+		{`{"score": {"none ": 1}}`, `score: none : unknown result`},
 		{`{"reject_fail": true, "action": {"fail": "tag"}}`, `reject_fail: conflicts with action.fail = "tag"`},
 		{`{"dns_timeout": "0s"}`, `dns_timeout: expect a duration above 0`},
 		{`{"cache_size": -1}`, `cache_size: unexpected -1`},
@@ -216,7 +221,8 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		_, err := New(stages.Env{DNSServers: []string{srv.Addr()}}, stages.JSONConfig([]byte(tt.config)))
-		if err == nil || !strings.Contains(err.Error(), tt.err) {
+		var ce *stages.ConfigError
+		if !errors.As(err, &ce) || !strings.HasPrefix(tt.err, ce.Key+": ") || !strings.Contains(err.Error(), tt.err) {
 			t.Errorf("%s: error %v, want %q", tt.config, err, tt.err)
 		}
 	}
@@ -241,7 +247,7 @@ func TestPluginRoundTrip(t *testing.T) {
 	if err != nil || len(v.Edits) != 1 || !strings.HasPrefix(v.Edits[0].Value, "fail (mx.example.test: ") {
 		t.Fatalf("DATA over the plugin protocol: %+v %v", v, err)
 	}
-	if _, err := sdktest.Stage(t, New, `{"action": {"fail": "bounce"}}`); err == nil || !strings.Contains(err.Error(), "action.fail") {
+	if _, err := sdktest.Stage(t, New, `{"action": {"fail": "bounce"}}`); err == nil || !strings.Contains(err.Error(), `config: action: fail: unexpected "bounce"`) {
 		t.Errorf("bad config over the plugin protocol: %v", err)
 	}
 }
@@ -289,7 +295,7 @@ func TestNoDNSServer(t *testing.T) {
 	if err != nil || v.Result != "temperror" || v.Action != stages.Continue || v.Score != 0 {
 		t.Fatalf("verdict %+v, error %v; want temperror, continue, no error", v, err)
 	}
-	if !strings.Contains(v.Reason, "spf=temperror smtp.mailfrom=example.com (TXT lookup of example.com: ") {
+	if !strings.HasPrefix(v.Reason, `spf=temperror reason="TXT lookup of example.com: `) || !strings.Contains(v.Reason, `" smtp.mailfrom=example.com; `) {
 		t.Errorf("reason %q", v.Reason)
 	}
 }
@@ -327,5 +333,23 @@ func TestDNSTimeout(t *testing.T) {
 		if took < tt.min || took >= tt.max {
 			t.Errorf("%s: lookup gave up after %v; want a timeout of %v", tt.name, took, tt.min)
 		}
+	}
+}
+
+// TestReasonIsResinfo: the reason is Authentication-Results resinfo that
+// go-msgauth's authres reads back, the MAIL FROM result first; a problem
+// quoting the sender's DNS cannot break its quoting.
+func TestReasonIsResinfo(t *testing.T) {
+	ev := evaluation{identity: "mailfrom", domain: "example.com", heloName: "mx.example.net",
+		out:  Outcome{Result: PermError, Problem: "bad term \"a\\\" x;\x01 y"},
+		helo: &Outcome{Result: Pass}}
+	got := ev.reason()
+	want := `spf=permerror reason="bad term \"a\" x; y" smtp.mailfrom=example.com; spf=pass smtp.helo=mx.example.net`
+	if got != want {
+		t.Fatalf("reason\n got %s\nwant %s", got, want)
+	}
+	_, rs, _ := authres.Parse("id; " + got)
+	if first, ok := rs[0].(*authres.SPFResult); !ok || first.Value != authres.ResultPermError {
+		t.Fatalf("authres reads %#v", rs)
 	}
 }

@@ -97,6 +97,7 @@ func (f *Filter) Info() stages.Info {
 		Version: "1.0.0",
 		Phases:  stages.Data,
 		Needs:   stages.NeedHeader | stages.NeedBody,
+		Results: []string{"executable", "too-complex", "malformed", "clean"},
 	}
 }
 

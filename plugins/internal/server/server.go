@@ -141,6 +141,7 @@ func (s *filterServer) Describe(context.Context, *proto.DescribeRequest) (*proto
 		Needs:           proto.FromNeeds(info.Needs),
 		Edits:           info.Edits,
 		ProtocolVersion: proto.ProtocolVersion,
+		Results:         info.Results,
 	}, nil
 }
 

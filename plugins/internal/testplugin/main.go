@@ -36,6 +36,10 @@ type config struct {
 	AddHeader string          `json:"add_header"` // "Name: value", added by an edit
 	Sleep     stages.Duration `json:"sleep"`      // for sleep@ senders
 	Garbage   string          `json:"garbage"`    // "action" or "edit": a verdict the host must refuse
+	// Results are the result words it declares in Info, so that a config
+	// may map them; the words it reports are the Subject or the body's
+	// size and hash, for the tests to read.
+	Results []string `json:"results"`
 }
 
 type filter struct {
@@ -64,6 +68,7 @@ func (f *filter) Info() stages.Info {
 		Phases:  stages.AllPhases,
 		Needs:   stages.NeedHeader | stages.NeedBody | stages.NeedResults,
 		Edits:   f.cfg.AddHeader != "" || f.cfg.Garbage == "edit",
+		Results: f.cfg.Results,
 	}
 }
 
