@@ -105,9 +105,13 @@ func TestSkeleton(t *testing.T) {
 			`the first line is "# Fake stage"; want the title "# fake"`},
 		{"phase not named", nil, func(i *stages.Info) { i.Phases |= stages.Rcpt },
 			"the text before ## Configuration does not name the rcpt phase"},
-		{"no intro", func(s string) string { return strings.Replace(s, "The fake stage looks at nothing, at MAIL FROM and at the end of DATA.\n\n", "", 1) }, func(i *stages.Info) { i.Phases = 0 },
+		{"no intro", func(s string) string {
+			return strings.Replace(s, "The fake stage looks at nothing, at MAIL FROM and at the end of DATA.\n\n", "", 1)
+		}, func(i *stages.Info) { i.Phases = 0 },
 			"no paragraph after the title"},
-		{"section before Configuration", func(s string) string { return strings.Replace(s, "## Configuration", "## Overview\n\nx\n\n## Configuration", 1) }, nil,
+		{"section before Configuration", func(s string) string {
+			return strings.Replace(s, "## Configuration", "## Overview\n\nx\n\n## Configuration", 1)
+		}, nil,
 			"the first section is ## Overview; want ## Configuration"},
 		{"missing section", func(s string) string { return strings.Replace(s, "## Metrics", "## Monitoring", 1) }, nil,
 			"no ## Metrics section"},
@@ -126,7 +130,9 @@ func TestSkeleton(t *testing.T) {
 			`## Results does not name "skipped", a result word kind fake declares`},
 		{"word twice", func(s string) string { return strings.Replace(s, "| `miss` |", "| `hit` |", 1) }, func(i *stages.Info) { i.Results = []string{"hit"} },
 			`## Results names "hit" twice`},
-		{"columns", func(s string) string { return strings.Replace(s, "| Result | Action | Score | Meaning |", "| Result | Action | When |", 1) }, nil,
+		{"columns", func(s string) string {
+			return strings.Replace(s, "| Result | Action | Score | Meaning |", "| Result | Action | When |", 1)
+		}, nil,
 			"## Results table has the columns Result | Action | When; want Result | Action | Score | Meaning"},
 		{"no table", func(s string) string {
 			start, end := strings.Index(s, "## Results\n"), strings.Index(s, "## Metrics")

@@ -93,12 +93,12 @@ func TestMailVerdicts(t *testing.T) {
 		{
 			name: "temperror is a result", config: `{"check_helo": false, "dns_timeout": "100ms"}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@slow.example.com",
 			result: "temperror",
-			reply: "451 4.7.24 SPF temperror: the SPF policy of slow.example.com could not be evaluated",
+			reply:  "451 4.7.24 SPF temperror: the SPF policy of slow.example.com could not be evaluated",
 		},
 		{
 			name: "none", config: `{}`, ip: "192.0.2.7", helo: "[192.0.2.7]", from: "joe@nospf.example.com",
 			result: "none", reason: `spf=none reason="no SPF record for nospf.example.com" smtp.mailfrom=nospf.example.com; spf=none reason="\"[192.0.2.7]\" is not a domain name" smtp.helo=[192.0.2.7]`,
-	
+
 			reply: "550 5.7.23 SPF none: nospf.example.com does not designate 192.0.2.7 as permitted sender",
 		},
 		{
