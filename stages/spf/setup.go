@@ -62,12 +62,6 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
 	}
-	f := &Filter{
-		hostname:  env.Hostname,
-		checkHelo: c.CheckHelo,
-		scores:    map[Result]float64{},
-		memo:      newMemo(memoSize, memoTTL),
-	}
 	if c.Action != nil {
 		return nil, stages.ReplacedByResults("action", c.Action)
 	}
@@ -77,6 +71,12 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 			m = map[string]string{string(Fail): "reject"}
 		}
 		return nil, stages.ReplacedByResults("reject_fail", m)
+	}
+	f := &Filter{
+		hostname:  env.Hostname,
+		checkHelo: c.CheckHelo,
+		scores:    map[Result]float64{},
+		memo:      newMemo(memoSize, memoTTL),
 	}
 	for name, s := range c.Score {
 		res, err := parseResult("score", name)
