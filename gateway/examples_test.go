@@ -32,6 +32,8 @@ func TestCheckErrors(t *testing.T) {
 			`bad.toml:6: stage[0].kind: unexpected "spamassassin"; expect clamav, dnsbl, headers, milter, spam, spf or plugin`},
 		{"kind refuses its config", "[[stage]]\nname = \"av\"\nkind = \"clamav\"\n[stage.config]\nadress = \"unix:/x\"\n",
 			`bad.toml:8: stage[0].config.adress: unknown key`},
+		{"a key [stage.results] replaced", "[[stage]]\nname = \"av\"\nkind = \"clamav\"\n[stage.config]\ninfected = \"quarantine\"\n",
+			`bad.toml:8: stage[0].config.infected: replaced by [stage.results]: infected = "quarantine"`},
 		{"missing plugin binary", "[[stage]]\nname = \"p\"\nkind = \"plugin\"\npath = \"/nonexistent/plugin\"\n",
 			`bad.toml:7: stage[0].path: stage "p": start plugin: fork/exec /nonexistent/plugin: no such file or directory`},
 		{"typo in a key", "[server]\nmax_mesage_size = \"1MB\"\n",

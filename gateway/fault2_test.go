@@ -50,7 +50,7 @@ func TestDNSNotAnswering(t *testing.T) {
 	for _, tc := range []struct {
 		name, spfActions, want string
 	}{
-		{"temperror tempfails", "[stage.config.action]\ntemperror = \"tempfail\"\n", "451 4.7.24"},
+		{"temperror tempfails", "[stage.results]\ntemperror = \"tempfail\"\n", "451 4.7.24"},
 		{"temperror continues, dnsbl fails open", "", "250"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

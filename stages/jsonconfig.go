@@ -23,6 +23,27 @@ func (e *ConfigError) Error() string { return e.Key + ": " + e.Err.Error() }
 
 func (e *ConfigError) Unwrap() error { return e.Err }
 
+// ReplacedByResults is the error for a [stage.config] key that chose an
+// action before [stage.results] was the one place that does. The old key
+// is refused rather than ignored, and the error shows what to write
+// instead: mappings are the result words and actions the old key meant.
+//
+//	infected: replaced by [stage.results]: infected = "quarantine"
+func ReplacedByResults(key string, mappings map[string]string) error {
+	if len(mappings) == 0 {
+		return &ConfigError{Key: key, Err: errors.New("replaced by [stage.results]; remove the key")}
+	}
+	words := make([]string, 0, len(mappings))
+	for w := range mappings {
+		words = append(words, w)
+	}
+	slices.Sort(words)
+	for i, w := range words {
+		words[i] = fmt.Sprintf("%s = %q", w, mappings[w])
+	}
+	return &ConfigError{Key: key, Err: errors.New("replaced by [stage.results]: " + strings.Join(words, ", "))}
+}
+
 // JSONConfig is a Config held as one JSON object: the [stage.config] block
 // as the engine sends it to a plugin process. Struct fields are matched by
 // their json tags, which are the config key names.

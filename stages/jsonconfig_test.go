@@ -114,3 +114,21 @@ func TestSize(t *testing.T) {
 		}
 	}
 }
+
+func TestReplacedByResults(t *testing.T) {
+	for _, tc := range []struct {
+		key      string
+		mappings map[string]string
+		want     string
+	}{
+		{"infected", map[string]string{"infected": "quarantine"}, `infected: replaced by [stage.results]: infected = "quarantine"`},
+		{"action", map[string]string{"temperror": "tempfail", "fail": "reject"}, `action: replaced by [stage.results]: fail = "reject", temperror = "tempfail"`},
+		{"reject_fail", nil, `reject_fail: replaced by [stage.results]; remove the key`},
+	} {
+		err := ReplacedByResults(tc.key, tc.mappings)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Key != tc.key || err.Error() != tc.want {
+			t.Errorf("ReplacedByResults(%s, %v) = %v, want %s", tc.key, tc.mappings, err, tc.want)
+		}
+	}
+}

@@ -123,9 +123,15 @@ type Verdict struct {
 	Action Action  `json:"action"`
 	Score  float64 `json:"score,omitempty"`  // added to the message's total
 	Result string  `json:"result,omitempty"` // stage-specific result word: spf "softfail", av "infected", …
-	Reply  *Reply  `json:"reply,omitempty"`  // generic text for the client; nil: the policy's default
-	Reason string  `json:"reason,omitempty"` // detail for logs and traces only, never for the client
-	Edits  []Edit  `json:"edits,omitempty"`  // changes to apply to the message, in order
+	// Reply is the reply when this verdict ends the transaction with a
+	// reject or a tempfail: by its own Action, or by a result mapping
+	// ([stage.results]) an admin wrote for Result. So a stage gives the
+	// reply a result deserves whatever its own action, and the pipeline
+	// gives it the class (4xx, 5xx) of the action taken. Generic text: it
+	// reaches the client. nil: the policy's default.
+	Reply  *Reply `json:"reply,omitempty"`
+	Reason string `json:"reason,omitempty"` // detail for logs and traces only, never for the client
+	Edits  []Edit `json:"edits,omitempty"`  // changes to apply to the message, in order
 }
 
 // EditOp names one kind of change to a message.
@@ -200,7 +206,9 @@ type Info struct {
 	// Result). A config maps only these to actions ([stage.results],
 	// results of [[policy.override]]): a mapping of another word, a typo,
 	// would never apply, so the gateway refuses it. A stage that declares
-	// none can have no mappings.
+	// none can have no mappings. A kind reports each word with its default
+	// action and leaves the choice of another to [stage.results], rather
+	// than keys of its own that map its words to actions.
 	Results []string `json:"results,omitempty"`
 }
 

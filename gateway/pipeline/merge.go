@@ -38,7 +38,38 @@ func (o outcome) verdict() verdict {
 	if o.res.Err != "" {
 		reason = o.res.Reason + ": " + o.res.Err
 	}
-	return verdict{action: o.res.Action, stage: o.res.Name, reason: reason, reply: o.reply}
+	reply := o.reply
+	if o.res.Mapped != "" {
+		reply = classOf(reply, o.res.Action)
+	}
+	return verdict{action: o.res.Action, stage: o.res.Name, reason: reason, reply: reply}
+}
+
+// classOf gives a stage's reply the class of the action a result mapping
+// chose. A stage replies for a result as its own action would (spf's fail
+// with 550 5.7.23), and the admin may map the word to tempfail instead:
+// the text and the enhanced code's subject and detail still say why, the
+// class becomes that of the action (RFC 3463 §2: the first digit). A
+// reply of neither class is left for replyFor to refuse.
+func classOf(r *stages.Reply, a stages.Action) *stages.Reply {
+	var def stages.Reply
+	switch a {
+	case stages.Reject:
+		def = rejectReply
+	case stages.TempFail:
+		def = tempFailReply
+	default:
+		return r
+	}
+	if r == nil || r.Code/100 == def.Code/100 || (r.Code/100 != 4 && r.Code/100 != 5) {
+		return r
+	}
+	c := *r
+	c.Code = def.Code
+	if c.Enhanced != [3]int{} {
+		c.Enhanced[0] = def.Code / 100
+	}
+	return &c
 }
 
 // merge picks what decides a phase, given the strongest verdict carried

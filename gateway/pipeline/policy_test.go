@@ -322,6 +322,36 @@ func TestStageResultMapping(t *testing.T) {
 	}
 }
 
+// A stage replies for a result as its own action would; a mapping to the
+// other class of refusal keeps its text and enhanced subject and detail,
+// with the class of the action taken. Unmapped, a reply of the wrong class
+// is still refused for the default.
+func TestMappedReplyTakesTheClassOfTheAction(t *testing.T) {
+	spfFail := &stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 23}, Text: "SPF fail: not permitted"}
+	for _, c := range []struct {
+		name    string
+		v       stages.Verdict
+		results map[string]stages.Action
+		want    string
+	}{
+		{"mapped to reject", stages.Verdict{Result: "fail", Reply: spfFail}, map[string]stages.Action{"fail": stages.Reject}, "550 5.7.23 SPF fail: not permitted"},
+		{"mapped to tempfail", stages.Verdict{Result: "fail", Reply: spfFail}, map[string]stages.Action{"fail": stages.TempFail}, "451 4.7.23 SPF fail: not permitted"},
+		{"tempfail mapped to reject", stages.Verdict{Result: "temperror", Action: stages.TempFail, Reply: &stages.Reply{Code: 451, Enhanced: [3]int{4, 7, 24}, Text: "SPF temperror"}},
+			map[string]stages.Action{"temperror": stages.Reject}, "550 5.7.24 SPF temperror"},
+		{"no enhanced code", stages.Verdict{Result: "fail", Reply: &stages.Reply{Code: 554, Text: "No"}}, map[string]stages.Action{"fail": stages.TempFail}, "451 4.0.0 No"},
+		{"unmapped, wrong class", stages.Verdict{Result: "fail", Action: stages.TempFail, Reply: spfFail}, nil, "451 4.7.1 Try again later"},
+		{"mapped, not a refusal", stages.Verdict{Result: "fail", Reply: &stages.Reply{Code: 250, Text: "OK"}}, map[string]stages.Action{"fail": stages.Reject}, "550 5.7.1 Message rejected"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := newPipelineSpecs(t, noThresholds, StageSpec{Stage: returns("spf", c.v), Results: c.results})
+			d := p.Begin().Run(context.Background(), stages.Data, newTx(), nil)
+			if d.Reply == nil || d.Reply.String() != c.want {
+				t.Errorf("reply %v, want %s", d.Reply, c.want)
+			}
+		})
+	}
+}
+
 // An override's results apply to the whole transaction: to the stages of
 // the phases after its recipient, and to those that ran before it.
 func TestOverrideResultMapping(t *testing.T) {

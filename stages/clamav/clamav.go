@@ -39,7 +39,6 @@ type ClamAV struct {
 	network, addr string
 	maxSize       int64
 	skipBig       bool // oversize = "skip"
-	infected      stages.Action
 	score         float64
 }
 
@@ -60,8 +59,9 @@ func (c *ClamAV) Info() stages.Info {
 func Results() []string { return []string{"clean", "infected", "skipped"} }
 
 // Run scans the message. The verdict's result is "clean", "infected" (the
-// signature in Reason) or "skipped" (larger than max_size); clamd down,
-// slow or answering with an error is a stage error.
+// signature in Reason; the action reject, which [stage.results] may map to
+// another) or "skipped" (larger than max_size); clamd down, slow or
+// answering with an error is a stage error.
 func (c *ClamAV) Run(ctx context.Context, _ stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
 	size, _ := tx.Header.WriteTo(io.Discard)
 	if tx.Body != nil {
@@ -90,17 +90,14 @@ func (c *ClamAV) Run(ctx context.Context, _ stages.Phase, tx *stages.Transaction
 	if signature == "" {
 		return stages.Verdict{Result: "clean"}, nil
 	}
-	v := stages.Verdict{
-		Action: c.infected,
+	r := reply
+	return stages.Verdict{
+		Action: stages.Reject,
 		Score:  c.score,
 		Result: "infected",
 		Reason: "signature " + signature,
-	}
-	if c.infected == stages.Reject {
-		r := reply
-		v.Reply = &r
-	}
-	return v, nil
+		Reply:  &r,
+	}, nil
 }
 
 // scan streams msg to clamd and returns its reply.

@@ -81,15 +81,17 @@ func TestScan(t *testing.T) {
 		want: stages.Verdict{Action: stages.Reject, Result: "infected", Reason: "signature " + clamdtest.Signature,
 			Reply: &stages.Reply{Code: 554, Enhanced: [3]int{5, 7, 1}, Text: "Message rejected: virus found"}},
 	}, {
-		name:   "quarantine with a score, plain path",
-		config: `{"address": "` + clamd.Socket() + `", "infected": "quarantine", "score": 20}`,
+		name:   "a score, plain path",
+		config: `{"address": "` + clamd.Socket() + `", "score": 20}`,
 		msg:    eicarAttachment(),
-		want:   stages.Verdict{Action: stages.Quarantine, Score: 20, Result: "infected", Reason: "signature " + clamdtest.Signature},
+		want: stages.Verdict{Action: stages.Reject, Score: 20, Result: "infected", Reason: "signature " + clamdtest.Signature,
+			Reply: &stages.Reply{Code: 554, Enhanced: [3]int{5, 7, 1}, Text: "Message rejected: virus found"}},
 	}, {
-		name:   "tag, plain host:port",
-		config: `{"address": "` + clamd.TCPAddr() + `", "infected": "tag", "score": 7.5}`,
+		name:   "plain host:port",
+		config: `{"address": "` + clamd.TCPAddr() + `", "score": 7.5}`,
 		msg:    plain + clamdtest.EICAR + "\r\n",
-		want:   stages.Verdict{Action: stages.Tag, Score: 7.5, Result: "infected", Reason: "signature " + clamdtest.Signature},
+		want: stages.Verdict{Action: stages.Reject, Score: 7.5, Result: "infected", Reason: "signature " + clamdtest.Signature,
+			Reply: &stages.Reply{Code: 554, Enhanced: [3]int{5, 7, 1}, Text: "Message rejected: virus found"}},
 	}, {
 		name:   "clean",
 		config: `{"address": "unix:` + clamd.Socket() + `"}`,
@@ -234,7 +236,8 @@ func TestConfigErrors(t *testing.T) {
 		{`{"address": "tcp:localhost"}`, `address: unexpected "tcp:localhost"`},
 		{`{"address": "clamd"}`, `address: unexpected "clamd"`},
 		{`{"oversize": "truncate"}`, `oversize: unexpected "truncate"; expect skip or error`},
-		{`{"infected": "drop"}`, `infected: unexpected "drop"; expect reject, quarantine or tag`},
+		{`{"infected": "quarantine"}`, `infected: replaced by [stage.results]: infected = "quarantine"`},
+		{`{"address": "unix:/x", "infected": "reject"}`, `infected: replaced by [stage.results]: infected = "reject"`},
 		{`{"max_size": "0B"}`, `max_size: unexpected 0`},
 		{`{"adress": "unix:/x"}`, `adress: unknown key`},
 	} {
@@ -247,10 +250,11 @@ func TestConfigErrors(t *testing.T) {
 
 func TestDefaults(t *testing.T) {
 	f := newFilter(t, `{}`).(*ClamAV)
-	if f.network != "unix" || f.addr != "/run/clamav/clamd.ctl" || f.maxSize != 25<<20 || !f.skipBig || f.infected != stages.Reject {
+	if f.network != "unix" || f.addr != "/run/clamav/clamd.ctl" || f.maxSize != 25<<20 || !f.skipBig || f.score != 0 {
 		t.Errorf("defaults: %+v", f)
 	}
-	if info := f.Info(); info.Kind != "clamav" || info.Phases != stages.Data || info.Needs != stages.NeedHeader|stages.NeedBody || info.Edits {
+	if info := f.Info(); info.Kind != "clamav" || info.Phases != stages.Data || info.Needs != stages.NeedHeader|stages.NeedBody || info.Edits ||
+		strings.Join(info.Results, " ") != "clean infected skipped" {
 		t.Errorf("info: %+v", info)
 	}
 }
@@ -292,7 +296,7 @@ func FuzzParseReply(f *testing.F) {
 // TestPlugin runs the stage through the gateway's plugin host over gRPC.
 func TestPlugin(t *testing.T) {
 	clamd := clamdtest.Start(t)
-	st, err := sdktest.Stage(t, New, `{"address": "unix:`+clamd.Socket()+`", "infected": "quarantine"}`)
+	st, err := sdktest.Stage(t, New, `{"address": "unix:`+clamd.Socket()+`", "score": 1.5}`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,9 +307,12 @@ func TestPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkVerdict(t, v, stages.Verdict{Action: stages.Quarantine, Result: "infected", Reason: "signature " + clamdtest.Signature})
+	checkVerdict(t, v, stages.Verdict{Action: stages.Reject, Score: 1.5, Result: "infected", Reason: "signature " + clamdtest.Signature,
+		Reply: &stages.Reply{Code: 554, Enhanced: [3]int{5, 7, 1}, Text: "Message rejected: virus found"}})
 
-	if _, err := sdktest.Stage(t, New, `{"infected": "delete"}`); err == nil || !strings.Contains(err.Error(), "infected") {
-		t.Errorf("bad config over the plugin host: err %v", err)
+	// The old key is refused with its replacement, as the gateway reports it.
+	if _, err := sdktest.Stage(t, New, `{"infected": "quarantine"}`); err == nil ||
+		!strings.Contains(err.Error(), `infected: replaced by [stage.results]: infected = "quarantine"`) {
+		t.Errorf("old key over the plugin host: err %v", err)
 	}
 }

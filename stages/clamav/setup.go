@@ -21,11 +21,11 @@ type Config struct {
 	// scanned, result "skipped") or "error" (a stage error: on_error
 	// applies).
 	Oversize string `json:"oversize"`
-	// Infected is the action for a message with a virus: "reject",
-	// "quarantine" or "tag".
-	Infected string `json:"infected"`
 	// Score is added to the message's score when a virus is found.
 	Score float64 `json:"score"`
+	// Infected chose the action for a virus before [stage.results] did
+	// (infected = "quarantine" there); it is refused with that pointer.
+	Infected *string `json:"infected"`
 }
 
 const (
@@ -42,10 +42,12 @@ func New(_ stages.Env, cfg stages.Config) (stages.Filter, error) {
 		Address:  defaultAddress,
 		MaxSize:  defaultMaxSize,
 		Oversize: "skip",
-		Infected: "reject",
 	}
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
+	}
+	if c.Infected != nil {
+		return nil, stages.ReplacedByResults("infected", map[string]string{"infected": *c.Infected})
 	}
 	network, addr, err := parseAddress(c.Address)
 	if err != nil {
@@ -57,24 +59,12 @@ func New(_ stages.Env, cfg stages.Config) (stages.Filter, error) {
 	if c.Oversize != "skip" && c.Oversize != "error" {
 		return nil, fmt.Errorf("oversize: unexpected %q; expect skip or error", c.Oversize)
 	}
-	var action stages.Action
-	switch c.Infected {
-	case "reject":
-		action = stages.Reject
-	case "quarantine":
-		action = stages.Quarantine
-	case "tag":
-		action = stages.Tag
-	default:
-		return nil, fmt.Errorf("infected: unexpected %q; expect reject, quarantine or tag", c.Infected)
-	}
 	return &ClamAV{
-		network:  network,
-		addr:     addr,
-		maxSize:  int64(c.MaxSize),
-		skipBig:  c.Oversize == "skip",
-		infected: action,
-		score:    c.Score,
+		network: network,
+		addr:    addr,
+		maxSize: int64(c.MaxSize),
+		skipBig: c.Oversize == "skip",
+		score:   c.Score,
 	}, nil
 }
 

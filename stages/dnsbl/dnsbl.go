@@ -155,7 +155,11 @@ func (f *DNSBL) verdict(tx *stages.Transaction, qs []*query) (stages.Verdict, er
 	var v stages.Verdict
 	var hits, skipped []string
 	var listed, allowed, accept bool
-	var replyFrom *query
+	// replyFrom is the list whose reply the verdict carries: the one that
+	// asked for the strongest action, else the first block-list that
+	// listed, so that [stage.results] listed = "reject" refuses with a
+	// list's words rather than the policy's.
+	var replyFrom, first *query
 	for _, q := range qs {
 		if q.err != nil {
 			if q.l.failClosed {
@@ -174,6 +178,9 @@ func (f *DNSBL) verdict(tx *stages.Transaction, qs []*query) (stages.Verdict, er
 			allowed = true
 		} else {
 			listed = true
+			if first == nil {
+				first = q
+			}
 		}
 		switch a := q.l.action; {
 		case a == stages.Accept:
@@ -190,12 +197,15 @@ func (f *DNSBL) verdict(tx *stages.Transaction, qs []*query) (stages.Verdict, er
 	default:
 		v.Result = "clean"
 	}
+	if replyFrom == nil {
+		replyFrom = first
+	}
 	if accept {
 		// An allow-list trusted enough to accept outranks the block-lists
 		// of the same stage: that is what the admin asked it to do.
 		v.Action, replyFrom = stages.Accept, nil
 	}
-	if replyFrom != nil && (v.Action == stages.Reject || v.Action == stages.TempFail) {
+	if replyFrom != nil {
 		v.Reply = replyFrom.reply(tx)
 	}
 	v.Reason = strings.Join(append(hits, skipped...), "; ")
@@ -231,7 +241,8 @@ func (q *query) describe() string {
 	return b.String()
 }
 
-// reply is the SMTP reply of a reject or tempfail listing: generic text or
+// reply is the SMTP reply of a listing, for a reject or tempfail that the
+// list asked for or that [stage.results] maps listed to: generic text or
 // the list's own, with {ip}, {domain} and {zone} filled in. The values are
 // an address as netip prints it and names checked by lookupDomain, so a client
 // cannot put anything of its own making on the wire.

@@ -60,6 +60,9 @@ const zen = `{"zone": "zen.spamhaus.test", "weight": 3,
 
 func TestIPLists(t *testing.T) {
 	srv := dnstest.NewServer(t, zone)
+	// A listing carries the list's reply whatever the list's action, for
+	// [stage.results] listed = "reject"; an accepting allow-list drops it.
+	blocked := &stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Client host blocked"}
 	tests := []struct {
 		name   string
 		config string
@@ -67,25 +70,25 @@ func TestIPLists(t *testing.T) {
 		want   stages.Verdict
 	}{
 		{"IPv4 listed, every code named", `{"list": [` + zen + `]}`, "192.0.2.99",
-			stages.Verdict{Score: 3, Result: "listed", Reason: "zen.spamhaus.test=127.0.0.2,127.0.0.4 (SBL,XBL)"}},
+			stages.Verdict{Score: 3, Result: "listed", Reply: blocked, Reason: "zen.spamhaus.test=127.0.0.2,127.0.0.4 (SBL,XBL)"}},
 		{"IPv6 nibbles", `{"list": [` + zen + `]}`, "2001:db8::1",
-			stages.Verdict{Score: 3, Result: "listed", Reason: "zen.spamhaus.test=127.0.0.3 (SBL CSS)"}},
+			stages.Verdict{Score: 3, Result: "listed", Reply: blocked, Reason: "zen.spamhaus.test=127.0.0.3 (SBL CSS)"}},
 		{"IPv4-mapped IPv6 is looked up as IPv4", `{"list": [` + zen + `]}`, "::ffff:192.0.2.99",
-			stages.Verdict{Score: 3, Result: "listed", Reason: "zen.spamhaus.test=127.0.0.2,127.0.0.4 (SBL,XBL)"}},
+			stages.Verdict{Score: 3, Result: "listed", Reply: blocked, Reason: "zen.spamhaus.test=127.0.0.2,127.0.0.4 (SBL,XBL)"}},
 		{"not listed", `{"list": [` + zen + `]}`, "192.0.2.1",
 			stages.Verdict{Result: "clean"}},
 		{"returns leaves out other codes", `{"list": [{"zone": "zen.spamhaus.test", "weight": 3, "returns": ["127.0.0.2-127.0.0.3", "127.0.0.9"]}]}`, "192.0.2.10",
 			stages.Verdict{Result: "clean"}},
 		{"returns keeps its codes", `{"list": [{"zone": "zen.spamhaus.test", "weight": 3, "returns": ["127.0.0.4-127.0.0.7"]}]}`, "192.0.2.99",
-			stages.Verdict{Score: 3, Result: "listed", Reason: "zen.spamhaus.test=127.0.0.4"}},
+			stages.Verdict{Score: 3, Result: "listed", Reply: blocked, Reason: "zen.spamhaus.test=127.0.0.4"}},
 		{"mask matches a bit", `{"list": [{"zone": "bits.test", "weight": 1, "mask": 4}]}`, "192.0.2.99",
-			stages.Verdict{Score: 1, Result: "listed", Reason: "bits.test=127.0.0.6"}},
+			stages.Verdict{Score: 1, Result: "listed", Reply: blocked, Reason: "bits.test=127.0.0.6"}},
 		{"mask misses", `{"list": [{"zone": "bits.test", "weight": 1, "mask": 8}]}`, "192.0.2.99",
 			stages.Verdict{Result: "clean"}},
 		{"allow-list carries negative weight", `{"list": [` + zen + `, {"zone": "list.dnswl.test", "weight": -5}]}`, "192.0.2.7",
 			stages.Verdict{Score: -5, Result: "allowed", Reason: "list.dnswl.test=127.0.10.2"}},
 		{"block and allow add up", `{"list": [{"zone": "zen.spamhaus.test", "weight": 3}, {"zone": "bits.test", "weight": -1}]}`, "192.0.2.99",
-			stages.Verdict{Score: 2, Result: "listed", Reason: "zen.spamhaus.test=127.0.0.2,127.0.0.4; bits.test=127.0.0.6"}},
+			stages.Verdict{Score: 2, Result: "listed", Reply: blocked, Reason: "zen.spamhaus.test=127.0.0.2,127.0.0.4; bits.test=127.0.0.6"}},
 		{"list's own action with generic reply", `{"list": [{"zone": "zen.spamhaus.test", "weight": 3, "action": "reject", "returns": ["127.0.0.2"]}]}`, "192.0.2.99",
 			stages.Verdict{Action: stages.Reject, Score: 3, Result: "listed", Reason: "zen.spamhaus.test=127.0.0.2",
 				Reply: &stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Client host blocked"}}},
@@ -97,9 +100,9 @@ func TestIPLists(t *testing.T) {
 		{"one zone twice: reject some codes, score others", `{"list": [
 			{"zone": "zen.spamhaus.test", "action": "reject", "returns": ["127.0.0.2-127.0.0.7"]},
 			{"zone": "zen.spamhaus.test", "weight": 1, "returns": ["127.0.0.10-127.0.0.11"]}]}`, "192.0.2.10",
-			stages.Verdict{Score: 1, Result: "listed", Reason: "zen.spamhaus.test=127.0.0.10"}},
+			stages.Verdict{Score: 1, Result: "listed", Reply: blocked, Reason: "zen.spamhaus.test=127.0.0.10"}},
 		{"timeout skipped (fail open)", `{"dns_timeout": "200ms", "list": [` + zen + `, {"zone": "slow.test", "weight": 10}]}`, "192.0.2.99",
-			stages.Verdict{Score: 3, Result: "listed", Reason: "zen.spamhaus.test=127.0.0.2,127.0.0.4 (SBL,XBL); skipped slow.test: lookup 99.2.0.192.slow.test. A: temporary DNS failure"}},
+			stages.Verdict{Score: 3, Result: "listed", Reply: blocked, Reason: "zen.spamhaus.test=127.0.0.2,127.0.0.4 (SBL,XBL); skipped slow.test: lookup 99.2.0.192.slow.test. A: temporary DNS failure"}},
 		{"answer outside 127/8 skipped", `{"list": [{"zone": "garbage.test", "weight": 10}]}`, "192.0.2.99",
 			stages.Verdict{Result: "clean", Reason: "skipped garbage.test: answer 10.1.2.3 is not a listing code"}},
 		{"query refused code skipped", `{"list": [{"zone": "refused.test", "weight": 10, "returns": ["127.0.0.0-127.255.255.255"]}]}`, "192.0.2.99",

@@ -24,7 +24,9 @@ func TestReadme(t *testing.T) {
 		env.DNSServers = []string{srv.Addr()}
 		return New(env, cfg)
 	}
-	for _, st := range readmetest.Stages(t, "README.md", "dnsbl", withServer) {
+	sts := readmetest.Stages(t, "README.md", "dnsbl", withServer)
+	readmetest.Skeleton(t, "README.md", sts[0].Filter.Info())
+	for _, st := range sts {
 		v, err := st.Filter.Run(context.Background(), stages.Connect, &stages.Transaction{Client: stages.Client{Addr: netip.MustParseAddr("192.0.2.99")}})
 		if err != nil {
 			t.Fatal(err)

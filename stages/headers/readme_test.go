@@ -11,7 +11,9 @@ import (
 // TestReadme loads every TOML example of README.md as the gateway does and
 // runs the stage it makes, so the documented keys and values stay valid.
 func TestReadme(t *testing.T) {
-	for _, st := range readmetest.Stages(t, "README.md", "headers", New) {
+	sts := readmetest.Stages(t, "README.md", "headers", New)
+	readmetest.Skeleton(t, "README.md", sts[0].Filter.Info())
+	for _, st := range sts {
 		tx := &stages.Transaction{Header: stages.Header{
 			{Name: "Subject", Value: "[EXT] [EXT] hello"},
 			{Name: "X-Originating-IP", Value: "[10.1.2.3]"},

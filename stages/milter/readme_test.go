@@ -17,7 +17,8 @@ import (
 // TestReadmeExamples loads the README's example and every config in
 // examples/milter as the gateway does, and builds each milter stage.
 func TestReadmeExamples(t *testing.T) {
-	readmetest.Stages(t, "README.md", "milter", New)
+	sts := readmetest.Stages(t, "README.md", "milter", New)
+	readmetest.Skeleton(t, "README.md", sts[0].Filter.Info())
 	examples, err := filepath.Glob("../../examples/milter/*.toml")
 	if err != nil || len(examples) < 4 {
 		t.Fatalf("examples/milter: %v %v", examples, err)

@@ -1,10 +1,11 @@
-// Package readmetest loads the configuration examples of a kind's README
-// and builds the stages they describe from their [stage.config] blocks, as
-// a plugin process gets them (one JSON object, stages.JSONConfig), so that
-// a kind's tests keep its documentation true. Like net/http/httptest it is
-// for tests only. It reads the TOML itself and needs nothing of the
-// engine: that the examples are also whole, valid configs for the
-// gateway's loader is policy's own test (policy/readme_test.go).
+// Package readmetest keeps a kind's README true: it loads the README's
+// configuration examples and builds the stages they describe from their
+// [stage.config] blocks, as a plugin process gets them (one JSON object,
+// stages.JSONConfig), and checks that the README has the skeleton every
+// kind's has (Skeleton). Like net/http/httptest it is for tests only. It
+// reads the TOML itself and needs nothing of the engine: that the
+// examples are also whole, valid configs for the gateway's loader is
+// policy's own test (policy/readme_test.go).
 package readmetest
 
 import (
@@ -53,6 +54,9 @@ type Stage struct {
 	Name   string        // the stage's name in the example
 	Filter stages.Filter // what the kind's factory made of the example
 	JSON   string        // the [stage.config] block as a plugin process gets it
+	// Results is the example's [stage.results]: the actions it maps the
+	// kind's result words to in place of the kind's defaults.
+	Results map[string]stages.Action
 }
 
 // Stages loads every ```toml block of the Markdown file as a config and
@@ -77,7 +81,8 @@ func Stages(t testing.TB, file, kind string, factory stages.Factory) []Stage {
 // prelude's), [dns] servers and timeout. Filters that are stages.Closer are
 // closed when the test ends. Load fails t when the text is not TOML, has no
 // stage of kind, the factory refuses one, or a stage of kind maps a result
-// word ([stage.results]) its filter does not declare.
+// word ([stage.results]) its filter does not declare or to an action
+// stages.ParseAction does not know.
 func Load(t testing.TB, file string, config []byte, kind string, factory stages.Factory) []Stage {
 	t.Helper()
 	var doc struct {
@@ -124,12 +129,21 @@ func Load(t testing.TB, file string, config []byte, kind string, factory stages.
 			t.Cleanup(func() { c.Close() })
 		}
 		// The result words an example maps must be those its kind reports.
-		for word := range st.Results {
+		var results map[string]stages.Action
+		for word, a := range st.Results {
 			if !slices.Contains(f.Info().Results, word) {
 				t.Fatalf("%s: stage %q: results.%s: not a result word of kind %s (%s)", file, st.Name, word, kind, strings.Join(f.Info().Results, ", "))
 			}
+			action, err := stages.ParseAction(a)
+			if err != nil {
+				t.Fatalf("%s: stage %q: results.%s: %v", file, st.Name, word, err)
+			}
+			if results == nil {
+				results = map[string]stages.Action{}
+			}
+			results[word] = action
 		}
-		built = append(built, Stage{Name: st.Name, Filter: f, JSON: string(js)})
+		built = append(built, Stage{Name: st.Name, Filter: f, JSON: string(js), Results: results})
 	}
 	if len(built) == 0 {
 		t.Fatalf("%s: no %s stage in\n%s", file, kind, config)

@@ -13,7 +13,9 @@ import (
 // TestReadme loads the README's example as the gateway does, so the
 // documentation cannot drift from the config the code accepts.
 func TestReadme(t *testing.T) {
-	for _, st := range readmetest.Stages(t, "README.md", "spam", New) {
+	sts := readmetest.Stages(t, "README.md", "spam", New)
+	readmetest.Skeleton(t, "README.md", sts[0].Filter.Info())
+	for _, st := range sts {
 		s := st.Filter.(*Spam)
 		if s.backend == nil || len(s.uribls) != 2 || s.weight != 0.8 {
 			t.Errorf("README example decoded to %+v", s)

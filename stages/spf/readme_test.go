@@ -24,13 +24,18 @@ func TestReadmeExample(t *testing.T) {
 	}
 	f := sts[0].Filter
 	spf := f.(*Filter)
-	if spf.actions[Fail] != stages.Reject || spf.actions[TempError] != stages.TempFail || spf.scores[Fail] != 10 || spf.scores[Neutral] != 0.5 {
-		t.Errorf("README config decoded to actions %v scores %v", spf.actions, spf.scores)
+	if spf.scores[Fail] != 10 || spf.scores[Neutral] != 0.5 {
+		t.Errorf("README config decoded to scores %v", spf.scores)
 	}
+	if r := sts[0].Results; r["fail"] != stages.Reject || r["temperror"] != stages.TempFail || len(r) != 2 {
+		t.Errorf("README [stage.results] %v; want fail = reject, temperror = tempfail", r)
+	}
+	// The stage reports; the mapping decides, with the stage's reply.
 	v, _ := f.Run(context.Background(), stages.Mail, tx("192.0.2.99", "mail.example.net", "joe@fail.example.com"))
-	if v.Action != stages.Reject || v.Reply == nil || v.Reply.String() != "550 5.7.23 SPF fail: Not from here, 192.0.2.99." {
+	if v.Action != stages.Continue || v.Score != 10 || v.Reply == nil || v.Reply.String() != "550 5.7.23 SPF fail: Not from here, 192.0.2.99." {
 		t.Errorf("README config on a fail: %+v reply %v", v, v.Reply)
 	}
+	readmetest.Skeleton(t, "README.md", f.Info())
 
 	st, err := sdktest.Stage(t, New, sts[0].JSON)
 	if err != nil {

@@ -1,6 +1,7 @@
 // Package spf checks the envelope sender against the SPF policy its domain
 // publishes (RFC 7208): at MAIL FROM it reports the result with a score
-// and, if configured, an action; at the end of DATA it adds the
+// (the action is continue; [stage.results] maps a result to another); at
+// the end of DATA it adds the
 // Received-SPF header field (§9.1). Results reach later stages through
 // tx.Results as the result word and an Authentication-Results style reason
 // ("spf=fail smtp.mailfrom=example.com").
@@ -22,11 +23,6 @@ type Config struct {
 	// CheckHelo also checks the HELO identity (RFC 7208 §2.3) and records
 	// its result in the reason; the verdict stays that of MAIL FROM.
 	CheckHelo bool `json:"check_helo"`
-	// RejectFail is shorthand for action.fail = "reject".
-	RejectFail bool `json:"reject_fail"`
-	// Action maps a result word to the action the verdict asks for;
-	// results not listed ask for continue.
-	Action map[string]string `json:"action"`
 	// Score maps a result word to the score the verdict adds. Listed
 	// results replace the defaults (fail 5, softfail 2); others score 0.
 	Score map[string]float64 `json:"score"`
@@ -36,6 +32,11 @@ type Config struct {
 	// CacheSize is how many DNS answers are kept for their TTL; 0 turns
 	// the cache off.
 	CacheSize int `json:"cache_size"`
+
+	// Action and RejectFail chose actions before [stage.results] did;
+	// they are refused with the mapping to write there instead.
+	Action     map[string]string `json:"action"`
+	RejectFail *bool             `json:"reject_fail"`
 }
 
 // defaultDNSTimeout is the DNSTimeout of a stage whose Env has none.
@@ -61,29 +62,21 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
 	}
+	if c.Action != nil {
+		return nil, stages.ReplacedByResults("action", c.Action)
+	}
+	if c.RejectFail != nil {
+		var m map[string]string
+		if *c.RejectFail {
+			m = map[string]string{string(Fail): "reject"}
+		}
+		return nil, stages.ReplacedByResults("reject_fail", m)
+	}
 	f := &Filter{
 		hostname:  env.Hostname,
 		checkHelo: c.CheckHelo,
-		actions:   map[Result]stages.Action{},
 		scores:    map[Result]float64{},
 		memo:      newMemo(memoSize, memoTTL),
-	}
-	for name, a := range c.Action {
-		res, err := parseResult("action", name)
-		if err != nil {
-			return nil, err
-		}
-		act, err := stages.ParseAction(a)
-		if err != nil || act == stages.Accept {
-			return nil, &stages.ConfigError{Key: "action", Err: fmt.Errorf("%s: unexpected %q; expect continue, tag, quarantine, tempfail or reject", name, a)}
-		}
-		f.actions[res] = act
-	}
-	if c.RejectFail {
-		if a, ok := f.actions[Fail]; ok && a != stages.Reject {
-			return nil, &stages.ConfigError{Key: "reject_fail", Err: fmt.Errorf("conflicts with action.fail = %q; set only one of them", a)}
-		}
-		f.actions[Fail] = stages.Reject
 	}
 	for name, s := range c.Score {
 		res, err := parseResult("score", name)
@@ -109,8 +102,8 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 	return f, nil
 }
 
-// parseResult checks a key of the action or score table: a result word
-// mistyped there would silently never apply.
+// parseResult checks a key of the score table: a result word mistyped
+// there would silently never apply.
 func parseResult(table, name string) (Result, error) {
 	for _, r := range results {
 		if name == string(r) {

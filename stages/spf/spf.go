@@ -24,7 +24,6 @@ type Filter struct {
 	dns       *resolver.Resolver
 	hostname  string
 	checkHelo bool
-	actions   map[Result]stages.Action
 	scores    map[Result]float64
 	memo      *memo
 }
@@ -49,16 +48,15 @@ type evaluation struct {
 
 // Run checks at MAIL and adds Received-SPF at DATA. SPF problems, DNS
 // failures included, are results (temperror, permerror), never errors.
+// The action is always continue: the result scores, and [stage.results]
+// maps it to another action, with the reply below.
 func (f *Filter) Run(ctx context.Context, p stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
 	ev := f.evaluate(ctx, tx)
 	v := stages.Verdict{Result: string(ev.out.Result), Reason: ev.reason()}
 	switch p {
 	case stages.Mail:
-		v.Action = f.actions[ev.out.Result]
 		v.Score = f.scores[ev.out.Result]
-		if v.Action == stages.Reject || v.Action == stages.TempFail {
-			v.Reply = ev.reply(v.Action, tx.Client.Addr)
-		}
+		v.Reply = ev.reply(tx.Client.Addr)
 	case stages.Data:
 		// The score was given at MAIL; DATA only records the result.
 		v.Edits = []stages.Edit{{Op: stages.HeaderInsert, Name: "Received-SPF", Value: f.receivedSPF(ev, tx)}}
@@ -128,17 +126,20 @@ func authResult(o Outcome, helo bool, name string) authres.Result {
 	return r
 }
 
-// reply is the SMTP reply of a rejection or a temporary failure, with the
-// enhanced codes of RFC 7372 §3.2: X.7.23 for a failed check, X.7.24 for
-// an error while checking. The explanation of a fail is the only text the
-// domain's owner contributes, sanitised to one short line.
-func (ev evaluation) reply(a stages.Action, ip netip.Addr) *stages.Reply {
+// reply is the SMTP reply for a result an admin maps to reject or
+// tempfail, with the enhanced codes of RFC 7372 §3.2: X.7.23 for a failed
+// check, X.7.24 for an error while checking. Its class is the one the
+// result calls for, 4xx for temperror (RFC 7208 §8.6), 5xx for the
+// others; the pipeline changes it to that of the action mapped. A pass
+// has none: refusing it is the admin's own idea, with the policy's reply.
+// The explanation of a fail is the only text the domain's owner
+// contributes, sanitised to one short line.
+func (ev evaluation) reply(ip netip.Addr) *stages.Reply {
 	r := &stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 23}}
-	if a == stages.TempFail {
-		r.Code, r.Enhanced = 451, [3]int{4, 7, 23}
-	}
 	domain := replyText(ev.domain)
 	switch ev.out.Result {
+	case Pass:
+		return nil
 	case Fail:
 		if ev.out.Explanation != "" {
 			r.Text = "SPF fail: " + replyText(ev.out.Explanation)
@@ -147,6 +148,9 @@ func (ev evaluation) reply(a stages.Action, ip netip.Addr) *stages.Reply {
 		}
 	case PermError, TempError:
 		r.Enhanced[2] = 24
+		if ev.out.Result == TempError {
+			r.Code, r.Enhanced[0] = 451, 4
+		}
 		r.Text = fmt.Sprintf("SPF %s: the SPF policy of %s could not be evaluated", ev.out.Result, domain)
 	default:
 		r.Text = fmt.Sprintf("SPF %s: %s does not designate %s as permitted sender", ev.out.Result, domain, ip.Unmap())

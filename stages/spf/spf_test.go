@@ -67,40 +67,39 @@ func TestMailVerdicts(t *testing.T) {
 		{
 			name: "fail scores by default", config: `{}`, ip: "192.0.2.99", helo: "mail.example.net", from: "joe@fail.example.com",
 			score: 5, result: "fail", reason: "spf=fail smtp.mailfrom=fail.example.com; spf=fail smtp.helo=mail.example.net",
-		},
-		{
-			name: "reject_fail with explanation", config: `{"reject_fail": true, "check_helo": false}`, ip: "192.0.2.99", helo: "mail.example.net", from: "joe@fail.example.com",
-			action: stages.Reject, score: 5, result: "fail", reason: "spf=fail smtp.mailfrom=fail.example.com",
 			reply: "550 5.7.23 SPF fail: Not from here, 192.0.2.99.",
 		},
 		{
-			name: "reject without explanation", config: `{"reject_fail": true, "check_helo": false}`, ip: "2001:db8::1", helo: "h.example.net", from: "joe@plain.example.com",
-			action: stages.Reject, score: 5, result: "fail", reason: "spf=fail smtp.mailfrom=plain.example.com",
+			name: "fail without explanation", config: `{"check_helo": false}`, ip: "2001:db8::1", helo: "h.example.net", from: "joe@plain.example.com",
+			score: 5, result: "fail", reason: "spf=fail smtp.mailfrom=plain.example.com",
 			reply: "550 5.7.23 SPF fail: plain.example.com does not designate 2001:db8::1 as permitted sender",
 		},
 		{
-			name: "explanation sanitised", config: `{"reject_fail": true, "check_helo": false}`, ip: "192.0.2.99", helo: "h.example.net", from: "a\x01b@weird(.example.com",
-			action: stages.Reject, score: 5, result: "fail", reason: `spf=fail smtp.mailfrom="weird(.example.com"`,
+			name: "explanation sanitised", config: `{"check_helo": false}`, ip: "192.0.2.99", helo: "h.example.net", from: "a\x01b@weird(.example.com",
+			score: 5, result: "fail", reason: `spf=fail smtp.mailfrom="weird(.example.com"`,
 			reply: `550 5.7.23 SPF fail: a"b(c)\d ab`,
 		},
 		{
 			name: "softfail score table", config: `{"score": {"softfail": 3.5}, "check_helo": false}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@soft.example.com",
 			score: 3.5, result: "softfail", reason: "spf=softfail smtp.mailfrom=soft.example.com",
+			reply: "550 5.7.23 SPF softfail: soft.example.com does not designate 192.0.2.7 as permitted sender",
 		},
 		{
-			name: "permerror", config: `{"action": {"permerror": "reject"}, "check_helo": false}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@broken.example.com",
-			action: stages.Reject, result: "permerror",
+			name: "permerror", config: `{"check_helo": false}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@broken.example.com",
+			result: "permerror",
 			reason: `spf=permerror reason="SPF record of broken.example.com: \"ip4:300.1.1.1\": invalid address \"300.1.1.1\"" smtp.mailfrom=broken.example.com`,
 			reply:  "550 5.7.24 SPF permerror: the SPF policy of broken.example.com could not be evaluated",
 		},
 		{
-			name: "temperror is a result", config: `{"action": {"temperror": "tempfail"}, "check_helo": false, "dns_timeout": "100ms"}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@slow.example.com",
-			action: stages.TempFail, result: "temperror",
-			reply: "451 4.7.24 SPF temperror: the SPF policy of slow.example.com could not be evaluated",
+			name: "temperror is a result", config: `{"check_helo": false, "dns_timeout": "100ms"}`, ip: "192.0.2.7", helo: "h.example.net", from: "joe@slow.example.com",
+			result: "temperror",
+			reply:  "451 4.7.24 SPF temperror: the SPF policy of slow.example.com could not be evaluated",
 		},
 		{
 			name: "none", config: `{}`, ip: "192.0.2.7", helo: "[192.0.2.7]", from: "joe@nospf.example.com",
 			result: "none", reason: `spf=none reason="no SPF record for nospf.example.com" smtp.mailfrom=nospf.example.com; spf=none reason="\"[192.0.2.7]\" is not a domain name" smtp.helo=[192.0.2.7]`,
+
+			reply: "550 5.7.23 SPF none: nospf.example.com does not designate 192.0.2.7 as permitted sender",
 		},
 		{
 			name: "null sender checks postmaster@helo", config: `{}`, ip: "192.0.2.10", helo: "mail.example.net", from: "",
@@ -210,11 +209,12 @@ func TestConfigErrors(t *testing.T) {
 	// Each names its key (a ConfigError), so the gateway points at the
 	// key's line rather than the stage's.
 	tests := []struct{ config, err string }{
-		{`{"action": {"fial": "reject"}}`, "action: fial: unknown result; expect pass, fail, softfail, neutral, none, permerror or temperror"},
-		{`{"action": {"fail": "rejct"}}`, `action: fail: unexpected "rejct"; expect continue, tag, quarantine, tempfail or reject`},
-		{`{"action": {"pass": "accept"}}`, `action: pass: unexpected "accept"`},
+		{`{"score": {"fial": 1}}`, "score: fial: unknown result; expect pass, fail, softfail, neutral, none, permerror or temperror"},
 		{`{"score": {"none ": 1}}`, `score: none : unknown result`},
-		{`{"reject_fail": true, "action": {"fail": "tag"}}`, `reject_fail: conflicts with action.fail = "tag"`},
+		// The keys [stage.results] replaced, refused with what to write there.
+		{`{"action": {"fail": "reject", "temperror": "tempfail"}}`, `action: replaced by [stage.results]: fail = "reject", temperror = "tempfail"`},
+		{`{"reject_fail": true}`, `reject_fail: replaced by [stage.results]: fail = "reject"`},
+		{`{"reject_fail": false}`, `reject_fail: replaced by [stage.results]; remove the key`},
 		{`{"dns_timeout": "0s"}`, `dns_timeout: expect a duration above 0`},
 		{`{"cache_size": -1}`, `cache_size: unexpected -1`},
 		{`{"check_hello": true}`, `check_hello: unknown key`},
@@ -234,21 +234,21 @@ func TestPluginRoundTrip(t *testing.T) {
 	st, err := sdktest.Stage(t, func(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 		env.DNSServers = []string{srv.Addr()}
 		return New(env, cfg)
-	}, `{"reject_fail": true}`)
+	}, `{}`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	txn := tx("192.0.2.99", "mail.example.net", "joe@fail.example.com")
 	v, err := st.Run(context.Background(), stages.Mail, txn)
-	if err != nil || v.Action != stages.Reject || v.Reply == nil || v.Reply.Code != 550 || v.Reply.Enhanced != [3]int{5, 7, 23} {
+	if err != nil || v.Action != stages.Continue || v.Score != 5 || v.Reply == nil || v.Reply.Code != 550 || v.Reply.Enhanced != [3]int{5, 7, 23} {
 		t.Fatalf("MAIL over the plugin protocol: %+v %v", v, err)
 	}
 	v, err = st.Run(context.Background(), stages.Data, txn)
 	if err != nil || len(v.Edits) != 1 || !strings.HasPrefix(v.Edits[0].Value, "fail (mx.example.test: ") {
 		t.Fatalf("DATA over the plugin protocol: %+v %v", v, err)
 	}
-	if _, err := sdktest.Stage(t, New, `{"action": {"fail": "bounce"}}`); err == nil || !strings.Contains(err.Error(), `config: action: fail: unexpected "bounce"`) {
-		t.Errorf("bad config over the plugin protocol: %v", err)
+	if _, err := sdktest.Stage(t, New, `{"action": {"fail": "reject"}}`); err == nil || !strings.Contains(err.Error(), `config: action: replaced by [stage.results]: fail = "reject"`) {
+		t.Errorf("old key over the plugin protocol: %v", err)
 	}
 }
 

@@ -20,9 +20,6 @@ import (
 
 // Config is the [stage.config] block.
 type Config struct {
-	// Action is what to ask for when an executable is found: reject
-	// (default), quarantine or tag.
-	Action string `json:"action"`
 	// Reply is the text of the 550 5.7.1 reply of a rejection. It reaches
 	// the sender, so it says nothing of the gateway.
 	Reply string `json:"reply"`
@@ -36,6 +33,9 @@ type Config struct {
 	// executable, so nesting cannot hide one.
 	MaxDepth int `json:"max_depth"`
 	MaxParts int `json:"max_parts"`
+	// Action chose the action for a find before [stage.results] did; it
+	// is refused with the mapping to write there instead.
+	Action *string `json:"action"`
 }
 
 const (
@@ -47,30 +47,22 @@ const (
 
 // Filter is one configured exeblock stage.
 type Filter struct {
-	cfg    Config
-	action stages.Action
-	allow  []string // lower case, with the leading dot
+	cfg   Config
+	allow []string // lower case, with the leading dot
 }
 
 var _ stages.Filter = (*Filter)(nil)
 
 // New builds the filter from its config block.
 func New(_ stages.Env, c stages.Config) (stages.Filter, error) {
-	cfg := Config{Action: "reject", Reply: defaultReply, MaxDepth: 20, MaxParts: 1000}
+	cfg := Config{Reply: defaultReply, MaxDepth: 20, MaxParts: 1000}
 	if err := c.Decode(&cfg); err != nil {
 		return nil, err
 	}
-	f := &Filter{cfg: cfg}
-	switch cfg.Action {
-	case "reject":
-		f.action = stages.Reject
-	case "quarantine":
-		f.action = stages.Quarantine
-	case "tag":
-		f.action = stages.Tag
-	default:
-		return nil, &sdk.ConfigError{Key: "action", Err: fmt.Errorf("unexpected %q; expect reject, quarantine or tag", cfg.Action)}
+	if cfg.Action != nil {
+		return nil, stages.ReplacedByResults("action", map[string]string{"executable": *cfg.Action, "too-complex": *cfg.Action})
 	}
+	f := &Filter{cfg: cfg}
 	if cfg.Reply == "" || strings.ContainsAny(cfg.Reply, "\r\n") {
 		return nil, &sdk.ConfigError{Key: "reply", Err: errors.New("expect one non-empty line of text")}
 	}
@@ -101,9 +93,10 @@ func (f *Filter) Info() stages.Info {
 	}
 }
 
-// Run walks the message's MIME tree. Results: "executable", "too-complex"
-// (beyond max_depth or max_parts), "malformed" (MIME it could not read all
-// of, nothing found in the rest) or "clean".
+// Run walks the message's MIME tree. Results: "executable" and
+// "too-complex" (beyond max_depth or max_parts), both rejected unless
+// [stage.results] maps them to another action; "malformed" (MIME it could
+// not read all of, nothing found in the rest) and "clean", both continue.
 func (f *Filter) Run(ctx context.Context, _ stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
 	if tx.Body == nil {
 		return stages.Verdict{Action: stages.Continue, Result: "clean"}, nil
@@ -130,13 +123,12 @@ func (f *Filter) Run(ctx context.Context, _ stages.Phase, tx *stages.Transaction
 	return stages.Verdict{Action: stages.Continue, Result: "clean"}, nil
 }
 
+// hit is the verdict of a find: reject, with the configured reply, which
+// also serves when [stage.results] maps the result to tempfail.
 func (f *Filter) hit(result, reason string) stages.Verdict {
-	v := stages.Verdict{Action: f.action, Result: result, Reason: reason}
-	if f.action == stages.Reject {
-		// RFC 3463 §3.8: 5.7.1, delivery not authorized, message refused.
-		v.Reply = &stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: f.cfg.Reply}
-	}
-	return v
+	// RFC 3463 §3.8: 5.7.1, delivery not authorized, message refused.
+	return stages.Verdict{Action: stages.Reject, Result: result, Reason: reason,
+		Reply: &stages.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: f.cfg.Reply}}
 }
 
 var errTooComplex = errors.New("too complex")

@@ -192,18 +192,11 @@ func TestFormats(t *testing.T) {
 	}
 }
 
-func TestQuarantineAction(t *testing.T) {
-	v := run(t, stage(t, `{"action": "quarantine"}`),
-		message(t, mixed("b1", attachment("application/pdf", "x.pdf", "base64", b64(fakePE())))))
-	if v.Action != stages.Quarantine || v.Reply != nil {
-		t.Errorf("verdict %+v", v)
-	}
-}
-
 func TestConfigErrors(t *testing.T) {
 	for _, tc := range []struct{ config, key, text string }{
 		{`{"bogus": true}`, "bogus", "unknown key"},
-		{`{"action": "drop"}`, "action", `unexpected "drop"; expect reject, quarantine or tag`},
+		// The key [stage.results] replaced, refused with what to write there.
+		{`{"action": "quarantine"}`, "action", `replaced by [stage.results]: executable = "quarantine", too-complex = "quarantine"`},
 		{`{"reply": ""}`, "reply", "expect one non-empty line of text"},
 		{`{"allow_extensions": ".exe"}`, "allow_extensions", "unexpected string; expect an array of strings"},
 		{`{"max_depth": 0}`, "max_depth", "expect a number above 0"},

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
+	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/readmetest"
 )
 
@@ -22,4 +23,8 @@ func TestReadmeConfig(t *testing.T) {
 	if v.Reply == nil || v.Reply.Text != "Executable attachments are not accepted here" {
 		t.Errorf("reply %v", v.Reply)
 	}
+	if r := sts[0].Results; r["too-complex"] != stages.Quarantine || len(r) != 1 {
+		t.Errorf("README [stage.results] %v; want too-complex = quarantine", r)
+	}
+	readmetest.Skeleton(t, "README.md", st.Info())
 }
