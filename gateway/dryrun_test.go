@@ -25,9 +25,11 @@ import (
 // The same transactions through the SMTP side over a real socket and
 // through `mailgate test`'s DryRun: both run smtpd's driver, so they must
 // come to the same decision, the same reply and the same header edits
-// (Received, the stages' rewrites and policy's tag included).
+// (Received, the stages' rewrites and policy's tag included). The dry run
+// asks verify_rcpts routes too.
 func TestDryRunMatchesSMTP(t *testing.T) {
 	down := routertest.NewServer(t)
+	down.SetRcptReply("unknown@dest.test", 550)
 	dir := t.TempDir()
 	config := fmt.Sprintf(`hostname = "mx.gateway.test"
 data_dir = %q
@@ -39,6 +41,7 @@ tag_headers = ["X-Spam-Flag: YES"]
 [[route]]
 domains = ["dest.test"]
 servers = [%q]
+verify_rcpts = true
 [[stage]]
 name = "spam"
 kind = "spam"
@@ -105,6 +108,7 @@ name = "X-Internal"
 		{"rejected by score", "b@dest.test", msg("REJECTME now"), "reject", "550 5.7.1 Message rejected"},
 		{"relay denied", "b@other.test", msg("hello"), "reject", "554 5.7.1 Relay access denied"},
 		{"bad address", "x%evil.test@dest.test", msg("hello"), "reject", "501 5.1.3 Bad recipient address syntax"},
+		{"unknown user", "unknown@dest.test", msg("hello"), "reject", "550 5.1.1 Recipient address rejected"},
 		{"quarantined", "b@dest.test", msg("HOLDME later"), "quarantine", "250 2.0.0 Ok: queued as ID"},
 		{"too many hops", "b@dest.test", msg("loop", hops...), "reject", "554 5.4.6 Too many hops"},
 		{"rewritten", "b@dest.test", msg("please rewrite-me", "X-Internal: secret"), "accept", "250 2.0.0 Ok: queued as ID"},
