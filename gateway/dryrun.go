@@ -78,10 +78,7 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	if err != nil {
 		return nil, err
 	}
-	table, err := router.NewTable(cfg.Routes)
-	if err != nil {
-		return nil, err
-	}
+	table, _ := router.NewTable(cfg.Routes) // router.New built it already
 	ch, err := newChain(ctx, cfg, opts, nil, nil)
 	if err != nil {
 		return nil, err

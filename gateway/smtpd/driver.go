@@ -333,10 +333,10 @@ func (t *Txn) Data(r io.Reader) Outcome {
 	w, cfg := t.w, &t.c.d.opts.Config.Server
 	log := t.log.With("rcpts", t.tx.Rcpts)
 	ev := trace.Event{Event: "data"}
-	// refuse ends the transaction with reply r for what the message is.
-	refuse := func(r *smtp.SMTPError, reason string) Outcome {
-		ev.Action, ev.Reason, ev.Size = actionOf(r), reason, w.Size()
-		return t.end(log, Outcome{Reply: r, Phase: stages.Data, Event: ev}, nil, nil)
+	// refuse ends the transaction with reply rep for what the message is.
+	refuse := func(rep *smtp.SMTPError, reason string) Outcome {
+		ev.Action, ev.Reason, ev.Size = actionOf(rep), reason, w.Size()
+		return t.end(log, Outcome{Reply: rep, Phase: stages.Data, Event: ev}, nil, nil)
 	}
 	failed := func(op string, err error) Outcome {
 		ev.Action, ev.Reason = "tempfail", op+" failed: "+err.Error()
@@ -389,8 +389,8 @@ func (t *Txn) Data(r io.Reader) Outcome {
 	}
 	ev.MessageID, ev.Size = t.tx.Header.Get("Message-Id"), w.Size()
 	ev.Action, ev.Score, ev.Stage, ev.Reason, ev.Policy = d.Action.String(), d.Score, d.Stage, d.Reason, d.Policy
-	decided := func(r *smtp.SMTPError, act stages.Action, err error) Outcome {
-		return t.end(log, Outcome{Reply: r, Phase: stages.Data, Event: ev}, &act, err)
+	decided := func(rep *smtp.SMTPError, act stages.Action, err error) Outcome {
+		return t.end(log, Outcome{Reply: rep, Phase: stages.Data, Event: ev}, &act, err)
 	}
 	switch {
 	case errors.Is(context.Cause(ctx), context.DeadlineExceeded) && d.Action != stages.Reject:
