@@ -5,14 +5,16 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
+	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
-	"time"
 
-	"github.com/mailgate/mailgate/gateway/pipeline"
+	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
+	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
@@ -25,12 +27,12 @@ type DryRunInput struct {
 	Helo     string
 	From     string
 	To       []string
-	Message  []byte // the message as sent in DATA (line ends are made CRLF)
+	Message  []byte // the message file; LF line ends are sent as CRLF
 }
 
 // DryRunResult is what would happen to the message: `mailgate test` prints it.
 type DryRunResult struct {
-	Action         string        `json:"action"` // accept, tag, quarantine, tempfail, reject
+	Action         string        `json:"action"` // accept, tag, quarantine, discard, tempfail, reject
 	Score          float64       `json:"score"`
 	Reply          string        `json:"reply"` // what the client would be told
 	Phase          string        `json:"phase"` // where the decision was made
@@ -48,118 +50,87 @@ type HeaderLine struct {
 	Value string `json:"value"`
 }
 
-// DryRun runs one message through the real stage chain — plugin processes
-// and all — as the SMTP side would, and reports what would happen. Nothing
-// is spooled or delivered.
+// DryRun runs one message through the SMTP side's path, smtpd's driver
+// with the real stage chain, plugins and all, and reports what would
+// happen, stopping at the first refused recipient. Delivery is off: spool
+// and quarantine are in a temporary directory removed on return, the
+// router that takes the message never runs, nothing is traced. Routes
+// with verify_rcpts are asked about the recipients, as serve asks them.
 func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInput) (*DryRunResult, error) {
-	table, err := router.NewTable(cfg.Routes)
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	dir, err := os.MkdirTemp("", "mailgate-test-")
 	if err != nil {
 		return nil, err
 	}
+	defer os.RemoveAll(dir)
+	sp, err := spool.Open(filepath.Join(dir, "queue"))
+	if err != nil {
+		return nil, err
+	}
+	defer sp.Close()
+	quar, err := quarantine.Open(filepath.Join(dir, "quarantine"))
+	if err != nil {
+		return nil, err
+	}
+	rt, err := router.New(cfg, sp, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	table, _ := router.NewTable(cfg.Routes) // router.New built it already
 	ch, err := newChain(ctx, cfg, opts, nil, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer ch.Close()
-
-	res := &DryRunResult{}
-	trusted := slices.ContainsFunc(cfg.Server.Trusted(), func(p netip.Prefix) bool { return p.Contains(in.ClientIP) })
-	tx := &stages.Transaction{
-		QueueID: "DRYRUN",
-		Client:  stages.Client{Addr: in.ClientIP, Helo: in.Helo, Trusted: trusted},
-	}
-	sess := ch.pipeline.Begin()
-	run := func(ph stages.Phase) pipeline.Decision {
-		pctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.Server.FilterTimeout))
-		defer cancel()
-		d := sess.Run(pctx, ph, tx, opts.Logger)
-		res.Stages = append(res.Stages, d.Records()...)
-		res.Action, res.Score, res.Stage, res.Reason, res.Phase = d.Action.String(), d.Score, d.Stage, d.Reason, ph.String()
-		return d
-	}
-	refused := func(ph stages.Phase, d pipeline.Decision) bool {
-		if d.Action != stages.Reject && d.Action != stages.TempFail {
-			return false
-		}
-		res.Reply = smtpd.Reply(ph, d)
-		return true
-	}
-	// canonical puts an address in the form the SMTP side goes on with,
-	// or refuses its syntax as the SMTP side would.
-	canonical := func(addr string, ph stages.Phase) (string, bool) {
-		canon, reply, why := smtpd.CheckAddress(addr, trusted, ph == stages.Rcpt)
-		if reply == "" {
-			return canon, true
-		}
-		res.Action, res.Phase, res.Reason, res.Reply = "reject", ph.String(), why, reply
-		return "", false
-	}
-	for _, ph := range []stages.Phase{stages.Connect, stages.Helo, stages.Mail} {
-		if ph == stages.Mail && in.From != "" {
-			var ok bool
-			if tx.From, ok = canonical(in.From, ph); !ok {
-				return finish(res), nil
-			}
-		}
-		if d := run(ph); refused(stages.Rcpt, d) {
-			return finish(res), nil
-		}
-	}
-	for _, rc := range in.To {
-		rc, ok := canonical(rc, stages.Rcpt)
-		if !ok {
-			return finish(res), nil
-		}
-		_, domain, _ := address.Split(rc)
-		if !table.Relays(domain) && !trusted {
-			res.Action, res.Phase, res.Reason, res.Reply = "reject", "rcpt", "relay denied: no route for "+domain, smtpd.RelayDenied()
-			return finish(res), nil
-		}
-		tx.Rcpts = append(tx.Rcpts, rc)
-		if d := run(stages.Rcpt); refused(stages.Rcpt, d) {
-			return finish(res), nil
-		}
-	}
-	header, body, err := splitMessage(in.Message)
+	d, err := smtpd.NewDriver(smtpd.Options{Config: cfg, Spool: sp, Routes: routeMatcher{table, rt}, Queue: rt,
+		Quarantine: quar, Pipeline: ch.pipeline, Logger: opts.Logger})
 	if err != nil {
 		return nil, err
 	}
-	tx.Header, tx.Body = header, stages.BytesBody(body)
-	d := run(stages.Data)
-	if refused(stages.Data, d) {
-		return finish(res), nil
+
+	c := d.Connect(stages.Client{Addr: in.ClientIP, Helo: in.Helo}, func() (context.Context, func()) { return ctx, func() {} })
+	// A client sends non-ASCII addresses with SMTPUTF8.
+	smtputf8 := slices.ContainsFunc(append([]string{in.From}, in.To...), func(a string) bool { return !address.IsASCII(a) })
+	t, o := c.Mail(in.From, smtputf8)
+	if t == nil {
+		return result(o, c.Stages()), nil
 	}
-	res.Rcpts = tx.Rcpts
-	res.HeadersAdded = headerDiff(tx.Header, header)
-	res.HeadersRemoved = headerDiff(header, tx.Header)
-	if len(tx.Rcpts) == 0 {
-		res.Action, res.Reply = "discard", "250 2.0.0 Ok"
-		return res, nil
+	defer t.Abort()
+	for _, rc := range in.To {
+		if o := t.Rcpt(rc); o.Reply != nil {
+			return result(o, append(t.Stages(), o.Event.Stages...)), nil
+		}
 	}
-	res.Reply = "250 2.0.0 Ok: queued as DRYRUN"
-	return finish(res), nil
+	// A client sending a file makes its line ends CRLF; a bare CR is
+	// for DATA to judge (bare_lf).
+	msg := bytes.ReplaceAll(bytes.ReplaceAll(in.Message, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))
+	o = t.Data(bytes.NewReader(msg))
+	res := result(o, t.Stages())
+	if o.Reply.Code/100 == 2 {
+		sent, err := stages.ParseHeader(bufio.NewReader(bytes.NewReader(msg)))
+		if err != nil {
+			return nil, fmt.Errorf("parse message header: %w", err)
+		}
+		tx := t.Transaction()
+		res.Rcpts = tx.Rcpts
+		res.HeadersAdded = headerDiff(tx.Header, sent)
+		res.HeadersRemoved = headerDiff(sent, tx.Header)
+	}
+	return res, nil
 }
 
-// finish names a decision to deliver "accept", as an admin reads it.
-func finish(r *DryRunResult) *DryRunResult {
+// result is what o says, as an admin reads it: a decision to deliver is
+// "accept".
+func result(o smtpd.Outcome, ran []trace.Stage) *DryRunResult {
+	e := o.Event
+	r := &DryRunResult{Action: e.Action, Score: e.Score, Reply: e.Reply, Phase: o.Phase.String(),
+		Stage: e.Stage, Reason: e.Reason, Stages: ran}
 	if r.Action == "continue" || r.Action == "" {
 		r.Action = "accept"
 	}
 	return r
-}
-
-// splitMessage parses a message file, making every line end CRLF as the
-// SMTP side would.
-func splitMessage(msg []byte) (stages.Header, []byte, error) {
-	msg = bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n"))
-	msg = bytes.ReplaceAll(msg, []byte("\n"), []byte("\r\n"))
-	br := bufio.NewReader(bytes.NewReader(msg))
-	h, err := stages.ParseHeader(br)
-	if err != nil {
-		return nil, nil, fmt.Errorf("parse message header: %w", err)
-	}
-	body, err := io.ReadAll(br)
-	return h, body, err
 }
 
 // headerDiff lists the fields of a that b lacks (counting duplicates).

@@ -21,8 +21,9 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
-// cmdTest is the dry run: one message through the real pipeline, plugins
-// and all, delivering nothing. It answers "what would happen to this mail?"
+// cmdTest is the dry run: one message through the SMTP side's transaction
+// driver, plugins and all, delivering nothing (gateway.DryRun). It answers
+// "what would happen to this mail?"
 func cmdTest(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -386,16 +386,8 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Enve
 	}
 	// Step 2. Once started the commit is finished whatever the caller's
 	// context does: a half-done release is only undone by Recover.
-	env := &spool.Envelope{
-		From:       rec.From,
-		Received:   time.Now().UTC(), // delivery gets its full max_age from the release
-		ClientAddr: rec.ClientAddr,
-		ClientHelo: rec.ClientHelo,
-		MessageID:  rec.MessageID,
-	}
-	for _, r := range rec.Rcpts {
-		env.Rcpts = append(env.Rcpts, spool.Recipient{Addr: r, Status: spool.Pending})
-	}
+	// Delivery gets its full max_age from the release.
+	env := spool.NewEnvelope(rec.From, rec.Rcpts, rec.ClientAddr, rec.ClientHelo, rec.MessageID)
 	if err := w.Commit(context.WithoutCancel(ctx), env); err != nil {
 		rec.Releasing = ""
 		if werr := s.writeRecord(rec); werr != nil {

@@ -210,7 +210,7 @@ func (sc *smtpClient) send(ctx context.Context, c *conn, from string, rcpts []st
 	}
 	err := c.withContext(ctx, func() error {
 		opts := &smtp.MailOptions{Size: size}
-		if !isASCII(from) || !allASCII(rcpts) {
+		if !address.IsASCII(from) || !allASCII(rcpts) {
 			// RFC 6531 §3.2: non-ASCII addresses need SMTPUTF8 at the
 			// next hop; without it the mail cannot be relayed.
 			if ok, _ := c.c.Extension("SMTPUTF8"); !ok {
@@ -341,18 +341,9 @@ func isAtext(c byte) bool {
 		c >= 0x80 || strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
 }
 
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
 func allASCII(ss []string) bool {
 	for _, s := range ss {
-		if !isASCII(s) {
+		if !address.IsASCII(s) {
 			return false
 		}
 	}

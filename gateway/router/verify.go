@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // How long answers of a route's servers about a recipient are kept, as
@@ -183,7 +184,7 @@ func (r *Router) probe(ctx context.Context, route *policy.Route, addr string) (k
 func askRcpt(ctx context.Context, c *conn, addr string) (known, answered, reusable bool, err error) {
 	cerr := c.withContext(ctx, func() error {
 		var opts *smtp.MailOptions
-		if !isASCII(addr) {
+		if !address.IsASCII(addr) {
 			if ok, _ := c.c.Extension("SMTPUTF8"); !ok {
 				// Delivery would fail for good the same way (send).
 				err, answered, reusable = replyErr(553, 5, 6, 7, "next hop does not support SMTPUTF8"), true, true

@@ -1,19 +1,30 @@
-// Package smtpd is the gateway's SMTP ingress: a go-smtp Backend and Session
-// that enforce relay control and limits, stream DATA into the spool, run the
-// filter chain before replying, and acknowledge with 250 only once the
-// message is durable, in the spool or in the quarantine. It is the only
-// place that speaks SMTP replies; every reply text is generic, details go
-// to the log and to the message's trace.
+// Package smtpd is the gateway's SMTP ingress, in two parts. The driver
+// (driver.go) runs a mail transaction: connect and helo phases, relay
+// control, address checks, max_recipients, verify_rcpts, the stages and
+// policy, the limits on the message (max_message_size, max_hops, header
+// size, bare_lf), the Received field, the quarantine, the commit to the
+// spool, and Txn.end, which ends a transaction whatever the outcome. The
+// session (session.go, server.go) is go-smtp's Backend and Session: it
+// reads commands, DATA and BDAT, watches for a client that hangs up, and
+// hands each command to the driver. `mailgate test` (gateway.DryRun) runs
+// the same driver with delivery switched off.
 //
-// A session runs under the config and filter chain it started with from
-// its first EHLO to its end; Reload changes what later sessions get, as
-// Postfix's smtpd processes finish their session under the old main.cf.
+// The driver lives here, not in a package of its own, because what it
+// decides is a reply, and smtpd is the one place that words replies
+// (replies.go): a package of its own would hand each decision back to be
+// worded, logged, traced and counted, the hub this split removes. As
+// maddy's SMTP endpoint drives a msgpipeline delivery, the driver never
+// sees the connection, only a reader and a Watch.
+//
+// Replies are generic; details go to the log and the trace. A session runs
+// under the config and chain it started with (its Driver); Reload changes
+// what later sessions get, as Postfix's smtpd finishes under the old
+// main.cf.
 package smtpd
 
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,62 +38,13 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailgate/mailgate/gateway/pipeline"
-	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 )
-
-// RouteMatcher says whether mail for a domain may be accepted from an
-// untrusted client: a route names it. A catch-all route for outbound mail
-// does not count.
-type RouteMatcher interface {
-	HasRoute(domain string) bool
-	// VerifyRcpt asks the next hop of addr's route whether it takes addr
-	// (verify_rcpts). It returns nil when it does, when the route does not
-	// verify recipients, or when it could not tell and the route takes
-	// such recipients anyway; a 5xx *smtp.SMTPError when it refused addr
-	// for good; any other error, the reason for the log, when it could not
-	// tell (a 4xx, no answer).
-	VerifyRcpt(ctx context.Context, addr string) error
-}
-
-// Queuer takes a committed message for delivery.
-type Queuer interface {
-	Enqueue(env *spool.Envelope)
-	// Err is not nil once delivery has stopped for good: mail taken then
-	// would sit in the spool with nobody to deliver it.
-	Err() error
-}
-
-// Quarantiner keeps a message policy held back. Add takes the file of a
-// spooled message that is not committed and returns once the message and
-// its record are on stable storage; the caller then drops the spool file.
-type Quarantiner interface {
-	Add(rec *quarantine.Record, msgPath string) error
-}
-
-// Options is everything a Server needs.
-type Options struct {
-	Config     *policy.Config
-	Spool      *spool.Spool
-	Routes     RouteMatcher
-	Queue      Queuer
-	Quarantine Quarantiner
-	// Pipeline runs the stages; nil runs none.
-	Pipeline *pipeline.Pipeline
-	Logger   *slog.Logger
-	// Metrics, when set, counts sessions, replies and policy actions.
-	Metrics *Metrics
-	// Trace, when set, records each transaction's story.
-	Trace *trace.Log
-}
 
 // Server is the SMTP listener side of the gateway.
 type Server struct {
 	opts   Options
 	srv    *smtp.Server
-	log    *slog.Logger
 	limits *connLimits
 
 	mu  sync.Mutex
@@ -92,10 +54,7 @@ type Server struct {
 // generation is what a session runs under from its start to its end: a
 // reload makes a new one for the sessions that start after it.
 type generation struct {
-	cfg      *policy.Config
-	pipeline *pipeline.Pipeline
-	routes   RouteMatcher
-	trusted  []netip.Prefix
+	*Driver
 	// Under Server.mu: the sessions using it, and whether a reload
 	// replaced it; retired is called when both say it is unused.
 	refs     int
@@ -106,21 +65,15 @@ type generation struct {
 // New builds a Server from its options.
 func New(opts Options) (*Server, error) {
 	cfg := &opts.Config.Server
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Quarantine == nil {
-		return nil, errors.New("smtpd: no quarantine")
-	}
-	gen, err := newGeneration(Update{Config: opts.Config, Pipeline: opts.Pipeline, Routes: opts.Routes})
+	d, err := NewDriver(opts)
 	if err != nil {
 		return nil, err
 	}
+	opts = d.opts // with its defaults
 	s := &Server{
 		opts:   opts,
-		log:    opts.Logger,
 		limits: newConnLimits(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
-		gen:    gen,
+		gen:    &generation{Driver: d},
 	}
 	srv := smtp.NewServer(s)
 	srv.Domain = opts.Config.Hostname
@@ -149,43 +102,25 @@ type Update struct {
 	Routes   RouteMatcher
 }
 
-func newGeneration(u Update) (*generation, error) {
-	trusted, err := parsePrefixes(u.Config.Server.TrustedNetworks)
-	if err != nil {
-		return nil, fmt.Errorf("server.trusted_networks: %w", err)
-	}
-	p := u.Pipeline
-	if p == nil {
-		if p, err = pipeline.New(nil, u.Config.Policy, pipeline.Options{}); err != nil {
-			return nil, err
-		}
-	}
-	return &generation{cfg: u.Config, pipeline: p, routes: u.Routes, trusted: trusted}, nil
-}
-
 // Check reports whether Reload would accept cfg. The settings go-smtp
 // holds for every connection, the name the server greets with and the
 // listeners are fixed at start: changing them needs a restart.
 func (s *Server) Check(cfg *policy.Config) error {
 	old, cur := s.opts.Config, cfg
 	var keys []string
-	for _, k := range []struct {
-		key     string
-		changed bool
-	}{
-		{"hostname", old.Hostname != cur.Hostname},
-		{"server.listen", !slices.Equal(old.Server.Listen, cur.Server.Listen)},
-		{"server.max_message_size", old.Server.MaxMessageSize != cur.Server.MaxMessageSize},
-		{"server.max_recipients", old.Server.MaxRecipients != cur.Server.MaxRecipients},
-		{"server.max_line_length", old.Server.MaxLineLength != cur.Server.MaxLineLength},
-		{"server.command_timeout", old.Server.CommandTimeout != cur.Server.CommandTimeout},
-		{"server.tls_cert", old.Server.TLSCert != cur.Server.TLSCert},
-		{"server.tls_key", old.Server.TLSKey != cur.Server.TLSKey},
-	} {
-		if k.changed {
-			keys = append(keys, k.key)
+	changed := func(key string, c bool) {
+		if c {
+			keys = append(keys, key)
 		}
 	}
+	changed("hostname", old.Hostname != cur.Hostname)
+	changed("server.listen", !slices.Equal(old.Server.Listen, cur.Server.Listen))
+	changed("server.max_message_size", old.Server.MaxMessageSize != cur.Server.MaxMessageSize)
+	changed("server.max_recipients", old.Server.MaxRecipients != cur.Server.MaxRecipients)
+	changed("server.max_line_length", old.Server.MaxLineLength != cur.Server.MaxLineLength)
+	changed("server.command_timeout", old.Server.CommandTimeout != cur.Server.CommandTimeout)
+	changed("server.tls_cert", old.Server.TLSCert != cur.Server.TLSCert)
+	changed("server.tls_key", old.Server.TLSKey != cur.Server.TLSKey)
 	if len(keys) > 0 {
 		return fmt.Errorf("%s changed: restart needed", strings.Join(keys, ", "))
 	}
@@ -203,10 +138,13 @@ func (s *Server) Reload(u Update, retired func()) error {
 	if err := s.Check(u.Config); err != nil {
 		return err
 	}
-	gen, err := newGeneration(u)
+	opts := s.opts
+	opts.Config, opts.Pipeline, opts.Routes = u.Config, u.Pipeline, u.Routes
+	d, err := NewDriver(opts)
 	if err != nil {
 		return err
 	}
+	gen := &generation{Driver: d}
 	s.limits.set(u.Config.Server.MaxConnections, u.Config.Server.MaxConnectionsPerIP)
 	s.mu.Lock()
 	old := s.gen
@@ -241,7 +179,7 @@ func (s *Server) release(g *generation) {
 
 // Serve accepts SMTP connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.log, metrics: s.opts.Metrics})
+	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.opts.Logger, metrics: s.opts.Metrics})
 }
 
 // Shutdown stops accepting and waits for sessions to end until ctx is done,
@@ -256,23 +194,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close stops the server at once.
 func (s *Server) Close() error { return s.srv.Close() }
-
-// NewSession implements smtp.Backend. go-smtp calls it at the first
-// HELO/EHLO; the connect and helo phases run here and a rejection is kept
-// to be answered at RCPT (as Postfix's smtpd_delay_reject), so it is logged
-// with the envelope.
-func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	return newSession(s, c), nil
-}
-
-func (g *generation) isTrusted(a netip.Addr) bool {
-	for _, p := range g.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
 
 func parsePrefixes(list []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix

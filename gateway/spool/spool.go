@@ -114,6 +114,16 @@ type Envelope struct {
 	DSNSent bool `json:"dsn_sent,omitempty"`
 }
 
+// NewEnvelope is the envelope of a message taken now, from the client
+// named, for delivery to each of rcpts; max_age counts from now.
+func NewEnvelope(from string, rcpts []string, clientAddr, clientHelo, messageID string) *Envelope {
+	env := &Envelope{From: from, Received: time.Now().UTC(), ClientAddr: clientAddr, ClientHelo: clientHelo, MessageID: messageID}
+	for _, r := range rcpts {
+		env.Rcpts = append(env.Rcpts, Recipient{Addr: r, Status: Pending})
+	}
+	return env
+}
+
 // ErrClosed is returned by calls on a closed Spool.
 var ErrClosed = errors.New("spool: closed")
 

@@ -78,7 +78,7 @@ func Domain(d string) (string, error) {
 		return literal(d)
 	}
 	name := strings.TrimSuffix(d, ".")
-	if isASCII(name) {
+	if IsASCII(name) {
 		name = strings.ToLower(name)
 	} else {
 		var err error
@@ -216,7 +216,9 @@ func IsHostname(d string) bool {
 	return true
 }
 
-func isASCII(s string) bool {
+// IsASCII reports whether s is all ASCII: an address that is not needs
+// SMTPUTF8 (RFC 6531).
+func IsASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= 0x80 {
 			return false

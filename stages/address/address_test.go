@@ -205,7 +205,7 @@ func FuzzDomain(f *testing.F) {
 		if again, err := Domain(d); err != nil || again != d {
 			t.Fatalf("Domain(%q) = %q; Domain(%q) = %q, %v", s, d, d, again, err)
 		}
-		if !isASCII(d) || strings.HasSuffix(d, ".") {
+		if !IsASCII(d) || strings.HasSuffix(d, ".") {
 			t.Fatalf("Domain(%q) = %q: not ASCII or with root dot", s, d)
 		}
 		if Fold(s) != d {

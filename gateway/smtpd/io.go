@@ -4,8 +4,170 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"os"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/stages"
 )
+
+// The I/O adapters between the message as read (DATA, BDAT, a dry run's
+// bytes), the spool file and the stages.
+
+// readError says what a failed read of the message means: the reply
+// that refuses it and why, or a nil reply when the client went away and
+// no reply would reach it.
+func readError(err error) (*smtp.SMTPError, string) {
+	var se *smtp.SMTPError
+	var ne net.Error
+	switch {
+	case errors.As(err, &se): // size limit from go-smtp's reader: 552 5.3.4
+		return se, err.Error()
+	case errors.Is(err, errBareLineEnd):
+		return errBareLF, "bare CR or LF"
+	case errors.Is(err, smtp.ErrTooLongLine):
+		return errLineTooLong, "line longer than max_line_length"
+	case errors.As(err, &ne) && ne.Timeout():
+		// go-smtp writes the 421, then closes the connection.
+		return errDataTimeout, "data timeout"
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, smtp.ErrDataReset):
+		return nil, "client went away during DATA"
+	}
+	return nil, err.Error()
+}
+
+// spoolWriter marks write errors as the spool's, so they are told apart
+// from read errors, which are the client's.
+type spoolWriter struct{ w io.Writer }
+
+func (s spoolWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil {
+		err = spoolWriteError{err}
+	}
+	return n, err
+}
+
+type spoolWriteError struct{ err error }
+
+func (e spoolWriteError) Error() string { return "spool write: " + e.err.Error() }
+func (e spoolWriteError) Unwrap() error { return e.err }
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// maxHeaderSize bounds the header block of a message, which stages get
+// parsed in memory: a message without a blank line is all header.
+const maxHeaderSize = 1 << 20
+
+var errHeaderTooLarge = errors.New("header block larger than 1 MiB")
+
+// readMessage parses the header of what was spooled and points tx.Body at
+// the rest of the file, so stages read the body without a copy.
+func readMessage(tx *stages.Transaction, w *spool.Writer) error {
+	f, err := w.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cr := &countingReader{r: f}
+	br := bufio.NewReaderSize(cr, 64*1024)
+	h, err := stages.ParseHeader(&headerReader{br: br, left: maxHeaderSize})
+	if err != nil {
+		return fmt.Errorf("parse header: %w", err)
+	}
+	offset := cr.n - int64(br.Buffered())
+	tx.Header = h
+	tx.Body = &spoolBody{path: w.Path(), offset: offset, size: w.Size() - offset}
+	return nil
+}
+
+// headerReader gives ParseHeader at most left more bytes, then
+// errHeaderTooLarge; a line is read in pieces, so even a single line of
+// the whole message costs no more than the limit.
+type headerReader struct {
+	br   *bufio.Reader
+	left int
+}
+
+func (h *headerReader) ReadString(delim byte) (string, error) {
+	var line []byte
+	for {
+		piece, err := h.br.ReadSlice(delim)
+		if len(piece) > h.left {
+			return "", errHeaderTooLarge
+		}
+		h.left -= len(piece)
+		line = append(line, piece...)
+		if err != bufio.ErrBufferFull {
+			return string(line), err
+		}
+	}
+}
+
+func (h *headerReader) Read(p []byte) (int, error) {
+	if h.left == 0 {
+		return 0, errHeaderTooLarge
+	}
+	n, err := h.br.Read(p[:min(len(p), h.left)])
+	h.left -= n
+	return n, err
+}
+
+// rewrite replaces the spooled message with the edited header and body.
+func rewrite(tx *stages.Transaction, w *spool.Writer) error {
+	return w.Rewrite(func(_ io.Reader, dst io.Writer) error {
+		if _, err := tx.Header.WriteTo(dst); err != nil {
+			return err
+		}
+		if tx.Body == nil {
+			return nil
+		}
+		body, err := tx.Body.Open()
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		_, err = io.Copy(dst, body)
+		return err
+	})
+}
+
+// spoolBody is the body of a spooled message: a region of its file. It
+// implements stages.Body, and File lets the plugin host pass the file to a
+// plugin process instead of the bytes.
+type spoolBody struct {
+	path   string
+	offset int64
+	size   int64
+}
+
+func (b *spoolBody) Size() int64 { return b.size }
+
+func (b *spoolBody) File() (string, int64) { return b.path, b.offset }
+
+func (b *spoolBody) Open() (io.ReadCloser, error) {
+	f, err := os.Open(b.path)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.NewSectionReader(f, b.offset, b.size), f}, nil
+}
 
 // errBareLineEnd is returned by the line-end reader in reject mode.
 var errBareLineEnd = errors.New("bare CR or LF in message")
