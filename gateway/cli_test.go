@@ -74,7 +74,7 @@ func TestQueueSelection(t *testing.T) {
 	}
 	stuck.Restart()
 	fg.must("queue", "flush")
-	stuck.WaitFor(3, 20*time.Second)
+	stuck.WaitFor(3, waitLong)
 }
 
 // TestCommandHelp: every command and subcommand answers -h with its usage
