@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
@@ -120,7 +119,7 @@ func TestRelayedAddressesCanonical(t *testing.T) {
 	if r := c.sendMail("First.Last@Sender.TEST.", []string{"B.User@Dest.Test."}, message("dot@test", "x\r\n")); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("DATA reply %q", r)
 	}
-	m := down.WaitFor(1, 10*time.Second)[0]
+	m := down.WaitFor(1, waitLong)[0]
 	if m.From != "First.Last@sender.test" || len(m.Rcpts) != 1 || m.Rcpts[0] != "B.User@dest.test" {
 		t.Fatalf("envelope downstream %q -> %q, want First.Last@sender.test -> B.User@dest.test", m.From, m.Rcpts)
 	}
@@ -145,7 +144,7 @@ func TestRouteInULabels(t *testing.T) {
 	c.cmd("DATA", "354")
 	c.send(message("idn@test", "x\r\n") + ".\r\n")
 	c.expect("250 ")
-	m := down.WaitFor(1, 10*time.Second)[0]
+	m := down.WaitFor(1, waitLong)[0]
 	if strings.Join(m.Rcpts, ",") != "x@xn--bcher-kva.test,y@xn--bcher-kva.test" {
 		t.Fatalf("recipients downstream %q, want both at xn--bcher-kva.test", m.Rcpts)
 	}

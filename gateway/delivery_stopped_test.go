@@ -48,7 +48,7 @@ func TestDeliveryStoppedIsUnhealthy(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(waitLong)
 	for code, _ := healthz(); code == 200; code, _ = healthz() {
 		if time.Now().After(deadline) {
 			t.Fatal("/healthz still 200 with delivery stopped")

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
+	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
 )
 
@@ -64,6 +66,45 @@ func startGatewayOpts(t testing.TB, config string, opts gateway.Options) *gatewa
 		g.Shutdown(ctx)
 	})
 	return g
+}
+
+// waitLong bounds every wait for something the gateway does by itself
+// (deliver, retry, restart a plugin): an upper bound for a loaded
+// machine, never a measure.
+const waitLong = 30 * time.Second
+
+// waitQueueEmpty waits until the gateway's queue is empty: every message
+// it acknowledged has reached its end (relayed, bounced, DSN queued and
+// sent), so nothing more can reach a downstream server. Tests that count
+// deliveries count after it; no sleep could prove that no second
+// delivery comes.
+func waitQueueEmpty(t *testing.T, g *gateway.Gateway) {
+	t.Helper()
+	c, err := admin.NewClient(g.AdminAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, waitLong, "the queue to be empty", func() bool {
+		left, err := c.Queue(context.Background())
+		if err != nil {
+			t.Fatalf("queue: %v", err)
+		}
+		return len(left) == 0
+	})
+}
+
+// queue returns the gateway's queued messages.
+func queue(t *testing.T, g *gateway.Gateway) []*spool.Envelope {
+	t.Helper()
+	c, err := admin.NewClient(g.AdminAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	envs, err := c.Queue(context.Background())
+	if err != nil {
+		t.Fatalf("queue: %v", err)
+	}
+	return envs
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -194,7 +235,7 @@ func TestDeliversWithReceivedAndIdenticalBody(t *testing.T) {
 		t.Fatalf("DATA reply %q", r)
 	}
 	id := strings.TrimPrefix(r, "250 2.0.0 Ok: queued as ")
-	msgs := down.WaitFor(1, 10*time.Second)
+	msgs := down.WaitFor(1, waitLong)
 	m := msgs[0]
 	if m.From != "a@sender.test" || len(m.Rcpts) != 1 || m.Rcpts[0] != "b@dest.test" {
 		t.Fatalf("envelope %q -> %q", m.From, m.Rcpts)
@@ -249,11 +290,11 @@ func TestSizeLimit(t *testing.T) {
 	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("small@test", "hi\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatalf("small message after oversize one: %q", r)
 	}
-	msgs := down.WaitFor(1, 10*time.Second)
+	msgs := down.WaitFor(1, waitLong)
 	if !bytes.Contains(msgs[0].Data, []byte("small@test")) {
 		t.Fatalf("wrong message delivered")
 	}
-	time.Sleep(200 * time.Millisecond)
+	waitQueueEmpty(t, g)
 	if n := len(down.Messages()); n != 1 {
 		t.Fatalf("%d messages delivered, want 1", n)
 	}
@@ -261,7 +302,8 @@ func TestSizeLimit(t *testing.T) {
 
 func TestDisconnectMidDataLeavesNothing(t *testing.T) {
 	down := routertest.NewServer(t)
-	g := startGateway(t, routeTo(down, "dest.test"))
+	var log syncBuffer
+	g := startGatewayOpts(t, routeTo(down, "dest.test"), gateway.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	c := dial(t, g.SMTPAddrs()[0])
 	c.cmd("EHLO client.test", "250")
 	c.cmd("MAIL FROM:<a@sender.test>", "250")
@@ -269,15 +311,18 @@ func TestDisconnectMidDataLeavesNothing(t *testing.T) {
 	c.cmd("DATA", "354")
 	c.send(message("half@test", "half a message\r\n"))
 	c.conn.Close()
-	// A second client proves the gateway is fine and gives the first one
-	// time to be cleaned up.
+	// The gateway has decided on the half message once it logs the abort.
+	waitUntil(t, waitLong, "the half message to be aborted", func() bool {
+		return strings.Contains(log.String(), "msg=aborted")
+	})
+	// A second client proves the gateway is fine.
 	c2 := dial(t, g.SMTPAddrs()[0])
 	c2.cmd("EHLO client.test", "250")
 	if r := c2.sendMail("a@sender.test", []string{"b@dest.test"}, message("whole@test", "ok\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
-	down.WaitFor(1, 10*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	down.WaitFor(1, waitLong)
+	waitQueueEmpty(t, g)
 	for _, m := range down.Messages() {
 		if bytes.Contains(m.Data, []byte("half@test")) {
 			t.Fatal("half message was delivered")
@@ -307,10 +352,19 @@ func TestDownstreamDownThenBack(t *testing.T) {
 			t.Fatal(r)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // a few failed attempts
+	// Every message has met the server down before it comes back.
+	waitUntil(t, waitLong, "a failed attempt of each message", func() bool {
+		envs := queue(t, g)
+		for _, env := range envs {
+			if env.Attempts < 1 {
+				return false
+			}
+		}
+		return len(envs) == 3
+	})
 	down.Restart()
-	down.WaitFor(3, 15*time.Second)
-	time.Sleep(500 * time.Millisecond)
+	down.WaitFor(3, waitLong)
+	waitQueueEmpty(t, g)
 	seen := map[string]int{}
 	for _, m := range down.Messages() {
 		seen[messageID(m.Data)]++
@@ -332,7 +386,7 @@ func TestPermanentFailureBounces(t *testing.T) {
 		t.Fatal(r)
 	}
 	// The good recipient gets it; the sender gets one DSN.
-	msgs := down.WaitFor(2, 10*time.Second)
+	msgs := down.WaitFor(2, waitLong)
 	var dsn *routertest.Message
 	for i, m := range msgs {
 		if m.From == "" {
@@ -355,7 +409,7 @@ func TestPermanentFailureBounces(t *testing.T) {
 	if r := c.sendMail("", []string{"nobody@dest.test"}, message("perm2@test", "x\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
-	time.Sleep(time.Second)
+	waitQueueEmpty(t, g)
 	if n := len(down.Messages()); n != 2 {
 		t.Fatalf("%d messages downstream, want 2 (no DSN for <>)", n)
 	}

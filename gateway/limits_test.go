@@ -47,10 +47,11 @@ func TestDiskFull(t *testing.T) {
 		t.Fatal(r)
 	}
 	down.Restart()
-	msgs := down.WaitFor(2, 15*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	msgs := down.WaitFor(2, waitLong)
+	waitQueueEmpty(t, g)
+	msgs = down.Messages()
 	got := map[string]bool{}
-	for _, m := range down.Messages() {
+	for _, m := range msgs {
 		got[messageID(m.Data)] = true
 	}
 	if !got["before@test"] || !got["after@test"] || got["during@test"] || len(msgs) != 2 {
@@ -68,20 +69,20 @@ func TestConnectionLimitPerIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn.SetDeadline(time.Now().Add(waitLong))
 	line, _ := bufio.NewReader(conn).ReadString('\n')
 	if !strings.HasPrefix(line, "421 4.7.0") {
 		t.Fatalf("third connection got %q, want 421 4.7.0", line)
 	}
 	// A slot frees up when a client leaves.
 	c1.cmd("QUIT", "221")
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitLong)
 	for {
 		conn, err := net.Dial("tcp", g.SMTPAddrs()[0].String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		conn.SetDeadline(time.Now().Add(waitLong))
 		line, _ := bufio.NewReader(conn).ReadString('\n')
 		conn.Close()
 		if strings.HasPrefix(line, "220") {
@@ -96,7 +97,9 @@ func TestConnectionLimitPerIP(t *testing.T) {
 
 func TestRecipientLimitAndIdleTimeout(t *testing.T) {
 	down := routertest.NewServer(t)
-	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_recipients = 2\ncommand_timeout = \"500ms\"\n"+routeTo(down, "dest.test"))
+	// command_timeout is what the test waits for at the end; it must
+	// also outlast a loaded machine's pause between two commands.
+	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_recipients = 2\ncommand_timeout = \"2s\"\n"+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.cmd("EHLO client.test", "250")
 	c.cmd("MAIL FROM:<a@sender.test>", "250")
@@ -177,7 +180,7 @@ func TestSTARTTLS(t *testing.T) {
 	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("tls@test", "secret\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
-	data := string(down.WaitFor(1, 10*time.Second)[0].Data)
+	data := string(down.WaitFor(1, waitLong)[0].Data)
 	if !strings.Contains(data, "\t(using TLS 1.3 with cipher TLS_") || !strings.Contains(data, "with ESMTPS id ") {
 		t.Fatalf("Received field does not show TLS:\n%s", data)
 	}

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mailgate/mailgate/gateway/router/routertest"
 )
@@ -42,7 +41,7 @@ func TestChainOfThreePlugins(t *testing.T) {
 	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("chain@test", "body\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
-	data := string(down.WaitFor(1, 10*time.Second)[0].Data)
+	data := string(down.WaitFor(1, waitLong)[0].Data)
 	i1, i2, i3 := strings.Index(data, "X-Chain: one\r\n"), strings.Index(data, "X-Chain: two\r\n"), strings.Index(data, "X-Chain: three\r\n")
 	if i1 < 0 || i2 < i1 || i3 < i2 {
 		t.Fatalf("headers missing or out of order (%d %d %d):\n%s", i1, i2, i3, data)
@@ -85,26 +84,22 @@ func TestExamplePluginRejects(t *testing.T) {
 	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, withAttachment("pdf@test", "invoice.pdf", "application/pdf", pdf)); !strings.HasPrefix(r, "250") {
 		t.Fatalf("PDF attachment: %q", r)
 	}
-	if msgs := down.WaitFor(1, 10*time.Second); messageID(msgs[0].Data) != "pdf@test" {
+	if msgs := down.WaitFor(1, waitLong); messageID(msgs[0].Data) != "pdf@test" {
 		t.Fatalf("wrong message delivered")
 	}
 }
 
 // TestPluginTimeout: a plugin that sleeps past its timeout gets the stage's
-// on_error within the timeout, not after the sleep.
+// on_error at the timeout. It sleeps for an hour: were the timeout not
+// enforced, the reply would not come within the client's deadline.
 func TestPluginTimeout(t *testing.T) {
 	down := routertest.NewServer(t)
-	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("slow", testPluginBin, "300ms", "reject", `sleep = "20s"`))
+	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("slow", testPluginBin, "300ms", "reject", `sleep = "1h"`))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.cmd("EHLO client.test", "250")
-	start := time.Now()
 	// The test plugin sleeps for senders called sleep@; MAIL is its first call.
 	c.cmd("MAIL FROM:<sleep@sender.test>", "250")
-	r := c.cmd("RCPT TO:<b@dest.test>", "5")
-	if el := time.Since(start); el > 5*time.Second {
-		t.Fatalf("reply after %v: the stage's timeout was not enforced", el)
-	}
-	if !strings.HasPrefix(r, "550 5.7.1") {
+	if r := c.cmd("RCPT TO:<b@dest.test>", "5"); !strings.HasPrefix(r, "550 5.7.1") {
 		t.Fatalf("on_error = reject gave %q", r)
 	}
 }

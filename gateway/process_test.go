@@ -262,12 +262,12 @@ func sendOne(addr, id string, rcpts ...string) bool {
 	if len(rcpts) == 0 {
 		rcpts = []string{"b@dest.test"}
 	}
-	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return false
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn.SetDeadline(time.Now().Add(waitLong))
 	r := bufio.NewReader(conn)
 	read := func() string {
 		var last string
@@ -332,7 +332,7 @@ func TestSwaksThroughServe(t *testing.T) {
 	if !strings.Contains(string(out), "<-  250 2.0.0 Ok: queued as ") {
 		t.Fatalf("swaks did not get a 250 with a queue ID:\n%s", out)
 	}
-	msgs := down.WaitFor(1, 10*time.Second)
+	msgs := down.WaitFor(1, waitLong)
 	data := string(msgs[0].Data)
 	if !strings.HasPrefix(data, "Received: from swaks.client.test ([127.0.0.1])\r\n\tby mx.gateway.test (mailgate) with ESMTP id ") {
 		t.Fatalf("no Received field on top:\n%s", data)

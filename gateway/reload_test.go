@@ -44,7 +44,7 @@ func header(data []byte, name string) string {
 // delivered waits for the message with Message-ID id and returns it.
 func delivered(t *testing.T, down *routertest.Server, id string) routertest.Message {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(waitLong)
 	for {
 		for _, m := range down.Messages() {
 			if messageID(m.Data) == id {
@@ -131,7 +131,7 @@ func TestReload(t *testing.T) {
 		t.Errorf("changed stage while the old session lives: processes %v, want the old and the new", now)
 	}
 	old.cmd("QUIT", "221")
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(waitLong)
 	for {
 		now := pluginPIDs(t, marker)
 		if len(now) == 1 && now[0] != oldMarker[0] {
@@ -160,7 +160,7 @@ func TestSIGHUPReloads(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(waitLong)
 	for {
 		p.mu.Lock()
 		done := strings.Contains(p.log.String(), "msg=reloaded")
@@ -225,7 +225,7 @@ reject_score = 5.0
 	c.cmd("MAIL FROM:<a@sender.test>", "250")
 	c.cmd("RCPT TO:<y@strict.test>", "550 5.7.1")
 	c.cmd("RSET", "250")
-	time.Sleep(300 * time.Millisecond)
+	waitQueueEmpty(t, fg.Gateway)
 	if n := len(down.Messages()); n != 1 {
 		t.Fatalf("%d messages delivered, want 1", n)
 	}

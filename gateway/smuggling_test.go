@@ -5,7 +5,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -101,9 +100,9 @@ func TestSmuggling(t *testing.T) {
 					t.Errorf("%s: reject mode replied %q to a bare CR or LF", v.Name, replies[0])
 				}
 			}
-			msgs := down.WaitFor(accepted, 10*time.Second)
-			time.Sleep(300 * time.Millisecond)
-			msgs = down.Messages()
+			down.WaitFor(accepted, waitLong)
+			waitQueueEmpty(t, g)
+			msgs := down.Messages()
 			if len(msgs) != accepted {
 				t.Fatalf("%d messages relayed, %d accepted", len(msgs), accepted)
 			}

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
@@ -50,7 +49,7 @@ address = "unix:%s"
 	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("clean@test", "nothing to see\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatalf("clean message: %q", r)
 	}
-	if msgs := down.WaitFor(1, 10*time.Second); messageID(msgs[0].Data) != "clean@test" {
+	if msgs := down.WaitFor(1, waitLong); messageID(msgs[0].Data) != "clean@test" {
 		t.Fatal("wrong message delivered")
 	}
 }
@@ -71,8 +70,12 @@ func TestGTUBEPerPolicy(t *testing.T) {
 		if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("gtube@test", gtube+"\r\n")); !strings.HasPrefix(r, tc.want) {
 			t.Fatalf("policy %q: GTUBE got %q, want %s", tc.policy, r, tc.want)
 		}
+		// Refused or quarantined, the message was decided before the
+		// reply and never entered the queue: nothing can be delivered.
+		if q := queue(t, g); len(q) != 0 {
+			t.Fatalf("policy %q: %d messages queued", tc.policy, len(q))
+		}
 	}
-	time.Sleep(500 * time.Millisecond)
 	if n := len(down.Messages()); n != 0 {
 		t.Fatalf("GTUBE was delivered %d times", n)
 	}
@@ -121,10 +124,7 @@ action = "reject"
 	// the whole envelope.
 	c.cmd("MAIL FROM:<a@sender.test>", "250")
 	c.cmd("RCPT TO:<b@dest.test>", "550 5.7.1")
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(log.String(), "msg=rejected") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitUntil(t, waitLong, "the rejection to be logged", func() bool { return strings.Contains(log.String(), "msg=rejected") })
 	var line string
 	for _, l := range strings.Split(log.String(), "\n") {
 		if strings.Contains(l, "msg=rejected") {

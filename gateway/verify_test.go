@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/policy"
@@ -34,7 +33,7 @@ func TestVerifyRcpts(t *testing.T) {
 	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("v@test", "hi\r\n")); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("DATA: %q", r)
 	}
-	if m := down.WaitFor(1, 10*time.Second)[0]; len(m.Rcpts) != 1 || m.Rcpts[0] != "b@dest.test" {
+	if m := down.WaitFor(1, waitLong)[0]; len(m.Rcpts) != 1 || m.Rcpts[0] != "b@dest.test" {
 		t.Fatalf("delivered to %q", m.Rcpts)
 	}
 }

@@ -24,7 +24,9 @@ import (
 	"github.com/mailgate/mailgate/stages"
 )
 
-const waitLong = 10 * time.Second
+// waitLong bounds every wait for something the router does by itself: an
+// upper bound for a loaded machine, never a measure.
+const waitLong = 30 * time.Second
 
 // testConfig is a config with short retries; DNS points at a closed port
 // so that a test that reaches MX delivery by mistake fails.
@@ -168,6 +170,35 @@ func (h *harness) waitGone(id string) {
 	})
 }
 
+// waitQueue waits until cond holds of the router's queue state, read by
+// the Run goroutine between its steps.
+func (h *harness) waitQueue(what string, cond func(s *scheduler) bool) {
+	h.t.Helper()
+	waitUntil(h.t, what, func() bool {
+		ok := false
+		if err := h.r.do(context.Background(), func(s *scheduler) error {
+			ok = cond(s)
+			return nil
+		}); err != nil {
+			h.t.Fatalf("router: %v", err)
+		}
+		return ok
+	})
+}
+
+// waitIdle waits until the router holds nothing it could still deliver:
+// nothing incoming, nothing queued, no job running. Counting deliveries
+// after it counts them all, where a sleep would only make a second
+// attempt unlikely.
+func (h *harness) waitIdle() {
+	h.t.Helper()
+	h.waitQueue("the router's queue is empty and idle", func(s *scheduler) bool {
+		s.r.mu.Lock()
+		defer s.r.mu.Unlock()
+		return len(s.r.incoming) == 0 && len(s.items) == 0 && s.busy == 0
+	})
+}
+
 // waitAttempts waits until the router has tried env n times.
 func (h *harness) waitAttempts(id string, n int) *spool.Envelope {
 	h.t.Helper()
@@ -247,7 +278,11 @@ func TestIdleConnectionDropped(t *testing.T) {
 	h := start(t, cfg, openSpool(t))
 	h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
 	srv.WaitFor(1, waitLong)
-	time.Sleep(300 * time.Millisecond)
+	// The sweeper ends the idle connection with QUIT: the server sees it.
+	waitUntil(t, "the idle connection to be closed with QUIT", func() bool {
+		w := srv.Transcripts()
+		return len(w) == 1 && strings.HasSuffix(w[0], "QUIT\r\n")
+	})
 	h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
 	srv.WaitFor(2, waitLong)
 	if n := srv.Connections(); n != 2 {
@@ -272,7 +307,7 @@ func TestDownstreamDownThenBack(t *testing.T) {
 	srv.Restart()
 	srv.WaitFor(1, waitLong)
 	h.waitGone(env.ID)
-	time.Sleep(4 * time.Duration(h.cfg.Delivery.RetryMax))
+	h.waitIdle()
 	if n := len(srv.Messages()); n != 1 {
 		t.Errorf("delivered %d times, want once", n)
 	}
@@ -334,7 +369,7 @@ func TestPerRecipientResults(t *testing.T) {
 		t.Errorf("retry went to %s, want later@ex.test only", got)
 	}
 	h.waitGone(env.ID)
-	time.Sleep(4 * time.Duration(h.cfg.Delivery.RetryMax))
+	h.waitIdle()
 	if n := len(srv.Messages()); n != 3 {
 		t.Errorf("%d messages downstream, want 3 (good ones, DSN, later)", n)
 	}
@@ -362,7 +397,7 @@ func TestNoDSNToNullSenderOrForDSN(t *testing.T) {
 
 	h.waitGone(nullSender.ID)
 	h.waitGone(isDSN.ID)
-	time.Sleep(4 * time.Duration(h.cfg.Delivery.RetryMax))
+	h.waitIdle()
 	if msgs := srv.Messages(); len(msgs) != 0 {
 		t.Errorf("downstream got %d messages, want none: %+v", len(msgs), msgs[0].Rcpts)
 	}
@@ -514,7 +549,7 @@ func TestRestartPicksUpQueue(t *testing.T) {
 	msgs := srv.WaitFor(2, waitLong)
 	h2.waitGone(deferred.ID)
 	h2.waitGone(idle.ID)
-	time.Sleep(4 * time.Duration(cfg.Delivery.RetryMax))
+	h2.waitIdle()
 	if n := len(srv.Messages()); n != 2 {
 		t.Errorf("%d deliveries, want 2: %v %v", n, msgs[0].Rcpts, msgs[1].Rcpts)
 	}
@@ -581,7 +616,12 @@ func TestOperatorCalls(t *testing.T) {
 	if msgs[0].Rcpts[0] != "retried@ex.test" {
 		t.Errorf("delivered %v, want retried@ex.test", msgs[0].Rcpts)
 	}
-	time.Sleep(200 * time.Millisecond)
+	// Only the held message is left, not due, and no job runs: nothing
+	// can reach the server before Release.
+	h.waitQueue("only the held message to be left, idle", func(s *scheduler) bool {
+		it := s.items[held.ID]
+		return len(s.items) == 1 && it != nil && it.index < 0 && !it.busy && s.busy == 0
+	})
 	if n := len(srv.Messages()); n != 1 {
 		t.Fatalf("%d deliveries while one message is held", n)
 	}
@@ -710,7 +750,7 @@ func TestDataRejectedOneDSN(t *testing.T) {
 		}
 	}
 	h.waitGone(env.ID)
-	time.Sleep(4 * time.Duration(h.cfg.Delivery.RetryMax))
+	h.waitIdle()
 	if n := len(senders.Messages()); n != 1 {
 		t.Errorf("%d DSNs, want 1", n)
 	}

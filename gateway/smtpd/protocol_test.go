@@ -56,7 +56,7 @@ func (c *client) halfClose() {
 func waitMessageFiles(t *testing.T, ts *testServer, n int) {
 	t.Helper()
 	dir := filepath.Dir(ts.spool.MessagePath("x"))
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		files, err := os.ReadDir(dir)
 		if err != nil {
 			t.Fatal(err)
@@ -101,7 +101,9 @@ func TestBDATTruncated(t *testing.T) {
 // connection) is not a command: the client gets 421 4.4.2 and the
 // connection is closed; nothing acts on the fragment.
 func TestCommandFragment(t *testing.T) {
-	ts := serve(t, "[server]\ncommand_timeout = \"1s\"\n")
+	// Long enough for a loaded machine between two commands; the test
+	// waits it out twice.
+	ts := serve(t, "[server]\ncommand_timeout = \"2s\"\n")
 	c := connect(t, ts)
 	c.send("EHLO cli")
 	if out := c.rest(); !strings.HasPrefix(out, "421 4.4.2 ") || strings.Count(out, "\r\n") != 1 {

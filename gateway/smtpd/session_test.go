@@ -336,7 +336,7 @@ func TestBDATInterruptedThenNewTransaction(t *testing.T) {
 	}
 	// The interrupted messages leave no file behind.
 	msgDir := filepath.Dir(ts.spool.MessagePath(ts.queue.queued()[0].ID))
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		files, err := os.ReadDir(msgDir)
 		if err != nil {
 			t.Fatal(err)

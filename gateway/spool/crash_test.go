@@ -120,7 +120,10 @@ func crashChild(dir string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// The parent kills it after 300 commits; the limit, far beyond what
+	// those take on a loaded machine, only ends a child whose parent is
+	// gone.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var (
 		mu   sync.Mutex

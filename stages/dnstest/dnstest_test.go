@@ -10,11 +10,19 @@ import (
 	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
+// ask queries addr with an upper bound for a loaded machine: the server
+// answers every query it is meant to answer well within it.
 func ask(t *testing.T, net, addr, name string, qtype uint16) (*dns.Msg, error) {
+	return askWithin(t, net, addr, name, qtype, 10*time.Second)
+}
+
+// askWithin queries addr, giving up after timeout: for names the server
+// never answers, where any timeout tells the same.
+func askWithin(t *testing.T, net, addr, name string, qtype uint16, timeout time.Duration) (*dns.Msg, error) {
 	t.Helper()
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), qtype)
-	c := &dns.Client{Net: net, Timeout: 300 * time.Millisecond}
+	c := &dns.Client{Net: net, Timeout: timeout}
 	r, _, err := c.Exchange(m, addr)
 	return r, err
 }
@@ -70,10 +78,10 @@ func TestServer(t *testing.T) {
 	if r, _ := ask(t, "udp", s.Addr(), "odd.example.test", dns.TypeTXT); r.Answer[0].(*dns.TXT).Txt[0] != `a\"b\255` {
 		t.Errorf("TXT value not kept byte for byte: %q", r.Answer[0].(*dns.TXT).Txt)
 	}
-	if _, err := ask(t, "udp", s.Addr(), "slow.example.test", dns.TypeA); err == nil {
+	if _, err := askWithin(t, "udp", s.Addr(), "slow.example.test", dns.TypeA, 300*time.Millisecond); err == nil {
 		t.Error("TIMEOUT name answered")
 	}
-	if _, err := ask(t, "udp", s.Addr(), "part.example.test", dns.TypeTXT); err == nil {
+	if _, err := askWithin(t, "udp", s.Addr(), "part.example.test", dns.TypeTXT, 300*time.Millisecond); err == nil {
 		t.Error("TIMEOUT name answered for a type it has no record of")
 	}
 

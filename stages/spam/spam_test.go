@@ -312,7 +312,7 @@ func TestURIBL(t *testing.T) {
 		"wiki.example.test.multi.uribl.test": {"A 127.0.0.2"}, // not the registrable domain: never asked
 	})
 	s := newSpam(t, stages.Env{DNSServers: []string{dns.Addr()}}, `{
-		"default_rules": false, "dns_timeout": "300ms",
+		"default_rules": false, "dns_timeout": "2s",
 		"uribl": [
 			{"zone": "multi.uribl.test", "score": 4, "mask": 2},
 			{"zone": "dbl.test", "score": 2.5, "returns": ["127.0.1.2-127.0.1.99"]}

@@ -163,7 +163,7 @@ func TestRFC7208Suite(t *testing.T) {
 			srv := serveZone(t, sc.Zonedata)
 			// The timeout is what TIMEOUT names cost; it must also be long
 			// enough for a loaded machine (-race) to answer the others.
-			r, err := resolver.New([]string{srv.Addr()}, time.Second)
+			r, err := resolver.New([]string{srv.Addr()}, 2*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
