@@ -17,12 +17,12 @@ import (
 func blocked(t *testing.T, c *client, cases [][2]string) {
 	t.Helper()
 	for _, tc := range cases {
-		c.cmd("MAIL FROM:<"+tc[0]+"> SMTPUTF8", "250")
-		c.send("RCPT TO:<" + tc[1] + ">\r\n")
-		if r := c.reply(); !strings.HasPrefix(r, "550 5.7.1 ") {
+		c.Cmd("MAIL FROM:<"+tc[0]+"> SMTPUTF8", "250")
+		c.Send("RCPT TO:<" + tc[1] + ">\r\n")
+		if r := c.Reply(); !strings.HasPrefix(r, "550 5.7.1 ") {
 			t.Errorf("MAIL FROM:<%s> RCPT TO:<%s>: %q, want 550 5.7.1 (blocked)", tc[0], tc[1], r)
 		}
-		c.cmd("RSET", "250")
+		c.Cmd("RSET", "250")
 	}
 }
 
@@ -36,7 +36,7 @@ senders = ["spammer@bad.test"]
 rcpts = ["ceo@example.test"]
 `)
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	blocked(t, c, [][2]string{
 		{"a@sender.test", "ceo@example.test."},
 		{"a@sender.test", "CEO@Example.TEST."},
@@ -44,8 +44,8 @@ rcpts = ["ceo@example.test"]
 		{"spammer@BAD.test.", "x@example.test"},
 	})
 	// What the lists do not name still passes.
-	c.cmd("MAIL FROM:<a@sender.test.>", "250")
-	c.cmd("RCPT TO:<cfo@example.test.>", "250")
+	c.Cmd("MAIL FROM:<a@sender.test.>", "250")
+	c.Cmd("RCPT TO:<cfo@example.test.>", "250")
 }
 
 // Under SMTPUTF8 a domain in U-labels is the same domain as its A-labels,
@@ -62,14 +62,14 @@ func TestIDNSpellingsMeetBlockList(t *testing.T) {
 		t.Run(tc.entry, func(t *testing.T) {
 			g := startGateway(t, routeTo(down, "example.test")+"\n[policy.block]\nsenders = [\""+tc.entry+"\"]\n")
 			c := dial(t, g.SMTPAddrs()[0])
-			c.cmd("EHLO client.test", "250")
+			c.Cmd("EHLO client.test", "250")
 			var cases [][2]string
 			for _, from := range tc.senders {
 				cases = append(cases, [2]string{from, "x@example.test"})
 			}
 			blocked(t, c, cases)
-			c.cmd("MAIL FROM:<a@bücher.test.example> SMTPUTF8", "250")
-			c.cmd("RCPT TO:<x@example.test>", "250")
+			c.Cmd("MAIL FROM:<a@bücher.test.example> SMTPUTF8", "250")
+			c.Cmd("RCPT TO:<x@example.test>", "250")
 		})
 	}
 }
@@ -96,16 +96,16 @@ quarantine_score = 4.0
 reject_score = 5.0
 `)
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<x@example.test>", "250")
-	c.cmd("RCPT TO:<legal@example.test.>", "452 4.5.3 ")
-	c.cmd("RCPT TO:<y@strict.test.>", "452 4.5.3 ")
-	c.cmd("RSET", "250")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<legal@example.test.>", "250")
-	c.cmd("RCPT TO:<Legal@EXAMPLE.test>", "250")
-	c.cmd("RCPT TO:<x@example.test>", "452 4.5.3 ")
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<x@example.test>", "250")
+	c.Cmd("RCPT TO:<legal@example.test.>", "452 4.5.3 ")
+	c.Cmd("RCPT TO:<y@strict.test.>", "452 4.5.3 ")
+	c.Cmd("RSET", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<legal@example.test.>", "250")
+	c.Cmd("RCPT TO:<Legal@EXAMPLE.test>", "250")
+	c.Cmd("RCPT TO:<x@example.test>", "452 4.5.3 ")
 }
 
 // The relayed envelope carries the canonical form: the domain without its
@@ -115,8 +115,8 @@ func TestRelayedAddressesCanonical(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.sender.test", "250")
-	if r := c.sendMail("First.Last@Sender.TEST.", []string{"B.User@Dest.Test."}, message("dot@test", "x\r\n")); !strings.HasPrefix(r, "250 ") {
+	c.Cmd("EHLO client.sender.test", "250")
+	if r := c.SendMail("First.Last@Sender.TEST.", []string{"B.User@Dest.Test."}, message("dot@test", "x\r\n")); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("DATA reply %q", r)
 	}
 	m := down.WaitFor(1, waitLong)[0]
@@ -137,13 +137,13 @@ func TestRouteInULabels(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "bücher.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	c.cmd("MAIL FROM:<a@sender.test> SMTPUTF8", "250")
-	c.cmd("RCPT TO:<x@xn--bcher-kva.test>", "250")
-	c.cmd("RCPT TO:<y@bücher.test.>", "250")
-	c.cmd("DATA", "354")
-	c.send(message("idn@test", "x\r\n") + ".\r\n")
-	c.expect("250 ")
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@sender.test> SMTPUTF8", "250")
+	c.Cmd("RCPT TO:<x@xn--bcher-kva.test>", "250")
+	c.Cmd("RCPT TO:<y@bücher.test.>", "250")
+	c.Cmd("DATA", "354")
+	c.Send(message("idn@test", "x\r\n") + ".\r\n")
+	c.Expect("250 ")
 	m := down.WaitFor(1, waitLong)[0]
 	if strings.Join(m.Rcpts, ",") != "x@xn--bcher-kva.test,y@xn--bcher-kva.test" {
 		t.Fatalf("recipients downstream %q, want both at xn--bcher-kva.test", m.Rcpts)

@@ -24,10 +24,10 @@ func TestQueueSelection(t *testing.T) {
 	stuck.Stop()
 	fg := startFromFile(t, routeTo(stuck, "stuck.test"))
 	c := dial(t, fg.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	good := queuedAs(t, c.sendMail("alice@sender.test", []string{"c@stuck.test"}, message("good@test", "x\r\n")))
-	bad := queuedAs(t, c.sendMail("spam@bad.test", []string{"d@stuck.test", "e@stuck.test"}, message("bad@test", "x\r\n")))
-	third := queuedAs(t, c.sendMail("carol@sender.test", []string{"f@stuck.test"}, message("third@test", "x\r\n")))
+	c.Cmd("EHLO client.test", "250")
+	good := queuedAs(t, c.SendMail("alice@sender.test", []string{"c@stuck.test"}, message("good@test", "x\r\n")))
+	bad := queuedAs(t, c.SendMail("spam@bad.test", []string{"d@stuck.test", "e@stuck.test"}, message("bad@test", "x\r\n")))
+	third := queuedAs(t, c.SendMail("carol@sender.test", []string{"f@stuck.test"}, message("third@test", "x\r\n")))
 
 	list := fg.must("queue", "list")
 	for _, want := range []string{"TO", good, bad, third, "c@stuck.test", "d@stuck.test,e@stuck.test"} {

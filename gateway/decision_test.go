@@ -25,8 +25,8 @@ body = "(?i)wire transfer"
 score = 12
 `)
 	c := dial(t, fg.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	id := queuedAs(t, c.sendMail("a@sender.test", []string{"b@dest.test"}, message("scored@test", "Please send a wire transfer today.\r\n")))
+	c.Cmd("EHLO client.test", "250")
+	id := queuedAs(t, c.SendMail("a@sender.test", []string{"b@dest.test"}, message("scored@test", "Please send a wire transfer today.\r\n")))
 
 	if out := fg.must("quarantine", "list", "-stage", "spam"); !strings.Contains(out, id) {
 		t.Errorf("quarantine list -stage spam does not list %s:\n%s", id, out)

@@ -61,8 +61,8 @@ func TestDeliveryStoppedIsUnhealthy(t *testing.T) {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("stopped@test", "hi\r\n")); !strings.HasPrefix(r, "451 4.3.0 ") {
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("stopped@test", "hi\r\n")); !strings.HasPrefix(r, "451 4.3.0 ") {
 		t.Fatalf("DATA with delivery stopped: %q", r)
 	}
 }

@@ -92,7 +92,7 @@ name = "X-Internal"
 		g.Shutdown(ctx)
 	})
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.sender.test", "250")
+	c.Cmd("EHLO client.sender.test", "250")
 
 	msg := func(subject string, extra ...string) string {
 		return strings.Join(append(extra, "From: a@sender.test", "To: b@dest.test", "Subject: "+subject,
@@ -114,10 +114,10 @@ name = "X-Internal"
 		{"rewritten", "b@dest.test", msg("please rewrite-me", "X-Internal: secret"), "accept", "250 2.0.0 Ok: queued as ID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c.t = t
+			c.SetTest(t)
 			// Over the wire.
 			relayed := len(down.Messages())
-			reply := c.trySend("a@sender.test", []string{tc.rcpt}, dotStuff(tc.msg))
+			reply := c.TrySend("a@sender.test", []string{tc.rcpt}, dotStuff(tc.msg))
 			_, id, _ := strings.Cut(reply, "queued as ")
 			wire := lastDecision(t, filepath.Join(dir, "trace"))
 			var wireHeader []byte

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // startGateway runs a gateway in-process on 127.0.0.1:0 with the given
@@ -127,96 +127,11 @@ func quoteList(list []string) string {
 	return strings.Join(q, ", ")
 }
 
-// client is a raw SMTP client: it writes exactly the bytes a test gives it,
-// so tests can send what well-behaved libraries refuse to (smuggling vectors,
-// bare LF, oversize data).
-type client struct {
-	t    *testing.T
-	conn net.Conn
-	r    *bufio.Reader
-}
+// client is the raw SMTP client of the tests (testkit.SMTPClient).
+type client = testkit.SMTPClient
 
-func dial(t *testing.T, addr net.Addr) *client {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	c := &client{t: t, conn: conn, r: bufio.NewReader(conn)}
-	t.Cleanup(func() { conn.Close() })
-	c.expect("220")
-	return c
-}
-
-// reply reads one (possibly multi-line) reply and returns its last line.
-func (c *client) reply() string {
-	c.t.Helper()
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			c.t.Fatalf("read reply: %v", err)
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 4 || line[3] != '-' {
-			return line
-		}
-	}
-}
-
-func (c *client) expect(prefix string) string {
-	c.t.Helper()
-	r := c.reply()
-	if !strings.HasPrefix(r, prefix) {
-		c.t.Fatalf("got reply %q, want %q", r, prefix)
-	}
-	return r
-}
-
-func (c *client) send(s string) {
-	c.t.Helper()
-	if _, err := c.conn.Write([]byte(s)); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-func (c *client) cmd(line, want string) string {
-	c.t.Helper()
-	c.send(line + "\r\n")
-	return c.expect(want)
-}
-
-// trySend runs one whole transaction and returns the first reply that is not
-// a success: the refusal of MAIL, a RCPT or the data, or the final 250. After
-// a refusal the transaction is reset.
-func (c *client) trySend(from string, to []string, data string) string {
-	c.t.Helper()
-	steps := []string{"MAIL FROM:<" + from + ">"}
-	for _, rc := range to {
-		steps = append(steps, "RCPT TO:<"+rc+">")
-	}
-	for _, s := range append(steps, "DATA") {
-		c.send(s + "\r\n")
-		if r := c.reply(); r[0] != '2' && r[0] != '3' {
-			c.cmd("RSET", "250")
-			return r
-		}
-	}
-	c.send(data + ".\r\n")
-	return c.reply()
-}
-
-// sendMail runs one whole transaction and returns the reply to the data.
-func (c *client) sendMail(from string, to []string, data string) string {
-	c.t.Helper()
-	c.cmd("MAIL FROM:<"+from+">", "250")
-	for _, rc := range to {
-		c.cmd("RCPT TO:<"+rc+">", "250")
-	}
-	c.cmd("DATA", "354")
-	c.send(data + ".\r\n")
-	return c.reply()
-}
+// dial connects to a gateway's SMTP address and reads the greeting.
+func dial(t *testing.T, addr net.Addr) *client { return testkit.DialSMTP(t, addr.String()) }
 
 func message(id, body string) string {
 	return "From: a@sender.test\r\nTo: b@dest.test\r\nSubject: test\r\nMessage-ID: <" + id + ">\r\n\r\n" + body
@@ -226,11 +141,11 @@ func TestDeliversWithReceivedAndIdenticalBody(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.sender.test", "250")
+	c.Cmd("EHLO client.sender.test", "250")
 	// On the wire the dot is doubled (RFC 5321 §4.5.2); the message has one.
 	body := "line one\r\n.leading dot\r\n" + strings.Repeat("x", 990) + "\r\n"
 	stuffed := strings.ReplaceAll(body, "\r\n.", "\r\n..")
-	r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("m1@test", stuffed))
+	r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("m1@test", stuffed))
 	if !strings.HasPrefix(r, "250 2.0.0 Ok: queued as ") {
 		t.Fatalf("DATA reply %q", r)
 	}
@@ -254,40 +169,40 @@ func TestRelayDenied(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test", "*.sub.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
 	for _, rcpt := range []string{"x@elsewhere.test", "x@dest.test.evil.test", "x@sub.test", "x@[127.0.0.1]", "x@dest.test@evil.test"} {
-		if r := c.cmd("RCPT TO:<"+rcpt+">", "5"); !strings.HasPrefix(r, "554 5.7.1 ") && !strings.HasPrefix(r, "501 ") {
+		if r := c.Cmd("RCPT TO:<"+rcpt+">", "5"); !strings.HasPrefix(r, "554 5.7.1 ") && !strings.HasPrefix(r, "501 ") {
 			t.Errorf("RCPT %s: %q, want 554 5.7.1 relay denied", rcpt, r)
 		}
 	}
-	c.cmd("RCPT TO:<x@DEST.TEST>", "250")
-	c.cmd("RCPT TO:<x@a.sub.test>", "250")
+	c.Cmd("RCPT TO:<x@DEST.TEST>", "250")
+	c.Cmd("RCPT TO:<x@a.sub.test>", "250")
 }
 
 func TestTrustedNetworkMayRelay(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"127.0.0.0/8\"]\n"+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	c.cmd("MAIL FROM:<a@dest.test>", "250")
-	c.cmd("RCPT TO:<x@anywhere.test>", "250")
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@dest.test>", "250")
+	c.Cmd("RCPT TO:<x@anywhere.test>", "250")
 }
 
 func TestSizeLimit(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_message_size = \"10KB\"\n"+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	// Declared too big: refused at MAIL (RFC 1870).
-	c.cmd("MAIL FROM:<a@sender.test> SIZE=20000", "552 5.3.4")
+	c.Cmd("MAIL FROM:<a@sender.test> SIZE=20000", "552 5.3.4")
 	// Undeclared: refused while reading, after the client has sent it all.
 	big := message("big@test", strings.Repeat(strings.Repeat("y", 70)+"\r\n", 300))
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, big); !strings.HasPrefix(r, "552 5.3.4") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, big); !strings.HasPrefix(r, "552 5.3.4") {
 		t.Fatalf("oversize DATA: %q", r)
 	}
 	// The session goes on and a small message passes.
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("small@test", "hi\r\n")); !strings.HasPrefix(r, "250") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("small@test", "hi\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatalf("small message after oversize one: %q", r)
 	}
 	msgs := down.WaitFor(1, waitLong)
@@ -305,20 +220,20 @@ func TestDisconnectMidDataLeavesNothing(t *testing.T) {
 	var log syncBuffer
 	g := startGatewayOpts(t, routeTo(down, "dest.test"), gateway.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<b@dest.test>", "250")
-	c.cmd("DATA", "354")
-	c.send(message("half@test", "half a message\r\n"))
-	c.conn.Close()
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<b@dest.test>", "250")
+	c.Cmd("DATA", "354")
+	c.Send(message("half@test", "half a message\r\n"))
+	c.Conn.Close()
 	// The gateway has decided on the half message once it logs the abort.
 	waitUntil(t, waitLong, "the half message to be aborted", func() bool {
 		return strings.Contains(log.String(), "msg=aborted")
 	})
 	// A second client proves the gateway is fine.
 	c2 := dial(t, g.SMTPAddrs()[0])
-	c2.cmd("EHLO client.test", "250")
-	if r := c2.sendMail("a@sender.test", []string{"b@dest.test"}, message("whole@test", "ok\r\n")); !strings.HasPrefix(r, "250") {
+	c2.Cmd("EHLO client.test", "250")
+	if r := c2.SendMail("a@sender.test", []string{"b@dest.test"}, message("whole@test", "ok\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
 	down.WaitFor(1, waitLong)
@@ -334,9 +249,9 @@ func TestLoopDetected(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_hops = 3\n"+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	hops := strings.Repeat("Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n", 4)
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, hops+message("loop@test", "x\r\n")); !strings.HasPrefix(r, "554 5.4.6") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, hops+message("loop@test", "x\r\n")); !strings.HasPrefix(r, "554 5.4.6") {
 		t.Fatalf("looping message: %q", r)
 	}
 }
@@ -346,9 +261,9 @@ func TestDownstreamDownThenBack(t *testing.T) {
 	down.Stop()
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	for i := range 3 {
-		if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("q%d@test", i), "queued\r\n")); !strings.HasPrefix(r, "250") {
+		if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("q%d@test", i), "queued\r\n")); !strings.HasPrefix(r, "250") {
 			t.Fatal(r)
 		}
 	}
@@ -381,8 +296,8 @@ func TestPermanentFailureBounces(t *testing.T) {
 	down.SetRcptReply("nobody@dest.test", 550)
 	g := startGateway(t, routeTo(down, "dest.test", "sender.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	if r := c.sendMail("a@sender.test", []string{"nobody@dest.test", "b@dest.test"}, message("perm@test", "x\r\n")); !strings.HasPrefix(r, "250") {
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"nobody@dest.test", "b@dest.test"}, message("perm@test", "x\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
 	// The good recipient gets it; the sender gets one DSN.
@@ -406,7 +321,7 @@ func TestPermanentFailureBounces(t *testing.T) {
 	}
 
 	// From the null sender: no DSN, ever (RFC 5321 §4.5.5).
-	if r := c.sendMail("", []string{"nobody@dest.test"}, message("perm2@test", "x\r\n")); !strings.HasPrefix(r, "250") {
+	if r := c.SendMail("", []string{"nobody@dest.test"}, message("perm2@test", "x\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
 	waitQueueEmpty(t, g)

@@ -38,7 +38,7 @@ func streamOf(t *testing.T, c *client, l *ledger, prefix string, n int) {
 	t.Helper()
 	for i := range n {
 		id := fmt.Sprintf("%s%d@test", prefix, i)
-		l.record(id, c.trySend("a@sender.test", []string{"b@dest.test"}, message(id, "x\r\n")))
+		l.record(id, c.TrySend("a@sender.test", []string{"b@dest.test"}, message(id, "x\r\n")))
 	}
 }
 
@@ -72,7 +72,7 @@ kind = "spf"
 dns_timeout = "300ms"
 %s`, dnsAddr, tc.spfActions))
 			c := dial(t, g.SMTPAddrs()[0])
-			c.cmd("EHLO client.test", "250")
+			c.Cmd("EHLO client.test", "250")
 			l := newLedger()
 			streamOf(t, c, l, "dns", 4)
 			for id, r := range l.refused {
@@ -95,7 +95,7 @@ func TestFailoverOneServerDown(t *testing.T) {
 	live := routertest.NewServer(t)
 	g := startGateway(t, fmt.Sprintf("\n[delivery]\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q, %q]\n", dead, live.Addr()))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	l := newLedger()
 	streamOf(t, c, l, "fo", 10)
 	if len(l.acked) != 10 {
@@ -161,7 +161,7 @@ content_timeout = "500ms"
 			// the gateway and the milter server stop.
 			t.Cleanup(func() { close(release) })
 			c := dial(t, g.SMTPAddrs()[0])
-			c.cmd("EHLO client.test", "250")
+			c.Cmd("EHLO client.test", "250")
 			l := newLedger()
 			streamOf(t, c, l, "ms", 3)
 			if len(l.acked) != 3 {

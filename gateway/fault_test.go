@@ -16,6 +16,7 @@ import (
 
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // The fault suite: each case runs the real gateway under a stream of
@@ -106,11 +107,11 @@ func TestPluginBinaryRemoved(t *testing.T) {
 	}
 	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("marker", bin, "2s", "tempfail", `add_header = "X-Filtered: yes"`))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	l := newLedger()
 	send := func(i int) string {
 		id := fmt.Sprintf("rm%d@test", i)
-		r := c.trySend("a@sender.test", []string{"b@dest.test"}, message(id, "x\r\n"))
+		r := c.TrySend("a@sender.test", []string{"b@dest.test"}, message(id, "x\r\n"))
 		l.record(id, r)
 		return r
 	}
@@ -314,13 +315,13 @@ func TestPluginKilledMidStream(t *testing.T) {
 	asleep := make(chan string, sleepers)
 	for range sleepers {
 		c := dial(t, g.SMTPAddrs()[0])
-		c.cmd("EHLO sleeper.test", "250")
+		c.Cmd("EHLO sleeper.test", "250")
 		// Pipelined (RFC 2920): MAIL's verdict is given at RCPT.
-		c.send("MAIL FROM:<sleep@sender.test>\r\nRCPT TO:<b@dest.test>\r\n")
+		c.Send("MAIL FROM:<sleep@sender.test>\r\nRCPT TO:<b@dest.test>\r\n")
 		go func() {
 			var line string
 			for range 2 {
-				line, _ = c.r.ReadString('\n')
+				line, _ = c.ReadLine()
 			}
 			asleep <- strings.TrimSpace(line)
 		}()
@@ -461,12 +462,12 @@ func TestSlowlorisAndFlood(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := &client{t: t, conn: conn, r: bufio.NewReader(conn)}
+		c := testkit.NewSMTPClient(t, conn)
 		conn.SetDeadline(time.Now().Add(waitLong))
-		c.expect("220")
-		c.cmd("EHLO good.test", "250")
+		c.Expect("220")
+		c.Cmd("EHLO good.test", "250")
 		id := fmt.Sprintf("good%d@test", i)
-		l.record(id, c.trySend("a@sender.test", []string{"b@dest.test"}, message(id, "x\r\n")))
+		l.record(id, c.TrySend("a@sender.test", []string{"b@dest.test"}, message(id, "x\r\n")))
 		conn.Close()
 	}
 	close(stop)

@@ -34,16 +34,16 @@ func TestDiskFull(t *testing.T) {
 	g := startGatewayOpts(t, routeTo(down, "dest.test"), gateway.Options{Logger: testLogger(t),
 		Spool: spool.Options{FailWrites: failWhen(&full, syscall.ENOSPC)}})
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("before@test", "x\r\n")); !strings.HasPrefix(r, "250") {
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("before@test", "x\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
 	full.Store(true)
-	if r := c.trySend("a@sender.test", []string{"b@dest.test"}, message("during@test", "x\r\n")); !strings.HasPrefix(r, "452 4.3.1") {
+	if r := c.TrySend("a@sender.test", []string{"b@dest.test"}, message("during@test", "x\r\n")); !strings.HasPrefix(r, "452 4.3.1") {
 		t.Fatalf("full spool: %q, want 452 4.3.1", r)
 	}
 	full.Store(false)
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("after@test", "x\r\n")); !strings.HasPrefix(r, "250") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("after@test", "x\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
 	down.Restart()
@@ -75,7 +75,7 @@ func TestConnectionLimitPerIP(t *testing.T) {
 		t.Fatalf("third connection got %q, want 421 4.7.0", line)
 	}
 	// A slot frees up when a client leaves.
-	c1.cmd("QUIT", "221")
+	c1.Cmd("QUIT", "221")
 	deadline := time.Now().Add(waitLong)
 	for {
 		conn, err := net.Dial("tcp", g.SMTPAddrs()[0].String())
@@ -101,29 +101,29 @@ func TestRecipientLimitAndIdleTimeout(t *testing.T) {
 	// also outlast a loaded machine's pause between two commands.
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_recipients = 2\ncommand_timeout = \"2s\"\n"+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<1@dest.test>", "250")
-	c.cmd("RCPT TO:<2@dest.test>", "250")
-	c.cmd("RCPT TO:<3@dest.test>", "452 4.5.3")
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<1@dest.test>", "250")
+	c.Cmd("RCPT TO:<2@dest.test>", "250")
+	c.Cmd("RCPT TO:<3@dest.test>", "452 4.5.3")
 	// Then idle past command_timeout: 421 and the connection closes.
-	c.expect("421 4.4.2")
+	c.Expect("421 4.4.2")
 }
 
 func TestMalformedCommands(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("MAIL FROM:<a@sender.test>", "503 5.5.1") // before EHLO (RFC 5321 §4.3.2)
-	c.cmd("EHLO client.test", "250")
-	c.cmd("RCPT TO:<b@dest.test>", "503 5.5.1") // before MAIL
-	c.cmd("MAIL TO:<a@sender.test>", "501 5.5.2")
-	c.cmd("MAIL FROM:<a@sender.test> BODY=9BIT", "501 5.5.4")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<no-domain>", "501 5.")
-	c.cmd("RCPT TO:<ü@dest.test>", "553 5.6.7") // no SMTPUTF8 in MAIL
-	c.cmd("DATA", "503 5.5.1")                  // no valid recipient
-	c.cmd("XYZW", "500 5.5.2")
+	c.Cmd("MAIL FROM:<a@sender.test>", "503 5.5.1") // before EHLO (RFC 5321 §4.3.2)
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("RCPT TO:<b@dest.test>", "503 5.5.1") // before MAIL
+	c.Cmd("MAIL TO:<a@sender.test>", "501 5.5.2")
+	c.Cmd("MAIL FROM:<a@sender.test> BODY=9BIT", "501 5.5.4")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<no-domain>", "501 5.")
+	c.Cmd("RCPT TO:<ü@dest.test>", "553 5.6.7") // no SMTPUTF8 in MAIL
+	c.Cmd("DATA", "503 5.5.1")                  // no valid recipient
+	c.Cmd("XYZW", "500 5.5.2")
 }
 
 func selfSignedFiles(t *testing.T) (certFile, keyFile string) {
@@ -155,10 +155,10 @@ func TestSTARTTLS(t *testing.T) {
 	cert, key := selfSignedFiles(t)
 	g := startGateway(t, fmt.Sprintf("[server]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = %q\ntls_key = %q\n", cert, key)+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.send("EHLO client.test\r\n")
+	c.Send("EHLO client.test\r\n")
 	ehlo := ""
 	for {
-		line, err := c.r.ReadString('\n')
+		line, err := c.ReadLine()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -170,14 +170,14 @@ func TestSTARTTLS(t *testing.T) {
 	if !strings.Contains(ehlo, "250-STARTTLS") {
 		t.Fatalf("no STARTTLS offered:\n%s", ehlo)
 	}
-	c.cmd("STARTTLS", "220")
-	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
+	c.Cmd("STARTTLS", "220")
+	tc := tls.Client(c.Conn, &tls.Config{InsecureSkipVerify: true})
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
-	c.conn, c.r = tc, bufio.NewReader(tc)
-	c.cmd("EHLO client.test", "250")
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("tls@test", "secret\r\n")); !strings.HasPrefix(r, "250") {
+	c.Upgrade(tc)
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("tls@test", "secret\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
 	data := string(down.WaitFor(1, waitLong)[0].Data)

@@ -35,8 +35,8 @@ kind = "milter"
 address = "inet:%s"
 `, addr))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("dkim@test", "Signed body.\r\nSecond line.\r\n")); !strings.HasPrefix(r, "250") {
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("dkim@test", "Signed body.\r\nSecond line.\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
 	data := down.WaitFor(1, waitLong)[0].Data
@@ -90,9 +90,9 @@ kind = "milter"
 address = "inet:%s"
 `, ln.Addr()))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	msg := "From: a@sender.test\r\nSubject: original\r\nX-Remove-Me: yes\r\nMessage-ID: <mod@test>\r\n\r\nOriginal body.\r\n"
-	if r := c.sendMail("a@sender.test", []string{"kept@dest.test", "removed@dest.test"}, msg); !strings.HasPrefix(r, "250") {
+	if r := c.SendMail("a@sender.test", []string{"kept@dest.test", "removed@dest.test"}, msg); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
 	m := down.WaitFor(1, waitLong)[0]
@@ -129,11 +129,11 @@ default_action = "tempfail"
 connect_timeout = "500ms"
 `, addr))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	l := newLedger()
 	send := func(i int) string {
 		id := fmt.Sprintf("md%d@test", i)
-		r := c.trySend("a@sender.test", []string{"b@dest.test"}, message(id, "x\r\n"))
+		r := c.TrySend("a@sender.test", []string{"b@dest.test"}, message(id, "x\r\n"))
 		l.record(id, r)
 		return r
 	}

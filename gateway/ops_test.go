@@ -129,8 +129,8 @@ func TestQuarantineListShowReleaseOnce(t *testing.T) {
 	down := routertest.NewServer(t)
 	fg := startFromFile(t, routeTo(down, "dest.test")+pluginStage("holdall", testPluginBin, "", "", `action = "quarantine"`))
 	c := dial(t, fg.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	id := queuedAs(t, c.sendMail("a@sender.test", []string{"b@dest.test"}, message("held@test", "suspicious\r\n")))
+	c.Cmd("EHLO client.test", "250")
+	id := queuedAs(t, c.SendMail("a@sender.test", []string{"b@dest.test"}, message("held@test", "suspicious\r\n")))
 
 	list := fg.must("quarantine", "list")
 	if !strings.Contains(list, id) || !strings.Contains(list, "<a@sender.test>") || !strings.Contains(list, "holdall") {
@@ -220,8 +220,8 @@ func TestTraceOfRejectedMessage(t *testing.T) {
 		pluginStage("exeblock", exeblockBin, "", "", `reply = "Executables are not accepted here"`)
 	fg := startFromFile(t, conf)
 	c := dial(t, fg.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, withAttachment("rejected@test", "x.pdf", "application/pdf", fakePE())); r != "550 5.7.1 Executables are not accepted here" {
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, withAttachment("rejected@test", "x.pdf", "application/pdf", fakePE())); r != "550 5.7.1 Executables are not accepted here" {
 		t.Fatalf("reply %q", r)
 	}
 
@@ -294,12 +294,12 @@ func TestMetricsCountWhatWasSent(t *testing.T) {
 		pluginStage("scorer", testPluginBin, "", "", "")
 	fg := startFromFile(t, conf)
 	c := dial(t, fg.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	for i := range 2 {
-		queuedAs(t, c.sendMail("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("m%d@test", i), "x\r\n")))
+		queuedAs(t, c.SendMail("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("m%d@test", i), "x\r\n")))
 	}
-	queuedAs(t, c.sendMail("a@sender.test", []string{"c@stuck.test"}, message("stuck@test", "x\r\n")))
-	if r := c.trySend("a@sender.test", []string{"x@elsewhere.test"}, message("denied@test", "x\r\n")); !strings.HasPrefix(r, "554") {
+	queuedAs(t, c.SendMail("a@sender.test", []string{"c@stuck.test"}, message("stuck@test", "x\r\n")))
+	if r := c.TrySend("a@sender.test", []string{"x@elsewhere.test"}, message("denied@test", "x\r\n")); !strings.HasPrefix(r, "554") {
 		t.Fatal(r)
 	}
 	down.WaitFor(2, waitLong)
@@ -442,9 +442,9 @@ func TestHealthzNearlyFullDisk(t *testing.T) {
 	// 16 KB left: DATA fails, the probe would not.
 	free.Store(16 << 10)
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	full.Store(true)
-	if r := c.trySend("a@sender.test", []string{"b@dest.test"}, message("big@test", strings.Repeat("x", 70)+"\r\n")); !strings.HasPrefix(r, "452 4.3.1") {
+	if r := c.TrySend("a@sender.test", []string{"b@dest.test"}, message("big@test", strings.Repeat("x", 70)+"\r\n")); !strings.HasPrefix(r, "452 4.3.1") {
 		t.Fatalf("DATA on a full disk: %q", r)
 	}
 	full.Store(false)
@@ -521,8 +521,8 @@ func TestAdminAPIRebinding(t *testing.T) {
 	down := routertest.NewServer(t)
 	fg := startFromFile(t, routeTo(down, "dest.test")+pluginStage("holdall", testPluginBin, "", "", `action = "quarantine"`))
 	c := dial(t, fg.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	id := queuedAs(t, c.sendMail("a@sender.test", []string{"b@dest.test"}, message("held@test", "secret\r\n")))
+	c.Cmd("EHLO client.test", "250")
+	id := queuedAs(t, c.SendMail("a@sender.test", []string{"b@dest.test"}, message("held@test", "secret\r\n")))
 	admin := fg.AdminAddr().String()
 	_, port, _ := strings.Cut(admin, ":")
 	call := func(method, path, host string) (int, string) {

@@ -37,8 +37,8 @@ func TestChainOfThreePlugins(t *testing.T) {
 	}
 	g := startGateway(t, conf)
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("chain@test", "body\r\n")); !strings.HasPrefix(r, "250") {
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("chain@test", "body\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatal(r)
 	}
 	data := string(down.WaitFor(1, waitLong)[0].Data)
@@ -75,13 +75,13 @@ func TestExamplePluginRejects(t *testing.T) {
 	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("exeblock", exeblockBin, "", "",
 		`reply = "Executables are not accepted here"`))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	r := c.sendMail("a@sender.test", []string{"b@dest.test"}, withAttachment("exe@test", "invoice.pdf", "application/pdf", fakePE()))
+	c.Cmd("EHLO client.test", "250")
+	r := c.SendMail("a@sender.test", []string{"b@dest.test"}, withAttachment("exe@test", "invoice.pdf", "application/pdf", fakePE()))
 	if r != "550 5.7.1 Executables are not accepted here" {
 		t.Fatalf("program attachment: %q", r)
 	}
 	pdf := []byte("%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n")
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, withAttachment("pdf@test", "invoice.pdf", "application/pdf", pdf)); !strings.HasPrefix(r, "250") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, withAttachment("pdf@test", "invoice.pdf", "application/pdf", pdf)); !strings.HasPrefix(r, "250") {
 		t.Fatalf("PDF attachment: %q", r)
 	}
 	if msgs := down.WaitFor(1, waitLong); messageID(msgs[0].Data) != "pdf@test" {
@@ -96,10 +96,10 @@ func TestPluginTimeout(t *testing.T) {
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("slow", testPluginBin, "300ms", "reject", `sleep = "1h"`))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	// The test plugin sleeps for senders called sleep@; MAIL is its first call.
-	c.cmd("MAIL FROM:<sleep@sender.test>", "250")
-	if r := c.cmd("RCPT TO:<b@dest.test>", "5"); !strings.HasPrefix(r, "550 5.7.1") {
+	c.Cmd("MAIL FROM:<sleep@sender.test>", "250")
+	if r := c.Cmd("RCPT TO:<b@dest.test>", "5"); !strings.HasPrefix(r, "550 5.7.1") {
 		t.Fatalf("on_error = reject gave %q", r)
 	}
 }

@@ -36,13 +36,13 @@ func TestCatchAllRouteIsNotRelay(t *testing.T) {
 	} {
 		g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = "+tc.trusted+"\n"+exampleRoutes(down))
 		c := dial(t, g.SMTPAddrs()[0])
-		c.cmd("EHLO client.test", "250")
-		c.cmd("MAIL FROM:<a@sender.test>", "250")
-		if r := c.cmd("RCPT TO:<x@gmail.test>", ""); !strings.HasPrefix(r, tc.want) {
+		c.Cmd("EHLO client.test", "250")
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		if r := c.Cmd("RCPT TO:<x@gmail.test>", ""); !strings.HasPrefix(r, tc.want) {
 			t.Errorf("trusted_networks = %s: RCPT TO:<x@gmail.test> = %q, want %q", tc.trusted, r, tc.want)
 		}
 		// Our own domains are open to everyone.
-		c.cmd("RCPT TO:<x@dest.test>", "250")
-		c.cmd("RCPT TO:<x@a.dest.test>", "250")
+		c.Cmd("RCPT TO:<x@dest.test>", "250")
+		c.Cmd("RCPT TO:<x@a.dest.test>", "250")
 	}
 }

@@ -78,8 +78,8 @@ func TestReload(t *testing.T) {
 		t.Fatalf("plugin processes: steady %v, marker %v", steadyPIDs, oldMarker)
 	}
 	old := dial(t, fg.SMTPAddrs()[0])
-	old.cmd("EHLO old.client.test", "250")
-	queuedAs(t, old.sendMail("a@sender.test", []string{"b@dest.test"}, message("before@test", "x\r\n")))
+	old.Cmd("EHLO old.client.test", "250")
+	queuedAs(t, old.SendMail("a@sender.test", []string{"b@dest.test"}, message("before@test", "x\r\n")))
 
 	for _, bad := range []struct {
 		name, config, want string
@@ -101,7 +101,7 @@ func TestReload(t *testing.T) {
 		}
 	}
 	// Still serving, with the old config, on the open session.
-	queuedAs(t, old.sendMail("a@sender.test", []string{"b@dest.test"}, message("refused@test", "x\r\n")))
+	queuedAs(t, old.SendMail("a@sender.test", []string{"b@dest.test"}, message("refused@test", "x\r\n")))
 	if g := header(delivered(t, down, "refused@test").Data, "X-Gen"); g != "one" {
 		t.Fatalf("after refused reloads X-Gen = %q, want one", g)
 	}
@@ -110,10 +110,10 @@ func TestReload(t *testing.T) {
 	if out := fg.must("reload"); out != "reloaded\n" {
 		t.Fatalf("reload said %q", out)
 	}
-	queuedAs(t, old.sendMail("a@sender.test", []string{"b@dest.test"}, message("old-session@test", "x\r\n")))
+	queuedAs(t, old.SendMail("a@sender.test", []string{"b@dest.test"}, message("old-session@test", "x\r\n")))
 	fresh := dial(t, fg.SMTPAddrs()[0])
-	fresh.cmd("EHLO new.client.test", "250")
-	queuedAs(t, fresh.sendMail("a@sender.test", []string{"b@dest.test"}, message("new-session@test", "x\r\n")))
+	fresh.Cmd("EHLO new.client.test", "250")
+	queuedAs(t, fresh.SendMail("a@sender.test", []string{"b@dest.test"}, message("new-session@test", "x\r\n")))
 	if g := header(delivered(t, down, "old-session@test").Data, "X-Gen"); g != "one" {
 		t.Errorf("session open across the reload: X-Gen = %q, want one (its own config)", g)
 	}
@@ -130,7 +130,7 @@ func TestReload(t *testing.T) {
 	if now := pluginPIDs(t, marker); len(now) != 2 {
 		t.Errorf("changed stage while the old session lives: processes %v, want the old and the new", now)
 	}
-	old.cmd("QUIT", "221")
+	old.Cmd("QUIT", "221")
 	deadline := time.Now().Add(waitLong)
 	for {
 		now := pluginPIDs(t, marker)
@@ -206,13 +206,13 @@ reject_score = 5.0
 ` + pluginStage("spam", testPluginBin, "", "", "score = 6")
 	fg := startFromFile(t, conf)
 	c := dial(t, fg.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<x@example.test>", "250")
-	c.cmd("RCPT TO:<y@strict.test>", "452 4.5.3")
-	c.cmd("DATA", "354")
-	c.send(message("scored@test", "x\r\n") + ".\r\n")
-	c.expect("250")
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<x@example.test>", "250")
+	c.Cmd("RCPT TO:<y@strict.test>", "452 4.5.3")
+	c.Cmd("DATA", "354")
+	c.Send(message("scored@test", "x\r\n") + ".\r\n")
+	c.Expect("250")
 	m := delivered(t, down, "scored@test")
 	if len(m.Rcpts) != 1 || m.Rcpts[0] != "x@example.test" {
 		t.Fatalf("delivered to %q, want only x@example.test", m.Rcpts)
@@ -222,9 +222,9 @@ reject_score = 5.0
 	}
 
 	// The split-off recipient, sent again on its own, gets its own policy.
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<y@strict.test>", "550 5.7.1")
-	c.cmd("RSET", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<y@strict.test>", "550 5.7.1")
+	c.Cmd("RSET", "250")
 	waitQueueEmpty(t, fg.Gateway)
 	if n := len(down.Messages()); n != 1 {
 		t.Fatalf("%d messages delivered, want 1", n)

@@ -27,8 +27,8 @@ address = "unix:%s"
 infected = "quarantine"
 `, clamd.Socket()))
 	c := dial(t, fg.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	id := queuedAs(t, c.sendMail("a@sender.test", []string{"b@dest.test"}, message("eicar@test", clamdtest.EICAR+"\r\n")))
+	c.Cmd("EHLO client.test", "250")
+	id := queuedAs(t, c.SendMail("a@sender.test", []string{"b@dest.test"}, message("eicar@test", clamdtest.EICAR+"\r\n")))
 	if out := fg.must("quarantine", "list", "-stage", "av"); !strings.Contains(out, id) {
 		t.Errorf("quarantine list -stage av does not list %s:\n%s", id, out)
 	}
@@ -38,7 +38,7 @@ infected = "quarantine"
 	}
 	// The quarantined message was never queued for delivery: the clean one
 	// sent after it is the only one to arrive.
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("clean@test", "nothing to see\r\n")); !strings.HasPrefix(r, "250") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("clean@test", "nothing to see\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatalf("clean message: %q", r)
 	}
 	if msgs := down.WaitFor(1, 10*time.Second); len(msgs) != 1 || messageID(msgs[0].Data) != "clean@test" {

@@ -38,17 +38,17 @@ func loadSmugglingVectors(t *testing.T) smugglingVectors {
 // second transaction, then QUIT, and returns every reply after DATA's 354.
 func smuggle(t *testing.T, c *client, inject string) []string {
 	t.Helper()
-	c.cmd("EHLO client.test", "250")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<b@dest.test>", "250")
-	c.cmd("DATA", "354")
-	c.send("Subject: carrier\r\nMessage-ID: <carrier@test>\r\n\r\nfirst line\r\n" + inject +
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<b@dest.test>", "250")
+	c.Cmd("DATA", "354")
+	c.Send("Subject: carrier\r\nMessage-ID: <carrier@test>\r\n\r\nfirst line\r\n" + inject +
 		"MAIL FROM:<evil@sender.test>\r\nRCPT TO:<victim@dest.test>\r\nDATA\r\n" +
 		"Subject: smuggled\r\nMessage-ID: <smuggled@test>\r\n\r\nsmuggled body\r\n" +
 		"\r\n.\r\nQUIT\r\n")
 	var replies []string
 	for {
-		r := c.reply()
+		r := c.Reply()
 		replies = append(replies, r)
 		if strings.HasPrefix(r, "221") || len(replies) > 8 {
 			return replies

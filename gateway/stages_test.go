@@ -35,18 +35,18 @@ kind = "clamav"
 address = "unix:%s"
 `, clamd.Socket()))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("eicar-body@test", clamdtest.EICAR+"\r\n")); !strings.HasPrefix(r, "554 5.7.1") {
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("eicar-body@test", clamdtest.EICAR+"\r\n")); !strings.HasPrefix(r, "554 5.7.1") {
 		t.Fatalf("EICAR as the body: %q", r)
 	}
 	att := withAttachment("eicar-att@test", "readme.txt", "text/plain", []byte(clamdtest.EICAR))
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, att); !strings.HasPrefix(r, "554 5.7.1") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, att); !strings.HasPrefix(r, "554 5.7.1") {
 		t.Fatalf("EICAR as a base64 attachment: %q", r)
 	}
 	if strings.Contains(att, clamdtest.EICAR) || !strings.Contains(att, base64.StdEncoding.EncodeToString([]byte(clamdtest.EICAR))[:20]) {
 		t.Fatal("the attachment is not base64-encoded")
 	}
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("clean@test", "nothing to see\r\n")); !strings.HasPrefix(r, "250") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("clean@test", "nothing to see\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatalf("clean message: %q", r)
 	}
 	if msgs := down.WaitFor(1, waitLong); messageID(msgs[0].Data) != "clean@test" {
@@ -66,8 +66,8 @@ func TestGTUBEPerPolicy(t *testing.T) {
 	} {
 		g := startGateway(t, routeTo(down, "dest.test")+spam+tc.policy)
 		c := dial(t, g.SMTPAddrs()[0])
-		c.cmd("EHLO client.test", "250")
-		if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("gtube@test", gtube+"\r\n")); !strings.HasPrefix(r, tc.want) {
+		c.Cmd("EHLO client.test", "250")
+		if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("gtube@test", gtube+"\r\n")); !strings.HasPrefix(r, tc.want) {
 			t.Fatalf("policy %q: GTUBE got %q, want %s", tc.policy, r, tc.want)
 		}
 		// Refused or quarantined, the message was decided before the
@@ -119,11 +119,11 @@ action = "reject"
 `, dns.Addr())
 	g := startGatewayOpts(t, conf, gateway.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	// The connect-phase rejection is answered at RCPT, so the log line has
 	// the whole envelope.
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<b@dest.test>", "550 5.7.1")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<b@dest.test>", "550 5.7.1")
 	waitUntil(t, waitLong, "the rejection to be logged", func() bool { return strings.Contains(log.String(), "msg=rejected") })
 	var line string
 	for _, l := range strings.Split(log.String(), "\n") {
@@ -251,8 +251,8 @@ kind = "headers"
 authentication_results = true
 `, dns.Addr()))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO mail.sender.test", "250")
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("authres@test", "hello\r\n")); !strings.HasPrefix(r, "250") {
+	c.Cmd("EHLO mail.sender.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("authres@test", "hello\r\n")); !strings.HasPrefix(r, "250") {
 		t.Fatalf("DATA: %q", r)
 	}
 	m := delivered(t, down, "authres@test")

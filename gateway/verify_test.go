@@ -16,12 +16,12 @@ func TestVerifyRcpts(t *testing.T) {
 	down.SetRcptReply("nobody@dest.test", 550)
 	g := startGateway(t, fmt.Sprintf("\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q]\nverify_rcpts = true\n", down.Addr()))
 	c := dial(t, g.SMTPAddrs()[0])
-	c.cmd("EHLO client.test", "250")
+	c.Cmd("EHLO client.test", "250")
 	for range 2 {
-		c.cmd("MAIL FROM:<a@sender.test>", "250")
-		c.cmd("RCPT TO:<nobody@dest.test>", "550 5.1.1 ")
-		c.cmd("RCPT TO:<b@dest.test>", "250")
-		c.cmd("RSET", "250")
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		c.Cmd("RCPT TO:<nobody@dest.test>", "550 5.1.1 ")
+		c.Cmd("RCPT TO:<b@dest.test>", "250")
+		c.Cmd("RSET", "250")
 	}
 	probes := 0
 	for _, w := range down.Transcripts() {
@@ -30,7 +30,7 @@ func TestVerifyRcpts(t *testing.T) {
 	if probes != 1 {
 		t.Errorf("nobody@dest.test asked %d times, want once", probes)
 	}
-	if r := c.sendMail("a@sender.test", []string{"b@dest.test"}, message("v@test", "hi\r\n")); !strings.HasPrefix(r, "250 ") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("v@test", "hi\r\n")); !strings.HasPrefix(r, "250 ") {
 		t.Fatalf("DATA: %q", r)
 	}
 	if m := down.WaitFor(1, waitLong)[0]; len(m.Rcpts) != 1 || m.Rcpts[0] != "b@dest.test" {
@@ -63,14 +63,14 @@ func TestVerifyRcptsUnverified(t *testing.T) {
 		}
 		g := startGateway(t, route)
 		c := dial(t, g.SMTPAddrs()[0])
-		c.cmd("EHLO client.test", "250")
-		c.cmd("MAIL FROM:<a@sender.test>", "250")
-		c.cmd("RCPT TO:<b@dest.test>", "250") // known from now on
-		c.cmd("RCPT TO:<busy@dest.test>", want)
+		c.Cmd("EHLO client.test", "250")
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		c.Cmd("RCPT TO:<b@dest.test>", "250") // known from now on
+		c.Cmd("RCPT TO:<busy@dest.test>", want)
 		down.Stop()
-		c.cmd("RCPT TO:<nobody@dest.test>", want)
-		c.cmd("RCPT TO:<nobody2@dest.test>", want) // the route is not asked again
-		c.cmd("RCPT TO:<b@dest.test>", "250")
-		c.cmd("QUIT", "221")
+		c.Cmd("RCPT TO:<nobody@dest.test>", want)
+		c.Cmd("RCPT TO:<nobody2@dest.test>", want) // the route is not asked again
+		c.Cmd("RCPT TO:<b@dest.test>", "250")
+		c.Cmd("QUIT", "221")
 	}
 }

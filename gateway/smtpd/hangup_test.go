@@ -47,28 +47,28 @@ func TestChecksStopWhenClientHangsUp(t *testing.T) {
 		ts := serveWith(t, "[server]\nfilter_timeout = \"5m\"\n", []pipeline.StageSpec{{Stage: st, Timeout: 5 * time.Minute}})
 		c := connect(t, ts)
 		if ph == stages.Connect || ph == stages.Helo {
-			c.send("EHLO client.test\r\n")
+			c.Send("EHLO client.test\r\n")
 		} else {
-			c.cmd("EHLO client.test", "250")
+			c.Cmd("EHLO client.test", "250")
 		}
 		if ph >= stages.Mail {
-			c.send("MAIL FROM:<a@sender.test>\r\n")
+			c.Send("MAIL FROM:<a@sender.test>\r\n")
 		}
 		if ph >= stages.Rcpt {
-			c.expect("250")
-			c.send("RCPT TO:<b@dest.test>\r\n")
+			c.Expect("250")
+			c.Send("RCPT TO:<b@dest.test>\r\n")
 		}
 		if ph == stages.Data {
-			c.expect("250")
-			c.cmd("DATA", "354")
-			c.send(msg + ".\r\n")
+			c.Expect("250")
+			c.Cmd("DATA", "354")
+			c.Send(msg + ".\r\n")
 		}
 		select {
 		case <-st.started:
 		case <-time.After(30 * time.Second):
 			t.Fatalf("%s: the stage was not called", ph)
 		}
-		c.conn.Close()
+		c.Conn.Close()
 		if err := <-st.ended; !errors.Is(err, context.Canceled) {
 			t.Errorf("%s: the stage's context ended with %v, want it cancelled when the client left", ph, err)
 		}

@@ -1,55 +1,20 @@
 package smtpd
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // connect opens a connection and reads the greeting, without EHLO.
-func connect(t *testing.T, ts *testServer) *client {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", ts.addr.String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	t.Cleanup(func() { conn.Close() })
-	c := &client{t: t, conn: conn, r: bufio.NewReader(conn)}
-	c.expect("220")
-	return c
-}
-
-// rest reads until the server closes the connection and returns what it
-// wrote; a server that does not close fails the test at the deadline. A
-// reset counts as closed: a server that closes with bytes of the client
-// unread resets the connection, after what it wrote.
-func (c *client) rest() string {
-	c.t.Helper()
-	b, err := io.ReadAll(c.r)
-	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
-		c.t.Fatalf("read until the server closes: %v (read %q)", err, b)
-	}
-	return string(b)
-}
-
-// halfClose ends what the client sends; it still reads the replies.
-func (c *client) halfClose() {
-	c.t.Helper()
-	if err := c.conn.(*net.TCPConn).CloseWrite(); err != nil {
-		c.t.Fatal(err)
-	}
-}
+func connect(t *testing.T, ts *testServer) *client { return testkit.DialSMTP(t, ts.addr.String()) }
 
 // waitMessageFiles waits until the spool holds n message files: a message
 // in progress has one, an aborted one none.
@@ -77,20 +42,20 @@ func TestBDATTruncated(t *testing.T) {
 	ts := serve(t, "")
 	start := func() *client {
 		c := dial(t, ts)
-		c.cmd("MAIL FROM:<a@sender.test>", "250")
-		c.cmd("RCPT TO:<b@dest.test>", "250")
-		c.send("BDAT 100000 LAST\r\nSubject: t\r\n\r\nfirst line only\r\n")
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		c.Cmd("RCPT TO:<b@dest.test>", "250")
+		c.Send("BDAT 100000 LAST\r\nSubject: t\r\n\r\nfirst line only\r\n")
 		return c
 	}
 	// Half-closed, the client still reads what it is told.
 	c := start()
-	c.halfClose()
-	if out := c.rest(); strings.Contains(out, "250 ") {
+	c.HalfClose()
+	if out := c.Rest(); strings.Contains(out, "250 ") {
 		t.Errorf("a truncated chunk was answered %q", out)
 	}
 	// Gone altogether: the message file goes away uncommitted.
 	c = start()
-	c.conn.Close()
+	c.Conn.Close()
 	waitMessageFiles(t, ts, 0)
 	if q := ts.queue.queued(); len(q) != 0 {
 		t.Fatalf("%d truncated messages queued", len(q))
@@ -105,21 +70,21 @@ func TestCommandFragment(t *testing.T) {
 	// waits it out twice.
 	ts := serve(t, "[server]\ncommand_timeout = \"2s\"\n")
 	c := connect(t, ts)
-	c.send("EHLO cli")
-	if out := c.rest(); !strings.HasPrefix(out, "421 4.4.2 ") || strings.Count(out, "\r\n") != 1 {
+	c.Send("EHLO cli")
+	if out := c.Rest(); !strings.HasPrefix(out, "421 4.4.2 ") || strings.Count(out, "\r\n") != 1 {
 		t.Errorf("EHLO fragment: got %q, want one 421 4.4.2 and the end", out)
 	}
 	c = dial(t, ts)
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.send("RCPT TO:<user@examp")
-	if out := c.rest(); !strings.HasPrefix(out, "421 4.4.2 ") || strings.Count(out, "\r\n") != 1 {
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Send("RCPT TO:<user@examp")
+	if out := c.Rest(); !strings.HasPrefix(out, "421 4.4.2 ") || strings.Count(out, "\r\n") != 1 {
 		t.Errorf("RCPT fragment: got %q, want one 421 4.4.2 and the end", out)
 	}
 	// At the end of the connection a fragment is dropped, not run.
 	c = dial(t, ts)
-	c.send("NOOP")
-	c.halfClose()
-	if out := c.rest(); out != "" {
+	c.Send("NOOP")
+	c.HalfClose()
+	if out := c.Rest(); out != "" {
 		t.Errorf("NOOP fragment before the end: got %q, want nothing", out)
 	}
 }
@@ -130,18 +95,18 @@ func TestCommandFragment(t *testing.T) {
 func TestDataTimeoutReply(t *testing.T) {
 	ts := serve(t, "[server]\ndata_timeout = \"1s\"\n")
 	c := dial(t, ts)
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<b@dest.test>", "250")
-	c.cmd("DATA", "354")
-	c.send("Subject: x\r\n\r\npartial")
-	if out := c.rest(); !strings.HasPrefix(out, "421 4.4.2 ") || strings.Count(out, "\r\n") != 1 {
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<b@dest.test>", "250")
+	c.Cmd("DATA", "354")
+	c.Send("Subject: x\r\n\r\npartial")
+	if out := c.Rest(); !strings.HasPrefix(out, "421 4.4.2 ") || strings.Count(out, "\r\n") != 1 {
 		t.Errorf("DATA stalled: got %q, want one 421 4.4.2 and the end", out)
 	}
 	c = dial(t, ts)
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<b@dest.test>", "250")
-	c.send("BDAT 100 LAST\r\nSubject: x\r\n")
-	if out := c.rest(); !strings.HasPrefix(out, "421 4.4.2 ") || strings.Count(out, "\r\n") != 1 {
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<b@dest.test>", "250")
+	c.Send("BDAT 100 LAST\r\nSubject: x\r\n")
+	if out := c.Rest(); !strings.HasPrefix(out, "421 4.4.2 ") || strings.Count(out, "\r\n") != 1 {
 		t.Errorf("BDAT stalled: got %q, want one 421 4.4.2 and the end", out)
 	}
 	waitMessageFiles(t, ts, 0)
@@ -154,18 +119,18 @@ func TestDataTotalTimeout(t *testing.T) {
 	ts := serve(t, "[server]\ndata_timeout = \"1m\"\ndata_total_timeout = \"1s\"\n")
 	for _, cmd := range []string{"DATA", "BDAT"} {
 		c := dial(t, ts)
-		c.cmd("MAIL FROM:<a@sender.test>", "250")
-		c.cmd("RCPT TO:<b@dest.test>", "250")
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		c.Cmd("RCPT TO:<b@dest.test>", "250")
 		piece := "BDAT 1\r\nx"
 		if cmd == "DATA" {
-			c.cmd("DATA", "354")
+			c.Cmd("DATA", "354")
 			piece = "x"
 		}
 		stop, done := make(chan struct{}), make(chan struct{})
 		go func() { // the slow client
 			defer close(done)
 			for {
-				if _, err := c.conn.Write([]byte(piece)); err != nil {
+				if _, err := c.Conn.Write([]byte(piece)); err != nil {
 					return
 				}
 				select {
@@ -175,7 +140,7 @@ func TestDataTotalTimeout(t *testing.T) {
 				}
 			}
 		}()
-		out := c.rest()
+		out := c.Rest()
 		close(stop)
 		<-done
 		lines := strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n")
@@ -197,23 +162,23 @@ func TestDataTimeoutIsIdle(t *testing.T) {
 	const head, slow = "Subject: slow\r\n\r\n", "xxxxxxxxxxxxxxxxxxxxxxxxx\r\n"
 	for _, cmd := range []string{"DATA", "BDAT"} {
 		c := dial(t, ts)
-		c.cmd("MAIL FROM:<a@sender.test>", "250")
-		c.cmd("RCPT TO:<b@dest.test>", "250")
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		c.Cmd("RCPT TO:<b@dest.test>", "250")
 		if cmd == "DATA" {
-			c.cmd("DATA", "354")
+			c.Cmd("DATA", "354")
 		} else {
-			c.send(fmt.Sprintf("BDAT %d LAST\r\n", len(head)+len(slow)))
+			c.Send(fmt.Sprintf("BDAT %d LAST\r\n", len(head)+len(slow)))
 		}
-		c.send(head)
+		c.Send(head)
 		// 2.7 s in all, over data_timeout, never 2 s without a byte.
 		for i := 0; i < len(slow); i++ {
 			time.Sleep(100 * time.Millisecond)
-			c.send(slow[i : i+1])
+			c.Send(slow[i : i+1])
 		}
 		if cmd == "DATA" {
-			c.send(".\r\n")
+			c.Send(".\r\n")
 		}
-		c.expect("250 2.0.0 Ok: queued as ")
+		c.Expect("250 2.0.0 Ok: queued as ")
 	}
 }
 
@@ -222,32 +187,32 @@ func TestDataTimeoutIsIdle(t *testing.T) {
 func TestOutOfSequence(t *testing.T) {
 	ts := serve(t, "")
 	c := connect(t, ts)
-	c.cmd("MAIL FROM:<a@sender.test>", "503 5.5.1 ") // before EHLO
-	c.cmd("RCPT TO:<b@dest.test>", "503 5.5.1 ")
-	c.cmd("DATA", "503 5.5.1 ")
-	c.send("BDAT 3 LAST\r\nabc") // refused, its chunk skipped
-	c.expect("503 5.5.1 ")
-	c.cmd("AUTH PLAIN AAAA", "503 5.5.1 ")
-	c.cmd("EHLO client.test", "250")
-	c.cmd("RCPT TO:<b@dest.test>", "503 5.5.1 ") // before MAIL
-	c.cmd("DATA", "503 5.5.1 ")
-	c.send("BDAT 3 LAST\r\nabc")
-	c.expect("503 5.5.1 ")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("MAIL FROM:<a@sender.test>", "503 5.5.1 ") // nested MAIL
-	c.cmd("DATA", "503 5.5.1 ")                      // before RCPT
-	c.send("BDAT 3 LAST\r\nabc")
-	c.expect("503 5.5.1 ")
-	c.cmd("RCPT TO:<unknown@dest.test>", "550 ")
-	c.cmd("DATA", "503 5.5.1 ") // no recipient taken
-	c.cmd("RCPT TO:<b@dest.test>", "250")
-	c.send("BDAT 5\r\nabcde")
-	c.expect("250 ")
-	c.cmd("MAIL FROM:<a@sender.test>", "503 5.5.1 ") // during BDAT
-	c.cmd("RCPT TO:<c@dest.test>", "503 5.5.1 ")
-	c.cmd("DATA", "503 5.5.1 ")
-	c.send("BDAT 2 LAST\r\n\r\n")
-	c.expect("250 2.0.0 Ok: queued as ")
+	c.Cmd("MAIL FROM:<a@sender.test>", "503 5.5.1 ") // before EHLO
+	c.Cmd("RCPT TO:<b@dest.test>", "503 5.5.1 ")
+	c.Cmd("DATA", "503 5.5.1 ")
+	c.Send("BDAT 3 LAST\r\nabc") // refused, its chunk skipped
+	c.Expect("503 5.5.1 ")
+	c.Cmd("AUTH PLAIN AAAA", "503 5.5.1 ")
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("RCPT TO:<b@dest.test>", "503 5.5.1 ") // before MAIL
+	c.Cmd("DATA", "503 5.5.1 ")
+	c.Send("BDAT 3 LAST\r\nabc")
+	c.Expect("503 5.5.1 ")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "503 5.5.1 ") // nested MAIL
+	c.Cmd("DATA", "503 5.5.1 ")                      // before RCPT
+	c.Send("BDAT 3 LAST\r\nabc")
+	c.Expect("503 5.5.1 ")
+	c.Cmd("RCPT TO:<unknown@dest.test>", "550 ")
+	c.Cmd("DATA", "503 5.5.1 ") // no recipient taken
+	c.Cmd("RCPT TO:<b@dest.test>", "250")
+	c.Send("BDAT 5\r\nabcde")
+	c.Expect("250 ")
+	c.Cmd("MAIL FROM:<a@sender.test>", "503 5.5.1 ") // during BDAT
+	c.Cmd("RCPT TO:<c@dest.test>", "503 5.5.1 ")
+	c.Cmd("DATA", "503 5.5.1 ")
+	c.Send("BDAT 2 LAST\r\n\r\n")
+	c.Expect("250 2.0.0 Ok: queued as ")
 	if q := ts.queue.queued(); len(q) != 1 || len(q[0].Rcpts) != 1 {
 		t.Fatalf("queued %+v, want the one message to b@dest.test", q)
 	}
@@ -319,16 +284,16 @@ func TestSmugglingVectors(t *testing.T) {
 				name := fmt.Sprintf("%s %s %s", mode, cmd, v.Name)
 				body := head + v.Inject + smuggled
 				c := dial(t, ts)
-				c.cmd("MAIL FROM:<a@sender.test>", "250")
-				c.cmd("RCPT TO:<b@dest.test>", "250")
+				c.Cmd("MAIL FROM:<a@sender.test>", "250")
+				c.Cmd("RCPT TO:<b@dest.test>", "250")
 				if cmd == "DATA" {
-					c.cmd("DATA", "354")
-					c.send(body + ".\r\n")
+					c.Cmd("DATA", "354")
+					c.Send(body + ".\r\n")
 				} else {
-					c.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body), body))
+					c.Send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body), body))
 				}
-				r := c.reply()
-				c.cmd("QUIT", "221")
+				r := c.Reply()
+				c.Cmd("QUIT", "221")
 				if mode == "reject" && bareLineEnd("\r\n"+v.Inject+"M") {
 					if !strings.HasPrefix(r, "550 5.5.2 ") {
 						t.Errorf("%s: %q, want 550 5.5.2", name, r)

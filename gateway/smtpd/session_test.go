@@ -19,6 +19,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // routes routes the domains listed, as the gateway's route table does:
@@ -135,61 +136,15 @@ func serveWith(t *testing.T, extra string, chain []pipeline.StageSpec) *testServ
 }
 
 // client is a raw SMTP client: it sends exactly the bytes it is given.
-type client struct {
-	t    *testing.T
-	conn net.Conn
-	r    *bufio.Reader
-}
+// client is the raw SMTP client of the tests (testkit.SMTPClient).
+type client = testkit.SMTPClient
 
+// dial connects, reads the greeting and says EHLO.
 func dial(t *testing.T, ts *testServer) *client {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", ts.addr.String(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	t.Cleanup(func() { conn.Close() })
-	c := &client{t: t, conn: conn, r: bufio.NewReader(conn)}
-	c.expect("220")
-	c.cmd("EHLO client.test", "250")
+	c := testkit.DialSMTP(t, ts.addr.String())
+	c.Cmd("EHLO client.test", "250")
 	return c
-}
-
-// reply reads a reply and returns its last line.
-func (c *client) reply() string {
-	c.t.Helper()
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			c.t.Fatalf("read reply: %v", err)
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 4 || line[3] != '-' {
-			return line
-		}
-	}
-}
-
-func (c *client) expect(prefix string) string {
-	c.t.Helper()
-	r := c.reply()
-	if !strings.HasPrefix(r, prefix) {
-		c.t.Fatalf("got reply %q, want %q", r, prefix)
-	}
-	return r
-}
-
-func (c *client) send(s string) {
-	c.t.Helper()
-	if _, err := c.conn.Write([]byte(s)); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-func (c *client) cmd(line, want string) string {
-	c.t.Helper()
-	c.send(line + "\r\n")
-	return c.expect(want)
 }
 
 const msg = "From: a@sender.test\r\nTo: b@dest.test\r\nSubject: test\r\n\r\nhello\r\n"
@@ -210,13 +165,13 @@ func TestAddressSyntax(t *testing.T) {
 		"a@[300.1.1.1]",
 		"\"\r\"@sender.test",
 	} {
-		if r := c.cmd("MAIL FROM:<"+from+">", "5"); !strings.HasPrefix(r, "501 5.1.7 ") {
+		if r := c.Cmd("MAIL FROM:<"+from+">", "5"); !strings.HasPrefix(r, "501 5.1.7 ") {
 			t.Errorf("MAIL FROM:<%q>: %q, want 501 5.1.7", from, r)
 		}
 	}
-	c.cmd("MAIL FROM:<a@[192.0.2.1]>", "250")
-	c.cmd("RSET", "250")
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("MAIL FROM:<a@[192.0.2.1]>", "250")
+	c.Cmd("RSET", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
 	for _, rcpt := range []string{
 		`"x@evil.test"@dest.test`,
 		"y@evil.test@dest.test",
@@ -230,14 +185,14 @@ func TestAddressSyntax(t *testing.T) {
 		"a@dest..test",
 		"a@[IPv6:1.2.3.4]",
 	} {
-		if r := c.cmd("RCPT TO:<"+rcpt+">", "5"); !strings.HasPrefix(r, "501 5.1.3 ") {
+		if r := c.Cmd("RCPT TO:<"+rcpt+">", "5"); !strings.HasPrefix(r, "501 5.1.3 ") {
 			t.Errorf("RCPT TO:<%q>: %q, want 501 5.1.3", rcpt, r)
 		}
 	}
-	c.cmd("RCPT TO:<b@Dest.Test.>", "250")
-	c.cmd("DATA", "354")
-	c.send(msg + ".\r\n")
-	c.expect("250 ")
+	c.Cmd("RCPT TO:<b@Dest.Test.>", "250")
+	c.Cmd("DATA", "354")
+	c.Send(msg + ".\r\n")
+	c.Expect("250 ")
 	envs := ts.queue.queued()
 	// Queued in canonical form: the domain lower-cased, without its root
 	// dot, the local part as written.
@@ -251,13 +206,13 @@ func TestAddressSyntax(t *testing.T) {
 func TestAddressSyntaxTrusted(t *testing.T) {
 	ts := serve(t, "[server]\ntrusted_networks = [\"127.0.0.0/8\"]\n")
 	c := dial(t, ts)
-	c.cmd("MAIL FROM:<a@dest.test>", "250")
-	c.cmd("RCPT TO:<\"\r.\rX-Evil: 1\"@dest.test>", "501 5.1.3 ")
-	c.cmd("RCPT TO:<a@bad_domain.test>", "501 5.1.3 ")
-	c.cmd(`RCPT TO:<"x@evil.test"@dest.test>`, "250")
-	c.cmd("DATA", "354")
-	c.send(msg + ".\r\n")
-	c.expect("250 ")
+	c.Cmd("MAIL FROM:<a@dest.test>", "250")
+	c.Cmd("RCPT TO:<\"\r.\rX-Evil: 1\"@dest.test>", "501 5.1.3 ")
+	c.Cmd("RCPT TO:<a@bad_domain.test>", "501 5.1.3 ")
+	c.Cmd(`RCPT TO:<"x@evil.test"@dest.test>`, "250")
+	c.Cmd("DATA", "354")
+	c.Send(msg + ".\r\n")
+	c.Expect("250 ")
 	envs := ts.queue.queued()
 	if len(envs) != 1 || envs[0].Rcpts[0].Addr != "x@evil.test@dest.test" {
 		t.Fatalf("queued %+v", envs)
@@ -268,13 +223,13 @@ func TestAddressSyntaxTrusted(t *testing.T) {
 func TestAddressSyntaxUTF8(t *testing.T) {
 	ts := serve(t, "[server]\ntrusted_networks = [\"127.0.0.0/8\"]\n")
 	c := dial(t, ts)
-	c.cmd("MAIL FROM:<ö@bücher.test> SMTPUTF8", "250")
-	c.cmd("RCPT TO:<ü@bücher.test>", "250")
-	c.cmd("RCPT TO:<ü@bü_cher.test>", "501 5.1.3 ")
-	c.cmd("RCPT TO:<ü@a\u2488.test>", "501 5.1.3 ")
-	c.cmd("DATA", "354")
-	c.send(msg + ".\r\n")
-	c.expect("250 ")
+	c.Cmd("MAIL FROM:<ö@bücher.test> SMTPUTF8", "250")
+	c.Cmd("RCPT TO:<ü@bücher.test>", "250")
+	c.Cmd("RCPT TO:<ü@bü_cher.test>", "501 5.1.3 ")
+	c.Cmd("RCPT TO:<ü@a\u2488.test>", "501 5.1.3 ")
+	c.Cmd("DATA", "354")
+	c.Send(msg + ".\r\n")
+	c.Expect("250 ")
 	// The domains are queued in A-labels, the one form lists, routes and
 	// DNS compare; the local parts as written.
 	envs := ts.queue.queued()
@@ -291,35 +246,35 @@ func TestBDATInterruptedThenNewTransaction(t *testing.T) {
 	ts := serve(t, "[server]\nmax_message_size = \"1KB\"\n")
 	const rounds = 20
 	interrupt := map[string]func(c *client){
-		"rset": func(c *client) { c.cmd("RSET", "250") },
+		"rset": func(c *client) { c.Cmd("RSET", "250") },
 		"oversize": func(c *client) {
-			c.send("BDAT 2000\r\n" + strings.Repeat("x", 2000))
-			c.expect("552 5.3.4 ")
+			c.Send("BDAT 2000\r\n" + strings.Repeat("x", 2000))
+			c.Expect("552 5.3.4 ")
 		},
-		"disconnect": func(c *client) { c.conn.Close() },
+		"disconnect": func(c *client) { c.Conn.Close() },
 	}
 	n := 0
 	for _, name := range []string{"rset", "oversize", "disconnect"} {
 		c := dial(t, ts)
 		for i := range rounds {
-			c.cmd("MAIL FROM:<a@sender.test>", "250")
-			c.cmd("RCPT TO:<b@dest.test>", "250")
-			c.send("BDAT 12\r\nSubject: x\r\n")
-			c.expect("250 ")
+			c.Cmd("MAIL FROM:<a@sender.test>", "250")
+			c.Cmd("RCPT TO:<b@dest.test>", "250")
+			c.Send("BDAT 12\r\nSubject: x\r\n")
+			c.Expect("250 ")
 			interrupt[name](c)
 			if name == "disconnect" {
 				c = dial(t, ts)
 			}
-			c.cmd("MAIL FROM:<a@sender.test>", "250")
-			c.cmd("RCPT TO:<b@dest.test>", "250")
+			c.Cmd("MAIL FROM:<a@sender.test>", "250")
+			c.Cmd("RCPT TO:<b@dest.test>", "250")
 			body := fmt.Sprintf("Subject: %s %d\r\n\r\nbody\r\n", name, i)
 			if i%2 == 0 {
-				c.cmd("DATA", "354")
-				c.send(body + ".\r\n")
+				c.Cmd("DATA", "354")
+				c.Send(body + ".\r\n")
 			} else {
-				c.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body), body))
+				c.Send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(body), body))
 			}
-			c.expect("250 2.0.0 Ok: queued as ")
+			c.Expect("250 2.0.0 Ok: queued as ")
 			n++
 			envs := ts.queue.queued()
 			if len(envs) != n {
@@ -355,14 +310,14 @@ func TestBDATInterruptedThenNewTransaction(t *testing.T) {
 func TestDataRefusedWhenDeliveryStopped(t *testing.T) {
 	ts := serve(t, "")
 	c := dial(t, ts)
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<b@dest.test>", "250")
-	c.cmd("DATA", "354")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<b@dest.test>", "250")
+	c.Cmd("DATA", "354")
 	ts.queue.mu.Lock()
 	ts.queue.err = errors.New("router: load queue: broken")
 	ts.queue.mu.Unlock()
-	c.send(msg + ".\r\n")
-	c.expect("451 4.3.0 ")
+	c.Send(msg + ".\r\n")
+	c.Expect("451 4.3.0 ")
 	if n := len(ts.queue.queued()); n != 0 {
 		t.Fatalf("%d messages queued", n)
 	}
@@ -374,14 +329,14 @@ func TestDataRefusedWhenDeliveryStopped(t *testing.T) {
 func TestRcptVerified(t *testing.T) {
 	ts := serve(t, "")
 	c := dial(t, ts)
-	c.cmd("MAIL FROM:<a@sender.test>", "250")
-	c.cmd("RCPT TO:<unknown@dest.test>", "550 5.1.1 ")
-	c.cmd("RCPT TO:<busy@dest.test>", "450 4.1.1 ")
-	c.cmd("RCPT TO:<hung@dest.test>", "450 4.1.1 ")
-	c.cmd("RCPT TO:<b@dest.test>", "250")
-	c.cmd("DATA", "354")
-	c.send(msg + ".\r\n")
-	c.expect("250 ")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<unknown@dest.test>", "550 5.1.1 ")
+	c.Cmd("RCPT TO:<busy@dest.test>", "450 4.1.1 ")
+	c.Cmd("RCPT TO:<hung@dest.test>", "450 4.1.1 ")
+	c.Cmd("RCPT TO:<b@dest.test>", "250")
+	c.Cmd("DATA", "354")
+	c.Send(msg + ".\r\n")
+	c.Expect("250 ")
 	envs := ts.queue.queued()
 	if len(envs) != 1 || len(envs[0].Rcpts) != 1 || envs[0].Rcpts[0].Addr != "b@dest.test" {
 		t.Fatalf("queued %+v", envs)
@@ -402,11 +357,11 @@ func TestHeaderTooLarge(t *testing.T) {
 		{"Subject: x\r\n\r\n" + big, "250 "},
 		{"Subject: x\r\n\r\n" + "body\r\n", "250 "},
 	} {
-		c.cmd("MAIL FROM:<a@sender.test>", "250")
-		c.cmd("RCPT TO:<b@dest.test>", "250")
-		c.cmd("DATA", "354")
-		c.send(tc.data + ".\r\n")
-		c.expect(tc.want)
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		c.Cmd("RCPT TO:<b@dest.test>", "250")
+		c.Cmd("DATA", "354")
+		c.Send(tc.data + ".\r\n")
+		c.Expect(tc.want)
 	}
 	if n := len(ts.queue.queued()); n != 2 {
 		t.Fatalf("%d messages queued, want 2", n)
