@@ -54,13 +54,22 @@ test: deps vet
 # not a duration: a time budget makes `go test -fuzz` fail with "context
 # deadline exceeded" and no crasher when the machine is loaded
 # (golang/go#75804), and a count does the same work on any machine.
+# FUZZTIME_FOR gives a target whose inputs cost more a budget of its own
+# (name=count): FuzzSMTPSession runs a whole SMTP session over TCP per
+# input. The minimization of each new input is a count too: by default it
+# may take 60s of wall time, and on a loaded machine one target spent
+# most of 100s minimizing.
 FUZZTIME ?= 20000x
+FUZZTIME_FOR ?= FuzzSMTPSession=5000x
+FUZZMINIMIZE ?= 100x
 fuzz:
 	@grep -rl --include='*_test.go' '^func Fuzz' . | while read f; do \
 		dir=$$(dirname $$f); \
 		for fn in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | sed 's/^func //'); do \
-			echo "fuzz $$dir $$fn"; \
-			(cd $$dir && $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) .) || exit 1; \
+			n=$(FUZZTIME); \
+			for o in $(FUZZTIME_FOR); do [ "$${o%%=*}" = "$$fn" ] && n=$${o#*=}; done; \
+			echo "fuzz $$dir $$fn $$n"; \
+			(cd $$dir && $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $$n -fuzzminimizetime $(FUZZMINIMIZE) .) || exit 1; \
 		done; \
 	done
 
