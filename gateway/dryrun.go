@@ -78,13 +78,12 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	if err != nil {
 		return nil, err
 	}
-	table, _ := router.NewTable(cfg.Routes) // router.New built it already
 	ch, err := newChain(ctx, cfg, opts, nil, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer ch.Close()
-	d, err := smtpd.NewDriver(smtpd.Options{Config: cfg, Spool: sp, Routes: routeMatcher{table, rt}, Queue: rt,
+	d, err := smtpd.NewDriver(smtpd.Options{Config: cfg, Spool: sp, Routes: rt.Routes(), Queue: rt,
 		Quarantine: quar, Pipeline: ch.pipeline, Logger: opts.Logger})
 	if err != nil {
 		return nil, err

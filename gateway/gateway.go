@@ -31,7 +31,6 @@ import (
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/plugins/host"
 	"github.com/mailgate/mailgate/policy"
-	"github.com/mailgate/mailgate/stages/address"
 )
 
 // Options are the parts of a gateway that do not come from its config.
@@ -125,10 +124,6 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	if g.router, err = router.New(cfg, g.spool, opts.Logger, ropts...); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
-	table, err := router.NewTable(cfg.Routes)
-	if err != nil {
-		return nil, fmt.Errorf("router: %w", err)
-	}
 
 	ch, err := newChain(ctx, cfg, opts, g.reg, nil)
 	if err != nil {
@@ -141,7 +136,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	g.smtp, err = smtpd.New(smtpd.Options{
 		Config:     cfg,
 		Spool:      g.spool,
-		Routes:     routeMatcher{table, g.router},
+		Routes:     g.router.Routes(),
 		Queue:      g.router,
 		Quarantine: g.quar,
 		Pipeline:   ch.pipeline,
@@ -398,23 +393,4 @@ func bytesString(n int64) string {
 		}
 	}
 	return fmt.Sprintf("%dB", n)
-}
-
-// routeMatcher adapts the route table to smtpd's relay control: only
-// domains a route names, never the "*" route; and asks the router to
-// verify recipients of routes with verify_rcpts.
-type routeMatcher struct {
-	t *router.Table
-	r *router.Router
-}
-
-func (m routeMatcher) HasRoute(domain string) bool { return m.t.Relays(domain) }
-
-func (m routeMatcher) VerifyRcpt(ctx context.Context, addr string) error {
-	_, domain, _ := address.Split(addr)
-	route, ok := m.t.Match(domain)
-	if !ok || !route.VerifyRcpts {
-		return nil
-	}
-	return m.r.VerifyRcpt(ctx, route, addr)
 }

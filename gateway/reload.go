@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
 	"github.com/mailgate/mailgate/policy"
 )
@@ -56,10 +55,6 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 	if err := g.router.Check(cfg); err != nil {
 		return nil, err
 	}
-	table, err := router.NewTable(cfg.Routes)
-	if err != nil {
-		return nil, err
-	}
 	ch, err := newChain(ctx, cfg, g.opts, g.reg, oldChain)
 	if err != nil {
 		return nil, err
@@ -79,7 +74,7 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 		g.mu.Unlock()
 		oldChain.Close()
 	}
-	if err := g.smtp.Reload(smtpd.Update{Config: cfg, Pipeline: ch.pipeline, Routes: routeMatcher{table, g.router}}, retire); err != nil {
+	if err := g.smtp.Reload(smtpd.Update{Config: cfg, Pipeline: ch.pipeline, Routes: g.router.Routes()}, retire); err != nil {
 		// Checked above, so this does not happen; undo all the same.
 		g.router.Reload(old)
 		g.mu.Lock()

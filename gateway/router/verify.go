@@ -82,6 +82,32 @@ var ErrUnverified = errors.New("recipient not verified")
 // route answered a probe lately.
 var errRouteDown = errors.New("no server of the route answered a probe lately")
 
+// Routes is the route table in force, as the SMTP server asks it
+// whether a domain may be relayed and whether a recipient exists.
+type Routes struct {
+	r *Router
+	t *Table
+}
+
+// Routes returns the route table in force now; a reload does not change
+// what it answers, so a session keeps the routes it started with.
+func (r *Router) Routes() Routes { return Routes{r, r.conf.Load().table} }
+
+// HasRoute reports whether mail for domain may be taken from any client
+// (Table.Relays).
+func (rs Routes) HasRoute(domain string) bool { return rs.t.Relays(domain) }
+
+// VerifyRcpt asks addr's route whether it takes addr, when the route
+// verifies recipients (verify_rcpts); see Router.VerifyRcpt.
+func (rs Routes) VerifyRcpt(ctx context.Context, addr string) error {
+	_, domain, _ := address.Split(addr)
+	route, ok := rs.t.Match(domain)
+	if !ok || !route.VerifyRcpts {
+		return nil
+	}
+	return rs.r.VerifyRcpt(ctx, route, addr)
+}
+
 // VerifyRcpt asks route's servers whether they take mail for addr, as
 // Postfix's reject_unverified_recipient: MAIL FROM:<>, RCPT TO:<addr> and
 // RSET on a pooled connection, servers in order as for delivery. It
