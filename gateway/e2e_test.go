@@ -217,7 +217,7 @@ func TestSizeLimit(t *testing.T) {
 
 func TestDisconnectMidDataLeavesNothing(t *testing.T) {
 	down := routertest.NewServer(t)
-	var log syncBuffer
+	var log testkit.SyncBuffer
 	g := startGatewayOpts(t, routeTo(down, "dest.test"), gateway.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")

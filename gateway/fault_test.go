@@ -257,7 +257,7 @@ func TestPluginKilledMidStream(t *testing.T) {
 	}
 	// The timeout is an upper bound only: a killed plugin's calls fail at
 	// once.
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	g := startGatewayOpts(t, routeTo(down, "dest.test")+pluginStage("marker", bin, "30s", "tempfail", "add_header = \"X-Filtered: yes\"\nsleep = \"1h\""),
 		gateway.Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	healthz := "http://" + g.AdminAddr().String() + "/healthz"

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -10,13 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/stages/clamdtest"
 	"github.com/mailgate/mailgate/stages/dnstest"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // The built-in kinds end to end: each served by the mailgate binary as a
@@ -81,30 +80,12 @@ func TestGTUBEPerPolicy(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination tests can read while the gateway writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestDNSBLListedClientRefusedAtRcpt(t *testing.T) {
 	dns := dnstest.NewServer(t, dnstest.Zone{
 		"1.0.0.127.zen.blocklist.test.": {"A 127.0.0.2", `TXT "listed for testing"`},
 	})
 	down := routertest.NewServer(t)
-	var log syncBuffer
+	var log testkit.SyncBuffer
 	conf := routeTo(down, "dest.test") + fmt.Sprintf(`
 [dns]
 servers = [%q]

@@ -64,7 +64,7 @@ func FreeAddr(t testing.TB) string {
 func StartDaemon(t testing.TB, addr, name string, args ...string) {
 	t.Helper()
 	cmd := exec.Command(name, args...)
-	var out syncBuffer
+	var out SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	KillWithParent(cmd)
 	if err := cmd.Start(); err != nil {
@@ -96,20 +96,20 @@ func StartDaemon(t testing.TB, addr, name string, args ...string) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer the daemon's output and the test may use at
-// once.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer a daemon or a gateway may write while the
+// test reads it: the destination of their output and logs.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
