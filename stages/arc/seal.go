@@ -70,8 +70,8 @@ func (s *sealer) seal(ctx context.Context, tx *stages.Transaction, out Outcome, 
 // the verification outcome of the chain already there: the instance is
 // N+1 and the seal's cv the chain's status (none for a message without
 // one). payload is the authres-payload of the AAR; t the signing time.
-// names, if not nil, are the fields the AMS signs before the AAR; nil
-// means those of sealNames the message has, once per occurrence.
+// names, if not nil, are the fields the AMS signs; nil means those of
+// sealNames the message has, once per occurrence, and the new AAR.
 //
 // The values follow the format the ARC test suite expects of a signer,
 // which any verifier reads: tags in alphabetical order, "; " between
@@ -90,8 +90,8 @@ func (s *sealer) fields(ctx context.Context, h stages.Header, body stages.Body, 
 				}
 			}
 		}
+		names = append(names, strings.ToLower(fieldAAR))
 	}
-	names = append(names, strings.ToLower(fieldAAR))
 	bh := hashBody(ctx, body, dkimcore.Relaxed)
 	if bh.err != nil {
 		return "", "", "", bh.err
