@@ -83,7 +83,12 @@ var ErrNoKey = errors.New("no key record")
 // An RSA key is a DER SubjectPublicKeyInfo (RFC 6376 §3.6.1) or, as some
 // publish, a PKCS#1 RSAPublicKey; an Ed25519 key is the 32 raw bytes
 // (RFC 8463 §4).
+//
+// A line break in the record counts as white space, where RFC 6376 wants
+// FWS: a record published from a zone file written over several lines
+// has bare LFs in it, and reading them as spaces changes no key.
 func ParseKey(record string) (*Key, error) {
+	record = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(record)
 	ts, err := ParseTags(record)
 	if err != nil {
 		return nil, fmt.Errorf("key record: %w", err)
