@@ -129,14 +129,14 @@ func (r *recorder) BlockSize() int              { return 1 }
 
 func TestParseKey(t *testing.T) {
 	for rec, want := range map[string]string{
-		"v=DKIM1; p=":                      "revoked",
-		"k=rsa":                            "no p=",
-		"v=DKIM2; p=AAAA":                  "v=",
-		"p=AAAA; v=DKIM1":                  "first tag",
-		"k=dsa; p=AAAA":                    "unknown key type",
-		"k=ed25519; p=AAAA":                "ed25519 key of 3 bytes",
-		"s=other; p=AAAA":                  "not email",
-		"p=!!!":                            "not base64",
+		"v=DKIM1; p=":                       "revoked",
+		"k=rsa":                             "no p=",
+		"v=DKIM2; p=AAAA":                   "v=",
+		"p=AAAA; v=DKIM1":                   "first tag",
+		"k=dsa; p=AAAA":                     "unknown key type",
+		"k=ed25519; p=AAAA":                 "ed25519 key of 3 bytes",
+		"s=other; p=AAAA":                   "not email",
+		"p=!!!":                             "not base64",
 		"k=rsa; p=MFwwDQYJKoZIhvcNAQEBBQAD": "not an RSA public key",
 	} {
 		if _, err := ParseKey(rec); err == nil || !strings.Contains(err.Error(), want) {
