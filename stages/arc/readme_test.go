@@ -1,9 +1,11 @@
 package arc
 
 import (
+	"context"
 	"encoding/json"
 	"testing"
 
+	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/dnstest"
 	"github.com/mailgate/mailgate/stages/readmetest"
@@ -39,4 +41,18 @@ func TestReadme(t *testing.T) {
 		t.Errorf("the sealing example: %+v", f.sealer)
 	}
 	readmetest.Skeleton(t, "README.md", sts[0].Filter.Info())
+
+	// The sealing example over the plugin protocol, as the gateway runs it:
+	// it seals a message that has no chain.
+	st, err := sdktest.Stage(t, factory, sts[1].JSON)
+	if err != nil {
+		t.Fatalf("README config over the plugin protocol: %v", err)
+	}
+	if info := st.Info(); info.Kind != "arc" || info.Phases != stages.Data || !info.Edits || len(info.Results) != 3 {
+		t.Errorf("Info over the plugin protocol: %+v", info)
+	}
+	v, err := st.Run(context.Background(), stages.Data, testTx(t, testMessage))
+	if err != nil || v.Result != "none" || len(v.Edits) != 3 || v.Edits[0].Name != "ARC-Seal" {
+		t.Errorf("sealing over the plugin protocol: %+v, %v", v, err)
+	}
 }
