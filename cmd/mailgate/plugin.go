@@ -13,6 +13,7 @@ import (
 	"github.com/mailgate/mailgate/plugins/sdk"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/arc"
 	"github.com/mailgate/mailgate/stages/clamav"
 	"github.com/mailgate/mailgate/stages/dnsbl"
 	"github.com/mailgate/mailgate/stages/headers"
@@ -34,6 +35,7 @@ type kind struct {
 // there is no registry state to share.
 func builtinKinds() map[string]kind {
 	return map[string]kind{
+		"arc":     {arc.New, arc.Results},
 		"clamav":  {clamav.New, clamav.Results},
 		"dnsbl":   {dnsbl.New, dnsbl.Results},
 		"headers": {headers.New, headers.Results},
