@@ -46,6 +46,7 @@ type Filter struct {
 	sample   func() int      // a number in [0, 100) for pct sampling
 	now      func() time.Time
 	reporter recorder // nil unless reports = true
+	stop     func()   // ends the daily report run
 }
 
 // recorder keeps an evaluation for the aggregate reports.
@@ -62,8 +63,13 @@ func (f *Filter) Info() stages.Info {
 		Needs: stages.NeedEnvelope | stages.NeedHeader | stages.NeedResults, Results: Results()}
 }
 
-// Close stops nothing: the report writer holds no open resources.
-func (f *Filter) Close() error { return nil }
+// Close stops the daily report run.
+func (f *Filter) Close() error {
+	if f.stop != nil {
+		f.stop()
+	}
+	return nil
+}
 
 // Evaluation is the DMARC outcome for one author domain, as the verdict
 // and the aggregate report record it.

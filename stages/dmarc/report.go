@@ -28,6 +28,8 @@ type Reporter struct {
 	dns                     lookuper
 	org                     OrgDomainer
 
+	log func(string) // where a failed run is told; nil: nowhere
+
 	mu sync.Mutex // one append at a time; one report run at a time
 }
 
@@ -68,6 +70,7 @@ func newReporter(env stages.Env, c Config, dns lookuper, org OrgDomainer) (*Repo
 		hostname: env.Hostname,
 		dns:      dns,
 		org:      org,
+		log:      func(s string) { fmt.Fprintln(os.Stderr, s) },
 	}
 	for _, d := range []string{r.records, r.outbox, r.pickup} {
 		if err := os.MkdirAll(d, 0o750); err != nil {

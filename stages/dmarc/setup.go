@@ -9,6 +9,7 @@
 package dmarc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -44,8 +45,24 @@ type Config struct {
 
 const defaultDNSTimeout = 3 * time.Second
 
-// New builds a dmarc filter from its config block.
+// New builds a dmarc filter from its config block. With reports on, the
+// daily report run starts with it and ends at Close.
 func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
+	f, err := build(env, cfg, time.Now, func() int { return rand.IntN(100) })
+	if err != nil {
+		return nil, err
+	}
+	if rep, ok := f.reporter.(*Reporter); ok {
+		ctx, cancel := context.WithCancel(context.Background())
+		f.stop = cancel
+		go rep.daily(ctx, time.Now)
+	}
+	return f, nil
+}
+
+// build is New with the clock and the pct sampler given, and no daily run:
+// tests call SendDue at the times they choose.
+func build(env stages.Env, cfg stages.Config, now func() time.Time, sample func() int) (*Filter, error) {
 	c := Config{DNSTimeout: stages.Duration(defaultDNSTimeout), CacheSize: 4096}
 	if env.DNSTimeout > 0 {
 		c.DNSTimeout = stages.Duration(env.DNSTimeout)
@@ -56,8 +73,8 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 	f := &Filter{
 		org:     PSL{},
 		trusted: map[string]bool{},
-		sample:  func() int { return rand.IntN(100) },
-		now:     time.Now,
+		sample:  sample,
+		now:     now,
 	}
 	for i, s := range c.TrustedARCSealers {
 		d, err := address.Domain(s)
