@@ -18,7 +18,7 @@ build:
 # command:package.
 deps:
 	@missing=""; \
-	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd; do \
+	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd xmllint:libxml2-utils; do \
 		bin=$${c%%:*}; pkg=$${c##*:}; \
 		PATH="$$PATH:/usr/sbin:/sbin" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \

@@ -25,6 +25,12 @@ var authMethods = map[string][]string{
 	"iprev": {"pass", "fail", "temperror", "permerror"},
 }
 
+// dmarcDispositions are the dmarc kind's words for a DMARC failure, which
+// name the disposition applied: each is dmarc=fail, with the disposition
+// as policy.dmarc (DMARCbis's property: the policy applied after pct and
+// local overrides).
+var dmarcDispositions = map[string]string{"fail": "none", "quarantine": "quarantine", "reject": "reject"}
+
 // addAuthResults removes the Authentication-Results fields that claim this
 // gateway's authserv-id and puts one of its own on top, with one entry per
 // method, built by go-msgauth's authres.
@@ -89,6 +95,10 @@ func authResult(r stages.Result, tx *stages.Transaction) (string, authres.Result
 		return "", nil
 	}
 	result := strings.ToLower(r.Result)
+	disposition, dmarcFail := dmarcDispositions[result]
+	if dmarcFail = dmarcFail && method == "dmarc"; dmarcFail {
+		result = "fail"
+	}
 	if r.Errored {
 		// The check broke: a transient error as far as anyone can tell
 		// (RFC 8601 §2.7.1, §2.7.2).
@@ -117,6 +127,9 @@ func authResult(r stages.Result, tx *stages.Transaction) (string, authres.Result
 			}
 			break
 		}
+	}
+	if dmarcFail && !r.Errored {
+		props["policy.dmarc"] = disposition
 	}
 	if method == "spf" && props["smtp.mailfrom"] == "" && props["smtp.helo"] == "" {
 		// RFC 8601 §2.7.2: SPF reports the identity it checked, the

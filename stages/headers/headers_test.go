@@ -368,3 +368,31 @@ func TestFormatScore(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthResultDMARC: the dmarc kind's words for a failure name the
+// disposition; each is dmarc=fail with policy.dmarc (RFC 7489 §11.2,
+// DMARCbis).
+func TestAuthResultDMARC(t *testing.T) {
+	tx := &stages.Transaction{From: "a@example.org"}
+	for _, tc := range []struct {
+		r    stages.Result
+		want string
+	}{
+		{stages.Result{Kind: "dmarc", Result: "reject", Reason: `dmarc=fail reason="p=reject" header.from=example.com policy.dmarc=reject`}, "dmarc=fail header.from=example.com policy.dmarc=reject"},
+		{stages.Result{Kind: "dmarc", Result: "quarantine", Reason: `dmarc=fail reason="p=reject, sampled_out: pct=50" header.from=example.com policy.dmarc=quarantine`}, "dmarc=fail header.from=example.com policy.dmarc=quarantine"},
+		{stages.Result{Kind: "dmarc", Result: "fail", Reason: `dmarc=fail reason="p=reject, trusted_forwarder: arc=pass as.d=lists.example.org" header.from=example.com policy.dmarc=none`}, "dmarc=fail header.from=example.com policy.dmarc=none"},
+		{stages.Result{Kind: "dmarc", Result: "pass", Reason: "dmarc=pass header.from=example.com"}, "dmarc=pass header.from=example.com"},
+		{stages.Result{Kind: "dmarc", Result: "none", Reason: `dmarc=none reason="no DMARC record" header.from=example.com`}, "dmarc=none header.from=example.com"},
+		{stages.Result{Kind: "dmarc", Result: "reject", Errored: true}, "dmarc=temperror"},
+		// Another kind's "reject" is not a DMARC disposition.
+		{stages.Result{Kind: "spf", Result: "reject"}, ""},
+	} {
+		got := ""
+		if _, res := authResult(tc.r, tx); res != nil {
+			got = strings.TrimPrefix(format("id", []authres.Result{res}), "id; ")
+		}
+		if got != tc.want {
+			t.Errorf("authResult(%+v) = %q, want %q", tc.r, got, tc.want)
+		}
+	}
+}
