@@ -53,7 +53,7 @@ type verifier struct {
 // verification is what a message's signatures gave.
 type verification struct {
 	sigs    []*sigResult // in header order
-	skipped int // signatures past maxSigs, not evaluated
+	skipped int          // signatures past maxSigs, not evaluated
 }
 
 // candidate is a signature that passed its own checks and whose key and
