@@ -14,6 +14,7 @@ import (
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/clamav"
+	"github.com/mailgate/mailgate/stages/dkim"
 	"github.com/mailgate/mailgate/stages/dnsbl"
 	"github.com/mailgate/mailgate/stages/headers"
 	"github.com/mailgate/mailgate/stages/milter"
@@ -35,6 +36,7 @@ type kind struct {
 func builtinKinds() map[string]kind {
 	return map[string]kind{
 		"clamav":  {clamav.New, clamav.Results},
+		"dkim":    {dkim.New, dkim.Results},
 		"dnsbl":   {dnsbl.New, dnsbl.Results},
 		"headers": {headers.New, headers.Results},
 		"milter":  {milter.New, milter.Results},

@@ -177,6 +177,13 @@ func (v *verifier) fetchKeys(ctx context.Context, cands []*candidate) {
 // verifies the signature (RFC 6376 §6.1.3).
 func (v *verifier) check(c *candidate, fields []rawField) {
 	s := c.sig
+	if s.length > c.bh.n {
+		// The signer claims more body than there is: the body is not
+		// what was signed, or the signer is broken (OpenDKIM refuses it
+		// alike).
+		c.res.result, c.res.problem = PermError, "the signed length is past the end of the body"
+		return
+	}
 	if string(c.bh.h.Sum(nil)) != string(s.bodyHash) {
 		c.res.result, c.res.problem = Fail, "body hash did not verify"
 		return
