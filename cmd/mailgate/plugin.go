@@ -15,6 +15,7 @@ import (
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/arc"
 	"github.com/mailgate/mailgate/stages/clamav"
+	"github.com/mailgate/mailgate/stages/dkim"
 	"github.com/mailgate/mailgate/stages/dmarc"
 	"github.com/mailgate/mailgate/stages/dnsbl"
 	"github.com/mailgate/mailgate/stages/headers"
@@ -39,6 +40,7 @@ func builtinKinds() map[string]kind {
 		"arc":     {arc.New, arc.Results},
 		"clamav":  {clamav.New, clamav.Results},
 		"dmarc":   {dmarc.New, dmarc.Results},
+		"dkim":    {dkim.New, dkim.Results},
 		"dnsbl":   {dnsbl.New, dnsbl.Results},
 		"headers": {headers.New, headers.Results},
 		"milter":  {milter.New, milter.Results},

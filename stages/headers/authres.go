@@ -33,7 +33,8 @@ var dmarcDispositions = map[string]string{"fail": "none", "quarantine": "quarant
 
 // addAuthResults removes the Authentication-Results fields that claim this
 // gateway's authserv-id and puts one of its own on top, with one entry per
-// method, built by go-msgauth's authres.
+// method, except DKIM, which has one per signature (RFC 8601 §2.7.1),
+// built by go-msgauth's authres.
 //
 // RFC 8601 §5: a receiver MUST delete any instance of the field that claims
 // to come from within its trust boundary but did not, since users and
@@ -43,24 +44,26 @@ func (f *Headers) addAuthResults(e *editor, tx *stages.Transaction) {
 	e.each(func(name string) bool { return strings.EqualFold(name, authResults) }, func(field stages.Field) (string, bool) {
 		return "", strings.EqualFold(authservID(field.Value), f.hostname)
 	})
+	// The entries of each method, in the order methods first report. A
+	// stage that runs in several phases (spf at MAIL and again at DATA)
+	// reports in each, and the last is what the message got.
 	var (
-		results []authres.Result
-		methods = map[string]int{} // method → its entry in results
+		methods []string
+		entries = map[string][]authres.Result{}
 	)
 	for _, r := range tx.Results {
-		method, res := authResult(r, tx)
+		method, res := authEntries(r, tx)
 		if res == nil {
 			continue
 		}
-		// One entry per method: a stage that runs in several phases
-		// (spf at MAIL and again at DATA) reports in each, and the last
-		// is what the message got.
-		if i, ok := methods[method]; ok {
-			results[i] = res
-			continue
+		if _, ok := entries[method]; !ok {
+			methods = append(methods, method)
 		}
-		methods[method] = len(results)
-		results = append(results, res)
+		entries[method] = res
+	}
+	var results []authres.Result
+	for _, m := range methods {
+		results = append(results, entries[m]...)
 	}
 	e.insertTop(authResults, format(f.hostname, results))
 }
@@ -78,6 +81,74 @@ func format(authservID string, results []authres.Result) string {
 		parts = append(parts, strings.TrimSpace(strings.TrimPrefix(authres.Format("", []authres.Result{r}), ";")))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// authEntries is one stage's result as entries of the field, with its
+// method, or nil if the stage is not an authentication method. A dkim
+// stage's reason has an entry per signature ("dkim=pass header.d=a.example
+// header.s=sel header.b=AbCdEfGh; dkim=fail ..."), and each becomes an
+// entry of its own with its header.d, header.s, header.b and header.i, so
+// a reader can tell which signature of which domain got what; the others
+// give one entry (authResult).
+func authEntries(r stages.Result, tx *stages.Transaction) (string, []authres.Result) {
+	method, res := authResult(r, tx)
+	if res == nil {
+		return "", nil
+	}
+	if method != "dkim" || r.Errored {
+		return method, []authres.Result{res}
+	}
+	var out []authres.Result
+	for _, e := range resinfo(r.Reason) {
+		if e.method != "dkim" || !slices.Contains(authMethods["dkim"], e.value) {
+			continue
+		}
+		props := map[string]string{}
+		for _, k := range []string{"header.d", "header.s", "header.b", "header.i"} {
+			if v := e.props[k]; isPvalue(v) {
+				props[k] = v
+			}
+		}
+		out = append(out, &authres.GenericResult{Method: "dkim", Value: authres.ResultValue(e.value), Params: props})
+	}
+	if len(out) == 0 {
+		// A reason without entries still has the stage's word.
+		out = []authres.Result{res}
+	}
+	return method, out
+}
+
+// resinfoEntry is one "method=result ptype.property=value ..." entry.
+type resinfoEntry struct {
+	method, value string
+	props         map[string]string
+}
+
+// resinfo splits a stage's reason into its entries, keeping every property
+// (authres.Parse keeps only those it knows for a method: header.d and
+// header.i of a DKIM result, not header.s or header.b). Like authres.Parse
+// it splits entries on ";" and properties on white space, so a quoted
+// reason=... loses its words after the first, which is never used here.
+func resinfo(reason string) []resinfoEntry {
+	var out []resinfoEntry
+	for _, part := range strings.Split(reason, ";") {
+		words := strings.Fields(part)
+		if len(words) == 0 {
+			continue
+		}
+		method, value, ok := strings.Cut(words[0], "=")
+		if !ok {
+			continue
+		}
+		e := resinfoEntry{method: strings.ToLower(method), value: strings.ToLower(value), props: map[string]string{}}
+		for _, w := range words[1:] {
+			if k, v, ok := strings.Cut(w, "="); ok {
+				e.props[strings.ToLower(k)] = v
+			}
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 // authResult is one stage's result as an entry of the field, with its

@@ -396,3 +396,44 @@ func TestAuthResultDMARC(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthResultsDKIMPerSignature: a dkim stage's reason has an entry per
+// signature, and the field gets each as an entry of its own with the
+// signature's header.d, header.s, header.b and header.i (RFC 8601 §2.7.1,
+// RFC 6008), after the other methods' single entries.
+func TestAuthResultsDKIMPerSignature(t *testing.T) {
+	for _, tc := range []struct {
+		dkim stages.Result
+		want string
+	}{
+		{stages.Result{Stage: "dkim", Kind: "dkim", Result: "pass",
+			Reason: `dkim=pass header.b=AbCdEfGh header.d=a.example header.i=@a.example header.s=sel; ` +
+				`dkim=fail reason="body hash did not verify" header.b=Zz+/0123 header.d=b.example header.s=s2; ` +
+				`dkim=permerror reason="no key record" header.d=c(d) header.s=x; ` +
+				`dkim=neutral reason="990 more signatures not evaluated, over the limit of 10"`},
+			"mx.example.test; spf=pass smtp.mailfrom=example.org; " +
+				"dkim=pass header.b=AbCdEfGh header.d=a.example header.i=@a.example header.s=sel; " +
+				"dkim=fail header.b=Zz+/0123 header.d=b.example header.s=s2; dkim=permerror header.s=x; dkim=neutral"},
+		{stages.Result{Stage: "dkim", Kind: "dkim", Result: "none", Reason: "dkim=none"},
+			"mx.example.test; spf=pass smtp.mailfrom=example.org; dkim=none"},
+		// The stage broke: one entry for the method.
+		{stages.Result{Stage: "dkim", Kind: "dkim", Errored: true, Reason: "dkim: read body: EOF"},
+			"mx.example.test; spf=pass smtp.mailfrom=example.org; dkim=temperror"},
+	} {
+		tx := &stages.Transaction{
+			From:   "a@example.org",
+			Header: stages.Header{{Name: "Subject", Value: "x"}},
+			Results: []stages.Result{
+				{Stage: "spf", Kind: "spf", Result: "pass", Reason: "spf=pass smtp.mailfrom=example.org"},
+				tc.dkim,
+			},
+		}
+		v, err := newFilter(t, `{"authentication_results": true}`).Run(context.Background(), stages.Data, tx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(v.Edits) != 1 || v.Edits[0].Value != tc.want {
+			t.Errorf("edits %+v\nwant %q", v.Edits, tc.want)
+		}
+	}
+}

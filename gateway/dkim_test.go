@@ -1,0 +1,128 @@
+package gateway_test
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	msgdkim "github.com/emersion/go-msgauth/dkim"
+
+	"github.com/mailgate/mailgate/gateway"
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/dnstest"
+)
+
+// dkimSigned returns msg signed twice with go-msgauth: by sender.test
+// (Ed25519, its key served by the returned DNS server) under it, and on
+// top by other.test, whose key record does not exist. It returns the
+// header.b of each (top first).
+func dkimSigned(t *testing.T, msg string) (*dnstest.Server, string, []string) {
+	t.Helper()
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
+	dns := dnstest.NewServer(t, dnstest.Zone{
+		"ed._domainkey.sender.test.": {fmt.Sprintf(`TXT "v=DKIM1; k=ed25519; p=%s"`, base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey)))},
+	})
+	for _, d := range []string{"sender.test", "other.test"} {
+		var out bytes.Buffer
+		sel := map[string]string{"sender.test": "ed", "other.test": "gone"}[d]
+		if err := msgdkim.Sign(&out, strings.NewReader(msg), &msgdkim.SignOptions{Domain: d, Selector: sel, Signer: key,
+			HeaderCanonicalization: msgdkim.CanonicalizationRelaxed, BodyCanonicalization: msgdkim.CanonicalizationRelaxed}); err != nil {
+			t.Fatal(err)
+		}
+		msg = out.String()
+	}
+	var bs []string
+	for _, m := range regexp.MustCompile(`[; ]b=([A-Za-z0-9+/]{8})`).FindAllStringSubmatch(strings.ReplaceAll(msg, "\r\n ", ""), -1) {
+		bs = append(bs, m[1])
+	}
+	if len(bs) != 2 {
+		t.Fatalf("signed message has %d b= tags:\n%s", len(bs), msg)
+	}
+	return dns, msg, bs
+}
+
+const dkimChain = `
+[[stage]]
+name = "dkim"
+kind = "dkim"
+
+[[stage]]
+name = "headers"
+kind = "headers"
+[stage.config]
+authentication_results = true
+`
+
+// TestDKIMResultsReachDownstream: the dkim kind, served by the mailgate
+// binary as a plugin process, verifies each signature of a message with
+// its key from a loopback DNS server, and the downstream server gets one
+// Authentication-Results entry per signature with header.d, header.s and
+// header.b.
+func TestDKIMResultsReachDownstream(t *testing.T) {
+	dns, signed, bs := dkimSigned(t, message("dkim@test", "signed body\r\n"))
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf("\n[dns]\nservers = [%q]\n", dns.Addr())+dkimChain)
+	c := dial(t, g.SMTPAddrs()[0])
+	c.Cmd("EHLO mail.sender.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, signed); !strings.HasPrefix(r, "250") {
+		t.Fatalf("DATA: %q", r)
+	}
+	m := delivered(t, down, "dkim@test")
+	head, _, _ := strings.Cut(string(m.Data), "\r\n\r\n")
+	var ar []string
+	for _, f := range strings.Split(strings.NewReplacer("\r\n ", " ", "\r\n\t", " ").Replace(head), "\r\n") {
+		if v, ok := strings.CutPrefix(f, "Authentication-Results: "); ok {
+			ar = append(ar, v)
+		}
+	}
+	want := fmt.Sprintf("mx.gateway.test; dkim=permerror header.b=%s header.d=other.test header.s=gone; dkim=pass header.b=%s header.d=sender.test header.s=ed", bs[0], bs[1])
+	if len(ar) != 1 || strings.Join(strings.Fields(ar[0]), " ") != want {
+		t.Fatalf("Authentication-Results %q; want one: %q", ar, want)
+	}
+}
+
+// TestDryRunDKIM: `mailgate test -json` shows the dkim stage's result and
+// reason, and the Authentication-Results field it leads to.
+func TestDryRunDKIM(t *testing.T) {
+	dns, signed, _ := dkimSigned(t, message("dry-dkim@test", "signed body\r\n"))
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mailgate.toml")
+	os.WriteFile(conf, []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n[dns]\nservers = [%q]\n[[route]]\ndomains = [\"dest.test\"]\nservers = [\"127.0.0.1:1\"]\n", dir, dns.Addr())+dkimChain), 0o644)
+	msg := filepath.Join(dir, "msg.eml")
+	os.WriteFile(msg, []byte(signed), 0o644)
+	out, err := exec.Command(mailgateBin, "test", "-config", conf, "-client-ip", "192.0.2.10", "-helo", "mail.sender.test",
+		"-from", "a@sender.test", "-to", "b@dest.test", "-json", msg).Output()
+	if err != nil {
+		t.Fatalf("mailgate test: %v\n%s", err, out)
+	}
+	var res gateway.DryRunResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	found := false
+	for _, s := range res.Stages {
+		if s.Kind == "dkim" {
+			found = true
+			if s.Result != "pass" || !strings.Contains(s.Reason, "dkim=permerror") || !strings.Contains(s.Reason, "dkim=pass") {
+				t.Errorf("dkim stage: %+v", s)
+			}
+		}
+	}
+	added := ""
+	for _, h := range res.HeadersAdded {
+		if h.Name == "Authentication-Results" {
+			added = h.Value
+		}
+	}
+	if !found || !strings.Contains(added, "header.d=sender.test header.s=ed") {
+		t.Fatalf("no dkim stage or A-R entry:\n%s", out)
+	}
+}

@@ -1,0 +1,88 @@
+package dkim
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-msgauth/authres"
+)
+
+// FuzzParseSignature feeds the tag-list, signature and key record parsers
+// arbitrary text: they must return a result, never panic, and cut b= out
+// of the field only inside it.
+func FuzzParseSignature(f *testing.F) {
+	f.Add("v=1; a=rsa-sha256; d=example.com; s=sel; h=from; bh=AAAA; b=AAAA", "v=DKIM1; k=rsa; p=AAAA")
+	f.Add("v=1; a=ed25519-sha256; c=relaxed/relaxed; d=a.b; s=x; h=From:To; i==40a.b; l=10; q=dns/txt; t=1; x=2; bh=; b=", "k=ed25519; h=sha256; s=email; t=s:y; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=")
+	f.Add(" b = x ;; a=\r\n\tb; ", `""`)
+	now := time.Unix(1_800_000_000, 0)
+	f.Fuzz(func(t *testing.T, field, record string) {
+		for _, r := range []rules{{}, {legacy: true}} {
+			s, p := parseSignature("DKIM-Signature:"+field, r, now)
+			if s == nil {
+				t.Fatal("no signature")
+			}
+			if s.tags != nil {
+				if out := s.withoutB(); len(out) > len(s.raw) {
+					t.Fatalf("withoutB grew the field: %q", out)
+				}
+			}
+			if p == nil {
+				parseKey(record, s, r)
+			}
+		}
+	})
+}
+
+// FuzzVerify verifies arbitrary messages against a key that any name
+// returns: a result for each signature evaluated, never more than the
+// limit, and a reason that authres reads back entry for entry.
+func FuzzVerify(f *testing.F) {
+	files, _ := filepath.Glob("testdata/mail-dkim/corpus/*_ed25519.txt")
+	files = append(files, "testdata/rfc8463/message.eml", "testdata/rfc6376/message.eml")
+	for _, file := range files {
+		if data, err := os.ReadFile(file); err == nil {
+			f.Add(data)
+		}
+	}
+	f.Add([]byte("DKIM-Signature: v=1\r\nDKIM-Signature: v=1; a=rsa-sha256; l=5\r\n\r\nbody"))
+	ed := ed25519.NewKeyFromSeed(make([]byte, 32))
+	record := "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(ed.Public().(ed25519.PublicKey))
+	v := &verifier{
+		lookup:  func(context.Context, string) ([]string, error) { return []string{record}, nil },
+		maxSigs: 3,
+		now:     time.Now,
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		h, b := splitMessage(t, msg)
+		ver, err := v.verify(context.Background(), h, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ver.sigs) > v.maxSigs {
+			t.Fatalf("%d signatures evaluated; limit %d", len(ver.sigs), v.maxSigs)
+		}
+		want := len(ver.sigs)
+		if ver.skipped > 0 {
+			want++
+		}
+		reason := ver.reason(v.maxSigs)
+		_, results, err := authres.Parse("x; " + reason)
+		if ver.result() == None {
+			want = 1 // "dkim=none"
+		}
+		if err != nil || len(results) != want {
+			t.Fatalf("reason %q reads back as %d results (%v); want %d", reason, len(results), err, want)
+		}
+		for i, s := range ver.sigs {
+			if r, ok := results[i].(*authres.DKIMResult); !ok || string(r.Value) != s.result || (isPvalue(s.domain) && !strings.EqualFold(r.Domain, s.domain)) {
+				t.Fatalf("entry %d of %q reads back as %#v", i, reason, results[i])
+			}
+		}
+	})
+}

@@ -1,0 +1,93 @@
+// Package dkim verifies the DKIM signatures of a message (RFC 6376), with
+// rsa-sha256 and ed25519-sha256 (RFC 8463), as RFC 8301 has it: rsa-sha1
+// and RSA keys under 1024 bits do not pass. It reports one result per
+// signature as Authentication-Results resinfo in the verdict's reason, and
+// the best of them as the verdict's result; it never acts on its own.
+//
+// The verifier is this package's own, not go-msgauth's dkim.Verify, which
+// rejects any l= outright, cannot read a header-only message without the
+// blank line, compares the i= domain with case, hides the selector and
+// b= that header.s and header.b need, and starts a goroutine per
+// signature; go-msgauth's authres writes the reason, and its signer makes
+// the test signatures.
+package dkim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/resolver"
+)
+
+// Config is the [stage.config] block of a dkim stage.
+type Config struct {
+	// MaxSignatures is how many DKIM-Signature fields are evaluated, top
+	// first; the others are counted in the reason, not checked.
+	MaxSignatures int `json:"max_signatures"`
+	// DNSTimeout bounds one DNS query to one server; by default it is
+	// [dns] timeout (Env.DNSTimeout).
+	DNSTimeout stages.Duration `json:"dns_timeout"`
+	// CacheSize is how many key records are kept for their TTL; 0 turns
+	// the cache off.
+	CacheSize int `json:"cache_size"`
+}
+
+const (
+	defaultMaxSignatures = 10
+	// maxMaxSignatures bounds the work one message can ask for.
+	maxMaxSignatures  = 100
+	defaultDNSTimeout = 3 * time.Second
+)
+
+// New builds a dkim filter from its config block.
+func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
+	c := Config{MaxSignatures: defaultMaxSignatures, DNSTimeout: stages.Duration(defaultDNSTimeout), CacheSize: 4096}
+	if env.DNSTimeout > 0 {
+		c.DNSTimeout = stages.Duration(env.DNSTimeout)
+	}
+	if err := cfg.Decode(&c); err != nil {
+		return nil, err
+	}
+	if c.MaxSignatures < 1 || c.MaxSignatures > maxMaxSignatures {
+		return nil, &stages.ConfigError{Key: "max_signatures", Err: fmt.Errorf("unexpected %d; expect 1 to %d", c.MaxSignatures, maxMaxSignatures)}
+	}
+	if c.DNSTimeout <= 0 {
+		return nil, &stages.ConfigError{Key: "dns_timeout", Err: errors.New(`expect a duration above 0, such as "3s"`)}
+	}
+	if c.CacheSize < 0 {
+		return nil, &stages.ConfigError{Key: "cache_size", Err: fmt.Errorf("unexpected %d; expect 0 (no cache) or more", c.CacheSize)}
+	}
+	r, err := resolver.New(env.DNSServers, time.Duration(c.DNSTimeout), resolver.WithCache(c.CacheSize))
+	if err != nil {
+		return nil, fmt.Errorf("dkim: %w", err)
+	}
+	return &Filter{v: &verifier{lookup: dnsLookup(r), maxSigs: c.MaxSignatures, now: time.Now}}, nil
+}
+
+// dnsLookup asks the gateway's resolver for a key record's TXT records,
+// with the stage's deadline (ctx).
+func dnsLookup(r *resolver.Resolver) keyLookup {
+	return func(ctx context.Context, name string) ([]string, error) {
+		a, err := r.Lookup(ctx, name, dns.TypeTXT)
+		if err != nil {
+			return nil, err
+		}
+		if a.Empty() {
+			return nil, errNoKey
+		}
+		var txts []string
+		for _, rr := range a.RRs {
+			var joined string
+			for _, s := range resolver.TXTStrings(rr) {
+				joined += s
+			}
+			txts = append(txts, joined)
+		}
+		return txts, nil
+	}
+}
