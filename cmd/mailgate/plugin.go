@@ -102,8 +102,12 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STAGE\tKIND\tVERSION\tPHASES\tNEEDS\tEDITS\tTIMEOUT\tON_ERROR")
 	for _, s := range infos {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\n", s.Name, s.Info.Kind, s.Info.Version, s.Info.Phases,
-			needsString(s.Info.Needs), s.Info.Edits, s.Timeout, s.OnError)
+		edits := fmt.Sprint(s.Info.Edits)
+		if s.Info.Seals {
+			edits = "seals" // edits, and runs after every other stage
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Info.Kind, s.Info.Version, s.Info.Phases,
+			needsString(s.Info.Needs), edits, s.Timeout, s.OnError)
 	}
 	return tw.Flush()
 }
