@@ -113,8 +113,9 @@ func TestDKIMKeygenRefuses(t *testing.T) {
 }
 
 // TestCheckDKIMKeys: `mailgate check` starts the dkim-sign stage, which
-// loads its keys: a usable key passes, a missing one and one of the wrong
-// type are positioned errors that name the key and the file.
+// loads its keys: a usable key passes; a missing, broken or wrong-type
+// key, an unknown algorithm and a missing domain are positioned errors
+// that name the key and the file.
 func TestCheckDKIMKeys(t *testing.T) {
 	dir := t.TempDir()
 	if r := runMailgate(t, "dkim", "keygen", "-domain", "example.test", "-selector", "ed", "-algorithm", "ed25519-sha256", "-out", dir); r.code != 0 {
@@ -122,6 +123,10 @@ func TestCheckDKIMKeys(t *testing.T) {
 	}
 	edKey := filepath.Join(dir, "example.test.ed.key")
 	missing := filepath.Join(dir, "example.test.mg2026.key")
+	broken := filepath.Join(dir, "broken.key")
+	if err := os.WriteFile(broken, []byte("-----BEGIN PRIV"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	good := writeConfig(t, `
 [[stage]]
 name = "sign"
@@ -142,6 +147,13 @@ file = "` + missing + `"`, ":14: stage[0].config.key: key[0]: file: key mg2026._
 		{"wrong type", `domain = "example.test"
 selector = "ed"
 file = "` + edKey + `"`, ":14: stage[0].config.key: key[0]: file: key ed._domainkey.example.test: " + edKey + ": holds an Ed25519 key; algorithm rsa-sha256 needs an RSA key"},
+		{"broken key", `domain = "example.test"
+selector = "mg2026"
+file = "` + broken + `"`, ":14: stage[0].config.key: key[0]: file: key mg2026._domainkey.example.test: " + broken + ": no PEM block; expect a PEM private key"},
+		{"unknown algorithm", `domain = "example.test"
+selector = "ed"
+file = "` + edKey + `"
+algorithm = "ed448-sha256"`, `:14: stage[0].config.key: key[0]: algorithm: unexpected "ed448-sha256" for domain example.test; expect rsa-sha256 or ed25519-sha256`},
 		{"no domain", `selector = "ed"
 file = "` + edKey + `"`, `:14: stage[0].config.key: key[0]: domain: missing`},
 	} {

@@ -235,7 +235,7 @@ type Decision struct {
 	Stage        string        // the stage that decided; for a score threshold, the one that added most of the score; "" for nobody
 	Reason       string        // detail for the log, never for the client
 	Policy       string        // the name of the policy applied: policy.DefaultName or an override's
-	Trace        []StageResult // every stage that ran in this phase, in chain order
+	Trace        []StageResult // every stage that ran in this phase, in chain order, sealing stages last
 	BodyReplaced bool          // a stage replaced tx.Body with a stages.BytesBody
 }
 
