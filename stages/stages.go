@@ -202,6 +202,14 @@ type Info struct {
 	// edit are independent of each other and run concurrently; editing
 	// stages run one after the other in config order.
 	Edits bool `json:"edits,omitempty"`
+	// Seals is true for a stage whose edit seals the message as it
+	// leaves, such as a DKIM signature: any later change would break the
+	// seal. The pipeline runs sealing stages at data only, after every
+	// other stage and after the policy's own edits (subject tag, tag
+	// headers), in config order, whenever the message is to be delivered
+	// or quarantined: after an Accept too. So what they sign is what
+	// leaves.
+	Seals bool `json:"seals,omitempty"`
 	// Results are the result words the stage's verdicts carry (Verdict.
 	// Result). A config maps only these to actions ([stage.results],
 	// results of [[policy.override]]): a mapping of another word, a typo,

@@ -16,6 +16,7 @@ import (
 	"github.com/mailgate/mailgate/stages/arc"
 	"github.com/mailgate/mailgate/stages/clamav"
 	"github.com/mailgate/mailgate/stages/dkim"
+	"github.com/mailgate/mailgate/stages/dkimsign"
 	"github.com/mailgate/mailgate/stages/dmarc"
 	"github.com/mailgate/mailgate/stages/dnsbl"
 	"github.com/mailgate/mailgate/stages/headers"
@@ -37,15 +38,16 @@ type kind struct {
 // there is no registry state to share.
 func builtinKinds() map[string]kind {
 	return map[string]kind{
-		"arc":     {arc.New, arc.Results},
-		"clamav":  {clamav.New, clamav.Results},
-		"dmarc":   {dmarc.New, dmarc.Results},
-		"dkim":    {dkim.New, dkim.Results},
-		"dnsbl":   {dnsbl.New, dnsbl.Results},
-		"headers": {headers.New, headers.Results},
-		"milter":  {milter.New, milter.Results},
-		"spam":    {spam.New, spam.Results},
-		"spf":     {spf.New, spf.Results},
+		"arc":       {arc.New, arc.Results},
+		"clamav":    {clamav.New, clamav.Results},
+		"dmarc":     {dmarc.New, dmarc.Results},
+		"dkim":      {dkim.New, dkim.Results},
+		"dnsbl":     {dnsbl.New, dnsbl.Results},
+		"headers":   {headers.New, headers.Results},
+		"milter":    {milter.New, milter.Results},
+		"spam":      {spam.New, spam.Results},
+		"spf":       {spf.New, spf.Results},
+		"dkim-sign": {dkimsign.New, dkimsign.Results},
 	}
 }
 
@@ -106,8 +108,12 @@ func cmdPlugins(args []string, stdout, stderr io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STAGE\tKIND\tVERSION\tPHASES\tNEEDS\tEDITS\tTIMEOUT\tON_ERROR")
 	for _, s := range infos {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\t%s\n", s.Name, s.Info.Kind, s.Info.Version, s.Info.Phases,
-			needsString(s.Info.Needs), s.Info.Edits, s.Timeout, s.OnError)
+		edits := fmt.Sprint(s.Info.Edits)
+		if s.Info.Seals {
+			edits = "seals" // edits, and runs after every other stage
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Info.Kind, s.Info.Version, s.Info.Phases,
+			needsString(s.Info.Needs), edits, s.Timeout, s.OnError)
 	}
 	return tw.Flush()
 }

@@ -7,7 +7,10 @@
 // errors as metrics and one log line. Stages that do not edit run
 // concurrently, so a message waits for the slowest check rather than the sum
 // of all; editing stages run alone, in config order, each seeing the edits
-// of the ones before it.
+// of the ones before it. Sealing stages (stages.Info.Seals: a DKIM signer)
+// run last, wherever they are configured: at the end of a data phase that
+// delivers or quarantines the message, after the policy's tag and after an
+// Accept too, so that nothing changes what they signed.
 //
 // A caller builds one Pipeline per configuration with New, starts a Session
 // per SMTP connection with Begin, runs the connect and helo phases on it,
@@ -179,6 +182,11 @@ func New(specs []StageSpec, pol policy.Policy, opts Options) (*Pipeline, error) 
 		if info.Phases&stages.AllPhases == 0 {
 			return nil, fmt.Errorf("stage %q (%s): declares no phase", name, info.Kind)
 		}
+		if info.Seals && (info.Phases&stages.AllPhases != stages.Data || !info.Edits) {
+			// A seal is an edit over the whole message, which exists
+			// at data only.
+			return nil, fmt.Errorf("stage %q (%s): seals, so it must declare edits and the data phase only", name, info.Kind)
+		}
 		if int(sp.OnError) >= len(onErrorNames) {
 			return nil, fmt.Errorf("stage %q: invalid on_error %d", name, sp.OnError)
 		}
@@ -227,7 +235,7 @@ type Decision struct {
 	Stage        string        // the stage that decided; for a score threshold, the one that added most of the score; "" for nobody
 	Reason       string        // detail for the log, never for the client
 	Policy       string        // the name of the policy applied: policy.DefaultName or an override's
-	Trace        []StageResult // every stage that ran in this phase, in chain order
+	Trace        []StageResult // every stage that ran in this phase, in chain order, sealing stages last
 	BodyReplaced bool          // a stage replaced tx.Body with a stages.BytesBody
 }
 
@@ -335,7 +343,9 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 		return d
 	}
 	if s.accept != nil {
-		return Decision{Action: stages.Accept, Score: s.score, Stage: s.accept.stage, Reason: s.accept.reason, Policy: eff.Name}
+		d := Decision{Action: stages.Accept, Score: s.score, Stage: s.accept.stage, Reason: s.accept.reason, Policy: eff.Name}
+		s.seal(ctx, ph, tx, &d, eff, log)
+		return d
 	}
 	if ph == stages.Rcpt && len(tx.Rcpts) > 0 {
 		rcpt := tx.Rcpts[len(tx.Rcpts)-1]
@@ -347,6 +357,7 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 	if hit, ok := s.p.pol.Allow.Match(ph, tx); ok {
 		d, v := s.listed(ctx, ph, "policy.allow", stages.Accept, hit, eff, log)
 		s.commit(ph, eff, &v)
+		s.seal(ctx, ph, tx, &d, eff, log)
 		return d
 	}
 
@@ -354,7 +365,7 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 	for i, o := range s.outs {
 		prior[i] = o.result()
 	}
-	outs := s.p.runChain(ctx, ph, tx, prior, eff, log)
+	outs := s.p.runChain(ctx, ph, tx, prior, eff, false, log)
 
 	phaseScore := 0.0
 	d := Decision{Trace: make([]StageResult, len(outs)), Policy: eff.Name}
@@ -381,7 +392,38 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 	if ph == stages.Data && d.Action == stages.Tag {
 		tag(tx, eff, log)
 	}
+	s.seal(ctx, ph, tx, &d, eff, log)
 	return d
+}
+
+// seal runs the sealing stages (stages.Info.Seals) at the end of a data
+// phase that delivers or quarantines the message, over the message as it
+// leaves: after every other stage's edits and the policy's tag, so no
+// change follows their signatures. Their outcomes join d: a score adds
+// up, and an action stronger than d's (a broken signer's on_error
+// tempfail, say) decides instead; a Tag from them tags nothing, since the
+// message is sealed already.
+func (s *Session) seal(ctx context.Context, ph stages.Phase, tx *stages.Transaction, d *Decision, eff policy.Effective, log *slog.Logger) {
+	if ph != stages.Data || d.Action == stages.Reject || d.Action == stages.TempFail {
+		return
+	}
+	prior := make([]stages.Result, len(s.outs))
+	for i, o := range s.outs {
+		prior[i] = o.result()
+	}
+	outs := s.p.runChain(ctx, ph, tx, prior, eff, true, log)
+	for _, o := range outs {
+		d.Trace = append(d.Trace, o.res)
+		d.Score += o.res.Score
+		s.score += o.res.Score
+		d.BodyReplaced = d.BodyReplaced || o.bodyReplaced
+		v := o.verdict()
+		if v.action >= stages.Quarantine && v.action != stages.Accept && (d.Action == stages.Accept || v.action > d.Action) {
+			d.Action, d.Stage, d.Reason = v.action, v.stage, v.reason
+			d.Reply = replyFor(v, log)
+		}
+	}
+	s.outs = append(s.outs, outs...)
 }
 
 // policy returns the policy phase ph is judged by until a recipient says
@@ -514,11 +556,12 @@ func overrideMapping(eff policy.Effective, stage, result string) (stages.Action,
 
 // runChain runs the stages of phase ph in groups (see groupLen) and returns
 // their outcomes in chain order, up to and including the first Accept.
-// Result words are mapped to actions under policy eff.
-func (p *Pipeline) runChain(ctx context.Context, ph stages.Phase, tx *stages.Transaction, prior []stages.Result, eff policy.Effective, log *slog.Logger) []outcome {
+// Result words are mapped to actions under policy eff. seals chooses the
+// sealing stages or the others.
+func (p *Pipeline) runChain(ctx context.Context, ph stages.Phase, tx *stages.Transaction, prior []stages.Result, eff policy.Effective, seals bool, log *slog.Logger) []outcome {
 	var run []*stage
 	for i := range p.stages {
-		if p.stages[i].info.Phases.Has(ph) {
+		if p.stages[i].info.Phases.Has(ph) && p.stages[i].info.Seals == seals {
 			run = append(run, &p.stages[i])
 		}
 	}

@@ -262,6 +262,7 @@ func toInfo(d *proto.DescribeResponse) (stages.Info, error) {
 		Phases:  phases,
 		Needs:   needs | stages.NeedEnvelope,
 		Edits:   d.GetEdits(),
+		Seals:   d.GetSeals(),
 		Results: d.GetResults(),
 	}, nil
 }

@@ -332,7 +332,11 @@ type DescribeResponse struct {
 	// of [[policy.override]]): a typo would silently never apply. A plugin
 	// that declares none (as one built before this field) can have no
 	// mappings.
-	Results       []string `protobuf:"bytes,7,rep,name=results,proto3" json:"results,omitempty"`
+	Results []string `protobuf:"bytes,7,rep,name=results,proto3" json:"results,omitempty"`
+	// seals is true for a stage whose edits seal the message as it leaves
+	// (a DKIM signature): the host runs it at data after every other stage
+	// and after the policy's own edits (stages.Info.Seals).
+	Seals         bool `protobuf:"varint,8,opt,name=seals,proto3" json:"seals,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -414,6 +418,13 @@ func (x *DescribeResponse) GetResults() []string {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *DescribeResponse) GetSeals() bool {
+	if x != nil {
+		return x.Seals
+	}
+	return false
 }
 
 type Env struct {
@@ -1494,7 +1505,7 @@ var File_filter_proto protoreflect.FileDescriptor
 const file_filter_proto_rawDesc = "" +
 	"\n" +
 	"\ffilter.proto\x12\x12mailgate.plugin.v1\"\x11\n" +
-	"\x0fDescribeRequest\"\xfe\x01\n" +
+	"\x0fDescribeRequest\"\x94\x02\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x121\n" +
@@ -1502,7 +1513,8 @@ const file_filter_proto_rawDesc = "" +
 	"\x05needs\x18\x04 \x03(\x0e2\x18.mailgate.plugin.v1.NeedR\x05needs\x12\x14\n" +
 	"\x05edits\x18\x05 \x01(\bR\x05edits\x12)\n" +
 	"\x10protocol_version\x18\x06 \x01(\rR\x0fprotocolVersion\x12\x18\n" +
-	"\aresults\x18\a \x03(\tR\aresults\"\x83\x01\n" +
+	"\aresults\x18\a \x03(\tR\aresults\x12\x14\n" +
+	"\x05seals\x18\b \x01(\bR\x05seals\"\x83\x01\n" +
 	"\x03Env\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1f\n" +
 	"\vdns_servers\x18\x02 \x03(\tR\n" +

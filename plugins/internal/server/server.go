@@ -140,6 +140,7 @@ func (s *filterServer) Describe(context.Context, *proto.DescribeRequest) (*proto
 		Phases:          proto.FromPhases(info.Phases),
 		Needs:           proto.FromNeeds(info.Needs),
 		Edits:           info.Edits,
+		Seals:           info.Seals,
 		ProtocolVersion: proto.ProtocolVersion,
 		Results:         info.Results,
 	}, nil
