@@ -40,14 +40,14 @@ func builtinKinds() map[string]kind {
 	return map[string]kind{
 		"arc":       {arc.New, arc.Results},
 		"clamav":    {clamav.New, clamav.Results},
-		"dmarc":     {dmarc.New, dmarc.Results},
 		"dkim":      {dkim.New, dkim.Results},
+		"dkim-sign": {dkimsign.New, dkimsign.Results},
+		"dmarc":     {dmarc.New, dmarc.Results},
 		"dnsbl":     {dnsbl.New, dnsbl.Results},
 		"headers":   {headers.New, headers.Results},
 		"milter":    {milter.New, milter.Results},
 		"spam":      {spam.New, spam.Results},
 		"spf":       {spf.New, spf.Results},
-		"dkim-sign": {dkimsign.New, dkimsign.Results},
 	}
 }
 
