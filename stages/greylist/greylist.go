@@ -215,9 +215,6 @@ func (f *Filter) countPass(ctx context.Context, k Key, network string, now time.
 	}
 }
 
-// Close releases nothing: the store holds no open file between calls.
-func (f *Filter) Close() error { return nil }
-
 // alarms logs store faults without flooding the log: the first of each
 // kind at once, then at most one line a minute with the number since the
 // last line. The totals are counted and logged with each line; a plugin
