@@ -20,6 +20,13 @@ const memberHead = 4096
 // decompressed bytes, its real type against the type lists and its name.
 // An archive inside is checked as a file, not opened.
 func (w *walker) zip(where string, data []byte) {
+	// archive/zip reads the whole central directory into memory: a 25 MB
+	// zip of empty members would be half a million records. The count
+	// in the end record decides first.
+	if n, ok := zipEntries(data); ok && n > uint64(w.f.maxMembers) {
+		w.note("too-complex", "part %s: zip of %d members, more than max_archive_members %d", where, n, w.f.maxMembers)
+		return
+	}
 	zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
 	// ErrInsecurePath ("../x", "/etc/x") comes with a usable reader; the
 	// names are only looked at here, never written to disk.
@@ -63,6 +70,28 @@ func (w *walker) zip(where string, data []byte) {
 		}
 		w.check(at, f.Name, "", detect(head[:n]))
 	}
+}
+
+// zipEntries reads the number of members from the end of central directory
+// record (APPNOTE.TXT 4.3.16), or from the ZIP64 one (4.3.14) it points to
+// through its locator (4.3.15); false when there is none to read.
+func zipEntries(data []byte) (uint64, bool) {
+	const eocdLen = 22
+	from := max(0, len(data)-eocdLen-0xffff) // the comment is at most 64 KiB
+	i := bytes.LastIndex(data[from:], []byte("PK\x05\x06"))
+	if i < 0 || from+i+eocdLen > len(data) {
+		return 0, false
+	}
+	i += from
+	n := uint64(binary.LittleEndian.Uint16(data[i+10:]))
+	if n != 0xffff || i < 20 || !bytes.HasPrefix(data[i-20:], []byte("PK\x06\x07")) {
+		return n, true
+	}
+	off := binary.LittleEndian.Uint64(data[i-20+8:])
+	if len(data) < 56 || off > uint64(len(data)-56) || !bytes.HasPrefix(data[off:], []byte("PK\x06\x06")) {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(data[off+32:]), true
 }
 
 // rar checks the member names of a rar archive against the extension
