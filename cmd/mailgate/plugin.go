@@ -15,6 +15,7 @@ import (
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/clamav"
 	"github.com/mailgate/mailgate/stages/dnsbl"
+	"github.com/mailgate/mailgate/stages/filetype"
 	"github.com/mailgate/mailgate/stages/headers"
 	"github.com/mailgate/mailgate/stages/milter"
 	"github.com/mailgate/mailgate/stages/spam"
@@ -34,12 +35,13 @@ type kind struct {
 // there is no registry state to share.
 func builtinKinds() map[string]kind {
 	return map[string]kind{
-		"clamav":  {clamav.New, clamav.Results},
-		"dnsbl":   {dnsbl.New, dnsbl.Results},
-		"headers": {headers.New, headers.Results},
-		"milter":  {milter.New, milter.Results},
-		"spam":    {spam.New, spam.Results},
-		"spf":     {spf.New, spf.Results},
+		"clamav":   {clamav.New, clamav.Results},
+		"dnsbl":    {dnsbl.New, dnsbl.Results},
+		"filetype": {filetype.New, filetype.Results},
+		"headers":  {headers.New, headers.Results},
+		"milter":   {milter.New, milter.Results},
+		"spam":     {spam.New, spam.Results},
+		"spf":      {spf.New, spf.Results},
 	}
 }
 
