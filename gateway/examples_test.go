@@ -29,7 +29,7 @@ func TestExamplesCheck(t *testing.T) {
 func TestCheckErrors(t *testing.T) {
 	for _, tc := range []struct{ name, config, want string }{
 		{"unknown kind", "[[stage]]\nname = \"x\"\nkind = \"spamassassin\"\n",
-			`bad.toml:6: stage[0].kind: unexpected "spamassassin"; expect arc, clamav, dkim, dkim-sign, dmarc, dnsbl, greylist, headers, milter, spam, spf or plugin`},
+			`bad.toml:6: stage[0].kind: unexpected "spamassassin"; expect arc, clamav, dkim, dkim-sign, dmarc, dnsbl, filetype, greylist, headers, milter, spam, spf or plugin`},
 		{"kind refuses its config", "[[stage]]\nname = \"av\"\nkind = \"clamav\"\n[stage.config]\nadress = \"unix:/x\"\n",
 			`bad.toml:8: stage[0].config.adress: unknown key`},
 		{"a key [stage.results] replaced", "[[stage]]\nname = \"av\"\nkind = \"clamav\"\n[stage.config]\ninfected = \"quarantine\"\n",

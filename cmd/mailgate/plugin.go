@@ -19,6 +19,7 @@ import (
 	"github.com/mailgate/mailgate/stages/dkimsign"
 	"github.com/mailgate/mailgate/stages/dmarc"
 	"github.com/mailgate/mailgate/stages/dnsbl"
+	"github.com/mailgate/mailgate/stages/filetype"
 	"github.com/mailgate/mailgate/stages/greylist"
 	"github.com/mailgate/mailgate/stages/headers"
 	"github.com/mailgate/mailgate/stages/milter"
@@ -45,6 +46,7 @@ func builtinKinds() map[string]kind {
 		"dkim-sign": {dkimsign.New, dkimsign.Results},
 		"dmarc":     {dmarc.New, dmarc.Results},
 		"dnsbl":     {dnsbl.New, dnsbl.Results},
+		"filetype":  {filetype.New, filetype.Results},
 		"greylist":  {greylist.New, greylist.Results},
 		"headers":   {headers.New, headers.Results},
 		"milter":    {milter.New, milter.Results},
