@@ -29,6 +29,7 @@ func dkimSigned(t *testing.T, msg string) (*dnstest.Server, string, []string) {
 	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
 	dns := dnstest.NewServer(t, dnstest.Zone{
 		"ed._domainkey.sender.test.": {fmt.Sprintf(`TXT "v=DKIM1; k=ed25519; p=%s"`, base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey)))},
+		"_dmarc.sender.test.":        {`TXT "v=DMARC1; p=reject"`},
 	})
 	for _, d := range []string{"sender.test", "other.test"} {
 		var out bytes.Buffer
@@ -55,6 +56,14 @@ name = "dkim"
 kind = "dkim"
 
 [[stage]]
+name = "arc"
+kind = "arc"
+
+[[stage]]
+name = "dmarc"
+kind = "dmarc"
+
+[[stage]]
 name = "headers"
 kind = "headers"
 [stage.config]
@@ -64,8 +73,8 @@ authentication_results = true
 // TestDKIMResultsReachDownstream: the dkim kind, served by the mailgate
 // binary as a plugin process, verifies each signature of a message with
 // its key from a loopback DNS server, and the downstream server gets one
-// Authentication-Results entry per signature with header.d, header.s and
-// header.b.
+// Authentication-Results field with an entry per signature (header.d,
+// header.s, header.b), then the arc and dmarc results.
 func TestDKIMResultsReachDownstream(t *testing.T) {
 	dns, signed, bs := dkimSigned(t, message("dkim@test", "signed body\r\n"))
 	down := routertest.NewServer(t)
@@ -83,14 +92,16 @@ func TestDKIMResultsReachDownstream(t *testing.T) {
 			ar = append(ar, v)
 		}
 	}
-	want := fmt.Sprintf("mx.gateway.test; dkim=permerror header.b=%s header.d=other.test header.s=gone; dkim=pass header.b=%s header.d=sender.test header.s=ed", bs[0], bs[1])
+	want := fmt.Sprintf("mx.gateway.test; dkim=permerror header.b=%s header.d=other.test header.s=gone; dkim=pass header.b=%s header.d=sender.test header.s=ed; arc=none smtp.remote-ip=127.0.0.1; dmarc=pass header.from=sender.test", bs[0], bs[1])
 	if len(ar) != 1 || strings.Join(strings.Fields(ar[0]), " ") != want {
 		t.Fatalf("Authentication-Results %q; want one: %q", ar, want)
 	}
 }
 
-// TestDryRunDKIM: `mailgate test -json` shows the dkim stage's result and
-// reason, and the Authentication-Results field it leads to.
+// TestDryRunDKIM: `mailgate test -json` shows the dkim, arc and dmarc
+// stages' results and reasons, and the Authentication-Results field they
+// lead to: sender.test's signature passes and aligns with From, so DMARC
+// passes under p=reject; the message has no ARC set.
 func TestDryRunDKIM(t *testing.T) {
 	dns, signed, _ := dkimSigned(t, message("dry-dkim@test", "signed body\r\n"))
 	dir := t.TempDir()
@@ -107,12 +118,21 @@ func TestDryRunDKIM(t *testing.T) {
 	if err := json.Unmarshal(out, &res); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	found := false
+	found := map[string]bool{}
 	for _, s := range res.Stages {
-		if s.Kind == "dkim" {
-			found = true
+		found[s.Kind] = true
+		switch s.Kind {
+		case "dkim":
 			if s.Result != "pass" || !strings.Contains(s.Reason, "dkim=permerror") || !strings.Contains(s.Reason, "dkim=pass") {
 				t.Errorf("dkim stage: %+v", s)
+			}
+		case "arc":
+			if s.Result != "none" {
+				t.Errorf("arc stage: %+v", s)
+			}
+		case "dmarc":
+			if s.Result != "pass" || !strings.Contains(s.Reason, "header.from=sender.test") {
+				t.Errorf("dmarc stage: %+v", s)
 			}
 		}
 	}
@@ -122,7 +142,8 @@ func TestDryRunDKIM(t *testing.T) {
 			added = h.Value
 		}
 	}
-	if !found || !strings.Contains(added, "header.d=sender.test header.s=ed") {
-		t.Fatalf("no dkim stage or A-R entry:\n%s", out)
+	if !found["dkim"] || !found["arc"] || !found["dmarc"] || !strings.Contains(added, "header.d=sender.test header.s=ed") ||
+		!strings.Contains(added, "arc=none") || !strings.Contains(added, "dmarc=pass header.from=sender.test") {
+		t.Fatalf("a stage or its A-R entry is missing:\n%s", out)
 	}
 }
