@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"slices"
-	"sync"
 )
 
 // The envelope log is a file header and then records:
@@ -241,87 +240,4 @@ func replayFile(path string) (index, error) {
 		return x, fmt.Errorf("%s is damaged at offset %d (record %d), before records that were on disk; refusing to recover: restore it or cut it to that offset, losing what follows", logName, logHeaderLen+n, seq)
 	}
 	return x, nil
-}
-
-// follower is the view of a spool opened read-only: it reads what the
-// writing process appends to the log, and starts over when a compaction
-// replaced the file.
-type follower struct {
-	path string
-
-	mu  sync.Mutex
-	f   *os.File
-	gen uint64
-	seq uint64
-	off int64
-	x   index
-}
-
-// refresh brings the index up to the log on disk. An incomplete record
-// at the end is being written: the next refresh reads it.
-func (fl *follower) refresh() error {
-	st, err := os.Stat(fl.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		fl.reset(nil)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fl.f != nil {
-		cur, err := fl.f.Stat()
-		if err != nil {
-			return err
-		}
-		if !os.SameFile(st, cur) {
-			fl.reset(nil)
-		}
-	}
-	if fl.f == nil {
-		f, err := os.Open(fl.path)
-		if err != nil {
-			return err
-		}
-		gen, err := readHeader(f)
-		if err != nil {
-			f.Close()
-			return err
-		}
-		fl.reset(f)
-		fl.gen, fl.seq, fl.off = gen, 1, int64(logHeaderLen)
-	}
-	st, err = fl.f.Stat()
-	if err != nil {
-		return err
-	}
-	if st.Size() <= fl.off {
-		return nil
-	}
-	b := make([]byte, st.Size()-fl.off)
-	if _, err := fl.f.ReadAt(b, fl.off); err != nil && !errors.Is(err, io.EOF) {
-		return err
-	}
-	n, seq, err := fl.x.scan(b, fl.gen, fl.seq)
-	fl.off += int64(n)
-	fl.seq = seq
-	return err
-}
-
-func (fl *follower) reset(f *os.File) {
-	if fl.f != nil {
-		fl.f.Close()
-	}
-	fl.f = f
-	fl.x = newIndex()
-}
-
-func (fl *follower) close() error {
-	fl.mu.Lock()
-	defer fl.mu.Unlock()
-	if fl.f == nil {
-		return nil
-	}
-	err := fl.f.Close()
-	fl.f = nil
-	return err
 }

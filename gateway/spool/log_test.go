@@ -126,9 +126,8 @@ func TestDamagedLog(t *testing.T) {
 }
 
 // Compaction runs between group commits while many goroutines commit,
-// update and remove, and a reader in "another process" follows the log
-// through the file replacements. What they were told is what a restart
-// finds.
+// update and remove, and another lists the spool throughout. What they
+// were told is what a restart finds.
 func TestCompactionUnderLoad(t *testing.T) {
 	dir := t.TempDir()
 	s := openT(t, dir, Options{})
@@ -136,7 +135,6 @@ func TestCompactionUnderLoad(t *testing.T) {
 	s.compactMin, s.nextCompact = 20, 20
 	firstGen := s.gen
 	s.logMu.Unlock()
-	reader := openT(t, dir, Options{ReadOnly: true})
 
 	var (
 		mu   sync.Mutex
@@ -152,8 +150,8 @@ func TestCompactionUnderLoad(t *testing.T) {
 				return
 			default:
 			}
-			if _, err := reader.List(); err != nil {
-				t.Errorf("reader List: %v", err)
+			if _, err := s.List(); err != nil {
+				t.Errorf("List: %v", err)
 				return
 			}
 		}
@@ -215,7 +213,6 @@ func TestCompactionUnderLoad(t *testing.T) {
 		}
 	}
 	check("writer", s)
-	check("reader", reader)
 	s.Close()
 	check("after reopen", openT(t, dir, Options{}))
 }
@@ -289,48 +286,6 @@ func TestReopenAfterManyUpdates(t *testing.T) {
 	x, err := replayFile(filepath.Join(dir, logName))
 	if err != nil || x.records != 3 {
 		t.Errorf("log after reopen: %d records, %v; want 3", x.records, err)
-	}
-}
-
-// A read-only opener sees what the writer commits, updates and removes,
-// and cannot change anything.
-func TestReadOnly(t *testing.T) {
-	dir := t.TempDir()
-	s := openT(t, dir, Options{})
-	r := openT(t, dir, Options{ReadOnly: true})
-	if ids := listIDs(t, r); len(ids) != 0 {
-		t.Fatalf("reader listed %v in an empty spool", ids)
-	}
-	env := &Envelope{From: "a@example.test"}
-	w := commit(t, s, []byte("x\r\n"), env)
-	if got, err := r.Load(w.ID()); err != nil || got.From != env.From {
-		t.Fatalf("reader Load = %+v, %v", got, err)
-	}
-	env.Held = true
-	if err := s.Update(env); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := r.Load(w.ID()); err != nil || !got.Held {
-		t.Errorf("reader Load after Update = %+v, %v", got, err)
-	}
-	m, err := r.OpenMessage(w.ID())
-	if got := readAll(t, m, err); string(got) != "x\r\n" {
-		t.Errorf("reader OpenMessage = %q", got)
-	}
-	if err := s.Remove(w.ID()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Load(w.ID()); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("reader Load after Remove = %v, want not exist", err)
-	}
-	if _, err := r.Create(); !errors.Is(err, ErrReadOnly) {
-		t.Errorf("reader Create = %v", err)
-	}
-	if err := r.Update(env); !errors.Is(err, ErrReadOnly) {
-		t.Errorf("reader Update = %v", err)
-	}
-	if err := r.Remove(w.ID()); !errors.Is(err, ErrReadOnly) {
-		t.Errorf("reader Remove = %v", err)
 	}
 }
 

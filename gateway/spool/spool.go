@@ -47,12 +47,7 @@
 // which carries over the records appended since the snapshot, holds them
 // up (see compaction in recover.go).
 //
-// One process writes a spool at a time. Another may open it with
-// Options.ReadOnly and read what the writer committed (List, Load,
-// OpenMessage): it follows the log as it grows and is replaced.
-//
-// A spool from before the log, with an envelope file each in env/, is
-// converted when it is opened for writing.
+// One process writes a spool at a time.
 package spool
 
 import (
@@ -127,10 +122,6 @@ func NewEnvelope(from string, rcpts []string, clientAddr, clientHelo, messageID 
 // ErrClosed is returned by calls on a closed Spool.
 var ErrClosed = errors.New("spool: closed")
 
-// ErrReadOnly is returned by calls that would change a spool opened with
-// Options.ReadOnly.
-var ErrReadOnly = errors.New("spool: opened read-only")
-
 // IsFull reports whether err comes from a full disk or an exhausted quota,
 // the case for a 452 reply (RFC 5321 section 4.2.2: insufficient system
 // storage) rather than a 451.
@@ -140,10 +131,6 @@ func IsFull(err error) bool {
 
 // Options changes how a Spool behaves; the zero value is what Open uses.
 type Options struct {
-	// ReadOnly opens the spool to read what the process that writes it
-	// has committed, next to that process: no lock, no recovery, and
-	// Create, Update and Remove return ErrReadOnly.
-	ReadOnly bool
 	// FailWrites, if set, is called before every write to a spool file
 	// (message bytes, rewrites, envelopes). A non-nil error is returned in
 	// place of that write's result, wrapped like a real one, so that tests
@@ -172,7 +159,6 @@ type Spool struct {
 	lock                *os.File // holds the flock until Close
 	msgDirF             *os.File // a handle on the file system, for syncfs
 	ids                 idGen
-	follow              *follower // the log as a read-only opener sees it
 
 	// idLocks serialize Update and Remove of the same message, so an Update
 	// never brings back the envelope of a message being removed.
@@ -217,10 +203,9 @@ func Open(dir string) (*Spool, error) { return OpenWith(dir, Options{}) }
 
 // OpenWith is Open with options.
 //
-// Only one process opens a spool for writing: it holds an exclusive flock
-// on <dir>/lock, which a process that dies drops with it. Open fails while
-// another process has it; a process that only reads opens it with
-// Options.ReadOnly.
+// Only one process opens a spool: it holds an exclusive flock on
+// <dir>/lock, which a process that dies drops with it. Open fails while
+// another process has it.
 func OpenWith(dir string, opts Options) (*Spool, error) {
 	s := &Spool{
 		dir:        dir,
@@ -236,14 +221,6 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 		syncDir:    syncDir,
 	}
 	s.nextCompact = s.compactMin
-	if opts.ReadOnly {
-		if _, err := os.Stat(s.msgDir); err != nil {
-			return nil, fmt.Errorf("open spool: %w", err)
-		}
-		s.follow = &follower{path: filepath.Join(dir, logName)}
-		close(s.stopped) // no committer
-		return s, nil
-	}
 	for _, d := range []string{s.msgDir, s.tmpDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("open spool: %w", err)
@@ -313,9 +290,6 @@ func readNames(dir string) ([]string, error) {
 
 // Create starts a new message; its queue ID is fixed from here on.
 func (s *Spool) Create() (*Writer, error) {
-	if s.follow != nil {
-		return nil, ErrReadOnly
-	}
 	if s.isClosed() {
 		return nil, ErrClosed
 	}
@@ -344,15 +318,6 @@ func (s *Spool) view(fn func(live map[string][]byte)) error {
 		if err := fail(); err != nil {
 			return err
 		}
-	}
-	if fl := s.follow; fl != nil {
-		fl.mu.Lock()
-		defer fl.mu.Unlock()
-		if err := fl.refresh(); err != nil {
-			return err
-		}
-		fn(fl.x.live)
-		return nil
 	}
 	s.logMu.Lock()
 	defer s.logMu.Unlock()
@@ -429,9 +394,6 @@ func (s *Spool) Update(env *Envelope) error {
 	if !ValidID(env.ID) {
 		return fmt.Errorf("spool: update %q: invalid queue ID: %w", env.ID, fs.ErrNotExist)
 	}
-	if s.follow != nil {
-		return ErrReadOnly
-	}
 	mu := s.idLock(env.ID)
 	mu.Lock()
 	defer mu.Unlock()
@@ -482,9 +444,6 @@ type Outcome struct {
 func (s *Spool) Note(id string, p Progress) error {
 	if !ValidID(id) {
 		return fmt.Errorf("spool: note %q: invalid queue ID: %w", id, fs.ErrNotExist)
-	}
-	if s.follow != nil {
-		return ErrReadOnly
 	}
 	for _, o := range p.Rcpts {
 		if o.Status != Delivered && o.Status != Failed {
@@ -564,9 +523,6 @@ func (s *Spool) Remove(id string) error {
 	if !ValidID(id) {
 		return fmt.Errorf("spool: remove %q: invalid queue ID: %w", id, fs.ErrNotExist)
 	}
-	if s.follow != nil {
-		return ErrReadOnly
-	}
 	mu := s.idLock(id)
 	mu.Lock()
 	defer mu.Unlock()
@@ -621,12 +577,6 @@ func (s *Spool) Close() error {
 	s.mu.Unlock()
 	if already {
 		return ErrClosed
-	}
-	if s.follow != nil {
-		if err := s.follow.close(); err != nil {
-			return fmt.Errorf("spool: close: %w", err)
-		}
-		return nil
 	}
 	s.signal()
 	<-s.stopped
