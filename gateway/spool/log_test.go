@@ -12,7 +12,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 )
 
 func appendFile(t *testing.T, path string, b []byte) {
@@ -286,33 +285,6 @@ func TestReopenAfterManyUpdates(t *testing.T) {
 	x, err := replayFile(filepath.Join(dir, logName))
 	if err != nil || x.records != 3 {
 		t.Errorf("log after reopen: %d records, %v; want 3", x.records, err)
-	}
-}
-
-// A spool written before the log, with an envelope file each in env/,
-// keeps its messages.
-func TestMigrateEnvFiles(t *testing.T) {
-	dir := t.TempDir()
-	id := (&idGen{}).next(time.Now())
-	for _, d := range []string{"msg", "env"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.WriteFile(filepath.Join(dir, "msg", id), []byte("old\r\n"), 0o600)
-	os.WriteFile(filepath.Join(dir, "env", id), []byte(`{"id":"`+id+`","from":"a@example.test","size":5}`), 0o600)
-
-	s := openT(t, dir, Options{})
-	got, err := s.Load(id)
-	if err != nil || got.From != "a@example.test" {
-		t.Fatalf("Load of a migrated envelope = %+v, %v", got, err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "env")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("env/ after migration: %v", err)
-	}
-	s.Close()
-	if ids := listIDs(t, openT(t, dir, Options{})); !slices.Equal(ids, []string{id}) {
-		t.Errorf("after reopen listed %v, want %s", ids, id)
 	}
 }
 

@@ -1,11 +1,7 @@
 package spool
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"maps"
 	"math/rand/v2"
 	"os"
@@ -26,10 +22,6 @@ func (s *Spool) recover() error {
 		return fmt.Errorf("recover: %w", err)
 	}
 	x, err := replayFile(filepath.Join(s.dir, logName))
-	if err != nil {
-		return fmt.Errorf("recover: %w", err)
-	}
-	migrated, err := migrate(filepath.Join(s.dir, "env"), &x)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
@@ -54,38 +46,7 @@ func (s *Spool) recover() error {
 	if err := s.compact(); err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
-	if migrated {
-		// The new log holds these envelopes now.
-		if err := os.RemoveAll(filepath.Join(s.dir, "env")); err != nil {
-			return fmt.Errorf("recover: %w", err)
-		}
-	}
 	return nil
-}
-
-// migrate adds to x the envelopes of a spool written before the log, one
-// file each in env/. An envelope that cannot be read fails the Open: its
-// message would otherwise be removed as never committed.
-func migrate(dir string, x *index) (bool, error) {
-	ids, err := readIDs(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	for id := range ids {
-		b, err := os.ReadFile(filepath.Join(dir, id))
-		if err != nil {
-			return false, fmt.Errorf("migrate: %w", err)
-		}
-		var js bytes.Buffer
-		if err := json.Compact(&js, b); err != nil {
-			return false, fmt.Errorf("migrate %s: %w", filepath.Join(dir, id), err)
-		}
-		x.live[id] = js.Bytes()
-	}
-	return true, nil
 }
 
 // A compaction writes the live envelopes into a new log that replaces the
