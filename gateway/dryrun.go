@@ -56,6 +56,8 @@ type HeaderLine struct {
 // and quarantine are in a temporary directory removed on return, the
 // router that takes the message never runs, nothing is traced. Routes
 // with verify_rcpts are asked about the recipients, as serve asks them.
+// cfg is as policy.Load returns it: validated, and only read here, so a
+// running gateway may share it.
 func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInput) (*DryRunResult, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

@@ -82,8 +82,12 @@ type Gateway struct {
 
 // New opens the spool, the quarantine and the traces, starts the stage
 // plugins and builds every part, but listens on nothing yet. On error,
-// what it had opened and started is closed again.
+// what it had opened and started is closed again. cfg is validated
+// first, so that the parts need not check it again.
 func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -70,18 +70,15 @@ func TestStartupFailures(t *testing.T) {
 		{name: "trace not a directory", want: "trace", prepare: func(t *testing.T, dir string) {
 			mustWrite(t, filepath.Join(dir, "trace"), "")
 		}},
-		{name: "router", want: "router", mutate: func(t *testing.T, cfg *policy.Config) {
-			cfg.Delivery.MaxConnections = 0
-		}},
-		{name: "route table", want: "route 1", mutate: func(t *testing.T, cfg *policy.Config) {
+		{name: "config a Go caller broke", want: "test.toml:8: route[0].domains: required", mutate: func(t *testing.T, cfg *policy.Config) {
 			cfg.Routes[0].Domains = nil
 		}},
 		{name: "stage refuses its config", want: "test.toml:20: stage[1].config.garbage: unexpected \"nope\"",
 			stage: "\n[[stage]]\nname = \"bad\"\nkind = \"plugin\"\npath = %q\n[stage.config]\ngarbage = \"nope\"\n"},
 		{name: "result word the stage does not declare", want: "test.toml:22: stage[1].results.lsited: unknown result of kind testplugin; did you mean listed?",
 			stage: "\n[[stage]]\nname = \"words\"\nkind = \"plugin\"\npath = %q\n[stage.config]\nresults = [\"clean\", \"listed\"]\n[stage.results]\nlsited = \"reject\"\n"},
-		{name: "smtp server", want: "trusted_networks", mutate: func(t *testing.T, cfg *policy.Config) {
-			cfg.Server.TrustedNetworks = []string{"not a network"}
+		{name: "smtp server", want: "server.tls_cert", mutate: func(t *testing.T, cfg *policy.Config) {
+			cfg.Server.TLSCert, cfg.Server.TLSKey = filepath.Join(t.TempDir(), "no.crt"), filepath.Join(t.TempDir(), "no.key")
 		}},
 		{name: "listen", started: true, want: "listen 127.0.0.1:", listen: "occupied"},
 		{name: "second listen", started: true, want: "listen 127.0.0.1:", listen: "free occupied"},

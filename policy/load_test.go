@@ -187,7 +187,7 @@ func TestAdminListenOff(t *testing.T) {
 
 func TestTrusted(t *testing.T) {
 	src := "hostname = \"mx.example.test\"\ndata_dir = \"/d\"\n[server]\n" +
-		`trusted_networks = ["192.0.2.7", "2001:db8::1", "10.1.2.3/8", "2001:db8:1::/48"]`
+		`trusted_networks = ["192.0.2.7", "2001:db8::1", "10.1.2.3/8", "2001:db8:1::/48", "::ffff:192.0.2.8"]`
 	c, err := Parse("t.toml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
@@ -197,6 +197,7 @@ func TestTrusted(t *testing.T) {
 		netip.MustParsePrefix("2001:db8::1/128"),
 		netip.MustParsePrefix("10.0.0.0/8"),
 		netip.MustParsePrefix("2001:db8:1::/48"),
+		netip.MustParsePrefix("192.0.2.8/32"),
 	}
 	if got := c.Server.Trusted(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Trusted() = %v, want %v", got, want)

@@ -94,6 +94,8 @@ func (v *validator) server(s *Server, k key) {
 				v.errorf(k.field("trusted_networks").index(i), `unexpected %q; expect a network such as "10.0.0.0/8" or an address such as "192.0.2.1"`, n)
 				continue
 			}
+			// Clients are compared unmapped: ::ffff:192.0.2.1 is 192.0.2.1.
+			a = a.Unmap()
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
 		s.trusted = append(s.trusted, p.Masked())

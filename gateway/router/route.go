@@ -1,7 +1,6 @@
 package router
 
 import (
-	"fmt"
 	"sort"
 	"strings"
 
@@ -25,54 +24,26 @@ type wildcard struct {
 	route  *policy.Route
 }
 
-// NewTable builds the table of the [[route]] entries. The routes are kept
-// by pointer: the table must not outlive routes.
-func NewTable(routes []policy.Route) (*Table, error) {
+// NewTable builds the table of the [[route]] entries of a config policy
+// validated (a domain once, each a name, "*.name" or "*"). The routes are
+// kept by pointer: the table must not outlive routes.
+func NewTable(routes []policy.Route) *Table {
 	t := &Table{exact: make(map[string]*policy.Route)}
-	seen := make(map[string]int)
 	for i := range routes {
 		r := &routes[i]
-		kinds := 0
-		if len(r.Servers) > 0 {
-			kinds++
-		}
-		if r.MX {
-			kinds++
-		}
-		if r.Maildir != "" {
-			kinds++
-		}
-		if kinds != 1 {
-			return nil, fmt.Errorf("route %d: set exactly one of servers, mx or maildir", i+1)
-		}
-		switch r.TLS {
-		case "", tlsOpportunistic, tlsRequired, tlsNone:
-		default:
-			return nil, fmt.Errorf("route %d: tls: unexpected %q; expect opportunistic, required or none", i+1, r.TLS)
-		}
-		if len(r.Domains) == 0 {
-			return nil, fmt.Errorf("route %d: no domains", i+1)
-		}
 		for _, d := range r.Domains {
-			d = address.Fold(d)
-			if j, dup := seen[d]; dup {
-				return nil, fmt.Errorf("route %d: domain %q is already routed by route %d", i+1, d, j+1)
-			}
-			seen[d] = i
-			switch {
+			switch d = address.Fold(d); {
 			case d == "*":
 				t.def = r
-			case strings.HasPrefix(d, "*.") && len(d) > 2 && !strings.Contains(d[1:], "*"):
+			case strings.HasPrefix(d, "*."):
 				t.wild = append(t.wild, wildcard{suffix: d[1:], route: r})
-			case d == "" || strings.Contains(d, "*"):
-				return nil, fmt.Errorf("route %d: bad domain %q; expect name, *.name or *", i+1, d)
 			default:
 				t.exact[d] = r
 			}
 		}
 	}
 	sort.SliceStable(t.wild, func(i, j int) bool { return len(t.wild[i].suffix) > len(t.wild[j].suffix) })
-	return t, nil
+	return t
 }
 
 // Match returns the route for a recipient domain: an exact name first,

@@ -87,13 +87,10 @@ type conf struct {
 	client *smtpClient
 }
 
-// New makes a Router for the routes and [delivery] settings of cfg
-// (with defaults applied, as policy.Load does) over the spool sp.
+// New makes a Router for the routes and [delivery] settings of cfg, a
+// config policy validated, over the spool sp.
 func New(cfg *policy.Config, sp *spool.Spool, logger *slog.Logger, opts ...Option) (*Router, error) {
 	dl := cfg.Delivery
-	if dl.MaxConnections <= 0 || dl.IdleConnTimeout <= 0 {
-		return nil, errors.New("router: [delivery] needs positive max_connections and idle_conn_timeout")
-	}
 	r := &Router{
 		sp:      sp,
 		log:     logger,
@@ -120,21 +117,14 @@ func New(cfg *policy.Config, sp *spool.Spool, logger *slog.Logger, opts ...Optio
 
 // newConf builds what cfg asks for, or says why it cannot.
 func (r *Router) newConf(cfg *policy.Config) (*conf, error) {
-	table, err := NewTable(cfg.Routes)
-	if err != nil {
-		return nil, fmt.Errorf("router: %w", err)
-	}
 	res, err := newResolver(cfg.DNS.Servers, time.Duration(cfg.DNS.Timeout), r.mxPort)
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	dl := cfg.Delivery
-	if dl.RetryMin <= 0 || dl.RetryMax < dl.RetryMin || dl.MaxAge <= 0 {
-		return nil, errors.New("router: [delivery] needs positive retry_min and max_age, and retry_max >= retry_min")
-	}
 	return &conf{
 		cfg:   cfg,
-		table: table,
+		table: NewTable(cfg.Routes),
 		res:   res,
 		client: &smtpClient{
 			pool:           r.pool,

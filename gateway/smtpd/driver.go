@@ -54,7 +54,7 @@ type Quarantiner interface {
 
 // Options is everything a Server, and its Driver, need.
 type Options struct {
-	Config     *policy.Config
+	Config     *policy.Config // as policy validated it
 	Spool      *spool.Spool
 	Routes     RouteMatcher
 	Queue      Queuer
@@ -71,8 +71,7 @@ type Options struct {
 // Driver runs mail transactions under one configuration (see the package
 // comment). It is safe for concurrent use; a Conn and its Txns are not.
 type Driver struct {
-	opts    Options
-	trusted []netip.Prefix
+	opts Options
 }
 
 // NewDriver builds a driver; opts.Pipeline nil runs no stages.
@@ -83,16 +82,13 @@ func NewDriver(opts Options) (*Driver, error) {
 	if opts.Quarantine == nil {
 		return nil, errors.New("smtpd: no quarantine")
 	}
-	trusted, err := parsePrefixes(opts.Config.Server.TrustedNetworks)
-	if err != nil {
-		return nil, fmt.Errorf("server.trusted_networks: %w", err)
-	}
 	if opts.Pipeline == nil {
+		var err error
 		if opts.Pipeline, err = pipeline.New(nil, opts.Config.Policy, pipeline.Options{}); err != nil {
 			return nil, err
 		}
 	}
-	return &Driver{opts: opts, trusted: trusted}, nil
+	return &Driver{opts: opts}, nil
 }
 
 // Watch gives the context a phase's checks run under while the client
@@ -121,7 +117,7 @@ type Conn struct {
 // at RCPT (as Postfix's smtpd_delay_reject), so that it is logged with
 // the envelope.
 func (d *Driver) Connect(client stages.Client, watch Watch) *Conn {
-	client.Trusted = slices.ContainsFunc(d.trusted, func(p netip.Prefix) bool { return p.Contains(client.Addr) })
+	client.Trusted = slices.ContainsFunc(d.opts.Config.Server.Trusted(), func(p netip.Prefix) bool { return p.Contains(client.Addr) })
 	c := &Conn{d: d, client: client, start: time.Now(), watch: watch, base: d.opts.Pipeline.Begin(),
 		log: d.opts.Logger.With("client", client.Addr.String(), "helo", client.Helo)}
 	tx := &stages.Transaction{Client: client}

@@ -124,9 +124,6 @@ func (s *Server) Check(cfg *policy.Config) error {
 	if len(keys) > 0 {
 		return fmt.Errorf("%s changed: restart needed", strings.Join(keys, ", "))
 	}
-	if _, err := parsePrefixes(cfg.Server.TrustedNetworks); err != nil {
-		return fmt.Errorf("server.trusted_networks: %w", err)
-	}
 	return nil
 }
 
@@ -194,22 +191,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close stops the server at once.
 func (s *Server) Close() error { return s.srv.Close() }
-
-func parsePrefixes(list []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, n := range list {
-		if p, err := netip.ParsePrefix(n); err == nil {
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(n)
-		if err != nil {
-			return nil, fmt.Errorf("unexpected %q; expect a CIDR such as 10.0.0.0/8 or an IP address", n)
-		}
-		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-	}
-	return out, nil
-}
 
 // connLimits counts open connections in total and per client IP.
 type connLimits struct {
