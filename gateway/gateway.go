@@ -39,8 +39,6 @@ type Options struct {
 	// PluginCommand returns the command line that serves a built-in stage
 	// kind: the mailgate binary with arguments "plugin <kind>".
 	PluginCommand func(kind string) []string
-	// Router options (tests point MX delivery at a test port with them).
-	Router []router.Option
 	// Spool options (tests inject write failures with them).
 	Spool spool.Options
 	// LoadConfig reads the config file again, for Reload; nil makes
@@ -124,8 +122,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	}
 	undo = append(undo, func() { g.trace.Close() })
 
-	ropts := append([]router.Option{router.Trace(g.trace), router.Metrics(g.reg)}, opts.Router...)
-	if g.router, err = router.New(cfg, g.spool, opts.Logger, ropts...); err != nil {
+	if g.router, err = router.New(cfg, g.spool, opts.Logger, router.Trace(g.trace), router.Metrics(g.reg)); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 

@@ -3,7 +3,6 @@ package admin
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -124,12 +123,6 @@ type Error struct {
 }
 
 func (e *Error) Error() string { return e.Message }
-
-// NotFound reports whether err says there is no such message.
-func NotFound(err error) bool {
-	var e *Error
-	return errors.As(err, &e) && e.Status == http.StatusNotFound
-}
 
 func (c *Client) call(ctx context.Context, method, path string, out any) error {
 	resp, err := c.do(ctx, method, path)
