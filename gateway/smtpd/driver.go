@@ -261,7 +261,7 @@ func (t *Txn) Rcpt(to string) Outcome {
 		early, phase = t.early, stages.Mail
 	}
 	if early != nil {
-		return refuse(replyFor(stages.Rcpt, *early), phase, trace.Event{Action: early.Action.String(), Stage: early.Stage,
+		return refuse(replyFor(*early), phase, trace.Event{Action: early.Action.String(), Stage: early.Stage,
 			Reason: phase.String() + ": " + early.Reason, Score: early.Score}, &early.Action)
 	}
 	canon, r, why := envelopeAddress(to, c.client.Trusted, t.utf8, errBadRcpt)
@@ -309,7 +309,7 @@ func (t *Txn) Rcpt(to string) Outcome {
 		// sends it again in a transaction of its own (RFC 5321
 		// §4.5.3.1.10), so one message never mixes policies.
 		t.tx.Rcpts = t.tx.Rcpts[:len(t.tx.Rcpts)-1]
-		return refuse(replyFor(stages.Rcpt, d), stages.Rcpt, trace.Event{Action: d.Action.String(), Stage: d.Stage,
+		return refuse(replyFor(d), stages.Rcpt, trace.Event{Action: d.Action.String(), Stage: d.Stage,
 			Reason: d.Reason, Score: d.Score, Policy: d.Policy, Stages: ts}, &d.Action)
 	}
 	t.stages = append(t.stages, ts...)
@@ -393,7 +393,7 @@ func (t *Txn) Data(r io.Reader) Outcome {
 		ev.Action, ev.Reason = "tempfail", "filter_timeout reached"
 		return decided(errFilterTime, stages.TempFail, nil)
 	case refused(d):
-		return decided(replyFor(stages.Data, d), d.Action, nil)
+		return decided(replyFor(d), d.Action, nil)
 	case len(t.tx.Rcpts) == 0:
 		// Every recipient was removed by a stage: nothing to deliver, and
 		// the sender must not learn that from a bounce.
