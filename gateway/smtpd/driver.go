@@ -344,8 +344,7 @@ func (t *Txn) Data(r io.Reader) Outcome {
 	}
 
 	in := &countingReader{r: r}
-	hs := newHeaderScanner() // counts the client's Received fields, not ours
-	msg := io.MultiReader(strings.NewReader(t.receivedField()), io.TeeReader(newLineEndReader(in, cfg.BareLF == "reject"), hs))
+	msg := io.MultiReader(strings.NewReader(t.receivedField()), newLineEndReader(in, cfg.BareLF == "reject"))
 	if _, err := io.Copy(spoolWriter{w}, msg); err != nil {
 		// Write errors are the spool's; read errors the client's.
 		if errors.As(err, new(spoolWriteError)) {
@@ -362,13 +361,15 @@ func (t *Txn) Data(r io.Reader) Outcome {
 	if cfg.MaxMessageSize > 0 && in.n > int64(cfg.MaxMessageSize) {
 		return refuse(smtp.ErrDataTooLarge, smtp.ErrDataTooLarge.Error())
 	}
-	if hs.received > cfg.MaxHops {
-		return refuse(errTooManyHops, fmt.Sprintf("mail loop: %d Received fields", hs.received))
-	}
 	if err := readMessage(t.tx, w); errors.Is(err, errHeaderTooLarge) {
 		return refuse(errBigHeader, err.Error())
 	} else if err != nil {
 		return failed("spool read back", err)
+	}
+	// RFC 5321 §6.3: a message that passed too many hops is in a loop.
+	// The client's Received fields count, not the one this hop added.
+	if hops := len(t.tx.Header.Values("Received")) - 1; hops > cfg.MaxHops {
+		return refuse(errTooManyHops, fmt.Sprintf("mail loop: %d Received fields", hops))
 	}
 
 	// The client waits for the checks; one that hangs up meanwhile gets

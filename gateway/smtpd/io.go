@@ -2,7 +2,6 @@ package smtpd
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -301,45 +300,4 @@ func isClean(chunk []byte) bool {
 		}
 	}
 	return true
-}
-
-// headerScanner watches the bytes of a message go by and counts the
-// Received fields of its header (RFC 5321 §6.3: a loop is assumed when a
-// message has passed too many hops). It stops looking at the end of the
-// header block.
-type headerScanner struct {
-	received int
-	inHeader bool
-	line     []byte // the start of the current line, up to 9 bytes
-}
-
-func newHeaderScanner() *headerScanner {
-	return &headerScanner{inHeader: true}
-}
-
-func (h *headerScanner) Write(p []byte) (int, error) {
-	if !h.inHeader {
-		return len(p), nil
-	}
-	for _, c := range p {
-		if c == '\n' {
-			if isBlank(h.line) {
-				h.inHeader = false
-				return len(p), nil
-			}
-			h.line = h.line[:0]
-			continue
-		}
-		if len(h.line) < 9 {
-			h.line = append(h.line, c)
-			if len(h.line) == 9 && bytes.EqualFold(h.line, []byte("received:")) {
-				h.received++
-			}
-		}
-	}
-	return len(p), nil
-}
-
-func isBlank(line []byte) bool {
-	return len(line) == 0 || (len(line) == 1 && line[0] == '\r')
 }
