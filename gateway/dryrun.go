@@ -39,15 +39,9 @@ type DryRunResult struct {
 	Stage          string        `json:"decided_by,omitempty"`
 	Reason         string        `json:"reason,omitempty"`
 	Stages         []trace.Stage `json:"stages"`
-	HeadersAdded   []HeaderLine  `json:"headers_added,omitempty"`
-	HeadersRemoved []HeaderLine  `json:"headers_removed,omitempty"`
+	HeadersAdded   stages.Header `json:"headers_added,omitempty"` // values unfolded
+	HeadersRemoved stages.Header `json:"headers_removed,omitempty"`
 	Rcpts          []string      `json:"rcpts,omitempty"` // the recipients after edits
-}
-
-// HeaderLine is one header field.
-type HeaderLine struct {
-	Name  string `json:"name"`
-	Value string `json:"value"`
 }
 
 // DryRun runs one message through the SMTP side's path, smtpd's driver
@@ -134,19 +128,20 @@ func result(o smtpd.Outcome, ran []trace.Stage) *DryRunResult {
 	return r
 }
 
-// headerDiff lists the fields of a that b lacks (counting duplicates).
-func headerDiff(a, b stages.Header) []HeaderLine {
+// headerDiff lists the fields of a that b lacks (counting duplicates),
+// unfolded.
+func headerDiff(a, b stages.Header) stages.Header {
 	left := map[stages.Field]int{}
 	for _, f := range b {
 		left[f]++
 	}
-	var out []HeaderLine
+	var out stages.Header
 	for _, f := range a {
 		if left[f] > 0 {
 			left[f]--
 			continue
 		}
-		out = append(out, HeaderLine{Name: f.Name, Value: stages.Unfold(f.Value)})
+		out = append(out, stages.Field{Name: f.Name, Value: stages.Unfold(f.Value)})
 	}
 	return out
 }
