@@ -66,12 +66,7 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 		}
 		p.refs.Add(1)
 		ch.plugins = append(ch.plugins, p)
-		onErr, err := pipeline.ParseOnError(sc.OnError)
-		if err != nil {
-			ch.Close()
-			return nil, cfg.StageError(i, err.Error(), "on_error")
-		}
-		specs = append(specs, pipeline.StageSpec{Stage: p.Plugin, OnError: onErr, Timeout: time.Duration(sc.Timeout), Results: sc.ResultActions()})
+		specs = append(specs, pipeline.StageSpec{Stage: p.Plugin, OnError: sc.OnError, Timeout: time.Duration(sc.Timeout), Results: sc.ResultActions()})
 	}
 	// Only now are the result words of every stage known, plugins' too.
 	if err := cfg.CheckResults(func(i int) (string, []string, bool) {

@@ -23,7 +23,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailgate/mailgate/gateway/admin"
-	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
@@ -373,10 +372,9 @@ func stageHealth(p *host.Plugin, onError string) admin.Check {
 		c.Detail = fmt.Sprintf("up, pid %d", st.PID)
 		return c
 	}
-	oe, _ := pipeline.ParseOnError(onError) // validated by policy
-	c.Detail += "; on_error " + oe.String()
+	c.Detail += "; on_error " + onError
 	c.Status = admin.Degraded
-	if oe == pipeline.OnErrorTempFail || oe == pipeline.OnErrorReject {
+	if onError == "tempfail" || onError == "reject" {
 		c.Status = admin.Down
 	}
 	return c

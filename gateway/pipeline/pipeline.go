@@ -64,45 +64,18 @@ import (
 // that no stage can hold a client forever.
 const DefaultTimeout = 10 * time.Second
 
-// OnError is what the pipeline does when a stage breaks: returns an error,
-// times out, panics or returns something invalid.
-type OnError uint8
-
-const (
-	OnErrorTempFail   OnError = iota // 451: the sender retries later (the default)
-	OnErrorAccept                    // accept as if the stage had returned Accept
-	OnErrorReject                    // 550: refuse
-	OnErrorQuarantine                // keep the message in the quarantine
-	OnErrorSkip                      // ignore the stage for this call
-)
-
-var onErrorNames = [...]string{"tempfail", "accept", "reject", "quarantine", "skip"}
-
-func (o OnError) String() string {
-	if int(o) < len(onErrorNames) {
-		return onErrorNames[o]
-	}
-	return fmt.Sprintf("on_error(%d)", o)
-}
-
-// ParseOnError parses an on_error value from the config; "" is the default,
-// tempfail.
-func ParseOnError(s string) (OnError, error) {
-	if s == "" {
-		return OnErrorTempFail, nil
-	}
-	for i, n := range onErrorNames {
-		if s == n {
-			return OnError(i), nil
-		}
-	}
-	return 0, fmt.Errorf("unexpected %q; expect tempfail, accept, reject, quarantine or skip", s)
-}
+// onErrorActions is the verdict of a stage call that broke (returned an
+// error, timed out, panicked or returned something invalid), by the
+// stage's on_error as configured ("" is tempfail): 451 for tempfail,
+// the action of the same name, and for skip, Continue: the stage is left
+// out of this call.
+var onErrorActions = map[string]stages.Action{"tempfail": stages.TempFail, "accept": stages.Accept,
+	"reject": stages.Reject, "quarantine": stages.Quarantine, "skip": stages.Continue}
 
 // StageSpec is one stage of the chain as configured.
 type StageSpec struct {
 	Stage   stages.Stage
-	OnError OnError
+	OnError string        // on_error as configured (see onErrorActions); "" is tempfail
 	Timeout time.Duration // per call; 0 means DefaultTimeout
 	// Results maps the stage's result words to the action the pipeline
 	// takes instead of the stage's own ([stage.results], see
@@ -140,7 +113,7 @@ type stage struct {
 	stages.Stage
 	name    string
 	info    stages.Info // asked once: for a plugin it is a round trip
-	onError OnError
+	onError string
 	timeout time.Duration
 	results map[string]stages.Action
 	// timeoutErr is the cause of a per-call timeout; it wraps
@@ -187,8 +160,11 @@ func New(specs []StageSpec, pol policy.Policy, opts Options) (*Pipeline, error) 
 			// at data only.
 			return nil, fmt.Errorf("stage %q (%s): seals, so it must declare edits and the data phase only", name, info.Kind)
 		}
-		if int(sp.OnError) >= len(onErrorNames) {
-			return nil, fmt.Errorf("stage %q: invalid on_error %d", name, sp.OnError)
+		if sp.OnError == "" {
+			sp.OnError = "tempfail"
+		}
+		if _, ok := onErrorActions[sp.OnError]; !ok {
+			return nil, fmt.Errorf("stage %q: invalid on_error %q", name, sp.OnError)
 		}
 		for result, a := range sp.Results {
 			if a >= stages.Accept {
@@ -727,20 +703,10 @@ func (p *Pipeline) failed(sg *stage, o outcome, err error) outcome {
 	o.res.Err = err.Error()
 	o.res.OnError = true
 	o.res.TimedOut = errors.Is(err, context.DeadlineExceeded)
-	o.res.Score, o.res.Result, o.res.Reason = 0, "", "on_error "+sg.onError.String()
-	o.reply = nil
-	switch sg.onError {
-	case OnErrorTempFail:
-		o.res.Action = stages.TempFail
+	o.res.Score, o.res.Result, o.res.Reason = 0, "", "on_error "+sg.onError
+	o.res.Action, o.reply = onErrorActions[sg.onError], nil
+	if o.res.Action == stages.TempFail {
 		o.reply = &errorReply
-	case OnErrorAccept:
-		o.res.Action = stages.Accept
-	case OnErrorReject:
-		o.res.Action = stages.Reject
-	case OnErrorQuarantine:
-		o.res.Action = stages.Quarantine
-	case OnErrorSkip:
-		o.res.Action = stages.Continue
 	}
 	return o
 }

@@ -384,18 +384,18 @@ func TestTimeoutAppliesOnError(t *testing.T) {
 
 func TestOnError(t *testing.T) {
 	for _, c := range []struct {
-		onErr     OnError
+		onErr     string
 		want      stages.Action
 		wantReply string
 		nextRuns  bool
 	}{
-		{OnErrorTempFail, stages.TempFail, "451 4.3.0 Temporary failure, try again later", true},
-		{OnErrorReject, stages.Reject, "550 5.7.1 Message rejected", true},
-		{OnErrorAccept, stages.Accept, "", false},
-		{OnErrorQuarantine, stages.Quarantine, "", true},
-		{OnErrorSkip, stages.Continue, "", true},
+		{"tempfail", stages.TempFail, "451 4.3.0 Temporary failure, try again later", true},
+		{"reject", stages.Reject, "550 5.7.1 Message rejected", true},
+		{"accept", stages.Accept, "", false},
+		{"quarantine", stages.Quarantine, "", true},
+		{"skip", stages.Continue, "", true},
 	} {
-		t.Run(c.onErr.String(), func(t *testing.T) {
+		t.Run(c.onErr, func(t *testing.T) {
 			broken := &fake{name: "broken", info: stages.Info{Kind: "clamav", Phases: stages.Data},
 				run: func(context.Context, stages.Phase, *stages.Transaction) (stages.Verdict, error) {
 					return stages.Verdict{Action: stages.Reject, Score: 50}, errors.New("dial clamd: connection refused")
@@ -436,7 +436,7 @@ func TestPanicIsRecovered(t *testing.T) {
 			m["x"]++
 			return stages.Verdict{}, nil
 		}}
-	p := newPipelineSpecs(t, defaultPolicy, StageSpec{Stage: bad, OnError: OnErrorSkip, Timeout: time.Second})
+	p := newPipelineSpecs(t, defaultPolicy, StageSpec{Stage: bad, OnError: "skip", Timeout: time.Second})
 	d := p.Begin().Run(context.Background(), stages.Data, newTx(), nil)
 	if d.Action != stages.Continue || !d.Trace[0].OnError || !strings.HasPrefix(d.Trace[0].Err, "panic: ") {
 		t.Errorf("got %s, trace %+v; want the panic counted as an error and skipped", d.Action, d.Trace[0])
@@ -563,7 +563,7 @@ func TestBadEditIsAStageError(t *testing.T) {
 				run: func(context.Context, stages.Phase, *stages.Transaction) (stages.Verdict, error) {
 					return stages.Verdict{Action: stages.Tag, Edits: c.edits}, nil
 				}}
-			p := newPipelineSpecs(t, noThresholds, StageSpec{Stage: f, OnError: OnErrorReject, Timeout: time.Second})
+			p := newPipelineSpecs(t, noThresholds, StageSpec{Stage: f, OnError: "reject", Timeout: time.Second})
 			tx := newTx()
 			d := p.Begin().Run(context.Background(), c.phase, tx, nil)
 			if d.Action != stages.Reject || !d.Trace[0].OnError || !strings.Contains(d.Trace[0].Err, c.want) {
@@ -623,7 +623,7 @@ func TestMetrics(t *testing.T) {
 			}}
 		p, err := New([]StageSpec{
 			{Stage: ok, Timeout: time.Second},
-			{Stage: broken, OnError: OnErrorSkip, Timeout: 10 * time.Millisecond},
+			{Stage: broken, OnError: "skip", Timeout: 10 * time.Millisecond},
 		}, noThresholds, Options{Registerer: reg})
 		if err != nil {
 			t.Fatal(err)
@@ -668,7 +668,7 @@ func TestStageLogLine(t *testing.T) {
 		run: func(context.Context, stages.Phase, *stages.Transaction) (stages.Verdict, error) {
 			return stages.Verdict{}, errors.New("scanner down")
 		}}
-	p := newPipelineSpecs(t, noThresholds, StageSpec{Stage: f, OnError: OnErrorSkip, Timeout: time.Second})
+	p := newPipelineSpecs(t, noThresholds, StageSpec{Stage: f, OnError: "skip", Timeout: time.Second})
 	s := p.Begin()
 	s.Run(context.Background(), stages.Rcpt, newTx(), log)
 	if buf.Len() != 0 {
@@ -701,7 +701,7 @@ func TestNewRefuses(t *testing.T) {
 		{"duplicate", []StageSpec{{Stage: a}, {Stage: a}}, noThresholds, `stage "a": name used twice`},
 		{"no phase", []StageSpec{{Stage: &fake{name: "b"}}}, noThresholds, "declares no phase"},
 		{"nil stage", []StageSpec{{}}, noThresholds, "stage 1: no stage"},
-		{"bad on_error", []StageSpec{{Stage: a, OnError: 9}}, noThresholds, "invalid on_error"},
+		{"bad on_error", []StageSpec{{Stage: a, OnError: "tmpfail"}}, noThresholds, `invalid on_error "tmpfail"`},
 		{"bad subject tag", nil, policy.Policy{SubjectTag: "[SPAM]\r\nBcc: x"}, "subject_tag"},
 		{"accept mapping", []StageSpec{{Stage: a, Results: map[string]stages.Action{"pass": stages.Accept}}}, noThresholds,
 			`stage "a": results: "pass" maps to accept`},
@@ -713,19 +713,6 @@ func TestNewRefuses(t *testing.T) {
 		if _, err := New(c.specs, c.pol, Options{}); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
 		}
-	}
-}
-
-func TestParseOnError(t *testing.T) {
-	for s, want := range map[string]OnError{"": OnErrorTempFail, "tempfail": OnErrorTempFail, "accept": OnErrorAccept,
-		"reject": OnErrorReject, "quarantine": OnErrorQuarantine, "skip": OnErrorSkip} {
-		if got, err := ParseOnError(s); err != nil || got != want {
-			t.Errorf("ParseOnError(%q) = %v, %v", s, got, err)
-		}
-	}
-	_, err := ParseOnError("tmpfail")
-	if err == nil || err.Error() != `unexpected "tmpfail"; expect tempfail, accept, reject, quarantine or skip` {
-		t.Errorf("ParseOnError(tmpfail): %v", err)
 	}
 }
 
