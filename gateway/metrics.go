@@ -12,18 +12,10 @@ import (
 // and what it was built from, so that a dashboard shows which build each
 // node runs.
 func registerBuildInfo(reg prometheus.Registerer, version string) {
-	revision := ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				revision = s.Value
-			}
-		}
-	}
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "mailgate_build_info",
 		Help:        "Always 1; the labels say which build runs.",
-		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()},
+		ConstLabels: prometheus.Labels{"version": version, "revision": buildSetting("vcs.revision"), "goversion": runtime.Version()},
 	})
 	g.Set(1)
 	reg.MustRegister(g)
@@ -33,28 +25,31 @@ func registerBuildInfo(reg prometheus.Registerer, version string) {
 // else the VCS revision it was built from (with "-dirty" for uncommitted
 // changes), else "dev".
 func Version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "dev"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
 	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	var rev, dirty string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "-dirty"
-			}
-		}
-	}
+	rev := buildSetting("vcs.revision")
 	if rev == "" {
 		return "dev"
 	}
-	return rev[:min(len(rev), 12)] + dirty
+	rev = rev[:min(len(rev), 12)]
+	if buildSetting("vcs.modified") == "true" {
+		rev += "-dirty"
+	}
+	return rev
+}
+
+// buildSetting is a setting the binary was built with (debug.BuildSetting),
+// or "".
+func buildSetting(key string) string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == key {
+				return s.Value
+			}
+		}
+	}
+	return ""
 }
 
 // liveGatherer is what /metrics serves: the registry, less the series of
