@@ -183,15 +183,11 @@ func Open(dir string) (*Store, error) {
 	if err := os.Mkdir(s.tmp, 0o700); err != nil {
 		return nil, fmt.Errorf("open quarantine: %w", err)
 	}
-	entries, err := os.ReadDir(dir)
+	ids, err := spool.ReadIDs(dir, ".eml")
 	if err != nil {
 		return nil, fmt.Errorf("open quarantine: %w", err)
 	}
-	for _, e := range entries {
-		id, ok := strings.CutSuffix(e.Name(), ".eml")
-		if !ok || !spool.ValidID(id) {
-			continue
-		}
+	for id := range ids {
 		if _, err := os.Stat(s.recPath(id)); errors.Is(err, fs.ErrNotExist) {
 			os.Remove(s.msgPath(id))
 		}
@@ -288,16 +284,12 @@ func (s *Store) Get(id string) (*Record, error) {
 
 // List returns the records f selects at now, oldest first.
 func (s *Store) List(f Filter, now time.Time) ([]*Record, error) {
-	entries, err := os.ReadDir(s.dir)
+	ids, err := spool.ReadIDs(s.dir, ".json")
 	if err != nil {
 		return nil, fmt.Errorf("list quarantine: %w", err)
 	}
 	var out []*Record
-	for _, e := range entries {
-		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || !spool.ValidID(id) {
-			continue
-		}
+	for id := range ids {
 		rec, err := s.Get(id)
 		if errors.Is(err, ErrNotFound) {
 			continue // deleted since ReadDir

@@ -25,7 +25,7 @@ func (s *Spool) recover() error {
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
-	msgs, err := readIDs(s.msgDir)
+	msgs, err := ReadIDs(s.msgDir, "")
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}

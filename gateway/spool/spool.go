@@ -263,29 +263,23 @@ func (s *Spool) lockDir() error {
 	return nil
 }
 
-// readIDs returns the names in dir that are queue IDs; others are not the
-// spool's and are left alone.
-func readIDs(dir string) (map[string]bool, error) {
-	names, err := readNames(dir)
-	if err != nil {
-		return nil, err
-	}
-	ids := make(map[string]bool, len(names))
-	for _, n := range names {
-		if ValidID(n) {
-			ids[n] = true
-		}
-	}
-	return ids, nil
-}
-
-func readNames(dir string) ([]string, error) {
+// ReadIDs returns the queue IDs that name files in dir, each followed by
+// suffix (the quarantine's ".eml", ".json"); other names are not the
+// caller's and are left alone.
+func ReadIDs(dir, suffix string) (map[string]bool, error) {
 	d, err := os.Open(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
-	return d.Readdirnames(-1)
+	names, err := d.Readdirnames(-1)
+	ids := make(map[string]bool, len(names))
+	for _, n := range names {
+		if id, ok := strings.CutSuffix(n, suffix); ok && ValidID(id) {
+			ids[id] = true
+		}
+	}
+	return ids, err
 }
 
 // Create starts a new message; its queue ID is fixed from here on.

@@ -39,6 +39,15 @@ func names(t *testing.T, dir string) []string {
 	return n
 }
 
+func readNames(dir string) ([]string, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Readdirnames(-1)
+}
+
 // listIDs is the IDs s lists.
 func listIDs(t *testing.T, s *Spool) []string {
 	t.Helper()
