@@ -218,7 +218,7 @@ func (s *Store) Add(rec *Record, msgPath string) error {
 			return fmt.Errorf("quarantine %s: %w", rec.ID, err)
 		}
 	}
-	err := syncFile(tmp)
+	err := spool.Sync(tmp)
 	if err == nil {
 		err = os.Rename(tmp, s.msgPath(rec.ID))
 	}
@@ -254,7 +254,7 @@ func (s *Store) writeRecord(rec *Record) error {
 		err = os.Rename(f.Name(), s.recPath(rec.ID))
 	}
 	if err == nil {
-		err = syncFile(s.dir)
+		err = spool.Sync(s.dir)
 	}
 	if err != nil {
 		os.Remove(f.Name())
@@ -443,19 +443,6 @@ func copyFile(src, dst string) error {
 	}
 	err = copyInto(out, src)
 	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// syncFile flushes a file or directory to stable storage.
-func syncFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	return err

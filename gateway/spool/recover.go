@@ -308,13 +308,15 @@ func (s *Spool) appendLog(b []byte) error {
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// Sync flushes a file or a directory (the names in it: a rename, a new
+// file) to stable storage; the quarantine and Maildir delivery use it too.
+func Sync(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	return err
