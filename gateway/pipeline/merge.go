@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 )
@@ -32,14 +33,14 @@ type verdict struct {
 
 func (o outcome) verdict() verdict {
 	reason := o.res.Reason
-	if o.res.Mapped != "" {
-		reason = join(reason, o.res.Mapped)
+	if o.mapped != "" {
+		reason = join(reason, o.mapped)
 	}
-	if o.res.Err != "" {
-		reason = o.res.Reason + ": " + o.res.Err
+	if o.res.Error != "" {
+		reason = o.res.Reason + ": " + o.res.Error
 	}
 	reply := o.reply
-	if o.res.Mapped != "" {
+	if o.mapped != "" {
 		reply = classOf(reply, o.res.Action)
 	}
 	return verdict{action: o.res.Action, stage: o.res.Name, reason: reason, reply: reply}
@@ -121,7 +122,7 @@ const maxScorers = 5
 // the top one as the deciding stage: the log's stage=, the trace, the
 // quarantine record and `quarantine list -stage` all name it.
 func scorers(reason string, scored []outcome) (string, string) {
-	var pos []StageResult
+	var pos []trace.Stage
 	for _, o := range scored {
 		if o.res.Score > 0 {
 			pos = append(pos, o.res)
@@ -130,7 +131,7 @@ func scorers(reason string, scored []outcome) (string, string) {
 	if len(pos) == 0 {
 		return "", reason
 	}
-	slices.SortStableFunc(pos, func(a, b StageResult) int { return cmp.Compare(b.Score, a.Score) })
+	slices.SortStableFunc(pos, func(a, b trace.Stage) int { return cmp.Compare(b.Score, a.Score) })
 	var b strings.Builder
 	b.WriteString(reason)
 	b.WriteString("; scored by ")

@@ -75,13 +75,13 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 	return c, nil
 }
 
-func (m *metrics) observe(sg *stage, ph stages.Phase, r StageResult) {
-	m.duration.WithLabelValues(sg.name, sg.info.Kind, ph.String()).Observe(r.Duration.Seconds())
-	m.verdicts.WithLabelValues(sg.name, sg.info.Kind, r.Action.String()).Inc()
-	if r.OnError {
+func (m *metrics) observe(sg *stage, ph stages.Phase, o outcome) {
+	m.duration.WithLabelValues(sg.name, sg.info.Kind, ph.String()).Observe(o.took.Seconds())
+	m.verdicts.WithLabelValues(sg.name, sg.info.Kind, o.res.Action.String()).Inc()
+	if o.broke {
 		m.errors.WithLabelValues(sg.name, sg.info.Kind).Inc()
 	}
-	if r.TimedOut {
+	if o.timedOut {
 		m.timeouts.WithLabelValues(sg.name, sg.info.Kind).Inc()
 	}
 }

@@ -211,46 +211,8 @@ type Decision struct {
 	Stage        string        // the stage that decided; for a score threshold, the one that added most of the score; "" for nobody
 	Reason       string        // detail for the log, never for the client
 	Policy       string        // the name of the policy applied: policy.DefaultName or an override's
-	Trace        []StageResult // every stage that ran in this phase, in chain order, sealing stages last
+	Trace        []trace.Stage // every stage that ran in this phase, in chain order, sealing stages last
 	BodyReplaced bool          // a stage replaced tx.Body with a stages.BytesBody
-}
-
-// Records are d's stage results as the trace, the quarantine record and
-// the dry run keep them.
-func (d Decision) Records() []trace.Stage {
-	out := make([]trace.Stage, 0, len(d.Trace))
-	for _, r := range d.Trace {
-		out = append(out, trace.Stage{
-			Name:       r.Name,
-			Kind:       r.Kind,
-			Phase:      r.Phase.String(),
-			Action:     r.Action.String(),
-			Score:      r.Score,
-			Result:     r.Result,
-			Reason:     r.Reason,
-			Error:      r.Err,
-			DurationMS: float64(r.Duration.Microseconds()) / 1000,
-		})
-	}
-	return out
-}
-
-// StageResult is what one stage did in one phase.
-type StageResult struct {
-	Name   string
-	Kind   string
-	Phase  stages.Phase
-	Action stages.Action // after on_error or a result mapping
-	Score  float64
-	Result string
-	Reason string
-	// Mapped is the result mapping that set Action in place of the
-	// stage's own, as in "stage results: fail = reject"; "" if none did.
-	Mapped   string
-	Duration time.Duration
-	Err      string // why the stage broke; "" if it did not
-	OnError  bool   // the stage broke and its on_error gave Action
-	TimedOut bool   // it broke by running out of time
 }
 
 // Session is the running state of one SMTP session for the pipeline: the
@@ -344,7 +306,7 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 	outs := s.p.runChain(ctx, ph, tx, prior, eff, false, log)
 
 	phaseScore := 0.0
-	d := Decision{Trace: make([]StageResult, len(outs)), Policy: eff.Name}
+	d := Decision{Trace: make([]trace.Stage, len(outs)), Policy: eff.Name}
 	for i, o := range outs {
 		phaseScore += o.res.Score
 		d.Trace[i] = o.res
@@ -435,8 +397,8 @@ func (s *Session) commit(ph stages.Phase, eff policy.Effective, accept *verdict)
 func (s *Session) carried(eff policy.Effective) verdict {
 	var best verdict
 	for _, o := range s.outs {
-		if a, how, ok := overrideMapping(eff, o.res.Name, o.res.Result); ok && !o.res.OnError {
-			o.res.Action, o.res.Mapped = a, how
+		if a, how, ok := overrideMapping(eff, o.res.Name, o.res.Result); ok && !o.broke {
+			o.res.Action, o.mapped = a, how
 		}
 		if v := o.verdict(); v.action != stages.Accept && v.action > best.action {
 			best = v
@@ -459,7 +421,7 @@ func (s *Session) listed(ctx context.Context, ph stages.Phase, name string, a st
 		Stage:  name,
 		Reason: reason,
 		Policy: eff.Name,
-		Trace:  []StageResult{{Name: name, Kind: "policy", Phase: ph, Action: a, Result: hit.Key, Reason: reason}},
+		Trace:  []trace.Stage{{Name: name, Kind: "policy", Phase: ph.String(), Action: a, Result: hit.Key, Reason: reason}},
 	}, v
 }
 
@@ -476,7 +438,7 @@ func (s *Session) split(ctx context.Context, rcpt string, eff policy.Effective, 
 		Stage:  name,
 		Reason: reason,
 		Policy: s.eff.Name,
-		Trace:  []StageResult{{Name: name, Kind: "policy", Phase: stages.Rcpt, Action: stages.TempFail, Result: eff.Name, Reason: reason}},
+		Trace:  []trace.Stage{{Name: name, Kind: "policy", Phase: stages.Rcpt.String(), Action: stages.TempFail, Result: eff.Name, Reason: reason}},
 	}
 }
 
@@ -497,16 +459,23 @@ func tag(tx *stages.Transaction, eff policy.Effective, log *slog.Logger) {
 	}
 }
 
-// outcome is one stage call as the pipeline saw it.
+// outcome is one stage call as the pipeline saw it: its record, and what
+// the pipeline needs besides.
 type outcome struct {
-	res          StageResult
+	res trace.Stage
+	// mapped is the result mapping that set res.Action in place of the
+	// stage's own, as in "stage results: fail = reject"; "" if none did.
+	mapped       string
+	broke        bool // the stage broke, and its on_error gave res.Action
+	timedOut     bool // it broke by running out of time
+	took         time.Duration
 	reply        *stages.Reply
 	bodyReplaced bool
 }
 
 func (o outcome) result() stages.Result {
 	return stages.Result{Stage: o.res.Name, Kind: o.res.Kind, Action: o.res.Action, Score: o.res.Score,
-		Result: o.res.Result, Reason: o.res.Reason, Errored: o.res.OnError}
+		Result: o.res.Result, Reason: o.res.Reason, Errored: o.broke}
 }
 
 // mapResult returns the action a result mapping gives a stage's result
@@ -636,7 +605,8 @@ func (p *Pipeline) runOne(ctx context.Context, ph stages.Phase, sg *stage, tx *s
 	}
 	start := time.Now()
 	v, err := p.call(ctx, ph, sg, &stx, log)
-	o := outcome{res: StageResult{Name: sg.name, Kind: sg.info.Kind, Phase: ph, Duration: time.Since(start)}}
+	o := outcome{res: trace.Stage{Name: sg.name, Kind: sg.info.Kind, Phase: ph.String()}, took: time.Since(start)}
+	o.res.DurationMS = float64(o.took.Microseconds()) / 1000
 	if err == nil {
 		err = checkVerdict(ph, sg, v)
 	}
@@ -645,7 +615,7 @@ func (p *Pipeline) runOne(ctx context.Context, ph stages.Phase, sg *stage, tx *s
 	}
 	o.res.Action, o.res.Score, o.res.Result, o.res.Reason = v.Action, v.Score, v.Result, v.Reason
 	if a, how, ok := sg.mapResult(eff, v.Result); ok {
-		o.res.Action, o.res.Mapped = a, how
+		o.res.Action, o.mapped = a, how
 	}
 	o.reply = v.Reply
 	return o, v.Edits
@@ -700,9 +670,7 @@ func (p *Pipeline) call(ctx context.Context, ph stages.Phase, sg *stage, tx *sta
 
 // failed turns the outcome of a broken stage into its on_error verdict.
 func (p *Pipeline) failed(sg *stage, o outcome, err error) outcome {
-	o.res.Err = err.Error()
-	o.res.OnError = true
-	o.res.TimedOut = errors.Is(err, context.DeadlineExceeded)
+	o.res.Error, o.broke, o.timedOut = err.Error(), true, errors.Is(err, context.DeadlineExceeded)
 	o.res.Score, o.res.Result, o.res.Reason = 0, "", "on_error "+sg.onError
 	o.res.Action, o.reply = onErrorActions[sg.onError], nil
 	if o.res.Action == stages.TempFail {
@@ -714,7 +682,7 @@ func (p *Pipeline) failed(sg *stage, o outcome, err error) outcome {
 // record counts and logs one stage call: one line per stage per message, at
 // Info for the data phase (what an operator asks about) and Debug before.
 func (p *Pipeline) record(ctx context.Context, ph stages.Phase, sg *stage, o outcome, log *slog.Logger) {
-	p.m.observe(sg, ph, o.res)
+	p.m.observe(sg, ph, o)
 	level := slog.LevelDebug
 	if ph == stages.Data {
 		level = slog.LevelInfo
@@ -730,13 +698,13 @@ func (p *Pipeline) record(ctx context.Context, ph stages.Phase, sg *stage, o out
 		slog.Float64("score", o.res.Score),
 		slog.String("result", o.res.Result),
 		slog.String("reason", o.res.Reason),
-		slog.Duration("duration", o.res.Duration),
+		slog.Duration("duration", o.took),
 	}
-	if o.res.Mapped != "" {
-		attrs = append(attrs, slog.String("mapped", o.res.Mapped))
+	if o.mapped != "" {
+		attrs = append(attrs, slog.String("mapped", o.mapped))
 	}
-	if o.res.Err != "" {
-		attrs = append(attrs, slog.String("error", o.res.Err))
+	if o.res.Error != "" {
+		attrs = append(attrs, slog.String("error", o.res.Error))
 	}
 	log.LogAttrs(ctx, level, "stage", attrs...)
 }

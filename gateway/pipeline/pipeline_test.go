@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 )
@@ -87,7 +88,7 @@ func newTx() *stages.Transaction {
 	}
 }
 
-func names(trace []StageResult) []string {
+func names(trace []trace.Stage) []string {
 	var ns []string
 	for _, r := range trace {
 		ns = append(ns, r.Name)
@@ -377,7 +378,7 @@ func TestTimeoutAppliesOnError(t *testing.T) {
 		t.Errorf("got %s %v, want tempfail 451 4.3.0", d.Action, d.Reply)
 	}
 	r := d.Trace[0]
-	if !r.TimedOut || !r.OnError || !strings.Contains(r.Err, "timed out after 100ms") {
+	if !strings.Contains(r.Error, "timed out after 100ms") {
 		t.Errorf("trace %+v, want a timeout", r)
 	}
 }
@@ -419,7 +420,7 @@ func TestOnError(t *testing.T) {
 				t.Errorf("score %g: a broken stage's score must not count", d.Score)
 			}
 			r := d.Trace[0]
-			if !r.OnError || r.Err != "dial clamd: connection refused" || r.TimedOut || r.Action != c.want {
+			if r.Error != "dial clamd: connection refused" || r.Action != c.want {
 				t.Errorf("trace %+v", r)
 			}
 			if ran := len(next.called()) > 0; ran != c.nextRuns {
@@ -438,7 +439,7 @@ func TestPanicIsRecovered(t *testing.T) {
 		}}
 	p := newPipelineSpecs(t, defaultPolicy, StageSpec{Stage: bad, OnError: "skip", Timeout: time.Second})
 	d := p.Begin().Run(context.Background(), stages.Data, newTx(), nil)
-	if d.Action != stages.Continue || !d.Trace[0].OnError || !strings.HasPrefix(d.Trace[0].Err, "panic: ") {
+	if d.Action != stages.Continue || !strings.HasPrefix(d.Trace[0].Error, "panic: ") {
 		t.Errorf("got %s, trace %+v; want the panic counted as an error and skipped", d.Action, d.Trace[0])
 	}
 }
@@ -467,7 +468,7 @@ func TestIndependentStagesOverlap(t *testing.T) {
 		StageSpec{Stage: barrier("b"), Timeout: 5 * time.Second})
 	d := p.Begin().Run(context.Background(), stages.Data, newTx(), nil)
 	for _, r := range d.Trace {
-		if r.Err != "" || r.Result != "met" {
+		if r.Error != "" || r.Result != "met" {
 			t.Errorf("stage %s: %+v; the stages did not run concurrently", r.Name, r)
 		}
 	}
@@ -566,7 +567,7 @@ func TestBadEditIsAStageError(t *testing.T) {
 			p := newPipelineSpecs(t, noThresholds, StageSpec{Stage: f, OnError: "reject", Timeout: time.Second})
 			tx := newTx()
 			d := p.Begin().Run(context.Background(), c.phase, tx, nil)
-			if d.Action != stages.Reject || !d.Trace[0].OnError || !strings.Contains(d.Trace[0].Err, c.want) {
+			if d.Action != stages.Reject || !strings.Contains(d.Trace[0].Error, c.want) {
 				t.Errorf("got %s, trace %+v; want on_error reject with %q", d.Action, d.Trace[0], c.want)
 			}
 			if !slices.Equal(tx.Header, newTx().Header) || tx.From != newTx().From {

@@ -57,6 +57,7 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
 )
 
@@ -105,7 +106,7 @@ type Filter struct {
 // Match reports whether r passes f at time now.
 func (f Filter) Match(r *Record, now time.Time) bool {
 	if f.Stage != "" && r.Stage != f.Stage && !slices.ContainsFunc(r.Verdicts, func(v trace.Stage) bool {
-		return v.Name == f.Stage && (v.Action != "continue" || v.Score > 0)
+		return v.Name == f.Stage && (v.Action != stages.Continue || v.Score > 0)
 	}) {
 		return false
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/stages"
 )
 
 // spooled writes msg as an uncommitted spool message and returns its ID
@@ -50,7 +51,7 @@ func add(t *testing.T, q *Store, sp *spool.Spool, from, rcpt, stage string, at t
 	t.Helper()
 	w := spooled(t, sp, "Subject: hi\r\n\r\nbody of "+from+"\r\n")
 	rec := &Record{ID: w.ID(), From: from, Rcpts: []string{rcpt}, Time: at, Stage: stage, Reason: "test",
-		Verdicts: []trace.Stage{{Name: "spam", Phase: "data", Action: "tag", Score: 6}}}
+		Verdicts: []trace.Stage{{Name: "spam", Phase: "data", Action: stages.Tag, Score: 6}}}
 	if err := q.Add(rec, w.Path()); err != nil {
 		t.Fatal(err)
 	}

@@ -125,7 +125,7 @@ func (d *Driver) Connect(client stages.Client, watch Watch) *Conn {
 	defer done()
 	for _, ph := range []stages.Phase{stages.Connect, stages.Helo} {
 		dec := c.base.Run(ctx, ph, tx, c.log)
-		c.stages = append(c.stages, dec.Records()...)
+		c.stages = append(c.stages, dec.Trace...)
 		if refused(dec) {
 			c.early, c.earlyPhase = &dec, ph
 			break
@@ -210,7 +210,7 @@ func (c *Conn) Mail(from string, utf8 bool) (*Txn, Outcome) {
 		ctx, done := c.checks()
 		d := t.ftx.Run(ctx, stages.Mail, t.tx, t.log)
 		done()
-		mailStages = d.Records()
+		mailStages = d.Trace
 		t.stages = append(t.stages, mailStages...)
 		if refused(d) {
 			t.early = &d
@@ -302,7 +302,7 @@ func (t *Txn) Rcpt(to string) Outcome {
 	defer cancel()
 	t.tx.Rcpts = append(t.tx.Rcpts, to)
 	d := t.ftx.Run(ctx, stages.Rcpt, t.tx, log)
-	ts := d.Records()
+	ts := d.Trace
 	if refused(d) {
 		// A TempFail here may be the pipeline's 452 4.5.3 for a recipient
 		// under another policy than those accepted before: the client
@@ -379,7 +379,7 @@ func (t *Txn) Data(r io.Reader) Outcome {
 	origHeader := slices.Clone(t.tx.Header)
 	d := t.ftx.Run(ctx, stages.Data, t.tx, log)
 	done()
-	ev.Stages = d.Records()
+	ev.Stages = d.Trace
 	t.stages = append(t.stages, ev.Stages...)
 	if gone(ctx) {
 		return aborted("client went away during the checks")

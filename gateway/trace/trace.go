@@ -32,6 +32,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mailgate/mailgate/stages"
 )
 
 // Event is one thing that happened to a message.
@@ -64,18 +66,19 @@ type Event struct {
 }
 
 // Stage is what one stage did in one phase: the one record of it that the
-// trace, the quarantine record and `mailgate test -json` all show. Kind and
-// score are always written, so that a script reads every stage the same.
+// pipeline's decisions carry and the trace, the quarantine record and
+// `mailgate test -json` all show. Kind and score are always written, so
+// that a script reads every stage the same.
 type Stage struct {
-	Name       string  `json:"name"`
-	Kind       string  `json:"kind"`
-	Phase      string  `json:"phase"`
-	Action     string  `json:"action"`
-	Score      float64 `json:"score"`
-	Result     string  `json:"result,omitempty"`
-	Reason     string  `json:"reason,omitempty"`
-	Error      string  `json:"error,omitempty"`
-	DurationMS float64 `json:"duration_ms"`
+	Name       string        `json:"name"`
+	Kind       string        `json:"kind"`
+	Phase      string        `json:"phase"`
+	Action     stages.Action `json:"action"` // after on_error or a result mapping
+	Score      float64       `json:"score"`
+	Result     string        `json:"result,omitempty"`
+	Reason     string        `json:"reason,omitempty"`
+	Error      string        `json:"error,omitempty"` // why the stage broke; "" if it did not
+	DurationMS float64       `json:"duration_ms"`
 }
 
 const suffix = ".jsonl"

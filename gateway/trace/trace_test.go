@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailgate/mailgate/stages"
 )
 
 func TestRecordFindPrint(t *testing.T) {
@@ -20,7 +22,7 @@ func TestRecordFindPrint(t *testing.T) {
 	l.Record(Event{Time: day1, QueueID: "Q1", Event: "connect", Client: "127.0.0.1", From: &from})
 	l.Record(Event{Time: day1, QueueID: "OTHER", Event: "connect"})
 	l.Record(Event{Time: day2, QueueID: "Q1", MessageID: "<m1@test>", Event: "data", Action: "quarantine",
-		Reply: "250 2.0.0 Ok: queued as Q1", Stages: []Stage{{Name: "spam", Kind: "spam", Phase: "data", Action: "quarantine", Score: 12, DurationMS: 1.5}}})
+		Reply: "250 2.0.0 Ok: queued as Q1", Stages: []Stage{{Name: "spam", Kind: "spam", Phase: "data", Action: stages.Quarantine, Score: 12, DurationMS: 1.5}}})
 	l.Record(Event{Time: day2, QueueID: "Q1", Event: "released", Related: "Q2"})
 	l.Record(Event{Time: day2, QueueID: "Q2", MessageID: "<m1@test>", Event: "attempt", Action: "relayed", Rcpts: []string{"b@dest.test"}})
 	if err := l.Close(); err != nil {
