@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/mailgate/mailgate/gateway/smtpd"
@@ -49,12 +50,6 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 	if err := restartNeeded(old, cfg); err != nil {
 		return nil, err
 	}
-	if err := g.smtp.Check(cfg); err != nil {
-		return nil, err
-	}
-	if err := g.router.Check(cfg); err != nil {
-		return nil, err
-	}
 	ch, err := newChain(ctx, cfg, g.opts, g.reg, oldChain)
 	if err != nil {
 		return nil, err
@@ -75,7 +70,6 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 		oldChain.Close()
 	}
 	if err := g.smtp.Reload(smtpd.Update{Config: cfg, Pipeline: ch.pipeline, Routes: g.router.Routes()}, retire); err != nil {
-		// Checked above, so this does not happen; undo all the same.
 		g.router.Reload(old)
 		g.mu.Lock()
 		delete(g.chains, ch)
@@ -92,18 +86,32 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 	return cfg, nil
 }
 
-// restartNeeded refuses changes to what the gateway's own parts fixed at
-// start; smtpd and the router check theirs.
+// restartNeeded refuses changes to what the parts fixed at start: the
+// data dir, the listeners and the log format, what go-smtp holds for
+// every connection (smtpd.New) and the router's connection pool.
 func restartNeeded(old, cfg *policy.Config) error {
 	var keys []string
-	if old.DataDir != cfg.DataDir {
-		keys = append(keys, "data_dir")
-	}
-	if old.Admin.Listen != cfg.Admin.Listen {
-		keys = append(keys, "admin.listen")
-	}
-	if old.Log.Format != cfg.Log.Format {
-		keys = append(keys, "log.format")
+	for _, k := range []struct {
+		key  string
+		same bool
+	}{
+		{"data_dir", old.DataDir == cfg.DataDir},
+		{"admin.listen", old.Admin.Listen == cfg.Admin.Listen},
+		{"log.format", old.Log.Format == cfg.Log.Format},
+		{"hostname", old.Hostname == cfg.Hostname},
+		{"server.listen", slices.Equal(old.Server.Listen, cfg.Server.Listen)},
+		{"server.max_message_size", old.Server.MaxMessageSize == cfg.Server.MaxMessageSize},
+		{"server.max_recipients", old.Server.MaxRecipients == cfg.Server.MaxRecipients},
+		{"server.max_line_length", old.Server.MaxLineLength == cfg.Server.MaxLineLength},
+		{"server.command_timeout", old.Server.CommandTimeout == cfg.Server.CommandTimeout},
+		{"server.tls_cert", old.Server.TLSCert == cfg.Server.TLSCert},
+		{"server.tls_key", old.Server.TLSKey == cfg.Server.TLSKey},
+		{"delivery.max_connections", old.Delivery.MaxConnections == cfg.Delivery.MaxConnections},
+		{"delivery.idle_conn_timeout", old.Delivery.IdleConnTimeout == cfg.Delivery.IdleConnTimeout},
+	} {
+		if !k.same {
+			keys = append(keys, k.key)
+		}
 	}
 	if len(keys) > 0 {
 		return fmt.Errorf("%s changed: restart needed", strings.Join(keys, ", "))

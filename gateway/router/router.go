@@ -131,29 +131,15 @@ func (r *Router) newConf(cfg *policy.Config) (*conf, error) {
 // Reload makes deliveries that start from now on use the routes, [dns]
 // and [delivery] settings of cfg; those in progress finish as they began.
 // The connection pool is kept, so delivery.max_connections and
-// idle_conn_timeout only change with a restart: Reload refuses a cfg that
-// changes them and changes nothing.
+// idle_conn_timeout stay as New had them (the gateway refuses a reload
+// that changes them: restart needed).
 func (r *Router) Reload(cfg *policy.Config) error {
-	c, err := r.check(cfg)
+	c, err := r.newConf(cfg)
 	if err != nil {
 		return err
 	}
 	r.conf.Store(c)
 	return nil
-}
-
-// Check reports whether Reload would accept cfg, without applying it.
-func (r *Router) Check(cfg *policy.Config) error {
-	_, err := r.check(cfg)
-	return err
-}
-
-func (r *Router) check(cfg *policy.Config) (*conf, error) {
-	old := r.conf.Load().cfg.Delivery
-	if cfg.Delivery.MaxConnections != old.MaxConnections || cfg.Delivery.IdleConnTimeout != old.IdleConnTimeout {
-		return nil, errors.New("delivery.max_connections or delivery.idle_conn_timeout changed: restart needed")
-	}
-	return r.newConf(cfg)
 }
 
 // Enqueue hands a just-committed message to the router for an immediate

@@ -30,8 +30,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -102,39 +100,14 @@ type Update struct {
 	Routes   RouteMatcher
 }
 
-// Check reports whether Reload would accept cfg. The settings go-smtp
-// holds for every connection, the name the server greets with and the
-// listeners are fixed at start: changing them needs a restart.
-func (s *Server) Check(cfg *policy.Config) error {
-	old, cur := s.opts.Config, cfg
-	var keys []string
-	changed := func(key string, c bool) {
-		if c {
-			keys = append(keys, key)
-		}
-	}
-	changed("hostname", old.Hostname != cur.Hostname)
-	changed("server.listen", !slices.Equal(old.Server.Listen, cur.Server.Listen))
-	changed("server.max_message_size", old.Server.MaxMessageSize != cur.Server.MaxMessageSize)
-	changed("server.max_recipients", old.Server.MaxRecipients != cur.Server.MaxRecipients)
-	changed("server.max_line_length", old.Server.MaxLineLength != cur.Server.MaxLineLength)
-	changed("server.command_timeout", old.Server.CommandTimeout != cur.Server.CommandTimeout)
-	changed("server.tls_cert", old.Server.TLSCert != cur.Server.TLSCert)
-	changed("server.tls_key", old.Server.TLSKey != cur.Server.TLSKey)
-	if len(keys) > 0 {
-		return fmt.Errorf("%s changed: restart needed", strings.Join(keys, ", "))
-	}
-	return nil
-}
-
 // Reload makes sessions that start from now on run under u; sessions in
 // progress finish under what they started with. retired is called once
 // no session uses what u replaces any more (at once if none does), so its
-// stages can be stopped then.
+// stages can be stopped then. What go-smtp holds for every connection
+// (hostname, the size, recipient and line limits, command_timeout, the
+// TLS files) stays as New had it: the gateway refuses a reload that
+// changes it (restart needed).
 func (s *Server) Reload(u Update, retired func()) error {
-	if err := s.Check(u.Config); err != nil {
-		return err
-	}
 	opts := s.opts
 	opts.Config, opts.Pipeline, opts.Routes = u.Config, u.Pipeline, u.Routes
 	d, err := NewDriver(opts)
