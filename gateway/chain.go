@@ -34,13 +34,14 @@ type plugin struct {
 	refs atomic.Int32
 }
 
-// newChain starts one plugin process per [[stage]] and builds the pipeline.
+// newChain starts one plugin process per [[stage]] and builds the pipeline;
+// reg (plugin restarts) and m (per-stage metrics) may be nil.
 // A stage that old (may be nil) runs under the same name with the very
 // same kind, executable, config and environment is taken over from old
 // instead of started again. A stage that cannot start is a configuration
 // error: the gateway does not start with a chain other than the one the
 // admin wrote.
-func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometheus.Registerer, old *chain) (*chain, error) {
+func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometheus.Registerer, m *pipeline.Metrics, old *chain) (*chain, error) {
 	ch := &chain{}
 	running := map[string]*plugin{}
 	if old != nil {
@@ -76,7 +77,7 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 		ch.Close()
 		return nil, err
 	}
-	pl, err := pipeline.New(specs, cfg.Policy, pipeline.Options{Logger: opts.Logger, Registerer: reg})
+	pl, err := pipeline.New(specs, cfg.Policy, pipeline.Options{Logger: opts.Logger, Metrics: m})
 	if err != nil {
 		ch.Close()
 		return nil, fmt.Errorf("pipeline: %w", err)

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
@@ -54,6 +55,7 @@ type Gateway struct {
 	opts   Options
 	log    *slog.Logger
 	reg    *prometheus.Registry
+	stageM *pipeline.Metrics // shared by the chains of every reload
 	spool  *spool.Spool
 	quar   *quarantine.Store
 	trace  *trace.Log
@@ -96,6 +98,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	g := &Gateway{opts: opts, cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), chains: map[*chain]bool{}}
 	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerBuildInfo(g.reg, opts.Version)
+	g.stageM = pipeline.NewMetrics(g.reg)
 	var undo []func()
 	defer func() {
 		if err != nil {
@@ -125,7 +128,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, fmt.Errorf("router: %w", err)
 	}
 
-	ch, err := newChain(ctx, cfg, opts, g.reg, nil)
+	ch, err := newChain(ctx, cfg, opts, g.reg, g.stageM, nil)
 	if err != nil {
 		return nil, err
 	}

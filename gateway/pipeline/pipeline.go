@@ -53,8 +53,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
@@ -87,10 +85,8 @@ type StageSpec struct {
 type Options struct {
 	// Logger is used when Run is given no logger; nil discards.
 	Logger *slog.Logger
-	// Registerer receives the per-stage metrics; nil records none. A
-	// pipeline rebuilt on reload may be given the same Registerer: it
-	// continues the series already registered there.
-	Registerer prometheus.Registerer
+	// Metrics receive the per-stage metrics; nil records none.
+	Metrics *Metrics
 }
 
 // Pipeline is a configured chain of stages. It is safe for concurrent use;
@@ -105,7 +101,7 @@ type Pipeline struct {
 	// the policy of some recipient would take it.
 	early policy.Effective
 	log   *slog.Logger
-	m     *metrics
+	m     *Metrics
 }
 
 // stage is a StageSpec with what the pipeline needs of it at every call.
@@ -185,9 +181,9 @@ func New(specs []StageSpec, pol policy.Policy, opts Options) (*Pipeline, error) 
 			timeoutErr: fmt.Errorf("timed out after %s: %w", timeout, context.DeadlineExceeded),
 		})
 	}
-	m, err := newMetrics(opts.Registerer)
-	if err != nil {
-		return nil, err
+	m := opts.Metrics
+	if m == nil {
+		m = NewMetrics(nil)
 	}
 	// A stage's error and timeout counters exist, at 0, as soon as it is
 	// configured: an alert on their rate works before the first failure.

@@ -71,7 +71,7 @@ func newPipeline(t testing.TB, pol policy.Policy, fs ...*fake) *Pipeline {
 
 func newPipelineSpecs(t testing.TB, pol policy.Policy, specs ...StageSpec) *Pipeline {
 	t.Helper()
-	p, err := New(specs, pol, Options{Registerer: prometheus.NewRegistry()})
+	p, err := New(specs, pol, Options{Metrics: NewMetrics(prometheus.NewRegistry())})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -612,6 +612,7 @@ func TestSubjectTagOnTag(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
 	build := func() *Pipeline {
 		ok := &fake{name: "spf", info: stages.Info{Kind: "spf", Phases: stages.Mail | stages.Data},
 			run: func(context.Context, stages.Phase, *stages.Transaction) (stages.Verdict, error) {
@@ -625,7 +626,7 @@ func TestMetrics(t *testing.T) {
 		p, err := New([]StageSpec{
 			{Stage: ok, Timeout: time.Second},
 			{Stage: broken, OnError: "skip", Timeout: 10 * time.Millisecond},
-		}, noThresholds, Options{Registerer: reg})
+		}, noThresholds, Options{Metrics: m})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -634,7 +635,7 @@ func TestMetrics(t *testing.T) {
 	s := build().Begin()
 	s.Run(context.Background(), stages.Mail, newTx(), nil)
 	s.Run(context.Background(), stages.Data, newTx(), nil)
-	// A second pipeline on the same registry, as after a reload,
+	// A second pipeline with the same Metrics, as after a reload,
 	// continues the same series.
 	build().Begin().Run(context.Background(), stages.Data, newTx(), nil)
 
