@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"time"
@@ -21,18 +20,7 @@ func (b adminBackend) Queue() ([]*spool.Envelope, error) { return b.g.spool.List
 func (b adminBackend) QueuedMessage(id string) (*spool.Envelope, error) { return b.g.spool.Load(id) }
 
 func (b adminBackend) QueueOp(ctx context.Context, op, id string) error {
-	r := b.g.router
-	switch op {
-	case "retry":
-		return r.Retry(ctx, id)
-	case "hold":
-		return r.Hold(ctx, id)
-	case "release":
-		return r.Release(ctx, id)
-	case "delete":
-		return r.Delete(ctx, id)
-	}
-	return fmt.Errorf("unknown queue operation %q", op)
+	return b.g.router.QueueOp(ctx, op, id)
 }
 
 func (b adminBackend) Quarantined(f quarantine.Filter) ([]*quarantine.Record, error) {

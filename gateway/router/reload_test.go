@@ -25,7 +25,7 @@ func TestReloadRoutes(t *testing.T) {
 	if err := h.r.Reload(testConfig(serverRoute("ex.test", second), serverRoute("other.test", second))); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.r.Retry(context.Background(), env.ID); err != nil {
+	if err := h.r.QueueOp(context.Background(), "retry", env.ID); err != nil {
 		t.Fatal(err)
 	}
 	second.WaitFor(1, waitLong)

@@ -155,25 +155,21 @@ func (r *Router) Enqueue(env *spool.Envelope) {
 	}
 }
 
-// Retry makes a queued message due now.
-func (r *Router) Retry(ctx context.Context, id string) error {
-	return r.do(ctx, func(s *scheduler) error { return s.retry(id) })
-}
-
-// Hold stops delivery attempts of a message until Release.
-func (r *Router) Hold(ctx context.Context, id string) error {
-	return r.do(ctx, func(s *scheduler) error { return s.hold(id, true) })
-}
-
-// Release lets a held message be delivered again, now.
-func (r *Router) Release(ctx context.Context, id string) error {
-	return r.do(ctx, func(s *scheduler) error { return s.hold(id, false) })
-}
-
-// Delete removes a message from the queue without a DSN. A delivery in
-// progress finishes first.
-func (r *Router) Delete(ctx context.Context, id string) error {
-	return r.do(ctx, func(s *scheduler) error { return s.remove(id) })
+// QueueOp runs an operator's op on queued message id: "retry" makes it
+// due now, "hold" stops its delivery attempts until "release" lets it be
+// delivered again, now; "delete" removes it without a DSN, after a
+// delivery in progress.
+func (r *Router) QueueOp(ctx context.Context, op, id string) error {
+	fn, ok := map[string]func(*scheduler) error{
+		"retry":   func(s *scheduler) error { return s.retry(id) },
+		"hold":    func(s *scheduler) error { return s.hold(id, true) },
+		"release": func(s *scheduler) error { return s.hold(id, false) },
+		"delete":  func(s *scheduler) error { return s.remove(id) },
+	}[op]
+	if !ok {
+		return fmt.Errorf("unknown queue operation %q", op)
+	}
+	return r.do(ctx, fn)
 }
 
 // op is an operator call, run by the Run goroutine.

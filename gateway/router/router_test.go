@@ -564,7 +564,7 @@ func TestShutdownAbandonsSafely(t *testing.T) {
 	env := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
 	h.waitAttempts(env.ID, 1)
 	h.stop()
-	if err := h.r.Retry(context.Background(), env.ID); !errors.Is(err, ErrStopped) {
+	if err := h.r.QueueOp(context.Background(), "retry", env.ID); !errors.Is(err, ErrStopped) {
 		t.Errorf("Retry after Run returned: %v, want ErrStopped", err)
 	}
 	got, err := sp.Load(env.ID)
@@ -588,27 +588,27 @@ func TestOperatorCalls(t *testing.T) {
 	for _, id := range []string{held.ID, deleted.ID, retried.ID} {
 		h.waitAttempts(id, 1)
 	}
-	if err := h.r.Hold(ctx, held.ID); err != nil {
+	if err := h.r.QueueOp(ctx, "hold", held.ID); err != nil {
 		t.Fatal(err)
 	}
 	if e, _ := h.sp.Load(held.ID); !e.Held {
 		t.Error("Hold did not reach the spool")
 	}
-	if err := h.r.Delete(ctx, deleted.ID); err != nil {
+	if err := h.r.QueueOp(ctx, "delete", deleted.ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.sp.Load(deleted.ID); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("deleted message still in the spool: %v", err)
 	}
-	if err := h.r.Delete(ctx, deleted.ID); !errors.Is(err, ErrNotFound) {
+	if err := h.r.QueueOp(ctx, "delete", deleted.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second Delete: %v, want ErrNotFound", err)
 	}
-	if err := h.r.Retry(ctx, held.ID); err == nil {
+	if err := h.r.QueueOp(ctx, "retry", held.ID); err == nil {
 		t.Error("Retry of a held message succeeded")
 	}
 
 	srv.Restart()
-	if err := h.r.Retry(ctx, retried.ID); err != nil {
+	if err := h.r.QueueOp(ctx, "retry", retried.ID); err != nil {
 		t.Fatal(err)
 	}
 	msgs := srv.WaitFor(1, waitLong)
@@ -625,7 +625,7 @@ func TestOperatorCalls(t *testing.T) {
 	if n := len(srv.Messages()); n != 1 {
 		t.Fatalf("%d deliveries while one message is held", n)
 	}
-	if err := h.r.Release(ctx, held.ID); err != nil {
+	if err := h.r.QueueOp(ctx, "release", held.ID); err != nil {
 		t.Fatal(err)
 	}
 	msgs = srv.WaitFor(2, waitLong)
