@@ -62,6 +62,7 @@ type Gateway struct {
 	trace  *trace.Log
 	router *router.Router
 	smtp   *smtpd.Server
+	pickup *pickup
 
 	reloading sync.Mutex // one reload at a time
 	closed    bool       // under reloading: no more reloads
@@ -123,6 +124,11 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	ropts := append([]router.Option{router.Trace(g.trace), router.Metrics(g.reg)}, opts.Router...)
 	if g.router, err = router.New(cfg, g.spool, opts.Logger, ropts...); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
+	}
+
+	// Before the router loads the spool: see pickup.
+	if err = g.newPickup(ctx, cfg.DataDir); err != nil {
+		return nil, err
 	}
 
 	ch, err := newChain(ctx, cfg, opts, g.reg, nil)
@@ -189,7 +195,11 @@ func (g *Gateway) Start() error {
 		}()
 		g.log.Info("admin listening", "addr", l.Addr().String())
 	}
-	g.wg.Add(2)
+	g.wg.Add(3)
+	go func() {
+		defer g.wg.Done()
+		g.pickup.run(ctx)
+	}()
 	go func() {
 		defer g.wg.Done()
 		if err := g.router.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/mailgate/mailgate/gateway/spool"
 )
 
 // deliverMaildir stores one copy of a message in the Maildir dir: written
@@ -35,7 +37,7 @@ func deliverMaildir(dir, id, hostname, from string, msg io.Reader) (string, erro
 		err = os.Rename(tmp, filepath.Join(dir, "new", name))
 	}
 	if err == nil {
-		err = syncDir(filepath.Join(dir, "new"))
+		err = spool.SyncDir(filepath.Join(dir, "new"))
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -54,14 +56,4 @@ func writeMaildir(f *os.File, from string, msg io.Reader) error {
 		return err
 	}
 	return f.Sync()
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

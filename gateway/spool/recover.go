@@ -347,7 +347,9 @@ func (s *Spool) appendLog(b []byte) error {
 	return nil
 }
 
-func syncDir(dir string) error {
+// SyncDir makes the entries created, renamed or removed in dir durable:
+// a file's own fsync does not cover its name (see fsync(2)).
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -207,7 +207,7 @@ type Spool struct {
 	compacted chan compactResult
 	compactWG sync.WaitGroup
 
-	syncDir     func(dir string) error // syncDir; tests make it fail
+	syncDir     func(dir string) error // SyncDir; tests make it fail
 	compactStep func(step string)      // nil; tests stop a compaction at a step
 }
 
@@ -233,7 +233,7 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 		stopped:    make(chan struct{}),
 		compactMin: compactMin,
 		compacted:  make(chan compactResult, 1),
-		syncDir:    syncDir,
+		syncDir:    SyncDir,
 	}
 	s.nextCompact = s.compactMin
 	if opts.ReadOnly {
