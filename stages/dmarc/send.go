@@ -89,6 +89,8 @@ func (r *Reporter) daily(ctx context.Context, now func() time.Time) {
 }
 
 // flushOutbox moves the finished messages of the outbox into pickup/.
+// Both directories are synced: a rename the outbox kept after a power
+// loss would hand the report over a second time.
 func (r *Reporter) flushOutbox() error {
 	files, err := os.ReadDir(r.outbox)
 	if err != nil {
@@ -102,7 +104,10 @@ func (r *Reporter) flushOutbox() error {
 			return err
 		}
 	}
-	return syncDir(r.pickup)
+	if err := syncDir(r.pickup); err != nil {
+		return err
+	}
+	return syncDir(r.outbox)
 }
 
 // reportDay writes the day's report messages into the outbox.
