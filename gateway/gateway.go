@@ -1,7 +1,8 @@
 // Package gateway assembles a running mail gateway from its parts: the spool,
 // the quarantine and the message traces, the stage plugins and the pipeline
 // over them, the SMTP listeners, the router that relays what was accepted,
-// and the admin listener with its API. cmd/mailgate and the end-to-end
+// the pickup directory through which stages send mail (pickup.go), and
+// the admin listener with its API. cmd/mailgate and the end-to-end
 // tests use it; it holds no logic of its own beyond wiring, lifecycle
 // (start in dependency order, stop in reverse) and reloading the config.
 package gateway

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
@@ -99,8 +101,14 @@ func TestPickup(t *testing.T) {
 	if !strings.Contains(log.String(), "pickup: malformed file moved aside") || !strings.Contains(log.String(), "bad/"+moved) {
 		t.Errorf("no log line for the malformed file:\n%s", log.String())
 	}
-	if !strings.Contains(log.String(), `msg="pickup queued"`) || !strings.Contains(log.String(), "file=report.eml") {
-		t.Errorf("no log line for the queued file:\n%s", log.String())
+	queuedLine := regexp.MustCompile(`msg="pickup queued" queue_id=(\w+) file=report.eml`).FindStringSubmatch(log.String())
+	if queuedLine == nil {
+		t.Fatalf("no log line for the queued file:\n%s", log.String())
+	}
+	// The trace tells where the message came from.
+	events, err := trace.Find(filepath.Join(dir, "trace"), queuedLine[1])
+	if err != nil || len(events) == 0 || events[0].Event != "pickup" || events[0].Reason != "pickup file report.eml" {
+		t.Errorf("trace of %s: %+v, %v; want a pickup event first", queuedLine[1], events, err)
 	}
 	if names := dirNames(t, pickup); strings.Join(names, " ") != ".partial .queued bad" {
 		t.Errorf("pickup/ holds %v, want the dot file and the two directories", names)

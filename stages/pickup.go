@@ -37,7 +37,8 @@ func (p Pickup) Line() ([]byte, error) {
 
 // ReadPickup reads the envelope line of a pickup file and leaves r at the
 // message's first byte. The addresses come back in canonical form. An
-// error wraps ErrPickup when the file is malformed, else it is r's.
+// error wraps ErrPickup when the file is malformed, else it is r's. The
+// line must fit r's buffer (the gateway's is 64 KiB).
 func ReadPickup(r *bufio.Reader) (Pickup, error) {
 	var p Pickup
 	line, err := r.ReadSlice('\n')
@@ -51,6 +52,9 @@ func ReadPickup(r *bufio.Reader) (Pickup, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
 		return p, fmt.Errorf("%w: envelope: %v", ErrPickup, err)
+	}
+	if dec.More() {
+		return p, fmt.Errorf("%w: envelope: more after the JSON object", ErrPickup)
 	}
 	if p.From != "" {
 		if p.From, err = address.Parse(p.From); err != nil {
