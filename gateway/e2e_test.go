@@ -36,10 +36,16 @@ func startGatewayTB(t testing.TB, config string) *gateway.Gateway {
 // served by the mailgate binary the tests built.
 func startGatewayOpts(t testing.TB, config string, opts gateway.Options) *gateway.Gateway {
 	t.Helper()
+	return startGatewayIn(t, t.TempDir(), config, opts)
+}
+
+// startGatewayIn is startGatewayOpts on the data dir given, for a test
+// that starts a gateway again on the same one.
+func startGatewayIn(t testing.TB, dir, config string, opts gateway.Options) *gateway.Gateway {
+	t.Helper()
 	if opts.PluginCommand == nil {
 		opts.PluginCommand = func(kind string) []string { return []string{mailgateBin, "plugin", kind} }
 	}
-	dir := t.TempDir()
 	full := fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir) + config
 	if !strings.Contains(config, "[server]") {
 		full += "\n[server]\nlisten = [\"127.0.0.1:0\"]\n"

@@ -1,7 +1,8 @@
 // Package gateway assembles a running mail gateway from its parts: the spool,
 // the quarantine and the message traces, the stage plugins and the pipeline
 // over them, the SMTP listeners, the router that relays what was accepted,
-// and the admin listener with its API. cmd/mailgate and the end-to-end
+// the pickup directory through which stages send mail (pickup.go), and
+// the admin listener with its API. cmd/mailgate and the end-to-end
 // tests use it; it holds no logic of its own beyond wiring, lifecycle
 // (start in dependency order, stop in reverse) and reloading the config.
 package gateway
@@ -61,6 +62,7 @@ type Gateway struct {
 	trace  *trace.Log
 	router *router.Router
 	smtp   *smtpd.Server
+	pickup *pickup
 
 	reloading sync.Mutex // one reload at a time
 	closed    bool       // under reloading: no more reloads
@@ -128,6 +130,11 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, fmt.Errorf("router: %w", err)
 	}
 
+	// Before the router loads the spool: see pickup.
+	if err = g.newPickup(ctx, cfg.DataDir); err != nil {
+		return nil, err
+	}
+
 	ch, err := newChain(ctx, cfg, opts, g.reg, g.stageM, nil)
 	if err != nil {
 		return nil, err
@@ -192,7 +199,11 @@ func (g *Gateway) Start() error {
 		}()
 		g.log.Info("admin listening", "addr", l.Addr().String())
 	}
-	g.wg.Add(2)
+	g.wg.Add(3)
+	go func() {
+		defer g.wg.Done()
+		g.pickup.run(ctx)
+	}()
 	go func() {
 		defer g.wg.Done()
 		if err := g.router.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {

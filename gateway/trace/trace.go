@@ -43,7 +43,8 @@ type Event struct {
 	MessageID string    `json:"message_id,omitempty"`
 	// Event is what happened: connect, rcpt, data (the SMTP side, data
 	// carrying the decision), released, deleted (operator), attempt,
-	// expired, dsn (the router).
+	// expired, dsn (the router), pickup (a stage's mail queued from
+	// <data_dir>/pickup/).
 	Event  string   `json:"event"`
 	Client string   `json:"client,omitempty"`
 	Helo   string   `json:"helo,omitempty"`

@@ -1,11 +1,11 @@
 package dmarc
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -156,18 +156,19 @@ func pickups(t *testing.T, dir string) []string {
 	return p
 }
 
-func readPickup(t *testing.T, file string) (Pickup, *mail.Message) {
+func readPickup(t *testing.T, file string) (stages.Pickup, *mail.Message) {
 	t.Helper()
-	b, err := os.ReadFile(file)
+	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	line, rest, _ := bytes.Cut(b, []byte("\r\n"))
-	var env Pickup
-	if err := json.Unmarshal(line, &env); err != nil {
+	defer f.Close()
+	br := bufio.NewReader(f)
+	env, err := stages.ReadPickup(br)
+	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := mail.ReadMessage(bytes.NewReader(rest))
+	m, err := mail.ReadMessage(br)
 	if err != nil {
 		t.Fatal(err)
 	}

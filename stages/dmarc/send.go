@@ -22,6 +22,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/resolver"
 )
@@ -88,6 +89,8 @@ func (r *Reporter) daily(ctx context.Context, now func() time.Time) {
 }
 
 // flushOutbox moves the finished messages of the outbox into pickup/.
+// Both directories are synced: a rename the outbox kept after a power
+// loss would hand the report over a second time.
 func (r *Reporter) flushOutbox() error {
 	files, err := os.ReadDir(r.outbox)
 	if err != nil {
@@ -101,7 +104,10 @@ func (r *Reporter) flushOutbox() error {
 			return err
 		}
 	}
-	return syncDir(r.pickup)
+	if err := syncDir(r.pickup); err != nil {
+		return err
+	}
+	return syncDir(r.outbox)
 }
 
 // reportDay writes the day's report messages into the outbox.
@@ -399,25 +405,18 @@ func (r *Reporter) message(id, domain string, begin time.Time, doc []byte, to []
 	return b.Bytes(), nil
 }
 
-// Pickup is the envelope line that starts a pickup file, followed by CRLF
-// and the message.
-type Pickup struct {
-	From  string   `json:"from"`
-	Rcpts []string `json:"rcpts"`
-}
-
-func (r *Reporter) envelope(to []ReportURI) Pickup {
-	p := Pickup{From: r.from}
+func (r *Reporter) envelope(to []ReportURI) stages.Pickup {
+	p := stages.Pickup{From: r.from}
 	for _, u := range to {
 		p.Rcpts = append(p.Rcpts, u.Address)
 	}
 	return p
 }
 
-// writeOutbox writes a pickup file into the outbox atomically: a
-// temporary file, synced, renamed over name.
-func (r *Reporter) writeOutbox(name string, env Pickup, msg []byte) error {
-	line, err := json.Marshal(env)
+// writeOutbox writes a pickup file (stages.Pickup) into the outbox
+// atomically: a temporary file, synced, renamed over name.
+func (r *Reporter) writeOutbox(name string, env stages.Pickup, msg []byte) error {
+	line, err := env.Line()
 	if err != nil {
 		return err
 	}
@@ -426,7 +425,7 @@ func (r *Reporter) writeOutbox(name string, env Pickup, msg []byte) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(append(line, '\r', '\n'), msg...)); err != nil {
+	if _, err := tmp.Write(append(line, msg...)); err != nil {
 		tmp.Close()
 		return err
 	}
