@@ -1,7 +1,7 @@
 // Package gateway assembles a running mail gateway from its parts: the spool,
-// the quarantine and the message traces, the stage plugins and the pipeline
-// over them, the SMTP listeners, the router that relays what was accepted,
-// and the admin listener with its API. cmd/mailgate and the end-to-end
+// the quarantine, the message traces, the rate limits' state, the stage
+// plugins and the pipeline over them, the SMTP listeners, the router that
+// relays what was accepted, and the admin listener with its API. cmd/mailgate and the end-to-end
 // tests use it; it holds no logic of its own beyond wiring, lifecycle
 // (start in dependency order, stop in reverse) and reloading the config.
 package gateway
@@ -31,6 +31,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/plugins/host"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/policy/ratelimit"
 )
 
 // Options are the parts of a gateway that do not come from its config.
@@ -50,6 +51,9 @@ type Options struct {
 	LogLevel *slog.LevelVar
 	// Version labels mailgate_build_info; "" takes Version().
 	Version string
+	// RateLimitNow is the rate limits' clock (tests move it); nil:
+	// time.Now.
+	RateLimitNow func() time.Time
 }
 
 // Gateway is one running mailgate.
@@ -62,6 +66,7 @@ type Gateway struct {
 	trace  *trace.Log
 	router *router.Router
 	smtp   *smtpd.Server
+	limits *ratelimit.File // the [[ratelimit]] state, kept across reloads
 
 	reloading sync.Mutex // one reload at a time
 	closed    bool       // under reloading: no more reloads
@@ -133,6 +138,12 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	g.chain = ch
 	g.chains[ch] = true
 
+	limits := ratelimit.Env{Now: opts.RateLimitNow, Metrics: ratelimit.NewMetrics(g.reg), Logger: opts.Logger}
+	g.limits = ratelimit.OpenFile(filepath.Join(cfg.DataDir, "ratelimit"), ratelimit.FileOptions{
+		Now: limits.Now, Logger: limits.Logger, Metrics: limits.Metrics})
+	limits.Store = g.limits
+	undo = append(undo, func() { g.limits.Close() })
+
 	g.smtp, err = smtpd.New(smtpd.Options{
 		Config:     cfg,
 		Spool:      g.spool,
@@ -143,6 +154,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		Logger:     opts.Logger,
 		Metrics:    smtpd.NewMetrics(g.reg),
 		Trace:      g.trace,
+		RateLimits: limits,
 	})
 	if err != nil {
 		return nil, err
@@ -289,6 +301,7 @@ func (g *Gateway) Close() error {
 		ch.Close()
 	}
 	g.trace.Close()
+	g.limits.Close()
 	return g.spool.Close()
 }
 

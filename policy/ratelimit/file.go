@@ -111,8 +111,9 @@ type File struct {
 	saving  sync.Mutex
 	failing bool // under saving: the last save failed, and was logged
 
-	stop chan struct{}
-	done chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
+	close sync.Once
 }
 
 // OpenFile reads the state saved in dir and starts saving it. It does not
@@ -194,10 +195,12 @@ func (f *File) Save() error {
 	return err
 }
 
-// Close stops saving and saves one last time.
+// Close stops saving and saves one last time; a second Close only saves.
 func (f *File) Close() error {
-	close(f.stop)
-	<-f.done
+	f.close.Do(func() {
+		close(f.stop)
+		<-f.done
+	})
 	return f.Save()
 }
 
