@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
@@ -17,6 +18,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
 )
@@ -79,8 +81,17 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 		return nil, err
 	}
 	defer ch.Close()
+	// The rate limits as the gateway last saved them, in a copy: the dry
+	// run counts against them and writes nothing back.
+	limits := ratelimit.Env{Now: opts.RateLimitNow}
+	if limits.Now == nil {
+		limits.Now = time.Now
+	}
+	if limits.Store, err = ratelimit.ReadTable(filepath.Join(cfg.DataDir, "ratelimit"), limits.Now()); err != nil {
+		opts.Logger.Debug("dry run: rate limits start empty", "err", err)
+	}
 	d, err := smtpd.NewDriver(smtpd.Options{Config: cfg, Spool: sp, Routes: rt.Routes(), Queue: rt,
-		Quarantine: quar, Pipeline: ch.pipeline, Logger: opts.Logger})
+		Quarantine: quar, Pipeline: ch.pipeline, Logger: opts.Logger, RateLimits: limits})
 	if err != nil {
 		return nil, err
 	}

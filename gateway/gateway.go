@@ -1,8 +1,8 @@
 // Package gateway assembles a running mail gateway from its parts: the spool,
-// the quarantine and the message traces, the stage plugins and the pipeline
-// over them, the SMTP listeners, the router that relays what was accepted,
-// the pickup directory through which stages send mail (pickup.go), and
-// the admin listener with its API. cmd/mailgate and the end-to-end
+// the quarantine, the message traces, the rate limits' state, the stage
+// plugins and the pipeline over them, the SMTP listeners, the router that
+// relays what was accepted, the pickup directory through which stages
+// send mail (pickup.go), and the admin listener with its API. cmd/mailgate and the end-to-end
 // tests use it; it holds no logic of its own beyond wiring, lifecycle
 // (start in dependency order, stop in reverse) and reloading the config.
 package gateway
@@ -32,6 +32,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/plugins/host"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/policy/ratelimit"
 )
 
 // Options are the parts of a gateway that do not come from its config.
@@ -49,6 +50,9 @@ type Options struct {
 	LogLevel *slog.LevelVar
 	// Version labels mailgate_build_info; "" takes Version().
 	Version string
+	// RateLimitNow is the rate limits' clock (tests move it); nil:
+	// time.Now.
+	RateLimitNow func() time.Time
 }
 
 // Gateway is one running mailgate.
@@ -63,6 +67,7 @@ type Gateway struct {
 	router *router.Router
 	smtp   *smtpd.Server
 	pickup *pickup
+	limits *ratelimit.File // the [[ratelimit]] state, kept across reloads
 
 	reloading sync.Mutex // one reload at a time
 	closed    bool       // under reloading: no more reloads
@@ -143,6 +148,12 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	g.chain = ch
 	g.chains[ch] = true
 
+	limits := ratelimit.Env{Now: opts.RateLimitNow, Metrics: ratelimit.NewMetrics(g.reg), Logger: opts.Logger}
+	g.limits = ratelimit.OpenFile(filepath.Join(cfg.DataDir, "ratelimit"), ratelimit.FileOptions{
+		Now: limits.Now, Logger: limits.Logger, Metrics: limits.Metrics})
+	limits.Store = g.limits
+	undo = append(undo, func() { g.limits.Close() })
+
 	g.smtp, err = smtpd.New(smtpd.Options{
 		Config:     cfg,
 		Spool:      g.spool,
@@ -153,6 +164,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		Logger:     opts.Logger,
 		Metrics:    smtpd.NewMetrics(g.reg),
 		Trace:      g.trace,
+		RateLimits: limits,
 	})
 	if err != nil {
 		return nil, err
@@ -303,6 +315,7 @@ func (g *Gateway) Close() error {
 		ch.Close()
 	}
 	g.trace.Close()
+	g.limits.Close()
 	return g.spool.Close()
 }
 

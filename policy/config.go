@@ -21,8 +21,10 @@ type Config struct {
 	Delivery Delivery      `toml:"delivery"`
 	Routes   []Route       `toml:"route"`
 	Stages   []StageConfig `toml:"stage"`
-	Policy   Policy        `toml:"policy"`
-	Log      Log           `toml:"log"`
+	// RateLimits are the [[ratelimit]] rules, checked at MAIL and RCPT.
+	RateLimits []RateLimit `toml:"ratelimit"`
+	Policy     Policy      `toml:"policy"`
+	Log        Log         `toml:"log"`
 	// Quarantine and Trace say how long quarantined messages and message
 	// traces are kept.
 	Quarantine Retention `toml:"quarantine"`
@@ -127,6 +129,40 @@ type StageConfig struct {
 
 	index int // position in Stages, for error positions
 }
+
+// RateLimit is one [[ratelimit]]: how fast mail may come, counted under
+// one key of the envelope (README.md: Rate limits; package
+// policy/ratelimit holds rules to it).
+type RateLimit struct {
+	Name string `toml:"name"` // logs, traces and the rule label of the metrics
+	// Key is what is counted: client_ip, client_net, sender,
+	// sender_domain, recipient or auth.
+	Key string `toml:"key"`
+	// Rate events pass per Per, once a burst is spent.
+	Rate int             `toml:"rate"`
+	Per  stages.Duration `toml:"per"`
+	// Burst is how many events pass at once; default Rate.
+	Burst int `toml:"burst"`
+	// Count is "message" (default: one per MAIL FROM) or "recipient"
+	// (one per RCPT TO).
+	Count string `toml:"count"`
+	// Action is "defer" (default: 450 4.7.1) or "disconnect" (421 4.7.0,
+	// and the connection is closed).
+	Action string `toml:"action"`
+	// IPv4Prefix and IPv6Prefix are the network of key client_net;
+	// default 24 and 64.
+	IPv4Prefix int `toml:"ipv4_prefix"`
+	IPv6Prefix int `toml:"ipv6_prefix"`
+	// ExemptTrusted leaves clients in trusted_networks uncounted; default
+	// true.
+	ExemptTrusted bool `toml:"exempt_trusted"`
+	// Exempt is what the rule does not count: its entries match as
+	// [policy.allow]'s do.
+	Exempt List `toml:"exempt"`
+}
+
+// RateLimitKeys are the keys a [[ratelimit]] may count under.
+var RateLimitKeys = []string{"client_ip", "client_net", "sender", "sender_domain", "recipient", "auth"}
 
 // Policy is the [policy] table: how the verdicts of the stages and the
 // total score map to an action, the allow- and block-lists, and the

@@ -740,6 +740,21 @@ func (c *Config) setDefaults() {
 		str(&st.OnError, "tempfail")
 		d(&st.Timeout, 10*time.Second)
 	}
+	for k := range c.RateLimits {
+		r := &c.RateLimits[k]
+		i(&r.Burst, r.Rate)
+		str(&r.Count, "message")
+		str(&r.Action, "defer")
+		if r.Key == "client_net" {
+			i(&r.IPv4Prefix, 24)
+			i(&r.IPv6Prefix, 64)
+		}
+		// false is written to count trusted clients, so only a missing
+		// key gets the default.
+		if !c.src.isDefined(key{}.field("ratelimit").index(k).field("exempt_trusted").dotted) {
+			r.ExemptTrusted = true
+		}
+	}
 	p := &c.Policy
 	if p.TagScore == 0 {
 		p.TagScore = 5

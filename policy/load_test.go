@@ -161,6 +161,46 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
+// TestRateLimitDefaults: what a [[ratelimit]] that writes only what it
+// must gets, and that exempt_trusted = false and exempt entries are kept
+// (the entries in canonical form, as [policy.allow]'s).
+func TestRateLimitDefaults(t *testing.T) {
+	src := `hostname = "mx.example.test"
+data_dir = "/d"
+
+[[ratelimit]]
+name = "per-net"
+key = "client_net"
+rate = 100
+per = "1h"
+
+[[ratelimit]]
+name = "per-sender"
+key = "sender"
+rate = 10
+per = "1m"
+burst = 3
+count = "recipient"
+action = "disconnect"
+exempt_trusted = false
+[ratelimit.exempt]
+senders = ["Boss@Example.TEST."]
+`
+	c, err := Parse("r.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []RateLimit{
+		{Name: "per-net", Key: "client_net", Rate: 100, Per: stages.Duration(time.Hour), Burst: 100, Count: "message",
+			Action: "defer", IPv4Prefix: 24, IPv6Prefix: 64, ExemptTrusted: true},
+		{Name: "per-sender", Key: "sender", Rate: 10, Per: stages.Duration(time.Minute), Burst: 3, Count: "recipient",
+			Action: "disconnect", Exempt: List{Senders: []string{"Boss@example.test"}}},
+	}
+	if !reflect.DeepEqual(c.RateLimits, want) {
+		t.Errorf("ratelimit =\n%+v\nwant\n%+v", c.RateLimits, want)
+	}
+}
+
 func TestHostnameDefault(t *testing.T) {
 	host, err := os.Hostname()
 	if err != nil || !address.IsHostname(host) {

@@ -38,6 +38,7 @@ func TestREADMEReferenceHasEveryKey(t *testing.T) {
 		{ref, "README.md", Delivery{}},
 		{ref, "README.md", Route{}},
 		{ref, "README.md", StageConfig{}},
+		{ref, "README.md", RateLimit{}},
 		{ref, "README.md", Log{}},
 		{ref, "README.md", Retention{}},
 		{string(pol), "policy/README.md", Policy{}},

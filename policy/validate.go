@@ -50,6 +50,7 @@ func (c *Config) validate() Errors {
 	v.delivery(&c.Delivery, root.field("delivery"), c.Hostname)
 	v.routes(c.Routes, root.field("route"))
 	v.stages(c.Stages, root.field("stage"))
+	v.rateLimits(c.RateLimits, root.field("ratelimit"))
 	names := make([]string, 0, len(c.Stages))
 	for _, st := range c.Stages {
 		names = append(names, st.Name)
@@ -232,6 +233,51 @@ func (v *validator) stages(list []StageConfig, k key) {
 		if st.SHA256 != "" {
 			v.errorf(sk.field("sha256"), `unexpected; sha256 is only for kind = "plugin"`)
 		}
+	}
+}
+
+func (v *validator) rateLimits(list []RateLimit, k key) {
+	named := map[string]int{} // name → the rule that has it
+	for i := range list {
+		r := &list[i]
+		rk := k.index(i)
+		switch first, dup := named[r.Name]; {
+		case r.Name == "":
+			v.errorf(rk.field("name"), `required; expect a name such as "per-client" of a-z, 0-9, _ and -`)
+		case !isName(r.Name):
+			v.errorf(rk.field("name"), "unexpected %q; expect a name of a-z, 0-9, _ and -", r.Name)
+		case dup:
+			v.errorf(rk.field("name"), "%q is used twice; %s has the same name", r.Name, k.index(first).name)
+		default:
+			named[r.Name] = i
+		}
+		if r.Key == "" {
+			v.errorf(rk.field("key"), "required; expect %s", oneOf(RateLimitKeys))
+		} else {
+			v.oneOf(rk.field("key"), r.Key, RateLimitKeys...)
+		}
+		// A 0 written in the file is refused by the decoder: 0 here is a
+		// missing key.
+		if r.Rate == 0 {
+			v.errorf(rk.field("rate"), "required; expect how many messages or recipients pass per period (per), such as 100")
+		}
+		if r.Per == 0 {
+			v.errorf(rk.field("per"), `required; expect the period of rate such as "1h"`)
+		}
+		v.oneOf(rk.field("count"), r.Count, "message", "recipient")
+		v.oneOf(rk.field("action"), r.Action, "defer", "disconnect")
+		for _, p := range []struct {
+			name           string
+			bits, min, max int
+		}{{"ipv4_prefix", r.IPv4Prefix, 8, 32}, {"ipv6_prefix", r.IPv6Prefix, 16, 128}} {
+			switch pk := rk.field(p.name); {
+			case r.Key != "client_net" && p.bits != 0:
+				v.errorf(pk, `unexpected; %s is only for key = "client_net"`, p.name)
+			case r.Key == "client_net" && (p.bits < p.min || p.bits > p.max):
+				v.errorf(pk, "unexpected %d; expect %d to %d", p.bits, p.min, p.max)
+			}
+		}
+		v.list(&r.Exempt, rk.field("exempt"))
 	}
 }
 

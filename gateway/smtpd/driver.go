@@ -19,6 +19,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
 )
@@ -66,12 +67,16 @@ type Options struct {
 	Metrics *Metrics
 	// Trace, when set, records each transaction's story.
 	Trace *trace.Log
+	// RateLimits is where the [[ratelimit]] rules keep their state, kept
+	// across reloads; its zero value keeps it in the driver.
+	RateLimits ratelimit.Env
 }
 
 // Driver runs mail transactions under one configuration (see the package
 // comment). It is safe for concurrent use; a Conn and its Txns are not.
 type Driver struct {
-	opts Options
+	opts   Options
+	limits *ratelimit.Rules
 }
 
 // NewDriver builds a driver; opts.Pipeline nil runs no stages.
@@ -88,7 +93,7 @@ func NewDriver(opts Options) (*Driver, error) {
 			return nil, err
 		}
 	}
-	return &Driver{opts: opts}, nil
+	return &Driver{opts: opts, limits: ratelimit.New(opts.Config.RateLimits, opts.RateLimits)}, nil
 }
 
 // Watch gives the context a phase's checks run under while the client
@@ -189,6 +194,18 @@ func (c *Conn) Mail(from string, utf8 bool) (*Txn, Outcome) {
 		}
 		from = canon
 	}
+	// The rate limits count a message here, before anything costly. A
+	// client refused at connect or helo gets that refusal at RCPT, not
+	// a 450 that would turn it temporary.
+	if c.early == nil {
+		ctx, done := c.checks()
+		x := c.d.limits.Check(ctx, ratelimit.Event{Client: c.client, From: from})
+		done()
+		if x != nil {
+			return nil, c.answer(nil, c.log.With("from", from), Outcome{Reply: rateLimited(x), Phase: stages.Mail,
+				Event: trace.Event{Action: "tempfail", Reason: x.Reason}}, nil, nil)
+		}
+	}
 	w, err := c.d.opts.Spool.Create()
 	if err != nil {
 		return nil, c.answer(nil, c.log.With("from", from), Outcome{Reply: spoolReply(err), Phase: stages.Mail,
@@ -239,8 +256,9 @@ func (t *Txn) record(e trace.Event) {
 const verifyTimeout = 5 * time.Second
 
 // Rcpt adds recipient to (RCPT TO) after a refusal kept from an earlier
-// phase, max_recipients, the address checks, relay control, verify_rcpts
-// and the rcpt phase; a refused one is left out of the transaction.
+// phase, max_recipients, the address checks, relay control, the rate
+// limits, verify_rcpts and the rcpt phase; a refused one is left out of
+// the transaction.
 func (t *Txn) Rcpt(to string) Outcome {
 	c, cfg := t.c, &t.c.d.opts.Config.Server
 	log := t.log.With("rcpt", to)
@@ -279,6 +297,9 @@ func (t *Txn) Rcpt(to string) Outcome {
 	}
 	base, stop := c.watch()
 	defer stop()
+	if x := c.d.limits.Check(base, ratelimit.Event{Client: c.client, From: t.tx.From, Rcpt: to}); x != nil {
+		return refuse(rateLimited(x), stages.Rcpt, trace.Event{Action: "tempfail", Reason: x.Reason}, nil)
+	}
 	// A recipient the internal server refuses would bounce later, to a
 	// sender that may be forged: refuse it now (verify_rcpts), and one it
 	// could not verify, try later (450 4.1.1, as Postfix's

@@ -8,6 +8,7 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/policy/ratelimit"
 )
 
 // Replies. Texts are generic on purpose: they reach the sender, details go
@@ -27,10 +28,23 @@ var (
 	errBigHeader   = reply(552, 5, 3, 4, "Message header too large")
 	errBadSender   = reply(501, 5, 1, 7, "Bad sender address syntax")
 	errNeedUTF8    = reply(553, 5, 6, 7, "Non-ASCII address requires SMTPUTF8")
+	// A rate limit: 450 4.7.1 at MAIL and at RCPT, as Postfix's anvil
+	// limits ("too much mail", "too many recipients"), or 421 4.7.0 and
+	// close (RFC 5321 §3.8) for a rule with action = "disconnect".
+	errRateLimited  = reply(450, 4, 7, 1, "Rate limit exceeded, try again later")
+	errRateLimitBye = reply(421, 4, 7, 0, "Rate limit exceeded, closing connection")
 )
 
 func reply(code, a, b, c int, text string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{a, b, c}, Message: text}
+}
+
+// rateLimited is the reply to an event a rate limit refused.
+func rateLimited(x *ratelimit.Exceeded) *smtp.SMTPError {
+	if x.Disconnect {
+		return errRateLimitBye
+	}
+	return errRateLimited
 }
 
 // queued is the reply to a message taken, into the spool or the quarantine.

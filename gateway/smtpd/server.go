@@ -1,9 +1,10 @@
 // Package smtpd is the gateway's SMTP ingress, in two parts. The driver
 // (driver.go) runs a mail transaction: connect and helo phases, relay
-// control, address checks, max_recipients, verify_rcpts, the stages and
-// policy, the limits on the message (max_message_size, max_hops, header
-// size, bare_lf), the Received field, the quarantine, the commit to the
-// spool, and Txn.end, which ends a transaction whatever the outcome. The
+// control, address checks, the rate limits (policy/ratelimit),
+// max_recipients, verify_rcpts, the stages and policy, the limits on the
+// message (max_message_size, max_hops, header size, bare_lf), the
+// Received field, the quarantine, the commit to the spool, and Txn.end,
+// which ends a transaction whatever the outcome. The
 // session (session.go, server.go) is go-smtp's Backend and Session: it
 // reads commands, DATA and BDAT, watches for a client that hangs up, and
 // hands each command to the driver. `mailgate test` (gateway.DryRun) runs

@@ -194,6 +194,25 @@ func Equal(a, b string) bool {
 	return strings.EqualFold(la, lb) && Fold(da) == Fold(db)
 }
 
+// Identity is the form in which an address names a sender or recipient
+// that is counted or remembered (greylisting triplets, rate-limit keys):
+// the domain folded, the local part without case (as Equal), and a BATV
+// tag (prvs=TAG=local) dropped, since it changes with every message and
+// would make each one a stranger.
+func Identity(addr string) string {
+	local, domain, ok := Split(addr)
+	if !ok {
+		return strings.ToLower(addr)
+	}
+	local = strings.ToLower(local)
+	if rest, ok := strings.CutPrefix(local, "prvs="); ok {
+		if _, l, ok := strings.Cut(rest, "="); ok && l != "" {
+			local = l
+		}
+	}
+	return local + "@" + Fold(domain)
+}
+
 // IsHostname reports whether d is a host name in ASCII: dot-separated
 // labels of letters, digits and hyphens, neither starting nor ending with
 // a hyphen, 1 to 63 octets each, 253 in all (RFC 1035 §2.3.1, with leading

@@ -213,3 +213,18 @@ func FuzzDomain(f *testing.F) {
 		}
 	})
 }
+
+func TestIdentity(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"Alice@Sender.TEST.", "alice@sender.test"},
+		{"prvs=0123abcdef=alice@sender.test", "alice@sender.test"}, // BATV
+		{"PRVS=0123ABCDEF=Alice@sender.test", "alice@sender.test"},
+		{"prvs=x@sender.test", "prvs=x@sender.test"}, // no tag after all
+		{"ü@BÜCHER.test", "ü@xn--bcher-kva.test"},
+		{"Postmaster", "postmaster"},
+	} {
+		if got := Identity(c.in); got != c.want {
+			t.Errorf("Identity(%q) = %q; want %q", c.in, got, c.want)
+		}
+	}
+}

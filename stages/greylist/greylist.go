@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/address"
 )
 
 // The result words of a greylist verdict.
@@ -84,7 +85,7 @@ func (f *Filter) Run(ctx context.Context, _ stages.Phase, tx *stages.Transaction
 		return stages.Verdict{Result: Skipped, Reason: "SPF pass for the sender's domain"}, nil
 	}
 	network := f.network(ip)
-	res, reason, err := f.decide(ctx, network, lowerLocal(tx.From), lowerLocal(rcpt))
+	res, reason, err := f.decide(ctx, network, address.Identity(tx.From), address.Identity(rcpt))
 	if err != nil {
 		f.alarms.raise("store", "greylist: store failed; mail passes without greylisting (fail open)", "err", err)
 		return stages.Verdict{Result: Unavailable, Reason: "store failed, not greylisted: " + err.Error()}, nil

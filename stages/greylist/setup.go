@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/mailgate/mailgate/stages"
@@ -245,22 +244,4 @@ func (a allowList) match(ip netip.Addr, from, rcpt string) string {
 		}
 	}
 	return ""
-}
-
-// lowerLocal is an address as a triplet names it: local parts compare
-// without case (as address.Equal), and a BATV tag (prvs=TAG=local), which
-// changes with each message, is dropped, or a sender using it would never
-// pass.
-func lowerLocal(addr string) string {
-	local, domain, ok := address.Split(addr)
-	if !ok {
-		return strings.ToLower(addr)
-	}
-	local = strings.ToLower(local)
-	if rest, ok := strings.CutPrefix(local, "prvs="); ok {
-		if _, l, ok := strings.Cut(rest, "="); ok && l != "" {
-			local = l
-		}
-	}
-	return local + "@" + address.Fold(domain)
 }

@@ -447,6 +447,9 @@ func (c *Conn) handleMail(arg string) {
 
 	if err := c.Session().Mail(from, opts); err != nil {
 		c.writeError(451, EnhancedCode{4, 0, 0}, err)
+		if closes(err) { // mailgate patch 6 (421-closes)
+			c.Close()
+		}
 		return
 	}
 
@@ -791,6 +794,9 @@ func (c *Conn) handleRcpt(arg string) {
 
 	if err := c.Session().Rcpt(recipient, opts); err != nil {
 		c.writeError(451, EnhancedCode{4, 0, 0}, err)
+		if closes(err) { // mailgate patch 6 (421-closes)
+			c.Close()
+		}
 		return
 	}
 	c.recipients = append(c.recipients, recipient)

@@ -170,3 +170,17 @@ func TestPatch421Closes(t *testing.T) {
 		s.Close()
 	}
 }
+
+// Patch 6, at MAIL: a 421 from Session.Mail (a rate limit with action
+// disconnect) reaches the client, then the connection is closed.
+func TestPatch421ClosesAtMail(t *testing.T) {
+	be, s, c, _, _ := testServerEhlo(t)
+	defer s.Close()
+	defer c.Close()
+	be.userErr = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Bye"}
+	v := newConv(t, c)
+	io.WriteString(c, "MAIL FROM:<a@example.org>\r\n")
+	if out := v.rest(); out != "421 4.7.0 Bye\r\n" {
+		t.Errorf("got %q, want 421 4.7.0 and the end", out)
+	}
+}
