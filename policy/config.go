@@ -52,10 +52,16 @@ type Server struct {
 	TLSCert             string          `toml:"tls_cert"`               // PEM file; with tls_key enables STARTTLS
 	TLSKey              string          `toml:"tls_key"`
 	BareLF              string          `toml:"bare_lf"` // "normalize" (default) or "reject"
+	// ProxyProtocol puts every listener behind proxies (HAProxy, a load
+	// balancer) that open each connection with a PROXY protocol header,
+	// v1 or v2: the client's address is the header's. Only the proxies
+	// in ProxyTrusted may connect then; a header is required of them.
+	ProxyProtocol bool     `toml:"proxy_protocol"`
+	ProxyTrusted  []string `toml:"proxy_trusted"` // the proxies: CIDRs or addresses
 
-	// trusted is TrustedNetworks parsed once by the loader, so a connection
-	// only compares prefixes.
-	trusted []netip.Prefix
+	// trusted and proxies are TrustedNetworks and ProxyTrusted parsed
+	// once by the loader, so a connection only compares prefixes.
+	trusted, proxies []netip.Prefix
 }
 
 // DNS is the [dns] table.

@@ -17,6 +17,9 @@ import (
 // Server put together in Go without them trusts no one.
 func (s Server) Trusted() []netip.Prefix { return s.trusted }
 
+// Proxies returns ProxyTrusted parsed, as Trusted does TrustedNetworks.
+func (s Server) Proxies() []netip.Prefix { return s.proxies }
+
 // Validate checks every field of a decoded config and returns an Errors
 // listing each problem. It also prepares what the loader derives from the
 // config (Server.Trusted) and puts every domain and address of routes,
@@ -85,18 +88,10 @@ func (v *validator) server(s *Server, k key) {
 	v.duration(k.field("data_timeout"), s.DataTimeout)
 	v.duration(k.field("data_total_timeout"), s.DataTotalTimeout)
 	v.duration(k.field("filter_timeout"), s.FilterTimeout)
-	s.trusted = nil
-	for i, n := range s.TrustedNetworks {
-		p, err := netip.ParsePrefix(n)
-		if err != nil {
-			a, aerr := netip.ParseAddr(n)
-			if aerr != nil {
-				v.errorf(k.field("trusted_networks").index(i), `unexpected %q; expect a network such as "10.0.0.0/8" or an address such as "192.0.2.1"`, n)
-				continue
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		s.trusted = append(s.trusted, p.Masked())
+	s.trusted = v.networks(k.field("trusted_networks"), s.TrustedNetworks)
+	s.proxies = v.networks(k.field("proxy_trusted"), s.ProxyTrusted)
+	if s.ProxyProtocol && len(s.ProxyTrusted) == 0 {
+		v.errorf(k.field("proxy_trusted"), `required with proxy_protocol = true; expect the proxies' networks such as ["10.0.0.0/8"]`)
 	}
 	switch {
 	case s.TLSCert != "" && s.TLSKey == "":
@@ -105,6 +100,25 @@ func (v *validator) server(s *Server, k key) {
 		v.errorf(k.field("tls_cert"), "required with tls_key; expect the PEM file of the certificate")
 	}
 	v.oneOf(k.field("bare_lf"), s.BareLF, "normalize", "reject")
+}
+
+// networks parses a list of networks (CIDRs) and single addresses (full
+// length prefixes).
+func (v *validator) networks(k key, list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for i, n := range list {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			a, aerr := netip.ParseAddr(n)
+			if aerr != nil {
+				v.errorf(k.index(i), `unexpected %q; expect a network such as "10.0.0.0/8" or an address such as "192.0.2.1"`, n)
+				continue
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out
 }
 
 func (v *validator) dns(d *DNS, k key) {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,7 +64,7 @@ func whileConnected(c net.Conn) (ctx context.Context, stop func()) {
 	}
 }
 
-// tcpConn is the TCP connection under c (TLS, limitedConn), or nil.
+// tcpConn is the TCP connection under c (TLS, limitedConn, PROXY), or nil.
 func tcpConn(c net.Conn) *net.TCPConn {
 	for {
 		switch x := c.(type) {
@@ -73,6 +74,8 @@ func tcpConn(c net.Conn) *net.TCPConn {
 			c = x.NetConn()
 		case *limitedConn:
 			c = x.Conn
+		case *proxyproto.Conn:
+			c = x.Raw()
 		default:
 			return nil
 		}

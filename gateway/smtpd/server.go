@@ -121,6 +121,8 @@ func (s *Server) Check(cfg *policy.Config) error {
 	changed("server.command_timeout", old.Server.CommandTimeout != cur.Server.CommandTimeout)
 	changed("server.tls_cert", old.Server.TLSCert != cur.Server.TLSCert)
 	changed("server.tls_key", old.Server.TLSKey != cur.Server.TLSKey)
+	changed("server.proxy_protocol", old.Server.ProxyProtocol != cur.Server.ProxyProtocol)
+	changed("server.proxy_trusted", !slices.Equal(old.Server.ProxyTrusted, cur.Server.ProxyTrusted))
 	if len(keys) > 0 {
 		return fmt.Errorf("%s changed: restart needed", strings.Join(keys, ", "))
 	}
@@ -179,6 +181,9 @@ func (s *Server) release(g *generation) {
 
 // Serve accepts SMTP connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
+	if cfg := &s.opts.Config.Server; cfg.ProxyProtocol {
+		l = newProxyListener(l, cfg.Proxies(), proxyHeaderTimeout, s.opts.Logger, s.opts.Metrics)
+	}
 	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.opts.Logger, metrics: s.opts.Metrics})
 }
 

@@ -45,6 +45,8 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	if st, ok := c.TLSConnectionState(); ok {
 		client.TLS = tlsDescription(st.Version, st.CipherSuite)
+	} else {
+		client.TLS = proxiedTLS(c.Conn()) // the client's TLS with a proxy
 	}
 	s.opts.Metrics.session()
 	sess := &session{srv: s, gen: s.acquire(), conn: c}

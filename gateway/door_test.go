@@ -1,0 +1,97 @@
+package gateway_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/dnstest"
+	"github.com/mailgate/mailgate/stages/testkit"
+)
+
+// The door controls end to end: what a client meets before SMTP.
+
+// proxyV2TCP4 is a PROXY protocol v2 header written by hand (HAProxy's
+// spec §2.2): PROXY, TCP over IPv4, from src to 192.0.2.1:25.
+func proxyV2TCP4(src [4]byte, port uint16) string {
+	h := []byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c")
+	h = append(h, src[:]...)
+	h = append(h, 192, 0, 2, 1)
+	h = binary.BigEndian.AppendUint16(h, port)
+	h = binary.BigEndian.AppendUint16(h, 25)
+	return string(h)
+}
+
+// TestProxyProtocolClientAddress: behind a proxy speaking PROXY v1 or v2,
+// the stages see the client the header names: the DNSBL refuses the
+// listed 203.0.113.7, and SPF passes 203.0.113.8, which the sender's
+// record names, though every connection comes from 127.0.0.1.
+func TestProxyProtocolClientAddress(t *testing.T) {
+	dns := dnstest.NewServer(t, dnstest.Zone{
+		"7.113.0.203.zen.blocklist.test.": {"A 127.0.0.2"},
+		"sender.test.":                    {`TXT "v=spf1 ip4:203.0.113.8 -all"`},
+	})
+	down := routertest.NewServer(t)
+	g := startGateway(t, fmt.Sprintf(`
+[server]
+listen = ["127.0.0.1:0"]
+proxy_protocol = true
+proxy_trusted = ["127.0.0.1"]
+
+[dns]
+servers = [%q]
+
+[[stage]]
+name = "dnsbl"
+kind = "dnsbl"
+[stage.config]
+[[stage.config.list]]
+zone = "zen.blocklist.test"
+action = "reject"
+
+[[stage]]
+name = "spf"
+kind = "spf"
+`, dns.Addr())+routeTo(down, "dest.test"))
+	proxied := func(header string) *client {
+		conn, err := net.DialTimeout("tcp", g.SMTPAddrs()[0].String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		c := testkit.NewSMTPClient(t, conn)
+		c.Send(header)
+		c.Expect("220 ")
+		c.Cmd("EHLO client.test", "250")
+		return c
+	}
+	for i, header := range []string{
+		"PROXY TCP4 203.0.113.8 192.0.2.1 40000 25\r\n",
+		proxyV2TCP4([4]byte{203, 0, 113, 8}, 40000),
+	} {
+		id := fmt.Sprintf("proxied-%d@test", i)
+		if r := proxied(header).SendMail("a@sender.test", []string{"b@dest.test"}, message(id, "hi\r\n")); !strings.HasPrefix(r, "250") {
+			t.Fatalf("header %d: %q", i, r)
+		}
+		data := string(down.WaitFor(i+1, waitLong)[i].Data)
+		for _, want := range []string{"Received-SPF: pass", "client-ip=203.0.113.8", "Received: from client.test ([203.0.113.8])"} {
+			if !strings.Contains(data, want) {
+				t.Errorf("header %d: the message lacks %q:\n%s", i, want, data)
+			}
+		}
+	}
+	for i, header := range []string{
+		"PROXY TCP4 203.0.113.7 192.0.2.1 40000 25\r\n",
+		proxyV2TCP4([4]byte{203, 0, 113, 7}, 40000),
+	} {
+		c := proxied(header)
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		if r := c.Cmd("RCPT TO:<b@dest.test>", "5"); !strings.HasPrefix(r, "550 5.7.1") {
+			t.Fatalf("listed client, header %d: %q", i, r)
+		}
+	}
+}
