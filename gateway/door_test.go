@@ -95,3 +95,41 @@ kind = "spf"
 		}
 	}
 }
+
+// TestPregreet: with pregreet_delay, a client that talks before the
+// banner is refused with 554 5.7.1 and nothing delivered; a client that
+// waits gets the banner after the delay and its mail is delivered. The
+// refusal is counted.
+func TestPregreet(t *testing.T) {
+	down := routertest.NewServer(t)
+	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\npregreet_delay = \"200ms\"\n"+routeTo(down, "dest.test"))
+	conn, err := dialFrom(t, "127.0.0.2", g.SMTPAddrs()[0]) // cached bad from now on
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	early := testkit.NewSMTPClient(t, conn)
+	early.Send("EHLO bot.test\r\nMAIL FROM:<bot@spam.test>\r\n")
+	if r := early.Rest(); r != "554 5.7.1 Access denied\r\n" {
+		t.Fatalf("early talker: %q", r)
+	}
+
+	start := time.Now()
+	c := dial(t, g.SMTPAddrs()[0])
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("banner after %v, before pregreet_delay", d)
+	}
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("patient@test", "hi\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatalf("patient client: %q", r)
+	}
+	if msgs := down.WaitFor(1, waitLong); messageID(msgs[0].Data) != "patient@test" {
+		t.Fatal("wrong message delivered")
+	}
+	_, metrics := httpGet(t, "http://"+g.AdminAddr().String()+"/metrics")
+	for _, want := range []string{`mailgate_smtp_door_refusals_total{reason="pregreet"} 1`, `mailgate_smtp_replies_total{code="554"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
@@ -93,6 +94,13 @@ func (v *validator) server(s *Server, k key) {
 	if s.ProxyProtocol && len(s.ProxyTrusted) == 0 {
 		v.errorf(k.field("proxy_trusted"), `required with proxy_protocol = true; expect the proxies' networks such as ["10.0.0.0/8"]`)
 	}
+	// The banner must come well within the 5 minutes a client waits for
+	// it (RFC 5321 §4.5.3.2.1); many give up sooner.
+	if s.PregreetDelay < 0 || s.PregreetDelay > stages.Duration(time.Minute) {
+		v.errorf(k.field("pregreet_delay"), `unexpected %q; expect "0s" (off) or a duration up to "1m" such as "3s"`, s.PregreetDelay)
+	}
+	v.duration(k.field("pregreet_good_ttl"), s.PregreetGoodTTL)
+	v.duration(k.field("pregreet_bad_ttl"), s.PregreetBadTTL)
 	switch {
 	case s.TLSCert != "" && s.TLSKey == "":
 		v.errorf(k.field("tls_key"), "required with tls_cert; expect the PEM file of the certificate's private key")

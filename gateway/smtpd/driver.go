@@ -66,6 +66,8 @@ type Options struct {
 	Metrics *Metrics
 	// Trace, when set, records each transaction's story.
 	Trace *trace.Log
+	// Clock is the pre-greet cache's clock; nil is time.Now.
+	Clock func() time.Time
 }
 
 // Driver runs mail transactions under one configuration (see the package
@@ -95,6 +97,11 @@ func NewDriver(opts Options) (*Driver, error) {
 	return &Driver{opts: opts, trusted: trusted}, nil
 }
 
+// trusts says whether a is in trusted_networks.
+func (d *Driver) trusts(a netip.Addr) bool {
+	return slices.ContainsFunc(d.trusted, func(p netip.Prefix) bool { return p.Contains(a) })
+}
+
 // Watch gives the context a phase's checks run under while the client
 // waits, and stop, called when they are done, before the client is read
 // again. The SMTP session's ends when the client hangs up
@@ -121,7 +128,7 @@ type Conn struct {
 // at RCPT (as Postfix's smtpd_delay_reject), so that it is logged with
 // the envelope.
 func (d *Driver) Connect(client stages.Client, watch Watch) *Conn {
-	client.Trusted = slices.ContainsFunc(d.trusted, func(p netip.Prefix) bool { return p.Contains(client.Addr) })
+	client.Trusted = d.trusts(client.Addr)
 	c := &Conn{d: d, client: client, start: time.Now(), watch: watch, base: d.opts.Pipeline.Begin(),
 		log: d.opts.Logger.With("client", client.Addr.String(), "helo", client.Helo)}
 	tx := &stages.Transaction{Client: client}

@@ -86,3 +86,23 @@ func tcpConn(c net.Conn) *net.TCPConn {
 func gone(ctx context.Context) bool {
 	return errors.Is(context.Cause(ctx), errClientGone)
 }
+
+// readable reports whether bytes from the client wait to be read on c's
+// socket now.
+func readable(c net.Conn) bool {
+	tc := tcpConn(c)
+	if tc == nil {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var n int
+	rc.Control(func(fd uintptr) {
+		// Bytes, not readiness: a client that closed after its command
+		// is readable, but sent nothing more.
+		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	return n > 0
+}

@@ -16,6 +16,7 @@ type Metrics struct {
 	replies  *prometheus.CounterVec
 	actions  *prometheus.CounterVec
 	refusals *prometheus.CounterVec
+	storeErr prometheus.Counter
 }
 
 // NewMetrics registers the SMTP metrics with reg.
@@ -35,10 +36,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"action"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mailgate", Subsystem: "smtp", Name: "door_refusals_total",
-			Help: "Connections refused before SMTP by a door control: proxy, pregreet, pipelining.",
+			Help: "Connections refused before SMTP by a door control: proxy, pregreet, pregreet_cached, pipelining.",
 		}, []string{"reason"}),
+		storeErr: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mailgate", Subsystem: "smtp", Name: "door_store_errors_total",
+			Help: "Reads and writes of the pre-greet cache that failed (the client was tested as unknown).",
+		}),
 	}
-	reg.MustRegister(m.sessions, m.replies, m.actions, m.refusals)
+	reg.MustRegister(m.sessions, m.replies, m.actions, m.refusals, m.storeErr)
 	return m
 }
 
@@ -51,6 +56,12 @@ func (m *Metrics) session() {
 func (m *Metrics) refused(reason string) {
 	if m != nil {
 		m.refusals.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) storeError() {
+	if m != nil {
+		m.storeErr.Inc()
 	}
 }
 

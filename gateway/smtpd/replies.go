@@ -32,6 +32,7 @@ var (
 	errBigHeader    = reply(552, 5, 3, 4, "Message header too large")
 	errBadSender    = reply(501, 5, 1, 7, "Bad sender address syntax")
 	errNeedUTF8     = reply(553, 5, 6, 7, "Non-ASCII address requires SMTPUTF8")
+	errEarlyTalker  = reply(554, 5, 7, 1, "Access denied")
 )
 
 func reply(code, a, b, c int, text string) *smtp.SMTPError {

@@ -23,6 +23,7 @@
 package smtpd
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -46,6 +47,8 @@ type Server struct {
 	opts   Options
 	srv    *smtp.Server
 	limits *connLimits
+	// pregreetCache is who passed or failed the pre-greet test.
+	pregreetCache *pregreetCache
 
 	mu  sync.Mutex
 	gen *generation // what new sessions run under
@@ -91,6 +94,13 @@ func New(opts Options) (*Server, error) {
 		}
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if s.pregreetCache, err = openPregreetCache(opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics); err != nil {
+		return nil, fmt.Errorf("server.pregreet_delay: %w", err)
+	}
+	s.opts = opts
 	s.srv = srv
 	return s, nil
 }
@@ -160,6 +170,13 @@ func (s *Server) Reload(u Update, retired func()) error {
 	return nil
 }
 
+// current is the driver new sessions run under.
+func (s *Server) current() *Driver {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen.Driver
+}
+
 // acquire returns the generation a new session runs under.
 func (s *Server) acquire() *generation {
 	s.mu.Lock()
@@ -184,7 +201,7 @@ func (s *Server) Serve(l net.Listener) error {
 	if cfg := &s.opts.Config.Server; cfg.ProxyProtocol {
 		l = newProxyListener(l, cfg.Proxies(), proxyHeaderTimeout, s.opts.Logger, s.opts.Metrics)
 	}
-	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.opts.Logger, metrics: s.opts.Metrics})
+	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.opts.Logger, metrics: s.opts.Metrics, greet: s.pregreet})
 }
 
 // Shutdown stops accepting and waits for sessions to end until ctx is done,
@@ -268,6 +285,7 @@ type limitListener struct {
 	limits  *connLimits
 	log     *slog.Logger
 	metrics *Metrics
+	greet   func(*limitedConn) error // the pre-greet test
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -283,7 +301,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			go refuse(c)
 			continue
 		}
-		return &limitedConn{Conn: c, release: func() { l.limits.release(a) }}, nil
+		return &limitedConn{Conn: c, release: func() { l.limits.release(a) }, greet: l.greet}, nil
 	}
 }
 
@@ -299,6 +317,19 @@ type limitedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+
+	// greet runs before the first write, the banner: go-smtp writes it
+	// first thing, and has no hook before it. greetErr, if set, fails
+	// that write and every later one.
+	greet     func(*limitedConn) error
+	greetOnce sync.Once
+	greetErr  error
+	// pipelineWatch is set when the pre-greet test watches the client's
+	// commands until its first HELO/EHLO (Server.greeted); pipelined
+	// when a read brought bytes past the end of a command line: the
+	// client did not wait for the reply. Used by the connection's
+	// goroutine only.
+	pipelineWatch, pipelined bool
 
 	// While a message is read (readingData), every read that brings
 	// bytes moves the read deadline idle ahead (data_timeout, per read as
@@ -316,8 +347,23 @@ func (c *limitedConn) Close() error {
 	return c.Conn.Close()
 }
 
+func (c *limitedConn) Write(p []byte) (int, error) {
+	if c.greet != nil {
+		c.greetOnce.Do(func() { c.greetErr = c.greet(c) })
+	}
+	if c.greetErr != nil {
+		return 0, c.greetErr
+	}
+	return c.Conn.Write(p)
+}
+
 func (c *limitedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	if c.pipelineWatch && n > 0 {
+		if i := bytes.IndexByte(p[:n], '\n'); i >= 0 && i < n-1 {
+			c.pipelined = true
+		}
+	}
 	if n > 0 {
 		c.mu.Lock()
 		if c.idle > 0 {

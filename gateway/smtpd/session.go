@@ -39,6 +39,9 @@ type txn struct {
 // NewSession implements smtp.Backend. go-smtp calls it at the first
 // HELO/EHLO; the driver runs the connect and helo phases.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	if !s.greeted(limited(c.Conn())) {
+		return nil, errEarlyTalker // closed: go-smtp cannot write it
+	}
 	client := stages.Client{Addr: remoteAddr(c.Conn()), Helo: c.Hostname()}
 	if ta, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
 		client.Port = uint16(ta.Port)

@@ -95,7 +95,13 @@ func serve(t *testing.T, extra string) *testServer {
 // serveWith is serve with a chain of stages.
 func serveWith(t *testing.T, extra string, chain []pipeline.StageSpec) *testServer {
 	t.Helper()
-	dir := t.TempDir()
+	return serveOpts(t, t.TempDir(), extra, chain, nil)
+}
+
+// serveOpts is serveWith on data directory dir, with set changing the
+// options.
+func serveOpts(t *testing.T, dir, extra string, chain []pipeline.StageSpec, set func(*Options)) *testServer {
+	t.Helper()
 	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir)+extra))
 	if err != nil {
 		t.Fatal(err)
@@ -106,12 +112,16 @@ func serveWith(t *testing.T, extra string, chain []pipeline.StageSpec) *testServ
 			t.Fatal(err)
 		}
 	}
-	sp, err := spool.Open(dir + "/queue")
+	sp, err := spool.Open(t.TempDir() + "/queue") // its own: two servers may share dir
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := &testServer{spool: sp, queue: &queue{}}
-	srv, err := New(Options{Config: cfg, Spool: sp, Routes: routes{"dest.test"}, Queue: ts.queue, Quarantine: noQuarantine{}, Pipeline: p})
+	opts := Options{Config: cfg, Spool: sp, Routes: routes{"dest.test"}, Queue: ts.queue, Quarantine: noQuarantine{}, Pipeline: p}
+	if set != nil {
+		set(&opts)
+	}
+	srv, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
