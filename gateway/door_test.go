@@ -1,10 +1,14 @@
 package gateway_test
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,4 +136,61 @@ func TestPregreet(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+}
+
+// TestCertRenewedOnSIGHUP: `mailgate serve` with a certificate; the
+// files are replaced by a renewed certificate and the gateway gets a
+// SIGHUP, as certbot's deploy hook does: the next TLS session is served
+// the new certificate, and one begun under the old goes on and its
+// message is taken.
+func TestCertRenewedOnSIGHUP(t *testing.T) {
+	down := routertest.NewServer(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	testkit.WriteCert(t, certFile, keyFile, "a.gateway.test")
+	conf := writeConfig(t, tempDir(t), down)
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsLines := fmt.Sprintf("listen = [\"127.0.0.1:0\"]\ntls_cert = %q\ntls_key = %q\n", certFile, keyFile)
+	if err := os.WriteFile(conf, []byte(strings.Replace(string(b), "listen = [\"127.0.0.1:0\"]\n", tlsLines, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startProcess(t, conf)
+	startTLS := func() (*client, string) {
+		c := testkit.DialSMTP(t, p.addr)
+		c.Cmd("EHLO client.test", "250")
+		c.Cmd("STARTTLS", "220")
+		tc := tls.Client(c.Conn, &tls.Config{InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		c.Upgrade(tc)
+		c.Cmd("EHLO client.test", "250")
+		return c, tc.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	old, name := startTLS()
+	if name != "a.gateway.test" {
+		t.Fatalf("first certificate %q", name)
+	}
+	old.Cmd("MAIL FROM:<a@sender.test>", "250")
+
+	testkit.WriteCert(t, certFile, keyFile, "b.gateway.test")
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, waitLong, "the reload", func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return strings.Contains(p.log.String(), "msg=reloaded")
+	})
+	if _, name := startTLS(); name != "b.gateway.test" {
+		t.Fatalf("after SIGHUP: %q", name)
+	}
+	old.Cmd("RCPT TO:<b@dest.test>", "250")
+	old.Cmd("DATA", "354")
+	old.Send(message("old-session@test", "hi\r\n") + ".\r\n")
+	old.Expect("250")
+	delivered(t, down, "old-session@test")
 }

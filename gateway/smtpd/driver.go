@@ -68,6 +68,9 @@ type Options struct {
 	Trace *trace.Log
 	// Clock is the pre-greet cache's clock; nil is time.Now.
 	Clock func() time.Time
+	// CertPoll is how often the TLS files are looked at for a change; 0
+	// is 10s.
+	CertPoll time.Duration
 }
 
 // Driver runs mail transactions under one configuration (see the package

@@ -49,6 +49,10 @@ type Server struct {
 	limits *connLimits
 	// pregreetCache is who passed or failed the pre-greet test.
 	pregreetCache *pregreetCache
+	// certs is the TLS certificate, loaded again when its files change;
+	// nil without TLS. watchCerts starts its watch at the first Serve.
+	certs      *certFiles
+	watchCerts sync.Once
 
 	mu  sync.Mutex
 	gen *generation // what new sessions run under
@@ -88,14 +92,16 @@ func New(opts Options) (*Server, error) {
 	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = slogPrinter{opts.Logger}
 	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
+		if s.certs, err = loadCertFiles(cfg.TLSCert, cfg.TLSKey, opts.Logger); err != nil {
 			return nil, fmt.Errorf("server.tls_cert: %w", err)
 		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		srv.TLSConfig = &tls.Config{GetCertificate: s.certs.get, MinVersion: tls.VersionTLS12}
 	}
 	if opts.Clock == nil {
 		opts.Clock = time.Now
+	}
+	if opts.CertPoll == 0 {
+		opts.CertPoll = certPollInterval
 	}
 	if s.pregreetCache, err = openPregreetCache(opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics); err != nil {
 		return nil, fmt.Errorf("server.pregreet_delay: %w", err)
@@ -113,8 +119,9 @@ type Update struct {
 }
 
 // Check reports whether Reload would accept cfg. The settings go-smtp
-// holds for every connection, the name the server greets with and the
-// listeners are fixed at start: changing them needs a restart.
+// holds for every connection, the name the server greets with, the
+// listeners and whether STARTTLS is offered are fixed at start: changing
+// them needs a restart. Other TLS files must load.
 func (s *Server) Check(cfg *policy.Config) error {
 	old, cur := s.opts.Config, cfg
 	var keys []string
@@ -129,8 +136,7 @@ func (s *Server) Check(cfg *policy.Config) error {
 	changed("server.max_recipients", old.Server.MaxRecipients != cur.Server.MaxRecipients)
 	changed("server.max_line_length", old.Server.MaxLineLength != cur.Server.MaxLineLength)
 	changed("server.command_timeout", old.Server.CommandTimeout != cur.Server.CommandTimeout)
-	changed("server.tls_cert", old.Server.TLSCert != cur.Server.TLSCert)
-	changed("server.tls_key", old.Server.TLSKey != cur.Server.TLSKey)
+	changed("server.tls_cert", (old.Server.TLSCert == "") != (cur.Server.TLSCert == ""))
 	changed("server.proxy_protocol", old.Server.ProxyProtocol != cur.Server.ProxyProtocol)
 	changed("server.proxy_trusted", !slices.Equal(old.Server.ProxyTrusted, cur.Server.ProxyTrusted))
 	if len(keys) > 0 {
@@ -138,6 +144,11 @@ func (s *Server) Check(cfg *policy.Config) error {
 	}
 	if _, err := parsePrefixes(cfg.Server.TrustedNetworks); err != nil {
 		return fmt.Errorf("server.trusted_networks: %w", err)
+	}
+	if c := &cfg.Server; c.TLSCert != "" && (c.TLSCert != old.Server.TLSCert || c.TLSKey != old.Server.TLSKey) {
+		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
+			return fmt.Errorf("server.tls_cert: %w", err)
+		}
 	}
 	return nil
 }
@@ -158,6 +169,11 @@ func (s *Server) Reload(u Update, retired func()) error {
 	}
 	gen := &generation{Driver: d}
 	s.limits.set(u.Config.Server.MaxConnections, u.Config.Server.MaxConnectionsPerIP)
+	if s.certs != nil {
+		// A reload (SIGHUP) loads the certificate again, as certbot's
+		// deploy hooks expect; a pair that does not load keeps the old.
+		s.certs.use(u.Config.Server.TLSCert, u.Config.Server.TLSKey)
+	}
 	s.mu.Lock()
 	old := s.gen
 	s.gen = gen
@@ -198,6 +214,9 @@ func (s *Server) release(g *generation) {
 
 // Serve accepts SMTP connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
+	if s.certs != nil {
+		s.watchCerts.Do(func() { go s.certs.watch(s.opts.CertPoll) })
+	}
 	if cfg := &s.opts.Config.Server; cfg.ProxyProtocol {
 		l = newProxyListener(l, cfg.Proxies(), proxyHeaderTimeout, s.opts.Logger, s.opts.Metrics)
 	}
@@ -207,6 +226,7 @@ func (s *Server) Serve(l net.Listener) error {
 // Shutdown stops accepting and waits for sessions to end until ctx is done,
 // then closes what is left. An unfinished DATA is aborted, never half-queued.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopCerts()
 	err := s.srv.Shutdown(ctx)
 	if ctx.Err() != nil {
 		s.srv.Close()
@@ -215,7 +235,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Close stops the server at once.
-func (s *Server) Close() error { return s.srv.Close() }
+func (s *Server) Close() error {
+	s.stopCerts()
+	return s.srv.Close()
+}
+
+func (s *Server) stopCerts() {
+	if s.certs != nil {
+		s.certs.close()
+	}
+}
 
 func parsePrefixes(list []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix

@@ -80,6 +80,7 @@ type noQuarantine struct{}
 func (noQuarantine) Add(*quarantine.Record, string) error { return nil }
 
 type testServer struct {
+	srv   *Server
 	addr  net.Addr
 	spool *spool.Spool
 	queue *queue
@@ -102,12 +103,10 @@ func serveWith(t *testing.T, extra string, chain []pipeline.StageSpec) *testServ
 // options.
 func serveOpts(t *testing.T, dir, extra string, chain []pipeline.StageSpec, set func(*Options)) *testServer {
 	t.Helper()
-	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir)+extra))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := parseConfigIn(t, dir, extra)
 	var p *pipeline.Pipeline
 	if chain != nil {
+		var err error
 		if p, err = pipeline.New(chain, cfg.Policy, pipeline.Options{}); err != nil {
 			t.Fatal(err)
 		}
@@ -125,6 +124,7 @@ func serveOpts(t *testing.T, dir, extra string, chain []pipeline.StageSpec, set 
 	if err != nil {
 		t.Fatal(err)
 	}
+	ts.srv = srv
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -143,6 +143,21 @@ func serveOpts(t *testing.T, dir, extra string, chain []pipeline.StageSpec, set 
 		sp.Close()
 	})
 	return ts
+}
+
+// parseConfig is the config of a test server with extra lines.
+func parseConfig(t *testing.T, extra string) *policy.Config {
+	t.Helper()
+	return parseConfigIn(t, t.TempDir(), extra)
+}
+
+func parseConfigIn(t *testing.T, dir, extra string) *policy.Config {
+	t.Helper()
+	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir)+extra))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 // client is a raw SMTP client: it sends exactly the bytes it is given.
