@@ -87,8 +87,9 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 }
 
 // restartNeeded refuses changes to what the parts fixed at start: the
-// data dir, the listeners and the log format, what go-smtp holds for
-// every connection (smtpd.New) and the router's connection pool.
+// data dir, the listeners (and whether they take a PROXY header) and the
+// log format, what go-smtp holds for every connection (smtpd.New) and the
+// router's connection pool.
 func restartNeeded(old, cfg *policy.Config) error {
 	var keys []string
 	for _, k := range []struct {
@@ -104,8 +105,11 @@ func restartNeeded(old, cfg *policy.Config) error {
 		{"server.max_recipients", old.Server.MaxRecipients == cfg.Server.MaxRecipients},
 		{"server.max_line_length", old.Server.MaxLineLength == cfg.Server.MaxLineLength},
 		{"server.command_timeout", old.Server.CommandTimeout == cfg.Server.CommandTimeout},
-		{"server.tls_cert", old.Server.TLSCert == cfg.Server.TLSCert},
-		{"server.tls_key", old.Server.TLSKey == cfg.Server.TLSKey},
+		// Other TLS files are loaded by smtpd's Reload; turning STARTTLS
+		// on or off changes what go-smtp offers.
+		{"server.tls_cert", (old.Server.TLSCert == "") == (cfg.Server.TLSCert == "")},
+		{"server.proxy_protocol", old.Server.ProxyProtocol == cfg.Server.ProxyProtocol},
+		{"server.proxy_trusted", slices.Equal(old.Server.ProxyTrusted, cfg.Server.ProxyTrusted)},
 		{"delivery.max_connections", old.Delivery.MaxConnections == cfg.Delivery.MaxConnections},
 		{"delivery.idle_conn_timeout", old.Delivery.IdleConnTimeout == cfg.Delivery.IdleConnTimeout},
 	} {

@@ -20,3 +20,21 @@ func TestRestartNeeded(t *testing.T) {
 		t.Fatalf("restartNeeded = %v, want %q", err, want)
 	}
 }
+
+// TLS files may change with a reload (a renewal, see smtpd's
+// TestCertReload); turning STARTTLS on or off, or the PROXY protocol
+// settings, may not.
+func TestRestartNeededTLSAndProxy(t *testing.T) {
+	old := &policy.Config{Server: policy.Server{TLSCert: "a.pem", TLSKey: "a.key"}}
+	cfg := *old
+	cfg.Server.TLSCert, cfg.Server.TLSKey = "b.pem", "b.key"
+	if err := restartNeeded(old, &cfg); err != nil {
+		t.Fatalf("new TLS files: %v", err)
+	}
+	cfg.Server.TLSCert, cfg.Server.TLSKey = "", ""
+	cfg.Server.ProxyProtocol, cfg.Server.ProxyTrusted = true, []string{"10.0.0.0/8"}
+	want := "server.tls_cert, server.proxy_protocol, server.proxy_trusted changed: restart needed"
+	if err := restartNeeded(old, &cfg); err == nil || err.Error() != want {
+		t.Fatalf("restartNeeded = %v, want %q", err, want)
+	}
+}

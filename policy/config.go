@@ -54,10 +54,22 @@ type Server struct {
 	TLSCert             string          `toml:"tls_cert"`               // PEM file; with tls_key enables STARTTLS
 	TLSKey              string          `toml:"tls_key"`
 	BareLF              string          `toml:"bare_lf"` // "normalize" (default) or "reject"
+	// ProxyProtocol puts every listener behind proxies (HAProxy, a load
+	// balancer) that open each connection with a PROXY protocol header,
+	// v1 or v2: the client's address is the header's. Only the proxies
+	// in ProxyTrusted may connect then; a header is required of them.
+	ProxyProtocol bool     `toml:"proxy_protocol"`
+	ProxyTrusted  []string `toml:"proxy_trusted"` // the proxies: CIDRs or addresses
+	// PregreetDelay turns on the pre-greet test (as Postfix's
+	// postscreen): the banner waits this long, and a client that talks
+	// before it, or pipelines its HELO/EHLO, is refused. 0 (default): off.
+	PregreetDelay   stages.Duration `toml:"pregreet_delay"`
+	PregreetGoodTTL stages.Duration `toml:"pregreet_good_ttl"` // a passed client is not tested again for this long; default 24h
+	PregreetBadTTL  stages.Duration `toml:"pregreet_bad_ttl"`  // a failed one is refused at once for this long; default 1h
 
-	// trusted is TrustedNetworks parsed once by the loader, so a connection
-	// only compares prefixes.
-	trusted []netip.Prefix
+	// trusted and proxies are TrustedNetworks and ProxyTrusted parsed
+	// once by the loader, so a connection only compares prefixes.
+	trusted, proxies []netip.Prefix
 }
 
 // DNS is the [dns] table.

@@ -710,6 +710,8 @@ func (c *Config) setDefaults() {
 	d(&s.DataTotalTimeout, time.Hour)
 	d(&s.FilterTimeout, 60*time.Second)
 	str(&s.BareLF, "normalize")
+	d(&s.PregreetGoodTTL, 24*time.Hour) // as postscreen_greet_ttl
+	d(&s.PregreetBadTTL, time.Hour)
 	d(&c.DNS.Timeout, 5*time.Second)
 	d(&c.Quarantine.Retention, 720*time.Hour)
 	d(&c.Trace.Retention, 720*time.Hour)

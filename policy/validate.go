@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
@@ -16,6 +17,9 @@ import (
 // full length. The list is built by Parse and Validate, once per load, so a
 // Server put together in Go without them trusts no one.
 func (s Server) Trusted() []netip.Prefix { return s.trusted }
+
+// Proxies returns ProxyTrusted parsed, as Trusted does TrustedNetworks.
+func (s Server) Proxies() []netip.Prefix { return s.proxies }
 
 // Validate checks every field of a decoded config and returns an Errors
 // listing each problem. It also prepares what the loader derives from the
@@ -86,21 +90,18 @@ func (v *validator) server(s *Server, k key) {
 	v.duration(k.field("data_timeout"), s.DataTimeout)
 	v.duration(k.field("data_total_timeout"), s.DataTotalTimeout)
 	v.duration(k.field("filter_timeout"), s.FilterTimeout)
-	s.trusted = nil
-	for i, n := range s.TrustedNetworks {
-		p, err := netip.ParsePrefix(n)
-		if err != nil {
-			a, aerr := netip.ParseAddr(n)
-			if aerr != nil {
-				v.errorf(k.field("trusted_networks").index(i), `unexpected %q; expect a network such as "10.0.0.0/8" or an address such as "192.0.2.1"`, n)
-				continue
-			}
-			// Clients are compared unmapped: ::ffff:192.0.2.1 is 192.0.2.1.
-			a = a.Unmap()
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		s.trusted = append(s.trusted, p.Masked())
+	s.trusted = v.networks(k.field("trusted_networks"), s.TrustedNetworks)
+	s.proxies = v.networks(k.field("proxy_trusted"), s.ProxyTrusted)
+	if s.ProxyProtocol && len(s.ProxyTrusted) == 0 {
+		v.errorf(k.field("proxy_trusted"), `required with proxy_protocol = true; expect the proxies' networks such as ["10.0.0.0/8"]`)
 	}
+	// The banner must come well within the 5 minutes a client waits for
+	// it (RFC 5321 §4.5.3.2.1); many give up sooner.
+	if s.PregreetDelay < 0 || s.PregreetDelay > stages.Duration(time.Minute) {
+		v.errorf(k.field("pregreet_delay"), `unexpected %q; expect "0s" (off) or a duration up to "1m" such as "3s"`, s.PregreetDelay)
+	}
+	v.duration(k.field("pregreet_good_ttl"), s.PregreetGoodTTL)
+	v.duration(k.field("pregreet_bad_ttl"), s.PregreetBadTTL)
 	switch {
 	case s.TLSCert != "" && s.TLSKey == "":
 		v.errorf(k.field("tls_key"), "required with tls_cert; expect the PEM file of the certificate's private key")
@@ -108,6 +109,27 @@ func (v *validator) server(s *Server, k key) {
 		v.errorf(k.field("tls_cert"), "required with tls_key; expect the PEM file of the certificate")
 	}
 	v.oneOf(k.field("bare_lf"), s.BareLF, "normalize", "reject")
+}
+
+// networks parses a list of networks (CIDRs) and single addresses (full
+// length prefixes).
+func (v *validator) networks(k key, list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for i, n := range list {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			a, aerr := netip.ParseAddr(n)
+			if aerr != nil {
+				v.errorf(k.index(i), `unexpected %q; expect a network such as "10.0.0.0/8" or an address such as "192.0.2.1"`, n)
+				continue
+			}
+			// Clients are compared unmapped: ::ffff:192.0.2.1 is 192.0.2.1.
+			a = a.Unmap()
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out
 }
 
 func (v *validator) dns(d *DNS, k key) {

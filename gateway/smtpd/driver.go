@@ -70,6 +70,11 @@ type Options struct {
 	// RateLimits is where the [[ratelimit]] rules keep their state, kept
 	// across reloads; its zero value keeps it in the driver.
 	RateLimits ratelimit.Env
+	// Clock is the pre-greet cache's clock; nil is time.Now.
+	Clock func() time.Time
+	// CertPoll is how often the TLS files are looked at for a change; 0
+	// is 10s.
+	CertPoll time.Duration
 }
 
 // Driver runs mail transactions under one configuration (see the package
@@ -94,6 +99,11 @@ func NewDriver(opts Options) (*Driver, error) {
 		}
 	}
 	return &Driver{opts: opts, limits: ratelimit.New(opts.Config.RateLimits, opts.RateLimits)}, nil
+}
+
+// trusts says whether a is in trusted_networks.
+func (d *Driver) trusts(a netip.Addr) bool {
+	return slices.ContainsFunc(d.opts.Config.Server.Trusted(), func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
 // Watch gives the context a phase's checks run under while the client
@@ -122,7 +132,7 @@ type Conn struct {
 // at RCPT (as Postfix's smtpd_delay_reject), so that it is logged with
 // the envelope.
 func (d *Driver) Connect(client stages.Client, watch Watch) *Conn {
-	client.Trusted = slices.ContainsFunc(d.opts.Config.Server.Trusted(), func(p netip.Prefix) bool { return p.Contains(client.Addr) })
+	client.Trusted = d.trusts(client.Addr)
 	c := &Conn{d: d, client: client, start: time.Now(), watch: watch, base: d.opts.Pipeline.Begin(),
 		log: d.opts.Logger.With("client", client.Addr.String(), "helo", client.Helo)}
 	tx := &stages.Transaction{Client: client}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,7 +64,7 @@ func whileConnected(c net.Conn) (ctx context.Context, stop func()) {
 	}
 }
 
-// tcpConn is the TCP connection under c (TLS, limitedConn), or nil.
+// tcpConn is the TCP connection under c (TLS, limitedConn, PROXY), or nil.
 func tcpConn(c net.Conn) *net.TCPConn {
 	for {
 		switch x := c.(type) {
@@ -73,6 +74,8 @@ func tcpConn(c net.Conn) *net.TCPConn {
 			c = x.NetConn()
 		case *limitedConn:
 			c = x.Conn
+		case *proxyproto.Conn:
+			c = x.Raw()
 		default:
 			return nil
 		}
@@ -82,4 +85,24 @@ func tcpConn(c net.Conn) *net.TCPConn {
 // gone reports whether ctx was cancelled because the client hung up.
 func gone(ctx context.Context) bool {
 	return errors.Is(context.Cause(ctx), errClientGone)
+}
+
+// readable reports whether bytes from the client wait to be read on c's
+// socket now.
+func readable(c net.Conn) bool {
+	tc := tcpConn(c)
+	if tc == nil {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var n int
+	rc.Control(func(fd uintptr) {
+		// Bytes, not readiness: a client that closed after its command
+		// is readable, but sent nothing more.
+		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	return n > 0
 }

@@ -15,6 +15,8 @@ type Metrics struct {
 	sessions prometheus.Counter
 	replies  *prometheus.CounterVec
 	actions  *prometheus.CounterVec
+	refusals *prometheus.CounterVec
+	storeErr prometheus.Counter
 }
 
 // NewMetrics registers the SMTP metrics with reg.
@@ -32,14 +34,34 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "mailgate", Subsystem: "policy", Name: "actions_total",
 			Help: "Decisions of the filter chain and policy: per message at DATA, per refused recipient at RCPT.",
 		}, []string{"action"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mailgate", Subsystem: "smtp", Name: "door_refusals_total",
+			Help: "Connections refused before SMTP by a door control: proxy, pregreet, pregreet_cached, pipelining.",
+		}, []string{"reason"}),
+		storeErr: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mailgate", Subsystem: "smtp", Name: "door_store_errors_total",
+			Help: "Reads and writes of the pre-greet cache that failed (the client was tested as unknown).",
+		}),
 	}
-	reg.MustRegister(m.sessions, m.replies, m.actions)
+	reg.MustRegister(m.sessions, m.replies, m.actions, m.refusals, m.storeErr)
 	return m
 }
 
 func (m *Metrics) session() {
 	if m != nil {
 		m.sessions.Inc()
+	}
+}
+
+func (m *Metrics) refused(reason string) {
+	if m != nil {
+		m.refusals.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) storeError() {
+	if m != nil {
+		m.storeErr.Inc()
 	}
 }
 

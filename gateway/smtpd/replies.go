@@ -33,6 +33,7 @@ var (
 	// close (RFC 5321 §3.8) for a rule with action = "disconnect".
 	errRateLimited  = reply(450, 4, 7, 1, "Rate limit exceeded, try again later")
 	errRateLimitBye = reply(421, 4, 7, 0, "Rate limit exceeded, closing connection")
+	errEarlyTalker  = reply(554, 5, 7, 1, "Access denied")
 )
 
 func reply(code, a, b, c int, text string) *smtp.SMTPError {

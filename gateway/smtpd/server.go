@@ -24,6 +24,7 @@
 package smtpd
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -45,6 +46,12 @@ type Server struct {
 	opts   Options
 	srv    *smtp.Server
 	limits *connLimits
+	// pregreetCache is who passed or failed the pre-greet test.
+	pregreetCache *pregreetCache
+	// certs is the TLS certificate, loaded again when its files change;
+	// nil without TLS. watchCerts starts its watch at the first Serve.
+	certs      *certFiles
+	watchCerts sync.Once
 
 	mu  sync.Mutex
 	gen *generation // what new sessions run under
@@ -84,12 +91,21 @@ func New(opts Options) (*Server, error) {
 	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = slogPrinter{opts.Logger}
 	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
+		if s.certs, err = loadCertFiles(cfg.TLSCert, cfg.TLSKey, opts.Logger); err != nil {
 			return nil, fmt.Errorf("server.tls_cert: %w", err)
 		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		srv.TLSConfig = &tls.Config{GetCertificate: s.certs.get, MinVersion: tls.VersionTLS12}
 	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if opts.CertPoll == 0 {
+		opts.CertPoll = certPollInterval
+	}
+	if s.pregreetCache, err = openPregreetCache(opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics); err != nil {
+		return nil, fmt.Errorf("server.pregreet_delay: %w", err)
+	}
+	s.opts = opts
 	s.srv = srv
 	return s, nil
 }
@@ -115,8 +131,20 @@ func (s *Server) Reload(u Update, retired func()) error {
 	if err != nil {
 		return err
 	}
+	// Other files named must load; the same files that do not load now
+	// (a renewal half written) keep the certificate served.
+	if c, o := &u.Config.Server, &s.current().opts.Config.Server; c.TLSCert != "" && (c.TLSCert != o.TLSCert || c.TLSKey != o.TLSKey) {
+		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
+			return fmt.Errorf("server.tls_cert: %w", err)
+		}
+	}
 	gen := &generation{Driver: d}
 	s.limits.set(u.Config.Server.MaxConnections, u.Config.Server.MaxConnectionsPerIP)
+	if s.certs != nil {
+		// A reload (SIGHUP) loads the certificate again, as certbot's
+		// deploy hooks expect; a pair that does not load keeps the old.
+		s.certs.use(u.Config.Server.TLSCert, u.Config.Server.TLSKey)
+	}
 	s.mu.Lock()
 	old := s.gen
 	s.gen = gen
@@ -127,6 +155,13 @@ func (s *Server) Reload(u Update, retired func()) error {
 		retired()
 	}
 	return nil
+}
+
+// current is the driver new sessions run under.
+func (s *Server) current() *Driver {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen.Driver
 }
 
 // acquire returns the generation a new session runs under.
@@ -150,12 +185,19 @@ func (s *Server) release(g *generation) {
 
 // Serve accepts SMTP connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.opts.Logger, metrics: s.opts.Metrics})
+	if s.certs != nil {
+		s.watchCerts.Do(func() { go s.certs.watch(s.opts.CertPoll) })
+	}
+	if cfg := &s.opts.Config.Server; cfg.ProxyProtocol {
+		l = newProxyListener(l, cfg.Proxies(), proxyHeaderTimeout, s.opts.Logger, s.opts.Metrics)
+	}
+	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.opts.Logger, metrics: s.opts.Metrics, greet: s.pregreet})
 }
 
 // Shutdown stops accepting and waits for sessions to end until ctx is done,
 // then closes what is left. An unfinished DATA is aborted, never half-queued.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopCerts()
 	err := s.srv.Shutdown(ctx)
 	if ctx.Err() != nil {
 		s.srv.Close()
@@ -164,7 +206,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Close stops the server at once.
-func (s *Server) Close() error { return s.srv.Close() }
+func (s *Server) Close() error {
+	s.stopCerts()
+	return s.srv.Close()
+}
+
+func (s *Server) stopCerts() {
+	if s.certs != nil {
+		s.certs.close()
+	}
+}
 
 // connLimits counts open connections in total and per client IP.
 type connLimits struct {
@@ -218,6 +269,7 @@ type limitListener struct {
 	limits  *connLimits
 	log     *slog.Logger
 	metrics *Metrics
+	greet   func(*limitedConn) error // the pre-greet test
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -233,7 +285,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			go refuse(c)
 			continue
 		}
-		return &limitedConn{Conn: c, release: func() { l.limits.release(a) }}, nil
+		return &limitedConn{Conn: c, release: func() { l.limits.release(a) }, greet: l.greet}, nil
 	}
 }
 
@@ -249,6 +301,19 @@ type limitedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+
+	// greet runs before the first write, the banner: go-smtp writes it
+	// first thing, and has no hook before it. greetErr, if set, fails
+	// that write and every later one.
+	greet     func(*limitedConn) error
+	greetOnce sync.Once
+	greetErr  error
+	// pipelineWatch is set when the pre-greet test watches the client's
+	// commands until its first HELO/EHLO (Server.greeted); pipelined
+	// when a read brought bytes past the end of a command line: the
+	// client did not wait for the reply. Used by the connection's
+	// goroutine only.
+	pipelineWatch, pipelined bool
 
 	// While a message is read (readingData), every read that brings
 	// bytes moves the read deadline idle ahead (data_timeout, per read as
@@ -266,8 +331,23 @@ func (c *limitedConn) Close() error {
 	return c.Conn.Close()
 }
 
+func (c *limitedConn) Write(p []byte) (int, error) {
+	if c.greet != nil {
+		c.greetOnce.Do(func() { c.greetErr = c.greet(c) })
+	}
+	if c.greetErr != nil {
+		return 0, c.greetErr
+	}
+	return c.Conn.Write(p)
+}
+
 func (c *limitedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	if c.pipelineWatch && n > 0 {
+		if i := bytes.IndexByte(p[:n], '\n'); i >= 0 && i < n-1 {
+			c.pipelined = true
+		}
+	}
 	if n > 0 {
 		c.mu.Lock()
 		if c.idle > 0 {

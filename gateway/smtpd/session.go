@@ -39,12 +39,17 @@ type txn struct {
 // NewSession implements smtp.Backend. go-smtp calls it at the first
 // HELO/EHLO; the driver runs the connect and helo phases.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	if !s.greeted(limited(c.Conn())) {
+		return nil, errEarlyTalker // closed: go-smtp cannot write it
+	}
 	client := stages.Client{Addr: remoteAddr(c.Conn()), Helo: c.Hostname()}
 	if ta, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
 		client.Port = uint16(ta.Port)
 	}
 	if st, ok := c.TLSConnectionState(); ok {
 		client.TLS = tlsDescription(st.Version, st.CipherSuite)
+	} else {
+		client.TLS = proxiedTLS(c.Conn()) // the client's TLS with a proxy
 	}
 	s.opts.Metrics.session()
 	sess := &session{srv: s, gen: s.acquire(), conn: c}

@@ -80,6 +80,7 @@ type noQuarantine struct{}
 func (noQuarantine) Add(*quarantine.Record, string) error { return nil }
 
 type testServer struct {
+	srv   *Server
 	addr  net.Addr
 	spool *spool.Spool
 	queue *queue
@@ -95,26 +96,35 @@ func serve(t *testing.T, extra string) *testServer {
 // serveWith is serve with a chain of stages.
 func serveWith(t *testing.T, extra string, chain []pipeline.StageSpec) *testServer {
 	t.Helper()
-	dir := t.TempDir()
-	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir)+extra))
-	if err != nil {
-		t.Fatal(err)
-	}
+	return serveOpts(t, t.TempDir(), extra, chain, nil)
+}
+
+// serveOpts is serveWith on data directory dir, with set changing the
+// options.
+func serveOpts(t *testing.T, dir, extra string, chain []pipeline.StageSpec, set func(*Options)) *testServer {
+	t.Helper()
+	cfg := parseConfigIn(t, dir, extra)
 	var p *pipeline.Pipeline
 	if chain != nil {
+		var err error
 		if p, err = pipeline.New(chain, cfg.Policy, pipeline.Options{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	sp, err := spool.Open(dir + "/queue")
+	sp, err := spool.Open(t.TempDir() + "/queue") // its own: two servers may share dir
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := &testServer{spool: sp, queue: &queue{}}
-	srv, err := New(Options{Config: cfg, Spool: sp, Routes: routes{"dest.test"}, Queue: ts.queue, Quarantine: noQuarantine{}, Pipeline: p})
+	opts := Options{Config: cfg, Spool: sp, Routes: routes{"dest.test"}, Queue: ts.queue, Quarantine: noQuarantine{}, Pipeline: p}
+	if set != nil {
+		set(&opts)
+	}
+	srv, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ts.srv = srv
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -133,6 +143,21 @@ func serveWith(t *testing.T, extra string, chain []pipeline.StageSpec) *testServ
 		sp.Close()
 	})
 	return ts
+}
+
+// parseConfig is the config of a test server with extra lines.
+func parseConfig(t *testing.T, extra string) *policy.Config {
+	t.Helper()
+	return parseConfigIn(t, t.TempDir(), extra)
+}
+
+func parseConfigIn(t *testing.T, dir, extra string) *policy.Config {
+	t.Helper()
+	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir)+extra))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 // client is a raw SMTP client: it sends exactly the bytes it is given.

@@ -3,7 +3,7 @@
 // after a delay (RFC 6647): a real mail server retries (RFC 5321 §4.5.4.1),
 // much spamware does not. It runs at RCPT, once per recipient. The state,
 // triplets and networks, lives in a Store: by default files under the data
-// directory (fileStore) that survive restarts and may be shared by the old
+// directory (stages/recstore) that survive restarts and may be shared by the old
 // and new plugin process across a reload. When the store fails, mail is
 // not greylisted (fail open), logged and counted: mail flow never stops
 // because a record cannot be written.

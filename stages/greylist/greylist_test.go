@@ -1,6 +1,7 @@
 package greylist
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/recstore"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -308,8 +310,8 @@ func TestDiskFullFailsOpen(t *testing.T) {
 	m := tx("192.0.2.10", "a@sender.test", "b@dest.test")
 	// The triplet's bucket is /dev/full: reads find nothing, every write
 	// fails with ENOSPC, as on a full disk.
-	st := fx.f.store.(*fileStore)
-	bucket := st.bucketFile(tripletKey("192.0.2.0/24", "a@sender.test", "b@dest.test"))
+	st := fx.f.store.(*recstore.File)
+	bucket := st.Path(tripletKey("192.0.2.0/24", "a@sender.test", "b@dest.test"))
 	if err := os.Symlink("/dev/full", bucket); err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +349,7 @@ func TestUnwritableStoreFailsOpen(t *testing.T) {
 	failOpen(t, fx, m, "not a directory")
 	os.Remove(blocker)
 	run(t, fx.f, m, Greylisted)
-	if b, err := os.ReadFile(filepath.Join(blocker, formatFile)); err != nil || string(b) != formatLine {
+	if b, err := os.ReadFile(filepath.Join(blocker, "format")); err != nil || string(b) != "mailgate greylist store 1\n" {
 		t.Errorf("format file %q, %v", b, err)
 	}
 }
@@ -363,23 +365,30 @@ func TestCorruptStore(t *testing.T) {
 	for _, m := range []*stages.Transaction{passed, victim} {
 		run(t, fx.f, m, Passed)
 	}
-	st := fx.f.store.(*fileStore)
-	// Flip a byte of the victim's record, and append half a record of
-	// garbage to the other's bucket: a crash mid-write, a bad disk.
+	st := fx.f.store.(*recstore.File)
+	// Flip a byte of the victim's record (its key is at bytes 8-23 of
+	// its 64), and append half a record of garbage to the other's bucket:
+	// a crash mid-write, a bad disk.
 	vk := tripletKey("192.0.2.0/24", "v@sender.test", "b@dest.test")
-	b, err := st.open(vk)
+	vf := st.Path(vk)
+	b, err := os.ReadFile(vf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	i, _ := b.find(vk)
-	b.f.WriteAt([]byte{0xff}, int64(i*recordSize+30))
-	b.close()
-	pf := st.bucketFile(tripletKey("192.0.2.0/24", "a@sender.test", "b@dest.test"))
+	i := bytes.Index(b, vk[:])
+	if i < 8 || (i-8)%64 != 0 {
+		t.Fatalf("record of the victim not found in %s", vf)
+	}
+	b[i-8+30] ^= 0xff
+	if err := os.WriteFile(vf, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pf := st.Path(tripletKey("192.0.2.0/24", "a@sender.test", "b@dest.test"))
 	f, err := os.OpenFile(pf, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write(make([]byte, recordSize/2))
+	f.Write(make([]byte, 32))
 	f.Write([]byte("garbage"))
 	f.Close()
 
@@ -393,10 +402,10 @@ func TestCorruptStore(t *testing.T) {
 	}
 
 	// A format file of another version is refused with what to do.
-	os.WriteFile(filepath.Join(fx.dir, storeDir, formatFile), []byte("mailgate greylist store 9\n"), 0o600)
+	os.WriteFile(filepath.Join(fx.dir, storeDir, "format"), []byte("mailgate greylist store 9\n"), 0o600)
 	_, err = newFilter(stages.Env{DataDir: fx.dir}, stages.JSONConfig([]byte("{}")), fx.clock.now, slog.New(slog.DiscardHandler))
-	if err == nil || !errors.Is(err, errFormat) || !strings.Contains(err.Error(), "move the directory away") ||
-		!strings.Contains(err.Error(), filepath.Join(fx.dir, storeDir, formatFile)) {
+	if err == nil || !errors.Is(err, recstore.ErrFormat) || !strings.Contains(err.Error(), "move the directory away") ||
+		!strings.Contains(err.Error(), filepath.Join(fx.dir, storeDir, "format")) {
 		t.Errorf("other format: %v", err)
 	}
 }
@@ -432,7 +441,7 @@ func TestFloodBounded(t *testing.T) {
 		}
 		return nil
 	})
-	if limit := int64(8192*recordSize + len(formatLine)); size > limit {
+	if limit := int64(8192*64 + len("mailgate greylist store 1\n")); size > limit {
 		t.Errorf("store is %d bytes; want at most %d", size, limit)
 	}
 	run(t, fx.f, good, Passed)
@@ -464,7 +473,7 @@ func TestTwoWriters(t *testing.T) {
 	other := fx.open(`{"auto_allow": 0, "max_entries": 4096000}`)
 	const n = 100
 	var senders [2][]string
-	bucket := func(k Key) int { return int(k[0])<<4 | int(k[1]>>4) }
+	bucket := fx.f.store.(*recstore.File).Path
 	want := bucket(tripletKey("192.0.2.0/24", "s0@sender.test", "b@dest.test"))
 	for i := 1; len(senders[1]) < n; i++ {
 		s := "s" + itoa(i) + "@sender.test"
@@ -495,91 +504,6 @@ func TestTwoWriters(t *testing.T) {
 			run(t, f, tx("192.0.2.1", s, "b@dest.test"), Passed)
 		}
 	}
-}
-
-func TestStoreExpires(t *testing.T) {
-	c := newClock()
-	s, err := openFileStore(t.TempDir(), 1000, c.now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	k := hashKey("x")
-	want := Record{First: c.now(), Last: c.now().Add(time.Second), Count: 7, Passed: true, Expires: c.now().Add(time.Hour)}
-	if err := s.Put(ctx, k, want); err != nil {
-		t.Fatal(err)
-	}
-	got, ok, err := s.Get(ctx, k)
-	if err != nil || !ok || !got.First.Equal(want.First) || !got.Last.Equal(want.Last) || got.Count != 7 || !got.Passed || !got.Expires.Equal(want.Expires) {
-		t.Fatalf("Get = %+v, %v, %v; want %+v", got, ok, err, want)
-	}
-	c.add(time.Hour)
-	if _, ok, _ := s.Get(ctx, k); ok {
-		t.Fatal("expired record returned")
-	}
-	c.add(-time.Hour)
-	if err := s.Delete(ctx, k); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok, _ := s.Get(ctx, k); ok {
-		t.Fatal("deleted record returned")
-	}
-}
-
-// FuzzBucketFile feeds the store's file reader arbitrary bucket files: a
-// slot decodes as free only when all zero, a used one is exactly what
-// encodeRecord writes for it; the store neither fails nor panics on the
-// file, and a record put into it reads back, the file then within its
-// bound.
-func FuzzBucketFile(f *testing.F) {
-	k := hashKey("key")
-	rec := encodeRecord(hashKey("seed"), Record{First: time.Unix(1, 2), Passed: true, Count: 3, Expires: time.Unix(100, 0)})
-	mine := encodeRecord(k, Record{First: time.Unix(5, 0), Expires: time.Unix(50, 0)})
-	f.Add(rec[:])
-	f.Add(append(rec[:], mine[:]...))
-	f.Add(make([]byte, 3*recordSize))
-	f.Add([]byte("short"))
-	c := newClock()
-	c.t = time.Unix(10, 0)
-	dir := f.TempDir()
-	s, err := openFileStore(dir, 4*buckets, c.now) // 4 records a bucket
-	if err != nil {
-		f.Fatal(err)
-	}
-	ctx := context.Background()
-	f.Fuzz(func(t *testing.T, b []byte) {
-		for i := 0; i+recordSize <= len(b); i += recordSize {
-			rk, r, st := decodeRecord(b[i : i+recordSize])
-			switch st {
-			case slotUsed:
-				if again := encodeRecord(rk, r); string(again[:]) != string(b[i:i+recordSize]) {
-					t.Fatalf("decoded %x as %+v, which encodes as %x", b[i:i+recordSize], r, again)
-				}
-			case slotFree:
-				if strings.Trim(string(b[i:i+recordSize]), "\x00") != "" {
-					t.Fatalf("free slot %x", b[i:i+recordSize])
-				}
-			}
-		}
-		name := s.bucketFile(k)
-		if err := os.WriteFile(name, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := s.Get(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-		want := Record{First: c.now(), Count: 9, Expires: c.now().Add(time.Hour)}
-		if err := s.Put(ctx, k, want); err != nil {
-			t.Fatal(err)
-		}
-		got, ok, err := s.Get(ctx, k)
-		if err != nil || !ok || got.Count != 9 || !got.First.Equal(want.First) {
-			t.Fatalf("after Put: %+v, %v, %v", got, ok, err)
-		}
-		if fi, err := os.Stat(name); err != nil || fi.Size() > max(int64(len(b)), 4*recordSize) {
-			t.Fatalf("bucket file of %d bytes after one Put into %d", fi.Size(), len(b))
-		}
-	})
 }
 
 func BenchmarkRun(b *testing.B) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/recstore"
 )
 
 // Config is the [stage.config] block of a greylist stage.
@@ -99,23 +100,25 @@ func newFilter(env stages.Env, cfg stages.Config, now func() time.Time, log *slo
 		return nil, err
 	}
 	dir := filepath.Join(env.DataDir, storeDir)
-	fsStore, err := openFileStore(dir, c.MaxEntries, now)
+	store, err := recstore.Open(dir, recstore.Options{
+		Kind: "greylist", MaxRecords: c.MaxEntries, Now: now,
+		Corrupt: func(file string, n int) {
+			f.alarms.raise("corrupt", "greylist: corrupt records dropped from the store; their triplets start over",
+				"file", file, "records", n)
+		},
+		Full: func(file string) {
+			f.alarms.raise("full", "greylist: store full; records taken before they expired (raise max_entries)", "file", file)
+		},
+	})
 	switch {
-	case errors.Is(err, errFormat):
+	case errors.Is(err, recstore.ErrFormat):
 		return nil, fmt.Errorf("greylist: %w", err)
 	case err != nil:
 		// Fail open: each call tries the store again and passes mail
 		// while it fails.
 		log.Warn("greylist: store not usable; mail is not greylisted until it is", "dir", dir, "err", err)
 	}
-	fsStore.corrupt = func(file string, n int) {
-		f.alarms.raise("corrupt", "greylist: corrupt records dropped from the store; their triplets start over",
-			"file", file, "records", n)
-	}
-	fsStore.full = func(file string) {
-		f.alarms.raise("full", "greylist: store full; records taken before they expired (raise max_entries)", "file", file)
-	}
-	f.store = fsStore
+	f.store = store
 	return f, nil
 }
 

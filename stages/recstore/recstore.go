@@ -1,8 +1,16 @@
-package greylist
+// Package recstore is the embedded store of small state records on one
+// node: the greylisting triplets of stages/greylist and the pre-greet
+// cache of gateway/smtpd keep theirs in it, each in a directory of its
+// own under data_dir. A record is a hashed key with a few times, a flag
+// and a count, whose meaning its user gives; it lives until it expires.
+// A store shared by a cluster (Redis: a key per record, Expires its
+// expiry) can take the place of the embedded one behind Store.
+package recstore
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,33 +24,73 @@ import (
 	"time"
 )
 
+// Key names one record: a hash of what it is about. A hash keeps records
+// one size whatever they are about (a bounded cost per record) and keeps
+// addresses out of the files.
+type Key [16]byte
+
+// HashKey is the key of s. Users tag s with what kind of record it names
+// (greylist: "t\x00"+triplet, "n\x00"+network), so that two kinds never
+// share a key.
+func HashKey(s string) Key {
+	sum := sha256.Sum256([]byte(s))
+	var k Key
+	copy(k[:], sum[:])
+	return k
+}
+
+// Record is what the store keeps under a key; what each field means is
+// its user's (see stages/greylist and gateway/smtpd's pre-greet cache).
+type Record struct {
+	First, Last time.Time
+	Passed      bool
+	Count       uint32
+	// Expires is when the record is of no more use and its room may be
+	// taken by another: a store drops it then, and not before unless it
+	// runs out of room.
+	Expires time.Time
+}
+
+// Store keeps records. Get and Put are not one atomic step: users must
+// bear two writers of one key racing (greylist: both record a first
+// sighting a moment apart).
+type Store interface {
+	// Get returns the record of k; ok is false when there is none.
+	Get(ctx context.Context, k Key) (r Record, ok bool, err error)
+	// Put stores r as the record of k.
+	Put(ctx context.Context, k Key, r Record) error
+	// Delete removes the record of k, if any.
+	Delete(ctx context.Context, k Key) error
+}
+
 // The embedded store is a directory of bucket files. A key's first 12
 // bits choose its bucket; a bucket is an array of fixed-size records,
 // each with its own checksum, read whole and written one record in place
 // under an exclusive flock. So:
 //   - nothing is held in memory between calls: memory is one bucket's
-//     bytes per call, whatever the number of triplets;
+//     bytes per call, whatever the number of records;
 //   - the disk is bounded: a bucket holds at most perBucket records, a new
 //     record takes the room of an expired one first, then of the one that
-//     expires soonest (an old unpassed triplet before a passed one);
-//   - two processes may share the files: the old plugin process still
-//     answering after a reload and the new one each lock the bucket around
-//     their read and write, and see each other's records at once;
+//     expires soonest (greylist: an old unpassed triplet before a passed
+//     one);
+//   - two processes may share the files (greylist: the old plugin process
+//     still answering after a reload and the new one): each locks the
+//     bucket around its read and write, and they see each other's records
+//     at once;
 //   - a record torn by a crash, or garbage, fails its checksum and is
-//     dropped, zeroed in place, and counted: that triplet starts over,
-//     nothing else is lost. Only a format file of another kind or version
-//     is refused, since the files are then not ours to rewrite.
+//     dropped, zeroed in place, and counted: what it was about starts
+//     over, nothing else is lost. Only a format file of another kind or
+//     version is refused, since the files are then not ours to rewrite.
 //
 // Records are not synced to disk one by one: a power failure may lose the
-// last ones written, which costs their senders one more delay.
+// last ones written (greylist: their senders wait one more delay).
 
 const (
 	recordSize = 64
 	bucketBits = 12
 	buckets    = 1 << bucketBits
-	// formatFile names the store's kind and version.
+	// formatFile names the store's kind and version: formatLine.
 	formatFile = "format"
-	formatLine = "mailgate greylist store 1\n"
 	// usedMark is the first byte of a record in use; a free one is zero.
 	usedMark = 0xa7
 )
@@ -125,11 +173,13 @@ func fromUnixNano(n int64) time.Time {
 	return time.Unix(0, n)
 }
 
-// fileStore is the embedded Store.
-type fileStore struct {
-	dir       string
-	perBucket int              // records a bucket holds at most
-	now       func() time.Time // the filter's clock, for expiry
+// File is the embedded Store.
+type File struct {
+	dir        string
+	kind       string // what the store holds, for its format file and errors
+	formatLine string
+	perBucket  int              // records a bucket holds at most
+	now        func() time.Time // the user's clock, for expiry
 	// corrupt and full are told how many records of a bucket file were
 	// dropped as corrupt, or taken before their time for want of room.
 	corrupt func(file string, n int)
@@ -139,27 +189,53 @@ type fileStore struct {
 	ready atomic.Bool
 }
 
-var _ Store = (*fileStore)(nil)
+var _ Store = (*File)(nil)
 
-// openFileStore opens or creates the store in dir, holding up to
-// maxRecords records. It fails for a directory that holds a store of
-// another format; a directory that cannot be created or written is the
-// caller's to judge (see New: greylisting fails open).
-func openFileStore(dir string, maxRecords int, now func() time.Time) (*fileStore, error) {
-	s := &fileStore{
-		dir:       dir,
-		perBucket: max(1, (maxRecords+buckets-1)/buckets),
-		now:       now,
-		corrupt:   func(string, int) {},
-		full:      func(string) {},
+// Options are what Open needs besides the directory.
+type Options struct {
+	// Kind names what the store holds ("greylist"): its format file says
+	// "mailgate <kind> store 1", and errors name it.
+	Kind string
+	// MaxRecords bounds the store: its files never hold more.
+	MaxRecords int
+	// Now is the user's clock, for expiry.
+	Now func() time.Time
+	// Corrupt and Full, if set, are told how many records of a bucket
+	// file were dropped as corrupt, and when a record was taken before
+	// it expired for want of room.
+	Corrupt func(file string, n int)
+	Full    func(file string)
+}
+
+// Open opens or creates the store in dir. It fails for a directory that
+// holds a store of another kind or format (ErrFormat); with any other
+// error (a directory that cannot be created or written) it returns the
+// store all the same, whose every call tries again: the caller judges
+// whether to fail open meanwhile, as greylisting does.
+func Open(dir string, o Options) (*File, error) {
+	s := &File{
+		dir:        dir,
+		kind:       o.Kind,
+		formatLine: "mailgate " + o.Kind + " store 1\n",
+		perBucket:  max(1, (o.MaxRecords+buckets-1)/buckets),
+		now:        o.Now,
+		corrupt:    o.Corrupt,
+		full:       o.Full,
+	}
+	if s.corrupt == nil {
+		s.corrupt = func(string, int) {}
+	}
+	if s.full == nil {
+		s.full = func(string) {}
 	}
 	return s, s.checkFormat()
 }
 
-// errFormat marks a directory holding something else than this store.
-var errFormat = errors.New("not a greylist store of this version")
+// ErrFormat marks a directory holding something else than the store
+// asked for.
+var ErrFormat = errors.New("not a store of this kind and version")
 
-func (s *fileStore) checkFormat() error {
+func (s *File) checkFormat() error {
 	if s.ready.Load() {
 		return nil
 	}
@@ -170,9 +246,9 @@ func (s *fileStore) checkFormat() error {
 	return err
 }
 
-func (s *fileStore) readFormat() error {
+func (s *File) readFormat() error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return fmt.Errorf("create greylist store: %w", err)
+		return fmt.Errorf("create %s store: %w", s.kind, err)
 	}
 	name := filepath.Join(s.dir, formatFile)
 	b, err := os.ReadFile(name)
@@ -181,9 +257,9 @@ func (s *fileStore) readFormat() error {
 		// so that a crash leaves no half-written format file to refuse.
 		tmp, err := os.CreateTemp(s.dir, formatFile+".*")
 		if err != nil {
-			return fmt.Errorf("create greylist store: %w", err)
+			return fmt.Errorf("create %s store: %w", s.kind, err)
 		}
-		_, err = tmp.WriteString(formatLine)
+		_, err = tmp.WriteString(s.formatLine)
 		if cerr := tmp.Close(); err == nil {
 			err = cerr
 		}
@@ -192,20 +268,21 @@ func (s *fileStore) readFormat() error {
 		}
 		if err != nil {
 			os.Remove(tmp.Name())
-			return fmt.Errorf("create greylist store: %w", err)
+			return fmt.Errorf("create %s store: %w", s.kind, err)
 		}
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("read greylist store: %w", err)
+		return fmt.Errorf("read %s store: %w", s.kind, err)
 	}
-	if string(b) != formatLine {
-		return fmt.Errorf("%s: %w: it reads %.40q, expect %q; move the directory away to start with an empty store", name, errFormat, b, formatLine)
+	if string(b) != s.formatLine {
+		return fmt.Errorf("%s: %w: it reads %.40q, expect %q; move the directory away to start with an empty store", name, ErrFormat, b, s.formatLine)
 	}
 	return nil
 }
 
-func (s *fileStore) bucketFile(k Key) string {
+// Path is the file that holds k's record.
+func (s *File) Path(k Key) string {
 	return filepath.Join(s.dir, fmt.Sprintf("%03x", int(k[0])<<4|int(k[1]>>4)))
 }
 
@@ -223,31 +300,31 @@ func (b *bucket) slot(i int) []byte { return b.data[i*recordSize : (i+1)*recordS
 
 // open opens and locks the bucket of k and reads its slots; corrupt ones
 // are zeroed in the file and reported.
-func (s *fileStore) open(k Key) (*bucket, error) {
+func (s *File) open(k Key) (*bucket, error) {
 	if err := s.checkFormat(); err != nil {
 		return nil, err
 	}
-	name := s.bucketFile(k)
+	name := s.Path(k)
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("greylist store: %w", err)
+		return nil, fmt.Errorf("%s store: %w", s.kind, err)
 	}
 	// flock, not fcntl locks: they belong to the open file, so two
 	// goroutines of one process exclude each other as two processes do.
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("greylist store: lock %s: %w", name, err)
+		return nil, fmt.Errorf("%s store: lock %s: %w", s.kind, name, err)
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("greylist store: %w", err)
+		return nil, fmt.Errorf("%s store: %w", s.kind, err)
 	}
 	n := int(min(fi.Size()/recordSize, int64(s.perBucket)))
 	b := &bucket{f: f, name: name, data: make([]byte, n*recordSize), extra: fi.Size() > int64(s.perBucket)*recordSize}
 	if m, err := f.ReadAt(b.data, 0); err != nil && !(errors.Is(err, io.EOF) && m == len(b.data)) {
 		f.Close()
-		return nil, fmt.Errorf("greylist store: read %s: %w", name, err)
+		return nil, fmt.Errorf("%s store: read %s: %w", s.kind, name, err)
 	}
 	var bad int
 	zero := make([]byte, recordSize)
@@ -279,7 +356,7 @@ func (b *bucket) find(k Key) (int, Record) {
 
 func expired(r Record, now time.Time) bool { return !r.Expires.IsZero() && !now.Before(r.Expires) }
 
-func (s *fileStore) Get(_ context.Context, k Key) (Record, bool, error) {
+func (s *File) Get(_ context.Context, k Key) (Record, bool, error) {
 	b, err := s.open(k)
 	if err != nil {
 		return Record{}, false, err
@@ -292,7 +369,7 @@ func (s *fileStore) Get(_ context.Context, k Key) (Record, bool, error) {
 	return r, true, nil
 }
 
-func (s *fileStore) Put(_ context.Context, k Key, r Record) error {
+func (s *File) Put(_ context.Context, k Key, r Record) error {
 	b, err := s.open(k)
 	if err != nil {
 		return err
@@ -304,17 +381,17 @@ func (s *fileStore) Put(_ context.Context, k Key, r Record) error {
 	rec := encodeRecord(k, r)
 	if _, err := b.f.WriteAt(rec[:], int64(i*recordSize)); err != nil {
 		b.close()
-		return fmt.Errorf("greylist store: write %s: %w", b.name, err)
+		return fmt.Errorf("%s store: write %s: %w", s.kind, b.name, err)
 	}
 	if b.extra {
 		// max_entries was lowered: the slots past the bound are dropped.
 		if err := b.f.Truncate(int64(s.perBucket) * recordSize); err != nil {
 			b.close()
-			return fmt.Errorf("greylist store: truncate %s: %w", b.name, err)
+			return fmt.Errorf("%s store: truncate %s: %w", s.kind, b.name, err)
 		}
 	}
 	if err := b.close(); err != nil {
-		return fmt.Errorf("greylist store: write %s: %w", b.name, err)
+		return fmt.Errorf("%s store: write %s: %w", s.kind, b.name, err)
 	}
 	return nil
 }
@@ -322,7 +399,7 @@ func (s *fileStore) Put(_ context.Context, k Key, r Record) error {
 // room returns the slot a new record takes: a free or expired one, a new
 // one at the end while the bucket has room, or else the record that
 // expires first, which is reported.
-func (s *fileStore) room(b *bucket) int {
+func (s *File) room(b *bucket) int {
 	now := s.now()
 	victim, soonest := -1, time.Time{}
 	for i := range b.slots() {
@@ -341,7 +418,7 @@ func (s *fileStore) room(b *bucket) int {
 	return victim
 }
 
-func (s *fileStore) Delete(_ context.Context, k Key) error {
+func (s *File) Delete(_ context.Context, k Key) error {
 	b, err := s.open(k)
 	if err != nil {
 		return err
@@ -349,7 +426,7 @@ func (s *fileStore) Delete(_ context.Context, k Key) error {
 	if i, _ := b.find(k); i >= 0 {
 		if _, err := b.f.WriteAt(make([]byte, recordSize), int64(i*recordSize)); err != nil {
 			b.close()
-			return fmt.Errorf("greylist store: write %s: %w", b.name, err)
+			return fmt.Errorf("%s store: write %s: %w", s.kind, b.name, err)
 		}
 	}
 	return b.close()
