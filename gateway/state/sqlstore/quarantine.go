@@ -149,13 +149,13 @@ func (q *quarantine) Get(ctx context.Context, id string) (*state.QuarantineRecor
 func (q *quarantine) List(ctx context.Context, f state.QuarantineFilter) ([]*state.QuarantineRecord, error) {
 	var w where
 	if f.From != "" {
-		w.add(`sender_key LIKE ? ESCAPE '\'`, contains(f.From))
+		w.contains("sender_key", f.From, false)
 	}
 	if f.Rcpt != "" {
-		w.add(`rcpts_key LIKE ? ESCAPE '\'`, contains(f.Rcpt))
+		w.contains("rcpts_key", f.Rcpt, false)
 	}
 	if f.Stage != "" {
-		w.add(`stages_key LIKE ? ESCAPE '\'`, contains("\n"+f.Stage+"\n"))
+		w.contains("stages_key", f.Stage, true)
 	}
 	if !f.Since.IsZero() {
 		w.add("time >= ?", micros(f.Since))

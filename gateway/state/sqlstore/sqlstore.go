@@ -191,12 +191,24 @@ func fromMicros(us int64) time.Time {
 // microsecond.
 func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
-// contains is a LIKE pattern that finds s, in lower case, anywhere: the
-// _key columns hold lower case. "\" escapes LIKE's own % and _ (and
-// itself), in both engines with ESCAPE '\'.
-func contains(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
-	return "%" + r.Replace(strings.ToLower(s)) + "%"
+// likeEscaper escapes LIKE's own % and _ (and the escape character
+// itself), for ESCAPE '\' in both engines.
+var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+
+// contains selects the rows whose column col, one of the _key columns
+// (lower case, lists one item a line), holds s without regard to case.
+// With whole, s must be a whole item of the list. s never spans two items:
+// with a newline in it, nothing is selected.
+func (w *where) contains(col, s string, whole bool) {
+	if strings.Contains(s, "\n") {
+		w.conds = append(w.conds, "1 = 0")
+		return
+	}
+	pattern := likeEscaper.Replace(strings.ToLower(s))
+	if whole {
+		pattern = "\n" + pattern + "\n"
+	}
+	w.add(col+` LIKE ? ESCAPE '\'`, "%"+pattern+"%")
 }
 
 // lines frames items as the _key columns hold lists: in lower case, one a

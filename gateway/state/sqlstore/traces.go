@@ -105,10 +105,10 @@ func (t *traces) Search(ctx context.Context, f state.TraceFilter) ([]trace.Event
 		w.add("time < ?", micros(f.Until))
 	}
 	if f.From != "" {
-		w.add(`sender_key LIKE ? ESCAPE '\'`, contains(f.From))
+		w.contains("sender_key", f.From, false)
 	}
 	if f.Rcpt != "" {
-		w.add(`rcpts_key LIKE ? ESCAPE '\'`, contains(f.Rcpt))
+		w.contains("rcpts_key", f.Rcpt, false)
 	}
 	if f.Event != "" {
 		w.add("event = ?", f.Event)
