@@ -104,9 +104,9 @@ const quarantineColumns = "record, releasing, released, release_node, released_a
 // scanRecord reads a row of quarantineColumns.
 func scanRecord(rs interface{ Scan(...any) error }) (*state.QuarantineRecord, error) {
 	var (
-		data                              string
+		data                             string
 		releasing, released, releaseNode string
-		releasedAt                        int64
+		releasedAt                       int64
 	)
 	if err := rs.Scan(&data, &releasing, &released, &releaseNode, &releasedAt); err != nil {
 		return nil, err

@@ -251,4 +251,3 @@ func limit(n int) int {
 
 // notFound wraps state.ErrNotFound for what.
 func notFound(what string) error { return fmt.Errorf("%s: %w", what, state.ErrNotFound) }
-
