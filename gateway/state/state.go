@@ -260,7 +260,9 @@ type Node struct {
 }
 
 // Nodes is the registry of the nodes sharing the store: each node calls
-// Heartbeat every few seconds.
+// Heartbeat every few seconds. Heartbeats carry the node's own clock and
+// are judged by the reader's (NodeStatus), so the nodes' clocks must
+// agree within the allowed gap, as NTP keeps them.
 type Nodes interface {
 	// Heartbeat records n, replacing what the node reported before.
 	Heartbeat(ctx context.Context, n Node) error

@@ -42,7 +42,7 @@ func (q *quarantine) Put(ctx context.Context, rec *state.QuarantineRecord, msg i
 			return err
 		}
 		if n == 0 {
-			return fmt.Errorf("%w", state.ErrExists)
+			return state.ErrExists
 		}
 		size, parts, err := putParts(ctx, tx, rec.ID, msg)
 		if err != nil {
