@@ -114,7 +114,8 @@ type QuarantineFilter struct {
 type Quarantine interface {
 	// Put stores rec and the message read from msg as one: when it
 	// returns nil both are durable, and no reader ever sees one without
-	// the other. ErrExists if rec.ID is held already.
+	// the other. It fills in rec's Node and Time when they are empty,
+	// and its Size. ErrExists if rec.ID is held already.
 	Put(ctx context.Context, rec *QuarantineRecord, msg io.Reader) error
 	Get(ctx context.Context, id string) (*QuarantineRecord, error)
 	// List returns the records f selects, oldest first.
