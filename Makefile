@@ -15,12 +15,14 @@ build:
 # deps installs the Debian packages the integration tests talk to (real
 # parts, not mocks) when they are missing: as root through apt-get (as on
 # CI); otherwise it names the packages to install. Each entry is
-# command:package.
+# command:package. Debian keeps PostgreSQL's server programs out of PATH,
+# in /usr/lib/postgresql/<version>/bin, where gateway/state/pgtest finds
+# them: the check looks there too.
 deps:
 	@missing=""; \
-	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd xmllint:libxml2-utils; do \
+	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd xmllint:libxml2-utils redis-server:redis-server postgres:postgresql; do \
 		bin=$${c%%:*}; pkg=$${c##*:}; \
-		PATH="$$PATH:/usr/sbin:/sbin" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+		PATH="$$PATH:/usr/sbin:/sbin$$(for d in /usr/lib/postgresql/*/bin; do printf ':%s' "$$d"; done)" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -1,0 +1,275 @@
+// Package state is the state a gateway keeps besides its spool, behind one
+// small set of interfaces: the quarantine (records and message bytes),
+// the traces, the users' allow- and block-lists, the DMARC aggregate
+// records, the audit log and the registry of the nodes sharing it.
+//
+// Two implementations stand behind them, with one SQL schema (package
+// sqlstore): an embedded SQLite database under data_dir for a single node,
+// and PostgreSQL shared by every node of a [cluster]. What must hold for
+// both is written once, as the conformance tests of package statetest,
+// and run against each.
+//
+// Decisions that several nodes could race for are taken by a transaction
+// of the store, never by a node's own memory: a quarantined message is
+// released once however many nodes try at the same moment
+// (Quarantine.BeginRelease), and a day's DMARC reports are sent by one
+// node (DMARCRecords.ClaimDay).
+//
+// The spool is not here: it stays on each node's disk, and a message a
+// node acknowledged is delivered by that node.
+package state
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/trace"
+)
+
+// Errors the implementations return, wrapped with what they concern; test
+// with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	// ErrAlreadyReleased: the quarantined message was released before;
+	// the error names the queue ID of that release.
+	ErrAlreadyReleased = errors.New("already released")
+	// ErrReleasing: another release of the message is under way (on the
+	// node the error names) and has not ended.
+	ErrReleasing = errors.New("release in progress")
+)
+
+// Store is all the state of a gateway. Each part is safe for concurrent
+// use by the goroutines of one node and by every node sharing the store.
+type Store interface {
+	Quarantine() Quarantine
+	Traces() Traces
+	Lists() Lists
+	DMARC() DMARCRecords
+	Audit() Audit
+	Nodes() Nodes
+	Close() error
+}
+
+// QuarantineRecord is what the quarantine keeps about a held message
+// besides its bytes. Its JSON form is that of the file-based quarantine's
+// records, so that one may become the other.
+type QuarantineRecord struct {
+	ID         string   `json:"id"` // queue ID given at MAIL FROM
+	MessageID  string   `json:"message_id,omitempty"`
+	From       string   `json:"from"` // "" is the null sender
+	Rcpts      []string `json:"rcpts"`
+	ClientAddr string   `json:"client_addr,omitempty"`
+	ClientHelo string   `json:"client_helo,omitempty"`
+	// Node is the node that quarantined the message; empty, the store's
+	// own node is recorded.
+	Node string    `json:"node,omitempty"`
+	Time time.Time `json:"time"` // when it was quarantined; retention counts from here
+	Size int64     `json:"size"` // set by Put to the bytes it stored
+	// The decision: the total score, the stage that decided ("" when a
+	// score threshold did), why, and under which policy.
+	Score  float64 `json:"score"`
+	Stage  string  `json:"stage,omitempty"`
+	Reason string  `json:"reason"`
+	Policy string  `json:"policy,omitempty"`
+	// Verdicts are every stage result of the transaction, all phases, in
+	// the order they ran.
+	Verdicts []trace.Stage `json:"verdicts"`
+	// Releasing is the queue ID of a release under way, on ReleaseNode;
+	// Released that of the release done (see Quarantine.BeginRelease).
+	Releasing   string    `json:"releasing,omitempty"`
+	Released    string    `json:"released,omitempty"`
+	ReleaseNode string    `json:"release_node,omitempty"`
+	ReleasedAt  time.Time `json:"released_at,omitzero"`
+}
+
+// QuarantineFilter selects quarantined messages; zero fields select all.
+type QuarantineFilter struct {
+	// From and Rcpt are looked for, without regard to case, in the
+	// sender and in any recipient.
+	From, Rcpt string
+	// Stage selects the messages a stage decided, added to the score of,
+	// or gave a verdict other than continue.
+	Stage string
+	// Since and Until bound the time of quarantine: Since <= t < Until.
+	Since, Until time.Time
+	// ReleasingOn selects the releases under way on that node: what it
+	// must settle when it starts again after a crash.
+	ReleasingOn string
+}
+
+// Quarantine holds messages until an operator releases or deletes them.
+//
+// A release takes three steps, so that it happens exactly once even when
+// nodes crash or race: BeginRelease claims the message for one copy in
+// the releasing node's spool (a transaction decides: of two nodes
+// releasing at the same moment, one gets ErrReleasing); the node commits
+// the copy to its spool; EndRelease records it as released, or, when the
+// copy was not committed, frees the message for another release. A node
+// that crashed between the steps lists its releases under way
+// (ReleasingOn) when it starts again, and ends each by whether its spool
+// holds the copy.
+type Quarantine interface {
+	// Put stores rec and the message read from msg as one: when it
+	// returns nil both are durable, and no reader ever sees one without
+	// the other. It fills in rec's Node and Time when they are empty,
+	// and its Size. ErrExists if rec.ID is held already.
+	Put(ctx context.Context, rec *QuarantineRecord, msg io.Reader) error
+	Get(ctx context.Context, id string) (*QuarantineRecord, error)
+	// List returns the records f selects, oldest first.
+	List(ctx context.Context, f QuarantineFilter) ([]*QuarantineRecord, error)
+	// Message returns the bytes of message id. They are read a part at
+	// a time, so a preview of a large message costs little memory.
+	Message(ctx context.Context, id string) (io.ReadCloser, error)
+	// Delete removes the message and its record.
+	Delete(ctx context.Context, id string) error
+	// BeginRelease claims message id for a release by node as the spool
+	// copy copyID and returns its record. ErrAlreadyReleased or
+	// ErrReleasing when it was released or is being released.
+	BeginRelease(ctx context.Context, id, node, copyID string) (*QuarantineRecord, error)
+	// EndRelease ends the release copyID of message id: queued, the
+	// message is released as copyID; not queued, it may be released
+	// again.
+	EndRelease(ctx context.Context, id, copyID string, queued bool) error
+}
+
+// TraceFilter selects trace events; zero fields select all.
+type TraceFilter struct {
+	Since, Until time.Time // Since <= time < Until
+	// From and Rcpt are looked for, without regard to case, in the
+	// sender and in any recipient of an event.
+	From, Rcpt string
+	Event      string // connect, data, attempt, …: as trace.Event.Event
+	Action     string // the decision or outcome, as trace.Event.Action
+	Node       string // the node that recorded the event
+	Limit      int    // at most this many, the newest; 0: 1000
+}
+
+// Traces keeps the story of every message: what each stage found, the
+// decision, each delivery attempt (see package trace for the events).
+type Traces interface {
+	// Append records events as the store's node. Events come in
+	// batches so that a busy node writes in few transactions.
+	Append(ctx context.Context, events ...trace.Event) error
+	// Find returns the events of the message with queue ID or
+	// Message-ID id (with or without its angle brackets), and of the
+	// messages linked to it by Related (a release's copy, a DSN),
+	// oldest first.
+	Find(ctx context.Context, id string) ([]trace.Event, error)
+	// Search returns the events f selects, newest first.
+	Search(ctx context.Context, f TraceFilter) ([]trace.Event, error)
+	// Expire deletes the events older than before and returns how many.
+	Expire(ctx context.Context, before time.Time) (int64, error)
+}
+
+// ListKind says what a list entry does to mail from the sender it names.
+type ListKind string
+
+const (
+	Allow ListKind = "allow" // accept without running the spam stages
+	Block ListKind = "block" // reject; a block wins over an allow
+)
+
+// ListEntry is one entry of a user's allow- or block-list.
+type ListEntry struct {
+	// Owner is the recipient whose list it is, an address. Owner and
+	// Sender are stored as CanonicalEntry makes them.
+	Owner string
+	Kind  ListKind
+	// Sender is what the entry matches: an address, a domain (any
+	// address at it) or "*.domain" (any address at a subdomain), as in
+	// [policy.allow] senders.
+	Sender string
+	Added  time.Time
+	By     string // who added it: the user, an admin, an import
+}
+
+// Lists keeps the users' own allow- and block-lists (the site's lists
+// are in the config). MatchList applies one.
+type Lists interface {
+	// Add adds e, or updates Added and By of the same entry.
+	Add(ctx context.Context, e ListEntry) error
+	// Remove removes owner's entry of kind for sender; ErrNotFound if
+	// there is none.
+	Remove(ctx context.Context, owner string, kind ListKind, sender string) error
+	// Entries returns owner's entries, or every user's for "", in
+	// order of owner, kind and sender.
+	Entries(ctx context.Context, owner string) ([]ListEntry, error)
+}
+
+// DMARCRecord is one DMARC evaluation kept for the aggregate report of
+// its policy domain (RFC 7489 §7.2). What an evaluation holds is the
+// business of the dmarc stage: the store keeps Row as given.
+type DMARCRecord struct {
+	Time   time.Time
+	Domain string // the policy domain: whose report it goes into
+	Row    []byte // the evaluation, as the dmarc stage encodes it
+}
+
+// DMARCRecords keeps DMARC evaluations until the day's reports are sent.
+// Days are UTC days.
+type DMARCRecords interface {
+	Add(ctx context.Context, r DMARCRecord) error
+	// Day returns the records of the day of t, in the order added.
+	Day(ctx context.Context, t time.Time) ([]DMARCRecord, error)
+	// ClaimDay reports whether node is the one to send the reports of
+	// the day of t: true for the first caller of all nodes, false for
+	// every later one.
+	ClaimDay(ctx context.Context, t time.Time, node string) (bool, error)
+	// Expire deletes the records and claims of the days before the day
+	// of t.
+	Expire(ctx context.Context, t time.Time) error
+}
+
+// AuditEntry is one thing an operator or a user did.
+type AuditEntry struct {
+	Time   time.Time
+	Node   string // where it was done; empty, the store's node is recorded
+	Actor  string // who: a console user, "cli", "admin-api"
+	Action string // what: quarantine.release, list.add, …
+	Target string // to what: a queue ID, a list entry
+	Detail string
+}
+
+// AuditFilter selects audit entries; zero fields select all.
+type AuditFilter struct {
+	Since, Until          time.Time // Since <= time < Until
+	Actor, Action, Target string    // exact
+	Limit                 int       // at most this many, the newest; 0: 1000
+}
+
+// Audit is the log of what was done to the gateway's state.
+type Audit interface {
+	Record(ctx context.Context, e AuditEntry) error
+	// Entries returns the entries f selects, newest first.
+	Entries(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+}
+
+// Node is a gateway node as it last reported itself.
+type Node struct {
+	Name       string
+	Version    string
+	ConfigHash string // of the config it runs: nodes of a cluster should agree
+	Health     string // "ok", or what is wrong
+	Started    time.Time
+	Heartbeat  time.Time // when it last reported
+	// Stale and ConfigDiffers are set by NodeStatus, not stored.
+	Stale         bool // no heartbeat for longer than the allowed gap
+	ConfigDiffers bool // its config is not the one most live nodes run
+}
+
+// Nodes is the registry of the nodes sharing the store: each node calls
+// Heartbeat every few seconds. Heartbeats carry the node's own clock and
+// are judged by the reader's (NodeStatus), so the nodes' clocks must
+// agree within the allowed gap, as NTP keeps them.
+type Nodes interface {
+	// Heartbeat records n, replacing what the node reported before.
+	Heartbeat(ctx context.Context, n Node) error
+	// List returns every node that ever reported, by name; NodeStatus
+	// tells the live from the stale.
+	List(ctx context.Context) ([]Node, error)
+	// Remove forgets a node taken out of the cluster.
+	Remove(ctx context.Context, name string) error
+}
