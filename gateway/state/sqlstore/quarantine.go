@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/stages"
 )
 
 // partSize is the most message bytes in one row of quarantine_parts.
@@ -92,7 +93,7 @@ func stagesKey(rec *state.QuarantineRecord) string {
 		names = append(names, rec.Stage)
 	}
 	for _, v := range rec.Verdicts {
-		if v.Action != "continue" || v.Score > 0 {
+		if v.Action != stages.Continue || v.Score > 0 {
 			names = append(names, v.Name)
 		}
 	}

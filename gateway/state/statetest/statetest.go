@@ -19,6 +19,7 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/stages"
 )
 
 // NewDB makes an empty database for one test and returns how to open a
@@ -74,8 +75,8 @@ func record(id string, at time.Time) *state.QuarantineRecord {
 		Reason:     "score 12.5 >= quarantine_score 10",
 		Policy:     "policy",
 		Verdicts: []trace.Stage{
-			{Name: "spf", Kind: "spf", Phase: "mail", Action: "continue", Result: "pass", DurationMS: 1.5},
-			{Name: "spam", Kind: "spam", Phase: "data", Action: "tag", Score: 12.5, Result: "spam", DurationMS: 20},
+			{Name: "spf", Kind: "spf", Phase: "mail", Action: stages.Continue, Result: "pass", DurationMS: 1.5},
+			{Name: "spam", Kind: "spam", Phase: "data", Action: stages.Tag, Score: 12.5, Result: "spam", DurationMS: 20},
 		},
 	}
 }
@@ -165,7 +166,7 @@ func testQuarantineList(t *testing.T, open func(*testing.T, string) state.Store)
 	r2.From, r2.Rcpts = "", []string{"Alice@Example.test"} // the null sender
 	r3 := record("LIST00000003", base.Add(time.Hour))
 	r3.From = "100%_off@spam.example"
-	r3.Stage, r3.Verdicts = "clamav", []trace.Stage{{Name: "clamav", Kind: "clamav", Phase: "data", Action: "quarantine"}}
+	r3.Stage, r3.Verdicts = "clamav", []trace.Stage{{Name: "clamav", Kind: "clamav", Phase: "data", Action: stages.Quarantine}}
 	for _, r := range []*state.QuarantineRecord{r1, r2, r3} {
 		put(t, q, r, []byte("Subject: x\r\n\r\nbody\r\n"))
 	}
@@ -379,7 +380,7 @@ func testTraceFind(t *testing.T, open func(*testing.T, string) state.Store) {
 	err := a.Append(ctx(t),
 		trace.Event{Time: at(0), QueueID: "ORIG00000001", Event: "connect", Client: "192.0.2.1", From: sp("s@example.org")},
 		trace.Event{Time: at(1), QueueID: "ORIG00000001", MessageID: "<m1@example.org>", Event: "data", Action: "quarantine", Score: 12,
-			Stages: []trace.Stage{{Name: "spam", Kind: "spam", Phase: "data", Action: "tag", Score: 12}}},
+			Stages: []trace.Stage{{Name: "spam", Kind: "spam", Phase: "data", Action: stages.Tag, Score: 12}}},
 		trace.Event{Time: at(1), QueueID: "OTHER0000001", MessageID: "<m2@example.org>", Event: "data", Action: "accept"},
 	)
 	if err != nil {
