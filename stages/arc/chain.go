@@ -410,9 +410,9 @@ func (c *check) verifyAMS(i int) error {
 
 	var data strings.Builder
 	for _, f := range dkimcore.SignedFields(c.h, names) {
-		data.WriteString(dkimcore.CanonHeader(hc, f.Name, f.Value))
+		data.WriteString(dkimcore.CanonHeader(hc, f.Raw()))
 	}
-	self := dkimcore.CanonHeader(hc, s.ams.Name, dkimcore.BlankTag(s.ams.Value, s.amsTags.Find("b")))
+	self := dkimcore.CanonHeader(hc, dkimcore.BlankField(*s.ams, s.amsTags.Find("b")))
 	data.WriteString(strings.TrimSuffix(self, "\r\n"))
 	return c.verifySig(st, data.String())
 }
@@ -432,13 +432,13 @@ func (c *check) verifyAS(i int) error {
 	var data strings.Builder
 	for j := 1; j <= i; j++ {
 		sj := c.sets[j]
-		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.aar.Name, sj.aar.Value))
-		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.ams.Name, sj.ams.Value))
+		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.aar.Raw()))
+		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.ams.Raw()))
 		if j < i {
-			data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.as.Name, sj.as.Value))
+			data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.as.Raw()))
 		}
 	}
-	self := dkimcore.CanonHeader(dkimcore.Relaxed, s.as.Name, dkimcore.BlankTag(s.as.Value, s.asTags.Find("b")))
+	self := dkimcore.CanonHeader(dkimcore.Relaxed, dkimcore.BlankField(*s.as, s.asTags.Find("b")))
 	data.WriteString(strings.TrimSuffix(self, "\r\n"))
 	return c.verifySig(st, data.String())
 }

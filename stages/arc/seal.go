@@ -106,9 +106,9 @@ func (s *sealer) fields(ctx context.Context, h stages.Header, body stages.Body, 
 		"h=" + strings.Join(names, ":") + "; " + tail
 	var data strings.Builder
 	for _, f := range dkimcore.SignedFields(hh, names) {
-		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, f.Name, f.Value))
+		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, f.Raw()))
 	}
-	data.WriteString(strings.TrimSuffix(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAMS, amsHead+amsTail), "\r\n"))
+	data.WriteString(strings.TrimSuffix(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAMS+":"+amsHead+amsTail), "\r\n"))
 	_, sig, err := dkimcore.Sign(s.key, []byte(data.String()))
 	if err != nil {
 		return "", "", "", fmt.Errorf("arc seal: sign AMS: %w", err)
@@ -128,13 +128,13 @@ func (s *sealer) fields(ctx context.Context, h stages.Header, body stages.Body, 
 		}
 		for j := 1; j <= n; j++ {
 			for _, f := range []*stages.Field{sets[j].aar, sets[j].ams, sets[j].as} {
-				data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, f.Name, f.Value))
+				data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, f.Raw()))
 			}
 		}
 	}
-	data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAAR, aar))
-	data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAMS, ams))
-	data.WriteString(strings.TrimSuffix(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAS, asHead+asTail), "\r\n"))
+	data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAAR+":"+aar))
+	data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAMS+":"+ams))
+	data.WriteString(strings.TrimSuffix(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAS+":"+asHead+asTail), "\r\n"))
 	if _, sig, err = dkimcore.Sign(s.key, []byte(data.String())); err != nil {
 		return "", "", "", fmt.Errorf("arc seal: sign AS: %w", err)
 	}

@@ -243,20 +243,14 @@ type rawField struct {
 	raw  string // "Name: value" with folding, no final CRLF
 }
 
-// rawFields rebuilds the wire form of each field. stages.Field keeps the
-// value with its folding but drops the one space after the colon; it is
-// written back as the gateway relays it ("Name: value"). A line the parser
+// rawFields is the wire form of each field (stages.Field.Raw): the bytes
+// the message came with for every field no stage edited. A line the parser
 // could not split (a name with WSP before the colon) is kept whole.
 func rawFields(h stages.Header) []rawField {
 	out := make([]rawField, 0, len(h))
 	for _, f := range h {
-		raw := f.Value
-		name := f.Name
-		if f.Name != "" {
-			raw = f.Name + ": " + f.Value
-		} else {
-			name, _, _ = strings.Cut(f.Value, ":")
-		}
+		raw := f.Raw()
+		name, _, _ := strings.Cut(raw, ":")
 		out = append(out, rawField{name: strings.ToLower(strings.Trim(name, " \t")), raw: raw})
 	}
 	return out

@@ -32,20 +32,19 @@ func ParseCanon(v string) (header, body Canon, err error) {
 }
 
 // CanonHeader returns a header field canonicalized for hashing, with its
-// CRLF. value is the text after the colon with folding kept, as
-// stages.Field holds it, less the one space after the colon, which the
-// simple form puts back: a field received as "Name:value" with no space
-// is rebuilt with one, the form in which the gateway relays it.
+// CRLF. raw is the field as it goes on the wire (stages.Field.Raw), folding
+// kept, without the final CRLF.
 //
 // relaxed (RFC 6376 §3.4.2): the name in lower case; the value unfolded,
 // every run of white space made one space, white space at its ends and
 // around the colon deleted. simple (§3.4.1): the field unchanged.
-func CanonHeader(c Canon, name, value string) string {
+func CanonHeader(c Canon, raw string) string {
 	if c == Simple {
-		return name + ": " + value + "\r\n"
+		return raw + "\r\n"
 	}
+	name, value, _ := strings.Cut(raw, ":")
 	var b strings.Builder
-	b.Grow(len(name) + len(value) + 3)
+	b.Grow(len(raw) + 2)
 	b.WriteString(strings.ToLower(strings.TrimRight(name, " \t")))
 	b.WriteByte(':')
 	space := false

@@ -48,14 +48,17 @@ func TestParseTags(t *testing.T) {
 
 func TestCanonHeader(t *testing.T) {
 	// RFC 6376 §3.4.5's example, relaxed.
-	if got := CanonHeader(Relaxed, "A", "X"); got != "a:X\r\n" {
+	if got := CanonHeader(Relaxed, "A:X"); got != "a:X\r\n" {
 		t.Errorf("relaxed A = %q", got)
 	}
-	if got := CanonHeader(Relaxed, "B ", " Y\t\r\n\tZ  "); got != "b:Y Z\r\n" {
+	if got := CanonHeader(Relaxed, "B : Y\t\r\n\tZ  "); got != "b:Y Z\r\n" {
 		t.Errorf("relaxed B = %q", got)
 	}
-	if got := CanonHeader(Simple, "B", "Y\t\r\n\tZ  "); got != "B: Y\t\r\n\tZ  \r\n" {
+	if got := CanonHeader(Simple, "B: Y\t\r\n\tZ  "); got != "B: Y\t\r\n\tZ  \r\n" {
 		t.Errorf("simple B = %q", got)
+	}
+	if got := CanonHeader(Simple, "B:Y"); got != "B:Y\r\n" {
+		t.Errorf("simple B without a space = %q", got)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/mailgate/mailgate/stages"
 )
 
 // Tag is one tag-spec of a tag list: its name and its value with the
@@ -157,6 +159,14 @@ func StripFWS(v string) string {
 // follows makes the surrounding white space irrelevant).
 func BlankTag(s string, t *Tag) string {
 	return s[:t.Start] + s[t.End:]
+}
+
+// BlankField returns field f as it goes on the wire (f.Raw) with the value
+// of tag t blanked as BlankTag does; t is a tag of f.Value, which is the
+// end of the raw field.
+func BlankField(f stages.Field, t *Tag) string {
+	raw := f.Raw()
+	return raw[:len(raw)-len(f.Value)] + BlankTag(f.Value, t)
 }
 
 func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
