@@ -4,9 +4,10 @@
 // (header.oldest-pass). With seal = true it also adds its own ARC Set,
 // for sites that forward mail.
 //
-// The canonicalization, tag-list and key-record code it needs is in
-// stages/internal/dkimcore: go-msgauth has DKIM but does not export those
-// parts, and has no ARC.
+// The canonicalization, tag-list, signed-field and key-record code it
+// needs is stages/internal/dkimcore, the DKIM core the dkim and dkim-sign
+// kinds use too: go-msgauth has DKIM but does not export those parts, and
+// has no ARC.
 package arc
 
 import (

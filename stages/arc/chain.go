@@ -293,7 +293,7 @@ func readSigTags(ts dkimcore.Tags) (sigTags, error) {
 		}
 	}
 	a, _ := ts.Get("a")
-	alg, err := dkimcore.ParseAlgorithm(a)
+	alg, err := dkimcore.Rules{}.ParseAlgorithm(a)
 	if err != nil {
 		return st, fmt.Errorf("a=: %w", err)
 	}
@@ -338,7 +338,7 @@ func (c *check) key(s, d string) (*dkimcore.Key, error) {
 	if r, ok := c.keys[id]; ok {
 		return r.key, r.err
 	}
-	k, err := dkimcore.LookupKey(c.ctx, c.v.lookup, s, d)
+	k, err := dkimcore.Rules{}.LookupKey(c.ctx, c.v.lookup, s, d)
 	if err != nil {
 		switch {
 		case errors.Is(err, resolver.ErrTemporary), c.ctx.Err() != nil:
@@ -364,7 +364,7 @@ func (c *check) verifyAMS(i int) error {
 	if !ok {
 		return errors.New("no h= tag")
 	}
-	names := dkimcore.SplitNames(hv)
+	names := dkimcore.SplitList(hv)
 	if len(names) > maxSignedNames {
 		return fmt.Errorf("h= names %d fields; at most %d are accepted", len(names), maxSignedNames)
 	}
@@ -408,13 +408,7 @@ func (c *check) verifyAMS(i int) error {
 		return errors.New("body hash does not match")
 	}
 
-	var data strings.Builder
-	for _, f := range dkimcore.SignedFields(c.h, names) {
-		data.WriteString(dkimcore.CanonHeader(hc, f.Raw()))
-	}
-	self := dkimcore.CanonHeader(hc, dkimcore.BlankField(*s.ams, s.amsTags.Find("b")))
-	data.WriteString(strings.TrimSuffix(self, "\r\n"))
-	return c.verifySig(st, data.String())
+	return c.verifySig(st, dkimcore.HeaderData(hc, dkimcore.SignedFields(c.h, names), dkimcore.BlankField(*s.ams, s.amsTags.Find("b"))))
 }
 
 // verifyAS checks the ARC-Seal of instance i: its signature covers the
@@ -429,26 +423,23 @@ func (c *check) verifyAS(i int) error {
 	if err != nil {
 		return err
 	}
-	var data strings.Builder
+	var fields []stages.Field
 	for j := 1; j <= i; j++ {
 		sj := c.sets[j]
-		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.aar.Raw()))
-		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.ams.Raw()))
+		fields = append(fields, *sj.aar, *sj.ams)
 		if j < i {
-			data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.as.Raw()))
+			fields = append(fields, *sj.as)
 		}
 	}
-	self := dkimcore.CanonHeader(dkimcore.Relaxed, dkimcore.BlankField(*s.as, s.asTags.Find("b")))
-	data.WriteString(strings.TrimSuffix(self, "\r\n"))
-	return c.verifySig(st, data.String())
+	return c.verifySig(st, dkimcore.HeaderData(dkimcore.Relaxed, fields, dkimcore.BlankField(*s.as, s.asTags.Find("b"))))
 }
 
-func (c *check) verifySig(st sigTags, data string) error {
+func (c *check) verifySig(st sigTags, data []byte) error {
 	k, err := c.key(st.s, st.d)
 	if err != nil {
 		return err
 	}
-	if err := dkimcore.Verify(k, st.alg, []byte(data), st.sig); err != nil {
+	if err := dkimcore.Verify(k, st.alg, data, st.sig); err != nil {
 		return fmt.Errorf("d=%s s=%s: %w", st.d, st.s, err)
 	}
 	return nil
@@ -469,7 +460,7 @@ func (c *check) bodyHash(bc dkimcore.Canon) bodyHash {
 
 func hashBody(ctx context.Context, body stages.Body, bc dkimcore.Canon) bodyHash {
 	h := sha256.New()
-	bw := dkimcore.NewBodyHasher(bc, h)
+	bw := dkimcore.NewBodyHasher(bc, h, -1)
 	if body != nil {
 		rc, err := body.Open()
 		if err != nil {

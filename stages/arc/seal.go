@@ -104,12 +104,7 @@ func (s *sealer) fields(ctx context.Context, h stages.Header, body stages.Body, 
 	amsHead := "a=" + string(s.alg) + "; b="
 	amsTail := "; bh=" + base64.StdEncoding.EncodeToString(bh.sum) + "; c=relaxed/relaxed; " + common +
 		"h=" + strings.Join(names, ":") + "; " + tail
-	var data strings.Builder
-	for _, f := range dkimcore.SignedFields(hh, names) {
-		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, f.Raw()))
-	}
-	data.WriteString(strings.TrimSuffix(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAMS+":"+amsHead+amsTail), "\r\n"))
-	_, sig, err := dkimcore.Sign(s.key, []byte(data.String()))
+	_, sig, err := dkimcore.Sign(s.key, dkimcore.HeaderData(dkimcore.Relaxed, dkimcore.SignedFields(hh, names), fieldAMS+":"+amsHead+amsTail))
 	if err != nil {
 		return "", "", "", fmt.Errorf("arc seal: sign AMS: %w", err)
 	}
@@ -120,22 +115,18 @@ func (s *sealer) fields(ctx context.Context, h stages.Header, body stages.Body, 
 	// failed (§5.1.2).
 	asHead := "a=" + string(s.alg) + "; b="
 	asTail := "; cv=" + string(cv) + "; " + common + tail
-	data.Reset()
+	var set []stages.Field
 	if cv == Pass {
 		sets, n, bad := collect(h)
 		if bad != nil || n != out.N {
 			return "", "", "", fmt.Errorf("arc seal: the chain changed since it was verified")
 		}
 		for j := 1; j <= n; j++ {
-			for _, f := range []*stages.Field{sets[j].aar, sets[j].ams, sets[j].as} {
-				data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, f.Raw()))
-			}
+			set = append(set, *sets[j].aar, *sets[j].ams, *sets[j].as)
 		}
 	}
-	data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAAR+":"+aar))
-	data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAMS+":"+ams))
-	data.WriteString(strings.TrimSuffix(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAS+":"+asHead+asTail), "\r\n"))
-	if _, sig, err = dkimcore.Sign(s.key, []byte(data.String())); err != nil {
+	set = append(set, stages.Field{Name: fieldAAR, Value: aar}, stages.Field{Name: fieldAMS, Value: ams})
+	if _, sig, err = dkimcore.Sign(s.key, dkimcore.HeaderData(dkimcore.Relaxed, set, fieldAS+":"+asHead+asTail)); err != nil {
 		return "", "", "", fmt.Errorf("arc seal: sign AS: %w", err)
 	}
 	as = asHead + base64.StdEncoding.EncodeToString(sig) + asTail

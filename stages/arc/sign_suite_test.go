@@ -66,7 +66,7 @@ func TestSigningSuite(t *testing.T) {
 					ok = false
 				}
 			} else {
-				aar, ams, as, err := s.fields(ctx, h, body, out, mergedResults(h, c.fields["srv-id"]), tm, dkimcore.SplitNames(c.fields["sig-headers"]))
+				aar, ams, as, err := s.fields(ctx, h, body, out, mergedResults(h, c.fields["srv-id"]), tm, dkimcore.SplitList(c.fields["sig-headers"]))
 				if err != nil {
 					t.Fatalf("%s: %v", c.name, err)
 				}

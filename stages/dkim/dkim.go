@@ -132,7 +132,7 @@ func isPvalue(s string) bool {
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if !(isAlpha(c) || isDigit(c) || strings.IndexByte("-._@+/", c) >= 0) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._@+/", c) >= 0) {
 			return false
 		}
 	}
