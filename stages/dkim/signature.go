@@ -13,7 +13,8 @@ import (
 
 // problem is why a signature did not pass: the RFC 8601 result it gives
 // and a short text. Texts are this package's and dkimcore's words, never
-// copied from the message or DNS, except clipped names (see clean).
+// copied from the message or DNS, except clipped names (authres quotes
+// them in the reason).
 type problem struct {
 	result string
 	text   string
