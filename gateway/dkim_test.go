@@ -155,9 +155,11 @@ func TestDryRunDKIM(t *testing.T) {
 
 // TestHeaderBytesReachDownstream: header fields the gateway did not edit
 // are relayed byte for byte, however they are written (no space after
-// the colon, two spaces, a tab, odd folding), even when a stage adds a
-// field and the spooled message is rewritten; so a DKIM signature with
-// simple header canonicalization, which covers those bytes, passes at the
+// the colon, two spaces, a tab, a folded To, odd folding), even when a
+// stage adds a field on top and removes one between them (a forged
+// Authentication-Results, added below the signature as a forger would)
+// and the spooled message is rewritten; so a DKIM signature with simple
+// header canonicalization, which covers those bytes, passes at the
 // gateway's own dkim stage (a plugin process: the fields cross the plugin
 // protocol as they are written) and still passes downstream.
 func TestHeaderBytesReachDownstream(t *testing.T) {
@@ -167,8 +169,8 @@ func TestHeaderBytesReachDownstream(t *testing.T) {
 		"_dmarc.sender.test.":        {`TXT "v=DMARC1; p=reject"`},
 	})
 	msg := "From:Alice <a@sender.test>\r\n" +
-		"To:  b@dest.test\r\n" +
-		"Subject:x\r\n" +
+		"To:  Bob\r\n <b@dest.test>,\r\n\tcarol@dest.test \r\n" +
+		"Subject:no-space\r\n" +
 		"Date:\tMon, 06 Jan 2025 10:00:00 +0000\r\n" +
 		"Message-ID:<bytes@test>\r\n" +
 		"X-Folded:\r\n\t  first \r\n   second\t\r\n\tthird  \r\n" +
@@ -182,16 +184,23 @@ func TestHeaderBytesReachDownstream(t *testing.T) {
 	}
 	down := routertest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf("\n[dns]\nservers = [%q]\n", dns.Addr())+dkimChain)
+	// A field the signature does not cover (h= lists the fields signed),
+	// claiming the gateway's authserv-id: the headers stage removes it.
+	const forged = "Authentication-Results:mx.gateway.test; dkim=pass header.d=forged.test\r\n"
+	sent := strings.Replace(signed.String(), "\r\nSubject:no-space", "\r\n"+forged+"Subject:no-space", 1)
+	if sent == signed.String() {
+		t.Fatal("no Subject field to put the forged field before")
+	}
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO mail.sender.test", "250")
-	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, signed.String()); !strings.HasPrefix(r, "250") {
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, sent); !strings.HasPrefix(r, "250") {
 		t.Fatalf("DATA: %q", r)
 	}
 	data := down.WaitFor(1, waitLong)[0].Data
 	// The gateway's Received and Authentication-Results go on top; below
-	// them is the message as sent, every byte.
+	// them is the message as sent, every byte, but for the forged field.
 	if !bytes.HasSuffix(data, signed.Bytes()) {
-		t.Fatalf("the message did not arrive byte for byte; sent\n%q\ndelivered\n%q", signed.String(), data)
+		t.Fatalf("the message did not arrive byte for byte; signed\n%q\ndelivered\n%q", signed.String(), data)
 	}
 	if !regexp.MustCompile(`Authentication-Results: mx\.gateway\.test;[^:]*dkim=pass[^;]*header\.d=sender\.test[^:]*dmarc=pass`).Match(data) {
 		t.Errorf("the gateway's dkim stage did not pass the signature:\n%s", data)
