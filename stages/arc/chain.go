@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 
@@ -461,31 +460,11 @@ func (c *check) bodyHash(bc dkimcore.Canon) bodyHash {
 func hashBody(ctx context.Context, body stages.Body, bc dkimcore.Canon) bodyHash {
 	h := sha256.New()
 	bw := dkimcore.NewBodyHasher(bc, h, -1)
-	if body != nil {
-		rc, err := body.Open()
-		if err != nil {
-			return bodyHash{err: fmt.Errorf("read body: %w", err)}
-		}
-		defer rc.Close()
-		if _, err := io.Copy(bw, ctxReader{ctx, rc}); err != nil {
-			return bodyHash{err: fmt.Errorf("read body: %w", err)}
-		}
+	if err := dkimcore.ReadBody(ctx, body, bw); err != nil {
+		return bodyHash{err: err}
 	}
 	total := bw.Close()
 	return bodyHash{sum: h.Sum(nil), total: total}
-}
-
-// ctxReader stops a long read when the stage's time is up.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }
 
 // clip shortens text from the message quoted in a problem.

@@ -106,7 +106,7 @@ func (v *verifier) verify(ctx context.Context, h stages.Header, body stages.Body
 	if len(live) == 0 {
 		return out, nil
 	}
-	if err := readBody(ctx, body, io.MultiWriter(hashers...)); err != nil {
+	if err := dkimcore.ReadBody(ctx, body, io.MultiWriter(hashers...)); err != nil {
 		return out, err
 	}
 	for _, c := range live {
@@ -185,30 +185,4 @@ func (v *verifier) check(c *candidate, h stages.Header) {
 		return
 	}
 	c.res.result = Pass
-}
-
-// readBody streams the body into w, checking ctx between chunks.
-func readBody(ctx context.Context, body stages.Body, w io.Writer) error {
-	if body == nil {
-		return nil
-	}
-	r, err := body.Open()
-	if err != nil {
-		return fmt.Errorf("open body: %w", err)
-	}
-	defer r.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, err := r.Read(buf)
-		w.Write(buf[:n])
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read body: %w", err)
-		}
-	}
 }

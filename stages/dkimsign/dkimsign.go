@@ -125,15 +125,8 @@ func (f *Filter) lookup(d string) (string, []key) {
 func (f *Filter) sign(ctx context.Context, k key, tx *stages.Transaction) (string, error) {
 	alg := dkimcore.Algorithm(k.algorithm)
 	bh := dkimcore.NewBodyHasher(f.bodyCanon, alg.Hash().New(), -1)
-	if tx.Body != nil {
-		body, err := tx.Body.Open()
-		if err != nil {
-			return "", fmt.Errorf("open body: %w", err)
-		}
-		defer body.Close()
-		if _, err := io.Copy(bh, ctxReader{ctx, body}); err != nil {
-			return "", fmt.Errorf("read body: %w", err)
-		}
+	if err := dkimcore.ReadBody(ctx, tx.Body, bh); err != nil {
+		return "", err
 	}
 	bh.Close()
 	names := f.headerKeys(tx.Header)
@@ -226,17 +219,4 @@ func fromDomain(h stages.Header) (string, error) {
 		return "", fmt.Errorf("From domain %q: %v", d, err)
 	}
 	return dom, nil
-}
-
-// ctxReader stops a long body read when ctx ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, context.Cause(c.ctx)
-	}
-	return c.r.Read(p)
 }

@@ -1,6 +1,8 @@
 package dkimcore
 
 import (
+	"bytes"
+	"context"
 	"crypto"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -261,5 +263,23 @@ func TestSignVerify(t *testing.T) {
 	}
 	if a, err := (Rules{Legacy: true}).ParseAlgorithm("RSA-SHA1"); err != nil || a.Hash() != crypto.SHA1 {
 		t.Errorf("legacy rsa-sha1: %s %v", a, err)
+	}
+}
+
+// TestReadBody: the body reaches the writer whole; a nil body is empty;
+// a context that has ended stops the read with its cause.
+func TestReadBody(t *testing.T) {
+	var buf bytes.Buffer
+	if err := ReadBody(context.Background(), stages.BytesBody("line\r\n"), &buf); err != nil || buf.String() != "line\r\n" {
+		t.Errorf("read %q, %v", buf.String(), err)
+	}
+	if err := ReadBody(context.Background(), nil, &buf); err != nil {
+		t.Errorf("nil body: %v", err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	stop := errors.New("stage timeout")
+	cancel(stop)
+	if err := ReadBody(ctx, stages.BytesBody("x"), &buf); !errors.Is(err, stop) {
+		t.Errorf("ended context: %v; want %v", err, stop)
 	}
 }
