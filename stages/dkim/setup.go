@@ -4,23 +4,25 @@
 // signature as Authentication-Results resinfo in the verdict's reason, and
 // the best of them as the verdict's result; it never acts on its own.
 //
-// The verifier is this package's own, not go-msgauth's dkim.Verify, which
-// rejects any l= outright, cannot read a header-only message without the
-// blank line, compares the i= domain with case, hides the selector and
-// b= that header.s and header.b need, and starts a goroutine per
-// signature; go-msgauth's authres writes the reason, and its signer makes
-// the test signatures.
+// This package holds the rules of a DKIM-Signature (required tags, v=,
+// i=, l=, x=, t=s) and the verdict; the machinery (tag lists,
+// canonicalization, the signed fields, key records and their lookup, the
+// algorithms) is stages/internal/dkimcore, shared with the dkim-sign and
+// arc kinds. It is not go-msgauth's dkim.Verify, which rejects any l=
+// outright, cannot read a header-only message without the blank line,
+// compares the i= domain with case, hides the selector and b= that
+// header.s and header.b need, and starts a goroutine per signature;
+// go-msgauth's authres writes the reason, and its signer makes the test
+// signatures.
 package dkim
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/internal/dkimcore"
 	"github.com/mailgate/mailgate/stages/resolver"
 )
 
@@ -66,28 +68,5 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dkim: %w", err)
 	}
-	return &Filter{v: &verifier{lookup: dnsLookup(r), maxSigs: c.MaxSignatures, now: time.Now}}, nil
-}
-
-// dnsLookup asks the gateway's resolver for a key record's TXT records,
-// with the stage's deadline (ctx).
-func dnsLookup(r *resolver.Resolver) keyLookup {
-	return func(ctx context.Context, name string) ([]string, error) {
-		a, err := r.Lookup(ctx, name, dns.TypeTXT)
-		if err != nil {
-			return nil, err
-		}
-		if a.Empty() {
-			return nil, errNoKey
-		}
-		var txts []string
-		for _, rr := range a.RRs {
-			var joined string
-			for _, s := range resolver.TXTStrings(rr) {
-				joined += s
-			}
-			txts = append(txts, joined)
-		}
-		return txts, nil
-	}
+	return &Filter{v: &verifier{lookup: dkimcore.ResolverTXT(r), maxSigs: c.MaxSignatures, now: time.Now}}, nil
 }
