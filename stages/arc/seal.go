@@ -46,7 +46,7 @@ func (s *sealer) seal(ctx context.Context, tx *stages.Transaction, out Outcome, 
 	}
 	results := []authres.Result{result(Outcome{CV: out.CV, OldestPass: out.OldestPass}, tx.Client.Addr)}
 	for _, r := range tx.Results {
-		if r.Errored || !containsFold(authKinds, r.Kind) {
+		if r.Errored || !dkimcore.ContainsFold(authKinds, r.Kind) {
 			continue
 		}
 		// The reason is resinfo (the contract of these kinds); one that
@@ -139,13 +139,4 @@ func (s *sealer) fields(ctx context.Context, h stages.Header, body stages.Body, 
 	}
 	as = asHead + base64.StdEncoding.EncodeToString(sig) + asTail
 	return aar, ams, as, nil
-}
-
-func containsFold(list []string, s string) bool {
-	for _, l := range list {
-		if strings.EqualFold(l, s) {
-			return true
-		}
-	}
-	return false
 }

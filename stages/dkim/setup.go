@@ -17,7 +17,6 @@
 package dkim
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -31,12 +30,8 @@ type Config struct {
 	// MaxSignatures is how many DKIM-Signature fields are evaluated, top
 	// first; the others are counted in the reason, not checked.
 	MaxSignatures int `json:"max_signatures"`
-	// DNSTimeout bounds one DNS query to one server; by default it is
-	// [dns] timeout (Env.DNSTimeout).
-	DNSTimeout stages.Duration `json:"dns_timeout"`
-	// CacheSize is how many key records are kept for their TTL; 0 turns
-	// the cache off.
-	CacheSize int `json:"cache_size"`
+	// dns_timeout and cache_size, as every kind that looks names up.
+	resolver.Settings
 }
 
 const (
@@ -48,25 +43,16 @@ const (
 
 // New builds a dkim filter from its config block.
 func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
-	c := Config{MaxSignatures: defaultMaxSignatures, DNSTimeout: stages.Duration(defaultDNSTimeout), CacheSize: 4096}
-	if env.DNSTimeout > 0 {
-		c.DNSTimeout = stages.Duration(env.DNSTimeout)
-	}
+	c := Config{MaxSignatures: defaultMaxSignatures, Settings: resolver.Defaults(env, defaultDNSTimeout, 4096)}
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
 	}
 	if c.MaxSignatures < 1 || c.MaxSignatures > maxMaxSignatures {
 		return nil, &stages.ConfigError{Key: "max_signatures", Err: fmt.Errorf("unexpected %d; expect 1 to %d", c.MaxSignatures, maxMaxSignatures)}
 	}
-	if c.DNSTimeout <= 0 {
-		return nil, &stages.ConfigError{Key: "dns_timeout", Err: errors.New(`expect a duration above 0, such as "3s"`)}
-	}
-	if c.CacheSize < 0 {
-		return nil, &stages.ConfigError{Key: "cache_size", Err: fmt.Errorf("unexpected %d; expect 0 (no cache) or more", c.CacheSize)}
-	}
-	r, err := resolver.New(env.DNSServers, time.Duration(c.DNSTimeout), resolver.WithCache(c.CacheSize))
+	r, err := c.New(env)
 	if err != nil {
-		return nil, fmt.Errorf("dkim: %w", err)
+		return nil, err
 	}
 	return &Filter{v: &verifier{lookup: dkimcore.ResolverTXT(r), maxSigs: c.MaxSignatures, now: time.Now}}, nil
 }

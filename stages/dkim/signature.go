@@ -110,7 +110,7 @@ func parseSignature(f stages.Field, r dkimcore.Rules, now time.Time) (*signature
 	}
 
 	s.headers = dkimcore.SplitList(get("h"))
-	if !containsFold(s.headers, "from") {
+	if !dkimcore.ContainsFold(s.headers, "from") {
 		// §5.4: the From field MUST be signed.
 		return s, permerror("From field not signed")
 	}
@@ -129,7 +129,7 @@ func parseSignature(f stages.Field, r dkimcore.Rules, now time.Time) (*signature
 
 	if q, ok := tags.Get("q"); ok {
 		// §3.5 q=: a list of methods; one this verifier knows suffices.
-		if !containsFold(dkimcore.SplitList(q), "dns/txt") && !(r.Legacy && containsFold(dkimcore.SplitList(q), "dns")) {
+		if !dkimcore.ContainsFold(dkimcore.SplitList(q), "dns/txt") && !(r.Legacy && dkimcore.ContainsFold(dkimcore.SplitList(q), "dns")) {
 			return s, permerror("no supported query method")
 		}
 	}
@@ -154,15 +154,6 @@ func parseSignature(f stages.Field, r dkimcore.Rules, now time.Time) (*signature
 		}
 	}
 	return s, nil
-}
-
-func containsFold(list []string, s string) bool {
-	for _, l := range list {
-		if strings.EqualFold(l, s) {
-			return true
-		}
-	}
-	return false
 }
 
 func isDigits(s string) bool {

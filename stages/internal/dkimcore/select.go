@@ -1,6 +1,7 @@
 package dkimcore
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/mailgate/mailgate/stages"
@@ -57,4 +58,11 @@ func HeaderData(c Canon, fields []stages.Field, sigRaw string) []byte {
 	}
 	b.WriteString(strings.TrimSuffix(CanonHeader(c, sigRaw), "\r\n"))
 	return []byte(b.String())
+}
+
+// ContainsFold says whether list has s, in any case: header field names,
+// tag values such as q= and method names compare without case (RFC 6376
+// §3.2, §3.5).
+func ContainsFold(list []string, s string) bool {
+	return slices.ContainsFunc(list, func(l string) bool { return strings.EqualFold(l, s) })
 }
