@@ -214,6 +214,6 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, slices.Compact(errs))
 		return errConfig
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d routes, %d stages)\n", name, len(cfg.Routes), len(cfg.Stages))
+	fmt.Fprintf(stdout, "%s: ok (%d routes, %d stages, %d rate limits)\n", name, len(cfg.Routes), len(cfg.Stages), len(cfg.RateLimits))
 	return nil
 }
