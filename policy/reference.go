@@ -241,7 +241,10 @@ func typeName(t reflect.Type) string {
 
 // allowed returns the values Reference allows for the key at dotted (a
 // path as the loader keeps it, "route.0.tls").
-func allowed(dotted string) []string {
+func allowed(dotted string) []string { return docOf(dotted).Values }
+
+// docOf returns the Reference entry of the key at dotted.
+func docOf(dotted string) KeyDoc {
 	var parts []string
 	for _, p := range strings.Split(dotted, ".") {
 		if p != "" && strings.Trim(p, "0123456789") == "" {
@@ -252,8 +255,8 @@ func allowed(dotted string) []string {
 	path := strings.Join(parts, ".")
 	for _, d := range Reference {
 		if d.Key == path {
-			return d.Values
+			return d
 		}
 	}
-	return nil
+	return KeyDoc{}
 }

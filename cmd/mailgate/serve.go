@@ -34,7 +34,7 @@ func cmdServe(args []string, stderr io.Writer) error {
 	}
 	level := new(slog.LevelVar)
 	log := newLeveledLogger(cfg, stderr, level)
-	opts := gateway.Options{Logger: log, PluginCommand: pluginCommand, LogLevel: level, Version: version}
+	opts := gateway.Options{Logger: log, PluginCommand: pluginCommand, LogLevel: level, Version: version, Revision: revision}
 	if cfg.File == embeddedName {
 		log.Info("no -config given and no "+defaultConfig+": running the embedded quickstart config", "data_dir", cfg.DataDir)
 	} else {
