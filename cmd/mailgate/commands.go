@@ -58,6 +58,8 @@ func commands() []command {
 			page: "Asks the running gateway, through its admin API, to re-read its config file, and prints the outcome: a config with errors is refused with them and the running one stays."},
 		{name: "dkim", synopsis: "keygen -domain DOMAIN -selector SELECTOR [-algorithm A] [-bits N] [-out DIR]", summary: "write a DKIM private key, print the DNS record to publish", help: []string{"keygen", "-h"}, run: cmdDKIM,
 			page: "Writes a private key for the dkim-sign stage to DIR/DOMAIN.SELECTOR.key (mode 0600, never over an existing file) and prints the DNS TXT record that publishes its public half."},
+		{name: "man", synopsis: "5|8", summary: "print the manual page mailgate.toml(5) or mailgate(8)", run: cmdMan,
+			page: "Prints a manual page in roff: `mailgate man 8 | man -l -` reads this page, `mailgate man 5` the one of every config key, where they are not installed."},
 		{name: "version", summary: "the version, VCS revision and build date", run: cmdVersion,
 			page: "Prints the version, the VCS revision the binary was built from (with `-dirty` for uncommitted changes), its build date and the Go version."},
 		{name: "plugin", synopsis: "KIND", summary: "serve a built-in stage kind (started by the gateway)", run: withStderr(cmdPlugin),
