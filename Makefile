@@ -7,10 +7,16 @@ PKGS    ?= ./...
 
 all: build
 
-# The binary names the revision it was built from (mailgate version,
-# mailgate_build_info), even where GOFLAGS turns VCS stamping off.
+# The binary names the revision it was built from and when (mailgate
+# version, mailgate_build_info), even where GOFLAGS turns VCS stamping off
+# or the go command cannot stamp it (a linked worktree): the linker is
+# given both. SOURCE_DATE_EPOCH, when set, makes the date reproducible.
+REVISION   ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)
+BUILD_DATE ?= $(shell date -u -d "@$${SOURCE_DATE_EPOCH:-$$(date +%s)}" +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS    ?= -X main.revision=$(REVISION) -X main.buildDate=$(BUILD_DATE)
+
 build:
-	$(GO) build -buildvcs=auto -o bin/mailgate ./cmd/mailgate
+	$(GO) build -buildvcs=auto -ldflags "$(LDFLAGS)" -o bin/mailgate ./cmd/mailgate
 
 # deps installs the Debian packages the integration tests talk to (real
 # parts, not mocks) when they are missing: as root through apt-get (as on
@@ -20,7 +26,7 @@ build:
 # them: the check looks there too.
 deps:
 	@missing=""; \
-	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd xmllint:libxml2-utils redis-server:redis-server postgres:postgresql; do \
+	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd xmllint:libxml2-utils redis-server:redis-server postgres:postgresql man:man-db; do \
 		bin=$${c%%:*}; pkg=$${c##*:}; \
 		PATH="$$PATH:/usr/sbin:/sbin$$(for d in /usr/lib/postgresql/*/bin; do printf ':%s' "$$d"; done)" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
