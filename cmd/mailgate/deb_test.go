@@ -145,7 +145,7 @@ func TestDebianPackage(t *testing.T) {
 		read("man8.err")+read("man5.err") != "" {
 		t.Errorf("man 8 mailgate, man 5 mailgate.toml:\n%s\n%s", read("man8.err"), read("man5.err"))
 	}
-	if got := read("check"); got != "/etc/mailgate/mailgate.toml: ok (1 routes, 2 stages)\n" {
+	if got := read("check"); got != "/etc/mailgate/mailgate.toml: ok (1 routes, 2 stages, 0 rate limits)\n" {
 		t.Errorf("mailgate check of the installed config, as mailgate: %q", got)
 	}
 	if !strings.Contains(read("config"), "data_dir = \"/var/lib/mailgate\"\nserver.listen = [\":25\"]\n") {
