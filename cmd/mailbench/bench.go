@@ -17,6 +17,7 @@ const (
 	lineSink            = "smtp-sink"
 	linePostfix         = "postfix"
 	lineMailgate        = "mailgate"
+	lineDoor            = "mailgate+door"
 	lineChain           = "mailgate+chain"
 	linePostfixOpendkim = "postfix+opendkim"
 	lineMailgateMilter  = "mailgate+opendkim"
@@ -25,7 +26,7 @@ const (
 // lineNames are all the lines, in the order they run within a round and
 // appear in the report (a function: no package state to change).
 func lineNames() []string {
-	return []string{lineSink, linePostfix, lineMailgate, lineChain, linePostfixOpendkim, lineMailgateMilter}
+	return []string{lineSink, linePostfix, lineMailgate, lineDoor, lineChain, linePostfixOpendkim, lineMailgateMilter}
 }
 
 func isLine(name string) bool { return slices.Contains(lineNames(), name) }
@@ -34,7 +35,7 @@ func isLine(name string) bool { return slices.Contains(lineNames(), name) }
 // the lines that are not mailgate's.
 func baseline(name string) string {
 	switch name {
-	case lineMailgate, lineChain:
+	case lineMailgate, lineDoor, lineChain:
 		return linePostfix
 	case lineMailgateMilter:
 		return linePostfixOpendkim
@@ -50,6 +51,7 @@ type line struct {
 	roots func() []int // PIDs whose process trees are the server: CPU and memory
 	alive func() error // an error once the server has died
 	skip  string       // why the line does not run, "" if it does
+	proxy bool         // the client opens each connection with a PROXY header
 	stats map[string]*stats
 }
 
@@ -219,8 +221,10 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		}
 		return nil
 	}
-	stageBlocks, extra := "", []int(nil)
+	serverKeys, stageBlocks, extra := "", "", []int(nil)
 	switch l.name {
+	case lineDoor:
+		serverKeys, stageBlocks, l.proxy = doorServer, doorBlocks, true
 	case lineChain:
 		var err error
 		if stageBlocks, err = b.chainBlocks(); err != nil {
@@ -233,7 +237,7 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		}
 		stageBlocks, extra = fmt.Sprintf(milterChain, o.addr), []int{o.pid()}
 	}
-	m, note, err := b.startMailgate(ctx, l.name, s.addr, stageBlocks)
+	m, note, err := b.startMailgate(ctx, l.name, s.addr, serverKeys, stageBlocks)
 	if err != nil || note != "" {
 		l.skip = note
 		return err
@@ -246,13 +250,13 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 
 // startMailgate writes a config, checks it and starts mailgate with it. A
 // config that "mailgate check" refuses gives a note and no instance.
-func (b *bench) startMailgate(ctx context.Context, name, sinkAddr, stageBlocks string) (*mailgateInstance, string, error) {
+func (b *bench) startMailgate(ctx context.Context, name, sinkAddr, serverKeys, blocks string) (*mailgateInstance, string, error) {
 	dir := filepath.Join(b.dir, name)
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
 	}
-	cfg, err := mailgateConfig(dir, addr, sinkAddr, b.dns.addr, stageBlocks)
+	cfg, err := mailgateConfig(dir, addr, sinkAddr, b.dns.addr, serverKeys, blocks)
 	if err != nil {
 		return nil, "", err
 	}
@@ -260,7 +264,17 @@ func (b *bench) startMailgate(ctx context.Context, name, sinkAddr, stageBlocks s
 		return nil, note, nil
 	}
 	b.logf("starting %s", name)
-	m, err := startMailgate(ctx, b.mailgate, cfg, addr, filepath.Join(dir, "mailgate.log"))
+	var env []string
+	if b.opts.profile != "" {
+		// Every process of the line writes its CPU profile there when it
+		// exits (cmd/mailgate/profile.go).
+		pdir := filepath.Join(b.opts.profile, name)
+		if err := os.MkdirAll(pdir, 0o755); err != nil {
+			return nil, "", fmt.Errorf("-profile: %w", err)
+		}
+		env = append(env, "MAILGATE_CPUPROFILE="+pdir)
+	}
+	m, err := startMailgate(ctx, b.mailgate, cfg, addr, filepath.Join(dir, "mailgate.log"), env)
 	if err != nil {
 		return nil, "", err
 	}
@@ -383,7 +397,7 @@ func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64) (
 	cpu0 := snapshot(roots...)
 	mem := sample(ctx, 250*time.Millisecond, roots...)
 	ld := load{
-		addr: l.addr, messages: n, size: size, sessions: b.opts.sessions, perConn: b.opts.perConn, rate: rate,
+		addr: l.addr, messages: n, size: size, sessions: b.opts.sessions, perConn: b.opts.perConn, rate: rate, proxy: l.proxy,
 		from: "bench@" + senderDomain, to: "user@" + recipientDomain,
 	}
 	res, err := ld.run(ctx)

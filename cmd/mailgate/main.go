@@ -59,7 +59,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
-	var err error
+	stopProfile, err := startProfile(args)
+	if err != nil {
+		fmt.Fprintln(stderr, "mailgate:", err)
+		return 1
+	}
+	defer stopProfile()
 	switch args[0] {
 	case "serve":
 		err = cmdServe(args[1:], stderr)
