@@ -45,7 +45,9 @@ func baseline(name string) string {
 
 // line is one server under test, with the sink it delivers to.
 type line struct {
-	name  string
+	name  string       // as reported
+	kind  string       // one of lineNames: what runs; name is kind, or kind + baselineSuffix
+	bin   string       // the mailgate binary of a mailgate line
 	addr  string       // where the client sends
 	sink  *sink        // where the server delivers (the server itself for smtp-sink)
 	roots func() []int // PIDs whose process trees are the server: CPU and memory
@@ -163,20 +165,37 @@ func (b *bench) setup(ctx context.Context, rep *report) error {
 		if !slices.Contains(want, name) {
 			continue
 		}
-		l := &line{name: name, stats: map[string]*stats{}}
-		b.lines = append(b.lines, l)
-		if err := b.startLine(ctx, l); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+		ls := []*line{{name: name, kind: name, bin: b.mailgate, stats: map[string]*stats{}}}
+		if b.opts.baseline != "" && isMailgateLine(name) {
+			bin, err := filepath.Abs(b.opts.baseline)
+			if err != nil {
+				return err
 			}
-			l.skip = "FAILED to start: " + err.Error()
-			rep.fail("%s: %v", name, err)
+			ls = append(ls, &line{name: name + baselineSuffix, kind: name, bin: bin, stats: map[string]*stats{}})
 		}
-		if l.skip != "" {
-			b.logf("%s: skipped: %s", name, l.skip)
+		for _, l := range ls {
+			b.lines = append(b.lines, l)
+			if err := b.startLine(ctx, l); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				l.skip = "FAILED to start: " + err.Error()
+				rep.fail("%s: %v", l.name, err)
+			}
+			if l.skip != "" {
+				b.logf("%s: skipped: %s", l.name, l.skip)
+			}
 		}
 	}
 	return nil
+}
+
+// baselineSuffix marks the twin of a mailgate line run with the -baseline
+// binary.
+const baselineSuffix = " (baseline)"
+
+func isMailgateLine(name string) bool {
+	return name == lineMailgate || name == lineDoor || name == lineChain || name == lineMailgateMilter
 }
 
 // startLine starts a line's sink and server.
@@ -187,7 +206,7 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 	}
 	b.onStop(s.stop)
 	l.sink = s
-	switch l.name {
+	switch l.kind {
 	case lineSink:
 		l.addr = s.addr
 		l.roots = func() []int { return []int{s.pid()} }
@@ -222,7 +241,7 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		return nil
 	}
 	serverKeys, stageBlocks, extra := "", "", []int(nil)
-	switch l.name {
+	switch l.kind {
 	case lineDoor:
 		serverKeys, stageBlocks, l.proxy = doorServer, doorBlocks, true
 	case lineChain:
@@ -237,7 +256,7 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		}
 		stageBlocks, extra = fmt.Sprintf(milterChain, o.addr), []int{o.pid()}
 	}
-	m, note, err := b.startMailgate(ctx, l.name, s.addr, serverKeys, stageBlocks)
+	m, note, err := b.startMailgate(ctx, l.bin, l.name, s.addr, serverKeys, stageBlocks)
 	if err != nil || note != "" {
 		l.skip = note
 		return err
@@ -250,7 +269,7 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 
 // startMailgate writes a config, checks it and starts mailgate with it. A
 // config that "mailgate check" refuses gives a note and no instance.
-func (b *bench) startMailgate(ctx context.Context, name, sinkAddr, serverKeys, blocks string) (*mailgateInstance, string, error) {
+func (b *bench) startMailgate(ctx context.Context, bin, name, sinkAddr, serverKeys, blocks string) (*mailgateInstance, string, error) {
 	dir := filepath.Join(b.dir, name)
 	addr, err := freeAddr()
 	if err != nil {
@@ -260,7 +279,7 @@ func (b *bench) startMailgate(ctx context.Context, name, sinkAddr, serverKeys, b
 	if err != nil {
 		return nil, "", err
 	}
-	if note := checkMailgate(ctx, b.mailgate, cfg); note != "" {
+	if note := checkMailgate(ctx, bin, cfg); note != "" {
 		return nil, note, nil
 	}
 	b.logf("starting %s", name)
@@ -274,7 +293,7 @@ func (b *bench) startMailgate(ctx context.Context, name, sinkAddr, serverKeys, b
 		}
 		env = append(env, "MAILGATE_CPUPROFILE="+pdir)
 	}
-	m, err := startMailgate(ctx, b.mailgate, cfg, addr, filepath.Join(dir, "mailgate.log"), env)
+	m, err := startMailgate(ctx, bin, cfg, addr, filepath.Join(dir, "mailgate.log"), env)
 	if err != nil {
 		return nil, "", err
 	}

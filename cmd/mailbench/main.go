@@ -60,6 +60,7 @@ type options struct {
 	keep      bool
 	mailgate  string
 	profile   string
+	baseline  string
 	args      []string // as given, for the report
 }
 
@@ -85,6 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.out, "out", "BENCHMARKS.md", "`file` -write puts the report in, between mailbench markers")
 	fs.StringVar(&o.mailgate, "mailgate", "", "use this mailgate `binary` instead of building ./cmd/mailgate")
 	fs.StringVar(&o.profile, "profile", "", "write a CPU profile of every mailgate process (gateway and plugins) under `dir`/<line>/ (go tool pprof reads them)")
+	fs.StringVar(&o.baseline, "baseline", "", "also run each mailgate line with this mailgate `binary`, as \"<line> (baseline)\", taking turns with the others: a before/after in one run")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir (configs, logs, queues) for a look afterwards")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -75,7 +75,7 @@ func (r *report) markdown() string {
 				check = fmt.Sprintf("**NO: %d / %d**", s.accepted, s.arrived)
 			}
 			vsRate, vsCPU, vsP99 := "", "", ""
-			if ref := r.line(baseline(l.name)); ref != nil && ref.stats[run.label] != nil && ref.stats[run.label].batches > 0 {
+			if ref := r.line(baseline(l.kind)); ref != nil && ref.stats[run.label] != nil && ref.stats[run.label].batches > 0 {
 				rs := ref.stats[run.label]
 				vsRate = ratio(s.deliverRate(), rs.deliverRate()) // the targets are on delivered msg/s
 				vsCPU = ratio(s.cpuPer1000(), rs.cpuPer1000())
