@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -93,14 +94,15 @@ func (e *ConfigError) Error() string {
 // Plugin is a running stage plugin. It is safe for concurrent use: calls
 // share the one process.
 type Plugin struct {
-	spec     Spec
-	reattach *plugin.ReattachConfig // Attach: the process is not ours
-	log      *slog.Logger
-	hclog    *hclogAdapter
-	stdout   *lineLogger
-	stderr   *lineLogger
-	restarts prometheus.Counter
-	info     stages.Info // from Describe at Start; fixed for the Plugin's life
+	spec       Spec
+	reattach   *plugin.ReattachConfig // Attach: the process is not ours
+	attachData net.Conn               // Attach: the host's end of its data path, until used
+	log        *slog.Logger
+	hclog      *hclogAdapter
+	stdout     *lineLogger
+	stderr     *lineLogger
+	restarts   prometheus.Counter
+	info       stages.Info // from Describe at Start; fixed for the Plugin's life
 
 	life context.Context // ends at Close
 	stop context.CancelFunc
@@ -146,21 +148,27 @@ func Start(ctx context.Context, spec Spec) (*Plugin, error) {
 	if len(spec.Cmd) == 0 || spec.Cmd[0] == "" {
 		return nil, fmt.Errorf("stage %q: no plugin executable", spec.Name)
 	}
-	return start(ctx, spec, nil)
+	return start(ctx, spec, nil, nil)
 }
 
 // Attach is Start for a plugin already serving in go-plugin's test mode in
 // this process (see plugins/sdk/sdktest): there is no process to pin,
-// restart or kill.
-func Attach(ctx context.Context, spec Spec, rc *plugin.ReattachConfig) (*Plugin, error) {
-	return start(ctx, spec, rc)
+// restart or kill. data, if not nil, is the host's end of the data path
+// whose other end the plugin serves (see plugins/proto's Frame); Attach
+// owns it from then on.
+func Attach(ctx context.Context, spec Spec, rc *plugin.ReattachConfig, data net.Conn) (*Plugin, error) {
+	return start(ctx, spec, rc, data)
 }
 
-func start(ctx context.Context, spec Spec, rc *plugin.ReattachConfig) (*Plugin, error) {
+func start(ctx context.Context, spec Spec, rc *plugin.ReattachConfig, data net.Conn) (*Plugin, error) {
 	p, err := newPlugin(spec, rc)
 	if err != nil {
+		if data != nil {
+			data.Close()
+		}
 		return nil, err
 	}
+	p.attachData = data
 	started := make(chan error, 1)
 	p.wg.Add(1)
 	go p.supervise(ctx, started)
@@ -336,9 +344,16 @@ func (p *Plugin) call(ctx context.Context, pr *proc, phase stages.Phase, tx *sta
 		return stages.Verdict{}, err
 	}
 	var resp *proto.RunResponse
-	if _, streamed := req.GetBody().GetSource().(*proto.Body_Streamed); streamed {
+	_, streamed := req.GetBody().GetSource().(*proto.Body_Streamed)
+	switch {
+	case streamed:
 		resp, err = runStream(ctx, pr.filter, req, tx.Body)
-	} else {
+	case pr.data != nil:
+		resp, err = pr.data.run(ctx, req)
+		if errors.Is(err, errLost) {
+			return stages.Verdict{}, fmt.Errorf("run: %w", err)
+		}
+	default:
 		resp, err = pr.filter.Run(ctx, req)
 	}
 	if err != nil {

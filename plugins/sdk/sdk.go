@@ -39,7 +39,7 @@ type ConfigError = stages.ConfigError
 func Serve(factory stages.Factory) {
 	log := newLogger(os.Stderr)
 	slog.SetDefault(log)
-	server.Serve(factory, log, nil)
+	server.Serve(factory, log, nil, nil)
 }
 
 func newLogger(w io.Writer) *slog.Logger {
