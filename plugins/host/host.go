@@ -234,6 +234,11 @@ func (p *Plugin) Close() error {
 	return nil
 }
 
+// ReturnsByDeadline marks Plugin as a stage whose Run returns by the time
+// its context ends, whatever the plugin process does: the pipeline need
+// not run it in a goroutine of its own to be able to abandon it.
+func (*Plugin) ReturnsByDeadline() {}
+
 // Run asks the plugin for a verdict. It returns an error, at the latest
 // when ctx ends, if the plugin is down, slow, crashed or answers garbage.
 func (p *Plugin) Run(ctx context.Context, phase stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
@@ -420,15 +425,17 @@ func (p *Plugin) request(phase stages.Phase, tx *stages.Transaction) (*proto.Run
 	size := tx.Body.Size()
 	fb, isFile := tx.Body.(FileBody)
 	switch {
+	case isFile:
+		// By reference whatever its size: the plugin reads the spooled
+		// file as the host would have, and no copy crosses the socket.
+		path, offset := fb.File()
+		req.Body = &proto.Body{Source: &proto.Body_File{File: &proto.FileRef{Path: path, Offset: offset, Length: size}}}
 	case size <= proto.MaxInline:
 		b, err := readBody(tx.Body, size)
 		if err != nil {
 			return nil, err
 		}
 		req.Body = &proto.Body{Source: &proto.Body_Inline{Inline: b}}
-	case isFile:
-		path, offset := fb.File()
-		req.Body = &proto.Body{Source: &proto.Body_File{File: &proto.FileRef{Path: path, Offset: offset, Length: size}}}
 	default:
 		req.Body = &proto.Body{Source: &proto.Body_Streamed{Streamed: size}}
 	}
