@@ -1,7 +1,8 @@
 // Package host runs filter plugins for the engine. Start launches a stage's
 // plugin executable through hashicorp/go-plugin, configures it over the
 // gRPC contract of plugins/proto and returns a *Plugin, a stages.Stage that
-// forwards every Run to that one process.
+// forwards every Run to that one process: over the data path (a socket
+// pair, see datapath.go) when the plugin serves it, else over gRPC.
 //
 // A plugin that breaks never takes the gateway with it: Run returns an error
 // (never a hang past its context) when the plugin is slow, crashed, down or

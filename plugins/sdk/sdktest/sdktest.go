@@ -1,6 +1,7 @@
 // Package sdktest runs a filter plugin in-process for its author's tests,
-// against the gateway's real plugin host over a real gRPC connection: what
-// a test sees is what the gateway will see, config errors included.
+// against the gateway's real plugin host over a real gRPC connection and
+// data path (a socket pair, as the gateway gives a plugin process): what a
+// test sees is what the gateway will see, config errors included.
 package sdktest
 
 import (
