@@ -287,7 +287,14 @@ func (b *bench) startMailgate(ctx context.Context, bin, name, sinkAddr, serverKe
 	if b.opts.profile != "" {
 		// Every process of the line writes its CPU profile there when it
 		// exits (cmd/mailgate/profile.go).
-		pdir := filepath.Join(b.opts.profile, name)
+		pdir, err := filepath.Abs(filepath.Join(b.opts.profile, name))
+		if err != nil {
+			return nil, "", fmt.Errorf("-profile: %w", err)
+		}
+		// This run's profiles only, not those of an earlier one.
+		if err := os.RemoveAll(pdir); err != nil {
+			return nil, "", fmt.Errorf("-profile: %w", err)
+		}
 		if err := os.MkdirAll(pdir, 0o755); err != nil {
 			return nil, "", fmt.Errorf("-profile: %w", err)
 		}
