@@ -101,12 +101,15 @@ fuzz:
 # (BENCHTIME iterations each), then cmd/mailbench's table of the same load
 # against smtp-sink, Postfix and mailgate on loopback (see BENCHMARKS.md).
 # MAILBENCH_FLAGS passes flags to it: "-n 2000" for a quick run, "-write"
-# to put the table into BENCHMARKS.md.
+# to put the table into BENCHMARKS.md. Every mailgate process of the run
+# (gateway and plugins) leaves a CPU profile under BENCHPROFILE/<line>/
+# for `go tool pprof`; BENCHPROFILE= turns that off.
 BENCHTIME ?= 100x
 MAILBENCH_FLAGS ?=
+BENCHPROFILE ?= bin/bench-profiles
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) $(PKGS)
-	PATH="$$PATH:/usr/sbin:/sbin" $(GO) run ./cmd/mailbench $(MAILBENCH_FLAGS)
+	PATH="$$PATH:/usr/sbin:/sbin" $(GO) run ./cmd/mailbench $(if $(BENCHPROFILE),-profile $(BENCHPROFILE)) $(MAILBENCH_FLAGS)
 
 clean:
 	rm -rf bin

@@ -32,8 +32,9 @@ func proxyV2TCP4(src [4]byte, port uint16) string {
 
 // TestProxyProtocolClientAddress: behind a proxy speaking PROXY v1 or v2,
 // the stages see the client the header names: the DNSBL refuses the
-// listed 203.0.113.7, and SPF passes 203.0.113.8, which the sender's
-// record names, though every connection comes from 127.0.0.1.
+// listed 203.0.113.7 (its reply names the address it looked up), and SPF
+// passes 203.0.113.8, which the sender's record names, though every
+// connection comes from 127.0.0.1.
 func TestProxyProtocolClientAddress(t *testing.T) {
 	dns := dnstest.NewServer(t, dnstest.Zone{
 		"7.113.0.203.zen.blocklist.test.": {"A 127.0.0.2"},
@@ -56,6 +57,7 @@ kind = "dnsbl"
 [[stage.config.list]]
 zone = "zen.blocklist.test"
 action = "reject"
+reply = "Client host {ip} blocked using {zone}"
 
 [[stage]]
 name = "spf"
@@ -94,7 +96,7 @@ kind = "spf"
 	} {
 		c := proxied(header)
 		c.Cmd("MAIL FROM:<a@sender.test>", "250")
-		if r := c.Cmd("RCPT TO:<b@dest.test>", "5"); !strings.HasPrefix(r, "550 5.7.1") {
+		if r := c.Cmd("RCPT TO:<b@dest.test>", "5"); !strings.HasPrefix(r, "550 5.7.1 Client host 203.0.113.7 blocked using zen.blocklist.test") {
 			t.Fatalf("listed client, header %d: %q", i, r)
 		}
 	}

@@ -17,6 +17,7 @@ const (
 	lineSink            = "smtp-sink"
 	linePostfix         = "postfix"
 	lineMailgate        = "mailgate"
+	lineDoor            = "mailgate+door"
 	lineChain           = "mailgate+chain"
 	linePostfixOpendkim = "postfix+opendkim"
 	lineMailgateMilter  = "mailgate+opendkim"
@@ -25,7 +26,7 @@ const (
 // lineNames are all the lines, in the order they run within a round and
 // appear in the report (a function: no package state to change).
 func lineNames() []string {
-	return []string{lineSink, linePostfix, lineMailgate, lineChain, linePostfixOpendkim, lineMailgateMilter}
+	return []string{lineSink, linePostfix, lineMailgate, lineDoor, lineChain, linePostfixOpendkim, lineMailgateMilter}
 }
 
 func isLine(name string) bool { return slices.Contains(lineNames(), name) }
@@ -34,7 +35,7 @@ func isLine(name string) bool { return slices.Contains(lineNames(), name) }
 // the lines that are not mailgate's.
 func baseline(name string) string {
 	switch name {
-	case lineMailgate, lineChain:
+	case lineMailgate, lineDoor, lineChain:
 		return linePostfix
 	case lineMailgateMilter:
 		return linePostfixOpendkim
@@ -44,12 +45,15 @@ func baseline(name string) string {
 
 // line is one server under test, with the sink it delivers to.
 type line struct {
-	name  string
+	name  string       // as reported
+	kind  string       // one of lineNames: what runs; name is kind, or kind + baselineSuffix
+	bin   string       // the mailgate binary of a mailgate line
 	addr  string       // where the client sends
 	sink  *sink        // where the server delivers (the server itself for smtp-sink)
 	roots func() []int // PIDs whose process trees are the server: CPU and memory
 	alive func() error // an error once the server has died
 	skip  string       // why the line does not run, "" if it does
+	proxy bool         // the client opens each connection with a PROXY header
 	stats map[string]*stats
 }
 
@@ -161,20 +165,37 @@ func (b *bench) setup(ctx context.Context, rep *report) error {
 		if !slices.Contains(want, name) {
 			continue
 		}
-		l := &line{name: name, stats: map[string]*stats{}}
-		b.lines = append(b.lines, l)
-		if err := b.startLine(ctx, l); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+		ls := []*line{{name: name, kind: name, bin: b.mailgate, stats: map[string]*stats{}}}
+		if b.opts.baseline != "" && isMailgateLine(name) {
+			bin, err := filepath.Abs(b.opts.baseline)
+			if err != nil {
+				return err
 			}
-			l.skip = "FAILED to start: " + err.Error()
-			rep.fail("%s: %v", name, err)
+			ls = append(ls, &line{name: name + baselineSuffix, kind: name, bin: bin, stats: map[string]*stats{}})
 		}
-		if l.skip != "" {
-			b.logf("%s: skipped: %s", name, l.skip)
+		for _, l := range ls {
+			b.lines = append(b.lines, l)
+			if err := b.startLine(ctx, l); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				l.skip = "FAILED to start: " + err.Error()
+				rep.fail("%s: %v", l.name, err)
+			}
+			if l.skip != "" {
+				b.logf("%s: skipped: %s", l.name, l.skip)
+			}
 		}
 	}
 	return nil
+}
+
+// baselineSuffix marks the twin of a mailgate line run with the -baseline
+// binary.
+const baselineSuffix = " (baseline)"
+
+func isMailgateLine(name string) bool {
+	return name == lineMailgate || name == lineDoor || name == lineChain || name == lineMailgateMilter
 }
 
 // startLine starts a line's sink and server.
@@ -185,7 +206,7 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 	}
 	b.onStop(s.stop)
 	l.sink = s
-	switch l.name {
+	switch l.kind {
 	case lineSink:
 		l.addr = s.addr
 		l.roots = func() []int { return []int{s.pid()} }
@@ -219,8 +240,10 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		}
 		return nil
 	}
-	stageBlocks, extra := "", []int(nil)
-	switch l.name {
+	serverKeys, stageBlocks, extra := "", "", []int(nil)
+	switch l.kind {
+	case lineDoor:
+		serverKeys, stageBlocks, l.proxy = doorServer, doorBlocks, true
 	case lineChain:
 		var err error
 		if stageBlocks, err = b.chainBlocks(); err != nil {
@@ -233,7 +256,7 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		}
 		stageBlocks, extra = fmt.Sprintf(milterChain, o.addr), []int{o.pid()}
 	}
-	m, note, err := b.startMailgate(ctx, l.name, s.addr, stageBlocks)
+	m, note, err := b.startMailgate(ctx, l.bin, l.name, s.addr, serverKeys, stageBlocks)
 	if err != nil || note != "" {
 		l.skip = note
 		return err
@@ -246,21 +269,38 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 
 // startMailgate writes a config, checks it and starts mailgate with it. A
 // config that "mailgate check" refuses gives a note and no instance.
-func (b *bench) startMailgate(ctx context.Context, name, sinkAddr, stageBlocks string) (*mailgateInstance, string, error) {
+func (b *bench) startMailgate(ctx context.Context, bin, name, sinkAddr, serverKeys, blocks string) (*mailgateInstance, string, error) {
 	dir := filepath.Join(b.dir, name)
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
 	}
-	cfg, err := mailgateConfig(dir, addr, sinkAddr, b.dns.addr, stageBlocks)
+	cfg, err := mailgateConfig(dir, addr, sinkAddr, b.dns.addr, serverKeys, blocks)
 	if err != nil {
 		return nil, "", err
 	}
-	if note := checkMailgate(ctx, b.mailgate, cfg); note != "" {
+	if note := checkMailgate(ctx, bin, cfg); note != "" {
 		return nil, note, nil
 	}
 	b.logf("starting %s", name)
-	m, err := startMailgate(ctx, b.mailgate, cfg, addr, filepath.Join(dir, "mailgate.log"))
+	var env []string
+	if b.opts.profile != "" {
+		// Every process of the line writes its CPU profile there when it
+		// exits (cmd/mailgate/profile.go).
+		pdir, err := filepath.Abs(filepath.Join(b.opts.profile, name))
+		if err != nil {
+			return nil, "", fmt.Errorf("-profile: %w", err)
+		}
+		// This run's profiles only, not those of an earlier one.
+		if err := os.RemoveAll(pdir); err != nil {
+			return nil, "", fmt.Errorf("-profile: %w", err)
+		}
+		if err := os.MkdirAll(pdir, 0o755); err != nil {
+			return nil, "", fmt.Errorf("-profile: %w", err)
+		}
+		env = append(env, "MAILGATE_CPUPROFILE="+pdir)
+	}
+	m, err := startMailgate(ctx, bin, cfg, addr, filepath.Join(dir, "mailgate.log"), env)
 	if err != nil {
 		return nil, "", err
 	}
@@ -383,7 +423,7 @@ func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64) (
 	cpu0 := snapshot(roots...)
 	mem := sample(ctx, 250*time.Millisecond, roots...)
 	ld := load{
-		addr: l.addr, messages: n, size: size, sessions: b.opts.sessions, perConn: b.opts.perConn, rate: rate,
+		addr: l.addr, messages: n, size: size, sessions: b.opts.sessions, perConn: b.opts.perConn, rate: rate, proxy: l.proxy,
 		from: "bench@" + senderDomain, to: "user@" + recipientDomain,
 	}
 	res, err := ld.run(ctx)

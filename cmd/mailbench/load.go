@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -24,6 +25,9 @@ type load struct {
 	perConn  int     // messages per connection before QUIT and a new one
 	rate     float64 // messages per second over all sessions; 0: as fast as the server takes them
 	from, to string  // envelope addresses
+	// proxy: each connection opens with a PROXY protocol header naming
+	// the session's own client address (proxyHeader).
+	proxy bool
 }
 
 // loadResult is what the client saw.
@@ -72,9 +76,12 @@ func (l load) run(ctx context.Context) (*loadResult, error) {
 		}
 		return i, true
 	}
-	for range l.sessions {
+	for i := range l.sessions {
 		wg.Go(func() {
 			s := &session{l: l, body: body, res: loadResult{refused: map[string]int{}}}
+			if l.proxy {
+				s.proxyHeader = proxyHeader(i)
+			}
 			for {
 				done, err := s.connection(ctx, claim)
 				mu.Lock()
@@ -137,6 +144,27 @@ type session struct {
 	body []byte
 	res  loadResult
 	seq  int
+	// proxyHeader opens each connection when the load goes through a
+	// proxy; nil otherwise.
+	proxyHeader []byte
+}
+
+// proxyHeader is the PROXY protocol header of session i: a client of its
+// own in 198.18.0.0/15 (RFC 2544's range for benchmarks), connecting to
+// 192.0.2.1:25; version 1 (text) for even sessions and 2 (binary) for odd
+// ones, as HAProxy's send-proxy and send-proxy-v2 write them (the PROXY
+// protocol spec, §2.1 and §2.2).
+func proxyHeader(i int) []byte {
+	src := [4]byte{198, 18 + byte(i>>16&1), byte(i >> 8), byte(i)}
+	port := uint16(40000 + i%20000)
+	if i%2 == 0 {
+		return fmt.Appendf(nil, "PROXY TCP4 %d.%d.%d.%d 192.0.2.1 %d 25\r\n", src[0], src[1], src[2], src[3], port)
+	}
+	h := []byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c") // signature, v2 PROXY, TCP over IPv4, 12 bytes
+	h = append(h, src[:]...)
+	h = append(h, 192, 0, 2, 1)
+	h = binary.BigEndian.AppendUint16(h, port)
+	return binary.BigEndian.AppendUint16(h, 25)
 }
 
 // connection sends messages over one connection until perConn is reached
@@ -154,6 +182,13 @@ func (s *session) connection(ctx context.Context, claim func() (int, bool)) (don
 	defer stop()
 
 	c := &client{conn: conn, r: bufio.NewReaderSize(conn, 4096), w: bufio.NewWriterSize(conn, 64<<10)}
+	if s.proxyHeader != nil {
+		// The header goes first, alone: a client that sent more before
+		// the banner would fail the pre-greet test.
+		if _, err := conn.Write(s.proxyHeader); err != nil {
+			return false, fmt.Errorf("PROXY header: %w", err)
+		}
+	}
 	if code, _, err := c.reply(); err != nil || code != 220 {
 		return false, greetingError(code, err)
 	}

@@ -40,6 +40,57 @@ authentication_results = true
 spam_headers = true
 `
 
+// doorServer and doorBlocks are the door-controls line: mailgate with no
+// content stages but every control a gateway on port 25 puts before them,
+// none of which refuses the bench's mail. The client connects through
+// PROXY headers (v1 and v2 by turns) naming an address of its own per
+// session in 198.18.0.0/15 (RFC 2544's benchmarking range), not trusted,
+// so the pre-greet test, the rate limits and greylisting all apply. The
+// pre-greet delay is paid once per client address, in the warm-up; then
+// each connection is a cache lookup. The rate limits count per client,
+// network, sender and recipient at rates the bench never reaches.
+// Greylisting (out of process, as every stage) knows the triplet after the
+// warm-up's first tries (delay 1ms) and, with auto_allow off, looks it up
+// and renews it for every recipient: its steady state for known senders.
+const doorServer = `proxy_protocol = true
+proxy_trusted = ["127.0.0.1"]
+pregreet_delay = "1s"
+`
+
+const doorBlocks = `
+[[ratelimit]]
+name = "client"
+key = "client_ip"
+rate = 1000000
+per = "1s"
+
+[[ratelimit]]
+name = "network"
+key = "client_net"
+rate = 1000000
+per = "1s"
+
+[[ratelimit]]
+name = "sender"
+key = "sender"
+rate = 1000000
+per = "1s"
+
+[[ratelimit]]
+name = "recipient"
+key = "recipient"
+rate = 1000000
+per = "1s"
+
+[[stage]]
+name = "greylist"
+kind = "greylist"
+[stage.config]
+delay = "1ms"
+auto_allow = 0
+skip_spf_pass = false
+`
+
 // milterChain is line (c): opendkim signing through the milter kind.
 const milterChain = `
 [[stage]]
@@ -50,8 +101,9 @@ address = "inet:%s"
 `
 
 // mailgateConfig writes a mailgate config under dir that relays the test
-// domain to the sink, with the given [[stage]] blocks, and returns its path.
-func mailgateConfig(dir, listen, sinkAddr, dnsAddr, stageBlocks string) (string, error) {
+// domain to the sink, with the given extra [server] keys and [[stage]] (or
+// other top-level) blocks, and returns its path.
+func mailgateConfig(dir, listen, sinkAddr, dnsAddr, serverKeys, blocks string) (string, error) {
 	cfg := fmt.Sprintf(`hostname = "mailgate-bench.localhost"
 data_dir = %q
 
@@ -60,7 +112,7 @@ listen = [%q]
 max_message_size = "200MB"
 max_connections = 2000
 max_connections_per_ip = 2000
-
+%s
 [admin]
 listen = ""
 
@@ -71,7 +123,7 @@ servers = [%q]
 domains = [%q]
 servers = [%q]
 tls = "none"
-%s`, filepath.Join(dir, "data"), listen, dnsAddr, recipientDomain, sinkAddr, stageBlocks)
+%s`, filepath.Join(dir, "data"), listen, serverKeys, dnsAddr, recipientDomain, sinkAddr, blocks)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("mailgate config: %w", err)
 	}
@@ -126,14 +178,15 @@ type mailgateInstance struct {
 }
 
 // startMailgate starts "mailgate serve" and waits until it answers on addr.
-// Its log goes to log.
-func startMailgate(ctx context.Context, bin, config, addr, logPath string) (*mailgateInstance, error) {
+// Its log goes to log; env is added to mailbench's environment.
+func startMailgate(ctx context.Context, bin, config, addr, logPath string, env []string) (*mailgateInstance, error) {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("mailgate log: %w", err)
 	}
 	defer logf.Close() // the child has its own copy
 	cmd := exec.Command(bin, "serve", "-config", config)
+	cmd.Env = append(os.Environ(), env...)
 	// An *os.File is handed to the child as is: no copying goroutine in
 	// mailbench, and mailgate's log writes cost mailgate's CPU, as
 	// Postfix's cost Postfix's.

@@ -3,7 +3,8 @@
 //
 // The same load, from one SMTP client built in here, goes to each line in
 // turn: postfix's smtp-sink alone (the ceiling), a Postfix relay, mailgate
-// without stages, mailgate with the default chain (spf, dnsbl, spam,
+// without stages, mailgate with the door controls on (PROXY protocol,
+// pre-greet test, rate limits, greylisting), mailgate with the default chain (spf, dnsbl, spam,
 // headers, out of process, against a DNS server in mailbench), and opendkim
 // as a milter behind Postfix and behind mailgate. Every relay delivers to an
 // smtp-sink of its own, whose count must equal the 250s the client got.
@@ -58,6 +59,8 @@ type options struct {
 	out       string
 	keep      bool
 	mailgate  string
+	profile   string
+	baseline  string
 	args      []string // as given, for the report
 }
 
@@ -82,6 +85,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.write, "write", false, "write the report into the -out file")
 	fs.StringVar(&o.out, "out", "BENCHMARKS.md", "`file` -write puts the report in, between mailbench markers")
 	fs.StringVar(&o.mailgate, "mailgate", "", "use this mailgate `binary` instead of building ./cmd/mailgate")
+	fs.StringVar(&o.profile, "profile", "", "write a CPU profile of every mailgate process (gateway and plugins) under `dir`/<line>/ (go tool pprof reads them)")
+	fs.StringVar(&o.baseline, "baseline", "", "also run each mailgate line with this mailgate `binary`, as \"<line> (baseline)\", taking turns with the others: a before/after in one run")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir (configs, logs, queues) for a look afterwards")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -76,7 +76,7 @@ func (b *bench) memory(ctx context.Context, l *line, r *memResult) error {
 			return err
 		}
 	}
-	m, note, err := b.startMailgate(ctx, l.name+"-memory", l.sink.addr, stageBlocks)
+	m, note, err := b.startMailgate(ctx, l.bin, l.name+"-memory", l.sink.addr, "", stageBlocks)
 	if err != nil {
 		return err
 	}

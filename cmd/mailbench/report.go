@@ -75,7 +75,7 @@ func (r *report) markdown() string {
 				check = fmt.Sprintf("**NO: %d / %d**", s.accepted, s.arrived)
 			}
 			vsRate, vsCPU, vsP99 := "", "", ""
-			if ref := r.line(baseline(l.name)); ref != nil && ref.stats[run.label] != nil && ref.stats[run.label].batches > 0 {
+			if ref := r.line(baseline(l.kind)); ref != nil && ref.stats[run.label] != nil && ref.stats[run.label].batches > 0 {
 				rs := ref.stats[run.label]
 				vsRate = ratio(s.deliverRate(), rs.deliverRate()) // the targets are on delivered msg/s
 				vsCPU = ratio(s.cpuPer1000(), rs.cpuPer1000())
@@ -93,6 +93,7 @@ func (r *report) markdown() string {
 	for _, run := range r.runs {
 		r.cpuTable(&b, run)
 	}
+	r.doorTable(&b)
 	if len(r.halfPeak) > 0 {
 		b.WriteString("#### p99 at half peak\n\n")
 		fmt.Fprintf(&b, "%s messages sent at half the rate the line accepted at full load (arrivals paced, not waiting for replies), lines taking turns in rounds.\n\n", sizeLabel(r.runs[0].size))
@@ -175,6 +176,40 @@ func (r *report) cpuTable(b *strings.Builder, run sizeRun) {
 	fmt.Fprintf(b, "#### Where the CPU goes (%s messages)\n\n", sizeLabel(run.size))
 	b.WriteString("CPU seconds per 1,000 messages by process of the server's tree (\"exited processes\": workers that ended during a batch).\n\n")
 	b.WriteString("| line | total | by process |\n|---|--:|---|\n")
+	b.WriteString(strings.Join(rows, "\n") + "\n\n")
+}
+
+// doorTable is the cost of the door controls per message: the door line
+// against plain mailgate in the same run.
+func (r *report) doorTable(b *strings.Builder) {
+	off, on := r.line(lineMailgate), r.line(lineDoor)
+	if off == nil || on == nil {
+		return
+	}
+	var rows []string
+	for _, run := range r.runs {
+		so, sn := off.stats[run.label], on.stats[run.label]
+		if so == nil || sn == nil || so.accepted == 0 || sn.accepted == 0 {
+			continue
+		}
+		// CPU seconds per 1,000 messages are CPU milliseconds per message.
+		grey := 0.0
+		for name, cpu := range sn.cpuBy {
+			// "mailgate plugin greylist", or "<binary> plugin greylist" with -mailgate.
+			if strings.HasSuffix(name, " plugin greylist") {
+				grey += cpu / float64(sn.accepted) * 1000
+			}
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %.3f | %.3f | %+.3f | %.3f | %s → %s | %.0f → %.0f |",
+			sizeLabel(run.size), so.cpuPer1000(), sn.cpuPer1000(), sn.cpuPer1000()-so.cpuPer1000(), grey,
+			ms(percentile(so.latency, 50)), ms(percentile(sn.latency, 50)), so.deliverRate(), sn.deliverRate()))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	b.WriteString("#### The door controls, per message\n\n")
+	fmt.Fprintf(b, "Line %s against line %s: PROXY headers, the pre-greet test, four rate limits and greylisting, none refusing (see BENCHMARKS.md, \"The lines\").\n\n", lineDoor, lineMailgate)
+	b.WriteString("| messages | CPU ms per message, controls off | on | cost of the controls | of it, the greylist plugin | p50 ms off → on | delivered msg/s off → on |\n|---|--:|--:|--:|--:|--:|--:|\n")
 	b.WriteString(strings.Join(rows, "\n") + "\n\n")
 }
 

@@ -633,12 +633,34 @@ func checkVerdict(ph stages.Phase, sg *stage, v stages.Verdict) error {
 	return nil
 }
 
-// call runs the stage with its timeout. The stage runs in its own goroutine
-// so that one ignoring its context cannot hold the message past the
-// timeout, and so that a panic is recovered and reported as an error.
-func (p *Pipeline) call(ctx context.Context, ph stages.Phase, sg *stage, tx *stages.Transaction, log *slog.Logger) (stages.Verdict, error) {
+// deadlineStage is a stage that returns by the time its context ends,
+// whatever the process behind it does, as a plugin host's does
+// (host.Plugin.ReturnsByDeadline).
+type deadlineStage interface{ ReturnsByDeadline() }
+
+// call runs the stage with its timeout. A stage that may ignore its
+// context runs in a goroutine of its own, so that it cannot hold the
+// message past the timeout; one that returns by its deadline is called
+// directly, which spares a goroutine per call (and its stack's growth).
+// Either way a panic is recovered and reported as an error.
+func (p *Pipeline) call(ctx context.Context, ph stages.Phase, sg *stage, tx *stages.Transaction, log *slog.Logger) (v stages.Verdict, err error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, sg.timeout, sg.timeoutErr)
 	defer cancel()
+	if _, ok := sg.Stage.(deadlineStage); ok {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("stage panicked", "stage", sg.name, "kind", sg.info.Kind, "panic", r, "stack", string(debug.Stack()))
+				v, err = stages.Verdict{}, fmt.Errorf("panic: %v", r)
+			}
+		}()
+		v, err = sg.Run(ctx, ph, tx)
+		if err != nil && ctx.Err() != nil {
+			// It gave up with its context: say why the context ended
+			// (the stage's timeout), as for a stage abandoned below.
+			err = context.Cause(ctx)
+		}
+		return v, err
+	}
 	type answer struct {
 		v   stages.Verdict
 		err error

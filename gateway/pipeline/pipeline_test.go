@@ -729,19 +729,38 @@ func (noop) Run(context.Context, stages.Phase, *stages.Transaction) (stages.Verd
 	return stages.Verdict{}, nil
 }
 
+// deadlineNoop is a noop that returns by its deadline, as a plugin does.
+type deadlineNoop struct{ noop }
+
+func (deadlineNoop) ReturnsByDeadline() {}
+
 // BenchmarkPipelineOverhead runs the data phase through 8 stages that do
-// nothing: the cost of goroutines, timeouts, merge, metrics and logging.
+// nothing: the cost of goroutines, timeouts, merge, metrics and logging;
+// "deadline" with stages that return by their deadline (plugins), which
+// are called without a goroutine each.
 func BenchmarkPipelineOverhead(b *testing.B) {
-	var specs []StageSpec
-	for i := range 8 {
-		specs = append(specs, StageSpec{Stage: noop("noop" + string(rune('0'+i)))})
-	}
-	p := newPipelineSpecs(b, defaultPolicy, specs...)
-	tx := newTx()
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		p.Begin().Run(ctx, stages.Data, tx, nil)
+	for _, deadline := range []bool{false, true} {
+		name := "goroutine"
+		if deadline {
+			name = "deadline"
+		}
+		b.Run(name, func(b *testing.B) {
+			var specs []StageSpec
+			for i := range 8 {
+				var st stages.Stage = noop("noop" + string(rune('0'+i)))
+				if deadline {
+					st = deadlineNoop{noop("noop" + string(rune('0'+i)))}
+				}
+				specs = append(specs, StageSpec{Stage: st})
+			}
+			p := newPipelineSpecs(b, defaultPolicy, specs...)
+			tx := newTx()
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				p.Begin().Run(ctx, stages.Data, tx, nil)
+			}
+		})
 	}
 }
 

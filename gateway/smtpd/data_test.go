@@ -35,11 +35,11 @@ func TestLineEndReader(t *testing.T) {
 			if oneByte {
 				r = iotest.OneByteReader(r)
 			}
-			got, err := io.ReadAll(newLineEndReader(r, false))
+			got, err := io.ReadAll(newDataBuffers().lineEndReader(r, false))
 			if err != nil || string(got) != c.normalized {
 				t.Errorf("normalize %q (one byte %v) = %q, %v; want %q", c.in, oneByte, got, err, c.normalized)
 			}
-			lr := newLineEndReader(strings.NewReader(c.in), true)
+			lr := newDataBuffers().lineEndReader(strings.NewReader(c.in), true)
 			_, err = io.ReadAll(lr)
 			if bare := errors.Is(err, errBareLineEnd); bare != c.bare {
 				t.Errorf("reject %q: err %v, want bare=%v", c.in, err, c.bare)
@@ -51,7 +51,7 @@ func TestLineEndReader(t *testing.T) {
 func TestLineEndReaderLongLine(t *testing.T) {
 	// Longer than the reader's buffer, with a CR at the buffer boundary.
 	in := strings.Repeat("a", 32*1024-1) + "\r\n" + strings.Repeat("b", 70000) + "\r\n"
-	got, err := io.ReadAll(newLineEndReader(strings.NewReader(in), false))
+	got, err := io.ReadAll(newDataBuffers().lineEndReader(strings.NewReader(in), false))
 	if err != nil || string(got) != in {
 		t.Fatalf("long lines changed (err %v, len %d want %d)", err, len(got), len(in))
 	}
@@ -62,7 +62,7 @@ func FuzzLineEndReader(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		got, err := io.ReadAll(newLineEndReader(bytes.NewReader(in), false))
+		got, err := io.ReadAll(newDataBuffers().lineEndReader(bytes.NewReader(in), false))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,7 +74,7 @@ func FuzzLineEndReader(f *testing.F) {
 		if isClean(in) && len(in) > 0 && in[len(in)-1] != '\r' && !bytes.Equal(got, in) {
 			t.Fatalf("clean input changed: %q -> %q", in, got)
 		}
-		again, _ := io.ReadAll(newLineEndReader(bytes.NewReader(got), false))
+		again, _ := io.ReadAll(newDataBuffers().lineEndReader(bytes.NewReader(got), false))
 		if !bytes.Equal(again, got) {
 			t.Fatalf("not idempotent: %q -> %q", got, again)
 		}
@@ -122,7 +122,7 @@ func (r *timeoutReader) Read(p []byte) (int, error) {
 // again (data_timeout must not be waited out twice).
 func TestLineEndReaderKeepsError(t *testing.T) {
 	for _, reject := range []bool{false, true} {
-		got, err := io.ReadAll(newLineEndReader(&timeoutReader{t: t, data: "Subject: x\r\n\r\npartial"}, reject))
+		got, err := io.ReadAll(newDataBuffers().lineEndReader(&timeoutReader{t: t, data: "Subject: x\r\n\r\npartial"}, reject))
 		if string(got) != "Subject: x\r\n\r\npartial" || !errors.Is(err, timeoutErr{}) {
 			t.Errorf("reject=%v: got %q, %v; want the bytes and the timeout", reject, got, err)
 		}

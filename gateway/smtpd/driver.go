@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -82,6 +83,9 @@ type Options struct {
 type Driver struct {
 	opts   Options
 	limits *ratelimit.Rules
+	// bufs holds *dataBuffers between messages: a message takes a set
+	// for its DATA and gives it back, and idle sets are the GC's to free.
+	bufs sync.Pool
 }
 
 // NewDriver builds a driver; opts.Pipeline nil runs no stages.
@@ -374,9 +378,18 @@ func (t *Txn) Data(r io.Reader) Outcome {
 		return t.end(log, Outcome{Reply: errLocal, Phase: stages.Data, Event: ev}, nil, nil)
 	}
 
+	bufs, _ := t.c.d.bufs.Get().(*dataBuffers)
+	if bufs == nil {
+		bufs = newDataBuffers()
+	}
+	defer func() {
+		bufs.lineEnd.Reset(nil) // let go of this message's reader
+		t.c.d.bufs.Put(bufs)
+	}()
 	in := &countingReader{r: r}
-	msg := io.MultiReader(strings.NewReader(t.receivedField()), newLineEndReader(in, cfg.BareLF == "reject"))
-	if _, err := io.Copy(spoolWriter{w}, msg); err != nil {
+	msg := io.MultiReader(strings.NewReader(t.receivedField()), bufs.lineEndReader(in, cfg.BareLF == "reject"))
+	// Through our buffer: the MultiReader's own WriteTo allocates one.
+	if _, err := io.CopyBuffer(spoolWriter{w}, struct{ io.Reader }{msg}, bufs.copy); err != nil {
 		// Write errors are the spool's; read errors the client's.
 		if errors.As(err, new(spoolWriteError)) {
 			return failed("spool write", err)
@@ -392,7 +405,7 @@ func (t *Txn) Data(r io.Reader) Outcome {
 	if cfg.MaxMessageSize > 0 && in.n > int64(cfg.MaxMessageSize) {
 		return refuse(smtp.ErrDataTooLarge, smtp.ErrDataTooLarge.Error())
 	}
-	if err := readMessage(t.tx, w); errors.Is(err, errHeaderTooLarge) {
+	if err := readMessage(t.tx, w, bufs.header); errors.Is(err, errHeaderTooLarge) {
 		return refuse(errBigHeader, err.Error())
 	} else if err != nil {
 		return failed("spool read back", err)

@@ -116,11 +116,11 @@ func (w *Writer) Rewrite(fn func(src io.Reader, dst io.Writer) error) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	src, err := os.Open(w.path)
-	if err != nil {
-		return fmt.Errorf("spool: rewrite %s: %w", w.id, err)
-	}
-	defer src.Close()
+	// Opened at fn's first read: a caller that writes the new content
+	// from what it holds (the header it parsed and the body's own
+	// reader) spares an open.
+	src := &lazyFile{path: w.path}
+	defer src.close()
 	out := &rewriter{w: w}
 	select {
 	case w.s.inPlace <- struct{}{}:
@@ -129,7 +129,7 @@ func (w *Writer) Rewrite(fn func(src io.Reader, dst io.Writer) error) error {
 		out.mem = make([]byte, 0, min(w.size+4096, inPlaceMax))
 	default: // enough memory in use: a new file
 	}
-	err = fn(src, out)
+	err := fn(src, out)
 	if err == nil {
 		err = out.finish()
 	}
@@ -138,6 +138,29 @@ func (w *Writer) Rewrite(fn func(src io.Reader, dst io.Writer) error) error {
 		return fmt.Errorf("spool: rewrite %s: %w", w.id, err)
 	}
 	return nil
+}
+
+// lazyFile is a file opened for reading at the first Read.
+type lazyFile struct {
+	path string
+	f    *os.File
+}
+
+func (l *lazyFile) Read(p []byte) (int, error) {
+	if l.f == nil {
+		f, err := os.Open(l.path)
+		if err != nil {
+			return 0, err
+		}
+		l.f = f
+	}
+	return l.f.Read(p)
+}
+
+func (l *lazyFile) close() {
+	if l.f != nil {
+		l.f.Close()
+	}
 }
 
 // inPlaceMax is the largest message Rewrite rewrites in place, and
@@ -223,8 +246,10 @@ func (w *Writer) overwrite(b []byte) error {
 	if _, err := w.f.WriteAt(b, 0); err != nil {
 		return err
 	}
-	if err := w.f.Truncate(int64(len(b))); err != nil {
-		return err
+	if int64(len(b)) < w.size { // header edits mostly make it longer
+		if err := w.f.Truncate(int64(len(b))); err != nil {
+			return err
+		}
 	}
 	// Later writes append to the new content.
 	if _, err := w.f.Seek(int64(len(b)), io.SeekStart); err != nil {

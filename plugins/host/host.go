@@ -1,7 +1,8 @@
 // Package host runs filter plugins for the engine. Start launches a stage's
 // plugin executable through hashicorp/go-plugin, configures it over the
 // gRPC contract of plugins/proto and returns a *Plugin, a stages.Stage that
-// forwards every Run to that one process.
+// forwards every Run to that one process: over the data path (a socket
+// pair, see datapath.go) when the plugin serves it, else over gRPC.
 //
 // A plugin that breaks never takes the gateway with it: Run returns an error
 // (never a hang past its context) when the plugin is slow, crashed, down or
@@ -22,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -93,14 +95,15 @@ func (e *ConfigError) Error() string {
 // Plugin is a running stage plugin. It is safe for concurrent use: calls
 // share the one process.
 type Plugin struct {
-	spec     Spec
-	reattach *plugin.ReattachConfig // Attach: the process is not ours
-	log      *slog.Logger
-	hclog    *hclogAdapter
-	stdout   *lineLogger
-	stderr   *lineLogger
-	restarts prometheus.Counter
-	info     stages.Info // from Describe at Start; fixed for the Plugin's life
+	spec       Spec
+	reattach   *plugin.ReattachConfig // Attach: the process is not ours
+	attachData net.Conn               // Attach: the host's end of its data path, until used
+	log        *slog.Logger
+	hclog      *hclogAdapter
+	stdout     *lineLogger
+	stderr     *lineLogger
+	restarts   prometheus.Counter
+	info       stages.Info // from Describe at Start; fixed for the Plugin's life
 
 	life context.Context // ends at Close
 	stop context.CancelFunc
@@ -146,21 +149,27 @@ func Start(ctx context.Context, spec Spec) (*Plugin, error) {
 	if len(spec.Cmd) == 0 || spec.Cmd[0] == "" {
 		return nil, fmt.Errorf("stage %q: no plugin executable", spec.Name)
 	}
-	return start(ctx, spec, nil)
+	return start(ctx, spec, nil, nil)
 }
 
 // Attach is Start for a plugin already serving in go-plugin's test mode in
 // this process (see plugins/sdk/sdktest): there is no process to pin,
-// restart or kill.
-func Attach(ctx context.Context, spec Spec, rc *plugin.ReattachConfig) (*Plugin, error) {
-	return start(ctx, spec, rc)
+// restart or kill. data, if not nil, is the host's end of the data path
+// whose other end the plugin serves (see plugins/proto's Frame); Attach
+// owns it from then on.
+func Attach(ctx context.Context, spec Spec, rc *plugin.ReattachConfig, data net.Conn) (*Plugin, error) {
+	return start(ctx, spec, rc, data)
 }
 
-func start(ctx context.Context, spec Spec, rc *plugin.ReattachConfig) (*Plugin, error) {
+func start(ctx context.Context, spec Spec, rc *plugin.ReattachConfig, data net.Conn) (*Plugin, error) {
 	p, err := newPlugin(spec, rc)
 	if err != nil {
+		if data != nil {
+			data.Close()
+		}
 		return nil, err
 	}
+	p.attachData = data
 	started := make(chan error, 1)
 	p.wg.Add(1)
 	go p.supervise(ctx, started)
@@ -225,6 +234,11 @@ func (p *Plugin) Close() error {
 	p.wg.Wait()
 	return nil
 }
+
+// ReturnsByDeadline marks Plugin as a stage whose Run returns by the time
+// its context ends, whatever the plugin process does: the pipeline need
+// not run it in a goroutine of its own to be able to abandon it.
+func (*Plugin) ReturnsByDeadline() {}
 
 // Run asks the plugin for a verdict. It returns an error, at the latest
 // when ctx ends, if the plugin is down, slow, crashed or answers garbage.
@@ -336,9 +350,16 @@ func (p *Plugin) call(ctx context.Context, pr *proc, phase stages.Phase, tx *sta
 		return stages.Verdict{}, err
 	}
 	var resp *proto.RunResponse
-	if _, streamed := req.GetBody().GetSource().(*proto.Body_Streamed); streamed {
+	_, streamed := req.GetBody().GetSource().(*proto.Body_Streamed)
+	switch {
+	case streamed:
 		resp, err = runStream(ctx, pr.filter, req, tx.Body)
-	} else {
+	case pr.data != nil:
+		resp, err = pr.data.run(ctx, req)
+		if errors.Is(err, errLost) {
+			return stages.Verdict{}, fmt.Errorf("run: %w", err)
+		}
+	default:
 		resp, err = pr.filter.Run(ctx, req)
 	}
 	if err != nil {
@@ -411,15 +432,17 @@ func (p *Plugin) request(phase stages.Phase, tx *stages.Transaction) (*proto.Run
 	size := tx.Body.Size()
 	fb, isFile := tx.Body.(FileBody)
 	switch {
+	case isFile:
+		// By reference whatever its size: the plugin reads the spooled
+		// file as the host would have, and no copy crosses the socket.
+		path, offset := fb.File()
+		req.Body = &proto.Body{Source: &proto.Body_File{File: &proto.FileRef{Path: path, Offset: offset, Length: size}}}
 	case size <= proto.MaxInline:
 		b, err := readBody(tx.Body, size)
 		if err != nil {
 			return nil, err
 		}
 		req.Body = &proto.Body{Source: &proto.Body_Inline{Inline: b}}
-	case isFile:
-		path, offset := fb.File()
-		req.Body = &proto.Body{Source: &proto.Body_File{File: &proto.FileRef{Path: path, Offset: offset, Length: size}}}
 	default:
 		req.Body = &proto.Body{Source: &proto.Body_Streamed{Streamed: size}}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"reflect"
@@ -30,6 +31,7 @@ type proc struct {
 	rpc     plugin.ClientProtocol
 	filter  proto.FilterClient
 	info    stages.Info
+	data    *dataClient // the data path, nil if the plugin serves none
 	pid     int
 	sock    string // the plugin's Unix socket, "" for TCP
 	started time.Time
@@ -144,6 +146,9 @@ func (p *Plugin) wait(pr *proc) bool {
 // close ends the process: go-plugin asks it to shut down, waits two seconds
 // at most, then kills it. An attached plugin is only disconnected.
 func (pr *proc) close(attached bool) {
+	if pr.data != nil {
+		pr.data.close()
+	}
 	if attached {
 		pr.rpc.Close()
 	}
@@ -168,8 +173,10 @@ func (p *Plugin) launch(ctx context.Context, want *stages.Info) (*proc, error) {
 		SyncStderr:       p.stderr,
 		StartTimeout:     p.spec.StartTimeout,
 	}
+	var data net.Conn // the host's end of the data path
 	if p.reattach != nil {
 		cfg.Reattach = p.reattach
+		data, p.attachData = p.attachData, nil // one process only
 	} else {
 		if p.spec.SHA256 != "" {
 			if err := checkSHA256(p.spec.Cmd[0], p.spec.SHA256); err != nil {
@@ -178,17 +185,30 @@ func (p *Plugin) launch(ctx context.Context, want *stages.Info) (*proc, error) {
 		}
 		cfg.Cmd = exec.Command(p.spec.Cmd[0], p.spec.Cmd[1:]...)
 		setPdeathsig(cfg.Cmd)
+		var child *os.File
+		var err error
+		if data, child, err = newSocketPair(); err != nil {
+			return nil, fmt.Errorf("stage %q: %w", p.spec.Name, err)
+		}
+		// The child's end, fd 3 there; ours is closed once the child
+		// has it (at the latest when launch returns).
+		defer child.Close()
+		cfg.Cmd.ExtraFiles = []*os.File{child}
+		cfg.Cmd.Env = append(cfg.Cmd.Env, dataEnv())
 	}
 	client := plugin.NewClient(cfg)
-	pr, err := p.handshake(ctx, client, want)
+	pr, err := p.handshake(ctx, client, want, data)
 	if err != nil {
+		if data != nil {
+			data.Close()
+		}
 		client.Kill()
 		return nil, err
 	}
 	return pr, nil
 }
 
-func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *stages.Info) (*proc, error) {
+func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *stages.Info, data net.Conn) (*proc, error) {
 	name := p.spec.Name
 	rpc, err := client.Client()
 	if err != nil {
@@ -232,6 +252,17 @@ func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *sta
 		return nil, fmt.Errorf("stage %q: plugin now describes itself as %+v, was %+v; restart the gateway to use it", name, info, *want)
 	}
 	pr := &proc{client: client, rpc: rpc, filter: filter, info: info, started: time.Now()}
+	switch v := dr.GetDataPath(); {
+	case data == nil || v == 0:
+		// A plugin built before the data path: Run goes over gRPC.
+		if data != nil {
+			data.Close()
+		}
+	case v == proto.DataPathVersion:
+		pr.data = newDataClient(data)
+	default:
+		return nil, fmt.Errorf("stage %q: plugin serves data path version %d; expect %d", name, v, proto.DataPathVersion)
+	}
 	if rc := client.ReattachConfig(); rc != nil {
 		pr.pid = rc.Pid
 		if rc.Addr != nil && rc.Addr.Network() == "unix" {

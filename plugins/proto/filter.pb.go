@@ -4,7 +4,9 @@
 // handshake in proto.go (magic cookie MAILGATE_PLUGIN, protocol version 1)
 // and that serves the Filter service below over gRPC. For each process the
 // host calls Configure once, then Describe once, then Run for every phase of
-// every transaction the plugin declared, concurrently.
+// every transaction the plugin declared, concurrently: over the data path
+// (Frame, at the end of this file) when the plugin serves it, over gRPC
+// otherwise.
 //
 // Every field is a named message field, never a positional argument, so the
 // contract grows by adding fields. What comes from the mail or the SMTP
@@ -336,7 +338,12 @@ type DescribeResponse struct {
 	// seals is true for a stage whose edits seal the message as it leaves
 	// (a DKIM signature): the host runs it at data after every other stage
 	// and after the policy's own edits (stages.Info.Seals).
-	Seals         bool `protobuf:"varint,8,opt,name=seals,proto3" json:"seals,omitempty"`
+	Seals bool `protobuf:"varint,8,opt,name=seals,proto3" json:"seals,omitempty"`
+	// data_path is the version of the data path (see Frame) the plugin
+	// serves on the socket the host handed it; 0 (a plugin built before
+	// this field, or started without the socket): none, and the host calls
+	// Run over gRPC.
+	DataPath      uint32 `protobuf:"varint,9,opt,name=data_path,json=dataPath,proto3" json:"data_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -425,6 +432,13 @@ func (x *DescribeResponse) GetSeals() bool {
 		return x.Seals
 	}
 	return false
+}
+
+func (x *DescribeResponse) GetDataPath() uint32 {
+	if x != nil {
+		return x.DataPath
+	}
+	return 0
 }
 
 type Env struct {
@@ -1513,12 +1527,297 @@ func (x *RunResponse) GetVerdict() *Verdict {
 	return nil
 }
 
+// The data path, version 1 (DataPathVersion in proto.go): Run without
+// gRPC, for speed. The host starts the plugin with one end of a Unix
+// socket pair as an extra file descriptor, whose number is in the
+// environment variable MAILGATE_PLUGIN_DATA_FD (see proto.go). A plugin
+// that serves it says so in DescribeResponse.data_path; the host then sends
+// every Run whose body is inline, in a file or absent as a Frame with a
+// call on that socket, and Configure, Describe and RunStream still go over
+// gRPC. The socket carries frames both ways, each a 4-byte big-endian
+// length and then a Frame of that many bytes (at most MaxFrame). Calls are
+// concurrent: the plugin may answer them in any order, and answers each
+// call exactly once, with a response or an error, unless the host
+// cancelled it (then an answer is allowed and ignored). The end of the
+// socket is the end of the other side: the plugin exits when it reads
+// EOF; the host takes it as a crash and fails the calls in flight.
+type Frame struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"` // chosen by the host per call; answers and cancels carry it
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*Frame_Call
+	//	*Frame_Response
+	//	*Frame_Error
+	//	*Frame_Cancel
+	Kind          isFrame_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Frame) Reset() {
+	*x = Frame{}
+	mi := &file_filter_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Frame) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Frame) ProtoMessage() {}
+
+func (x *Frame) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Frame.ProtoReflect.Descriptor instead.
+func (*Frame) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Frame) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Frame) GetKind() isFrame_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *Frame) GetCall() *Call {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_Call); ok {
+			return x.Call
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetResponse() *RunResponse {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetError() *CallError {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetCancel() *Cancel {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return nil
+}
+
+type isFrame_Kind interface {
+	isFrame_Kind()
+}
+
+type Frame_Call struct {
+	Call *Call `protobuf:"bytes,2,opt,name=call,proto3,oneof"` // host → plugin
+}
+
+type Frame_Response struct {
+	Response *RunResponse `protobuf:"bytes,3,opt,name=response,proto3,oneof"` // plugin → host: the call's verdict
+}
+
+type Frame_Error struct {
+	Error *CallError `protobuf:"bytes,4,opt,name=error,proto3,oneof"` // plugin → host: the call failed
+}
+
+type Frame_Cancel struct {
+	Cancel *Cancel `protobuf:"bytes,5,opt,name=cancel,proto3,oneof"` // host → plugin: the caller gave up on the call
+}
+
+func (*Frame_Call) isFrame_Kind() {}
+
+func (*Frame_Response) isFrame_Kind() {}
+
+func (*Frame_Error) isFrame_Kind() {}
+
+func (*Frame_Cancel) isFrame_Kind() {}
+
+// Call is a Run: the request, and how long the host waits for the answer.
+type Call struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Request *RunRequest            `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// timeout_ns is the time left before the host's deadline, in
+	// nanoseconds, when it sent the call; 0 means none. The plugin cancels
+	// the filter's context when it runs out, as gRPC does with a deadline.
+	TimeoutNs     int64 `protobuf:"varint,2,opt,name=timeout_ns,json=timeoutNs,proto3" json:"timeout_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Call) Reset() {
+	*x = Call{}
+	mi := &file_filter_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Call) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Call) ProtoMessage() {}
+
+func (x *Call) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Call.ProtoReflect.Descriptor instead.
+func (*Call) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Call) GetRequest() *RunRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *Call) GetTimeoutNs() int64 {
+	if x != nil {
+		return x.TimeoutNs
+	}
+	return 0
+}
+
+// CallError is what a Run over gRPC would have returned as its status.
+type CallError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// code is a gRPC status code (google.golang.org/grpc/codes): 2 (Unknown)
+	// for the filter's own error, 3 (InvalidArgument) for a request the
+	// plugin cannot read, 4 (DeadlineExceeded), 9 (FailedPrecondition) before
+	// Configure, 13 (Internal) for a panic.
+	Code          uint32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallError) Reset() {
+	*x = CallError{}
+	mi := &file_filter_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallError) ProtoMessage() {}
+
+func (x *CallError) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallError.ProtoReflect.Descriptor instead.
+func (*CallError) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CallError) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type Cancel struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Cancel) Reset() {
+	*x = Cancel{}
+	mi := &file_filter_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Cancel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Cancel) ProtoMessage() {}
+
+func (x *Cancel) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
+func (*Cancel) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{20}
+}
+
 var File_filter_proto protoreflect.FileDescriptor
 
 const file_filter_proto_rawDesc = "" +
 	"\n" +
 	"\ffilter.proto\x12\x12mailgate.plugin.v1\"\x11\n" +
-	"\x0fDescribeRequest\"\x94\x02\n" +
+	"\x0fDescribeRequest\"\xb1\x02\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x121\n" +
@@ -1527,7 +1826,8 @@ const file_filter_proto_rawDesc = "" +
 	"\x05edits\x18\x05 \x01(\bR\x05edits\x12)\n" +
 	"\x10protocol_version\x18\x06 \x01(\rR\x0fprotocolVersion\x12\x18\n" +
 	"\aresults\x18\a \x03(\tR\aresults\x12\x14\n" +
-	"\x05seals\x18\b \x01(\bR\x05seals\"\x83\x01\n" +
+	"\x05seals\x18\b \x01(\bR\x05seals\x12\x1b\n" +
+	"\tdata_path\x18\t \x01(\rR\bdataPath\"\x83\x01\n" +
 	"\x03Env\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1f\n" +
 	"\vdns_servers\x18\x02 \x03(\tR\n" +
@@ -1604,7 +1904,22 @@ const file_filter_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\fR\x06reason\x12.\n" +
 	"\x05edits\x18\x06 \x03(\v2\x18.mailgate.plugin.v1.EditR\x05edits\"D\n" +
 	"\vRunResponse\x125\n" +
-	"\averdict\x18\x01 \x01(\v2\x1b.mailgate.plugin.v1.VerdictR\averdict*q\n" +
+	"\averdict\x18\x01 \x01(\v2\x1b.mailgate.plugin.v1.VerdictR\averdict\"\xfb\x01\n" +
+	"\x05Frame\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
+	"\x04call\x18\x02 \x01(\v2\x18.mailgate.plugin.v1.CallH\x00R\x04call\x12=\n" +
+	"\bresponse\x18\x03 \x01(\v2\x1f.mailgate.plugin.v1.RunResponseH\x00R\bresponse\x125\n" +
+	"\x05error\x18\x04 \x01(\v2\x1d.mailgate.plugin.v1.CallErrorH\x00R\x05error\x124\n" +
+	"\x06cancel\x18\x05 \x01(\v2\x1a.mailgate.plugin.v1.CancelH\x00R\x06cancelB\x06\n" +
+	"\x04kind\"_\n" +
+	"\x04Call\x128\n" +
+	"\arequest\x18\x01 \x01(\v2\x1e.mailgate.plugin.v1.RunRequestR\arequest\x12\x1d\n" +
+	"\n" +
+	"timeout_ns\x18\x02 \x01(\x03R\ttimeoutNs\"9\n" +
+	"\tCallError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\b\n" +
+	"\x06Cancel*q\n" +
 	"\x05Phase\x12\x15\n" +
 	"\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPHASE_CONNECT\x10\x01\x12\x0e\n" +
@@ -1661,7 +1976,7 @@ func file_filter_proto_rawDescGZIP() []byte {
 }
 
 var file_filter_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_filter_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_filter_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_filter_proto_goTypes = []any{
 	(Phase)(0),                // 0: mailgate.plugin.v1.Phase
 	(Need)(0),                 // 1: mailgate.plugin.v1.Need
@@ -1684,6 +1999,10 @@ var file_filter_proto_goTypes = []any{
 	(*Edit)(nil),              // 18: mailgate.plugin.v1.Edit
 	(*Verdict)(nil),           // 19: mailgate.plugin.v1.Verdict
 	(*RunResponse)(nil),       // 20: mailgate.plugin.v1.RunResponse
+	(*Frame)(nil),             // 21: mailgate.plugin.v1.Frame
+	(*Call)(nil),              // 22: mailgate.plugin.v1.Call
+	(*CallError)(nil),         // 23: mailgate.plugin.v1.CallError
+	(*Cancel)(nil),            // 24: mailgate.plugin.v1.Cancel
 }
 var file_filter_proto_depIdxs = []int32{
 	0,  // 0: mailgate.plugin.v1.DescribeResponse.phases:type_name -> mailgate.plugin.v1.Phase
@@ -1703,19 +2022,24 @@ var file_filter_proto_depIdxs = []int32{
 	17, // 14: mailgate.plugin.v1.Verdict.reply:type_name -> mailgate.plugin.v1.Reply
 	18, // 15: mailgate.plugin.v1.Verdict.edits:type_name -> mailgate.plugin.v1.Edit
 	19, // 16: mailgate.plugin.v1.RunResponse.verdict:type_name -> mailgate.plugin.v1.Verdict
-	7,  // 17: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
-	4,  // 18: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
-	15, // 19: mailgate.plugin.v1.Filter.Run:input_type -> mailgate.plugin.v1.RunRequest
-	16, // 20: mailgate.plugin.v1.Filter.RunStream:input_type -> mailgate.plugin.v1.RunStreamRequest
-	8,  // 21: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
-	5,  // 22: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
-	20, // 23: mailgate.plugin.v1.Filter.Run:output_type -> mailgate.plugin.v1.RunResponse
-	20, // 24: mailgate.plugin.v1.Filter.RunStream:output_type -> mailgate.plugin.v1.RunResponse
-	21, // [21:25] is the sub-list for method output_type
-	17, // [17:21] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	22, // 17: mailgate.plugin.v1.Frame.call:type_name -> mailgate.plugin.v1.Call
+	20, // 18: mailgate.plugin.v1.Frame.response:type_name -> mailgate.plugin.v1.RunResponse
+	23, // 19: mailgate.plugin.v1.Frame.error:type_name -> mailgate.plugin.v1.CallError
+	24, // 20: mailgate.plugin.v1.Frame.cancel:type_name -> mailgate.plugin.v1.Cancel
+	15, // 21: mailgate.plugin.v1.Call.request:type_name -> mailgate.plugin.v1.RunRequest
+	7,  // 22: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
+	4,  // 23: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
+	15, // 24: mailgate.plugin.v1.Filter.Run:input_type -> mailgate.plugin.v1.RunRequest
+	16, // 25: mailgate.plugin.v1.Filter.RunStream:input_type -> mailgate.plugin.v1.RunStreamRequest
+	8,  // 26: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
+	5,  // 27: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
+	20, // 28: mailgate.plugin.v1.Filter.Run:output_type -> mailgate.plugin.v1.RunResponse
+	20, // 29: mailgate.plugin.v1.Filter.RunStream:output_type -> mailgate.plugin.v1.RunResponse
+	26, // [26:30] is the sub-list for method output_type
+	22, // [22:26] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_filter_proto_init() }
@@ -1732,13 +2056,19 @@ func file_filter_proto_init() {
 		(*RunStreamRequest_Request)(nil),
 		(*RunStreamRequest_Chunk)(nil),
 	}
+	file_filter_proto_msgTypes[17].OneofWrappers = []any{
+		(*Frame_Call)(nil),
+		(*Frame_Response)(nil),
+		(*Frame_Error)(nil),
+		(*Frame_Cancel)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_filter_proto_rawDesc), len(file_filter_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   17,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

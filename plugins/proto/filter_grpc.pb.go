@@ -4,7 +4,9 @@
 // handshake in proto.go (magic cookie MAILGATE_PLUGIN, protocol version 1)
 // and that serves the Filter service below over gRPC. For each process the
 // host calls Configure once, then Describe once, then Run for every phase of
-// every transaction the plugin declared, concurrently.
+// every transaction the plugin declared, concurrently: over the data path
+// (Frame, at the end of this file) when the plugin serves it, over gRPC
+// otherwise.
 //
 // Every field is a named message field, never a positional argument, so the
 // contract grows by adding fields. What comes from the mail or the SMTP

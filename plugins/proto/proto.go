@@ -34,3 +34,20 @@ const MaxInline = 64 << 10
 
 // ChunkSize is the size of the body chunks of RunStream.
 const ChunkSize = 64 << 10
+
+// The data path (Frame in filter.proto): Run over a socket pair without
+// gRPC.
+const (
+	// DataPathVersion is the version of the data path this package
+	// describes, as a plugin states it in DescribeResponse.data_path.
+	DataPathVersion = 1
+
+	// DataFDEnv names the environment variable that gives a plugin the
+	// number of its end of the data socket (an inherited descriptor).
+	DataFDEnv = "MAILGATE_PLUGIN_DATA_FD"
+
+	// MaxFrame bounds a Frame on the data path: an inline body, the
+	// header and the envelope, with room to spare. A longer one is a
+	// protocol error that ends the connection.
+	MaxFrame = 16 << 20
+)

@@ -3,7 +3,8 @@
 //
 //	func main() { sdk.Serve(exeblock.New) }
 //
-// The handshake with the gateway, gRPC, and how the message body reaches
+// The handshake with the gateway, gRPC, the data path that carries each
+// call (plugins/README.md), and how the message body reaches
 // the plugin stay hidden: the filter sees the same stages.Transaction and
 // stages.Config as a built-in kind. Test a plugin with plugins/sdk/sdktest.
 package sdk
@@ -39,7 +40,7 @@ type ConfigError = stages.ConfigError
 func Serve(factory stages.Factory) {
 	log := newLogger(os.Stderr)
 	slog.SetDefault(log)
-	server.Serve(factory, log, nil)
+	server.Serve(factory, log, nil, nil)
 }
 
 func newLogger(w io.Writer) *slog.Logger {

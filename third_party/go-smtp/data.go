@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -92,6 +93,26 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		stateEOF              // reached .\r\n end marker line
 	)
 	for n < len(b) && r.state != stateEOF {
+		// mailgate patch 7 (bulk-data): in the middle of a line only a CR
+		// can change the state, so the bytes up to the next CR that are
+		// already buffered are copied at once rather than a byte at a
+		// time (which was a quarter of mailgate's CPU on 100 KiB
+		// messages). The state machine below takes the CR and the start
+		// of each line, and fills the buffer when it is empty.
+		if r.state == stateData && r.r.Buffered() > 0 {
+			chunk, _ := r.r.Peek(r.r.Buffered())
+			if len(chunk) > len(b)-n {
+				chunk = chunk[:len(b)-n]
+			}
+			if i := bytes.IndexByte(chunk, '\r'); i >= 0 {
+				chunk = chunk[:i]
+			}
+			if len(chunk) > 0 {
+				n += copy(b[n:], chunk)
+				r.r.Discard(len(chunk))
+				continue
+			}
+		}
 		var c byte
 		c, err = r.r.ReadByte()
 		if err != nil {

@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"errors"
 	"io"
 )
@@ -32,15 +33,25 @@ func (r *lineLimitReader) Read(b []byte) (int, error) {
 		return n, nil
 	}
 
-	for _, chr := range b[:n] {
-		if chr == '\n' {
-			r.curLineLength = 0
+	// mailgate patch 7 (bulk-data): the line ends are found with
+	// bytes.IndexByte instead of a loop over every byte. As before, a
+	// line's length counts its bytes up to and including the LF that
+	// ends the line before it.
+	for p := b[:n]; ; {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			r.curLineLength += len(p)
+			break
 		}
-		r.curLineLength++
-
-		if r.curLineLength > r.LineLimit {
+		if r.curLineLength+i > r.LineLimit {
+			r.curLineLength += i // past the limit: the error sticks
 			return 0, ErrTooLongLine
 		}
+		r.curLineLength = 1
+		p = p[i+1:]
+	}
+	if r.curLineLength > r.LineLimit {
+		return 0, ErrTooLongLine
 	}
 
 	return n, nil

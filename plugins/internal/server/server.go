@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"runtime/debug"
@@ -27,9 +28,28 @@ import (
 )
 
 // Serve serves factory until the host stops the plugin. test is nil in a
-// real plugin process; sdktest sets it to serve in-process.
-func Serve(factory stages.Factory, log *slog.Logger, test *plugin.ServeTestConfig) {
+// real plugin process; sdktest sets it to serve in-process, and passes the
+// plugin's end of a data path (see Frame in plugins/proto) in data. A real
+// plugin process finds its end of the data path in its environment
+// (proto.DataFDEnv) and serves it if the host handed one.
+func Serve(factory stages.Factory, log *slog.Logger, test *plugin.ServeTestConfig, data net.Conn) {
 	s := &filterServer{factory: factory, log: log}
+	if test == nil {
+		var err error
+		if data, err = openDataPath(); err != nil {
+			// The host then calls Run over gRPC: slower, not broken.
+			log.Error("no data path", "err", err)
+		}
+	}
+	if data != nil {
+		s.dataPath = true
+		go func() {
+			if err := s.serveData(data); err != nil {
+				log.Error("data path", "err", err)
+			}
+		}()
+		defer data.Close()
+	}
 	var hlog hclog.Logger // nil: go-plugin's own, JSON on stderr for the host to parse
 	if test != nil {
 		// In-process, that JSON would only clutter the test's output.
@@ -79,6 +99,9 @@ type filterServer struct {
 	proto.UnimplementedFilterServer
 	factory stages.Factory
 	log     *slog.Logger
+
+	// dataPath: a data path is served, and Describe says so.
+	dataPath bool
 
 	mu     sync.Mutex
 	filter stages.Filter // nil until configured
@@ -143,10 +166,23 @@ func (s *filterServer) Describe(context.Context, *proto.DescribeRequest) (*proto
 		Seals:           info.Seals,
 		ProtocolVersion: proto.ProtocolVersion,
 		Results:         info.Results,
+		DataPath:        s.dataPathVersion(),
 	}, nil
 }
 
+func (s *filterServer) dataPathVersion() uint32 {
+	if s.dataPath {
+		return proto.DataPathVersion
+	}
+	return 0
+}
+
 func (s *filterServer) Run(ctx context.Context, req *proto.RunRequest) (*proto.RunResponse, error) {
+	return s.runRequest(ctx, req)
+}
+
+// runRequest is a Run, from gRPC or the data path.
+func (s *filterServer) runRequest(ctx context.Context, req *proto.RunRequest) (*proto.RunResponse, error) {
 	var body stages.Body
 	switch src := req.GetBody().GetSource().(type) {
 	case nil:

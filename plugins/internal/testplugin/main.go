@@ -5,11 +5,17 @@
 //	crash@…  exits at once (status 3), in-flight calls with it
 //	sleep@…  logs "testplugin sleeping", then sleeps for the config's
 //	         "sleep", ignoring the call's deadline
+//	wait@…   logs "testplugin waiting", waits for the call's context to
+//	         end, logs "testplugin context ended" with its error, and
+//	         returns that error
 //	fail@…   returns an error (the stage broke)
 //	panic@…  panics inside Run
 //	env@…    reports the Env it was built with in Result
 //	header@… reports the header block it got, as it would write it, in
 //	         Result
+//
+// With TESTPLUGIN_GRPC_ONLY set in its environment it does not serve the
+// data path, as a plugin built before it.
 //
 // Otherwise it answers the config's verdict. For a body it reports the
 // size and SHA-256 it read in Result, "<size> <hex>", without one the
@@ -27,6 +33,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailgate/mailgate/plugins/proto"
 	"github.com/mailgate/mailgate/plugins/sdk"
 	"github.com/mailgate/mailgate/stages"
 )
@@ -74,10 +81,15 @@ func (f *filter) Info() stages.Info {
 	}
 }
 
-func (f *filter) Run(_ context.Context, ph stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
+func (f *filter) Run(ctx context.Context, ph stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
 	switch local, _, _ := strings.Cut(tx.From, "@"); local {
 	case "crash":
 		os.Exit(3)
+	case "wait":
+		slog.Info("testplugin waiting")
+		<-ctx.Done()
+		slog.Info("testplugin context ended", "err", ctx.Err())
+		return stages.Verdict{}, ctx.Err()
 	case "sleep":
 		// Tests wait for this line to know the call reached the plugin.
 		slog.Info("testplugin sleeping")
@@ -123,4 +135,9 @@ func (f *filter) Run(_ context.Context, ph stages.Phase, tx *stages.Transaction)
 	return v, nil
 }
 
-func main() { sdk.Serve(newFilter) }
+func main() {
+	if os.Getenv("TESTPLUGIN_GRPC_ONLY") != "" {
+		os.Unsetenv(proto.DataFDEnv)
+	}
+	sdk.Serve(newFilter)
+}

@@ -1,13 +1,16 @@
 // Package sdktest runs a filter plugin in-process for its author's tests,
-// against the gateway's real plugin host over a real gRPC connection: what
-// a test sees is what the gateway will see, config errors included.
+// against the gateway's real plugin host over a real gRPC connection and
+// data path (a socket pair, as the gateway gives a plugin process): what a
+// test sees is what the gateway will see, config errors included.
 package sdktest
 
 import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,7 +36,10 @@ func Stage(t testing.TB, factory stages.Factory, config string) (stages.Stage, e
 	ctx, cancel := context.WithCancel(context.Background())
 	attach := make(chan *plugin.ReattachConfig, 1)
 	closed := make(chan struct{})
-	go server.Serve(factory, log, &plugin.ServeTestConfig{Context: ctx, ReattachConfigCh: attach, CloseCh: closed})
+	// The data path, as the gateway hands a plugin process one: a socket
+	// pair, one end for each side.
+	hostEnd, pluginEnd := dataPair(t)
+	go server.Serve(factory, log, &plugin.ServeTestConfig{Context: ctx, ReattachConfigCh: attach, CloseCh: closed}, pluginEnd)
 	stop := func() {
 		cancel()
 		<-closed
@@ -43,9 +49,11 @@ func Stage(t testing.TB, factory stages.Factory, config string) (stages.Stage, e
 	case rc = <-attach:
 	case <-closed:
 		cancel()
+		hostEnd.Close()
 		return nil, errors.New("sdktest: plugin server ended before serving")
 	case <-time.After(10 * time.Second):
 		stop()
+		hostEnd.Close()
 		return nil, errors.New("sdktest: plugin server did not start within 10s")
 	}
 	p, err := host.Attach(ctx, host.Spec{
@@ -53,7 +61,7 @@ func Stage(t testing.TB, factory stages.Factory, config string) (stages.Stage, e
 		Config: []byte(config),
 		Env:    stages.Env{Hostname: "mx.example.test", DataDir: t.TempDir()},
 		Logger: log,
-	}, rc)
+	}, rc, hostEnd)
 	if err != nil {
 		stop()
 		return nil, err
@@ -70,4 +78,25 @@ func Stage(t testing.TB, factory stages.Factory, config string) (stages.Stage, e
 		stop()
 	})
 	return p, nil
+}
+
+// dataPair is a connected Unix socket pair, as the gateway makes for the
+// data path of each plugin process.
+func dataPair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("sdktest: socket pair: %v", err)
+	}
+	conns := make([]net.Conn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "sdktest-data")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("sdktest: socket pair: %v", err)
+		}
+		conns[i] = c
+	}
+	return conns[0], conns[1]
 }
