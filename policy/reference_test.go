@@ -41,6 +41,7 @@ func TestREADMEReferenceHasEveryKey(t *testing.T) {
 		{ref, "README.md", RateLimit{}},
 		{ref, "README.md", Log{}},
 		{ref, "README.md", Retention{}},
+		{ref, "README.md", Cluster{}},
 		{string(pol), "policy/README.md", Policy{}},
 		{string(pol), "policy/README.md", Override{}},
 		{string(pol), "policy/README.md", List{}},
