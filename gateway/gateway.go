@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/gateway/cluster"
 	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
@@ -67,7 +68,7 @@ type Gateway struct {
 	router *router.Router
 	smtp   *smtpd.Server
 	pickup *pickup
-	limits *ratelimit.File // the [[ratelimit]] state, kept across reloads
+	node   *cluster.Node // the state shared with a cluster, or kept under data_dir
 
 	reloading sync.Mutex // one reload at a time
 	closed    bool       // under reloading: no more reloads
@@ -148,11 +149,12 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	g.chain = ch
 	g.chains[ch] = true
 
+	if g.node, err = cluster.Open(cfg, opts.Logger, g.reg); err != nil {
+		return nil, err
+	}
+	undo = append(undo, g.node.Close)
 	limits := ratelimit.Env{Now: opts.RateLimitNow, Metrics: ratelimit.NewMetrics(g.reg), Logger: opts.Logger}
-	g.limits = ratelimit.OpenFile(filepath.Join(cfg.DataDir, "ratelimit"), ratelimit.FileOptions{
-		Now: limits.Now, Logger: limits.Logger, Metrics: limits.Metrics})
-	limits.Store = g.limits
-	undo = append(undo, func() { g.limits.Close() })
+	limits.Store = g.node.RateLimits(ratelimit.FileOptions{Now: limits.Now, Logger: limits.Logger, Metrics: limits.Metrics})
 
 	g.smtp, err = smtpd.New(smtpd.Options{
 		Config:     cfg,
@@ -165,6 +167,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		Metrics:    smtpd.NewMetrics(g.reg),
 		Trace:      g.trace,
 		RateLimits: limits,
+		Pregreet:   g.node.Pregreet(nil),
 	})
 	if err != nil {
 		return nil, err
@@ -315,7 +318,7 @@ func (g *Gateway) Close() error {
 		ch.Close()
 	}
 	g.trace.Close()
-	g.limits.Close()
+	g.node.Close()
 	return g.spool.Close()
 }
 
@@ -346,7 +349,7 @@ func (g *Gateway) Health() admin.Health {
 	for i, p := range ch.plugins {
 		h = append(h, stageHealth(p.Plugin, cfg.Stages[i].OnError))
 	}
-	return h
+	return append(h, g.node.Health(context.Background())...)
 }
 
 // spoolHealth checks the spool as DATA would use it: a file written and

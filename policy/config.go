@@ -5,6 +5,7 @@ package policy
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -257,6 +258,16 @@ type Cluster struct {
 	// MaxConns is the most connections this node opens to each engine;
 	// default 10.
 	MaxConns int `toml:"max_conns"`
+}
+
+// StageEnv is what the stages of c are lent by the engine (stages.Env).
+func (c *Config) StageEnv() stages.Env {
+	env := stages.Env{Hostname: c.Hostname, DNSServers: c.DNS.Servers, DNSTimeout: time.Duration(c.DNS.Timeout), DataDir: c.DataDir}
+	if cl := c.Cluster; cl.Redis != "" {
+		env.Redis = stages.Redis{URL: cl.Redis, Timeout: time.Duration(cl.Timeout),
+			ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: cl.MaxConns}
+	}
+	return env
 }
 
 // Retention is the [quarantine] and [trace] tables.

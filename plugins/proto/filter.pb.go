@@ -435,7 +435,11 @@ type Env struct {
 	// dns_timeout_ns is [dns] timeout, the bound on one DNS query to one
 	// server, in nanoseconds (a Go time.Duration); 0 means not set, as from
 	// an engine older than this field, and a stage then uses its own default.
-	DnsTimeoutNs  int64 `protobuf:"varint,4,opt,name=dns_timeout_ns,json=dnsTimeoutNs,proto3" json:"dns_timeout_ns,omitempty"`
+	DnsTimeoutNs int64 `protobuf:"varint,4,opt,name=dns_timeout_ns,json=dnsTimeoutNs,proto3" json:"dns_timeout_ns,omitempty"`
+	// redis is the Redis the nodes of a [cluster] share, for a stage whose
+	// state every node must see (greylisting's triplets); absent on one
+	// node, where such state lives under data_dir.
+	Redis         *Redis `protobuf:"bytes,5,opt,name=redis,proto3" json:"redis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -498,6 +502,82 @@ func (x *Env) GetDnsTimeoutNs() int64 {
 	return 0
 }
 
+func (x *Env) GetRedis() *Redis {
+	if x != nil {
+		return x.Redis
+	}
+	return nil
+}
+
+// Redis is [cluster] redis and the settings of its client.
+type Redis struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Url              string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`                               // redis://, rediss:// or unix://, as [cluster] redis
+	TimeoutNs        int64                  `protobuf:"varint,2,opt,name=timeout_ns,json=timeoutNs,proto3" json:"timeout_ns,omitempty"` // each command, in nanoseconds
+	ConnectTimeoutNs int64                  `protobuf:"varint,3,opt,name=connect_timeout_ns,json=connectTimeoutNs,proto3" json:"connect_timeout_ns,omitempty"`
+	MaxConns         int32                  `protobuf:"varint,4,opt,name=max_conns,json=maxConns,proto3" json:"max_conns,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Redis) Reset() {
+	*x = Redis{}
+	mi := &file_filter_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Redis) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Redis) ProtoMessage() {}
+
+func (x *Redis) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Redis.ProtoReflect.Descriptor instead.
+func (*Redis) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Redis) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Redis) GetTimeoutNs() int64 {
+	if x != nil {
+		return x.TimeoutNs
+	}
+	return 0
+}
+
+func (x *Redis) GetConnectTimeoutNs() int64 {
+	if x != nil {
+		return x.ConnectTimeoutNs
+	}
+	return 0
+}
+
+func (x *Redis) GetMaxConns() int32 {
+	if x != nil {
+		return x.MaxConns
+	}
+	return 0
+}
+
 type ConfigureRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// config is the [stage.config] block as one JSON object ("{}" if absent).
@@ -510,7 +590,7 @@ type ConfigureRequest struct {
 
 func (x *ConfigureRequest) Reset() {
 	*x = ConfigureRequest{}
-	mi := &file_filter_proto_msgTypes[3]
+	mi := &file_filter_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +602,7 @@ func (x *ConfigureRequest) String() string {
 func (*ConfigureRequest) ProtoMessage() {}
 
 func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[3]
+	mi := &file_filter_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +615,7 @@ func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureRequest) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{3}
+	return file_filter_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ConfigureRequest) GetConfig() []byte {
@@ -572,7 +652,7 @@ type ConfigureResponse struct {
 
 func (x *ConfigureResponse) Reset() {
 	*x = ConfigureResponse{}
-	mi := &file_filter_proto_msgTypes[4]
+	mi := &file_filter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +664,7 @@ func (x *ConfigureResponse) String() string {
 func (*ConfigureResponse) ProtoMessage() {}
 
 func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[4]
+	mi := &file_filter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +677,7 @@ func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureResponse) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{4}
+	return file_filter_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConfigureResponse) GetError() string {
@@ -629,7 +709,7 @@ type Client struct {
 
 func (x *Client) Reset() {
 	*x = Client{}
-	mi := &file_filter_proto_msgTypes[5]
+	mi := &file_filter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +721,7 @@ func (x *Client) String() string {
 func (*Client) ProtoMessage() {}
 
 func (x *Client) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[5]
+	mi := &file_filter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +734,7 @@ func (x *Client) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Client.ProtoReflect.Descriptor instead.
 func (*Client) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{5}
+	return file_filter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Client) GetAddr() string {
@@ -716,7 +796,7 @@ type HeaderField struct {
 
 func (x *HeaderField) Reset() {
 	*x = HeaderField{}
-	mi := &file_filter_proto_msgTypes[6]
+	mi := &file_filter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +808,7 @@ func (x *HeaderField) String() string {
 func (*HeaderField) ProtoMessage() {}
 
 func (x *HeaderField) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[6]
+	mi := &file_filter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +821,7 @@ func (x *HeaderField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderField.ProtoReflect.Descriptor instead.
 func (*HeaderField) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{6}
+	return file_filter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HeaderField) GetName() []byte {
@@ -773,7 +853,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_filter_proto_msgTypes[7]
+	mi := &file_filter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +865,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[7]
+	mi := &file_filter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +878,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{7}
+	return file_filter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Result) GetStage() string {
@@ -864,7 +944,7 @@ type Transaction struct {
 
 func (x *Transaction) Reset() {
 	*x = Transaction{}
-	mi := &file_filter_proto_msgTypes[8]
+	mi := &file_filter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +956,7 @@ func (x *Transaction) String() string {
 func (*Transaction) ProtoMessage() {}
 
 func (x *Transaction) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[8]
+	mi := &file_filter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +969,7 @@ func (x *Transaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transaction.ProtoReflect.Descriptor instead.
 func (*Transaction) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{8}
+	return file_filter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Transaction) GetQueueId() string {
@@ -947,7 +1027,7 @@ type FileRef struct {
 
 func (x *FileRef) Reset() {
 	*x = FileRef{}
-	mi := &file_filter_proto_msgTypes[9]
+	mi := &file_filter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1039,7 @@ func (x *FileRef) String() string {
 func (*FileRef) ProtoMessage() {}
 
 func (x *FileRef) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[9]
+	mi := &file_filter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1052,7 @@ func (x *FileRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileRef.ProtoReflect.Descriptor instead.
 func (*FileRef) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{9}
+	return file_filter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FileRef) GetPath() string {
@@ -1010,7 +1090,7 @@ type Body struct {
 
 func (x *Body) Reset() {
 	*x = Body{}
-	mi := &file_filter_proto_msgTypes[10]
+	mi := &file_filter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1102,7 @@ func (x *Body) String() string {
 func (*Body) ProtoMessage() {}
 
 func (x *Body) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[10]
+	mi := &file_filter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1115,7 @@ func (x *Body) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Body.ProtoReflect.Descriptor instead.
 func (*Body) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{10}
+	return file_filter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Body) GetSource() isBody_Source {
@@ -1105,7 +1185,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_filter_proto_msgTypes[11]
+	mi := &file_filter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +1197,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[11]
+	mi := &file_filter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +1210,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{11}
+	return file_filter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RunRequest) GetPhase() Phase {
@@ -1167,7 +1247,7 @@ type RunStreamRequest struct {
 
 func (x *RunStreamRequest) Reset() {
 	*x = RunStreamRequest{}
-	mi := &file_filter_proto_msgTypes[12]
+	mi := &file_filter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1259,7 @@ func (x *RunStreamRequest) String() string {
 func (*RunStreamRequest) ProtoMessage() {}
 
 func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[12]
+	mi := &file_filter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1272,7 @@ func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamRequest.ProtoReflect.Descriptor instead.
 func (*RunStreamRequest) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{12}
+	return file_filter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RunStreamRequest) GetPart() isRunStreamRequest_Part {
@@ -1247,7 +1327,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_filter_proto_msgTypes[13]
+	mi := &file_filter_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1339,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[13]
+	mi := &file_filter_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1352,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{13}
+	return file_filter_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Reply) GetCode() int32 {
@@ -1309,7 +1389,7 @@ type Edit struct {
 
 func (x *Edit) Reset() {
 	*x = Edit{}
-	mi := &file_filter_proto_msgTypes[14]
+	mi := &file_filter_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1401,7 @@ func (x *Edit) String() string {
 func (*Edit) ProtoMessage() {}
 
 func (x *Edit) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[14]
+	mi := &file_filter_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1414,7 @@ func (x *Edit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Edit.ProtoReflect.Descriptor instead.
 func (*Edit) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{14}
+	return file_filter_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Edit) GetOp() EditOp {
@@ -1386,7 +1466,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_filter_proto_msgTypes[15]
+	mi := &file_filter_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +1478,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[15]
+	mi := &file_filter_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +1491,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{15}
+	return file_filter_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Verdict) GetAction() Action {
@@ -1465,7 +1545,7 @@ type RunResponse struct {
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_filter_proto_msgTypes[16]
+	mi := &file_filter_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1557,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[16]
+	mi := &file_filter_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1570,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{16}
+	return file_filter_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RunResponse) GetVerdict() *Verdict {
@@ -1514,13 +1594,20 @@ const file_filter_proto_rawDesc = "" +
 	"\x05edits\x18\x05 \x01(\bR\x05edits\x12)\n" +
 	"\x10protocol_version\x18\x06 \x01(\rR\x0fprotocolVersion\x12\x18\n" +
 	"\aresults\x18\a \x03(\tR\aresults\x12\x14\n" +
-	"\x05seals\x18\b \x01(\bR\x05seals\"\x83\x01\n" +
+	"\x05seals\x18\b \x01(\bR\x05seals\"\xb4\x01\n" +
 	"\x03Env\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1f\n" +
 	"\vdns_servers\x18\x02 \x03(\tR\n" +
 	"dnsServers\x12\x19\n" +
 	"\bdata_dir\x18\x03 \x01(\tR\adataDir\x12$\n" +
-	"\x0edns_timeout_ns\x18\x04 \x01(\x03R\fdnsTimeoutNs\"i\n" +
+	"\x0edns_timeout_ns\x18\x04 \x01(\x03R\fdnsTimeoutNs\x12/\n" +
+	"\x05redis\x18\x05 \x01(\v2\x19.mailgate.plugin.v1.RedisR\x05redis\"\x83\x01\n" +
+	"\x05Redis\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1d\n" +
+	"\n" +
+	"timeout_ns\x18\x02 \x01(\x03R\ttimeoutNs\x12,\n" +
+	"\x12connect_timeout_ns\x18\x03 \x01(\x03R\x10connectTimeoutNs\x12\x1b\n" +
+	"\tmax_conns\x18\x04 \x01(\x05R\bmaxConns\"i\n" +
 	"\x10ConfigureRequest\x12\x16\n" +
 	"\x06config\x18\x01 \x01(\fR\x06config\x12)\n" +
 	"\x03env\x18\x02 \x01(\v2\x17.mailgate.plugin.v1.EnvR\x03env\x12\x12\n" +
@@ -1647,7 +1734,7 @@ func file_filter_proto_rawDescGZIP() []byte {
 }
 
 var file_filter_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_filter_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_filter_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_filter_proto_goTypes = []any{
 	(Phase)(0),                // 0: mailgate.plugin.v1.Phase
 	(Need)(0),                 // 1: mailgate.plugin.v1.Need
@@ -1656,52 +1743,54 @@ var file_filter_proto_goTypes = []any{
 	(*DescribeRequest)(nil),   // 4: mailgate.plugin.v1.DescribeRequest
 	(*DescribeResponse)(nil),  // 5: mailgate.plugin.v1.DescribeResponse
 	(*Env)(nil),               // 6: mailgate.plugin.v1.Env
-	(*ConfigureRequest)(nil),  // 7: mailgate.plugin.v1.ConfigureRequest
-	(*ConfigureResponse)(nil), // 8: mailgate.plugin.v1.ConfigureResponse
-	(*Client)(nil),            // 9: mailgate.plugin.v1.Client
-	(*HeaderField)(nil),       // 10: mailgate.plugin.v1.HeaderField
-	(*Result)(nil),            // 11: mailgate.plugin.v1.Result
-	(*Transaction)(nil),       // 12: mailgate.plugin.v1.Transaction
-	(*FileRef)(nil),           // 13: mailgate.plugin.v1.FileRef
-	(*Body)(nil),              // 14: mailgate.plugin.v1.Body
-	(*RunRequest)(nil),        // 15: mailgate.plugin.v1.RunRequest
-	(*RunStreamRequest)(nil),  // 16: mailgate.plugin.v1.RunStreamRequest
-	(*Reply)(nil),             // 17: mailgate.plugin.v1.Reply
-	(*Edit)(nil),              // 18: mailgate.plugin.v1.Edit
-	(*Verdict)(nil),           // 19: mailgate.plugin.v1.Verdict
-	(*RunResponse)(nil),       // 20: mailgate.plugin.v1.RunResponse
+	(*Redis)(nil),             // 7: mailgate.plugin.v1.Redis
+	(*ConfigureRequest)(nil),  // 8: mailgate.plugin.v1.ConfigureRequest
+	(*ConfigureResponse)(nil), // 9: mailgate.plugin.v1.ConfigureResponse
+	(*Client)(nil),            // 10: mailgate.plugin.v1.Client
+	(*HeaderField)(nil),       // 11: mailgate.plugin.v1.HeaderField
+	(*Result)(nil),            // 12: mailgate.plugin.v1.Result
+	(*Transaction)(nil),       // 13: mailgate.plugin.v1.Transaction
+	(*FileRef)(nil),           // 14: mailgate.plugin.v1.FileRef
+	(*Body)(nil),              // 15: mailgate.plugin.v1.Body
+	(*RunRequest)(nil),        // 16: mailgate.plugin.v1.RunRequest
+	(*RunStreamRequest)(nil),  // 17: mailgate.plugin.v1.RunStreamRequest
+	(*Reply)(nil),             // 18: mailgate.plugin.v1.Reply
+	(*Edit)(nil),              // 19: mailgate.plugin.v1.Edit
+	(*Verdict)(nil),           // 20: mailgate.plugin.v1.Verdict
+	(*RunResponse)(nil),       // 21: mailgate.plugin.v1.RunResponse
 }
 var file_filter_proto_depIdxs = []int32{
 	0,  // 0: mailgate.plugin.v1.DescribeResponse.phases:type_name -> mailgate.plugin.v1.Phase
 	1,  // 1: mailgate.plugin.v1.DescribeResponse.needs:type_name -> mailgate.plugin.v1.Need
-	6,  // 2: mailgate.plugin.v1.ConfigureRequest.env:type_name -> mailgate.plugin.v1.Env
-	2,  // 3: mailgate.plugin.v1.Result.action:type_name -> mailgate.plugin.v1.Action
-	9,  // 4: mailgate.plugin.v1.Transaction.client:type_name -> mailgate.plugin.v1.Client
-	10, // 5: mailgate.plugin.v1.Transaction.header:type_name -> mailgate.plugin.v1.HeaderField
-	11, // 6: mailgate.plugin.v1.Transaction.results:type_name -> mailgate.plugin.v1.Result
-	13, // 7: mailgate.plugin.v1.Body.file:type_name -> mailgate.plugin.v1.FileRef
-	0,  // 8: mailgate.plugin.v1.RunRequest.phase:type_name -> mailgate.plugin.v1.Phase
-	12, // 9: mailgate.plugin.v1.RunRequest.transaction:type_name -> mailgate.plugin.v1.Transaction
-	14, // 10: mailgate.plugin.v1.RunRequest.body:type_name -> mailgate.plugin.v1.Body
-	15, // 11: mailgate.plugin.v1.RunStreamRequest.request:type_name -> mailgate.plugin.v1.RunRequest
-	3,  // 12: mailgate.plugin.v1.Edit.op:type_name -> mailgate.plugin.v1.EditOp
-	2,  // 13: mailgate.plugin.v1.Verdict.action:type_name -> mailgate.plugin.v1.Action
-	17, // 14: mailgate.plugin.v1.Verdict.reply:type_name -> mailgate.plugin.v1.Reply
-	18, // 15: mailgate.plugin.v1.Verdict.edits:type_name -> mailgate.plugin.v1.Edit
-	19, // 16: mailgate.plugin.v1.RunResponse.verdict:type_name -> mailgate.plugin.v1.Verdict
-	7,  // 17: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
-	4,  // 18: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
-	15, // 19: mailgate.plugin.v1.Filter.Run:input_type -> mailgate.plugin.v1.RunRequest
-	16, // 20: mailgate.plugin.v1.Filter.RunStream:input_type -> mailgate.plugin.v1.RunStreamRequest
-	8,  // 21: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
-	5,  // 22: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
-	20, // 23: mailgate.plugin.v1.Filter.Run:output_type -> mailgate.plugin.v1.RunResponse
-	20, // 24: mailgate.plugin.v1.Filter.RunStream:output_type -> mailgate.plugin.v1.RunResponse
-	21, // [21:25] is the sub-list for method output_type
-	17, // [17:21] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	7,  // 2: mailgate.plugin.v1.Env.redis:type_name -> mailgate.plugin.v1.Redis
+	6,  // 3: mailgate.plugin.v1.ConfigureRequest.env:type_name -> mailgate.plugin.v1.Env
+	2,  // 4: mailgate.plugin.v1.Result.action:type_name -> mailgate.plugin.v1.Action
+	10, // 5: mailgate.plugin.v1.Transaction.client:type_name -> mailgate.plugin.v1.Client
+	11, // 6: mailgate.plugin.v1.Transaction.header:type_name -> mailgate.plugin.v1.HeaderField
+	12, // 7: mailgate.plugin.v1.Transaction.results:type_name -> mailgate.plugin.v1.Result
+	14, // 8: mailgate.plugin.v1.Body.file:type_name -> mailgate.plugin.v1.FileRef
+	0,  // 9: mailgate.plugin.v1.RunRequest.phase:type_name -> mailgate.plugin.v1.Phase
+	13, // 10: mailgate.plugin.v1.RunRequest.transaction:type_name -> mailgate.plugin.v1.Transaction
+	15, // 11: mailgate.plugin.v1.RunRequest.body:type_name -> mailgate.plugin.v1.Body
+	16, // 12: mailgate.plugin.v1.RunStreamRequest.request:type_name -> mailgate.plugin.v1.RunRequest
+	3,  // 13: mailgate.plugin.v1.Edit.op:type_name -> mailgate.plugin.v1.EditOp
+	2,  // 14: mailgate.plugin.v1.Verdict.action:type_name -> mailgate.plugin.v1.Action
+	18, // 15: mailgate.plugin.v1.Verdict.reply:type_name -> mailgate.plugin.v1.Reply
+	19, // 16: mailgate.plugin.v1.Verdict.edits:type_name -> mailgate.plugin.v1.Edit
+	20, // 17: mailgate.plugin.v1.RunResponse.verdict:type_name -> mailgate.plugin.v1.Verdict
+	8,  // 18: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
+	4,  // 19: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
+	16, // 20: mailgate.plugin.v1.Filter.Run:input_type -> mailgate.plugin.v1.RunRequest
+	17, // 21: mailgate.plugin.v1.Filter.RunStream:input_type -> mailgate.plugin.v1.RunStreamRequest
+	9,  // 22: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
+	5,  // 23: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
+	21, // 24: mailgate.plugin.v1.Filter.Run:output_type -> mailgate.plugin.v1.RunResponse
+	21, // 25: mailgate.plugin.v1.Filter.RunStream:output_type -> mailgate.plugin.v1.RunResponse
+	22, // [22:26] is the sub-list for method output_type
+	18, // [18:22] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_filter_proto_init() }
@@ -1709,12 +1798,12 @@ func file_filter_proto_init() {
 	if File_filter_proto != nil {
 		return
 	}
-	file_filter_proto_msgTypes[10].OneofWrappers = []any{
+	file_filter_proto_msgTypes[11].OneofWrappers = []any{
 		(*Body_Inline)(nil),
 		(*Body_File)(nil),
 		(*Body_Streamed)(nil),
 	}
-	file_filter_proto_msgTypes[12].OneofWrappers = []any{
+	file_filter_proto_msgTypes[13].OneofWrappers = []any{
 		(*RunStreamRequest_Request)(nil),
 		(*RunStreamRequest_Chunk)(nil),
 	}
@@ -1724,7 +1813,7 @@ func file_filter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_filter_proto_rawDesc), len(file_filter_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

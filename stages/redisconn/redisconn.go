@@ -21,9 +21,12 @@ import (
 	"log/slog"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mailgate/mailgate/stages"
 )
 
 // URL forms (README: Cluster):
@@ -97,20 +100,6 @@ func parse(raw string) (parsed, error) {
 	return parsed{kind: single, single: o}, err
 }
 
-// Options are a Client's settings besides its URL; zero values take the
-// defaults. They win over what the URL's query parameters set.
-type Options struct {
-	// Timeout bounds each command's read and write (default 5s).
-	Timeout time.Duration
-	// ConnectTimeout bounds the making of a connection (default 5s).
-	ConnectTimeout time.Duration
-	// MaxConns is the most connections open to each server (default 10).
-	MaxConns int
-	// Logger hears when Redis becomes unreachable and when it is back;
-	// nil logs nothing.
-	Logger *slog.Logger
-}
-
 // retryAfter is how long a Client fails fast after a command found Redis
 // unreachable, before it lets one command try again.
 const retryAfter = time.Second
@@ -118,11 +107,24 @@ const retryAfter = time.Second
 // ErrDown is what a command gets at once while Redis is unreachable.
 var ErrDown = errors.New("redis unreachable")
 
+// go-redis logs to stderr through a logger of its own, one for the whole
+// process; what it says (a dial failed) a Client says once, in the
+// node's log. Its lines go to the default logger's debug level.
+func init() { redis.SetLogger(goRedisLog{}) }
+
+type goRedisLog struct{}
+
+func (goRedisLog) Printf(ctx context.Context, format string, v ...any) {
+	slog.Default().DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
+}
+
 // Client is a Redis client that fails fast while Redis is unreachable.
 // Its commands are go-redis's (it embeds redis.UniversalClient).
 type Client struct {
 	redis.UniversalClient
 	log *slog.Logger
+
+	failures atomic.Uint64 // commands that found Redis away, or failed fast
 
 	mu      sync.Mutex
 	lastErr error     // nil while Redis answers
@@ -130,13 +132,17 @@ type Client struct {
 	probing bool      // while down: a command is trying
 }
 
-// Open returns a client of the server, Sentinels or Cluster raw names.
-// It connects when a command needs a connection, so Redis need not be up.
-func Open(raw string, o Options) (*Client, error) {
-	p, err := parse(raw)
+// Open returns a client of the server, Sentinels or Cluster that r.URL
+// names, with r's settings, which win over what the URL's query sets
+// (zero: 5s, 5s, 10 connections to each server). It connects when a
+// command needs a connection, so Redis need not be up. log hears when
+// Redis becomes unreachable and when it is back; nil logs nothing.
+func Open(r stages.Redis, log *slog.Logger) (*Client, error) {
+	p, err := parse(r.URL)
 	if err != nil {
 		return nil, fmt.Errorf("redis URL: %w", err)
 	}
+	o := r
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
 	}
@@ -146,10 +152,10 @@ func Open(raw string, o Options) (*Client, error) {
 	if o.MaxConns <= 0 {
 		o.MaxConns = 10
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{log: o.Logger}
+	c := &Client{log: log}
 	// go-redis retries a failed command 3 times by default: at most once
 	// here, so that a command is bounded by about two timeouts and the
 	// fail-fast state learns of a failure soon.
@@ -179,6 +185,10 @@ func (c *Client) Err() error {
 	return c.lastErr
 }
 
+// Failures is how many commands found Redis unreachable or failed fast
+// while it was: each one's user failed open.
+func (c *Client) Failures() uint64 { return c.failures.Load() }
+
 // Health pings Redis (at once ErrDown while it is known to be
 // unreachable) and returns nil or why it is not usable.
 func (c *Client) Health(ctx context.Context) error { return c.Ping(ctx).Err() }
@@ -198,8 +208,16 @@ func (c *Client) admit() error {
 	return nil
 }
 
-// settle records how a command that went to Redis fared.
-func (c *Client) settle(err error) {
+// admitted marks the context of a command admit let through. go-redis
+// sets a new connection up (HELLO, SELECT, …) with commands of its own
+// that pass the hooks too, under the context of the command that needs
+// the connection: they are part of that command, not commands to admit
+// (or a probe would be refused its own set-up).
+type admitted struct{}
+
+// settle records how a command that went to Redis fared, and reports
+// whether it failed while Redis was known to be unreachable already.
+func (c *Client) settle(err error) (stillDown bool) {
 	answered, down := judge(err)
 	c.mu.Lock()
 	was := c.lastErr
@@ -217,6 +235,7 @@ func (c *Client) settle(err error) {
 	case answered && was != nil:
 		c.log.Info("redis answers again", "was", was.Error())
 	}
+	return down && was != nil
 }
 
 // judge tells from a command's error whether Redis answered (nil, a
@@ -239,28 +258,40 @@ func (c *Client) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (c *Client) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if err := c.admit(); err != nil {
-			cmd.SetErr(err)
-			return err
-		}
-		err := next(ctx, cmd)
-		c.settle(err)
-		return err
+		return c.around(ctx, func(ctx context.Context) error { return next(ctx, cmd) }, cmd)
 	}
 }
 
 func (c *Client) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if err := c.admit(); err != nil {
-			for _, cmd := range cmds {
-				cmd.SetErr(err)
-			}
-			return err
+		return c.around(ctx, func(ctx context.Context) error { return next(ctx, cmds) }, cmds...)
+	}
+}
+
+// around runs a command, or a pipeline of them, between admit and settle.
+func (c *Client) around(ctx context.Context, run func(context.Context) error, cmds ...redis.Cmder) error {
+	if ctx.Value(admitted{}) != nil {
+		return run(ctx)
+	}
+	if err := c.admit(); err != nil {
+		c.failures.Add(1)
+		for _, cmd := range cmds {
+			cmd.SetErr(err)
 		}
-		err := next(ctx, cmds)
-		c.settle(err)
 		return err
 	}
+	err := run(context.WithValue(ctx, admitted{}, true))
+	if _, down := judge(err); down {
+		c.failures.Add(1)
+	}
+	if c.settle(err) {
+		// A probe that failed: Redis is still away, as ErrDown says.
+		err = fmt.Errorf("%w: %v", ErrDown, err)
+		for _, cmd := range cmds {
+			cmd.SetErr(err)
+		}
+	}
+	return err
 }
 
 var _ redis.Hook = (*Client)(nil)

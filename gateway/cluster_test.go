@@ -1,0 +1,229 @@
+package gateway_test
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway"
+	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/redistest"
+	"github.com/mailgate/mailgate/stages/testkit"
+)
+
+// clusterConfig is the [cluster] of node name sharing the Redis redis.
+func clusterConfig(name, redis string) string {
+	return fmt.Sprintf("\n[cluster]\nredis = %q\nnode = %q\ntimeout = \"2s\"\nconnect_timeout = \"1s\"\n", redis, name)
+}
+
+// TestClusterRateLimitAcrossNodes: a limit of a burst of 4 (then one an
+// hour) holds across two gateways sharing Redis: of 8 messages from one
+// client sent alternately to both, 4 are taken, whichever node they
+// reach, and the rest are deferred at MAIL.
+func TestClusterRateLimitAcrossNodes(t *testing.T) {
+	srv := redistest.Start(t)
+	down := routertest.NewServer(t)
+	clock := newTestClock()
+	conf := routeTo(down, "dest.test") + `
+[[ratelimit]]
+name = "per-client"
+key = "client_ip"
+rate = 1
+per = "1h"
+burst = 4
+`
+	nodes := []*gateway.Gateway{
+		startRateLimited(t, conf+clusterConfig("a", srv.URL()), clock),
+		startRateLimited(t, conf+clusterConfig("b", srv.URL()), clock),
+	}
+	taken := 0
+	for i := range 8 {
+		c := dial(t, nodes[i%2].SMTPAddrs()[0])
+		c.Cmd("EHLO client.test", "250")
+		switch r := c.TrySend("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("m%d@test", i), "hi\r\n")); {
+		case strings.HasPrefix(r, "250"):
+			taken++
+		case r != rateDeferred:
+			t.Fatalf("message %d at node %d: %q", i, i%2, r)
+		}
+	}
+	if taken != 4 {
+		t.Fatalf("%d of 8 messages taken by two nodes; want the burst, 4", taken)
+	}
+	down.WaitFor(4, waitLong)
+}
+
+// TestClusterGreylistAcrossNodes: a triplet greylisted at node A passes
+// when its retry reaches node B after the delay.
+func TestClusterGreylistAcrossNodes(t *testing.T) {
+	srv := redistest.Start(t)
+	down := routertest.NewServer(t)
+	conf := routeTo(down, "dest.test") + greylistStage
+	a := startGateway(t, conf+clusterConfig("a", srv.URL()))
+	b := startGateway(t, conf+clusterConfig("b", srv.URL()))
+	msg := message("retried@test", "hi\r\n")
+	ca := dial(t, a.SMTPAddrs()[0])
+	ca.Cmd("EHLO client.test", "250")
+	if r := ca.TrySend("a@sender.test", []string{"b@dest.test"}, msg); r != "451 4.7.1 Greylisted, please try again later" {
+		t.Fatalf("first attempt, at A: %q", r)
+	}
+	cb := dial(t, b.SMTPAddrs()[0])
+	cb.Cmd("EHLO client.test", "250")
+	waitUntil(t, waitLong, "the retry at B to be accepted", func() bool {
+		r := cb.TrySend("a@sender.test", []string{"b@dest.test"}, msg)
+		if strings.HasPrefix(r, "451 4.7.1") {
+			return false // before the delay: B knows the triplet too
+		}
+		if !strings.HasPrefix(r, "250") {
+			t.Fatalf("retry at B: %q", r)
+		}
+		return true
+	})
+	if msgs := down.WaitFor(1, waitLong); messageID(msgs[0].Data) != "retried@test" {
+		t.Fatal("wrong message delivered")
+	}
+}
+
+// TestClusterPregreetAcrossNodes: a client that talked before the banner
+// at node A is refused at once at node B.
+func TestClusterPregreetAcrossNodes(t *testing.T) {
+	srv := redistest.Start(t)
+	down := routertest.NewServer(t)
+	conf := "[server]\nlisten = [\"127.0.0.1:0\"]\npregreet_delay = \"200ms\"\n" + routeTo(down, "dest.test")
+	a := startGateway(t, conf+clusterConfig("a", srv.URL()))
+	b := startGateway(t, conf+clusterConfig("b", srv.URL()))
+	conn, err := dialFrom(t, "127.0.0.2", a.SMTPAddrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	early := testkit.NewSMTPClient(t, conn)
+	early.Send("EHLO bot.test\r\n")
+	if r := early.Rest(); r != "554 5.7.1 Access denied\r\n" {
+		t.Fatalf("early talker at A: %q", r)
+	}
+	conn.Close()
+	conn, err = dialFrom(t, "127.0.0.2", b.SMTPAddrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if r := testkit.NewSMTPClient(t, conn).Rest(); r != "554 5.7.1 Access denied\r\n" {
+		t.Fatalf("the same client at B: %q", r)
+	}
+	if v := scrape(t, b)[`mailgate_smtp_door_refusals_total{reason="pregreet_cached"}`]; v != 1 {
+		t.Fatalf("B's pregreet_cached refusals: %v, want 1", v)
+	}
+}
+
+// TestClusterRedisKilledMidLoad: two nodes take mail from four senders
+// while Redis is killed and started again: every message is answered 250
+// and delivered once (the limits and greylisting fail open), /healthz
+// says Redis is degraded and stays 200, the failures are counted; once
+// Redis is back, the limits hold again with no one telling the nodes.
+func TestClusterRedisKilledMidLoad(t *testing.T) {
+	srv := redistest.Start(t)
+	down := routertest.NewServer(t)
+	clock := newTestClock()
+	// Each load message has a sender of its own: the rule never refuses
+	// one, but counts every one in Redis.
+	conf := routeTo(down, "dest.test") + `
+[[ratelimit]]
+name = "per-sender"
+key = "sender"
+rate = 1
+per = "1h"
+burst = 2
+`
+	nodes := []*gateway.Gateway{
+		startRateLimited(t, conf+clusterConfig("a", srv.URL()), clock),
+		startRateLimited(t, conf+clusterConfig("b", srv.URL()), clock),
+	}
+	var (
+		acked    atomic.Int64
+		stop     atomic.Bool
+		wg       sync.WaitGroup
+		progress = make(chan struct{}, 1000)
+	)
+	for w := range 4 {
+		wg.Go(func() {
+			g := nodes[w%2]
+			c := dial(t, g.SMTPAddrs()[0])
+			c.Cmd("EHLO client.test", "250")
+			for i := 0; !stop.Load(); i++ {
+				from := fmt.Sprintf("load%d-%d@sender.test", w, i)
+				if r := c.SendMail(from, []string{"b@dest.test"}, message(fmt.Sprintf("load%d-%d@test", w, i), "hi\r\n")); !strings.HasPrefix(r, "250") {
+					t.Errorf("%s at node %d: %q", from, w%2, r)
+					return
+				}
+				acked.Add(1)
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
+			}
+		})
+	}
+	// awaitMore waits until n more messages were taken.
+	awaitMore := func(n int, what string) {
+		t.Helper()
+		for range n {
+			select {
+			case <-progress:
+			case <-time.After(waitLong):
+				t.Fatalf("no mail taken for %v %s", waitLong, what)
+			}
+		}
+	}
+	awaitMore(20, "with Redis up")
+	srv.Kill()
+	awaitMore(50, "with Redis killed")
+	waitUntil(t, waitLong, "/healthz to say Redis is degraded", func() bool {
+		code, body := httpGet(t, "http://"+nodes[0].AdminAddr().String()+"/healthz")
+		if code != 200 {
+			t.Fatalf("/healthz %d with Redis down; want 200 (degraded, mail flows):\n%s", code, body)
+		}
+		return strings.Contains(body, "\nredis: degraded: unreachable")
+	})
+	m := scrape(t, nodes[0])
+	if m["mailgate_cluster_redis_up"] != 0 || m["mailgate_cluster_redis_failures_total"] == 0 || m[`mailgate_ratelimit_store_faults_total{fault="store"}`] == 0 {
+		t.Errorf("with Redis down: redis_up %v, redis_failures_total %v, ratelimit store faults %v; want 0, >0, >0",
+			m["mailgate_cluster_redis_up"], m["mailgate_cluster_redis_failures_total"], m[`mailgate_ratelimit_store_faults_total{fault="store"}`])
+	}
+	srv.Restart()
+	for _, g := range nodes {
+		waitUntil(t, waitLong, "/healthz to say Redis is reachable", func() bool {
+			_, body := httpGet(t, "http://"+g.AdminAddr().String()+"/healthz")
+			return strings.Contains(body, "\nredis: ok: reachable")
+		})
+	}
+	awaitMore(20, "after Redis came back")
+	stop.Store(true)
+	wg.Wait()
+
+	// The limits hold again, across the nodes: a sender's burst of 2.
+	var replies []string
+	for i := range 3 {
+		c := dial(t, nodes[i%2].SMTPAddrs()[0])
+		c.Cmd("EHLO client.test", "250")
+		replies = append(replies, c.TrySend("limited@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("limited%d@test", i), "hi\r\n")))
+	}
+	if !strings.HasPrefix(replies[0], "250") || !strings.HasPrefix(replies[1], "250") || replies[2] != rateDeferred {
+		t.Fatalf("after Redis came back, one sender's 3 messages: %q; want 250, 250, %q", replies, rateDeferred)
+	}
+
+	// Nothing acknowledged is lost, nothing is delivered twice.
+	for _, g := range nodes {
+		waitQueueEmpty(t, g)
+	}
+	want := int(acked.Load()) + 2
+	seen := map[string]int{}
+	for _, msg := range down.Messages() {
+		seen[messageID(msg.Data)]++
+	}
+	if len(down.Messages()) != want || len(seen) != want {
+		t.Fatalf("%d deliveries of %d messages; want each of the %d acknowledged once", len(down.Messages()), len(seen), want)
+	}
+}
