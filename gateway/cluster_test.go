@@ -1,7 +1,13 @@
 package gateway_test
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -10,6 +16,8 @@ import (
 
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/gateway/state/pgtest"
 	"github.com/mailgate/mailgate/stages/redistest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
@@ -226,4 +234,123 @@ burst = 2
 	if len(down.Messages()) != want || len(seen) != want {
 		t.Fatalf("%d deliveries of %d messages; want each of the %d acknowledged once", len(down.Messages()), len(seen), want)
 	}
+}
+
+// pgConfig is the [cluster] of node name sharing the PostgreSQL
+// database url (and Redis redis, if not "").
+func pgConfig(name, url, redis string) string {
+	c := fmt.Sprintf("\n[cluster]\npostgres = %q\nnode = %q\ntimeout = \"2s\"\nconnect_timeout = \"1s\"\n", url, name)
+	if redis != "" {
+		c += fmt.Sprintf("redis = %q\n", redis)
+	}
+	return c
+}
+
+// clusterCLI runs mailgate cluster ARGS with a config of the cluster's
+// PostgreSQL, as an operator on another machine would.
+func clusterCLI(t *testing.T, url string, args ...string) string {
+	t.Helper()
+	conf := filepath.Join(t.TempDir(), "cli.toml")
+	body := fmt.Sprintf("hostname = \"ops.test\"\ndata_dir = %q\n", t.TempDir()) + pgConfig("ops", url, "")
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(mailgateBin, append(append([]string{"cluster"}, args...), "-config", conf)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mailgate cluster %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestClusterStatus: three nodes register themselves in PostgreSQL;
+// `mailgate cluster status` lists them with their version, config and
+// health, and flags the one whose config differs from the other two's
+// (node-local keys, such as the listeners and data_dir, differ in all
+// three and do not count). A node that shuts down says so.
+func TestClusterStatus(t *testing.T) {
+	pg := pgtest.Start(t)
+	url := pg.NewDatabase(t)
+	down := routertest.NewServer(t)
+	conf := routeTo(down, "dest.test") + "\n[[ratelimit]]\nname = \"per-client\"\nkey = \"client_ip\"\nrate = 100\nper = \"1h\"\n"
+	startGateway(t, conf+pgConfig("a", url, ""))
+	startGateway(t, conf+pgConfig("b", url, ""))
+	c := startGateway(t, strings.Replace(conf, "rate = 100", "rate = 50", 1)+pgConfig("c", url, ""))
+
+	var nodes []state.Node
+	waitUntil(t, waitLong, "three nodes to report ok", func() bool {
+		nodes = nil
+		if err := json.Unmarshal([]byte(clusterCLI(t, url, "status", "-json")), &nodes); err != nil {
+			t.Fatal(err)
+		}
+		ok := 0
+		for _, n := range nodes {
+			if n.Health == "ok" {
+				ok++
+			}
+		}
+		return ok == 3
+	})
+	for _, n := range nodes {
+		if n.Stale || n.ConfigDiffers != (n.Name == "c") || n.Version == "" || len(n.ConfigHash) != 64 {
+			t.Errorf("node %+v; want live, version and hash set, config differing for c only", n)
+		}
+	}
+	out := clusterCLI(t, url, "status")
+	for _, want := range []string{"NODE", "config differs", "3 nodes, 0 stale"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.Shutdown(ctx)
+	if out := clusterCLI(t, url, "status"); !regexp.MustCompile(`(?m)^c .* stopped `).MatchString(out) {
+		t.Errorf("a node shut down does not say stopped:\n%s", out)
+	}
+}
+
+// TestClusterPostgresDown: a node starts while PostgreSQL is down (it
+// takes mail, /healthz says postgres is degraded and stays 200), joins
+// the registry when PostgreSQL comes up, says degraded again when it is
+// killed, and recovers by itself when it is back.
+func TestClusterPostgresDown(t *testing.T) {
+	pg := pgtest.Start(t)
+	url := pg.NewDatabase(t)
+	pg.Stop()
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test")+pgConfig("a", url, ""))
+	health := func(want string) {
+		t.Helper()
+		waitUntil(t, waitLong, "/healthz to say "+want, func() bool {
+			code, body := httpGet(t, "http://"+g.AdminAddr().String()+"/healthz")
+			if code != 200 {
+				t.Fatalf("/healthz %d; want 200, PostgreSQL stops no mail:\n%s", code, body)
+			}
+			return strings.Contains(body, "\n"+want)
+		})
+	}
+	health("postgres: degraded: unreachable")
+	cl := dial(t, g.SMTPAddrs()[0])
+	cl.Cmd("EHLO client.test", "250")
+	if r := cl.SendMail("a@sender.test", []string{"b@dest.test"}, message("nopg@test", "hi\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatalf("with PostgreSQL down: %q", r)
+	}
+
+	pg.Restart()
+	health("postgres: ok: reachable")
+	waitUntil(t, waitLong, "the node to register", func() bool {
+		return strings.Contains(clusterCLI(t, url, "status"), "1 nodes, 0 stale")
+	})
+	if v := scrape(t, g)["mailgate_cluster_postgres_up"]; v != 1 {
+		t.Errorf("mailgate_cluster_postgres_up %v with PostgreSQL up", v)
+	}
+
+	pg.Kill()
+	health("postgres: degraded: unreachable")
+	if v := scrape(t, g)["mailgate_cluster_postgres_up"]; v != 0 {
+		t.Errorf("mailgate_cluster_postgres_up %v with PostgreSQL killed", v)
+	}
+	pg.Restart()
+	health("postgres: ok: reachable")
 }

@@ -149,7 +149,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	g.chain = ch
 	g.chains[ch] = true
 
-	if g.node, err = cluster.Open(cfg, opts.Logger, g.reg); err != nil {
+	if g.node, err = cluster.Open(ctx, cfg, opts.Logger, g.reg, opts.Version); err != nil {
 		return nil, err
 	}
 	undo = append(undo, g.node.Close)
@@ -214,10 +214,14 @@ func (g *Gateway) Start() error {
 		}()
 		g.log.Info("admin listening", "addr", l.Addr().String())
 	}
-	g.wg.Add(3)
+	g.wg.Add(4)
 	go func() {
 		defer g.wg.Done()
 		g.pickup.run(ctx)
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.node.Run(ctx, func() (string, string) { return g.config().Hash(), g.Health().Summary() })
 	}()
 	go func() {
 		defer g.wg.Done()

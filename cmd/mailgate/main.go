@@ -1,8 +1,8 @@
 // Command mailgate is the one binary of the mail gateway: it serves mail,
 // checks configs, dry-runs a message through the filter chain, lists what
 // each stage's plugin describes, operates the queue and quarantine, prints
-// message traces, asks a running gateway to reload, makes DKIM keys, and
-// serves the built-in stage kinds as plugins.
+// message traces, asks a running gateway to reload, lists the nodes of a
+// cluster, makes DKIM keys, and serves the built-in stage kinds as plugins.
 package main
 
 import (
@@ -30,6 +30,8 @@ Usage:
   mailgate trace [-config FILE] [-json] QUEUE-ID|MESSAGE-ID
                                    what happened to a message, rejected ones too
   mailgate reload [-config FILE]   make the running gateway re-read its config (as SIGHUP)
+  mailgate cluster status [-config FILE] [-json]
+                                   the nodes of the [cluster]: version, config, health
   mailgate dkim keygen -domain DOMAIN -selector SELECTOR [-algorithm A] [-bits N] [-out DIR]
                                    write a DKIM private key, print the DNS record to publish
   mailgate plugin KIND             serve a built-in stage kind (started by the gateway)
@@ -79,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdTrace(args[1:], stdout, stderr)
 	case "reload":
 		err = cmdReload(args[1:], stdout, stderr)
+	case "cluster":
+		err = cmdCluster(args[1:], stdout, stderr)
 	case "dkim":
 		err = cmdDKIM(args[1:], stdout, stderr)
 	case "version":

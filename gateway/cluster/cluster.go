@@ -8,35 +8,59 @@
 // (policy/ratelimit) and the pre-greet cache (stages/recstore); the
 // greylist stage opens its own client in its plugin process. While Redis
 // is unreachable each of them fails open, and /healthz says "degraded".
+//
+// PostgreSQL (gateway/state/sqlstore) holds the registry of nodes: each
+// node writes its name, version, config hash and health every
+// HeartbeatEvery (Run), and `mailgate cluster status` lists them. A node
+// starts whether PostgreSQL answers or not, and connects (migrating the
+// schema) when it does.
 package cluster
 
 import (
 	"context"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/gateway/state/sqlstore"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/stages/recstore"
 	"github.com/mailgate/mailgate/stages/redisconn"
 )
 
+// HeartbeatEvery is how often a node reports itself; a node silent for
+// StaleAfter is listed as stale.
+const (
+	HeartbeatEvery = 5 * time.Second
+	StaleAfter     = 30 * time.Second
+)
+
 // Node is this gateway as a node of its cluster.
 type Node struct {
-	cfg    *policy.Config
-	log    *slog.Logger
-	redis  *redisconn.Client // nil without [cluster] redis
-	limits *ratelimit.File   // the rate limits' state on one node
+	cfg     *policy.Config
+	log     *slog.Logger
+	version string
+	started time.Time
+	redis   *redisconn.Client // nil without [cluster] redis
+	limits  *ratelimit.File   // the rate limits' state on one node
+
+	mu    sync.Mutex
+	store *sqlstore.Store // nil without [cluster] postgres, and until it answered
+	pgErr error           // why PostgreSQL is not usable; nil while it answers
 }
 
-// Open opens the engines cfg's [cluster] names; they need not be up.
-// Metrics of the engines are registered with reg.
-func Open(cfg *policy.Config, log *slog.Logger, reg prometheus.Registerer) (*Node, error) {
-	n := &Node{cfg: cfg, log: log}
+// Open opens the engines cfg's [cluster] names. Redis need not be up;
+// PostgreSQL is tried once, within connect_timeout, and Run connects
+// later if it did not answer. Metrics of the engines are registered with
+// reg; version is what the node reports of itself.
+func Open(ctx context.Context, cfg *policy.Config, log *slog.Logger, reg prometheus.Registerer, version string) (*Node, error) {
+	n := &Node{cfg: cfg, log: log, version: version, started: time.Now()}
 	if cfg.Cluster.Redis != "" {
 		var err error
 		if n.redis, err = redisconn.Open(cfg.StageEnv().Redis, log); err != nil {
@@ -50,7 +74,113 @@ func Open(cfg *policy.Config, log *slog.Logger, reg prometheus.Registerer) (*Nod
 				Help: "Commands to the cluster's Redis that found it unreachable, or failed at once while it was; each failed open."},
 				func() float64 { return float64(n.redis.Failures()) }))
 	}
+	if cfg.Cluster.Postgres != "" {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailgate_cluster_postgres_up",
+			Help: "1 while the cluster's PostgreSQL answered the node's last operation, 0 while it is unreachable."},
+			func() float64 { return up(n.postgresErr()) }))
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.Cluster.ConnectTimeout))
+		defer cancel()
+		n.connect(ctx)
+	}
 	return n, nil
+}
+
+// connect opens the store in PostgreSQL, migrating its schema, unless it
+// is open already; it reports whether it is. Only Open and then Run call
+// it, one after the other.
+func (n *Node) connect(ctx context.Context) bool {
+	if n.pg() != nil {
+		return true
+	}
+	cl := n.cfg.Cluster
+	s, err := sqlstore.OpenPostgres(ctx, cl.Postgres, sqlstore.Options{Node: cl.Node,
+		Timeout: time.Duration(cl.Timeout), ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: int32(cl.MaxConns)})
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err != nil {
+		if n.pgErr == nil {
+			n.log.Warn("postgres unreachable; the node takes mail and connects when it answers", "err", err)
+		}
+		n.pgErr = err
+		return false
+	}
+	if n.pgErr != nil {
+		n.log.Info("postgres connected", "was", n.pgErr.Error())
+	}
+	n.store, n.pgErr = s, nil
+	return true
+}
+
+func (n *Node) pg() *sqlstore.Store {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.store
+}
+
+// State returns the store the cluster shares in PostgreSQL; nil without
+// [cluster] postgres, and until PostgreSQL first answered.
+func (n *Node) State() state.Store {
+	if s := n.pg(); s != nil {
+		return s
+	}
+	return nil // not a typed nil in the interface
+}
+
+// result records whether PostgreSQL answered an operation.
+func (n *Node) result(err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case err != nil && n.pgErr == nil:
+		n.log.Warn("postgres unreachable", "err", err)
+	case err == nil && n.pgErr != nil:
+		n.log.Info("postgres answers again", "was", n.pgErr.Error())
+	}
+	n.pgErr = err
+}
+
+func (n *Node) postgresErr() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.pgErr
+}
+
+// Run reports the node to the registry every HeartbeatEvery until ctx
+// ends, connecting to PostgreSQL first if need be; report gives the hash
+// of the config in force and the node's health. Its last report, as it
+// stops, says "stopped". Without [cluster] postgres it does nothing.
+func (n *Node) Run(ctx context.Context, report func() (configHash, health string)) {
+	if n.cfg.Cluster.Postgres == "" {
+		return
+	}
+	t := time.NewTicker(HeartbeatEvery)
+	defer t.Stop()
+	for {
+		if n.connect(ctx) {
+			hash, health := report()
+			n.heartbeat(ctx, hash, health)
+		}
+		select {
+		case <-ctx.Done():
+			if n.pg() != nil {
+				// The gateway is stopping: a last word, bounded.
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.cfg.Cluster.Timeout))
+				hash, _ := report()
+				n.heartbeat(ctx, hash, "stopped")
+				cancel()
+			}
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) heartbeat(ctx context.Context, hash, health string) {
+	err := n.pg().Nodes().Heartbeat(ctx, state.Node{Name: n.cfg.Cluster.Node, Version: n.version,
+		ConfigHash: hash, Health: health, Started: n.started})
+	if ctx.Err() == nil {
+		n.result(err)
+	}
 }
 
 func up(err error) float64 {
@@ -80,7 +210,8 @@ func (n *Node) Pregreet(now func() time.Time) recstore.Store {
 }
 
 // Health says whether each engine answers. An engine away is degraded,
-// not down: what it holds fails open, and mail is taken without it.
+// not down: what it holds fails open or waits on local disk, and mail is
+// taken without it.
 func (n *Node) Health(ctx context.Context) admin.Health {
 	var h admin.Health
 	if n.redis != nil {
@@ -91,15 +222,31 @@ func (n *Node) Health(ctx context.Context) admin.Health {
 		}
 		h = append(h, c)
 	}
+	if n.cfg.Cluster.Postgres != "" {
+		c := admin.Check{Name: "postgres", Status: admin.OK, Detail: "reachable"}
+		err := n.postgresErr()
+		if s := n.pg(); s != nil {
+			err = s.Ping(ctx)
+			n.result(err)
+		}
+		if err != nil {
+			c.Status, c.Detail = admin.Degraded, "unreachable: "+err.Error()
+		}
+		h = append(h, c)
+	}
 	return h
 }
 
 // Close saves the rate limits of one node and closes the connections.
+// Run must have returned.
 func (n *Node) Close() {
 	if n.limits != nil {
 		n.limits.Close()
 	}
 	if n.redis != nil {
 		n.redis.Close()
+	}
+	if s := n.pg(); s != nil {
+		s.Close()
 	}
 }
