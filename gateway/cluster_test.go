@@ -18,6 +18,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/gateway/state/pgtest"
+	"github.com/mailgate/mailgate/gateway/state/sqlstore"
 	"github.com/mailgate/mailgate/stages/redistest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
@@ -353,4 +354,188 @@ func TestClusterPostgresDown(t *testing.T) {
 	}
 	pg.Restart()
 	health("postgres: ok: reachable")
+}
+
+// holdAll quarantines every message: the test plugin's verdict at each
+// phase.
+func holdAll() string {
+	return pluginStage("holdall", testPluginBin, "", "", `action = "quarantine"`)
+}
+
+// TestClusterQuarantineAcrossNodes: a message quarantined on node A is
+// listed, shown and released from node B with the same commands as on
+// one node; A and B releasing it at the same moment make one copy,
+// delivered once; `mailgate trace` on B tells its whole story, A's part
+// included.
+func TestClusterQuarantineAcrossNodes(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	down := routertest.NewServer(t)
+	conf := routeTo(down, "dest.test") + holdAll()
+	a := startFromFile(t, conf+pgConfig("a", url, ""))
+	b := startFromFile(t, conf+pgConfig("b", url, ""))
+	c := dial(t, a.SMTPAddrs()[0])
+	c.Cmd("EHLO client.test", "250")
+	id := queuedAs(t, c.SendMail("a@sender.test", []string{"b@dest.test"}, message("held@test", "suspicious\r\n")))
+
+	if list := b.must("quarantine", "list", "-stage", "holdall"); !strings.Contains(list, id) {
+		t.Fatalf("quarantine list on B lacks %s:\n%s", id, list)
+	}
+	if msg := b.must("quarantine", "show", "-message", id); !strings.Contains(msg, "Message-ID: <held@test>") {
+		t.Fatalf("quarantine show -message on B:\n%s", msg)
+	}
+
+	var (
+		wg   sync.WaitGroup
+		outs [2]string
+		oks  [2]bool
+	)
+	for i, n := range []*fileGateway{a, b} {
+		wg.Go(func() { outs[i], oks[i] = n.mailgate("quarantine", "release", id) })
+	}
+	wg.Wait()
+	if oks[0] == oks[1] {
+		t.Fatalf("two releases at once: A ok=%v %q, B ok=%v %q; want one to go through", oks[0], outs[0], oks[1], outs[1])
+	}
+	for i := range 2 {
+		if !oks[i] && !strings.Contains(outs[i], "already released") && !strings.Contains(outs[i], "release in progress") {
+			t.Errorf("the refused release said %q", outs[i])
+		}
+	}
+	if msgs := down.WaitFor(1, waitLong); messageID(msgs[0].Data) != "held@test" {
+		t.Fatal("wrong message delivered")
+	}
+	waitQueueEmpty(t, a.Gateway)
+	waitQueueEmpty(t, b.Gateway)
+	if n := len(down.Messages()); n != 1 {
+		t.Fatalf("%d deliveries; want 1", n)
+	}
+	waitUntil(t, waitLong, "B's trace to tell the whole story", func() bool {
+		out, _ := b.mailgate("trace", id)
+		return strings.Contains(out, " connect ") && strings.Contains(out, "action=quarantine") &&
+			strings.Contains(out, "released") && strings.Contains(out, "action=relayed")
+	})
+}
+
+// TestClusterPostgresStoppedMidLoad: two nodes quarantine every message
+// of a steady load while PostgreSQL is stopped and started again. Every
+// message answered 250 ends in the cluster's quarantine, once, and its
+// trace in the cluster's traces: what came while PostgreSQL was away was
+// kept on the nodes' disks and moved, and the traces buffered in their
+// files and shipped, with no operator action.
+func TestClusterPostgresStoppedMidLoad(t *testing.T) {
+	pg := pgtest.Start(t)
+	url := pg.NewDatabase(t)
+	down := routertest.NewServer(t)
+	conf := routeTo(down, "dest.test") + holdAll()
+	dirs := []string{t.TempDir(), t.TempDir()}
+	var nodes []*gateway.Gateway
+	for i, name := range []string{"a", "b"} {
+		nodes = append(nodes, startGatewayIn(t, dirs[i], conf+pgConfig(name, url, ""), gateway.Options{Logger: testLogger(t)}))
+	}
+
+	var (
+		mu       sync.Mutex
+		acked    []string
+		stop     atomic.Bool
+		wg       sync.WaitGroup
+		progress = make(chan struct{}, 1000)
+	)
+	for w := range 4 {
+		wg.Go(func() {
+			c := dial(t, nodes[w%2].SMTPAddrs()[0])
+			c.Cmd("EHLO client.test", "250")
+			for i := 0; !stop.Load(); i++ {
+				r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("q%d-%d@test", w, i), "hi\r\n"))
+				id, ok := strings.CutPrefix(r, "250 2.0.0 Ok: queued as ")
+				if !ok {
+					t.Errorf("worker %d message %d: %q", w, i, r)
+					return
+				}
+				mu.Lock()
+				acked = append(acked, id)
+				mu.Unlock()
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
+			}
+		})
+	}
+	awaitMore := func(n int, what string) {
+		t.Helper()
+		for range n {
+			select {
+			case <-progress:
+			case <-time.After(waitLong):
+				t.Fatalf("no mail taken for %v %s", waitLong, what)
+			}
+		}
+	}
+	awaitMore(10, "with PostgreSQL up")
+	pg.Stop()
+	awaitMore(20, "with PostgreSQL stopped")
+	spilled := 0
+	for _, dir := range dirs {
+		left, _ := filepath.Glob(filepath.Join(dir, "quarantine", "*.json"))
+		spilled += len(left)
+	}
+	if spilled < 20 {
+		t.Errorf("%d messages kept on the nodes' disks with PostgreSQL stopped; want the 20 or more taken meanwhile", spilled)
+	}
+	pg.Restart()
+	awaitMore(10, "after PostgreSQL came back")
+	stop.Store(true)
+	wg.Wait()
+
+	st, err := sqlstore.OpenPostgres(context.Background(), url, sqlstore.Options{Node: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	waitUntil(t, 2*waitLong, "every acknowledged message in the cluster's quarantine", func() bool {
+		recs, err := st.Quarantine().List(ctx, state.QuarantineFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held := map[string]int{}
+		for _, r := range recs {
+			held[r.ID]++
+		}
+		for _, id := range acked {
+			if held[id] != 1 {
+				return false
+			}
+		}
+		if len(recs) != len(acked) {
+			t.Fatalf("%d messages quarantined of %d acknowledged", len(recs), len(acked))
+		}
+		return true
+	})
+	waitUntil(t, 2*waitLong, "every acknowledged message's trace in the cluster's traces", func() bool {
+		for _, id := range acked {
+			evs, err := st.Traces().Find(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			decided := 0
+			for _, e := range evs {
+				if e.Event == "data" && e.Action == "quarantine" {
+					decided++
+				}
+			}
+			if decided != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, dir := range dirs {
+		if left, _ := filepath.Glob(filepath.Join(dir, "quarantine", "*.json")); len(left) != 0 {
+			t.Errorf("%d messages left on a node's disk", len(left))
+		}
+	}
+	if n := len(down.Messages()); n != 0 {
+		t.Errorf("%d quarantined messages delivered", n)
+	}
 }

@@ -63,7 +63,7 @@ type Gateway struct {
 	reg    *prometheus.Registry
 	stageM *pipeline.Metrics // shared by the chains of every reload
 	spool  *spool.Spool
-	quar   *quarantine.Store
+	quar   *quarantine.Shared
 	trace  *trace.Log
 	router *router.Router
 	smtp   *smtpd.Server
@@ -120,7 +120,11 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
 	undo = append(undo, func() { g.spool.Close() })
-	if g.quar, err = quarantine.Open(filepath.Join(cfg.DataDir, "quarantine")); err != nil {
+	if g.node, err = cluster.Open(ctx, cfg, opts.Logger, g.reg, opts.Version); err != nil {
+		return nil, err
+	}
+	undo = append(undo, g.node.Close)
+	if g.quar, err = g.node.OpenQuarantine(); err != nil {
 		return nil, err
 	}
 	// Before the router loads the spool: see the quarantine package.
@@ -149,10 +153,6 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	g.chain = ch
 	g.chains[ch] = true
 
-	if g.node, err = cluster.Open(ctx, cfg, opts.Logger, g.reg, opts.Version); err != nil {
-		return nil, err
-	}
-	undo = append(undo, g.node.Close)
 	limits := ratelimit.Env{Now: opts.RateLimitNow, Metrics: ratelimit.NewMetrics(g.reg), Logger: opts.Logger}
 	limits.Store = g.node.RateLimits(ratelimit.FileOptions{Now: limits.Now, Logger: limits.Logger, Metrics: limits.Metrics})
 
@@ -262,7 +262,8 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 		if err != nil {
 			g.log.Error("quarantine expiry", "err", err)
 		}
-		if err := g.trace.Expire(now, time.Duration(cfg.Trace.Retention)); err != nil {
+		if err := errors.Join(g.trace.Expire(now, time.Duration(cfg.Trace.Retention)),
+			g.node.ExpireTraces(now.Add(-time.Duration(cfg.Trace.Retention)))); err != nil {
 			g.log.Error("trace expiry", "err", err)
 		}
 		select {

@@ -5,13 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/cluster"
+	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/gateway/state/sqlstore"
+	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/policy"
 )
 
 const clusterUsage = `usage: mailgate cluster COMMAND [-config FILE] [flags]
@@ -19,6 +23,10 @@ const clusterUsage = `usage: mailgate cluster COMMAND [-config FILE] [flags]
   status           the nodes of the cluster: version, config, health and
                    last heartbeat of each; flags the stale ones and those
                    whose config differs from the one most nodes run
+  import           copy this node's own quarantine, traces and lists
+                   (from its data_dir) into the cluster's PostgreSQL, to
+                   move a single node into a cluster; it may run again:
+                   what is there already is not copied twice
 
 The cluster is the PostgreSQL of the config's [cluster] postgres; these
 commands talk to it, not to a running gateway.
@@ -35,9 +43,7 @@ func cmdCluster(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	o := newOpFlags("cluster "+sub, stderr, clusterUsage)
-	switch sub {
-	case "status":
-	default:
+	if sub != "status" && sub != "import" {
 		fmt.Fprintf(stderr, "mailgate cluster: unknown command %q\n\n%s", sub, clusterUsage)
 		return errUsage
 	}
@@ -45,11 +51,18 @@ func cmdCluster(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	ctx := context.Background()
-	st, err := o.clusterState(ctx)
+	cfg, err := loadConfig(*o.config)
+	if err != nil {
+		return err
+	}
+	st, err := openShared(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	if sub == "import" {
+		return clusterImport(ctx, cfg, st, stdout)
+	}
 	nodes, err := st.Nodes().List(ctx)
 	if err != nil {
 		return err
@@ -62,18 +75,71 @@ func cmdCluster(args []string, stdout, stderr io.Writer) error {
 	return printNodes(stdout, nodes, now)
 }
 
-// clusterState opens the store the config's cluster shares.
-func (o opFlags) clusterState(ctx context.Context) (*sqlstore.Store, error) {
-	cfg, err := loadConfig(*o.config)
-	if err != nil {
-		return nil, err
-	}
+// openShared opens the store cfg's cluster shares in PostgreSQL.
+func openShared(ctx context.Context, cfg *policy.Config) (*sqlstore.Store, error) {
 	cl := cfg.Cluster
 	if cl.Postgres == "" {
 		return nil, errors.New(configName(cfg) + ": no [cluster] postgres; these commands read the cluster's PostgreSQL")
 	}
 	return sqlstore.OpenPostgres(ctx, cl.Postgres, sqlstore.Options{Node: cl.Node,
 		Timeout: time.Duration(cl.Timeout), ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: 2})
+}
+
+// clusterImport copies what cfg's node kept on its own into st. The
+// quarantine and the traces are read only, so the node may be running.
+func clusterImport(ctx context.Context, cfg *policy.Config, st *sqlstore.Store, stdout io.Writer) error {
+	dir := filepath.Join(cfg.DataDir, "quarantine")
+	if fileExists(dir) {
+		local := quarantine.Read(dir)
+		recs, err := local.List(quarantine.Filter{}, time.Now())
+		if err != nil {
+			return err
+		}
+		n, err := quarantine.Copy(local, st.Quarantine(), cfg.Cluster.Node)
+		if err != nil {
+			return fmt.Errorf("quarantine: %d messages copied, then: %w", n, err)
+		}
+		fmt.Fprintf(stdout, "quarantine: %d messages copied, %d there already\n", n, len(recs)-n)
+	}
+	if dir := filepath.Join(cfg.DataDir, "trace"); fileExists(dir) {
+		n, err := trace.Copy(ctx, dir, st.Traces())
+		if err != nil {
+			return fmt.Errorf("traces: %d events sent, then: %w", n, err)
+		}
+		fmt.Fprintf(stdout, "traces: %d events sent (each stored once)\n", n)
+	}
+	// Users' lists exist on one node only where something kept them in
+	// the embedded store.
+	if db := filepath.Join(cfg.DataDir, "state.db"); fileExists(db) {
+		local, err := sqlstore.OpenSQLite(ctx, db, sqlstore.Options{Node: cfg.Cluster.Node})
+		if err != nil {
+			return err
+		}
+		defer local.Close()
+		entries, err := local.Lists().Entries(ctx, "")
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if err := st.Lists().Add(ctx, e); err != nil {
+				return fmt.Errorf("lists: %w", err)
+			}
+		}
+		fmt.Fprintf(stdout, "lists: %d entries copied\n", len(entries))
+	}
+	return nil
+}
+
+// findShared finds the events of message id in the traces of every node
+// of cfg's cluster.
+func findShared(cfg *policy.Config, id string) ([]trace.Event, error) {
+	ctx := context.Background()
+	st, err := openShared(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	return st.Traces().Find(ctx, id)
 }
 
 // printNodes writes the table of the nodes, then a line on what differs.

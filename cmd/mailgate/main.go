@@ -30,8 +30,9 @@ Usage:
   mailgate trace [-config FILE] [-json] QUEUE-ID|MESSAGE-ID
                                    what happened to a message, rejected ones too
   mailgate reload [-config FILE]   make the running gateway re-read its config (as SIGHUP)
-  mailgate cluster status [-config FILE] [-json]
-                                   the nodes of the [cluster]: version, config, health
+  mailgate cluster status|import [-config FILE] [-json]
+                                   the nodes of the [cluster]: version, config, health;
+                                   or copy this node's own state into the cluster
   mailgate dkim keygen -domain DOMAIN -selector SELECTOR [-algorithm A] [-bits N] [-out DIR]
                                    write a DKIM private key, print the DNS record to publish
   mailgate plugin KIND             serve a built-in stage kind (started by the gateway)

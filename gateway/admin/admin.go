@@ -333,7 +333,7 @@ func status(err error) int {
 	switch {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, router.ErrNotFound), errors.Is(err, quarantine.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, quarantine.ErrAlreadyReleased):
+	case errors.Is(err, quarantine.ErrAlreadyReleased), errors.Is(err, quarantine.ErrReleasing):
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

@@ -9,11 +9,14 @@
 // greylist stage opens its own client in its plugin process. While Redis
 // is unreachable each of them fails open, and /healthz says "degraded".
 //
-// PostgreSQL (gateway/state/sqlstore) holds the registry of nodes: each
-// node writes its name, version, config hash and health every
-// HeartbeatEvery (Run), and `mailgate cluster status` lists them. A node
-// starts whether PostgreSQL answers or not, and connects (migrating the
-// schema) when it does.
+// PostgreSQL (gateway/state/sqlstore) holds the quarantine
+// (quarantine.Shared, which keeps messages on the node's disk while
+// PostgreSQL is away and moves them when it is back), the traces (the
+// node's trace files, shipped by trace.Ship) and the registry of nodes:
+// each node writes its name, version, config hash and health every
+// HeartbeatEvery, and `mailgate cluster status` lists them. A node starts
+// whether PostgreSQL answers or not, and connects (migrating the schema)
+// when it does.
 package cluster
 
 import (
@@ -26,8 +29,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/gateway/state/sqlstore"
+	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/stages/recstore"
@@ -49,6 +54,7 @@ type Node struct {
 	started time.Time
 	redis   *redisconn.Client // nil without [cluster] redis
 	limits  *ratelimit.File   // the rate limits' state on one node
+	quar    *quarantine.Shared
 
 	mu    sync.Mutex
 	store *sqlstore.Store // nil without [cluster] postgres, and until it answered
@@ -145,14 +151,50 @@ func (n *Node) postgresErr() error {
 	return n.pgErr
 }
 
-// Run reports the node to the registry every HeartbeatEvery until ctx
-// ends, connecting to PostgreSQL first if need be; report gives the hash
-// of the config in force and the node's health. Its last report, as it
-// stops, says "stopped". Without [cluster] postgres it does nothing.
+// OpenQuarantine opens the node's quarantine: under data_dir on one
+// node, shared in a cluster with PostgreSQL (and kept under data_dir
+// while it is away).
+func (n *Node) OpenQuarantine() (*quarantine.Shared, error) {
+	local, err := quarantine.Open(filepath.Join(n.cfg.DataDir, "quarantine"))
+	if err != nil {
+		return nil, err
+	}
+	var shared func() state.Quarantine
+	if n.cfg.Cluster.Postgres != "" {
+		shared = func() state.Quarantine {
+			if s := n.pg(); s != nil {
+				return s.Quarantine()
+			}
+			return nil
+		}
+	}
+	n.quar, err = quarantine.Share(local, shared, n.cfg.Cluster.Node, n.log)
+	return n.quar, err
+}
+
+// Run keeps the node in its cluster until ctx ends: it connects to
+// PostgreSQL if need be, reports the node to the registry every
+// HeartbeatEvery (report gives the hash of the config in force and the
+// node's health; the last report, as it stops, says "stopped"), moves
+// the quarantine kept on disk while PostgreSQL was away, and ships the
+// traces. Without [cluster] postgres it does nothing.
 func (n *Node) Run(ctx context.Context, report func() (configHash, health string)) {
 	if n.cfg.Cluster.Postgres == "" {
 		return
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if n.quar != nil {
+		wg.Go(func() { n.quar.Run(ctx) })
+	}
+	wg.Go(func() {
+		trace.Ship(ctx, filepath.Join(n.cfg.DataDir, "trace"), func() trace.Appender {
+			if s := n.pg(); s != nil {
+				return s.Traces()
+			}
+			return nil
+		}, n.log)
+	})
 	t := time.NewTicker(HeartbeatEvery)
 	defer t.Stop()
 	for {
@@ -173,6 +215,18 @@ func (n *Node) Run(ctx context.Context, report func() (configHash, health string
 		case <-t.C:
 		}
 	}
+}
+
+// ExpireTraces deletes the shared traces older than before (each node's
+// own trace files expire with the node). Without PostgreSQL reached, it
+// does nothing.
+func (n *Node) ExpireTraces(before time.Time) error {
+	s := n.pg()
+	if s == nil {
+		return nil
+	}
+	_, err := s.Traces().Expire(context.Background(), before)
+	return err
 }
 
 func (n *Node) heartbeat(ctx context.Context, hash, health string) {
