@@ -19,6 +19,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/gateway/state/pgtest"
 	"github.com/mailgate/mailgate/gateway/state/sqlstore"
+	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages/redistest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
@@ -537,5 +538,188 @@ func TestClusterPostgresStoppedMidLoad(t *testing.T) {
 	}
 	if n := len(down.Messages()); n != 0 {
 		t.Errorf("%d quarantined messages delivered", n)
+	}
+}
+
+// TestClusterExample: examples/cluster runs as its README says, in two
+// commands (cluster.sh engines, cluster.sh nodes), here on free ports
+// and in a temporary directory: three nodes that agree on their config
+// register, take mail, and share the quarantine.
+func TestClusterExample(t *testing.T) {
+	names := []string{"mx1", "mx2", "mx3"}
+	var hash string
+	for _, n := range names {
+		cfg, err := policy.Load(filepath.Join("../examples/cluster", n+".toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hash != "" && cfg.Hash() != hash {
+			t.Fatalf("examples/cluster/%s.toml differs from mx1.toml in more than its own keys", n)
+		}
+		hash = cfg.Hash()
+	}
+	testkit.Need(t, "redis-server", "redis-server")
+	if _, err := exec.LookPath("pg_ctl"); err != nil {
+		if found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_ctl"); len(found) == 0 {
+			testkit.Need(t, "pg_ctl", "postgresql") // fails or skips, naming the package
+		}
+	}
+	// Not t.TempDir: as root, PostgreSQL runs as another user, who must
+	// reach its directory.
+	run, err := os.MkdirTemp("", "mgcluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(run, 0o755)
+	t.Cleanup(func() { os.RemoveAll(run) })
+	port := func() string { a := testkit.FreeAddr(t); return a[strings.LastIndex(a, ":")+1:] }
+	redisPort, pgPort := port(), port()
+	configs := t.TempDir()
+	smtp := map[string]string{}
+	for i, n := range names {
+		b, err := os.ReadFile(filepath.Join("../examples/cluster", n+".toml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		smtp[n] = testkit.FreeAddr(t)
+		conf := strings.NewReplacer(
+			"127.0.0.1:15432", "127.0.0.1:"+pgPort, "127.0.0.1:16379", "127.0.0.1:"+redisPort,
+			"/tmp/mailgate-cluster", run,
+			fmt.Sprintf("127.0.0.1:260%d", i+1), smtp[n], fmt.Sprintf("127.0.0.1:860%d", i+1), testkit.FreeAddr(t),
+		).Replace(string(b))
+		if err := os.WriteFile(filepath.Join(configs, n+".toml"), []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := func(cmd string) error {
+		c := exec.Command("../examples/cluster/cluster.sh", cmd)
+		c.Env = append(os.Environ(), "RUN="+run, "REDIS_PORT="+redisPort, "PG_PORT="+pgPort, "CONFIGS="+configs, "MAILGATE="+mailgateBin)
+		if out, err := c.CombinedOutput(); err != nil {
+			return fmt.Errorf("cluster.sh %s: %v\n%s", cmd, err, out)
+		}
+		return nil
+	}
+	t.Cleanup(func() {
+		if err := script("stop"); err != nil {
+			t.Error(err)
+		}
+	})
+	for _, cmd := range []string{"engines", "nodes"} {
+		if err := script(cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli := func(args ...string) (string, error) {
+		out, err := exec.Command(mailgateBin, args...).CombinedOutput()
+		return string(out), err
+	}
+	waitUntil(t, waitLong, "three nodes to report ok with one config", func() bool {
+		out, err := cli("cluster", "status", "-json", "-config", filepath.Join(configs, "mx1.toml"))
+		if err != nil {
+			return false // PostgreSQL may still be starting
+		}
+		var nodes []state.Node
+		if err := json.Unmarshal([]byte(out), &nodes); err != nil {
+			t.Fatalf("%v:\n%s", err, out)
+		}
+		ok := 0
+		for _, n := range nodes {
+			if n.Health == "ok" && !n.ConfigDiffers {
+				ok++
+			}
+		}
+		return ok == 3
+	})
+
+	c := testkit.DialSMTP(t, smtp["mx2"])
+	c.Cmd("EHLO client.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@example.test"}, message("plain@test", "hi\r\n")); !strings.HasPrefix(r, "250") {
+		t.Fatalf("plain message at mx2: %q", r)
+	}
+	c = testkit.DialSMTP(t, smtp["mx1"])
+	c.Cmd("EHLO client.test", "250")
+	id := queuedAs(t, c.SendMail("a@sender.test", []string{"b@example.test"}, "Subject: quarantine me\r\nMessage-ID: <held@test>\r\n\r\nhi\r\n"))
+	mx3 := filepath.Join(configs, "mx3.toml")
+	if out, err := cli("quarantine", "list", "-config", mx3); err != nil || !strings.Contains(out, id) {
+		t.Fatalf("quarantine list at mx3 (%v):\n%s", err, out)
+	}
+	if out, err := cli("quarantine", "release", "-config", mx3, id); err != nil {
+		t.Fatalf("quarantine release at mx3 (%v):\n%s", err, out)
+	}
+	waitUntil(t, waitLong, "both messages in the Maildir", func() bool {
+		got, _ := filepath.Glob(filepath.Join(run, "maildir", "new", "*"))
+		return len(got) == 2
+	})
+}
+
+// TestClusterImport: a single node's quarantine (a message held, one
+// released) and traces are copied into the cluster's PostgreSQL by
+// `mailgate cluster import` while the node runs, with their release
+// state; a second run copies nothing twice.
+func TestClusterImport(t *testing.T) {
+	down := routertest.NewServer(t)
+	body := routeTo(down, "dest.test") + holdAll()
+	fg := startFromFile(t, body)
+	var ids []string
+	for i := range 2 {
+		c := dial(t, fg.SMTPAddrs()[0])
+		c.Cmd("EHLO client.test", "250")
+		ids = append(ids, queuedAs(t, c.SendMail("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("imp%d@test", i), "hi\r\n"))))
+	}
+	out := fg.must("quarantine", "release", ids[1])
+	copyID := regexp.MustCompile(`queued as (\S+)`).FindStringSubmatch(out)[1]
+	down.WaitFor(1, waitLong)
+	waitQueueEmpty(t, fg.Gateway)
+
+	url := pgtest.Start(t).NewDatabase(t)
+	conf := filepath.Join(t.TempDir(), "import.toml")
+	if err := os.WriteFile(conf, []byte(gatewayConfig(fg.dir, "", body+pgConfig("single", url, ""))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	imp := func() string {
+		t.Helper()
+		out, err := exec.Command(mailgateBin, "cluster", "import", "-config", conf).CombinedOutput()
+		if err != nil {
+			t.Fatalf("mailgate cluster import: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	st, err := sqlstore.OpenPostgres(context.Background(), url, sqlstore.Options{Node: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	traced := func() int {
+		evs, err := st.Traces().Find(ctx, ids[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(evs)
+	}
+
+	if out := imp(); !strings.Contains(out, "quarantine: 2 messages copied, 0 there already") || !strings.Contains(out, "traces: ") {
+		t.Fatalf("first import:\n%s", out)
+	}
+	events := traced()
+	if events < 4 { // connect, rcpt, data, released, the copy's queued and attempt
+		t.Fatalf("%d events of %s in PostgreSQL after the import", events, ids[1])
+	}
+	if out := imp(); !strings.Contains(out, "quarantine: 0 messages copied, 2 there already") {
+		t.Fatalf("second import:\n%s", out)
+	}
+	if n := traced(); n != events {
+		t.Fatalf("%d events after a second import; want %d, each once", n, events)
+	}
+	rec, err := st.Quarantine().Get(ctx, ids[1])
+	if err != nil || rec.Released != copyID {
+		t.Fatalf("released message in PostgreSQL: %+v, %v; want released as %s", rec, err, copyID)
+	}
+	if rec, err := st.Quarantine().Get(ctx, ids[0]); err != nil || rec.Released != "" || rec.Node != "single" {
+		t.Fatalf("held message in PostgreSQL: %+v, %v; want it held, from node single", rec, err)
+	}
+	// The node's own files are as they were: the import only reads.
+	if left, _ := filepath.Glob(filepath.Join(fg.dir, "quarantine", "*.json")); len(left) != 2 {
+		t.Fatalf("%d records left on the node's disk; want both", len(left))
 	}
 }
