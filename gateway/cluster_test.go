@@ -723,3 +723,90 @@ func TestClusterImport(t *testing.T) {
 		t.Fatalf("%d records left on the node's disk; want both", len(left))
 	}
 }
+
+// TestClusterNodeKilled: three `mailgate serve` processes share Redis
+// (a rate limit counts every message there) and PostgreSQL (traces,
+// heartbeats); one is killed with SIGKILL in the middle of a load sent to
+// all three and started again on its data dir. Every message any node
+// answered 250 is delivered (the spool is each node's own), and the other
+// nodes take mail throughout.
+func TestClusterNodeKilled(t *testing.T) {
+	srv := redistest.Start(t)
+	url := pgtest.Start(t).NewDatabase(t)
+	down := routertest.NewServer(t)
+	var confs []string
+	var procs []*process
+	for _, name := range []string{"a", "b", "c"} {
+		conf := writeConfig(t, tempDir(t), down)
+		f, err := os.OpenFile(conf, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(f, "\n[[ratelimit]]\nname = \"per-client\"\nkey = \"client_ip\"\nrate = 1000000\nper = \"1s\"\nexempt_trusted = false\n%s", pgConfig(name, url, srv.URL()))
+		f.Close()
+		confs = append(confs, conf)
+		procs = append(procs, startProcess(t, conf))
+	}
+	var (
+		mu    sync.Mutex
+		acked = map[string]bool{}
+		addrs = []string{procs[0].addr, procs[1].addr, procs[2].addr}
+		stop  = make(chan struct{})
+		wg    sync.WaitGroup
+	)
+	for w := range 6 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				mu.Lock()
+				addr := addrs[w%3]
+				mu.Unlock()
+				id := fmt.Sprintf("w%d-%d@kill.test", w, i)
+				if !sendOne(addr, id) {
+					time.Sleep(50 * time.Millisecond) // c is down: pace, do not spin
+					continue
+				}
+				mu.Lock()
+				acked[id] = true
+				mu.Unlock()
+			}
+		})
+	}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	waitUntil(t, 60*time.Second, "mail to be taken before the kill", func() bool { return count() >= 60 })
+	procs[2].kill9(t)
+	n := count()
+	waitUntil(t, 60*time.Second, "the other nodes to take mail with c killed", func() bool { return count() >= n+60 })
+	restarted := startProcess(t, confs[2])
+	mu.Lock()
+	addrs[2] = restarted.addr
+	mu.Unlock()
+	n = count()
+	waitUntil(t, 60*time.Second, "mail to be taken by all three again", func() bool { return count() >= n+60 })
+	close(stop)
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	waitUntil(t, 60*time.Second, "every acknowledged message to arrive", func() bool {
+		got := map[string]bool{}
+		for _, m := range down.Messages() {
+			got[messageID(m.Data)] = true
+		}
+		for id := range acked {
+			if !got[id] {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("%d acknowledged by three nodes, one killed with SIGKILL; %d deliveries", len(acked), len(down.Messages()))
+}
