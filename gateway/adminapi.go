@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"io"
-	"os"
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/admin"
@@ -32,10 +31,7 @@ func (b adminBackend) QuarantineRecord(id string) (*quarantine.Record, error) {
 }
 
 func (b adminBackend) QuarantineMessage(id string) (io.ReadCloser, error) {
-	if _, err := b.g.quar.Get(id); err != nil {
-		return nil, err
-	}
-	return os.Open(b.g.quar.MessagePath(id))
+	return b.g.quar.Message(id)
 }
 
 // QuarantineRelease queues a copy of a quarantined message, exactly once,

@@ -134,16 +134,11 @@ func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, re
 		log = slog.New(slog.DiscardHandler)
 	}
 	p, err := host.Start(ctx, host.Spec{
-		Name:   sc.Name,
-		Cmd:    cmd,
-		SHA256: sc.SHA256,
-		Config: conf,
-		Env: stages.Env{
-			Hostname:   cfg.Hostname,
-			DNSServers: cfg.DNS.Servers,
-			DNSTimeout: time.Duration(cfg.DNS.Timeout),
-			DataDir:    cfg.DataDir,
-		},
+		Name:       sc.Name,
+		Cmd:        cmd,
+		SHA256:     sc.SHA256,
+		Config:     conf,
+		Env:        cfg.StageEnv(),
 		Logger:     log,
 		Registerer: reg,
 	})

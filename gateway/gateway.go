@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/gateway/cluster"
 	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
@@ -64,12 +65,12 @@ type Gateway struct {
 	reg    *prometheus.Registry
 	stageM *pipeline.Metrics // shared by the chains of every reload
 	spool  *spool.Spool
-	quar   *quarantine.Store
+	quar   *quarantine.Shared
 	trace  *trace.Log
 	router *router.Router
 	smtp   *smtpd.Server
 	pickup *pickup
-	limits *ratelimit.File // the [[ratelimit]] state, kept across reloads
+	node   *cluster.Node // the state shared with a cluster, or kept under data_dir
 
 	reloading sync.Mutex // one reload at a time
 	closed    bool       // under reloading: no more reloads
@@ -121,7 +122,11 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
 	undo = append(undo, func() { g.spool.Close() })
-	if g.quar, err = quarantine.Open(filepath.Join(cfg.DataDir, "quarantine")); err != nil {
+	if g.node, err = cluster.Open(ctx, cfg, opts.Logger, g.reg, opts.Version); err != nil {
+		return nil, err
+	}
+	undo = append(undo, g.node.Close)
+	if g.quar, err = g.node.OpenQuarantine(); err != nil {
 		return nil, err
 	}
 	// Before the router loads the spool: see the quarantine package.
@@ -151,10 +156,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	g.chains[ch] = true
 
 	limits := ratelimit.Env{Now: opts.RateLimitNow, Metrics: ratelimit.NewMetrics(g.reg), Logger: opts.Logger}
-	g.limits = ratelimit.OpenFile(filepath.Join(cfg.DataDir, "ratelimit"), ratelimit.FileOptions{
-		Now: limits.Now, Logger: limits.Logger, Metrics: limits.Metrics})
-	limits.Store = g.limits
-	undo = append(undo, func() { g.limits.Close() })
+	limits.Store = g.node.RateLimits(ratelimit.FileOptions{Now: limits.Now, Logger: limits.Logger, Metrics: limits.Metrics})
 
 	g.smtp, err = smtpd.New(smtpd.Options{
 		Config:     cfg,
@@ -167,6 +169,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		Metrics:    smtpd.NewMetrics(g.reg),
 		Trace:      g.trace,
 		RateLimits: limits,
+		Pregreet:   g.node.Pregreet(nil),
 	})
 	if err != nil {
 		return nil, err
@@ -213,10 +216,14 @@ func (g *Gateway) Start() error {
 		}()
 		g.log.Info("admin listening", "addr", l.Addr().String())
 	}
-	g.wg.Add(3)
+	g.wg.Add(4)
 	go func() {
 		defer g.wg.Done()
 		g.pickup.run(ctx)
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.node.Run(ctx, func() (string, string) { return g.config().Hash(), g.Health().Summary() })
 	}()
 	go func() {
 		defer g.wg.Done()
@@ -257,7 +264,8 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 		if err != nil {
 			g.log.Error("quarantine expiry", "err", err)
 		}
-		if err := g.trace.Expire(now, time.Duration(cfg.Trace.Retention)); err != nil {
+		if err := errors.Join(g.trace.Expire(now, time.Duration(cfg.Trace.Retention)),
+			g.node.ExpireTraces(now.Add(-time.Duration(cfg.Trace.Retention)))); err != nil {
 			g.log.Error("trace expiry", "err", err)
 		}
 		select {
@@ -317,7 +325,7 @@ func (g *Gateway) Close() error {
 		ch.Close()
 	}
 	g.trace.Close()
-	g.limits.Close()
+	g.node.Close()
 	return g.spool.Close()
 }
 
@@ -348,7 +356,7 @@ func (g *Gateway) Health() admin.Health {
 	for i, p := range ch.plugins {
 		h = append(h, stageHealth(p.Plugin, cfg.Stages[i].OnError))
 	}
-	return h
+	return append(h, g.node.Health(context.Background())...)
 }
 
 // spoolHealth checks the spool as DATA would use it: a file written and

@@ -88,8 +88,8 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 
 // restartNeeded refuses changes to what the parts fixed at start: the
 // data dir, the listeners (and whether they take a PROXY header) and the
-// log format, what go-smtp holds for every connection (smtpd.New) and the
-// router's connection pool.
+// log format, what go-smtp holds for every connection (smtpd.New), the
+// router's connection pool and the shared state of a [cluster].
 func restartNeeded(old, cfg *policy.Config) error {
 	var keys []string
 	for _, k := range []struct {
@@ -112,6 +112,7 @@ func restartNeeded(old, cfg *policy.Config) error {
 		{"server.proxy_trusted", slices.Equal(old.Server.ProxyTrusted, cfg.Server.ProxyTrusted)},
 		{"delivery.max_connections", old.Delivery.MaxConnections == cfg.Delivery.MaxConnections},
 		{"delivery.idle_conn_timeout", old.Delivery.IdleConnTimeout == cfg.Delivery.IdleConnTimeout},
+		{"cluster", old.Cluster == cfg.Cluster}, // the engines and the node's name
 	} {
 		if !k.same {
 			keys = append(keys, k.key)

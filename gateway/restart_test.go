@@ -38,3 +38,15 @@ func TestRestartNeededTLSAndProxy(t *testing.T) {
 		t.Fatalf("restartNeeded = %v, want %q", err, want)
 	}
 }
+
+// [cluster] names the engines the parts were opened on, and the node's
+// name they write under.
+func TestRestartNeededCluster(t *testing.T) {
+	old := &policy.Config{Cluster: policy.Cluster{Redis: "redis://a:6379/0", Node: "mx1"}}
+	cfg := *old
+	cfg.Cluster.Node = "mx2"
+	want := "cluster changed: restart needed"
+	if err := restartNeeded(old, &cfg); err == nil || err.Error() != want {
+		t.Fatalf("restartNeeded = %v, want %q", err, want)
+	}
+}

@@ -5,6 +5,7 @@ package policy
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -29,6 +30,9 @@ type Config struct {
 	// traces are kept.
 	Quarantine Retention `toml:"quarantine"`
 	Trace      Retention `toml:"trace"`
+	// Cluster is the state this node shares with the other nodes of a
+	// cluster; its zero value is one node with its state under DataDir.
+	Cluster Cluster `toml:"cluster"`
 
 	// File is the path the config was read from ("" for the embedded one).
 	File string `toml:"-"`
@@ -231,6 +235,39 @@ type List struct {
 type Log struct {
 	Level  string `toml:"level"`  // debug, info (default), warn or error
 	Format string `toml:"format"` // text (default) or json
+}
+
+// Cluster is the [cluster] table (README.md: Cluster): where the nodes of
+// a cluster share their state. Each engine is used when its URL is set.
+type Cluster struct {
+	// Postgres holds the quarantine, the traces, the users' lists, the
+	// DMARC records, the audit log and the registry of nodes: a postgres://
+	// URL or a key=value connection string, as libpq reads them.
+	Postgres string `toml:"postgres"`
+	// Redis holds the rate limits' counters, greylisting's triplets and
+	// the pre-greet cache: redis://, rediss:// or unix://, naming a server,
+	// Sentinels (master_name=) or a Redis Cluster (addr=, cluster=true).
+	Redis string `toml:"redis"`
+	// Node names this node among the others; default the machine's host
+	// name.
+	Node string `toml:"node"`
+	// Timeout bounds each operation on either engine; default 5s.
+	Timeout stages.Duration `toml:"timeout"`
+	// ConnectTimeout bounds the making of a connection; default 5s.
+	ConnectTimeout stages.Duration `toml:"connect_timeout"`
+	// MaxConns is the most connections this node opens to each engine;
+	// default 10.
+	MaxConns int `toml:"max_conns"`
+}
+
+// StageEnv is what the stages of c are lent by the engine (stages.Env).
+func (c *Config) StageEnv() stages.Env {
+	env := stages.Env{Hostname: c.Hostname, DNSServers: c.DNS.Servers, DNSTimeout: time.Duration(c.DNS.Timeout), DataDir: c.DataDir}
+	if cl := c.Cluster; cl.Redis != "" {
+		env.Redis = stages.Redis{URL: cl.Redis, Timeout: time.Duration(cl.Timeout),
+			ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: cl.MaxConns}
+	}
+	return env
 }
 
 // Retention is the [quarantine] and [trace] tables.

@@ -774,4 +774,12 @@ func (c *Config) setDefaults() {
 	}
 	str(&c.Log.Level, "info")
 	str(&c.Log.Format, "text")
+	cl := &c.Cluster
+	if cl.Node == "" {
+		cl.Node, _ = os.Hostname()
+		cl.Node = strings.ToLower(cl.Node)
+	}
+	d(&cl.Timeout, 5*time.Second)
+	d(&cl.ConnectTimeout, 5*time.Second)
+	i(&cl.MaxConns, 10)
 }

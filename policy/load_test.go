@@ -201,6 +201,34 @@ senders = ["Boss@Example.TEST."]
 	}
 }
 
+// TestClusterDefaults: a [cluster] that writes only its URLs gets the
+// timeouts, the pool size and the machine's name; the URL forms of
+// README.md (Cluster) are taken.
+func TestClusterDefaults(t *testing.T) {
+	for _, redis := range []string{
+		"redis://cache.example.test:6379/0",
+		"rediss://:pw@cache.example.test:6380/2?skip_verify=true",
+		"unix:///run/redis/redis.sock?db=1",
+		"redis://s1.example.test:26379/0?master_name=mymaster&addr=s2.example.test:26379",
+		"redis://n1.example.test:6379?addr=n2.example.test:6379&addr=n3.example.test:6379",
+		"redis://n1.example.test:6379/0?cluster=true",
+	} {
+		src := "hostname = \"mx.example.test\"\ndata_dir = \"/d\"\n[cluster]\n" +
+			"postgres = \"postgres://mailgate@db.example.test/mailgate\"\nredis = \"" + redis + "\"\n"
+		c, err := Parse("c.toml", []byte(src))
+		if err != nil {
+			t.Errorf("redis = %q: %v", redis, err)
+			continue
+		}
+		host, _ := os.Hostname()
+		want := Cluster{Postgres: "postgres://mailgate@db.example.test/mailgate", Redis: redis, Node: strings.ToLower(host),
+			Timeout: stages.Duration(5 * time.Second), ConnectTimeout: stages.Duration(5 * time.Second), MaxConns: 10}
+		if c.Cluster != want {
+			t.Errorf("cluster = %+v, want %+v", c.Cluster, want)
+		}
+	}
+}
+
 func TestHostnameDefault(t *testing.T) {
 	host, err := os.Hostname()
 	if err != nil || !address.IsHostname(host) {

@@ -152,6 +152,14 @@ var Reference = []KeyDoc{
 
 	{"trace", "", nil, "The message traces under `data_dir`."},
 	{"trace.retention", `"720h"`, nil, "trace files are deleted after this (30 days)"},
+
+	{"cluster", "", nil, "The state the nodes of a cluster share: see [Cluster](#cluster). Without it one node keeps its state under `data_dir`."},
+	{"cluster.postgres", "", nil, "the PostgreSQL the nodes share (`postgres://user:password@host/db`, or libpq's `key=value` form): quarantine, traces, lists, DMARC records, audit, the node registry"},
+	{"cluster.redis", "", nil, "the Redis (or Valkey) the nodes share: a server, Sentinels (`master_name=`) or a Redis Cluster (`addr=`, `cluster=true`): rate-limit counters, greylist triplets, the pre-greet cache"},
+	{"cluster.node", "(the machine's host name, in lower case)", nil, "this node's name among the others: `a-z`, `0-9`, `.`, `_`, `-`, up to 63"},
+	{"cluster.timeout", `"5s"`, nil, "each operation on PostgreSQL or Redis"},
+	{"cluster.connect_timeout", `"5s"`, nil, "making a connection to either"},
+	{"cluster.max_conns", `10`, nil, "the most connections this node opens to each"},
 }
 
 // Key is one key of Config found by reflection, with its reference text.

@@ -4,13 +4,18 @@ import (
 	"encoding/hex"
 	"net"
 	"net/netip"
+	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/redisconn"
 )
 
 // Trusted returns TrustedNetworks parsed; single addresses are prefixes of
@@ -62,7 +67,52 @@ func (c *Config) validate() Errors {
 	v.policy(&c.Policy, root.field("policy"), names)
 	v.enum(root.field("log").field("level"), c.Log.Level)
 	v.enum(root.field("log").field("format"), c.Log.Format)
+	v.cluster(&c.Cluster, root.field("cluster"))
 	return v.errs
+}
+
+// cluster checks [cluster]. What is wrong with a URL is said without
+// quoting its password.
+func (v *validator) cluster(c *Cluster, k key) {
+	if c.Postgres != "" {
+		if _, err := pgconn.ParseConfig(c.Postgres); err != nil {
+			v.errorf(k.field("postgres"), `unexpected %q; expect a PostgreSQL URL such as "postgres://mailgate@db.example.test/mailgate"`, redactURL(c.Postgres))
+		}
+	}
+	if c.Redis != "" {
+		if err := redisconn.Check(c.Redis); err != nil {
+			v.errorf(k.field("redis"), `unexpected %q (%v); expect a Redis URL such as "redis://cache.example.test:6379/0"`, redactURL(c.Redis), err)
+		}
+	}
+	// The machine's name is the default: checked only when it is used.
+	if (c.Postgres != "" || c.Redis != "") && !isNodeName(c.Node) {
+		v.errorf(k.field("node"), `unexpected %q; expect a name of up to 63 of a-z, 0-9, ".", "_" and "-" such as "mx1"`, c.Node)
+	}
+	v.duration(k.field("timeout"), c.Timeout)
+	v.duration(k.field("connect_timeout"), c.ConnectTimeout)
+	v.positive(k.field("max_conns"), c.MaxConns)
+}
+
+// redactURL is a URL or a key=value connection string with its password
+// hidden.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.Scheme != "" {
+		return u.Redacted()
+	}
+	return passwordField.ReplaceAllString(s, "${1}xxxxx")
+}
+
+var passwordField = regexp.MustCompile(`(password\s*=\s*)('[^']*'|\S*)`)
+
+// isNodeName reports whether s may name a node: what a host name is made
+// of, in lower case only, so that "MX1" and "mx1" are not two nodes.
+func isNodeName(s string) bool {
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return s != "" && len(s) <= 63
 }
 
 type validator struct {

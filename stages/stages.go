@@ -258,6 +258,18 @@ type Env struct {
 	// default.
 	DNSTimeout time.Duration
 	DataDir    string
+	// Redis is the Redis the nodes of a [cluster] share, for a stage
+	// whose state every node must see (greylisting's triplets); its zero
+	// value keeps such state under DataDir.
+	Redis Redis
+}
+
+// Redis is [cluster] redis and the settings of its client (package
+// stages/redisconn opens it).
+type Redis struct {
+	URL                     string // "" on one node
+	Timeout, ConnectTimeout time.Duration
+	MaxConns                int
 }
 
 // Factory builds a kind's filter from its config block.

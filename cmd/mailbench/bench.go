@@ -21,12 +21,16 @@ const (
 	lineChain           = "mailgate+chain"
 	linePostfixOpendkim = "postfix+opendkim"
 	lineMailgateMilter  = "mailgate+opendkim"
+	// The cluster lines (cluster.go): one node, then three, sharing a
+	// Redis and a PostgreSQL that examples/cluster/cluster.sh starts.
+	lineCluster  = "mailgate+cluster"
+	lineCluster3 = "mailgate-x3+cluster"
 )
 
 // lineNames are all the lines, in the order they run within a round and
 // appear in the report (a function: no package state to change).
 func lineNames() []string {
-	return []string{lineSink, linePostfix, lineMailgate, lineDoor, lineChain, linePostfixOpendkim, lineMailgateMilter}
+	return []string{lineSink, linePostfix, lineMailgate, lineDoor, lineChain, linePostfixOpendkim, lineMailgateMilter, lineCluster, lineCluster3}
 }
 
 func isLine(name string) bool { return slices.Contains(lineNames(), name) }
@@ -35,7 +39,7 @@ func isLine(name string) bool { return slices.Contains(lineNames(), name) }
 // the lines that are not mailgate's.
 func baseline(name string) string {
 	switch name {
-	case lineMailgate, lineDoor, lineChain:
+	case lineMailgate, lineDoor, lineChain, lineCluster, lineCluster3:
 		return linePostfix
 	case lineMailgateMilter:
 		return linePostfixOpendkim
@@ -49,6 +53,7 @@ type line struct {
 	kind  string       // one of lineNames: what runs; name is kind, or kind + baselineSuffix
 	bin   string       // the mailgate binary of a mailgate line
 	addr  string       // where the client sends
+	more  []string     // where else: the other nodes of a cluster line
 	sink  *sink        // where the server delivers (the server itself for smtp-sink)
 	roots func() []int // PIDs whose process trees are the server: CPU and memory
 	alive func() error // an error once the server has died
@@ -63,10 +68,12 @@ type bench struct {
 	log  io.Writer
 
 	tools    tools
+	root     string // the module's directory
 	dir      string // temp dir for every config, queue and log
 	mailgate string // the mailgate binary built for the run
 	dns      *dnsServer
 	opendkim *opendkimInstance
+	engines  *engines // of the cluster lines
 	stops    []func() // run in reverse order when the run ends
 	lines    []*line
 }
@@ -132,6 +139,7 @@ func (b *bench) setup(ctx context.Context, rep *report) error {
 	if err != nil {
 		return err
 	}
+	b.root = root
 	if b.dir, err = os.MkdirTemp("", "mailbench-"); err != nil {
 		return err
 	}
@@ -212,6 +220,8 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		l.roots = func() []int { return []int{s.pid()} }
 		l.alive = func() error { return nil }
 		return nil
+	case lineCluster, lineCluster3:
+		return b.startCluster(ctx, l)
 	case linePostfix, linePostfixOpendkim:
 		milter := ""
 		var extra []int
@@ -423,7 +433,7 @@ func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64) (
 	cpu0 := snapshot(roots...)
 	mem := sample(ctx, 250*time.Millisecond, roots...)
 	ld := load{
-		addr: l.addr, messages: n, size: size, sessions: b.opts.sessions, perConn: b.opts.perConn, rate: rate, proxy: l.proxy,
+		addr: l.addr, more: l.more, messages: n, size: size, sessions: b.opts.sessions, perConn: b.opts.perConn, rate: rate, proxy: l.proxy,
 		from: "bench@" + senderDomain, to: "user@" + recipientDomain,
 	}
 	res, err := ld.run(ctx)

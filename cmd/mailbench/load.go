@@ -18,13 +18,14 @@ import (
 // load is one batch of messages sent to one server: the same client and the
 // same messages for every line, so that only the server differs.
 type load struct {
-	addr     string  // host:port of the server under test
-	messages int     // how many messages in total
-	size     int     // bytes per message, header included
-	sessions int     // concurrent SMTP sessions
-	perConn  int     // messages per connection before QUIT and a new one
-	rate     float64 // messages per second over all sessions; 0: as fast as the server takes them
-	from, to string  // envelope addresses
+	addr     string   // host:port of the server under test
+	more     []string // other servers (a cluster's nodes): sessions take turns among them all
+	messages int      // how many messages in total
+	size     int      // bytes per message, header included
+	sessions int      // concurrent SMTP sessions
+	perConn  int      // messages per connection before QUIT and a new one
+	rate     float64  // messages per second over all sessions; 0: as fast as the server takes them
+	from, to string   // envelope addresses
 	// proxy: each connection opens with a PROXY protocol header naming
 	// the session's own client address (proxyHeader).
 	proxy bool
@@ -76,9 +77,10 @@ func (l load) run(ctx context.Context) (*loadResult, error) {
 		}
 		return i, true
 	}
+	addrs := append([]string{l.addr}, l.more...)
 	for i := range l.sessions {
 		wg.Go(func() {
-			s := &session{l: l, body: body, res: loadResult{refused: map[string]int{}}}
+			s := &session{l: l, addr: addrs[i%len(addrs)], body: body, res: loadResult{refused: map[string]int{}}}
 			if l.proxy {
 				s.proxyHeader = proxyHeader(i)
 			}
@@ -141,6 +143,7 @@ func errKind(err error) string {
 // session is one client connection after another.
 type session struct {
 	l    load
+	addr string // the server this session sends to
 	body []byte
 	res  loadResult
 	seq  int
@@ -171,7 +174,7 @@ func proxyHeader(i int) []byte {
 // (done false) or no message is left (done true).
 func (s *session) connection(ctx context.Context, claim func() (int, bool)) (done bool, err error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", s.l.addr)
+	conn, err := d.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
 		// Back off a little so a refusing server does not spin the client.
 		time.Sleep(100 * time.Millisecond)
@@ -198,7 +201,7 @@ func (s *session) connection(ctx context.Context, claim func() (int, bool)) (don
 		return false, fmt.Errorf("EHLO: %d %v", code, err)
 	}
 	if !hasExtension(text, "PIPELINING") {
-		return true, fmt.Errorf("%s does not announce PIPELINING", s.l.addr)
+		return true, fmt.Errorf("%s does not announce PIPELINING", s.addr)
 	}
 	for n := 0; n < s.l.perConn; n++ {
 		if _, ok := claim(); !ok {

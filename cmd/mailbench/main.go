@@ -6,8 +6,10 @@
 // without stages, mailgate with the door controls on (PROXY protocol,
 // pre-greet test, rate limits, greylisting), mailgate with the default chain (spf, dnsbl, spam,
 // headers, out of process, against a DNS server in mailbench), and opendkim
-// as a milter behind Postfix and behind mailgate. Every relay delivers to an
-// smtp-sink of its own, whose count must equal the 250s the client got.
+// as a milter behind Postfix and behind mailgate, and mailgate as one and as
+// three nodes of a cluster sharing Redis and PostgreSQL (cluster.go). Every
+// relay delivers to an smtp-sink of its own, whose count must equal the
+// 250s the client got.
 // Lines take turns in rounds, so drift on a shared machine hits them alike.
 // For each line it reports accepted and delivered msg/s, the time from the
 // final "." to the reply (p50, p99), CPU seconds per 1,000 messages and

@@ -56,6 +56,8 @@ func commands() []command {
 				"It reads the trace files under the data directory."},
 		{name: "reload", synopsis: "[-config FILE]", summary: "make the running gateway re-read its config (as SIGHUP)", help: []string{"-h"}, run: cmdReload,
 			page: "Asks the running gateway, through its admin API, to re-read its config file, and prints the outcome: a config with errors is refused with them and the running one stays."},
+		{name: "cluster", synopsis: "status|import [-config FILE] [-json]", summary: "the nodes of the [cluster] (version, config, health), or copy this node's own state into the cluster", help: []string{"-h"}, run: cmdCluster,
+			page: "status lists the nodes registered in the cluster's PostgreSQL with their version, config hash and last heartbeat, and flags a stale node or one whose config differs from the others. import copies this node's quarantine, traces and lists into PostgreSQL; run again, it copies nothing twice."},
 		{name: "dkim", synopsis: "keygen -domain DOMAIN -selector SELECTOR [-algorithm A] [-bits N] [-out DIR]", summary: "write a DKIM private key, print the DNS record to publish", help: []string{"keygen", "-h"}, run: cmdDKIM,
 			page: "Writes a private key for the dkim-sign stage to DIR/DOMAIN.SELECTOR.key (mode 0600, never over an existing file) and prints the DNS TXT record that publishes its public half."},
 		{name: "man", synopsis: "5|8", summary: "print the manual page mailgate.toml(5) or mailgate(8)", run: cmdMan,

@@ -2,7 +2,7 @@
 // checks configs and prints the one in force, dry-runs a message through
 // the filter chain, lists what each stage's plugin describes, operates the
 // queue and quarantine, prints message traces, asks a running gateway to
-// reload, makes DKIM keys, prints its manual pages, and serves the
+// reload, lists the nodes of a cluster, makes DKIM keys, prints its manual pages, and serves the
 // built-in stage kinds as plugins. The commands are one table
 // (commands.go).
 package main

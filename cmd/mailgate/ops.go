@@ -462,12 +462,23 @@ func cmdTrace(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	id := args[0]
-	evs, err := trace.Find(filepath.Join(cfg.DataDir, "trace"), id)
+	where := filepath.Join(cfg.DataDir, "trace")
+	evs, err := trace.Find(where, id)
 	if err != nil {
 		return err
 	}
+	// In a cluster, every node's traces; this node's own last second,
+	// not shipped yet, from its files.
+	if cfg.Cluster.Postgres != "" {
+		where = "the cluster's PostgreSQL or " + where
+		shared, err := findShared(cfg, id)
+		if err != nil {
+			fmt.Fprintf(stderr, "mailgate trace: %v; showing this node's own traces only\n", err)
+		}
+		evs = trace.Merge(shared, evs)
+	}
 	if len(evs) == 0 {
-		return fmt.Errorf("no trace of %s in %s", id, filepath.Join(cfg.DataDir, "trace"))
+		return fmt.Errorf("no trace of %s in %s", id, where)
 	}
 	if *o.json {
 		enc := json.NewEncoder(stdout)

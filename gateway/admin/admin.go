@@ -106,6 +106,28 @@ func (h Health) Down() []Check {
 	return out
 }
 
+// Summary is the health in a line: "ok", or "degraded: " or "down: " and
+// the parts that are (down ones only when any is), as a node reports
+// itself to its cluster.
+func (h Health) Summary() string {
+	var down, degraded []string
+	for _, c := range h {
+		switch c.Status {
+		case Down:
+			down = append(down, c.Name)
+		case Degraded:
+			degraded = append(degraded, c.Name)
+		}
+	}
+	switch {
+	case len(down) > 0:
+		return "down: " + strings.Join(down, ", ")
+	case len(degraded) > 0:
+		return "degraded: " + strings.Join(degraded, ", ")
+	}
+	return "ok"
+}
+
 // String is the /healthz body: "ok", or "unhealthy: " and the reasons,
 // on the first line, then a line per part.
 func (h Health) String() string {
@@ -311,7 +333,7 @@ func status(err error) int {
 	switch {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, router.ErrNotFound), errors.Is(err, quarantine.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, quarantine.ErrAlreadyReleased):
+	case errors.Is(err, quarantine.ErrAlreadyReleased), errors.Is(err, quarantine.ErrReleasing):
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

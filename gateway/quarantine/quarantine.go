@@ -56,6 +56,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
@@ -69,31 +70,15 @@ var ErrNotFound = errors.New("no such message in the quarantine")
 // before; the error names the queue ID of that release.
 var ErrAlreadyReleased = errors.New("already released")
 
-// Record is what the quarantine keeps about a message besides its bytes.
-type Record struct {
-	ID         string    `json:"id"` // queue ID given at MAIL FROM
-	MessageID  string    `json:"message_id,omitempty"`
-	From       string    `json:"from"` // "" is the null sender
-	Rcpts      []string  `json:"rcpts"`
-	ClientAddr string    `json:"client_addr,omitempty"`
-	ClientHelo string    `json:"client_helo,omitempty"`
-	Time       time.Time `json:"time"` // when it was quarantined; retention counts from here
-	Size       int64     `json:"size"`
-	// The decision: the total score, the stage that decided ("" when a
-	// score threshold did), why, and under which policy.
-	Score  float64 `json:"score"`
-	Stage  string  `json:"stage,omitempty"`
-	Reason string  `json:"reason"`
-	Policy string  `json:"policy,omitempty"` // the [policy] or override applied
-	// Verdicts are every stage result of the transaction, all phases, in
-	// the order they ran.
-	Verdicts []trace.Stage `json:"verdicts"`
-	// Releasing is the queue ID of a release in progress (see the
-	// package comment); Released that of the release done.
-	Releasing  string    `json:"releasing,omitempty"`
-	Released   string    `json:"released,omitempty"`
-	ReleasedAt time.Time `json:"released_at,omitzero"`
-}
+// ErrReleasing is returned by a cluster's Release for a message another
+// release is under way for; the error names the node.
+var ErrReleasing = errors.New("release in progress")
+
+// Record is what the quarantine keeps about a message besides its bytes:
+// the same record, and the same JSON, on one node (a file per record) and
+// in the store a cluster shares. Node and ReleaseNode are set in a
+// cluster only.
+type Record = state.QuarantineRecord
 
 // Filter selects records; zero fields select everything.
 type Filter struct {
@@ -197,11 +182,23 @@ func Open(dir string) (*Store, error) {
 	return s, nil
 }
 
+// Read returns the quarantine in dir for reading only (mailgate cluster
+// import, next to a running gateway): unlike Open it removes nothing.
+func Read(dir string) *Store { return &Store{dir: dir, tmp: filepath.Join(dir, "tmp")} }
+
 func (s *Store) msgPath(id string) string { return filepath.Join(s.dir, id+".eml") }
 func (s *Store) recPath(id string) string { return filepath.Join(s.dir, id+".json") }
 
 // MessagePath is the file holding the bytes of quarantined message id.
 func (s *Store) MessagePath(id string) string { return s.msgPath(id) }
+
+// Message returns the bytes of quarantined message id.
+func (s *Store) Message(id string) (io.ReadCloser, error) {
+	if _, err := s.Get(id); err != nil {
+		return nil, err
+	}
+	return os.Open(s.msgPath(id))
+}
 
 // Add puts the message in the file msgPath (a spooled message that is
 // not committed; the caller aborts it afterwards) into the quarantine
@@ -237,12 +234,19 @@ func (s *Store) Add(rec *Record, msgPath string) error {
 
 // writeRecord durably replaces (or creates) the record of rec.ID.
 func (s *Store) writeRecord(rec *Record) error {
-	b, err := json.MarshalIndent(rec, "", "  ")
+	return s.writeJSON(s.recPath(rec.ID), rec)
+}
+
+// writeJSON durably replaces (or creates) the file path, in the store's
+// directory or one below it, with v as JSON: written to tmp/, flushed,
+// renamed into place, and the directory flushed.
+func (s *Store) writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := durable.WriteFile(s.recPath(rec.ID), append(b, '\n'), s.tmp); err != nil {
-		return fmt.Errorf("write record: %w", err)
+	if err := durable.WriteFile(path, append(b, '\n'), s.tmp); err != nil {
+		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
 	}
 	return nil
 }

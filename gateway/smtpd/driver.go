@@ -23,6 +23,7 @@ import (
 	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/recstore"
 )
 
 // RouteMatcher says whether mail for a domain may be accepted from an
@@ -73,6 +74,9 @@ type Options struct {
 	RateLimits ratelimit.Env
 	// Clock is the pre-greet cache's clock; nil is time.Now.
 	Clock func() time.Time
+	// Pregreet is where the pre-greet cache is kept; nil: under
+	// data_dir/pregreet.
+	Pregreet recstore.Store
 	// CertPoll is how often the TLS files are looked at for a change; 0
 	// is 10s.
 	CertPoll time.Duration

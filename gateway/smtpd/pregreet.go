@@ -26,7 +26,9 @@ import (
 // pregreet_good_ttl and meets no delay meanwhile. trusted_networks are
 // never tested. The cache survives restarts: a recstore under
 // data_dir/pregreet. When the store fails, clients are tested as if
-// unknown (fail open for those cached bad), logged.
+// unknown (fail open for those cached bad), logged. In a [cluster] the
+// cache is in Redis (Options.Pregreet), so a client tested by one node is
+// known to all.
 
 // pregreetRecords bounds the cache: 100,000 addresses, 6.4 MB.
 const pregreetRecords = 100_000
@@ -36,7 +38,7 @@ var errRefusedEarly = errors.New("refused by the pre-greet test")
 
 // pregreetCache is who passed or failed the test.
 type pregreetCache struct {
-	store   *recstore.File
+	store   recstore.Store
 	now     func() time.Time
 	log     *slog.Logger
 	metrics *Metrics
@@ -45,7 +47,13 @@ type pregreetCache struct {
 	lastWarn time.Time // store failures are logged once a minute
 }
 
-func openPregreetCache(dataDir string, now func() time.Time, log *slog.Logger, m *Metrics) (*pregreetCache, error) {
+// openPregreetCache opens the cache in store, or, when store is nil, in
+// a recstore under dataDir.
+func openPregreetCache(store recstore.Store, dataDir string, now func() time.Time, log *slog.Logger, m *Metrics) (*pregreetCache, error) {
+	p := &pregreetCache{store: store, now: now, log: log, metrics: m}
+	if store != nil {
+		return p, nil
+	}
 	dir := filepath.Join(dataDir, "pregreet")
 	st, err := recstore.Open(dir, recstore.Options{Kind: "pregreet", MaxRecords: pregreetRecords, Now: now,
 		Corrupt: func(file string, n int) {
@@ -54,7 +62,7 @@ func openPregreetCache(dataDir string, now func() time.Time, log *slog.Logger, m
 	if errors.Is(err, recstore.ErrFormat) {
 		return nil, err
 	}
-	p := &pregreetCache{store: st, now: now, log: log, metrics: m}
+	p.store = st
 	if err != nil {
 		p.storeFailed(err) // tested as unknown until the store works
 	}

@@ -102,7 +102,7 @@ func New(opts Options) (*Server, error) {
 	if opts.CertPoll == 0 {
 		opts.CertPoll = certPollInterval
 	}
-	if s.pregreetCache, err = openPregreetCache(opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics); err != nil {
+	if s.pregreetCache, err = openPregreetCache(opts.Pregreet, opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics); err != nil {
 		return nil, fmt.Errorf("server.pregreet_delay: %w", err)
 	}
 	s.opts = opts

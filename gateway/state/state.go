@@ -151,7 +151,9 @@ type TraceFilter struct {
 // decision, each delivery attempt (see package trace for the events).
 type Traces interface {
 	// Append records events as the store's node. Events come in
-	// batches so that a busy node writes in few transactions.
+	// batches so that a busy node writes in few transactions. An event
+	// stored before, the same in every field, is not stored again, so a
+	// batch may be sent again (after a crash, by an import run twice).
 	Append(ctx context.Context, events ...trace.Event) error
 	// Find returns the events of the message with queue ID or
 	// Message-ID id (with or without its angle brackets), and of the

@@ -266,6 +266,25 @@ func Find(dir, id string) ([]Event, error) {
 	return out, nil
 }
 
+// Merge returns the events of a and b, oldest first, each once: an event
+// of both (a node's own, read from its files and from the store its
+// cluster shares, which keeps times to the microsecond) counts once.
+func Merge(a, b []Event) []Event {
+	seen := map[string]bool{}
+	var out []Event
+	for _, e := range append(slices.Clone(a), b...) {
+		k := e
+		k.Time = k.Time.UTC().Truncate(time.Microsecond)
+		key, _ := json.Marshal(k)
+		if !seen[string(key)] {
+			seen[string(key)] = true
+			out = append(out, e)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Event) int { return a.Time.Compare(b.Time) })
+	return out
+}
+
 // readAll reads every event in dir, skipping lines that do not parse (a
 // line cut short by a crash).
 func readAll(dir string) ([]Event, error) {

@@ -87,3 +87,19 @@ func TestExpire(t *testing.T) {
 		t.Fatalf("events after Expire: %v", evs)
 	}
 }
+
+// TestMerge: an event read from the node's files and from the cluster's
+// store (its time cut to the microsecond) is shown once; the others all,
+// oldest first.
+func TestMerge(t *testing.T) {
+	at := time.Date(2026, 12, 6, 12, 0, 0, 123456789, time.UTC)
+	own := []Event{{Time: at, QueueID: "Q1", Event: "connect"}, {Time: at.Add(time.Second), QueueID: "Q1", Event: "data"}}
+	shared := []Event{{Time: at.Truncate(time.Microsecond), QueueID: "Q1", Event: "connect"}, {Time: at.Add(-time.Second), QueueID: "Q0", Event: "attempt"}}
+	var got []string
+	for _, e := range Merge(shared, own) {
+		got = append(got, e.QueueID+":"+e.Event)
+	}
+	if want := "Q0:attempt,Q1:connect,Q1:data"; strings.Join(got, ",") != want {
+		t.Fatalf("Merge = %v, want %s", got, want)
+	}
+}

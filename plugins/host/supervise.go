@@ -231,6 +231,7 @@ func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *sta
 			DnsServers:   env.DNSServers,
 			DnsTimeoutNs: int64(env.DNSTimeout),
 			DataDir:      env.DataDir,
+			Redis:        redisEnv(env.Redis),
 		},
 		Name: name,
 	})
@@ -315,4 +316,12 @@ func checkSHA256(path, want string) error {
 		return fmt.Errorf("executable %s has sha256 %s; the config pins %s", path, got, want)
 	}
 	return nil
+}
+
+// redisEnv is stages.Redis as the protocol carries it: absent on one node.
+func redisEnv(r stages.Redis) *proto.Redis {
+	if r.URL == "" {
+		return nil
+	}
+	return &proto.Redis{Url: r.URL, TimeoutNs: int64(r.Timeout), ConnectTimeoutNs: int64(r.ConnectTimeout), MaxConns: int32(r.MaxConns)}
 }

@@ -449,7 +449,11 @@ type Env struct {
 	// dns_timeout_ns is [dns] timeout, the bound on one DNS query to one
 	// server, in nanoseconds (a Go time.Duration); 0 means not set, as from
 	// an engine older than this field, and a stage then uses its own default.
-	DnsTimeoutNs  int64 `protobuf:"varint,4,opt,name=dns_timeout_ns,json=dnsTimeoutNs,proto3" json:"dns_timeout_ns,omitempty"`
+	DnsTimeoutNs int64 `protobuf:"varint,4,opt,name=dns_timeout_ns,json=dnsTimeoutNs,proto3" json:"dns_timeout_ns,omitempty"`
+	// redis is the Redis the nodes of a [cluster] share, for a stage whose
+	// state every node must see (greylisting's triplets); absent on one
+	// node, where such state lives under data_dir.
+	Redis         *Redis `protobuf:"bytes,5,opt,name=redis,proto3" json:"redis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -512,6 +516,82 @@ func (x *Env) GetDnsTimeoutNs() int64 {
 	return 0
 }
 
+func (x *Env) GetRedis() *Redis {
+	if x != nil {
+		return x.Redis
+	}
+	return nil
+}
+
+// Redis is [cluster] redis and the settings of its client.
+type Redis struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Url              string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`                               // redis://, rediss:// or unix://, as [cluster] redis
+	TimeoutNs        int64                  `protobuf:"varint,2,opt,name=timeout_ns,json=timeoutNs,proto3" json:"timeout_ns,omitempty"` // each command, in nanoseconds
+	ConnectTimeoutNs int64                  `protobuf:"varint,3,opt,name=connect_timeout_ns,json=connectTimeoutNs,proto3" json:"connect_timeout_ns,omitempty"`
+	MaxConns         int32                  `protobuf:"varint,4,opt,name=max_conns,json=maxConns,proto3" json:"max_conns,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Redis) Reset() {
+	*x = Redis{}
+	mi := &file_filter_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Redis) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Redis) ProtoMessage() {}
+
+func (x *Redis) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Redis.ProtoReflect.Descriptor instead.
+func (*Redis) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Redis) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Redis) GetTimeoutNs() int64 {
+	if x != nil {
+		return x.TimeoutNs
+	}
+	return 0
+}
+
+func (x *Redis) GetConnectTimeoutNs() int64 {
+	if x != nil {
+		return x.ConnectTimeoutNs
+	}
+	return 0
+}
+
+func (x *Redis) GetMaxConns() int32 {
+	if x != nil {
+		return x.MaxConns
+	}
+	return 0
+}
+
 type ConfigureRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// config is the [stage.config] block as one JSON object ("{}" if absent).
@@ -524,7 +604,7 @@ type ConfigureRequest struct {
 
 func (x *ConfigureRequest) Reset() {
 	*x = ConfigureRequest{}
-	mi := &file_filter_proto_msgTypes[3]
+	mi := &file_filter_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +616,7 @@ func (x *ConfigureRequest) String() string {
 func (*ConfigureRequest) ProtoMessage() {}
 
 func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[3]
+	mi := &file_filter_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +629,7 @@ func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureRequest) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{3}
+	return file_filter_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ConfigureRequest) GetConfig() []byte {
@@ -586,7 +666,7 @@ type ConfigureResponse struct {
 
 func (x *ConfigureResponse) Reset() {
 	*x = ConfigureResponse{}
-	mi := &file_filter_proto_msgTypes[4]
+	mi := &file_filter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +678,7 @@ func (x *ConfigureResponse) String() string {
 func (*ConfigureResponse) ProtoMessage() {}
 
 func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[4]
+	mi := &file_filter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +691,7 @@ func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureResponse) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{4}
+	return file_filter_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConfigureResponse) GetError() string {
@@ -643,7 +723,7 @@ type Client struct {
 
 func (x *Client) Reset() {
 	*x = Client{}
-	mi := &file_filter_proto_msgTypes[5]
+	mi := &file_filter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -655,7 +735,7 @@ func (x *Client) String() string {
 func (*Client) ProtoMessage() {}
 
 func (x *Client) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[5]
+	mi := &file_filter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -668,7 +748,7 @@ func (x *Client) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Client.ProtoReflect.Descriptor instead.
 func (*Client) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{5}
+	return file_filter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Client) GetAddr() string {
@@ -736,7 +816,7 @@ type HeaderField struct {
 
 func (x *HeaderField) Reset() {
 	*x = HeaderField{}
-	mi := &file_filter_proto_msgTypes[6]
+	mi := &file_filter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +828,7 @@ func (x *HeaderField) String() string {
 func (*HeaderField) ProtoMessage() {}
 
 func (x *HeaderField) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[6]
+	mi := &file_filter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +841,7 @@ func (x *HeaderField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderField.ProtoReflect.Descriptor instead.
 func (*HeaderField) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{6}
+	return file_filter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HeaderField) GetName() []byte {
@@ -800,7 +880,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_filter_proto_msgTypes[7]
+	mi := &file_filter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +892,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[7]
+	mi := &file_filter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +905,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{7}
+	return file_filter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Result) GetStage() string {
@@ -891,7 +971,7 @@ type Transaction struct {
 
 func (x *Transaction) Reset() {
 	*x = Transaction{}
-	mi := &file_filter_proto_msgTypes[8]
+	mi := &file_filter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +983,7 @@ func (x *Transaction) String() string {
 func (*Transaction) ProtoMessage() {}
 
 func (x *Transaction) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[8]
+	mi := &file_filter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +996,7 @@ func (x *Transaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transaction.ProtoReflect.Descriptor instead.
 func (*Transaction) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{8}
+	return file_filter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Transaction) GetQueueId() string {
@@ -974,7 +1054,7 @@ type FileRef struct {
 
 func (x *FileRef) Reset() {
 	*x = FileRef{}
-	mi := &file_filter_proto_msgTypes[9]
+	mi := &file_filter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1066,7 @@ func (x *FileRef) String() string {
 func (*FileRef) ProtoMessage() {}
 
 func (x *FileRef) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[9]
+	mi := &file_filter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1079,7 @@ func (x *FileRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileRef.ProtoReflect.Descriptor instead.
 func (*FileRef) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{9}
+	return file_filter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FileRef) GetPath() string {
@@ -1037,7 +1117,7 @@ type Body struct {
 
 func (x *Body) Reset() {
 	*x = Body{}
-	mi := &file_filter_proto_msgTypes[10]
+	mi := &file_filter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1129,7 @@ func (x *Body) String() string {
 func (*Body) ProtoMessage() {}
 
 func (x *Body) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[10]
+	mi := &file_filter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1142,7 @@ func (x *Body) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Body.ProtoReflect.Descriptor instead.
 func (*Body) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{10}
+	return file_filter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Body) GetSource() isBody_Source {
@@ -1132,7 +1212,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_filter_proto_msgTypes[11]
+	mi := &file_filter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1224,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[11]
+	mi := &file_filter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1237,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{11}
+	return file_filter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RunRequest) GetPhase() Phase {
@@ -1194,7 +1274,7 @@ type RunStreamRequest struct {
 
 func (x *RunStreamRequest) Reset() {
 	*x = RunStreamRequest{}
-	mi := &file_filter_proto_msgTypes[12]
+	mi := &file_filter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1286,7 @@ func (x *RunStreamRequest) String() string {
 func (*RunStreamRequest) ProtoMessage() {}
 
 func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[12]
+	mi := &file_filter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1299,7 @@ func (x *RunStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStreamRequest.ProtoReflect.Descriptor instead.
 func (*RunStreamRequest) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{12}
+	return file_filter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RunStreamRequest) GetPart() isRunStreamRequest_Part {
@@ -1274,7 +1354,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_filter_proto_msgTypes[13]
+	mi := &file_filter_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1366,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[13]
+	mi := &file_filter_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1379,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{13}
+	return file_filter_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Reply) GetCode() int32 {
@@ -1336,7 +1416,7 @@ type Edit struct {
 
 func (x *Edit) Reset() {
 	*x = Edit{}
-	mi := &file_filter_proto_msgTypes[14]
+	mi := &file_filter_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1428,7 @@ func (x *Edit) String() string {
 func (*Edit) ProtoMessage() {}
 
 func (x *Edit) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[14]
+	mi := &file_filter_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1441,7 @@ func (x *Edit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Edit.ProtoReflect.Descriptor instead.
 func (*Edit) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{14}
+	return file_filter_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Edit) GetOp() EditOp {
@@ -1413,7 +1493,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_filter_proto_msgTypes[15]
+	mi := &file_filter_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1505,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[15]
+	mi := &file_filter_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1518,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{15}
+	return file_filter_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Verdict) GetAction() Action {
@@ -1492,7 +1572,7 @@ type RunResponse struct {
 
 func (x *RunResponse) Reset() {
 	*x = RunResponse{}
-	mi := &file_filter_proto_msgTypes[16]
+	mi := &file_filter_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1584,7 @@ func (x *RunResponse) String() string {
 func (*RunResponse) ProtoMessage() {}
 
 func (x *RunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[16]
+	mi := &file_filter_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1597,7 @@ func (x *RunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunResponse.ProtoReflect.Descriptor instead.
 func (*RunResponse) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{16}
+	return file_filter_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RunResponse) GetVerdict() *Verdict {
@@ -1557,7 +1637,7 @@ type Frame struct {
 
 func (x *Frame) Reset() {
 	*x = Frame{}
-	mi := &file_filter_proto_msgTypes[17]
+	mi := &file_filter_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1649,7 @@ func (x *Frame) String() string {
 func (*Frame) ProtoMessage() {}
 
 func (x *Frame) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[17]
+	mi := &file_filter_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1662,7 @@ func (x *Frame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Frame.ProtoReflect.Descriptor instead.
 func (*Frame) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{17}
+	return file_filter_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Frame) GetId() uint64 {
@@ -1677,7 +1757,7 @@ type Call struct {
 
 func (x *Call) Reset() {
 	*x = Call{}
-	mi := &file_filter_proto_msgTypes[18]
+	mi := &file_filter_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1769,7 @@ func (x *Call) String() string {
 func (*Call) ProtoMessage() {}
 
 func (x *Call) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[18]
+	mi := &file_filter_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1782,7 @@ func (x *Call) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Call.ProtoReflect.Descriptor instead.
 func (*Call) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{18}
+	return file_filter_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Call) GetRequest() *RunRequest {
@@ -1734,7 +1814,7 @@ type CallError struct {
 
 func (x *CallError) Reset() {
 	*x = CallError{}
-	mi := &file_filter_proto_msgTypes[19]
+	mi := &file_filter_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +1826,7 @@ func (x *CallError) String() string {
 func (*CallError) ProtoMessage() {}
 
 func (x *CallError) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[19]
+	mi := &file_filter_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +1839,7 @@ func (x *CallError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallError.ProtoReflect.Descriptor instead.
 func (*CallError) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{19}
+	return file_filter_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CallError) GetCode() uint32 {
@@ -1784,7 +1864,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_filter_proto_msgTypes[20]
+	mi := &file_filter_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1876,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[20]
+	mi := &file_filter_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1889,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{20}
+	return file_filter_proto_rawDescGZIP(), []int{21}
 }
 
 var File_filter_proto protoreflect.FileDescriptor
@@ -1827,13 +1907,20 @@ const file_filter_proto_rawDesc = "" +
 	"\x10protocol_version\x18\x06 \x01(\rR\x0fprotocolVersion\x12\x18\n" +
 	"\aresults\x18\a \x03(\tR\aresults\x12\x14\n" +
 	"\x05seals\x18\b \x01(\bR\x05seals\x12\x1b\n" +
-	"\tdata_path\x18\t \x01(\rR\bdataPath\"\x83\x01\n" +
+	"\tdata_path\x18\t \x01(\rR\bdataPath\"\xb4\x01\n" +
 	"\x03Env\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1f\n" +
 	"\vdns_servers\x18\x02 \x03(\tR\n" +
 	"dnsServers\x12\x19\n" +
 	"\bdata_dir\x18\x03 \x01(\tR\adataDir\x12$\n" +
-	"\x0edns_timeout_ns\x18\x04 \x01(\x03R\fdnsTimeoutNs\"i\n" +
+	"\x0edns_timeout_ns\x18\x04 \x01(\x03R\fdnsTimeoutNs\x12/\n" +
+	"\x05redis\x18\x05 \x01(\v2\x19.mailgate.plugin.v1.RedisR\x05redis\"\x83\x01\n" +
+	"\x05Redis\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1d\n" +
+	"\n" +
+	"timeout_ns\x18\x02 \x01(\x03R\ttimeoutNs\x12,\n" +
+	"\x12connect_timeout_ns\x18\x03 \x01(\x03R\x10connectTimeoutNs\x12\x1b\n" +
+	"\tmax_conns\x18\x04 \x01(\x05R\bmaxConns\"i\n" +
 	"\x10ConfigureRequest\x12\x16\n" +
 	"\x06config\x18\x01 \x01(\fR\x06config\x12)\n" +
 	"\x03env\x18\x02 \x01(\v2\x17.mailgate.plugin.v1.EnvR\x03env\x12\x12\n" +
@@ -1976,7 +2063,7 @@ func file_filter_proto_rawDescGZIP() []byte {
 }
 
 var file_filter_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_filter_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_filter_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_filter_proto_goTypes = []any{
 	(Phase)(0),                // 0: mailgate.plugin.v1.Phase
 	(Need)(0),                 // 1: mailgate.plugin.v1.Need
@@ -1985,61 +2072,63 @@ var file_filter_proto_goTypes = []any{
 	(*DescribeRequest)(nil),   // 4: mailgate.plugin.v1.DescribeRequest
 	(*DescribeResponse)(nil),  // 5: mailgate.plugin.v1.DescribeResponse
 	(*Env)(nil),               // 6: mailgate.plugin.v1.Env
-	(*ConfigureRequest)(nil),  // 7: mailgate.plugin.v1.ConfigureRequest
-	(*ConfigureResponse)(nil), // 8: mailgate.plugin.v1.ConfigureResponse
-	(*Client)(nil),            // 9: mailgate.plugin.v1.Client
-	(*HeaderField)(nil),       // 10: mailgate.plugin.v1.HeaderField
-	(*Result)(nil),            // 11: mailgate.plugin.v1.Result
-	(*Transaction)(nil),       // 12: mailgate.plugin.v1.Transaction
-	(*FileRef)(nil),           // 13: mailgate.plugin.v1.FileRef
-	(*Body)(nil),              // 14: mailgate.plugin.v1.Body
-	(*RunRequest)(nil),        // 15: mailgate.plugin.v1.RunRequest
-	(*RunStreamRequest)(nil),  // 16: mailgate.plugin.v1.RunStreamRequest
-	(*Reply)(nil),             // 17: mailgate.plugin.v1.Reply
-	(*Edit)(nil),              // 18: mailgate.plugin.v1.Edit
-	(*Verdict)(nil),           // 19: mailgate.plugin.v1.Verdict
-	(*RunResponse)(nil),       // 20: mailgate.plugin.v1.RunResponse
-	(*Frame)(nil),             // 21: mailgate.plugin.v1.Frame
-	(*Call)(nil),              // 22: mailgate.plugin.v1.Call
-	(*CallError)(nil),         // 23: mailgate.plugin.v1.CallError
-	(*Cancel)(nil),            // 24: mailgate.plugin.v1.Cancel
+	(*Redis)(nil),             // 7: mailgate.plugin.v1.Redis
+	(*ConfigureRequest)(nil),  // 8: mailgate.plugin.v1.ConfigureRequest
+	(*ConfigureResponse)(nil), // 9: mailgate.plugin.v1.ConfigureResponse
+	(*Client)(nil),            // 10: mailgate.plugin.v1.Client
+	(*HeaderField)(nil),       // 11: mailgate.plugin.v1.HeaderField
+	(*Result)(nil),            // 12: mailgate.plugin.v1.Result
+	(*Transaction)(nil),       // 13: mailgate.plugin.v1.Transaction
+	(*FileRef)(nil),           // 14: mailgate.plugin.v1.FileRef
+	(*Body)(nil),              // 15: mailgate.plugin.v1.Body
+	(*RunRequest)(nil),        // 16: mailgate.plugin.v1.RunRequest
+	(*RunStreamRequest)(nil),  // 17: mailgate.plugin.v1.RunStreamRequest
+	(*Reply)(nil),             // 18: mailgate.plugin.v1.Reply
+	(*Edit)(nil),              // 19: mailgate.plugin.v1.Edit
+	(*Verdict)(nil),           // 20: mailgate.plugin.v1.Verdict
+	(*RunResponse)(nil),       // 21: mailgate.plugin.v1.RunResponse
+	(*Frame)(nil),             // 22: mailgate.plugin.v1.Frame
+	(*Call)(nil),              // 23: mailgate.plugin.v1.Call
+	(*CallError)(nil),         // 24: mailgate.plugin.v1.CallError
+	(*Cancel)(nil),            // 25: mailgate.plugin.v1.Cancel
 }
 var file_filter_proto_depIdxs = []int32{
 	0,  // 0: mailgate.plugin.v1.DescribeResponse.phases:type_name -> mailgate.plugin.v1.Phase
 	1,  // 1: mailgate.plugin.v1.DescribeResponse.needs:type_name -> mailgate.plugin.v1.Need
-	6,  // 2: mailgate.plugin.v1.ConfigureRequest.env:type_name -> mailgate.plugin.v1.Env
-	2,  // 3: mailgate.plugin.v1.Result.action:type_name -> mailgate.plugin.v1.Action
-	9,  // 4: mailgate.plugin.v1.Transaction.client:type_name -> mailgate.plugin.v1.Client
-	10, // 5: mailgate.plugin.v1.Transaction.header:type_name -> mailgate.plugin.v1.HeaderField
-	11, // 6: mailgate.plugin.v1.Transaction.results:type_name -> mailgate.plugin.v1.Result
-	13, // 7: mailgate.plugin.v1.Body.file:type_name -> mailgate.plugin.v1.FileRef
-	0,  // 8: mailgate.plugin.v1.RunRequest.phase:type_name -> mailgate.plugin.v1.Phase
-	12, // 9: mailgate.plugin.v1.RunRequest.transaction:type_name -> mailgate.plugin.v1.Transaction
-	14, // 10: mailgate.plugin.v1.RunRequest.body:type_name -> mailgate.plugin.v1.Body
-	15, // 11: mailgate.plugin.v1.RunStreamRequest.request:type_name -> mailgate.plugin.v1.RunRequest
-	3,  // 12: mailgate.plugin.v1.Edit.op:type_name -> mailgate.plugin.v1.EditOp
-	2,  // 13: mailgate.plugin.v1.Verdict.action:type_name -> mailgate.plugin.v1.Action
-	17, // 14: mailgate.plugin.v1.Verdict.reply:type_name -> mailgate.plugin.v1.Reply
-	18, // 15: mailgate.plugin.v1.Verdict.edits:type_name -> mailgate.plugin.v1.Edit
-	19, // 16: mailgate.plugin.v1.RunResponse.verdict:type_name -> mailgate.plugin.v1.Verdict
-	22, // 17: mailgate.plugin.v1.Frame.call:type_name -> mailgate.plugin.v1.Call
-	20, // 18: mailgate.plugin.v1.Frame.response:type_name -> mailgate.plugin.v1.RunResponse
-	23, // 19: mailgate.plugin.v1.Frame.error:type_name -> mailgate.plugin.v1.CallError
-	24, // 20: mailgate.plugin.v1.Frame.cancel:type_name -> mailgate.plugin.v1.Cancel
-	15, // 21: mailgate.plugin.v1.Call.request:type_name -> mailgate.plugin.v1.RunRequest
-	7,  // 22: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
-	4,  // 23: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
-	15, // 24: mailgate.plugin.v1.Filter.Run:input_type -> mailgate.plugin.v1.RunRequest
-	16, // 25: mailgate.plugin.v1.Filter.RunStream:input_type -> mailgate.plugin.v1.RunStreamRequest
-	8,  // 26: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
-	5,  // 27: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
-	20, // 28: mailgate.plugin.v1.Filter.Run:output_type -> mailgate.plugin.v1.RunResponse
-	20, // 29: mailgate.plugin.v1.Filter.RunStream:output_type -> mailgate.plugin.v1.RunResponse
-	26, // [26:30] is the sub-list for method output_type
-	22, // [22:26] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	7,  // 2: mailgate.plugin.v1.Env.redis:type_name -> mailgate.plugin.v1.Redis
+	6,  // 3: mailgate.plugin.v1.ConfigureRequest.env:type_name -> mailgate.plugin.v1.Env
+	2,  // 4: mailgate.plugin.v1.Result.action:type_name -> mailgate.plugin.v1.Action
+	10, // 5: mailgate.plugin.v1.Transaction.client:type_name -> mailgate.plugin.v1.Client
+	11, // 6: mailgate.plugin.v1.Transaction.header:type_name -> mailgate.plugin.v1.HeaderField
+	12, // 7: mailgate.plugin.v1.Transaction.results:type_name -> mailgate.plugin.v1.Result
+	14, // 8: mailgate.plugin.v1.Body.file:type_name -> mailgate.plugin.v1.FileRef
+	0,  // 9: mailgate.plugin.v1.RunRequest.phase:type_name -> mailgate.plugin.v1.Phase
+	13, // 10: mailgate.plugin.v1.RunRequest.transaction:type_name -> mailgate.plugin.v1.Transaction
+	15, // 11: mailgate.plugin.v1.RunRequest.body:type_name -> mailgate.plugin.v1.Body
+	16, // 12: mailgate.plugin.v1.RunStreamRequest.request:type_name -> mailgate.plugin.v1.RunRequest
+	3,  // 13: mailgate.plugin.v1.Edit.op:type_name -> mailgate.plugin.v1.EditOp
+	2,  // 14: mailgate.plugin.v1.Verdict.action:type_name -> mailgate.plugin.v1.Action
+	18, // 15: mailgate.plugin.v1.Verdict.reply:type_name -> mailgate.plugin.v1.Reply
+	19, // 16: mailgate.plugin.v1.Verdict.edits:type_name -> mailgate.plugin.v1.Edit
+	20, // 17: mailgate.plugin.v1.RunResponse.verdict:type_name -> mailgate.plugin.v1.Verdict
+	23, // 18: mailgate.plugin.v1.Frame.call:type_name -> mailgate.plugin.v1.Call
+	21, // 19: mailgate.plugin.v1.Frame.response:type_name -> mailgate.plugin.v1.RunResponse
+	24, // 20: mailgate.plugin.v1.Frame.error:type_name -> mailgate.plugin.v1.CallError
+	25, // 21: mailgate.plugin.v1.Frame.cancel:type_name -> mailgate.plugin.v1.Cancel
+	16, // 22: mailgate.plugin.v1.Call.request:type_name -> mailgate.plugin.v1.RunRequest
+	8,  // 23: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
+	4,  // 24: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
+	16, // 25: mailgate.plugin.v1.Filter.Run:input_type -> mailgate.plugin.v1.RunRequest
+	17, // 26: mailgate.plugin.v1.Filter.RunStream:input_type -> mailgate.plugin.v1.RunStreamRequest
+	9,  // 27: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
+	5,  // 28: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
+	21, // 29: mailgate.plugin.v1.Filter.Run:output_type -> mailgate.plugin.v1.RunResponse
+	21, // 30: mailgate.plugin.v1.Filter.RunStream:output_type -> mailgate.plugin.v1.RunResponse
+	27, // [27:31] is the sub-list for method output_type
+	23, // [23:27] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_filter_proto_init() }
@@ -2047,16 +2136,16 @@ func file_filter_proto_init() {
 	if File_filter_proto != nil {
 		return
 	}
-	file_filter_proto_msgTypes[10].OneofWrappers = []any{
+	file_filter_proto_msgTypes[11].OneofWrappers = []any{
 		(*Body_Inline)(nil),
 		(*Body_File)(nil),
 		(*Body_Streamed)(nil),
 	}
-	file_filter_proto_msgTypes[12].OneofWrappers = []any{
+	file_filter_proto_msgTypes[13].OneofWrappers = []any{
 		(*RunStreamRequest_Request)(nil),
 		(*RunStreamRequest_Chunk)(nil),
 	}
-	file_filter_proto_msgTypes[17].OneofWrappers = []any{
+	file_filter_proto_msgTypes[18].OneofWrappers = []any{
 		(*Frame_Call)(nil),
 		(*Frame_Response)(nil),
 		(*Frame_Error)(nil),
@@ -2068,7 +2157,7 @@ func file_filter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_filter_proto_rawDesc), len(file_filter_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/redisconn"
 )
 
 // Env is what the rules of every config share across reloads: the state,
@@ -94,7 +96,10 @@ func (r *Rules) Check(ctx context.Context, ev Event) *Exceeded {
 		ok, err := r.env.Store.Take(ctx, KeyOf(ru.Name, value), ru.limit, r.env.Now())
 		if err != nil {
 			r.env.Metrics.fault("store", 1)
-			r.env.Logger.Warn("rate limits: store failed; the event passes (fail open)", "rule", ru.Name, "err", err)
+			// While Redis is away, its client has said so once.
+			if !errors.Is(err, redisconn.ErrDown) {
+				r.env.Logger.Warn("rate limits: store failed; the event passes (fail open)", "rule", ru.Name, "err", err)
+			}
 			continue
 		}
 		if !ok {

@@ -4,7 +4,8 @@
 // much spamware does not. It runs at RCPT, once per recipient. The state,
 // triplets and networks, lives in a Store: by default files under the data
 // directory (stages/recstore) that survive restarts and may be shared by the old
-// and new plugin process across a reload. When the store fails, mail is
+// and new plugin process across a reload; in a [cluster], Redis, shared
+// by every node, so that a retry passes at any node. When the store fails, mail is
 // not greylisted (fail open), logged and counted: mail flow never stops
 // because a record cannot be written.
 package greylist
@@ -19,6 +20,7 @@ import (
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/redisconn"
 )
 
 // The result words of a greylist verdict.
@@ -41,6 +43,7 @@ var reply = stages.Reply{Code: 451, Enhanced: [3]int{4, 7, 1}, Text: "Greylisted
 // Filter is a configured greylist stage.
 type Filter struct {
 	store       Store
+	redis       *redisconn.Client // the store's, in a cluster
 	delay       time.Duration
 	window      time.Duration
 	expiry      time.Duration
@@ -53,7 +56,10 @@ type Filter struct {
 	alarms      *alarms
 }
 
-var _ stages.Filter = (*Filter)(nil)
+var (
+	_ stages.Filter = (*Filter)(nil)
+	_ stages.Closer = (*Filter)(nil)
+)
 
 // Info declares the RCPT phase and the results of the earlier stages, for
 // the spf verdict given at MAIL.

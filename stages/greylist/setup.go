@@ -11,6 +11,7 @@ import (
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/recstore"
+	"github.com/mailgate/mailgate/stages/redisconn"
 )
 
 // Config is the [stage.config] block of a greylist stage.
@@ -64,9 +65,10 @@ func defaultConfig() Config {
 const storeDir = "greylist"
 
 // New builds a greylist filter from its config block, with its store in
-// the data directory. A store that cannot be created or written does not
-// stop the stage: greylisting fails open and says so in the log. A store
-// of another format is refused.
+// the data directory, or in the Redis of a [cluster] (env.Redis). A store
+// that cannot be created or written, or a Redis that does not answer,
+// does not stop the stage: greylisting fails open and says so in the log.
+// A store of another format is refused.
 func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 	if env.DataDir == "" {
 		return nil, errors.New("greylist: no data directory to keep the triplets in (data_dir)")
@@ -99,6 +101,14 @@ func newFilter(env stages.Env, cfg stages.Config, now func() time.Time, log *slo
 	if f.allow, err = parseAllow(c); err != nil {
 		return nil, err
 	}
+	if env.Redis.URL != "" {
+		// A cluster: every node sees the triplets every node saw.
+		if f.redis, err = redisconn.Open(env.Redis, log); err != nil {
+			return nil, fmt.Errorf("greylist: %w", err)
+		}
+		f.store = recstore.NewRedis(f.redis, "greylist", now)
+		return f, nil
+	}
 	dir := filepath.Join(env.DataDir, storeDir)
 	store, err := recstore.Open(dir, recstore.Options{
 		Kind: "greylist", MaxRecords: c.MaxEntries, Now: now,
@@ -120,6 +130,14 @@ func newFilter(env stages.Env, cfg stages.Config, now func() time.Time, log *slo
 	}
 	f.store = store
 	return f, nil
+}
+
+// Close closes the connections to Redis, if the store is there.
+func (f *Filter) Close() error {
+	if f.redis != nil {
+		return f.redis.Close()
+	}
+	return nil
 }
 
 // check checks the numbers of the config.

@@ -159,6 +159,14 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// Ping reports whether the database answers, within the store's timeout.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	_, err := s.db.exec(ctx, "SELECT 1")
+	return err
+}
+
 // ctx bounds an operation by the store's timeout.
 func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.timeout)

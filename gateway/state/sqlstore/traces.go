@@ -34,8 +34,11 @@ func (t *traces) Append(ctx context.Context, events ...trace.Event) error {
 			if e.From != nil {
 				sender = strings.ToLower(*e.From)
 			}
+			// An event stored before, the same in every field, is not
+			// stored again (found through the queue_id index).
 			_, err = tx.exec(ctx, `INSERT INTO trace_events (time, node, queue_id, message_key, event, action, sender_key, rcpts_key, related, data)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+				SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+				WHERE NOT EXISTS (SELECT 1 FROM trace_events WHERE queue_id = $3 AND time = $1 AND data = $10)`,
 				micros(e.Time), t.node, e.QueueID, strings.Trim(e.MessageID, "<>"), e.Event, e.Action, sender, lines(e.Rcpts), e.Related, string(b))
 			if err != nil {
 				return err

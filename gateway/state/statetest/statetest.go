@@ -41,6 +41,7 @@ func Run(t *testing.T, newDB NewDB) {
 		{"ReleaseAbortAndRecover", testReleaseAbortAndRecover},
 		{"TraceFind", testTraceFind},
 		{"TraceSearch", testTraceSearch},
+		{"TraceAppendAgain", testTraceAppendAgain},
 		{"Lists", testLists},
 		{"DMARC", testDMARC},
 		{"Audit", testAudit},
@@ -416,6 +417,32 @@ func testTraceFind(t *testing.T, open func(*testing.T, string) state.Store) {
 	}
 	if got, err := a.Find(ctx(t), "NOSUCHID0000"); err != nil || len(got) != 0 {
 		t.Errorf("Find of an unknown ID: %v, %v", queueIDs(got), err)
+	}
+}
+
+// testTraceAppendAgain: a batch sent again (a shipper that crashed before
+// it noted the batch sent, an import run twice) is stored once; an event
+// that differs in any field is another event.
+func testTraceAppendAgain(t *testing.T, open func(*testing.T, string) state.Store) {
+	a, b := open(t, "node-a").Traces(), open(t, "node-b").Traces()
+	batch := []trace.Event{
+		{Time: base, QueueID: "AGAIN0000001", Event: "connect", Client: "192.0.2.1"},
+		{Time: base.Add(time.Second), QueueID: "AGAIN0000001", Event: "data", Action: "accept"},
+	}
+	for range 2 {
+		if err := a.Append(ctx(t), batch...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Append(ctx(t), append(batch, trace.Event{Time: base.Add(time.Second), QueueID: "AGAIN0000001", Event: "data", Action: "reject"})...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.Find(ctx(t), "AGAIN0000001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Fatalf("%d events after the batch was appended three times and one event more; want 3: %v", len(got), queueIDs(got))
 	}
 }
 

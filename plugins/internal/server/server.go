@@ -139,6 +139,10 @@ func (s *filterServer) Configure(_ context.Context, req *proto.ConfigureRequest)
 		DNSTimeout: time.Duration(req.GetEnv().GetDnsTimeoutNs()),
 		DataDir:    req.GetEnv().GetDataDir(),
 	}
+	if r := req.GetEnv().GetRedis(); r != nil {
+		env.Redis = stages.Redis{URL: r.GetUrl(), Timeout: time.Duration(r.GetTimeoutNs()),
+			ConnectTimeout: time.Duration(r.GetConnectTimeoutNs()), MaxConns: int(r.GetMaxConns())}
+	}
 	f, err := s.factory(env, stages.JSONConfig(req.GetConfig()))
 	if err != nil {
 		var ce *stages.ConfigError

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/cluster"
+	"github.com/mailgate/mailgate/gateway/quarantine"
+	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/gateway/state/sqlstore"
+	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/policy"
+)
+
+const clusterUsage = `usage: mailgate cluster COMMAND [-config FILE] [flags]
+
+  status           the nodes of the cluster: version, config, health and
+                   last heartbeat of each; flags the stale ones and those
+                   whose config differs from the one most nodes run
+  import           copy this node's own quarantine, traces and lists
+                   (from its data_dir) into the cluster's PostgreSQL, to
+                   move a single node into a cluster; it may run again:
+                   what is there already is not copied twice
+
+The cluster is the PostgreSQL of the config's [cluster] postgres; these
+commands talk to it, not to a running gateway.
+`
+
+func cmdCluster(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, clusterUsage)
+		return errUsage
+	}
+	sub := args[0]
+	if isHelp(sub) {
+		fmt.Fprint(stdout, clusterUsage)
+		return nil
+	}
+	o := newOpFlags("cluster "+sub, stderr, clusterUsage)
+	if sub != "status" && sub != "import" {
+		fmt.Fprintf(stderr, "mailgate cluster: unknown command %q\n\n%s", sub, clusterUsage)
+		return errUsage
+	}
+	if err := parseNone(o.fs, args[1:]); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	cfg, err := loadConfig(*o.config)
+	if err != nil {
+		return err
+	}
+	st, err := openShared(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if sub == "import" {
+		return clusterImport(ctx, cfg, st, stdout)
+	}
+	nodes, err := st.Nodes().List(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	state.NodeStatus(nodes, now, cluster.StaleAfter)
+	if *o.json {
+		return printJSON(stdout, nodes)
+	}
+	return printNodes(stdout, nodes, now)
+}
+
+// openShared opens the store cfg's cluster shares in PostgreSQL.
+func openShared(ctx context.Context, cfg *policy.Config) (*sqlstore.Store, error) {
+	cl := cfg.Cluster
+	if cl.Postgres == "" {
+		return nil, errors.New(configName(cfg) + ": no [cluster] postgres; these commands read the cluster's PostgreSQL")
+	}
+	return sqlstore.OpenPostgres(ctx, cl.Postgres, sqlstore.Options{Node: cl.Node,
+		Timeout: time.Duration(cl.Timeout), ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: 2})
+}
+
+// clusterImport copies what cfg's node kept on its own into st. The
+// quarantine and the traces are read only, so the node may be running.
+func clusterImport(ctx context.Context, cfg *policy.Config, st *sqlstore.Store, stdout io.Writer) error {
+	dir := filepath.Join(cfg.DataDir, "quarantine")
+	if fileExists(dir) {
+		local := quarantine.Read(dir)
+		recs, err := local.List(quarantine.Filter{}, time.Now())
+		if err != nil {
+			return err
+		}
+		n, err := quarantine.Copy(local, st.Quarantine(), cfg.Cluster.Node)
+		if err != nil {
+			return fmt.Errorf("quarantine: %d messages copied, then: %w", n, err)
+		}
+		fmt.Fprintf(stdout, "quarantine: %d messages copied, %d there already\n", n, len(recs)-n)
+	}
+	if dir := filepath.Join(cfg.DataDir, "trace"); fileExists(dir) {
+		n, err := trace.Copy(ctx, dir, st.Traces())
+		if err != nil {
+			return fmt.Errorf("traces: %d events sent, then: %w", n, err)
+		}
+		fmt.Fprintf(stdout, "traces: %d events sent (each stored once)\n", n)
+	}
+	// Users' lists exist on one node only where something kept them in
+	// the embedded store.
+	if db := filepath.Join(cfg.DataDir, "state.db"); fileExists(db) {
+		local, err := sqlstore.OpenSQLite(ctx, db, sqlstore.Options{Node: cfg.Cluster.Node})
+		if err != nil {
+			return err
+		}
+		defer local.Close()
+		entries, err := local.Lists().Entries(ctx, "")
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if err := st.Lists().Add(ctx, e); err != nil {
+				return fmt.Errorf("lists: %w", err)
+			}
+		}
+		fmt.Fprintf(stdout, "lists: %d entries copied\n", len(entries))
+	}
+	return nil
+}
+
+// findShared finds the events of message id in the traces of every node
+// of cfg's cluster.
+func findShared(cfg *policy.Config, id string) ([]trace.Event, error) {
+	ctx := context.Background()
+	st, err := openShared(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	return st.Traces().Find(ctx, id)
+}
+
+// printNodes writes the table of the nodes, then a line on what differs.
+func printNodes(w io.Writer, nodes []state.Node, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tVERSION\tCONFIG\tHEALTH\tUP\tHEARTBEAT\tNOTE")
+	stale, differ := 0, 0
+	for _, n := range nodes {
+		var note []string
+		if n.Stale {
+			stale++
+			note = append(note, "stale")
+		}
+		if n.ConfigDiffers {
+			differ++
+			note = append(note, "config differs")
+		}
+		hash := n.ConfigHash
+		if len(hash) > 12 {
+			hash = hash[:12]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", n.Name, n.Version, hash, n.Health,
+			n.Heartbeat.Sub(n.Started).Round(time.Second), now.Sub(n.Heartbeat).Round(time.Second), strings.Join(note, ", "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "%d nodes, %d stale (no heartbeat for %v), %d with a config that differs\n", len(nodes), stale, cluster.StaleAfter, differ)
+	return err
+}

@@ -1,0 +1,306 @@
+// Package cluster joins a gateway to the other nodes of its [cluster]:
+// it opens what they share, says where each part of the state is kept
+// (shared, or under data_dir on one node), and reports on the engines in
+// /healthz and the metrics. Without [cluster] it opens nothing, and the
+// gateway keeps its state under data_dir as a single node does.
+//
+// Redis (stages/redisconn) holds the counters: the rate limits
+// (policy/ratelimit) and the pre-greet cache (stages/recstore); the
+// greylist stage opens its own client in its plugin process. While Redis
+// is unreachable each of them fails open, and /healthz says "degraded".
+//
+// PostgreSQL (gateway/state/sqlstore) holds the quarantine
+// (quarantine.Shared, which keeps messages on the node's disk while
+// PostgreSQL is away and moves them when it is back), the traces (the
+// node's trace files, shipped by trace.Ship) and the registry of nodes:
+// each node writes its name, version, config hash and health every
+// HeartbeatEvery, and `mailgate cluster status` lists them. A node starts
+// whether PostgreSQL answers or not, and connects (migrating the schema)
+// when it does.
+package cluster
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/gateway/quarantine"
+	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/gateway/state/sqlstore"
+	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/policy/ratelimit"
+	"github.com/mailgate/mailgate/stages/recstore"
+	"github.com/mailgate/mailgate/stages/redisconn"
+)
+
+// HeartbeatEvery is how often a node reports itself; a node silent for
+// StaleAfter is listed as stale.
+const (
+	HeartbeatEvery = 5 * time.Second
+	StaleAfter     = 30 * time.Second
+)
+
+// Node is this gateway as a node of its cluster.
+type Node struct {
+	cfg     *policy.Config
+	log     *slog.Logger
+	version string
+	started time.Time
+	redis   *redisconn.Client // nil without [cluster] redis
+	limits  *ratelimit.File   // the rate limits' state on one node
+	quar    *quarantine.Shared
+
+	mu    sync.Mutex
+	store *sqlstore.Store // nil without [cluster] postgres, and until it answered
+	pgErr error           // why PostgreSQL is not usable; nil while it answers
+}
+
+// Open opens the engines cfg's [cluster] names. Redis need not be up;
+// PostgreSQL is tried once, within connect_timeout, and Run connects
+// later if it did not answer. Metrics of the engines are registered with
+// reg; version is what the node reports of itself.
+func Open(ctx context.Context, cfg *policy.Config, log *slog.Logger, reg prometheus.Registerer, version string) (*Node, error) {
+	n := &Node{cfg: cfg, log: log, version: version, started: time.Now()}
+	if cfg.Cluster.Redis != "" {
+		var err error
+		if n.redis, err = redisconn.Open(cfg.StageEnv().Redis, log); err != nil {
+			return nil, err
+		}
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailgate_cluster_redis_up",
+				Help: "1 while the node's last command to the cluster's Redis got an answer, 0 while Redis is unreachable."},
+				func() float64 { return up(n.redis.Err()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailgate_cluster_redis_failures_total",
+				Help: "Commands to the cluster's Redis that found it unreachable, or failed at once while it was; each failed open."},
+				func() float64 { return float64(n.redis.Failures()) }))
+	}
+	if cfg.Cluster.Postgres != "" {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailgate_cluster_postgres_up",
+			Help: "1 while the cluster's PostgreSQL answered the node's last operation, 0 while it is unreachable."},
+			func() float64 { return up(n.postgresErr()) }))
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.Cluster.ConnectTimeout))
+		defer cancel()
+		n.connect(ctx)
+	}
+	return n, nil
+}
+
+// connect opens the store in PostgreSQL, migrating its schema, unless it
+// is open already; it reports whether it is. Only Open and then Run call
+// it, one after the other.
+func (n *Node) connect(ctx context.Context) bool {
+	if n.pg() != nil {
+		return true
+	}
+	cl := n.cfg.Cluster
+	s, err := sqlstore.OpenPostgres(ctx, cl.Postgres, sqlstore.Options{Node: cl.Node,
+		Timeout: time.Duration(cl.Timeout), ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: int32(cl.MaxConns)})
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err != nil {
+		if n.pgErr == nil {
+			n.log.Warn("postgres unreachable; the node takes mail and connects when it answers", "err", err)
+		}
+		n.pgErr = err
+		return false
+	}
+	if n.pgErr != nil {
+		n.log.Info("postgres connected", "was", n.pgErr.Error())
+	}
+	n.store, n.pgErr = s, nil
+	return true
+}
+
+func (n *Node) pg() *sqlstore.Store {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.store
+}
+
+// State returns the store the cluster shares in PostgreSQL; nil without
+// [cluster] postgres, and until PostgreSQL first answered.
+func (n *Node) State() state.Store {
+	if s := n.pg(); s != nil {
+		return s
+	}
+	return nil // not a typed nil in the interface
+}
+
+// result records whether PostgreSQL answered an operation.
+func (n *Node) result(err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case err != nil && n.pgErr == nil:
+		n.log.Warn("postgres unreachable", "err", err)
+	case err == nil && n.pgErr != nil:
+		n.log.Info("postgres answers again", "was", n.pgErr.Error())
+	}
+	n.pgErr = err
+}
+
+func (n *Node) postgresErr() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.pgErr
+}
+
+// OpenQuarantine opens the node's quarantine: under data_dir on one
+// node, shared in a cluster with PostgreSQL (and kept under data_dir
+// while it is away).
+func (n *Node) OpenQuarantine() (*quarantine.Shared, error) {
+	local, err := quarantine.Open(filepath.Join(n.cfg.DataDir, "quarantine"))
+	if err != nil {
+		return nil, err
+	}
+	var shared func() state.Quarantine
+	if n.cfg.Cluster.Postgres != "" {
+		shared = func() state.Quarantine {
+			if s := n.pg(); s != nil {
+				return s.Quarantine()
+			}
+			return nil
+		}
+	}
+	n.quar, err = quarantine.Share(local, shared, n.cfg.Cluster.Node, n.log)
+	return n.quar, err
+}
+
+// Run keeps the node in its cluster until ctx ends: it connects to
+// PostgreSQL if need be, reports the node to the registry every
+// HeartbeatEvery (report gives the hash of the config in force and the
+// node's health; the last report, as it stops, says "stopped"), moves
+// the quarantine kept on disk while PostgreSQL was away, and ships the
+// traces. Without [cluster] postgres it does nothing.
+func (n *Node) Run(ctx context.Context, report func() (configHash, health string)) {
+	if n.cfg.Cluster.Postgres == "" {
+		return
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if n.quar != nil {
+		wg.Go(func() { n.quar.Run(ctx) })
+	}
+	wg.Go(func() {
+		trace.Ship(ctx, filepath.Join(n.cfg.DataDir, "trace"), func() trace.Appender {
+			if s := n.pg(); s != nil {
+				return s.Traces()
+			}
+			return nil
+		}, n.log)
+	})
+	t := time.NewTicker(HeartbeatEvery)
+	defer t.Stop()
+	for {
+		if n.connect(ctx) {
+			hash, health := report()
+			n.heartbeat(ctx, hash, health)
+		}
+		select {
+		case <-ctx.Done():
+			if n.pg() != nil {
+				// The gateway is stopping: a last word, bounded.
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.cfg.Cluster.Timeout))
+				hash, _ := report()
+				n.heartbeat(ctx, hash, "stopped")
+				cancel()
+			}
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// ExpireTraces deletes the shared traces older than before (each node's
+// own trace files expire with the node). Without PostgreSQL reached, it
+// does nothing.
+func (n *Node) ExpireTraces(before time.Time) error {
+	s := n.pg()
+	if s == nil {
+		return nil
+	}
+	_, err := s.Traces().Expire(context.Background(), before)
+	return err
+}
+
+func (n *Node) heartbeat(ctx context.Context, hash, health string) {
+	err := n.pg().Nodes().Heartbeat(ctx, state.Node{Name: n.cfg.Cluster.Node, Version: n.version,
+		ConfigHash: hash, Health: health, Started: n.started})
+	if ctx.Err() == nil {
+		n.result(err)
+	}
+}
+
+func up(err error) float64 {
+	if err != nil {
+		return 0
+	}
+	return 1
+}
+
+// RateLimits returns the store of the [[ratelimit]] state: Redis in a
+// cluster; on one node, a ratelimit.File under data_dir, saved by Close.
+func (n *Node) RateLimits(o ratelimit.FileOptions) ratelimit.Store {
+	if n.redis != nil {
+		return ratelimit.NewRedis(n.redis)
+	}
+	n.limits = ratelimit.OpenFile(filepath.Join(n.cfg.DataDir, "ratelimit"), o)
+	return n.limits
+}
+
+// Pregreet returns the store of the pre-greet cache in a cluster, and nil
+// on one node, whose cache smtpd keeps under data_dir.
+func (n *Node) Pregreet(now func() time.Time) recstore.Store {
+	if n.redis == nil {
+		return nil
+	}
+	return recstore.NewRedis(n.redis, "pregreet", now)
+}
+
+// Health says whether each engine answers. An engine away is degraded,
+// not down: what it holds fails open or waits on local disk, and mail is
+// taken without it.
+func (n *Node) Health(ctx context.Context) admin.Health {
+	var h admin.Health
+	if n.redis != nil {
+		c := admin.Check{Name: "redis", Status: admin.OK, Detail: "reachable"}
+		if err := n.redis.Health(ctx); err != nil {
+			c.Status = admin.Degraded
+			c.Detail = "unreachable: " + err.Error() + "; rate limits, greylisting and the pre-greet test fail open"
+		}
+		h = append(h, c)
+	}
+	if n.cfg.Cluster.Postgres != "" {
+		c := admin.Check{Name: "postgres", Status: admin.OK, Detail: "reachable"}
+		err := n.postgresErr()
+		if s := n.pg(); s != nil {
+			err = s.Ping(ctx)
+			n.result(err)
+		}
+		if err != nil {
+			c.Status, c.Detail = admin.Degraded, "unreachable: "+err.Error()
+		}
+		h = append(h, c)
+	}
+	return h
+}
+
+// Close saves the rate limits of one node and closes the connections.
+// Run must have returned.
+func (n *Node) Close() {
+	if n.limits != nil {
+		n.limits.Close()
+	}
+	if n.redis != nil {
+		n.redis.Close()
+	}
+	if s := n.pg(); s != nil {
+		s.Close()
+	}
+}

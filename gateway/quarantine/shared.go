@@ -1,0 +1,496 @@
+package quarantine
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/state"
+)
+
+// Shared is the quarantine of a node: on one node, its Store; in a
+// [cluster], the store the nodes share (state.Quarantine, in PostgreSQL),
+// so that any node lists, shows and releases what any node quarantined.
+//
+// While the shared store does not answer, a message to quarantine is
+// kept in the node's own Store (the spill), as durable as ever before
+// the 250, and Run moves it to the shared store when it answers again.
+// Until then the node lists, shows and releases it from its disk, and
+// the other nodes do not see it.
+//
+// A release in the shared store happens once: BeginRelease claims the
+// message for a copy in this node's spool (a transaction decides between
+// nodes), the copy is committed, EndRelease records it. A journal entry
+// under <dir>/releases/, written before the copy is committed, survives
+// a crash and PostgreSQL being away: Recover, before the router loads
+// the spool, tells by the spool whether the copy was committed, and
+// settle tells the shared store when it answers. Without the journal, a
+// copy delivered (and gone from the spool) before the store heard of it
+// would look never made, and the message could be released again.
+type Shared struct {
+	local *Store
+	// store returns the shared store, or nil while it is not reached; nil
+	// itself on one node.
+	store func() state.Quarantine
+	node  string
+	log   *slog.Logger
+	dir   string // the journal of releases under way
+
+	// mu makes changes one at a time on this node: a release (local or
+	// shared), a delete, the spill's move and the journal's settling.
+	mu       sync.Mutex
+	lastFail atomic.Int64 // when the shared store last failed a Put, Unix ns
+}
+
+// spillFor is how long after the shared store failed a Put new messages
+// go straight to the spill, instead of waiting for it to fail again.
+const spillFor = 5 * time.Second
+
+// MoveEvery is how often Run moves the spill and settles the journal.
+const MoveEvery = 2 * time.Second
+
+// Share returns the quarantine of a node whose own store is local; store
+// is nil on one node, and returns the cluster's shared store (nil while
+// it is not reached) otherwise; node names this node in it.
+func Share(local *Store, store func() state.Quarantine, node string, log *slog.Logger) (*Shared, error) {
+	s := &Shared{local: local, store: store, node: node, log: log, dir: filepath.Join(local.dir, "releases")}
+	if store != nil {
+		if err := os.MkdirAll(s.dir, 0o700); err != nil {
+			return nil, fmt.Errorf("open quarantine: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// shared returns the shared store, or nil; unreachable is set in a
+// cluster whose store is not reached.
+func (s *Shared) shared() (q state.Quarantine, unreachable error) {
+	if s.store == nil {
+		return nil, nil
+	}
+	if q = s.store(); q == nil {
+		return nil, errors.New("quarantine: the cluster's PostgreSQL is not reached")
+	}
+	return q, nil
+}
+
+// Add keeps the message in the file msgPath under rec.ID: in the shared
+// store, or in the spill when that fails. It returns once it is durable.
+func (s *Shared) Add(rec *Record, msgPath string) error {
+	q, _ := s.shared()
+	if q == nil || time.Since(time.Unix(0, s.lastFail.Load())) < spillFor {
+		return s.local.Add(rec, msgPath)
+	}
+	f, err := os.Open(msgPath)
+	if err != nil {
+		return fmt.Errorf("quarantine %s: %w", rec.ID, err)
+	}
+	defer f.Close()
+	cp := *rec
+	if err = q.Put(context.Background(), &cp, f); err == nil {
+		return nil
+	}
+	s.lastFail.Store(time.Now().UnixNano())
+	s.log.Warn("quarantine: the cluster's store failed; the message is kept on this node's disk and moved when it answers", "id", rec.ID, "err", err)
+	return s.local.Add(rec, msgPath)
+}
+
+// Get returns the record of id, from the spill or the shared store.
+func (s *Shared) Get(id string) (*Record, error) {
+	rec, err := s.local.Get(id)
+	q, down := s.shared()
+	if !errors.Is(err, ErrNotFound) || s.store == nil {
+		return rec, err
+	}
+	if down != nil {
+		return nil, fmt.Errorf("%w; messages quarantined on this node meanwhile are on its disk", down)
+	}
+	rec, err = q.Get(context.Background(), id)
+	return rec, fromState(err)
+}
+
+// List returns what f selects at now, oldest first: the shared store's
+// records and the spill's.
+func (s *Shared) List(f Filter, now time.Time) ([]*Record, error) {
+	recs, err := s.local.List(f, now)
+	if err != nil || s.store == nil {
+		return recs, err
+	}
+	q, down := s.shared()
+	if down != nil {
+		return nil, fmt.Errorf("%w; %d messages quarantined on this node meanwhile are on its disk", down, len(recs))
+	}
+	sf := state.QuarantineFilter{From: needle(f.From), Rcpt: needle(f.Rcpt), Stage: f.Stage}
+	if f.NewerThan > 0 {
+		sf.Since = now.Add(-f.NewerThan)
+	}
+	if f.OlderThan > 0 {
+		sf.Until = now.Add(-f.OlderThan).Add(time.Microsecond) // age >= OlderThan
+	}
+	all, err := q.List(context.Background(), sf)
+	if err != nil {
+		return nil, err
+	}
+	all = append(all, recs...)
+	slices.SortStableFunc(all, func(a, b *Record) int { return a.Time.Compare(b.Time) })
+	return all, nil
+}
+
+// Message returns the bytes of message id.
+func (s *Shared) Message(id string) (io.ReadCloser, error) {
+	m, err := s.local.Message(id)
+	if !errors.Is(err, ErrNotFound) || s.store == nil {
+		return m, err
+	}
+	q, down := s.shared()
+	if down != nil {
+		return nil, down
+	}
+	m, err = q.Message(context.Background(), id)
+	return m, fromState(err)
+}
+
+// Delete deletes message id for good.
+func (s *Shared) Delete(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.local.Delete(id)
+	if !errors.Is(err, ErrNotFound) || s.store == nil {
+		return err
+	}
+	q, down := s.shared()
+	if down != nil {
+		return down
+	}
+	return fromState(q.Delete(context.Background(), id))
+}
+
+// Expire deletes what was quarantined more than retention before now and
+// returns the IDs this node deleted (of two nodes expiring at once, each
+// deletes some).
+func (s *Shared) Expire(now time.Time, retention time.Duration) ([]string, error) {
+	ids, err := s.local.Expire(now, retention)
+	q, _ := s.shared()
+	if err != nil || q == nil {
+		return ids, err
+	}
+	old, err := q.List(context.Background(), state.QuarantineFilter{Until: now.Add(-retention)})
+	if err != nil {
+		return ids, err
+	}
+	var errs []error
+	for _, rec := range old {
+		switch err := q.Delete(context.Background(), rec.ID); {
+		case err == nil:
+			ids = append(ids, rec.ID)
+		case !errors.Is(err, state.ErrNotFound):
+			errs = append(errs, err)
+		}
+	}
+	return ids, errors.Join(errs...)
+}
+
+// Writable reports whether a message could be quarantined now: the spill
+// takes it whatever the shared store does.
+func (s *Shared) Writable() error { return s.local.Writable() }
+
+// Release queues a copy of message id in sp for delivery to its
+// recipients, once, and returns the copy's envelope for the caller to
+// hand to the router. An error with an envelope says the copy is queued
+// but the release not yet recorded everywhere.
+func (s *Shared) Release(ctx context.Context, id string, sp Spooler) (*spool.Envelope, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := s.local.Get(id); !errors.Is(err, ErrNotFound) || s.store == nil {
+		return s.local.Release(ctx, id, sp)
+	}
+	q, down := s.shared()
+	if down != nil {
+		return nil, down
+	}
+	w, err := sp.Create()
+	if err != nil {
+		return nil, fmt.Errorf("release %s: %w", id, err)
+	}
+	rec, err := q.BeginRelease(ctx, id, s.node, w.ID())
+	if err != nil {
+		w.Abort()
+		return nil, fromState(err)
+	}
+	// From here the release is ended, one way or the other, whatever
+	// the caller's context does.
+	ctx = context.WithoutCancel(ctx)
+	abort := func(err error) (*spool.Envelope, error) {
+		w.Abort()
+		if eerr := s.end(ctx, q, id, w.ID(), false); eerr != nil {
+			err = errors.Join(err, eerr)
+		}
+		return nil, fmt.Errorf("release %s: %w", id, err)
+	}
+	if err := s.journal(id, w.ID(), nil); err != nil {
+		return abort(err)
+	}
+	m, err := q.Message(ctx, id)
+	if err == nil {
+		_, err = io.Copy(w, m)
+		m.Close()
+	}
+	if err != nil {
+		return abort(err)
+	}
+	env := spool.NewEnvelope(rec.From, rec.Rcpts, rec.ClientAddr, rec.ClientHelo, rec.MessageID)
+	if err := w.Commit(ctx, env); err != nil {
+		return abort(err)
+	}
+	if err := s.end(ctx, q, id, env.ID, true); err != nil {
+		return env, fmt.Errorf("release %s: queued as %s; the cluster's store is told when it answers: %w", id, env.ID, err)
+	}
+	return env, nil
+}
+
+// release is a journal entry: a release under way on this node, and,
+// once known, whether its copy was committed.
+type release struct {
+	Copy   string `json:"copy"`
+	Queued *bool  `json:"queued,omitempty"`
+}
+
+func (s *Shared) journalPath(id string) string { return filepath.Join(s.dir, id+".json") }
+
+func (s *Shared) journal(id, copyID string, queued *bool) error {
+	return s.local.writeJSON(s.journalPath(id), release{Copy: copyID, Queued: queued})
+}
+
+// end ends a release in the shared store, or notes in the journal how it
+// ended, for settle to tell the store when it answers.
+func (s *Shared) end(ctx context.Context, q state.Quarantine, id, copyID string, queued bool) error {
+	err := q.EndRelease(ctx, id, copyID, queued)
+	if err == nil {
+		if err := os.Remove(s.journalPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("quarantine: journal entry not removed", "id", id, "err", err)
+		}
+		return nil
+	}
+	if jerr := s.journal(id, copyID, &queued); jerr != nil {
+		return errors.Join(err, jerr)
+	}
+	return err
+}
+
+// Recover completes or undoes releases a crash interrupted: those of the
+// spill, and, in a cluster, those the journal holds, by whether the spool
+// has their copy. Call it before the router loads the spool. The shared
+// store is told now if it answers, or by Run.
+func (s *Shared) Recover(sp Spooler) error {
+	if err := s.local.Recover(sp); err != nil || s.store == nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	entries, err := s.journalEntries()
+	if err != nil {
+		return err
+	}
+	for id, r := range entries {
+		if r.Queued != nil {
+			continue
+		}
+		_, err := sp.Load(r.Copy)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("recover release of %s: %w", id, err)
+		}
+		queued := err == nil
+		if err := s.journal(id, r.Copy, &queued); err != nil {
+			return fmt.Errorf("recover release of %s: %w", id, err)
+		}
+	}
+	if q, _ := s.shared(); q != nil {
+		s.settle(q)
+	}
+	return nil
+}
+
+// journalEntries reads the journal: queue ID → its release.
+func (s *Shared) journalEntries() (map[string]release, error) {
+	ids, err := spool.ReadIDs(s.dir, ".json")
+	if err != nil {
+		return nil, fmt.Errorf("quarantine journal: %w", err)
+	}
+	out := map[string]release{}
+	for id := range ids {
+		var r release
+		b, err := os.ReadFile(s.journalPath(id))
+		if err == nil {
+			err = json.Unmarshal(b, &r)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("quarantine journal %s: %w", id, err)
+		}
+		out[id] = r
+	}
+	return out, nil
+}
+
+// settle tells the shared store how the releases of the journal ended,
+// and ends those it has under way on this node that the journal does not
+// know (their copy was never committed: the entry is written first).
+// Under s.mu; failures are left for the next round.
+func (s *Shared) settle(q state.Quarantine) {
+	entries, err := s.journalEntries()
+	if err != nil {
+		s.log.Error("quarantine: journal unreadable", "err", err)
+		return
+	}
+	for id, r := range entries {
+		if r.Queued == nil {
+			continue // Recover decides, before the router starts
+		}
+		if err := s.end(context.Background(), q, id, r.Copy, *r.Queued); err != nil && !errors.Is(err, state.ErrNotFound) {
+			return
+		}
+		os.Remove(s.journalPath(id))
+	}
+	under, err := q.List(context.Background(), state.QuarantineFilter{ReleasingOn: s.node})
+	if err != nil {
+		return
+	}
+	for _, rec := range under {
+		if _, ok := entries[rec.ID]; !ok {
+			if err := q.EndRelease(context.Background(), rec.ID, rec.Releasing, false); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// Run moves the spill to the shared store and settles the journal every
+// MoveEvery while the shared store answers, until ctx ends. On one node
+// it does nothing.
+func (s *Shared) Run(ctx context.Context) {
+	if s.store == nil {
+		return
+	}
+	t := time.NewTicker(MoveEvery)
+	defer t.Stop()
+	for {
+		if q, _ := s.shared(); q != nil {
+			s.mu.Lock()
+			s.settle(q)
+			s.move(q)
+			s.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// move puts the spill's messages in the shared store, with their release
+// if they were released from the spill, and deletes them from the spill.
+// A message the store has already (moved before a crash) is only
+// deleted. Under s.mu.
+func (s *Shared) move(q state.Quarantine) {
+	recs, err := s.local.List(Filter{}, time.Now())
+	if err != nil {
+		s.log.Error("quarantine: spill unreadable", "err", err)
+		return
+	}
+	moved := 0
+	for _, rec := range recs {
+		if err := copyRecord(s.local, q, rec, s.node); err != nil {
+			s.log.Warn("quarantine: not moved to the cluster's store yet", "id", rec.ID, "err", err)
+			return
+		}
+		if err := s.local.Delete(rec.ID); err != nil {
+			s.log.Error("quarantine: moved, but not deleted from this node's disk", "id", rec.ID, "err", err)
+			return
+		}
+		moved++
+	}
+	if moved > 0 {
+		s.log.Info("quarantine: messages kept on this node's disk moved to the cluster's store", "messages", moved)
+	}
+}
+
+// Copy copies every message of local into q, with its release state, and
+// returns how many q did not have: mailgate cluster import. It can run
+// again: what q has already is left as it is.
+func Copy(local *Store, q state.Quarantine, node string) (int, error) {
+	recs, err := local.List(Filter{}, time.Now())
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, rec := range recs {
+		if _, err := q.Get(context.Background(), rec.ID); err == nil {
+			continue
+		}
+		if err := copyRecord(local, q, rec, node); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// copyRecord puts rec and its message into q, as released if it was. A
+// release under way (a crash Recover has not settled) is not copied.
+func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) error {
+	if rec.Releasing != "" {
+		return fmt.Errorf("quarantine %s: a release is under way", rec.ID)
+	}
+	m, err := local.Message(rec.ID)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	cp := *rec
+	if err := q.Put(context.Background(), &cp, m); err != nil && !errors.Is(err, state.ErrExists) {
+		return err
+	}
+	if rec.Released == "" {
+		return nil
+	}
+	by := cmp.Or(rec.ReleaseNode, node)
+	if _, err := q.BeginRelease(context.Background(), rec.ID, by, rec.Released); err != nil && !errors.Is(err, state.ErrAlreadyReleased) {
+		return err
+	}
+	return q.EndRelease(context.Background(), rec.ID, rec.Released, true)
+}
+
+// fromState gives a shared store's error the quarantine's meaning, so
+// that the admin API answers 404 or 409 as on one node, keeping its text.
+func fromState(err error) error {
+	for _, m := range []struct{ from, to error }{
+		{state.ErrNotFound, ErrNotFound},
+		{state.ErrAlreadyReleased, ErrAlreadyReleased},
+		{state.ErrReleasing, ErrReleasing},
+	} {
+		if errors.Is(err, m.from) {
+			return meaning{err, m.to}
+		}
+	}
+	return err
+}
+
+type meaning struct {
+	error
+	is error
+}
+
+func (m meaning) Is(target error) bool { return target == m.is }
+func (m meaning) Unwrap() error        { return m.error }

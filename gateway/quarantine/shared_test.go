@@ -1,0 +1,295 @@
+package quarantine
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/gateway/state/pgtest"
+	"github.com/mailgate/mailgate/gateway/state/sqlstore"
+)
+
+// node is one gateway node's quarantine in a cluster: its own spool and
+// disk, the cluster's PostgreSQL.
+type node struct {
+	q     *Shared
+	sp    *spool.Spool
+	dir   string
+	store *sqlstore.Store
+}
+
+func newNode(t *testing.T, url, name string) *node {
+	t.Helper()
+	dir := t.TempDir()
+	sp, err := spool.Open(filepath.Join(dir, "queue"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	n := &node{sp: sp, dir: dir}
+	n.store, err = sqlstore.OpenPostgres(context.Background(), url, sqlstore.Options{Node: name, Timeout: 5 * time.Second, ConnectTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.store.Close() })
+	n.reopen(t, name)
+	return n
+}
+
+// reopen opens the node's quarantine again, as a restart does.
+func (n *node) reopen(t *testing.T, name string) {
+	t.Helper()
+	local, err := Open(filepath.Join(n.dir, "quarantine"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.q, err = Share(local, func() state.Quarantine { return n.store.Quarantine() }, name, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// quarantine quarantines a message on n, as smtpd does.
+func (n *node) quarantine(t *testing.T, body string) *Record {
+	t.Helper()
+	w := spooled(t, n.sp, body)
+	rec := &Record{ID: w.ID(), From: "s@sender.test", Rcpts: []string{"r@dest.test"}, Reason: "test", Time: time.Now().UTC()}
+	if err := n.q.Add(rec, w.Path()); err != nil {
+		t.Fatal(err)
+	}
+	w.Abort()
+	return rec
+}
+
+// read returns a reader of what an Open-like call returns.
+func read(t *testing.T) func(io.ReadCloser, error) string {
+	return func(rc io.ReadCloser, err error) string {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+}
+
+// TestSharedReleaseFromAnotherNode: a message quarantined on node A is
+// listed and shown on node B and released there, into B's spool, once:
+// a release from A afterwards names B's copy. Nothing of it is on A's
+// disk.
+func TestSharedReleaseFromAnotherNode(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	a, b := newNode(t, url, "a"), newNode(t, url, "b")
+	rec := a.quarantine(t, "Subject: held\r\n\r\nbody\r\n")
+	if _, err := os.Stat(filepath.Join(a.dir, "quarantine", rec.ID+".json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("record on A's disk (%v); want it in PostgreSQL only", err)
+	}
+	recs, err := b.q.List(Filter{From: "sender.test"}, time.Now())
+	if err != nil || len(recs) != 1 || recs[0].ID != rec.ID || recs[0].Node != "a" {
+		t.Fatalf("List on B = %v, %v; want %s from node a", recs, err, rec.ID)
+	}
+	if got := read(t)(b.q.Message(rec.ID)); got != "Subject: held\r\n\r\nbody\r\n" {
+		t.Fatalf("message on B: %q", got)
+	}
+	env, err := b.q.Release(context.Background(), rec.ID, b.sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t)(b.sp.OpenMessage(env.ID)); got != "Subject: held\r\n\r\nbody\r\n" {
+		t.Fatalf("copy in B's spool: %q", got)
+	}
+	if _, err := a.q.Release(context.Background(), rec.ID, a.sp); !errors.Is(err, ErrAlreadyReleased) {
+		t.Fatalf("release on A after B: %v; want ErrAlreadyReleased", err)
+	}
+	if got, _ := a.q.Get(rec.ID); got.Released != env.ID || got.ReleaseNode != "b" {
+		t.Fatalf("record on A: %+v; want released as %s on b", got, env.ID)
+	}
+	if envs, _ := a.sp.List(); len(envs) != 0 {
+		t.Fatalf("A's spool holds %d messages; want none", len(envs))
+	}
+}
+
+// TestSharedReleaseRace: two nodes releasing the same messages at the
+// same moment make one copy of each between them.
+func TestSharedReleaseRace(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	a, b := newNode(t, url, "a"), newNode(t, url, "b")
+	var ids []string
+	for range 10 {
+		ids = append(ids, a.quarantine(t, "Subject: race\r\n\r\nx\r\n").ID)
+	}
+	var wg sync.WaitGroup
+	for _, n := range []*node{a, b} {
+		wg.Go(func() {
+			for _, id := range ids {
+				_, err := n.q.Release(context.Background(), id, n.sp)
+				if err != nil && !errors.Is(err, ErrReleasing) && !errors.Is(err, ErrAlreadyReleased) {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	na, _ := a.sp.List()
+	nb, _ := b.sp.List()
+	if len(na)+len(nb) != len(ids) {
+		t.Fatalf("%d copies on A and %d on B of %d messages; want one each", len(na), len(nb), len(ids))
+	}
+}
+
+// TestSharedSpill: with PostgreSQL down a message to quarantine is kept
+// on the node's disk (and Add returns, so the client gets its 250); the
+// node still shows it; when PostgreSQL is back Run moves it, and the
+// other node releases it.
+func TestSharedSpill(t *testing.T) {
+	pg := pgtest.Start(t)
+	url := pg.NewDatabase(t)
+	a, b := newNode(t, url, "a"), newNode(t, url, "b")
+	pg.Stop()
+	rec := a.quarantine(t, "Subject: spilled\r\n\r\nkept\r\n")
+	if _, err := os.Stat(filepath.Join(a.dir, "quarantine", rec.ID+".json")); err != nil {
+		t.Fatalf("spilled record: %v", err)
+	}
+	if got := read(t)(a.q.Message(rec.ID)); got != "Subject: spilled\r\n\r\nkept\r\n" {
+		t.Fatalf("spilled message on A: %q", got)
+	}
+	if _, err := a.q.List(Filter{}, time.Now()); err == nil {
+		t.Error("List with PostgreSQL down: no error; want one saying it is not reached")
+	}
+
+	pg.Restart()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.q.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := b.q.Get(rec.ID); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("spilled message not moved 60s after PostgreSQL came back")
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition, bounded by deadline
+	}
+	if _, err := a.q.local.Get(rec.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("moved message still on A's disk: %v", err)
+	}
+	env, err := b.q.Release(context.Background(), rec.ID, b.sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t)(b.sp.OpenMessage(env.ID)); got != "Subject: spilled\r\n\r\nkept\r\n" {
+		t.Fatalf("released copy: %q", got)
+	}
+}
+
+// TestSharedCrashMidRelease: a node that crashed during a release (the
+// store holds it as under way on that node) settles it when it starts
+// again, by its spool: a committed copy is the release (and is never
+// made twice); no copy frees the message for another release. PostgreSQL
+// being down at the restart changes nothing but when the store hears.
+func TestSharedCrashMidRelease(t *testing.T) {
+	pg := pgtest.Start(t)
+	url := pg.NewDatabase(t)
+	a := newNode(t, url, "a")
+	committed, lost := a.quarantine(t, "Subject: one\r\n\r\n1\r\n"), a.quarantine(t, "Subject: two\r\n\r\n2\r\n")
+	q := a.store.Quarantine()
+	ctx := context.Background()
+	// The first crashed after its copy was committed, the second before.
+	w := spooled(t, a.sp, "Subject: one\r\n\r\n1\r\n")
+	if _, err := q.BeginRelease(ctx, committed.ID, "a", w.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.q.journal(committed.ID, w.ID(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx, spool.NewEnvelope(committed.From, committed.Rcpts, "", "", "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.BeginRelease(ctx, lost.ID, "a", "LOSTCOPY0000000"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.q.journal(lost.ID, "LOSTCOPY0000000", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	pg.Stop()
+	a.reopen(t, "a")
+	if err := a.q.Recover(a.sp); err != nil {
+		t.Fatal(err)
+	}
+	pg.Restart()
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); a.q.Run(runCtx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r1, err1 := q.Get(ctx, committed.ID)
+		r2, err2 := q.Get(ctx, lost.ID)
+		if err1 == nil && err2 == nil && r1.Released == w.ID() && r2.Releasing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not settled: %+v %v, %+v %v", r1, err1, r2, err2)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition, bounded by deadline
+	}
+	if _, err := a.q.Release(ctx, committed.ID, a.sp); !errors.Is(err, ErrAlreadyReleased) {
+		t.Errorf("release of the one whose copy was committed: %v; want ErrAlreadyReleased", err)
+	}
+	env, err := a.q.Release(ctx, lost.ID, a.sp)
+	if err != nil {
+		t.Fatalf("release of the one whose copy was not: %v", err)
+	}
+	if envs, _ := a.sp.List(); len(envs) != 2 || (envs[0].ID != env.ID && envs[1].ID != env.ID) {
+		t.Fatalf("spool: %d messages; want the two copies", len(envs))
+	}
+	if entries, _ := a.q.journalEntries(); len(entries) != 0 {
+		t.Errorf("journal left: %v", entries)
+	}
+}
+
+// TestCopy: a single node's quarantine copied into the cluster's store
+// keeps its messages and their releases, and a second copy adds nothing.
+func TestCopy(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	local, sp, _ := open(t)
+	kept := add(t, local, sp, "a@example.org", "b@example.test", "", time.Now().Add(-time.Hour))
+	released := add(t, local, sp, "c@example.org", "d@example.test", "", time.Now())
+	env, err := local.Release(context.Background(), released.ID, sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sqlstore.OpenPostgres(context.Background(), url, sqlstore.Options{Node: "single"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for i, want := range []int{2, 0} {
+		n, err := Copy(local, st.Quarantine(), "single")
+		if err != nil || n != want {
+			t.Fatalf("copy %d: %d, %v; want %d", i+1, n, err, want)
+		}
+	}
+	got, err := st.Quarantine().Get(context.Background(), released.ID)
+	if err != nil || got.Released != env.ID {
+		t.Fatalf("released message in the store: %+v, %v; want released as %s", got, err, env.ID)
+	}
+	if _, err := st.Quarantine().BeginRelease(context.Background(), kept.ID, "b", "COPY000000000000"); err != nil {
+		t.Fatalf("the other message is not releasable in the store: %v", err)
+	}
+}
