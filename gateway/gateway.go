@@ -23,12 +23,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mailgate/mailgate/console"
 	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/gateway/state/sqlstore"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/plugins/host"
 	"github.com/mailgate/mailgate/policy"
@@ -64,6 +67,7 @@ type Gateway struct {
 	spool  *spool.Spool
 	quar   *quarantine.Store
 	trace  *trace.Log
+	state  state.Store // the users' lists and the audit log, for now
 	router *router.Router
 	smtp   *smtpd.Server
 	pickup *pickup
@@ -81,6 +85,7 @@ type Gateway struct {
 	listeners []net.Listener
 	admin     *http.Server
 	adminL    net.Listener
+	web       *console.Server
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -130,6 +135,10 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 	undo = append(undo, func() { g.trace.Close() })
+	if g.state, err = sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "state.db"), sqlstore.Options{Node: cfg.Hostname}); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { g.state.Close() })
 
 	if g.router, err = router.New(cfg, g.spool, opts.Logger, router.Trace(g.trace), router.Metrics(g.reg)); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
@@ -211,6 +220,17 @@ func (g *Gateway) Start() error {
 		}()
 		g.log.Info("admin listening", "addr", l.Addr().String())
 	}
+	if cfg.Web.Listen != "" {
+		c, err := console.New(console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
+			Traces: console.FileTraces(filepath.Join(cfg.DataDir, "trace")), Lists: g.state.Lists(),
+			Audit: g.state.Audit(), Metrics: liveGatherer{g}})
+		if err == nil {
+			g.web, err = c.Serve()
+		}
+		if err != nil {
+			return fail(err)
+		}
+	}
 	g.wg.Add(3)
 	go func() {
 		defer g.wg.Done()
@@ -283,6 +303,14 @@ func (g *Gateway) AdminAddr() net.Addr {
 	return g.adminL.Addr()
 }
 
+// WebAddr returns the console's address, or nil.
+func (g *Gateway) WebAddr() net.Addr {
+	if g.web == nil {
+		return nil
+	}
+	return g.web.Addr()
+}
+
 // Shutdown stops accepting mail, lets sessions in progress finish until ctx
 // is done, then stops delivery and the plugins. Accepted mail stays in the
 // spool for the next start.
@@ -297,6 +325,9 @@ func (g *Gateway) Close() error {
 	g.smtp.Close()
 	if g.admin != nil {
 		g.admin.Close()
+	}
+	if g.web != nil {
+		g.web.Close()
 	}
 	if g.cancel != nil {
 		g.cancel()
@@ -316,6 +347,7 @@ func (g *Gateway) Close() error {
 	}
 	g.trace.Close()
 	g.limits.Close()
+	g.state.Close()
 	return g.spool.Close()
 }
 

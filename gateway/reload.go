@@ -92,12 +92,16 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 // router's connection pool.
 func restartNeeded(old, cfg *policy.Config) error {
 	var keys []string
+	oldCert, _ := old.WebTLS()
+	newCert, _ := cfg.WebTLS()
 	for _, k := range []struct {
 		key  string
 		same bool
 	}{
 		{"data_dir", old.DataDir == cfg.DataDir},
 		{"admin.listen", old.Admin.Listen == cfg.Admin.Listen},
+		{"web.listen", old.Web.Listen == cfg.Web.Listen},
+		{"web.tls_cert", (oldCert == "") == (newCert == "")},
 		{"log.format", old.Log.Format == cfg.Log.Format},
 		{"hostname", old.Hostname == cfg.Hostname},
 		{"server.listen", slices.Equal(old.Server.Listen, cfg.Server.Listen)},

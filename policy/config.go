@@ -29,6 +29,8 @@ type Config struct {
 	// traces are kept.
 	Quarantine Retention `toml:"quarantine"`
 	Trace      Retention `toml:"trace"`
+	// Web is the web console, off unless [web] listen is set.
+	Web Web `toml:"web"`
 
 	// File is the path the config was read from ("" for the embedded one).
 	File string `toml:"-"`

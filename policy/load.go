@@ -774,4 +774,9 @@ func (c *Config) setDefaults() {
 	}
 	str(&c.Log.Level, "info")
 	str(&c.Log.Format, "text")
+	d(&c.Web.SessionTTL, 12*time.Hour)
+	d(&c.Web.LinkTTL, 7*24*time.Hour)
+	for k := range c.Web.Users {
+		str(&c.Web.Users[k].Role, "admin")
+	}
 }

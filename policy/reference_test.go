@@ -41,6 +41,8 @@ func TestREADMEReferenceHasEveryKey(t *testing.T) {
 		{ref, "README.md", RateLimit{}},
 		{ref, "README.md", Log{}},
 		{ref, "README.md", Retention{}},
+		{ref, "README.md", Web{}},
+		{ref, "README.md", WebUser{}},
 		{string(pol), "policy/README.md", Policy{}},
 		{string(pol), "policy/README.md", Override{}},
 		{string(pol), "policy/README.md", List{}},

@@ -62,6 +62,7 @@ func (c *Config) validate() Errors {
 	v.policy(&c.Policy, root.field("policy"), names)
 	v.oneOf(root.field("log").field("level"), c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf(root.field("log").field("format"), c.Log.Format, "text", "json")
+	v.web(c, root.field("web"))
 	return v.errs
 }
 

@@ -1,7 +1,8 @@
 // Command mailgate is the one binary of the mail gateway: it serves mail,
 // checks configs, dry-runs a message through the filter chain, lists what
 // each stage's plugin describes, operates the queue and quarantine, prints
-// message traces, asks a running gateway to reload, makes DKIM keys, and
+// message traces, asks a running gateway to reload, makes DKIM keys, adds
+// web console accounts, and
 // serves the built-in stage kinds as plugins.
 package main
 
@@ -32,6 +33,8 @@ Usage:
   mailgate reload [-config FILE]   make the running gateway re-read its config (as SIGHUP)
   mailgate dkim keygen -domain DOMAIN -selector SELECTOR [-algorithm A] [-bits N] [-out DIR]
                                    write a DKIM private key, print the DNS record to publish
+  mailgate user add [-config FILE] [-role admin|auditor] [-print] NAME
+                                   add a web console account; the password is read from stdin
   mailgate plugin KIND             serve a built-in stage kind (started by the gateway)
   mailgate version
 
@@ -81,6 +84,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdReload(args[1:], stdout, stderr)
 	case "dkim":
 		err = cmdDKIM(args[1:], stdout, stderr)
+	case "user":
+		err = cmdUser(args[1:], os.Stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mailgate", version)
 	case "help", "-h", "-help", "--help":
