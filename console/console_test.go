@@ -259,8 +259,8 @@ func (f *fakeBackend) QuarantineMessage(id string) (io.ReadCloser, error) {
 	return os.Open(f.quar.MessagePath(id))
 }
 
-func (f *fakeBackend) QuarantineRelease(ctx context.Context, id string) (string, error) {
-	env, err := f.quar.Release(ctx, id, f.spool)
+func (f *fakeBackend) QuarantineRelease(ctx context.Context, id string, rcpts []string) (string, error) {
+	env, err := f.quar.Release(ctx, id, f.spool, rcpts...)
 	if env == nil {
 		return "", err
 	}

@@ -37,6 +37,13 @@ func (v view) CanChange() bool { return v.User != nil && v.User.Role == "admin" 
 
 type pages struct{ byName map[string]*template.Template }
 
+// qtable is what the table of quarantined messages (qtable.tmpl) gets.
+type qtable struct {
+	V    view
+	Rows []quarantineRow
+	Base string
+}
+
 var funcs = template.FuncMap{
 	"when": func(t time.Time) string {
 		if t.IsZero() {
@@ -72,7 +79,10 @@ var funcs = template.FuncMap{
 		}
 		return fmt.Sprintf("%d B", n)
 	},
-	"join":  strings.Join,
+	"join": strings.Join,
+	"args": func(v view, rows []quarantineRow, base string) qtable {
+		return qtable{V: v, Rows: rows, Base: base}
+	},
 	"query": func(v url.Values) string { return v.Encode() },
 }
 
@@ -88,7 +98,7 @@ func parsePages() (*pages, error) {
 		if name == "layout" {
 			continue
 		}
-		t, err := template.New(name).Funcs(funcs).ParseFS(assets, "templates/layout.html", f)
+		t, err := template.New(name).Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/*.tmpl", f)
 		if err != nil {
 			return nil, err
 		}
@@ -146,6 +156,14 @@ func (c *Console) routes() {
 	m.HandleFunc("GET /tracking", c.admin(c.tracking))
 	m.HandleFunc("GET /message/{id}", c.admin(c.message))
 	m.HandleFunc("POST /queue/{id}/{op}", c.change(c.queueOp))
+
+	m.HandleFunc("GET /quarantine", c.admin(c.quarantineList))
+	m.HandleFunc("GET /quarantine/{id}", c.admin(c.quarantineShow))
+	m.HandleFunc("GET /quarantine/{id}/eml", c.admin(c.quarantineEML))
+	m.HandleFunc("POST /quarantine/{id}/{op}", c.change(c.quarantineOp))
+	m.HandleFunc("POST /quarantine/bulk", c.change(c.quarantineBulk))
+	m.HandleFunc("GET /lists", c.admin(c.lists))
+	m.HandleFunc("POST /lists", c.change(c.listChange))
 	c.mux = m
 }
 

@@ -39,6 +39,12 @@
 // case that breaks this is an operator deleting the copy from the queue
 // between a crash and the next start: Recover then sees no copy and allows
 // another release.
+//
+// A release may be for some of the recipients only (an end user releases
+// a message for themselves): the same three steps then name those
+// recipients (ReleasingRcpts, then a Release in Releases), each recipient
+// is released once, and the message counts as released (Released) when
+// its last recipient is.
 package quarantine
 
 import (
@@ -88,10 +94,60 @@ type Record struct {
 	// the order they ran.
 	Verdicts []trace.Stage `json:"verdicts"`
 	// Releasing is the queue ID of a release in progress (see the
-	// package comment); Released that of the release done.
-	Releasing  string    `json:"releasing,omitempty"`
-	Released   string    `json:"released,omitempty"`
-	ReleasedAt time.Time `json:"released_at,omitzero"`
+	// package comment), to ReleasingRcpts (none: every recipient not
+	// released yet); Released that of the release that released the
+	// last recipient, Releases every release done for some recipients.
+	Releasing      string    `json:"releasing,omitempty"`
+	ReleasingRcpts []string  `json:"releasing_rcpts,omitempty"`
+	Released       string    `json:"released,omitempty"`
+	ReleasedAt     time.Time `json:"released_at,omitzero"`
+	Releases       []Release `json:"releases,omitempty"`
+}
+
+// Release is a release of a quarantined message to some of its
+// recipients: the copy queued for them.
+type Release struct {
+	QueueID string    `json:"queue_id"`
+	Rcpts   []string  `json:"rcpts"`
+	At      time.Time `json:"at"`
+}
+
+// Pending returns the recipients of r not released yet.
+func (r *Record) Pending() []string {
+	var out []string
+	for _, a := range r.Rcpts {
+		if r.Released == "" && r.releasedTo(a) == "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// releasedTo returns the queue ID of the partial release to rcpt, or "".
+func (r *Record) releasedTo(rcpt string) string {
+	for _, rel := range r.Releases {
+		if slices.ContainsFunc(rel.Rcpts, func(a string) bool { return strings.EqualFold(a, rcpt) }) {
+			return rel.QueueID
+		}
+	}
+	return ""
+}
+
+// settle records the release copyID to rcpts (nil: all pending) as done
+// at now.
+func (r *Record) settle(copyID string, rcpts []string, now time.Time) {
+	if len(rcpts) == 0 && len(r.Releases) == 0 {
+		r.Released, r.ReleasedAt = copyID, now
+	} else {
+		if len(rcpts) == 0 {
+			rcpts = r.Pending()
+		}
+		r.Releases = append(r.Releases, Release{QueueID: copyID, Rcpts: rcpts, At: now})
+		if len(r.Pending()) == 0 {
+			r.Released, r.ReleasedAt = copyID, now
+		}
+	}
+	r.Releasing, r.ReleasingRcpts = "", nil
 }
 
 // Filter selects records; zero fields select everything.
@@ -350,10 +406,15 @@ func (s *Store) Expire(now time.Time, retention time.Duration) ([]string, error)
 	return ids, errors.Join(errs...)
 }
 
-// Release queues a copy of message id in sp for delivery to its
-// recipients and returns the copy's envelope, for the caller to hand to
-// the router. See the package comment for why this is exactly once.
-func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Envelope, error) {
+// ErrNotRecipient is returned by Release for a recipient the message
+// does not have.
+var ErrNotRecipient = errors.New("not a recipient of the message")
+
+// Release queues a copy of message id in sp for delivery to rcpts, or to
+// every recipient not released yet when rcpts is empty, and returns the
+// copy's envelope, for the caller to hand to the router. See the package
+// comment for why this is exactly once, for each recipient.
+func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...string) (*spool.Envelope, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rec, err := s.Get(id)
@@ -362,6 +423,24 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Enve
 	}
 	if rec.Released != "" {
 		return nil, fmt.Errorf("quarantine %s: %w as %s at %s", id, ErrAlreadyReleased, rec.Released, rec.ReleasedAt.Format(time.RFC3339))
+	}
+	to := rec.Pending()
+	if len(rcpts) > 0 {
+		to = nil
+		for _, a := range rcpts {
+			i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return strings.EqualFold(r, a) })
+			switch {
+			case i < 0:
+				return nil, fmt.Errorf("quarantine %s: %s: %w", id, a, ErrNotRecipient)
+			case rec.releasedTo(a) != "":
+				return nil, fmt.Errorf("quarantine %s: %w to %s as %s", id, ErrAlreadyReleased, a, rec.releasedTo(a))
+			case !slices.Contains(to, rec.Rcpts[i]):
+				to = append(to, rec.Rcpts[i])
+			}
+		}
+		if len(to) == len(rec.Pending()) && len(rec.Releases) == 0 {
+			rcpts = nil // all of them: a release as a whole
+		}
 	}
 	w, err := sp.Create()
 	if err != nil {
@@ -373,6 +452,9 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Enve
 	}
 	// Step 1.
 	rec.Releasing = w.ID()
+	if len(rcpts) > 0 {
+		rec.ReleasingRcpts = to
+	}
 	if err := s.writeRecord(rec); err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("release %s: %w", id, err)
@@ -380,16 +462,16 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Enve
 	// Step 2. Once started the commit is finished whatever the caller's
 	// context does: a half-done release is only undone by Recover.
 	// Delivery gets its full max_age from the release.
-	env := spool.NewEnvelope(rec.From, rec.Rcpts, rec.ClientAddr, rec.ClientHelo, rec.MessageID)
+	env := spool.NewEnvelope(rec.From, to, rec.ClientAddr, rec.ClientHelo, rec.MessageID)
 	if err := w.Commit(context.WithoutCancel(ctx), env); err != nil {
-		rec.Releasing = ""
+		rec.Releasing, rec.ReleasingRcpts = "", nil
 		if werr := s.writeRecord(rec); werr != nil {
 			err = errors.Join(err, werr)
 		}
 		return nil, fmt.Errorf("release %s: %w", id, err)
 	}
 	// Step 3.
-	rec.Released, rec.Releasing, rec.ReleasedAt = env.ID, "", time.Now().UTC()
+	rec.settle(env.ID, rec.ReleasingRcpts, time.Now().UTC())
 	if err := s.writeRecord(rec); err != nil {
 		// The copy is committed and the router will deliver it after a
 		// restart (Recover completes the record), so the release is
@@ -414,12 +496,12 @@ func (s *Store) Recover(sp Spooler) error {
 		}
 		switch _, err := sp.Load(rec.Releasing); {
 		case err == nil:
-			rec.Released, rec.ReleasedAt = rec.Releasing, time.Now().UTC()
+			rec.settle(rec.Releasing, rec.ReleasingRcpts, time.Now().UTC())
 		case errors.Is(err, fs.ErrNotExist):
 		default:
 			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
 		}
-		rec.Releasing = ""
+		rec.Releasing, rec.ReleasingRcpts = "", nil
 		if err := s.writeRecord(rec); err != nil {
 			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
 		}
