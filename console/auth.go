@@ -196,6 +196,9 @@ func (k keys) checkLink(token string, now time.Time) (Link, error) {
 // link_ttl from now, under [web] base_url: what a digest mail carries.
 func (c *Console) LinkURL(rcpt string) string {
 	cfg := c.opts.Config()
+	if a, err := address.Parse(rcpt); err == nil {
+		rcpt = a
+	}
 	exp := c.opts.Now().Add(time.Duration(cfg.Web.LinkTTL))
 	return strings.TrimSuffix(cfg.Web.BaseURL, "/") + "/u/" + c.keys.newLink(rcpt, exp)
 }

@@ -98,6 +98,9 @@ func New(opts Options) (*Console, error) {
 	if err != nil {
 		return nil, fmt.Errorf("console: %w", err)
 	}
+	if _, _, err := digestTemplates(cfg); err != nil {
+		return nil, fmt.Errorf("console: %w", err)
+	}
 	c := &Console{opts: opts, log: opts.Logger, keys: newKeys(secret), logins: newLoginLimiter(),
 		revoked: newRevocations(), pages: pg}
 	c.routes()
@@ -118,9 +121,11 @@ func (c *Console) Handler() http.Handler { return c.guard(c.mux) }
 
 // Server is a console listening on [web] listen.
 type Server struct {
-	srv *http.Server
-	l   net.Listener
-	log *slog.Logger
+	srv    *http.Server
+	l      net.Listener
+	log    *slog.Logger
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // Serve listens on [web] listen, with TLS when the config gives the
@@ -153,6 +158,12 @@ func (c *Console) Serve() (*Server, error) {
 			s.log.Error("web listener", "err", err)
 		}
 	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel, s.done = cancel, make(chan struct{})
+	go func() {
+		defer close(s.done)
+		c.digestLoop(ctx)
+	}()
 	c.log.Info("web console listening", "addr", s.l.Addr().String(), "tls", s.srv.TLSConfig != nil)
 	return s, nil
 }
@@ -160,8 +171,11 @@ func (c *Console) Serve() (*Server, error) {
 // Addr is the address the console listens on.
 func (s *Server) Addr() net.Addr { return s.l.Addr() }
 
-// Close stops serving; requests under way get a second to finish.
+// Close stops serving and sending digests; requests under way get a
+// second to finish.
 func (s *Server) Close() error {
+	s.cancel()
+	<-s.done
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := s.srv.Shutdown(ctx); err != nil {

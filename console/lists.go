@@ -17,6 +17,9 @@ type listsData struct {
 // lists shows the users' allow- and block-lists, or one user's.
 func (c *Console) lists(w http.ResponseWriter, r *http.Request, v view) {
 	d := listsData{Owner: strings.TrimSpace(r.URL.Query().Get("owner"))}
+	if v.Rcpt != "" {
+		d.Owner = v.Rcpt
+	}
 	owner := d.Owner
 	if owner != "" {
 		e, err := state.CanonicalEntry(state.ListEntry{Owner: owner, Kind: state.Allow, Sender: "example.test"})
@@ -32,8 +35,9 @@ func (c *Console) lists(w http.ResponseWriter, r *http.Request, v view) {
 			d.Problem = "The lists could not be read; the log says why."
 		}
 	}
-	if v.Rcpt == "" {
-		v.Title, v.Nav = "Allow- and block-lists", "lists"
+	v.Title, v.Nav = "Allow- and block-lists", "lists"
+	if v.Rcpt != "" {
+		v.Title = "Your allow- and block-lists"
 	}
 	v.Data = d
 	c.render(w, http.StatusOK, "lists", v)

@@ -162,8 +162,17 @@ func (c *Console) routes() {
 	m.HandleFunc("GET /quarantine/{id}/eml", c.admin(c.quarantineEML))
 	m.HandleFunc("POST /quarantine/{id}/{op}", c.change(c.quarantineOp))
 	m.HandleFunc("POST /quarantine/bulk", c.change(c.quarantineBulk))
+	m.HandleFunc("POST /digest", c.change(c.digestNow))
 	m.HandleFunc("GET /lists", c.admin(c.lists))
 	m.HandleFunc("POST /lists", c.change(c.listChange))
+
+	m.HandleFunc("GET /u/{token}", c.endUser(false, c.endUserList))
+	m.HandleFunc("GET /u/{token}/lists", c.endUser(false, c.lists))
+	m.HandleFunc("POST /u/{token}/lists", c.endUser(true, c.listChange))
+	m.HandleFunc("POST /u/{token}/bulk", c.endUser(true, c.quarantineBulk))
+	m.HandleFunc("GET /u/{token}/{id}", c.endUser(false, c.quarantineShow))
+	m.HandleFunc("GET /u/{token}/{id}/{op}", c.endUser(false, c.endUserConfirm))
+	m.HandleFunc("POST /u/{token}/{id}/{op}", c.endUser(true, c.quarantineOp))
 	c.mux = m
 }
 

@@ -26,6 +26,7 @@ type quarantineRow struct {
 }
 
 type quarantineData struct {
+	Digests                                bool // digests can be sent: [web] base_url is set
 	From, Rcpt, Stage, Newer, Older, State string
 	Rows                                   []quarantineRow
 	More                                   bool
@@ -94,6 +95,7 @@ func (c *Console) quarantineList(w http.ResponseWriter, r *http.Request, v view)
 		c.log.Error("web quarantine", "err", err)
 		d.Problem = "The quarantine could not be read; the log says why."
 	}
+	d.Digests = c.opts.Config().Web.BaseURL != ""
 	v.Title, v.Nav, v.Data = "Quarantine", "quarantine", d
 	c.render(w, http.StatusOK, "quarantine", v)
 }
@@ -185,8 +187,8 @@ func (c *Console) act(ctx context.Context, v view, op string, rec *quarantine.Re
 			// Some recipients: only those not released yet.
 			var pending []string
 			for _, a := range rcpts {
-				if slices.ContainsFunc(rec.Pending(), func(b string) bool { return address.Equal(a, b) }) {
-					pending = append(pending, a)
+				if i := slices.IndexFunc(rec.Pending(), func(b string) bool { return address.Equal(a, b) }); i >= 0 {
+					pending = append(pending, rec.Pending()[i])
 				}
 			}
 			if len(pending) == 0 {

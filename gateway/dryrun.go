@@ -76,7 +76,7 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	if err != nil {
 		return nil, err
 	}
-	ch, err := newChain(ctx, cfg, opts, nil, nil, nil)
+	ch, err := newChain(ctx, cfg, opts, nil, nil, nil, nil)
 	if err != nil {
 		return nil, err
 	}

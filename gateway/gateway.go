@@ -149,7 +149,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 
-	ch, err := newChain(ctx, cfg, opts, g.reg, g.stageM, nil)
+	ch, err := newChain(ctx, cfg, opts, g.reg, g.stageM, g.state.Lists(), nil)
 	if err != nil {
 		return nil, err
 	}

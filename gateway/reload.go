@@ -50,7 +50,7 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 	if err := restartNeeded(old, cfg); err != nil {
 		return nil, err
 	}
-	ch, err := newChain(ctx, cfg, g.opts, g.reg, g.stageM, oldChain)
+	ch, err := newChain(ctx, cfg, g.opts, g.reg, g.stageM, g.state.Lists(), oldChain)
 	if err != nil {
 		return nil, err
 	}

@@ -779,4 +779,5 @@ func (c *Config) setDefaults() {
 	for k := range c.Web.Users {
 		str(&c.Web.Users[k].Role, "admin")
 	}
+	str(&c.Web.Digest.From, "quarantine@"+c.Hostname)
 }

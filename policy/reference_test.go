@@ -43,6 +43,7 @@ func TestREADMEReferenceHasEveryKey(t *testing.T) {
 		{ref, "README.md", Retention{}},
 		{ref, "README.md", Web{}},
 		{ref, "README.md", WebUser{}},
+		{ref, "README.md", WebDigest{}},
 		{string(pol), "policy/README.md", Policy{}},
 		{string(pol), "policy/README.md", Override{}},
 		{string(pol), "policy/README.md", List{}},

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/crypto/bcrypt"
@@ -42,6 +43,24 @@ type Web struct {
 	SessionTTL stages.Duration `toml:"session_ttl"` // a login lasts this long; default 12h
 	LinkTTL    stages.Duration `toml:"link_ttl"`    // an end user's link works this long; default 168h
 	Users      []WebUser       `toml:"user"`        // [[web.user]]: who may log in
+	Digest     WebDigest       `toml:"digest"`      // [web.digest]: the end users' daily mail
+}
+
+// WebDigest is [web.digest]: a daily mail to each recipient with mail
+// in the quarantine, with links to read, release, allow or block.
+type WebDigest struct {
+	// At is the time of day the digests go out, "07:00" in the
+	// gateway's time zone; "" (default): no digests.
+	At   string `toml:"at"`
+	From string `toml:"from"` // the digests' sender; default "quarantine@<hostname>"
+	// Subject and Template are text/template texts of the digest's
+	// subject and of its body (a file); default: the console's own.
+	Subject  string `toml:"subject"`
+	Template string `toml:"template"`
+	// Domains are the recipient domains that get digests; default: the
+	// domains routed by exact or "*." routes (those of the
+	// organisation, not those it relays out to).
+	Domains []string `toml:"domains"`
 }
 
 // WebUser is one [[web.user]]: an account of the console.
@@ -184,6 +203,7 @@ func (v *validator) web(c *Config, k key) {
 	}
 	v.duration(k.field("session_ttl"), w.SessionTTL)
 	v.duration(k.field("link_ttl"), w.LinkTTL)
+	v.digest(c, k.field("digest"))
 	named := map[string]int{}
 	for i, u := range w.Users {
 		uk := k.field("user").index(i)
@@ -201,6 +221,34 @@ func (v *validator) web(c *Config, k key) {
 			v.errorf(uk.field("password_hash"), "required; expect %s", passwordHashExample)
 		}
 		v.oneOf(uk.field("role"), u.Role, WebRoles...)
+	}
+}
+
+func (v *validator) digest(c *Config, k key) {
+	d := &c.Web.Digest
+	if d.At != "" {
+		if _, err := time.Parse("15:04", d.At); err != nil {
+			v.errorf(k.field("at"), `unexpected %q; expect a time of day such as "07:00", or "" for no digests`, d.At)
+		}
+		if c.Web.BaseURL == "" {
+			v.errorf(k.field("at"), `digests need [web] base_url, the start of their links; expect base_url such as "https://console.example.test"`)
+		}
+	}
+	if a, ok := mailbox(d.From); ok {
+		d.From = a
+	} else if d.From != "quarantine@"+c.Hostname {
+		v.errorf(k.field("from"), `unexpected %q; expect an address such as "quarantine@example.test"`, d.From)
+	}
+	if !isText(d.Subject) {
+		v.errorf(k.field("subject"), "unexpected %q; expect text without control characters", d.Subject)
+	}
+	for i, dom := range d.Domains {
+		p, err := address.Pattern(dom)
+		if err != nil {
+			v.errorf(k.field("domains").index(i), `unexpected %q; expect a domain such as "example.test" or "*.example.test"`, dom)
+			continue
+		}
+		v.canonical(&d.Domains[i], p)
 	}
 }
 
