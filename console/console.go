@@ -40,6 +40,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,6 +79,7 @@ type Console struct {
 	revoked *revocations
 	pages   *pages
 	mux     *http.ServeMux
+	samples sampler // the dashboard's last hour
 }
 
 // New readies a console: it reads the signing key from [web]
@@ -162,7 +164,10 @@ func (c *Console) Serve() (*Server, error) {
 	s.cancel, s.done = cancel, make(chan struct{})
 	go func() {
 		defer close(s.done)
+		var wg sync.WaitGroup
+		wg.Go(func() { c.sampleLoop(ctx) })
 		c.digestLoop(ctx)
+		wg.Wait()
 	}()
 	c.log.Info("web console listening", "addr", s.l.Addr().String(), "tls", s.srv.TLSConfig != nil)
 	return s, nil

@@ -80,10 +80,20 @@ var funcs = template.FuncMap{
 		return fmt.Sprintf("%d B", n)
 	},
 	"join": strings.Join,
+	"add":  func(a, b int) int { return a + b },
+	"mul":  func(a, b int) int { return a * b },
+	"barsOf": func(title string, bars []Bar) barChart {
+		return barChart{title, bars}
+	},
 	"args": func(v view, rows []quarantineRow, base string) qtable {
 		return qtable{V: v, Rows: rows, Base: base}
 	},
-	"query": func(v url.Values) string { return v.Encode() },
+}
+
+// barChart is what the dashboard's bars template gets.
+type barChart struct {
+	Title string
+	Bars  []Bar
 }
 
 // parsePages parses each page with the layout around it.
@@ -155,7 +165,11 @@ func (c *Console) routes() {
 
 	m.HandleFunc("GET /tracking", c.admin(c.tracking))
 	m.HandleFunc("GET /message/{id}", c.admin(c.message))
+	m.HandleFunc("GET /queue", c.admin(c.queueList))
+	m.HandleFunc("POST /queue/bulk", c.change(c.queueBulk))
 	m.HandleFunc("POST /queue/{id}/{op}", c.change(c.queueOp))
+	m.HandleFunc("GET /dashboard", c.admin(c.dashboard))
+	m.HandleFunc("GET /audit", c.admin(c.auditLog))
 
 	m.HandleFunc("GET /quarantine", c.admin(c.quarantineList))
 	m.HandleFunc("GET /quarantine/{id}", c.admin(c.quarantineShow))
