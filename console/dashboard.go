@@ -177,7 +177,7 @@ type dashboardData struct {
 	Delivery []Count
 	Queue    []Count
 	Chart    Chart
-	Rejects  []Bar // rejects by stage
+	Rejects  []Bar // rejects and quarantines by what decided
 	Latency  []Bar // mean latency by stage
 	Senders  []Bar // top senders of the last 24 hours
 	Clients  []Bar // top client addresses
@@ -232,35 +232,23 @@ func (d *dashboardData) fromMetrics(mfs []*dto.MetricFamily) {
 	d.Queue = []Count{{"queued messages", sum(mfs, "mailgate_queue_messages", nil), ""},
 		{"oldest, minutes", math.Round(oldest / 60), ""}}
 
-	rejects := map[string]float64{}
 	latency := map[string][2]float64{} // stage → sum, count
 	for _, mf := range mfs {
-		switch mf.GetName() {
-		case "mailgate_stage_verdicts_total":
-			for _, m := range mf.Metric {
-				if a := label(m, "action"); a == "reject" || a == "quarantine" {
-					rejects[label(m, "stage")+" ("+a+")"] += value(m)
-				}
-			}
-		case "mailgate_stage_duration_seconds":
-			for _, m := range mf.Metric {
-				if h := m.Histogram; h != nil && h.GetSampleCount() > 0 {
-					l := latency[label(m, "stage")]
-					latency[label(m, "stage")] = [2]float64{l[0] + h.GetSampleSum(), l[1] + float64(h.GetSampleCount())}
-				}
-			}
+		if mf.GetName() != "mailgate_stage_duration_seconds" {
+			continue
 		}
-	}
-	for k, n := range rejects {
-		if n > 0 {
-			d.Rejects = append(d.Rejects, Bar{Label: k, N: n, Text: fmt.Sprint(n), Bad: true})
+		for _, m := range mf.Metric {
+			if h := m.Histogram; h != nil && h.GetSampleCount() > 0 {
+				l := latency[label(m, "stage")]
+				latency[label(m, "stage")] = [2]float64{l[0] + h.GetSampleSum(), l[1] + float64(h.GetSampleCount())}
+			}
 		}
 	}
 	for k, l := range latency {
 		ms := l[0] / l[1] * 1000
 		d.Latency = append(d.Latency, Bar{Label: k, N: ms, Text: fmt.Sprintf("%.1f ms", ms)})
 	}
-	d.Rejects, d.Latency = bars(d.Rejects, 20), bars(d.Latency, 20)
+	d.Latency = bars(d.Latency, 20)
 }
 
 // bars sorts bs largest first, keeps n, and sizes them.
@@ -299,6 +287,9 @@ func chart(samples []sample) Chart {
 	}
 	top := max(ch.Max, 1)
 	n := len(rates[0])
+	if n < 2 {
+		return ch // one point draws no line
+	}
 	for s, rs := range rates {
 		var pts []string
 		for i, r := range rs {
@@ -311,10 +302,34 @@ func chart(samples []sample) Chart {
 	return ch
 }
 
-// topTalkers counts the senders and client addresses of the last 24
-// hours' traces (at most the newest 5,000 of each).
+// topTalkers counts, in the last 24 hours' traces (at most the newest
+// 5,000 of each), the rejects and quarantines by what decided them (a
+// stage, a list, relay control), the senders and the client addresses.
 func (c *Console) topTalkers(ctx context.Context, d *dashboardData) error {
 	since := c.opts.Now().Add(-24 * time.Hour)
+	decided := map[string]float64{}
+	for _, a := range []string{"reject", "quarantine"} {
+		events, err := c.opts.Traces.Search(ctx, state.TraceFilter{Since: since, Action: a, Limit: 5000})
+		if err != nil {
+			return err
+		}
+		for _, e := range events {
+			by := e.Stage
+			switch {
+			case by == "" && strings.HasPrefix(e.Reason, "relay denied"):
+				by = "relay control"
+			case by == "" && strings.HasPrefix(e.Reason, "score "):
+				by = "score"
+			case by == "":
+				by = "the gateway"
+			}
+			decided[by+" → "+a]++
+		}
+	}
+	for k, n := range decided {
+		d.Rejects = append(d.Rejects, Bar{Label: k, N: n, Text: fmt.Sprint(n), Bad: strings.HasSuffix(k, "reject")})
+	}
+	d.Rejects = bars(d.Rejects, 20)
 	for _, q := range []struct {
 		event string
 		key   func(e traceEvent) string

@@ -80,13 +80,14 @@ func TestDashboard(t *testing.T) {
 	if r.code != http.StatusOK {
 		t.Fatalf("%d\n%s", r.code, r.body)
 	}
-	for _, want := range []string{`<div class="n">47</div>`, `<div class="n">7</div>`, "clamav (reject)", "spam", "4.0 ms",
+	for _, want := range []string{`<div class="n">47</div>`, `<div class="n">7</div>`, "spam → reject", "spam", "4.0 ms",
 		"spammer@bad.example", "192.0.2.66", `http-equiv="refresh"`, "spool"} {
 		if !strings.Contains(r.body, want) {
 			t.Errorf("dashboard lacks %q", want)
 		}
 	}
-	// The chart: a sample a minute ago and now.
+	// The chart: samples two minutes and one minute ago, and now.
+	e.c.samples.add(e.clock().Add(-2*time.Minute), []float64{30, 5, 0, 0})
 	e.c.samples.add(e.clock().Add(-time.Minute), []float64{40, 5, 0, 0})
 	r = b.get("/dashboard")
 	if !strings.Contains(r.body, `<polyline class="line-in"`) || !strings.Contains(r.body, "in (7/min now)") {
