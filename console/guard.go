@@ -36,7 +36,7 @@ func (c *Console) guard(next http.Handler) http.Handler {
 		h.Set("Cross-Origin-Opener-Policy", "same-origin")
 		h.Set("Cross-Origin-Resource-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
-		if r.TLS != nil {
+		if c.secure(r) {
 			h.Set("Strict-Transport-Security", "max-age=31536000")
 		}
 		if !c.ownHost(r) {

@@ -1,9 +1,12 @@
 package console
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/mailgate/mailgate/gateway/state"
 )
@@ -78,4 +81,83 @@ func (c *Console) listChange(w http.ResponseWriter, r *http.Request, v view) {
 		return
 	}
 	c.done(w, v, back, line)
+}
+
+// ListCache is a state.Lists that remembers each owner's entries for a
+// while: the gateway asks at every RCPT, and most recipients have no
+// list at all. A change made through it is seen at once by the next
+// message; one made by another node of a cluster within ttl.
+type ListCache struct {
+	state.Lists
+	ttl time.Duration
+	now func() time.Time
+
+	mu     sync.Mutex
+	owners map[string]cachedEntries
+}
+
+type cachedEntries struct {
+	entries []state.ListEntry
+	until   time.Time
+}
+
+// maxCachedOwners bounds the cache; when full it starts over.
+const maxCachedOwners = 100_000
+
+// NewListCache caches the entries of l for ttl.
+func NewListCache(l state.Lists, ttl time.Duration) *ListCache {
+	return &ListCache{Lists: l, ttl: ttl, now: time.Now, owners: map[string]cachedEntries{}}
+}
+
+// Entries returns owner's entries, from the cache while they are fresh;
+// "" (every owner's) is never cached.
+func (c *ListCache) Entries(ctx context.Context, owner string) ([]state.ListEntry, error) {
+	if owner == "" {
+		return c.Lists.Entries(ctx, owner)
+	}
+	key := ownerKey(owner)
+	now := c.now()
+	c.mu.Lock()
+	e, ok := c.owners[key]
+	c.mu.Unlock()
+	if ok && now.Before(e.until) {
+		return e.entries, nil
+	}
+	entries, err := c.Lists.Entries(ctx, owner)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if len(c.owners) >= maxCachedOwners {
+		clear(c.owners)
+	}
+	c.owners[key] = cachedEntries{entries: entries, until: now.Add(c.ttl)}
+	c.mu.Unlock()
+	return entries, nil
+}
+
+func (c *ListCache) forget(owner string) {
+	c.mu.Lock()
+	delete(c.owners, ownerKey(owner))
+	c.mu.Unlock()
+}
+
+// ownerKey is owner as the store keeps it (state.CanonicalEntry).
+func ownerKey(owner string) string {
+	if e, err := state.CanonicalEntry(state.ListEntry{Owner: owner, Kind: state.Allow, Sender: "example.test"}); err == nil {
+		return e.Owner
+	}
+	return strings.ToLower(owner)
+}
+
+// Add adds e and forgets what was cached of its owner.
+func (c *ListCache) Add(ctx context.Context, e state.ListEntry) error {
+	defer c.forget(e.Owner)
+	return c.Lists.Add(ctx, e)
+}
+
+// Remove removes an entry and forgets what was cached of its owner.
+func (c *ListCache) Remove(ctx context.Context, owner string, kind state.ListKind, sender string) error {
+	defer c.forget(owner)
+	return c.Lists.Remove(ctx, owner, kind, sender)
 }

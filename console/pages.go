@@ -227,10 +227,16 @@ func (c *Console) change(h func(http.ResponseWriter, *http.Request, view)) http.
 	return c.staff(true, h)
 }
 
+// secure reports whether the browser reaches the console over TLS: its
+// own, or a proxy's in front of it (base_url https://).
+func (c *Console) secure(r *http.Request) bool {
+	return r.TLS != nil || strings.HasPrefix(c.opts.Config().Web.BaseURL, "https://")
+}
+
 // sessionCookie is the cookie's name: with the __Host- prefix over TLS,
 // so that no other site (a subdomain) can set it (RFC 6265bis §4.1.3.2).
-func sessionCookie(r *http.Request) string {
-	if r.TLS != nil {
+func (c *Console) sessionCookie(r *http.Request) string {
+	if c.secure(r) {
 		return "__Host-mailgate_session"
 	}
 	return "mailgate_session"
@@ -238,7 +244,7 @@ func sessionCookie(r *http.Request) string {
 
 // session returns the session of r's cookie, or nil.
 func (c *Console) session(r *http.Request) *session {
-	ck, err := r.Cookie(sessionCookie(r))
+	ck, err := r.Cookie(c.sessionCookie(r))
 	if err != nil {
 		return nil
 	}
@@ -301,8 +307,8 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	exp := now.Add(time.Duration(cfg.Web.SessionTTL))
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie(r), Value: c.keys.newSession(*user, exp), Path: "/",
-		Expires: exp, Secure: r.TLS != nil, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, &http.Cookie{Name: c.sessionCookie(r), Value: c.keys.newSession(*user, exp), Path: "/",
+		Expires: exp, Secure: c.secure(r), HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	c.log.Info("web login", "client", client, "user", name)
 	http.Redirect(w, r, d.Next, http.StatusSeeOther)
 }
@@ -312,7 +318,7 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
 		_, id, _ := c.keys.checkSession(s.token, []policy.WebUser{s.User}, c.opts.Now())
 		c.revoked.revoke(id, s.exp, c.opts.Now())
 	}
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie(r), Value: "", Path: "/", MaxAge: -1,
-		Secure: r.TLS != nil, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, &http.Cookie{Name: c.sessionCookie(r), Value: "", Path: "/", MaxAge: -1,
+		Secure: c.secure(r), HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }

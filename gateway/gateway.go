@@ -67,7 +67,8 @@ type Gateway struct {
 	spool  *spool.Spool
 	quar   *quarantine.Store
 	trace  *trace.Log
-	state  state.Store // the users' lists and the audit log, for now
+	state  state.Store        // the users' lists and the audit log, for now
+	lists  *console.ListCache // the users' lists, asked at every RCPT
 	router *router.Router
 	smtp   *smtpd.Server
 	pickup *pickup
@@ -139,6 +140,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 	undo = append(undo, func() { g.state.Close() })
+	g.lists = console.NewListCache(g.state.Lists(), 10*time.Second)
 
 	if g.router, err = router.New(cfg, g.spool, opts.Logger, router.Trace(g.trace), router.Metrics(g.reg)); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
@@ -149,7 +151,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 
-	ch, err := newChain(ctx, cfg, opts, g.reg, g.stageM, g.state.Lists(), nil)
+	ch, err := newChain(ctx, cfg, opts, g.reg, g.stageM, g.lists, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -222,7 +224,7 @@ func (g *Gateway) Start() error {
 	}
 	if cfg.Web.Listen != "" {
 		c, err := console.New(console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
-			Traces: console.FileTraces(filepath.Join(cfg.DataDir, "trace")), Lists: g.state.Lists(),
+			Traces: console.FileTraces(filepath.Join(cfg.DataDir, "trace")), Lists: g.lists,
 			Audit: g.state.Audit(), Metrics: liveGatherer{g}})
 		if err == nil {
 			g.web, err = c.Serve()
