@@ -146,17 +146,19 @@ func (c *Console) Serve() (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 	}}
-	if cert, key := cfg.WebTLS(); cert != "" {
+	cert, key := cfg.WebTLS()
+	serve := func() error { return s.srv.Serve(l) }
+	if cert != "" {
 		certs, err := newCertFiles(func() (string, string) { return c.opts.Config().WebTLS() }, cert, key)
 		if err != nil {
 			l.Close()
 			return nil, fmt.Errorf("web tls: %w", err)
 		}
 		s.srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
-		l = tls.NewListener(l, s.srv.TLSConfig)
+		serve = func() error { return s.srv.ServeTLS(l, "", "") }
 	}
 	go func() {
-		if err := s.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("web listener", "err", err)
 		}
 	}()
@@ -169,7 +171,7 @@ func (c *Console) Serve() (*Server, error) {
 		c.digestLoop(ctx)
 		wg.Wait()
 	}()
-	c.log.Info("web console listening", "addr", s.l.Addr().String(), "tls", s.srv.TLSConfig != nil)
+	c.log.Info("web console listening", "addr", s.l.Addr().String(), "tls", cert != "")
 	return s, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -16,8 +17,16 @@ type certFiles struct {
 
 	mu        sync.Mutex
 	cert, key string
-	mod       [2]time.Time
+	mod       [2]fileState
 	pair      *tls.Certificate
+}
+
+// fileState tells a file changed: replaced (another inode, as a renewal
+// renames a new file into place) or written in place.
+type fileState struct {
+	mtime time.Time
+	size  int64
+	ino   uint64
 }
 
 func newCertFiles(files func() (string, string), cert, key string) (*certFiles, error) {
@@ -26,22 +35,26 @@ func newCertFiles(files func() (string, string), cert, key string) (*certFiles, 
 	if err != nil {
 		return nil, err
 	}
-	c.cert, c.key, c.mod, c.pair = cert, key, [2]time.Time{modTime(cert), modTime(key)}, &pair
+	c.cert, c.key, c.mod, c.pair = cert, key, [2]fileState{stat(cert), stat(key)}, &pair
 	return c, nil
 }
 
-func modTime(name string) time.Time {
-	fi, err := os.Stat(name)
+func stat(name string) fileState {
+	fi, err := os.Stat(name) // through symlinks: the file they point to now
 	if err != nil {
-		return time.Time{}
+		return fileState{}
 	}
-	return fi.ModTime()
+	st := fileState{mtime: fi.ModTime(), size: fi.Size()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino = sys.Ino
+	}
+	return st
 }
 
 // get is tls.Config.GetCertificate.
 func (c *certFiles) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	cert, key := c.files()
-	mod := [2]time.Time{modTime(cert), modTime(key)}
+	mod := [2]fileState{stat(cert), stat(key)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cert == "" || cert == c.cert && key == c.key && mod == c.mod {
