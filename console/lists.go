@@ -110,12 +110,14 @@ func NewListCache(l state.Lists, ttl time.Duration) *ListCache {
 }
 
 // Entries returns owner's entries, from the cache while they are fresh;
-// "" (every owner's) is never cached.
+// "" (every owner's) is never cached. owner is in the form the store
+// keeps (state.CanonicalEntry), as the pipeline asks: the address in
+// canonical form, in lower case.
 func (c *ListCache) Entries(ctx context.Context, owner string) ([]state.ListEntry, error) {
 	if owner == "" {
 		return c.Lists.Entries(ctx, owner)
 	}
-	key := ownerKey(owner)
+	key := owner
 	now := c.now()
 	c.mu.Lock()
 	e, ok := c.owners[key]

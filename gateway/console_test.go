@@ -6,7 +6,9 @@ import (
 	"io"
 	"mime/quotedprintable"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/url"
 	"regexp"
 	"strings"
 	"sync"
@@ -283,4 +285,50 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("dashboard:\n%s", br.Text(admin))
 	}
 	br.Screenshot(admin, "dashboard")
+}
+
+// TestUserListsDecideNextMessage, without a browser: an entry an admin
+// adds to a recipient's list in the console decides the next message at
+// SMTP, and its removal the one after.
+func TestUserListsDecideNextMessage(t *testing.T) {
+	down := routertest.NewServer(t)
+	const password = "lists test password"
+	g, base := consoleGateway(t, down, password)
+	jar, _ := cookiejar.New(nil)
+	web := &http.Client{Jar: jar, Timeout: waitLong}
+	post := func(path string, form url.Values) string {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		resp, err := web.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST %s: %d\n%s", path, resp.StatusCode, b)
+		}
+		return string(b)
+	}
+	page := post("/login", url.Values{"name": {"admin"}, "password": {password}})
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(page)[1]
+	entry := url.Values{"csrf": {csrf}, "owner": {"carol@example.test"}, "kind": {"block"}, "sender": {"@spam.example"}}
+
+	c := dial(t, g.SMTPAddrs()[0])
+	c.Cmd("EHLO client.test", "250")
+	send := func(id string) string {
+		return c.TrySend("x@spam.example", []string{"carol@example.test"}, message(id, "hello\r\n"))
+	}
+	queuedAs(t, send("before@spam.example"))
+	entry.Set("op", "add")
+	post("/lists", entry)
+	if r := send("blocked@spam.example"); !strings.HasPrefix(r, "550 5.7.1") {
+		t.Fatalf("after the block: %s", r)
+	}
+	entry.Set("op", "remove")
+	post("/lists", entry)
+	queuedAs(t, send("after@spam.example"))
+	downstreamWith(t, down, "after@spam.example", 1)
 }
