@@ -3,14 +3,36 @@
 GO      ?= go
 PKGS    ?= ./...
 
-.PHONY: all build test vet fuzz bench deps clean
+.PHONY: all build deb test vet fuzz bench deps clean
 
 all: build
 
-# The binary names the revision it was built from (mailgate version,
-# mailgate_build_info), even where GOFLAGS turns VCS stamping off.
+# The binary names the revision it was built from and when (mailgate
+# version, mailgate_build_info), even where GOFLAGS turns VCS stamping off
+# or the go command cannot stamp it (a linked worktree): the linker is
+# given both. SOURCE_DATE_EPOCH, when set, makes the date reproducible.
+REVISION   ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)
+BUILD_DATE ?= $(shell date -u -d "@$${SOURCE_DATE_EPOCH:-$$(date +%s)}" +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS    ?= -X main.revision=$(REVISION) -X main.buildDate=$(BUILD_DATE)
+
 build:
-	$(GO) build -buildvcs=auto -o bin/mailgate ./cmd/mailgate
+	$(GO) build -buildvcs=auto -ldflags "$(LDFLAGS)" -o bin/mailgate ./cmd/mailgate
+
+# deb builds the Debian package bin/mailgate_<version>_<arch>.deb with
+# nfpm (cmd/mailgate/dist/nfpm.yaml), run through the go command at a fixed
+# version so that nothing needs installing: a static binary, the manual
+# pages it prints, the unit, the default config (examples/debian.toml) and
+# the maintainer scripts. DEBDIR puts the package elsewhere.
+NFPM       ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.48.0
+DEBDIR     ?= bin
+DEB_VERSION ?= 0.1.0~git$(shell git log -1 --format=%cd --date=format:%Y%m%d%H%M%S 2>/dev/null).$(shell git rev-parse --short=12 HEAD 2>/dev/null)
+deb:
+	rm -rf bin/deb && mkdir -p bin/deb/man bin/deb/doc $(DEBDIR)
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=auto -ldflags "$(LDFLAGS)" -o bin/deb/mailgate ./cmd/mailgate
+	bin/deb/mailgate man 8 | gzip -9n > bin/deb/man/mailgate.8.gz
+	bin/deb/mailgate man 5 | gzip -9n > bin/deb/man/mailgate.toml.5.gz
+	for f in stages/*/README.md; do mkdir -p bin/deb/doc/$$(dirname $$f) && cp $$f bin/deb/doc/$$f; done
+	VERSION="$(DEB_VERSION)" ARCH="$$($(GO) env GOARCH)" $(NFPM) package -f cmd/mailgate/dist/nfpm.yaml -p deb -t $(DEBDIR)/
 
 # deps installs the Debian packages the integration tests talk to (real
 # parts, not mocks) when they are missing: as root through apt-get (as on
@@ -20,7 +42,7 @@ build:
 # them: the check looks there too.
 deps:
 	@missing=""; \
-	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd xmllint:libxml2-utils redis-server:redis-server postgres:postgresql chromium:chromium; do \
+	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd xmllint:libxml2-utils redis-server:redis-server postgres:postgresql chromium:chromium man:man-db; do \
 		bin=$${c%%:*}; pkg=$${c##*:}; \
 		PATH="$$PATH:/usr/sbin:/sbin$$(for d in /usr/lib/postgresql/*/bin; do printf ':%s' "$$d"; done)" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \

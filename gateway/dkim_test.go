@@ -1,11 +1,14 @@
 package gateway_test
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +20,8 @@ import (
 
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/dkim"
 	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
@@ -145,5 +150,75 @@ func TestDryRunDKIM(t *testing.T) {
 	if !found["dkim"] || !found["arc"] || !found["dmarc"] || !strings.Contains(added, "header.d=sender.test header.s=ed") ||
 		!strings.Contains(added, "arc=none") || !strings.Contains(added, "dmarc=pass header.from=sender.test") {
 		t.Fatalf("a stage or its A-R entry is missing:\n%s", out)
+	}
+}
+
+// TestHeaderBytesReachDownstream: header fields the gateway did not edit
+// are relayed byte for byte, however they are written (no space after
+// the colon, two spaces, a tab, a folded To, odd folding), even when a
+// stage adds a field on top and removes one between them (a forged
+// Authentication-Results, added below the signature as a forger would)
+// and the spooled message is rewritten; so a DKIM signature with simple
+// header canonicalization, which covers those bytes, passes at the
+// gateway's own dkim stage (a plugin process: the fields cross the plugin
+// protocol as they are written) and still passes downstream.
+func TestHeaderBytesReachDownstream(t *testing.T) {
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32))
+	dns := dnstest.NewServer(t, dnstest.Zone{
+		"s1._domainkey.sender.test.": {fmt.Sprintf(`TXT "v=DKIM1; k=ed25519; p=%s"`, base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey)))},
+		"_dmarc.sender.test.":        {`TXT "v=DMARC1; p=reject"`},
+	})
+	msg := "From:Alice <a@sender.test>\r\n" +
+		"To:  Bob\r\n <b@dest.test>,\r\n\tcarol@dest.test \r\n" +
+		"Subject:no-space\r\n" +
+		"Date:\tMon, 06 Jan 2025 10:00:00 +0000\r\n" +
+		"Message-ID:<bytes@test>\r\n" +
+		"X-Folded:\r\n\t  first \r\n   second\t\r\n\tthird  \r\n" +
+		"X-Empty:\r\n" +
+		"\r\n" +
+		"body  \r\n\r\n"
+	var signed bytes.Buffer
+	if err := msgdkim.Sign(&signed, strings.NewReader(msg), &msgdkim.SignOptions{Domain: "sender.test", Selector: "s1", Signer: key,
+		HeaderCanonicalization: msgdkim.CanonicalizationSimple, BodyCanonicalization: msgdkim.CanonicalizationSimple}); err != nil {
+		t.Fatal(err)
+	}
+	down := routertest.NewServer(t)
+	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf("\n[dns]\nservers = [%q]\n", dns.Addr())+dkimChain)
+	// A field the signature does not cover (h= lists the fields signed),
+	// claiming the gateway's authserv-id: the headers stage removes it.
+	const forged = "Authentication-Results:mx.gateway.test; dkim=pass header.d=forged.test\r\n"
+	sent := strings.Replace(signed.String(), "\r\nSubject:no-space", "\r\n"+forged+"Subject:no-space", 1)
+	if sent == signed.String() {
+		t.Fatal("no Subject field to put the forged field before")
+	}
+	c := dial(t, g.SMTPAddrs()[0])
+	c.Cmd("EHLO mail.sender.test", "250")
+	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, sent); !strings.HasPrefix(r, "250") {
+		t.Fatalf("DATA: %q", r)
+	}
+	data := down.WaitFor(1, waitLong)[0].Data
+	// The gateway's Received and Authentication-Results go on top; below
+	// them is the message as sent, every byte, but for the forged field.
+	if !bytes.HasSuffix(data, signed.Bytes()) {
+		t.Fatalf("the message did not arrive byte for byte; signed\n%q\ndelivered\n%q", signed.String(), data)
+	}
+	if !regexp.MustCompile(`Authentication-Results: mx\.gateway\.test;[^:]*dkim=pass[^;]*header\.d=sender\.test[^:]*dmarc=pass`).Match(data) {
+		t.Errorf("the gateway's dkim stage did not pass the signature:\n%s", data)
+	}
+
+	// Downstream, the dkim stage verifies the message as it arrived.
+	f, err := dkim.New(stages.Env{DNSServers: []string{dns.Addr()}}, stages.JSONConfig([]byte(`{}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(bytes.NewReader(data))
+	h, err := stages.ParseHeader(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(br)
+	v, err := f.Run(context.Background(), stages.Data, &stages.Transaction{Header: h, Body: stages.BytesBody(rest)})
+	if err != nil || v.Result != "pass" {
+		t.Errorf("downstream dkim: %s (%s), %v", v.Result, v.Reason, err)
 	}
 }

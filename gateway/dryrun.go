@@ -50,7 +50,8 @@ type DryRunResult struct {
 // with the real stage chain, plugins and all, and reports what would
 // happen, stopping at the first refused recipient. Delivery is off: spool
 // and quarantine are in a temporary directory removed on return, the
-// router that takes the message never runs, nothing is traced. Routes
+// router that takes the message never runs, nothing is traced, and the
+// stages keep their state in a copy (copyStageData). Routes
 // with verify_rcpts are asked about the recipients, as serve asks them.
 // cfg is as policy.Load returns it: validated, and only read here, so a
 // running gateway may share it.
@@ -76,7 +77,13 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	if err != nil {
 		return nil, err
 	}
-	ch, err := newChain(ctx, cfg, opts, nil, nil, nil, nil)
+	// The stages keep their state under a copy of data_dir: they answer
+	// from what the gateway's stages learnt, and what they write goes
+	// with the copy.
+	stageCfg := *cfg
+	stageCfg.DataDir = filepath.Join(dir, "data")
+	copyStageData(cfg.DataDir, stageCfg.DataDir, opts.Logger)
+	ch, err := newChain(ctx, &stageCfg, opts, nil, nil, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -125,6 +132,26 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 		res.HeadersRemoved = headerDiff(sent, tx.Header)
 	}
 	return res, nil
+}
+
+// copyStageData copies the directories the stages keep under data_dir
+// (a greylist's triplets, the day's DMARC evaluations, a plugin's own)
+// from one data directory to another; the gateway's own are left out. A
+// dry run goes on without what cannot be copied.
+func copyStageData(from, to string, log *slog.Logger) {
+	own := map[string]bool{"queue": true, "quarantine": true, "trace": true, "pickup": true, "ratelimit": true, "pregreet": true}
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		log.Debug("dry run: stages start without their state", "err", err)
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() && !own[e.Name()] {
+			if err := os.CopyFS(filepath.Join(to, e.Name()), os.DirFS(filepath.Join(from, e.Name()))); err != nil {
+				log.Debug("dry run: a stage's state not copied", "dir", e.Name(), "err", err)
+			}
+		}
+	}
 }
 
 // result is what o says, as an admin reads it: a decision to deliver is

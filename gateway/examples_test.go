@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,11 @@ func TestExamplesCheck(t *testing.T) {
 		out, err := exec.Command(mailgateBin, "check", "-config", f).CombinedOutput()
 		if err != nil || !strings.Contains(string(out), ": ok (") {
 			t.Errorf("mailgate check %s: %v\n%s", f, err, out)
+		}
+		// The summary counts what the file has.
+		b, _ := os.ReadFile(f)
+		if want := fmt.Sprintf("%d rate limits)", strings.Count(string(b), "\n[[ratelimit]]")); !strings.Contains(string(out), want) {
+			t.Errorf("mailgate check %s: %q, want %q", f, out, want)
 		}
 	}
 }

@@ -8,6 +8,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -51,8 +52,9 @@ type Options struct {
 	LoadConfig func() (*policy.Config, error)
 	// LogLevel, if set, follows [log] level on each reload.
 	LogLevel *slog.LevelVar
-	// Version labels mailgate_build_info; "" takes Version().
-	Version string
+	// Version and Revision label mailgate_build_info; "" takes Version()
+	// and the VCS revision Go stamped.
+	Version, Revision string
 	// RateLimitNow is the rate limits' clock (tests move it); nil:
 	// time.Now.
 	RateLimitNow func() time.Time
@@ -110,7 +112,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	// before the undo below runs, and the undo steps need g.
 	g := &Gateway{opts: opts, cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), chains: map[*chain]bool{}}
 	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	registerBuildInfo(g.reg, opts.Version)
+	registerBuildInfo(g.reg, opts.Version, cmp.Or(opts.Revision, BuildSetting("vcs.revision")))
 	g.stageM = pipeline.NewMetrics(g.reg)
 	var undo []func()
 	defer func() {

@@ -1,11 +1,19 @@
 package gateway_test
 
 import (
+	"context"
 	"fmt"
+	"io/fs"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
@@ -92,4 +100,59 @@ kind = "spf"
 	if msgs := down.WaitFor(1, waitLong); messageID(msgs[0].Data) != "spf-pass@test" {
 		t.Fatal("wrong message delivered")
 	}
+}
+
+// TestDryRunLeavesGreylistAlone: `mailgate test` runs the greylist stage
+// on a copy of its store: the dry run is greylisted as the gateway would
+// greylist it, and the triplets the gateway keeps are as they were, so the
+// client the dry run named is still new to the gateway.
+func TestDryRunLeavesGreylistAlone(t *testing.T) {
+	down := routertest.NewServer(t)
+	dir := t.TempDir()
+	config := routeTo(down, "dest.test") + strings.Replace(greylistStage, `delay = "1s"`, `delay = "30m"`, 1)
+	g := startGatewayIn(t, dir, config, gateway.Options{Logger: testLogger(t)})
+	c := dial(t, g.SMTPAddrs()[0])
+	c.Cmd("EHLO client.test", "250")
+	if r := c.TrySend("known@sender.test", []string{"b@dest.test"}, message("known@test", "hi\r\n")); !strings.HasPrefix(r, "451 4.7.1") {
+		t.Fatalf("first attempt: %q", r)
+	}
+	store := filepath.Join(dir, "greylist")
+	before := readTree(t, store)
+
+	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n", dir)+config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := gateway.Options{Logger: testLogger(t), PluginCommand: func(kind string) []string { return []string{mailgateBin, "plugin", kind} }}
+	res, err := gateway.DryRun(context.Background(), cfg, opts, gateway.DryRunInput{
+		ClientIP: netip.MustParseAddr("127.0.0.1"), Helo: "client.test", From: "new@sender.test", To: []string{"b@dest.test"},
+		Message: []byte("Subject: x\n\nhi\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Reply != "451 4.7.1 Greylisted, please try again later" || res.Phase != "rcpt" {
+		t.Errorf("dry run: reply %q at %s, want 451 4.7.1 at rcpt", res.Reply, res.Phase)
+	}
+	if after := readTree(t, store); !maps.Equal(after, before) {
+		t.Errorf("the dry run changed the gateway's greylist store:\nbefore %q\nafter  %q", before, after)
+	}
+}
+
+// readTree returns the files under dir by path, with their contents.
+func readTree(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		files[path] = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
 }

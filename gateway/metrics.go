@@ -11,11 +11,11 @@ import (
 // registerBuildInfo adds mailgate_build_info: 1, labelled with the version
 // and what it was built from, so that a dashboard shows which build each
 // node runs.
-func registerBuildInfo(reg prometheus.Registerer, version string) {
+func registerBuildInfo(reg prometheus.Registerer, version, revision string) {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "mailgate_build_info",
 		Help:        "Always 1; the labels say which build runs.",
-		ConstLabels: prometheus.Labels{"version": version, "revision": buildSetting("vcs.revision"), "goversion": runtime.Version()},
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()},
 	})
 	g.Set(1)
 	reg.MustRegister(g)
@@ -28,20 +28,20 @@ func Version() string {
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
 	}
-	rev := buildSetting("vcs.revision")
+	rev := BuildSetting("vcs.revision")
 	if rev == "" {
 		return "dev"
 	}
 	rev = rev[:min(len(rev), 12)]
-	if buildSetting("vcs.modified") == "true" {
+	if BuildSetting("vcs.modified") == "true" {
 		rev += "-dirty"
 	}
 	return rev
 }
 
-// buildSetting is a setting the binary was built with (debug.BuildSetting),
+// BuildSetting is a setting the binary was built with (debug.BuildSetting),
 // or "".
-func buildSetting(key string) string {
+func BuildSetting(key string) string {
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
 			if s.Key == key {

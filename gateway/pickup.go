@@ -16,6 +16,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/durable"
 )
 
 // pickupPoll is how often <data_dir>/pickup/ is looked at. Its mail
@@ -132,8 +133,8 @@ func (p *pickup) take(ctx context.Context, path string) {
 	}
 	queued := filepath.Join(p.queued, w.ID())
 	if err = os.Rename(path, queued); err == nil {
-		if err = spool.Sync(p.queued); err == nil {
-			err = spool.Sync(filepath.Dir(path))
+		if err = durable.Sync(p.queued); err == nil {
+			err = durable.Sync(filepath.Dir(path))
 		}
 	}
 	if err == nil {
@@ -163,7 +164,7 @@ func (p *pickup) done(id string, env *spool.Envelope, start bool) {
 	path := filepath.Join(p.queued, id)
 	err := os.Remove(path)
 	if err == nil || errors.Is(err, fs.ErrNotExist) {
-		err = spool.Sync(p.queued)
+		err = durable.Sync(p.queued)
 	}
 	if err != nil {
 		p.stuck[id] = env

@@ -71,6 +71,15 @@ func TestREADMEQuickstart(t *testing.T) {
 	if len(cmds) != 4 {
 		t.Fatalf("README quickstart block: want swaks, ls, swaks, trace; got %q", cmds)
 	}
+	// The README's commands name the quickstart's ports as a reader types
+	// them; a port another process holds would answer in its place.
+	for _, addr := range []string{"127.0.0.1:2525", "127.0.0.1:8025"} {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("the quickstart needs %s free (the README's commands use it): %v", addr, err)
+		}
+		l.Close()
+	}
 	dir := t.TempDir()
 	bin := t.TempDir()
 	if err := os.Symlink(mailgateBin, filepath.Join(bin, "mailgate")); err != nil {

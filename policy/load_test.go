@@ -16,7 +16,7 @@ import (
 	"github.com/mailgate/mailgate/stages/address"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/errors/*.golden from the errors Parse returns")
+var update = flag.Bool("update", false, "rewrite testdata/errors/*.golden from the errors Parse returns, and README.md's config reference from Reference")
 
 // TestErrors parses every testdata/errors/NAME.toml and compares the error
 // text, as `mailgate check` prints it, with NAME.golden.

@@ -60,8 +60,8 @@ func (c *Config) validate() Errors {
 		names = append(names, st.Name)
 	}
 	v.policy(&c.Policy, root.field("policy"), names)
-	v.oneOf(root.field("log").field("level"), c.Log.Level, "debug", "info", "warn", "error")
-	v.oneOf(root.field("log").field("format"), c.Log.Format, "text", "json")
+	v.enum(root.field("log").field("level"), c.Log.Level)
+	v.enum(root.field("log").field("format"), c.Log.Format)
 	v.web(c, root.field("web"))
 	return v.errs
 }
@@ -109,7 +109,7 @@ func (v *validator) server(s *Server, k key) {
 	case s.TLSCert == "" && s.TLSKey != "":
 		v.errorf(k.field("tls_cert"), "required with tls_key; expect the PEM file of the certificate")
 	}
-	v.oneOf(k.field("bare_lf"), s.BareLF, "normalize", "reject")
+	v.enum(k.field("bare_lf"), s.BareLF)
 }
 
 // networks parses a list of networks (CIDRs) and single addresses (full
@@ -215,9 +215,9 @@ func (v *validator) routes(routes []Route, k key) {
 		case r.VerifyRcptsUnverified != "" && !r.VerifyRcpts:
 			v.errorf(uk, "needs verify_rcpts = true")
 		case r.VerifyRcpts:
-			v.oneOf(uk, r.VerifyRcptsUnverified, "tempfail", "accept")
+			v.enum(uk, r.VerifyRcptsUnverified)
 		}
-		v.oneOf(rk.field("tls"), r.TLS, "opportunistic", "required", "none")
+		v.enum(rk.field("tls"), r.TLS)
 	}
 }
 
@@ -239,7 +239,7 @@ func (v *validator) stages(list []StageConfig, k key) {
 		if st.Kind == "" {
 			v.errorf(sk.field("kind"), `required; expect the filter's kind such as "spf" or "plugin"`)
 		}
-		v.oneOf(sk.field("on_error"), st.OnError, "tempfail", "accept", "reject", "quarantine", "skip")
+		v.enum(sk.field("on_error"), st.OnError)
 		v.duration(sk.field("timeout"), st.Timeout)
 		if st.Kind == "plugin" {
 			if st.Path == "" {
@@ -277,7 +277,7 @@ func (v *validator) rateLimits(list []RateLimit, k key) {
 		if r.Key == "" {
 			v.errorf(rk.field("key"), "required; expect %s", oneOf(RateLimitKeys))
 		} else {
-			v.oneOf(rk.field("key"), r.Key, RateLimitKeys...)
+			v.enum(rk.field("key"), r.Key)
 		}
 		// A 0 written in the file is refused by the decoder: 0 here is a
 		// missing key.
@@ -287,8 +287,8 @@ func (v *validator) rateLimits(list []RateLimit, k key) {
 		if r.Per == 0 {
 			v.errorf(rk.field("per"), `required; expect the period of rate such as "1h"`)
 		}
-		v.oneOf(rk.field("count"), r.Count, "message", "recipient")
-		v.oneOf(rk.field("action"), r.Action, "defer", "disconnect")
+		v.enum(rk.field("count"), r.Count)
+		v.enum(rk.field("action"), r.Action)
 		for _, p := range []struct {
 			name           string
 			bits, min, max int
@@ -518,13 +518,12 @@ func (v *validator) results(k key, m map[string]string) {
 
 func num(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
-func (v *validator) oneOf(k key, got string, allowed ...string) {
-	for _, a := range allowed {
-		if got == a {
-			return
-		}
+// enum checks a key that takes one of the words Reference allows for it.
+func (v *validator) enum(k key, got string) {
+	allowed := allowed(k.dotted)
+	if !slices.Contains(allowed, got) {
+		v.errorf(k, "unexpected %q; expect %s", got, oneOf(allowed))
 	}
-	v.errorf(k, "unexpected %q; expect %s", got, oneOf(allowed))
 }
 
 func (v *validator) positive(k key, n int) {

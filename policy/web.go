@@ -71,7 +71,7 @@ type WebUser struct {
 }
 
 // WebRoles are the roles a [[web.user]] may have.
-var WebRoles = []string{"admin", "auditor"}
+var WebRoles = allowed("web.user.role")
 
 // PasswordHash is a password hash in the form crypt(3) and the PHC
 // string format write it: bcrypt ("$2b$12$…", as htpasswd -B makes) or
@@ -220,7 +220,7 @@ func (v *validator) web(c *Config, k key) {
 		if u.PasswordHash.IsZero() {
 			v.errorf(uk.field("password_hash"), "required; expect %s", passwordHashExample)
 		}
-		v.oneOf(uk.field("role"), u.Role, WebRoles...)
+		v.enum(uk.field("role"), u.Role)
 	}
 }
 

@@ -47,12 +47,48 @@ type Result struct {
 	Errored bool    `json:"errored,omitempty"` // the stage broke; on_error applied
 }
 
-// Field is one header field. Value is the raw text after the colon, without
+// Field is one header field. Value is the text after the colon, without
 // the one space that conventionally follows it, with folding (CRLF + white
-// space) kept as received so that rewriting does not disturb signatures.
+// space) kept as received.
+//
+// A field read from a message (ParseHeader, ParseField) also keeps the
+// bytes it was read from, and Raw and WriteTo give them back while Name
+// and Value are still what those bytes say: a gateway relays the fields it
+// did not edit byte for byte, since a DKIM signature with simple header
+// canonicalization covers every byte of them (RFC 6376 §3.4.1), the
+// absence of the space after the colon included. A field made with a
+// literal or NewField, or whose Name or Value was changed, is written as
+// "Name: Value".
 type Field struct {
 	Name  string `json:"name"`
 	Value string `json:"value"`
+	raw   string // as read, without the final CRLF; "" for a field made here
+}
+
+// ParseField reads one header field as it is written, from its name to the
+// end of its last line without the final CRLF, folds included. A line that
+// is not a field (no colon, or white space in what would be the name) is
+// kept whole as a field with an empty name, so that nothing is lost.
+func ParseField(raw string) Field {
+	i := strings.IndexByte(raw, ':')
+	if i <= 0 || strings.ContainsAny(raw[:i], " \t\r\n") {
+		return Field{Value: raw, raw: raw}
+	}
+	return Field{Name: raw[:i], Value: strings.TrimPrefix(raw[i+1:], " "), raw: raw}
+}
+
+// Raw returns the field as it goes on the wire, without the final CRLF:
+// the bytes it was read from when Name and Value are still theirs, else
+// "Name: Value" (Value alone for a line that is not a field).
+func (f Field) Raw() string {
+	if f.Name == "" {
+		return f.Value
+	}
+	n := len(f.Name)
+	if len(f.raw) > n && f.raw[n] == ':' && f.raw[:n] == f.Name && strings.TrimPrefix(f.raw[n+1:], " ") == f.Value {
+		return f.raw
+	}
+	return f.Name + ": " + f.Value
 }
 
 // Header is a message header in order, top first.
@@ -80,13 +116,11 @@ func (h Header) Values(name string) []string {
 }
 
 // WriteTo writes the header block in wire form, ending with the empty line
-// that separates it from the body.
+// that separates it from the body: each field as Raw gives it.
 func (h Header) WriteTo(w io.Writer) (int64, error) {
 	var b bytes.Buffer
 	for _, f := range h {
-		b.WriteString(f.Name)
-		b.WriteString(": ")
-		b.WriteString(f.Value)
+		b.WriteString(f.Raw())
 		b.WriteString("\r\n")
 	}
 	b.WriteString("\r\n")
@@ -104,17 +138,26 @@ func Unfold(v string) string {
 }
 
 // ParseHeader reads a header block from r up to and including the empty line
-// and returns the fields. Lines that are neither a field nor a continuation
-// are kept as a field with an empty name so nothing is lost. The reader is
-// left at the first byte of the body.
+// and returns the fields, each as ParseField reads it. Continuation lines
+// join the field above with CRLF, whatever line end they came with; a
+// continuation line at the very top is a line that is not a field. The
+// reader is left at the first byte of the body.
 func ParseHeader(r interface {
 	io.Reader
 	ReadString(byte) (string, error)
 }) (Header, error) {
 	var h Header
+	var cur strings.Builder // the field being read
+	flush := func() {
+		if cur.Len() > 0 {
+			h = append(h, ParseField(cur.String()))
+			cur.Reset()
+		}
+	}
 	for {
 		line, err := r.ReadString('\n')
 		if line == "" && err != nil {
+			flush()
 			if err == io.EOF {
 				return h, nil
 			}
@@ -122,16 +165,17 @@ func ParseHeader(r interface {
 		}
 		trimmed := strings.TrimRight(line, "\r\n")
 		if trimmed == "" {
+			flush()
 			return h, nil
 		}
-		if (line[0] == ' ' || line[0] == '\t') && len(h) > 0 {
-			h[len(h)-1].Value += "\r\n" + trimmed
-		} else if i := strings.IndexByte(trimmed, ':'); i > 0 && !strings.ContainsAny(trimmed[:i], " \t") {
-			h = append(h, Field{Name: trimmed[:i], Value: strings.TrimPrefix(trimmed[i+1:], " ")})
+		if (line[0] == ' ' || line[0] == '\t') && cur.Len() > 0 {
+			cur.WriteString("\r\n")
 		} else {
-			h = append(h, Field{Value: trimmed})
+			flush()
 		}
+		cur.WriteString(trimmed)
 		if err != nil {
+			flush()
 			if err == io.EOF {
 				return h, nil
 			}

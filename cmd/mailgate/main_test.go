@@ -20,6 +20,9 @@ import (
 // testPluginBin is plugins/host's test plugin, a third-party plugin.
 var mailgateBin, testPluginBin string
 
+// What TestMain builds mailgateBin as.
+const testRevision, testBuildDate = "0123456789abcdef0123456789abcdef01234567", "2026-01-02T03:04:05Z"
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "mailgate-cmd")
 	if err != nil {
@@ -29,7 +32,8 @@ func TestMain(m *testing.M) {
 	mailgateBin = filepath.Join(dir, "mailgate")
 	testPluginBin = filepath.Join(dir, "testplugin")
 	for bin, pkg := range map[string]string{mailgateBin: ".", testPluginBin: "../../plugins/internal/testplugin"} {
-		build := exec.Command("go", "build", "-o", bin, pkg)
+		// As the Makefile builds it: the revision and date by -ldflags.
+		build := exec.Command("go", "build", "-ldflags", "-X main.revision="+testRevision+" -X main.buildDate="+testBuildDate, "-o", bin, pkg)
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "build", pkg, err)

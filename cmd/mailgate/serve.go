@@ -33,8 +33,8 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return errConfig
 	}
 	level := new(slog.LevelVar)
-	log := newLeveledLogger(cfg, stderr, level)
-	opts := gateway.Options{Logger: log, PluginCommand: pluginCommand, LogLevel: level, Version: version}
+	log := newLeveledLogger(cfg, stderr, level, stderr == io.Writer(os.Stderr) && underJournal(os.Getenv("JOURNAL_STREAM"), os.Stderr))
+	opts := gateway.Options{Logger: log, PluginCommand: pluginCommand, LogLevel: level, Version: version, Revision: revision}
 	if cfg.File == embeddedName {
 		log.Info("no -config given and no "+defaultConfig+": running the embedded quickstart config", "data_dir", cfg.DataDir)
 	} else {
@@ -47,6 +47,16 @@ func cmdServe(args []string, stderr io.Writer) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	// Under systemd (Type=notify): the service manager hears when mail is
+	// taken, reloaded and stopped. Plugin processes have no word to say.
+	sd := notifier{socket: os.Getenv("NOTIFY_SOCKET")}
+	os.Unsetenv("NOTIFY_SOCKET")
+	notify := func(err error) {
+		if err != nil {
+			log.Warn("service manager not told", "err", err)
+		}
+	}
+
 	g, err := gateway.New(ctx, cfg, opts)
 	if err != nil {
 		return configError(err, stderr)
@@ -55,14 +65,22 @@ func cmdServe(args []string, stderr io.Writer) error {
 		return err
 	}
 	log.Info("mailgate started", "version", version, "hostname", cfg.Hostname)
+	status := fmt.Sprintf("taking mail on %v", g.SMTPAddrs())
+	notify(sd.ready(status))
 	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-hup:
+			notify(sd.reloading())
 			// Reload logs its outcome; a refused config keeps the old one.
-			g.Reload(ctx)
+			st := status
+			if err := g.Reload(ctx); err != nil {
+				st = "config reload refused, the running config stays: " + err.Error()
+			}
+			notify(sd.ready(st))
 		}
 	}
+	notify(sd.stopping())
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -130,31 +148,6 @@ func collect(errs policy.Errors, err error) policy.Errors {
 	return append(errs, policy.Error{Msg: err.Error()})
 }
 
-func newLogger(cfg *policy.Config, w io.Writer) *slog.Logger {
-	return newLeveledLogger(cfg, w, new(slog.LevelVar))
-}
-
-// newLeveledLogger logs at the level of level, set here from the config
-// and later by reloads.
-func newLeveledLogger(cfg *policy.Config, w io.Writer, level *slog.LevelVar) *slog.Logger {
-	level.UnmarshalText([]byte(cfg.Log.Level)) // validated by policy; "" is info
-	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationText}
-	if cfg.Log.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// durationText writes a duration as the text handler does ("1.5ms",
-// "2m30s") in JSON logs too, where slog would write integer nanoseconds:
-// one unit in both formats, which a reader sees with it.
-func durationText(_ []string, a slog.Attr) slog.Attr {
-	if a.Value.Kind() == slog.KindDuration {
-		return slog.String(a.Key, a.Value.Duration().String())
-	}
-	return a
-}
-
 // pluginCommand is how the gateway starts a built-in kind: this very binary.
 func pluginCommand(kind string) []string {
 	exe, err := os.Executable()
@@ -214,6 +207,6 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, slices.Compact(errs))
 		return errConfig
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d routes, %d stages)\n", name, len(cfg.Routes), len(cfg.Stages))
+	fmt.Fprintf(stdout, "%s: ok (%d routes, %d stages, %d rate limits)\n", name, len(cfg.Routes), len(cfg.Stages), len(cfg.RateLimits))
 	return nil
 }

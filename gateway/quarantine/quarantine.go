@@ -65,6 +65,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/durable"
 )
 
 // ErrNotFound is returned for an ID that is not in the quarantine.
@@ -275,7 +276,7 @@ func (s *Store) Add(rec *Record, msgPath string) error {
 			return fmt.Errorf("quarantine %s: %w", rec.ID, err)
 		}
 	}
-	err := spool.Sync(tmp)
+	err := durable.Sync(tmp)
 	if err == nil {
 		err = os.Rename(tmp, s.msgPath(rec.ID))
 	}
@@ -296,25 +297,7 @@ func (s *Store) writeRecord(rec *Record) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(s.tmp, rec.ID+".json.*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), s.recPath(rec.ID))
-	}
-	if err == nil {
-		err = spool.Sync(s.dir)
-	}
-	if err != nil {
-		os.Remove(f.Name())
+	if err := durable.WriteFile(s.recPath(rec.ID), append(b, '\n'), s.tmp); err != nil {
 		return fmt.Errorf("write record: %w", err)
 	}
 	return nil

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/stages/durable"
 )
 
 // deliverMaildir stores one copy of a message in the Maildir dir: written
@@ -37,7 +37,7 @@ func deliverMaildir(dir, id, hostname, from string, msg io.Reader) (string, erro
 		err = os.Rename(tmp, filepath.Join(dir, "new", name))
 	}
 	if err == nil {
-		err = spool.Sync(filepath.Join(dir, "new"))
+		err = durable.Sync(filepath.Join(dir, "new"))
 	}
 	if err != nil {
 		os.Remove(tmp)

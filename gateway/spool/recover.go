@@ -307,17 +307,3 @@ func (s *Spool) appendLog(b []byte) error {
 	s.size += int64(len(b))
 	return nil
 }
-
-// Sync flushes a file or a directory (the names in it: a rename, a new
-// file) to stable storage; the quarantine and Maildir delivery use it too.
-func Sync(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}

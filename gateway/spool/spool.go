@@ -65,6 +65,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mailgate/mailgate/stages/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -193,7 +194,7 @@ type Spool struct {
 	compacted chan compactResult
 	compactWG sync.WaitGroup
 
-	syncDir     func(dir string) error // Sync; tests make it fail
+	syncDir     func(dir string) error // durable.Sync; tests make it fail
 	compactStep func(step string)      // nil; tests stop a compaction at a step
 }
 
@@ -218,7 +219,7 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 		stopped:    make(chan struct{}),
 		compactMin: compactMin,
 		compacted:  make(chan compactResult, 1),
-		syncDir:    Sync,
+		syncDir:    durable.Sync,
 	}
 	s.nextCompact = s.compactMin
 	for _, d := range []string{s.msgDir, s.tmpDir} {

@@ -387,7 +387,13 @@ func (p *Plugin) request(phase stages.Phase, tx *stages.Transaction) (*proto.Run
 	}
 	if needs&(stages.NeedHeader|stages.NeedBody) != 0 {
 		for _, f := range tx.Header {
-			t.Header = append(t.Header, &proto.HeaderField{Name: []byte(f.Name), Value: []byte(f.Value)})
+			hf := &proto.HeaderField{Name: []byte(f.Name), Value: []byte(f.Value)}
+			// Raw is Name + ":" + Value with at most one space between;
+			// only a field written otherwise needs its bytes sent.
+			if raw := f.Raw(); len(raw) != len(f.Name)+2+len(f.Value) {
+				hf.Raw = []byte(raw)
+			}
+			t.Header = append(t.Header, hf)
 		}
 	}
 	if needs&stages.NeedResults != 0 {

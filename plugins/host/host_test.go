@@ -1,6 +1,7 @@
 package host
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -186,6 +187,25 @@ func TestRoundTrip(t *testing.T) {
 		return strings.Contains(s, `"level":"WARN","msg":"testplugin configured","stage":"rt"`) &&
 			strings.Contains(s, `"msg":"testplugin plain stderr line","stage":"rt","stream":"stderr"`)
 	})
+}
+
+// TestHeaderBytes: a plugin gets each header field as the message has it,
+// byte for byte, whatever the spacing after the colon, and lines that
+// are no field; fields made by the gateway arrive as "Name: value".
+func TestHeaderBytes(t *testing.T) {
+	p := startTest(t, Spec{Name: "hdr"})
+	const block = "Subject:x\r\nTo:  two@example.test\r\nX-Folded:\r\n\tfolded \r\nnot a field\r\nFrom: a@example.org\r\n"
+	h, err := stages.ParseHeader(bufio.NewReader(strings.NewReader(block + "\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h = append(h, stages.Field{Name: "X-Made", Value: "here"})
+	tx := dataTx("header@example.org", nil)
+	tx.Header = h
+	v, err := run(p, waitLong, tx)
+	if want := block + "X-Made: here\r\n\r\n"; err != nil || v.Result != want {
+		t.Errorf("the plugin got\n%q (%v)\nwant\n%q", v.Result, err, want)
+	}
 }
 
 // TestEnv checks that the Env the gateway fills from its config reaches

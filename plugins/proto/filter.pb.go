@@ -707,9 +707,15 @@ func (x *Client) GetTrusted() bool {
 }
 
 type HeaderField struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"` // raw, folding kept, without the space after the colon
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"` // raw, folding kept, without the space after the colon
+	// The field as read from the message, name to the end of its last line
+	// without the final CRLF, when that is not name ": " value (no space
+	// after the colon, a line that is no field): the bytes a DKIM simple
+	// canonicalization hashes. Empty otherwise. A plugin that reads it gets
+	// the field byte for byte; one that does not still has name and value.
+	Raw           []byte `protobuf:"bytes,3,opt,name=raw,proto3" json:"raw,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -754,6 +760,13 @@ func (x *HeaderField) GetName() []byte {
 func (x *HeaderField) GetValue() []byte {
 	if x != nil {
 		return x.Value
+	}
+	return nil
+}
+
+func (x *HeaderField) GetRaw() []byte {
+	if x != nil {
+		return x.Raw
 	}
 	return nil
 }
@@ -1535,10 +1548,11 @@ const file_filter_proto_rawDesc = "" +
 	"\x04helo\x18\x04 \x01(\fR\x04helo\x12\x10\n" +
 	"\x03tls\x18\x05 \x01(\tR\x03tls\x12\x1b\n" +
 	"\tauth_user\x18\x06 \x01(\fR\bauthUser\x12\x18\n" +
-	"\atrusted\x18\a \x01(\bR\atrusted\"7\n" +
+	"\atrusted\x18\a \x01(\bR\atrusted\"I\n" +
 	"\vHeaderField\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"\xc6\x01\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x10\n" +
+	"\x03raw\x18\x03 \x01(\fR\x03raw\"\xc6\x01\n" +
 	"\x06Result\x12\x14\n" +
 	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x122\n" +

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/mailgate/mailgate/stages/durable"
 )
 
 // The state file holds the live keys of a Table:
@@ -204,29 +206,10 @@ func (f *File) Close() error {
 	return f.Save()
 }
 
-// writeFile replaces path with b: written under a temporary name, synced,
-// renamed.
+// writeFile replaces path with b, durably; its directory is made first.
 func writeFile(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, stateFile+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
+	return durable.WriteFile(path, b, "")
 }

@@ -4,21 +4,20 @@
 // (header.oldest-pass). With seal = true it also adds its own ARC Set,
 // for sites that forward mail.
 //
-// The canonicalization, tag-list and key-record code it needs is in
-// stages/internal/dkimcore: go-msgauth has DKIM but does not export those
-// parts, and has no ARC.
+// The canonicalization, tag-list, signed-field and key-record code it
+// needs is stages/internal/dkimcore, the DKIM core the dkim and dkim-sign
+// kinds use too: go-msgauth has DKIM but does not export those parts, and
+// has no ARC.
 package arc
 
 import (
 	"context"
 	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
-	"github.com/emersion/go-msgauth/authres"
-
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/authres"
 )
 
 // Result is the chain validation status (RFC 8617 §4.4).
@@ -76,40 +75,22 @@ func (f *Filter) Run(ctx context.Context, p stages.Phase, tx *stages.Transaction
 }
 
 // reason is the result as Authentication-Results resinfo (RFC 8601 §2.7,
-// RFC 8617 §10.1), written by go-msgauth's authres:
+// RFC 8617 §10.1), written by stages/authres:
 // "arc=pass header.oldest-pass=0 smtp.remote-ip=192.0.2.1", with
-// reason="..." saying why for a fail. authres's ARCResult leaves
-// oldest-pass 0 out and its Format has no method name for it, so the
-// generic result is used.
+// reason="..." saying why for a fail.
 func reason(out Outcome, ip netip.Addr) string {
-	params := map[string]string{}
-	if ip.IsValid() {
-		params["smtp.remote-ip"] = ip.Unmap().String()
-	}
-	if out.CV == Pass {
-		params["header.oldest-pass"] = strconv.Itoa(out.OldestPass)
-	}
-	if out.Problem != "" {
-		params["reason"] = clean(out.Problem)
-	}
-	r := &authres.GenericResult{Method: "arc", Value: authres.ResultValue(out.CV), Params: params}
-	return strings.TrimSpace(strings.TrimPrefix(authres.Format("", []authres.Result{r}), ";"))
+	return authres.Format(result(out, ip))
 }
 
-// clean keeps a problem, which may quote the message, to printable ASCII
-// without quotes or backslashes: authres quotes the value but escapes
-// neither.
-func clean(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '"' || c == '\\':
-			b.WriteByte('\'')
-		case c < 32 || c > 126:
-			b.WriteByte('?')
-		default:
-			b.WriteByte(c)
-		}
+// result is the outcome as an entry of the arc method, for the reason and
+// the AAR of a new set.
+func result(out Outcome, ip netip.Addr) authres.Result {
+	r := authres.Result{Method: "arc", Value: string(out.CV), Reason: out.Problem}
+	if out.CV == Pass {
+		r.Props = append(r.Props, authres.Prop{Key: "header.oldest-pass", Value: strconv.Itoa(out.OldestPass)})
 	}
-	return b.String()
+	if ip.IsValid() {
+		r.Props = append(r.Props, authres.Prop{Key: "smtp.remote-ip", Value: ip.Unmap().String()})
+	}
+	return r
 }

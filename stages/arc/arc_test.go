@@ -133,10 +133,15 @@ func TestSealAndVerify(t *testing.T) {
 	}
 
 	tx := testTx(t, testMessage)
+	// A reason that is not resinfo whole stays out of the AAR; one that
+	// is goes in as authres reads and writes it.
+	tx.Results = append(tx.Results,
+		stages.Result{Stage: "dkim", Kind: "dkim", Result: "pass", Reason: "dkim=pass header.d=(unterminated"},
+		stages.Result{Stage: "dmarc", Kind: "dmarc", Result: "pass", Reason: "dmarc=pass (aligned) header.from=Example.COM"})
 	if v := hop(t, seal1, tx); v.Result != "none" || v.Reason != "arc=none smtp.remote-ip=192.0.2.1" || len(v.Edits) != 3 {
 		t.Fatalf("first hop: %+v", v)
 	}
-	if got := tx.Header[2]; got.Name != fieldAAR || !strings.HasPrefix(stages.Unfold(got.Value), "i=1; mx.lists.example.org; arc=none smtp.remote-ip=192.0.2.1; spf=pass smtp.mailfrom=example.com") {
+	if got := tx.Header[2]; got.Name != fieldAAR || stages.Unfold(got.Value) != "i=1; mx.lists.example.org; arc=none smtp.remote-ip=192.0.2.1; spf=pass smtp.mailfrom=example.com; dmarc=pass header.from=Example.COM" {
 		t.Errorf("AAR %q", got.Value)
 	}
 	v, _ := verify.Run(context.Background(), stages.Data, tx)

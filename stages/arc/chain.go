@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 
@@ -293,7 +292,7 @@ func readSigTags(ts dkimcore.Tags) (sigTags, error) {
 		}
 	}
 	a, _ := ts.Get("a")
-	alg, err := dkimcore.ParseAlgorithm(a)
+	alg, err := dkimcore.Rules{}.ParseAlgorithm(a)
 	if err != nil {
 		return st, fmt.Errorf("a=: %w", err)
 	}
@@ -338,7 +337,7 @@ func (c *check) key(s, d string) (*dkimcore.Key, error) {
 	if r, ok := c.keys[id]; ok {
 		return r.key, r.err
 	}
-	k, err := dkimcore.LookupKey(c.ctx, c.v.lookup, s, d)
+	k, err := dkimcore.Rules{}.LookupKey(c.ctx, c.v.lookup, s, d)
 	if err != nil {
 		switch {
 		case errors.Is(err, resolver.ErrTemporary), c.ctx.Err() != nil:
@@ -364,7 +363,7 @@ func (c *check) verifyAMS(i int) error {
 	if !ok {
 		return errors.New("no h= tag")
 	}
-	names := dkimcore.SplitNames(hv)
+	names := dkimcore.SplitList(hv)
 	if len(names) > maxSignedNames {
 		return fmt.Errorf("h= names %d fields; at most %d are accepted", len(names), maxSignedNames)
 	}
@@ -408,13 +407,7 @@ func (c *check) verifyAMS(i int) error {
 		return errors.New("body hash does not match")
 	}
 
-	var data strings.Builder
-	for _, f := range dkimcore.SignedFields(c.h, names) {
-		data.WriteString(dkimcore.CanonHeader(hc, f.Name, f.Value))
-	}
-	self := dkimcore.CanonHeader(hc, s.ams.Name, dkimcore.BlankTag(s.ams.Value, s.amsTags.Find("b")))
-	data.WriteString(strings.TrimSuffix(self, "\r\n"))
-	return c.verifySig(st, data.String())
+	return c.verifySig(st, dkimcore.HeaderData(hc, dkimcore.SignedFields(c.h, names), dkimcore.BlankField(*s.ams, s.amsTags.Find("b"))))
 }
 
 // verifyAS checks the ARC-Seal of instance i: its signature covers the
@@ -429,26 +422,23 @@ func (c *check) verifyAS(i int) error {
 	if err != nil {
 		return err
 	}
-	var data strings.Builder
+	var fields []stages.Field
 	for j := 1; j <= i; j++ {
 		sj := c.sets[j]
-		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.aar.Name, sj.aar.Value))
-		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.ams.Name, sj.ams.Value))
+		fields = append(fields, *sj.aar, *sj.ams)
 		if j < i {
-			data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, sj.as.Name, sj.as.Value))
+			fields = append(fields, *sj.as)
 		}
 	}
-	self := dkimcore.CanonHeader(dkimcore.Relaxed, s.as.Name, dkimcore.BlankTag(s.as.Value, s.asTags.Find("b")))
-	data.WriteString(strings.TrimSuffix(self, "\r\n"))
-	return c.verifySig(st, data.String())
+	return c.verifySig(st, dkimcore.HeaderData(dkimcore.Relaxed, fields, dkimcore.BlankField(*s.as, s.asTags.Find("b"))))
 }
 
-func (c *check) verifySig(st sigTags, data string) error {
+func (c *check) verifySig(st sigTags, data []byte) error {
 	k, err := c.key(st.s, st.d)
 	if err != nil {
 		return err
 	}
-	if err := dkimcore.Verify(k, st.alg, []byte(data), st.sig); err != nil {
+	if err := dkimcore.Verify(k, st.alg, data, st.sig); err != nil {
 		return fmt.Errorf("d=%s s=%s: %w", st.d, st.s, err)
 	}
 	return nil
@@ -469,32 +459,12 @@ func (c *check) bodyHash(bc dkimcore.Canon) bodyHash {
 
 func hashBody(ctx context.Context, body stages.Body, bc dkimcore.Canon) bodyHash {
 	h := sha256.New()
-	bw := dkimcore.NewBodyHasher(bc, h)
-	if body != nil {
-		rc, err := body.Open()
-		if err != nil {
-			return bodyHash{err: fmt.Errorf("read body: %w", err)}
-		}
-		defer rc.Close()
-		if _, err := io.Copy(bw, ctxReader{ctx, rc}); err != nil {
-			return bodyHash{err: fmt.Errorf("read body: %w", err)}
-		}
+	bw := dkimcore.NewBodyHasher(bc, h, -1)
+	if err := dkimcore.ReadBody(ctx, body, bw); err != nil {
+		return bodyHash{err: err}
 	}
 	total := bw.Close()
 	return bodyHash{sum: h.Sum(nil), total: total}
-}
-
-// ctxReader stops a long read when the stage's time is up.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }
 
 // clip shortens text from the message quoted in a problem.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/authres"
 	"github.com/mailgate/mailgate/stages/internal/dkimcore"
 )
 
@@ -43,14 +44,19 @@ func (s *sealer) seal(ctx context.Context, tx *stages.Transaction, out Outcome, 
 	if out.FailedBefore || out.N >= maxInstances || (out.CV == Fail && out.N == 0) {
 		return nil, nil
 	}
-	payload := []string{reason(Outcome{CV: out.CV, OldestPass: out.OldestPass}, tx.Client.Addr)}
+	results := []authres.Result{result(Outcome{CV: out.CV, OldestPass: out.OldestPass}, tx.Client.Addr)}
 	for _, r := range tx.Results {
-		if r.Errored || r.Reason == "" || !containsFold(authKinds, r.Kind) || stages.CheckFieldText(r.Reason) != nil {
+		if r.Errored || !dkimcore.ContainsFold(authKinds, r.Kind) {
 			continue
 		}
-		payload = append(payload, r.Reason)
+		// The reason is resinfo (the contract of these kinds); one that
+		// does not read whole is left out rather than copied in part.
+		if rs, err := authres.ParseResults(r.Reason); err == nil {
+			results = append(results, rs...)
+		}
 	}
-	aar, ams, as, err := s.fields(ctx, tx.Header, tx.Body, out, strings.Join(payload, "; "), now.Unix(), nil)
+	payload := authres.FormatField(s.authservID, results...)
+	aar, ams, as, err := s.fields(ctx, tx.Header, tx.Body, out, payload, now.Unix(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +75,9 @@ func (s *sealer) seal(ctx context.Context, tx *stages.Transaction, out Outcome, 
 // fields makes the values of a new ARC Set over header h and body, given
 // the verification outcome of the chain already there: the instance is
 // N+1 and the seal's cv the chain's status (none for a message without
-// one). payload is the authres-payload of the AAR; t the signing time.
+// one). payload is the authres-payload of the AAR, an
+// Authentication-Results value with the gateway's authserv-id (RFC 8617
+// §4.1.1); t the signing time.
 // names, if not nil, are the fields the AMS signs; nil means those of
 // sealNames the message has, once per occurrence, and the new AAR.
 //
@@ -79,7 +87,7 @@ func (s *sealer) seal(ctx context.Context, tx *stages.Transaction, out Outcome, 
 func (s *sealer) fields(ctx context.Context, h stages.Header, body stages.Body, out Outcome, payload string, t int64, names []string) (aar, ams, as string, err error) {
 	inst := out.N + 1
 	cv := out.CV
-	aar = "i=" + strconv.Itoa(inst) + "; " + s.authservID + "; " + payload
+	aar = "i=" + strconv.Itoa(inst) + "; " + payload
 	hh := append(stages.Header{{Name: fieldAAR, Value: aar}}, h...)
 
 	if names == nil {
@@ -104,12 +112,7 @@ func (s *sealer) fields(ctx context.Context, h stages.Header, body stages.Body, 
 	amsHead := "a=" + string(s.alg) + "; b="
 	amsTail := "; bh=" + base64.StdEncoding.EncodeToString(bh.sum) + "; c=relaxed/relaxed; " + common +
 		"h=" + strings.Join(names, ":") + "; " + tail
-	var data strings.Builder
-	for _, f := range dkimcore.SignedFields(hh, names) {
-		data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, f.Name, f.Value))
-	}
-	data.WriteString(strings.TrimSuffix(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAMS, amsHead+amsTail), "\r\n"))
-	_, sig, err := dkimcore.Sign(s.key, []byte(data.String()))
+	_, sig, err := dkimcore.Sign(s.key, dkimcore.HeaderData(dkimcore.Relaxed, dkimcore.SignedFields(hh, names), fieldAMS+":"+amsHead+amsTail))
 	if err != nil {
 		return "", "", "", fmt.Errorf("arc seal: sign AMS: %w", err)
 	}
@@ -120,33 +123,20 @@ func (s *sealer) fields(ctx context.Context, h stages.Header, body stages.Body, 
 	// failed (§5.1.2).
 	asHead := "a=" + string(s.alg) + "; b="
 	asTail := "; cv=" + string(cv) + "; " + common + tail
-	data.Reset()
+	var set []stages.Field
 	if cv == Pass {
 		sets, n, bad := collect(h)
 		if bad != nil || n != out.N {
 			return "", "", "", fmt.Errorf("arc seal: the chain changed since it was verified")
 		}
 		for j := 1; j <= n; j++ {
-			for _, f := range []*stages.Field{sets[j].aar, sets[j].ams, sets[j].as} {
-				data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, f.Name, f.Value))
-			}
+			set = append(set, *sets[j].aar, *sets[j].ams, *sets[j].as)
 		}
 	}
-	data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAAR, aar))
-	data.WriteString(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAMS, ams))
-	data.WriteString(strings.TrimSuffix(dkimcore.CanonHeader(dkimcore.Relaxed, fieldAS, asHead+asTail), "\r\n"))
-	if _, sig, err = dkimcore.Sign(s.key, []byte(data.String())); err != nil {
+	set = append(set, stages.Field{Name: fieldAAR, Value: aar}, stages.Field{Name: fieldAMS, Value: ams})
+	if _, sig, err = dkimcore.Sign(s.key, dkimcore.HeaderData(dkimcore.Relaxed, set, fieldAS+":"+asHead+asTail)); err != nil {
 		return "", "", "", fmt.Errorf("arc seal: sign AS: %w", err)
 	}
 	as = asHead + base64.StdEncoding.EncodeToString(sig) + asTail
 	return aar, ams, as, nil
-}
-
-func containsFold(list []string, s string) bool {
-	for _, l := range list {
-		if strings.EqualFold(l, s) {
-			return true
-		}
-	}
-	return false
 }

@@ -13,12 +13,8 @@ import (
 
 // Config is the [stage.config] block of an arc stage.
 type Config struct {
-	// DNSTimeout bounds one DNS query to one server; by default it is
-	// [dns] timeout (Env.DNSTimeout).
-	DNSTimeout stages.Duration `json:"dns_timeout"`
-	// CacheSize is how many DNS answers are kept for their TTL; 0 turns
-	// the cache off.
-	CacheSize int `json:"cache_size"`
+	// dns_timeout and cache_size, as every kind that looks names up.
+	resolver.Settings
 	// Seal adds the stage's own ARC Set, signed with SealKey for
 	// SealDomain and SealSelector.
 	Seal         bool   `json:"seal"`
@@ -35,18 +31,9 @@ const defaultDNSTimeout = 3 * time.Second
 // that cannot be used is a config error, not a failure at the first
 // message.
 func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
-	c := Config{DNSTimeout: stages.Duration(defaultDNSTimeout), CacheSize: 1024}
-	if env.DNSTimeout > 0 {
-		c.DNSTimeout = stages.Duration(env.DNSTimeout)
-	}
+	c := Config{Settings: resolver.Defaults(env, defaultDNSTimeout, 1024)}
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
-	}
-	if c.DNSTimeout <= 0 {
-		return nil, &stages.ConfigError{Key: "dns_timeout", Err: errors.New(`expect a duration above 0, such as "3s"`)}
-	}
-	if c.CacheSize < 0 {
-		return nil, &stages.ConfigError{Key: "cache_size", Err: fmt.Errorf("unexpected %d; expect 0 (no cache) or more", c.CacheSize)}
 	}
 	f := &Filter{now: time.Now}
 	if c.Seal {
@@ -62,9 +49,9 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 			}
 		}
 	}
-	r, err := resolver.New(env.DNSServers, time.Duration(c.DNSTimeout), resolver.WithCache(c.CacheSize))
+	r, err := c.New(env)
 	if err != nil {
-		return nil, fmt.Errorf("arc: %w", err)
+		return nil, err
 	}
 	f.v = verifier{lookup: dkimcore.ResolverTXT(r)}
 	return f, nil

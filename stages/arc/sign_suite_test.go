@@ -8,19 +8,21 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/authres"
 	"github.com/mailgate/mailgate/stages/internal/dkimcore"
 )
 
 // mergedResults is the AAR payload the signing suite expects (its README,
-// "AR Consolidation"): the results of every Authentication-Results field
-// of the server's authserv-id, in message order.
+// "AR Consolidation"): the server's authserv-id, then the results of every
+// Authentication-Results field of that authserv-id, in message order, as
+// written (the suite keeps their comments).
 func mergedResults(h stages.Header, srvID string) string {
-	var out []string
+	out := []string{srvID}
 	for _, v := range h.Values("Authentication-Results") {
-		id, rest, _ := strings.Cut(v, ";")
-		if strings.TrimSpace(id) != srvID {
+		if f, _ := authres.ParseField(v); f.AuthServID != srvID {
 			continue
 		}
+		_, rest, _ := strings.Cut(v, ";")
 		for _, r := range strings.Split(rest, ";") {
 			if r = strings.Join(strings.Fields(r), " "); r != "" {
 				out = append(out, r)
@@ -66,7 +68,7 @@ func TestSigningSuite(t *testing.T) {
 					ok = false
 				}
 			} else {
-				aar, ams, as, err := s.fields(ctx, h, body, out, mergedResults(h, c.fields["srv-id"]), tm, dkimcore.SplitNames(c.fields["sig-headers"]))
+				aar, ams, as, err := s.fields(ctx, h, body, out, mergedResults(h, c.fields["srv-id"]), tm, dkimcore.SplitList(c.fields["sig-headers"]))
 				if err != nil {
 					t.Fatalf("%s: %v", c.name, err)
 				}

@@ -3,12 +3,9 @@ package dkim
 import (
 	"context"
 	"fmt"
-	"strings"
-	"unicode/utf8"
-
-	"github.com/emersion/go-msgauth/authres"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/authres"
 )
 
 // Filter is a configured dkim stage.
@@ -67,43 +64,32 @@ func (ver verification) result() string {
 }
 
 // reason is Authentication-Results resinfo (RFC 8601 §2.7.1), written by
-// go-msgauth's authres: one entry per signature evaluated, in header order,
+// stages/authres: one entry per signature evaluated, in header order,
 //
 //	dkim=pass header.b=AbCdEfGh header.d=example.com header.i=@example.com header.s=sel
 //	dkim=fail reason="body hash did not verify" header.b=... header.d=... header.s=...
 //
 // header.b is the first 8 characters of b= (RFC 6008), telling apart
-// signatures of one domain. A property whose value is not a plain pvalue
-// (a d= with spaces, an i= with quotes) is left out rather than quoted.
-// Signatures over the limit are one last entry, dkim=neutral with a reason
-// saying how many. No signature is "dkim=none". Reasons are this package's
-// own words, without ";" "=" or quotes, so that authres.Parse (which
-// splits on both) reads every entry back: the contract with the headers
-// and dmarc stages.
+// signatures of one domain. Values are quoted where they need it (a d=
+// with spaces), by authres, which the headers and dmarc stages read the
+// reason back with. Signatures over the limit are one last entry,
+// dkim=neutral with a reason saying how many. No signature is "dkim=none".
 func (ver verification) reason(maxSigs int) string {
 	if len(ver.sigs) == 0 {
 		return "dkim=none"
 	}
-	var parts []string
-	add := func(value string, params map[string]string) {
-		r := &authres.GenericResult{Method: "dkim", Value: authres.ResultValue(value), Params: params}
-		// Format writes "authserv-id; resinfo"; one entry at a time drops
-		// the space it leaves after an entry without properties.
-		parts = append(parts, strings.TrimSpace(strings.TrimPrefix(authres.Format("", []authres.Result{r}), ";")))
-	}
+	var entries []authres.Result
 	for _, s := range ver.sigs {
-		ps := map[string]string{"reason": clean(s.problem)}
-		for k, v := range map[string]string{"header.d": s.domain, "header.s": s.selector, "header.i": s.identifier, "header.b": first(s.b, 8)} {
-			if isPvalue(v) {
-				ps[k] = v
-			}
-		}
-		add(s.result, ps)
+		entries = append(entries, authres.Result{Method: "dkim", Value: s.result, Reason: s.problem, Props: []authres.Prop{
+			{Key: "header.d", Value: s.domain}, {Key: "header.s", Value: s.selector},
+			{Key: "header.i", Value: s.identifier}, {Key: "header.b", Value: first(s.b, 8)},
+		}})
 	}
 	if ver.skipped > 0 {
-		add(Neutral, map[string]string{"reason": fmt.Sprintf("%d more signatures not evaluated, over the limit of %d", ver.skipped, maxSigs)})
+		entries = append(entries, authres.Result{Method: "dkim", Value: Neutral,
+			Reason: fmt.Sprintf("%d more signatures not evaluated, over the limit of %d", ver.skipped, maxSigs)})
 	}
-	return strings.Join(parts, "; ")
+	return authres.Format(entries...)
 }
 
 func first(s string, n int) string {
@@ -111,30 +97,4 @@ func first(s string, n int) string {
 		return s[:n]
 	}
 	return s
-}
-
-// clean keeps a reason to printable ASCII without the characters that
-// would end it early for authres.Parse (";", "=") or need escaping.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r >= 0x7f || strings.ContainsRune(`;="\()`, r) {
-			return -1
-		}
-		return r
-	}, s)
-}
-
-// isPvalue accepts a property value that needs no quoting (RFC 8601 §2.2):
-// a domain, local-part@domain or base64 prefix, in characters safe in all.
-func isPvalue(s string) bool {
-	if s == "" || len(s) > 255 || !utf8.ValidString(s) {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(isAlpha(c) || isDigit(c) || strings.IndexByte("-._@+/", c) >= 0) {
-			return false
-		}
-	}
-	return true
 }

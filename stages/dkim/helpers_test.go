@@ -13,6 +13,7 @@ import (
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/dnstest"
+	"github.com/mailgate/mailgate/stages/internal/dkimcore"
 	"github.com/mailgate/mailgate/stages/resolver"
 )
 
@@ -65,13 +66,13 @@ func txtRR(name, value string) *dns.TXT {
 }
 
 // newTestVerifier is a verifier asking srv, as New builds it.
-func newTestVerifier(t testing.TB, srv *dnstest.Server, r rules) *verifier {
+func newTestVerifier(t testing.TB, srv *dnstest.Server, r dkimcore.Rules) *verifier {
 	t.Helper()
 	res, err := resolver.New([]string{srv.Addr()}, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &verifier{lookup: dnsLookup(res), maxSigs: defaultMaxSignatures, rules: r, now: time.Now}
+	return &verifier{lookup: dkimcore.ResolverTXT(res), maxSigs: defaultMaxSignatures, rules: r, now: time.Now}
 }
 
 // readMessage splits a message file into header and body as the gateway

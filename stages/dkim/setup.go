@@ -4,23 +4,24 @@
 // signature as Authentication-Results resinfo in the verdict's reason, and
 // the best of them as the verdict's result; it never acts on its own.
 //
-// The verifier is this package's own, not go-msgauth's dkim.Verify, which
-// rejects any l= outright, cannot read a header-only message without the
-// blank line, compares the i= domain with case, hides the selector and
-// b= that header.s and header.b need, and starts a goroutine per
-// signature; go-msgauth's authres writes the reason, and its signer makes
-// the test signatures.
+// This package holds the rules of a DKIM-Signature (required tags, v=,
+// i=, l=, x=, t=s) and the verdict; the machinery (tag lists,
+// canonicalization, the signed fields, key records and their lookup, the
+// algorithms) is stages/internal/dkimcore, shared with the dkim-sign and
+// arc kinds. It is not go-msgauth's dkim.Verify, which rejects any l=
+// outright, cannot read a header-only message without the blank line,
+// compares the i= domain with case, hides the selector and b= that
+// header.s and header.b need, and starts a goroutine per signature;
+// go-msgauth's authres writes the reason, and its signer makes the test
+// signatures.
 package dkim
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"time"
 
-	"github.com/miekg/dns"
-
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/internal/dkimcore"
 	"github.com/mailgate/mailgate/stages/resolver"
 )
 
@@ -29,12 +30,8 @@ type Config struct {
 	// MaxSignatures is how many DKIM-Signature fields are evaluated, top
 	// first; the others are counted in the reason, not checked.
 	MaxSignatures int `json:"max_signatures"`
-	// DNSTimeout bounds one DNS query to one server; by default it is
-	// [dns] timeout (Env.DNSTimeout).
-	DNSTimeout stages.Duration `json:"dns_timeout"`
-	// CacheSize is how many key records are kept for their TTL; 0 turns
-	// the cache off.
-	CacheSize int `json:"cache_size"`
+	// dns_timeout and cache_size, as every kind that looks names up.
+	resolver.Settings
 }
 
 const (
@@ -46,48 +43,16 @@ const (
 
 // New builds a dkim filter from its config block.
 func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
-	c := Config{MaxSignatures: defaultMaxSignatures, DNSTimeout: stages.Duration(defaultDNSTimeout), CacheSize: 4096}
-	if env.DNSTimeout > 0 {
-		c.DNSTimeout = stages.Duration(env.DNSTimeout)
-	}
+	c := Config{MaxSignatures: defaultMaxSignatures, Settings: resolver.Defaults(env, defaultDNSTimeout, 4096)}
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
 	}
 	if c.MaxSignatures < 1 || c.MaxSignatures > maxMaxSignatures {
 		return nil, &stages.ConfigError{Key: "max_signatures", Err: fmt.Errorf("unexpected %d; expect 1 to %d", c.MaxSignatures, maxMaxSignatures)}
 	}
-	if c.DNSTimeout <= 0 {
-		return nil, &stages.ConfigError{Key: "dns_timeout", Err: errors.New(`expect a duration above 0, such as "3s"`)}
-	}
-	if c.CacheSize < 0 {
-		return nil, &stages.ConfigError{Key: "cache_size", Err: fmt.Errorf("unexpected %d; expect 0 (no cache) or more", c.CacheSize)}
-	}
-	r, err := resolver.New(env.DNSServers, time.Duration(c.DNSTimeout), resolver.WithCache(c.CacheSize))
+	r, err := c.New(env)
 	if err != nil {
-		return nil, fmt.Errorf("dkim: %w", err)
+		return nil, err
 	}
-	return &Filter{v: &verifier{lookup: dnsLookup(r), maxSigs: c.MaxSignatures, now: time.Now}}, nil
-}
-
-// dnsLookup asks the gateway's resolver for a key record's TXT records,
-// with the stage's deadline (ctx).
-func dnsLookup(r *resolver.Resolver) keyLookup {
-	return func(ctx context.Context, name string) ([]string, error) {
-		a, err := r.Lookup(ctx, name, dns.TypeTXT)
-		if err != nil {
-			return nil, err
-		}
-		if a.Empty() {
-			return nil, errNoKey
-		}
-		var txts []string
-		for _, rr := range a.RRs {
-			var joined string
-			for _, s := range resolver.TXTStrings(rr) {
-				joined += s
-			}
-			txts = append(txts, joined)
-		}
-		return txts, nil
-	}
+	return &Filter{v: &verifier{lookup: dkimcore.ResolverTXT(r), maxSigs: c.MaxSignatures, now: time.Now}}, nil
 }

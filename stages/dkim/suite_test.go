@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/mailgate/mailgate/stages/internal/dkimcore"
 )
 
 // The //go:debug line lets the legacy run below check the corpus's
@@ -89,8 +91,8 @@ var wantLegacyDiffer = []string{"badkey_12.txt", "badkey_13.txt", "badkey_8.txt"
 func TestMailDKIMCorpus(t *testing.T) {
 	c := loadCorpus(t)
 	srv := serveDNSFiles(t, "testdata/mail-dkim/FAKE_DNS.dat")
-	modern := newTestVerifier(t, srv, rules{})
-	legacy := newTestVerifier(t, srv, rules{legacy: true})
+	modern := newTestVerifier(t, srv, dkimcore.Rules{})
+	legacy := newTestVerifier(t, srv, dkimcore.Rules{Legacy: true})
 	var exact, modernN, legacyAgree int
 	var legacyDiffer, rows []string
 	for _, cs := range c.Cases {
@@ -181,7 +183,7 @@ func deref(s *string) string {
 // 8463 Appendix A with their key records.
 func TestRFCExamples(t *testing.T) {
 	srv := serveDNSFiles(t, "testdata/rfc6376/dns.txt", "testdata/rfc8463/dns.txt")
-	v := newTestVerifier(t, srv, rules{})
+	v := newTestVerifier(t, srv, dkimcore.Rules{})
 	for _, tc := range []struct {
 		file string
 		want string // the reason

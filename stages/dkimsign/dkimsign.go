@@ -1,5 +1,6 @@
 // Package dkimsign signs the mail the gateway relays out for its own
-// domains with DKIM (RFC 6376; Ed25519 by RFC 8463): mail from a client in
+// domains with DKIM (RFC 6376; Ed25519 by RFC 8463), with the DKIM core
+// the dkim and arc stages verify with (stages/internal/dkimcore): mail from a client in
 // trusted_networks or an authenticated one, whose RFC5322.From domain has
 // a configured key. The signature is computed over the message as the
 // stage sees it and prepended as a DKIM-Signature field; the stage seals
@@ -9,17 +10,19 @@ package dkimsign
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/mail"
+	"strconv"
 	"strings"
-
-	"github.com/emersion/go-msgauth/dkim"
+	"time"
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/internal/dkimcore"
 )
 
 // Result words.
@@ -37,7 +40,8 @@ type Filter struct {
 	keys                   map[string][]key // by domain, in config order
 	headers                []string
 	oversign               []string // lower case
-	headerCanon, bodyCanon dkim.Canonicalization
+	headerCanon, bodyCanon dkimcore.Canon
+	now                    func() time.Time
 }
 
 var _ stages.Filter = (*Filter)(nil)
@@ -82,7 +86,7 @@ func (f *Filter) Run(ctx context.Context, _ stages.Phase, tx *stages.Transaction
 		}
 		// Each signature goes on top; neither signs the other, since
 		// DKIM-Signature is not among the signed fields.
-		edits = append(edits, stages.Edit{Op: stages.HeaderInsert, Index: 0, Name: "DKIM-Signature", Value: sig})
+		edits = append(edits, stages.Edit{Op: stages.HeaderInsert, Index: 0, Name: fieldName, Value: sig})
 		reasons = append(reasons, fmt.Sprintf("header.d=%s header.s=%s header.a=%s", k.domain, k.selector, k.algorithm))
 	}
 	reason := strings.Join(reasons, "; ")
@@ -110,44 +114,54 @@ func (f *Filter) lookup(d string) (string, []key) {
 }
 
 // sign returns the value of the DKIM-Signature field key k makes over tx's
-// header and body as they are written out.
+// header and body as they are written out (RFC 6376 §5): the header
+// fields as Raw gives them, which are the bytes relayed.
+//
+// The value is folded before it is signed, so that the field hashed is
+// the field that leaves, whatever the header canonicalization: tags are
+// separated by "; " and the lines broken before a tag (stages.Fold), and
+// the signature, the last tag, is broken into lines of its own, where
+// white space is part of the b= value that verifiers delete (§3.5, b=).
 func (f *Filter) sign(ctx context.Context, k key, tx *stages.Transaction) (string, error) {
-	s, err := dkim.NewSigner(&dkim.SignOptions{
-		Domain:                 k.domain,
-		Selector:               k.selector,
-		Signer:                 k.signer,
-		HeaderCanonicalization: f.headerCanon,
-		BodyCanonicalization:   f.bodyCanon,
-		HeaderKeys:             f.headerKeys(tx.Header),
-	})
+	alg := dkimcore.Algorithm(k.algorithm)
+	bh := dkimcore.NewBodyHasher(f.bodyCanon, alg.Hash().New(), -1)
+	if err := dkimcore.ReadBody(ctx, tx.Body, bh); err != nil {
+		return "", err
+	}
+	bh.Close()
+	names := f.headerKeys(tx.Header)
+	head := stages.Fold(fieldName, strings.Join([]string{
+		"v=1", "a=" + k.algorithm, "c=" + string(f.headerCanon) + "/" + string(f.bodyCanon),
+		"d=" + k.domain, "s=" + k.selector, "t=" + strconv.FormatInt(f.now().Unix(), 10),
+		"h=" + strings.Join(names, ":"), "bh=" + base64.StdEncoding.EncodeToString(bh.Sum()), "b=",
+	}, "; "))
+	data := dkimcore.HeaderData(f.headerCanon, dkimcore.SignedFields(tx.Header, names), fieldName+": "+head)
+	a, sig, err := dkimcore.Sign(k.signer, data)
 	if err != nil {
 		return "", err
 	}
-	defer s.Close()
-	if _, err := tx.Header.WriteTo(s); err != nil {
-		return "", err
+	if string(a) != k.algorithm {
+		return "", fmt.Errorf("key %s makes %s signatures", k.file, a)
 	}
-	if tx.Body != nil {
-		body, err := tx.Body.Open()
-		if err != nil {
-			return "", fmt.Errorf("open body: %w", err)
-		}
-		defer body.Close()
-		if _, err := io.Copy(s, ctxReader{ctx, body}); err != nil {
-			return "", fmt.Errorf("read body: %w", err)
-		}
+	// The signature fills the line b= is on, then lines of its own. Its
+	// first characters stay on b='s line: not every verifier deletes
+	// white space right after the "=".
+	b := base64.StdEncoding.EncodeToString(sig)
+	last := fieldName + ": " + head
+	if i := strings.LastIndex(last, "\r\n"); i >= 0 {
+		last = last[i+2:]
 	}
-	if err := s.Close(); err != nil {
-		return "", err
+	n := min(len(b), max(78-len(last), 8))
+	value := head + b[:n]
+	for b = b[n:]; len(b) > 0; b = b[n:] {
+		n = min(len(b), 77)
+		value += "\r\n\t" + b[:n]
 	}
-	// go-msgauth folds the field already; the edit keeps that folding,
-	// so even simple header canonicalization sees the bytes signed.
-	name, value, _ := strings.Cut(strings.TrimRight(s.Signature(), "\r\n"), ":")
-	if !strings.EqualFold(name, "DKIM-Signature") {
-		return "", fmt.Errorf("unexpected signature field %q", name)
-	}
-	return strings.TrimLeft(value, " "), nil
+	return value, nil
 }
+
+// fieldName is the name of the field the stage adds.
+const fieldName = "DKIM-Signature"
 
 // headerKeys lists the fields to sign (h=): each configured field as often
 // as the message has it, and an oversigned one once more, so that a
@@ -205,17 +219,4 @@ func fromDomain(h stages.Header) (string, error) {
 		return "", fmt.Errorf("From domain %q: %v", d, err)
 	}
 	return dom, nil
-}
-
-// ctxReader stops a long body read when ctx ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, context.Cause(c.ctx)
-	}
-	return c.r.Read(p)
 }

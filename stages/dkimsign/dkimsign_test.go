@@ -189,6 +189,8 @@ func TestOversigning(t *testing.T) {
 
 // TestSimpleCanonicalization: with simple/simple the signature field must
 // reach the verifier byte for byte as signed; the edit keeps its folding.
+// A signed field written without a space after the colon is signed as it
+// is relayed.
 func TestSimpleCanonicalization(t *testing.T) {
 	k := writeKey(t, t.TempDir(), "k", RSASHA256)
 	f, err := newFilter(t, map[string]any{"canonicalization": "simple/simple",
@@ -196,8 +198,14 @@ func TestSimpleCanonicalization(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, msg := run(t, f, outbound("alice@example.test"))
-	if vs := verify(t, msg, dns{"s._domainkey.example.test": k.record}); len(vs) != 1 || vs[0].Err != nil {
+	tx := outbound("alice@example.test")
+	tx.Header[3] = stages.ParseField("Subject:Quarterly\r\n report")
+	_, msg := run(t, f, tx)
+	if !bytes.Contains(msg, []byte("\r\nSubject:Quarterly\r\n report\r\n")) || !bytes.Contains(msg, []byte("c=simple/simple")) {
+		t.Fatalf("not signed simple/simple or Subject not as written:\n%s", msg)
+	}
+	vs := verify(t, msg, dns{"s._domainkey.example.test": k.record})
+	if len(vs) != 1 || vs[0].Err != nil || !slices.Contains(vs[0].HeaderKeys, "Subject") {
 		t.Fatalf("verification %+v\n%s", vs, msg)
 	}
 }

@@ -10,11 +10,9 @@ import (
 	"encoding/pem"
 	"fmt"
 	"strings"
-)
 
-// maxRSABits is the largest RSA key verifiers must handle (RFC 8301 §3.2:
-// 1024 to 4096 bits).
-const maxRSABits = 4096
+	"github.com/mailgate/mailgate/stages/internal/dkimcore"
+)
 
 // GenerateKey makes a private key for algorithm (bits counts for RSA
 // only) and returns it with its PKCS #8 PEM encoding, the form ReadKey
@@ -23,8 +21,8 @@ func GenerateKey(algorithm string, bits int) (crypto.Signer, []byte, error) {
 	var k crypto.Signer
 	switch algorithm {
 	case RSASHA256:
-		if bits < minRSABits || bits > maxRSABits {
-			return nil, nil, fmt.Errorf("RSA key of %d bits; expect %d to %d (RFC 8301 §3.2), 2048 recommended", bits, minRSABits, maxRSABits)
+		if bits < dkimcore.MinRSABits || bits > dkimcore.MaxSignRSABits {
+			return nil, nil, fmt.Errorf("RSA key of %d bits; expect %d to %d (RFC 8301 §3.2), 2048 recommended", bits, dkimcore.MinRSABits, dkimcore.MaxSignRSABits)
 		}
 		rk, err := rsa.GenerateKey(rand.Reader, bits)
 		if err != nil {

@@ -2,20 +2,16 @@ package dkimsign
 
 import (
 	"crypto"
-	"crypto/ed25519"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
-
-	"github.com/emersion/go-msgauth/dkim"
+	"time"
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/internal/dkimcore"
 )
 
 // Config is the [stage.config] block of a dkim-sign stage.
@@ -50,12 +46,9 @@ type KeyConfig struct {
 // RFC 8463 §3). rsa-sha1 is not one: RFC 8301 §3.1 says signers MUST NOT
 // use it.
 const (
-	RSASHA256     = "rsa-sha256"
-	Ed25519SHA256 = "ed25519-sha256"
+	RSASHA256     = string(dkimcore.RSASHA256)
+	Ed25519SHA256 = string(dkimcore.Ed25519SHA256)
 )
-
-// minRSABits is the smallest RSA key a signer may use (RFC 8301 §3.2).
-const minRSABits = 1024
 
 // DefaultHeaders are the fields signed by default: libopendkim's
 // should_signhdrs, the list RFC 6376 §5.4.1 suggests.
@@ -86,7 +79,7 @@ func New(_ stages.Env, cfg stages.Config) (stages.Filter, error) {
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
 	}
-	f := &Filter{keys: map[string][]key{}, headers: c.Headers}
+	f := &Filter{keys: map[string][]key{}, headers: c.Headers, now: time.Now}
 	var err error
 	if f.headerCanon, f.bodyCanon, err = parseCanon(c.Canonicalization); err != nil {
 		return nil, &stages.ConfigError{Key: "canonicalization", Err: err}
@@ -155,56 +148,35 @@ func loadKey(kc KeyConfig) (key, error) {
 	return k, nil
 }
 
-// ReadKey reads a PEM private key file for algorithm: PKCS #1 ("RSA
-// PRIVATE KEY", as opendkim-genkey writes) or PKCS #8 ("PRIVATE KEY", as
-// openssl genpkey and mailgate dkim keygen write).
+// ReadKey reads a PEM private key file for algorithm, in the forms
+// dkimcore.ParsePrivateKey reads (PKCS #1 as opendkim-genkey writes,
+// PKCS #8 as openssl genpkey and mailgate dkim keygen write).
 func ReadKey(file, algorithm string) (crypto.Signer, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err // names the file
 	}
-	block, _ := pem.Decode(b)
-	if block == nil {
-		return nil, fmt.Errorf("%s: no PEM block; expect a PEM private key", file)
-	}
-	var parsed any
-	switch block.Type {
-	case "RSA PRIVATE KEY":
-		parsed, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-	case "PRIVATE KEY":
-		parsed, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	default:
-		return nil, fmt.Errorf("%s: PEM block %q; expect \"PRIVATE KEY\" or \"RSA PRIVATE KEY\"", file, block.Type)
-	}
+	k, err := dkimcore.ParsePrivateKey(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
-	switch k := parsed.(type) {
-	case *rsa.PrivateKey:
-		if algorithm != RSASHA256 {
-			return nil, fmt.Errorf("%s: holds an RSA key; algorithm %s needs an Ed25519 key", file, algorithm)
-		}
-		if n := k.N.BitLen(); n < minRSABits {
-			return nil, fmt.Errorf("%s: RSA key of %d bits; expect at least %d (RFC 8301 §3.2), 2048 recommended", file, n, minRSABits)
-		}
+	a, _ := dkimcore.KeyAlgorithm(k)
+	switch {
+	case string(a) == algorithm:
 		return k, nil
-	case ed25519.PrivateKey:
-		if algorithm != Ed25519SHA256 {
-			return nil, fmt.Errorf("%s: holds an Ed25519 key; algorithm %s needs an RSA key", file, algorithm)
-		}
-		return k, nil
+	case a == dkimcore.RSASHA256:
+		return nil, fmt.Errorf("%s: holds an RSA key; algorithm %s needs an Ed25519 key", file, algorithm)
+	default:
+		return nil, fmt.Errorf("%s: holds an Ed25519 key; algorithm %s needs an RSA key", file, algorithm)
 	}
-	return nil, fmt.Errorf("%s: holds a %T key; expect an RSA or Ed25519 key", file, parsed)
 }
 
-// parseCanon reads "header/body" (RFC 6376 §3.5, c=).
-func parseCanon(s string) (header, body dkim.Canonicalization, err error) {
+// parseCanon reads "header/body" (RFC 6376 §3.5, c=), both given.
+func parseCanon(s string) (header, body dkimcore.Canon, err error) {
 	h, b, ok := strings.Cut(s, "/")
-	valid := func(c string) bool {
-		return c == string(dkim.CanonicalizationSimple) || c == string(dkim.CanonicalizationRelaxed)
-	}
+	valid := func(c string) bool { return c == string(dkimcore.Simple) || c == string(dkimcore.Relaxed) }
 	if !ok || !valid(h) || !valid(b) {
 		return "", "", fmt.Errorf(`unexpected %q; expect "relaxed/relaxed", "relaxed/simple", "simple/relaxed" or "simple/simple"`, s)
 	}
-	return dkim.Canonicalization(h), dkim.Canonicalization(b), nil
+	return dkimcore.Canon(h), dkimcore.Canon(b), nil
 }

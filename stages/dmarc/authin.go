@@ -6,6 +6,7 @@ import (
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/authres"
 )
 
 // inputs are the authentication results of earlier stages that DMARC
@@ -28,9 +29,10 @@ type authResult struct {
 	Scope    string `json:"scope,omitempty"`    // SPF: "mfrom" or "helo"
 }
 
-// gatherInputs reads tx.Results. spf writes its reason as resinfo, the
-// identity it checked first ("spf=pass smtp.mailfrom=example.com", or
-// smtp.helo for the null sender); dkim writes one entry per signature
+// gatherInputs reads tx.Results; the reasons are resinfo, read with
+// stages/authres. spf writes the identity it checked first
+// ("spf=pass smtp.mailfrom=example.com", or smtp.helo for the null
+// sender); dkim writes one entry per signature
 // ("dkim=pass header.d=example.com header.s=sel header.b=abc"); arc's
 // result word is the chain's cv. A stage that runs in several phases (spf
 // at MAIL and DATA) reports each time: the last result counts.
@@ -49,15 +51,17 @@ func gatherInputs(tx *stages.Transaction) inputs {
 			in.spf = spfInput(r, tx)
 		case "dkim":
 			in.dkim = nil
-			for _, e := range resinfo(r.Reason) {
-				if e.method != "dkim" {
+			// The entries before one that does not parse still count.
+			entries, _ := authres.ParseResults(r.Reason)
+			for _, e := range entries {
+				if e.Method != "dkim" {
 					continue
 				}
-				d := address.Fold(e.props["header.d"])
+				d := address.Fold(e.Get("header.d"))
 				if d == "" {
 					continue
 				}
-				in.dkim = append(in.dkim, authResult{Result: e.result, Domain: d, Selector: e.props["header.s"]})
+				in.dkim = append(in.dkim, authResult{Result: e.Value, Domain: d, Selector: e.Get("header.s")})
 			}
 		case "arc":
 			in.arcPass = strings.EqualFold(r.Result, "pass")
@@ -74,16 +78,17 @@ func gatherInputs(tx *stages.Transaction) inputs {
 // 7208 §2.4). The reason names it; the envelope is the fallback.
 func spfInput(r stages.Result, tx *stages.Transaction) authResult {
 	a := authResult{Result: strings.ToLower(r.Result), Scope: "mfrom"}
-	for _, e := range resinfo(r.Reason) {
-		if e.method != "spf" {
+	entries, _ := authres.ParseResults(r.Reason)
+	for _, e := range entries {
+		if e.Method != "spf" {
 			continue
 		}
-		if v := e.props["smtp.mailfrom"]; v != "" {
+		if v := e.Get("smtp.mailfrom"); v != "" {
 			if _, d, ok := address.Split(v); ok {
 				v = d
 			}
 			a.Domain = address.Fold(v)
-		} else if v := e.props["smtp.helo"]; v != "" {
+		} else if v := e.Get("smtp.helo"); v != "" {
 			a.Domain, a.Scope = address.Fold(v), "helo"
 		}
 		break // the first entry is the identity checked; a second is the HELO check
@@ -121,79 +126,4 @@ func newestSealer(h stages.Header) string {
 		}
 	}
 	return sealer
-}
-
-// entry is one resinfo of an Authentication-Results value.
-type entry struct {
-	method, result string
-	props          map[string]string
-}
-
-// resinfo parses Authentication-Results resinfo entries separated by ";"
-// (RFC 8601 §2.2): "method=result" then "ptype.property=value" pairs and
-// reason=. Comments are skipped and quoted strings kept whole. authres.
-// Parse does not serve here: it splits at every ";", inside a quoted
-// reason too, and drops header.s.
-func resinfo(s string) []entry {
-	var (
-		out   []entry
-		words []string
-		cur   strings.Builder
-		flush = func() {
-			if cur.Len() > 0 {
-				words = append(words, cur.String())
-				cur.Reset()
-			}
-		}
-		end = func() {
-			flush()
-			if len(words) > 0 {
-				m, res, ok := strings.Cut(words[0], "=")
-				if ok {
-					e := entry{method: strings.ToLower(m), result: strings.ToLower(res), props: map[string]string{}}
-					for _, w := range words[1:] {
-						if k, v, ok := strings.Cut(w, "="); ok {
-							e.props[strings.ToLower(k)] = v
-						}
-					}
-					out = append(out, e)
-				}
-			}
-			words = words[:0]
-		}
-	)
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '(':
-			flush()
-			depth := 0
-			for ; i < len(s); i++ {
-				if s[i] == '\\' {
-					i++
-				} else if s[i] == '(' {
-					depth++
-				} else if s[i] == ')' {
-					if depth--; depth == 0 {
-						break
-					}
-				}
-			}
-		case c == '"':
-			for i++; i < len(s) && s[i] != '"'; i++ {
-				if s[i] == '\\' && i+1 < len(s) {
-					i++
-				}
-				cur.WriteByte(s[i])
-			}
-		case c == ';':
-			end()
-		case c == ' ' || c == '\t' || c == '\r' || c == '\n':
-			flush()
-		default:
-			cur.WriteByte(c)
-		}
-	}
-	end()
-	return out
 }

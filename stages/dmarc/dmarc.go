@@ -7,10 +7,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-msgauth/authres"
 	"github.com/miekg/dns"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/authres"
 	"github.com/mailgate/mailgate/stages/resolver"
 )
 
@@ -363,20 +363,19 @@ func verdict(ev *Evaluation) stages.Verdict {
 	return v
 }
 
-// reason writes the evaluation as resinfo with go-msgauth's authres:
+// reason writes the evaluation as resinfo with stages/authres:
 // "dmarc=fail reason=\"...\" header.from=example.com policy.dmarc=reject".
 func reason(ev *Evaluation) string {
-	value := ev.Result
-	switch value {
+	r := authres.Result{Method: "dmarc", Value: ev.Result, Props: []authres.Prop{{Key: "header.from", Value: ev.HeaderFrom}}}
+	switch r.Value {
 	case Fail, Quarantine, Reject:
-		value = "fail"
-	}
-	params := map[string]string{"header.from": ev.HeaderFrom}
-	if ev.Disposition != "" && value == "fail" {
-		params["policy.dmarc"] = string(ev.Disposition)
+		r.Value = "fail"
+		if ev.Disposition != "" {
+			r.Props = append(r.Props, authres.Prop{Key: "policy.dmarc", Value: string(ev.Disposition)})
+		}
 	}
 	var why []string
-	if ev.Record != nil && value != "pass" {
+	if ev.Record != nil && r.Value != "pass" {
 		p := "p=" + string(ev.Policy)
 		if ev.PolicyTag != "" {
 			p = ev.PolicyTag + "=" + string(ev.Policy)
@@ -392,19 +391,6 @@ func reason(ev *Evaluation) string {
 	if ev.Problem != "" {
 		why = append(why, ev.Problem)
 	}
-	// No ";": readers split resinfo at every one (authres.Parse does).
-	params["reason"] = strings.ReplaceAll(clean(strings.Join(why, ", ")), ";", ",")
-	s := authres.Format("", []authres.Result{&authres.GenericResult{Method: "dmarc", Value: authres.ResultValue(value), Params: params}})
-	return strings.TrimSpace(strings.TrimPrefix(s, ";"))
-}
-
-// clean keeps a reason one printable line without quotes or backslashes,
-// which authres does not escape.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || r == '"' || r == '\\' {
-			return -1
-		}
-		return r
-	}, s)
+	r.Reason = strings.Join(why, ", ")
+	return authres.Format(r)
 }

@@ -3,6 +3,7 @@ package dmarc
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -168,9 +169,20 @@ func TestFromFieldProblems(t *testing.T) {
 	}
 }
 
-func TestResinfo(t *testing.T) {
-	got := resinfo(`dkim=pass (good sig; yes) header.d=a.test header.s=s1 header.b="ab;c"; dkim=fail reason="x; y" header.d=b.test; spf=none`)
-	if len(got) != 3 || got[0].props["header.s"] != "s1" || got[0].props["header.b"] != "ab;c" || got[1].props["header.d"] != "b.test" || got[2].result != "none" {
-		t.Errorf("resinfo: %+v", got)
+// TestGatherInputs: the spf and dkim reasons are read as RFC 8601
+// resinfo (stages/authres): comments and quoted ";" do not split an
+// entry, entries of other methods are ignored, and what comes after an
+// entry that does not parse is lost, not misread.
+func TestGatherInputs(t *testing.T) {
+	in := gatherInputs(msg("a@x.test",
+		stages.Result{Stage: "spf", Kind: "spf", Result: "pass", Reason: `x-vendor=ok (first; not spf) policy.x="a;b"; spf=pass (checked) smtp.mailfrom=bounce@Sender.TEST`},
+		dkim(`dkim=pass (good sig; yes) header.d=A.test header.s=s1 header.b="ab;c"`,
+			`iprev=pass policy.iprev=192.0.2.1`,
+			`dkim=fail reason="x; y" header.d="b.test"`,
+			`dkim=pass header.d=c.test header.s=(unterminated`,
+			`dkim=pass header.d=d.test`)))
+	want := []authResult{{Result: "pass", Domain: "a.test", Selector: "s1"}, {Result: "fail", Domain: "b.test"}}
+	if in.spf != (authResult{Result: "pass", Domain: "sender.test", Scope: "mfrom"}) || !slices.Equal(in.dkim, want) {
+		t.Errorf("spf %+v, dkim %+v; want dkim %+v", in.spf, in.dkim, want)
 	}
 }

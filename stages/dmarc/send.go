@@ -24,6 +24,7 @@ import (
 
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/durable"
 	"github.com/mailgate/mailgate/stages/resolver"
 )
 
@@ -104,10 +105,10 @@ func (r *Reporter) flushOutbox() error {
 			return err
 		}
 	}
-	if err := syncDir(r.pickup); err != nil {
+	if err := durable.Sync(r.pickup); err != nil {
 		return err
 	}
-	return syncDir(r.outbox)
+	return durable.Sync(r.outbox)
 }
 
 // reportDay writes the day's report messages into the outbox.
@@ -420,33 +421,5 @@ func (r *Reporter) writeOutbox(name string, env stages.Pickup, msg []byte) error
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(r.outbox, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(line, msg...)); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(r.outbox, name)); err != nil {
-		return err
-	}
-	return syncDir(r.outbox)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return durable.WriteFile(filepath.Join(r.outbox, name), append(line, msg...), "")
 }

@@ -37,10 +37,8 @@ type Config struct {
 	// PublicSuffixList is a public_suffix_list.dat to use instead of the
 	// list built into the binary.
 	PublicSuffixList string `json:"public_suffix_list"`
-	// DNSTimeout bounds one DNS query; by default [dns] timeout.
-	DNSTimeout stages.Duration `json:"dns_timeout"`
-	// CacheSize is how many DNS answers are kept for their TTL.
-	CacheSize int `json:"cache_size"`
+	// dns_timeout and cache_size, as every kind that looks names up.
+	resolver.Settings
 }
 
 const defaultDNSTimeout = 3 * time.Second
@@ -63,10 +61,7 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 // build is New with the clock and the pct sampler given, and no daily run:
 // tests call SendDue at the times they choose.
 func build(env stages.Env, cfg stages.Config, now func() time.Time, sample func() int) (*Filter, error) {
-	c := Config{DNSTimeout: stages.Duration(defaultDNSTimeout), CacheSize: 4096}
-	if env.DNSTimeout > 0 {
-		c.DNSTimeout = stages.Duration(env.DNSTimeout)
-	}
+	c := Config{Settings: resolver.Defaults(env, defaultDNSTimeout, 4096)}
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
 	}
@@ -95,15 +90,9 @@ func build(env stages.Env, cfg stages.Config, now func() time.Time, sample func(
 		}
 		f.org = l
 	}
-	if c.DNSTimeout <= 0 {
-		return nil, &stages.ConfigError{Key: "dns_timeout", Err: errors.New(`expect a duration above 0, such as "3s"`)}
-	}
-	if c.CacheSize < 0 {
-		return nil, &stages.ConfigError{Key: "cache_size", Err: fmt.Errorf("unexpected %d; expect 0 (no cache) or more", c.CacheSize)}
-	}
-	r, err := resolver.New(env.DNSServers, time.Duration(c.DNSTimeout), resolver.WithCache(c.CacheSize))
+	r, err := c.New(env)
 	if err != nil {
-		return nil, fmt.Errorf("dmarc: %w", err)
+		return nil, err
 	}
 	f.dns = r
 	if c.Reports {

@@ -20,12 +20,8 @@ import (
 type Config struct {
 	// Lists are the DNS lists to ask, all at once.
 	Lists []List `json:"list"`
-	// DNSTimeout bounds one DNS query to one server; by default it is
-	// [dns] timeout (Env.DNSTimeout).
-	DNSTimeout stages.Duration `json:"dns_timeout"`
-	// CacheSize is how many DNS answers are kept for their TTL; 0 turns
-	// the cache off.
-	CacheSize int `json:"cache_size"`
+	// dns_timeout and cache_size, as every kind that looks names up.
+	resolver.Settings
 }
 
 // List is one [[stage.config.list]].
@@ -61,11 +57,7 @@ type List struct {
 const defaultDNSTimeout = 2 * time.Second
 
 func defaultConfig(env stages.Env) Config {
-	c := Config{DNSTimeout: stages.Duration(defaultDNSTimeout), CacheSize: 4096}
-	if env.DNSTimeout > 0 {
-		c.DNSTimeout = stages.Duration(env.DNSTimeout)
-	}
-	return c
+	return Config{Settings: resolver.Defaults(env, defaultDNSTimeout, 4096)}
 }
 
 // maxReply bounds a configured reply text.
@@ -80,9 +72,6 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 	if len(c.Lists) == 0 {
 		return nil, errors.New(`list: expect at least one [[stage.config.list]] with a zone such as "zen.spamhaus.org"`)
 	}
-	if c.CacheSize < 0 {
-		return nil, fmt.Errorf("cache_size: unexpected %d; expect 0 (no cache) or more", c.CacheSize)
-	}
 	f := &DNSBL{}
 	for i, l := range c.Lists {
 		bl, err := newList(l)
@@ -91,11 +80,7 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 		}
 		f.lists = append(f.lists, bl)
 	}
-	var opts []resolver.Option
-	if c.CacheSize > 0 {
-		opts = append(opts, resolver.WithCache(c.CacheSize))
-	}
-	r, err := resolver.New(env.DNSServers, time.Duration(c.DNSTimeout), opts...)
+	r, err := c.New(env)
 	if err != nil {
 		return nil, err
 	}

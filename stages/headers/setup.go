@@ -75,8 +75,8 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 			return nil, fmt.Errorf("spam_header_prefix: unexpected %q; expect the start of a field name such as \"X-Spam-\"", c.SpamHeaderPrefix)
 		}
 	}
-	if c.AuthenticationResults && !isToken(env.Hostname) {
-		return nil, fmt.Errorf("authentication_results: the gateway's hostname %q cannot be an authserv-id", env.Hostname)
+	if c.AuthenticationResults && env.Hostname == "" {
+		return nil, fmt.Errorf("authentication_results: the gateway has no hostname to write as the authserv-id")
 	}
 	for i, r := range c.Rules {
 		cr, err := compile(r)

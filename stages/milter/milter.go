@@ -285,11 +285,14 @@ func (m *Milter) steps(s *session, tx *stages.Transaction, bound bool) (outcome,
 			}
 			// Header values go with the LF folding of the MTA's queue
 			// file, and without the space after the colon unless the
-			// milter asked for it (SMFIP_HDR_LEADSPC).
-			v := strings.ReplaceAll(f.Value, "\r\n", "\n")
+			// milter asked for the value as written (SMFIP_HDR_LEADSPC):
+			// then it gets every byte after the colon, so that a signer
+			// such as opendkim hashes "Subject:x" as it is relayed.
+			v := f.Value
 			if s.proto&gomilter.OptHeaderLeadingSpace != 0 {
-				v = " " + v
+				v = f.Raw()[len(f.Name)+1:]
 			}
+			v = strings.ReplaceAll(v, "\r\n", "\n")
 			r, err := s.command(0, nil, gomilter.CodeHeader, cstrings(f.Name, v), gomilter.OptNoHeaderReply)
 			if err != nil {
 				return outcome{}, fmt.Errorf("header %s: %w", f.Name, err)

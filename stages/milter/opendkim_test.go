@@ -60,7 +60,9 @@ func proxy(t *testing.T, target string) (string, *atomic.Int32) {
 
 // TestOpenDKIM signs through a real opendkim: the relayed message carries
 // a DKIM-Signature that verifies with the test's public key, in both
-// canonicalizations, and the client's messages share one connection.
+// canonicalizations, and the client's messages share one connection. The
+// Subject has no space after its colon: opendkim asks for header values
+// as written (SMFIP_HDR_LEADSPC) and must hash the field as it is relayed.
 func TestOpenDKIM(t *testing.T) {
 	for _, canon := range []string{"simple/simple", "relaxed/relaxed"} {
 		t.Run(canon, func(t *testing.T) {
@@ -74,11 +76,15 @@ func TestOpenDKIM(t *testing.T) {
 			for i := range n {
 				tx := testTx()
 				tx.QueueID = fmt.Sprintf("Q%d", i)
+				tx.Header[2] = stages.ParseField("Subject:hello")
 				v := run(t, m, tx)
 				if v.Action != stages.Continue || len(v.Edits) != 1 || v.Edits[0].Name != "DKIM-Signature" {
 					t.Fatalf("verdict %+v", v)
 				}
 				_, msg := applied(t, tx, v)
+				if !strings.Contains(msg, "\r\nSubject:hello\r\n") {
+					t.Fatalf("the Subject is not relayed as written:\n%s", msg)
+				}
 				verifs, err := dkim.VerifyWithOptions(strings.NewReader(msg), &dkim.VerifyOptions{LookupTXT: dkimd.LookupTXT})
 				if err != nil {
 					t.Fatal(err)

@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/mailgate/mailgate/stages/durable"
 )
 
 // Key names one record: a hash of what it is about. A hash keeps records
@@ -253,21 +255,9 @@ func (s *File) readFormat() error {
 	name := filepath.Join(s.dir, formatFile)
 	b, err := os.ReadFile(name)
 	if errors.Is(err, fs.ErrNotExist) {
-		// A new store. Written whole under a temporary name and renamed,
-		// so that a crash leaves no half-written format file to refuse.
-		tmp, err := os.CreateTemp(s.dir, formatFile+".*")
-		if err != nil {
-			return fmt.Errorf("create %s store: %w", s.kind, err)
-		}
-		_, err = tmp.WriteString(s.formatLine)
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), name)
-		}
-		if err != nil {
-			os.Remove(tmp.Name())
+		// A new store. Written whole, so that a crash leaves no
+		// half-written format file to refuse.
+		if err := durable.WriteFile(name, []byte(s.formatLine), ""); err != nil {
 			return fmt.Errorf("create %s store: %w", s.kind, err)
 		}
 		return nil

@@ -8,7 +8,6 @@
 package spf
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -26,12 +25,8 @@ type Config struct {
 	// Score maps a result word to the score the verdict adds. Listed
 	// results replace the defaults (fail 5, softfail 2); others score 0.
 	Score map[string]float64 `json:"score"`
-	// DNSTimeout bounds one DNS query to one server; by default it is
-	// [dns] timeout (Env.DNSTimeout).
-	DNSTimeout stages.Duration `json:"dns_timeout"`
-	// CacheSize is how many DNS answers are kept for their TTL; 0 turns
-	// the cache off.
-	CacheSize int `json:"cache_size"`
+	// dns_timeout and cache_size, as every kind that looks names up.
+	resolver.Settings
 
 	// Action and RejectFail chose actions before [stage.results] did;
 	// they are refused with the mapping to write there instead.
@@ -45,13 +40,9 @@ const defaultDNSTimeout = 3 * time.Second
 // defaultConfig is the configuration of a stage with no [stage.config].
 func defaultConfig(env stages.Env) Config {
 	c := Config{
-		CheckHelo:  true,
-		Score:      map[string]float64{string(Fail): 5, string(SoftFail): 2},
-		DNSTimeout: stages.Duration(defaultDNSTimeout),
-		CacheSize:  4096,
-	}
-	if env.DNSTimeout > 0 {
-		c.DNSTimeout = stages.Duration(env.DNSTimeout)
+		CheckHelo: true,
+		Score:     map[string]float64{string(Fail): 5, string(SoftFail): 2},
+		Settings:  resolver.Defaults(env, defaultDNSTimeout, 4096),
 	}
 	return c
 }
@@ -88,15 +79,9 @@ func New(env stages.Env, cfg stages.Config) (stages.Filter, error) {
 		}
 		f.scores[res] = s
 	}
-	if c.DNSTimeout <= 0 {
-		return nil, &stages.ConfigError{Key: "dns_timeout", Err: errors.New(`expect a duration above 0, such as "3s"`)}
-	}
-	if c.CacheSize < 0 {
-		return nil, &stages.ConfigError{Key: "cache_size", Err: fmt.Errorf("unexpected %d; expect 0 (no cache) or more", c.CacheSize)}
-	}
-	r, err := resolver.New(env.DNSServers, time.Duration(c.DNSTimeout), resolver.WithCache(c.CacheSize))
+	r, err := c.New(env)
 	if err != nil {
-		return nil, fmt.Errorf("spf: %w", err)
+		return nil, err
 	}
 	f.dns = r
 	return f, nil

@@ -8,10 +8,9 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/emersion/go-msgauth/authres"
-
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/stages/authres"
 	"github.com/mailgate/mailgate/stages/resolver"
 )
 
@@ -94,36 +93,28 @@ func (f *Filter) evaluate(ctx context.Context, tx *stages.Transaction) evaluatio
 }
 
 // reason is the detail for logs and for the headers stage, written as
-// Authentication-Results resinfo (RFC 8601 §2.7.2) by go-msgauth's authres:
-// the MAIL FROM result first, then the HELO one when checked, each with
-// its problem as the reason: "spf=fail smtp.mailfrom=example.com;
-// spf=permerror reason=\"...\" smtp.helo=mx.example.com".
+// Authentication-Results resinfo (RFC 8601 §2.7.2) by stages/authres: the
+// MAIL FROM result first, then the HELO one when checked, each with its
+// problem as the reason: "spf=fail smtp.mailfrom=example.com;
+// spf=permerror reason=\"...\" smtp.helo=mx.example.com". authres quotes
+// and escapes what needs it and drops control characters, so a problem
+// quoting the sender's DNS cannot break the entry.
 func (ev evaluation) reason() string {
-	entries := []authres.Result{authResult(ev.out, ev.identity == "helo", ev.domain)}
+	key := "smtp.mailfrom"
+	if ev.identity == "helo" {
+		key = "smtp.helo"
+	}
+	entries := []authres.Result{authResult(ev.out, key, ev.domain)}
 	if ev.helo != nil {
-		entries = append(entries, authResult(*ev.helo, true, ev.heloName))
+		entries = append(entries, authResult(*ev.helo, "smtp.helo", ev.heloName))
 	}
-	parts := make([]string, len(entries))
-	for i, e := range entries {
-		// Format writes "authserv-id; resinfo", with a space after a
-		// resinfo without properties.
-		parts[i] = strings.TrimSpace(strings.TrimPrefix(authres.Format("", []authres.Result{e}), ";"))
-	}
-	return strings.Join(parts, "; ")
+	return authres.Format(entries...)
 }
 
 // authResult is o as an Authentication-Results entry for the identity
-// name: a HELO name, or the MAIL FROM domain. authres quotes what needs
-// it, but escapes no backslash and keeps control characters: the problem
-// may quote the sender's DNS, so both are dropped.
-func authResult(o Outcome, helo bool, name string) authres.Result {
-	r := &authres.SPFResult{Value: authres.ResultValue(o.Result), Reason: strings.ReplaceAll(clean(o.Problem), `\`, "")}
-	if helo {
-		r.Helo = clean(name)
-	} else {
-		r.From = clean(name)
-	}
-	return r
+// name, a HELO name (key smtp.helo) or the MAIL FROM domain (smtp.mailfrom).
+func authResult(o Outcome, key, name string) authres.Result {
+	return authres.Result{Method: "spf", Value: string(o.Result), Reason: o.Problem, Props: []authres.Prop{{Key: key, Value: name}}}
 }
 
 // reply is the SMTP reply for a result an admin maps to reject or

@@ -9,10 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-msgauth/authres"
-
 	"github.com/mailgate/mailgate/plugins/sdk/sdktest"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/authres"
 	"github.com/mailgate/mailgate/stages/dnstest"
 )
 
@@ -97,7 +96,7 @@ func TestMailVerdicts(t *testing.T) {
 		},
 		{
 			name: "none", config: `{}`, ip: "192.0.2.7", helo: "[192.0.2.7]", from: "joe@nospf.example.com",
-			result: "none", reason: `spf=none reason="no SPF record for nospf.example.com" smtp.mailfrom=nospf.example.com; spf=none reason="\"[192.0.2.7]\" is not a domain name" smtp.helo=[192.0.2.7]`,
+			result: "none", reason: `spf=none reason="no SPF record for nospf.example.com" smtp.mailfrom=nospf.example.com; spf=none reason="\"[192.0.2.7]\" is not a domain name" smtp.helo="[192.0.2.7]"`,
 
 			reply: "550 5.7.23 SPF none: nospf.example.com does not designate 192.0.2.7 as permitted sender",
 		},
@@ -343,19 +342,19 @@ func TestDNSTimeout(t *testing.T) {
 }
 
 // TestReasonIsResinfo: the reason is Authentication-Results resinfo that
-// go-msgauth's authres reads back, the MAIL FROM result first; a problem
-// quoting the sender's DNS cannot break its quoting.
+// stages/authres reads back, the MAIL FROM result first; a problem quoting
+// the sender's DNS cannot break its quoting.
 func TestReasonIsResinfo(t *testing.T) {
 	ev := evaluation{identity: "mailfrom", domain: "example.com", heloName: "mx.example.net",
 		out:  Outcome{Result: PermError, Problem: "bad term \"a\\\" x;\x01 y"},
 		helo: &Outcome{Result: Pass}}
 	got := ev.reason()
-	want := `spf=permerror reason="bad term \"a\" x; y" smtp.mailfrom=example.com; spf=pass smtp.helo=mx.example.net`
+	want := `spf=permerror reason="bad term \"a\\\" x; y" smtp.mailfrom=example.com; spf=pass smtp.helo=mx.example.net`
 	if got != want {
 		t.Fatalf("reason\n got %s\nwant %s", got, want)
 	}
-	_, rs, _ := authres.Parse("id; " + got)
-	if first, ok := rs[0].(*authres.SPFResult); !ok || first.Value != authres.ResultPermError {
-		t.Fatalf("authres reads %#v", rs)
+	rs, err := authres.ParseResults(got)
+	if err != nil || len(rs) != 2 || rs[0].Value != "permerror" || rs[0].Reason != "bad term \"a\\\" x; y" || rs[1].Get("smtp.helo") != "mx.example.net" {
+		t.Fatalf("authres reads %+v, %v", rs, err)
 	}
 }

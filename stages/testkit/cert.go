@@ -8,10 +8,10 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/mailgate/mailgate/stages/durable"
 )
 
 // WriteCert writes a fresh self-signed certificate for name, valid for an
@@ -44,22 +44,11 @@ func WriteCert(t testing.TB, certFile, keyFile, name string) {
 	ReplaceFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}))
 }
 
-// ReplaceFile writes b to name through a temporary file and a rename.
+// ReplaceFile writes b to name through a temporary file and a rename, as
+// an ACME client renewing a certificate does.
 func ReplaceFile(t testing.TB, name string, b []byte) {
 	t.Helper()
-	tmp, err := os.CreateTemp(filepath.Dir(name), ".tmp-*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = tmp.Write(b)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), name)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := durable.WriteFile(name, b, ""); err != nil {
 		t.Fatal(err)
 	}
 }

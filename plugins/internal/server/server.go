@@ -257,6 +257,10 @@ func transaction(t *proto.Transaction) (*stages.Transaction, error) {
 		tx.Client.Addr = addr
 	}
 	for _, f := range t.GetHeader() {
+		if raw := f.GetRaw(); len(raw) > 0 {
+			tx.Header = append(tx.Header, stages.ParseField(string(raw)))
+			continue
+		}
 		tx.Header = append(tx.Header, stages.Field{Name: string(f.GetName()), Value: string(f.GetValue())})
 	}
 	for _, r := range t.GetResults() {

@@ -8,6 +8,8 @@
 //	fail@…   returns an error (the stage broke)
 //	panic@…  panics inside Run
 //	env@…    reports the Env it was built with in Result
+//	header@… reports the header block it got, as it would write it, in
+//	         Result
 //
 // Otherwise it answers the config's verdict. For a body it reports the
 // size and SHA-256 it read in Result, "<size> <hex>", without one the
@@ -86,6 +88,10 @@ func (f *filter) Run(_ context.Context, ph stages.Phase, tx *stages.Transaction)
 		panic("testplugin told to panic")
 	case "env":
 		return stages.Verdict{Result: fmt.Sprintf("%+v", f.env)}, nil
+	case "header":
+		var b strings.Builder
+		tx.Header.WriteTo(&b)
+		return stages.Verdict{Result: b.String()}, nil
 	}
 	v := stages.Verdict{Action: f.cfg.Action, Score: f.cfg.Score, Reason: fmt.Sprintf("pid %d", os.Getpid())}
 	if f.cfg.Reply != "" {

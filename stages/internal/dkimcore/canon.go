@@ -15,10 +15,11 @@ const (
 )
 
 // ParseCanon reads a c= value, "header/body" or "header" alone (the body
-// then is simple, RFC 6376 §3.5). An empty value or an unknown algorithm
-// is an error.
+// then is simple, RFC 6376 §3.5), without regard to case (the algorithm
+// names are ABNF strings, RFC 5234 §2.3). An empty value or an unknown
+// algorithm is an error.
 func ParseCanon(v string) (header, body Canon, err error) {
-	h, b, two := strings.Cut(v, "/")
+	h, b, two := strings.Cut(strings.ToLower(StripFWS(v)), "/")
 	if !two {
 		b = string(Simple)
 	}
@@ -32,20 +33,19 @@ func ParseCanon(v string) (header, body Canon, err error) {
 }
 
 // CanonHeader returns a header field canonicalized for hashing, with its
-// CRLF. value is the text after the colon with folding kept, as
-// stages.Field holds it, less the one space after the colon, which the
-// simple form puts back: a field received as "Name:value" with no space
-// is rebuilt with one, the form in which the gateway relays it.
+// CRLF. raw is the field as it goes on the wire (stages.Field.Raw), folding
+// kept, without the final CRLF.
 //
 // relaxed (RFC 6376 §3.4.2): the name in lower case; the value unfolded,
 // every run of white space made one space, white space at its ends and
 // around the colon deleted. simple (§3.4.1): the field unchanged.
-func CanonHeader(c Canon, name, value string) string {
+func CanonHeader(c Canon, raw string) string {
 	if c == Simple {
-		return name + ": " + value + "\r\n"
+		return raw + "\r\n"
 	}
+	name, value, _ := strings.Cut(raw, ":")
 	var b strings.Builder
-	b.Grow(len(name) + len(value) + 3)
+	b.Grow(len(raw) + 2)
 	b.WriteString(strings.ToLower(strings.TrimRight(name, " \t")))
 	b.WriteByte(':')
 	space := false
@@ -69,12 +69,18 @@ func CanonHeader(c Canon, name, value string) string {
 }
 
 // BodyHasher canonicalizes a body as it is written (RFC 6376 §3.4.3
-// simple, §3.4.4 relaxed) and feeds the result to a hash. The body is
-// read with CRLF line ends, as the gateway spools it; a CR or LF on its
-// own is content. Memory is constant whatever the body.
+// simple, §3.4.4 relaxed) and feeds the first limit octets of the result
+// to a hash (all of them when limit < 0; l=, §3.4.5), counting the whole
+// canonical length so that what lies past l= is known. Memory is constant
+// whatever the body.
+//
+// Line ends: the gateway hands over CRLF; a bare LF (a message file read
+// from disk) ends a line as CRLF does, as Mail::DKIM and opendkim read
+// it; a bare CR is content.
 type BodyHasher struct {
 	c       Canon
 	h       hash.Hash
+	limit   int64
 	buf     []byte
 	crlfs   int  // line ends seen and not yet written: empty lines at the end are dropped
 	wsp     bool // relaxed: white space seen and not yet written
@@ -83,9 +89,10 @@ type BodyHasher struct {
 	total   int64
 }
 
-// NewBodyHasher returns a BodyHasher writing to h.
-func NewBodyHasher(c Canon, h hash.Hash) *BodyHasher {
-	return &BodyHasher{c: c, h: h, buf: make([]byte, 0, 32<<10)}
+// NewBodyHasher returns a BodyHasher writing to h at most limit octets;
+// limit < 0 is no limit.
+func NewBodyHasher(c Canon, h hash.Hash, limit int64) *BodyHasher {
+	return &BodyHasher{c: c, h: h, limit: limit, buf: make([]byte, 0, 32<<10)}
 }
 
 // Write canonicalizes p. It never fails.
@@ -94,8 +101,7 @@ func (b *BodyHasher) Write(p []byte) (int, error) {
 		if b.cr {
 			b.cr = false
 			if c == '\n' {
-				b.crlfs++
-				b.wsp = false // relaxed: white space at the end of a line is ignored
+				b.lineEnd()
 				continue
 			}
 			b.emit('\r')
@@ -103,6 +109,8 @@ func (b *BodyHasher) Write(p []byte) (int, error) {
 		switch {
 		case c == '\r':
 			b.cr = true
+		case c == '\n':
+			b.lineEnd()
 		case b.c == Relaxed && (c == ' ' || c == '\t'):
 			b.wsp = true
 		default:
@@ -110,6 +118,11 @@ func (b *BodyHasher) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+func (b *BodyHasher) lineEnd() {
+	b.crlfs++
+	b.wsp = false // relaxed: white space at the end of a line is ignored
 }
 
 // emit writes content byte c, after the line ends and the space pending
@@ -128,18 +141,21 @@ func (b *BodyHasher) emit(c byte) {
 }
 
 func (b *BodyHasher) put(c byte) {
-	b.buf = append(b.buf, c)
-	b.total++
-	if len(b.buf) == cap(b.buf) {
-		b.h.Write(b.buf)
-		b.buf = b.buf[:0]
+	if b.limit < 0 || b.total < b.limit {
+		b.buf = append(b.buf, c)
+		if len(b.buf) == cap(b.buf) {
+			b.h.Write(b.buf)
+			b.buf = b.buf[:0]
+		}
 	}
+	b.total++
 }
 
 // Close ends the body: a body with content ends in exactly one CRLF; an
 // empty body is CRLF in simple (§3.4.3) and nothing in relaxed (§3.4.4,
-// as corrected by erratum 3192). It returns the length of the
-// canonicalized body, which is what l= counts (§3.4.5).
+// as corrected by erratum 3192). It returns the length of the whole
+// canonicalized body, which is what l= counts (§3.4.5), whatever the
+// limit.
 func (b *BodyHasher) Close() int64 {
 	if b.cr {
 		b.cr = false
@@ -154,3 +170,6 @@ func (b *BodyHasher) Close() int64 {
 	b.buf = b.buf[:0]
 	return b.total
 }
+
+// Sum is the hash of what was hashed, after Close.
+func (b *BodyHasher) Sum() []byte { return b.h.Sum(nil) }

@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -20,14 +19,26 @@ import (
 	"github.com/mailgate/mailgate/stages/resolver"
 )
 
-// Key sizes accepted for RSA. RFC 8301 §3.2: verifiers MUST NOT consider
-// signatures with keys under 1024 bits valid. The upper bound is ours: a
-// verification's cost grows with the key, and the key is the sender's
-// choice.
+// RSA key sizes. RFC 8301 §3.2: signers MUST use keys of at least 1024
+// bits, verifiers MUST NOT consider signatures with shorter keys valid,
+// and verifiers MUST be able to validate keys of 1024 to 4096 bits; so
+// keys made here stay within that, and keys verified here may be longer,
+// up to a bound of ours (a verification's cost grows with the key, and the
+// key is the sender's choice).
 const (
-	MinRSABits = 1024
-	MaxRSABits = 8192
+	MinRSABits       = 1024
+	MaxSignRSABits   = 4096
+	MaxVerifyRSABits = 8192
 )
+
+// Rules are the choices RFC 8301 took away. Every stage verifies with the
+// zero value; Legacy exists so that the dkim stage's conformance test can
+// check canonicalization and crypto against a corpus whose signatures
+// nearly all predate RFC 8301.
+type Rules struct {
+	// Legacy accepts rsa-sha1 and RSA keys under 1024 bits.
+	Legacy bool
+}
 
 // Algorithm is a signing algorithm of the a= tag.
 type Algorithm string
@@ -35,41 +46,67 @@ type Algorithm string
 const (
 	RSASHA256     Algorithm = "rsa-sha256"     // RFC 6376 §3.3.1
 	Ed25519SHA256 Algorithm = "ed25519-sha256" // RFC 8463 §3
+	RSASHA1       Algorithm = "rsa-sha1"       // RFC 6376 §3.3.1; refused by RFC 8301 but with Rules.Legacy
 )
 
-// ParseAlgorithm reads an a= value. rsa-sha1 is refused: RFC 8301 §3.1
-// says signers MUST NOT use it and verifiers MUST NOT consider it valid.
-// Values are case-sensitive, as every tag value of RFC 6376 is unless
-// said otherwise.
-func ParseAlgorithm(v string) (Algorithm, error) {
-	switch a := Algorithm(v); a {
+// ParseAlgorithm reads an a= value, without regard to case (ABNF strings,
+// RFC 5234 §2.3). rsa-sha1 is refused unless r.Legacy: RFC 8301 §3.1 says
+// signers MUST NOT use it and verifiers MUST NOT consider it valid.
+func (r Rules) ParseAlgorithm(v string) (Algorithm, error) {
+	switch a := Algorithm(strings.ToLower(StripFWS(v))); a {
 	case RSASHA256, Ed25519SHA256:
 		return a, nil
-	case "rsa-sha1":
-		return "", errors.New("rsa-sha1 is not accepted (RFC 8301 §3.1)")
+	case RSASHA1:
+		if r.Legacy {
+			return a, nil
+		}
+		return "", errors.New("rsa-sha1 is not accepted (RFC 8301)")
 	default:
-		return "", fmt.Errorf("unknown algorithm %q", clip(v))
+		return "", errors.New("unsupported algorithm")
 	}
 }
 
-func (a Algorithm) keyType() string {
+// KeyType is the k= of the keys that make a's signatures.
+func (a Algorithm) KeyType() string {
 	if a == Ed25519SHA256 {
 		return "ed25519"
 	}
 	return "rsa"
 }
 
+// Hash is the hash a's signatures are made over, of the body (bh=) and of
+// the header.
+func (a Algorithm) Hash() crypto.Hash {
+	if a == RSASHA1 {
+		return crypto.SHA1
+	}
+	return crypto.SHA256
+}
+
 // Key is a public key record (RFC 6376 §3.6.1).
 type Key struct {
 	Type   string // k=: "rsa" or "ed25519"
 	Public crypto.PublicKey
-	Hashes []string // h=: acceptable hash algorithms; nil means all
-	Flags  []string // t=: "y" testing, "s" strict
+	Hashes []string // h=: acceptable hash algorithms, lower case; nil means all
+	Flags  []string // t=: "y" testing, "s" strict (the caller's to apply)
 }
 
 // ErrNoKey is a key record that does not exist: the name has no TXT
 // record (RFC 6376 §6.1.2: PERMFAIL, no key for signature).
 var ErrNoKey = errors.New("no key record")
+
+// ErrKeyRecord matches (errors.Is) every error of ParseKey: a key record
+// that exists but cannot be used (RFC 6376 §6.1.2: PERMFAIL), as opposed
+// to a lookup that failed.
+var ErrKeyRecord = errors.New("unusable key record")
+
+// keyError is an error of ParseKey; its text is the reason alone.
+type keyError string
+
+func (e keyError) Error() string        { return string(e) }
+func (e keyError) Is(target error) bool { return target == ErrKeyRecord }
+
+func keyErrorf(format string, args ...any) error { return keyError(fmt.Sprintf(format, args...)) }
 
 // ParseKey reads a key record:
 //
@@ -81,99 +118,110 @@ var ErrNoKey = errors.New("no key record")
 //	t= flags
 //
 // An RSA key is a DER SubjectPublicKeyInfo (RFC 6376 §3.6.1) or, as some
-// publish, a PKCS#1 RSAPublicKey; an Ed25519 key is the 32 raw bytes
-// (RFC 8463 §4).
+// publish (erratum 3017), a PKCS#1 RSAPublicKey; an Ed25519 key is the 32
+// raw bytes (RFC 8463 §4.2). Unknown tags (the g= of RFC 4871, which RFC
+// 6376 removed) are ignored. Key types, hash and service names compare
+// without regard to case.
 //
 // A line break in the record counts as white space, where RFC 6376 wants
 // FWS: a record published from a zone file written over several lines
 // has bare LFs in it, and reading them as spaces changes no key.
-func ParseKey(record string) (*Key, error) {
+func (r Rules) ParseKey(record string) (*Key, error) {
 	record = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(record)
 	ts, err := ParseTags(record)
 	if err != nil {
-		return nil, fmt.Errorf("key record: %w", err)
+		return nil, keyErrorf("key record: %v", err)
 	}
 	if v, ok := ts.Get("v"); ok && (v != "DKIM1" || ts[0].Name != "v") {
-		return nil, fmt.Errorf("key record: v=%q; expect DKIM1 as the first tag", clip(v))
+		return nil, keyError("key record has an unsupported version")
 	}
 	k := &Key{Type: "rsa"}
 	if v, ok := ts.Get("k"); ok {
-		k.Type = v
+		k.Type = strings.ToLower(StripFWS(v))
 	}
 	if v, ok := ts.Get("h"); ok {
-		k.Hashes = splitColon(v)
+		for _, h := range SplitList(v) {
+			k.Hashes = append(k.Hashes, strings.ToLower(h))
+		}
 	}
 	if v, ok := ts.Get("t"); ok {
-		k.Flags = splitColon(v)
+		k.Flags = SplitList(v)
 	}
 	if v, ok := ts.Get("s"); ok {
-		svc := splitColon(v)
-		if !slices.Contains(svc, "*") && !slices.Contains(svc, "email") {
-			return nil, fmt.Errorf("key record: service %q is not email", clip(v))
+		if !slices.ContainsFunc(SplitList(v), func(s string) bool { return s == "*" || strings.EqualFold(s, "email") }) {
+			return nil, keyError("key record is not for email")
 		}
 	}
 	p, ok := ts.Get("p")
 	if !ok {
-		return nil, errors.New("key record: no p=")
+		return nil, keyError("key record has no p tag")
 	}
 	p = StripFWS(p)
 	if p == "" {
-		return nil, errors.New("key revoked (empty p=)")
+		// §3.6.1 p=: an empty value means the key was revoked.
+		return nil, keyError("key revoked")
 	}
 	der, err := base64.StdEncoding.DecodeString(p)
 	if err != nil {
-		return nil, errors.New("key record: p= is not base64")
+		return nil, keyError("bad base64 in key record")
 	}
 	switch k.Type {
 	case "rsa":
-		pub, err := parseRSA(der)
+		pub, err := r.parseRSA(der)
 		if err != nil {
 			return nil, err
 		}
 		k.Public = pub
 	case "ed25519":
 		if len(der) != ed25519.PublicKeySize {
-			return nil, fmt.Errorf("key record: ed25519 key of %d bytes; expect %d", len(der), ed25519.PublicKeySize)
+			return nil, keyErrorf("ed25519 key of %d bytes; expect %d (RFC 8463)", len(der), ed25519.PublicKeySize)
 		}
 		k.Public = ed25519.PublicKey(der)
 	default:
-		return nil, fmt.Errorf("key record: unknown key type %q", clip(k.Type))
+		return nil, keyError("unsupported key type")
 	}
 	return k, nil
 }
 
-func parseRSA(der []byte) (*rsa.PublicKey, error) {
+func (r Rules) parseRSA(der []byte) (*rsa.PublicKey, error) {
 	var pub *rsa.PublicKey
 	if any, err := x509.ParsePKIXPublicKey(der); err == nil {
-		r, ok := any.(*rsa.PublicKey)
+		rk, ok := any.(*rsa.PublicKey)
 		if !ok {
-			return nil, errors.New("key record: k=rsa but p= is not an RSA key")
+			return nil, keyError("key record: k=rsa but p is not an RSA key")
 		}
-		pub = r
-	} else if r, err2 := x509.ParsePKCS1PublicKey(der); err2 == nil {
-		pub = r
+		pub = rk
+	} else if rk, err := x509.ParsePKCS1PublicKey(der); err == nil {
+		pub = rk
 	} else {
-		return nil, fmt.Errorf("key record: p= is not an RSA public key: %v", err)
+		return nil, keyError("key record: p is not an RSA public key")
 	}
-	if bits := pub.N.BitLen(); bits < MinRSABits || bits > MaxRSABits {
-		return nil, fmt.Errorf("RSA key of %d bits; accepted are %d to %d (RFC 8301 §3.2)", bits, MinRSABits, MaxRSABits)
+	switch bits := pub.N.BitLen(); {
+	case bits < MinRSABits && !r.Legacy:
+		return nil, keyErrorf("RSA key of %d bits is too short (RFC 8301)", bits)
+	case bits > MaxVerifyRSABits:
+		return nil, keyErrorf("RSA key of %d bits is too long (at most %d)", bits, MaxVerifyRSABits)
 	}
 	return pub, nil
 }
 
-func splitColon(v string) []string {
-	var out []string
-	for _, s := range strings.Split(v, ":") {
-		if s = strings.TrimSpace(StripFWS(s)); s != "" {
-			out = append(out, s)
-		}
+// Fits says whether k may verify signatures of algorithm a: the key type
+// is a's, and h=, if present, allows a's hash (RFC 6376 §3.6.1).
+func (k *Key) Fits(a Algorithm) error {
+	if k.Type != a.KeyType() {
+		return keyError("key type does not match the algorithm")
 	}
-	return out
+	want := strings.TrimPrefix(string(a), a.KeyType()+"-")
+	if k.Hashes != nil && !slices.Contains(k.Hashes, want) {
+		return keyError("key record does not allow the hash algorithm")
+	}
+	return nil
 }
 
 // TXTLookup looks up the TXT records of a name: each record's strings
 // joined (RFC 6376 §3.6.2.2). An error wrapping resolver.ErrTemporary is a
-// failure to be tried again later; a name without TXT records is ErrNoKey.
+// failure to be tried again later; a name without TXT records gives none
+// and no error.
 type TXTLookup func(ctx context.Context, name string) ([]string, error)
 
 // ResolverTXT is a TXTLookup through the gateway's resolver.
@@ -195,19 +243,19 @@ func ResolverTXT(r *resolver.Resolver) TXTLookup {
 
 // LookupKey fetches and parses the key of selector s in domain d, at
 // s._domainkey.d (RFC 6376 §3.6.2.1). Of several records, the first that
-// parses is taken (§3.6.2.2 lets the verifier choose).
-func LookupKey(ctx context.Context, lookup TXTLookup, s, d string) (*Key, error) {
-	name := s + "._domainkey." + d
-	recs, err := lookup(ctx, name)
+// parses is taken (§3.6.2.2 lets the verifier choose). A name without a
+// record is ErrNoKey; a lookup error is returned as the lookup gave it.
+func (r Rules) LookupKey(ctx context.Context, lookup TXTLookup, s, d string) (*Key, error) {
+	recs, err := lookup(ctx, s+"._domainkey."+d)
 	if err != nil {
 		return nil, err
 	}
 	if len(recs) == 0 {
-		return nil, fmt.Errorf("%s: %w", name, ErrNoKey)
+		return nil, ErrNoKey
 	}
 	var first error
-	for _, r := range recs {
-		k, err := ParseKey(r)
+	for _, rec := range recs {
+		k, err := r.ParseKey(rec)
 		if err == nil {
 			return k, nil
 		}
@@ -215,29 +263,32 @@ func LookupKey(ctx context.Context, lookup TXTLookup, s, d string) (*Key, error)
 			first = err
 		}
 	}
-	return nil, fmt.Errorf("%s: %w", name, first)
+	return nil, first
 }
 
-// Verify checks sig, the signature by algorithm a over data (the
-// canonicalized header fields), with k. The data is hashed with SHA-256
-// and the digest signed, by RSASSA-PKCS1-v1_5 (RFC 6376 §3.3.1) or by
-// Ed25519 (RFC 8463 §3: PureEdDSA over the SHA-256 digest).
+// ErrBadSignature is a signature that does not verify with its key.
+var ErrBadSignature = errors.New("signature did not verify")
+
+// Verify checks sig, the signature by algorithm a over data (HeaderData),
+// with k. The data is hashed with a's hash and the digest signed, by
+// RSASSA-PKCS1-v1_5 (RFC 6376 §3.3.1) or by Ed25519 (RFC 8463 §3:
+// PureEdDSA over the SHA-256 digest). A key that does not fit a is the
+// error Fits gives; a signature that does not verify is ErrBadSignature.
 func Verify(k *Key, a Algorithm, data, sig []byte) error {
-	if k.Type != a.keyType() {
-		return fmt.Errorf("a=%s with a key of type %s", a, k.Type)
+	if err := k.Fits(a); err != nil {
+		return err
 	}
-	if k.Hashes != nil && !slices.Contains(k.Hashes, "sha256") {
-		return errors.New("the key record does not allow sha256 (h=)")
-	}
-	digest := sha256.Sum256(data)
+	h := a.Hash().New()
+	h.Write(data)
+	digest := h.Sum(nil)
 	switch pub := k.Public.(type) {
 	case *rsa.PublicKey:
-		if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig); err != nil {
-			return errors.New("signature does not verify")
+		if rsa.VerifyPKCS1v15(pub, a.Hash(), digest, sig) != nil {
+			return ErrBadSignature
 		}
 	case ed25519.PublicKey:
-		if !ed25519.Verify(pub, digest[:], sig) {
-			return errors.New("signature does not verify")
+		if !ed25519.Verify(pub, digest, sig) {
+			return ErrBadSignature
 		}
 	default:
 		return errors.New("unsupported key")
@@ -248,24 +299,30 @@ func Verify(k *Key, a Algorithm, data, sig []byte) error {
 // Sign signs data with key (an *rsa.PrivateKey or ed25519.PrivateKey), the
 // counterpart of Verify. It returns the algorithm the key makes.
 func Sign(key crypto.Signer, data []byte) (Algorithm, []byte, error) {
-	digest := sha256.Sum256(data)
+	a, err := KeyAlgorithm(key)
+	if err != nil {
+		return "", nil, err
+	}
+	h := a.Hash().New()
+	h.Write(data)
+	digest := h.Sum(nil)
 	switch k := key.(type) {
 	case *rsa.PrivateKey:
-		sig, err := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, digest[:])
-		return RSASHA256, sig, err
+		sig, err := rsa.SignPKCS1v15(rand.Reader, k, a.Hash(), digest)
+		return a, sig, err
 	case ed25519.PrivateKey:
-		return Ed25519SHA256, ed25519.Sign(k, digest[:]), nil
-	default:
-		return "", nil, fmt.Errorf("unsupported key type %T; expect RSA or Ed25519", key)
+		return a, ed25519.Sign(k, digest), nil
 	}
+	return "", nil, fmt.Errorf("unsupported key type %T; expect RSA or Ed25519", key)
 }
 
-// KeyAlgorithm returns the algorithm a private key signs with.
+// KeyAlgorithm returns the algorithm a private key signs with. An RSA key
+// must have MinRSABits to MaxSignRSABits bits.
 func KeyAlgorithm(key crypto.Signer) (Algorithm, error) {
 	switch k := key.(type) {
 	case *rsa.PrivateKey:
-		if bits := k.N.BitLen(); bits < MinRSABits || bits > MaxRSABits {
-			return "", fmt.Errorf("RSA key of %d bits; expect %d to %d (RFC 8301 §3.2)", bits, MinRSABits, MaxRSABits)
+		if bits := k.N.BitLen(); bits < MinRSABits || bits > MaxSignRSABits {
+			return "", fmt.Errorf("RSA key of %d bits; expect %d to %d (RFC 8301 §3.2), 2048 recommended", bits, MinRSABits, MaxSignRSABits)
 		}
 		return RSASHA256, nil
 	case ed25519.PrivateKey:
@@ -276,9 +333,9 @@ func KeyAlgorithm(key crypto.Signer) (Algorithm, error) {
 }
 
 // ParsePrivateKey reads a PEM private key for signing: PKCS#1 ("RSA
-// PRIVATE KEY") or PKCS#8 ("PRIVATE KEY", RSA or Ed25519), the forms
-// openssl and `mailgate dkim keygen` write. An RSA key must have 1024 to
-// 8192 bits (RFC 8301 §3.2).
+// PRIVATE KEY", as opendkim-genkey writes) or PKCS#8 ("PRIVATE KEY", RSA
+// or Ed25519, as openssl genpkey and mailgate dkim keygen write), checked
+// by KeyAlgorithm.
 func ParsePrivateKey(pemText []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(pemText)
 	if block == nil {
@@ -292,7 +349,7 @@ func ParsePrivateKey(pemText []byte) (crypto.Signer, error) {
 	case "PRIVATE KEY":
 		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
 	default:
-		return nil, fmt.Errorf("PEM block %q; expect RSA PRIVATE KEY or PRIVATE KEY", block.Type)
+		return nil, fmt.Errorf("PEM block %q; expect \"PRIVATE KEY\" or \"RSA PRIVATE KEY\"", block.Type)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", block.Type, err)

@@ -1,17 +1,24 @@
-// Package dkimcore is the part of DKIM (RFC 6376) that ARC (RFC 8617)
-// builds on and go-msgauth does not export: tag lists, header and body
-// canonicalization, key records and the signature algorithms. It knows
-// nothing of a DKIM-Signature's own rules (required tags, v=, i=); those
-// belong to the caller, which for ARC has different ones.
+// Package dkimcore is the one implementation of the DKIM machinery (RFC
+// 6376) in mailgate: tag lists, header and body canonicalization, the
+// choice of signed fields, key records and their lookup, and the
+// signature algorithms (RFC 8463 for Ed25519, RFC 8301 for what is no
+// longer accepted). The dkim stage verifies DKIM-Signature fields with it,
+// the dkim-sign stage makes them, and the arc stage verifies and makes ARC
+// signatures and seals (RFC 8617), which are DKIM signatures under other
+// rules. It knows nothing of a DKIM-Signature's own tags (v=, i=, the
+// required ones); those belong to the caller.
 //
 // Every function here bounds its work by its input: nothing loops over
-// more than the bytes it is given.
+// more than the bytes it is given, and SignedFields is linear in the
+// header and the h= list however h= repeats names.
 package dkimcore
 
 import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/mailgate/mailgate/stages"
 )
 
 // Tag is one tag-spec of a tag list: its name and its value with the
@@ -157,6 +164,61 @@ func StripFWS(v string) string {
 // follows makes the surrounding white space irrelevant).
 func BlankTag(s string, t *Tag) string {
 	return s[:t.Start] + s[t.End:]
+}
+
+// BlankField returns field f as it goes on the wire (f.Raw) with the value
+// of tag t blanked as BlankTag does; t is a tag of f.Value, which is the
+// end of the raw field.
+func BlankField(f stages.Field, t *Tag) string {
+	raw := f.Raw()
+	return raw[:len(raw)-len(f.Value)] + BlankTag(f.Value, t)
+}
+
+// DecodeQP decodes dkim-quoted-printable (RFC 6376 §2.11), the form of
+// i= and z=: "=XX" is the octet XX, white space is dropped.
+func DecodeQP(s string) (string, error) {
+	s = StripFWS(s)
+	if !strings.Contains(s, "=") {
+		return s, nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '=' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+			return "", errors.New("bad quoted-printable")
+		}
+		b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+		i += 2
+	}
+	return b.String(), nil
+}
+
+func isHex(c byte) bool { return isDigit(c) || 'A' <= c && c <= 'F' || 'a' <= c && c <= 'f' }
+
+func unhex(c byte) byte {
+	switch {
+	case isDigit(c):
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+// SplitList splits a colon-separated list (h=, q=, and a key record's h=,
+// s= and t=) into its elements, white space removed; empty elements
+// ("from::to") are dropped.
+func SplitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(StripFWS(v), ":") {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
