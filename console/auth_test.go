@@ -1,6 +1,9 @@
 package console
 
 import (
+	"bytes"
+	"io"
+	"mime/multipart"
 	"net/http"
 	"net/url"
 	"strings"
@@ -229,5 +232,41 @@ func TestSecretKept(t *testing.T) {
 	}
 	if string(a) != string(b) || len(a) != 32 {
 		t.Fatalf("secret not kept: %x then %x", a, b)
+	}
+}
+
+// TestPostBodyBounded: before any login, a POST is a small urlencoded
+// form or nothing: multipart (which Go would spool to a temporary file)
+// gets 415, a form over 64 KiB 413, and neither reaches the login.
+func TestPostBodyBounded(t *testing.T) {
+	e := newTestEnv(t, "")
+	post := func(ctype string, body io.Reader) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/login", body)
+		req.Header.Set("Content-Type", ctype)
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	var mp bytes.Buffer
+	mw := multipart.NewWriter(&mp)
+	mw.WriteField("name", "admin")
+	f, _ := mw.CreateFormFile("upload", "big.bin")
+	f.Write(bytes.Repeat([]byte("x"), 1<<20))
+	mw.Close()
+	if code := post(mw.FormDataContentType(), &mp); code != http.StatusUnsupportedMediaType {
+		t.Errorf("multipart POST /login: %d, want 415", code)
+	}
+	big := "name=admin&password=" + strings.Repeat("x", 65<<10)
+	if code := post("application/x-www-form-urlencoded", strings.NewReader(big)); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a 65 KiB form: %d, want 413", code)
+	}
+	if code := post("application/x-www-form-urlencoded; charset=utf-8", strings.NewReader("name=admin&password=x")); code != http.StatusUnauthorized {
+		t.Errorf("a small form: %d, want 401", code)
 	}
 }

@@ -1,6 +1,8 @@
 package console
 
 import (
+	"errors"
+	"mime"
 	"net"
 	"net/http"
 	"net/netip"
@@ -45,8 +47,38 @@ func (c *Console) guard(next http.Handler) http.Handler {
 			c.fail(w, r, http.StatusMisdirectedRequest, "This server does not serve that name.")
 			return
 		}
+		if !c.readForm(w, r) {
+			return
+		}
 		xorigin.Handler(next).ServeHTTP(w, r)
 	})
+}
+
+// maxBody bounds what a request may send: the console's forms are small.
+const maxBody = 64 << 10
+
+// readForm reads a request's form before any page, within maxBody: a
+// POST must be a urlencoded form (415 otherwise: a multipart body, which
+// Go would spool to a temporary file, is refused unread), and a body over
+// the bound gets 413. The pages then read r.PostForm, never the body.
+func (c *Console) readForm(w http.ResponseWriter, r *http.Request) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	if r.Method == http.MethodPost {
+		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if err != nil || mt != "application/x-www-form-urlencoded" {
+			c.fail(w, r, http.StatusUnsupportedMediaType, "Only a form of this console can be sent here.")
+			return false
+		}
+	}
+	if err := r.ParseForm(); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			c.fail(w, r, http.StatusRequestEntityTooLarge, "The form was too large.")
+		} else {
+			c.fail(w, r, http.StatusBadRequest, "The form could not be read.")
+		}
+		return false
+	}
+	return true
 }
 
 // ownHost reports whether r is addressed to the console: its Host (any
