@@ -46,10 +46,11 @@
 // The recipients' own lists (Options.UserLists, kept by the console) are
 // checked at RCPT, after the site's block-list: an entry of the recipient
 // that blocks the sender refuses that recipient (policy.user_block); one
-// that allows the sender delivers what the policy would otherwise
-// quarantine or tag (policy.user_allow), while a reject stays a reject (a
-// virus, a sender SPF refuses, a score over reject_score: a sender is
-// easy to forge). Whether the sender is allowed is part of the message's
+// that allows the sender delivers what the score thresholds would
+// otherwise quarantine or tag (policy.user_allow), while what a stage
+// chose by its own action stays (a virus quarantined or refused, a file
+// type, DMARC p=quarantine, a sender SPF refuses), and so does a score
+// over reject_score: a sender is easy to forge. Whether the sender is allowed is part of the message's
 // policy: a recipient who allows it and one who does not are split as two
 // policies are (452 4.5.3).
 package pipeline
@@ -340,12 +341,18 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 	decided := merge(s.carried(eff), outs, append(slices.Clone(s.outs), outs...), d.Score, eff)
 	d.Action, d.Stage, d.Reason = decided.action, decided.stage, decided.reason
 	d.Reply = replyFor(decided, log)
-	if ph == stages.Data && s.allowed != "" && (d.Action == stages.Quarantine || d.Action == stages.Tag) {
+	// An allow entry overrules the score thresholds only: an action a
+	// stage chose (a virus quarantined, DMARC p=quarantine) stands, as a
+	// sender is easy to forge.
+	if ph == stages.Data && s.allowed != "" && decided.byStages != nil && (d.Action == stages.Quarantine || d.Action == stages.Tag) {
 		const name = "policy.user_allow"
 		reason := fmt.Sprintf("%s (%s: %s) overruled by the recipients' allow-lists: %s", d.Action, d.Stage, d.Reason, s.allowed)
 		log.LogAttrs(ctx, slog.LevelInfo, "policy list", slog.String("list", name), slog.String("overruled", d.Action.String()), slog.String("entry", s.allowed))
 		d.Trace = append(d.Trace, trace.Stage{Name: name, Kind: "policy", Phase: ph.String(), Action: stages.Continue, Result: "allowed", Reason: reason})
 		d.Action, d.Stage, d.Reason = stages.Continue, name, reason
+		if below := decided.byStages; below.action == stages.Tag {
+			d.Action, d.Stage, d.Reason = below.action, below.stage, below.reason
+		}
 	}
 
 	if d.Action == stages.Reject || d.Action == stages.TempFail {

@@ -20,8 +20,8 @@ func (m memLists) Entries(_ context.Context, owner string) ([]state.ListEntry, e
 }
 
 // TestUserLists: a recipient's block entry refuses that recipient; an
-// allow entry delivers what would be quarantined or tagged but not what
-// is rejected; recipients who allow and who do not are split.
+// allow entry delivers what the score thresholds would quarantine or tag,
+// not what a stage quarantined, tagged or rejected by its own action; recipients who allow and who do not are split.
 func TestUserLists(t *testing.T) {
 	lists := memLists{
 		"bob@example.test":   {{Owner: "bob@example.test", Kind: state.Allow, Sender: "example.org"}},
@@ -67,6 +67,20 @@ func TestUserLists(t *testing.T) {
 	_, d, _ = run(newP(stages.Verdict{Action: stages.Reject, Result: "infected"}), "bob@example.test")
 	if d.Action != stages.Reject {
 		t.Fatalf("allowed virus: %s, want reject", d.Action)
+	}
+	// ... and what a stage quarantined or tagged by its own action, not by
+	// score (a virus, a forbidden file type, DMARC p=quarantine), stays:
+	// a forged MAIL FROM of an allowed sender must not deliver a virus.
+	for _, a := range []stages.Action{stages.Quarantine, stages.Tag} {
+		_, d, _ = run(newP(stages.Verdict{Action: a, Result: "infected"}), "bob@example.test")
+		if d.Action != a || d.Stage != "spam" {
+			t.Errorf("allowed sender, a stage's %s: %s by %s, want %[1]s by spam", a, d.Action, d.Stage)
+		}
+	}
+	// A stage's tag stands under an allowed quarantine by score.
+	_, d, _ = run(newP(stages.Verdict{Action: stages.Tag, Score: 12, Result: "bulk"}), "bob@example.test")
+	if d.Action != stages.Tag || d.Stage != "spam" {
+		t.Errorf("allowed sender, a stage's tag and a quarantine by score: %s by %s, want tag by spam", d.Action, d.Stage)
 	}
 	// Two who allow go together; one who does not is split off, both ways.
 	ds, d, _ = run(newP(stages.Verdict{Score: 12}), "bob@example.test", "dave@example.test", "user@example.test")
