@@ -46,7 +46,8 @@ type DigestMessage struct {
 	Time                      time.Time
 	Score                     float64
 	// View opens the message; Release, Allow and Block open a page with
-	// the button that does it (mail scanners follow links).
+	// the button that does it (mail scanners follow links). Release is ""
+	// for a hold only an admin may release.
 	View, Release, Allow, Block string
 }
 
@@ -146,6 +147,9 @@ func (c *Console) digest(cfg *policy.Config, subject, body *template.Template, r
 			m.From = "<>"
 		}
 		m.Release, m.Allow, m.Block = m.View+"/release", m.View+"/allow", m.View+"/block"
+		if !c.endUserMayRelease(rec) {
+			m.Release = ""
+		}
 		d.Messages = append(d.Messages, m)
 	}
 	var subj, text bytes.Buffer

@@ -72,6 +72,11 @@ func (c *Console) endUserConfirm(w http.ResponseWriter, r *http.Request, v view)
 	if rec == nil {
 		return
 	}
+	if op == "release" && !c.endUserMayRelease(rec) {
+		c.render(w, http.StatusForbidden, "error", view{Title: "Ask your administrator", Rcpt: v.Rcpt, Token: v.Token,
+			Data: "This message was held as dangerous: ask your administrator to release it."})
+		return
+	}
 	v.Title = label + "?"
 	v.Data = confirmData{Op: op, Label: label, Subject: c.subject(id), From: rec.From, Action: "/u/" + v.Token + "/" + id + "/" + op}
 	c.render(w, http.StatusOK, "confirm", v)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/stages"
 )
@@ -241,5 +242,52 @@ func TestDigestDue(t *testing.T) {
 	e.advance(24 * time.Hour)
 	if err := e.c.digestDue(context.Background()); err != nil || count() != 2 {
 		t.Fatalf("next day: %v, %d digests", err, count())
+	}
+}
+
+// TestEndUserReleasesScoreHoldsOnly: an end user releases what a score
+// threshold held, not what a stage held by its own action (a virus): the
+// page, the confirm link and the digest say to ask the administrator, a
+// POST is refused and nothing is queued; an admin releases it; a stage
+// [web] enduser_release lists is released by end users too.
+func TestEndUserReleasesScoreHoldsOnly(t *testing.T) {
+	for _, listed := range []bool{false, true} {
+		extra := ""
+		if listed {
+			extra = "enduser_release = [\"clamav\"]\n[[stage]]\nname = \"clamav\"\nkind = \"clamav\""
+		}
+		e := newTestEnv(t, extra)
+		virus := e.quarantined("a@shop.example", []string{"bob@example.test"}, "Subject: invoice\r\n\r\nhi\r\n", time.Now(), func(r *quarantine.Record) {
+			r.Stage, r.Reason, r.ByScore = "clamav", "infected: Eicar-Test-Signature", false
+		})
+		b := e.browser()
+		home := e.linkPath("bob@example.test")
+		page := b.get(home + "/" + virus.ID)
+		tok := csrfRE.FindStringSubmatch(page.body)[1]
+		r := b.post(home+"/"+virus.ID+"/release", url.Values{"csrf": {tok}})
+		queued, _ := e.backend.spool.List()
+		if listed {
+			if r.code != http.StatusOK || len(queued) != 1 {
+				t.Errorf("enduser_release = [clamav]: release %d, %d queued\n%s", r.code, len(queued), r.body)
+			}
+			continue
+		}
+		if !strings.Contains(page.body, "ask your administrator") || strings.Contains(page.body, `id="release"`) {
+			t.Errorf("bob's page of a virus offers a release\n%s", page.body)
+		}
+		if c := b.get(home + "/" + virus.ID + "/release"); c.code != http.StatusForbidden || !strings.Contains(c.body, "ask your administrator") {
+			t.Errorf("confirm page of a virus: %d\n%s", c.code, c.body)
+		}
+		if r.code != http.StatusBadRequest || !strings.Contains(r.body, "ask your administrator") || len(queued) != 0 {
+			t.Fatalf("bob released a virus: %d, %d queued\n%s", r.code, len(queued), r.body)
+		}
+		admin := e.browser()
+		atok := admin.login("admin")
+		if r := admin.post("/quarantine/"+virus.ID+"/release", url.Values{"csrf": {atok}}); r.code != http.StatusOK {
+			t.Fatalf("admin release: %d\n%s", r.code, r.body)
+		}
+		if queued, _ := e.backend.spool.List(); len(queued) != 1 {
+			t.Fatalf("admin release queued %d", len(queued))
+		}
 	}
 }

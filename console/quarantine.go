@@ -1,6 +1,7 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -105,6 +106,9 @@ type shownData struct {
 	Rec     *quarantine.Record
 	Preview Preview
 	Pending []string
+	// Releasable is false for a hold the viewer may not release: an end
+	// user's of a stage's own action.
+	Releasable bool
 	// Base is where the page's forms post: /quarantine/ID or, for an
 	// end user, /u/TOKEN/ID.
 	Base string
@@ -138,9 +142,9 @@ func (c *Console) quarantineShow(w http.ResponseWriter, r *http.Request, v view)
 	if rec == nil {
 		return
 	}
-	d := shownData{Rec: rec, Base: "/quarantine/" + id, Rcpts: rec.Rcpts}
+	d := shownData{Rec: rec, Base: "/quarantine/" + id, Rcpts: rec.Rcpts, Releasable: true}
 	if v.Rcpt != "" {
-		d.Base, d.Rcpts = "/u/"+v.Token+"/"+id, []string{v.Rcpt}
+		d.Base, d.Rcpts, d.Releasable = "/u/"+v.Token+"/"+id, []string{v.Rcpt}, c.endUserMayRelease(rec)
 	}
 	for _, a := range rec.Pending() {
 		if slices.ContainsFunc(d.Rcpts, func(b string) bool { return address.Equal(a, b) }) {
@@ -183,6 +187,9 @@ func (c *Console) quarantineEML(w http.ResponseWriter, r *http.Request, v view) 
 func (c *Console) act(ctx context.Context, v view, op string, rec *quarantine.Record, rcpts []string) (string, error) {
 	switch op {
 	case "release":
+		if v.Rcpt != "" && !c.endUserMayRelease(rec) {
+			return "", refusef("%s was held by %s; ask your administrator to release it", rec.ID, cmp.Or(rec.Stage, "the gateway"))
+		}
 		if v.Rcpt != "" || len(rcpts) < len(rec.Rcpts) {
 			// Some recipients: only those not released yet.
 			var pending []string
@@ -225,6 +232,14 @@ func (c *Console) act(ctx context.Context, v view, op string, rec *quarantine.Re
 		return fmt.Sprintf("Mail from %s is %s%s from now on.", rec.From, map[string]string{"allow": "allowed", "block": "blocked"}[op], to(rcpts)), nil
 	}
 	return "", refusef("no such operation %q", op)
+}
+
+// endUserMayRelease reports whether an end user may release rec: a hold
+// a score threshold made, or one of a stage [web] enduser_release lists.
+// What a stage held by its own action (a virus, a file type) needs an
+// admin: a sender is easy to forge.
+func (c *Console) endUserMayRelease(rec *quarantine.Record) bool {
+	return rec.ByScore || slices.Contains(c.opts.Config().Web.EndUserRelease, rec.Stage)
 }
 
 func to(rcpts []string) string {

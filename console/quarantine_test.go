@@ -39,8 +39,9 @@ const hostileMessage = "From: \"Eve <script>alert('from')</script>\" <eve@bad.ex
 	"TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAA==\r\n" +
 	"--b1--\r\n"
 
-// quarantined puts a message into the test quarantine.
-func (e *testEnv) quarantined(from string, rcpts []string, msg string, at time.Time) *quarantine.Record {
+// quarantined puts a message into the test quarantine, held by score
+// unless an edit says otherwise.
+func (e *testEnv) quarantined(from string, rcpts []string, msg string, at time.Time, edits ...func(*quarantine.Record)) *quarantine.Record {
 	e.t.Helper()
 	w, err := e.backend.spool.Create()
 	if err != nil {
@@ -51,8 +52,11 @@ func (e *testEnv) quarantined(from string, rcpts []string, msg string, at time.T
 		e.t.Fatal(err)
 	}
 	rec := &quarantine.Record{ID: w.ID(), From: from, Rcpts: rcpts, Time: at, Score: 12, Stage: "spam",
-		Reason: "score 12 reached quarantine_score 10", ClientAddr: "192.0.2.66", ClientHelo: "bad.example",
+		Reason: "score 12 reached quarantine_score 10", ByScore: true, ClientAddr: "192.0.2.66", ClientHelo: "bad.example",
 		Verdicts: []trace.Stage{{Name: "spam", Kind: "spam", Phase: "data", Action: stages.Quarantine, Score: 12, Result: "spam", DurationMS: 4}}}
+	for _, f := range edits {
+		f(rec)
+	}
 	if err := e.backend.quar.Add(rec, w.Path()); err != nil {
 		e.t.Fatal(err)
 	}

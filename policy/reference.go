@@ -163,6 +163,7 @@ var Reference = []KeyDoc{
 	{"web.secret_file", "(<data_dir>/web/secret)", nil, "the key that signs sessions, CSRF tokens and end users' links; made at the first start, refused when group or others may read it; the nodes of a cluster share one"},
 	{"web.session_ttl", `"12h"`, nil, "how long a login lasts"},
 	{"web.link_ttl", `"168h"`, nil, "how long an end user's quarantine link works (7 days)"},
+	{"web.enduser_release", `[]`, nil, "stages whose holds end users may release from their links too; by default they may release only what a score threshold held, never what a stage held by its own action (a virus, a file type, DMARC `p=quarantine`): those show \"ask your administrator\", and admins release them"},
 	{"web.user", "", nil, "The accounts of the console: `mailgate user add` adds one."},
 	{"web.user.name", "(required)", nil, "the login name, unique, without spaces"},
 	{"web.user.password_hash", "(required)", nil, "bcrypt (`$2b$…`, as `htpasswd -B` makes) or argon2id (`$argon2id$…`, as `mailgate user add` prints); never the password"},

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,8 +43,12 @@ type Web struct {
 	SecretFile string          `toml:"secret_file"`
 	SessionTTL stages.Duration `toml:"session_ttl"` // a login lasts this long; default 12h
 	LinkTTL    stages.Duration `toml:"link_ttl"`    // an end user's link works this long; default 168h
-	Users      []WebUser       `toml:"user"`        // [[web.user]]: who may log in
-	Digest     WebDigest       `toml:"digest"`      // [web.digest]: the end users' daily mail
+	// EndUserRelease are stages whose holds end users may release too;
+	// by default they may release only what a score threshold held,
+	// never what a stage held by its own action (a virus, a file type).
+	EndUserRelease []string  `toml:"enduser_release"`
+	Users          []WebUser `toml:"user"`   // [[web.user]]: who may log in
+	Digest         WebDigest `toml:"digest"` // [web.digest]: the end users' daily mail
 }
 
 // WebDigest is [web.digest]: a daily mail to each recipient with mail
@@ -183,6 +188,11 @@ func (v *validator) web(c *Config, k key) {
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Hostname() == "" || u.User != nil ||
 			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 			v.errorf(k.field("base_url"), `unexpected %q; expect the URL users reach the console at, such as "https://console.example.test"`, w.BaseURL)
+		}
+	}
+	for i, name := range w.EndUserRelease {
+		if !slices.ContainsFunc(c.Stages, func(s StageConfig) bool { return s.Name == name }) {
+			v.errorf(k.field("enduser_release").index(i), "unexpected %q; expect the name of a [[stage]]", name)
 		}
 	}
 	for i, h := range w.Hosts {

@@ -231,6 +231,9 @@ type Decision struct {
 	Policy       string        // the name of the policy applied: policy.DefaultName or an override's
 	Trace        []trace.Stage // every stage that ran in this phase, in chain order, sealing stages last
 	BodyReplaced bool          // a stage replaced tx.Body with a stages.BytesBody
+	// ByScore is true when a score threshold decided, not the action of a
+	// stage: only such a hold may an end user release (package console).
+	ByScore bool
 }
 
 // Session is the running state of one SMTP session for the pipeline: the
@@ -340,6 +343,7 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 	d.Score = s.score + phaseScore
 	decided := merge(s.carried(eff), outs, append(slices.Clone(s.outs), outs...), d.Score, eff)
 	d.Action, d.Stage, d.Reason = decided.action, decided.stage, decided.reason
+	d.ByScore = decided.byStages != nil
 	d.Reply = replyFor(decided, log)
 	// An allow entry overrules the score thresholds only: an action a
 	// stage chose (a virus quarantined, DMARC p=quarantine) stands, as a

@@ -73,7 +73,7 @@ func TestUserLists(t *testing.T) {
 	// a forged MAIL FROM of an allowed sender must not deliver a virus.
 	for _, a := range []stages.Action{stages.Quarantine, stages.Tag} {
 		_, d, _ = run(newP(stages.Verdict{Action: a, Result: "infected"}), "bob@example.test")
-		if d.Action != a || d.Stage != "spam" {
+		if d.Action != a || d.Stage != "spam" || d.ByScore {
 			t.Errorf("allowed sender, a stage's %s: %s by %s, want %[1]s by spam", a, d.Action, d.Stage)
 		}
 	}
@@ -91,7 +91,7 @@ func TestUserLists(t *testing.T) {
 		t.Errorf("bob and dave: %s, want continue", d.Action)
 	}
 	ds, d, _ = run(newP(stages.Verdict{Score: 12}), "user@example.test", "bob@example.test")
-	if ds[1].Action != stages.TempFail || d.Action != stages.Quarantine {
+	if ds[1].Action != stages.TempFail || d.Action != stages.Quarantine || !d.ByScore {
 		t.Fatalf("user then bob: %s, data %s; want bob deferred, the message quarantined", ds[1].Action, d.Action)
 	}
 }

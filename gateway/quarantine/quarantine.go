@@ -91,6 +91,9 @@ type Record struct {
 	Stage  string  `json:"stage,omitempty"`
 	Reason string  `json:"reason"`
 	Policy string  `json:"policy,omitempty"` // the [policy] or override applied
+	// ByScore is true for a hold a score threshold made, not a stage's
+	// action (a virus, a file type): end users may release only these.
+	ByScore bool `json:"by_score,omitempty"`
 	// Verdicts are every stage result of the transaction, all phases, in
 	// the order they ran.
 	Verdicts []trace.Stage `json:"verdicts"`
