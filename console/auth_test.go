@@ -270,3 +270,28 @@ func TestPostBodyBounded(t *testing.T) {
 		t.Errorf("a small form: %d, want 401", code)
 	}
 }
+
+// TestSafeNext: after the login, only a path of this console: no other
+// host however spelt (tabs and backslashes browsers drop or turn into
+// slashes, schemes, control bytes).
+func TestSafeNext(t *testing.T) {
+	for next, want := range map[string]string{
+		"/tracking?from=x":       "/tracking?from=x",
+		"/quarantine/ABC":        "/quarantine/ABC",
+		"/%09/evil.example":      "/tracking",
+		"/\t/evil.example":       "/tracking",
+		"//evil.example/x":       "/tracking",
+		"/\\evil.example":        "/tracking",
+		"/%5Cevil.example":       "/tracking",
+		"https://evil.example/":  "/tracking",
+		"javascript:alert(1)":    "/tracking",
+		"/a\x7fb":                "/tracking",
+		"/%0d%0aSet-Cookie:%20x": "/tracking",
+		"":                       "/tracking",
+		"tracking":               "/tracking",
+	} {
+		if got := safeNext(next); got != want {
+			t.Errorf("safeNext(%q) = %q, want %q", next, got, want)
+		}
+	}
+}

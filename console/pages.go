@@ -260,11 +260,22 @@ type loginData struct {
 }
 
 // safeNext is where to go after the login: a path of this console only.
+// Browsers drop tabs and newlines from a URL and read a backslash as a
+// slash, so "/%09/evil.example" would go to another host: the path is
+// decoded, and one with a control byte or a backslash, or starting with
+// anything but a single '/', is refused.
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
-		return "/tracking"
+	const home = "/tracking"
+	if strings.ContainsFunc(next, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
+		return home
 	}
-	return next
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" ||
+		!strings.HasPrefix(u.Path, "/") || strings.HasPrefix(u.Path, "//") ||
+		strings.ContainsFunc(u.Path, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
+		return home
+	}
+	return u.RequestURI()
 }
 
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
