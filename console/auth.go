@@ -1,7 +1,6 @@
 package console
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/policy"
-	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/stages/address"
 )
 
@@ -201,28 +199,6 @@ func (c *Console) LinkURL(rcpt string) string {
 	}
 	exp := c.opts.Now().Add(time.Duration(cfg.Web.LinkTTL))
 	return strings.TrimSuffix(cfg.Web.BaseURL, "/") + "/u/" + c.keys.newLink(rcpt, exp)
-}
-
-// loginLimiter bounds login attempts: per client address and per name,
-// a burst of loginBurst, then one every loginEvery, so that a password
-// cannot be guessed at speed, and a name under attack does not lock out
-// its owner's other addresses for long.
-type loginLimiter struct{ table *ratelimit.Table }
-
-const (
-	loginBurst = 10
-	loginEvery = 30 * time.Second
-)
-
-func newLoginLimiter() *loginLimiter { return &loginLimiter{table: ratelimit.NewTable(100_000)} }
-
-// allow takes an attempt by client for name; false when either is over
-// its limit.
-func (l *loginLimiter) allow(client, name string, now time.Time) bool {
-	lim := ratelimit.NewLimit(1, loginEvery, loginBurst)
-	okClient, _ := l.table.Take(context.Background(), ratelimit.KeyOf("client", client), lim, now)
-	okName, _ := l.table.Take(context.Background(), ratelimit.KeyOf("name", name), lim, now)
-	return okClient && okName
 }
 
 // revocations are the sessions logged out before their expiry, until it.

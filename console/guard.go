@@ -81,6 +81,16 @@ func (c *Console) readForm(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
+// clientAddr is the address of the client r comes from, for the login
+// limits and the logs.
+func (c *Console) clientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
 // ownHost reports whether r is addressed to the console: its Host (any
 // port: behind a proxy the port is the proxy's) is one of [web] hosts,
 // base_url's host or listen's host; the address the client connected to;

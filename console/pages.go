@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -293,13 +292,25 @@ var dummyHash = func() policy.PasswordHash {
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	name, password := r.PostFormValue("name"), r.PostFormValue("password")
 	d := loginData{Next: safeNext(r.PostFormValue("next")), Name: name}
-	client, _, _ := net.SplitHostPort(r.RemoteAddr)
+	client := c.clientAddr(r)
 	now := c.opts.Now()
-	if !c.logins.allow(client, name, now) {
+	ok, wait := c.logins.allow(client, name, now)
+	if !ok {
 		c.log.Warn("web login refused: too many attempts", "client", client, "user", name)
 		d.Error = "Too many attempts. Wait a minute and try again."
 		c.render(w, http.StatusTooManyRequests, "login", view{Title: "Log in", Data: d})
 		return
+	}
+	if wait > 0 {
+		// The name is under attack from many addresses: slower, never
+		// refused, so that its owner still gets in.
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
 	}
 	cfg := c.opts.Config()
 	var user *policy.WebUser
@@ -312,6 +323,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		dummyHash.Verify(password)
 	}
 	if user == nil || !user.PasswordHash.Verify(password) {
+		c.logins.failed(client, name, now)
 		c.log.Warn("web login failed", "client", client, "user", name)
 		d.Error = "Wrong name or password."
 		c.render(w, http.StatusUnauthorized, "login", view{Title: "Log in", Data: d})
@@ -320,6 +332,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	exp := now.Add(time.Duration(cfg.Web.SessionTTL))
 	http.SetCookie(w, &http.Cookie{Name: c.sessionCookie(r), Value: c.keys.newSession(*user, exp), Path: "/",
 		Expires: exp, Secure: c.secure(r), HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	c.logins.succeeded(client, name)
 	c.log.Info("web login", "client", client, "user", name)
 	http.Redirect(w, r, d.Next, http.StatusSeeOther)
 }

@@ -1,0 +1,85 @@
+package console
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"testing"
+	"time"
+)
+
+// browserFrom is a browser whose connections come from the loopback
+// address ip (127.0.0.2, …): another client to the console.
+func (e *testEnv) browserFrom(ip string) *browser {
+	b := e.browser()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	b.client.Transport = &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return d.DialContext(ctx, network, addr)
+	}}
+	return b
+}
+
+// TestLoginLimitPerAddress: failures from one address lock that address
+// out for the name, not the name's owner elsewhere; a success forgets the
+// failures; only failures count.
+func TestLoginLimitPerAddress(t *testing.T) {
+	e := newTestEnv(t, "")
+	attacker, owner := e.browserFrom("127.0.0.2"), e.browserFrom("127.0.0.3")
+	for range loginBurst {
+		attacker.post("/login", url.Values{"name": {"admin"}, "password": {"guess"}})
+	}
+	if r := attacker.post("/login", url.Values{"name": {"admin"}, "password": {testPassword}}); r.code != http.StatusTooManyRequests {
+		t.Fatalf("the attacker's address past the limit: %d, want 429", r.code)
+	}
+	owner.login("admin") // not locked out
+	// Successes do not count, and one forgets the failures before it.
+	for range 2 * loginBurst {
+		owner.login("admin")
+	}
+	for range loginBurst - 1 {
+		owner.post("/login", url.Values{"name": {"admin"}, "password": {"typo"}})
+	}
+	owner.login("admin")
+	for range loginBurst - 1 {
+		owner.post("/login", url.Values{"name": {"admin"}, "password": {"typo"}})
+	}
+	owner.login("admin")
+}
+
+// TestLoginLimiter: the per-name count only delays, growing to a bound;
+// an IPv6 client counts as its /64; a refused attempt adds nothing.
+func TestLoginLimiter(t *testing.T) {
+	l := newLoginLimiter()
+	now := time.Now()
+	var prev time.Duration
+	for i := range nameFree + 40 {
+		a := netip.AddrFrom4([4]byte{192, 0, 2, byte(i)})
+		ok, wait := l.allow(a, "admin", now)
+		if !ok {
+			t.Fatalf("attempt %d from a new address refused", i)
+		}
+		if wait < prev || wait > nameMaxDelay {
+			t.Fatalf("attempt %d: wait %v after %v", i, wait, prev)
+		}
+		prev = wait
+		l.failed(a, "admin", now)
+	}
+	if prev != nameMaxDelay {
+		t.Errorf("the delay reached %v, want %v", prev, nameMaxDelay)
+	}
+	a, b := netip.MustParseAddr("2001:db8:1:2::1"), netip.MustParseAddr("2001:db8:1:2:ffff::9")
+	for range loginBurst {
+		l.failed(a, "bob", now)
+	}
+	if ok, _ := l.allow(b, "bob", now); ok {
+		t.Errorf("another address of the same /64 allowed")
+	}
+	if ok, _ := l.allow(netip.MustParseAddr("2001:db8:1:3::1"), "bob", now); !ok {
+		t.Errorf("another /64 refused")
+	}
+	if ok, _ := l.allow(a, "bob", now.Add(loginEvery)); !ok {
+		t.Errorf("still refused after loginEvery")
+	}
+}
