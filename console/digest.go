@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -88,8 +89,16 @@ func digestFor(cfg *policy.Config, routes *router.Table, rcpt string) bool {
 // SendDigests sends a digest to each recipient with mail quarantined
 // from since to until and not released to them, through the pickup
 // directory (the router delivers it; no stage runs on it). It returns how
-// many it sent.
+// many it sent. A recipient whose digest fails is logged and skipped:
+// the others still get theirs, and the error names every failure.
 func (c *Console) SendDigests(ctx context.Context, since, until time.Time) (int, error) {
+	return c.sendDigests(ctx, since, until, nil)
+}
+
+// sendDigests is SendDigests keeping progress in run (nil: none): the
+// recipients in run.Done are passed over, each one sent is added and run
+// saved, so that a run retried after a failure sends each digest once.
+func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *digestRun) (int, error) {
 	cfg := c.opts.Config()
 	subject, body, err := digestTemplates(cfg)
 	if err != nil {
@@ -118,21 +127,34 @@ func (c *Console) SendDigests(ctx context.Context, since, until time.Time) (int,
 		}
 	}
 	sent := 0
+	var errs []error
 	for _, rcpt := range rcpts {
 		if err := ctx.Err(); err != nil {
-			return sent, err
+			return sent, errors.Join(append(errs, err)...)
 		}
-		msg, err := c.digest(cfg, subject, body, rcpt, byRcpt[strings.ToLower(rcpt)])
+		key := strings.ToLower(rcpt)
+		if run != nil && slices.Contains(run.Done, key) {
+			continue
+		}
+		msg, err := c.digest(cfg, subject, body, rcpt, byRcpt[key])
 		if err == nil {
 			err = pickUp(filepath.Join(cfg.DataDir, "pickup"), stages.Pickup{From: cfg.Web.Digest.From, Rcpts: []string{rcpt}}, msg)
 		}
 		if err != nil {
-			return sent, fmt.Errorf("digest for %s: %w", rcpt, err)
+			c.log.Error("web digest not sent", "rcpt", rcpt, "err", err)
+			errs = append(errs, fmt.Errorf("digest for %s: %w", rcpt, err))
+			continue
 		}
-		c.log.Info("web digest queued", "rcpt", rcpt, "messages", len(byRcpt[strings.ToLower(rcpt)]))
+		c.log.Info("web digest queued", "rcpt", rcpt, "messages", len(byRcpt[key]))
 		sent++
+		if run != nil {
+			run.Done = append(run.Done, key)
+			if err := run.save(); err != nil {
+				return sent, errors.Join(append(errs, err)...)
+			}
+		}
 	}
-	return sent, nil
+	return sent, errors.Join(errs...)
 }
 
 // digest renders rcpt's digest as a whole RFC 5322 message.
@@ -231,7 +253,7 @@ func (c *Console) digestNow(w http.ResponseWriter, r *http.Request, v view) {
 	n, err := c.SendDigests(r.Context(), now.Add(-24*time.Hour), now)
 	if err != nil {
 		c.log.Error("web digest", "err", err)
-		c.fail(w, r, http.StatusInternalServerError, "The digests could not be sent; the log says why.")
+		c.fail(w, r, http.StatusInternalServerError, fmt.Sprintf("%d digest(s) queued; others could not be sent, the log says why.", n))
 		return
 	}
 	c.audit(r.Context(), v, "digest.send", "", fmt.Sprintf("%d digests", n))
@@ -261,7 +283,53 @@ func (c *Console) digestLoop(ctx context.Context) {
 	}
 }
 
-// digestDue sends the digests if today's are due and not sent.
+// digestRun is the state of the daily digests, in
+// <data_dir>/web/digest-sent: the mail held since Last went out in the
+// last complete run; a run in progress (Until set) has sent to Done.
+type digestRun struct {
+	Last  time.Time `json:"last"`
+	Until time.Time `json:"until,omitzero"`
+	Done  []string  `json:"done,omitempty"` // lower case
+	file  string
+}
+
+// loadDigestRun reads file; one written before runs were recorded holds
+// the time alone.
+func loadDigestRun(file string, now time.Time) (*digestRun, error) {
+	run := &digestRun{Last: now.Add(-24 * time.Hour), file: file}
+	b, err := os.ReadFile(file)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return run, nil
+	case err != nil:
+		return nil, err
+	}
+	if t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(b))); err == nil {
+		run.Last = t
+	} else if err := json.Unmarshal(b, run); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return run, nil
+}
+
+func (r *digestRun) save() error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp := r.file + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, r.file)
+}
+
+// digestRetryFor is how long a run that failed for some recipients is
+// retried (each digestTick) before they are given up on, logged.
+const digestRetryFor = 12 * time.Hour
+
+// digestDue sends the digests if today's are due and not sent, and
+// retries those of a run that failed for some recipients.
 func (c *Console) digestDue(ctx context.Context) error {
 	cfg := c.opts.Config()
 	if cfg.Web.Digest.At == "" {
@@ -274,24 +342,26 @@ func (c *Console) digestDue(ctx context.Context) error {
 	now := c.opts.Now()
 	y, m, d := now.Date()
 	due := time.Date(y, m, d, at.Hour(), at.Minute(), 0, 0, now.Location())
-	file := filepath.Join(cfg.DataDir, "web", "digest-sent")
-	last := now.Add(-24 * time.Hour)
-	if b, err := os.ReadFile(file); err == nil {
-		if t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(b))); err == nil {
-			last = t
+	run, err := loadDigestRun(filepath.Join(cfg.DataDir, "web", "digest-sent"), now)
+	if err != nil {
+		return err
+	}
+	if run.Until.IsZero() {
+		if now.Before(due) || !run.Last.Before(due) {
+			return nil
 		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return err
+		run.Until = now
+		if err := run.save(); err != nil {
+			return err
+		}
 	}
-	if now.Before(due) || !last.Before(due) {
-		return nil
+	_, err = c.sendDigests(ctx, run.Last, run.Until, run)
+	if err != nil && now.Sub(run.Until) < digestRetryFor {
+		return err // retried at the next tick, for those not sent
 	}
-	if _, err := c.SendDigests(ctx, last, now); err != nil {
-		return err
+	if err != nil {
+		c.log.Error("web digest given up for some recipients", "err", err)
 	}
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, []byte(now.Format(time.RFC3339Nano)+"\n"), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, file)
+	*run = digestRun{Last: run.Until, file: run.file}
+	return run.save()
 }

@@ -245,6 +245,60 @@ func TestDigestDue(t *testing.T) {
 	}
 }
 
+// TestDigestRecipientFails: a recipient whose digest fails is skipped,
+// the others get theirs; the next tick retries that one alone, so nobody
+// gets a digest twice; once it goes out, the run is complete.
+func TestDigestRecipientFails(t *testing.T) {
+	e := newTestEnv(t, "[web.digest]\nat = \"07:00\"\ndomains = [\"example.test\"]\n")
+	day := time.Date(2030, 5, 6, 7, 1, 0, 0, time.Local)
+	e.mu.Lock()
+	e.now = day
+	e.mu.Unlock()
+	for _, rcpt := range []string{"alice@example.test", "bob@example.test", "carol@example.test"} {
+		e.quarantined("a@shop.example", []string{rcpt}, "Subject: sale\r\n\r\nhi\r\n", day.Add(-time.Hour))
+	}
+	// bob's digest cannot be made: his template fails.
+	tmpl := filepath.Join(e.dir, "digest.tmpl")
+	os.WriteFile(tmpl, []byte(`{{if eq .Rcpt "bob@example.test"}}{{index .Messages 9}}{{end}}Dear {{.Rcpt}}`+"\n"), 0o644)
+	e.c.opts.Config().Web.Digest.Template = tmpl
+	digests := func() map[string]int {
+		got := map[string]int{}
+		files, _ := filepath.Glob(filepath.Join(e.dir, "pickup", "digest-*"))
+		for _, f := range files {
+			b, _ := os.ReadFile(f)
+			env, err := stages.ReadPickup(bufio.NewReader(strings.NewReader(string(b))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[env.Rcpts[0]]++
+		}
+		return got
+	}
+	err := e.c.digestDue(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "bob@example.test") {
+		t.Fatalf("digestDue = %v, want bob's failure", err)
+	}
+	if got := digests(); got["alice@example.test"] != 1 || got["carol@example.test"] != 1 || got["bob@example.test"] != 0 {
+		t.Fatalf("digests %v, want alice's and carol's", got)
+	}
+	e.advance(time.Minute)
+	if err := e.c.digestDue(context.Background()); err == nil {
+		t.Fatal("bob's digest still fails: want the error again")
+	}
+	os.WriteFile(tmpl, []byte("Dear {{.Rcpt}}\n"), 0o644)
+	e.advance(time.Minute)
+	if err := e.c.digestDue(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.advance(time.Minute)
+	if err := e.c.digestDue(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := digests(); len(got) != 3 || got["alice@example.test"] != 1 || got["bob@example.test"] != 1 || got["carol@example.test"] != 1 {
+		t.Fatalf("digests %v, want one each", got)
+	}
+}
+
 // TestEndUserReleasesScoreHoldsOnly: an end user releases what a score
 // threshold held, not what a stage held by its own action (a virus): the
 // page, the confirm link and the digest say to ask the administrator, a
