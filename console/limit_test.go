@@ -2,10 +2,12 @@ package console
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 )
@@ -81,5 +83,27 @@ func TestLoginLimiter(t *testing.T) {
 	}
 	if ok, _ := l.allow(a, "bob", now.Add(loginEvery)); !ok {
 		t.Errorf("still refused after loginEvery")
+	}
+}
+
+// TestLoginLongName: a name longer than any account's is refused at once:
+// not shown back, not logged, not counted against anyone.
+func TestLoginLongName(t *testing.T) {
+	e := newTestEnv(t, "")
+	var logged strings.Builder
+	e.c.log = slog.New(slog.NewTextHandler(&logged, nil))
+	b := e.browser()
+	long := "admin" + strings.Repeat("X", 60)
+	for range loginBurst + 1 {
+		r := b.post("/login", url.Values{"name": {long}, "password": {"guess"}})
+		if r.code != http.StatusUnauthorized || strings.Contains(r.body, "XXXX") {
+			t.Fatalf("a %d-byte name: %d, echoed: %v", len(long), r.code, strings.Contains(r.body, "XXXX"))
+		}
+	}
+	if strings.Contains(logged.String(), "XXXX") {
+		t.Errorf("the long name was logged:\n%s", logged.String())
+	}
+	if n := len(e.c.logins.pairs) + len(e.c.logins.names); n != 0 {
+		t.Errorf("the long name was counted: %d keys", n)
 	}
 }

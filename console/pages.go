@@ -292,6 +292,12 @@ var dummyHash = func() policy.PasswordHash {
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	name, password := r.PostFormValue("name"), r.PostFormValue("password")
 	d := loginData{Next: safeNext(r.PostFormValue("next")), Name: name}
+	if len(name) > policy.MaxWebUserName {
+		// No account has it: not counted, logged or shown back.
+		d.Name, d.Error = "", "Wrong name or password."
+		c.render(w, http.StatusUnauthorized, "login", view{Title: "Log in", Data: d})
+		return
+	}
 	client := c.clientAddr(r)
 	now := c.opts.Now()
 	ok, wait := c.logins.allow(client, name, now)

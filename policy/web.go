@@ -75,6 +75,10 @@ type WebUser struct {
 	Role         string       `toml:"role"`          // admin (default) or auditor (reads, changes nothing)
 }
 
+// MaxWebUserName is the longest login name, in bytes: the console refuses
+// a longer one before it counts, logs or shows it.
+const MaxWebUserName = 64
+
 // WebRoles are the roles a [[web.user]] may have.
 var WebRoles = allowed("web.user.role")
 
@@ -220,8 +224,8 @@ func (v *validator) web(c *Config, k key) {
 		switch first, dup := named[u.Name]; {
 		case u.Name == "":
 			v.errorf(uk.field("name"), `required; expect a login name such as "alice"`)
-		case !isText(u.Name) || strings.ContainsAny(u.Name, " \t") || len(u.Name) > 64:
-			v.errorf(uk.field("name"), "unexpected %q; expect a login name of up to 64 characters without spaces", u.Name)
+		case !isText(u.Name) || strings.ContainsAny(u.Name, " \t") || len(u.Name) > MaxWebUserName:
+			v.errorf(uk.field("name"), "unexpected %q; expect a login name of up to %d characters without spaces", u.Name, MaxWebUserName)
 		case dup:
 			v.errorf(uk.field("name"), "%q is used twice; %s has the same name", u.Name, k.field("user").index(first).name)
 		default:
