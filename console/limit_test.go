@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailgate/mailgate/policy"
 )
 
 // browserFrom is a browser whose connections come from the loopback
@@ -105,5 +107,19 @@ func TestLoginLongName(t *testing.T) {
 	}
 	if n := len(e.c.logins.pairs) + len(e.c.logins.names); n != 0 {
 		t.Errorf("the long name was counted: %d keys", n)
+	}
+}
+
+// TestDummyHashAsUserAdd: an unknown name is checked against a hash of
+// the algorithm and parameters `mailgate user add` uses, so that it takes
+// as long as a known one.
+func TestDummyHashAsUserAdd(t *testing.T) {
+	real, err := policy.HashPassword("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := func(h string) string { return strings.Join(strings.Split(h, "$")[:4], "$") }
+	if got, want := params(dummyHash().String()), params(real); got != want {
+		t.Errorf("dummy hash %s, want %s as mailgate user add", got, want)
 	}
 }

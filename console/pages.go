@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mailgate/mailgate/policy"
@@ -282,12 +283,20 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 }
 
 // dummyHash is verified against when the name is unknown, so that the
-// answer takes as long as for a known name.
-var dummyHash = func() policy.PasswordHash {
+// answer takes as long as for a known name: made by policy.HashPassword,
+// as `mailgate user add` makes the accounts' (argon2id, its parameters),
+// once, at the first login that needs it.
+var dummyHash = sync.OnceValue(func() policy.PasswordHash {
 	var h policy.PasswordHash
-	h.UnmarshalText([]byte("$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"))
+	s, err := policy.HashPassword("not a password")
+	if err == nil {
+		err = h.UnmarshalText([]byte(s))
+	}
+	if err != nil {
+		panic("console: the dummy password hash: " + err.Error())
+	}
 	return h
-}()
+})
 
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	name, password := r.PostFormValue("name"), r.PostFormValue("password")
@@ -326,7 +335,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if user == nil {
-		dummyHash.Verify(password)
+		dummyHash().Verify(password)
 	}
 	if user == nil || !user.PasswordHash.Verify(password) {
 		c.logins.failed(client, name, now)
