@@ -182,15 +182,20 @@ func (c *Console) quarantineEML(w http.ResponseWriter, r *http.Request, v view) 
 	io.Copy(w, m)
 }
 
-// act runs op on quarantined message id for rcpts (the viewer's: all
-// recipients of an admin, the end user's own) and says what it did.
+// act runs op on quarantined message id for rcpts, the recipients chosen
+// (the end user's own, those an admin checked), or nil for all of them,
+// and says what it did.
 func (c *Console) act(ctx context.Context, v view, op string, rec *quarantine.Record, rcpts []string) (string, error) {
+	chosen := rcpts != nil
+	if !chosen {
+		rcpts = rec.Rcpts
+	}
 	switch op {
 	case "release":
 		if v.Rcpt != "" && !c.endUserMayRelease(rec) {
 			return "", refusef("%s was held by %s; ask your administrator to release it", rec.ID, cmp.Or(rec.Stage, "the gateway"))
 		}
-		if v.Rcpt != "" || len(rcpts) < len(rec.Rcpts) {
+		if chosen {
 			// Some recipients: only those not released yet.
 			var pending []string
 			for _, a := range rcpts {
@@ -282,13 +287,16 @@ func (c *Console) quarantineOp(w http.ResponseWriter, r *http.Request, v view) {
 	if rec == nil {
 		return
 	}
-	rcpts := rec.Rcpts
+	var rcpts []string // nil: all
 	if v.Rcpt != "" {
 		rcpts = []string{v.Rcpt}
 	} else if chosen := r.PostForm["rcpt"]; len(chosen) > 0 {
-		rcpts = nil
+		// The message's own recipients that were checked, each once
+		// however spelt (rcpt=bob&rcpt=BOB is bob alone).
+		rcpts = []string{}
 		for _, a := range chosen {
-			if i := slices.IndexFunc(rec.Rcpts, func(b string) bool { return address.Equal(a, b) }); i >= 0 {
+			i := slices.IndexFunc(rec.Rcpts, func(b string) bool { return address.Equal(a, b) })
+			if i >= 0 && !slices.ContainsFunc(rcpts, func(b string) bool { return address.Equal(rec.Rcpts[i], b) }) {
 				rcpts = append(rcpts, rec.Rcpts[i])
 			}
 		}
@@ -324,7 +332,7 @@ func (c *Console) quarantineBulk(w http.ResponseWriter, r *http.Request, v view)
 		}
 		var line string
 		if err == nil {
-			rcpts := rec.Rcpts
+			var rcpts []string // nil: all
 			if v.Rcpt != "" {
 				rcpts = []string{v.Rcpt}
 			}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -167,5 +168,26 @@ func TestQuarantineAllowBlockDelete(t *testing.T) {
 	}
 	if r := b.get("/lists?owner=carol@example.test"); !strings.Contains(r.body, "news@shop.example") || strings.Contains(r.body, "bob@example.test") {
 		t.Errorf("carol's lists page:\n%s", r.body)
+	}
+}
+
+// TestReleaseChosenOnce: recipients an admin checks are counted once
+// however spelt: rcpt=bob&rcpt=BOB on a message to bob and carol releases
+// it to bob alone.
+func TestReleaseChosenOnce(t *testing.T) {
+	e := newTestEnv(t, "")
+	rec := e.quarantined("a@shop.example", []string{"bob@example.test", "carol@example.test"}, "Subject: both\r\n\r\nhi\r\n", time.Now())
+	b := e.browser()
+	tok := b.login("admin")
+	r := b.post("/quarantine/"+rec.ID+"/release", url.Values{"csrf": {tok}, "rcpt": {"bob@example.test", "BOB@example.test"}})
+	if r.code != http.StatusOK {
+		t.Fatalf("release: %d\n%s", r.code, r.body)
+	}
+	list, _ := e.backend.spool.List()
+	if len(list) != 1 || len(list[0].Rcpts) != 1 || list[0].Rcpts[0].Addr != "bob@example.test" {
+		t.Fatalf("queued %+v, want one copy for bob alone", list)
+	}
+	if got, _ := e.backend.quar.Get(rec.ID); !slices.Equal(got.Pending(), []string{"carol@example.test"}) {
+		t.Errorf("still held for %v, want carol", got.Pending())
 	}
 }
