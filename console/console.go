@@ -18,8 +18,9 @@
 // or argon2id hashes); a session is a signed cookie (__Host-, Secure when
 // served over TLS, HttpOnly, SameSite=Strict) that ends after
 // session_ttl, at logout, or when the user's password hash or role
-// changes in the config. Logins are rate-limited per client address and
-// per name. An end user needs no account: a digest mail carries a link
+// changes in the config. Failed logins are limited per client address
+// (an IPv6 /64) and name, and slowed down per name, never refused for it,
+// so that nobody can lock an admin out. An end user needs no account: a digest mail carries a link
 // signed with HMAC-SHA256 that names the recipient and an expiry
 // (link_ttl), and shows that recipient's quarantined mail only.
 //
@@ -44,6 +45,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 
 	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/state"
@@ -121,6 +123,10 @@ func secretFile(cfg *policy.Config) string {
 // the Host check and gets the security headers first.
 func (c *Console) Handler() http.Handler { return c.guard(c.mux) }
 
+// maxWebConns bounds the console's open connections; more wait to be
+// accepted.
+const maxWebConns = 256
+
 // Server is a console listening on [web] listen.
 type Server struct {
 	srv    *http.Server
@@ -139,11 +145,17 @@ func (c *Console) Serve() (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("web listen %s: %w", cfg.Web.Listen, err)
 	}
+	// The console is for a few people: a bounded number of connections,
+	// each bounded in time and size, so that a flood of slow clients
+	// costs little and leaves the SMTP side alone.
+	l = netutil.LimitListener(l, maxWebConns)
 	s := &Server{l: l, log: c.log, srv: &http.Server{
 		Handler:           c.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       time.Minute,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 	}}
 	cert, key := cfg.WebTLS()

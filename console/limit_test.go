@@ -1,7 +1,9 @@
 package console
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -121,5 +123,57 @@ func TestDummyHashAsUserAdd(t *testing.T) {
 	params := func(h string) string { return strings.Join(strings.Split(h, "$")[:4], "$") }
 	if got, want := params(dummyHash().String()), params(real); got != want {
 		t.Errorf("dummy hash %s, want %s as mailgate user add", got, want)
+	}
+}
+
+// TestServerBounded: the console takes maxWebConns connections at a time;
+// one more waits until another closes; the server has read, write and
+// header bounds.
+func TestServerBounded(t *testing.T) {
+	e := newTestEnv(t, "")
+	s, err := e.c.Serve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.srv.ReadTimeout != 15*time.Second || s.srv.WriteTimeout != 60*time.Second || s.srv.MaxHeaderBytes != 64<<10 {
+		t.Errorf("server read %v, write %v, header %d", s.srv.ReadTimeout, s.srv.WriteTimeout, s.srv.MaxHeaderBytes)
+	}
+	addr := s.Addr().String()
+	// Each held connection sends a request and reads its answer, so it
+	// is known to be accepted; keep-alive keeps it open.
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	req := "GET /login HTTP/1.1\r\nHost: localhost\r\n\r\n"
+	for range maxWebConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, req)
+		if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+			t.Fatalf("connection %d: %v", len(held), err)
+		}
+	}
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	io.WriteString(extra, req)
+	extra.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := extra.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("connection %d answered while %d were open", maxWebConns+1, maxWebConns)
+	}
+	held[0].Close()
+	extra.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := http.ReadResponse(bufio.NewReader(extra), nil); err != nil {
+		t.Fatalf("connection %d after one closed: %v", maxWebConns+1, err)
 	}
 }
