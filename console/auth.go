@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -25,21 +26,39 @@ import (
 // temporary name and linked into place so that two processes starting at
 // once end up with the same key.
 func loadSecret(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	b, err := readSecret(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := makeSecret(path); err != nil {
-			return nil, fmt.Errorf("secret_file: %w", err)
+			return nil, err
 		}
-		b, err = os.ReadFile(path)
+		b, err = readSecret(path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("secret_file: %w", err)
+		return nil, err
 	}
 	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
 	if err != nil || len(key) < 16 {
-		return nil, fmt.Errorf("secret_file %s: expect at least 16 bytes in hex (32 random bytes are made when the file does not exist)", path)
+		return nil, fmt.Errorf("%s: expect at least 16 bytes in hex (32 random bytes are made when the file does not exist)", path)
 	}
 	return key, nil
+}
+
+// readSecret reads the key file, refusing one that the group or others
+// may read: whoever reads it can forge sessions and links.
+func readSecret(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if m := st.Mode().Perm(); m&0o077 != 0 {
+		return nil, fmt.Errorf("%s may be read by others than its owner (mode %04o), and it signs sessions and links; run: chmod 600 %s", path, m, path)
+	}
+	return io.ReadAll(f)
 }
 
 func makeSecret(path string) error {

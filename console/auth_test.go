@@ -6,9 +6,12 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailgate/mailgate/policy"
 )
 
 // TestHostChecked: a request for a name the console was not given gets
@@ -293,5 +296,27 @@ func TestSafeNext(t *testing.T) {
 		if got := safeNext(next); got != want {
 			t.Errorf("safeNext(%q) = %q, want %q", next, got, want)
 		}
+	}
+}
+
+// TestSecretNotReadableByOthers: a key file the group or others may read
+// is refused, with the config position, the file and the chmod to run.
+func TestSecretNotReadableByOthers(t *testing.T) {
+	dir := t.TempDir()
+	secret := dir + "/secret"
+	os.WriteFile(secret, []byte(strings.Repeat("ab", 32)+"\n"), 0o644)
+	os.Chmod(secret, 0o644)
+	cfg, err := policy.Parse("test.toml", []byte("hostname = \"mx.example.test\"\ndata_dir = \""+dir+"\"\n[web]\nlisten = \"127.0.0.1:0\"\nsecret_file = \""+secret+"\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(Options{Config: func() *policy.Config { return cfg }})
+	want := "test.toml:5: web.secret_file: " + secret + " may be read by others than its owner (mode 0644), and it signs sessions and links; run: chmod 600 " + secret
+	if err == nil || err.Error() != want {
+		t.Fatalf("New = %v\nwant %s", err, want)
+	}
+	os.Chmod(secret, 0o600)
+	if _, err := New(Options{Config: func() *policy.Config { return cfg }}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -96,7 +96,7 @@ func New(opts Options) (*Console, error) {
 	cfg := opts.Config()
 	secret, err := loadSecret(secretFile(cfg))
 	if err != nil {
-		return nil, fmt.Errorf("console: %w", err)
+		return nil, fmt.Errorf("%s: web.secret_file: %w", cfg.Position("web.secret_file"), err)
 	}
 	pg, err := parsePages()
 	if err != nil {
