@@ -15,18 +15,18 @@ import (
 )
 
 // TestHostChecked: a request for a name the console was not given gets
-// 421 and nothing else, on every path; its own names, the address
-// connected to and localhost on loopback are served.
+// 421 and nothing else, on every path: with base_url and hosts, only
+// those names are served, not loopback addresses or localhost.
 func TestHostChecked(t *testing.T) {
 	e := newTestEnv(t, "")
 	b := e.browser()
-	for _, host := range []string{"console.example.test", "CONSOLE.example.test.", "mailgate.example.test:8443", "localhost", "127.0.0.1:9", "[::1]", e.srv.Listener.Addr().String()} {
+	for _, host := range []string{"console.example.test", "CONSOLE.example.test.", "mailgate.example.test:8443"} {
 		b.host = host
 		if r := b.get("/login"); r.code != http.StatusOK {
 			t.Errorf("Host %s: %d, want 200", host, r.code)
 		}
 	}
-	for _, host := range []string{"evil.example", "console.example.test.evil.example", "192.0.2.1"} {
+	for _, host := range []string{"evil.example", "console.example.test.evil.example", "192.0.2.1", "localhost", "127.0.0.1:9", "[::1]", e.srv.Listener.Addr().String()} {
 		b.host = host
 		for _, path := range []string{"/login", "/tracking", "/static/console.css", "/u/x"} {
 			r := b.get(path)
@@ -246,6 +246,7 @@ func TestPostBodyBounded(t *testing.T) {
 	post := func(ctype string, body io.Reader) int {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/login", body)
+		req.Host = "console.example.test"
 		req.Header.Set("Content-Type", ctype)
 		req.Header.Set("Sec-Fetch-Site", "same-origin")
 		resp, err := http.DefaultClient.Do(req)
@@ -318,5 +319,50 @@ func TestSecretNotReadableByOthers(t *testing.T) {
 	os.Chmod(secret, 0o600)
 	if _, err := New(Options{Config: func() *policy.Config { return cfg }}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHostWithoutNames: without base_url or hosts, the console answers to
+// the address connected to and, on loopback, localhost; not to a name.
+func TestHostWithoutNames(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.c.opts.Config().Web.BaseURL, e.c.opts.Config().Web.Hosts = "", nil
+	b := e.browser()
+	for host, want := range map[string]int{"localhost": 200, "[::1]": 200, e.srv.Listener.Addr().String(): 200, "evil.example": 421} {
+		b.host = host
+		if r := b.get("/login"); r.code != want {
+			t.Errorf("Host %s: %d, want %d", host, r.code, want)
+		}
+	}
+}
+
+// TestTrustedProxies: behind a proxy of [web] trusted_proxies the
+// client's address is the one X-Forwarded-For gives, so one client's
+// failures do not lock out another behind the same proxy; from a peer
+// that is not a proxy the header is ignored.
+func TestTrustedProxies(t *testing.T) {
+	for _, trusted := range []bool{true, false} {
+		extra := ""
+		if trusted {
+			extra = `trusted_proxies = ["127.0.0.0/8"]`
+		}
+		e := newTestEnv(t, extra)
+		b := e.browser()
+		fail := func(xff string) int {
+			return b.do(http.MethodPost, "/login", url.Values{"name": {"admin"}, "password": {"guess"}}, map[string]string{"X-Forwarded-For": xff}).code
+		}
+		for range loginBurst {
+			fail("198.51.100.7, 192.0.2.1")
+		}
+		if code := fail("192.0.2.1"); code != http.StatusTooManyRequests {
+			t.Errorf("trusted %v: the client past the limit: %d, want 429", trusted, code)
+		}
+		code := fail("192.0.2.2")
+		if trusted && code != http.StatusUnauthorized {
+			t.Errorf("another client behind the proxy: %d, want 401", code)
+		}
+		if !trusted && code != http.StatusTooManyRequests {
+			t.Errorf("X-Forwarded-For from a peer not trusted was believed: %d", code)
+		}
 	}
 }

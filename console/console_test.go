@@ -72,7 +72,7 @@ data_dir = "`+dir+`"
 [web]
 listen = "127.0.0.1:0"
 base_url = "https://console.example.test"
-hosts = ["mailgate.example.test"]
+hosts = ["mailgate.example.test", "console.localhost"]
 `+extra+`
 [[web.user]]
 name = "admin"
@@ -117,12 +117,12 @@ role = "auditor"
 type browser struct {
 	e      *testEnv
 	client *http.Client
-	host   string // the Host header; "" for the server's address
+	host   string // the Host header; "" for the server's address; by default a name of [web] hosts the cookie jar takes as secure
 }
 
 func (e *testEnv) browser() *browser {
 	jar, _ := cookiejar.New(nil)
-	return &browser{e: e, client: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error {
+	return &browser{e: e, host: "console.localhost", client: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error {
 		return http.ErrUseLastResponse
 	}}}
 }

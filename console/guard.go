@@ -82,21 +82,46 @@ func (c *Console) readForm(w http.ResponseWriter, r *http.Request) bool {
 }
 
 // clientAddr is the address of the client r comes from, for the login
-// limits and the logs.
+// limits and the logs: the peer's, or, when the peer is one of [web]
+// trusted_proxies, the last address of X-Forwarded-For that is not a
+// proxy (those before it are whatever the client wrote).
 func (c *Console) clientAddr(r *http.Request) netip.Addr {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return netip.Addr{}
 	}
-	return ap.Addr().Unmap()
+	addr := ap.Addr().Unmap()
+	proxies := c.opts.Config().Web.Proxies()
+	trusted := func(a netip.Addr) bool {
+		return slices.ContainsFunc(proxies, func(p netip.Prefix) bool { return p.Contains(a) })
+	}
+	if !trusted(addr) {
+		return addr
+	}
+	var hops []string
+	for _, v := range r.Header.Values("X-Forwarded-For") {
+		hops = append(hops, strings.Split(v, ",")...)
+	}
+	for i := len(hops) - 1; i >= 0; i-- {
+		a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			return addr // not one the proxies wrote: the last proxy's
+		}
+		if addr = a.Unmap(); !trusted(addr) {
+			return addr
+		}
+	}
+	return addr
 }
 
-// ownHost reports whether r is addressed to the console: its Host (any
-// port: behind a proxy the port is the proxy's) is one of [web] hosts,
-// base_url's host or listen's host; the address the client connected to;
-// or, on a loopback connection, a loopback address or localhost. A page
-// whose own name an attacker points at the console's address (DNS
-// rebinding) is refused: its Host is the attacker's name.
+// ownHost reports whether r is addressed to the console. With [web]
+// base_url or hosts, its Host (any port: behind a proxy the port is the
+// proxy's) must be one of those names, a loopback address or localhost
+// as much as any other; with neither, listen's host, the address the
+// client connected to, or, on a loopback connection, a loopback address
+// or localhost. A page whose own name an attacker points at the
+// console's address (DNS rebinding) is refused: its Host is the
+// attacker's name.
 func (c *Console) ownHost(r *http.Request) bool {
 	name := r.Host
 	if h, _, err := net.SplitHostPort(name); err == nil {
@@ -106,27 +131,29 @@ func (c *Console) ownHost(r *http.Request) bool {
 	if name == "" {
 		return false
 	}
-	var local netip.Addr
-	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-			local = ap.Addr().Unmap()
-		}
-	}
-	if ip, err := netip.ParseAddr(name); err == nil {
-		ip = ip.Unmap()
-		if ip == local || ip.IsLoopback() && local.IsLoopback() {
-			return true
-		}
-	} else if name == "localhost" && local.IsLoopback() {
-		return true
-	}
 	w := c.opts.Config().Web
 	names := slices.Clone(w.Hosts)
 	if u, err := url.Parse(w.BaseURL); err == nil && w.BaseURL != "" {
 		names = append(names, u.Hostname())
 	}
-	if h, _, err := net.SplitHostPort(w.Listen); err == nil && h != "" {
-		names = append(names, h)
+	if len(names) == 0 {
+		var local netip.Addr
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+				local = ap.Addr().Unmap()
+			}
+		}
+		if ip, err := netip.ParseAddr(name); err == nil {
+			ip = ip.Unmap()
+			if ip == local || ip.IsLoopback() && local.IsLoopback() {
+				return true
+			}
+		} else if name == "localhost" && local.IsLoopback() {
+			return true
+		}
+		if h, _, err := net.SplitHostPort(w.Listen); err == nil && h != "" {
+			names = append(names, h)
+		}
 	}
 	return slices.ContainsFunc(names, func(n string) bool {
 		return strings.EqualFold(strings.TrimSuffix(strings.Trim(n, "[]"), "."), name)

@@ -148,7 +148,7 @@ func TestServerBounded(t *testing.T) {
 			c.Close()
 		}
 	}()
-	req := "GET /login HTTP/1.1\r\nHost: localhost\r\n\r\n"
+	req := "GET /login HTTP/1.1\r\nHost: console.example.test\r\n\r\n"
 	for range maxWebConns {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {

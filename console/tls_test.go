@@ -23,6 +23,7 @@ func TestServeTLS(t *testing.T) {
 	testkit.WriteCert(t, cert, key, "console.example.test")
 	cfg := *e.c.opts.Config()
 	cfg.Web.Listen, cfg.Web.TLSCert, cfg.Web.TLSKey = "127.0.0.1:0", cert, key
+	cfg.Web.Hosts = append(cfg.Web.Hosts, "127.0.0.1") // reached by its address here
 	e.c.opts.Config = func() *policy.Config { return &cfg }
 	srv, err := e.c.Serve()
 	if err != nil {

@@ -28,10 +28,18 @@ type Web struct {
 	// the links in digest mails start with it, and its host is one the
 	// console answers to.
 	BaseURL string `toml:"base_url"`
-	// Hosts are further names (or addresses) the console answers to: a
-	// request whose Host is none of them, BaseURL's host, Listen's host
-	// or, on loopback, localhost gets 421 (DNS rebinding).
+	// Hosts are further names (or addresses) the console answers to.
+	// With BaseURL or Hosts, a request whose Host is none of them gets
+	// 421 (DNS rebinding); with neither, the console answers to Listen's
+	// host, the address connected to and, on loopback, localhost.
 	Hosts []string `toml:"hosts"`
+	// TrustedProxies are the reverse proxies (CIDRs or addresses) whose
+	// X-Forwarded-For the console believes: the client's address, for
+	// the login limits and the logs, is the last one there that is not a
+	// proxy. From any other peer the header is ignored.
+	TrustedProxies []string `toml:"trusted_proxies"`
+	// proxies is TrustedProxies parsed by the loader.
+	proxies []netip.Prefix
 	// TLSCert and TLSKey are the console's own certificate; without
 	// them it serves [server]'s pair when that is set, else plain HTTP,
 	// which only a loopback Listen may (behind a TLS proxy).
@@ -74,6 +82,9 @@ type WebUser struct {
 	PasswordHash PasswordHash `toml:"password_hash"` // `mailgate user add` prints one
 	Role         string       `toml:"role"`          // admin (default) or auditor (reads, changes nothing)
 }
+
+// Proxies returns TrustedProxies parsed, as Server.Proxies does.
+func (w Web) Proxies() []netip.Prefix { return w.proxies }
 
 // MaxWebUserName is the longest login name, in bytes: the console refuses
 // a longer one before it counts, logs or shows it.
@@ -194,6 +205,7 @@ func (v *validator) web(c *Config, k key) {
 			v.errorf(k.field("base_url"), `unexpected %q; expect the URL users reach the console at, such as "https://console.example.test"`, w.BaseURL)
 		}
 	}
+	w.proxies = v.networks(k.field("trusted_proxies"), w.TrustedProxies)
 	for i, name := range w.EndUserRelease {
 		if !slices.ContainsFunc(c.Stages, func(s StageConfig) bool { return s.Name == name }) {
 			v.errorf(k.field("enduser_release").index(i), "unexpected %q; expect the name of a [[stage]]", name)
