@@ -42,7 +42,7 @@ deb:
 # them: the check looks there too.
 deps:
 	@missing=""; \
-	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd xmllint:libxml2-utils redis-server:redis-server postgres:postgresql man:man-db; do \
+	for c in swaks:swaks smtp-sink:postfix clamd:clamav-daemon clamav-milter:clamav-milter opendkim:opendkim opendkim-genkey:opendkim-tools spamd:spamd xmllint:libxml2-utils redis-server:redis-server postgres:postgresql chromium:chromium man:man-db; do \
 		bin=$${c%%:*}; pkg=$${c##*:}; \
 		PATH="$$PATH:/usr/sbin:/sbin$$(for d in /usr/lib/postgresql/*/bin; do printf ':%s' "$$d"; done)" command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \

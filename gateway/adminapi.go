@@ -34,18 +34,22 @@ func (b adminBackend) QuarantineMessage(id string) (io.ReadCloser, error) {
 	return b.g.quar.Message(id)
 }
 
-// QuarantineRelease queues a copy of a quarantined message, exactly once,
-// and hands it to the router.
-func (b adminBackend) QuarantineRelease(ctx context.Context, id string) (string, error) {
+// QuarantineRelease queues a copy of a quarantined message for rcpts (all
+// when none), exactly once, and hands it to the router.
+func (b adminBackend) QuarantineRelease(ctx context.Context, id string, rcpts []string) (string, error) {
 	g := b.g
-	env, err := g.quar.Release(ctx, id, g.spool)
+	env, err := g.quar.Release(ctx, id, g.spool, rcpts...)
 	if env == nil {
 		return "", err
 	}
 	// Queued, even if the record lags (err != nil): deliver it.
 	g.router.Enqueue(env)
-	g.log.Info("quarantine released", "id", id, "queue_id", env.ID, "from", env.From, "message_id", env.MessageID)
-	g.trace.Record(trace.Event{QueueID: id, MessageID: env.MessageID, Event: "released", Reason: "operator", Related: env.ID})
+	to := make([]string, len(env.Rcpts))
+	for i, r := range env.Rcpts {
+		to[i] = r.Addr
+	}
+	g.log.Info("quarantine released", "id", id, "queue_id", env.ID, "from", env.From, "rcpts", to, "message_id", env.MessageID)
+	g.trace.Record(trace.Event{QueueID: id, MessageID: env.MessageID, Event: "released", Rcpts: to, Reason: "operator", Related: env.ID})
 	g.trace.Record(trace.Event{QueueID: env.ID, MessageID: env.MessageID, Event: "queued", Reason: "released from the quarantine", Related: id})
 	return env.ID, err
 }

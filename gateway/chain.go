@@ -41,7 +41,7 @@ type plugin struct {
 // instead of started again. A stage that cannot start is a configuration
 // error: the gateway does not start with a chain other than the one the
 // admin wrote.
-func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometheus.Registerer, m *pipeline.Metrics, old *chain) (*chain, error) {
+func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometheus.Registerer, m *pipeline.Metrics, lists pipeline.UserLists, old *chain) (*chain, error) {
 	ch := &chain{}
 	running := map[string]*plugin{}
 	if old != nil {
@@ -77,7 +77,7 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 		ch.Close()
 		return nil, err
 	}
-	pl, err := pipeline.New(specs, cfg.Policy, pipeline.Options{Logger: opts.Logger, Metrics: m})
+	pl, err := pipeline.New(specs, cfg.Policy, pipeline.Options{Logger: opts.Logger, Metrics: m, UserLists: lists})
 	if err != nil {
 		ch.Close()
 		return nil, fmt.Errorf("pipeline: %w", err)

@@ -35,6 +35,9 @@ score = 12
 	if !regexp.MustCompile(`stage:\s+spam`).MatchString(show) || !strings.Contains(show, "scored by spam 12 (WIRE_TRANSFER=12)") {
 		t.Errorf("quarantine show does not name the spam stage and its rule:\n%s", show)
 	}
+	if js := fg.must("quarantine", "show", "-json", id); !strings.Contains(js, `"by_score": true`) {
+		t.Errorf("a hold by score is not recorded as such:\n%s", js)
+	}
 	// The same selection releases it.
 	if out := fg.must("quarantine", "release", "-stage", "spam"); !strings.Contains(out, id+": released, queued as ") {
 		t.Errorf("quarantine release -stage spam:\n%s", out)

@@ -83,7 +83,7 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	stageCfg := *cfg
 	stageCfg.DataDir = filepath.Join(dir, "data")
 	copyStageData(cfg.DataDir, stageCfg.DataDir, opts.Logger)
-	ch, err := newChain(ctx, &stageCfg, opts, nil, nil, nil)
+	ch, err := newChain(ctx, &stageCfg, opts, nil, nil, nil, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mailgate/mailgate/console"
 	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/cluster"
 	"github.com/mailgate/mailgate/gateway/pipeline"
@@ -31,6 +32,8 @@ import (
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/gateway/state/sqlstore"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/plugins/host"
 	"github.com/mailgate/mailgate/policy"
@@ -67,6 +70,8 @@ type Gateway struct {
 	spool  *spool.Spool
 	quar   *quarantine.Shared
 	trace  *trace.Log
+	state  state.Store        // the users' lists and the audit log, for now
+	lists  *console.ListCache // the users' lists, asked at every RCPT
 	router *router.Router
 	smtp   *smtpd.Server
 	pickup *pickup
@@ -84,6 +89,7 @@ type Gateway struct {
 	listeners []net.Listener
 	admin     *http.Server
 	adminL    net.Listener
+	web       *console.Server
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -137,6 +143,11 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 	undo = append(undo, func() { g.trace.Close() })
+	if g.state, err = sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "state.db"), sqlstore.Options{Node: cfg.Hostname}); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { g.state.Close() })
+	g.lists = console.NewListCache(g.state.Lists(), 10*time.Second)
 
 	if g.router, err = router.New(cfg, g.spool, opts.Logger, router.Trace(g.trace), router.Metrics(g.reg)); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
@@ -147,7 +158,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 
-	ch, err := newChain(ctx, cfg, opts, g.reg, g.stageM, nil)
+	ch, err := newChain(ctx, cfg, opts, g.reg, g.stageM, g.lists, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -215,6 +226,17 @@ func (g *Gateway) Start() error {
 			}
 		}()
 		g.log.Info("admin listening", "addr", l.Addr().String())
+	}
+	if cfg.Web.Listen != "" {
+		c, err := console.New(console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
+			Traces: console.FileTraces(filepath.Join(cfg.DataDir, "trace")), Lists: g.lists,
+			Audit: g.state.Audit(), Metrics: liveGatherer{g}})
+		if err == nil {
+			g.web, err = c.Serve()
+		}
+		if err != nil {
+			return fail(err)
+		}
 	}
 	g.wg.Add(4)
 	go func() {
@@ -293,6 +315,14 @@ func (g *Gateway) AdminAddr() net.Addr {
 	return g.adminL.Addr()
 }
 
+// WebAddr returns the console's address, or nil.
+func (g *Gateway) WebAddr() net.Addr {
+	if g.web == nil {
+		return nil
+	}
+	return g.web.Addr()
+}
+
 // Shutdown stops accepting mail, lets sessions in progress finish until ctx
 // is done, then stops delivery and the plugins. Accepted mail stays in the
 // spool for the next start.
@@ -307,6 +337,9 @@ func (g *Gateway) Close() error {
 	g.smtp.Close()
 	if g.admin != nil {
 		g.admin.Close()
+	}
+	if g.web != nil {
+		g.web.Close()
 	}
 	if g.cancel != nil {
 		g.cancel()
@@ -326,6 +359,7 @@ func (g *Gateway) Close() error {
 	}
 	g.trace.Close()
 	g.node.Close()
+	g.state.Close()
 	return g.spool.Close()
 }
 

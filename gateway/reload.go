@@ -50,7 +50,7 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 	if err := restartNeeded(old, cfg); err != nil {
 		return nil, err
 	}
-	ch, err := newChain(ctx, cfg, g.opts, g.reg, g.stageM, oldChain)
+	ch, err := newChain(ctx, cfg, g.opts, g.reg, g.stageM, g.lists, oldChain)
 	if err != nil {
 		return nil, err
 	}
@@ -92,12 +92,16 @@ func (g *Gateway) reload(ctx context.Context) (*policy.Config, error) {
 // router's connection pool and the shared state of a [cluster].
 func restartNeeded(old, cfg *policy.Config) error {
 	var keys []string
+	oldCert, _ := old.WebTLS()
+	newCert, _ := cfg.WebTLS()
 	for _, k := range []struct {
 		key  string
 		same bool
 	}{
 		{"data_dir", old.DataDir == cfg.DataDir},
 		{"admin.listen", old.Admin.Listen == cfg.Admin.Listen},
+		{"web.listen", old.Web.Listen == cfg.Web.Listen},
+		{"web.tls_cert", cfg.Web.Listen == "" || (oldCert == "") == (newCert == "")},
 		{"log.format", old.Log.Format == cfg.Log.Format},
 		{"hostname", old.Hostname == cfg.Hostname},
 		{"server.listen", slices.Equal(old.Server.Listen, cfg.Server.Listen)},

@@ -50,3 +50,19 @@ func TestRestartNeededCluster(t *testing.T) {
 		t.Fatalf("restartNeeded = %v, want %q", err, want)
 	}
 }
+
+// The console's listener and whether it speaks TLS are fixed at start;
+// its certificate files, users and the rest follow a reload.
+func TestRestartNeededWeb(t *testing.T) {
+	old := &policy.Config{Web: policy.Web{Listen: "127.0.0.1:8080", TLSCert: "a.pem", TLSKey: "a.key"}}
+	cfg := *old
+	cfg.Web.TLSCert, cfg.Web.TLSKey, cfg.Web.Users = "b.pem", "b.key", []policy.WebUser{{Name: "alice"}}
+	if err := restartNeeded(old, &cfg); err != nil {
+		t.Fatalf("new TLS files and users: %v", err)
+	}
+	cfg.Web.Listen, cfg.Web.TLSCert, cfg.Web.TLSKey = "127.0.0.1:8081", "", ""
+	want := "web.listen, web.tls_cert changed: restart needed"
+	if err := restartNeeded(old, &cfg); err == nil || err.Error() != want {
+		t.Fatalf("restartNeeded = %v, want %q", err, want)
+	}
+}

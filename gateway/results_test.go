@@ -36,6 +36,11 @@ infected = "quarantine"
 		!strings.Contains(show, "signature "+clamdtest.Signature) {
 		t.Errorf("quarantine show does not name the signature and the mapping:\n%s", show)
 	}
+	// Held by the stage's action, not by score: end users may not
+	// release it (package console).
+	if js := fg.must("quarantine", "show", "-json", id); strings.Contains(js, `"by_score"`) {
+		t.Errorf("a virus hold is recorded as by score:\n%s", js)
+	}
 	// The quarantined message was never queued for delivery: the clean one
 	// sent after it is the only one to arrive.
 	if r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message("clean@test", "nothing to see\r\n")); !strings.HasPrefix(r, "250") {

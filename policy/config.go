@@ -33,6 +33,8 @@ type Config struct {
 	// Cluster is the state this node shares with the other nodes of a
 	// cluster; its zero value is one node with its state under DataDir.
 	Cluster Cluster `toml:"cluster"`
+	// Web is the web console, off unless [web] listen is set.
+	Web Web `toml:"web"`
 
 	// File is the path the config was read from ("" for the embedded one).
 	File string `toml:"-"`

@@ -22,6 +22,10 @@ func (c *Config) Hash() string {
 	if c.Delivery.BounceFrom == "MAILER-DAEMON@"+c.Hostname {
 		own.Delivery.BounceFrom = ""
 	}
+	own.Web.Listen = ""
+	if c.Web.Digest.From == "quarantine@"+c.Hostname {
+		own.Web.Digest.From = ""
+	}
 	// [stage.config] blocks are raw TOML in the struct: hashed as the
 	// JSON their plugins get.
 	confs := make([]string, len(c.Stages))

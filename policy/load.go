@@ -782,4 +782,10 @@ func (c *Config) setDefaults() {
 	d(&cl.Timeout, 5*time.Second)
 	d(&cl.ConnectTimeout, 5*time.Second)
 	i(&cl.MaxConns, 10)
+	d(&c.Web.SessionTTL, 12*time.Hour)
+	d(&c.Web.LinkTTL, 7*24*time.Hour)
+	for k := range c.Web.Users {
+		str(&c.Web.Users[k].Role, "admin")
+	}
+	str(&c.Web.Digest.From, "quarantine@"+c.Hostname)
 }

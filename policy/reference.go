@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding"
 	"reflect"
 	"strings"
 
@@ -37,7 +38,7 @@ type KeyDoc struct {
 // `go test ./policy -run TestReferenceDocs -update`.
 var Reference = []KeyDoc{
 	{"hostname", "(the machine's host name)", nil, "the gateway's name: greeting, `Received`, DSNs, `Authentication-Results`"},
-	{"data_dir", "(required)", nil, "spool, quarantine, traces, stage state and the [pickup directory](#pickup-directory); one `mailgate serve` at a time"},
+	{"data_dir", "(required)", nil, "spool, quarantine, traces, stage state, the users' lists and the audit log (`state.db`) and the [pickup directory](#pickup-directory); one `mailgate serve` at a time"},
 
 	{"server", "", nil, "The SMTP listeners and their limits."},
 	{"server.listen", `["127.0.0.1:2525"]`, nil, "SMTP listeners, `host:port`"},
@@ -160,6 +161,28 @@ var Reference = []KeyDoc{
 	{"cluster.timeout", `"5s"`, nil, "each operation on PostgreSQL or Redis"},
 	{"cluster.connect_timeout", `"5s"`, nil, "making a connection to either"},
 	{"cluster.max_conns", `10`, nil, "the most connections this node opens to each"},
+
+	{"web", "", nil, "The [web console](#web-console): off unless `listen` is set."},
+	{"web.listen", "", nil, "the console's `host:port`; `\"\"`: no console. A change needs a restart"},
+	{"web.base_url", "", nil, "the URL users reach the console at (`\"https://console.example.test\"`): links in digest mails start with it, and its host is one the console answers to"},
+	{"web.hosts", `[]`, nil, "other names or addresses the console answers to. With `base_url` or `hosts`, a request for any other `Host` gets `421`, loopback addresses and `localhost` included (a proxy passes the name: `proxy_set_header Host $host`); with neither, the console answers to `listen`'s host, the address connected to and, on loopback, `localhost`"},
+	{"web.trusted_proxies", `[]`, nil, "the reverse proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed: the client's address for the login limits and the logs is the last one there that is not a proxy; from others the header is ignored"},
+	{"web.tls_cert", "([server]'s)", nil, "PEM file of the console's certificate; with neither pair, plain HTTP, which only a loopback `listen` may use (behind a TLS proxy). A change needs a restart"},
+	{"web.tls_key", "([server]'s)", nil, "PEM file of the console certificate's private key; required with `tls_cert`"},
+	{"web.secret_file", "(<data_dir>/web/secret)", nil, "the key that signs sessions, CSRF tokens and end users' links; made at the first start, refused when group or others may read it; the nodes of a cluster share one"},
+	{"web.session_ttl", `"12h"`, nil, "how long a login lasts"},
+	{"web.link_ttl", `"168h"`, nil, "how long an end user's quarantine link works (7 days)"},
+	{"web.enduser_release", `[]`, nil, "stages whose holds end users may release from their links too; by default they may release only what a score threshold held, never what a stage held by its own action (a virus, a file type, DMARC `p=quarantine`): those show \"ask your administrator\", and admins release them"},
+	{"web.user", "", nil, "The accounts of the console: `mailgate user add` adds one."},
+	{"web.user.name", "(required)", nil, "the login name, unique, without spaces"},
+	{"web.user.password_hash", "(required)", nil, "bcrypt (`$2b$…`, as `htpasswd -B` makes) or argon2id (`$argon2id$…`, as `mailgate user add` prints); never the password"},
+	{"web.user.role", `"admin"`, []string{"admin", "auditor"}, "`admin` (everything) or `auditor` (reads: traces, quarantine, queues, dashboard; changes nothing)"},
+	{"web.digest", "", nil, "The end users' daily mail: the messages held for them, with links to read, release, allow or block."},
+	{"web.digest.at", "", nil, "the time of day (`\"07:00\"`, the gateway's time zone) a digest goes to each recipient with mail held since the last one; `\"\"`: no digests; needs `base_url`"},
+	{"web.digest.from", "(quarantine@<hostname>)", nil, "the digests' sender"},
+	{"web.digest.subject", "(the console's own)", nil, "the subject, a Go `text/template` with the body's data; the console's own is `Quarantine: {{len .Messages}} message(s) held for {{.Rcpt}}`"},
+	{"web.digest.template", "(the console's own)", nil, "a file with the body as a Go `text/template` (see [Web console](#web-console))"},
+	{"web.digest.domains", "(the domains of exact and `*.` routes)", nil, "recipients at these domains (`\"example.test\"`, `\"*.example.test\"`) get digests"},
 }
 
 // Key is one key of Config found by reflection, with its reference text.
@@ -198,7 +221,7 @@ func Keys() []Key {
 			if ft.Kind() == reflect.Slice {
 				elem = ft.Elem()
 			}
-			if elem.Kind() != reflect.Struct || elem == primitiveType {
+			if elem.Kind() != reflect.Struct || elem == primitiveType || decodesItself(elem) {
 				out = append(out, k)
 				continue
 			}
@@ -225,6 +248,9 @@ func typeName(t reflect.Type) string {
 	case reflect.TypeFor[toml.Primitive]():
 		return "table"
 	}
+	if decodesItself(t) {
+		return "string"
+	}
 	switch t.Kind() {
 	case reflect.Pointer:
 		return typeName(t.Elem())
@@ -245,6 +271,12 @@ func typeName(t reflect.Type) string {
 		return "array of " + typeName(t.Elem()) + "s"
 	}
 	return t.String()
+}
+
+// decodesItself reports whether t is a value written as a string that decodes
+// itself (a [[web.user]]'s password_hash): a key, not a table.
+func decodesItself(t reflect.Type) bool {
+	return t.Kind() == reflect.Struct && reflect.PointerTo(t).Implements(reflect.TypeFor[encoding.TextUnmarshaler]())
 }
 
 // allowed returns the values Reference allows for the key at dotted (a

@@ -46,7 +46,7 @@ func TestReferenceHasEveryKey(t *testing.T) {
 // loader fills in, in each element of the arrays of tables too; a key
 // without a default is left empty.
 func TestReferenceDefaults(t *testing.T) {
-	probe, err := Decode("probe.toml", []byte("[[route]]\n[[stage]]\n[[ratelimit]]\n[[policy.override]]\n"))
+	probe, err := Decode("probe.toml", []byte("[[route]]\n[[stage]]\n[[ratelimit]]\n[[policy.override]]\n[[web.user]]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

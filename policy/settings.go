@@ -47,7 +47,7 @@ func (c *Config) Settings() []Setting {
 						out = flatten(out, raw, fk, func(key) bool { return true })
 					}
 				}
-			case fv.Kind() == reflect.Struct:
+			case fv.Kind() == reflect.Struct && !decodesItself(fv.Type()):
 				walk(fv, fk)
 			case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.Struct:
 				for i := range fv.Len() {

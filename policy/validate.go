@@ -68,6 +68,7 @@ func (c *Config) validate() Errors {
 	v.enum(root.field("log").field("level"), c.Log.Level)
 	v.enum(root.field("log").field("format"), c.Log.Format)
 	v.cluster(&c.Cluster, root.field("cluster"))
+	v.web(c, root.field("web"))
 	return v.errs
 }
 

@@ -428,6 +428,9 @@ func printRecord(w io.Writer, r *quarantine.Record) error {
 	if r.Policy != "" {
 		fmt.Fprintf(tw, "policy:\t%s\n", r.Policy)
 	}
+	for _, rel := range r.Releases {
+		fmt.Fprintf(tw, "released to:\t%s at %s as %s\n", strings.Join(rel.Rcpts, ", "), rel.At.Format(time.RFC3339), rel.QueueID)
+	}
 	if r.Released != "" {
 		fmt.Fprintf(tw, "released:\t%s as %s\n", r.ReleasedAt.Format(time.RFC3339), r.Released)
 	}

@@ -13,7 +13,7 @@
 //	GET    /api/quarantine?from=&rcpt=&stage=&older=&newer=
 //	GET    /api/quarantine/{id}         one record
 //	GET    /api/quarantine/{id}/message the message itself
-//	POST   /api/quarantine/{id}/release queue it for delivery, once
+//	POST   /api/quarantine/{id}/release queue it for delivery, once (?rcpt=A&rcpt=B: to those only)
 //	DELETE /api/quarantine/{id}
 //	POST   /api/reload                  re-read the config file
 //
@@ -63,9 +63,10 @@ type Backend interface {
 	Quarantined(f quarantine.Filter) ([]*quarantine.Record, error)
 	QuarantineRecord(id string) (*quarantine.Record, error)
 	QuarantineMessage(id string) (io.ReadCloser, error)
-	// QuarantineRelease queues a quarantined message and returns the
-	// queue ID of the copy.
-	QuarantineRelease(ctx context.Context, id string) (string, error)
+	// QuarantineRelease queues a quarantined message for rcpts (none:
+	// every recipient not released yet) and returns the queue ID of the
+	// copy.
+	QuarantineRelease(ctx context.Context, id string, rcpts []string) (string, error)
 	QuarantineDelete(id string) error
 
 	Reload(ctx context.Context) error
@@ -208,7 +209,7 @@ func Handler(b Backend, metrics http.Handler, listen string) http.Handler {
 		io.Copy(w, m)
 	})
 	api.HandleFunc("POST /api/quarantine/{id}/release", func(w http.ResponseWriter, r *http.Request) {
-		id, err := b.QuarantineRelease(r.Context(), r.PathValue("id"))
+		id, err := b.QuarantineRelease(r.Context(), r.PathValue("id"), r.URL.Query()["rcpt"])
 		reply(w, Released{QueueID: id}, err)
 	})
 	api.HandleFunc("DELETE /api/quarantine/{id}", func(w http.ResponseWriter, r *http.Request) {
@@ -335,6 +336,8 @@ func status(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, quarantine.ErrAlreadyReleased), errors.Is(err, quarantine.ErrReleasing):
 		return http.StatusConflict
+	case errors.Is(err, quarantine.ErrNotRecipient):
+		return http.StatusBadRequest
 	}
 	return http.StatusInternalServerError
 }

@@ -42,7 +42,7 @@ func (f *fake) QuarantineRecord(id string) (*quarantine.Record, error) {
 func (f *fake) QuarantineMessage(id string) (io.ReadCloser, error) {
 	return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nbody\r\n")), nil
 }
-func (f *fake) QuarantineRelease(_ context.Context, id string) (string, error) {
+func (f *fake) QuarantineRelease(_ context.Context, id string, _ []string) (string, error) {
 	return "", fmt.Errorf("quarantine %s: %w as Q2", id, quarantine.ErrAlreadyReleased)
 }
 func (f *fake) QuarantineDelete(id string) error { return nil }

@@ -97,11 +97,16 @@ func (c *Client) QuarantineMessage(ctx context.Context, id string, w io.Writer) 
 	return err
 }
 
-// QuarantineRelease queues a quarantined message for delivery and returns
-// the queue ID of the copy.
-func (c *Client) QuarantineRelease(ctx context.Context, id string) (string, error) {
+// QuarantineRelease queues a quarantined message for delivery to rcpts
+// (none: every recipient not released yet) and returns the queue ID of
+// the copy.
+func (c *Client) QuarantineRelease(ctx context.Context, id string, rcpts ...string) (string, error) {
 	var out Released
-	err := c.call(ctx, http.MethodPost, "/api/quarantine/"+url.PathEscape(id)+"/release", &out)
+	path := "/api/quarantine/" + url.PathEscape(id) + "/release"
+	if len(rcpts) > 0 {
+		path += "?" + url.Values{"rcpt": rcpts}.Encode()
+	}
+	err := c.call(ctx, http.MethodPost, path, &out)
 	return out.QueueID, err
 }
 

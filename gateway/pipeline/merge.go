@@ -29,6 +29,11 @@ type verdict struct {
 	stage  string // for a threshold, the stage that added most of the score; "" for nobody
 	reason string
 	reply  *stages.Reply
+	// byStages is, for a decision a score threshold made, what the
+	// stages' own actions decided beneath it (Continue or Tag); nil for
+	// a decision of a stage. A recipient's allow entry overrules only
+	// the threshold.
+	byStages *verdict
 }
 
 func (o outcome) verdict() verdict {
@@ -108,6 +113,7 @@ func merge(carried verdict, outs, scored []outcome, total float64, pol policy.Ef
 	}
 	if t := threshold(total, pol); t.action > best.action {
 		t.stage, t.reason = scorers(t.reason, scored)
+		t.byStages = &best
 		return t
 	}
 	return best

@@ -42,6 +42,17 @@
 // bounced. The first accepted recipient fixes the policy (Decision.Policy
 // names it); a refused one does not. Before any recipient is known, a score
 // rejects only if it reaches the reject_score of every policy.
+//
+// The recipients' own lists (Options.UserLists, kept by the console) are
+// checked at RCPT, after the site's block-list: an entry of the recipient
+// that blocks the sender refuses that recipient (policy.user_block); one
+// that allows the sender delivers what the score thresholds would
+// otherwise quarantine or tag (policy.user_allow), while what a stage
+// chose by its own action stays (a virus quarantined or refused, a file
+// type, DMARC p=quarantine, a sender SPF refuses), and so does a score
+// over reject_score: a sender is easy to forge. Whether the sender is allowed is part of the message's
+// policy: a recipient who allows it and one who does not are split as two
+// policies are (452 4.5.3).
 package pipeline
 
 import (
@@ -51,8 +62,10 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
@@ -87,6 +100,14 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics receive the per-stage metrics; nil records none.
 	Metrics *Metrics
+	// UserLists are the recipients' own allow- and block-lists; nil:
+	// none.
+	UserLists UserLists
+}
+
+// UserLists are the recipients' own lists, as state.Lists keeps them.
+type UserLists interface {
+	Entries(ctx context.Context, owner string) ([]state.ListEntry, error)
 }
 
 // Pipeline is a configured chain of stages. It is safe for concurrent use;
@@ -102,6 +123,7 @@ type Pipeline struct {
 	early policy.Effective
 	log   *slog.Logger
 	m     *Metrics
+	lists UserLists
 }
 
 // stage is a StageSpec with what the pipeline needs of it at every call.
@@ -122,7 +144,7 @@ func New(specs []StageSpec, pol policy.Policy, opts Options) (*Pipeline, error) 
 	if err := pol.Check(); err != nil {
 		return nil, err
 	}
-	p := &Pipeline{pol: pol, def: pol.Default(), early: pol.Default(), log: opts.Logger}
+	p := &Pipeline{pol: pol, def: pol.Default(), early: pol.Default(), log: opts.Logger, lists: opts.UserLists}
 	for _, e := range pol.All() {
 		// 0 is a threshold that is off: the most lenient of all.
 		if e.RejectScore <= 0 || p.early.RejectScore <= 0 {
@@ -209,6 +231,9 @@ type Decision struct {
 	Policy       string        // the name of the policy applied: policy.DefaultName or an override's
 	Trace        []trace.Stage // every stage that ran in this phase, in chain order, sealing stages last
 	BodyReplaced bool          // a stage replaced tx.Body with a stages.BytesBody
+	// ByScore is true when a score threshold decided, not the action of a
+	// stage: only such a hold may an end user release (package console).
+	ByScore bool
 }
 
 // Session is the running state of one SMTP session for the pipeline: the
@@ -233,6 +258,10 @@ type Session struct {
 	outs   []outcome
 	accept *verdict          // an Accept that holds for the rest of the session
 	eff    *policy.Effective // the transaction's policy, set by its first recipient
+	// allowed is the entry of the recipients' own allow-lists that
+	// allows the transaction's sender ("": none), set with eff; rcptAllow
+	// is that of the recipient being judged.
+	allowed, rcptAllow string
 }
 
 // Begin starts the state of one SMTP session.
@@ -287,6 +316,9 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 		if s.eff != nil && !policy.SamePolicy(*s.eff, eff) {
 			return s.split(ctx, rcpt, eff, log)
 		}
+		if d, refused := s.userLists(ctx, rcpt, tx.From, eff, log); refused {
+			return d
+		}
 	}
 	if hit, ok := s.p.pol.Allow.Match(ph, tx); ok {
 		d, v := s.listed(ctx, ph, "policy.allow", stages.Accept, hit, eff, log)
@@ -311,7 +343,21 @@ func (s *Session) Run(ctx context.Context, ph stages.Phase, tx *stages.Transacti
 	d.Score = s.score + phaseScore
 	decided := merge(s.carried(eff), outs, append(slices.Clone(s.outs), outs...), d.Score, eff)
 	d.Action, d.Stage, d.Reason = decided.action, decided.stage, decided.reason
+	d.ByScore = decided.byStages != nil
 	d.Reply = replyFor(decided, log)
+	// An allow entry overrules the score thresholds only: an action a
+	// stage chose (a virus quarantined, DMARC p=quarantine) stands, as a
+	// sender is easy to forge.
+	if ph == stages.Data && s.allowed != "" && decided.byStages != nil && (d.Action == stages.Quarantine || d.Action == stages.Tag) {
+		const name = "policy.user_allow"
+		reason := fmt.Sprintf("%s (%s: %s) overruled by the recipients' allow-lists: %s", d.Action, d.Stage, d.Reason, s.allowed)
+		log.LogAttrs(ctx, slog.LevelInfo, "policy list", slog.String("list", name), slog.String("overruled", d.Action.String()), slog.String("entry", s.allowed))
+		d.Trace = append(d.Trace, trace.Stage{Name: name, Kind: "policy", Phase: ph.String(), Action: stages.Continue, Result: "allowed", Reason: reason})
+		d.Action, d.Stage, d.Reason = stages.Continue, name, reason
+		if below := decided.byStages; below.action == stages.Tag {
+			d.Action, d.Stage, d.Reason = below.action, below.stage, below.reason
+		}
+	}
 
 	if d.Action == stages.Reject || d.Action == stages.TempFail {
 		return d
@@ -379,7 +425,7 @@ func (s *Session) commit(ph stages.Phase, eff policy.Effective, accept *verdict)
 	switch {
 	case ph == stages.Rcpt:
 		if s.eff == nil {
-			s.eff = &eff
+			s.eff, s.allowed = &eff, s.rcptAllow
 		}
 	case accept != nil:
 		s.accept = accept
@@ -419,6 +465,40 @@ func (s *Session) listed(ctx context.Context, ph stages.Phase, name string, a st
 		Policy: eff.Name,
 		Trace:  []trace.Stage{{Name: name, Kind: "policy", Phase: ph.String(), Action: a, Result: hit.Key, Reason: reason}},
 	}, v
+}
+
+// userLists checks the recipient's own lists for the sender: a block
+// entry refuses the recipient; whether an allow entry matches must be as
+// for the recipients accepted before (see the package comment), else the
+// recipient is deferred to a transaction of its own. A store that fails
+// is logged and passed over: the lists are a convenience, not a defense.
+func (s *Session) userLists(ctx context.Context, rcpt, from string, eff policy.Effective, log *slog.Logger) (Decision, bool) {
+	s.rcptAllow = ""
+	if s.p.lists == nil || from == "" {
+		return Decision{}, false
+	}
+	entries, err := s.p.lists.Entries(ctx, strings.ToLower(rcpt))
+	if err != nil {
+		log.Warn("user lists not checked", "rcpt", rcpt, "err", err)
+		return Decision{}, false
+	}
+	e := state.MatchList(entries, from)
+	switch {
+	case e != nil && e.Kind == state.Block:
+		d, _ := s.listed(ctx, stages.Rcpt, "policy.user_block", stages.Reject, policy.Hit{Key: "rcpt " + rcpt, Entry: e.Sender, Value: from}, eff, log)
+		return d, true
+	case e != nil:
+		s.rcptAllow = fmt.Sprintf("%s allows %s", rcpt, e.Sender)
+	}
+	if s.eff != nil && (s.allowed == "") != (s.rcptAllow == "") {
+		const name = "policy.split"
+		reason := fmt.Sprintf("the allow-list of %s %s the sender, those of the recipients before it %s", rcpt,
+			map[bool]string{true: "has", false: "does not have"}[s.rcptAllow != ""], map[bool]string{true: "do", false: "do not"}[s.allowed != ""])
+		log.LogAttrs(ctx, slog.LevelInfo, "policy split", slog.String("rcpt", rcpt), slog.String("reason", reason))
+		return Decision{Action: stages.TempFail, Score: s.score, Reply: &splitReply, Stage: name, Reason: reason, Policy: s.eff.Name,
+			Trace: []trace.Stage{{Name: name, Kind: "policy", Phase: stages.Rcpt.String(), Action: stages.TempFail, Result: "user_allow", Reason: reason}}}, true
+	}
+	return Decision{}, false
 }
 
 // split defers a recipient whose policy differs from the transaction's.

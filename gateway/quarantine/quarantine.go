@@ -39,6 +39,12 @@
 // case that breaks this is an operator deleting the copy from the queue
 // between a crash and the next start: Recover then sees no copy and allows
 // another release.
+//
+// A release may be for some of the recipients only (an end user releases
+// a message for themselves): the same three steps then name those
+// recipients (ReleasingRcpts, then a Release in Releases), each recipient
+// is released once, and the message counts as released (Released) when
+// its last recipient is.
 package quarantine
 
 import (
@@ -70,6 +76,10 @@ var ErrNotFound = errors.New("no such message in the quarantine")
 // before; the error names the queue ID of that release.
 var ErrAlreadyReleased = errors.New("already released")
 
+// ErrPartialShared is returned by a cluster's Release asked for some of
+// the recipients of a message in the shared store: it releases to all.
+var ErrPartialShared = errors.New("a release to some recipients is not supported for the cluster's quarantine yet; release to all")
+
 // ErrReleasing is returned by a cluster's Release for a message another
 // release is under way for; the error names the node.
 var ErrReleasing = errors.New("release in progress")
@@ -79,6 +89,10 @@ var ErrReleasing = errors.New("release in progress")
 // in the store a cluster shares. Node and ReleaseNode are set in a
 // cluster only.
 type Record = state.QuarantineRecord
+
+// Release is a release of a quarantined message to some of its
+// recipients: the copy queued for them.
+type Release = state.QuarantineRelease
 
 // Filter selects records; zero fields select everything.
 type Filter struct {
@@ -337,10 +351,15 @@ func (s *Store) Expire(now time.Time, retention time.Duration) ([]string, error)
 	return ids, errors.Join(errs...)
 }
 
-// Release queues a copy of message id in sp for delivery to its
-// recipients and returns the copy's envelope, for the caller to hand to
-// the router. See the package comment for why this is exactly once.
-func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Envelope, error) {
+// ErrNotRecipient is returned by Release for a recipient the message
+// does not have.
+var ErrNotRecipient = errors.New("not a recipient of the message")
+
+// Release queues a copy of message id in sp for delivery to rcpts, or to
+// every recipient not released yet when rcpts is empty, and returns the
+// copy's envelope, for the caller to hand to the router. See the package
+// comment for why this is exactly once, for each recipient.
+func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...string) (*spool.Envelope, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rec, err := s.Get(id)
@@ -349,6 +368,24 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Enve
 	}
 	if rec.Released != "" {
 		return nil, fmt.Errorf("quarantine %s: %w as %s at %s", id, ErrAlreadyReleased, rec.Released, rec.ReleasedAt.Format(time.RFC3339))
+	}
+	to := rec.Pending()
+	if len(rcpts) > 0 {
+		to = nil
+		for _, a := range rcpts {
+			i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return strings.EqualFold(r, a) })
+			switch {
+			case i < 0:
+				return nil, fmt.Errorf("quarantine %s: %s: %w", id, a, ErrNotRecipient)
+			case rec.ReleasedTo(a) != "":
+				return nil, fmt.Errorf("quarantine %s: %w to %s as %s", id, ErrAlreadyReleased, a, rec.ReleasedTo(a))
+			case !slices.Contains(to, rec.Rcpts[i]):
+				to = append(to, rec.Rcpts[i])
+			}
+		}
+		if len(to) == len(rec.Pending()) && len(rec.Releases) == 0 {
+			rcpts = nil // all of them: a release as a whole
+		}
 	}
 	w, err := sp.Create()
 	if err != nil {
@@ -360,6 +397,9 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Enve
 	}
 	// Step 1.
 	rec.Releasing = w.ID()
+	if len(rcpts) > 0 {
+		rec.ReleasingRcpts = to
+	}
 	if err := s.writeRecord(rec); err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("release %s: %w", id, err)
@@ -367,16 +407,16 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler) (*spool.Enve
 	// Step 2. Once started the commit is finished whatever the caller's
 	// context does: a half-done release is only undone by Recover.
 	// Delivery gets its full max_age from the release.
-	env := spool.NewEnvelope(rec.From, rec.Rcpts, rec.ClientAddr, rec.ClientHelo, rec.MessageID)
+	env := spool.NewEnvelope(rec.From, to, rec.ClientAddr, rec.ClientHelo, rec.MessageID)
 	if err := w.Commit(context.WithoutCancel(ctx), env); err != nil {
-		rec.Releasing = ""
+		rec.Releasing, rec.ReleasingRcpts = "", nil
 		if werr := s.writeRecord(rec); werr != nil {
 			err = errors.Join(err, werr)
 		}
 		return nil, fmt.Errorf("release %s: %w", id, err)
 	}
 	// Step 3.
-	rec.Released, rec.Releasing, rec.ReleasedAt = env.ID, "", time.Now().UTC()
+	rec.Settle(env.ID, rec.ReleasingRcpts, time.Now().UTC())
 	if err := s.writeRecord(rec); err != nil {
 		// The copy is committed and the router will deliver it after a
 		// restart (Recover completes the record), so the release is
@@ -401,12 +441,12 @@ func (s *Store) Recover(sp Spooler) error {
 		}
 		switch _, err := sp.Load(rec.Releasing); {
 		case err == nil:
-			rec.Released, rec.ReleasedAt = rec.Releasing, time.Now().UTC()
+			rec.Settle(rec.Releasing, rec.ReleasingRcpts, time.Now().UTC())
 		case errors.Is(err, fs.ErrNotExist):
 		default:
 			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
 		}
-		rec.Releasing = ""
+		rec.Releasing, rec.ReleasingRcpts = "", nil
 		if err := s.writeRecord(rec); err != nil {
 			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
 		}

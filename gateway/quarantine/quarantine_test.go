@@ -240,3 +240,74 @@ func TestOpenRemovesOrphans(t *testing.T) {
 		t.Fatalf("quarantined message removed: %v", err)
 	}
 }
+
+// TestReleaseSomeRecipients: a message for three is released to one,
+// then to another, each once; the last release completes it, and every
+// copy goes to its recipients only. A crash after a partial release's
+// commit is completed by Recover for those recipients only.
+func TestReleaseSomeRecipients(t *testing.T) {
+	q, sp, dir := open(t)
+	w := spooled(t, sp, "Subject: hi\r\n\r\nbody\r\n")
+	rec := &Record{ID: w.ID(), From: "a@a.test", Rcpts: []string{"x@dest.test", "y@dest.test", "z@dest.test"}, Time: time.Now()}
+	if err := q.Add(rec, w.Path()); err != nil {
+		t.Fatal(err)
+	}
+	w.Abort()
+	ctx := context.Background()
+	rcptsOf := func(env *spool.Envelope) (out []string) {
+		for _, r := range env.Rcpts {
+			out = append(out, r.Addr)
+		}
+		return out
+	}
+	env, err := q.Release(ctx, rec.ID, sp, "Y@dest.test")
+	if err != nil || strings.Join(rcptsOf(env), ",") != "y@dest.test" {
+		t.Fatalf("release to y: %v %v", rcptsOf(env), err)
+	}
+	if _, err := q.Release(ctx, rec.ID, sp, "y@dest.test"); !errors.Is(err, ErrAlreadyReleased) || !strings.Contains(err.Error(), env.ID) {
+		t.Fatalf("y again: %v", err)
+	}
+	if _, err := q.Release(ctx, rec.ID, sp, "nobody@dest.test"); !errors.Is(err, ErrNotRecipient) {
+		t.Fatalf("a stranger: %v", err)
+	}
+	got, _ := q.Get(rec.ID)
+	if got.Released != "" || strings.Join(got.Pending(), ",") != "x@dest.test,z@dest.test" {
+		t.Fatalf("after one: released %q, pending %v", got.Released, got.Pending())
+	}
+
+	// z: a crash after the copy was committed, before the record said so.
+	w2 := spooled(t, sp, "x")
+	if err := w2.Commit(ctx, &spool.Envelope{From: "a@a.test", Rcpts: []spool.Recipient{{Addr: "z@dest.test", Status: spool.Pending}}}); err != nil {
+		t.Fatal(err)
+	}
+	got.Releasing, got.ReleasingRcpts = w2.ID(), []string{"z@dest.test"}
+	if err := q.writeRecord(got); err != nil {
+		t.Fatal(err)
+	}
+	q2, err := Open(filepath.Join(dir, "quarantine"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q2.Recover(sp); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = q2.Get(rec.ID)
+	if strings.Join(got.Pending(), ",") != "x@dest.test" || got.Releasing != "" {
+		t.Fatalf("after recovery: pending %v, releasing %q", got.Pending(), got.Releasing)
+	}
+	// The rest: x only, and then the message is released.
+	env, err = q2.Release(ctx, rec.ID, sp)
+	if err != nil || strings.Join(rcptsOf(env), ",") != "x@dest.test" {
+		t.Fatalf("release of the rest: %v %v", rcptsOf(env), err)
+	}
+	got, _ = q2.Get(rec.ID)
+	if got.Released != env.ID || len(got.Pending()) != 0 || len(got.Releases) != 3 {
+		t.Fatalf("after all: %+v", got)
+	}
+	if _, err := q2.Release(ctx, rec.ID, sp); !errors.Is(err, ErrAlreadyReleased) {
+		t.Fatalf("a fourth release: %v", err)
+	}
+	if list, _ := sp.List(); len(list) != 3 {
+		t.Fatalf("%d copies queued, want 3", len(list))
+	}
+}

@@ -208,13 +208,19 @@ func (s *Shared) Writable() error { return s.local.Writable() }
 
 // Release queues a copy of message id in sp for delivery to its
 // recipients, once, and returns the copy's envelope for the caller to
-// hand to the router. An error with an envelope says the copy is queued
+// hand to the router; rcpts (none: all) names some of them, for a
+// message on this node only. An error with an envelope says the copy is queued
 // but the release not yet recorded everywhere.
-func (s *Shared) Release(ctx context.Context, id string, sp Spooler) (*spool.Envelope, error) {
+func (s *Shared) Release(ctx context.Context, id string, sp Spooler, rcpts ...string) (*spool.Envelope, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, err := s.local.Get(id); !errors.Is(err, ErrNotFound) || s.store == nil {
-		return s.local.Release(ctx, id, sp)
+		return s.local.Release(ctx, id, sp, rcpts...)
+	}
+	if len(rcpts) > 0 {
+		// The shared store's release journal covers a release as a
+		// whole only (gateway/state/README.md: what is left).
+		return nil, fmt.Errorf("quarantine %s: %w", id, ErrPartialShared)
 	}
 	q, down := s.shared()
 	if down != nil {

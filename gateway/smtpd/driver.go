@@ -503,6 +503,7 @@ func (t *Txn) quarantine(d pipeline.Decision, messageID string) error {
 		Stage:      d.Stage,
 		Reason:     d.Reason,
 		Policy:     d.Policy,
+		ByScore:    d.ByScore,
 		Verdicts:   t.stages,
 	}
 	return t.c.d.opts.Quarantine.Add(rec, w.Path())

@@ -23,6 +23,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/trace"
@@ -77,12 +79,66 @@ type QuarantineRecord struct {
 	// Verdicts are every stage result of the transaction, all phases, in
 	// the order they ran.
 	Verdicts []trace.Stage `json:"verdicts"`
-	// Releasing is the queue ID of a release under way, on ReleaseNode;
-	// Released that of the release done (see Quarantine.BeginRelease).
-	Releasing   string    `json:"releasing,omitempty"`
-	Released    string    `json:"released,omitempty"`
-	ReleaseNode string    `json:"release_node,omitempty"`
-	ReleasedAt  time.Time `json:"released_at,omitzero"`
+	// ByScore is true for a hold a score threshold made, not a stage's
+	// action (a virus, a file type): end users may release only these.
+	ByScore bool `json:"by_score,omitempty"`
+	// Releasing is the queue ID of a release under way, on ReleaseNode,
+	// to ReleasingRcpts (none: every recipient not released yet);
+	// Released that of the release that released the last recipient
+	// (see Quarantine.BeginRelease), Releases every release done for some
+	// recipients (on one node: the console's partial releases).
+	Releasing      string              `json:"releasing,omitempty"`
+	ReleasingRcpts []string            `json:"releasing_rcpts,omitempty"`
+	Released       string              `json:"released,omitempty"`
+	ReleaseNode    string              `json:"release_node,omitempty"`
+	ReleasedAt     time.Time           `json:"released_at,omitzero"`
+	Releases       []QuarantineRelease `json:"releases,omitempty"`
+}
+
+// QuarantineRelease is a release of a quarantined message to some of its
+// recipients: the copy queued for them.
+type QuarantineRelease struct {
+	QueueID string    `json:"queue_id"`
+	Rcpts   []string  `json:"rcpts"`
+	At      time.Time `json:"at"`
+}
+
+// Pending returns the recipients of r not released yet.
+func (r *QuarantineRecord) Pending() []string {
+	var out []string
+	for _, a := range r.Rcpts {
+		if r.Released == "" && r.ReleasedTo(a) == "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// ReleasedTo returns the queue ID of the partial release to rcpt, or "".
+func (r *QuarantineRecord) ReleasedTo(rcpt string) string {
+	for _, rel := range r.Releases {
+		if slices.ContainsFunc(rel.Rcpts, func(a string) bool { return strings.EqualFold(a, rcpt) }) {
+			return rel.QueueID
+		}
+	}
+	return ""
+}
+
+// Settle records the release copyID to rcpts (nil: all pending) as done
+// at now.
+func (r *QuarantineRecord) Settle(copyID string, rcpts []string, now time.Time) {
+	if len(rcpts) == 0 && len(r.Releases) == 0 {
+		r.Released, r.ReleasedAt = copyID, now
+	} else {
+		if len(rcpts) == 0 {
+			rcpts = r.Pending()
+		}
+		r.Releases = append(r.Releases, QuarantineRelease{QueueID: copyID, Rcpts: rcpts, At: now})
+		if len(r.Pending()) == 0 {
+			r.Released, r.ReleasedAt = copyID, now
+		}
+	}
+	r.Releasing, r.ReleasingRcpts = "", nil
 }
 
 // QuarantineFilter selects quarantined messages; zero fields select all.

@@ -232,8 +232,8 @@ func files(dir string) ([]dayFile, error) {
 // its release queued, a DSN) are included, so the whole story is told. It
 // only reads: it is safe next to a running gateway.
 func Find(dir, id string) ([]Event, error) {
-	all, err := readAll(dir)
-	if err != nil {
+	var all []Event
+	if err := Scan(dir, time.Time{}, time.Time{}, func(e Event) { all = append(all, e) }); err != nil {
 		return nil, err
 	}
 	mid := strings.Trim(id, "<>")
@@ -285,21 +285,25 @@ func Merge(a, b []Event) []Event {
 	return out
 }
 
-// readAll reads every event in dir, skipping lines that do not parse (a
-// line cut short by a crash).
-func readAll(dir string) ([]Event, error) {
+// Scan calls fn with every event in dir of the days from since to until
+// (zero: no bound), file by file, oldest day first, in the order written,
+// skipping lines that do not parse (a line cut short by a crash). Only the
+// files of those days are read.
+func Scan(dir string, since, until time.Time, fn func(Event)) error {
 	days, err := files(dir)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var out []Event
 	for _, d := range days {
+		if !since.IsZero() && d.day.AddDate(0, 0, 1).Before(since.UTC()) || !until.IsZero() && d.day.After(until.UTC()) {
+			continue
+		}
 		f, err := os.Open(filepath.Join(dir, d.name+suffix))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // expired meanwhile
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read traces: %w", err)
+			return fmt.Errorf("read traces: %w", err)
 		}
 		sc := bufio.NewScanner(f)
 		sc.Buffer(make([]byte, 64*1024), 16<<20)
@@ -310,16 +314,16 @@ func readAll(dir string) ([]Event, error) {
 			}
 			var e Event
 			if json.Unmarshal(line, &e) == nil {
-				out = append(out, e)
+				fn(e)
 			}
 		}
 		err = sc.Err()
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("read traces %s: %w", d.name, err)
+			return fmt.Errorf("read traces %s: %w", d.name, err)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Print writes events as an operator reads them: one line per event, the

@@ -1,0 +1,247 @@
+package console
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/address"
+)
+
+// loadSecret reads the signing key from path, or makes a random one there
+// when the file does not exist: hex, 32 bytes, mode 0600, written under a
+// temporary name and linked into place so that two processes starting at
+// once end up with the same key.
+func loadSecret(path string) ([]byte, error) {
+	b, err := readSecret(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := makeSecret(path); err != nil {
+			return nil, err
+		}
+		b, err = readSecret(path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(key) < 16 {
+		return nil, fmt.Errorf("%s: expect at least 16 bytes in hex (32 random bytes are made when the file does not exist)", path)
+	}
+	return key, nil
+}
+
+// readSecret reads the key file, refusing one that the group or others
+// may read: whoever reads it can forge sessions and links.
+func readSecret(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if m := st.Mode().Perm(); m&0o077 != 0 {
+		return nil, fmt.Errorf("%s may be read by others than its owner (mode %04o), and it signs sessions and links; run: chmod 600 %s", path, m, path)
+	}
+	return io.ReadAll(f)
+}
+
+func makeSecret(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".secret-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(hex.EncodeToString(key) + "\n")
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Link(tmp.Name(), path)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return nil // another process made it first: use that
+	}
+	return err
+}
+
+// keys signs and checks what the console hands out: each use has a key
+// of its own, derived from the secret, so that a token made for one use
+// is worth nothing in another.
+type keys struct{ session, csrf, link []byte }
+
+func newKeys(secret []byte) keys {
+	derive := func(use string) []byte {
+		m := hmac.New(sha256.New, secret)
+		m.Write([]byte("mailgate console " + use))
+		return m.Sum(nil)
+	}
+	return keys{session: derive("session"), csrf: derive("csrf"), link: derive("link")}
+}
+
+func sign(key []byte, parts ...string) string {
+	m := hmac.New(sha256.New, key)
+	for _, p := range parts {
+		// Length-prefixed: no two lists of parts sign the same bytes.
+		fmt.Fprintf(m, "%d:%s", len(p), p)
+	}
+	return b64(m.Sum(nil))
+}
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func unb64(s string) (string, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	return string(b), err == nil
+}
+
+// session is a logged-in admin or auditor.
+type session struct {
+	User  policy.WebUser
+	token string // the cookie's value
+	exp   time.Time
+}
+
+// newSession is the cookie value of a session of u until exp: the name,
+// the expiry, a random ID (for logout) and a MAC over them and the
+// user's password hash and role, so that a changed password or role in
+// the config ends the sessions made before.
+func (k keys) newSession(u policy.WebUser, exp time.Time) string {
+	id := make([]byte, 16)
+	rand.Read(id)
+	name, e, sid := b64([]byte(u.Name)), strconv.FormatInt(exp.Unix(), 10), b64(id)
+	return name + "." + e + "." + sid + "." + sign(k.session, u.Name, e, sid, u.PasswordHash.String(), u.Role)
+}
+
+// checkSession returns the session of token if it is one this console
+// made for a user of users that has not expired at now.
+func (k keys) checkSession(token string, users []policy.WebUser, now time.Time) (*session, string, bool) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 4 {
+		return nil, "", false
+	}
+	name, ok := unb64(parts[0])
+	exp, err := strconv.ParseInt(parts[1], 10, 64)
+	if !ok || err != nil || !now.Before(time.Unix(exp, 0)) {
+		return nil, "", false
+	}
+	for _, u := range users {
+		if u.Name != name {
+			continue
+		}
+		want := sign(k.session, u.Name, parts[1], parts[2], u.PasswordHash.String(), u.Role)
+		if !hmac.Equal([]byte(want), []byte(parts[3])) {
+			return nil, "", false
+		}
+		return &session{User: u, token: token, exp: time.Unix(exp, 0)}, parts[2], true
+	}
+	return nil, "", false
+}
+
+// csrfToken is the token a form of the page for bearer (a session's or a
+// link's token) carries: a POST without it is refused.
+func (k keys) csrfToken(bearer string) string { return sign(k.csrf, bearer) }
+
+func (k keys) checkCSRF(bearer, token string) bool {
+	return bearer != "" && hmac.Equal([]byte(k.csrfToken(bearer)), []byte(token))
+}
+
+// Link is what an end user's link grants: the quarantined mail of one
+// recipient, until it expires.
+type Link struct {
+	Rcpt    string // canonical address
+	Expires time.Time
+}
+
+// newLink is the token of an end user's link for rcpt until exp.
+func (k keys) newLink(rcpt string, exp time.Time) string {
+	r, e := b64([]byte(rcpt)), strconv.FormatInt(exp.Unix(), 10)
+	return r + "." + e + "." + sign(k.link, rcpt, e)
+}
+
+var (
+	errBadLink     = errors.New("this link is not valid")
+	errExpiredLink = errors.New("this link has expired")
+)
+
+// checkLink returns what token grants at now: errBadLink when it was not
+// made by this console (or was changed), errExpiredLink after its expiry.
+func (k keys) checkLink(token string, now time.Time) (Link, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return Link{}, errBadLink
+	}
+	rcpt, ok := unb64(parts[0])
+	exp, err := strconv.ParseInt(parts[1], 10, 64)
+	if !ok || err != nil || !hmac.Equal([]byte(sign(k.link, rcpt, parts[1])), []byte(parts[2])) {
+		return Link{}, errBadLink
+	}
+	if _, err := address.Parse(rcpt); err != nil {
+		return Link{}, errBadLink
+	}
+	l := Link{Rcpt: rcpt, Expires: time.Unix(exp, 0)}
+	if !now.Before(l.Expires) {
+		return l, errExpiredLink
+	}
+	return l, nil
+}
+
+// LinkURL is the address of rcpt's quarantine page, valid for [web]
+// link_ttl from now, under [web] base_url: what a digest mail carries.
+func (c *Console) LinkURL(rcpt string) string {
+	cfg := c.opts.Config()
+	if a, err := address.Parse(rcpt); err == nil {
+		rcpt = a
+	}
+	exp := c.opts.Now().Add(time.Duration(cfg.Web.LinkTTL))
+	return strings.TrimSuffix(cfg.Web.BaseURL, "/") + "/u/" + c.keys.newLink(rcpt, exp)
+}
+
+// revocations are the sessions logged out before their expiry, until it.
+type revocations struct {
+	mu  sync.Mutex
+	ids map[string]time.Time // session ID → its expiry
+}
+
+func newRevocations() *revocations { return &revocations{ids: map[string]time.Time{}} }
+
+func (r *revocations) revoke(id string, exp, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, e := range r.ids {
+		if !now.Before(e) {
+			delete(r.ids, k)
+		}
+	}
+	r.ids[id] = exp
+}
+
+func (r *revocations) has(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.ids[id]
+	return ok
+}

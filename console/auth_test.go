@@ -1,0 +1,368 @@
+package console
+
+import (
+	"bytes"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/policy"
+)
+
+// TestHostChecked: a request for a name the console was not given gets
+// 421 and nothing else, on every path: with base_url and hosts, only
+// those names are served, not loopback addresses or localhost.
+func TestHostChecked(t *testing.T) {
+	e := newTestEnv(t, "")
+	b := e.browser()
+	for _, host := range []string{"console.example.test", "CONSOLE.example.test.", "mailgate.example.test:8443"} {
+		b.host = host
+		if r := b.get("/login"); r.code != http.StatusOK {
+			t.Errorf("Host %s: %d, want 200", host, r.code)
+		}
+	}
+	for _, host := range []string{"evil.example", "console.example.test.evil.example", "192.0.2.1", "localhost", "127.0.0.1:9", "[::1]", e.srv.Listener.Addr().String()} {
+		b.host = host
+		for _, path := range []string{"/login", "/tracking", "/static/console.css", "/u/x"} {
+			r := b.get(path)
+			if r.code != http.StatusMisdirectedRequest {
+				t.Errorf("Host %q %s: %d, want 421", host, path, r.code)
+			}
+			if strings.Contains(r.body, host) {
+				t.Errorf("Host %q echoed in the answer", host)
+			}
+		}
+	}
+}
+
+// TestSecurityHeaders: every answer forbids inline script, remote
+// content, framing and caching, and sends no Referer.
+func TestSecurityHeaders(t *testing.T) {
+	e := newTestEnv(t, "")
+	b := e.browser()
+	for _, path := range []string{"/login", "/tracking", "/nowhere"} {
+		r := b.get(path)
+		csp := r.h.Get("Content-Security-Policy")
+		for _, want := range []string{"default-src 'none'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'", "form-action 'self'"} {
+			if !strings.Contains(csp, want) {
+				t.Errorf("%s: CSP %q lacks %q", path, csp, want)
+			}
+		}
+		if strings.Contains(csp, "unsafe-inline") || strings.Contains(csp, "http") {
+			t.Errorf("%s: CSP %q allows inline or remote content", path, csp)
+		}
+		for k, want := range map[string]string{"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+			"X-Frame-Options": "DENY", "Cache-Control": "no-store"} {
+			if got := r.h.Get(k); got != want {
+				t.Errorf("%s: %s %q, want %q", path, k, got, want)
+			}
+		}
+	}
+}
+
+// TestLogin: pages need a session; a wrong password or an unknown name
+// gets none; the session cookie is HttpOnly and SameSite=Strict, and
+// logout ends it.
+func TestLogin(t *testing.T) {
+	e := newTestEnv(t, "")
+	b := e.browser()
+	if r := b.get("/tracking?from=x"); r.code != http.StatusSeeOther || r.h.Get("Location") != "/login?next=%2Ftracking%3Ffrom%3Dx" {
+		t.Fatalf("without a session: %d %s", r.code, r.h.Get("Location"))
+	}
+	for _, c := range []struct{ name, pw string }{{"admin", "wrong"}, {"nobody", testPassword}, {"admin", ""}} {
+		r := b.post("/login", url.Values{"name": {c.name}, "password": {c.pw}})
+		if r.code != http.StatusUnauthorized || !strings.Contains(r.body, "Wrong name or password") {
+			t.Errorf("login %s/%s: %d\n%s", c.name, c.pw, r.code, r.body)
+		}
+		if r.h.Get("Set-Cookie") != "" {
+			t.Errorf("login %s/%s set a cookie", c.name, c.pw)
+		}
+	}
+	r := b.post("/login", url.Values{"name": {"admin"}, "password": {testPassword}, "next": {"//evil.example/x"}})
+	if r.code != http.StatusSeeOther || r.h.Get("Location") != "/tracking" {
+		t.Fatalf("login: %d to %q, want /tracking (not another site)", r.code, r.h.Get("Location"))
+	}
+	ck := r.h.Get("Set-Cookie")
+	for _, want := range []string{"mailgate_session=", "HttpOnly", "SameSite=Strict", "Path=/"} {
+		if !strings.Contains(ck, want) {
+			t.Errorf("cookie %q lacks %s", ck, want)
+		}
+	}
+	token := b.csrf("/tracking")
+	if r := b.post("/logout", url.Values{"csrf": {token}}); r.code != http.StatusSeeOther {
+		t.Fatalf("logout: %d", r.code)
+	}
+	// The cookie is gone from the jar; one kept elsewhere is dead too.
+	b2 := e.browser()
+	b2.login("admin")
+	u, _ := url.Parse(e.srv.URL)
+	stolen := b2.client.Jar.Cookies(u)
+	b2.post("/logout", url.Values{"csrf": {b2.csrf("/tracking")}})
+	b3 := e.browser()
+	b3.client.Jar.SetCookies(u, stolen)
+	if r := b3.get("/tracking"); r.code != http.StatusSeeOther {
+		t.Errorf("a logged-out session still works: %d", r.code)
+	}
+}
+
+// TestSessionExpires: a session ends after session_ttl.
+func TestSessionExpires(t *testing.T) {
+	e := newTestEnv(t, `session_ttl = "1h"`)
+	b := e.browser()
+	b.login("admin")
+	e.advance(59 * time.Minute)
+	if r := b.get("/tracking"); r.code != http.StatusOK {
+		t.Fatalf("before expiry: %d", r.code)
+	}
+	e.advance(2 * time.Minute)
+	if r := b.get("/tracking"); r.code != http.StatusSeeOther {
+		t.Fatalf("after expiry: %d, want the login", r.code)
+	}
+}
+
+// TestLoginRateLimited: after a burst of attempts from one client, even
+// the right password is refused for a while (429), then taken again.
+func TestLoginRateLimited(t *testing.T) {
+	e := newTestEnv(t, "")
+	b := e.browser()
+	for i := range loginBurst {
+		if r := b.post("/login", url.Values{"name": {"admin"}, "password": {"guess"}}); r.code != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: %d", i, r.code)
+		}
+	}
+	r := b.post("/login", url.Values{"name": {"admin"}, "password": {testPassword}})
+	if r.code != http.StatusTooManyRequests {
+		t.Fatalf("over the limit: %d, want 429", r.code)
+	}
+	e.advance(loginEvery)
+	b.login("admin")
+}
+
+// TestCSRF: a change without the session's token, with another
+// session's, or from another site is refused and changes nothing; an
+// auditor may not change anything.
+func TestCSRF(t *testing.T) {
+	e := newTestEnv(t, "")
+	b := e.browser()
+	token := b.login("admin")
+	other := e.browser()
+	otherToken := other.login("admin")
+	for _, c := range []struct {
+		name string
+		form url.Values
+		hdr  map[string]string
+	}{
+		{"no token", url.Values{"op": {"retry"}}, nil},
+		{"another session's token", url.Values{"op": {"retry"}, "csrf": {otherToken}}, nil},
+		{"from another site", url.Values{"op": {"retry"}, "csrf": {token}}, map[string]string{"Sec-Fetch-Site": "cross-site"}},
+		{"from another origin", url.Values{"op": {"retry"}, "csrf": {token}}, map[string]string{"Sec-Fetch-Site": "", "Origin": "https://evil.example"}},
+	} {
+		r := b.do(http.MethodPost, "/queue/0F3K9RD2C8M1A4QE/retry", c.form, c.hdr)
+		if r.code != http.StatusForbidden {
+			t.Errorf("%s: %d, want 403", c.name, r.code)
+		}
+	}
+	aud := e.browser()
+	audToken := aud.login("auditor")
+	if r := aud.post("/queue/0F3K9RD2C8M1A4QE/retry", url.Values{"csrf": {audToken}}); r.code != http.StatusForbidden {
+		t.Errorf("auditor: %d, want 403", r.code)
+	}
+	if len(e.backend.ops) != 0 {
+		t.Fatalf("refused requests did something: %v", e.backend.ops)
+	}
+	if r := b.post("/queue/0F3K9RD2C8M1A4QE/retry", url.Values{"csrf": {token}}); r.code != http.StatusOK {
+		t.Fatalf("with the token: %d\n%s", r.code, r.body)
+	}
+	if len(e.backend.ops) != 1 {
+		t.Fatalf("ops %v, want the retry", e.backend.ops)
+	}
+}
+
+// TestSignedLink: a link names one recipient until it expires; a link
+// changed in any part, or made with another key, is refused.
+func TestSignedLink(t *testing.T) {
+	e := newTestEnv(t, `link_ttl = "24h"`)
+	now := e.clock()
+	tok := e.c.keys.newLink("bob@example.test", now.Add(24*time.Hour))
+	l, err := e.c.keys.checkLink(tok, now)
+	if err != nil || l.Rcpt != "bob@example.test" {
+		t.Fatalf("checkLink: %+v %v", l, err)
+	}
+	if _, err := e.c.keys.checkLink(tok, now.Add(24*time.Hour)); err != errExpiredLink {
+		t.Errorf("at expiry: %v, want expired", err)
+	}
+	parts := strings.Split(tok, ".")
+	for _, bad := range []string{
+		b64([]byte("eve@example.test")) + "." + parts[1] + "." + parts[2],
+		parts[0] + "." + "99999999999" + "." + parts[2],
+		parts[0] + "." + parts[1] + "." + parts[2][:len(parts[2])-2] + "AA",
+		newKeys([]byte("another secret of sixteen")).newLink("bob@example.test", now.Add(time.Hour)),
+		"", "x.y", tok + ".x",
+	} {
+		if _, err := e.c.keys.checkLink(bad, now); err != errBadLink {
+			t.Errorf("checkLink(%q): %v, want not valid", bad, err)
+		}
+	}
+	u := e.c.LinkURL("bob@example.test")
+	if !strings.HasPrefix(u, "https://console.example.test/u/") {
+		t.Errorf("LinkURL %q", u)
+	}
+	// A session token is no link, and a link no session.
+	if _, err := e.c.keys.checkLink(e.c.keys.newSession(e.c.opts.Config().Web.Users[0], now.Add(time.Hour)), now); err == nil {
+		t.Error("a session token works as a link")
+	}
+	if _, _, ok := e.c.keys.checkSession(tok, e.c.opts.Config().Web.Users, now); ok {
+		t.Error("a link works as a session")
+	}
+}
+
+// TestSecretKept: the signing key is made once and read again at the
+// next start, so links and sessions outlive a restart.
+func TestSecretKept(t *testing.T) {
+	path := t.TempDir() + "/web/secret"
+	a, err := loadSecret(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := loadSecret(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(a) != string(b) || len(a) != 32 {
+		t.Fatalf("secret not kept: %x then %x", a, b)
+	}
+}
+
+// TestPostBodyBounded: before any login, a POST is a small urlencoded
+// form or nothing: multipart (which Go would spool to a temporary file)
+// gets 415, a form over 64 KiB 413, and neither reaches the login.
+func TestPostBodyBounded(t *testing.T) {
+	e := newTestEnv(t, "")
+	post := func(ctype string, body io.Reader) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/login", body)
+		req.Host = "console.example.test"
+		req.Header.Set("Content-Type", ctype)
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	var mp bytes.Buffer
+	mw := multipart.NewWriter(&mp)
+	mw.WriteField("name", "admin")
+	f, _ := mw.CreateFormFile("upload", "big.bin")
+	f.Write(bytes.Repeat([]byte("x"), 1<<20))
+	mw.Close()
+	if code := post(mw.FormDataContentType(), &mp); code != http.StatusUnsupportedMediaType {
+		t.Errorf("multipart POST /login: %d, want 415", code)
+	}
+	big := "name=admin&password=" + strings.Repeat("x", 65<<10)
+	if code := post("application/x-www-form-urlencoded", strings.NewReader(big)); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a 65 KiB form: %d, want 413", code)
+	}
+	if code := post("application/x-www-form-urlencoded; charset=utf-8", strings.NewReader("name=admin&password=x")); code != http.StatusUnauthorized {
+		t.Errorf("a small form: %d, want 401", code)
+	}
+}
+
+// TestSafeNext: after the login, only a path of this console: no other
+// host however spelt (tabs and backslashes browsers drop or turn into
+// slashes, schemes, control bytes).
+func TestSafeNext(t *testing.T) {
+	for next, want := range map[string]string{
+		"/tracking?from=x":       "/tracking?from=x",
+		"/quarantine/ABC":        "/quarantine/ABC",
+		"/%09/evil.example":      "/tracking",
+		"/\t/evil.example":       "/tracking",
+		"//evil.example/x":       "/tracking",
+		"/\\evil.example":        "/tracking",
+		"/%5Cevil.example":       "/tracking",
+		"https://evil.example/":  "/tracking",
+		"javascript:alert(1)":    "/tracking",
+		"/a\x7fb":                "/tracking",
+		"/%0d%0aSet-Cookie:%20x": "/tracking",
+		"":                       "/tracking",
+		"tracking":               "/tracking",
+	} {
+		if got := safeNext(next); got != want {
+			t.Errorf("safeNext(%q) = %q, want %q", next, got, want)
+		}
+	}
+}
+
+// TestSecretNotReadableByOthers: a key file the group or others may read
+// is refused, with the config position, the file and the chmod to run.
+func TestSecretNotReadableByOthers(t *testing.T) {
+	dir := t.TempDir()
+	secret := dir + "/secret"
+	os.WriteFile(secret, []byte(strings.Repeat("ab", 32)+"\n"), 0o644)
+	os.Chmod(secret, 0o644)
+	cfg, err := policy.Parse("test.toml", []byte("hostname = \"mx.example.test\"\ndata_dir = \""+dir+"\"\n[web]\nlisten = \"127.0.0.1:0\"\nsecret_file = \""+secret+"\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(Options{Config: func() *policy.Config { return cfg }})
+	want := "test.toml:5: web.secret_file: " + secret + " may be read by others than its owner (mode 0644), and it signs sessions and links; run: chmod 600 " + secret
+	if err == nil || err.Error() != want {
+		t.Fatalf("New = %v\nwant %s", err, want)
+	}
+	os.Chmod(secret, 0o600)
+	if _, err := New(Options{Config: func() *policy.Config { return cfg }}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHostWithoutNames: without base_url or hosts, the console answers to
+// the address connected to and, on loopback, localhost; not to a name.
+func TestHostWithoutNames(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.c.opts.Config().Web.BaseURL, e.c.opts.Config().Web.Hosts = "", nil
+	b := e.browser()
+	for host, want := range map[string]int{"localhost": 200, "[::1]": 200, e.srv.Listener.Addr().String(): 200, "evil.example": 421} {
+		b.host = host
+		if r := b.get("/login"); r.code != want {
+			t.Errorf("Host %s: %d, want %d", host, r.code, want)
+		}
+	}
+}
+
+// TestTrustedProxies: behind a proxy of [web] trusted_proxies the
+// client's address is the one X-Forwarded-For gives, so one client's
+// failures do not lock out another behind the same proxy; from a peer
+// that is not a proxy the header is ignored.
+func TestTrustedProxies(t *testing.T) {
+	for _, trusted := range []bool{true, false} {
+		extra := ""
+		if trusted {
+			extra = `trusted_proxies = ["127.0.0.0/8"]`
+		}
+		e := newTestEnv(t, extra)
+		b := e.browser()
+		fail := func(xff string) int {
+			return b.do(http.MethodPost, "/login", url.Values{"name": {"admin"}, "password": {"guess"}}, map[string]string{"X-Forwarded-For": xff}).code
+		}
+		for range loginBurst {
+			fail("198.51.100.7, 192.0.2.1")
+		}
+		if code := fail("192.0.2.1"); code != http.StatusTooManyRequests {
+			t.Errorf("trusted %v: the client past the limit: %d, want 429", trusted, code)
+		}
+		code := fail("192.0.2.2")
+		if trusted && code != http.StatusUnauthorized {
+			t.Errorf("another client behind the proxy: %d, want 401", code)
+		}
+		if !trusted && code != http.StatusTooManyRequests {
+			t.Errorf("X-Forwarded-For from a peer not trusted was believed: %d", code)
+		}
+	}
+}

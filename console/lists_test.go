@@ -1,0 +1,55 @@
+package console
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/gateway/state"
+)
+
+// countingLists counts the reads that reach the store.
+type countingLists struct {
+	state.Lists
+	reads int
+}
+
+func (c *countingLists) Entries(ctx context.Context, owner string) ([]state.ListEntry, error) {
+	c.reads++
+	return c.Lists.Entries(ctx, owner)
+}
+
+// TestListCache: an owner's entries are read from the store once per
+// ttl; a change made through the cache is seen by the next read, in
+// whatever spelling the owner was written.
+func TestListCache(t *testing.T) {
+	e := newTestEnv(t, "")
+	store := &countingLists{Lists: e.c.opts.Lists}
+	now := time.Now()
+	c := NewListCache(store, 10*time.Second)
+	c.now = func() time.Time { return now }
+	ctx := context.Background()
+	for range 3 {
+		if got, err := c.Entries(ctx, "bob@example.test"); err != nil || len(got) != 0 {
+			t.Fatalf("Entries = %v, %v", got, err)
+		}
+	}
+	if store.reads != 1 {
+		t.Fatalf("%d reads of the store, want 1", store.reads)
+	}
+	if err := c.Add(ctx, state.ListEntry{Owner: "Bob@Example.TEST", Kind: state.Block, Sender: "spam.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := c.Entries(ctx, "bob@example.test"); len(got) != 1 {
+		t.Fatalf("after Add: %v", got)
+	}
+	// A change behind the cache's back (another node) shows after ttl.
+	e.c.opts.Lists.Remove(ctx, "bob@example.test", state.Block, "spam.example")
+	if got, _ := c.Entries(ctx, "bob@example.test"); len(got) != 1 {
+		t.Fatalf("within ttl: %v", got)
+	}
+	now = now.Add(10 * time.Second)
+	if got, _ := c.Entries(ctx, "bob@example.test"); len(got) != 0 {
+		t.Fatalf("after ttl: %v", got)
+	}
+}

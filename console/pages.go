@@ -1,0 +1,363 @@
+package console
+
+import (
+	"bytes"
+	"embed"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mailgate/mailgate/policy"
+)
+
+//go:embed templates static
+var assets embed.FS
+
+// view is what every page template gets.
+type view struct {
+	Title string
+	Nav   string          // the menu entry to mark
+	User  *policy.WebUser // the admin or auditor logged in; nil on other pages
+	Rcpt  string          // the end user of a link page
+	Token string          // the link's token, on an end user's pages
+	CSRF  string          // the token forms carry
+	// Refresh reloads the page after this many seconds (the dashboard):
+	// live without a script.
+	Refresh int
+	Data    any
+}
+
+// CanChange reports whether the user may change things (not an auditor).
+func (v view) CanChange() bool { return v.User != nil && v.User.Role == "admin" || v.Rcpt != "" }
+
+type pages struct{ byName map[string]*template.Template }
+
+// qtable is what the table of quarantined messages (qtable.tmpl) gets.
+type qtable struct {
+	V    view
+	Rows []quarantineRow
+	Base string
+}
+
+var funcs = template.FuncMap{
+	"when": func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.Local().Format("2006-01-02 15:04:05")
+	},
+	"ago": func(t time.Time) string { return time.Since(t).Round(time.Second).String() },
+	"ms":  func(f float64) string { return fmt.Sprintf("%.1f ms", f) },
+	"score": func(f float64) string {
+		if f == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%g", f)
+	},
+	"sender": func(from *string) string {
+		switch {
+		case from == nil:
+			return ""
+		case *from == "":
+			return "<>"
+		}
+		return *from
+	},
+	"bytes": func(n int64) string {
+		for _, u := range []struct {
+			unit string
+			size int64
+		}{{"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}} {
+			if n >= u.size {
+				return fmt.Sprintf("%.1f %s", float64(n)/float64(u.size), u.unit)
+			}
+		}
+		return fmt.Sprintf("%d B", n)
+	},
+	"join": strings.Join,
+	"add":  func(a, b int) int { return a + b },
+	"mul":  func(a, b int) int { return a * b },
+	"barsOf": func(title string, bars []Bar) barChart {
+		return barChart{title, bars}
+	},
+	"args": func(v view, rows []quarantineRow, base string) qtable {
+		return qtable{V: v, Rows: rows, Base: base}
+	},
+}
+
+// barChart is what the dashboard's bars template gets.
+type barChart struct {
+	Title string
+	Bars  []Bar
+}
+
+// parsePages parses each page with the layout around it.
+func parsePages() (*pages, error) {
+	files, err := fs.Glob(assets, "templates/*.html")
+	if err != nil {
+		return nil, err
+	}
+	p := &pages{byName: map[string]*template.Template{}}
+	for _, f := range files {
+		name := strings.TrimSuffix(strings.TrimPrefix(f, "templates/"), ".html")
+		if name == "layout" {
+			continue
+		}
+		t, err := template.New(name).Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/*.tmpl", f)
+		if err != nil {
+			return nil, err
+		}
+		p.byName[name] = t
+	}
+	return p, nil
+}
+
+// render writes page with v, status code.
+func (c *Console) render(w http.ResponseWriter, code int, page string, v view) {
+	t := c.pages.byName[page]
+	var b bytes.Buffer
+	if err := t.ExecuteTemplate(&b, "layout", v); err != nil {
+		c.log.Error("web page", "page", page, "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(code)
+	w.Write(b.Bytes())
+}
+
+// fail answers with a page saying msg.
+func (c *Console) fail(w http.ResponseWriter, r *http.Request, code int, msg string) {
+	v := view{Title: http.StatusText(code), Data: msg}
+	if s := c.session(r); s != nil {
+		v.User, v.CSRF = &s.User, c.keys.csrfToken(s.token)
+	}
+	c.render(w, code, "error", v)
+}
+
+// done answers a change with a page saying what was done, and where to
+// go on.
+type doneData struct {
+	Lines []string
+	Back  string
+}
+
+func (c *Console) done(w http.ResponseWriter, v view, back string, lines ...string) {
+	v.Title, v.Data = "Done", doneData{Lines: lines, Back: back}
+	c.render(w, http.StatusOK, "done", v)
+}
+
+func (c *Console) routes() {
+	m := http.NewServeMux()
+	static, _ := fs.Sub(assets, "static")
+	m.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
+	m.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/tracking", http.StatusSeeOther)
+	})
+	m.HandleFunc("GET /login", c.loginPage)
+	m.HandleFunc("POST /login", c.login)
+	m.HandleFunc("POST /logout", c.logout)
+
+	m.HandleFunc("GET /tracking", c.admin(c.tracking))
+	m.HandleFunc("GET /message/{id}", c.admin(c.message))
+	m.HandleFunc("GET /queue", c.admin(c.queueList))
+	m.HandleFunc("POST /queue/bulk", c.change(c.queueBulk))
+	m.HandleFunc("POST /queue/{id}/{op}", c.change(c.queueOp))
+	m.HandleFunc("GET /dashboard", c.admin(c.dashboard))
+	m.HandleFunc("GET /audit", c.admin(c.auditLog))
+
+	m.HandleFunc("GET /quarantine", c.admin(c.quarantineList))
+	m.HandleFunc("GET /quarantine/{id}", c.admin(c.quarantineShow))
+	m.HandleFunc("GET /quarantine/{id}/eml", c.admin(c.quarantineEML))
+	m.HandleFunc("POST /quarantine/{id}/{op}", c.change(c.quarantineOp))
+	m.HandleFunc("POST /quarantine/bulk", c.change(c.quarantineBulk))
+	m.HandleFunc("POST /digest", c.change(c.digestNow))
+	m.HandleFunc("GET /lists", c.admin(c.lists))
+	m.HandleFunc("POST /lists", c.change(c.listChange))
+
+	m.HandleFunc("GET /u/{token}", c.endUser(false, c.endUserList))
+	m.HandleFunc("GET /u/{token}/lists", c.endUser(false, c.lists))
+	m.HandleFunc("POST /u/{token}/lists", c.endUser(true, c.listChange))
+	m.HandleFunc("POST /u/{token}/bulk", c.endUser(true, c.quarantineBulk))
+	m.HandleFunc("GET /u/{token}/{id}", c.endUser(false, c.quarantineShow))
+	m.HandleFunc("GET /u/{token}/{id}/{op}", c.endUser(false, c.endUserConfirm))
+	m.HandleFunc("POST /u/{token}/{id}/{op}", c.endUser(true, c.quarantineOp))
+	c.mux = m
+}
+
+// staff wraps a page for logged-in users; change says whether it changes
+// something (admins only). Without a session a GET goes to the login
+// form and back, anything else is refused.
+func (c *Console) staff(change bool, h func(http.ResponseWriter, *http.Request, view)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s := c.session(r)
+		if s == nil {
+			if r.Method == http.MethodGet {
+				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+				return
+			}
+			c.fail(w, r, http.StatusForbidden, "Log in first.")
+			return
+		}
+		v := view{User: &s.User, CSRF: c.keys.csrfToken(s.token)}
+		if change {
+			switch {
+			case s.User.Role != "admin":
+				c.fail(w, r, http.StatusForbidden, "Your role may look, not change.")
+				return
+			case !c.keys.checkCSRF(s.token, r.PostFormValue("csrf")):
+				c.fail(w, r, http.StatusForbidden, "The form had no valid CSRF token: reload the page and try again.")
+				return
+			}
+		}
+		h(w, r, v)
+	}
+}
+
+func (c *Console) admin(h func(http.ResponseWriter, *http.Request, view)) http.HandlerFunc {
+	return c.staff(false, h)
+}
+
+func (c *Console) change(h func(http.ResponseWriter, *http.Request, view)) http.HandlerFunc {
+	return c.staff(true, h)
+}
+
+// secure reports whether the browser reaches the console over TLS: its
+// own, or a proxy's in front of it (base_url https://).
+func (c *Console) secure(r *http.Request) bool {
+	return r.TLS != nil || strings.HasPrefix(c.opts.Config().Web.BaseURL, "https://")
+}
+
+// sessionCookie is the cookie's name: with the __Host- prefix over TLS,
+// so that no other site (a subdomain) can set it (RFC 6265bis §4.1.3.2).
+func (c *Console) sessionCookie(r *http.Request) string {
+	if c.secure(r) {
+		return "__Host-mailgate_session"
+	}
+	return "mailgate_session"
+}
+
+// session returns the session of r's cookie, or nil.
+func (c *Console) session(r *http.Request) *session {
+	ck, err := r.Cookie(c.sessionCookie(r))
+	if err != nil {
+		return nil
+	}
+	s, id, ok := c.keys.checkSession(ck.Value, c.opts.Config().Web.Users, c.opts.Now())
+	if !ok || c.revoked.has(id) {
+		return nil
+	}
+	return s
+}
+
+type loginData struct {
+	Next, Name, Error string
+}
+
+// safeNext is where to go after the login: a path of this console only.
+// Browsers drop tabs and newlines from a URL and read a backslash as a
+// slash, so "/%09/evil.example" would go to another host: the path is
+// decoded, and one with a control byte or a backslash, or starting with
+// anything but a single '/', is refused.
+func safeNext(next string) string {
+	const home = "/tracking"
+	if strings.ContainsFunc(next, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
+		return home
+	}
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" ||
+		!strings.HasPrefix(u.Path, "/") || strings.HasPrefix(u.Path, "//") ||
+		strings.ContainsFunc(u.Path, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
+		return home
+	}
+	return u.RequestURI()
+}
+
+func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
+	c.render(w, http.StatusOK, "login", view{Title: "Log in", Data: loginData{Next: safeNext(r.URL.Query().Get("next"))}})
+}
+
+// dummyHash is verified against when the name is unknown, so that the
+// answer takes as long as for a known name: made by policy.HashPassword,
+// as `mailgate user add` makes the accounts' (argon2id, its parameters),
+// once, at the first login that needs it.
+var dummyHash = sync.OnceValue(func() policy.PasswordHash {
+	var h policy.PasswordHash
+	s, err := policy.HashPassword("not a password")
+	if err == nil {
+		err = h.UnmarshalText([]byte(s))
+	}
+	if err != nil {
+		panic("console: the dummy password hash: " + err.Error())
+	}
+	return h
+})
+
+func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	name, password := r.PostFormValue("name"), r.PostFormValue("password")
+	d := loginData{Next: safeNext(r.PostFormValue("next")), Name: name}
+	if len(name) > policy.MaxWebUserName {
+		// No account has it: not counted, logged or shown back.
+		d.Name, d.Error = "", "Wrong name or password."
+		c.render(w, http.StatusUnauthorized, "login", view{Title: "Log in", Data: d})
+		return
+	}
+	client := c.clientAddr(r)
+	now := c.opts.Now()
+	ok, wait := c.logins.allow(client, name, now)
+	if !ok {
+		c.log.Warn("web login refused: too many attempts", "client", client, "user", name)
+		d.Error = "Too many attempts. Wait a minute and try again."
+		c.render(w, http.StatusTooManyRequests, "login", view{Title: "Log in", Data: d})
+		return
+	}
+	if wait > 0 {
+		// The name is under attack from many addresses: slower, never
+		// refused, so that its owner still gets in.
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+	}
+	cfg := c.opts.Config()
+	var user *policy.WebUser
+	for i := range cfg.Web.Users {
+		if cfg.Web.Users[i].Name == name {
+			user = &cfg.Web.Users[i]
+		}
+	}
+	if user == nil {
+		dummyHash().Verify(password)
+	}
+	if user == nil || !user.PasswordHash.Verify(password) {
+		c.logins.failed(client, name, now)
+		c.log.Warn("web login failed", "client", client, "user", name)
+		d.Error = "Wrong name or password."
+		c.render(w, http.StatusUnauthorized, "login", view{Title: "Log in", Data: d})
+		return
+	}
+	exp := now.Add(time.Duration(cfg.Web.SessionTTL))
+	http.SetCookie(w, &http.Cookie{Name: c.sessionCookie(r), Value: c.keys.newSession(*user, exp), Path: "/",
+		Expires: exp, Secure: c.secure(r), HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	c.logins.succeeded(client, name)
+	c.log.Info("web login", "client", client, "user", name)
+	http.Redirect(w, r, d.Next, http.StatusSeeOther)
+}
+
+func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
+	if s := c.session(r); s != nil && c.keys.checkCSRF(s.token, r.PostFormValue("csrf")) {
+		_, id, _ := c.keys.checkSession(s.token, []policy.WebUser{s.User}, c.opts.Now())
+		c.revoked.revoke(id, s.exp, c.opts.Now())
+	}
+	http.SetCookie(w, &http.Cookie{Name: c.sessionCookie(r), Value: "", Path: "/", MaxAge: -1,
+		Secure: c.secure(r), HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
