@@ -136,10 +136,11 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 
 // copyStageData copies the directories the stages keep under data_dir
 // (a greylist's triplets, the day's DMARC evaluations, a plugin's own)
-// from one data directory to another; the gateway's own are left out. A
+// from one data directory to another; the gateway's own are left out
+// (the console's web/ holds its signing secret: never copied). A
 // dry run goes on without what cannot be copied.
 func copyStageData(from, to string, log *slog.Logger) {
-	own := map[string]bool{"queue": true, "quarantine": true, "trace": true, "pickup": true, "ratelimit": true, "pregreet": true}
+	own := map[string]bool{"queue": true, "quarantine": true, "trace": true, "pickup": true, "ratelimit": true, "pregreet": true, "web": true}
 	entries, err := os.ReadDir(from)
 	if err != nil {
 		log.Debug("dry run: stages start without their state", "err", err)
