@@ -38,7 +38,7 @@ deb:
 # parts, not mocks) when they are missing: as root through apt-get (as on
 # CI); otherwise it names the packages to install. Each entry is
 # command:package. Debian keeps PostgreSQL's server programs out of PATH,
-# in /usr/lib/postgresql/<version>/bin, where gateway/state/pgtest finds
+# in /usr/lib/postgresql/<version>/bin, where state/pgtest finds
 # them: the check looks there too.
 deps:
 	@missing=""; \

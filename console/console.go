@@ -48,8 +48,8 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/mailgate/mailgate/gateway/admin"
-	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/state"
 )
 
 // Options are what the console shows and acts on.

@@ -21,9 +21,9 @@ import (
 	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/state/sqlstore"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/state/sqlstore"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // testPassword is the password of the test users. Its hash is bcrypt's

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state"
 )
 
 // linkPath is the path of rcpt's link, valid for [web] link_ttl.

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/state"
 )
 
 type listsData struct {

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/state"
 )
 
 // maxQuarantineRows bounds the quarantine list: the newest.

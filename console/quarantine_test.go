@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // hostileMessage is a message whose every part tries to run or load

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // Traces are the messages' stories, as state.Traces keeps them (the
@@ -27,7 +27,7 @@ type eventsOf interface {
 	EventsOf(ctx context.Context, ids map[string]bool, since, until time.Time) ([]trace.Event, error)
 }
 
-// FileTraces reads the trace files gateway/trace writes under dir.
+// FileTraces reads the trace files state/trace writes under dir.
 func FileTraces(dir string) Traces { return fileTraces(dir) }
 
 type fileTraces string

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // search is what the tracking center's form asks for.

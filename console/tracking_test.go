@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 func ptr(s string) *string { return &s }

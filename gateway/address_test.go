@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // blocked runs one transaction per sender and recipient and wants each
@@ -29,7 +29,7 @@ func blocked(t *testing.T, c *client, cases [][2]string) {
 // A root dot or the case of the domain does not walk past a block entry:
 // policy sees an address in the one form relay control and routes see.
 func TestTrailingDotMeetsBlockList(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "example.test")+`
 [policy.block]
 senders = ["spammer@bad.test"]
@@ -51,7 +51,7 @@ rcpts = ["ceo@example.test"]
 // Under SMTPUTF8 a domain in U-labels is the same domain as its A-labels,
 // and an admin may list it in either spelling.
 func TestIDNSpellingsMeetBlockList(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	for _, tc := range []struct {
 		entry   string
 		senders []string
@@ -79,7 +79,7 @@ func TestIDNSpellingsMeetBlockList(t *testing.T) {
 // message with a recipient under [policy] (452 4.5.3), and shares one
 // with its own spellings.
 func TestAddressSpellingsMeetOverride(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "example.test", "strict.test")+`
 [[policy.override]]
 name = "legal"
@@ -112,7 +112,7 @@ reject_score = 5.0
 // root dot and in lower case, the local part as the client wrote it; the
 // Received field says the same.
 func TestRelayedAddressesCanonical(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.sender.test", "250")
@@ -134,7 +134,7 @@ func TestRelayedAddressesCanonical(t *testing.T) {
 // A route written in U-labels is taken (converted, not refused) and
 // relays mail for the domain in either spelling.
 func TestRouteInULabels(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "bücher.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")

@@ -8,7 +8,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // adminBackend is the gateway as the admin API sees it.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // TestQueueSelection: what a postqueue/postsuper user reaches for. The
@@ -20,7 +20,7 @@ import (
 // message now but not held ones; flags may follow the IDs; a typo in a
 // flag is refused instead of taken as an ID.
 func TestQueueSelection(t *testing.T) {
-	stuck := routertest.NewServer(t)
+	stuck := smtptest.NewServer(t)
 	stuck.Stop()
 	fg := startFromFile(t, routeTo(stuck, "stuck.test"))
 	c := dial(t, fg.SMTPAddrs()[0])

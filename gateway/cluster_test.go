@@ -15,13 +15,13 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/state/pgtest"
-	"github.com/mailgate/mailgate/gateway/state/sqlstore"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages/redistest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/pgtest"
+	"github.com/mailgate/mailgate/state/sqlstore"
 )
 
 // clusterConfig is the [cluster] of node name sharing the Redis redis.
@@ -35,7 +35,7 @@ func clusterConfig(name, redis string) string {
 // reach, and the rest are deferred at MAIL.
 func TestClusterRateLimitAcrossNodes(t *testing.T) {
 	srv := redistest.Start(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	clock := newTestClock()
 	conf := routeTo(down, "dest.test") + `
 [[ratelimit]]
@@ -70,7 +70,7 @@ burst = 4
 // when its retry reaches node B after the delay.
 func TestClusterGreylistAcrossNodes(t *testing.T) {
 	srv := redistest.Start(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	conf := routeTo(down, "dest.test") + greylistStage
 	a := startGateway(t, conf+clusterConfig("a", srv.URL()))
 	b := startGateway(t, conf+clusterConfig("b", srv.URL()))
@@ -101,7 +101,7 @@ func TestClusterGreylistAcrossNodes(t *testing.T) {
 // at node A is refused at once at node B.
 func TestClusterPregreetAcrossNodes(t *testing.T) {
 	srv := redistest.Start(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	conf := "[server]\nlisten = [\"127.0.0.1:0\"]\npregreet_delay = \"200ms\"\n" + routeTo(down, "dest.test")
 	a := startGateway(t, conf+clusterConfig("a", srv.URL()))
 	b := startGateway(t, conf+clusterConfig("b", srv.URL()))
@@ -135,7 +135,7 @@ func TestClusterPregreetAcrossNodes(t *testing.T) {
 // Redis is back, the limits hold again with no one telling the nodes.
 func TestClusterRedisKilledMidLoad(t *testing.T) {
 	srv := redistest.Start(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	clock := newTestClock()
 	// Each load message has a sender of its own: the rule never refuses
 	// one, but counts every one in Redis.
@@ -272,7 +272,7 @@ func clusterCLI(t *testing.T, url string, args ...string) string {
 func TestClusterStatus(t *testing.T) {
 	pg := pgtest.Start(t)
 	url := pg.NewDatabase(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	conf := routeTo(down, "dest.test") + "\n[[ratelimit]]\nname = \"per-client\"\nkey = \"client_ip\"\nrate = 100\nper = \"1h\"\n"
 	startGateway(t, conf+pgConfig("a", url, ""))
 	startGateway(t, conf+pgConfig("b", url, ""))
@@ -320,7 +320,7 @@ func TestClusterPostgresDown(t *testing.T) {
 	pg := pgtest.Start(t)
 	url := pg.NewDatabase(t)
 	pg.Stop()
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+pgConfig("a", url, ""))
 	health := func(want string) {
 		t.Helper()
@@ -370,7 +370,7 @@ func holdAll() string {
 // included.
 func TestClusterQuarantineAcrossNodes(t *testing.T) {
 	url := pgtest.Start(t).NewDatabase(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	conf := routeTo(down, "dest.test") + holdAll()
 	a := startFromFile(t, conf+pgConfig("a", url, ""))
 	b := startFromFile(t, conf+pgConfig("b", url, ""))
@@ -426,7 +426,7 @@ func TestClusterQuarantineAcrossNodes(t *testing.T) {
 func TestClusterPostgresStoppedMidLoad(t *testing.T) {
 	pg := pgtest.Start(t)
 	url := pg.NewDatabase(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	conf := routeTo(down, "dest.test") + holdAll()
 	dirs := []string{t.TempDir(), t.TempDir()}
 	var nodes []*gateway.Gateway
@@ -657,7 +657,7 @@ func TestClusterExample(t *testing.T) {
 // `mailgate cluster import` while the node runs, with their release
 // state; a second run copies nothing twice.
 func TestClusterImport(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	body := routeTo(down, "dest.test") + holdAll()
 	fg := startFromFile(t, body)
 	var ids []string
@@ -733,7 +733,7 @@ func TestClusterImport(t *testing.T) {
 func TestClusterNodeKilled(t *testing.T) {
 	srv := redistest.Start(t)
 	url := pgtest.Start(t).NewDatabase(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	var confs []string
 	var procs []*process
 	for _, name := range []string{"a", "b", "c"} {

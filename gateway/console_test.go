@@ -19,7 +19,7 @@ import (
 
 	"github.com/mailgate/mailgate/console/browsertest"
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -40,7 +40,7 @@ func spamMessage(id, from, to, subject string) string {
 // stage, and a policy that quarantines GTUBE (rejects it for
 // strict@example.test); it returns the gateway's SMTP address and the
 // console's base URL.
-func consoleGateway(t *testing.T, down *routertest.Server, password string) (g *gateway.Gateway, base string) {
+func consoleGateway(t *testing.T, down *smtptest.Server, password string) (g *gateway.Gateway, base string) {
 	t.Helper()
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	if err != nil {
@@ -75,9 +75,9 @@ password_hash = %q
 
 // downstreamWith waits until the downstream server has n messages with
 // Message-ID id and returns them.
-func downstreamWith(t *testing.T, down *routertest.Server, id string, n int) []routertest.Message {
+func downstreamWith(t *testing.T, down *smtptest.Server, id string, n int) []smtptest.Message {
 	t.Helper()
-	var got []routertest.Message
+	var got []smtptest.Message
 	waitUntil(t, waitLong, fmt.Sprintf("%d deliveries of <%s>", n, id), func() bool {
 		got = nil
 		for _, m := range down.Messages() {
@@ -100,7 +100,7 @@ func downstreamWith(t *testing.T, down *routertest.Server, id string, n int) []r
 // ($MAILGATE_SCREENSHOTS, else the test's temporary directory).
 func TestConsoleInBrowser(t *testing.T) {
 	br := browsertest.Start(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	const password = "browser test password"
 	g, base := consoleGateway(t, down, password)
 
@@ -291,7 +291,7 @@ func TestConsoleInBrowser(t *testing.T) {
 // adds to a recipient's list in the console decides the next message at
 // SMTP, and its removal the one after.
 func TestUserListsDecideNextMessage(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	const password = "lists test password"
 	g, base := consoleGateway(t, down, password)
 	jar, _ := cookiejar.New(nil)

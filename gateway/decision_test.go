@@ -5,14 +5,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // TestScoreDecisionNamesStages: a message quarantined on the spam stage's
 // score names the spam stage and its rules as what decided, in the
 // quarantine record, in `quarantine list -stage`, and in the trace.
 func TestScoreDecisionNamesStages(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	fg := startFromFile(t, routeTo(down, "dest.test")+`
 [[stage]]
 name = "spam"

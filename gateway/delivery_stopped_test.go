@@ -12,15 +12,15 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // When the router stops for good, the gateway says so on /healthz and
 // answers DATA with 451 instead of 250 for mail nobody would deliver.
 func TestDeliveryStoppedIsUnhealthy(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	dir := t.TempDir()
 	cfg, err := policy.Parse("test.toml", []byte(fmt.Sprintf(
 		"hostname = \"mx.gateway.test\"\ndata_dir = %q\n[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n", dir)+

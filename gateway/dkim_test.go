@@ -19,10 +19,10 @@ import (
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/dkim"
 	"github.com/mailgate/mailgate/stages/dnstest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // dkimSigned returns msg signed twice with go-msgauth: by sender.test
@@ -82,7 +82,7 @@ authentication_results = true
 // header.s, header.b), then the arc and dmarc results.
 func TestDKIMResultsReachDownstream(t *testing.T) {
 	dns, signed, bs := dkimSigned(t, message("dkim@test", "signed body\r\n"))
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf("\n[dns]\nservers = [%q]\n", dns.Addr())+dkimChain)
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO mail.sender.test", "250")
@@ -182,7 +182,7 @@ func TestHeaderBytesReachDownstream(t *testing.T) {
 		HeaderCanonicalization: msgdkim.CanonicalizationSimple, BodyCanonicalization: msgdkim.CanonicalizationSimple}); err != nil {
 		t.Fatal(err)
 	}
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf("\n[dns]\nservers = [%q]\n", dns.Addr())+dkimChain)
 	// A field the signature does not cover (h= lists the fields signed),
 	// claiming the gateway's authserv-id: the headers stage removes it.

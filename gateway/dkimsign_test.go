@@ -12,8 +12,8 @@ import (
 
 	"github.com/emersion/go-msgauth/dkim"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/stages/dkimsign"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -53,7 +53,7 @@ func testDKIMSign(t *testing.T, canon string) {
 	}
 	rsaFile, edFile := keyFile("r2026", dkimsign.RSASHA256), keyFile("e2026", dkimsign.Ed25519SHA256)
 
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"127.0.0.0/8\"]\n"+routeTo(down, "dest.test")+fmt.Sprintf(`
 [[stage]]
 name = "sign"

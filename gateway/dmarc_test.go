@@ -23,8 +23,8 @@ import (
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/stages/dnstest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -38,7 +38,7 @@ func TestDMARCRejectForgery(t *testing.T) {
 		"_dmarc.bank.test.": {`TXT "v=DMARC1; p=reject"`},
 		"mail.bank.test.":   {`TXT "v=spf1 ip4:127.0.0.0/8 -all"`},
 	})
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [dns]
 servers = [%q]
@@ -89,7 +89,7 @@ func TestDMARCReportDelivered(t *testing.T) {
 		"_dmarc.sender.test.":                      {`TXT "v=DMARC1; p=reject; rua=mailto:dmarc@sender.test,mailto:agg@reports.test"`},
 		"sender.test._report._dmarc.reports.test.": {`TXT "v=DMARC1"`}, // §7.1: reports.test takes them
 	})
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	conf := routeTo(down, "dest.test", "sender.test", "reports.test") + fmt.Sprintf(`
 [dns]
 servers = [%q]
@@ -152,7 +152,7 @@ org_name = "Gateway Test"
 	}
 	g = startGatewayIn(t, dir, conf, opts)
 
-	var report routertest.Message
+	var report smtptest.Message
 	waitUntil(t, waitLong, "the aggregate report downstream", func() bool {
 		for _, m := range down.Messages() {
 			if m.From == "dmarc-reports@gateway.test" {

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/stages/dnstest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -40,7 +40,7 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 		"7.113.0.203.zen.blocklist.test.": {"A 127.0.0.2"},
 		"sender.test.":                    {`TXT "v=spf1 ip4:203.0.113.8 -all"`},
 	})
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, fmt.Sprintf(`
 [server]
 listen = ["127.0.0.1:0"]
@@ -107,7 +107,7 @@ kind = "spf"
 // waits gets the banner after the delay and its mail is delivered. The
 // refusal is counted.
 func TestPregreet(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\npregreet_delay = \"200ms\"\n"+routeTo(down, "dest.test"))
 	conn, err := dialFrom(t, "127.0.0.2", g.SMTPAddrs()[0]) // cached bad from now on
 	if err != nil {
@@ -146,7 +146,7 @@ func TestPregreet(t *testing.T) {
 // the new certificate, and one begun under the old goes on and its
 // message is taken.
 func TestCertRenewedOnSIGHUP(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	testkit.WriteCert(t, certFile, keyFile, "a.gateway.test")

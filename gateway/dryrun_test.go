@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/smtptest"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // The same transactions through the SMTP side over a real socket and
@@ -28,7 +28,7 @@ import (
 // (Received, the stages' rewrites and policy's tag included). The dry run
 // asks verify_rcpts routes too.
 func TestDryRunMatchesSMTP(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	down.SetRcptReply("unknown@dest.test", 550)
 	dir := t.TempDir()
 	config := fmt.Sprintf(`hostname = "mx.gateway.test"

@@ -14,9 +14,9 @@ import (
 
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/admin"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -120,7 +120,7 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-func routeTo(srv *routertest.Server, domains ...string) string {
+func routeTo(srv *smtptest.Server, domains ...string) string {
 	return fmt.Sprintf("\n[delivery]\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n\n[[route]]\ndomains = [%s]\nservers = [%q]\n",
 		quoteList(domains), srv.Addr())
 }
@@ -144,7 +144,7 @@ func message(id, body string) string {
 }
 
 func TestDeliversWithReceivedAndIdenticalBody(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.sender.test", "250")
@@ -172,7 +172,7 @@ func TestDeliversWithReceivedAndIdenticalBody(t *testing.T) {
 }
 
 func TestRelayDenied(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test", "*.sub.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")
@@ -187,7 +187,7 @@ func TestRelayDenied(t *testing.T) {
 }
 
 func TestTrustedNetworkMayRelay(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"127.0.0.0/8\"]\n"+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")
@@ -196,7 +196,7 @@ func TestTrustedNetworkMayRelay(t *testing.T) {
 }
 
 func TestSizeLimit(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_message_size = \"10KB\"\n"+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")
@@ -222,7 +222,7 @@ func TestSizeLimit(t *testing.T) {
 }
 
 func TestDisconnectMidDataLeavesNothing(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	var log testkit.SyncBuffer
 	g := startGatewayOpts(t, routeTo(down, "dest.test"), gateway.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	c := dial(t, g.SMTPAddrs()[0])
@@ -252,7 +252,7 @@ func TestDisconnectMidDataLeavesNothing(t *testing.T) {
 }
 
 func TestLoopDetected(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_hops = 3\n"+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")
@@ -263,7 +263,7 @@ func TestLoopDetected(t *testing.T) {
 }
 
 func TestDownstreamDownThenBack(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	down.Stop()
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
@@ -298,7 +298,7 @@ func TestDownstreamDownThenBack(t *testing.T) {
 }
 
 func TestPermanentFailureBounces(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	down.SetRcptReply("nobody@dest.test", 550)
 	g := startGateway(t, routeTo(down, "dest.test", "sender.test"))
 	c := dial(t, g.SMTPAddrs()[0])
@@ -308,7 +308,7 @@ func TestPermanentFailureBounces(t *testing.T) {
 	}
 	// The good recipient gets it; the sender gets one DSN.
 	msgs := down.WaitFor(2, waitLong)
-	var dsn *routertest.Message
+	var dsn *smtptest.Message
 	for i, m := range msgs {
 		if m.From == "" {
 			dsn = &msgs[i]

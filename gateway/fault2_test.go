@@ -8,7 +8,7 @@ import (
 
 	"github.com/emersion/go-milter"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -53,7 +53,7 @@ func TestDNSNotAnswering(t *testing.T) {
 		{"temperror continues, dnsbl fails open", "", "250"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			down := routertest.NewServer(t)
+			down := smtptest.NewServer(t)
 			g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [dns]
 servers = [%q]
@@ -92,7 +92,7 @@ dns_timeout = "300ms"
 // every message goes to the second, once.
 func TestFailoverOneServerDown(t *testing.T) {
 	dead := testkit.FreeAddr(t)
-	live := routertest.NewServer(t)
+	live := smtptest.NewServer(t)
 	g := startGateway(t, fmt.Sprintf("\n[delivery]\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q, %q]\n", dead, live.Addr()))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")
@@ -145,7 +145,7 @@ func TestMilterSlowOrHangingUp(t *testing.T) {
 			}
 			release := make(chan struct{})
 			serveMilter(t, ln, func() milter.Milter { return tc.backend(release) })
-			down := routertest.NewServer(t)
+			down := smtptest.NewServer(t)
 			g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [[stage]]
 name = "m"

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -49,7 +49,7 @@ func (l *ledger) record(id, reply string) {
 // check waits until every acknowledged message arrived downstream and the
 // gateway's queue is empty, so that nothing more can arrive; then it
 // fails if one is missing or duplicated, or if a refused one arrived.
-func (l *ledger) check(t *testing.T, g *gateway.Gateway, down *routertest.Server) {
+func (l *ledger) check(t *testing.T, g *gateway.Gateway, down *smtptest.Server) {
 	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -96,7 +96,7 @@ func (l *ledger) check(t *testing.T, g *gateway.Gateway, down *routertest.Server
 // message gets the stage's on_error (a 4xx here), none is lost, and once the
 // binary is back filtering resumes.
 func TestPluginBinaryRemoved(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	bin := filepath.Join(t.TempDir(), "testplugin-removed")
 	b, err := os.ReadFile(testPluginBin)
 	if err != nil {
@@ -246,7 +246,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 // many calls it cut short. The test logs how long they lasted.
 func TestPluginKilledMidStream(t *testing.T) {
 	const clients, sleepers = 4, 8
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	bin := filepath.Join(t.TempDir(), "testplugin-kill") // own copy: its pid is ours alone
 	b, err := os.ReadFile(testPluginBin)
 	if err != nil {
@@ -407,7 +407,7 @@ func dialFrom(t *testing.T, src string, addr net.Addr) (net.Conn, error) {
 // and dribbles bytes into them; the per-client limit holds (421) and
 // another client is served normally throughout.
 func TestSlowlorisAndFlood(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections_per_ip = 20\nmax_connections = 200\ncommand_timeout = \"3s\"\n"+routeTo(down, "dest.test"))
 	addr := g.SMTPAddrs()[0]
 

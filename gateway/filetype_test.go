@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -33,7 +33,7 @@ func zipped(t *testing.T, name string, content []byte) []byte {
 // member and which real type; a real PDF in a zip is delivered. The kind
 // runs as the mailgate binary's plugin process, as every built-in kind.
 func TestFiletypeRefusesProgramNamedPDFInZip(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	var log testkit.SyncBuffer
 	g := startGatewayOpts(t, routeTo(down, "dest.test")+`
 [[stage]]

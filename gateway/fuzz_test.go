@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // FuzzSMTPSession throws arbitrary client input at one running gateway. It
@@ -26,7 +26,7 @@ func FuzzSMTPSession(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	down := routertest.NewServer(f)
+	down := smtptest.NewServer(f)
 	g := startGatewayTB(f, "[server]\nlisten = [\"127.0.0.1:0\"]\ncommand_timeout = \"2s\"\nmax_message_size = \"64KB\"\n"+routeTo(down, "dest.test"))
 	addr := g.SMTPAddrs()[0]
 	f.Fuzz(func(t *testing.T, in []byte) {

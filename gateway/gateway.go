@@ -32,12 +32,12 @@ import (
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/state/sqlstore"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/plugins/host"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/policy/ratelimit"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/sqlstore"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // Options are the parts of a gateway that do not come from its config.

@@ -12,9 +12,9 @@ import (
 	"testing"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages/dnstest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // greylistStage is a greylist stage with a delay of a second: the plugin
@@ -34,7 +34,7 @@ auto_allow = 0
 // 451 4.7.1 and nothing is delivered; its retries are refused until the
 // delay has passed, then one is accepted and delivered once.
 func TestGreylistRefusedThenAccepted(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+greylistStage)
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")
@@ -80,7 +80,7 @@ func TestGreylistSkipsSPFPass(t *testing.T) {
 	dns := dnstest.NewServer(t, dnstest.Zone{
 		"sender.test.": {`TXT "v=spf1 ip4:127.0.0.0/8 -all"`},
 	})
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [dns]
 servers = [%q]
@@ -107,7 +107,7 @@ kind = "spf"
 // greylist it, and the triplets the gateway keeps are as they were, so the
 // client the dry run named is still new to the gateway.
 func TestDryRunLeavesGreylistAlone(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	dir := t.TempDir()
 	config := routeTo(down, "dest.test") + strings.Replace(greylistStage, `delay = "1s"`, `delay = "30m"`, 1)
 	g := startGatewayIn(t, dir, config, gateway.Options{Logger: testLogger(t)})

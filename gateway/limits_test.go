@@ -13,15 +13,15 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // TestDiskFull: a spool that cannot write answers 452 and keeps what it
 // had already accepted.
 func TestDiskFull(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	down.Stop()
 	var full atomic.Bool
 	g := startGatewayOpts(t, routeTo(down, "dest.test"), gateway.Options{Logger: testLogger(t),
@@ -53,7 +53,7 @@ func TestDiskFull(t *testing.T) {
 }
 
 func TestConnectionLimitPerIP(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections_per_ip = 2\n"+routeTo(down, "dest.test"))
 	c1 := dial(t, g.SMTPAddrs()[0])
 	dial(t, g.SMTPAddrs()[0])
@@ -89,7 +89,7 @@ func TestConnectionLimitPerIP(t *testing.T) {
 }
 
 func TestRecipientLimitAndIdleTimeout(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	// command_timeout is what the test waits for at the end; it must
 	// also outlast a loaded machine's pause between two commands.
 	g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_recipients = 2\ncommand_timeout = \"2s\"\n"+routeTo(down, "dest.test"))
@@ -104,7 +104,7 @@ func TestRecipientLimitAndIdleTimeout(t *testing.T) {
 }
 
 func TestMalformedCommands(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("MAIL FROM:<a@sender.test>", "503 5.5.1") // before EHLO (RFC 5321 §4.3.2)
@@ -130,7 +130,7 @@ func selfSignedFiles(t *testing.T) (certFile, keyFile string) {
 // TestSTARTTLS: with a certificate configured the gateway offers STARTTLS,
 // and the Received field of a message sent over TLS says so (RFC 3848).
 func TestSTARTTLS(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	cert, key := selfSignedFiles(t)
 	g := startGateway(t, fmt.Sprintf("[server]\nlisten = [\"127.0.0.1:0\"]\ntls_cert = %q\ntls_key = %q\n", cert, key)+routeTo(down, "dest.test"))
 	c := dial(t, g.SMTPAddrs()[0])

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // TestMetricsFromStart: before any mail, /metrics has the build, the queue
@@ -13,7 +13,7 @@ import (
 // stage a reload removes, or that a refused reload started, leaves no
 // series behind.
 func TestMetricsFromStart(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	base := routeTo(down, "dest.test")
 	fg := startFromFile(t, base+pluginStage("keep", testPluginBin, "", "", "")+pluginStage("drop", testPluginBin, "", "", ""))
 

@@ -11,7 +11,7 @@ import (
 	"github.com/emersion/go-milter"
 	"github.com/emersion/go-msgauth/dkim"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -26,7 +26,7 @@ func TestOpenDKIMThroughGateway(t *testing.T) {
 	dkimd := testkit.StartOpendkim(t, testkit.OpendkimOptions{Domain: "sender.test", Selector: "sel"})
 	addr := dkimd.Addr
 
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [[stage]]
 name = "dkim-sign"
@@ -81,7 +81,7 @@ func TestMilterModificationsReachDownstream(t *testing.T) {
 		t.Fatal(err)
 	}
 	serveMilter(t, ln, func() milter.Milter { return rewriter{} })
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [[stage]]
 name = "rewriter"
@@ -118,7 +118,7 @@ address = "inet:%s"
 // lost; once it is back, filtering resumes.
 func TestMilterDownThenBack(t *testing.T) {
 	addr := testkit.FreeAddr(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [[stage]]
 name = "marker"

@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // fileGateway is a gateway run in-process from a config file, as `mailgate
@@ -126,7 +126,7 @@ func queuedAs(t *testing.T, reply string) string {
 // delivered; it is listed (and filtered), shown with every verdict,
 // released once — a second release says it was — and delivered once.
 func TestQuarantineListShowReleaseOnce(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	fg := startFromFile(t, routeTo(down, "dest.test")+pluginStage("holdall", testPluginBin, "", "", `action = "quarantine"`))
 	c := dial(t, fg.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")
@@ -214,7 +214,7 @@ func TestQuarantineListShowReleaseOnce(t *testing.T) {
 // the connection, every stage of every phase with its verdict and latency,
 // the decision and the reply; found by Message-ID and by queue ID.
 func TestTraceOfRejectedMessage(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	conf := routeTo(down, "dest.test") + "\n[policy]\ntag_score = 50.0\nquarantine_score = 60.0\nreject_score = 70.0\n" +
 		pluginStage("scorer", testPluginBin, "", "", "score = 1") +
 		pluginStage("exeblock", exeblockBin, "", "", `reply = "Executables are not accepted here"`)
@@ -287,8 +287,8 @@ func scrape(t *testing.T, g *gateway.Gateway) map[string]float64 {
 // test did: sessions, replies by code, stage verdicts and latencies,
 // policy actions, delivery outcomes, the queue by destination.
 func TestMetricsCountWhatWasSent(t *testing.T) {
-	down := routertest.NewServer(t)
-	stuck := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
+	stuck := smtptest.NewServer(t)
 	stuck.Stop()
 	conf := routeTo(down, "dest.test") + fmt.Sprintf("\n[[route]]\ndomains = [\"stuck.test\"]\nservers = [%q]\n", stuck.Addr()) +
 		pluginStage("scorer", testPluginBin, "", "", "")
@@ -414,7 +414,7 @@ func TestHealthz(t *testing.T) {
 // says 503, and why, as long as the spool has no room for a message of
 // max_message_size.
 func TestHealthzNearlyFullDisk(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	var free atomic.Int64
 	free.Store(1 << 40)
 	var full atomic.Bool // the disk refuses any write bigger than the probe
@@ -462,7 +462,7 @@ func TestHealthzNearlyFullDisk(t *testing.T) {
 // and a stage whose plugin is down makes it 503 when its on_error
 // (tempfail) stops mail, not when mail goes on without it (skip).
 func TestHealthzStages(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	stop := filepath.Join(t.TempDir(), "testplugin-stop")
 	skip := filepath.Join(t.TempDir(), "testplugin-skip")
 	for _, bin := range []string{stop, skip} {
@@ -518,7 +518,7 @@ func TestHealthzStages(t *testing.T) {
 // reads nothing and releases nothing, on any path. The listener's own
 // names work, and so does the CLI.
 func TestAdminAPIRebinding(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	fg := startFromFile(t, routeTo(down, "dest.test")+pluginStage("holdall", testPluginBin, "", "", `action = "quarantine"`))
 	c := dial(t, fg.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")

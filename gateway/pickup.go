@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/durable"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // pickupPoll is how often <data_dir>/pickup/ is looked at. Its mail

@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // pickupFile is the content of a pickup file: the envelope line, then msg.
@@ -66,7 +66,7 @@ func dirNames(t testing.TB, dir string) []string {
 // to pickup/bad/ whole, with a log line, and the gateway goes on; a file
 // whose name starts with a dot (being written) is left alone.
 func TestPickup(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	dir := tempDir(t)
 	var log testkit.SyncBuffer
 	g := startGatewayIn(t, dir, routeTo(down, "dest.test"), gateway.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
@@ -126,7 +126,7 @@ func TestPickup(t *testing.T) {
 //   - committed: the file in .queued/ and its message committed;
 //   - removed: the message committed, the file gone, the router not told.
 func TestPickupAfterCrash(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	dir := tempDir(t)
 	queued := filepath.Join(dir, "pickup", ".queued")
 	if err := os.MkdirAll(queued, 0o750); err != nil {
@@ -196,7 +196,7 @@ func TestPickupAfterCrash(t *testing.T) {
 // not from a delivery cut short by the kill.
 func TestPickupKill9(t *testing.T) {
 	const rounds, batch = 3, 100
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	down.SetRcptReply("b@dest.test", 451)
 	data := tempDir(t)
 	conf := writeConfig(t, data, down)

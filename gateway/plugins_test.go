@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 func pluginStage(name, path string, timeout, onError, config string) string {
@@ -30,7 +30,7 @@ func pluginStage(name, path string, timeout, onError, config string) string {
 // TestChainOfThreePlugins: a message passes three plugin processes and
 // reaches the downstream server with their header edits in chain order.
 func TestChainOfThreePlugins(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	conf := routeTo(down, "dest.test")
 	for _, n := range []string{"one", "two", "three"} {
 		conf += pluginStage("p-"+n, testPluginBin, "", "", fmt.Sprintf("add_header = \"X-Chain: %s\"", n))
@@ -71,7 +71,7 @@ func withAttachment(id, name, ctype string, content []byte) string {
 // TestExamplePluginRejects: the third-party example plugin refuses its
 // trigger, a program disguised as a PDF, with its own reply text.
 func TestExamplePluginRejects(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("exeblock", exeblockBin, "", "",
 		`reply = "Executables are not accepted here"`))
 	c := dial(t, g.SMTPAddrs()[0])
@@ -93,7 +93,7 @@ func TestExamplePluginRejects(t *testing.T) {
 // on_error at the timeout. It sleeps for an hour: were the timeout not
 // enforced, the reply would not come within the client's deadline.
 func TestPluginTimeout(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+pluginStage("slow", testPluginBin, "300ms", "reject", `sleep = "1h"`))
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.test", "250")

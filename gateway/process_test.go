@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -138,7 +138,7 @@ func (p *process) kill9(t *testing.T) {
 // so at most this many can be repeated after a kill -9.
 const killMaxConnections = 2
 
-func writeConfig(t *testing.T, dataDir string, down *routertest.Server) string {
+func writeConfig(t *testing.T, dataDir string, down *smtptest.Server) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`hostname = "mx.gateway.test"
 data_dir = %q
@@ -172,7 +172,7 @@ servers = [%q]
 // one server per kill.
 func TestKill9MidLoadLosesNothing(t *testing.T) {
 	const kills = 3
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	// Half the messages also go to a recipient the server defers, so the
 	// router keeps retrying and updating envelopes while others are
 	// delivered, as in a real queue.
@@ -320,7 +320,7 @@ func sendOne(addr, id string, rcpts ...string) bool {
 // gateway's Received field on top and the body byte for byte.
 func TestSwaksThroughServe(t *testing.T) {
 	swaks := testkit.Need(t, "swaks", "swaks")
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	p := startProcess(t, writeConfig(t, tempDir(t), down))
 	host, port, _ := net.SplitHostPort(p.addr)
 	msg := "From: a@sender.test\r\nTo: b@dest.test\r\nSubject: swaks test\r\nMessage-ID: <swaks@test>\r\n\r\n" +

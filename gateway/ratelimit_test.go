@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -51,7 +51,7 @@ func startRateLimited(t *testing.T, config string, clock *testClock) *gateway.Ga
 // server gets exactly what was taken, and the refusals are counted by
 // rule.
 func TestRateLimitHoldsUnderLoad(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	clock := newTestClock()
 	g := startRateLimited(t, routeTo(down, "dest.test")+`
 [[ratelimit]]
@@ -117,7 +117,7 @@ burst = 5
 // 4.7.0 and closes the connection, at MAIL for a message limit and at
 // RCPT for a recipient limit.
 func TestRateLimitDisconnect(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startRateLimited(t, routeTo(down, "dest.test")+`
 [[ratelimit]]
 name = "messages"
@@ -164,7 +164,7 @@ action = "disconnect"
 // recipients past the burst at RCPT, and the message goes to those taken;
 // a limit by recipient counts each recipient address, whoever sends.
 func TestRateLimitPerRecipient(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startRateLimited(t, routeTo(down, "dest.test")+`
 [[ratelimit]]
 name = "fanout"
@@ -223,7 +223,7 @@ burst = 2
 // exempt_trusted = false, which leaves out only what its exempt list
 // names.
 func TestRateLimitExemptions(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startRateLimited(t, routeTo(down, "dest.test")+`
 [server]
 listen = ["127.0.0.1:0"]
@@ -269,7 +269,7 @@ senders = ["vip@sender.test"]
 // sees the saved state and writes nothing back; a state file that does
 // not read back is rebuilt with an error line, and mail flows.
 func TestRateLimitStateSurvivesRestart(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	dir := t.TempDir()
 	config := fmt.Sprintf("hostname = \"mx.gateway.test\"\ndata_dir = %q\n[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"\"\n", dir) +
 		routeTo(down, "dest.test") + `

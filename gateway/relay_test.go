@@ -5,13 +5,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // exampleRoutes is the route layout of examples/gateway.toml: our domains
 // to the internal servers, and "*" to the MX hosts for the outbound mail
 // of trusted clients and for DSNs.
-func exampleRoutes(down *routertest.Server) string {
+func exampleRoutes(down *smtptest.Server) string {
 	return fmt.Sprintf(`
 [[route]]
 domains = ["dest.test", "*.dest.test"]
@@ -26,7 +26,7 @@ mx = true
 // The catch-all route must not make the gateway an open relay: an
 // untrusted client may only send to domains a route names.
 func TestCatchAllRouteIsNotRelay(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	for _, tc := range []struct {
 		trusted string
 		want    string

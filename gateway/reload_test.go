@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // pluginCopy copies the test plugin to a file of its own, so that the
@@ -42,7 +42,7 @@ func header(data []byte, name string) string {
 }
 
 // delivered waits for the message with Message-ID id and returns it.
-func delivered(t *testing.T, down *routertest.Server, id string) routertest.Message {
+func delivered(t *testing.T, down *smtptest.Server, id string) smtptest.Message {
 	t.Helper()
 	deadline := time.Now().Add(waitLong)
 	for {
@@ -65,7 +65,7 @@ func delivered(t *testing.T, down *routertest.Server, id string) routertest.Mess
 // plugin whose config changed is restarted, and its old process stops
 // when the last session using it ends.
 func TestReload(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	marker, steady := pluginCopy(t, "marker"), pluginCopy(t, "steady")
 	body := func(gen string) string {
 		return routeTo(down, "dest.test") +
@@ -146,7 +146,7 @@ func TestReload(t *testing.T) {
 
 // TestSIGHUPReloads: `mailgate serve` re-reads its config on SIGHUP.
 func TestSIGHUPReloads(t *testing.T) {
-	first, second := routertest.NewServer(t), routertest.NewServer(t)
+	first, second := smtptest.NewServer(t), smtptest.NewServer(t)
 	data := tempDir(t)
 	conf := writeConfig(t, data, first)
 	p := startProcess(t, conf)
@@ -187,7 +187,7 @@ func TestSIGHUPReloads(t *testing.T) {
 // override has reject_score = 5; one transaction never mixes the two
 // (452 4.5.3, the sender splits it).
 func TestPerDomainPolicy(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	// The test plugin scores 6 in each of the five phases, 30 in all; by
 	// RCPT a message has 24.
 	conf := routeTo(down, "example.test", "strict.test") + `

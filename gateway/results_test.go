@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/stages/clamdtest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // TestClamavResultsQuarantine: [stage.results] is the one way to choose
@@ -16,7 +16,7 @@ import (
 // refused, names the mapping, and is not delivered, while clean mail is.
 func TestClamavResultsQuarantine(t *testing.T) {
 	clamd := clamdtest.Start(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	fg := startFromFile(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [[stage]]
 name = "av"

@@ -8,7 +8,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 type smugglingVectors struct {
@@ -76,7 +76,7 @@ func TestSmuggling(t *testing.T) {
 	vectors := loadSmugglingVectors(t)
 	for _, mode := range []string{"normalize", "reject"} {
 		t.Run(mode, func(t *testing.T) {
-			down := routertest.NewServer(t)
+			down := smtptest.NewServer(t)
 			g := startGateway(t, "[server]\nlisten = [\"127.0.0.1:0\"]\nbare_lf = \""+mode+"\"\n"+routeTo(down, "dest.test"))
 			accepted := 0
 			for _, v := range vectors.Variants {

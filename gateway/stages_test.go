@@ -12,9 +12,9 @@ import (
 	"testing"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/stages/clamdtest"
 	"github.com/mailgate/mailgate/stages/dnstest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -25,7 +25,7 @@ const gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.
 
 func TestEICARRejectedByClamd(t *testing.T) {
 	clamd := clamdtest.Start(t)
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [[stage]]
 name = "av"
@@ -54,7 +54,7 @@ address = "unix:%s"
 }
 
 func TestGTUBEPerPolicy(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	spam := "\n[[stage]]\nname = \"spam\"\nkind = \"spam\"\n"
 	for _, tc := range []struct {
 		policy string
@@ -84,7 +84,7 @@ func TestDNSBLListedClientRefusedAtRcpt(t *testing.T) {
 	dns := dnstest.NewServer(t, dnstest.Zone{
 		"1.0.0.127.zen.blocklist.test.": {"A 127.0.0.2", `TXT "listed for testing"`},
 	})
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	var log testkit.SyncBuffer
 	conf := routeTo(down, "dest.test") + fmt.Sprintf(`
 [dns]
@@ -225,7 +225,7 @@ func TestOneAuthResultPerMethod(t *testing.T) {
 	dns := dnstest.NewServer(t, dnstest.Zone{
 		"sender.test.": {`TXT "v=spf1 ip4:127.0.0.0/8 -all"`},
 	})
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	g := startGateway(t, routeTo(down, "dest.test")+fmt.Sprintf(`
 [dns]
 servers = [%q]

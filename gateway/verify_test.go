@@ -5,14 +5,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // verify_rcpts: a recipient the internal server does not know is refused
 // at RCPT, not bounced later; the answer is cached.
 func TestVerifyRcpts(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	down.SetRcptReply("nobody@dest.test", 550)
 	g := startGateway(t, fmt.Sprintf("\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q]\nverify_rcpts = true\n", down.Addr()))
 	c := dial(t, g.SMTPAddrs()[0])
@@ -51,7 +51,7 @@ func TestVerifyRcptsNeedsServers(t *testing.T) {
 // it could bounce to a forged sender; unless the route fails open.
 func TestVerifyRcptsUnverified(t *testing.T) {
 	for _, mode := range []string{"", "tempfail", "accept"} {
-		down := routertest.NewServer(t)
+		down := smtptest.NewServer(t)
 		down.SetRcptReply("busy@dest.test", 450)
 		route := fmt.Sprintf("\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q]\nverify_rcpts = true\n", down.Addr())
 		if mode != "" {

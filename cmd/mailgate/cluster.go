@@ -12,10 +12,10 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/cluster"
 	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/state/sqlstore"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/sqlstore"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 const clusterUsage = `usage: mailgate cluster COMMAND [-config FILE] [flags]

@@ -9,7 +9,7 @@
 // greylist stage opens its own client in its plugin process. While Redis
 // is unreachable each of them fails open, and /healthz says "degraded".
 //
-// PostgreSQL (gateway/state/sqlstore) holds the quarantine
+// PostgreSQL (state/sqlstore) holds the quarantine
 // (quarantine.Shared, which keeps messages on the node's disk while
 // PostgreSQL is away and moves them when it is back), the traces (the
 // node's trace files, shipped by trace.Ship) and the registry of nodes:
@@ -30,13 +30,13 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/state/sqlstore"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/stages/recstore"
 	"github.com/mailgate/mailgate/stages/redisconn"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/sqlstore"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // HeartbeatEvery is how often a node reports itself; a node silent for

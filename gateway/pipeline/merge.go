@@ -7,9 +7,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // Generic replies: they reach the sender, so they say nothing of what a

@@ -65,10 +65,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // DefaultTimeout bounds a stage call when its StageSpec gives no timeout, so

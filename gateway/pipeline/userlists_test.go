@@ -8,8 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state"
 )
 
 // memLists are users' lists in memory, as state.Lists returns them.

@@ -62,11 +62,11 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/durable"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // ErrNotFound is returned for an ID that is not in the quarantine.

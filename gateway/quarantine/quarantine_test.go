@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // spooled writes msg as an uncommitted spool message and returns its ID

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/state"
 )
 
 // Shared is the quarantine of a node: on one node, its Store; in a
@@ -219,7 +219,7 @@ func (s *Shared) Release(ctx context.Context, id string, sp Spooler, rcpts ...st
 	}
 	if len(rcpts) > 0 {
 		// The shared store's release journal covers a release as a
-		// whole only (gateway/state/README.md: what is left).
+		// whole only (state/README.md: what is left).
 		return nil, fmt.Errorf("quarantine %s: %w", id, ErrPartialShared)
 	}
 	q, down := s.shared()

@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/state/pgtest"
-	"github.com/mailgate/mailgate/gateway/state/sqlstore"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/pgtest"
+	"github.com/mailgate/mailgate/state/sqlstore"
 )
 
 // node is one gateway node's quarantine in a cluster: its own spool and

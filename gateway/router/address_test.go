@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 func TestQuoteAddr(t *testing.T) {
@@ -30,7 +30,7 @@ func TestQuoteAddr(t *testing.T) {
 // A local part that came quoted leaves quoted again: sent bare, the next
 // hop would take the "@" in it for the domain's and relay further.
 func TestQuotedLocalPartRequoted(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	h := start(t, testConfig(serverRoute("dest.test", srv)), openSpool(t))
 	h.send(`odd"one@sender.test`, []string{"x@evil.test@dest.test", "plain@dest.test"}, sample)
 	m := srv.WaitFor(1, waitLong)[0]
@@ -48,7 +48,7 @@ func TestQuotedLocalPartRequoted(t *testing.T) {
 // A domain in UTF-8 is the same domain as its A-label, for relay control
 // and for delivery alike.
 func TestTableIDN(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	tab := NewTable(testConfig(serverRoute("xn--bcher-kva.test", srv)).Routes)
 	for _, d := range []string{"bücher.test", "BÜCHER.test.", "xn--bcher-kva.test"} {
 		if !tab.Relays(d) {

@@ -9,14 +9,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
-	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/stages/smtptest"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // TestReloadRoutes: after Reload the next attempt goes where the new
 // routes say.
 func TestReloadRoutes(t *testing.T) {
-	first, second := routertest.NewServer(t), routertest.NewServer(t)
+	first, second := smtptest.NewServer(t), smtptest.NewServer(t)
 	first.Stop() // keeps the message queued until the reload
 	h := start(t, testConfig(serverRoute("ex.test", first)), openSpool(t))
 	env := h.send("a@sender.test", []string{"b@ex.test"}, sample)
@@ -38,9 +38,9 @@ func TestReloadRoutes(t *testing.T) {
 // TestQueueMetricsAndTrace: queue gauges by destination, outcome counters
 // and trace events follow what the router did.
 func TestQueueMetricsAndTrace(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	down.SetRcptReply("nobody@ex.test", 550)
-	held := routertest.NewServer(t)
+	held := smtptest.NewServer(t)
 	held.Stop()
 	reg := prometheus.NewRegistry()
 	dir := t.TempDir()

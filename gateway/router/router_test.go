@@ -18,10 +18,10 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // waitLong bounds every wait for something the router does by itself: an
@@ -50,7 +50,7 @@ func testConfig(routes ...policy.Route) *policy.Config {
 	}
 }
 
-func serverRoute(domain string, srvs ...*routertest.Server) policy.Route {
+func serverRoute(domain string, srvs ...*smtptest.Server) policy.Route {
 	r := policy.Route{Domains: []string{domain}, TLS: "opportunistic"}
 	for _, s := range srvs {
 		r.Servers = append(r.Servers, s.Addr())
@@ -225,7 +225,7 @@ const sample = "From: alice@sender.test\r\n" +
 	"\r\n"
 
 func TestDeliverByteIdentical(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	h := start(t, testConfig(serverRoute("ex.test", srv)), openSpool(t))
 	env := h.send("alice@sender.test", []string{"bob@ex.test", "carol@ex.test"}, sample)
 
@@ -250,7 +250,7 @@ func TestDeliverByteIdentical(t *testing.T) {
 }
 
 func TestConnectionReuse(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	cfg := testConfig(serverRoute("ex.test", srv))
 	cfg.Delivery.MaxConnections = 1 // every message must wait for the one connection
 	h := start(t, cfg, openSpool(t))
@@ -272,7 +272,7 @@ func TestConnectionReuse(t *testing.T) {
 }
 
 func TestIdleConnectionDropped(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	cfg := testConfig(serverRoute("ex.test", srv))
 	cfg.Delivery.IdleConnTimeout = stages.Duration(100 * time.Millisecond)
 	h := start(t, cfg, openSpool(t))
@@ -291,7 +291,7 @@ func TestIdleConnectionDropped(t *testing.T) {
 }
 
 func TestDownstreamDownThenBack(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	srv.Stop()
 	h := start(t, testConfig(serverRoute("ex.test", srv)), openSpool(t))
 	env := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
@@ -314,9 +314,9 @@ func TestDownstreamDownThenBack(t *testing.T) {
 }
 
 func TestFailover(t *testing.T) {
-	down := routertest.NewServer(t)
+	down := smtptest.NewServer(t)
 	down.Stop()
-	up := routertest.NewServer(t)
+	up := smtptest.NewServer(t)
 	h := start(t, testConfig(serverRoute("ex.test", down, up)), openSpool(t))
 	env := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
 	up.WaitFor(1, waitLong)
@@ -327,7 +327,7 @@ func TestFailover(t *testing.T) {
 }
 
 func TestPerRecipientResults(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	srv.SetRcptReply("bad@ex.test", 550)
 	srv.SetRcptReply("later@ex.test", 451)
 	cfg := testConfig(serverRoute("ex.test", srv), serverRoute("sender.test", srv))
@@ -379,7 +379,7 @@ func TestPerRecipientResults(t *testing.T) {
 }
 
 func TestNoDSNToNullSenderOrForDSN(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	srv.SetRcptReply("bad@ex.test", 550)
 	h := start(t, testConfig(serverRoute("ex.test", srv), serverRoute("sender.test", srv)), openSpool(t))
 
@@ -407,7 +407,7 @@ func TestNoDSNToNullSenderOrForDSN(t *testing.T) {
 }
 
 func TestExpiry(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	srv.SetRcptReply("slow@ex.test", 451)
 	cfg := testConfig(serverRoute("ex.test", srv), serverRoute("sender.test", srv))
 	cfg.Delivery.MaxAge = stages.Duration(400 * time.Millisecond)
@@ -478,7 +478,7 @@ func startDNS(t *testing.T, zone ...string) string {
 }
 
 func TestMXDelivery(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	dnsAddr := startDNS(t,
 		"mx.test. 60 IN MX 20 backup.mx.test.",
 		"mx.test. 60 IN MX 10 mail.mx.test.",
@@ -533,7 +533,7 @@ func TestMXDelivery(t *testing.T) {
 }
 
 func TestRestartPicksUpQueue(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	srv.Stop()
 	cfg := testConfig(serverRoute("ex.test", srv))
 	sp := openSpool(t)
@@ -556,7 +556,7 @@ func TestRestartPicksUpQueue(t *testing.T) {
 }
 
 func TestShutdownAbandonsSafely(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	srv.SetDataReply(451)
 	cfg := testConfig(serverRoute("ex.test", srv))
 	sp := openSpool(t)
@@ -574,7 +574,7 @@ func TestShutdownAbandonsSafely(t *testing.T) {
 }
 
 func TestOperatorCalls(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	srv.Stop()
 	cfg := testConfig(serverRoute("ex.test", srv))
 	cfg.Delivery.RetryMin = stages.Duration(time.Hour) // only Retry and Release bring an attempt
@@ -657,8 +657,8 @@ func TestMaildirDelivery(t *testing.T) {
 }
 
 func TestTLS(t *testing.T) {
-	withTLS := routertest.NewServer(t, routertest.WithTLS())
-	plain := routertest.NewServer(t)
+	withTLS := smtptest.NewServer(t, smtptest.WithTLS())
+	plain := smtptest.NewServer(t)
 	opp := serverRoute("opp.test", withTLS)
 	req := serverRoute("req.test", withTLS)
 	req.TLS, req.TLSSkipVerify = "required", true
@@ -712,7 +712,7 @@ func refusingGreeter(t *testing.T) string {
 }
 
 func TestFailoverOnRefusedGreeting(t *testing.T) {
-	up := routertest.NewServer(t)
+	up := smtptest.NewServer(t)
 	route := policy.Route{Domains: []string{"ex.test"}, Servers: []string{refusingGreeter(t), up.Addr()}}
 	h := start(t, testConfig(route), openSpool(t))
 	env := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
@@ -721,7 +721,7 @@ func TestFailoverOnRefusedGreeting(t *testing.T) {
 }
 
 func TestStalePooledConnection(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	h := start(t, testConfig(serverRoute("ex.test", srv)), openSpool(t))
 	h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
 	srv.WaitFor(1, waitLong)
@@ -737,9 +737,9 @@ func TestStalePooledConnection(t *testing.T) {
 }
 
 func TestDataRejectedOneDSN(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	srv.SetDataReply(554)
-	senders := routertest.NewServer(t)
+	senders := smtptest.NewServer(t)
 	h := start(t, testConfig(serverRoute("ex.test", srv), serverRoute("sender.test", senders)), openSpool(t), Workers(1))
 	env := h.send("alice@sender.test", []string{"bob@ex.test", "carol@ex.test"}, sample)
 	msgs := senders.WaitFor(1, waitLong)
@@ -764,7 +764,7 @@ func TestDataRejectedOneDSN(t *testing.T) {
 // server would take the first half as the whole message, then the whole
 // one again on the next attempt.
 func TestMessageCutOffIsNotDelivered(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	cfg := testConfig(serverRoute("dest.test", srv))
 	r, err := New(cfg, openSpool(t), slog.New(slog.DiscardHandler))
 	if err != nil {

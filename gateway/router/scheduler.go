@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // scheduler is the queue state owned by the Run goroutine.

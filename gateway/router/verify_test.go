@@ -12,12 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/router/routertest"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
 // rcptCommands counts the RCPT commands the server got for addr.
-func rcptCommands(srv *routertest.Server, addr string) int {
+func rcptCommands(srv *smtptest.Server, addr string) int {
 	n := 0
 	for _, w := range srv.Transcripts() {
 		n += strings.Count(w, "RCPT TO:<"+addr+">")
@@ -26,7 +26,7 @@ func rcptCommands(srv *routertest.Server, addr string) int {
 }
 
 func TestVerifyRcpt(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	srv.SetRcptReply("nobody@ex.test", 550)
 	srv.SetRcptReply("busy@ex.test", 450)
 	route := serverRoute("ex.test", srv)
@@ -98,7 +98,7 @@ func TestVerifyRcpt(t *testing.T) {
 // A probe cancelled because the client left says nothing about the
 // route: it is asked again for the next recipient.
 func TestVerifyCancelledNotDown(t *testing.T) {
-	srv := routertest.NewServer(t)
+	srv := smtptest.NewServer(t)
 	route := serverRoute("ex.test", srv)
 	route.VerifyRcpts = true
 	cfg := testConfig(route)
@@ -137,7 +137,7 @@ func TestVerifyCacheBounded(t *testing.T) {
 // A next hop without SMTPUTF8 refuses a non-ASCII recipient for good, as
 // delivery would; it answered, so it is asked about the next recipient.
 func TestVerifyNoSMTPUTF8(t *testing.T) {
-	srv := routertest.NewServer(t, routertest.WithoutSMTPUTF8())
+	srv := smtptest.NewServer(t, smtptest.WithoutSMTPUTF8())
 	route := serverRoute("ex.test", srv)
 	route.VerifyRcpts = true
 	cfg := testConfig(route)

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/state"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state"
 )
 
 // partSize is the most message bytes in one row of quarantine_parts.

@@ -1,8 +1,8 @@
-// Package routertest provides a recording SMTP server for tests of mail
+// Package smtptest provides a recording SMTP server for tests of mail
 // delivery: it keeps every message it accepts, counts the connections it
 // gets, records what clients send, can refuse chosen recipients, and can
 // go away and come back on the same port. It listens on 127.0.0.1 only.
-package routertest
+package smtptest
 
 import (
 	"crypto/ecdsa"
@@ -76,7 +76,7 @@ func NewServer(t testing.TB, opts ...Option) *Server {
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("routertest: listen: %v", err)
+		t.Fatalf("smtptest: listen: %v", err)
 	}
 	s.addr = l.Addr().String()
 	s.serve(l)
@@ -124,7 +124,7 @@ func (s *Server) WaitFor(n int, timeout time.Duration) []Message {
 		select {
 		case <-changed:
 		case <-deadline.C:
-			s.t.Fatalf("routertest: %d messages after %v, want %d", got, timeout, n)
+			s.t.Fatalf("smtptest: %d messages after %v, want %d", got, timeout, n)
 		}
 	}
 }
@@ -198,7 +198,7 @@ func (s *Server) Restart() {
 	}
 	l, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		s.t.Fatalf("routertest: listen again on %s: %v", s.addr, err)
+		s.t.Fatalf("smtptest: listen again on %s: %v", s.addr, err)
 	}
 	s.serve(l)
 }
@@ -207,7 +207,7 @@ func (s *Server) serve(l net.Listener) {
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &session{s: s, c: c}, nil
 	}))
-	srv.Domain = "routertest.localhost"
+	srv.Domain = "smtptest.localhost"
 	srv.ReadTimeout = time.Minute
 	srv.WriteTimeout = time.Minute
 	srv.MaxLineLength = 1 << 16
@@ -318,7 +318,7 @@ func reply(code int) *smtp.SMTPError {
 func selfSigned(t testing.TB) *tls.Config {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatalf("routertest: key: %v", err)
+		t.Fatalf("smtptest: key: %v", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1),
@@ -332,7 +332,7 @@ func selfSigned(t testing.TB) *tls.Config {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatalf("routertest: certificate: %v", err)
+		t.Fatalf("smtptest: certificate: %v", err)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
 }

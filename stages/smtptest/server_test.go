@@ -1,4 +1,4 @@
-package routertest
+package smtptest
 
 import (
 	"errors"

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/state"
 )
 
 type lists Store

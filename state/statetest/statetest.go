@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/trace"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // NewDB makes an empty database for one test and returns how to open a

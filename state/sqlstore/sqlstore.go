@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver, in pure Go
 
-	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/state"
 )
 
 // Options are a store's settings. Zero values take the defaults.

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/mailgate/mailgate/gateway/state"
+	"github.com/mailgate/mailgate/state"
 )
 
 type audit Store

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/state"
-	"github.com/mailgate/mailgate/gateway/state/pgtest"
-	"github.com/mailgate/mailgate/gateway/state/statetest"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/pgtest"
+	"github.com/mailgate/mailgate/state/statetest"
 )
 
 func testCtx(t *testing.T) context.Context {

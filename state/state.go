@@ -27,7 +27,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/trace"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // Errors the implementations return, wrapped with what they concern; test
