@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -122,6 +123,7 @@ func unb64(s string) (string, bool) {
 type session struct {
 	User  policy.WebUser
 	token string // the cookie's value
+	id    string // the random ID the token carries: what a logout revokes
 	exp   time.Time
 }
 
@@ -138,15 +140,15 @@ func (k keys) newSession(u policy.WebUser, exp time.Time) string {
 
 // checkSession returns the session of token if it is one this console
 // made for a user of users that has not expired at now.
-func (k keys) checkSession(token string, users []policy.WebUser, now time.Time) (*session, string, bool) {
+func (k keys) checkSession(token string, users []policy.WebUser, now time.Time) (*session, bool) {
 	parts := strings.Split(token, ".")
 	if len(parts) != 4 {
-		return nil, "", false
+		return nil, false
 	}
 	name, ok := unb64(parts[0])
 	exp, err := strconv.ParseInt(parts[1], 10, 64)
 	if !ok || err != nil || !now.Before(time.Unix(exp, 0)) {
-		return nil, "", false
+		return nil, false
 	}
 	for _, u := range users {
 		if u.Name != name {
@@ -154,11 +156,11 @@ func (k keys) checkSession(token string, users []policy.WebUser, now time.Time) 
 		}
 		want := sign(k.session, u.Name, parts[1], parts[2], u.PasswordHash.String(), u.Role)
 		if !hmac.Equal([]byte(want), []byte(parts[3])) {
-			return nil, "", false
+			return nil, false
 		}
-		return &session{User: u, token: token, exp: time.Unix(exp, 0)}, parts[2], true
+		return &session{User: u, token: token, id: parts[2], exp: time.Unix(exp, 0)}, true
 	}
-	return nil, "", false
+	return nil, false
 }
 
 // csrfToken is the token a form of the page for bearer (a session's or a
@@ -220,7 +222,9 @@ func (c *Console) LinkURL(rcpt string) string {
 	return strings.TrimSuffix(cfg.Web.BaseURL, "/") + "/u/" + c.keys.newLink(rcpt, exp)
 }
 
-// revocations are the sessions logged out before their expiry, until it.
+// revocations are the sessions logged out on this node before their
+// expiry, until it: the store (Options.Revocations) keeps them for every
+// node and restart, this for while the store does not answer.
 type revocations struct {
 	mu  sync.Mutex
 	ids map[string]time.Time // session ID → its expiry
@@ -244,4 +248,28 @@ func (r *revocations) has(id string) bool {
 	defer r.mu.Unlock()
 	_, ok := r.ids[id]
 	return ok
+}
+
+// sessionRevoked reports whether session id was logged out, here or on
+// any node sharing the store. While the store does not answer, only the
+// logouts made on this node are known: the console stays usable for the
+// outage (logged, as a warning, at each request it affects).
+func (c *Console) sessionRevoked(ctx context.Context, id string) bool {
+	if c.revoked.has(id) {
+		return true
+	}
+	revoked, err := c.opts.Revocations.SessionRevoked(ctx, id)
+	if err != nil {
+		c.log.Warn("web session: the state store does not answer; only this node's logouts are known", "err", err)
+	}
+	return revoked
+}
+
+// revokeSession ends session s: in this node's memory at once, and in
+// the store for every node and restart.
+func (c *Console) revokeSession(ctx context.Context, s *session) {
+	c.revoked.revoke(s.id, s.exp, c.opts.Now())
+	if err := c.opts.Revocations.RevokeSession(ctx, s.id, s.exp); err != nil {
+		c.log.Error("web logout: not kept in the state store; the session ends on this node only, until its restart", "user", s.User.Name, "err", err)
+	}
 }

@@ -100,13 +100,52 @@ func TestLogin(t *testing.T) {
 	// The cookie is gone from the jar; one kept elsewhere is dead too.
 	b2 := e.browser()
 	b2.login("admin")
-	u, _ := url.Parse(e.srv.URL)
-	stolen := b2.client.Jar.Cookies(u)
+	stolen := b2.cookies()
+	if len(stolen) != 1 {
+		t.Fatalf("cookies %v, want the session's", stolen)
+	}
 	b2.post("/logout", url.Values{"csrf": {b2.csrf("/tracking")}})
 	b3 := e.browser()
-	b3.client.Jar.SetCookies(u, stolen)
+	b3.setCookies(stolen)
 	if r := b3.get("/tracking"); r.code != http.StatusSeeOther {
 		t.Errorf("a logged-out session still works: %d", r.code)
+	}
+}
+
+// TestLogoutHolds: a session cookie copied before its logout is refused
+// by the console started again on the same store (a restart, or another
+// node of a cluster), though that console knows nothing of the logout in
+// memory; the user's other sessions go on.
+func TestLogoutHolds(t *testing.T) {
+	e := newTestEnv(t, "")
+	b := e.browser()
+	b.login("admin")
+	keep := e.browser()
+	keep.login("admin")
+	stolen, kept := b.cookies(), keep.cookies()
+
+	// Before the logout, the cookie works on the other console: the
+	// same key signs it.
+	other := e.restarted()
+	thief := other.browser()
+	thief.setCookies(stolen)
+	if r := thief.get("/tracking"); r.code != http.StatusOK {
+		t.Fatalf("before the logout, on the other console: %d", r.code)
+	}
+	if r := b.post("/logout", url.Values{"csrf": {b.csrf("/tracking")}}); r.code != http.StatusSeeOther {
+		t.Fatalf("logout: %d", r.code)
+	}
+	for name, env := range map[string]*testEnv{"the other console": other, "a restarted console": e.restarted()} {
+		thief := env.browser()
+		thief.setCookies(stolen)
+		if r := thief.get("/tracking"); r.code != http.StatusSeeOther || !strings.HasPrefix(r.h.Get("Location"), "/login") {
+			t.Errorf("%s takes the logged-out cookie: %d", name, r.code)
+		}
+		owner := env.browser()
+		owner.setCookies(kept)
+		if r := owner.get("/tracking"); r.code != http.StatusOK {
+			t.Errorf("%s refuses another session of the user: %d", name, r.code)
+		}
 	}
 }
 
@@ -216,7 +255,7 @@ func TestSignedLink(t *testing.T) {
 	if _, err := e.c.keys.checkLink(e.c.keys.newSession(e.c.opts.Config().Web.Users[0], now.Add(time.Hour)), now); err == nil {
 		t.Error("a session token works as a link")
 	}
-	if _, _, ok := e.c.keys.checkSession(tok, e.c.opts.Config().Web.Users, now); ok {
+	if _, ok := e.c.keys.checkSession(tok, e.c.opts.Config().Web.Users, now); ok {
 		t.Error("a link works as a session")
 	}
 }
@@ -311,13 +350,14 @@ func TestSecretNotReadableByOthers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = New(Options{Config: func() *policy.Config { return cfg }})
+	opts := Options{Config: func() *policy.Config { return cfg }, Revocations: openStore(t, dir).Revocations()}
+	_, err = New(opts)
 	want := "test.toml:5: web.secret_file: " + secret + " may be read by others than its owner (mode 0644), and it signs sessions and links; run: chmod 600 " + secret
 	if err == nil || err.Error() != want {
 		t.Fatalf("New = %v\nwant %s", err, want)
 	}
 	os.Chmod(secret, 0o600)
-	if _, err := New(Options{Config: func() *policy.Config { return cfg }}); err != nil {
+	if _, err := New(opts); err != nil {
 		t.Fatal(err)
 	}
 }

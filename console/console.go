@@ -18,7 +18,10 @@
 // or argon2id hashes); a session is a signed cookie (__Host-, Secure when
 // served over TLS, HttpOnly, SameSite=Strict) that ends after
 // session_ttl, at logout, or when the user's password hash or role
-// changes in the config. Failed logins are limited per client address
+// changes in the config. A logout is kept in the state store
+// (state.Revocations), since the cookie is valid by its signature alone:
+// a copy of it is refused after a restart and on every node sharing the
+// store. Failed logins are limited per client address
 // (an IPv6 /64) and name, and slowed down per name, never refused for it,
 // so that nobody can lock an admin out. An end user needs no account: a digest mail carries a link
 // signed with HMAC-SHA256 that names the recipient and an expiry
@@ -64,6 +67,10 @@ type Options struct {
 	Traces Traces
 	Lists  state.Lists // the users' allow- and block-lists
 	Audit  state.Audit // who released, deleted, allowed or blocked what
+	// Revocations keeps the sessions logged out and the end users'
+	// links revoked, so that they stay ended after a restart and on
+	// every node sharing the store.
+	Revocations state.Revocations
 	// Metrics are the gateway's metrics, for the dashboard.
 	Metrics prometheus.Gatherer
 	Logger  *slog.Logger
@@ -92,6 +99,9 @@ func New(opts Options) (*Console, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Revocations == nil {
+		return nil, errors.New("console: no store for the revocations of sessions and links")
 	}
 	cfg := opts.Config()
 	secret, err := loadSecret(secretFile(cfg))

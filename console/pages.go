@@ -248,8 +248,8 @@ func (c *Console) session(r *http.Request) *session {
 	if err != nil {
 		return nil
 	}
-	s, id, ok := c.keys.checkSession(ck.Value, c.opts.Config().Web.Users, c.opts.Now())
-	if !ok || c.revoked.has(id) {
+	s, ok := c.keys.checkSession(ck.Value, c.opts.Config().Web.Users, c.opts.Now())
+	if !ok || c.sessionRevoked(r.Context(), s.id) {
 		return nil
 	}
 	return s
@@ -354,8 +354,8 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 
 func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
 	if s := c.session(r); s != nil && c.keys.checkCSRF(s.token, r.PostFormValue("csrf")) {
-		_, id, _ := c.keys.checkSession(s.token, []policy.WebUser{s.User}, c.opts.Now())
-		c.revoked.revoke(id, s.exp, c.opts.Now())
+		c.revokeSession(r.Context(), s)
+		c.log.Info("web logout", "client", c.clientAddr(r), "user", s.User.Name)
 	}
 	http.SetCookie(w, &http.Cookie{Name: c.sessionCookie(r), Value: "", Path: "/", MaxAge: -1,
 		Secure: c.secure(r), HttpOnly: true, SameSite: http.SameSiteStrictMode})

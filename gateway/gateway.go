@@ -230,7 +230,7 @@ func (g *Gateway) Start() error {
 	if cfg.Web.Listen != "" {
 		c, err := console.New(console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
 			Traces: console.FileTraces(filepath.Join(cfg.DataDir, "trace")), Lists: g.lists,
-			Audit: g.state.Audit(), Metrics: liveGatherer{g}})
+			Audit: g.state.Audit(), Revocations: g.state.Revocations(), Metrics: liveGatherer{g}})
 		if err == nil {
 			g.web, err = c.Serve()
 		}
