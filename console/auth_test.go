@@ -2,11 +2,13 @@ package console
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"mime/multipart"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -222,34 +224,50 @@ func TestCSRF(t *testing.T) {
 	}
 }
 
-// TestSignedLink: a link names one recipient until it expires; a link
-// changed in any part, or made with another key, is refused.
+// TestSignedLink: a link names one recipient, what it allows and its
+// generation until it expires; a link changed in any part, or made with
+// another key, is refused.
 func TestSignedLink(t *testing.T) {
 	e := newTestEnv(t, `link_ttl = "24h"`)
 	now := e.clock()
-	tok := e.c.keys.newLink("bob@example.test", now.Add(24*time.Hour))
+	want := Link{Rcpt: "bob@example.test", Scope: "release", ID: "0F3K9RD2C8M1A4QE", Gen: 3, Expires: now.Add(24 * time.Hour).Truncate(time.Second)}
+	tok := e.c.keys.newLink(want)
 	l, err := e.c.keys.checkLink(tok, now)
-	if err != nil || l.Rcpt != "bob@example.test" {
-		t.Fatalf("checkLink: %+v %v", l, err)
+	if err != nil || l != want {
+		t.Fatalf("checkLink = %+v, %v; want %+v", l, err, want)
 	}
 	if _, err := e.c.keys.checkLink(tok, now.Add(24*time.Hour)); err != errExpiredLink {
 		t.Errorf("at expiry: %v, want expired", err)
 	}
 	parts := strings.Split(tok, ".")
+	with := func(i int, v string) string {
+		p := slices.Clone(parts)
+		p[i] = v
+		return strings.Join(p, ".")
+	}
 	for _, bad := range []string{
-		b64([]byte("eve@example.test")) + "." + parts[1] + "." + parts[2],
-		parts[0] + "." + "99999999999" + "." + parts[2],
-		parts[0] + "." + parts[1] + "." + parts[2][:len(parts[2])-2] + "AA",
-		newKeys([]byte("another secret of sixteen")).newLink("bob@example.test", now.Add(time.Hour)),
+		with(0, b64([]byte("eve@example.test"))),
+		with(1, "all"),
+		with(1, "block"),
+		with(2, b64([]byte("0F3K9RD2C8M1A4QF"))),
+		with(3, "4"),
+		with(4, "99999999999"),
+		with(5, parts[5][:len(parts[5])-2]+"AA"),
+		// Signed, but not a link this console makes.
+		e.c.keys.newLink(Link{Rcpt: "bob@example.test", Scope: "delete", ID: "X", Expires: want.Expires}),
+		e.c.keys.newLink(Link{Rcpt: "bob@example.test", Scope: scopeAll, ID: "X", Expires: want.Expires}),
+		e.c.keys.newLink(Link{Rcpt: "bob@example.test", Scope: "view", Expires: want.Expires}),
+		e.c.keys.newLink(Link{Rcpt: "not an address", Scope: scopeAll, Expires: want.Expires}),
+		newKeys([]byte("another secret of sixteen")).newLink(want),
 		"", "x.y", tok + ".x",
 	} {
 		if _, err := e.c.keys.checkLink(bad, now); err != errBadLink {
 			t.Errorf("checkLink(%q): %v, want not valid", bad, err)
 		}
 	}
-	u := e.c.LinkURL("bob@example.test")
-	if !strings.HasPrefix(u, "https://console.example.test/u/") {
-		t.Errorf("LinkURL %q", u)
+	u, err := e.c.LinkURL(context.Background(), "bob@example.test")
+	if err != nil || !strings.HasPrefix(u, "https://console.example.test/u/") {
+		t.Errorf("LinkURL %q, %v", u, err)
 	}
 	// A session token is no link, and a link no session.
 	if _, err := e.c.keys.checkLink(e.c.keys.newSession(e.c.opts.Config().Web.Users[0], now.Add(time.Hour)), now); err == nil {

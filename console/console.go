@@ -24,8 +24,11 @@
 // store. Failed logins are limited per client address
 // (an IPv6 /64) and name, and slowed down per name, never refused for it,
 // so that nobody can lock an admin out. An end user needs no account: a digest mail carries a link
-// signed with HMAC-SHA256 that names the recipient and an expiry
-// (link_ttl), and shows that recipient's quarantined mail only.
+// signed with HMAC-SHA256 that names the recipient, what it allows (their
+// whole quarantine, or one action on one message), the generation of
+// their links and an expiry (link_ttl), and shows that recipient's
+// quarantined mail only. Ending a recipient's links raises the generation
+// in the state store: every link made before is refused on every node.
 //
 // A change (any POST) must carry the CSRF token of its session or link,
 // and come from the console's own pages (net/http's CrossOriginProtection:
