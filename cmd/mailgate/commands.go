@@ -51,7 +51,8 @@ func commands() []command {
 		{name: "queue", synopsis: "list|show|flush|retry|hold|release|delete [-config FILE] [flags] [ID...|ALL]", summary: "the running gateway's queue", help: []string{"-h"}, run: cmdQueue,
 			page: "Lists and operates the running gateway's queue through its admin API (`[admin] listen`), so that the gateway stays the one process writing its data directory."},
 		{name: "quarantine", synopsis: "list|show|release|delete [-config FILE] [flags] [ID...|ALL]", summary: "the running gateway's quarantine", help: []string{"-h"}, run: cmdQuarantine,
-			page: "Lists, shows, releases and deletes quarantined messages through the running gateway's admin API. A release delivers a message once."},
+			page: "Lists, shows, releases and deletes quarantined messages through the running gateway's admin API. A release delivers a message once. " +
+				"`release -rcpt ADDR[,ADDR]` delivers it to those of its recipients only, once each: a second release to one of them is refused, and the others stay held for a release of their own."},
 		{name: "trace", synopsis: "[-config FILE] [-json] QUEUE-ID|MESSAGE-ID", summary: "what happened to a message, rejected ones too", help: []string{"-h"}, run: cmdTrace,
 			page: "Prints everything that happened to a message, by queue ID or Message-ID: the connection, every stage's verdict, the decision and the reply, each delivery attempt, DSNs and operator actions. " +
 				"It reads the trace files under the data directory."},
