@@ -91,7 +91,8 @@ type Console struct {
 	revoked *revocations
 	pages   *pages
 	mux     *http.ServeMux
-	samples sampler // the dashboard's last hour
+	samples sampler  // the dashboard's last hour
+	top     topCache // the dashboard's tables of the last day
 }
 
 // New readies a console: it reads the signing key from [web]
