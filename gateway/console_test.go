@@ -100,7 +100,8 @@ func downstreamWith(t *testing.T, down *smtptest.Server, id string, n int) []smt
 // why, previews a quarantined message whose HTML tries to run script
 // (inert), releases it from two browsers at once (delivered once), a
 // forged POST is refused, an end user's digest link shows their mail
-// only, releases one message to them, and their block and allow decide
+// only (and a digest's release link no more than its message), releases
+// one message to them, and their block and allow decide
 // the next messages at SMTP. Screenshots of each page are written
 // ($MAILGATE_SCREENSHOTS, else the test's temporary directory).
 func TestConsoleInBrowser(t *testing.T) {
@@ -260,6 +261,13 @@ func TestConsoleInBrowser(t *testing.T) {
 	// button.
 	confirm := regexp.MustCompile(`release:\s+(\S+)`).FindStringSubmatch(digest)
 	br.Do(carol, "a release link of the digest", chromedp.Navigate(confirm[1]), chromedp.WaitVisible(chromedp.CSS(`#confirm`)))
+	// That link is for its message and action alone: its token does not
+	// open carol's quarantine.
+	tok := strings.Split(strings.TrimPrefix(confirm[1], base), "/")[2]
+	br.Do(carol, "the release link's token on carol's quarantine", chromedp.Navigate(base+"/u/"+tok), chromedp.WaitVisible(chromedp.CSS(`p.problem`)))
+	if text := br.Text(carol); !strings.Contains(text, "one message and one action") || strings.Contains(text, "Weekly deals") || strings.Contains(text, "Cheap pills") {
+		t.Fatalf("a release link opened more than its message:\n%s", text)
+	}
 
 	br.Do(carol, "carol releases the deals to herself",
 		chromedp.Navigate(link[1]), chromedp.WaitVisible(chromedp.CSS(`table.quarantine`)),
