@@ -8,7 +8,7 @@ import (
 func TestText(t *testing.T) {
 	tests := []struct {
 		in, text, targets string // Text without options, and with Targets
-		links                 []string
+		links             []string
 	}{
 		{"<p>Hello,&nbsp;<b>W</b>orld</p>", "\nHello, World\n", "\nHello, World\n", nil},
 		{"<head><title>T</title><style>p{}</style><script>alert('x')</script></head>visible<!-- hidden -->", "\nT\nvisible", "\nT\nvisible", nil},
