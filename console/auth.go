@@ -280,16 +280,6 @@ func (c *Console) newLinks(ctx context.Context, rcpt string) (func(scope, id str
 	}, exp, nil
 }
 
-// LinkURL is the address of rcpt's whole quarantine, valid for [web]
-// link_ttl from now, under [web] base_url: what a digest mail carries.
-func (c *Console) LinkURL(ctx context.Context, rcpt string) (string, error) {
-	link, _, err := c.newLinks(ctx, rcpt)
-	if err != nil {
-		return "", err
-	}
-	return link(scopeAll, ""), nil
-}
-
 // revocations are the sessions logged out on this node before their
 // expiry, until it: the store (Options.Revocations) keeps them for every
 // node and restart, this for while the store does not answer.

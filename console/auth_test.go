@@ -265,9 +265,12 @@ func TestSignedLink(t *testing.T) {
 			t.Errorf("checkLink(%q): %v, want not valid", bad, err)
 		}
 	}
-	u, err := e.c.LinkURL(context.Background(), "bob@example.test")
-	if err != nil || !strings.HasPrefix(u, "https://console.example.test/u/") {
-		t.Errorf("LinkURL %q, %v", u, err)
+	link, _, err := e.c.newLinks(context.Background(), "bob@example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := link(scopeAll, ""); !strings.HasPrefix(u, "https://console.example.test/u/") {
+		t.Errorf("a link %q", u)
 	}
 	// A session token is no link, and a link no session.
 	if _, err := e.c.keys.checkLink(e.c.keys.newSession(e.c.opts.Config().Web.Users[0], now.Add(time.Hour)), now); err == nil {

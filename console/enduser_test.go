@@ -21,11 +21,11 @@ import (
 // linkPath is the path of rcpt's link, valid for [web] link_ttl.
 func (e *testEnv) linkPath(rcpt string) string {
 	e.t.Helper()
-	u, err := e.c.LinkURL(context.Background(), rcpt)
+	link, _, err := e.c.newLinks(context.Background(), rcpt)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return strings.TrimPrefix(u, "https://console.example.test")
+	return strings.TrimPrefix(link(scopeAll, ""), "https://console.example.test")
 }
 
 // TestEndUserSeesOwnMailOnly: a recipient's link lists their messages
