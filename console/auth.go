@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -10,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,6 +125,7 @@ func unb64(s string) (string, bool) {
 type session struct {
 	User  policy.WebUser
 	token string // the cookie's value
+	id    string // the random ID the token carries: what a logout revokes
 	exp   time.Time
 }
 
@@ -138,15 +142,15 @@ func (k keys) newSession(u policy.WebUser, exp time.Time) string {
 
 // checkSession returns the session of token if it is one this console
 // made for a user of users that has not expired at now.
-func (k keys) checkSession(token string, users []policy.WebUser, now time.Time) (*session, string, bool) {
+func (k keys) checkSession(token string, users []policy.WebUser, now time.Time) (*session, bool) {
 	parts := strings.Split(token, ".")
 	if len(parts) != 4 {
-		return nil, "", false
+		return nil, false
 	}
 	name, ok := unb64(parts[0])
 	exp, err := strconv.ParseInt(parts[1], 10, 64)
 	if !ok || err != nil || !now.Before(time.Unix(exp, 0)) {
-		return nil, "", false
+		return nil, false
 	}
 	for _, u := range users {
 		if u.Name != name {
@@ -154,11 +158,11 @@ func (k keys) checkSession(token string, users []policy.WebUser, now time.Time) 
 		}
 		want := sign(k.session, u.Name, parts[1], parts[2], u.PasswordHash.String(), u.Role)
 		if !hmac.Equal([]byte(want), []byte(parts[3])) {
-			return nil, "", false
+			return nil, false
 		}
-		return &session{User: u, token: token, exp: time.Unix(exp, 0)}, parts[2], true
+		return &session{User: u, token: token, id: parts[2], exp: time.Unix(exp, 0)}, true
 	}
-	return nil, "", false
+	return nil, false
 }
 
 // csrfToken is the token a form of the page for bearer (a session's or a
@@ -169,17 +173,46 @@ func (k keys) checkCSRF(bearer, token string) bool {
 	return bearer != "" && hmac.Equal([]byte(k.csrfToken(bearer)), []byte(token))
 }
 
-// Link is what an end user's link grants: the quarantined mail of one
-// recipient, until it expires.
+// scopeAll is the scope of a link to a recipient's whole quarantine:
+// the list, each message and what may be done to it, their lists. A
+// link of any other scope is for one message and names what it allows
+// there (linkScopes): a digest's "release" link opens that message's
+// release and nothing else.
+const scopeAll = "all"
+
+// linkScopes are the scopes of one-message links: each allows its own
+// operation on its message, and viewing that message.
+var linkScopes = []string{"view", "release", "allow", "block"}
+
+// Link is what an end user's link grants: Scope (scopeAll or one of
+// linkScopes, on message ID) of the quarantined mail of Rcpt, until it
+// expires, as long as the recipient's links are still of generation Gen
+// (state.Revocations: revoking a recipient's links raises it).
 type Link struct {
 	Rcpt    string // canonical address
+	Scope   string
+	ID      string // the message of a one-message link; "" for scopeAll
+	Gen     int64
 	Expires time.Time
 }
 
-// newLink is the token of an end user's link for rcpt until exp.
-func (k keys) newLink(rcpt string, exp time.Time) string {
-	r, e := b64([]byte(rcpt)), strconv.FormatInt(exp.Unix(), 10)
-	return r + "." + e + "." + sign(k.link, rcpt, e)
+// Allows reports whether l allows op on message id. The pages of the
+// whole quarantine (op "list", "lists", "bulk", "revoke", id "") need
+// scopeAll; a one-message link allows viewing its message and its own
+// operation on it.
+func (l *Link) Allows(op, id string) bool {
+	if l.Scope == scopeAll {
+		return true
+	}
+	return id != "" && id == l.ID && (op == "view" || op == l.Scope)
+}
+
+// newLink is the token of link l: what it grants, in the clear, and a
+// MAC over it.
+func (k keys) newLink(l Link) string {
+	gen, exp := strconv.FormatInt(l.Gen, 10), strconv.FormatInt(l.Expires.Unix(), 10)
+	return b64([]byte(l.Rcpt)) + "." + l.Scope + "." + b64([]byte(l.ID)) + "." + gen + "." + exp + "." +
+		sign(k.link, l.Rcpt, l.Scope, l.ID, gen, exp)
 }
 
 var (
@@ -189,38 +222,67 @@ var (
 
 // checkLink returns what token grants at now: errBadLink when it was not
 // made by this console (or was changed), errExpiredLink after its expiry.
+// Whether its generation is still the recipient's is for the caller to
+// ask the store.
 func (k keys) checkLink(token string, now time.Time) (Link, error) {
 	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
+	if len(parts) != 6 {
 		return Link{}, errBadLink
 	}
-	rcpt, ok := unb64(parts[0])
-	exp, err := strconv.ParseInt(parts[1], 10, 64)
-	if !ok || err != nil || !hmac.Equal([]byte(sign(k.link, rcpt, parts[1])), []byte(parts[2])) {
+	rcpt, ok1 := unb64(parts[0])
+	id, ok2 := unb64(parts[2])
+	gen, err1 := strconv.ParseInt(parts[3], 10, 64)
+	exp, err2 := strconv.ParseInt(parts[4], 10, 64)
+	if !ok1 || !ok2 || err1 != nil || err2 != nil ||
+		!hmac.Equal([]byte(sign(k.link, rcpt, parts[1], id, parts[3], parts[4])), []byte(parts[5])) {
 		return Link{}, errBadLink
 	}
-	if _, err := address.Parse(rcpt); err != nil {
+	l := Link{Rcpt: rcpt, Scope: parts[1], ID: id, Gen: gen, Expires: time.Unix(exp, 0)}
+	if _, err := address.Parse(rcpt); err != nil || (l.Scope == scopeAll) != (id == "") ||
+		l.Scope != scopeAll && !slices.Contains(linkScopes, l.Scope) {
 		return Link{}, errBadLink
 	}
-	l := Link{Rcpt: rcpt, Expires: time.Unix(exp, 0)}
 	if !now.Before(l.Expires) {
 		return l, errExpiredLink
 	}
 	return l, nil
 }
 
-// LinkURL is the address of rcpt's quarantine page, valid for [web]
-// link_ttl from now, under [web] base_url: what a digest mail carries.
-func (c *Console) LinkURL(rcpt string) string {
+// linkPath is the path of link l: its token, and the page it opens.
+func (k keys) linkPath(l Link) string {
+	p := "/u/" + k.newLink(l)
+	switch l.Scope {
+	case scopeAll:
+	case "view":
+		p += "/" + url.PathEscape(l.ID)
+	default:
+		p += "/" + url.PathEscape(l.ID) + "/" + l.Scope
+	}
+	return p
+}
+
+// newLinks makes the links of rcpt of the generation in force, valid for
+// [web] link_ttl from now, under [web] base_url: one of scope for message
+// id (scopeAll and "" for the whole quarantine).
+func (c *Console) newLinks(ctx context.Context, rcpt string) (func(scope, id string) string, time.Time, error) {
 	cfg := c.opts.Config()
 	if a, err := address.Parse(rcpt); err == nil {
 		rcpt = a
 	}
+	gen, err := c.opts.Revocations.LinkGeneration(ctx, rcpt)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
 	exp := c.opts.Now().Add(time.Duration(cfg.Web.LinkTTL))
-	return strings.TrimSuffix(cfg.Web.BaseURL, "/") + "/u/" + c.keys.newLink(rcpt, exp)
+	base := strings.TrimSuffix(cfg.Web.BaseURL, "/")
+	return func(scope, id string) string {
+		return base + c.keys.linkPath(Link{Rcpt: rcpt, Scope: scope, ID: id, Gen: gen, Expires: exp})
+	}, exp, nil
 }
 
-// revocations are the sessions logged out before their expiry, until it.
+// revocations are the sessions logged out on this node before their
+// expiry, until it: the store (Options.Revocations) keeps them for every
+// node and restart, this for while the store does not answer.
 type revocations struct {
 	mu  sync.Mutex
 	ids map[string]time.Time // session ID → its expiry
@@ -244,4 +306,28 @@ func (r *revocations) has(id string) bool {
 	defer r.mu.Unlock()
 	_, ok := r.ids[id]
 	return ok
+}
+
+// sessionRevoked reports whether session id was logged out, here or on
+// any node sharing the store. While the store does not answer, only the
+// logouts made on this node are known: the console stays usable for the
+// outage (logged, as a warning, at each request it affects).
+func (c *Console) sessionRevoked(ctx context.Context, id string) bool {
+	if c.revoked.has(id) {
+		return true
+	}
+	revoked, err := c.opts.Revocations.SessionRevoked(ctx, id)
+	if err != nil {
+		c.log.Warn("web session: the state store does not answer; only this node's logouts are known", "err", err)
+	}
+	return revoked
+}
+
+// revokeSession ends session s: in this node's memory at once, and in
+// the store for every node and restart.
+func (c *Console) revokeSession(ctx context.Context, s *session) {
+	c.revoked.revoke(s.id, s.exp, c.opts.Now())
+	if err := c.opts.Revocations.RevokeSession(ctx, s.id, s.exp); err != nil {
+		c.log.Error("web logout: not kept in the state store; the session ends on this node only, until its restart", "user", s.User.Name, "err", err)
+	}
 }

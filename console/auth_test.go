@@ -2,11 +2,13 @@ package console
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"mime/multipart"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -100,13 +102,52 @@ func TestLogin(t *testing.T) {
 	// The cookie is gone from the jar; one kept elsewhere is dead too.
 	b2 := e.browser()
 	b2.login("admin")
-	u, _ := url.Parse(e.srv.URL)
-	stolen := b2.client.Jar.Cookies(u)
+	stolen := b2.cookies()
+	if len(stolen) != 1 {
+		t.Fatalf("cookies %v, want the session's", stolen)
+	}
 	b2.post("/logout", url.Values{"csrf": {b2.csrf("/tracking")}})
 	b3 := e.browser()
-	b3.client.Jar.SetCookies(u, stolen)
+	b3.setCookies(stolen)
 	if r := b3.get("/tracking"); r.code != http.StatusSeeOther {
 		t.Errorf("a logged-out session still works: %d", r.code)
+	}
+}
+
+// TestLogoutHolds: a session cookie copied before its logout is refused
+// by the console started again on the same store (a restart, or another
+// node of a cluster), though that console knows nothing of the logout in
+// memory; the user's other sessions go on.
+func TestLogoutHolds(t *testing.T) {
+	e := newTestEnv(t, "")
+	b := e.browser()
+	b.login("admin")
+	keep := e.browser()
+	keep.login("admin")
+	stolen, kept := b.cookies(), keep.cookies()
+
+	// Before the logout, the cookie works on the other console: the
+	// same key signs it.
+	other := e.restarted()
+	thief := other.browser()
+	thief.setCookies(stolen)
+	if r := thief.get("/tracking"); r.code != http.StatusOK {
+		t.Fatalf("before the logout, on the other console: %d", r.code)
+	}
+	if r := b.post("/logout", url.Values{"csrf": {b.csrf("/tracking")}}); r.code != http.StatusSeeOther {
+		t.Fatalf("logout: %d", r.code)
+	}
+	for name, env := range map[string]*testEnv{"the other console": other, "a restarted console": e.restarted()} {
+		thief := env.browser()
+		thief.setCookies(stolen)
+		if r := thief.get("/tracking"); r.code != http.StatusSeeOther || !strings.HasPrefix(r.h.Get("Location"), "/login") {
+			t.Errorf("%s takes the logged-out cookie: %d", name, r.code)
+		}
+		owner := env.browser()
+		owner.setCookies(kept)
+		if r := owner.get("/tracking"); r.code != http.StatusOK {
+			t.Errorf("%s refuses another session of the user: %d", name, r.code)
+		}
 	}
 }
 
@@ -183,40 +224,59 @@ func TestCSRF(t *testing.T) {
 	}
 }
 
-// TestSignedLink: a link names one recipient until it expires; a link
-// changed in any part, or made with another key, is refused.
+// TestSignedLink: a link names one recipient, what it allows and its
+// generation until it expires; a link changed in any part, or made with
+// another key, is refused.
 func TestSignedLink(t *testing.T) {
 	e := newTestEnv(t, `link_ttl = "24h"`)
 	now := e.clock()
-	tok := e.c.keys.newLink("bob@example.test", now.Add(24*time.Hour))
+	want := Link{Rcpt: "bob@example.test", Scope: "release", ID: "0F3K9RD2C8M1A4QE", Gen: 3, Expires: now.Add(24 * time.Hour).Truncate(time.Second)}
+	tok := e.c.keys.newLink(want)
 	l, err := e.c.keys.checkLink(tok, now)
-	if err != nil || l.Rcpt != "bob@example.test" {
-		t.Fatalf("checkLink: %+v %v", l, err)
+	if err != nil || l != want {
+		t.Fatalf("checkLink = %+v, %v; want %+v", l, err, want)
 	}
 	if _, err := e.c.keys.checkLink(tok, now.Add(24*time.Hour)); err != errExpiredLink {
 		t.Errorf("at expiry: %v, want expired", err)
 	}
 	parts := strings.Split(tok, ".")
+	with := func(i int, v string) string {
+		p := slices.Clone(parts)
+		p[i] = v
+		return strings.Join(p, ".")
+	}
 	for _, bad := range []string{
-		b64([]byte("eve@example.test")) + "." + parts[1] + "." + parts[2],
-		parts[0] + "." + "99999999999" + "." + parts[2],
-		parts[0] + "." + parts[1] + "." + parts[2][:len(parts[2])-2] + "AA",
-		newKeys([]byte("another secret of sixteen")).newLink("bob@example.test", now.Add(time.Hour)),
+		with(0, b64([]byte("eve@example.test"))),
+		with(1, "all"),
+		with(1, "block"),
+		with(2, b64([]byte("0F3K9RD2C8M1A4QF"))),
+		with(3, "4"),
+		with(4, "99999999999"),
+		with(5, parts[5][:len(parts[5])-2]+"AA"),
+		// Signed, but not a link this console makes.
+		e.c.keys.newLink(Link{Rcpt: "bob@example.test", Scope: "delete", ID: "X", Expires: want.Expires}),
+		e.c.keys.newLink(Link{Rcpt: "bob@example.test", Scope: scopeAll, ID: "X", Expires: want.Expires}),
+		e.c.keys.newLink(Link{Rcpt: "bob@example.test", Scope: "view", Expires: want.Expires}),
+		e.c.keys.newLink(Link{Rcpt: "not an address", Scope: scopeAll, Expires: want.Expires}),
+		newKeys([]byte("another secret of sixteen")).newLink(want),
 		"", "x.y", tok + ".x",
 	} {
 		if _, err := e.c.keys.checkLink(bad, now); err != errBadLink {
 			t.Errorf("checkLink(%q): %v, want not valid", bad, err)
 		}
 	}
-	u := e.c.LinkURL("bob@example.test")
-	if !strings.HasPrefix(u, "https://console.example.test/u/") {
-		t.Errorf("LinkURL %q", u)
+	link, _, err := e.c.newLinks(context.Background(), "bob@example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := link(scopeAll, ""); !strings.HasPrefix(u, "https://console.example.test/u/") {
+		t.Errorf("a link %q", u)
 	}
 	// A session token is no link, and a link no session.
 	if _, err := e.c.keys.checkLink(e.c.keys.newSession(e.c.opts.Config().Web.Users[0], now.Add(time.Hour)), now); err == nil {
 		t.Error("a session token works as a link")
 	}
-	if _, _, ok := e.c.keys.checkSession(tok, e.c.opts.Config().Web.Users, now); ok {
+	if _, ok := e.c.keys.checkSession(tok, e.c.opts.Config().Web.Users, now); ok {
 		t.Error("a link works as a session")
 	}
 }
@@ -311,13 +371,14 @@ func TestSecretNotReadableByOthers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = New(Options{Config: func() *policy.Config { return cfg }})
+	opts := Options{Config: func() *policy.Config { return cfg }, Revocations: openStore(t, dir).Revocations()}
+	_, err = New(opts)
 	want := "test.toml:5: web.secret_file: " + secret + " may be read by others than its owner (mode 0644), and it signs sessions and links; run: chmod 600 " + secret
 	if err == nil || err.Error() != want {
 		t.Fatalf("New = %v\nwant %s", err, want)
 	}
 	os.Chmod(secret, 0o600)
-	if _, err := New(Options{Config: func() *policy.Config { return cfg }}); err != nil {
+	if _, err := New(opts); err != nil {
 		t.Fatal(err)
 	}
 }

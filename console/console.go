@@ -18,11 +18,17 @@
 // or argon2id hashes); a session is a signed cookie (__Host-, Secure when
 // served over TLS, HttpOnly, SameSite=Strict) that ends after
 // session_ttl, at logout, or when the user's password hash or role
-// changes in the config. Failed logins are limited per client address
+// changes in the config. A logout is kept in the state store
+// (state.Revocations), since the cookie is valid by its signature alone:
+// a copy of it is refused after a restart and on every node sharing the
+// store. Failed logins are limited per client address
 // (an IPv6 /64) and name, and slowed down per name, never refused for it,
 // so that nobody can lock an admin out. An end user needs no account: a digest mail carries a link
-// signed with HMAC-SHA256 that names the recipient and an expiry
-// (link_ttl), and shows that recipient's quarantined mail only.
+// signed with HMAC-SHA256 that names the recipient, what it allows (their
+// whole quarantine, or one action on one message), the generation of
+// their links and an expiry (link_ttl), and shows that recipient's
+// quarantined mail only. Ending a recipient's links raises the generation
+// in the state store: every link made before is refused on every node.
 //
 // A change (any POST) must carry the CSRF token of its session or link,
 // and come from the console's own pages (net/http's CrossOriginProtection:
@@ -64,6 +70,10 @@ type Options struct {
 	Traces Traces
 	Lists  state.Lists // the users' allow- and block-lists
 	Audit  state.Audit // who released, deleted, allowed or blocked what
+	// Revocations keeps the sessions logged out and the end users'
+	// links revoked, so that they stay ended after a restart and on
+	// every node sharing the store.
+	Revocations state.Revocations
 	// Metrics are the gateway's metrics, for the dashboard.
 	Metrics prometheus.Gatherer
 	Logger  *slog.Logger
@@ -81,7 +91,8 @@ type Console struct {
 	revoked *revocations
 	pages   *pages
 	mux     *http.ServeMux
-	samples sampler // the dashboard's last hour
+	samples sampler  // the dashboard's last hour
+	top     topCache // the dashboard's tables of the last day
 }
 
 // New readies a console: it reads the signing key from [web]
@@ -92,6 +103,9 @@ func New(opts Options) (*Console, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Revocations == nil {
+		return nil, errors.New("console: no store for the revocations of sessions and links")
 	}
 	cfg := opts.Config()
 	secret, err := loadSecret(secretFile(cfg))

@@ -91,25 +91,51 @@ role = "auditor"
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.traces.Close() })
-	st, err := sqlstore.OpenSQLite(context.Background(), filepath.Join(dir, "state.db"), sqlstore.Options{Node: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	e.serve(cfg)
+	return e
+}
+
+// serve starts e's console on a store opened on its state.db, as a
+// gateway starting does.
+func (e *testEnv) serve(cfg *policy.Config) {
+	t := e.t
+	t.Helper()
+	st := openStore(t, e.dir)
+	var err error
 	e.c, err = New(Options{
-		Config: func() *policy.Config { return cfg },
-		Admin:  e.backend,
-		Traces: FileTraces(filepath.Join(dir, "trace")),
-		Lists:  st.Lists(),
-		Audit:  st.Audit(),
-		Now:    e.clock,
+		Config:      func() *policy.Config { return cfg },
+		Admin:       e.backend,
+		Traces:      FileTraces(filepath.Join(e.dir, "trace")),
+		Lists:       st.Lists(),
+		Audit:       st.Audit(),
+		Revocations: st.Revocations(),
+		Now:         e.clock,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.srv = httptest.NewServer(e.c.Handler())
 	t.Cleanup(e.srv.Close)
-	return e
+}
+
+// openStore opens the store of data dir dir until the test ends.
+func openStore(t *testing.T, dir string) *sqlstore.Store {
+	t.Helper()
+	st, err := sqlstore.OpenSQLite(context.Background(), filepath.Join(dir, "state.db"), sqlstore.Options{Node: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// restarted is e's console started again: a new Console, with nothing in
+// memory, on the same data dir and store, as after a restart or on
+// another node sharing the store.
+func (e *testEnv) restarted() *testEnv {
+	n := &testEnv{t: e.t, dir: e.dir, traces: e.traces, backend: e.backend, now: e.clock()}
+	n.serve(e.c.opts.Config())
+	return n
 }
 
 // browser is a client with a cookie jar that sends the headers a browser
@@ -162,6 +188,26 @@ func (b *browser) do(method, path string, form url.Values, hdr map[string]string
 	defer resp.Body.Close()
 	rb, _ := io.ReadAll(resp.Body)
 	return response{code: resp.StatusCode, body: string(rb), h: resp.Header}
+}
+
+// cookies returns the cookies b keeps for its console.
+func (b *browser) cookies() []*http.Cookie {
+	return b.client.Jar.Cookies(b.secureURL())
+}
+
+// setCookies gives b the cookies another browser kept: a copied cookie.
+func (b *browser) setCookies(cs []*http.Cookie) { b.client.Jar.SetCookies(b.secureURL(), cs) }
+
+// secureURL is where b's cookies are kept: the client keeps them by the
+// Host it sends, and its names are secure (a localhost name, or
+// base_url https://).
+func (b *browser) secureURL() *url.URL {
+	u, _ := url.Parse(b.e.srv.URL)
+	u.Scheme = "https"
+	if b.host != "" {
+		u.Host = b.host
+	}
+	return u
 }
 
 func (b *browser) get(path string) response { return b.do(http.MethodGet, path, nil, nil) }

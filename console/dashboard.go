@@ -196,7 +196,7 @@ func (c *Console) dashboard(w http.ResponseWriter, r *http.Request, v view) {
 		d.Chart = chart(append(c.samples.all(), sample{c.opts.Now(), seriesValues(mfs)}))
 	}
 	d.Health = c.opts.Admin.Health()
-	if err := c.topTalkers(r.Context(), &d); err != nil {
+	if err := c.top.get(c.opts.Now(), &d, func(d *dashboardData) error { return c.topTalkers(r.Context(), d) }); err != nil {
 		c.log.Error("web dashboard: traces", "err", err)
 		d.Problem = "The traces could not be read; the log says why."
 	}
@@ -300,6 +300,37 @@ func chart(samples []sample) Chart {
 		ch.Lines = append(ch.Lines, ChartLine{Name: series[s].Name, Points: strings.Join(pts, " "), Last: rs[len(rs)-1]})
 	}
 	return ch
+}
+
+// topEvery is how long the dashboard's tables of the last day are kept:
+// they are read from the day's traces, which grow with the mail, and
+// change little in that time. A dashboard left open, or ten of them,
+// read the traces once per topEvery at most; the page reloads itself at
+// that pace (its counters and chart, from the metrics, are always new).
+const topEvery = 30 * time.Second
+
+// topCache keeps the last topTalkers tables.
+type topCache struct {
+	mu                        sync.Mutex
+	at                        time.Time // when they were read; zero: never
+	rejects, senders, clients []Bar
+}
+
+// get fills d's tables of the last day: those kept if read less than
+// topEvery before now, else read by read (one reader at a time: the
+// others wait for its tables). A read that fails is not kept.
+func (t *topCache) get(now time.Time, d *dashboardData, read func(*dashboardData) error) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.at.IsZero() || now.Sub(t.at) >= topEvery || now.Before(t.at) {
+		var fresh dashboardData
+		if err := read(&fresh); err != nil {
+			return err
+		}
+		t.at, t.rejects, t.senders, t.clients = now, fresh.Rejects, fresh.Senders, fresh.Clients
+	}
+	d.Rejects, d.Senders, d.Clients = t.rejects, t.senders, t.clients
+	return nil
 }
 
 // topTalkers counts, in the last 24 hours' traces (at most the newest

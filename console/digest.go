@@ -11,7 +11,6 @@ import (
 	"mime"
 	"mime/quotedprintable"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,7 +35,7 @@ type DigestData struct {
 	Rcpt     string
 	Hostname string
 	Messages []DigestMessage
-	Link     string    // the recipient's quarantine page
+	Link     string    // the recipient's whole quarantine
 	Lists    string    // their allow- and block-lists
 	Expires  time.Time // when the links stop working
 }
@@ -47,8 +46,10 @@ type DigestMessage struct {
 	Time                      time.Time
 	Score                     float64
 	// View opens the message; Release, Allow and Block open a page with
-	// the button that does it (mail scanners follow links). Release is ""
-	// for a hold only an admin may release.
+	// the button that does it (mail scanners follow links). Each allows
+	// that one thing on that one message (and viewing it), not the rest
+	// of the recipient's quarantine. Release is "" for a hold only an
+	// admin may release.
 	View, Release, Allow, Block string
 }
 
@@ -136,7 +137,7 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 		if run != nil && slices.Contains(run.Done, key) {
 			continue
 		}
-		msg, err := c.digest(cfg, subject, body, rcpt, byRcpt[key])
+		msg, err := c.digest(ctx, cfg, subject, body, rcpt, byRcpt[key])
 		if err == nil {
 			err = pickUp(filepath.Join(cfg.DataDir, "pickup"), stages.Pickup{From: cfg.Web.Digest.From, Rcpts: []string{rcpt}}, msg)
 		}
@@ -158,17 +159,20 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 }
 
 // digest renders rcpt's digest as a whole RFC 5322 message.
-func (c *Console) digest(cfg *policy.Config, subject, body *template.Template, rcpt string, recs []*quarantine.Record) ([]byte, error) {
-	exp := c.opts.Now().Add(time.Duration(cfg.Web.LinkTTL))
-	base := strings.TrimSuffix(cfg.Web.BaseURL, "/") + "/u/" + c.keys.newLink(rcpt, exp)
+func (c *Console) digest(ctx context.Context, cfg *policy.Config, subject, body *template.Template, rcpt string, recs []*quarantine.Record) ([]byte, error) {
+	link, exp, err := c.newLinks(ctx, rcpt)
+	if err != nil {
+		return nil, err
+	}
+	base := link(scopeAll, "")
 	d := DigestData{Rcpt: rcpt, Hostname: cfg.Hostname, Link: base, Lists: base + "/lists", Expires: exp}
 	for _, rec := range recs {
 		m := DigestMessage{ID: rec.ID, From: oneLine(rec.From), Subject: oneLine(c.subject(rec.ID)), Reason: oneLine(rec.Reason),
-			Time: rec.Time, Score: rec.Score, View: base + "/" + url.PathEscape(rec.ID)}
+			Time: rec.Time, Score: rec.Score, View: link("view", rec.ID)}
 		if m.From == "" {
 			m.From = "<>"
 		}
-		m.Release, m.Allow, m.Block = m.View+"/release", m.View+"/allow", m.View+"/block"
+		m.Release, m.Allow, m.Block = link("release", rec.ID), link("allow", rec.ID), link("block", rec.ID)
 		if !c.endUserMayRelease(rec) {
 			m.Release = ""
 		}

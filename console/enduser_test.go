@@ -20,8 +20,12 @@ import (
 
 // linkPath is the path of rcpt's link, valid for [web] link_ttl.
 func (e *testEnv) linkPath(rcpt string) string {
-	u := e.c.LinkURL(rcpt)
-	return strings.TrimPrefix(u, "https://console.example.test")
+	e.t.Helper()
+	link, _, err := e.c.newLinks(context.Background(), rcpt)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return strings.TrimPrefix(link(scopeAll, ""), "https://console.example.test")
 }
 
 // TestEndUserSeesOwnMailOnly: a recipient's link lists their messages
@@ -343,5 +347,174 @@ func TestEndUserReleasesScoreHoldsOnly(t *testing.T) {
 		if queued, _ := e.backend.spool.List(); len(queued) != 1 {
 			t.Fatalf("admin release queued %d", len(queued))
 		}
+	}
+}
+
+// digestLinks sends the digests of the last day and returns rcpt's, its
+// links by what they are ("All mail held for you", and per message
+// "read", "release", "allow sender", "block sender"), as paths.
+func (e *testEnv) digestLinks(rcpt string) map[string][]string {
+	e.t.Helper()
+	os.RemoveAll(filepath.Join(e.dir, "pickup"))
+	e.c.opts.Config().Web.Digest.Domains = []string{"example.test"}
+	now := e.clock()
+	if _, err := e.c.SendDigests(context.Background(), now.Add(-24*time.Hour), now.Add(time.Second)); err != nil {
+		e.t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(e.dir, "pickup", "digest-*"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		env, err := stages.ReadPickup(bufio.NewReader(strings.NewReader(string(b))))
+		if err != nil || env.Rcpts[0] != rcpt {
+			continue
+		}
+		_, body, _ := strings.Cut(string(b), "\r\n\r\n")
+		dec, _ := readAllString(quotedprintable.NewReader(strings.NewReader(body)))
+		links := map[string][]string{}
+		for _, m := range regexp.MustCompile(`(?m)^\s*([a-zA-Z ]+?):\s+https://console\.example\.test(/u/\S+)\r?$`).FindAllStringSubmatch(dec, -1) {
+			links[m[1]] = append(links[m[1]], m[2])
+		}
+		return links
+	}
+	e.t.Fatalf("no digest for %s", rcpt)
+	return nil
+}
+
+// TestEndUserLinkScopes: a digest's link for one message and one action
+// opens that action on that message (and the message), nothing else: not
+// the recipient's quarantine or lists, not another message, theirs or
+// another mailbox's, not another action; a "read" link changes nothing.
+func TestEndUserLinkScopes(t *testing.T) {
+	e := newTestEnv(t, "")
+	now := e.clock()
+	first := e.quarantined("a@shop.example", []string{"bob@example.test", "carol@example.test"}, "Subject: first\r\n\r\nhi\r\n", now.Add(-time.Hour))
+	second := e.quarantined("x@spam.example", []string{"bob@example.test"}, "Subject: second\r\n\r\nhi\r\n", now.Add(-time.Hour))
+	carols := e.quarantined("y@other.example", []string{"carol@example.test"}, "Subject: carol's\r\n\r\nhi\r\n", now.Add(-time.Hour))
+	links := e.digestLinks("bob@example.test")
+	if len(links["release"]) != 2 || len(links["read"]) != 2 || len(links["All mail held for you"]) != 1 {
+		t.Fatalf("bob's digest links %q", links)
+	}
+	// The digest lists the newest first: find first's links by its ID.
+	pick := func(kind string) string {
+		for _, l := range links[kind] {
+			if strings.Contains(l, "/"+first.ID) {
+				return l
+			}
+		}
+		t.Fatalf("no %s link of %s in %q", kind, first.ID, links[kind])
+		return ""
+	}
+	release, read := pick("release"), pick("read")
+	b := e.browser()
+	r := b.get(release)
+	if r.code != http.StatusOK || !strings.Contains(r.body, "Release this message to me") || strings.Contains(r.body, "/lists") {
+		t.Fatalf("the release link: %d\n%s", r.code, r.body)
+	}
+	csrf := csrfRE.FindStringSubmatch(r.body)[1]
+	tok := strings.Split(release, "/")[2]
+	u := "/u/" + tok
+	for _, c := range []struct{ method, path string }{
+		{"GET", u},                                 // bob's quarantine
+		{"GET", u + "/lists"},                      // his lists
+		{"POST", u + "/lists"},                     // a change of them
+		{"POST", u + "/bulk"},                      // everything at once
+		{"POST", u + "/revoke"},                    // his links
+		{"GET", u + "/" + second.ID},               // another of his messages
+		{"GET", u + "/" + second.ID + "/release"},  // its release
+		{"POST", u + "/" + second.ID + "/release"}, // released
+		{"GET", u + "/" + carols.ID},               // another mailbox's message
+		{"POST", u + "/" + carols.ID + "/release"}, // released
+		{"GET", u + "/" + first.ID + "/block"},     // another action on its message
+		{"POST", u + "/" + first.ID + "/allow"},    // done
+		{"POST", u + "/" + first.ID + "/delete"},   // done
+		{"POST", "/u/" + strings.Split(read, "/")[2] + "/" + first.ID + "/release"}, // a read link's release
+	} {
+		form := url.Values{"csrf": {csrf}, "op": {"release"}, "id": {second.ID, carols.ID}, "kind": {"allow"}, "sender": {"evil.example"}}
+		if strings.Contains(c.path, strings.Split(read, "/")[2]) {
+			// A page of it has no form: its token, as it would be.
+			form.Set("csrf", e.c.keys.csrfToken("link "+strings.Split(read, "/")[2]))
+		}
+		if r := b.do(c.method, c.path, form, nil); r.code != http.StatusForbidden || strings.Contains(r.body, "second") || strings.Contains(r.body, "carol&#39;s") {
+			t.Errorf("%s %s with the release link of %s: %d, want 403\n%s", c.method, c.path, first.ID, r.code, r.body)
+		}
+	}
+	if queued, _ := e.backend.spool.List(); len(queued) != 0 {
+		t.Fatalf("refused requests queued %d messages", len(queued))
+	}
+	if entries, _ := e.c.opts.Lists.Entries(context.Background(), ""); len(entries) != 0 {
+		t.Fatalf("refused requests listed %+v", entries)
+	}
+	// The read link shows the message and offers nothing it may not do.
+	r = b.get(read)
+	if r.code != http.StatusOK || !strings.Contains(r.body, "first") || strings.Contains(r.body, `id="release"`) ||
+		strings.Contains(r.body, `id="block"`) || strings.Contains(r.body, "/lists") {
+		t.Errorf("the read link: %d\n%s", r.code, r.body)
+	}
+	// The release link shows its message with the release alone, and
+	// releases it to bob alone.
+	r = b.get(u + "/" + first.ID)
+	if r.code != http.StatusOK || !strings.Contains(r.body, `id="release"`) || strings.Contains(r.body, `id="allow"`) || strings.Contains(r.body, `id="delete"`) {
+		t.Errorf("the release link's message page: %d\n%s", r.code, r.body)
+	}
+	r = b.post(u+"/"+first.ID+"/release", url.Values{"csrf": {csrf}})
+	if r.code != http.StatusOK || !strings.Contains(r.body, `href="`+u+"/"+first.ID+`"`) {
+		t.Fatalf("release: %d\n%s", r.code, r.body)
+	}
+	queued, _ := e.backend.spool.List()
+	if len(queued) != 1 || len(queued[0].Rcpts) != 1 || queued[0].Rcpts[0].Addr != "bob@example.test" {
+		t.Fatalf("queued %+v, want one copy for bob", queued)
+	}
+}
+
+// TestEndUserLinksRevoked: an admin's "end the links" of a recipient
+// refuses every link mailed to them before, whole or for one message,
+// also on a console started again (another node, a restart); links made
+// after work, another recipient's are untouched. A recipient ends their
+// own links from their quarantine.
+func TestEndUserLinksRevoked(t *testing.T) {
+	e := newTestEnv(t, "")
+	msg := e.quarantined("a@shop.example", []string{"bob@example.test", "carol@example.test"}, "Subject: held\r\n\r\nhi\r\n", e.clock().Add(-time.Hour))
+	links := e.digestLinks("bob@example.test")
+	old := []string{links["All mail held for you"][0], links["read"][0], links["release"][0]}
+	carol := e.linkPath("carol@example.test")
+	b := e.browser()
+	for _, l := range append(old, carol) {
+		if r := b.get(l); r.code != http.StatusOK {
+			t.Fatalf("%s before the revocation: %d", l, r.code)
+		}
+	}
+	admin := e.browser()
+	token := admin.login("admin")
+	if r := admin.get("/lists?owner=bob@example.test"); !strings.Contains(r.body, `id="revoke-links"`) {
+		t.Errorf("bob's lists page has no button to end his links\n%s", r.body)
+	}
+	if r := admin.post("/links/revoke", url.Values{"csrf": {token}, "owner": {"Bob@Example.test"}}); r.code != http.StatusOK {
+		t.Fatalf("revoke: %d\n%s", r.code, r.body)
+	}
+	for _, env := range []*testEnv{e, e.restarted()} {
+		b := env.browser()
+		for _, l := range old {
+			if r := b.get(l); r.code != http.StatusForbidden || !strings.Contains(r.body, "revoked") || strings.Contains(r.body, "held") {
+				t.Errorf("%s after the revocation: %d\n%s", l, r.code, r.body)
+			}
+		}
+		if r := b.get(carol); r.code != http.StatusOK || !strings.Contains(r.body, "held") {
+			t.Errorf("carol's link after bob's were revoked: %d", r.code)
+		}
+		if r := b.get(env.linkPath("bob@example.test")); r.code != http.StatusOK || !strings.Contains(r.body, "held") {
+			t.Errorf("a link made after the revocation: %d", r.code)
+		}
+	}
+	audit, _ := e.c.opts.Audit.Entries(context.Background(), state.AuditFilter{Action: "links.revoke"})
+	if len(audit) != 1 || audit[0].Actor != "console:admin" || audit[0].Target != "bob@example.test" {
+		t.Errorf("audit %+v", audit)
+	}
+	// Carol ends her own links: the one she used too.
+	r := b.get(carol)
+	if r := b.post(carol+"/revoke", url.Values{"csrf": {csrfRE.FindStringSubmatch(r.body)[1]}}); r.code != http.StatusOK || !strings.Contains(r.body, "stopped working") {
+		t.Fatalf("carol ends her links: %d\n%s", r.code, r.body)
+	}
+	if r := b.get(carol + "/" + msg.ID); r.code != http.StatusForbidden {
+		t.Errorf("carol's link after she ended it: %d", r.code)
 	}
 }

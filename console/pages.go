@@ -25,6 +25,7 @@ type view struct {
 	User  *policy.WebUser // the admin or auditor logged in; nil on other pages
 	Rcpt  string          // the end user of a link page
 	Token string          // the link's token, on an end user's pages
+	Link  *Link           // what it grants
 	CSRF  string          // the token forms carry
 	// Refresh reloads the page after this many seconds (the dashboard):
 	// live without a script.
@@ -34,6 +35,19 @@ type view struct {
 
 // CanChange reports whether the user may change things (not an auditor).
 func (v view) CanChange() bool { return v.User != nil && v.User.Role == "admin" || v.Rcpt != "" }
+
+// Allows reports whether the viewer may do op to message id: an admin
+// anything, an end user what their link allows (Link.Allows).
+func (v view) Allows(op, id string) bool {
+	if v.Link != nil {
+		return v.Link.Allows(op, id)
+	}
+	return v.User != nil && v.User.Role == "admin"
+}
+
+// WholeLink reports whether the page is of an end user's link to their
+// whole quarantine, whose other pages it may link to.
+func (v view) WholeLink() bool { return v.Link != nil && v.Link.Scope == scopeAll }
 
 type pages struct{ byName map[string]*template.Template }
 
@@ -180,13 +194,17 @@ func (c *Console) routes() {
 	m.HandleFunc("GET /lists", c.admin(c.lists))
 	m.HandleFunc("POST /lists", c.change(c.listChange))
 
-	m.HandleFunc("GET /u/{token}", c.endUser(false, c.endUserList))
-	m.HandleFunc("GET /u/{token}/lists", c.endUser(false, c.lists))
-	m.HandleFunc("POST /u/{token}/lists", c.endUser(true, c.listChange))
-	m.HandleFunc("POST /u/{token}/bulk", c.endUser(true, c.quarantineBulk))
-	m.HandleFunc("GET /u/{token}/{id}", c.endUser(false, c.quarantineShow))
-	m.HandleFunc("GET /u/{token}/{id}/{op}", c.endUser(false, c.endUserConfirm))
-	m.HandleFunc("POST /u/{token}/{id}/{op}", c.endUser(true, c.quarantineOp))
+	m.HandleFunc("POST /links/revoke", c.change(c.linksRevoke))
+
+	// An end user's pages: what each is, for the link's scope (Link.Allows).
+	m.HandleFunc("GET /u/{token}", c.endUser("list", c.endUserList))
+	m.HandleFunc("GET /u/{token}/lists", c.endUser("lists", c.lists))
+	m.HandleFunc("POST /u/{token}/lists", c.endUser("lists", c.listChange))
+	m.HandleFunc("POST /u/{token}/bulk", c.endUser("bulk", c.quarantineBulk))
+	m.HandleFunc("POST /u/{token}/revoke", c.endUser("revoke", c.endUserRevoke))
+	m.HandleFunc("GET /u/{token}/{id}", c.endUser("view", c.quarantineShow))
+	m.HandleFunc("GET /u/{token}/{id}/{op}", c.endUser("", c.endUserConfirm))
+	m.HandleFunc("POST /u/{token}/{id}/{op}", c.endUser("", c.quarantineOp))
 	c.mux = m
 }
 
@@ -248,8 +266,8 @@ func (c *Console) session(r *http.Request) *session {
 	if err != nil {
 		return nil
 	}
-	s, id, ok := c.keys.checkSession(ck.Value, c.opts.Config().Web.Users, c.opts.Now())
-	if !ok || c.revoked.has(id) {
+	s, ok := c.keys.checkSession(ck.Value, c.opts.Config().Web.Users, c.opts.Now())
+	if !ok || c.sessionRevoked(r.Context(), s.id) {
 		return nil
 	}
 	return s
@@ -354,8 +372,8 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 
 func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
 	if s := c.session(r); s != nil && c.keys.checkCSRF(s.token, r.PostFormValue("csrf")) {
-		_, id, _ := c.keys.checkSession(s.token, []policy.WebUser{s.User}, c.opts.Now())
-		c.revoked.revoke(id, s.exp, c.opts.Now())
+		c.revokeSession(r.Context(), s)
+		c.log.Info("web logout", "client", c.clientAddr(r), "user", s.User.Name)
 	}
 	http.SetCookie(w, &http.Cookie{Name: c.sessionCookie(r), Value: "", Path: "/", MaxAge: -1,
 		Secure: c.secure(r), HttpOnly: true, SameSite: http.SameSiteStrictMode})

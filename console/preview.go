@@ -9,7 +9,8 @@ import (
 
 	"github.com/emersion/go-message"
 	_ "github.com/emersion/go-message/charset" // the charsets of the world, for bodies and encoded words
-	"golang.org/x/net/html"
+
+	"github.com/mailgate/mailgate/stages/htmltext"
 )
 
 // Bounds of a preview: a quarantined message is hostile, and its shape is
@@ -104,7 +105,9 @@ func readPreview(r io.Reader) Preview {
 			}
 			text := string(b)
 			if typ == "text/html" {
-				text = htmlText(text)
+				// Reduced to text, each link's address written out:
+				// none of its markup reaches the page.
+				text = htmltext.Text(text, htmltext.Options{Targets: true})
 			}
 			dst.WriteString(clean(text) + "\n")
 			return nil
@@ -165,80 +168,6 @@ func hidden(r rune) bool {
 	case unicode.IsControl(r):
 		return true
 	case r >= 0x202A && r <= 0x202E, r >= 0x2066 && r <= 0x2069: // bidirectional overrides and isolates
-		return true
-	}
-	return false
-}
-
-// htmlText reduces an HTML body to the text a reader would see, with
-// each link's address written after its text ("click here
-// [https://…]"), so that an admin sees where a message points without
-// anything being loaded. Script and style contents are dropped.
-func htmlText(doc string) string {
-	z := html.NewTokenizer(strings.NewReader(doc))
-	var b strings.Builder
-	space := true
-	skip := ""
-	var links []string // hrefs of the open links
-	for {
-		tt := z.Next()
-		switch tt {
-		case html.ErrorToken:
-			return b.String()
-		case html.TextToken:
-			if skip != "" {
-				continue
-			}
-			for _, r := range string(z.Text()) {
-				if unicode.IsSpace(r) {
-					if !space {
-						b.WriteByte(' ')
-						space = true
-					}
-					continue
-				}
-				b.WriteRune(r)
-				space = false
-			}
-		case html.StartTagToken, html.SelfClosingTagToken, html.EndTagToken:
-			name, more := z.TagName()
-			tag := string(name)
-			var href string
-			for more {
-				var k, v []byte
-				k, v, more = z.TagAttr()
-				if string(k) == "href" && tt == html.StartTagToken && tag == "a" {
-					href = string(v)
-				}
-			}
-			switch {
-			case tt == html.EndTagToken && tag == skip:
-				skip = ""
-			case tt == html.StartTagToken && (tag == "script" || tag == "style" || tag == "head"):
-				skip = tag
-			case tag == "a" && tt == html.StartTagToken:
-				links = append(links, href)
-			case tag == "a" && tt == html.EndTagToken && len(links) > 0:
-				if h := links[len(links)-1]; h != "" {
-					b.WriteString(" [" + h + "]")
-					space = false
-				}
-				links = links[:len(links)-1]
-			case tag == "img" && skip == "":
-				b.WriteString("[image]")
-				space = false
-			case isBlock(tag):
-				b.WriteByte('\n')
-				space = true
-			}
-		}
-	}
-}
-
-func isBlock(tag string) bool {
-	switch tag {
-	case "br", "p", "div", "tr", "li", "ul", "ol", "table", "title",
-		"h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "hr":
 		return true
 	}
 	return false

@@ -302,8 +302,11 @@ func (c *Console) quarantineOp(w http.ResponseWriter, r *http.Request, v view) {
 		}
 	}
 	back := "/quarantine"
-	if v.Rcpt != "" {
+	switch {
+	case v.WholeLink():
 		back = "/u/" + v.Token
+	case v.Link != nil:
+		back = "/u/" + v.Token + "/" + id // the one page a one-message link opens
 	}
 	line, err := c.act(r.Context(), v, op, rec, rcpts)
 	if err != nil {

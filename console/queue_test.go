@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/state/trace"
 )
 
 // TestQueuePage: the queue shows each message with each recipient's
@@ -92,5 +93,15 @@ func TestDashboard(t *testing.T) {
 	r = b.get("/dashboard")
 	if !strings.Contains(r.body, `<polyline class="line-in"`) || !strings.Contains(r.body, "in (7/min now)") {
 		t.Errorf("chart:\n%s", r.body)
+	}
+	// The tables of the last day are read from the traces once per
+	// topEvery, however often the page is loaded.
+	e.traces.Record(trace.Event{Time: e.clock(), QueueID: "NEW000000001", Event: "mail", From: ptr("newcomer@new.example")})
+	if r := b.get("/dashboard"); strings.Contains(r.body, "newcomer@new.example") {
+		t.Error("the traces were read again within topEvery")
+	}
+	e.advance(topEvery)
+	if r := b.get("/dashboard"); !strings.Contains(r.body, "newcomer@new.example") {
+		t.Error("the traces were not read again after topEvery")
 	}
 }

@@ -9,16 +9,21 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailgate/mailgate/console/browsertest"
 	"github.com/mailgate/mailgate/gateway"
+	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
@@ -95,7 +100,8 @@ func downstreamWith(t *testing.T, down *smtptest.Server, id string, n int) []smt
 // why, previews a quarantined message whose HTML tries to run script
 // (inert), releases it from two browsers at once (delivered once), a
 // forged POST is refused, an end user's digest link shows their mail
-// only, releases one message to them, and their block and allow decide
+// only (and a digest's release link no more than its message), releases
+// one message to them, and their block and allow decide
 // the next messages at SMTP. Screenshots of each page are written
 // ($MAILGATE_SCREENSHOTS, else the test's temporary directory).
 func TestConsoleInBrowser(t *testing.T) {
@@ -255,6 +261,13 @@ func TestConsoleInBrowser(t *testing.T) {
 	// button.
 	confirm := regexp.MustCompile(`release:\s+(\S+)`).FindStringSubmatch(digest)
 	br.Do(carol, "a release link of the digest", chromedp.Navigate(confirm[1]), chromedp.WaitVisible(chromedp.CSS(`#confirm`)))
+	// That link is for its message and action alone: its token does not
+	// open carol's quarantine.
+	tok := strings.Split(strings.TrimPrefix(confirm[1], base), "/")[2]
+	br.Do(carol, "the release link's token on carol's quarantine", chromedp.Navigate(base+"/u/"+tok), chromedp.WaitVisible(chromedp.CSS(`p.problem`)))
+	if text := br.Text(carol); !strings.Contains(text, "one message and one action") || strings.Contains(text, "Weekly deals") || strings.Contains(text, "Cheap pills") {
+		t.Fatalf("a release link opened more than its message:\n%s", text)
+	}
 
 	br.Do(carol, "carol releases the deals to herself",
 		chromedp.Navigate(link[1]), chromedp.WaitVisible(chromedp.CSS(`table.quarantine`)),
@@ -331,4 +344,170 @@ func TestUserListsDecideNextMessage(t *testing.T) {
 	post("/lists", entry)
 	queuedAs(t, send("after@spam.example"))
 	downstreamWith(t, down, "after@spam.example", 1)
+}
+
+// consoleSession is a client of the console logged in (or not) as a user.
+type consoleSession struct {
+	t      *testing.T
+	base   string
+	client *http.Client
+}
+
+func newConsoleSession(t *testing.T, base string) *consoleSession {
+	jar, _ := cookiejar.New(nil)
+	return &consoleSession{t: t, base: base, client: &http.Client{Jar: jar, Timeout: waitLong,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+// do sends a request as the console's own pages do and returns the
+// status and the body.
+func (s *consoleSession) do(method, path string, form url.Values) (int, string) {
+	s.t.Helper()
+	req, _ := http.NewRequest(method, s.base+path, strings.NewReader(form.Encode()))
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// login logs in and reports whether the console took the password.
+func (s *consoleSession) login(name, password string) bool {
+	s.t.Helper()
+	code, _ := s.do(http.MethodPost, "/login", url.Values{"name": {name}, "password": {password}, "next": {"/tracking"}})
+	return code == http.StatusSeeOther
+}
+
+// in reports whether the session is logged in: /tracking shows, not the
+// login form.
+func (s *consoleSession) in() bool {
+	s.t.Helper()
+	code, _ := s.do(http.MethodGet, "/tracking", nil)
+	return code == http.StatusOK
+}
+
+// TestUserPasswdRemoveEndSessions: `mailgate user passwd` and `mailgate
+// user remove` change the config file, and the running gateway reloads
+// it: the user's sessions end at once, the other users' go on; the new
+// password logs in, the old one and a removed user do not.
+func TestUserPasswdRemoveEndSessions(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "mailgate.toml")
+	hash := func(pw string) string {
+		h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(h)
+	}
+	web := testkit.FreeAddr(t)
+	config := fmt.Sprintf(`hostname = "mx.gateway.test"
+data_dir = %q
+[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = %q
+[web]
+listen = %q
+
+# The first admin.
+[[web.user]]
+name = "alice"
+password_hash = %q
+
+# Read only.
+[[web.user]]
+name = "bob"
+password_hash = %q
+role = "auditor"
+
+[[web.user]]
+name = "carol"
+password_hash = %q
+`, filepath.Join(dir, "data"), testkit.FreeAddr(t), web, hash("alice password"), hash("bob password"), hash("carol password"))
+	if err := os.WriteFile(file, []byte(config), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := policy.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t),
+		LoadConfig:    func() (*policy.Config, error) { return policy.Load(file) },
+		PluginCommand: func(kind string) []string { return []string{mailgateBin, "plugin", kind} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g.Shutdown(ctx)
+	})
+	user := func(stdin string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(mailgateBin, append([]string{"user"}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("mailgate user %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	base := "http://" + web
+	sessions := map[string]*consoleSession{}
+	for _, name := range []string{"alice", "bob", "carol"} {
+		sessions[name] = newConsoleSession(t, base)
+		if !sessions[name].login(name, name+" password") || !sessions[name].in() {
+			t.Fatalf("%s cannot log in", name)
+		}
+	}
+
+	out := user("alice new password\n", "passwd", "-config", file, "alice")
+	if !strings.Contains(out, "the sessions of alice have ended") {
+		t.Fatalf("user passwd said:\n%s", out)
+	}
+	if sessions["alice"].in() {
+		t.Error("alice's session outlived her new password")
+	}
+	if !sessions["bob"].in() || !sessions["carol"].in() {
+		t.Error("another user's session ended with alice's password")
+	}
+	if newConsoleSession(t, base).login("alice", "alice password") {
+		t.Error("alice's old password still logs in")
+	}
+	if !sessions["alice"].login("alice", "alice new password") || !sessions["alice"].in() {
+		t.Error("alice's new password does not log in")
+	}
+
+	out = user("", "remove", "-config", file, "bob")
+	if !strings.Contains(out, "the sessions of bob have ended") {
+		t.Fatalf("user remove said:\n%s", out)
+	}
+	if sessions["bob"].in() || newConsoleSession(t, base).login("bob", "bob password") {
+		t.Error("bob was removed, and his session or his password still works")
+	}
+	if !sessions["alice"].in() || !sessions["carol"].in() {
+		t.Error("removing bob ended another user's session")
+	}
+	after, _ := os.ReadFile(file)
+	cfg, err = policy.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Web.Users) != 2 || cfg.Web.Users[0].Name != "alice" || cfg.Web.Users[1].Name != "carol" ||
+		strings.Contains(string(after), "Read only") || !strings.Contains(string(after), "# The first admin.") {
+		t.Errorf("the file after remove:\n%s", after)
+	}
+	if st, _ := os.Stat(file); st.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640 kept", st.Mode().Perm())
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/gateway/smtpd"
@@ -20,6 +21,7 @@ import (
 	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/state/sqlstore"
 	"github.com/mailgate/mailgate/state/trace"
 )
 
@@ -47,7 +49,8 @@ type DryRunResult struct {
 }
 
 // DryRun runs one message through the SMTP side's path, smtpd's driver
-// with the real stage chain, plugins and all, and reports what would
+// with the real stage chain, plugins and all, and the recipients' own
+// allow- and block-lists, and reports what would
 // happen, stopping at the first refused recipient. Delivery is off: spool
 // and quarantine are in a temporary directory removed on return, the
 // router that takes the message never runs, nothing is traced, and the
@@ -83,7 +86,9 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	stageCfg := *cfg
 	stageCfg.DataDir = filepath.Join(dir, "data")
 	copyStageData(cfg.DataDir, stageCfg.DataDir, opts.Logger)
-	ch, err := newChain(ctx, &stageCfg, opts, nil, nil, nil, nil)
+	lists, closeLists := dryRunLists(ctx, cfg, opts.Logger)
+	defer closeLists()
+	ch, err := newChain(ctx, &stageCfg, opts, nil, nil, lists, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +137,25 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 		res.HeadersRemoved = headerDiff(sent, tx.Header)
 	}
 	return res, nil
+}
+
+// dryRunLists opens the recipients' own allow- and block-lists where the
+// gateway keeps them, so that the dry run decides as the SMTP side does
+// (policy.user_block, policy.user_allow). A store not made yet holds no
+// entries, and is not made here; one that cannot be opened is logged,
+// and the dry run goes on without the lists, as the SMTP side does when
+// its store fails.
+func dryRunLists(ctx context.Context, cfg *policy.Config, log *slog.Logger) (pipeline.UserLists, func()) {
+	path := stateFile(cfg)
+	if _, err := os.Stat(path); err != nil {
+		return nil, func() {}
+	}
+	st, err := sqlstore.OpenSQLite(ctx, path, sqlstore.Options{Node: cfg.Hostname})
+	if err != nil {
+		log.Warn("dry run: the users' allow- and block-lists are not checked", "err", err)
+		return nil, func() {}
+	}
+	return st.Lists(), func() { st.Close() }
 }
 
 // copyStageData copies the directories the stages keep under data_dir

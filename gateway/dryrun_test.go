@@ -19,6 +19,8 @@ import (
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/smtptest"
+	"github.com/mailgate/mailgate/state"
+	"github.com/mailgate/mailgate/state/sqlstore"
 	"github.com/mailgate/mailgate/state/trace"
 )
 
@@ -26,7 +28,8 @@ import (
 // through `mailgate test`'s DryRun: both run smtpd's driver, so they must
 // come to the same decision, the same reply and the same header edits
 // (Received, the stages' rewrites and policy's tag included). The dry run
-// asks verify_rcpts routes too.
+// asks verify_rcpts routes too, and reads the recipients' own allow- and
+// block-lists: a sender a recipient blocked is refused alike.
 func TestDryRunMatchesSMTP(t *testing.T) {
 	down := smtptest.NewServer(t)
 	down.SetRcptReply("unknown@dest.test", 550)
@@ -91,6 +94,21 @@ name = "X-Internal"
 		defer cancel()
 		g.Shutdown(ctx)
 	})
+	// The recipients' own lists, as the console writes them: the gateway
+	// and the dry run read the same store.
+	st, err := sqlstore.OpenSQLite(context.Background(), filepath.Join(dir, "state.db"), sqlstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, e := range []state.ListEntry{
+		{Owner: "picky@dest.test", Kind: state.Block, Sender: "sender.test", By: "test"},
+		{Owner: "trusting@dest.test", Kind: state.Allow, Sender: "a@sender.test", By: "test"},
+	} {
+		if err := st.Lists().Add(context.Background(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c := dial(t, g.SMTPAddrs()[0])
 	c.Cmd("EHLO client.sender.test", "250")
 
@@ -112,6 +130,8 @@ name = "X-Internal"
 		{"quarantined", "b@dest.test", msg("HOLDME later"), "quarantine", "250 2.0.0 Ok: queued as ID"},
 		{"too many hops", "b@dest.test", msg("loop", hops...), "reject", "554 5.4.6 Too many hops"},
 		{"rewritten", "b@dest.test", msg("please rewrite-me", "X-Internal: secret"), "accept", "250 2.0.0 Ok: queued as ID"},
+		{"blocked by the recipient", "picky@dest.test", msg("hello"), "reject", "550 5.7.1 Message rejected"},
+		{"allowed by the recipient", "trusting@dest.test", msg("HOLDME later"), "accept", "250 2.0.0 Ok: queued as ID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c.SetTest(t)
@@ -144,6 +164,9 @@ name = "X-Internal"
 			wireAction := strings.Replace(wire.Action, "continue", "accept", 1)
 			if wireAction != tc.action || res.Action != tc.action {
 				t.Errorf("action: SMTP %q, dry run %q, want %q", wireAction, res.Action, tc.action)
+			}
+			if res.Stage != wire.Stage {
+				t.Errorf("decided by: SMTP %q, dry run %q", wire.Stage, res.Stage)
 			}
 			if r := noID(wire.Reply, id); r != tc.reply || r != noID(reply, id) {
 				t.Errorf("SMTP reply %q, traced %q, want %q", reply, wire.Reply, tc.reply)

@@ -143,7 +143,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 	undo = append(undo, func() { g.trace.Close() })
-	if g.state, err = sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "state.db"), sqlstore.Options{Node: cfg.Hostname}); err != nil {
+	if g.state, err = sqlstore.OpenSQLite(ctx, stateFile(cfg), sqlstore.Options{Node: cfg.Hostname}); err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() { g.state.Close() })
@@ -230,7 +230,7 @@ func (g *Gateway) Start() error {
 	if cfg.Web.Listen != "" {
 		c, err := console.New(console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
 			Traces: console.FileTraces(filepath.Join(cfg.DataDir, "trace")), Lists: g.lists,
-			Audit: g.state.Audit(), Metrics: liveGatherer{g}})
+			Audit: g.state.Audit(), Revocations: g.state.Revocations(), Metrics: liveGatherer{g}})
 		if err == nil {
 			g.web, err = c.Serve()
 		}
@@ -269,6 +269,11 @@ func (g *Gateway) Start() error {
 	}
 	return nil
 }
+
+// stateFile is the SQLite store of a node's users' lists, audit log and
+// console revocations: the gateway writes it, `mailgate test` reads the
+// lists from it.
+func stateFile(cfg *policy.Config) string { return filepath.Join(cfg.DataDir, "state.db") }
 
 // expireLoop deletes quarantined messages and traces past their retention,
 // at start and then every hour.

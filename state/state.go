@@ -1,7 +1,8 @@
 // Package state is the state a gateway keeps besides its spool, behind one
 // small set of interfaces: the quarantine (records and message bytes),
 // the traces, the users' allow- and block-lists, the DMARC aggregate
-// records, the audit log and the registry of the nodes sharing it.
+// records, the audit log, the registry of the nodes sharing it, and the
+// console's revoked sessions and links.
 //
 // Two implementations stand behind them, with one SQL schema (package
 // sqlstore): an embedded SQLite database under data_dir for a single node,
@@ -52,6 +53,7 @@ type Store interface {
 	DMARC() DMARCRecords
 	Audit() Audit
 	Nodes() Nodes
+	Revocations() Revocations
 	Close() error
 }
 
@@ -303,6 +305,27 @@ type Audit interface {
 	Record(ctx context.Context, e AuditEntry) error
 	// Entries returns the entries f selects, newest first.
 	Entries(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+}
+
+// Revocations ends the web console's credentials before their time. A
+// session cookie and an end user's link are signed and carry their own
+// expiry, so a node can check one alone; what ended one early is kept
+// here, where a restarted node and every other node of a cluster find it.
+type Revocations interface {
+	// RevokeSession ends the session id. It is kept until exp, when
+	// the session ends by itself; the revocations past their expiry are
+	// deleted on the way.
+	RevokeSession(ctx context.Context, id string, exp time.Time) error
+	// SessionRevoked reports whether the session id was revoked.
+	SessionRevoked(ctx context.Context, id string) (bool, error)
+	// LinkGeneration returns the generation of the links of rcpt (an
+	// address, any case): 0 until RevokeLinks. A link names the
+	// generation it was made in; one of an older generation is refused.
+	LinkGeneration(ctx context.Context, rcpt string) (int64, error)
+	// RevokeLinks ends every link of rcpt made so far: it raises the
+	// generation and returns the new one. Two calls at the same moment
+	// from two nodes raise it twice.
+	RevokeLinks(ctx context.Context, rcpt string) (int64, error)
 }
 
 // Node is a gateway node as it last reported itself.

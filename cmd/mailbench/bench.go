@@ -19,6 +19,8 @@ const (
 	lineMailgate        = "mailgate"
 	lineDoor            = "mailgate+door"
 	lineChain           = "mailgate+chain"
+	lineWeb             = "mailgate+chain+web"      // web.go
+	lineWebPolled       = "mailgate+chain+web+poll" // web.go
 	linePostfixOpendkim = "postfix+opendkim"
 	lineMailgateMilter  = "mailgate+opendkim"
 	// The cluster lines (cluster.go): one node, then three, sharing a
@@ -30,7 +32,7 @@ const (
 // lineNames are all the lines, in the order they run within a round and
 // appear in the report (a function: no package state to change).
 func lineNames() []string {
-	return []string{lineSink, linePostfix, lineMailgate, lineDoor, lineChain, linePostfixOpendkim, lineMailgateMilter, lineCluster, lineCluster3}
+	return []string{lineSink, linePostfix, lineMailgate, lineDoor, lineChain, lineWeb, lineWebPolled, linePostfixOpendkim, lineMailgateMilter, lineCluster, lineCluster3}
 }
 
 func isLine(name string) bool { return slices.Contains(lineNames(), name) }
@@ -39,7 +41,7 @@ func isLine(name string) bool { return slices.Contains(lineNames(), name) }
 // the lines that are not mailgate's.
 func baseline(name string) string {
 	switch name {
-	case lineMailgate, lineDoor, lineChain, lineCluster, lineCluster3:
+	case lineMailgate, lineDoor, lineChain, lineWeb, lineWebPolled, lineCluster, lineCluster3:
 		return linePostfix
 	case lineMailgateMilter:
 		return linePostfixOpendkim
@@ -59,6 +61,7 @@ type line struct {
 	alive func() error // an error once the server has died
 	skip  string       // why the line does not run, "" if it does
 	proxy bool         // the client opens each connection with a PROXY header
+	poll  *poller      // the client loading the console's dashboard (web.go)
 	stats map[string]*stats
 }
 
@@ -203,7 +206,7 @@ func (b *bench) setup(ctx context.Context, rep *report) error {
 const baselineSuffix = " (baseline)"
 
 func isMailgateLine(name string) bool {
-	return name == lineMailgate || name == lineDoor || name == lineChain || name == lineMailgateMilter
+	return name == lineMailgate || name == lineDoor || name == lineChain || name == lineWeb || name == lineWebPolled || name == lineMailgateMilter
 }
 
 // startLine starts a line's sink and server.
@@ -222,6 +225,8 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		return nil
 	case lineCluster, lineCluster3:
 		return b.startCluster(ctx, l)
+	case lineWeb, lineWebPolled:
+		return b.startWebLine(ctx, l)
 	case linePostfix, linePostfixOpendkim:
 		milter := ""
 		var extra []int

@@ -5,7 +5,8 @@
 // turn: postfix's smtp-sink alone (the ceiling), a Postfix relay, mailgate
 // without stages, mailgate with the door controls on (PROXY protocol,
 // pre-greet test, rate limits, greylisting), mailgate with the default chain (spf, dnsbl, spam,
-// headers, out of process, against a DNS server in mailbench), and opendkim
+// headers, out of process, against a DNS server in mailbench), the same
+// with the web console on, idle and with its dashboard polled, and opendkim
 // as a milter behind Postfix and behind mailgate, and mailgate as one and as
 // three nodes of a cluster sharing Redis and PostgreSQL (cluster.go). Every
 // relay delivers to an smtp-sink of its own, whose count must equal the

@@ -94,6 +94,7 @@ func (r *report) markdown() string {
 		r.cpuTable(&b, run)
 	}
 	r.doorTable(&b)
+	r.webTable(&b)
 	if len(r.halfPeak) > 0 {
 		b.WriteString("#### p99 at half peak\n\n")
 		fmt.Fprintf(&b, "%s messages sent at half the rate the line accepted at full load (arrivals paced, not waiting for replies), lines taking turns in rounds.\n\n", sizeLabel(r.runs[0].size))

@@ -51,7 +51,8 @@ func commands() []command {
 		{name: "queue", synopsis: "list|show|flush|retry|hold|release|delete [-config FILE] [flags] [ID...|ALL]", summary: "the running gateway's queue", help: []string{"-h"}, run: cmdQueue,
 			page: "Lists and operates the running gateway's queue through its admin API (`[admin] listen`), so that the gateway stays the one process writing its data directory."},
 		{name: "quarantine", synopsis: "list|show|release|delete [-config FILE] [flags] [ID...|ALL]", summary: "the running gateway's quarantine", help: []string{"-h"}, run: cmdQuarantine,
-			page: "Lists, shows, releases and deletes quarantined messages through the running gateway's admin API. A release delivers a message once."},
+			page: "Lists, shows, releases and deletes quarantined messages through the running gateway's admin API. A release delivers a message once. " +
+				"`release -rcpt ADDR[,ADDR]` delivers it to those of its recipients only, once each: a second release to one of them is refused, and the others stay held for a release of their own."},
 		{name: "trace", synopsis: "[-config FILE] [-json] QUEUE-ID|MESSAGE-ID", summary: "what happened to a message, rejected ones too", help: []string{"-h"}, run: cmdTrace,
 			page: "Prints everything that happened to a message, by queue ID or Message-ID: the connection, every stage's verdict, the decision and the reply, each delivery attempt, DSNs and operator actions. " +
 				"It reads the trace files under the data directory."},
@@ -61,10 +62,12 @@ func commands() []command {
 			page: "status lists the nodes registered in the cluster's PostgreSQL with their version, config hash and last heartbeat, and flags a stale node or one whose config differs from the others. import copies this node's quarantine, traces and lists into PostgreSQL; run again, it copies nothing twice."},
 		{name: "dkim", synopsis: "keygen -domain DOMAIN -selector SELECTOR [-algorithm A] [-bits N] [-out DIR]", summary: "write a DKIM private key, print the DNS record to publish", help: []string{"keygen", "-h"}, run: cmdDKIM,
 			page: "Writes a private key for the dkim-sign stage to DIR/DOMAIN.SELECTOR.key (mode 0600, never over an existing file) and prints the DNS TXT record that publishes its public half."},
-		{name: "user", synopsis: "add [-config FILE] [-role admin|auditor] [-print] NAME", summary: "add a web console account; the password is read from stdin", help: []string{"-h"},
+		{name: "user", synopsis: "add|passwd|remove [-config FILE] [-role admin|auditor] [-print] NAME", summary: "add a web console account, change its password or remove it; the password is read from stdin", help: []string{"-h"},
 			run: func(args []string, stdout, stderr io.Writer) error { return cmdUser(args, os.Stdin, stdout, stderr) },
-			page: "Adds an account of the web console (`[web]`) to its user database, with the password read from the terminal or standard input and stored as an argon2id hash. " +
-				"With `-print`, prints the `[[web.user]]` table to put in the config instead."},
+			page: "add adds an account of the web console (`[web]`) to the config file, with the password read from the terminal or standard input and stored as an argon2id hash. " +
+				"With `-print`, it prints the `[[web.user]]` table to put in the config instead.\n\n" +
+				"passwd replaces the account's `password_hash` with the hash of a new password; remove cuts its `[[web.user]]` table out of the file. " +
+				"Either keeps the change only if the whole file still loads, and then makes the running gateway reload it (through `[admin] listen`), which ends the account's sessions at once: a session is signed over its user's hash and role."},
 		{name: "man", synopsis: "5|8", summary: "print the manual page mailgate.toml(5) or mailgate(8)", run: cmdMan,
 			page: "Prints a manual page in roff: `mailgate man 8 | man -l -` reads this page, `mailgate man 5` the one of every config key, where they are not installed."},
 		{name: "version", summary: "the version, VCS revision and build date", run: cmdVersion,

@@ -17,6 +17,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/state/trace"
 )
 
@@ -46,11 +47,14 @@ const quarantineUsage = `usage: mailgate quarantine COMMAND [flags] [ID... | ALL
   show [-message] ID
                    envelope, every stage verdict and the reason (or the message)
   release ID...    deliver to the original recipients, once
+  release -rcpt ADDR[,ADDR] ID...
+                   deliver to those of them only, once each
   delete ID...     delete for good
 
 list, release and delete also select by -from S, -to S, -stage NAME,
--older DUR and -newer DUR; ALL selects every message. Flags may come
-anywhere. Run "mailgate quarantine COMMAND -h" for a command's flags.
+-older DUR and -newer DUR; ALL selects every message (with -rcpt, those
+still held for one of its addresses). Flags may come anywhere.
+Run "mailgate quarantine COMMAND -h" for a command's flags.
 `
 
 // opFlags are the flags every operator command has.
@@ -315,9 +319,20 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 	o := newOpFlags("quarantine "+sub, stderr, quarantineUsage)
 	var sel selection
 	var message *bool
+	var rcpts []string // release -rcpt
 	switch sub {
 	case "list", "release", "delete":
 		sel.flags(o.fs, true)
+		if sub == "release" {
+			o.fs.Func("rcpt", "release to these recipients of the message only: `ADDR[,ADDR]` (may be repeated)", func(v string) error {
+				for _, a := range strings.Split(v, ",") {
+					if a = strings.TrimSpace(a); a != "" {
+						rcpts = append(rcpts, a)
+					}
+				}
+				return nil
+			})
+		}
 	case "show":
 		message = o.fs.Bool("message", false, "print the message itself")
 	default:
@@ -367,6 +382,7 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 		return printRecord(stdout, rec)
 	}
 	// release, delete
+	pending := map[string][]string{} // with -rcpt, what a selection releases of each message
 	list := func() ([]string, error) {
 		recs, err := c.Quarantined(ctx, sel.Filter)
 		if err != nil {
@@ -376,8 +392,19 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 		for _, r := range recs {
 			// ALL releases what was not released yet: a second release
 			// of one message is refused, and would fail the whole run.
-			if sub == "delete" || r.Released == "" {
+			// With -rcpt, the same for those recipients.
+			switch {
+			case sub == "delete" || r.Released == "" && len(rcpts) == 0:
 				ids = append(ids, r.ID)
+			case r.Released == "":
+				for _, a := range r.Pending() {
+					if slices.ContainsFunc(rcpts, func(b string) bool { return address.Equal(a, b) }) {
+						pending[r.ID] = append(pending[r.ID], a)
+					}
+				}
+				if pending[r.ID] != nil {
+					ids = append(ids, r.ID)
+				}
 			}
 		}
 		return ids, nil
@@ -386,7 +413,14 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 		if sub == "delete" {
 			return "deleted", c.QuarantineDelete(ctx, id)
 		}
-		qid, err := c.QuarantineRelease(ctx, id)
+		to := rcpts
+		if p, ok := pending[id]; ok {
+			to = p
+		}
+		qid, err := c.QuarantineRelease(ctx, id, to...)
+		if len(to) > 0 {
+			return "released to " + strings.Join(to, ", ") + ", queued as " + qid, err
+		}
 		return "released, queued as " + qid, err
 	})
 }

@@ -2,39 +2,67 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/policy"
 )
 
-// cmdUser runs the user subcommands: add.
+const userUsage = `usage: mailgate user COMMAND [-config FILE] NAME
+
+  add [-role admin|auditor] [-print] NAME
+                   add a web console account; the password is read from
+                   the terminal or standard input
+  passwd NAME      give the account a new password: its sessions end
+  remove NAME      remove the account: its sessions end
+
+passwd and remove make the running gateway reload the file, so that the
+account's sessions end at once.
+`
+
+// cmdUser runs the user subcommands: add, passwd, remove.
 func cmdUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	const use = "usage: mailgate user add [-config FILE] [-role admin|auditor] [-print] NAME  (the password is read from the terminal or standard input)"
-	if len(args) == 0 || args[0] != "add" {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "help") {
-			fmt.Fprintln(stdout, use)
-			return nil
-		}
-		fmt.Fprintln(stderr, use)
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprint(stdout, userUsage)
+		return nil
+	}
+	if len(args) == 0 {
+		fmt.Fprint(stderr, userUsage)
 		return errUsage
 	}
+	switch args[0] {
+	case "add":
+		return cmdUserAdd(args[1:], stdin, stdout, stderr)
+	case "passwd", "remove":
+		return cmdUserChange(args[0], args[1:], stdin, stdout, stderr)
+	}
+	fmt.Fprint(stderr, userUsage)
+	return errUsage
+}
+
+func cmdUserAdd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	const use = "usage: mailgate user add [-config FILE] [-role admin|auditor] [-print] NAME  (the password is read from the terminal or standard input)"
 	fs := flag.NewFlagSet("user add", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	usageLine(fs, use)
 	config := fs.String("config", defaultConfig, "the config file the user is added to")
 	role := fs.String("role", "admin", "admin or auditor (reads, changes nothing)")
 	print := fs.Bool("print", false, "print the [[web.user]] table instead of adding it to the config")
-	rest, err := parseAll(fs, args[1:])
+	rest, err := parseAll(fs, args)
 	if err != nil {
 		return err
 	}
@@ -70,10 +98,161 @@ func cmdUser(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// cmdUserChange runs passwd and remove: the account's [[web.user]] table
+// is changed in the file (its password_hash line replaced, or the table
+// cut out), the file must still load, and the running gateway is asked
+// to reload it. A session is signed over its user's hash and role, so
+// the reload ends the account's sessions on this gateway.
+func cmdUserChange(op string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	o := newOpFlags("user "+op, stderr, fmt.Sprintf("usage: mailgate user %s [-config FILE] NAME\n", op))
+	rest, err := parseAll(o.fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) != 1 {
+		o.fs.Usage()
+		return errUsage
+	}
+	name, file := rest[0], *o.config
+	if file == "" {
+		file = defaultConfig
+	}
+	old, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	cfg, err := policy.Parse(file, old)
+	if err != nil {
+		return configError(err, stderr)
+	}
+	i := slices.IndexFunc(cfg.Web.Users, func(u policy.WebUser) bool { return u.Name == name })
+	if i < 0 {
+		return fmt.Errorf("%s has no [[web.user]] named %q", file, name)
+	}
+	var data []byte
+	var password, done string
+	if op == "passwd" {
+		if password, err = readPassword(stdin, stderr); err != nil {
+			return err
+		}
+		hash, err := policy.HashPassword(password)
+		if err != nil {
+			return err
+		}
+		data, err = replaceHash(old, cfg.Position(fmt.Sprintf("web.user.%d.password_hash", i)), hash)
+		if err != nil {
+			return fmt.Errorf("%w; edit the file by hand, with a hash that `mailgate user add -print` prints", err)
+		}
+		done = "changed the password of " + name + " in " + file
+	} else {
+		data, err = cutTable(old, cfg.Position(fmt.Sprintf("web.user.%d", i)))
+		if err != nil {
+			return fmt.Errorf("%w; edit the file by hand", err)
+		}
+		done = "removed " + name + " from " + file
+	}
+	// What was written must be what was meant, and load.
+	cfg, err = policy.Parse(file, data)
+	if err != nil {
+		return configError(err, stderr)
+	}
+	j := slices.IndexFunc(cfg.Web.Users, func(u policy.WebUser) bool { return u.Name == name })
+	if op == "passwd" && (j < 0 || !cfg.Web.Users[j].PasswordHash.Verify(password)) || op == "remove" && j >= 0 {
+		return fmt.Errorf("%s: the change did not come out as meant; the file is left as it was; edit it by hand", file)
+	}
+	if err := replaceFile(file, data); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s; %s\n", done, reloadAfterUserChange(cfg, name))
+	return nil
+}
+
+// reloadAfterUserChange asks the running gateway of cfg to reload its
+// config and says what came of it for name's sessions.
+func reloadAfterUserChange(cfg *policy.Config, name string) string {
+	later := "the sessions of " + name + " end when the running gateway loads the file (`mailgate reload`)"
+	if cfg.Admin.Listen == "" {
+		return later
+	}
+	c, err := admin.NewClient(cfg.Admin.Listen)
+	if err == nil {
+		err = c.Reload(context.Background())
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "the gateway is not running; it reads the file when it starts"
+	case err != nil:
+		return "the running gateway did not reload (" + err.Error() + "): " + later
+	}
+	return "the running gateway reloaded it: the sessions of " + name + " have ended"
+}
+
+// hashLine is a password_hash line as `mailgate user add` writes it.
+var hashLine = regexp.MustCompile(`^(\s*password_hash\s*=\s*)("[^"\\]*"|'[^']*')(\s*(#.*)?\r?\n?)$`)
+
+// replaceHash puts hash in the password_hash line at pos ("file:line").
+func replaceHash(data []byte, pos, hash string) ([]byte, error) {
+	lines, n := lineAt(data, pos)
+	var m [][]byte
+	if n >= 0 {
+		m = hashLine.FindSubmatch(lines[n])
+	}
+	if m == nil {
+		return nil, fmt.Errorf("%s: not a password_hash = \"…\" line", pos)
+	}
+	lines[n] = slices.Concat(m[1], []byte(strconv.Quote(hash)), m[3])
+	return bytes.Join(lines, nil), nil
+}
+
+// cutTable removes the [[web.user]] table whose header is at pos
+// ("file:line"): the comment lines right above the header, the header,
+// its keys and the blank lines after them; the comments right before the
+// next table's header are that table's, and stay.
+func cutTable(data []byte, pos string) ([]byte, error) {
+	lines, n := lineAt(data, pos)
+	if n < 0 || string(bytes.Join(bytes.Fields(lines[n]), nil)) != "[[web.user]]" {
+		return nil, fmt.Errorf("%s: not a [[web.user]] header alone on its line", pos)
+	}
+	kind := func(i int) byte { // '[' a header, '#' a comment, ' ' a blank line, 'k' anything else
+		l := bytes.TrimSpace(lines[i])
+		switch {
+		case len(l) == 0:
+			return ' '
+		case l[0] == '[' || l[0] == '#':
+			return l[0]
+		}
+		return 'k'
+	}
+	start := n
+	for start > 0 && kind(start-1) == '#' {
+		start--
+	}
+	end := n + 1 // after the table's last key
+	for i := n + 1; i < len(lines) && kind(i) != '['; i++ {
+		if kind(i) == 'k' {
+			end = i + 1
+		}
+	}
+	for end < len(lines) && kind(end) == ' ' {
+		end++
+	}
+	return bytes.Join(slices.Delete(lines, start, end), nil), nil
+}
+
+// lineAt splits data into its lines, each with its line break, and
+// returns the index of the line "file:line" names, or -1.
+func lineAt(data []byte, pos string) ([][]byte, int) {
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	n, err := strconv.Atoi(pos[strings.LastIndexByte(pos, ':')+1:])
+	if err != nil || n < 1 || n > len(lines) {
+		return lines, -1
+	}
+	return lines, n - 1
+}
+
 // appendChecked adds text at the end of the config file, keeping the
 // change only if the whole file then loads: a duplicate name or any
-// other mistake leaves the file as it was. The file is replaced through
-// a rename, so the gateway never reads half of it.
+// other mistake leaves the file as it was.
 func appendChecked(file, text string) error {
 	old, err := os.ReadFile(file)
 	if err != nil {
@@ -86,6 +265,12 @@ func appendChecked(file, text string) error {
 	if _, err := policy.Parse(file, data); err != nil {
 		return err
 	}
+	return replaceFile(file, data)
+}
+
+// replaceFile replaces file with data, keeping its mode, through a
+// rename, so that the gateway never reads half of it.
+func replaceFile(file string, data []byte) error {
 	st, err := os.Stat(file)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -57,5 +58,34 @@ func TestUserAdd(t *testing.T) {
 	out, err = add("correct horse\n", "-print", "carol")
 	if err != nil || !strings.HasPrefix(out, "[[web.user]]\nname = \"carol\"\npassword_hash = \"$argon2id$") {
 		t.Fatalf("-print: %v\n%s", err, out)
+	}
+}
+
+// TestCutTable: `mailgate user remove` cuts the account's table with the
+// comment right above it and the blank lines after it, and keeps the
+// next table's comment; a table it cannot cut cleanly is refused.
+func TestCutTable(t *testing.T) {
+	src := "[web]\nlisten = \"127.0.0.1:8080\"\n\n# alice\n[[web.user]]\nname = \"alice\"\n# her hash\npassword_hash = \"x\"\n\n# bob\n[[web.user]]\nname = \"bob\"\n"
+	for _, c := range []struct {
+		line int
+		want string
+	}{
+		{5, "[web]\nlisten = \"127.0.0.1:8080\"\n\n# bob\n[[web.user]]\nname = \"bob\"\n"},
+		{11, "[web]\nlisten = \"127.0.0.1:8080\"\n\n# alice\n[[web.user]]\nname = \"alice\"\n# her hash\npassword_hash = \"x\"\n\n"},
+	} {
+		got, err := cutTable([]byte(src), "f.toml:"+strconv.Itoa(c.line))
+		if err != nil || string(got) != c.want {
+			t.Errorf("cut at line %d: %v\n got %q\nwant %q", c.line, err, got, c.want)
+		}
+	}
+	if _, err := cutTable([]byte(src), "f.toml:6"); err == nil {
+		t.Error("a line that is not a header was cut")
+	}
+	got, err := replaceHash([]byte(src), "f.toml:8", "$2b$new")
+	if err != nil || !strings.Contains(string(got), "# her hash\npassword_hash = \"$2b$new\"\n\n# bob") {
+		t.Errorf("replaceHash: %v\n%s", err, got)
+	}
+	if _, err := replaceHash([]byte(src), "f.toml:6", "$2b$new"); err == nil {
+		t.Error("a line that is not password_hash was replaced")
 	}
 }

@@ -46,6 +46,7 @@ func Run(t *testing.T, newDB NewDB) {
 		{"DMARC", testDMARC},
 		{"Audit", testAudit},
 		{"Nodes", testNodes},
+		{"Revocations", testRevocations},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -714,5 +715,69 @@ func testNodes(t *testing.T, open func(*testing.T, string) state.Store) {
 	}
 	if list, _ := a.List(ctx(t)); len(list) != 3 {
 		t.Errorf("after Remove: %d nodes, want 3", len(list))
+	}
+}
+
+// testRevocations: a session revoked on one node is revoked on every
+// other and after a restart (a store opened again), and forgotten once
+// past its expiry; a recipient's link generation is raised once per
+// RevokeLinks, whatever the spelling of the address and however many
+// nodes raise it at the same moment.
+func testRevocations(t *testing.T, open func(*testing.T, string) state.Store) {
+	a, b := open(t, "node-a").Revocations(), open(t, "node-b").Revocations()
+	later := time.Now().Add(time.Hour)
+	if err := a.RevokeSession(ctx(t), "session-1", later); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RevokeSession(ctx(t), "session-1", later); err != nil {
+		t.Fatalf("revoked again: %v", err)
+	}
+	for name, st := range map[string]state.Revocations{"node-b": b, "node-a restarted": open(t, "node-a").Revocations()} {
+		if ok, err := st.SessionRevoked(ctx(t), "session-1"); err != nil || !ok {
+			t.Errorf("%s: SessionRevoked = %v, %v; want true", name, ok, err)
+		}
+		if ok, err := st.SessionRevoked(ctx(t), "session-2"); err != nil || ok {
+			t.Errorf("%s: a session never revoked: %v, %v", name, ok, err)
+		}
+	}
+	// One past its expiry is deleted at the next revocation.
+	if err := b.RevokeSession(ctx(t), "session-old", time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.RevokeSession(ctx(t), "session-3", later); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := a.SessionRevoked(ctx(t), "session-old"); ok {
+		t.Error("a revocation past its expiry is kept")
+	}
+	if ok, _ := a.SessionRevoked(ctx(t), "session-1"); !ok {
+		t.Error("a revocation before its expiry was deleted")
+	}
+
+	if gen, err := a.LinkGeneration(ctx(t), "bob@example.test"); err != nil || gen != 0 {
+		t.Fatalf("LinkGeneration before any revocation = %d, %v; want 0", gen, err)
+	}
+	if gen, err := a.RevokeLinks(ctx(t), "Bob@Example.TEST"); err != nil || gen != 1 {
+		t.Fatalf("RevokeLinks = %d, %v; want 1", gen, err)
+	}
+	if gen, err := b.LinkGeneration(ctx(t), "bob@example.test"); err != nil || gen != 1 {
+		t.Fatalf("LinkGeneration on the other node = %d, %v; want 1", gen, err)
+	}
+	var wg sync.WaitGroup
+	for _, st := range []state.Revocations{a, b} {
+		for range 5 {
+			wg.Go(func() {
+				if _, err := st.RevokeLinks(ctx(t), "bob@example.test"); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if gen, _ := a.LinkGeneration(ctx(t), "bob@example.test"); gen != 11 {
+		t.Errorf("after 10 more RevokeLinks from two nodes: generation %d, want 11", gen)
+	}
+	if gen, _ := a.LinkGeneration(ctx(t), "carol@example.test"); gen != 0 {
+		t.Errorf("another recipient's generation: %d, want 0", gen)
 	}
 }
