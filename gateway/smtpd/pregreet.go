@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mailgate/mailgate/door"
 	"github.com/mailgate/mailgate/stages/recstore"
 )
 
@@ -106,7 +107,7 @@ func (s *Server) pregreet(c *limitedConn) error {
 	d := s.current()
 	cfg := &d.opts.Config.Server
 	delay := time.Duration(cfg.PregreetDelay)
-	a := remoteAddr(c)
+	a := door.RemoteAddr(c)
 	if delay <= 0 || s.pregreetCache == nil || d.trusts(a) {
 		return nil
 	}
@@ -149,9 +150,9 @@ func (s *Server) greeted(c *limitedConn) bool {
 		return true
 	}
 	c.pipelineWatch = false
-	a := remoteAddr(c)
+	a := door.RemoteAddr(c)
 	cfg := &s.current().opts.Config.Server
-	if c.pipelined || readable(c) {
+	if c.pipelined || door.Readable(c) {
 		s.pregreetCache.put(a, false, time.Duration(cfg.PregreetBadTTL))
 		s.refuseEarly(c, a, "pipelining", "client pipelined before PIPELINING was offered")
 		return false
@@ -170,7 +171,7 @@ func (s *Server) refuseEarly(c *limitedConn, a netip.Addr, reason, msg string, a
 	s.opts.Metrics.refused(reason)
 	c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	io.WriteString(c.Conn, replyText(errEarlyTalker)+"\r\n")
-	if tc := tcpConn(c); tc != nil {
+	if tc := door.TCP(c); tc != nil {
 		tc.CloseWrite()
 	}
 	c.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))

@@ -37,6 +37,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/door"
 	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/policy"
 )
@@ -45,13 +46,9 @@ import (
 type Server struct {
 	opts   Options
 	srv    *smtp.Server
-	limits *connLimits
+	limits *door.Limits
 	// pregreetCache is who passed or failed the pre-greet test.
 	pregreetCache *pregreetCache
-	// certs is the TLS certificate, loaded again when its files change;
-	// nil without TLS. watchCerts starts its watch at the first Serve.
-	certs      *certFiles
-	watchCerts sync.Once
 
 	mu  sync.Mutex
 	gen *generation // what new sessions run under
@@ -78,7 +75,7 @@ func New(opts Options) (*Server, error) {
 	opts = d.opts // with its defaults
 	s := &Server{
 		opts:   opts,
-		limits: newConnLimits(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
+		limits: door.NewLimits(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
 		gen:    &generation{Driver: d},
 	}
 	srv := smtp.NewServer(s)
@@ -91,16 +88,19 @@ func New(opts Options) (*Server, error) {
 	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = slogPrinter{opts.Logger}
 	if cfg.TLSCert != "" {
-		if s.certs, err = loadCertFiles(cfg.TLSCert, cfg.TLSKey, opts.Logger); err != nil {
+		// The files of the config new sessions run under: a reload
+		// (SIGHUP, as certbot's deploy hooks send) may name others.
+		certs, err := door.LoadCerts(func() (string, string) {
+			c := &s.current().opts.Config.Server
+			return c.TLSCert, c.TLSKey
+		}, opts.Logger)
+		if err != nil {
 			return nil, fmt.Errorf("server.tls_cert: %w", err)
 		}
-		srv.TLSConfig = &tls.Config{GetCertificate: s.certs.get, MinVersion: tls.VersionTLS12}
+		srv.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
 	}
 	if opts.Clock == nil {
 		opts.Clock = time.Now
-	}
-	if opts.CertPoll == 0 {
-		opts.CertPoll = certPollInterval
 	}
 	if s.pregreetCache, err = openPregreetCache(opts.Pregreet, opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics); err != nil {
 		return nil, fmt.Errorf("server.pregreet_delay: %w", err)
@@ -139,12 +139,7 @@ func (s *Server) Reload(u Update, retired func()) error {
 		}
 	}
 	gen := &generation{Driver: d}
-	s.limits.set(u.Config.Server.MaxConnections, u.Config.Server.MaxConnectionsPerIP)
-	if s.certs != nil {
-		// A reload (SIGHUP) loads the certificate again, as certbot's
-		// deploy hooks expect; a pair that does not load keeps the old.
-		s.certs.use(u.Config.Server.TLSCert, u.Config.Server.TLSKey)
-	}
+	s.limits.Set(u.Config.Server.MaxConnections, u.Config.Server.MaxConnectionsPerIP)
 	s.mu.Lock()
 	old := s.gen
 	s.gen = gen
@@ -185,11 +180,11 @@ func (s *Server) release(g *generation) {
 
 // Serve accepts SMTP connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	if s.certs != nil {
-		s.watchCerts.Do(func() { go s.certs.watch(s.opts.CertPoll) })
-	}
 	if cfg := &s.opts.Config.Server; cfg.ProxyProtocol {
-		l = newProxyListener(l, cfg.Proxies(), proxyHeaderTimeout, s.opts.Logger, s.opts.Metrics)
+		l = door.Proxy(l, cfg.Proxies(), door.ProxyHeaderTimeout, func(peer netip.Addr, err error) {
+			s.opts.Logger.Warn("connection refused: "+err.Error(), "peer", peer)
+			s.opts.Metrics.refused("proxy")
+		})
 	}
 	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.opts.Logger, metrics: s.opts.Metrics, greet: s.pregreet})
 }
@@ -197,7 +192,6 @@ func (s *Server) Serve(l net.Listener) error {
 // Shutdown stops accepting and waits for sessions to end until ctx is done,
 // then closes what is left. An unfinished DATA is aborted, never half-queued.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stopCerts()
 	err := s.srv.Shutdown(ctx)
 	if ctx.Err() != nil {
 		s.srv.Close()
@@ -206,67 +200,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Close stops the server at once.
-func (s *Server) Close() error {
-	s.stopCerts()
-	return s.srv.Close()
-}
-
-func (s *Server) stopCerts() {
-	if s.certs != nil {
-		s.certs.close()
-	}
-}
-
-// connLimits counts open connections in total and per client IP.
-type connLimits struct {
-	mu       sync.Mutex
-	total    int
-	perIP    map[netip.Addr]int
-	maxTotal int
-	maxPerIP int
-}
-
-func newConnLimits(maxTotal, maxPerIP int) *connLimits {
-	return &connLimits{perIP: make(map[netip.Addr]int), maxTotal: maxTotal, maxPerIP: maxPerIP}
-}
-
-// set changes the limits for connections accepted from now on.
-func (l *connLimits) set(maxTotal, maxPerIP int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.maxTotal, l.maxPerIP = maxTotal, maxPerIP
-}
-
-// acquire takes a slot for a; it returns false and a reason when a limit
-// is reached.
-func (l *connLimits) acquire(a netip.Addr) (bool, string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.maxTotal > 0 && l.total >= l.maxTotal {
-		return false, "max_connections"
-	}
-	if l.maxPerIP > 0 && l.perIP[a] >= l.maxPerIP {
-		return false, "max_connections_per_ip"
-	}
-	l.total++
-	l.perIP[a]++
-	return true, ""
-}
-
-func (l *connLimits) release(a netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.total--
-	if l.perIP[a]--; l.perIP[a] <= 0 {
-		delete(l.perIP, a)
-	}
-}
+func (s *Server) Close() error { return s.srv.Close() }
 
 // limitListener refuses connections over the limits with 421 before go-smtp
 // sees them, so a flood from one address cannot starve other clients.
 type limitListener struct {
 	net.Listener
-	limits  *connLimits
+	limits  *door.Limits
 	log     *slog.Logger
 	metrics *Metrics
 	greet   func(*limitedConn) error // the pre-greet test
@@ -278,14 +218,14 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		a := remoteAddr(c)
-		if ok, why := l.limits.acquire(a); !ok {
+		a := door.RemoteAddr(c)
+		if ok, why := l.limits.Acquire(a); !ok {
 			l.log.Warn("connection refused", "client", a, "limit", why)
 			l.metrics.reply(421)
 			go refuse(c)
 			continue
 		}
-		return &limitedConn{Conn: c, release: func() { l.limits.release(a) }, greet: l.greet}, nil
+		return &limitedConn{Conn: c, release: func() { l.limits.Release(a) }, greet: l.greet}, nil
 	}
 }
 
@@ -325,6 +265,9 @@ type limitedConn struct {
 	idle  time.Duration
 	until time.Time
 }
+
+// NetConn is the connection c wraps.
+func (c *limitedConn) NetConn() net.Conn { return c.Conn }
 
 func (c *limitedConn) Close() error {
 	c.once.Do(c.release)
@@ -400,15 +343,6 @@ func limited(c net.Conn) *limitedConn {
 	}
 	lc, _ := c.(*limitedConn)
 	return lc
-}
-
-func remoteAddr(c net.Conn) netip.Addr {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		if a, ok := netip.AddrFromSlice(ta.IP); ok {
-			return a.Unmap()
-		}
-	}
-	return netip.Addr{}
 }
 
 // slogPrinter routes go-smtp's own error log into slog.

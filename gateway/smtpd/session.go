@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/door"
 	"github.com/mailgate/mailgate/stages"
 )
 
@@ -42,18 +43,18 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if !s.greeted(limited(c.Conn())) {
 		return nil, errEarlyTalker // closed: go-smtp cannot write it
 	}
-	client := stages.Client{Addr: remoteAddr(c.Conn()), Helo: c.Hostname()}
+	client := stages.Client{Addr: door.RemoteAddr(c.Conn()), Helo: c.Hostname()}
 	if ta, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
 		client.Port = uint16(ta.Port)
 	}
 	if st, ok := c.TLSConnectionState(); ok {
 		client.TLS = tlsDescription(st.Version, st.CipherSuite)
 	} else {
-		client.TLS = proxiedTLS(c.Conn()) // the client's TLS with a proxy
+		client.TLS = clean(door.ProxiedTLS(c.Conn()), "()") // the client's TLS with a proxy
 	}
 	s.opts.Metrics.session()
 	sess := &session{srv: s, gen: s.acquire(), conn: c}
-	sess.dc = sess.gen.Connect(client, func() (context.Context, func()) { return whileConnected(c.Conn()) })
+	sess.dc = sess.gen.Connect(client, func() (context.Context, func()) { return door.WhileConnected(c.Conn()) })
 	return sess, nil
 }
 
