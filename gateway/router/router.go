@@ -75,7 +75,7 @@ func Metrics(reg prometheus.Registerer) Option { return func(r *Router) { r.m = 
 // conf is the part of a Router that follows the config.
 type conf struct {
 	cfg    *policy.Config
-	table  *Table
+	table  *policy.RouteTable
 	res    *resolver
 	client *smtpClient
 }
@@ -117,7 +117,7 @@ func (r *Router) newConf(cfg *policy.Config) (*conf, error) {
 	dl := cfg.Delivery
 	return &conf{
 		cfg:   cfg,
-		table: NewTable(cfg.Routes),
+		table: policy.NewRouteTable(cfg.Routes),
 		res:   res,
 		client: &smtpClient{
 			pool:           r.pool,
