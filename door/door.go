@@ -1,11 +1,14 @@
 // Package door is what mailgate's listeners do with a connection before
-// their protocol begins, and around it, none of it SMTP or HTTP: the
-// PROXY protocol header of a trusted proxy (Proxy), the counts of open
-// connections in total and per client address (Limits), the TLS
-// certificate read from files that change under a running server
-// (Certs), and the watch for a client that hangs up while the server is
-// busy with its command (WhileConnected). The SMTP server and the web
-// console use it; it uses nothing of theirs.
+// the server's protocol reads it, and around it, as Postfix's postscreen
+// stands before its smtpd: the PROXY protocol header of a trusted proxy
+// (Proxy), the counts of open connections in total and per client
+// address (Limits, Listener), the pre-greet test of a client that talks
+// before the greeting (Pregreet), the bounds on the time a message may
+// take to read (Conn.Reading), the TLS certificate read from files that
+// change under a running server (Certs), and the watch for a client that
+// hangs up while the server works on its command (WhileConnected). The
+// SMTP server and the web console use it; it uses nothing of theirs, and
+// the replies it writes are theirs.
 package door
 
 import (

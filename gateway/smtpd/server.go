@@ -24,11 +24,9 @@
 package smtpd
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -48,7 +46,7 @@ type Server struct {
 	srv    *smtp.Server
 	limits *door.Limits
 	// pregreetCache is who passed or failed the pre-greet test.
-	pregreetCache *pregreetCache
+	pregreetCache *door.Pregreet
 
 	mu  sync.Mutex
 	gen *generation // what new sessions run under
@@ -102,7 +100,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	if s.pregreetCache, err = openPregreetCache(opts.Pregreet, opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics); err != nil {
+	if s.pregreetCache, err = door.OpenPregreet(opts.Pregreet, opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics.storeError); err != nil {
 		return nil, fmt.Errorf("server.pregreet_delay: %w", err)
 	}
 	s.opts = opts
@@ -186,7 +184,13 @@ func (s *Server) Serve(l net.Listener) error {
 			s.opts.Metrics.refused("proxy")
 		})
 	}
-	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.opts.Logger, metrics: s.opts.Metrics, greet: s.pregreet})
+	// RFC 5321 §3.8: the server may close with 421 when it cannot serve.
+	return s.srv.Serve(&door.Listener{Listener: l, Limits: s.limits, Greet: s.pregreet,
+		Refusal: "421 4.7.0 Too many connections, try again later\r\n",
+		Refused: func(c net.Conn, limit string) {
+			s.opts.Logger.Warn("connection refused", "client", door.RemoteAddr(c), "limit", limit)
+			s.opts.Metrics.reply(421)
+		}})
 }
 
 // Shutdown stops accepting and waits for sessions to end until ctx is done,
@@ -201,149 +205,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close stops the server at once.
 func (s *Server) Close() error { return s.srv.Close() }
-
-// limitListener refuses connections over the limits with 421 before go-smtp
-// sees them, so a flood from one address cannot starve other clients.
-type limitListener struct {
-	net.Listener
-	limits  *door.Limits
-	log     *slog.Logger
-	metrics *Metrics
-	greet   func(*limitedConn) error // the pre-greet test
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		a := door.RemoteAddr(c)
-		if ok, why := l.limits.Acquire(a); !ok {
-			l.log.Warn("connection refused", "client", a, "limit", why)
-			l.metrics.reply(421)
-			go refuse(c)
-			continue
-		}
-		return &limitedConn{Conn: c, release: func() { l.limits.Release(a) }, greet: l.greet}, nil
-	}
-}
-
-// refuse answers 421 (RFC 5321 §3.8: the server may close with 421 when it
-// cannot serve) and closes.
-func refuse(c net.Conn) {
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c, "421 4.7.0 Too many connections, try again later\r\n")
-	c.Close()
-}
-
-type limitedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-
-	// greet runs before the first write, the banner: go-smtp writes it
-	// first thing, and has no hook before it. greetErr, if set, fails
-	// that write and every later one.
-	greet     func(*limitedConn) error
-	greetOnce sync.Once
-	greetErr  error
-	// pipelineWatch is set when the pre-greet test watches the client's
-	// commands until its first HELO/EHLO (Server.greeted); pipelined
-	// when a read brought bytes past the end of a command line: the
-	// client did not wait for the reply. Used by the connection's
-	// goroutine only.
-	pipelineWatch, pipelined bool
-
-	// While a message is read (readingData), every read that brings
-	// bytes moves the read deadline idle ahead (data_timeout, per read as
-	// Postfix's smtpd_timeout), and no read deadline, whoever sets it
-	// (go-smtp sets its own for the commands between BDAT chunks), goes
-	// past until (data_total_timeout): a client trickling a byte at a
-	// time cannot hold its connection for ever.
-	mu    sync.Mutex
-	idle  time.Duration
-	until time.Time
-}
-
-// NetConn is the connection c wraps.
-func (c *limitedConn) NetConn() net.Conn { return c.Conn }
-
-func (c *limitedConn) Close() error {
-	c.once.Do(c.release)
-	return c.Conn.Close()
-}
-
-func (c *limitedConn) Write(p []byte) (int, error) {
-	if c.greet != nil {
-		c.greetOnce.Do(func() { c.greetErr = c.greet(c) })
-	}
-	if c.greetErr != nil {
-		return 0, c.greetErr
-	}
-	return c.Conn.Write(p)
-}
-
-func (c *limitedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if c.pipelineWatch && n > 0 {
-		if i := bytes.IndexByte(p[:n], '\n'); i >= 0 && i < n-1 {
-			c.pipelined = true
-		}
-	}
-	if n > 0 {
-		c.mu.Lock()
-		if c.idle > 0 {
-			c.Conn.SetReadDeadline(c.capped(time.Now().Add(c.idle)))
-		}
-		c.mu.Unlock()
-	}
-	return n, err
-}
-
-func (c *limitedConn) SetReadDeadline(t time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.Conn.SetReadDeadline(c.capped(t))
-}
-
-func (c *limitedConn) SetDeadline(t time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.Conn.SetWriteDeadline(t); err != nil {
-		return err
-	}
-	return c.Conn.SetReadDeadline(c.capped(t))
-}
-
-// capped is read deadline t, no later than until. Under mu.
-func (c *limitedConn) capped(t time.Time) time.Time {
-	if !c.until.IsZero() && (t.IsZero() || t.After(c.until)) {
-		return c.until
-	}
-	return t
-}
-
-// readingData starts reading a message, with idle and until as above; a
-// zero idle ends it.
-func (c *limitedConn) readingData(idle time.Duration, until time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.idle, c.until = idle, until
-	if idle > 0 {
-		c.Conn.SetReadDeadline(c.capped(time.Now().Add(idle)))
-	}
-}
-
-// limited returns the limitedConn under c, which may be wrapped in TLS;
-// nil when c did not come from Serve's listener.
-func limited(c net.Conn) *limitedConn {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	lc, _ := c.(*limitedConn)
-	return lc
-}
 
 // slogPrinter routes go-smtp's own error log into slog.
 type slogPrinter struct{ log *slog.Logger }

@@ -40,7 +40,7 @@ type txn struct {
 // NewSession implements smtp.Backend. go-smtp calls it at the first
 // HELO/EHLO; the driver runs the connect and helo phases.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	if !s.greeted(limited(c.Conn())) {
+	if !s.greeted(door.Of(c.Conn())) {
 		return nil, errEarlyTalker // closed: go-smtp cannot write it
 	}
 	client := stages.Client{Addr: door.RemoteAddr(c.Conn()), Helo: c.Hostname()}
@@ -117,10 +117,10 @@ func (s *session) Data(r io.Reader) error {
 	// Reading: a slow but moving client is not cut off, a stalled one is
 	// (data_timeout), and so is one that takes too long in all
 	// (data_total_timeout, from the DATA or first BDAT command on).
-	if lc := limited(s.conn.Conn()); lc != nil {
+	if lc := door.Of(s.conn.Conn()); lc != nil {
 		cfg := &s.gen.opts.Config.Server
-		lc.readingData(time.Duration(cfg.DataTimeout), time.Now().Add(time.Duration(cfg.DataTotalTimeout)))
-		defer lc.readingData(0, time.Time{})
+		lc.Reading(time.Duration(cfg.DataTimeout), time.Now().Add(time.Duration(cfg.DataTotalTimeout)))
+		defer lc.Reading(0, time.Time{})
 	}
 	return t.Data(r).Reply
 }
