@@ -362,66 +362,95 @@ var ErrNotRecipient = errors.New("not a recipient of the message")
 func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...string) (*spool.Envelope, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var rec *Record
+	begin := func(copyID string) (r *Record, to []string, err error) {
+		if rec, to, err = s.toRelease(id, rcpts); err == nil {
+			rec.Releasing = copyID
+			err = s.writeRecord(rec)
+		}
+		return rec, to, err
+	}
+	end := func(copyID string, queued bool) error { return s.endRelease(rec, copyID, queued) }
+	return release(ctx, id, sp, begin, func() (io.ReadCloser, error) { return os.Open(s.msgPath(id)) }, end)
+}
+
+// toRelease returns the record of id and the recipients a release to
+// rcpts (none: all not released yet) goes to, named in ReleasingRcpts
+// when they are not all.
+func (s *Store) toRelease(id string, rcpts []string) (*Record, []string, error) {
 	rec, err := s.Get(id)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if rec.Released != "" {
-		return nil, fmt.Errorf("quarantine %s: %w as %s at %s", id, ErrAlreadyReleased, rec.Released, rec.ReleasedAt.Format(time.RFC3339))
+		return nil, nil, fmt.Errorf("quarantine %s: %w as %s at %s", id, ErrAlreadyReleased, rec.Released, rec.ReleasedAt.Format(time.RFC3339))
 	}
-	to := rec.Pending()
-	if len(rcpts) > 0 {
-		to = nil
-		for _, a := range rcpts {
-			i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return strings.EqualFold(r, a) })
-			switch {
-			case i < 0:
-				return nil, fmt.Errorf("quarantine %s: %s: %w", id, a, ErrNotRecipient)
-			case rec.ReleasedTo(a) != "":
-				return nil, fmt.Errorf("quarantine %s: %w to %s as %s", id, ErrAlreadyReleased, a, rec.ReleasedTo(a))
-			case !slices.Contains(to, rec.Rcpts[i]):
-				to = append(to, rec.Rcpts[i])
-			}
-		}
-		if len(to) == len(rec.Pending()) && len(rec.Releases) == 0 {
-			rcpts = nil // all of them: a release as a whole
+	if len(rcpts) == 0 {
+		return rec, rec.Pending(), nil
+	}
+	var to []string
+	for _, a := range rcpts {
+		i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return strings.EqualFold(r, a) })
+		switch {
+		case i < 0:
+			return nil, nil, fmt.Errorf("quarantine %s: %s: %w", id, a, ErrNotRecipient)
+		case rec.ReleasedTo(a) != "":
+			return nil, nil, fmt.Errorf("quarantine %s: %w to %s as %s", id, ErrAlreadyReleased, a, rec.ReleasedTo(a))
+		case !slices.Contains(to, rec.Rcpts[i]):
+			to = append(to, rec.Rcpts[i])
 		}
 	}
+	if len(to) < len(rec.Pending()) || len(rec.Releases) > 0 {
+		rec.ReleasingRcpts = to // else a release as a whole
+	}
+	return rec, to, nil
+}
+
+// endRelease records the release copyID of rec as done (queued) or
+// undone.
+func (s *Store) endRelease(rec *Record, copyID string, queued bool) error {
+	if queued {
+		rec.Settle(copyID, rec.ReleasingRcpts, time.Now().UTC())
+	}
+	rec.Releasing, rec.ReleasingRcpts = "", nil
+	return s.writeRecord(rec)
+}
+
+// release takes the three steps of a release (see the package comment),
+// here and from the cluster's store: begin names the copy (1), which is
+// committed (2), and end records it, or that it was not committed (3).
+func release(ctx context.Context, id string, sp Spooler, begin func(copyID string) (*Record, []string, error),
+	message func() (io.ReadCloser, error), end func(copyID string, queued bool) error) (*spool.Envelope, error) {
 	w, err := sp.Create()
 	if err != nil {
 		return nil, fmt.Errorf("release %s: %w", id, err)
 	}
-	if err := copyInto(w, s.msgPath(id)); err != nil {
+	rec, to, err := begin(w.ID())
+	if err != nil {
 		w.Abort()
-		return nil, fmt.Errorf("release %s: %w", id, err)
+		return nil, err
 	}
-	// Step 1.
-	rec.Releasing = w.ID()
-	if len(rcpts) > 0 {
-		rec.ReleasingRcpts = to
-	}
-	if err := s.writeRecord(rec); err != nil {
-		w.Abort()
-		return nil, fmt.Errorf("release %s: %w", id, err)
-	}
-	// Step 2. Once started the commit is finished whatever the caller's
-	// context does: a half-done release is only undone by Recover.
-	// Delivery gets its full max_age from the release.
+	// Once begun, a release is ended whatever the caller's context does.
+	ctx = context.WithoutCancel(ctx)
 	env := spool.NewEnvelope(rec.From, to, rec.ClientAddr, rec.ClientHelo, rec.MessageID)
-	if err := w.Commit(context.WithoutCancel(ctx), env); err != nil {
-		rec.Releasing, rec.ReleasingRcpts = "", nil
-		if werr := s.writeRecord(rec); werr != nil {
-			err = errors.Join(err, werr)
+	m, err := message()
+	if err == nil {
+		_, err = io.Copy(w, m)
+		m.Close()
+	}
+	if err == nil {
+		err = w.Commit(ctx, env)
+	}
+	if err != nil {
+		w.Abort()
+		if eerr := end(w.ID(), false); eerr != nil {
+			err = errors.Join(err, eerr)
 		}
 		return nil, fmt.Errorf("release %s: %w", id, err)
 	}
-	// Step 3.
-	rec.Settle(env.ID, rec.ReleasingRcpts, time.Now().UTC())
-	if err := s.writeRecord(rec); err != nil {
-		// The copy is committed and the router will deliver it after a
-		// restart (Recover completes the record), so the release is
-		// done; only the record lags.
-		return env, fmt.Errorf("release %s: queued as %s but not recorded: %w", id, env.ID, err)
+	if err := end(env.ID, true); err != nil {
+		// Queued: Recover, or the journal, completes the record.
+		return env, fmt.Errorf("release %s: queued as %s, not recorded yet: %w", id, env.ID, err)
 	}
 	return env, nil
 }
@@ -439,37 +468,28 @@ func (s *Store) Recover(sp Spooler) error {
 		if rec.Releasing == "" {
 			continue
 		}
-		switch _, err := sp.Load(rec.Releasing); {
-		case err == nil:
-			rec.Settle(rec.Releasing, rec.ReleasingRcpts, time.Now().UTC())
-		case errors.Is(err, fs.ErrNotExist):
-		default:
+		_, err := sp.Load(rec.Releasing)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
 		}
-		rec.Releasing, rec.ReleasingRcpts = "", nil
-		if err := s.writeRecord(rec); err != nil {
+		if err := s.endRelease(rec, rec.Releasing, err == nil); err != nil {
 			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
 		}
 	}
 	return nil
 }
 
-func copyInto(w io.Writer, path string) error {
-	f, err := os.Open(path)
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	_, err = io.Copy(w, f)
-	return err
-}
-
-func copyFile(src, dst string) error {
+	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	err = copyInto(out, src)
+	_, err = io.Copy(out, in)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
