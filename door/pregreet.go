@@ -39,9 +39,12 @@ type Pregreet struct {
 const pregreetRecords = 100_000
 
 // OpenPregreet opens the cache in store, or, when store is nil, in a
-// recstore under dataDir/pregreet. failed, if set, is told of each
-// failure of the store.
+// recstore under dataDir/pregreet, on the clock now (nil: time.Now).
+// failed, if set, is told of each failure of the store.
 func OpenPregreet(store recstore.Store, dataDir string, now func() time.Time, log *slog.Logger, failed func()) (*Pregreet, error) {
+	if now == nil {
+		now = time.Now
+	}
 	p := &Pregreet{store: store, now: now, log: log, failed: failed}
 	if store != nil {
 		return p, nil

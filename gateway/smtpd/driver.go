@@ -66,7 +66,8 @@ type Options struct {
 	// Pipeline runs the stages; nil runs none.
 	Pipeline *pipeline.Pipeline
 	Logger   *slog.Logger
-	// Metrics, when set, counts sessions, replies and policy actions.
+	// Metrics counts sessions, replies and policy actions; nil counts
+	// them unregistered.
 	Metrics *Metrics
 	// Trace, when set, records each transaction's story.
 	Trace *trace.Log
@@ -94,6 +95,9 @@ type Driver struct {
 func NewDriver(opts Options) (*Driver, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
 	}
 	if opts.Quarantine == nil {
 		return nil, errors.New("smtpd: no quarantine")

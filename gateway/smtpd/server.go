@@ -65,26 +65,22 @@ type generation struct {
 
 // New builds a Server from its options.
 func New(opts Options) (*Server, error) {
-	cfg := &opts.Config.Server
 	d, err := NewDriver(opts)
 	if err != nil {
 		return nil, err
 	}
 	opts = d.opts // with its defaults
-	s := &Server{
-		opts:   opts,
-		limits: door.NewLimits(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
-		gen:    &generation{Driver: d},
-	}
-	srv := smtp.NewServer(s)
-	srv.Domain = opts.Config.Hostname
-	srv.MaxMessageBytes = int64(cfg.MaxMessageSize)
-	srv.MaxRecipients = cfg.MaxRecipients
-	srv.MaxLineLength = cfg.MaxLineLength
-	srv.ReadTimeout = time.Duration(cfg.CommandTimeout)
-	srv.WriteTimeout = time.Duration(cfg.CommandTimeout)
-	srv.EnableSMTPUTF8 = true
-	srv.ErrorLog = slogPrinter{opts.Logger}
+	cfg := &opts.Config.Server
+	s := &Server{opts: opts, limits: door.NewLimits(cfg.MaxConnections, cfg.MaxConnectionsPerIP), gen: &generation{Driver: d}}
+	s.srv = smtp.NewServer(s)
+	s.srv.Domain = opts.Config.Hostname
+	s.srv.MaxMessageBytes = int64(cfg.MaxMessageSize)
+	s.srv.MaxRecipients = cfg.MaxRecipients
+	s.srv.MaxLineLength = cfg.MaxLineLength
+	s.srv.ReadTimeout = time.Duration(cfg.CommandTimeout)
+	s.srv.WriteTimeout = time.Duration(cfg.CommandTimeout)
+	s.srv.EnableSMTPUTF8 = true
+	s.srv.ErrorLog = slogPrinter{opts.Logger}
 	if cfg.TLSCert != "" {
 		// The files of the config new sessions run under: a reload
 		// (SIGHUP, as certbot's deploy hooks send) may name others.
@@ -95,16 +91,11 @@ func New(opts Options) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("server.tls_cert: %w", err)
 		}
-		srv.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
+		s.srv.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
 	}
-	if opts.Clock == nil {
-		opts.Clock = time.Now
-	}
-	if s.pregreetCache, err = door.OpenPregreet(opts.Pregreet, opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics.storeError); err != nil {
+	if s.pregreetCache, err = door.OpenPregreet(opts.Pregreet, opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics.storeErr.Inc); err != nil {
 		return nil, fmt.Errorf("server.pregreet_delay: %w", err)
 	}
-	s.opts = opts
-	s.srv = srv
 	return s, nil
 }
 

@@ -52,7 +52,7 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	} else {
 		client.TLS = clean(door.ProxiedTLS(c.Conn()), "()") // the client's TLS with a proxy
 	}
-	s.opts.Metrics.session()
+	s.opts.Metrics.sessions.Inc()
 	sess := &session{srv: s, gen: s.acquire(), conn: c}
 	sess.dc = sess.gen.Connect(client, func() (context.Context, func()) { return door.WhileConnected(c.Conn()) })
 	return sess, nil
