@@ -132,14 +132,7 @@ func (s *Shared) List(f Filter, now time.Time) ([]*Record, error) {
 	if down != nil {
 		return nil, fmt.Errorf("%w; %d messages quarantined on this node meanwhile are on its disk", down, len(recs))
 	}
-	sf := state.QuarantineFilter{From: needle(f.From), Rcpt: needle(f.Rcpt), Stage: f.Stage}
-	if f.NewerThan > 0 {
-		sf.Since = now.Add(-f.NewerThan)
-	}
-	if f.OlderThan > 0 {
-		sf.Until = now.Add(-f.OlderThan).Add(time.Microsecond) // age >= OlderThan
-	}
-	all, err := q.List(context.Background(), sf)
+	all, err := q.List(context.Background(), f.Window(now))
 	if err != nil {
 		return nil, err
 	}
