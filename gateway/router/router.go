@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -294,6 +295,6 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 
 func cloneEnvelope(env *spool.Envelope) *spool.Envelope {
 	c := *env
-	c.Rcpts = append([]spool.Recipient(nil), env.Rcpts...)
+	c.Rcpts = slices.Clone(env.Rcpts)
 	return &c
 }

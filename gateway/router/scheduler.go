@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"time"
 
 	"github.com/mailgate/mailgate/dsn"
@@ -48,12 +49,7 @@ type outcome struct {
 func wantDSN(env *spool.Envelope) bool { return env.From != "" && !env.DSN }
 
 func hasPending(env *spool.Envelope) bool {
-	for _, rc := range env.Rcpts {
-		if rc.Status == spool.Pending {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(env.Rcpts, func(rc spool.Recipient) bool { return rc.Status == spool.Pending })
 }
 
 // add takes a message into the queue, once.
