@@ -723,8 +723,11 @@ func TestFailoverOnRefusedGreeting(t *testing.T) {
 func TestStalePooledConnection(t *testing.T) {
 	srv := smtptest.NewServer(t)
 	h := start(t, testConfig(serverRoute("ex.test", srv)), openSpool(t))
-	h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
-	srv.WaitFor(1, waitLong)
+	first := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	// Gone from the queue: the server's 250 was read (the server keeps a
+	// message before it answers, so WaitFor alone would let Stop cut
+	// the reply off and defer bob).
+	h.waitGone(first.ID)
 	// The server goes away and back: the idle connection is dead.
 	srv.Stop()
 	srv.Restart()
