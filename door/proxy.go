@@ -24,7 +24,7 @@ type proxyListener struct {
 	net.Listener
 	trusted []netip.Prefix
 	timeout time.Duration
-	refused func(peer netip.Addr, err error)
+	refused func(peer netip.Addr, why string, err error)
 
 	accepted chan acceptResult
 	done     chan struct{} // closed by Close
@@ -44,12 +44,12 @@ type acceptResult struct {
 // connections from the trusted proxies only, and each must open with a
 // header: a connection from elsewhere, or without a valid header within
 // timeout, is closed with nothing sent and nothing processed, and
-// refused is told why.
+// refused is told why, and the error of a header that was not read.
 //
 // Headers are read in a goroutine per connection, so a proxy that is slow
 // to send one holds up nobody else; Accept returns the connections whose
 // header was read.
-func Proxy(l net.Listener, trusted []netip.Prefix, timeout time.Duration, refused func(peer netip.Addr, err error)) net.Listener {
+func Proxy(l net.Listener, trusted []netip.Prefix, timeout time.Duration, refused func(peer netip.Addr, why string, err error)) net.Listener {
 	p := &proxyListener{Listener: l, trusted: trusted, timeout: timeout, refused: refused,
 		accepted: make(chan acceptResult), done: make(chan struct{}), pending: make(map[net.Conn]struct{})}
 	go p.acceptLoop()
@@ -82,7 +82,7 @@ func (p *proxyListener) acceptLoop() {
 func (p *proxyListener) admit(raw net.Conn) {
 	peer := RemoteAddr(raw)
 	if !slices.ContainsFunc(p.trusted, func(n netip.Prefix) bool { return n.Contains(peer) }) {
-		p.refused(peer, errors.New("not from a proxy in proxy_trusted"))
+		p.refused(peer, "not from a proxy in proxy_trusted", nil)
 		raw.Close()
 		return
 	}
@@ -110,7 +110,7 @@ func (p *proxyListener) admit(raw net.Conn) {
 		select {
 		case <-p.done: // closed by Close
 		default:
-			p.refused(peer, errors.Join(errors.New("no valid PROXY header"), err))
+			p.refused(peer, "no valid PROXY header", err)
 		}
 		raw.Close()
 		return

@@ -28,7 +28,7 @@ func TestProxyHeaderTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl := Proxy(inner, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, 100*time.Millisecond, func(netip.Addr, error) {})
+	pl := Proxy(inner, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, 100*time.Millisecond, func(netip.Addr, string, error) {})
 	defer pl.Close()
 	// The timeout runs from the accept, which may come before Dial
 	// returns: time from before the dial.
@@ -66,7 +66,7 @@ func TestProxyListenerClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl := Proxy(inner, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, time.Hour, func(netip.Addr, error) {}).(*proxyListener)
+	pl := Proxy(inner, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, time.Hour, func(netip.Addr, string, error) {}).(*proxyListener)
 	waiting, err := net.Dial("tcp", inner.Addr().String())
 	if err != nil {
 		t.Fatal(err)

@@ -170,8 +170,12 @@ func (s *Server) release(g *generation) {
 // Serve accepts SMTP connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
 	if cfg := &s.opts.Config.Server; cfg.ProxyProtocol {
-		l = door.Proxy(l, cfg.Proxies(), door.ProxyHeaderTimeout, func(peer netip.Addr, err error) {
-			s.opts.Logger.Warn("connection refused: "+err.Error(), "peer", peer)
+		l = door.Proxy(l, cfg.Proxies(), door.ProxyHeaderTimeout, func(peer netip.Addr, why string, err error) {
+			attrs := []any{"peer", peer}
+			if err != nil {
+				attrs = append(attrs, "err", err)
+			}
+			s.opts.Logger.Warn("connection refused: "+why, attrs...)
 			s.opts.Metrics.refused("proxy")
 		})
 	}
