@@ -53,6 +53,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/netutil"
 
+	"github.com/mailgate/mailgate/door"
 	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/state"
@@ -172,15 +173,15 @@ func (c *Console) Serve() (*Server, error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 	}}
-	cert, key := cfg.WebTLS()
+	cert, _ := cfg.WebTLS()
 	serve := func() error { return s.srv.Serve(l) }
 	if cert != "" {
-		certs, err := newCertFiles(func() (string, string) { return c.opts.Config().WebTLS() }, cert, key)
+		certs, err := door.LoadCerts(func() (string, string) { return c.opts.Config().WebTLS() }, c.log)
 		if err != nil {
 			l.Close()
 			return nil, fmt.Errorf("web tls: %w", err)
 		}
-		s.srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+		s.srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
 		serve = func() error { return s.srv.ServeTLS(l, "", "") }
 	}
 	go func() {

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
@@ -79,7 +78,7 @@ func digestTemplates(cfg *policy.Config) (subject, body *template.Template, err 
 
 // digestFor reports whether rcpt gets digests: its domain is one of
 // [web.digest] domains, or by default one the gateway routes.
-func digestFor(cfg *policy.Config, routes *router.Table, rcpt string) bool {
+func digestFor(cfg *policy.Config, routes *policy.RouteTable, rcpt string) bool {
 	domain := address.DomainOf(rcpt)
 	if len(cfg.Web.Digest.Domains) == 0 {
 		return routes.Relays(domain)
@@ -109,7 +108,7 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 	if err != nil {
 		return 0, err
 	}
-	routes := router.NewTable(cfg.Routes)
+	routes := policy.NewRouteTable(cfg.Routes)
 	byRcpt := map[string][]*quarantine.Record{}
 	var rcpts []string
 	for _, rec := range recs {

@@ -53,8 +53,8 @@ type Options struct {
 	LoadConfig func() (*policy.Config, error)
 	// LogLevel, if set, follows [log] level on each reload.
 	LogLevel *slog.LevelVar
-	// Version and Revision label mailgate_build_info; "" takes Version()
-	// and the VCS revision Go stamped.
+	// Version and Revision, what the binary was built as, label
+	// mailgate_build_info and the node in its cluster; Version "" is "dev".
 	Version, Revision string
 	// RateLimitNow is the rate limits' clock (tests move it); nil:
 	// time.Now.
@@ -106,14 +106,12 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.Version == "" {
-		opts.Version = Version()
-	}
+	opts.Version = cmp.Or(opts.Version, "dev")
 	// g is not the named result: "return nil, err" sets that to nil
 	// before the undo below runs, and the undo steps need g.
 	g := &Gateway{opts: opts, cfg: cfg, log: opts.Logger, reg: prometheus.NewRegistry(), chains: map[*chain]bool{}}
 	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	registerBuildInfo(g.reg, opts.Version, cmp.Or(opts.Revision, BuildSetting("vcs.revision")))
+	registerBuildInfo(g.reg, opts.Version, opts.Revision)
 	g.stageM = pipeline.NewMetrics(g.reg)
 	var undo []func()
 	defer func() {

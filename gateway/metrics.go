@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"runtime"
-	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -19,37 +18,6 @@ func registerBuildInfo(reg prometheus.Registerer, version, revision string) {
 	})
 	g.Set(1)
 	reg.MustRegister(g)
-}
-
-// Version is this build's version: the module version it was built as,
-// else the VCS revision it was built from (with "-dirty" for uncommitted
-// changes), else "dev".
-func Version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	rev := BuildSetting("vcs.revision")
-	if rev == "" {
-		return "dev"
-	}
-	rev = rev[:min(len(rev), 12)]
-	if BuildSetting("vcs.modified") == "true" {
-		rev += "-dirty"
-	}
-	return rev
-}
-
-// BuildSetting is a setting the binary was built with (debug.BuildSetting),
-// or "".
-func BuildSetting(key string) string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == key {
-				return s.Value
-			}
-		}
-	}
-	return ""
 }
 
 // liveGatherer is what /metrics serves: the registry, less the series of

@@ -5,8 +5,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-
-	"github.com/mailgate/mailgate/gateway"
+	"runtime/debug"
 )
 
 // What the binary is, set by the build: the Makefile passes
@@ -20,13 +19,13 @@ var version, revision, buildDate string
 // the module or the revision, the revision from Go's VCS stamp.
 func completeBuildInfo() {
 	if revision == "" {
-		revision = gateway.BuildSetting("vcs.revision")
-		if gateway.BuildSetting("vcs.modified") == "true" {
+		revision = buildSetting("vcs.revision")
+		if buildSetting("vcs.modified") == "true" {
 			revision += "-dirty"
 		}
 	}
 	if version == "" {
-		version = gateway.Version()
+		version = moduleVersion()
 	}
 	if version == "dev" && revision != "" {
 		version = revision[:min(12, len(revision))]
@@ -41,4 +40,35 @@ func cmdVersion(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "mailgate %s\nrevision: %s\nbuilt: %s\ngo: %s %s/%s\n", version, cmp.Or(revision, "unknown"),
 		cmp.Or(buildDate, "unknown"), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return nil
+}
+
+// moduleVersion is this build's version: the module version it was built as,
+// else the VCS revision it was built from (with "-dirty" for uncommitted
+// changes), else "dev".
+func moduleVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	rev := buildSetting("vcs.revision")
+	if rev == "" {
+		return "dev"
+	}
+	rev = rev[:min(len(rev), 12)]
+	if buildSetting("vcs.modified") == "true" {
+		rev += "-dirty"
+	}
+	return rev
+}
+
+// buildSetting is a setting the binary was built with (debug.BuildSetting),
+// or "".
+func buildSetting(key string) string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == key {
+				return s.Value
+			}
+		}
+	}
+	return ""
 }

@@ -62,11 +62,8 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/spool"
-	"github.com/mailgate/mailgate/stages"
-	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/durable"
 	"github.com/mailgate/mailgate/state"
-	"github.com/mailgate/mailgate/state/trace"
 )
 
 // ErrNotFound is returned for an ID that is not in the quarantine.
@@ -90,71 +87,8 @@ var ErrReleasing = errors.New("release in progress")
 // cluster only.
 type Record = state.QuarantineRecord
 
-// Release is a release of a quarantined message to some of its
-// recipients: the copy queued for them.
-type Release = state.QuarantineRelease
-
-// Filter selects records; zero fields select everything.
-type Filter struct {
-	From      string        // substring of the sender, case-insensitive (see needle)
-	Rcpt      string        // substring of any recipient, case-insensitive (see needle)
-	Stage     string        // a stage that decided, added to the score, or gave a verdict other than continue
-	OlderThan time.Duration // quarantined at least this long ago
-	NewerThan time.Duration // quarantined at most this long ago
-}
-
-// Match reports whether r passes f at time now.
-func (f Filter) Match(r *Record, now time.Time) bool {
-	if f.Stage != "" && r.Stage != f.Stage && !slices.ContainsFunc(r.Verdicts, func(v trace.Stage) bool {
-		return v.Name == f.Stage && (v.Action != stages.Continue || v.Score > 0)
-	}) {
-		return false
-	}
-	return f.MatchMessage(r.From, r.Rcpts, r.Time, now)
-}
-
-// MatchMessage reports whether a message from from to rcpts, received at
-// at, passes f's sender, recipient and age tests at time now; the queue
-// commands select queued messages with it.
-func (f Filter) MatchMessage(from string, rcpts []string, at, now time.Time) bool {
-	if f.From != "" && !containsFold(from, needle(f.From)) {
-		return false
-	}
-	if rcpt := needle(f.Rcpt); f.Rcpt != "" && !slices.ContainsFunc(rcpts, func(a string) bool { return containsFold(a, rcpt) }) {
-		return false
-	}
-	age := now.Sub(at)
-	if f.OlderThan > 0 && age < f.OlderThan {
-		return false
-	}
-	if f.NewerThan > 0 && age > f.NewerThan {
-		return false
-	}
-	return true
-}
-
-// needle is what a From or Rcpt filter looks for. Records hold addresses
-// in the canonical form of package address; a filter that is a whole
-// address or domain is put in that form too, so that "ceo@example.test."
-// finds ceo@example.test and "bücher.test" its A-labels. Anything else is
-// looked for as written.
-func needle(s string) string {
-	if a, err := address.Parse(s); err == nil {
-		return a
-	}
-	at, rest := "", s
-	if r, ok := strings.CutPrefix(s, "@"); ok {
-		at, rest = "@", r
-	}
-	if d, err := address.Domain(rest); err == nil {
-		return at + d
-	}
-	return s
-}
-
-func containsFold(s, sub string) bool {
-	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
-}
+// Filter selects records, and the queue commands queued messages.
+type Filter = state.Filter
 
 // Spooler is the part of the spool a release needs.
 type Spooler interface {
@@ -174,23 +108,24 @@ type Store struct {
 // Open opens (creating it if needed) the quarantine under dir and removes
 // what an interrupted Add left behind.
 func Open(dir string) (*Store, error) {
-	s := &Store{dir: dir, tmp: filepath.Join(dir, "tmp")}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open quarantine: %w", err)
+	s := Read(dir)
+	err := os.MkdirAll(dir, 0o700)
+	if err == nil {
+		err = os.RemoveAll(s.tmp)
 	}
-	if err := os.RemoveAll(s.tmp); err != nil {
-		return nil, fmt.Errorf("open quarantine: %w", err)
+	if err == nil {
+		err = os.Mkdir(s.tmp, 0o700)
 	}
-	if err := os.Mkdir(s.tmp, 0o700); err != nil {
-		return nil, fmt.Errorf("open quarantine: %w", err)
+	var ids map[string]bool
+	if err == nil {
+		ids, err = spool.ReadIDs(dir, ".eml")
 	}
-	ids, err := spool.ReadIDs(dir, ".eml")
 	if err != nil {
 		return nil, fmt.Errorf("open quarantine: %w", err)
 	}
 	for id := range ids {
 		if _, err := os.Stat(s.recPath(id)); errors.Is(err, fs.ErrNotExist) {
-			os.Remove(s.msgPath(id))
+			os.Remove(s.MessagePath(id))
 		}
 	}
 	return s, nil
@@ -200,18 +135,16 @@ func Open(dir string) (*Store, error) {
 // import, next to a running gateway): unlike Open it removes nothing.
 func Read(dir string) *Store { return &Store{dir: dir, tmp: filepath.Join(dir, "tmp")} }
 
-func (s *Store) msgPath(id string) string { return filepath.Join(s.dir, id+".eml") }
-func (s *Store) recPath(id string) string { return filepath.Join(s.dir, id+".json") }
-
 // MessagePath is the file holding the bytes of quarantined message id.
-func (s *Store) MessagePath(id string) string { return s.msgPath(id) }
+func (s *Store) MessagePath(id string) string { return filepath.Join(s.dir, id+".eml") }
+func (s *Store) recPath(id string) string     { return filepath.Join(s.dir, id+".json") }
 
 // Message returns the bytes of quarantined message id.
 func (s *Store) Message(id string) (io.ReadCloser, error) {
 	if _, err := s.Get(id); err != nil {
 		return nil, err
 	}
-	return os.Open(s.msgPath(id))
+	return os.Open(s.MessagePath(id))
 }
 
 // Add puts the message in the file msgPath (a spooled message that is
@@ -233,14 +166,14 @@ func (s *Store) Add(rec *Record, msgPath string) error {
 	}
 	err := durable.Sync(tmp)
 	if err == nil {
-		err = os.Rename(tmp, s.msgPath(rec.ID))
+		err = os.Rename(tmp, s.MessagePath(rec.ID))
 	}
 	if err == nil {
 		err = s.writeRecord(rec)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		os.Remove(s.msgPath(rec.ID))
+		os.Remove(s.MessagePath(rec.ID))
 		return fmt.Errorf("quarantine %s: %w", rec.ID, err)
 	}
 	return nil
@@ -324,7 +257,7 @@ func (s *Store) delete(id string) error {
 	} else if err != nil {
 		return fmt.Errorf("quarantine delete %s: %w", id, err)
 	}
-	if err := os.Remove(s.msgPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(s.MessagePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("quarantine delete %s: %w", id, err)
 	}
 	return nil
@@ -362,66 +295,95 @@ var ErrNotRecipient = errors.New("not a recipient of the message")
 func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...string) (*spool.Envelope, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var rec *Record
+	begin := func(copyID string) (r *Record, to []string, err error) {
+		if rec, to, err = s.toRelease(id, rcpts); err == nil {
+			rec.Releasing = copyID
+			err = s.writeRecord(rec)
+		}
+		return rec, to, err
+	}
+	end := func(copyID string, queued bool) error { return s.endRelease(rec, copyID, queued) }
+	return release(ctx, id, sp, begin, func() (io.ReadCloser, error) { return os.Open(s.MessagePath(id)) }, end)
+}
+
+// toRelease returns the record of id and the recipients a release to
+// rcpts (none: all not released yet) goes to, named in ReleasingRcpts
+// when they are not all.
+func (s *Store) toRelease(id string, rcpts []string) (*Record, []string, error) {
 	rec, err := s.Get(id)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if rec.Released != "" {
-		return nil, fmt.Errorf("quarantine %s: %w as %s at %s", id, ErrAlreadyReleased, rec.Released, rec.ReleasedAt.Format(time.RFC3339))
+		return nil, nil, fmt.Errorf("quarantine %s: %w as %s at %s", id, ErrAlreadyReleased, rec.Released, rec.ReleasedAt.Format(time.RFC3339))
 	}
-	to := rec.Pending()
-	if len(rcpts) > 0 {
-		to = nil
-		for _, a := range rcpts {
-			i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return strings.EqualFold(r, a) })
-			switch {
-			case i < 0:
-				return nil, fmt.Errorf("quarantine %s: %s: %w", id, a, ErrNotRecipient)
-			case rec.ReleasedTo(a) != "":
-				return nil, fmt.Errorf("quarantine %s: %w to %s as %s", id, ErrAlreadyReleased, a, rec.ReleasedTo(a))
-			case !slices.Contains(to, rec.Rcpts[i]):
-				to = append(to, rec.Rcpts[i])
-			}
-		}
-		if len(to) == len(rec.Pending()) && len(rec.Releases) == 0 {
-			rcpts = nil // all of them: a release as a whole
+	if len(rcpts) == 0 {
+		return rec, rec.Pending(), nil
+	}
+	var to []string
+	for _, a := range rcpts {
+		i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return strings.EqualFold(r, a) })
+		switch {
+		case i < 0:
+			return nil, nil, fmt.Errorf("quarantine %s: %s: %w", id, a, ErrNotRecipient)
+		case rec.ReleasedTo(a) != "":
+			return nil, nil, fmt.Errorf("quarantine %s: %w to %s as %s", id, ErrAlreadyReleased, a, rec.ReleasedTo(a))
+		case !slices.Contains(to, rec.Rcpts[i]):
+			to = append(to, rec.Rcpts[i])
 		}
 	}
+	if len(to) < len(rec.Pending()) || len(rec.Releases) > 0 {
+		rec.ReleasingRcpts = to // else a release as a whole
+	}
+	return rec, to, nil
+}
+
+// endRelease records the release copyID of rec as done (queued) or
+// undone.
+func (s *Store) endRelease(rec *Record, copyID string, queued bool) error {
+	if queued {
+		rec.Settle(copyID, rec.ReleasingRcpts, time.Now().UTC())
+	}
+	rec.Releasing, rec.ReleasingRcpts = "", nil
+	return s.writeRecord(rec)
+}
+
+// release takes the three steps of a release (see the package comment),
+// here and from the cluster's store: begin names the copy (1), which is
+// committed (2), and end records it, or that it was not committed (3).
+func release(ctx context.Context, id string, sp Spooler, begin func(copyID string) (*Record, []string, error),
+	message func() (io.ReadCloser, error), end func(copyID string, queued bool) error) (*spool.Envelope, error) {
 	w, err := sp.Create()
 	if err != nil {
 		return nil, fmt.Errorf("release %s: %w", id, err)
 	}
-	if err := copyInto(w, s.msgPath(id)); err != nil {
+	rec, to, err := begin(w.ID())
+	if err != nil {
 		w.Abort()
-		return nil, fmt.Errorf("release %s: %w", id, err)
+		return nil, err
 	}
-	// Step 1.
-	rec.Releasing = w.ID()
-	if len(rcpts) > 0 {
-		rec.ReleasingRcpts = to
-	}
-	if err := s.writeRecord(rec); err != nil {
-		w.Abort()
-		return nil, fmt.Errorf("release %s: %w", id, err)
-	}
-	// Step 2. Once started the commit is finished whatever the caller's
-	// context does: a half-done release is only undone by Recover.
-	// Delivery gets its full max_age from the release.
+	// Once begun, a release is ended whatever the caller's context does.
+	ctx = context.WithoutCancel(ctx)
 	env := spool.NewEnvelope(rec.From, to, rec.ClientAddr, rec.ClientHelo, rec.MessageID)
-	if err := w.Commit(context.WithoutCancel(ctx), env); err != nil {
-		rec.Releasing, rec.ReleasingRcpts = "", nil
-		if werr := s.writeRecord(rec); werr != nil {
-			err = errors.Join(err, werr)
+	m, err := message()
+	if err == nil {
+		_, err = io.Copy(w, m)
+		m.Close()
+	}
+	if err == nil {
+		err = w.Commit(ctx, env)
+	}
+	if err != nil {
+		w.Abort()
+		if eerr := end(w.ID(), false); eerr != nil {
+			err = errors.Join(err, eerr)
 		}
 		return nil, fmt.Errorf("release %s: %w", id, err)
 	}
-	// Step 3.
-	rec.Settle(env.ID, rec.ReleasingRcpts, time.Now().UTC())
-	if err := s.writeRecord(rec); err != nil {
-		// The copy is committed and the router will deliver it after a
-		// restart (Recover completes the record), so the release is
-		// done; only the record lags.
-		return env, fmt.Errorf("release %s: queued as %s but not recorded: %w", id, env.ID, err)
+	if err := end(env.ID, true); err != nil {
+		// Queued: Recover, or the journal, completes the record.
+		return env, fmt.Errorf("release %s: queued as %s, not recorded yet: %w", id, env.ID, err)
 	}
 	return env, nil
 }
@@ -439,37 +401,28 @@ func (s *Store) Recover(sp Spooler) error {
 		if rec.Releasing == "" {
 			continue
 		}
-		switch _, err := sp.Load(rec.Releasing); {
-		case err == nil:
-			rec.Settle(rec.Releasing, rec.ReleasingRcpts, time.Now().UTC())
-		case errors.Is(err, fs.ErrNotExist):
-		default:
+		_, err := sp.Load(rec.Releasing)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
 		}
-		rec.Releasing, rec.ReleasingRcpts = "", nil
-		if err := s.writeRecord(rec); err != nil {
+		if err := s.endRelease(rec, rec.Releasing, err == nil); err != nil {
 			return fmt.Errorf("recover release of %s: %w", rec.ID, err)
 		}
 	}
 	return nil
 }
 
-func copyInto(w io.Writer, path string) error {
-	f, err := os.Open(path)
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	_, err = io.Copy(w, f)
-	return err
-}
-
-func copyFile(src, dst string) error {
+	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	err = copyInto(out, src)
+	_, err = io.Copy(out, in)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

@@ -132,14 +132,7 @@ func (s *Shared) List(f Filter, now time.Time) ([]*Record, error) {
 	if down != nil {
 		return nil, fmt.Errorf("%w; %d messages quarantined on this node meanwhile are on its disk", down, len(recs))
 	}
-	sf := state.QuarantineFilter{From: needle(f.From), Rcpt: needle(f.Rcpt), Stage: f.Stage}
-	if f.NewerThan > 0 {
-		sf.Since = now.Add(-f.NewerThan)
-	}
-	if f.OlderThan > 0 {
-		sf.Until = now.Add(-f.OlderThan).Add(time.Microsecond) // age >= OlderThan
-	}
-	all, err := q.List(context.Background(), sf)
+	all, err := q.List(context.Background(), f.Window(now))
 	if err != nil {
 		return nil, err
 	}
@@ -226,49 +219,26 @@ func (s *Shared) Release(ctx context.Context, id string, sp Spooler, rcpts ...st
 	if down != nil {
 		return nil, down
 	}
-	w, err := sp.Create()
-	if err != nil {
-		return nil, fmt.Errorf("release %s: %w", id, err)
-	}
-	rec, err := q.BeginRelease(ctx, id, s.node, w.ID())
-	if err != nil {
-		w.Abort()
-		return nil, fromState(err)
-	}
-	// From here the release is ended, one way or the other, whatever
-	// the caller's context does.
-	ctx = context.WithoutCancel(ctx)
-	abort := func(err error) (*spool.Envelope, error) {
-		w.Abort()
-		if eerr := s.end(ctx, q, id, w.ID(), false); eerr != nil {
-			err = errors.Join(err, eerr)
+	// Once begun, the release is ended whatever the caller's context does.
+	keep := context.WithoutCancel(ctx)
+	begin := func(copyID string) (*Record, []string, error) {
+		rec, err := q.BeginRelease(ctx, id, s.node, copyID)
+		if err != nil {
+			return nil, nil, fromState(err)
 		}
-		return nil, fmt.Errorf("release %s: %w", id, err)
+		if err := s.journal(id, copyID, nil); err != nil {
+			return nil, nil, fmt.Errorf("release %s: %w", id, errors.Join(err, s.end(keep, q, id, copyID, false)))
+		}
+		return rec, rec.Rcpts, nil
 	}
-	if err := s.journal(id, w.ID(), nil); err != nil {
-		return abort(err)
-	}
-	m, err := q.Message(ctx, id)
-	if err == nil {
-		_, err = io.Copy(w, m)
-		m.Close()
-	}
-	if err != nil {
-		return abort(err)
-	}
-	env := spool.NewEnvelope(rec.From, rec.Rcpts, rec.ClientAddr, rec.ClientHelo, rec.MessageID)
-	if err := w.Commit(ctx, env); err != nil {
-		return abort(err)
-	}
-	if err := s.end(ctx, q, id, env.ID, true); err != nil {
-		return env, fmt.Errorf("release %s: queued as %s; the cluster's store is told when it answers: %w", id, env.ID, err)
-	}
-	return env, nil
+	message := func() (io.ReadCloser, error) { return q.Message(keep, id) }
+	end := func(copyID string, queued bool) error { return s.end(keep, q, id, copyID, queued) }
+	return release(ctx, id, sp, begin, message, end)
 }
 
-// release is a journal entry: a release under way on this node, and,
-// once known, whether its copy was committed.
-type release struct {
+// journalEntry is a release under way on this node, and, once known,
+// whether its copy was committed.
+type journalEntry struct {
 	Copy   string `json:"copy"`
 	Queued *bool  `json:"queued,omitempty"`
 }
@@ -276,7 +246,7 @@ type release struct {
 func (s *Shared) journalPath(id string) string { return filepath.Join(s.dir, id+".json") }
 
 func (s *Shared) journal(id, copyID string, queued *bool) error {
-	return s.local.writeJSON(s.journalPath(id), release{Copy: copyID, Queued: queued})
+	return s.local.writeJSON(s.journalPath(id), journalEntry{Copy: copyID, Queued: queued})
 }
 
 // end ends a release in the shared store, or notes in the journal how it
@@ -329,14 +299,14 @@ func (s *Shared) Recover(sp Spooler) error {
 }
 
 // journalEntries reads the journal: queue ID → its release.
-func (s *Shared) journalEntries() (map[string]release, error) {
+func (s *Shared) journalEntries() (map[string]journalEntry, error) {
 	ids, err := spool.ReadIDs(s.dir, ".json")
 	if err != nil {
 		return nil, fmt.Errorf("quarantine journal: %w", err)
 	}
-	out := map[string]release{}
+	out := map[string]journalEntry{}
 	for id := range ids {
-		var r release
+		var r journalEntry
 		b, err := os.ReadFile(s.journalPath(id))
 		if err == nil {
 			err = json.Unmarshal(b, &r)

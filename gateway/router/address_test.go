@@ -44,18 +44,3 @@ func TestQuotedLocalPartRequoted(t *testing.T) {
 		}
 	}
 }
-
-// A domain in UTF-8 is the same domain as its A-label, for relay control
-// and for delivery alike.
-func TestTableIDN(t *testing.T) {
-	srv := smtptest.NewServer(t)
-	tab := NewTable(testConfig(serverRoute("xn--bcher-kva.test", srv)).Routes)
-	for _, d := range []string{"bücher.test", "BÜCHER.test.", "xn--bcher-kva.test"} {
-		if !tab.Relays(d) {
-			t.Errorf("Relays(%q) = false", d)
-		}
-		if _, ok := tab.Match(d); !ok {
-			t.Errorf("Match(%q): no route", d)
-		}
-	}
-}

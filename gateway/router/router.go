@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,7 +76,7 @@ func Metrics(reg prometheus.Registerer) Option { return func(r *Router) { r.m = 
 // conf is the part of a Router that follows the config.
 type conf struct {
 	cfg    *policy.Config
-	table  *Table
+	table  *policy.RouteTable
 	res    *resolver
 	client *smtpClient
 }
@@ -117,7 +118,7 @@ func (r *Router) newConf(cfg *policy.Config) (*conf, error) {
 	dl := cfg.Delivery
 	return &conf{
 		cfg:   cfg,
-		table: NewTable(cfg.Routes),
+		table: policy.NewRouteTable(cfg.Routes),
 		res:   res,
 		client: &smtpClient{
 			pool:           r.pool,
@@ -294,6 +295,6 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 
 func cloneEnvelope(env *spool.Envelope) *spool.Envelope {
 	c := *env
-	c.Rcpts = append([]spool.Recipient(nil), env.Rcpts...)
+	c.Rcpts = slices.Clone(env.Rcpts)
 	return &c
 }

@@ -343,18 +343,18 @@ func TestPerRecipientResults(t *testing.T) {
 	if dsnMsg.From != "" || strings.Join(dsnMsg.Rcpts, ",") != "alice@sender.test" {
 		t.Fatalf("second message %q -> %q, want the DSN from <> to alice", dsnMsg.From, dsnMsg.Rcpts)
 	}
-	parts := parseDSN(t, dsnMsg.Data)
-	if !strings.Contains(parts.status, "Final-Recipient: rfc822; bad@ex.test\r\nAction: failed\r\nStatus: 5.1.1\r\n") ||
-		!strings.Contains(parts.status, "Diagnostic-Code: smtp; 550 5.1.1 no such user here") {
-		t.Errorf("delivery-status part:\n%s", parts.status)
+	parts := smtptest.ParseDSN(t, dsnMsg.Data)
+	if !strings.Contains(parts.Status, "Final-Recipient: rfc822; bad@ex.test\r\nAction: failed\r\nStatus: 5.1.1\r\n") ||
+		!strings.Contains(parts.Status, "Diagnostic-Code: smtp; 550 5.1.1 no such user here") {
+		t.Errorf("delivery-status part:\n%s", parts.Status)
 	}
 	for _, other := range []string{"good1", "good2", "later"} {
-		if strings.Contains(parts.status, other) {
-			t.Errorf("DSN reports %s:\n%s", other, parts.status)
+		if strings.Contains(parts.Status, other) {
+			t.Errorf("DSN reports %s:\n%s", other, parts.Status)
 		}
 	}
-	if !strings.Contains(parts.headers, "Message-ID: <1@sender.test>") {
-		t.Errorf("DSN lacks the original header:\n%s", parts.headers)
+	if !strings.Contains(parts.Headers, "Message-ID: <1@sender.test>") {
+		t.Errorf("DSN lacks the original header:\n%s", parts.Headers)
 	}
 
 	// The deferred one is retried alone.
@@ -418,13 +418,13 @@ func TestExpiry(t *testing.T) {
 	if msgs[0].From != "" || msgs[0].Rcpts[0] != "alice@sender.test" {
 		t.Fatalf("got %q -> %q, want the DSN", msgs[0].From, msgs[0].Rcpts)
 	}
-	parts := parseDSN(t, msgs[0].Data)
-	if !strings.Contains(parts.status, "Final-Recipient: rfc822; slow@ex.test\r\nAction: failed\r\nStatus: 5.4.7\r\n") ||
-		!strings.Contains(parts.status, "Diagnostic-Code: smtp; 451 4.0.0 test reply") {
-		t.Errorf("delivery-status part:\n%s", parts.status)
+	parts := smtptest.ParseDSN(t, msgs[0].Data)
+	if !strings.Contains(parts.Status, "Final-Recipient: rfc822; slow@ex.test\r\nAction: failed\r\nStatus: 5.4.7\r\n") ||
+		!strings.Contains(parts.Status, "Diagnostic-Code: smtp; 451 4.0.0 test reply") {
+		t.Errorf("delivery-status part:\n%s", parts.Status)
 	}
-	if !strings.Contains(parts.human, "delivery time expired") {
-		t.Errorf("human part:\n%s", parts.human)
+	if !strings.Contains(parts.Human, "delivery time expired") {
+		t.Errorf("human part:\n%s", parts.Human)
 	}
 	h.waitGone(env.ID)
 	if !strings.Contains(h.logs.String(), "msg=expired queue_id="+env.ID+" rcpt=slow@ex.test") {
@@ -525,9 +525,9 @@ func TestMXDelivery(t *testing.T) {
 	// Null MX (RFC 7505) fails at once, with a DSN.
 	null := h.send("alice@sender.test", []string{"dave@null.test"}, sample)
 	msgs = srv.WaitFor(3, waitLong)
-	parts := parseDSN(t, msgs[2].Data)
-	if !strings.Contains(parts.status, "Final-Recipient: rfc822; dave@null.test\r\nAction: failed\r\nStatus: 5.1.10\r\n") {
-		t.Errorf("null MX DSN:\n%s", parts.status)
+	parts := smtptest.ParseDSN(t, msgs[2].Data)
+	if !strings.Contains(parts.Status, "Final-Recipient: rfc822; dave@null.test\r\nAction: failed\r\nStatus: 5.1.10\r\n") {
+		t.Errorf("null MX DSN:\n%s", parts.Status)
 	}
 	h.waitGone(null.ID)
 }
@@ -723,8 +723,11 @@ func TestFailoverOnRefusedGreeting(t *testing.T) {
 func TestStalePooledConnection(t *testing.T) {
 	srv := smtptest.NewServer(t)
 	h := start(t, testConfig(serverRoute("ex.test", srv)), openSpool(t))
-	h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
-	srv.WaitFor(1, waitLong)
+	first := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	// Gone from the queue: the server's 250 was read (the server keeps a
+	// message before it answers, so WaitFor alone would let Stop cut
+	// the reply off and defer bob).
+	h.waitGone(first.ID)
 	// The server goes away and back: the idle connection is dead.
 	srv.Stop()
 	srv.Restart()
@@ -743,10 +746,10 @@ func TestDataRejectedOneDSN(t *testing.T) {
 	h := start(t, testConfig(serverRoute("ex.test", srv), serverRoute("sender.test", senders)), openSpool(t), Workers(1))
 	env := h.send("alice@sender.test", []string{"bob@ex.test", "carol@ex.test"}, sample)
 	msgs := senders.WaitFor(1, waitLong)
-	parts := parseDSN(t, msgs[0].Data)
+	parts := smtptest.ParseDSN(t, msgs[0].Data)
 	for _, rcpt := range []string{"bob@ex.test", "carol@ex.test"} {
-		if !strings.Contains(parts.status, "Final-Recipient: rfc822; "+rcpt+"\r\nAction: failed\r\nStatus: 5.0.0\r\n") {
-			t.Errorf("DSN does not report %s:\n%s", rcpt, parts.status)
+		if !strings.Contains(parts.Status, "Final-Recipient: rfc822; "+rcpt+"\r\nAction: failed\r\nStatus: 5.0.0\r\n") {
+			t.Errorf("DSN does not report %s:\n%s", rcpt, parts.Status)
 		}
 	}
 	h.waitGone(env.ID)

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"time"
 
+	"github.com/mailgate/mailgate/dsn"
 	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/state/trace"
 )
@@ -47,12 +49,7 @@ type outcome struct {
 func wantDSN(env *spool.Envelope) bool { return env.From != "" && !env.DSN }
 
 func hasPending(env *spool.Envelope) bool {
-	for _, rc := range env.Rcpts {
-		if rc.Status == spool.Pending {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(env.Rcpts, func(rc spool.Recipient) bool { return rc.Status == spool.Pending })
 }
 
 // add takes a message into the queue, once.
@@ -351,31 +348,25 @@ func (s *scheduler) remove(id string) error {
 // queueDSN puts a DSN about failed, recipients of env, into the spool.
 func (r *Router) queueDSN(ctx context.Context, env *spool.Envelope, failed []spool.Recipient) (*spool.Envelope, error) {
 	cfg := r.conf.Load().cfg
-	var header []byte
+	w, err := r.sp.Create()
+	if err != nil {
+		return nil, fmt.Errorf("create dsn: %w", err)
+	}
+	d := &dsn.Report{ID: w.ID(), Hostname: cfg.Hostname, From: cfg.Delivery.BounceFrom, To: env.From, Date: time.Now(),
+		QueueID: env.ID, Arrival: env.Received, MaxAge: time.Duration(cfg.Delivery.MaxAge)}
+	for _, rc := range failed {
+		d.Failed = append(d.Failed, dsn.Failure{Addr: rc.Addr, Reply: rc.LastReply, Host: rc.LastHost, At: rc.Updated})
+	}
 	msg, err := r.sp.OpenMessage(env.ID)
 	if err == nil {
-		header, err = readHeader(msg)
+		d.Header, err = dsn.ReadHeader(msg)
 		msg.Close()
 	}
 	if err != nil {
 		// The report matters more than the copy of the header.
 		r.log.Warn("dsn without original header", "queue_id", env.ID, "err", err)
 	}
-	w, err := r.sp.Create()
-	if err != nil {
-		return nil, fmt.Errorf("create dsn: %w", err)
-	}
-	d := &dsn{
-		id:         w.ID(),
-		hostname:   cfg.Hostname,
-		bounceFrom: cfg.Delivery.BounceFrom,
-		date:       time.Now(),
-		env:        env,
-		failed:     failed,
-		header:     header,
-		maxAge:     time.Duration(cfg.Delivery.MaxAge),
-	}
-	if err := d.render(w); err != nil {
+	if err := d.Write(w); err != nil {
 		w.Abort()
 		return nil, fmt.Errorf("write dsn: %w", err)
 	}
@@ -384,7 +375,7 @@ func (r *Router) queueDSN(ctx context.Context, env *spool.Envelope, failed []spo
 		From:      "",
 		Rcpts:     []spool.Recipient{{Addr: env.From, Status: spool.Pending}},
 		DSN:       true,
-		MessageID: fmt.Sprintf("<%s@%s>", d.id, cfg.Hostname),
+		MessageID: fmt.Sprintf("<%s@%s>", d.ID, cfg.Hostname),
 	}
 	if err := w.Commit(ctx, denv); err != nil {
 		return nil, fmt.Errorf("commit dsn: %w", err)

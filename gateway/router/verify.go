@@ -86,7 +86,7 @@ var errRouteDown = errors.New("no server of the route answered a probe lately")
 // whether a domain may be relayed and whether a recipient exists.
 type Routes struct {
 	r *Router
-	t *Table
+	t *policy.RouteTable
 }
 
 // Routes returns the route table in force now; a reload does not change
@@ -94,7 +94,7 @@ type Routes struct {
 func (r *Router) Routes() Routes { return Routes{r, r.conf.Load().table} }
 
 // HasRoute reports whether mail for domain may be taken from any client
-// (Table.Relays).
+// (policy.RouteTable.Relays).
 func (rs Routes) HasRoute(domain string) bool { return rs.t.Relays(domain) }
 
 // VerifyRcpt asks addr's route whether it takes addr, when the route

@@ -28,17 +28,16 @@ func startTLS(t *testing.T, c *client) string {
 }
 
 // TestCertRenewedFiles: the certificate files replaced under a running
-// server (as certbot renews them) are served to the next TLS session
-// within the poll interval, without a restart, while a session begun
-// under the old certificate goes on; a new pair that does not load keeps
-// the old one served and is logged.
+// server (as certbot renews them) are served to the next TLS session,
+// without a restart, while a session begun under the old certificate
+// goes on; a new pair that does not load keeps the old one served and is
+// logged.
 func TestCertRenewedFiles(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	testkit.WriteCert(t, certFile, keyFile, "a.gateway.test")
 	var log testkit.SyncBuffer
 	ts := serveOpts(t, t.TempDir(), fmt.Sprintf("[server]\ntls_cert = %q\ntls_key = %q\n", certFile, keyFile), nil, func(o *Options) {
-		o.CertPoll = 20 * time.Millisecond
 		o.Logger = slog.New(slog.NewTextHandler(&log, nil))
 	})
 	old := connect(t, ts)
@@ -49,16 +48,16 @@ func TestCertRenewedFiles(t *testing.T) {
 
 	// A renewal written half: the key does not match the new certificate.
 	testkit.ReplaceFile(t, certFile, []byte("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"))
-	waitLog(t, &log, "TLS certificate not loaded")
 	if name := startTLS(t, connect(t, ts)); name != "a.gateway.test" {
 		t.Fatalf("after a bad file: %q", name)
 	}
+	waitLog(t, &log, "TLS certificate not loaded")
 
 	testkit.WriteCert(t, certFile, keyFile, "b.gateway.test")
-	waitLog(t, &log, "TLS certificate loaded")
 	if name := startTLS(t, connect(t, ts)); name != "b.gateway.test" {
 		t.Fatalf("after renewal: %q", name)
 	}
+	waitLog(t, &log, "TLS certificate loaded")
 	old.Cmd("RCPT TO:<b@dest.test>", "250")
 	old.Cmd("DATA", "354")
 	old.Send(msg + ".\r\n")
@@ -74,7 +73,7 @@ func TestCertReload(t *testing.T) {
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	testkit.WriteCert(t, certFile, keyFile, "a.gateway.test")
 	conf := fmt.Sprintf("[server]\ntls_cert = %q\ntls_key = %q\n", certFile, keyFile)
-	ts := serveOpts(t, t.TempDir(), conf, nil, func(o *Options) { o.CertPoll = time.Hour })
+	ts := serveOpts(t, t.TempDir(), conf, nil, nil)
 	reload := func(conf string) error {
 		t.Helper()
 		return ts.srv.Reload(Update{Config: parseConfig(t, conf), Routes: routes{"dest.test"}}, nil)

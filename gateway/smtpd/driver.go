@@ -15,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/door"
 	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/spool"
@@ -65,7 +66,8 @@ type Options struct {
 	// Pipeline runs the stages; nil runs none.
 	Pipeline *pipeline.Pipeline
 	Logger   *slog.Logger
-	// Metrics, when set, counts sessions, replies and policy actions.
+	// Metrics counts sessions, replies and policy actions; nil counts
+	// them unregistered.
 	Metrics *Metrics
 	// Trace, when set, records each transaction's story.
 	Trace *trace.Log
@@ -77,9 +79,6 @@ type Options struct {
 	// Pregreet is where the pre-greet cache is kept; nil: under
 	// data_dir/pregreet.
 	Pregreet recstore.Store
-	// CertPoll is how often the TLS files are looked at for a change; 0
-	// is 10s.
-	CertPoll time.Duration
 }
 
 // Driver runs mail transactions under one configuration (see the package
@@ -96,6 +95,9 @@ type Driver struct {
 func NewDriver(opts Options) (*Driver, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
 	}
 	if opts.Quarantine == nil {
 		return nil, errors.New("smtpd: no quarantine")
@@ -117,7 +119,7 @@ func (d *Driver) trusts(a netip.Addr) bool {
 // Watch gives the context a phase's checks run under while the client
 // waits, and stop, called when they are done, before the client is read
 // again. The SMTP session's ends when the client hangs up
-// (whileConnected): the checks stop, and nothing is queued.
+// (door.WhileConnected): the checks stop, and nothing is queued.
 type Watch func() (ctx context.Context, stop func())
 
 // Conn is a client connection: who the client is, and the verdicts of the
@@ -162,7 +164,7 @@ func (c *Conn) Stages() []trace.Stage { return c.stages }
 
 // checks returns the context a phase's checks run under: the client's
 // watch, bounded by filter_timeout. done ends both; the context's cause
-// then says whether the client hung up (errClientGone) or time ran out
+// then says whether the client hung up (door.ErrClientGone) or time ran out
 // (context.DeadlineExceeded) first.
 func (c *Conn) checks() (ctx context.Context, done func()) {
 	base, stop := c.watch()
@@ -429,7 +431,7 @@ func (t *Txn) Data(r io.Reader) Outcome {
 	done()
 	ev.Stages = d.Trace
 	t.stages = append(t.stages, ev.Stages...)
-	if gone(ctx) {
+	if door.Gone(ctx) {
 		return aborted("client went away during the checks")
 	}
 	ev.MessageID, ev.Size = t.tx.Header.Get("Message-Id"), w.Size()

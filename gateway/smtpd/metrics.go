@@ -9,8 +9,7 @@ import (
 	"github.com/mailgate/mailgate/stages"
 )
 
-// Metrics counts SMTP sessions, replies and policy actions. A nil *Metrics
-// counts nothing.
+// Metrics counts SMTP sessions, replies and policy actions.
 type Metrics struct {
 	sessions prometheus.Counter
 	replies  *prometheus.CounterVec
@@ -19,7 +18,8 @@ type Metrics struct {
 	storeErr prometheus.Counter
 }
 
-// NewMetrics registers the SMTP metrics with reg.
+// NewMetrics makes the SMTP metrics and registers them with reg, if any.
+// Unregistered, they cost little and spare every use a nil check.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		sessions: prometheus.NewCounter(prometheus.CounterOpts{
@@ -43,39 +43,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Reads and writes of the pre-greet cache that failed (the client was tested as unknown).",
 		}),
 	}
-	reg.MustRegister(m.sessions, m.replies, m.actions, m.refusals, m.storeErr)
+	if reg != nil {
+		reg.MustRegister(m.sessions, m.replies, m.actions, m.refusals, m.storeErr)
+	}
 	return m
 }
 
-func (m *Metrics) session() {
-	if m != nil {
-		m.sessions.Inc()
-	}
-}
-
-func (m *Metrics) refused(reason string) {
-	if m != nil {
-		m.refusals.WithLabelValues(reason).Inc()
-	}
-}
-
-func (m *Metrics) storeError() {
-	if m != nil {
-		m.storeErr.Inc()
-	}
-}
-
-func (m *Metrics) reply(code int) {
-	if m != nil {
-		m.replies.WithLabelValues(strconv.Itoa(code)).Inc()
-	}
-}
-
-func (m *Metrics) action(a stages.Action) {
-	if m != nil {
-		m.actions.WithLabelValues(a.String()).Inc()
-	}
-}
+func (m *Metrics) reply(code int)         { m.replies.WithLabelValues(strconv.Itoa(code)).Inc() }
+func (m *Metrics) action(a stages.Action) { m.actions.WithLabelValues(a.String()).Inc() }
+func (m *Metrics) refused(reason string)  { m.refusals.WithLabelValues(reason).Inc() }
 
 // tlsDescription renders a TLS connection as "TLS1.3 with cipher X".
 func tlsDescription(version, suite uint16) string {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailgate/mailgate/door"
 	"github.com/mailgate/mailgate/stages/testkit"
 )
 
@@ -178,7 +179,7 @@ func TestPregreetCacheSurvivesRestart(t *testing.T) {
 	again.Expect("220 ")
 
 	os.WriteFile(filepath.Join(dir, "pregreet", "format"), []byte("mailgate greylist store 1\n"), 0o600)
-	_, err := openPregreetCache(nil, dir, clock.now, nil, nil)
+	_, err := door.OpenPregreet(nil, dir, clock.now, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "move the directory away") {
 		t.Fatalf("a store of another kind: %v", err)
 	}

@@ -24,11 +24,9 @@
 package smtpd
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -37,6 +35,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/door"
 	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/policy"
 )
@@ -45,13 +44,9 @@ import (
 type Server struct {
 	opts   Options
 	srv    *smtp.Server
-	limits *connLimits
+	limits *door.Limits
 	// pregreetCache is who passed or failed the pre-greet test.
-	pregreetCache *pregreetCache
-	// certs is the TLS certificate, loaded again when its files change;
-	// nil without TLS. watchCerts starts its watch at the first Serve.
-	certs      *certFiles
-	watchCerts sync.Once
+	pregreetCache *door.Pregreet
 
 	mu  sync.Mutex
 	gen *generation // what new sessions run under
@@ -70,43 +65,37 @@ type generation struct {
 
 // New builds a Server from its options.
 func New(opts Options) (*Server, error) {
-	cfg := &opts.Config.Server
 	d, err := NewDriver(opts)
 	if err != nil {
 		return nil, err
 	}
 	opts = d.opts // with its defaults
-	s := &Server{
-		opts:   opts,
-		limits: newConnLimits(cfg.MaxConnections, cfg.MaxConnectionsPerIP),
-		gen:    &generation{Driver: d},
-	}
-	srv := smtp.NewServer(s)
-	srv.Domain = opts.Config.Hostname
-	srv.MaxMessageBytes = int64(cfg.MaxMessageSize)
-	srv.MaxRecipients = cfg.MaxRecipients
-	srv.MaxLineLength = cfg.MaxLineLength
-	srv.ReadTimeout = time.Duration(cfg.CommandTimeout)
-	srv.WriteTimeout = time.Duration(cfg.CommandTimeout)
-	srv.EnableSMTPUTF8 = true
-	srv.ErrorLog = slogPrinter{opts.Logger}
+	cfg := &opts.Config.Server
+	s := &Server{opts: opts, limits: door.NewLimits(cfg.MaxConnections, cfg.MaxConnectionsPerIP), gen: &generation{Driver: d}}
+	s.srv = smtp.NewServer(s)
+	s.srv.Domain = opts.Config.Hostname
+	s.srv.MaxMessageBytes = int64(cfg.MaxMessageSize)
+	s.srv.MaxRecipients = cfg.MaxRecipients
+	s.srv.MaxLineLength = cfg.MaxLineLength
+	s.srv.ReadTimeout = time.Duration(cfg.CommandTimeout)
+	s.srv.WriteTimeout = time.Duration(cfg.CommandTimeout)
+	s.srv.EnableSMTPUTF8 = true
+	s.srv.ErrorLog = slogPrinter{opts.Logger}
 	if cfg.TLSCert != "" {
-		if s.certs, err = loadCertFiles(cfg.TLSCert, cfg.TLSKey, opts.Logger); err != nil {
+		// The files of the config new sessions run under: a reload
+		// (SIGHUP, as certbot's deploy hooks send) may name others.
+		certs, err := door.LoadCerts(func() (string, string) {
+			c := &s.current().opts.Config.Server
+			return c.TLSCert, c.TLSKey
+		}, opts.Logger)
+		if err != nil {
 			return nil, fmt.Errorf("server.tls_cert: %w", err)
 		}
-		srv.TLSConfig = &tls.Config{GetCertificate: s.certs.get, MinVersion: tls.VersionTLS12}
+		s.srv.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
 	}
-	if opts.Clock == nil {
-		opts.Clock = time.Now
-	}
-	if opts.CertPoll == 0 {
-		opts.CertPoll = certPollInterval
-	}
-	if s.pregreetCache, err = openPregreetCache(opts.Pregreet, opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics); err != nil {
+	if s.pregreetCache, err = door.OpenPregreet(opts.Pregreet, opts.Config.DataDir, opts.Clock, opts.Logger, opts.Metrics.storeErr.Inc); err != nil {
 		return nil, fmt.Errorf("server.pregreet_delay: %w", err)
 	}
-	s.opts = opts
-	s.srv = srv
 	return s, nil
 }
 
@@ -139,12 +128,7 @@ func (s *Server) Reload(u Update, retired func()) error {
 		}
 	}
 	gen := &generation{Driver: d}
-	s.limits.set(u.Config.Server.MaxConnections, u.Config.Server.MaxConnectionsPerIP)
-	if s.certs != nil {
-		// A reload (SIGHUP) loads the certificate again, as certbot's
-		// deploy hooks expect; a pair that does not load keeps the old.
-		s.certs.use(u.Config.Server.TLSCert, u.Config.Server.TLSKey)
-	}
+	s.limits.Set(u.Config.Server.MaxConnections, u.Config.Server.MaxConnectionsPerIP)
 	s.mu.Lock()
 	old := s.gen
 	s.gen = gen
@@ -185,19 +169,28 @@ func (s *Server) release(g *generation) {
 
 // Serve accepts SMTP connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	if s.certs != nil {
-		s.watchCerts.Do(func() { go s.certs.watch(s.opts.CertPoll) })
-	}
 	if cfg := &s.opts.Config.Server; cfg.ProxyProtocol {
-		l = newProxyListener(l, cfg.Proxies(), proxyHeaderTimeout, s.opts.Logger, s.opts.Metrics)
+		l = door.Proxy(l, cfg.Proxies(), door.ProxyHeaderTimeout, func(peer netip.Addr, why string, err error) {
+			attrs := []any{"peer", peer}
+			if err != nil {
+				attrs = append(attrs, "err", err)
+			}
+			s.opts.Logger.Warn("connection refused: "+why, attrs...)
+			s.opts.Metrics.refused("proxy")
+		})
 	}
-	return s.srv.Serve(&limitListener{Listener: l, limits: s.limits, log: s.opts.Logger, metrics: s.opts.Metrics, greet: s.pregreet})
+	// RFC 5321 §3.8: the server may close with 421 when it cannot serve.
+	return s.srv.Serve(&door.Listener{Listener: l, Limits: s.limits, Greet: s.pregreet,
+		Refusal: "421 4.7.0 Too many connections, try again later\r\n",
+		Refused: func(c net.Conn, limit string) {
+			s.opts.Logger.Warn("connection refused", "client", door.RemoteAddr(c), "limit", limit)
+			s.opts.Metrics.reply(421)
+		}})
 }
 
 // Shutdown stops accepting and waits for sessions to end until ctx is done,
 // then closes what is left. An unfinished DATA is aborted, never half-queued.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stopCerts()
 	err := s.srv.Shutdown(ctx)
 	if ctx.Err() != nil {
 		s.srv.Close()
@@ -206,210 +199,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Close stops the server at once.
-func (s *Server) Close() error {
-	s.stopCerts()
-	return s.srv.Close()
-}
-
-func (s *Server) stopCerts() {
-	if s.certs != nil {
-		s.certs.close()
-	}
-}
-
-// connLimits counts open connections in total and per client IP.
-type connLimits struct {
-	mu       sync.Mutex
-	total    int
-	perIP    map[netip.Addr]int
-	maxTotal int
-	maxPerIP int
-}
-
-func newConnLimits(maxTotal, maxPerIP int) *connLimits {
-	return &connLimits{perIP: make(map[netip.Addr]int), maxTotal: maxTotal, maxPerIP: maxPerIP}
-}
-
-// set changes the limits for connections accepted from now on.
-func (l *connLimits) set(maxTotal, maxPerIP int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.maxTotal, l.maxPerIP = maxTotal, maxPerIP
-}
-
-// acquire takes a slot for a; it returns false and a reason when a limit
-// is reached.
-func (l *connLimits) acquire(a netip.Addr) (bool, string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.maxTotal > 0 && l.total >= l.maxTotal {
-		return false, "max_connections"
-	}
-	if l.maxPerIP > 0 && l.perIP[a] >= l.maxPerIP {
-		return false, "max_connections_per_ip"
-	}
-	l.total++
-	l.perIP[a]++
-	return true, ""
-}
-
-func (l *connLimits) release(a netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.total--
-	if l.perIP[a]--; l.perIP[a] <= 0 {
-		delete(l.perIP, a)
-	}
-}
-
-// limitListener refuses connections over the limits with 421 before go-smtp
-// sees them, so a flood from one address cannot starve other clients.
-type limitListener struct {
-	net.Listener
-	limits  *connLimits
-	log     *slog.Logger
-	metrics *Metrics
-	greet   func(*limitedConn) error // the pre-greet test
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		a := remoteAddr(c)
-		if ok, why := l.limits.acquire(a); !ok {
-			l.log.Warn("connection refused", "client", a, "limit", why)
-			l.metrics.reply(421)
-			go refuse(c)
-			continue
-		}
-		return &limitedConn{Conn: c, release: func() { l.limits.release(a) }, greet: l.greet}, nil
-	}
-}
-
-// refuse answers 421 (RFC 5321 §3.8: the server may close with 421 when it
-// cannot serve) and closes.
-func refuse(c net.Conn) {
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c, "421 4.7.0 Too many connections, try again later\r\n")
-	c.Close()
-}
-
-type limitedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-
-	// greet runs before the first write, the banner: go-smtp writes it
-	// first thing, and has no hook before it. greetErr, if set, fails
-	// that write and every later one.
-	greet     func(*limitedConn) error
-	greetOnce sync.Once
-	greetErr  error
-	// pipelineWatch is set when the pre-greet test watches the client's
-	// commands until its first HELO/EHLO (Server.greeted); pipelined
-	// when a read brought bytes past the end of a command line: the
-	// client did not wait for the reply. Used by the connection's
-	// goroutine only.
-	pipelineWatch, pipelined bool
-
-	// While a message is read (readingData), every read that brings
-	// bytes moves the read deadline idle ahead (data_timeout, per read as
-	// Postfix's smtpd_timeout), and no read deadline, whoever sets it
-	// (go-smtp sets its own for the commands between BDAT chunks), goes
-	// past until (data_total_timeout): a client trickling a byte at a
-	// time cannot hold its connection for ever.
-	mu    sync.Mutex
-	idle  time.Duration
-	until time.Time
-}
-
-func (c *limitedConn) Close() error {
-	c.once.Do(c.release)
-	return c.Conn.Close()
-}
-
-func (c *limitedConn) Write(p []byte) (int, error) {
-	if c.greet != nil {
-		c.greetOnce.Do(func() { c.greetErr = c.greet(c) })
-	}
-	if c.greetErr != nil {
-		return 0, c.greetErr
-	}
-	return c.Conn.Write(p)
-}
-
-func (c *limitedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if c.pipelineWatch && n > 0 {
-		if i := bytes.IndexByte(p[:n], '\n'); i >= 0 && i < n-1 {
-			c.pipelined = true
-		}
-	}
-	if n > 0 {
-		c.mu.Lock()
-		if c.idle > 0 {
-			c.Conn.SetReadDeadline(c.capped(time.Now().Add(c.idle)))
-		}
-		c.mu.Unlock()
-	}
-	return n, err
-}
-
-func (c *limitedConn) SetReadDeadline(t time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.Conn.SetReadDeadline(c.capped(t))
-}
-
-func (c *limitedConn) SetDeadline(t time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.Conn.SetWriteDeadline(t); err != nil {
-		return err
-	}
-	return c.Conn.SetReadDeadline(c.capped(t))
-}
-
-// capped is read deadline t, no later than until. Under mu.
-func (c *limitedConn) capped(t time.Time) time.Time {
-	if !c.until.IsZero() && (t.IsZero() || t.After(c.until)) {
-		return c.until
-	}
-	return t
-}
-
-// readingData starts reading a message, with idle and until as above; a
-// zero idle ends it.
-func (c *limitedConn) readingData(idle time.Duration, until time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.idle, c.until = idle, until
-	if idle > 0 {
-		c.Conn.SetReadDeadline(c.capped(time.Now().Add(idle)))
-	}
-}
-
-// limited returns the limitedConn under c, which may be wrapped in TLS;
-// nil when c did not come from Serve's listener.
-func limited(c net.Conn) *limitedConn {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	lc, _ := c.(*limitedConn)
-	return lc
-}
-
-func remoteAddr(c net.Conn) netip.Addr {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		if a, ok := netip.AddrFromSlice(ta.IP); ok {
-			return a.Unmap()
-		}
-	}
-	return netip.Addr{}
-}
+func (s *Server) Close() error { return s.srv.Close() }
 
 // slogPrinter routes go-smtp's own error log into slog.
 type slogPrinter struct{ log *slog.Logger }

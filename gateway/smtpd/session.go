@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailgate/mailgate/door"
 	"github.com/mailgate/mailgate/stages"
 )
 
@@ -39,21 +40,21 @@ type txn struct {
 // NewSession implements smtp.Backend. go-smtp calls it at the first
 // HELO/EHLO; the driver runs the connect and helo phases.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	if !s.greeted(limited(c.Conn())) {
+	if !s.greeted(door.Of(c.Conn())) {
 		return nil, errEarlyTalker // closed: go-smtp cannot write it
 	}
-	client := stages.Client{Addr: remoteAddr(c.Conn()), Helo: c.Hostname()}
+	client := stages.Client{Addr: door.RemoteAddr(c.Conn()), Helo: c.Hostname()}
 	if ta, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
 		client.Port = uint16(ta.Port)
 	}
 	if st, ok := c.TLSConnectionState(); ok {
 		client.TLS = tlsDescription(st.Version, st.CipherSuite)
 	} else {
-		client.TLS = proxiedTLS(c.Conn()) // the client's TLS with a proxy
+		client.TLS = clean(door.ProxiedTLS(c.Conn()), "()") // the client's TLS with a proxy
 	}
-	s.opts.Metrics.session()
+	s.opts.Metrics.sessions.Inc()
 	sess := &session{srv: s, gen: s.acquire(), conn: c}
-	sess.dc = sess.gen.Connect(client, func() (context.Context, func()) { return whileConnected(c.Conn()) })
+	sess.dc = sess.gen.Connect(client, func() (context.Context, func()) { return door.WhileConnected(c.Conn()) })
 	return sess, nil
 }
 
@@ -116,10 +117,10 @@ func (s *session) Data(r io.Reader) error {
 	// Reading: a slow but moving client is not cut off, a stalled one is
 	// (data_timeout), and so is one that takes too long in all
 	// (data_total_timeout, from the DATA or first BDAT command on).
-	if lc := limited(s.conn.Conn()); lc != nil {
+	if lc := door.Of(s.conn.Conn()); lc != nil {
 		cfg := &s.gen.opts.Config.Server
-		lc.readingData(time.Duration(cfg.DataTimeout), time.Now().Add(time.Duration(cfg.DataTotalTimeout)))
-		defer lc.readingData(0, time.Time{})
+		lc.Reading(time.Duration(cfg.DataTimeout), time.Now().Add(time.Duration(cfg.DataTotalTimeout)))
+		defer lc.Reading(0, time.Time{})
 	}
 	return t.Data(r).Reply
 }

@@ -2,11 +2,14 @@
 // leaves either the old content or the new content whole, never a torn
 // file, and so that the names created, renamed or removed survive too: a
 // file's own fsync does not cover its name in the directory (fsync(2)).
-// The spool, the quarantine, the state files of the door controls and
-// stages that hand mail to the gateway all write through it.
+// The spool, the quarantine, Maildir delivery, the state files of the
+// door controls and stages that hand mail to the gateway all write
+// through it.
 package durable
 
 import (
+	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -30,6 +33,12 @@ func Sync(path string) error {
 // path's directory synced. tmpDir must be on path's file system; ""
 // is path's own directory, where the temporary name starts with a dot.
 func WriteFile(path string, b []byte, tmpDir string) error {
+	return Write(path, bytes.NewReader(b), tmpDir)
+}
+
+// Write is WriteFile with the content read from r (a message stored into
+// a Maildir: tmpDir is its tmp/, path in its new/).
+func Write(path string, r io.Reader, tmpDir string) error {
 	dir := filepath.Dir(path)
 	if tmpDir == "" {
 		tmpDir = dir
@@ -38,7 +47,7 @@ func WriteFile(path string, b []byte, tmpDir string) error {
 	if err != nil {
 		return err
 	}
-	_, err = tmp.Write(b)
+	_, err = io.Copy(tmp, r)
 	if err == nil {
 		err = tmp.Sync()
 	}

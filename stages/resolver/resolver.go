@@ -4,6 +4,8 @@
 // long the answer may be kept, and keeps failures that say nothing about the
 // name (timeouts, SERVFAIL) apart from answers that say a name or record does
 // not exist, because SPF and DNSBL treat the two very differently.
+// MailHosts chooses the hosts that take a domain's mail, as the router
+// needs them.
 package resolver
 
 import (

@@ -25,7 +25,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -39,24 +38,21 @@ const (
 	// startTimeout bounds the wait for the server to take connections:
 	// crash recovery after a kill runs first.
 	startTimeout = 60 * time.Second
-	stopTimeout  = 30 * time.Second
-	// attempts bounds the starts tried on fresh free ports.
-	attempts = 3
 	// Superuser is the role initdb creates; it needs no password.
 	Superuser = "mailgate"
 )
 
-// Server is a running PostgreSQL server.
+// Server is a running PostgreSQL server; Kill (of the server and its
+// backends: committed transactions survive in the write-ahead log), Stop
+// (a "fast" shutdown, SIGINT: clients disconnected, open transactions
+// rolled back), Restart (on the same port and data) and Log are its
+// Daemon's.
 type Server struct {
-	t    testing.TB
-	bin  string // the postgres program
+	*testkit.Daemon
 	dir  string // holds data/ and the Unix socket
 	port string
 	cred *syscall.Credential // nil: run as ourselves
-
-	mu   sync.Mutex
-	proc *testkit.Process // nil while stopped
-	dbs  atomic.Int64     // databases made by NewDatabase
+	dbs  atomic.Int64        // databases made by NewDatabase
 }
 
 // Start makes a cluster with initdb and starts the server on it, and
@@ -66,7 +62,7 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin, initdb := find(t)
-	s := &Server{t: t, bin: bin}
+	s := &Server{}
 	cred, err := unprivileged()
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
@@ -89,17 +85,31 @@ func Start(t testing.TB) *Server {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("pgtest: initdb: %v\n%s", err, out)
 	}
-	var lastErr error
-	for range attempts {
+	s.Daemon = testkit.NewDaemon(t, testkit.DaemonSpec{
+		Name: "postgres",
+		Command: func() *exec.Cmd {
+			return s.command(bin, "-D", s.data(),
+				"-h", "127.0.0.1", "-p", s.port, "-k", s.dir,
+				// A test's data need not survive the machine, only the
+				// process: fsync off changes nothing a kill shows (the
+				// log is written to the kernel at commit all the same)
+				// and spares the disk. synchronous_commit stays on for
+				// that reason.
+				"-c", "fsync=off", "-c", "full_page_writes=off",
+				"-c", "shared_buffers=16MB", "-c", "max_connections=100",
+				"-c", "log_min_messages=warning",
+			)
+		},
+		Ready:        s.ready,
+		StartTimeout: startTimeout,
+		StopSignal:   syscall.SIGINT,
+		StopTimeout:  30 * time.Second,
+	})
+	s.Launch(func() {
 		addr := testkit.FreeAddr(t)
 		s.port = addr[strings.LastIndex(addr, ":")+1:]
-		if lastErr = s.start(); lastErr == nil {
-			t.Cleanup(s.Stop)
-			return s
-		}
-	}
-	t.Fatalf("pgtest: %v", lastErr)
-	return nil
+	})
+	return s
 }
 
 func (s *Server) data() string { return filepath.Join(s.dir, "data") }
@@ -130,50 +140,6 @@ func (s *Server) NewDatabase(t testing.TB) string {
 	return s.URL(name)
 }
 
-// Kill kills the server and all its backends with SIGKILL, as a crash
-// would, and waits until the server is gone. Committed transactions
-// survive (the write-ahead log is in the files); Restart recovers them.
-func (s *Server) Kill() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc != nil {
-		s.proc.Kill()
-		s.proc = nil
-	}
-}
-
-// Stop shuts the server down ("fast" shutdown, SIGINT: clients are
-// disconnected, open transactions rolled back) and waits until it is
-// gone. Later calls do nothing; Restart starts it again.
-func (s *Server) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc != nil {
-		s.proc.Stop(syscall.SIGINT, stopTimeout)
-		s.proc = nil
-	}
-}
-
-// Restart starts the server again on the same port and data after Kill
-// or Stop, and returns once it takes connections. It fails the test if
-// it cannot.
-func (s *Server) Restart() {
-	s.t.Helper()
-	if err := s.start(); err != nil {
-		s.t.Fatalf("pgtest: restart: %v", err)
-	}
-}
-
-// Log returns what the running server has logged, for a failure message.
-func (s *Server) Log() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == nil {
-		return "(postgres is not running)"
-	}
-	return s.proc.Output()
-}
-
 // command runs name as the server's user.
 func (s *Server) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
@@ -182,34 +148,6 @@ func (s *Server) command(name string, args ...string) *exec.Cmd {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
 	}
 	return cmd
-}
-
-func (s *Server) start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc != nil {
-		return fmt.Errorf("postgres on %s is already running", s.Addr())
-	}
-	cmd := s.command(s.bin, "-D", s.data(),
-		"-h", "127.0.0.1", "-p", s.port, "-k", s.dir,
-		// A test's data need not survive the machine, only the
-		// process: fsync off changes nothing a kill shows (the log is
-		// written to the kernel at commit all the same) and spares the
-		// disk. synchronous_commit stays on for that reason.
-		"-c", "fsync=off", "-c", "full_page_writes=off",
-		"-c", "shared_buffers=16MB", "-c", "max_connections=100",
-		"-c", "log_min_messages=warning",
-	)
-	p, err := testkit.StartProcess(cmd)
-	if err != nil {
-		return err
-	}
-	if err := p.WaitReady(startTimeout, s.ready); err != nil {
-		p.Kill()
-		return fmt.Errorf("postgres on %s: %w\n%s", s.Addr(), err, p.Output())
-	}
-	s.proc = p
-	return nil
 }
 
 // ready reports whether the server takes a connection and a query: while

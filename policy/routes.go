@@ -1,34 +1,34 @@
-package router
+package policy
 
 import (
 	"sort"
 	"strings"
 
-	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages/address"
 )
 
-// Table maps recipient domains to routes. Domains compare as address.Fold
-// writes them (case, root dot and U-labels folded), the entries and what
-// is looked up alike, so that relay control (Relays) and delivery (Match)
-// never disagree about a name. It is read-only once built and safe for
-// concurrent use.
-type Table struct {
-	exact map[string]*policy.Route
+// RouteTable maps recipient domains to routes: delivery (the router's
+// Match) and relay control (Relays: the SMTP server, the console's
+// digests) ask it. Domains compare as address.Fold writes them (case,
+// root dot and U-labels folded), the entries and what is looked up
+// alike, so that relay control and delivery never disagree about a name.
+// It is read-only once built and safe for concurrent use.
+type RouteTable struct {
+	exact map[string]*Route
 	wild  []wildcard // longest suffix first
-	def   *policy.Route
+	def   *Route
 }
 
 type wildcard struct {
 	suffix string // ".example.test"
-	route  *policy.Route
+	route  *Route
 }
 
-// NewTable builds the table of the [[route]] entries of a config policy
-// validated (a domain once, each a name, "*.name" or "*"). The routes are
+// NewRouteTable builds the table of the [[route]] entries of a validated
+// config (a domain once, each a name, "*.name" or "*"). The routes are
 // kept by pointer: the table must not outlive routes.
-func NewTable(routes []policy.Route) *Table {
-	t := &Table{exact: make(map[string]*policy.Route)}
+func NewRouteTable(routes []Route) *RouteTable {
+	t := &RouteTable{exact: make(map[string]*Route)}
 	for i := range routes {
 		r := &routes[i]
 		for _, d := range r.Domains {
@@ -51,7 +51,7 @@ func NewTable(routes []policy.Route) *Table {
 // bool is false when no route matches; such mail goes to the domain's MX
 // hosts. Match says where mail goes, not whether it may be taken: that is
 // Relays.
-func (t *Table) Match(domain string) (*policy.Route, bool) {
+func (t *RouteTable) Match(domain string) (*Route, bool) {
 	if r, ok := t.named(address.Fold(domain)); ok {
 		return r, true
 	}
@@ -66,14 +66,14 @@ func (t *Table) Match(domain string) (*policy.Route, bool) {
 // carries outbound mail of trusted clients and DSNs to the whole
 // Internet, and taking mail from anyone for it would make the gateway an
 // open relay (RFC 5321 §3.6.2 and §7.1).
-func (t *Table) Relays(domain string) bool {
+func (t *RouteTable) Relays(domain string) bool {
 	_, ok := t.named(address.Fold(domain))
 	return ok
 }
 
 // named returns the route an exact name or the longest "*.suffix" gives
 // the normalised domain d.
-func (t *Table) named(d string) (*policy.Route, bool) {
+func (t *RouteTable) named(d string) (*Route, bool) {
 	if r, ok := t.exact[d]; ok {
 		return r, true
 	}

@@ -1,8 +1,7 @@
-package smtpd
+package door
 
 import (
 	"errors"
-	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,28 +13,18 @@ import (
 	"github.com/pires/go-proxyproto/tlvparse"
 )
 
-// proxyHeaderTimeout bounds the wait for a proxy's PROXY header, as
+// ProxyHeaderTimeout bounds the wait for a proxy's PROXY header, as
 // Postfix's postscreen_upstream_proxy_timeout.
-const proxyHeaderTimeout = 5 * time.Second
+const ProxyHeaderTimeout = 5 * time.Second
 
 // proxyListener reads the PROXY protocol header (HAProxy's spec, v1 or
-// v2) of each connection before the SMTP server sees it, so that the
-// connection limits, the pre-greet test, the stages and the Received
-// field all see the client's address, not the proxy's. As the spec's
-// security model asks, a listener behind proxies takes connections from
-// the trusted proxies only, and each must open with a header: a
-// connection from elsewhere, or without a valid header within the
-// timeout, is closed with nothing sent and nothing processed.
-//
-// Headers are read in a goroutine per connection, so a proxy that is slow
-// to send one holds up nobody else; Accept returns the connections whose
-// header was read.
+// v2) of each connection before the server sees it, so that everything
+// after it sees the client's address, not the proxy's.
 type proxyListener struct {
 	net.Listener
 	trusted []netip.Prefix
 	timeout time.Duration
-	log     *slog.Logger
-	metrics *Metrics
+	refused func(peer netip.Addr, why string, err error)
 
 	accepted chan acceptResult
 	done     chan struct{} // closed by Close
@@ -50,8 +39,18 @@ type acceptResult struct {
 	err error
 }
 
-func newProxyListener(l net.Listener, trusted []netip.Prefix, timeout time.Duration, log *slog.Logger, m *Metrics) *proxyListener {
-	p := &proxyListener{Listener: l, trusted: trusted, timeout: timeout, log: log, metrics: m,
+// Proxy returns a listener that reads the PROXY header of each
+// connection l accepts. As the spec's security model asks, it takes
+// connections from the trusted proxies only, and each must open with a
+// header: a connection from elsewhere, or without a valid header within
+// timeout, is closed with nothing sent and nothing processed, and
+// refused is told why, and the error of a header that was not read.
+//
+// Headers are read in a goroutine per connection, so a proxy that is slow
+// to send one holds up nobody else; Accept returns the connections whose
+// header was read.
+func Proxy(l net.Listener, trusted []netip.Prefix, timeout time.Duration, refused func(peer netip.Addr, why string, err error)) net.Listener {
+	p := &proxyListener{Listener: l, trusted: trusted, timeout: timeout, refused: refused,
 		accepted: make(chan acceptResult), done: make(chan struct{}), pending: make(map[net.Conn]struct{})}
 	go p.acceptLoop()
 	return p
@@ -61,13 +60,15 @@ func (p *proxyListener) acceptLoop() {
 	for {
 		c, err := p.Listener.Accept()
 		if err != nil {
-			// The caller (go-smtp) sees the error: it backs off before the
-			// next Accept on a temporary one, and stops on any other.
+			// The caller sees the error: go-smtp backs off before the
+			// next Accept on a temporary one (EMFILE too), and stops on
+			// any other; so does this loop.
 			select {
 			case p.accepted <- acceptResult{err: err}:
 			case <-p.done:
 				return
 			}
+			//lint:ignore SA1019 the test go-smtp's Serve makes
 			if ne, ok := err.(net.Error); ok && ne.Temporary() {
 				continue
 			}
@@ -79,9 +80,10 @@ func (p *proxyListener) acceptLoop() {
 
 // admit reads c's header and hands c to Accept, or closes it.
 func (p *proxyListener) admit(raw net.Conn) {
-	peer := remoteAddr(raw)
+	peer := RemoteAddr(raw)
 	if !slices.ContainsFunc(p.trusted, func(n netip.Prefix) bool { return n.Contains(peer) }) {
-		p.refuse(raw, "connection refused: not from a proxy in proxy_trusted", "peer", peer)
+		p.refused(peer, "not from a proxy in proxy_trusted", nil)
+		raw.Close()
 		return
 	}
 	p.mu.Lock()
@@ -107,10 +109,10 @@ func (p *proxyListener) admit(raw net.Conn) {
 	if err != nil {
 		select {
 		case <-p.done: // closed by Close
-			raw.Close()
 		default:
-			p.refuse(raw, "connection refused: no valid PROXY header", "peer", peer, "err", err)
+			p.refused(peer, "no valid PROXY header", err)
 		}
+		raw.Close()
 		return
 	}
 	select {
@@ -138,12 +140,6 @@ func checkHeader(h *proxyproto.Header) error {
 	return nil
 }
 
-func (p *proxyListener) refuse(c net.Conn, msg string, attrs ...any) {
-	p.log.Warn(msg, attrs...)
-	p.metrics.refused("proxy")
-	c.Close()
-}
-
 func (p *proxyListener) Accept() (net.Conn, error) {
 	select {
 	case r := <-p.accepted:
@@ -168,20 +164,15 @@ func (p *proxyListener) Close() error {
 	return err
 }
 
-// proxiedTLS describes the TLS a PROXY v2 header says the client used
-// with the proxy (PP2_TYPE_SSL), in the form of tlsDescription; "" when
-// the header says none or there is no header.
-func proxiedTLS(c net.Conn) string {
-	lc := limited(c)
-	if lc == nil {
+// ProxiedTLS describes the TLS a PROXY v2 header says the client used
+// with the proxy (PP2_TYPE_SSL), as "TLS 1.3 with cipher X"; "" when the
+// header says none or c came with no header.
+func ProxiedTLS(c net.Conn) string {
+	pc := find[*proxyproto.Conn](c)
+	if pc == nil || pc.ProxyHeader() == nil {
 		return ""
 	}
-	pc, ok := lc.Conn.(*proxyproto.Conn)
-	if !ok || pc.ProxyHeader() == nil {
-		return ""
-	}
-	h := pc.ProxyHeader()
-	tlvs, err := h.TLVs()
+	tlvs, err := pc.ProxyHeader().TLVs()
 	if err != nil {
 		return ""
 	}
@@ -196,5 +187,5 @@ func proxiedTLS(c net.Conn) string {
 	if cipher, ok := ssl.SSLCipher(); ok {
 		desc += " with cipher " + cipher
 	}
-	return clean(desc, "()")
+	return desc
 }

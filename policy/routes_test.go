@@ -1,20 +1,17 @@
-package router
+package policy
 
 import (
 	"testing"
-	"time"
-
-	"github.com/mailgate/mailgate/policy"
 )
 
-func TestTableMatch(t *testing.T) {
-	routes := []policy.Route{
+func TestRouteTableMatch(t *testing.T) {
+	routes := []Route{
 		{Domains: []string{"example.test", "*.example.test"}, Servers: []string{"a:25"}},
 		{Domains: []string{"*.deep.example.test"}, Servers: []string{"b:25"}},
 		{Domains: []string{"Other.Test."}, MX: true},
 		{Domains: []string{"*"}, Maildir: "/tmp/x"},
 	}
-	tab := NewTable(routes)
+	tab := NewRouteTable(routes)
 	for _, tc := range []struct {
 		domain string
 		want   int // index in routes
@@ -34,7 +31,7 @@ func TestTableMatch(t *testing.T) {
 		}
 	}
 
-	noDefault := NewTable(routes[:3])
+	noDefault := NewRouteTable(routes[:3])
 	for _, d := range []string{"anything.else", "xexample.test", ""} {
 		if r, ok := noDefault.Match(d); ok {
 			t.Errorf("Match(%q) = %v, want no route", d, r)
@@ -42,32 +39,14 @@ func TestTableMatch(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	lo, hi := time.Minute, time.Hour
-	for _, tc := range []struct {
-		n    int
-		base time.Duration
-	}{
-		{1, time.Minute}, {2, 2 * time.Minute}, {3, 4 * time.Minute},
-		{7, time.Hour}, {100, time.Hour},
-	} {
-		for range 20 {
-			got := backoff(tc.n, lo, hi)
-			if got < tc.base || got > tc.base+tc.base/10 {
-				t.Fatalf("backoff(%d) = %v, want %v plus at most 10%%", tc.n, got, tc.base)
-			}
-		}
-	}
-}
-
-func TestTableRelays(t *testing.T) {
+func TestRouteTableRelays(t *testing.T) {
 	// The layout of examples/gateway.toml: our domains, and "*" for the
 	// outbound mail of trusted clients and DSNs.
-	routes := []policy.Route{
+	routes := []Route{
 		{Domains: []string{"example.test", "*.example.test"}, Servers: []string{"a:25"}},
 		{Domains: []string{"*"}, MX: true},
 	}
-	tab := NewTable(routes)
+	tab := NewRouteTable(routes)
 	for _, tc := range []struct {
 		domain string
 		want   bool
@@ -85,6 +64,20 @@ func TestTableRelays(t *testing.T) {
 		// Delivery still has a route for everything.
 		if _, ok := tab.Match(tc.domain); !ok {
 			t.Errorf("Match(%q): no route", tc.domain)
+		}
+	}
+}
+
+// A domain in UTF-8 is the same domain as its A-label, for relay control
+// and for delivery alike.
+func TestRouteTableIDN(t *testing.T) {
+	tab := NewRouteTable([]Route{{Domains: []string{"xn--bcher-kva.test"}, Servers: []string{"10.0.0.5:25"}}})
+	for _, d := range []string{"bücher.test", "BÜCHER.test.", "xn--bcher-kva.test"} {
+		if !tab.Relays(d) {
+			t.Errorf("Relays(%q) = false", d)
+		}
+		if _, ok := tab.Match(d); !ok {
+			t.Errorf("Match(%q): no route", d)
 		}
 	}
 }
