@@ -14,8 +14,8 @@ import (
 
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/gateway/admin"
-	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
 )

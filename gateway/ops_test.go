@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages/smtptest"
 )
 

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/durable"
 	"github.com/mailgate/mailgate/state/trace"

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"

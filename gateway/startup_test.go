@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/spool"
 )
 
 // freePort returns a loopback address nobody listens on (at the moment).

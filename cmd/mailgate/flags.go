@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 )
 
 // defaultConfig is where every command looks for the config when -config

@@ -15,8 +15,8 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/state/trace"
 )

@@ -47,7 +47,7 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 )
 
 // Header must be set to "1" on requests that change something.

@@ -14,7 +14,7 @@ import (
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/gateway/router"
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 )
 
 // fake is a Backend that records calls and fails as told.

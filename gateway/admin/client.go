@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 )
 
 // Client calls the admin API of a running gateway.

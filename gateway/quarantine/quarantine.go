@@ -61,7 +61,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages/durable"
 	"github.com/mailgate/mailgate/state"
 )

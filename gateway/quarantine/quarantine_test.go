@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/state/trace"
 )

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/state"
 	"github.com/mailgate/mailgate/state/pgtest"
 	"github.com/mailgate/mailgate/state/sqlstore"

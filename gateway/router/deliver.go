@@ -9,8 +9,8 @@ import (
 	"net"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages/address"
 )
 

@@ -6,7 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages/address"
 )
 

@@ -18,8 +18,8 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/smtptest"
 )

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/dsn"
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/state/trace"
 )
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/mailgate/mailgate/gateway/spool"
+	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages"
 )
 

@@ -7,8 +7,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailgate/mailgate/gateway/pipeline"
-	"github.com/mailgate/mailgate/gateway/spool"
 	"github.com/mailgate/mailgate/policy/ratelimit"
+	"github.com/mailgate/mailgate/spool"
 )
 
 // Replies. Texts are generic on purpose: they reach the sender, details go
