@@ -346,9 +346,12 @@ func (c *Console) sessionRevoked(ctx context.Context, id string) (bool, error) {
 }
 
 // revokeSession ends session s: in this node's memory at once, and in
-// the store for every node and restart.
+// the store for every node and restart, on a context of its own (a
+// logout whose browser goes away at once is kept all the same).
 func (c *Console) revokeSession(ctx context.Context, s *session) {
 	c.revoked.revoke(s.id, s.exp, c.opts.Now())
+	ctx, cancel := storeCtx(ctx)
+	defer cancel()
 	if err := c.opts.Revocations.RevokeSession(ctx, s.id, s.exp); err != nil {
 		c.log.Error("web logout: not kept in the state store; the session ends on this node only, until its restart", "user", s.User.Name, "err", err)
 	}

@@ -219,6 +219,24 @@ func TestLogoutHoldsOnCancelledRequest(t *testing.T) {
 	}
 }
 
+// TestLogoutKeptOnCancelledRequest: a logout whose client went away at
+// once is kept in the store all the same: a console started again on it
+// refuses the cookie.
+func TestLogoutKeptOnCancelledRequest(t *testing.T) {
+	e := newTestEnv(t, "")
+	a := e.browser()
+	token := a.login("admin")
+	stolen := a.cookies()
+	if w := e.direct(cancelled(), http.MethodPost, "/logout", url.Values{"csrf": {token}}, stolen); w.Code != http.StatusSeeOther {
+		t.Fatalf("logout: %d", w.Code)
+	}
+	thief := e.restarted().browser()
+	thief.setCookies(stolen)
+	if r := thief.get("/tracking"); r.code != http.StatusSeeOther || !strings.HasPrefix(r.h.Get("Location"), "/login") {
+		t.Errorf("a restarted console takes the cookie logged out on a cancelled request: %d", r.code)
+	}
+}
+
 // downRevocations is a store of revocations that does not answer.
 type downRevocations struct{ state.Revocations }
 
