@@ -107,6 +107,57 @@ func TestEndUserSeesOwnMailOnly(t *testing.T) {
 	}
 }
 
+// TestEndUserPageNamesNoOtherRecipient: an end user's page of a message
+// sent to several (some of them Bcc: the envelope holds them all) names
+// their own address only, and says whether it was released to them, not
+// to whom else; the admin's page names every recipient and release.
+func TestEndUserPageNamesNoOtherRecipient(t *testing.T) {
+	e := newTestEnv(t, "")
+	rec := e.quarantined("a@shop.example", []string{"bob@example.test", "carol@example.test", "dave@example.test"},
+		"To: bob@example.test\r\nSubject: for several\r\n\r\nhi\r\n", time.Now())
+	admin := e.browser()
+	tok := admin.login("admin")
+	r := admin.post("/quarantine/"+rec.ID+"/release", url.Values{"csrf": {tok}, "rcpt": {"carol@example.test"}})
+	if r.code != http.StatusOK {
+		t.Fatalf("release to carol: %d\n%s", r.code, r.body)
+	}
+	carolCopy := regexp.MustCompile(`queued as (\w+)`).FindStringSubmatch(r.body)[1]
+	page := admin.get("/quarantine/" + rec.ID)
+	for _, want := range []string{"carol@example.test", "dave@example.test", carolCopy} {
+		if !strings.Contains(page.body, want) {
+			t.Errorf("the admin's page lacks %s", want)
+		}
+	}
+	b := e.browser()
+	home := e.linkPath("bob@example.test")
+	page = b.get(home + "/" + rec.ID)
+	if page.code != http.StatusOK || !strings.Contains(page.body, "bob@example.test") {
+		t.Fatalf("bob's page: %d\n%s", page.code, page.body)
+	}
+	for _, other := range []string{"carol@example.test", "dave@example.test", carolCopy} {
+		if strings.Contains(page.body, other) {
+			t.Errorf("bob's page shows %s", other)
+		}
+	}
+	if strings.Contains(page.body, "badge released") {
+		t.Errorf("bob's page says released: the release was carol's")
+	}
+	r = b.post(home+"/"+rec.ID+"/release", url.Values{"csrf": {csrfRE.FindStringSubmatch(page.body)[1]}})
+	if r.code != http.StatusOK {
+		t.Fatalf("bob's release: %d\n%s", r.code, r.body)
+	}
+	bobCopy := regexp.MustCompile(`queued as (\w+)`).FindStringSubmatch(r.body)[1]
+	page = b.get(home + "/" + rec.ID)
+	if !strings.Contains(page.body, "badge released") || !strings.Contains(page.body, bobCopy) {
+		t.Errorf("bob's page does not say it was released to him as %s\n%s", bobCopy, page.body)
+	}
+	for _, other := range []string{"carol@example.test", "dave@example.test", carolCopy} {
+		if strings.Contains(page.body, other) {
+			t.Errorf("bob's page after his release shows %s", other)
+		}
+	}
+}
+
 // TestEndUserLinkExpires: a link works until link_ttl, then says it has
 // expired (410); a changed link is refused (403); neither shows mail.
 func TestEndUserLinkExpires(t *testing.T) {
