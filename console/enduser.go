@@ -138,7 +138,7 @@ func (c *Console) revokeLinks(ctx context.Context, v view, rcpt string) error {
 	if err != nil {
 		return refusef("not an address: %s", rcpt)
 	}
-	a = ownerKey(a) // as the store keeps it: lower case
+	a = address.Key(a) // as the store keeps it
 	gen, err := c.opts.Revocations.RevokeLinks(ctx, a)
 	if err != nil {
 		return err

@@ -158,6 +158,41 @@ func TestEndUserPageNamesNoOtherRecipient(t *testing.T) {
 	}
 }
 
+// TestEndUserMailboxOneRule: what opens a recipient's mail and what a
+// revocation of their links ends are the same mailbox by one rule
+// (address.Key): the ASCII letters of the local part without case, any
+// other character as written. "ſam" (U+017F, which Unicode folds to "s")
+// is not sam: its link opens none of sam's mail. "İsam" (U+0130, which
+// strings.ToLower makes "isam") is not isam: ending isam's links leaves
+// its link working. "SAM" is sam, both ways.
+func TestEndUserMailboxOneRule(t *testing.T) {
+	e := newTestEnv(t, "")
+	sams := e.quarantined("a@shop.example", []string{"sam@example.test"}, "Subject: for sam\r\n\r\nhi\r\n", time.Now())
+	e.quarantined("a@shop.example", []string{"isam@example.test"}, "Subject: for isam\r\n\r\nhi\r\n", time.Now())
+	b := e.browser()
+	if r := b.get(e.linkPath("ſam@example.test") + "/" + sams.ID); r.code != http.StatusNotFound {
+		t.Errorf("sam's message through the link of ſam: %d, want 404", r.code)
+	}
+	upper := e.linkPath("SAM@example.test")
+	if r := b.get(upper + "/" + sams.ID); r.code != http.StatusOK {
+		t.Errorf("sam's message through the link of SAM: %d, want 200", r.code)
+	}
+	dotted := e.linkPath("İsam@example.test")
+	admin := e.browser()
+	token := admin.login("admin")
+	for _, owner := range []string{"isam@example.test", "sam@example.test"} {
+		if r := admin.post("/links/revoke", url.Values{"csrf": {token}, "owner": {owner}}); r.code != http.StatusOK {
+			t.Fatalf("revoke %s: %d\n%s", owner, r.code, r.body)
+		}
+	}
+	if r := b.get(dotted); r.code != http.StatusOK {
+		t.Errorf("ending isam's links ended İsam's: %d", r.code)
+	}
+	if r := b.get(upper); r.code != http.StatusForbidden {
+		t.Errorf("ending sam's links left SAM's working: %d", r.code)
+	}
+}
+
 // TestEndUserLinkExpires: a link works until link_ttl, then says it has
 // expired (410); a changed link is refused (403); neither shows mail.
 func TestEndUserLinkExpires(t *testing.T) {
