@@ -308,25 +308,50 @@ func (r *revocations) has(id string) bool {
 	return ok
 }
 
+// storeWait bounds what a page waits for the store's word on a session
+// or a link: a store that does not answer by then is taken as down.
+const storeWait = 5 * time.Second
+
+// storeCtx is the context of a look-up or a write of a revocation: ctx's
+// values without its cancellation, bounded by storeWait. A client that
+// half-closes its socket cancels its request's context (net/http), and
+// the store then fails with context.Canceled: what the store says of a
+// session or link, and whether a logout is kept, must not depend on
+// whether the client still listens.
+func storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), storeWait)
+}
+
+// errUnverified is the answer for a session whose logout cannot be ruled
+// out: its cookie is good, but the store does not answer.
+var errUnverified = errors.New("the state store does not answer: whether the session was logged out is unknown")
+
 // sessionRevoked reports whether session id was logged out, here or on
-// any node sharing the store. While the store does not answer, only the
-// logouts made on this node are known: the console stays usable for the
-// outage (logged, as a warning, at each request it affects).
-func (c *Console) sessionRevoked(ctx context.Context, id string) bool {
+// any node sharing the store. It fails closed: this node's own logouts
+// are known from memory, but while the store does not answer a logout
+// made on another node (or before a restart) cannot be ruled out, and
+// the session is errUnverified, not valid.
+func (c *Console) sessionRevoked(ctx context.Context, id string) (bool, error) {
 	if c.revoked.has(id) {
-		return true
+		return true, nil
 	}
+	ctx, cancel := storeCtx(ctx)
+	defer cancel()
 	revoked, err := c.opts.Revocations.SessionRevoked(ctx, id)
 	if err != nil {
-		c.log.Warn("web session: the state store does not answer; only this node's logouts are known", "err", err)
+		c.log.Error("web session refused: "+errUnverified.Error(), "err", err)
+		return false, errUnverified
 	}
-	return revoked
+	return revoked, nil
 }
 
 // revokeSession ends session s: in this node's memory at once, and in
-// the store for every node and restart.
+// the store for every node and restart, on a context of its own (a
+// logout whose browser goes away at once is kept all the same).
 func (c *Console) revokeSession(ctx context.Context, s *session) {
 	c.revoked.revoke(s.id, s.exp, c.opts.Now())
+	ctx, cancel := storeCtx(ctx)
+	defer cancel()
 	if err := c.opts.Revocations.RevokeSession(ctx, s.id, s.exp); err != nil {
 		c.log.Error("web logout: not kept in the state store; the session ends on this node only, until its restart", "user", s.User.Name, "err", err)
 	}

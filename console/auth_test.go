@@ -3,9 +3,11 @@ package console
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"slices"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/state"
 )
 
 // TestHostChecked: a request for a name the console was not given gets
@@ -148,6 +151,138 @@ func TestLogoutHolds(t *testing.T) {
 		if r := owner.get("/tracking"); r.code != http.StatusOK {
 			t.Errorf("%s refuses another session of the user: %d", name, r.code)
 		}
+	}
+}
+
+// direct serves one request by calling e's handler with ctx as the
+// request's context, with cookies: a request whose client went away
+// (net/http cancels the context of a request whose client half-closed
+// its socket), which no HTTP client sends.
+func (e *testEnv) direct(ctx context.Context, method, path string, form url.Values, cookies []*http.Cookie) *httptest.ResponseRecorder {
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req := httptest.NewRequestWithContext(ctx, method, "http://console.localhost"+path, body)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+	}
+	for _, ck := range cookies {
+		req.AddCookie(ck)
+	}
+	w := httptest.NewRecorder()
+	e.c.Handler().ServeHTTP(w, req)
+	return w
+}
+
+// cancelled is a context cancelled already.
+func cancelled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
+
+// TestLogoutHoldsOnCancelledRequest: a client that half-closes its
+// socket has its request's context cancelled before the console asks the
+// store about its session; that must not make a logged-out cookie good.
+// On console B (the same store, nothing in memory) the cookie logged out
+// on console A is sent to the login form, and a delete with its CSRF
+// token is refused and deletes nothing. A change on a cancelled request
+// of a good session does not happen either.
+func TestLogoutHoldsOnCancelledRequest(t *testing.T) {
+	e := newTestEnv(t, "")
+	rec := e.quarantined("a@shop.example", []string{"bob@example.test"}, "Subject: held\r\n\r\nhi\r\n", time.Now())
+	a := e.browser()
+	token := a.login("admin")
+	stolen := a.cookies()
+	if r := a.post("/logout", url.Values{"csrf": {token}}); r.code != http.StatusSeeOther {
+		t.Fatalf("logout: %d", r.code)
+	}
+	b := e.restarted()
+	if w := b.direct(cancelled(), http.MethodGet, "/quarantine", nil, stolen); w.Code != http.StatusSeeOther || !strings.HasPrefix(w.Header().Get("Location"), "/login") {
+		t.Errorf("GET /quarantine, cancelled, logged-out cookie: %d %s, want 303 to /login", w.Code, w.Header().Get("Location"))
+	}
+	w := b.direct(cancelled(), http.MethodPost, "/quarantine/"+rec.ID+"/delete", url.Values{"csrf": {token}}, stolen)
+	if w.Code != http.StatusForbidden {
+		t.Errorf("POST delete, cancelled, logged-out cookie: %d, want 403", w.Code)
+	}
+	if _, err := e.backend.quar.Get(rec.ID); err != nil {
+		t.Fatalf("the message is gone: %v", err)
+	}
+
+	live := b.browser()
+	liveToken := live.login("admin")
+	w = b.direct(cancelled(), http.MethodPost, "/quarantine/"+rec.ID+"/delete", url.Values{"csrf": {liveToken}}, live.cookies())
+	if _, err := e.backend.quar.Get(rec.ID); err != nil {
+		t.Fatalf("a delete on a cancelled request happened (%d): %v", w.Code, err)
+	}
+}
+
+// TestLogoutKeptOnCancelledRequest: a logout whose client went away at
+// once is kept in the store all the same: a console started again on it
+// refuses the cookie.
+func TestLogoutKeptOnCancelledRequest(t *testing.T) {
+	e := newTestEnv(t, "")
+	a := e.browser()
+	token := a.login("admin")
+	stolen := a.cookies()
+	if w := e.direct(cancelled(), http.MethodPost, "/logout", url.Values{"csrf": {token}}, stolen); w.Code != http.StatusSeeOther {
+		t.Fatalf("logout: %d", w.Code)
+	}
+	thief := e.restarted().browser()
+	thief.setCookies(stolen)
+	if r := thief.get("/tracking"); r.code != http.StatusSeeOther || !strings.HasPrefix(r.h.Get("Location"), "/login") {
+		t.Errorf("a restarted console takes the cookie logged out on a cancelled request: %d", r.code)
+	}
+}
+
+// downRevocations is a store of revocations that does not answer.
+type downRevocations struct{ state.Revocations }
+
+var errDown = errors.New("connection refused")
+
+func (downRevocations) SessionRevoked(context.Context, string) (bool, error) { return false, errDown }
+func (downRevocations) RevokeSession(context.Context, string, time.Time) error {
+	return errDown
+}
+
+// TestSessionStoreDown: while the store does not answer, a session
+// cannot be told from one logged out on another node: its pages and
+// changes get 503 and say why (not the login form, not the page), and a
+// change does not happen; a logout still ends it on this node; when the
+// store answers again the session works.
+func TestSessionStoreDown(t *testing.T) {
+	e := newTestEnv(t, "")
+	rec := e.quarantined("a@shop.example", []string{"bob@example.test"}, "Subject: held\r\n\r\nhi\r\n", time.Now())
+	b := e.browser()
+	token := b.login("admin")
+	up := e.c.opts.Revocations
+	e.c.opts.Revocations = downRevocations{up}
+	r := b.get("/quarantine")
+	if r.code != http.StatusServiceUnavailable || !strings.Contains(r.body, "state store does not answer") {
+		t.Errorf("GET with the store down: %d\n%s", r.code, r.body)
+	}
+	if r := b.post("/quarantine/"+rec.ID+"/delete", url.Values{"csrf": {token}}); r.code != http.StatusServiceUnavailable {
+		t.Errorf("POST delete with the store down: %d, want 503", r.code)
+	}
+	if _, err := e.backend.quar.Get(rec.ID); err != nil {
+		t.Fatalf("the message is gone: %v", err)
+	}
+	e.c.opts.Revocations = up
+	if r := b.get("/quarantine"); r.code != http.StatusOK {
+		t.Errorf("the store back: %d", r.code)
+	}
+	stolen := b.cookies()
+	e.c.opts.Revocations = downRevocations{up}
+	if r := b.post("/logout", url.Values{"csrf": {token}}); r.code != http.StatusSeeOther {
+		t.Fatalf("logout with the store down: %d", r.code)
+	}
+	e.c.opts.Revocations = up
+	thief := e.browser()
+	thief.setCookies(stolen)
+	if r := thief.get("/quarantine"); r.code != http.StatusSeeOther {
+		t.Errorf("the session logged out while the store was down works on this node: %d", r.code)
 	}
 }
 

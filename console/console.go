@@ -21,8 +21,10 @@
 // changes in the config. A logout is kept in the state store
 // (state.Revocations), since the cookie is valid by its signature alone:
 // a copy of it is refused after a restart and on every node sharing the
-// store. Failed logins are limited per client address
-// (an IPv6 /64) and name, and slowed down per name, never refused for it,
+// store. The check fails closed: while the store does not answer, a
+// session is refused (503) unless this node's own memory settles it, and
+// the store is asked on a context the client cannot cancel. Failed logins
+// are limited per client address (an IPv6 /64) and name, and slowed down per name, never refused for it,
 // so that nobody can lock an admin out. An end user needs no account: a digest mail carries a link
 // signed with HMAC-SHA256 that names the recipient, what it allows (their
 // whole quarantine, or one action on one message), the generation of

@@ -116,7 +116,7 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 			continue
 		}
 		for _, a := range rec.Pending() {
-			key := strings.ToLower(a)
+			key := address.Key(a)
 			if !digestFor(cfg, routes, a) {
 				continue
 			}
@@ -132,7 +132,7 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 		if err := ctx.Err(); err != nil {
 			return sent, errors.Join(append(errs, err)...)
 		}
-		key := strings.ToLower(rcpt)
+		key := address.Key(rcpt)
 		if run != nil && slices.Contains(run.Done, key) {
 			continue
 		}
@@ -292,7 +292,7 @@ func (c *Console) digestLoop(ctx context.Context) {
 type digestRun struct {
 	Last  time.Time `json:"last"`
 	Until time.Time `json:"until,omitzero"`
-	Done  []string  `json:"done,omitempty"` // lower case
+	Done  []string  `json:"done,omitempty"` // address.Key
 	file  string
 }
 

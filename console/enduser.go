@@ -33,7 +33,9 @@ func (c *Console) endUser(op string, h func(http.ResponseWriter, *http.Request, 
 			c.render(w, http.StatusForbidden, "error", view{Title: "Link not valid", Data: "This link is not valid."})
 			return
 		}
-		gen, err := c.opts.Revocations.LinkGeneration(r.Context(), l.Rcpt)
+		ctx, cancel := storeCtx(r.Context())
+		gen, err := c.opts.Revocations.LinkGeneration(ctx, l.Rcpt)
+		cancel()
 		switch {
 		case err != nil:
 			// Whether the link was revoked cannot be known: refused
@@ -57,10 +59,16 @@ func (c *Console) endUser(op string, h func(http.ResponseWriter, *http.Request, 
 			c.render(w, http.StatusForbidden, "error", v)
 			return
 		}
-		if r.Method == http.MethodPost && !c.keys.checkCSRF("link "+token, r.PostFormValue("csrf")) {
-			v.Title, v.Data = "Refused", "The form had no valid CSRF token: reload the page and try again."
-			c.render(w, http.StatusForbidden, "error", v)
-			return
+		if r.Method == http.MethodPost {
+			if !c.keys.checkCSRF("link "+token, r.PostFormValue("csrf")) {
+				v.Title, v.Data = "Refused", "The form had no valid CSRF token: reload the page and try again."
+				c.render(w, http.StatusForbidden, "error", v)
+				return
+			}
+			var ok bool
+			if r, ok = c.changeRequest(w, r); !ok {
+				return
+			}
 		}
 		h(w, r, v)
 	}
@@ -130,7 +138,7 @@ func (c *Console) revokeLinks(ctx context.Context, v view, rcpt string) error {
 	if err != nil {
 		return refusef("not an address: %s", rcpt)
 	}
-	a = ownerKey(a) // as the store keeps it: lower case
+	a = address.Key(a) // as the store keeps it
 	gen, err := c.opts.Revocations.RevokeLinks(ctx, a)
 	if err != nil {
 		return err

@@ -107,6 +107,92 @@ func TestEndUserSeesOwnMailOnly(t *testing.T) {
 	}
 }
 
+// TestEndUserPageNamesNoOtherRecipient: an end user's page of a message
+// sent to several (some of them Bcc: the envelope holds them all) names
+// their own address only, and says whether it was released to them, not
+// to whom else; the admin's page names every recipient and release.
+func TestEndUserPageNamesNoOtherRecipient(t *testing.T) {
+	e := newTestEnv(t, "")
+	rec := e.quarantined("a@shop.example", []string{"bob@example.test", "carol@example.test", "dave@example.test"},
+		"To: bob@example.test\r\nSubject: for several\r\n\r\nhi\r\n", time.Now())
+	admin := e.browser()
+	tok := admin.login("admin")
+	r := admin.post("/quarantine/"+rec.ID+"/release", url.Values{"csrf": {tok}, "rcpt": {"carol@example.test"}})
+	if r.code != http.StatusOK {
+		t.Fatalf("release to carol: %d\n%s", r.code, r.body)
+	}
+	carolCopy := regexp.MustCompile(`queued as (\w+)`).FindStringSubmatch(r.body)[1]
+	page := admin.get("/quarantine/" + rec.ID)
+	for _, want := range []string{"carol@example.test", "dave@example.test", carolCopy} {
+		if !strings.Contains(page.body, want) {
+			t.Errorf("the admin's page lacks %s", want)
+		}
+	}
+	b := e.browser()
+	home := e.linkPath("bob@example.test")
+	page = b.get(home + "/" + rec.ID)
+	if page.code != http.StatusOK || !strings.Contains(page.body, "bob@example.test") {
+		t.Fatalf("bob's page: %d\n%s", page.code, page.body)
+	}
+	for _, other := range []string{"carol@example.test", "dave@example.test", carolCopy} {
+		if strings.Contains(page.body, other) {
+			t.Errorf("bob's page shows %s", other)
+		}
+	}
+	if strings.Contains(page.body, "badge released") {
+		t.Errorf("bob's page says released: the release was carol's")
+	}
+	r = b.post(home+"/"+rec.ID+"/release", url.Values{"csrf": {csrfRE.FindStringSubmatch(page.body)[1]}})
+	if r.code != http.StatusOK {
+		t.Fatalf("bob's release: %d\n%s", r.code, r.body)
+	}
+	bobCopy := regexp.MustCompile(`queued as (\w+)`).FindStringSubmatch(r.body)[1]
+	page = b.get(home + "/" + rec.ID)
+	if !strings.Contains(page.body, "badge released") || !strings.Contains(page.body, bobCopy) {
+		t.Errorf("bob's page does not say it was released to him as %s\n%s", bobCopy, page.body)
+	}
+	for _, other := range []string{"carol@example.test", "dave@example.test", carolCopy} {
+		if strings.Contains(page.body, other) {
+			t.Errorf("bob's page after his release shows %s", other)
+		}
+	}
+}
+
+// TestEndUserMailboxOneRule: what opens a recipient's mail and what a
+// revocation of their links ends are the same mailbox by one rule
+// (address.Key): the ASCII letters of the local part without case, any
+// other character as written. "ſam" (U+017F, which Unicode folds to "s")
+// is not sam: its link opens none of sam's mail. "İsam" (U+0130, which
+// strings.ToLower makes "isam") is not isam: ending isam's links leaves
+// its link working. "SAM" is sam, both ways.
+func TestEndUserMailboxOneRule(t *testing.T) {
+	e := newTestEnv(t, "")
+	sams := e.quarantined("a@shop.example", []string{"sam@example.test"}, "Subject: for sam\r\n\r\nhi\r\n", time.Now())
+	e.quarantined("a@shop.example", []string{"isam@example.test"}, "Subject: for isam\r\n\r\nhi\r\n", time.Now())
+	b := e.browser()
+	if r := b.get(e.linkPath("ſam@example.test") + "/" + sams.ID); r.code != http.StatusNotFound {
+		t.Errorf("sam's message through the link of ſam: %d, want 404", r.code)
+	}
+	upper := e.linkPath("SAM@example.test")
+	if r := b.get(upper + "/" + sams.ID); r.code != http.StatusOK {
+		t.Errorf("sam's message through the link of SAM: %d, want 200", r.code)
+	}
+	dotted := e.linkPath("İsam@example.test")
+	admin := e.browser()
+	token := admin.login("admin")
+	for _, owner := range []string{"isam@example.test", "sam@example.test"} {
+		if r := admin.post("/links/revoke", url.Values{"csrf": {token}, "owner": {owner}}); r.code != http.StatusOK {
+			t.Fatalf("revoke %s: %d\n%s", owner, r.code, r.body)
+		}
+	}
+	if r := b.get(dotted); r.code != http.StatusOK {
+		t.Errorf("ending isam's links ended İsam's: %d", r.code)
+	}
+	if r := b.get(upper); r.code != http.StatusForbidden {
+		t.Errorf("ending sam's links left SAM's working: %d", r.code)
+	}
+}
+
 // TestEndUserLinkExpires: a link works until link_ttl, then says it has
 // expired (410); a changed link is refused (403); neither shows mail.
 func TestEndUserLinkExpires(t *testing.T) {

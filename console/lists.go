@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/state"
 )
 
@@ -110,14 +111,13 @@ func NewListCache(l state.Lists, ttl time.Duration) *ListCache {
 }
 
 // Entries returns owner's entries, from the cache while they are fresh;
-// "" (every owner's) is never cached. owner is in the form the store
-// keeps (state.CanonicalEntry), as the pipeline asks: the address in
-// canonical form, in lower case.
+// "" (every owner's) is never cached. The cache is by address.Key, as the
+// store keeps owners.
 func (c *ListCache) Entries(ctx context.Context, owner string) ([]state.ListEntry, error) {
 	if owner == "" {
 		return c.Lists.Entries(ctx, owner)
 	}
-	key := owner
+	key := address.Key(owner)
 	now := c.now()
 	c.mu.Lock()
 	e, ok := c.owners[key]
@@ -140,16 +140,8 @@ func (c *ListCache) Entries(ctx context.Context, owner string) ([]state.ListEntr
 
 func (c *ListCache) forget(owner string) {
 	c.mu.Lock()
-	delete(c.owners, ownerKey(owner))
+	delete(c.owners, address.Key(owner))
 	c.mu.Unlock()
-}
-
-// ownerKey is owner as the store keeps it (state.CanonicalEntry).
-func ownerKey(owner string) string {
-	if e, err := state.CanonicalEntry(state.ListEntry{Owner: owner, Kind: state.Allow, Sender: "example.test"}); err == nil {
-		return e.Owner
-	}
-	return strings.ToLower(owner)
 }
 
 // Add adds e and forgets what was cached of its owner.

@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"context"
 	"embed"
 	"fmt"
 	"html/template"
@@ -148,7 +149,7 @@ func (c *Console) render(w http.ResponseWriter, code int, page string, v view) {
 // fail answers with a page saying msg.
 func (c *Console) fail(w http.ResponseWriter, r *http.Request, code int, msg string) {
 	v := view{Title: http.StatusText(code), Data: msg}
-	if s := c.session(r); s != nil {
+	if s, err := c.session(r); s != nil && err == nil {
 		v.User, v.CSRF = &s.User, c.keys.csrfToken(s.token)
 	}
 	c.render(w, code, "error", v)
@@ -211,9 +212,20 @@ func (c *Console) routes() {
 // staff wraps a page for logged-in users; change says whether it changes
 // something (admins only). Without a session a GET goes to the login
 // form and back, anything else is refused.
+//
+// A session the store cannot vouch for (errUnverified) gets 503 and a
+// page saying why, for a look as for a change: not the login form,
+// which would take the password and then refuse the new session the
+// same way, a loop that reads as a wrong password; and not the page,
+// since the cookie may have been logged out on another node.
 func (c *Console) staff(change bool, h func(http.ResponseWriter, *http.Request, view)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		s := c.session(r)
+		s, err := c.session(r)
+		if err != nil {
+			c.render(w, http.StatusServiceUnavailable, "error", view{Title: "Try again later",
+				Data: "Your session cannot be checked now: the gateway's state store does not answer. Try again in a few minutes; the log says more."})
+			return
+		}
 		if s == nil {
 			if r.Method == http.MethodGet {
 				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
@@ -230,6 +242,10 @@ func (c *Console) staff(change bool, h func(http.ResponseWriter, *http.Request, 
 				return
 			case !c.keys.checkCSRF(s.token, r.PostFormValue("csrf")):
 				c.fail(w, r, http.StatusForbidden, "The form had no valid CSRF token: reload the page and try again.")
+				return
+			}
+			var ok bool
+			if r, ok = c.changeRequest(w, r); !ok {
 				return
 			}
 		}
@@ -260,17 +276,43 @@ func (c *Console) sessionCookie(r *http.Request) string {
 	return "mailgate_session"
 }
 
-// session returns the session of r's cookie, or nil.
-func (c *Console) session(r *http.Request) *session {
+// changeRequest readies r for a change: one whose client went away
+// already (its context cancelled) is not started, and one started runs to
+// its end on a context the client cannot cancel, so that a release or a
+// delete is never left half done, its audit entry unwritten, because a
+// browser closed. ok is false when the change must not start.
+func (c *Console) changeRequest(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
+	if err := r.Context().Err(); err != nil {
+		c.log.Info("web change not started: the client went away", "path", r.URL.Path, "err", err)
+		http.Error(w, "the request was cancelled; nothing was done", http.StatusServiceUnavailable)
+		return r, false
+	}
+	return r.WithContext(context.WithoutCancel(r.Context())), true
+}
+
+// cookieSession returns the session of r's cookie if this console signed
+// it and it has not expired, whether logged out or not.
+func (c *Console) cookieSession(r *http.Request) (*session, bool) {
 	ck, err := r.Cookie(c.sessionCookie(r))
 	if err != nil {
-		return nil
+		return nil, false
 	}
-	s, ok := c.keys.checkSession(ck.Value, c.opts.Config().Web.Users, c.opts.Now())
-	if !ok || c.sessionRevoked(r.Context(), s.id) {
-		return nil
+	return c.keys.checkSession(ck.Value, c.opts.Config().Web.Users, c.opts.Now())
+}
+
+// session returns the session of r's cookie: nil when there is none, or
+// it is not good (forged, expired, logged out); errUnverified when the
+// store cannot say whether it was logged out.
+func (c *Console) session(r *http.Request) (*session, error) {
+	s, ok := c.cookieSession(r)
+	if !ok {
+		return nil, nil
 	}
-	return s
+	revoked, err := c.sessionRevoked(r.Context(), s.id)
+	if err != nil || revoked {
+		return nil, err
+	}
+	return s, nil
 }
 
 type loginData struct {
@@ -371,7 +413,10 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
-	if s := c.session(r); s != nil && c.keys.checkCSRF(s.token, r.PostFormValue("csrf")) {
+	// A logout needs no word from the store: ending a session ended
+	// already is harmless, and one the store cannot vouch for must end
+	// all the same.
+	if s, ok := c.cookieSession(r); ok && c.keys.checkCSRF(s.token, r.PostFormValue("csrf")) {
 		c.revokeSession(r.Context(), s)
 		c.log.Info("web logout", "client", c.clientAddr(r), "user", s.User.Name)
 	}

@@ -112,9 +112,14 @@ type shownData struct {
 	// Base is where the page's forms post: /quarantine/ID or, for an
 	// end user, /u/TOKEN/ID.
 	Base string
-	// Rcpts are the recipients the viewer may act for: all of them for
-	// an admin, the one of the link for an end user.
+	// Rcpts are the recipients the viewer may act for, and the ones the
+	// page names: all of them for an admin, the one of the link for an
+	// end user, who is not told whom else (a Bcc among them) the
+	// message was for.
 	Rcpts []string
+	// Yours is, on an end user's page, the release to them (nil: none
+	// yet); the releases to others are not theirs to see.
+	Yours *quarantine.Release
 }
 
 // record returns quarantined message id if the viewer may see it: an end
@@ -145,6 +150,7 @@ func (c *Console) quarantineShow(w http.ResponseWriter, r *http.Request, v view)
 	d := shownData{Rec: rec, Base: "/quarantine/" + id, Rcpts: rec.Rcpts, Releasable: true}
 	if v.Rcpt != "" {
 		d.Base, d.Rcpts, d.Releasable = "/u/"+v.Token+"/"+id, []string{v.Rcpt}, c.endUserMayRelease(rec)
+		d.Yours = releaseTo(rec, v.Rcpt)
 	}
 	for _, a := range rec.Pending() {
 		if slices.ContainsFunc(d.Rcpts, func(b string) bool { return address.Equal(a, b) }) {
@@ -163,6 +169,20 @@ func (c *Console) quarantineShow(w http.ResponseWriter, r *http.Request, v view)
 	}
 	v.Title, v.Nav, v.Data = title, "quarantine", d
 	c.render(w, http.StatusOK, "preview", v)
+}
+
+// releaseTo returns the release of rec to rcpt: the partial release that
+// named it, or the release of the whole message; nil when rcpt waits.
+func releaseTo(rec *quarantine.Record, rcpt string) *quarantine.Release {
+	for i, rel := range rec.Releases {
+		if slices.ContainsFunc(rel.Rcpts, func(a string) bool { return address.Equal(a, rcpt) }) {
+			return &rec.Releases[i]
+		}
+	}
+	if rec.Released != "" {
+		return &quarantine.Release{QueueID: rec.Released, At: rec.ReleasedAt}
+	}
+	return nil
 }
 
 // quarantineEML sends the message as a file to save, never to show.

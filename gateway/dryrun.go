@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -46,6 +48,9 @@ type DryRunResult struct {
 	HeadersAdded   stages.Header `json:"headers_added,omitempty"` // values unfolded
 	HeadersRemoved stages.Header `json:"headers_removed,omitempty"`
 	Rcpts          []string      `json:"rcpts,omitempty"` // the recipients after edits
+	// Warnings say what the dry run could not do as the gateway does
+	// (a store it could not read).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // DryRun runs one message through the SMTP side's path, smtpd's driver
@@ -58,7 +63,7 @@ type DryRunResult struct {
 // with verify_rcpts are asked about the recipients, as serve asks them.
 // cfg is as policy.Load returns it: validated, and only read here, so a
 // running gateway may share it.
-func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInput) (*DryRunResult, error) {
+func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInput) (res *DryRunResult, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -86,8 +91,13 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	stageCfg := *cfg
 	stageCfg.DataDir = filepath.Join(dir, "data")
 	copyStageData(cfg.DataDir, stageCfg.DataDir, opts.Logger)
-	lists, closeLists := dryRunLists(ctx, cfg, opts.Logger)
+	lists, closeLists, warning := dryRunLists(ctx, cfg)
 	defer closeLists()
+	defer func() {
+		if res != nil && warning != "" {
+			res.Warnings = append(res.Warnings, warning)
+		}
+	}()
 	ch, err := newChain(ctx, &stageCfg, opts, nil, nil, lists, nil)
 	if err != nil {
 		return nil, err
@@ -125,7 +135,7 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 	// for DATA to judge (bare_lf).
 	msg := bytes.ReplaceAll(bytes.ReplaceAll(in.Message, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))
 	o = t.Data(bytes.NewReader(msg))
-	res := result(o, t.Stages())
+	res = result(o, t.Stages())
 	if o.Reply.Code/100 == 2 {
 		sent, err := stages.ParseHeader(bufio.NewReader(bytes.NewReader(msg)))
 		if err != nil {
@@ -141,21 +151,22 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 
 // dryRunLists opens the recipients' own allow- and block-lists where the
 // gateway keeps them, so that the dry run decides as the SMTP side does
-// (policy.user_block, policy.user_allow). A store not made yet holds no
-// entries, and is not made here; one that cannot be opened is logged,
-// and the dry run goes on without the lists, as the SMTP side does when
-// its store fails.
-func dryRunLists(ctx context.Context, cfg *policy.Config, log *slog.Logger) (pipeline.UserLists, func()) {
+// (policy.user_block, policy.user_allow). The live state.db is opened
+// read-only: never written, never migrated. A store not made yet holds
+// no entries, and is not made here; one that cannot be read (no
+// permission, another schema version) is the warning returned, and the
+// dry run goes on without the lists, as the SMTP side does when its store
+// fails.
+func dryRunLists(ctx context.Context, cfg *policy.Config) (pipeline.UserLists, func(), string) {
 	path := stateFile(cfg)
-	if _, err := os.Stat(path); err != nil {
-		return nil, func() {}
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, func() {}, ""
 	}
-	st, err := sqlstore.OpenSQLite(ctx, path, sqlstore.Options{Node: cfg.Hostname})
+	st, err := sqlstore.OpenSQLiteReadOnly(ctx, path, sqlstore.Options{Node: cfg.Hostname})
 	if err != nil {
-		log.Warn("dry run: the users' allow- and block-lists are not checked", "err", err)
-		return nil, func() {}
+		return nil, func() {}, "the recipients' allow- and block-lists were not checked: " + err.Error()
 	}
-	return st.Lists(), func() { st.Close() }
+	return st.Lists(), func() { st.Close() }, ""
 }
 
 // copyStageData copies the directories the stages keep under data_dir

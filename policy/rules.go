@@ -60,8 +60,8 @@ func (p *Policy) Default() Effective {
 // longest "*.suffix" of the domain; else the default. Addresses and domains
 // compare as the address package has them (address.Equal, address.Fold):
 // domains without case, root dot or U-labels, local parts without regard
-// to case (RFC 5321 §2.4: they should be treated as case-insensitive in
-// practice).
+// to ASCII case (RFC 5321 §2.4: they should be treated as case-insensitive
+// in practice; see address.Key).
 func (p *Policy) For(rcpt string) Effective {
 	if i := p.match(rcpt); i >= 0 {
 		return p.override(i)
@@ -135,7 +135,7 @@ func (o *Override) name() string {
 	case o.Name != "":
 		return o.Name
 	case len(o.Rcpts) > 0:
-		return strings.ToLower(o.Rcpts[0])
+		return address.Key(o.Rcpts[0])
 	case len(o.Domains) > 0:
 		return address.Fold(o.Domains[0])
 	}

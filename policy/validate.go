@@ -401,7 +401,7 @@ func (v *validator) policy(p *Policy, k key, stageNames []string) {
 				continue
 			}
 			v.canonical(&o.Rcpts[j], a)
-			v.once(rcpts, strings.ToLower(a), i, rk, ok)
+			v.once(rcpts, address.Key(a), i, rk, ok)
 		}
 		name := o.name()
 		switch first, dup := named[name]; {

@@ -7,12 +7,13 @@ import (
 	"github.com/mailgate/mailgate/stages/address"
 )
 
-// CanonicalEntry returns e with Owner and Sender in canonical form and in
-// lower case, or an error naming what is wrong: Owner must be an address;
-// Sender an address, a domain, "@domain" or "*.domain"; Kind allow or
-// block. Every Lists implementation stores entries in this form, so that
-// one entry has one spelling: mailboxes are compared without regard to
-// case, as the site's lists do (address.Equal).
+// CanonicalEntry returns e with Owner and Sender as keys (address.Key:
+// canonical, ASCII letters in lower case), or an error naming what is
+// wrong: Owner must be an address; Sender an address, a domain, "@domain"
+// or "*.domain"; Kind allow or block. Every Lists implementation stores
+// entries in this form, and looks owners up by their Key, so that one
+// entry has one spelling and a mailbox is the same one it is for
+// address.Equal.
 func CanonicalEntry(e ListEntry) (ListEntry, error) {
 	owner, err := address.Parse(e.Owner)
 	if err != nil {
@@ -25,7 +26,7 @@ func CanonicalEntry(e ListEntry) (ListEntry, error) {
 	if err != nil {
 		return e, fmt.Errorf("list entry %q: %w; expect an address, a domain, \"@domain\" or \"*.domain\"", e.Sender, err)
 	}
-	e.Owner, e.Sender = strings.ToLower(owner), strings.ToLower(sender)
+	e.Owner, e.Sender = address.Key(owner), address.Key(sender)
 	return e, nil
 }
 

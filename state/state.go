@@ -25,9 +25,9 @@ import (
 	"errors"
 	"io"
 	"slices"
-	"strings"
 	"time"
 
+	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/state/trace"
 )
 
@@ -119,7 +119,7 @@ func (r *QuarantineRecord) Pending() []string {
 // ReleasedTo returns the queue ID of the partial release to rcpt, or "".
 func (r *QuarantineRecord) ReleasedTo(rcpt string) string {
 	for _, rel := range r.Releases {
-		if slices.ContainsFunc(rel.Rcpts, func(a string) bool { return strings.EqualFold(a, rcpt) }) {
+		if slices.ContainsFunc(rel.Rcpts, func(a string) bool { return address.Equal(a, rcpt) }) {
 			return rel.QueueID
 		}
 	}
@@ -319,7 +319,7 @@ type Revocations interface {
 	// SessionRevoked reports whether the session id was revoked.
 	SessionRevoked(ctx context.Context, id string) (bool, error)
 	// LinkGeneration returns the generation of the links of rcpt (an
-	// address, any case): 0 until RevokeLinks. A link names the
+	// address, kept by its address.Key): 0 until RevokeLinks. A link names the
 	// generation it was made in; one of an older generation is refused.
 	LinkGeneration(ctx context.Context, rcpt string) (int64, error)
 	// RevokeLinks ends every link of rcpt made so far: it raises the

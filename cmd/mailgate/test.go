@@ -107,4 +107,7 @@ func printDryRun(w io.Writer, r *gateway.DryRunResult) {
 	for _, h := range r.HeadersRemoved {
 		fmt.Fprintf(w, "- %s: %s\n", h.Name, h.Value)
 	}
+	for _, warning := range r.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warning)
+	}
 }

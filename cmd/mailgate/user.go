@@ -3,12 +3,14 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -31,7 +33,8 @@ const userUsage = `usage: mailgate user COMMAND [-config FILE] NAME
   remove NAME      remove the account: its sessions end
 
 passwd and remove make the running gateway reload the file, so that the
-account's sessions end at once.
+account's sessions end at once. The file (the one a symlink points to) keeps
+its owner, group and mode: run as root for a config root owns.
 `
 
 // cmdUser runs the user subcommands: add, passwd, remove.
@@ -160,7 +163,7 @@ func cmdUserChange(op string, args []string, stdin io.Reader, stdout, stderr io.
 	if op == "passwd" && (j < 0 || !cfg.Web.Users[j].PasswordHash.Verify(password)) || op == "remove" && j >= 0 {
 		return fmt.Errorf("%s: the change did not come out as meant; the file is left as it was; edit it by hand", file)
 	}
-	if err := replaceFile(file, data); err != nil {
+	if err := replaceFile(file, old, data); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s; %s\n", done, reloadAfterUserChange(cfg, name))
@@ -261,28 +264,54 @@ func appendChecked(file, text string) error {
 	if len(old) > 0 && old[len(old)-1] != '\n' {
 		text = "\n" + text
 	}
-	data := append(old, text...)
+	data := append(slices.Clip(old), text...)
 	if _, err := policy.Parse(file, data); err != nil {
 		return err
 	}
-	return replaceFile(file, data)
+	return replaceFile(file, old, data)
 }
 
-// replaceFile replaces file with data, keeping its mode, through a
-// rename, so that the gateway never reads half of it.
-func replaceFile(file string, data []byte) error {
-	st, err := os.Stat(file)
+// errChanged: the file changed since it was read.
+var errChanged = errors.New("the file changed while this ran (edited by someone else?); nothing was written; run the command again")
+
+// replaceFile replaces file with data if it still holds old, through a
+// rename, so that the gateway never reads half of it. What is replaced
+// is the file's target: a symlinked config stays a symlink. The new file
+// gets the old one's owner, group and mode: the packaged config is
+// root:mailgate 0640, and one owned by whoever ran this, in their group,
+// is one the gateway may not read (its reload and its next start fail).
+// An owner that cannot be given (not root, and not the owner in the
+// file's group) is refused with the file left as it was; so is a file
+// changed since it was read (an editor, another `mailgate user`), whose
+// change would be lost. (The check and the rename are two steps: an edit
+// saved between them, microseconds apart, is not seen.)
+func replaceFile(file string, old, data []byte) error {
+	target, err := filepath.EvalSymlinks(file)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(file), ".mailgate-*.toml")
+	st, err := os.Stat(target)
+	if err != nil {
+		return err
+	}
+	owner, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: its owner cannot be read", target)
+	}
+	dir := filepath.Dir(target)
+	tmp, err := os.CreateTemp(dir, ".mailgate-*.toml")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
 	_, err = tmp.Write(data)
 	if err == nil {
-		err = tmp.Chmod(st.Mode().Perm())
+		if cerr := tmp.Chown(int(owner.Uid), int(owner.Gid)); cerr != nil {
+			err = fmt.Errorf("%s belongs to %s and a copy cannot be given to them (%w); the file is left as it was: run this as root, or edit it by hand", target, ownerName(owner.Uid, owner.Gid), cerr)
+		}
+	}
+	if err == nil {
+		err = tmp.Chmod(st.Mode().Perm()) // after Chown, which may clear bits
 	}
 	if err == nil {
 		err = tmp.Sync()
@@ -293,7 +322,31 @@ func replaceFile(file string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), file)
+	if now, err := os.ReadFile(target); err != nil || !bytes.Equal(now, old) {
+		return fmt.Errorf("%s: %w", file, cmp.Or(err, errChanged))
+	}
+	if err := os.Rename(tmp.Name(), target); err != nil {
+		return err
+	}
+	// The rename is durable once the directory is.
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// ownerName is "user:group" of uid and gid, by name where they have one.
+func ownerName(uid, gid uint32) string {
+	u, g := strconv.FormatUint(uint64(uid), 10), strconv.FormatUint(uint64(gid), 10)
+	if n, err := user.LookupId(u); err == nil {
+		u = n.Username
+	}
+	if n, err := user.LookupGroupId(g); err == nil {
+		g = n.Name
+	}
+	return u + ":" + g
 }
 
 // readPassword reads the new password: from a terminal twice, without

@@ -62,7 +62,6 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/mailgate/mailgate/policy"
@@ -477,7 +476,7 @@ func (s *Session) userLists(ctx context.Context, rcpt, from string, eff policy.E
 	if s.p.lists == nil || from == "" {
 		return Decision{}, false
 	}
-	entries, err := s.p.lists.Entries(ctx, strings.ToLower(rcpt))
+	entries, err := s.p.lists.Entries(ctx, rcpt)
 	if err != nil {
 		log.Warn("user lists not checked", "rcpt", rcpt, "err", err)
 		return Decision{}, false

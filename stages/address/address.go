@@ -181,36 +181,60 @@ func Match(p, d string) bool {
 }
 
 // Equal reports whether a and b are the same mailbox as policy compares
-// them: the domains folded and the local parts without regard to case.
-// RFC 5321 §2.4 lets the destination tell local parts apart by case but
-// asks that it not; a list entry for "Boss@…" must not be dodged by
-// writing "boss@…".
-func Equal(a, b string) bool {
-	la, da, oka := Split(a)
-	lb, db, okb := Split(b)
-	if !oka || !okb {
-		return oka == okb && strings.EqualFold(a, b)
+// them: whether their Keys are the same.
+func Equal(a, b string) bool { return Key(a) == Key(b) }
+
+// Key is the one form in which an address names a mailbox that is looked
+// up or kept: a list's owner, the recipient of an end user's link and of
+// its revocations, a digest's recipient. It is the domain folded (Fold)
+// and the local part with its ASCII letters in lower case; Equal compares
+// Keys, so what is the same mailbox for access is the same key in every
+// store.
+//
+// RFC 5321 §2.4 leaves the case of a local part to the destination but
+// asks that it not be exploited: a list entry for "Boss@…" must not be
+// dodged by writing "boss@…", and every server mailgate sits in front of
+// folds ASCII. Other characters are kept as written: SMTPUTF8 (RFC 6531)
+// defines no case mapping for a local part, and Unicode's is no one rule
+// ("ſ" folds to "s"; "İ" lowers to "i" in Go, to "i̇" in full mapping,
+// to itself in Turkish), so folding them could make two people's
+// mailboxes one, and give one the other's quarantine.
+func Key(addr string) string {
+	local, domain, ok := Split(addr)
+	if !ok {
+		return asciiLower(addr)
 	}
-	return strings.EqualFold(la, lb) && Fold(da) == Fold(db)
+	return asciiLower(local) + "@" + Fold(domain)
+}
+
+// asciiLower is s with ASCII letters in lower case, and every other byte
+// as it is (strings.ToLower maps non-ASCII too, and rewrites invalid
+// UTF-8).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // Identity is the form in which an address names a sender or recipient
 // that is counted or remembered (greylisting triplets, rate-limit keys):
-// the domain folded, the local part without case (as Equal), and a BATV
-// tag (prvs=TAG=local) dropped, since it changes with every message and
-// would make each one a stranger.
+// its Key, with a BATV tag (prvs=TAG=local) dropped, since it changes with
+// every message and would make each one a stranger.
 func Identity(addr string) string {
-	local, domain, ok := Split(addr)
+	local, domain, ok := Split(Key(addr))
 	if !ok {
-		return strings.ToLower(addr)
+		return local
 	}
-	local = strings.ToLower(local)
 	if rest, ok := strings.CutPrefix(local, "prvs="); ok {
 		if _, l, ok := strings.Cut(rest, "="); ok && l != "" {
 			local = l
 		}
 	}
-	return local + "@" + Fold(domain)
+	return local + "@" + domain
 }
 
 // IsHostname reports whether d is a host name in ASCII: dot-separated

@@ -163,15 +163,32 @@ func TestEqual(t *testing.T) {
 		ok   bool
 	}{
 		{"boss@example.test", "BOSS@Example.Test.", true},
-		{"ü@bücher.test", "Ü@xn--bcher-kva.test", true},
+		{"ü@bücher.test", "ü@xn--bcher-kva.test", true},
 		{"boss@example.test", "boss@example.org", false},
 		{"boss@example.test", "bos@example.test", false},
 		{"postmaster", "Postmaster", true},
 		{"postmaster", "postmaster@example.test", false},
+		// Only ASCII is folded in a local part (see Key).
+		{"ü@example.test", "Ü@example.test", false},
+		{"\u017fam@example.test", "sam@example.test", false},   // ſ: Unicode folds it to s
+		{"\u0130sam@example.test", "isam@example.test", false}, // İ: strings.ToLower makes it i
+		{"\u0130sam@example.test", "\u0130SAM@Example.test", true},
+		{"\u212aelvin@example.test", "kelvin@example.test", false}, // the Kelvin sign folds to k
 	} {
 		if got := Equal(c.a, c.b); got != c.ok {
 			t.Errorf("Equal(%q, %q) = %v, want %v", c.a, c.b, got, c.ok)
 		}
+		// Equal and Key are one rule: what is the same mailbox has the
+		// same key in every store.
+		if same := Key(c.a) == Key(c.b); same != c.ok {
+			t.Errorf("Key(%q) = %q, Key(%q) = %q; same = %v, want %v", c.a, Key(c.a), c.b, Key(c.b), same, c.ok)
+		}
+	}
+	if got := Key("\u0130Sam@BÜCHER.test."); got != "\u0130sam@xn--bcher-kva.test" {
+		t.Errorf("Key = %q", got)
+	}
+	if got := Key("A\xffB@x.test"); got != "a\xffb@x.test" {
+		t.Errorf("Key of invalid UTF-8 = %q: bytes other than ASCII letters must stay", got)
 	}
 }
 

@@ -3,8 +3,8 @@ package sqlstore
 import (
 	"context"
 	"fmt"
-	"strings"
 
+	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/state"
 )
 
@@ -52,8 +52,8 @@ func (l *lists) Remove(ctx context.Context, owner string, kind state.ListKind, s
 func (l *lists) Entries(ctx context.Context, owner string) ([]state.ListEntry, error) {
 	var w where
 	if owner != "" {
-		// Owners are kept in lower case (state.CanonicalEntry).
-		w.add("owner = ?", strings.ToLower(owner))
+		// Owners are kept as keys (state.CanonicalEntry).
+		w.add("owner = ?", address.Key(owner))
 	}
 	ctx, cancel := (*Store)(l).ctx(ctx)
 	defer cancel()

@@ -3,7 +3,6 @@ package sqlstore
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/mailgate/mailgate/stages/address"
@@ -46,20 +45,12 @@ func (r *revocations) SessionRevoked(ctx context.Context, id string) (bool, erro
 	return n > 0, nil
 }
 
-// linkKey is rcpt as link_generations keeps it: canonical, lower case.
-func linkKey(rcpt string) string {
-	if a, err := address.Parse(rcpt); err == nil {
-		rcpt = a
-	}
-	return strings.ToLower(rcpt)
-}
-
 // LinkGeneration implements state.Revocations.
 func (r *revocations) LinkGeneration(ctx context.Context, rcpt string) (int64, error) {
 	ctx, cancel := (*Store)(r).ctx(ctx)
 	defer cancel()
 	var gen int64
-	err := queryRow(ctx, r.db, "SELECT generation FROM link_generations WHERE rcpt = $1", []any{linkKey(rcpt)}, &gen)
+	err := queryRow(ctx, r.db, "SELECT generation FROM link_generations WHERE rcpt = $1", []any{address.Key(rcpt)}, &gen)
 	switch {
 	case err == errNoRows:
 		return 0, nil
@@ -76,7 +67,7 @@ func (r *revocations) RevokeLinks(ctx context.Context, rcpt string) (int64, erro
 	var gen int64
 	err := queryRow(ctx, r.db, `INSERT INTO link_generations (rcpt, generation) VALUES ($1, 1)
 		ON CONFLICT (rcpt) DO UPDATE SET generation = link_generations.generation + 1 RETURNING generation`,
-		[]any{linkKey(rcpt)}, &gen)
+		[]any{address.Key(rcpt)}, &gen)
 	if err != nil {
 		return 0, fmt.Errorf("revoke links of %s: %w", rcpt, err)
 	}

@@ -780,4 +780,14 @@ func testRevocations(t *testing.T, open func(*testing.T, string) state.Store) {
 	if gen, _ := a.LinkGeneration(ctx(t), "carol@example.test"); gen != 0 {
 		t.Errorf("another recipient's generation: %d, want 0", gen)
 	}
+	// The address is keyed as address.Equal compares: ASCII letters
+	// without case, other characters as written.
+	if _, err := a.RevokeLinks(ctx(t), "\u0130sam@example.test"); err != nil {
+		t.Fatal(err)
+	}
+	for rcpt, want := range map[string]int64{"isam@example.test": 0, "\u017fam@example.test": 0, "\u0130SAM@EXAMPLE.test": 1} {
+		if gen, err := b.LinkGeneration(ctx(t), rcpt); err != nil || gen != want {
+			t.Errorf("after RevokeLinks of \u0130sam: generation of %s = %d, %v; want %d", rcpt, gen, err, want)
+		}
+	}
 }
