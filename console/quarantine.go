@@ -119,7 +119,7 @@ type shownData struct {
 	Rcpts []string
 	// Yours is, on an end user's page, the release to them (nil: none
 	// yet); the releases to others are not theirs to see.
-	Yours *quarantine.Release
+	Yours *state.QuarantineRelease
 }
 
 // record returns quarantined message id if the viewer may see it: an end
@@ -173,14 +173,14 @@ func (c *Console) quarantineShow(w http.ResponseWriter, r *http.Request, v view)
 
 // releaseTo returns the release of rec to rcpt: the partial release that
 // named it, or the release of the whole message; nil when rcpt waits.
-func releaseTo(rec *quarantine.Record, rcpt string) *quarantine.Release {
+func releaseTo(rec *quarantine.Record, rcpt string) *state.QuarantineRelease {
 	for i, rel := range rec.Releases {
 		if slices.ContainsFunc(rel.Rcpts, func(a string) bool { return address.Equal(a, rcpt) }) {
 			return &rec.Releases[i]
 		}
 	}
 	if rec.Released != "" {
-		return &quarantine.Release{QueueID: rec.Released, At: rec.ReleasedAt}
+		return &state.QuarantineRelease{QueueID: rec.Released, At: rec.ReleasedAt}
 	}
 	return nil
 }

@@ -57,11 +57,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/mailgate/mailgate/spool"
+	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/durable"
 	"github.com/mailgate/mailgate/state"
 )
@@ -323,7 +323,7 @@ func (s *Store) toRelease(id string, rcpts []string) (*Record, []string, error) 
 	}
 	var to []string
 	for _, a := range rcpts {
-		i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return strings.EqualFold(r, a) })
+		i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return address.Equal(r, a) })
 		switch {
 		case i < 0:
 			return nil, nil, fmt.Errorf("quarantine %s: %s: %w", id, a, ErrNotRecipient)
