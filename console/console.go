@@ -66,6 +66,15 @@ type Options struct {
 	Audit  state.Audit // who released, deleted, allowed or blocked what
 	// Metrics are the gateway's metrics, for the dashboard.
 	Metrics prometheus.Gatherer
+	// Nodes is the registry of the nodes of a [cluster] with PostgreSQL,
+	// for the Nodes page; nil on one node (no page). A node is stale
+	// after StaleAfter without a heartbeat.
+	Nodes      state.Nodes
+	StaleAfter time.Duration
+	// Engines returns the state of a cluster's PostgreSQL and Redis as
+	// the node last found them (cluster.Node.Engines): while one is
+	// away, every page says so. nil on one node.
+	Engines func() admin.Health
 	Logger  *slog.Logger
 	// Now is the clock of sessions and links (tests move it); nil:
 	// time.Now.

@@ -36,7 +36,6 @@ import (
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/state"
-	"github.com/mailgate/mailgate/state/sqlstore"
 	"github.com/mailgate/mailgate/state/trace"
 )
 
@@ -70,7 +69,7 @@ type Gateway struct {
 	spool  *spool.Spool
 	quar   *quarantine.Shared
 	trace  *trace.Log
-	state  state.Store        // the users' lists and the audit log, for now
+	state  state.Store        // the node's, or the cluster's: see cluster.Node.Store
 	lists  *console.ListCache // the users' lists, asked at every RCPT
 	router *router.Router
 	smtp   *smtpd.Server
@@ -143,10 +142,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 	undo = append(undo, func() { g.trace.Close() })
-	if g.state, err = sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "state.db"), sqlstore.Options{Node: cfg.Hostname}); err != nil {
-		return nil, err
-	}
-	undo = append(undo, func() { g.state.Close() })
+	g.state = g.node.Store()
 	g.lists = console.NewListCache(g.state.Lists(), 10*time.Second)
 
 	if g.router, err = router.New(cfg, g.spool, opts.Logger, router.Trace(g.trace), router.Metrics(g.reg)); err != nil {
@@ -228,9 +224,13 @@ func (g *Gateway) Start() error {
 		g.log.Info("admin listening", "addr", l.Addr().String())
 	}
 	if cfg.Web.Listen != "" {
-		c, err := console.New(console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
+		o := console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
 			Traces: console.FileTraces(filepath.Join(cfg.DataDir, "trace")), Lists: g.lists,
-			Audit: g.state.Audit(), Metrics: liveGatherer{g}})
+			Audit: g.state.Audit(), Metrics: liveGatherer{g}, Engines: g.node.Engines}
+		if cfg.Cluster.Postgres != "" { // every node's traces, and the nodes
+			o.Traces, o.Nodes, o.StaleAfter = g.state.Traces(), g.state.Nodes(), cluster.StaleAfter
+		}
+		c, err := console.New(o)
 		if err == nil {
 			g.web, err = c.Serve()
 		}
@@ -359,7 +359,6 @@ func (g *Gateway) Close() error {
 	}
 	g.trace.Close()
 	g.node.Close()
-	g.state.Close()
 	return g.spool.Close()
 }
 

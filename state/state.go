@@ -41,6 +41,10 @@ var (
 	// ErrReleasing: another release of the message is under way (on the
 	// node the error names) and has not ended.
 	ErrReleasing = errors.New("release in progress")
+	// ErrUnavailable: the store does not answer (the PostgreSQL of a
+	// cluster is away). A node says so at once while it knows the store
+	// is away, rather than make each caller wait for a timeout.
+	ErrUnavailable = errors.New("the state store is unreachable")
 )
 
 // Store is all the state of a gateway. Each part is safe for concurrent

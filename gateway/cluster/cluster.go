@@ -21,6 +21,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -55,10 +56,13 @@ type Node struct {
 	redis   *redisconn.Client // nil without [cluster] redis
 	limits  *ratelimit.File   // the rate limits' state on one node
 	quar    *quarantine.Shared
+	local   *sqlstore.Store // the store of one node, under data_dir; nil with [cluster] postgres
 
-	mu    sync.Mutex
-	store *sqlstore.Store // nil without [cluster] postgres, and until it answered
-	pgErr error           // why PostgreSQL is not usable; nil while it answers
+	mu      sync.Mutex
+	store   *sqlstore.Store // nil without [cluster] postgres, and until it answered
+	pgErr   error           // why PostgreSQL is not usable; nil while it answers
+	pgSince time.Time       // when pgErr was first set
+	probeAt time.Time       // while pgErr is set: when an operation may try again (use)
 }
 
 // Open opens the engines cfg's [cluster] names. Redis need not be up;
@@ -80,7 +84,13 @@ func Open(ctx context.Context, cfg *policy.Config, log *slog.Logger, reg prometh
 				Help: "Commands to the cluster's Redis that found it unreachable, or failed at once while it was; each failed open."},
 				func() float64 { return float64(n.redis.Failures()) }))
 	}
-	if cfg.Cluster.Postgres != "" {
+	if cfg.Cluster.Postgres == "" {
+		var err error
+		if n.local, err = sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "state.db"), sqlstore.Options{Node: cfg.Hostname}); err != nil {
+			n.Close()
+			return nil, err
+		}
+	} else {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailgate_cluster_postgres_up",
 			Help: "1 while the cluster's PostgreSQL answered the node's last operation, 0 while it is unreachable."},
 			func() float64 { return up(n.postgresErr()) }))
@@ -106,6 +116,7 @@ func (n *Node) connect(ctx context.Context) bool {
 	if err != nil {
 		if n.pgErr == nil {
 			n.log.Warn("postgres unreachable; the node takes mail and connects when it answers", "err", err)
+			n.pgSince = time.Now()
 		}
 		n.pgErr = err
 		return false
@@ -123,15 +134,6 @@ func (n *Node) pg() *sqlstore.Store {
 	return n.store
 }
 
-// State returns the store the cluster shares in PostgreSQL; nil without
-// [cluster] postgres, and until PostgreSQL first answered.
-func (n *Node) State() state.Store {
-	if s := n.pg(); s != nil {
-		return s
-	}
-	return nil // not a typed nil in the interface
-}
-
 // result records whether PostgreSQL answered an operation.
 func (n *Node) result(err error) {
 	n.mu.Lock()
@@ -139,6 +141,7 @@ func (n *Node) result(err error) {
 	switch {
 	case err != nil && n.pgErr == nil:
 		n.log.Warn("postgres unreachable", "err", err)
+		n.pgSince = time.Now()
 	case err == nil && n.pgErr != nil:
 		n.log.Info("postgres answers again", "was", n.pgErr.Error())
 	}
@@ -162,8 +165,8 @@ func (n *Node) OpenQuarantine() (*quarantine.Shared, error) {
 	var shared func() state.Quarantine
 	if n.cfg.Cluster.Postgres != "" {
 		shared = func() state.Quarantine {
-			if s := n.pg(); s != nil {
-				return s.Quarantine()
+			if n.pg() != nil {
+				return n.Store().Quarantine() // failing at once while PostgreSQL is away
 			}
 			return nil
 		}
@@ -175,32 +178,40 @@ func (n *Node) OpenQuarantine() (*quarantine.Shared, error) {
 // Run keeps the node in its cluster until ctx ends: it connects to
 // PostgreSQL if need be, reports the node to the registry every
 // HeartbeatEvery (report gives the hash of the config in force and the
-// node's health; the last report, as it stops, says "stopped"), moves
-// the quarantine kept on disk while PostgreSQL was away, and ships the
-// traces. Without [cluster] postgres it does nothing.
+// node's health, asking every engine; the last report, as it stops, says
+// "stopped"), moves the quarantine kept on disk while PostgreSQL was
+// away, and ships the traces. With Redis alone it asks Redis every
+// HeartbeatEvery, so that Engines is never older. Without [cluster] it
+// does nothing.
 func (n *Node) Run(ctx context.Context, report func() (configHash, health string)) {
-	if n.cfg.Cluster.Postgres == "" {
+	pg := n.cfg.Cluster.Postgres != ""
+	if !pg && n.redis == nil {
 		return
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	if n.quar != nil {
+	if n.quar != nil && pg {
 		wg.Go(func() { n.quar.Run(ctx) })
 	}
-	wg.Go(func() {
-		trace.Ship(ctx, filepath.Join(n.cfg.DataDir, "trace"), func() trace.Appender {
-			if s := n.pg(); s != nil {
-				return s.Traces()
-			}
-			return nil
-		}, n.log)
-	})
+	if pg {
+		wg.Go(func() {
+			trace.Ship(ctx, filepath.Join(n.cfg.DataDir, "trace"), func() trace.Appender {
+				if s := n.pg(); s != nil {
+					return s.Traces()
+				}
+				return nil
+			}, n.log)
+		})
+	}
 	t := time.NewTicker(HeartbeatEvery)
 	defer t.Stop()
 	for {
-		if n.connect(ctx) {
+		switch {
+		case pg && n.connect(ctx):
 			hash, health := report()
 			n.heartbeat(ctx, hash, health)
+		case n.redis != nil:
+			n.redis.Health(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -263,28 +274,43 @@ func (n *Node) Pregreet(now func() time.Time) recstore.Store {
 	return recstore.NewRedis(n.redis, "pregreet", now)
 }
 
-// Health says whether each engine answers. An engine away is degraded,
-// not down: what it holds fails open or waits on local disk, and mail is
-// taken without it.
-func (n *Node) Health(ctx context.Context) admin.Health {
+// Health says whether each engine answers, asking each. An engine away
+// is degraded, not down: what it holds fails open or waits on local
+// disk, and mail is taken without it.
+func (n *Node) Health(ctx context.Context) admin.Health { return n.health(ctx, true) }
+
+// Engines is Health as the node last found the engines, without asking
+// them (the heartbeat asks every HeartbeatEvery): what the console says
+// on every page, at no cost.
+func (n *Node) Engines() admin.Health { return n.health(context.Background(), false) }
+
+func (n *Node) health(ctx context.Context, probe bool) admin.Health {
 	var h admin.Health
 	if n.redis != nil {
 		c := admin.Check{Name: "redis", Status: admin.OK, Detail: "reachable"}
-		if err := n.redis.Health(ctx); err != nil {
-			c.Status = admin.Degraded
+		err := n.redis.Err()
+		if probe {
+			err = n.redis.Health(ctx)
+		}
+		if err != nil {
+			c.Status, c.Since = admin.Degraded, n.redis.DownSince()
 			c.Detail = "unreachable: " + err.Error() + "; rate limits, greylisting and the pre-greet test fail open"
 		}
 		h = append(h, c)
 	}
 	if n.cfg.Cluster.Postgres != "" {
 		c := admin.Check{Name: "postgres", Status: admin.OK, Detail: "reachable"}
-		err := n.postgresErr()
-		if s := n.pg(); s != nil {
-			err = s.Ping(ctx)
-			n.result(err)
+		if s := n.pg(); s != nil && probe {
+			n.result(s.Ping(ctx))
 		}
+		n.mu.Lock()
+		err, since := n.pgErr, n.pgSince
+		if n.store == nil && err == nil {
+			err, since = errors.New("not connected yet"), n.started
+		}
+		n.mu.Unlock()
 		if err != nil {
-			c.Status, c.Detail = admin.Degraded, "unreachable: "+err.Error()
+			c.Status, c.Detail, c.Since = admin.Degraded, "unreachable: "+err.Error(), since
 		}
 		h = append(h, c)
 	}
@@ -294,6 +320,9 @@ func (n *Node) Health(ctx context.Context) admin.Health {
 // Close saves the rate limits of one node and closes the connections.
 // Run must have returned.
 func (n *Node) Close() {
+	if n.local != nil {
+		n.local.Close()
+	}
 	if n.limits != nil {
 		n.limits.Close()
 	}

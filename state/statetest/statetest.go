@@ -415,6 +415,14 @@ func testTraceFind(t *testing.T, open func(*testing.T, string) state.Store) {
 	if d := got[1]; d.Score != 12 || len(d.Stages) != 1 || d.Stages[0].Name != "spam" || !d.Time.Equal(at(1)) || *got[0].From != "s@example.org" {
 		t.Errorf("event read back: %+v", d)
 	}
+	// Each event says which node recorded it.
+	var nodes []string
+	for _, e := range got {
+		nodes = append(nodes, e.Node)
+	}
+	if want := []string{"node-a", "node-a", "node-b", "node-b", "node-b", "node-b"}; !slices.Equal(nodes, want) {
+		t.Errorf("the events' nodes: %v, want %v", nodes, want)
+	}
 	if got, err := a.Find(ctx(t), "NOSUCHID0000"); err != nil || len(got) != 0 {
 		t.Errorf("Find of an unknown ID: %v, %v", queueIDs(got), err)
 	}
