@@ -64,6 +64,10 @@ type Options struct {
 	Traces Traces
 	Lists  state.Lists // the users' allow- and block-lists
 	Audit  state.Audit // who released, deleted, allowed or blocked what
+	// Claims decide which node of a cluster sends a recipient's daily
+	// digest, so that each gets one a day from all the nodes together;
+	// nil: this node sends every digest it is due.
+	Claims state.Claims
 	// Metrics are the gateway's metrics, for the dashboard.
 	Metrics prometheus.Gatherer
 	// Nodes is the registry of the nodes of a [cluster] with PostgreSQL,

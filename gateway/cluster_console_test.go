@@ -3,9 +3,12 @@ package gateway_test
 import (
 	"fmt"
 	"io"
+	"mime/quotedprintable"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -272,5 +275,61 @@ func TestClusterConsoleNodes(t *testing.T) {
 	})
 	if code, _ := w.get("/message/" + id); code != http.StatusOK {
 		t.Errorf("a message's page after PostgreSQL came back: %d", code)
+	}
+}
+
+// TestClusterDigestsOnce: messages quarantined at node A (held in
+// PostgreSQL) are due in the daily digests of nodes B and C, both
+// running theirs the same day: each recipient gets one digest, listing
+// their mail, and the node that did not send it says so.
+func TestClusterDigestsOnce(t *testing.T) {
+	db := pgtest.Start(t).NewDatabase(t)
+	down := smtptest.NewServer(t)
+	spam := "\n[[stage]]\nname = \"spam\"\nkind = \"spam\"\n\n[policy]\nquarantine_score = 10.0\nreject_score = 5000.0\n"
+	a := startGateway(t, routeTo(down, "example.test")+spam+pgConfig("a", db, ""))
+	c := dial(t, a.SMTPAddrs()[0])
+	c.Cmd("EHLO client.test", "250")
+	for i, rcpt := range []string{"bob@example.test", "carol@example.test", "carol@example.test"} {
+		queuedAs(t, c.SendMail("x@spam.example", []string{rcpt}, spamMessage(fmt.Sprintf("held%d@spam.example", i), "x@spam.example", rcpt, fmt.Sprintf("Held %d", i))))
+	}
+	// B and C send their digests at start: a day's are due after
+	// 00:00 and neither has sent any.
+	var dirs []string
+	nodes := []*gateway.Gateway{a}
+	for _, name := range []string{"b", "c"} {
+		web := testkit.FreeAddr(t)
+		dir := t.TempDir()
+		nodes = append(nodes, startGatewayIn(t, dir, routeTo(down, "example.test")+spam+fmt.Sprintf("\n[web]\nlisten = %q\nbase_url = \"http://%s\"\n[web.digest]\nat = \"00:00\"\n", web, web)+
+			pgConfig(name, db, ""), gateway.Options{Logger: testLogger(t)}))
+		dirs = append(dirs, dir)
+	}
+	// Each run ended, and what it queued went through the pickup
+	// directory into the spool and out: nothing more can come.
+	for i, dir := range dirs {
+		waitUntil(t, waitLong, "the node's digest run to end", func() bool {
+			b, err := os.ReadFile(filepath.Join(dir, "web", "digest-sent"))
+			left, _ := filepath.Glob(filepath.Join(dir, "pickup", "digest-*"))
+			queued, _ := os.ReadDir(filepath.Join(dir, "pickup", ".queued"))
+			return err == nil && !strings.Contains(string(b), `"until"`) && len(left)+len(queued) == 0
+		})
+		waitQueueEmpty(t, nodes[i+1])
+	}
+	digests := func() map[string][]string {
+		got := map[string][]string{}
+		for _, m := range down.Messages() {
+			if strings.Contains(string(m.Data), "Auto-Submitted: auto-generated") {
+				_, body, _ := strings.Cut(string(m.Data), "\r\n\r\n")
+				b, _ := io.ReadAll(quotedprintable.NewReader(strings.NewReader(body)))
+				got[strings.Join(m.Rcpts, ",")] = append(got[strings.Join(m.Rcpts, ",")], string(b))
+			}
+		}
+		return got
+	}
+	got := digests()
+	if len(got["bob@example.test"]) != 1 || len(got["carol@example.test"]) != 1 {
+		t.Fatalf("digests by recipient: bob %d, carol %d; want one each", len(got["bob@example.test"]), len(got["carol@example.test"]))
+	}
+	if d := got["carol@example.test"][0]; !strings.Contains(d, "Held 1") || !strings.Contains(d, "Held 2") || strings.Contains(d, "Held 0") {
+		t.Errorf("carol's digest:\n%s", d)
 	}
 }

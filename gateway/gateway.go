@@ -226,7 +226,7 @@ func (g *Gateway) Start() error {
 	if cfg.Web.Listen != "" {
 		o := console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
 			Traces: console.FileTraces(filepath.Join(cfg.DataDir, "trace")), Lists: g.lists,
-			Audit: g.state.Audit(), Metrics: liveGatherer{g}, Engines: g.node.Engines}
+			Audit: g.state.Audit(), Claims: g.state.Claims(), Metrics: liveGatherer{g}, Engines: g.node.Engines}
 		if cfg.Cluster.Postgres != "" { // every node's traces, and the nodes
 			o.Traces, o.Nodes, o.StaleAfter = g.state.Traces(), g.state.Nodes(), cluster.StaleAfter
 		}
@@ -287,8 +287,8 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 			g.log.Error("quarantine expiry", "err", err)
 		}
 		if err := errors.Join(g.trace.Expire(now, time.Duration(cfg.Trace.Retention)),
-			g.node.ExpireTraces(now.Add(-time.Duration(cfg.Trace.Retention)))); err != nil {
-			g.log.Error("trace expiry", "err", err)
+			g.node.Expire(now, time.Duration(cfg.Trace.Retention))); err != nil {
+			g.log.Error("expiry", "err", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -62,6 +62,7 @@ type Node struct {
 	store   *sqlstore.Store // nil without [cluster] postgres, and until it answered
 	pgErr   error           // why PostgreSQL is not usable; nil while it answers
 	pgSince time.Time       // when pgErr was first set
+	pgUp    time.Time       // while pgErr is nil: since when PostgreSQL answers
 	probeAt time.Time       // while pgErr is set: when an operation may try again (use)
 }
 
@@ -124,7 +125,7 @@ func (n *Node) connect(ctx context.Context) bool {
 	if n.pgErr != nil {
 		n.log.Info("postgres connected", "was", n.pgErr.Error())
 	}
-	n.store, n.pgErr = s, nil
+	n.store, n.pgErr, n.pgUp = s, nil, time.Now()
 	return true
 }
 
@@ -144,8 +145,20 @@ func (n *Node) result(err error) {
 		n.pgSince = time.Now()
 	case err == nil && n.pgErr != nil:
 		n.log.Info("postgres answers again", "was", n.pgErr.Error())
+		n.pgUp = time.Now()
 	}
 	n.pgErr = err
+}
+
+// answeringFor is how long PostgreSQL has answered the node at now: 0
+// while it does not.
+func (n *Node) answeringFor(now time.Time) time.Duration {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.store == nil || n.pgErr != nil {
+		return 0
+	}
+	return now.Sub(n.pgUp)
 }
 
 func (n *Node) postgresErr() error {
@@ -180,7 +193,8 @@ func (n *Node) OpenQuarantine() (*quarantine.Shared, error) {
 // HeartbeatEvery (report gives the hash of the config in force and the
 // node's health, asking every engine; the last report, as it stops, says
 // "stopped"), moves the quarantine kept on disk while PostgreSQL was
-// away, and ships the traces. With Redis alone it asks Redis every
+// away, ships the traces and collects the DMARC records (dmarc.go). With
+// Redis alone it asks Redis every
 // HeartbeatEvery, so that Engines is never older. Without [cluster] it
 // does nothing.
 func (n *Node) Run(ctx context.Context, report func() (configHash, health string)) {
@@ -202,6 +216,7 @@ func (n *Node) Run(ctx context.Context, report func() (configHash, health string
 				return nil
 			}, n.log)
 		})
+		wg.Go(func() { n.collectDMARC(ctx) })
 	}
 	t := time.NewTicker(HeartbeatEvery)
 	defer t.Stop()
@@ -228,16 +243,28 @@ func (n *Node) Run(ctx context.Context, report func() (configHash, health string
 	}
 }
 
-// ExpireTraces deletes the shared traces older than before (each node's
-// own trace files expire with the node). Without PostgreSQL reached, it
-// does nothing.
-func (n *Node) ExpireTraces(before time.Time) error {
-	s := n.pg()
-	if s == nil {
+// keepClaims is how long claims are kept (state.Claims): longer than the
+// work they name can be asked for again (a day's digests, the DMARC
+// reports of the last week).
+const keepClaims = 14 * 24 * time.Hour
+
+// Expire deletes from the node's store what is past its time at now:
+// the shared traces older than traceRetention (each node's own trace
+// files expire with the node), the claims older than keepClaims and the
+// DMARC records of days reported. A store that does not answer is left
+// for the next time.
+func (n *Node) Expire(now time.Time, traceRetention time.Duration) error {
+	if n.cfg.Cluster.Postgres != "" && n.pg() == nil {
 		return nil
 	}
-	_, err := s.Traces().Expire(context.Background(), before)
-	return err
+	ctx, st := context.Background(), n.Store()
+	var errs []error
+	if n.cfg.Cluster.Postgres != "" {
+		_, err := st.Traces().Expire(ctx, now.Add(-traceRetention))
+		errs = append(errs, err)
+	}
+	return errors.Join(append(errs, st.Claims().Expire(ctx, now.Add(-keepClaims)),
+		st.DMARC().Expire(ctx, now.Add(-dmarcDays*24*time.Hour)))...)
 }
 
 func (n *Node) heartbeat(ctx context.Context, hash, health string) {

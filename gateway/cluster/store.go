@@ -88,6 +88,7 @@ func (s sharedStore) Lists() state.Lists           { return sharedLists(s) }
 func (s sharedStore) DMARC() state.DMARCRecords    { return sharedDMARC(s) }
 func (s sharedStore) Audit() state.Audit           { return sharedAudit(s) }
 func (s sharedStore) Nodes() state.Nodes           { return sharedNodes(s) }
+func (s sharedStore) Claims() state.Claims         { return sharedClaims(s) }
 
 // Close does nothing: the node closes its connections (Node.Close).
 func (s sharedStore) Close() error { return nil }
@@ -99,6 +100,7 @@ type (
 	sharedDMARC      sharedStore
 	sharedAudit      sharedStore
 	sharedNodes      sharedStore
+	sharedClaims     sharedStore
 )
 
 func (q sharedQuarantine) Put(ctx context.Context, rec *state.QuarantineRecord, msg io.Reader) error {
@@ -167,10 +169,6 @@ func (d sharedDMARC) Day(ctx context.Context, t time.Time) ([]state.DMARCRecord,
 	return call(d.n, func(s *sqlstore.Store) ([]state.DMARCRecord, error) { return s.DMARC().Day(ctx, t) })
 }
 
-func (d sharedDMARC) ClaimDay(ctx context.Context, t time.Time, node string) (bool, error) {
-	return call(d.n, func(s *sqlstore.Store) (bool, error) { return s.DMARC().ClaimDay(ctx, t, node) })
-}
-
 func (d sharedDMARC) Expire(ctx context.Context, t time.Time) error {
 	return do(d.n, func(s *sqlstore.Store) error { return s.DMARC().Expire(ctx, t) })
 }
@@ -193,4 +191,12 @@ func (r sharedNodes) List(ctx context.Context) ([]state.Node, error) {
 
 func (r sharedNodes) Remove(ctx context.Context, name string) error {
 	return do(r.n, func(s *sqlstore.Store) error { return s.Nodes().Remove(ctx, name) })
+}
+
+func (c sharedClaims) Claim(ctx context.Context, key, node string) (bool, error) {
+	return call(c.n, func(s *sqlstore.Store) (bool, error) { return s.Claims().Claim(ctx, key, node) })
+}
+
+func (c sharedClaims) Expire(ctx context.Context, t time.Time) error {
+	return do(c.n, func(s *sqlstore.Store) error { return s.Claims().Expire(ctx, t) })
 }

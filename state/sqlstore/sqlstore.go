@@ -183,6 +183,7 @@ func (s *Store) Lists() state.Lists           { return (*lists)(s) }
 func (s *Store) DMARC() state.DMARCRecords    { return (*dmarcRecords)(s) }
 func (s *Store) Audit() state.Audit           { return (*audit)(s) }
 func (s *Store) Nodes() state.Nodes           { return (*nodes)(s) }
+func (s *Store) Claims() state.Claims         { return (*claims)(s) }
 
 // micros is t as stored: microseconds since 1970 UTC, 0 for no time.
 func micros(t time.Time) int64 {
