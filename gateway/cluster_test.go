@@ -810,3 +810,45 @@ func TestClusterNodeKilled(t *testing.T) {
 	})
 	t.Logf("%d acknowledged by three nodes, one killed with SIGKILL; %d deliveries", len(acked), len(down.Messages()))
 }
+
+// TestClusterVerifyRcptsAcrossNodes: the answers of verify_rcpts probes
+// are shared through Redis: a recipient node A asked the internal server
+// about (one refused, one taken) is answered at node B without asking
+// again, the refusal with the server's code. With Redis killed, B asks
+// the server itself: mail never waits for the cache.
+func TestClusterVerifyRcptsAcrossNodes(t *testing.T) {
+	srv := redistest.Start(t)
+	down := smtptest.NewServer(t)
+	down.SetRcptReply("nobody@dest.test", 550)
+	conf := fmt.Sprintf("\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q]\nverify_rcpts = true\n", down.Addr())
+	a := startGateway(t, conf+clusterConfig("a", srv.URL()))
+	b := startGateway(t, conf+clusterConfig("b", srv.URL()))
+	for _, g := range []*gateway.Gateway{a, b} {
+		c := dial(t, g.SMTPAddrs()[0])
+		c.Cmd("EHLO client.test", "250")
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		c.Cmd("RCPT TO:<nobody@dest.test>", "550 5.1.1 ")
+		c.Cmd("RCPT TO:<b@dest.test>", "250")
+		c.Cmd("QUIT", "221")
+	}
+	probes := func(rcpt string) int {
+		n := 0
+		for _, w := range down.Transcripts() {
+			n += strings.Count(w, "RCPT TO:<"+rcpt+">")
+		}
+		return n
+	}
+	if n, m := probes("nobody@dest.test"), probes("b@dest.test"); n != 1 || m != 1 {
+		t.Fatalf("two nodes asked about nobody %d times and b %d times; want once each", n, m)
+	}
+	srv.Kill()
+	c := dial(t, b.SMTPAddrs()[0])
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<carol@dest.test>", "250")
+	c.Cmd("RCPT TO:<nobody@dest.test>", "550 5.1.1 ")
+	c.Cmd("QUIT", "221")
+	if n := probes("carol@dest.test"); n != 1 {
+		t.Fatalf("with Redis killed, carol asked %d times; want once, by B itself", n)
+	}
+}

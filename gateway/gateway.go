@@ -145,7 +145,8 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 	g.state = g.node.Store()
 	g.lists = console.NewListCache(g.state.Lists(), 10*time.Second)
 
-	if g.router, err = router.New(cfg, g.spool, opts.Logger, router.Trace(g.trace), router.Metrics(g.reg)); err != nil {
+	if g.router, err = router.New(cfg, g.spool, opts.Logger, router.Trace(g.trace), router.Metrics(g.reg),
+		router.SharedVerdicts(g.node.Verdicts())); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 

@@ -1,22 +1,27 @@
 // Package cluster joins a gateway to the other nodes of its [cluster]:
 // it opens what they share, says where each part of the state is kept
 // (shared, or under data_dir on one node), and reports on the engines in
-// /healthz and the metrics. Without [cluster] it opens nothing, and the
-// gateway keeps its state under data_dir as a single node does.
+// /healthz, the metrics and the console (Engines). Without [cluster] it
+// opens the node's own store, SQLite under data_dir (Store), and the
+// gateway keeps the rest of its state under data_dir as a single node
+// does.
 //
-// Redis (stages/redisconn) holds the counters: the rate limits
-// (policy/ratelimit) and the pre-greet cache (stages/recstore); the
-// greylist stage opens its own client in its plugin process. While Redis
-// is unreachable each of them fails open, and /healthz says "degraded".
+// Redis (stages/redisconn) holds the counters and caches: the rate limits
+// (policy/ratelimit), the pre-greet cache (stages/recstore) and the
+// answers of verify_rcpts probes (Verdicts); the greylist stage opens its
+// own client in its plugin process. While Redis is unreachable each of
+// them fails open, and /healthz says "degraded".
 //
-// PostgreSQL (state/sqlstore) holds the quarantine
+// PostgreSQL (state/sqlstore) is the node's store (Store): the quarantine
 // (quarantine.Shared, which keeps messages on the node's disk while
 // PostgreSQL is away and moves them when it is back), the traces (the
-// node's trace files, shipped by trace.Ship) and the registry of nodes:
-// each node writes its name, version, config hash and health every
-// HeartbeatEvery, and `mailgate cluster status` lists them. A node starts
-// whether PostgreSQL answers or not, and connects (migrating the schema)
-// when it does.
+// node's trace files, shipped by trace.Ship), the users' lists and the
+// audit log, the DMARC records (the dmarc stage's day files, collected:
+// dmarc.go), the claims of what one node does for all, and the registry
+// of nodes: each node writes its name, version, config hash and health
+// every HeartbeatEvery, and `mailgate cluster status` lists them. A node
+// starts whether PostgreSQL answers or not, and connects (migrating the
+// schema) when it does.
 package cluster
 
 import (
