@@ -575,17 +575,18 @@ func TestClusterExample(t *testing.T) {
 	port := func() string { a := testkit.FreeAddr(t); return a[strings.LastIndex(a, ":")+1:] }
 	redisPort, pgPort := port(), port()
 	configs := t.TempDir()
-	smtp := map[string]string{}
+	smtp, web := map[string]string{}, map[string]string{}
 	for i, n := range names {
 		b, err := os.ReadFile(filepath.Join("../examples/cluster", n+".toml"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		smtp[n] = testkit.FreeAddr(t)
+		smtp[n], web[n] = testkit.FreeAddr(t), testkit.FreeAddr(t)
 		conf := strings.NewReplacer(
 			"127.0.0.1:15432", "127.0.0.1:"+pgPort, "127.0.0.1:16379", "127.0.0.1:"+redisPort,
 			"/tmp/mailgate-cluster", run,
 			fmt.Sprintf("127.0.0.1:260%d", i+1), smtp[n], fmt.Sprintf("127.0.0.1:860%d", i+1), testkit.FreeAddr(t),
+			fmt.Sprintf("127.0.0.1:870%d", i+1), web[n],
 		).Replace(string(b))
 		if err := os.WriteFile(filepath.Join(configs, n+".toml"), []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
@@ -642,6 +643,14 @@ func TestClusterExample(t *testing.T) {
 	mx3 := filepath.Join(configs, "mx3.toml")
 	if out, err := cli("quarantine", "list", "-config", mx3); err != nil || !strings.Contains(out, id) {
 		t.Fatalf("quarantine list at mx3 (%v):\n%s", err, out)
+	}
+	// mx2's console, as the README says: the message mx1 held, the nodes.
+	w := webLogin(t, "http://"+web["mx2"], "cluster-example")
+	if _, page := w.get("/quarantine"); !strings.Contains(page, id) {
+		t.Errorf("mx2's console does not list %s, held at mx1:\n%s", id, page)
+	}
+	if _, page := w.get("/nodes"); strings.Count(page, `<span class="badge ok">live</span>`) != 3 {
+		t.Errorf("mx2's Nodes page does not list three live nodes:\n%s", page)
 	}
 	if out, err := cli("quarantine", "release", "-config", mx3, id); err != nil {
 		t.Fatalf("quarantine release at mx3 (%v):\n%s", err, out)
