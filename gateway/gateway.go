@@ -272,7 +272,8 @@ func (g *Gateway) Start() error {
 }
 
 // expireLoop deletes quarantined messages and traces past their retention,
-// at start and then every hour.
+// and what the node's store keeps past its time (cluster.Node.Expire), at
+// start and then every hour.
 func (g *Gateway) expireLoop(ctx context.Context) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()

@@ -268,8 +268,12 @@ func (n *Node) Expire(now time.Time, traceRetention time.Duration) error {
 		_, err := st.Traces().Expire(ctx, now.Add(-traceRetention))
 		errs = append(errs, err)
 	}
-	return errors.Join(append(errs, st.Claims().Expire(ctx, now.Add(-keepClaims)),
+	err := errors.Join(append(errs, st.Claims().Expire(ctx, now.Add(-keepClaims)),
 		st.DMARC().Expire(ctx, now.Add(-dmarcDays*24*time.Hour)))...)
+	if errors.Is(err, state.ErrUnavailable) {
+		return nil // the next time
+	}
+	return err
 }
 
 func (n *Node) heartbeat(ctx context.Context, hash, health string) {
