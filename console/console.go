@@ -77,8 +77,21 @@ type Options struct {
 	// links revoked, so that they stay ended after a restart and on
 	// every node sharing the store.
 	Revocations state.Revocations
+	// Claims decide which node of a cluster sends a recipient's daily
+	// digest, so that each gets one a day from all the nodes together;
+	// nil: this node sends every digest it is due.
+	Claims state.Claims
 	// Metrics are the gateway's metrics, for the dashboard.
 	Metrics prometheus.Gatherer
+	// Nodes is the registry of the nodes of a [cluster] with PostgreSQL,
+	// for the Nodes page; nil on one node (no page). A node is stale
+	// after StaleAfter without a heartbeat.
+	Nodes      state.Nodes
+	StaleAfter time.Duration
+	// Engines returns the state of a cluster's PostgreSQL and Redis as
+	// the node last found them (cluster.Node.Engines): while one is
+	// away, every page says so. nil on one node.
+	Engines func() admin.Health
 	Logger  *slog.Logger
 	// Now is the clock of sessions and links (tests move it); nil:
 	// time.Now.

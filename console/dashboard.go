@@ -197,8 +197,7 @@ func (c *Console) dashboard(w http.ResponseWriter, r *http.Request, v view) {
 	}
 	d.Health = c.opts.Admin.Health()
 	if err := c.top.get(c.opts.Now(), &d, func(d *dashboardData) error { return c.topTalkers(r.Context(), d) }); err != nil {
-		c.log.Error("web dashboard: traces", "err", err)
-		d.Problem = "The traces could not be read; the log says why."
+		d.Problem = c.unreadable("The traces", err)
 	}
 	v.Title, v.Nav, v.Data, v.Refresh = "Dashboard", "dashboard", d, 30
 	c.render(w, http.StatusOK, "dashboard", v)

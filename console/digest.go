@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -98,6 +99,13 @@ func (c *Console) SendDigests(ctx context.Context, since, until time.Time) (int,
 // sendDigests is SendDigests keeping progress in run (nil: none): the
 // recipients in run.Done are passed over, each one sent is added and run
 // saved, so that a run retried after a failure sends each digest once.
+//
+// A daily run (run not nil) claims each recipient's digest of the day in
+// the store first (Options.Claims): of the nodes of a cluster, all due
+// to send it, the first to claim it sends it (and sends it again if it
+// stops before it could), the others pass it over, so that a recipient
+// gets one digest a day. The mail it lists is the cluster's
+// (Admin.Quarantined), held since the sending node's last run.
 func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *digestRun) (int, error) {
 	cfg := c.opts.Config()
 	subject, body, err := digestTemplates(cfg)
@@ -136,6 +144,21 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 		if run != nil && slices.Contains(run.Done, key) {
 			continue
 		}
+		if run != nil && c.opts.Claims != nil {
+			mine, err := c.opts.Claims.Claim(ctx, "digest/"+run.Until.Local().Format(time.DateOnly)+"/"+key, cmp.Or(cfg.Cluster.Node, cfg.Hostname))
+			if err != nil {
+				c.log.Error("web digest not sent: not claimed", "rcpt", rcpt, "err", err)
+				errs = append(errs, fmt.Errorf("digest for %s: %w", rcpt, err))
+				continue
+			}
+			if !mine {
+				c.log.Info("web digest sent by another node", "rcpt", rcpt)
+				if err := run.done(key); err != nil {
+					return sent, errors.Join(append(errs, err)...)
+				}
+				continue
+			}
+		}
 		msg, err := c.digest(ctx, cfg, subject, body, rcpt, byRcpt[key])
 		if err == nil {
 			err = pickUp(filepath.Join(cfg.DataDir, "pickup"), stages.Pickup{From: cfg.Web.Digest.From, Rcpts: []string{rcpt}}, msg)
@@ -148,8 +171,7 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 		c.log.Info("web digest queued", "rcpt", rcpt, "messages", len(byRcpt[key]))
 		sent++
 		if run != nil {
-			run.Done = append(run.Done, key)
-			if err := run.save(); err != nil {
+			if err := run.done(key); err != nil {
 				return sent, errors.Join(append(errs, err)...)
 			}
 		}
@@ -313,6 +335,12 @@ func loadDigestRun(file string, now time.Time) (*digestRun, error) {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	return run, nil
+}
+
+// done records the recipient key as done and saves r.
+func (r *digestRun) done(key string) error {
+	r.Done = append(r.Done, key)
+	return r.save()
 }
 
 func (r *digestRun) save() error {

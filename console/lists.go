@@ -35,8 +35,7 @@ func (c *Console) lists(w http.ResponseWriter, r *http.Request, v view) {
 	if d.Problem == "" {
 		var err error
 		if d.Entries, err = c.opts.Lists.Entries(r.Context(), owner); err != nil {
-			c.log.Error("web lists", "err", err)
-			d.Problem = "The lists could not be read; the log says why."
+			d.Problem = c.unreadable("The lists", err)
 		}
 	}
 	v.Title, v.Nav = "Allow- and block-lists", "lists"
@@ -113,6 +112,11 @@ func NewListCache(l state.Lists, ttl time.Duration) *ListCache {
 // Entries returns owner's entries, from the cache while they are fresh;
 // "" (every owner's) is never cached. The cache is by address.Key, as the
 // store keeps owners.
+//
+// When the store fails (a cluster's PostgreSQL away), the entries last
+// read are returned, however old, so that a recipient's block or allow
+// holds through an outage; with none, the error, and the pipeline
+// checks no list for that recipient (the lists fail open: mail flows).
 func (c *ListCache) Entries(ctx context.Context, owner string) ([]state.ListEntry, error) {
 	if owner == "" {
 		return c.Lists.Entries(ctx, owner)
@@ -127,6 +131,9 @@ func (c *ListCache) Entries(ctx context.Context, owner string) ([]state.ListEntr
 	}
 	entries, err := c.Lists.Entries(ctx, owner)
 	if err != nil {
+		if ok {
+			return e.entries, nil
+		}
 		return nil, err
 	}
 	c.mu.Lock()
@@ -144,14 +151,21 @@ func (c *ListCache) forget(owner string) {
 	c.mu.Unlock()
 }
 
-// Add adds e and forgets what was cached of its owner.
+// Add adds e and forgets what was cached of its owner. What failed
+// changed nothing: the cache is kept (see Entries).
 func (c *ListCache) Add(ctx context.Context, e state.ListEntry) error {
-	defer c.forget(e.Owner)
-	return c.Lists.Add(ctx, e)
+	err := c.Lists.Add(ctx, e)
+	if err == nil {
+		c.forget(e.Owner)
+	}
+	return err
 }
 
 // Remove removes an entry and forgets what was cached of its owner.
 func (c *ListCache) Remove(ctx context.Context, owner string, kind state.ListKind, sender string) error {
-	defer c.forget(owner)
-	return c.Lists.Remove(ctx, owner, kind, sender)
+	err := c.Lists.Remove(ctx, owner, kind, sender)
+	if err == nil {
+		c.forget(owner)
+	}
+	return err
 }

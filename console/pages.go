@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/policy"
 )
 
@@ -32,6 +33,42 @@ type view struct {
 	// live without a script.
 	Refresh int
 	Data    any
+	// Clustered: the node is part of a cluster with PostgreSQL (the
+	// Nodes page). Outages are the cluster's engines it cannot reach,
+	// said on every page of an admin or auditor.
+	Clustered bool
+	Outages   []outage
+}
+
+// outage is an engine of the cluster the node cannot reach, as the
+// banner tells it.
+type outage struct {
+	Engine string
+	Since  time.Time
+	Effect string
+}
+
+// engineOutages are what the banner says of each engine away.
+var engineOutages = map[string]outage{
+	"postgres": {Engine: "PostgreSQL", Effect: "the quarantine, traces, lists, audit log and nodes of the cluster cannot be read or changed " +
+		"from this node until it answers; what this node quarantines meanwhile is kept on its disk, and mail keeps flowing."},
+	"redis": {Engine: "Redis", Effect: "rate limits, greylisting and the pre-greet test are passed over (they fail open) until it answers; mail keeps flowing."},
+}
+
+// outages returns the engines the node cannot reach, as it last found
+// them.
+func (c *Console) outages() []outage {
+	if c.opts.Engines == nil {
+		return nil
+	}
+	var out []outage
+	for _, ch := range c.opts.Engines() {
+		if o, ok := engineOutages[ch.Name]; ok && ch.Status != admin.OK {
+			o.Since = ch.Since
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // CanChange reports whether the user may change things (not an auditor).
@@ -95,8 +132,24 @@ var funcs = template.FuncMap{
 		return fmt.Sprintf("%d B", n)
 	},
 	"join": strings.Join,
-	"add":  func(a, b int) int { return a + b },
-	"mul":  func(a, b int) int { return a * b },
+	"short": func(hash string) string {
+		if len(hash) > 12 {
+			return hash[:12]
+		}
+		return hash
+	},
+	"since": func(now, t time.Time) string { return now.Sub(t).Round(time.Second).String() },
+	// healthClass is the badge of a node's health: ok, degraded, down
+	// or stopped (as down).
+	"healthClass": func(h string) string {
+		word, _, _ := strings.Cut(h, ":")
+		if word == "ok" || word == "degraded" {
+			return word
+		}
+		return "down"
+	},
+	"add": func(a, b int) int { return a + b },
+	"mul": func(a, b int) int { return a * b },
 	"barsOf": func(title string, bars []Bar) barChart {
 		return barChart{title, bars}
 	},
@@ -135,6 +188,9 @@ func parsePages() (*pages, error) {
 // render writes page with v, status code.
 func (c *Console) render(w http.ResponseWriter, code int, page string, v view) {
 	t := c.pages.byName[page]
+	if v.User != nil {
+		v.Clustered, v.Outages = c.opts.Nodes != nil, c.outages()
+	}
 	var b bytes.Buffer
 	if err := t.ExecuteTemplate(&b, "layout", v); err != nil {
 		c.log.Error("web page", "page", page, "err", err)
@@ -185,6 +241,7 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /queue/{id}/{op}", c.change(c.queueOp))
 	m.HandleFunc("GET /dashboard", c.admin(c.dashboard))
 	m.HandleFunc("GET /audit", c.admin(c.auditLog))
+	m.HandleFunc("GET /nodes", c.admin(c.nodes))
 
 	m.HandleFunc("GET /quarantine", c.admin(c.quarantineList))
 	m.HandleFunc("GET /quarantine/{id}", c.admin(c.quarantineShow))

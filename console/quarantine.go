@@ -93,8 +93,7 @@ func (c *Console) quarantineList(w http.ResponseWriter, r *http.Request, v view)
 	if err != nil {
 		d.Problem = err.Error()
 	} else if d.Rows, d.More, err = c.rows(f, d.State, nil); err != nil {
-		c.log.Error("web quarantine", "err", err)
-		d.Problem = "The quarantine could not be read; the log says why."
+		d.Problem = c.unreadable("The quarantine", err)
 	}
 	d.Digests = c.opts.Config().Web.BaseURL != ""
 	v.Title, v.Nav, v.Data = "Quarantine", "quarantine", d
@@ -134,8 +133,7 @@ func (c *Console) record(w http.ResponseWriter, r *http.Request, v view, id stri
 		c.fail(w, r, http.StatusNotFound, "No such message in the quarantine: it may have been deleted or expired.")
 		return nil
 	case err != nil:
-		c.log.Error("web quarantine", "id", id, "err", err)
-		c.fail(w, r, http.StatusInternalServerError, "The quarantine could not be read; the log says why.")
+		c.fail(w, r, failCode(err), c.unreadable("The quarantine", err))
 		return nil
 	}
 	return rec
@@ -374,12 +372,15 @@ func (c *Console) quarantineBulk(w http.ResponseWriter, r *http.Request, v view)
 func (c *Console) opFailed(w http.ResponseWriter, r *http.Request, v view, back, id string, err error) {
 	code := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, quarantine.ErrAlreadyReleased):
+	case errors.Is(err, quarantine.ErrAlreadyReleased), errors.Is(err, quarantine.ErrReleasing):
 		code = http.StatusConflict
 	case errors.Is(err, quarantine.ErrNotFound), errors.Is(err, fs.ErrNotExist):
 		code = http.StatusNotFound
 	case !isInternal(err):
 		code = http.StatusBadRequest
+	case errors.Is(err, state.ErrUnavailable):
+		code = http.StatusServiceUnavailable
+		c.log.Warn("web: an operation refused while the cluster's PostgreSQL is unreachable", "id", id, "err", err)
 	}
 	if code == http.StatusInternalServerError {
 		c.log.Error("web quarantine", "id", id, "err", err)
@@ -399,7 +400,7 @@ func refusef(format string, a ...any) error { return &refusal{fmt.Sprintf(format
 // refusal the user can read.
 func isInternal(err error) bool {
 	var r *refusal
-	return !errors.As(err, &r) && !errors.Is(err, quarantine.ErrAlreadyReleased) &&
+	return !errors.As(err, &r) && !errors.Is(err, quarantine.ErrAlreadyReleased) && !errors.Is(err, quarantine.ErrReleasing) &&
 		!errors.Is(err, quarantine.ErrNotRecipient) && !errors.Is(err, quarantine.ErrNotFound)
 }
 
@@ -409,8 +410,13 @@ func userError(err error) string {
 	switch {
 	case errors.Is(err, quarantine.ErrAlreadyReleased):
 		return "released already (" + err.Error() + ")"
+	case errors.Is(err, quarantine.ErrReleasing):
+		// Another node of the cluster is releasing it at this moment.
+		return "released already, by another node at this moment (" + err.Error() + ")"
 	case errors.Is(err, quarantine.ErrNotFound):
 		return "no such message in the quarantine"
+	case errors.Is(err, state.ErrUnavailable):
+		return "not done: the cluster's PostgreSQL is unreachable; try again when it answers"
 	case isInternal(err):
 		return "the operation failed; the log says why"
 	}

@@ -93,8 +93,7 @@ func (c *Console) auditLog(w http.ResponseWriter, r *http.Request, v view) {
 	if c.opts.Audit != nil {
 		var err error
 		if d.Entries, err = c.opts.Audit.Entries(r.Context(), f); err != nil {
-			c.log.Error("web audit", "err", err)
-			d.Problem = "The audit log could not be read; the log says why."
+			d.Problem = c.unreadable("The audit log", err)
 		}
 	}
 	v.Title, v.Nav, v.Data = "Audit log", "audit", d

@@ -81,6 +81,7 @@ func (d fileTraces) EventsOf(_ context.Context, ids map[string]bool, since, unti
 type Message struct {
 	QueueID   string
 	Time      time.Time // of its first event
+	Node      string    // the node of a cluster that took it (its first event's)
 	Client    string
 	Helo      string
 	TLS       string
@@ -130,6 +131,9 @@ func (m *Message) add(e trace.Event) {
 		}
 	}
 	set(&m.Client, e.Client)
+	if m.Node == "" {
+		m.Node = e.Node
+	}
 	set(&m.Helo, e.Helo)
 	set(&m.TLS, e.TLS)
 	set(&m.MessageID, e.MessageID)

@@ -173,8 +173,7 @@ func (c *Console) tracking(w http.ResponseWriter, r *http.Request, v view) {
 		var err error
 		d.Messages, d.More, err = c.find(r.Context(), s)
 		if err != nil {
-			c.log.Error("web tracking", "err", err)
-			d.Problem = "The traces could not be read; the log says why."
+			d.Problem = c.unreadable("The traces", err)
 		}
 		if s.ID != "" && len(d.Messages) == 1 && err == nil {
 			http.Redirect(w, r, "/message/"+url.PathEscape(d.Messages[0].QueueID), http.StatusSeeOther)
@@ -203,8 +202,7 @@ func (c *Console) message(w http.ResponseWriter, r *http.Request, v view) {
 	id := r.PathValue("id")
 	events, err := c.opts.Traces.Find(r.Context(), id)
 	if err != nil {
-		c.log.Error("web message", "id", id, "err", err)
-		c.fail(w, r, http.StatusInternalServerError, "The traces could not be read; the log says why.")
+		c.fail(w, r, failCode(err), c.unreadable("The traces", err))
 		return
 	}
 	var d storyData

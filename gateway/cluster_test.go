@@ -575,17 +575,18 @@ func TestClusterExample(t *testing.T) {
 	port := func() string { a := testkit.FreeAddr(t); return a[strings.LastIndex(a, ":")+1:] }
 	redisPort, pgPort := port(), port()
 	configs := t.TempDir()
-	smtp := map[string]string{}
+	smtp, web := map[string]string{}, map[string]string{}
 	for i, n := range names {
 		b, err := os.ReadFile(filepath.Join("../examples/cluster", n+".toml"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		smtp[n] = testkit.FreeAddr(t)
+		smtp[n], web[n] = testkit.FreeAddr(t), testkit.FreeAddr(t)
 		conf := strings.NewReplacer(
 			"127.0.0.1:15432", "127.0.0.1:"+pgPort, "127.0.0.1:16379", "127.0.0.1:"+redisPort,
 			"/tmp/mailgate-cluster", run,
 			fmt.Sprintf("127.0.0.1:260%d", i+1), smtp[n], fmt.Sprintf("127.0.0.1:860%d", i+1), testkit.FreeAddr(t),
+			fmt.Sprintf("127.0.0.1:870%d", i+1), web[n],
 		).Replace(string(b))
 		if err := os.WriteFile(filepath.Join(configs, n+".toml"), []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
@@ -642,6 +643,14 @@ func TestClusterExample(t *testing.T) {
 	mx3 := filepath.Join(configs, "mx3.toml")
 	if out, err := cli("quarantine", "list", "-config", mx3); err != nil || !strings.Contains(out, id) {
 		t.Fatalf("quarantine list at mx3 (%v):\n%s", err, out)
+	}
+	// mx2's console, as the README says: the message mx1 held, the nodes.
+	w := webLogin(t, "http://"+web["mx2"], "cluster-example")
+	if _, page := w.get("/quarantine"); !strings.Contains(page, id) {
+		t.Errorf("mx2's console does not list %s, held at mx1:\n%s", id, page)
+	}
+	if _, page := w.get("/nodes"); strings.Count(page, `<span class="badge ok">live</span>`) != 3 {
+		t.Errorf("mx2's Nodes page does not list three live nodes:\n%s", page)
 	}
 	if out, err := cli("quarantine", "release", "-config", mx3, id); err != nil {
 		t.Fatalf("quarantine release at mx3 (%v):\n%s", err, out)
@@ -809,4 +818,46 @@ func TestClusterNodeKilled(t *testing.T) {
 		return true
 	})
 	t.Logf("%d acknowledged by three nodes, one killed with SIGKILL; %d deliveries", len(acked), len(down.Messages()))
+}
+
+// TestClusterVerifyRcptsAcrossNodes: the answers of verify_rcpts probes
+// are shared through Redis: a recipient node A asked the internal server
+// about (one refused, one taken) is answered at node B without asking
+// again, the refusal with the server's code. With Redis killed, B asks
+// the server itself: mail never waits for the cache.
+func TestClusterVerifyRcptsAcrossNodes(t *testing.T) {
+	srv := redistest.Start(t)
+	down := smtptest.NewServer(t)
+	down.SetRcptReply("nobody@dest.test", 550)
+	conf := fmt.Sprintf("\n[[route]]\ndomains = [\"dest.test\"]\nservers = [%q]\nverify_rcpts = true\n", down.Addr())
+	a := startGateway(t, conf+clusterConfig("a", srv.URL()))
+	b := startGateway(t, conf+clusterConfig("b", srv.URL()))
+	for _, g := range []*gateway.Gateway{a, b} {
+		c := dial(t, g.SMTPAddrs()[0])
+		c.Cmd("EHLO client.test", "250")
+		c.Cmd("MAIL FROM:<a@sender.test>", "250")
+		c.Cmd("RCPT TO:<nobody@dest.test>", "550 5.1.1 ")
+		c.Cmd("RCPT TO:<b@dest.test>", "250")
+		c.Cmd("QUIT", "221")
+	}
+	probes := func(rcpt string) int {
+		n := 0
+		for _, w := range down.Transcripts() {
+			n += strings.Count(w, "RCPT TO:<"+rcpt+">")
+		}
+		return n
+	}
+	if n, m := probes("nobody@dest.test"), probes("b@dest.test"); n != 1 || m != 1 {
+		t.Fatalf("two nodes asked about nobody %d times and b %d times; want once each", n, m)
+	}
+	srv.Kill()
+	c := dial(t, b.SMTPAddrs()[0])
+	c.Cmd("EHLO client.test", "250")
+	c.Cmd("MAIL FROM:<a@sender.test>", "250")
+	c.Cmd("RCPT TO:<carol@dest.test>", "250")
+	c.Cmd("RCPT TO:<nobody@dest.test>", "550 5.1.1 ")
+	c.Cmd("QUIT", "221")
+	if n := probes("carol@dest.test"); n != 1 {
+		t.Fatalf("with Redis killed, carol asked %d times; want once, by B itself", n)
+	}
 }

@@ -47,6 +47,12 @@ func spamMessage(id, from, to, subject string) string {
 // console's base URL.
 func consoleGateway(t *testing.T, down *smtptest.Server, password string) (g *gateway.Gateway, base string) {
 	t.Helper()
+	return consoleGatewayWith(t, down, password, "")
+}
+
+// consoleGatewayWith is consoleGateway with more config (a [cluster]).
+func consoleGatewayWith(t *testing.T, down *smtptest.Server, password, more string) (g *gateway.Gateway, base string) {
+	t.Helper()
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +80,7 @@ base_url = %q
 [[web.user]]
 name = "admin"
 password_hash = %q
-`, web, base, hash))
+`, web, base, hash)+more)
 	return g, base
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/xml"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ import (
 	"github.com/mailgate/mailgate/stages/dnstest"
 	"github.com/mailgate/mailgate/stages/smtptest"
 	"github.com/mailgate/mailgate/stages/testkit"
+	"github.com/mailgate/mailgate/state/pgtest"
 )
 
 // TestDMARCRejectForgery: a message whose From domain publishes p=reject,
@@ -273,5 +275,145 @@ func gzipAttachment(t *testing.T, m *mail.Message, name string) []byte {
 			t.Fatal(err)
 		}
 		return doc
+	}
+}
+
+// TestClusterDMARCReportOnce: two nodes of a cluster evaluate DMARC for
+// one domain, an aligned message at A and a forgery at B, while the
+// cluster's PostgreSQL is stopped; the day ends with both nodes down.
+// When PostgreSQL and the nodes are back, each node's records reach the
+// store, one node claims the day, and the domain gets one report with
+// both nodes' records.
+func TestClusterDMARCReportOnce(t *testing.T) {
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32))
+	dns := dnstest.NewServer(t, dnstest.Zone{
+		"sender.test.":               {`TXT "v=spf1 ip4:127.0.0.1 -all"`},
+		"other.test.":                {`TXT "v=spf1 -all"`},
+		"ed._domainkey.sender.test.": {fmt.Sprintf(`TXT "v=DKIM1; k=ed25519; p=%s"`, base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey)))},
+		"_dmarc.sender.test.":        {`TXT "v=DMARC1; p=reject; rua=mailto:dmarc@sender.test"`},
+	})
+	pg := pgtest.Start(t)
+	db := pg.NewDatabase(t)
+	pg.Stop()
+	down := smtptest.NewServer(t)
+	conf := routeTo(down, "dest.test", "sender.test") + fmt.Sprintf(`
+[dns]
+servers = [%q]
+
+[[stage]]
+name = "spf"
+kind = "spf"
+
+[[stage]]
+name = "dkim"
+kind = "dkim"
+
+[[stage]]
+name = "dmarc"
+kind = "dmarc"
+[stage.config]
+reports = true
+report_from = "dmarc-reports@gateway.test"
+org_name = "Gateway Test"
+`, dns.Addr())
+	names := []string{"a", "b"}
+	dirs := []string{tempDir(t), tempDir(t)}
+	opts := gateway.Options{Logger: testLogger(t)}
+	var signed bytes.Buffer
+	if err := msgdkim.Sign(&signed, strings.NewReader(message("pass@test", "hello\r\n")), &msgdkim.SignOptions{Domain: "sender.test", Selector: "ed", Signer: key}); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range names {
+		g := startGatewayIn(t, dirs[i], conf+pgConfig(name, db, ""), opts)
+		c := dial(t, g.SMTPAddrs()[0])
+		c.Cmd("EHLO mail.sender.test", "250")
+		if i == 0 {
+			queuedAs(t, c.SendMail("a@sender.test", []string{"b@dest.test"}, signed.String()))
+		} else if r := c.SendMail("x@other.test", []string{"b@dest.test"}, message("forged@test", "pay\r\n")); !strings.HasPrefix(r, "550 5.7.1 ") {
+			t.Fatalf("forgery at B: %q", r)
+		}
+		c.Cmd("QUIT", "221")
+		waitQueueEmpty(t, g)
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		g.Shutdown(ctx)
+		cancel()
+	}
+
+	// Midnight passes (UTC) with both nodes down: the records become
+	// those of a day two days ago.
+	day := time.Now().UTC().AddDate(0, 0, -2).Truncate(24 * time.Hour)
+	for _, dir := range dirs {
+		records := filepath.Join(dir, "dmarc", "records")
+		files, _ := filepath.Glob(filepath.Join(records, "*.jsonl"))
+		var rows []byte
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				var row map[string]any
+				if err := json.Unmarshal([]byte(line), &row); err != nil {
+					t.Fatal(err)
+				}
+				row["time"] = day.Add(time.Hour).Unix()
+				out, _ := json.Marshal(row)
+				rows = append(append(rows, out...), '\n')
+			}
+			os.Remove(f)
+		}
+		if len(rows) == 0 {
+			t.Fatalf("no DMARC records in %s", records)
+		}
+		if err := os.WriteFile(filepath.Join(records, day.Format(time.DateOnly)+".jsonl"), rows, 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pg.Restart()
+	var nodes []*gateway.Gateway
+	for i, name := range names {
+		nodes = append(nodes, startGatewayIn(t, dirs[i], conf+pgConfig(name, db, ""), opts))
+	}
+
+	reports := func() []smtptest.Message {
+		var out []smtptest.Message
+		for _, m := range down.Messages() {
+			if m.From == "dmarc-reports@gateway.test" {
+				out = append(out, m)
+			}
+		}
+		return out
+	}
+	// A node claims a day once PostgreSQL has answered it for 30s.
+	waitUntil(t, 3*waitLong, "the day's report downstream", func() bool { return len(reports()) > 0 })
+	// Both nodes sent their records and dropped their day files; one
+	// reported the day; nothing is left to go out.
+	sent := 0
+	for i, dir := range dirs {
+		waitUntil(t, waitLong, "the node's records to be in the store", func() bool {
+			left, _ := filepath.Glob(filepath.Join(dir, "dmarc", "records", "*.jsonl"))
+			return len(left) == 0
+		})
+		if _, err := os.Stat(filepath.Join(dir, "dmarc", "cluster", day.Format(time.DateOnly)+".jsonl.sent")); err == nil {
+			sent++
+		}
+		waitQueueEmpty(t, nodes[i])
+	}
+	if sent != 1 {
+		t.Fatalf("%d nodes reported the day; want 1", sent)
+	}
+	got := reports()
+	if len(got) != 1 {
+		t.Fatalf("%d reports downstream; want 1", len(got))
+	}
+	m, err := mail.ReadMessage(bytes.NewReader(got[0].Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(gzipAttachment(t, m, fmt.Sprintf("gateway.test!sender.test!%d!%d.xml.gz", day.Unix(), day.Unix()+86399)))
+	for _, want := range []string{"<disposition>reject</disposition>", "<envelope_from>other.test</envelope_from>", "<dkim>pass</dkim>", "<envelope_from>sender.test</envelope_from>"} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("the report lacks %s, from one node's records:\n%s", want, doc)
+		}
 	}
 }

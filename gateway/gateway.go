@@ -36,7 +36,6 @@ import (
 	"github.com/mailgate/mailgate/policy/ratelimit"
 	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/state"
-	"github.com/mailgate/mailgate/state/sqlstore"
 	"github.com/mailgate/mailgate/state/trace"
 )
 
@@ -70,7 +69,7 @@ type Gateway struct {
 	spool  *spool.Spool
 	quar   *quarantine.Shared
 	trace  *trace.Log
-	state  state.Store        // the users' lists and the audit log, for now
+	state  state.Store        // the node's, or the cluster's: see cluster.Node.Store
 	lists  *console.ListCache // the users' lists, asked at every RCPT
 	router *router.Router
 	smtp   *smtpd.Server
@@ -141,13 +140,11 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 	undo = append(undo, func() { g.trace.Close() })
-	if g.state, err = sqlstore.OpenSQLite(ctx, stateFile(cfg), sqlstore.Options{Node: cfg.Hostname}); err != nil {
-		return nil, err
-	}
-	undo = append(undo, func() { g.state.Close() })
+	g.state = g.node.Store()
 	g.lists = console.NewListCache(g.state.Lists(), 10*time.Second)
 
-	if g.router, err = router.New(cfg, g.spool, opts.Logger, router.Trace(g.trace), router.Metrics(g.reg)); err != nil {
+	if g.router, err = router.New(cfg, g.spool, opts.Logger, router.Trace(g.trace), router.Metrics(g.reg),
+		router.SharedVerdicts(g.node.Verdicts())); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 
@@ -226,9 +223,13 @@ func (g *Gateway) Start() error {
 		g.log.Info("admin listening", "addr", l.Addr().String())
 	}
 	if cfg.Web.Listen != "" {
-		c, err := console.New(console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
+		o := console.Options{Config: g.config, Admin: adminBackend{g}, Logger: g.log,
 			Traces: console.FileTraces(filepath.Join(cfg.DataDir, "trace")), Lists: g.lists,
-			Audit: g.state.Audit(), Revocations: g.state.Revocations(), Metrics: liveGatherer{g}})
+			Audit: g.state.Audit(), Revocations: g.state.Revocations(), Claims: g.state.Claims(), Metrics: liveGatherer{g}, Engines: g.node.Engines}
+		if cfg.Cluster.Postgres != "" { // every node's traces, and the nodes
+			o.Traces, o.Nodes, o.StaleAfter = g.state.Traces(), g.state.Nodes(), cluster.StaleAfter
+		}
+		c, err := console.New(o)
 		if err == nil {
 			g.web, err = c.Serve()
 		}
@@ -274,7 +275,8 @@ func (g *Gateway) Start() error {
 func stateFile(cfg *policy.Config) string { return filepath.Join(cfg.DataDir, "state.db") }
 
 // expireLoop deletes quarantined messages and traces past their retention,
-// at start and then every hour.
+// and what the node's store keeps past its time (cluster.Node.Expire), at
+// start and then every hour.
 func (g *Gateway) expireLoop(ctx context.Context) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
@@ -290,8 +292,8 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 			g.log.Error("quarantine expiry", "err", err)
 		}
 		if err := errors.Join(g.trace.Expire(now, time.Duration(cfg.Trace.Retention)),
-			g.node.ExpireTraces(now.Add(-time.Duration(cfg.Trace.Retention)))); err != nil {
-			g.log.Error("trace expiry", "err", err)
+			g.node.Expire(now, time.Duration(cfg.Trace.Retention))); err != nil {
+			g.log.Error("expiry", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -362,7 +364,6 @@ func (g *Gateway) Close() error {
 	}
 	g.trace.Close()
 	g.node.Close()
-	g.state.Close()
 	return g.spool.Close()
 }
 

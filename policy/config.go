@@ -264,7 +264,8 @@ type Cluster struct {
 
 // StageEnv is what the stages of c are lent by the engine (stages.Env).
 func (c *Config) StageEnv() stages.Env {
-	env := stages.Env{Hostname: c.Hostname, DNSServers: c.DNS.Servers, DNSTimeout: time.Duration(c.DNS.Timeout), DataDir: c.DataDir}
+	env := stages.Env{Hostname: c.Hostname, DNSServers: c.DNS.Servers, DNSTimeout: time.Duration(c.DNS.Timeout), DataDir: c.DataDir,
+		Shared: c.Cluster.Postgres != ""}
 	if cl := c.Cluster; cl.Redis != "" {
 		env.Redis = stages.Redis{URL: cl.Redis, Timeout: time.Duration(cl.Timeout),
 			ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: cl.MaxConns}

@@ -262,6 +262,13 @@ type Env struct {
 	// whose state every node must see (greylisting's triplets); its zero
 	// value keeps such state under DataDir.
 	Redis Redis
+	// Shared is set on a node of a [cluster] whose nodes share their
+	// state in PostgreSQL. What a stage must do once for the whole
+	// cluster it leaves to the gateway, which collects each node's part
+	// from DataDir: the dmarc stage records its evaluations as on one
+	// node, and sends the reports of the days the gateway hands it
+	// (stages/dmarc/README.md).
+	Shared bool
 }
 
 // Redis is [cluster] redis and the settings of its client (package

@@ -13,8 +13,9 @@
 // Decisions that several nodes could race for are taken by a transaction
 // of the store, never by a node's own memory: a quarantined message is
 // released once however many nodes try at the same moment
-// (Quarantine.BeginRelease), and a day's DMARC reports are sent by one
-// node (DMARCRecords.ClaimDay).
+// (Quarantine.BeginRelease), and what must be done once for the cluster
+// (a day's DMARC reports, a recipient's daily digest) is done by one node
+// (Claims).
 //
 // The spool is not here: it stays on each node's disk, and a message a
 // node acknowledged is delivered by that node.
@@ -42,6 +43,10 @@ var (
 	// ErrReleasing: another release of the message is under way (on the
 	// node the error names) and has not ended.
 	ErrReleasing = errors.New("release in progress")
+	// ErrUnavailable: the store does not answer (the PostgreSQL of a
+	// cluster is away). A node says so at once while it knows the store
+	// is away, rather than make each caller wait for a timeout.
+	ErrUnavailable = errors.New("the state store is unreachable")
 )
 
 // Store is all the state of a gateway. Each part is safe for concurrent
@@ -54,6 +59,7 @@ type Store interface {
 	Audit() Audit
 	Nodes() Nodes
 	Revocations() Revocations
+	Claims() Claims
 	Close() error
 }
 
@@ -266,20 +272,32 @@ type DMARCRecord struct {
 	Time   time.Time
 	Domain string // the policy domain: whose report it goes into
 	Row    []byte // the evaluation, as the dmarc stage encodes it
+	// Key, if set, names the record among those of its node: a record
+	// added again with the same key is stored once, so that a node that
+	// stopped before it noted what it had sent may send it again.
+	Key string
 }
 
-// DMARCRecords keeps DMARC evaluations until the day's reports are sent.
-// Days are UTC days.
+// DMARCRecords keeps DMARC evaluations until the day's reports are sent
+// (the node that sends them claims the day: Claims). Days are UTC days.
 type DMARCRecords interface {
 	Add(ctx context.Context, r DMARCRecord) error
 	// Day returns the records of the day of t, in the order added.
 	Day(ctx context.Context, t time.Time) ([]DMARCRecord, error)
-	// ClaimDay reports whether node is the one to send the reports of
-	// the day of t: true for the first caller of all nodes, false for
-	// every later one.
-	ClaimDay(ctx context.Context, t time.Time, node string) (bool, error)
-	// Expire deletes the records and claims of the days before the day
-	// of t.
+	// Expire deletes the records of the days before the day of t.
+	Expire(ctx context.Context, t time.Time) error
+}
+
+// Claims decide which node does a thing that must be done once for all
+// the nodes sharing the store, such as a recipient's daily digest: a
+// transaction decides, whoever asks at the same moment.
+type Claims interface {
+	// Claim reports whether node is the one to do what key names: true
+	// for the first node to claim it, and again for that node each time
+	// it asks (a node that stopped between its claim and the work does
+	// it when it starts again); false for every other node.
+	Claim(ctx context.Context, key, node string) (bool, error)
+	// Expire forgets the claims made before t.
 	Expire(ctx context.Context, t time.Time) error
 }
 

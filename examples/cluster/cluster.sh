@@ -3,7 +3,8 @@
 # PostgreSQL and three mailgate nodes, all on 127.0.0.1.
 #
 #   ./cluster.sh engines   start Redis (port 16379) and PostgreSQL (15432)
-#   ./cluster.sh nodes     start the nodes mx1, mx2, mx3 (SMTP 2601-2603)
+#   ./cluster.sh nodes     start the nodes mx1, mx2, mx3 (SMTP 2601-2603,
+#                          consoles 8701-8703)
 #   ./cluster.sh stop      stop the nodes, then the engines
 #
 # Everything lives under $RUN: data, logs, pid files. The environment
@@ -76,6 +77,11 @@ engines() {
 
 nodes() {
 	mkdir -p "$RUN"
+	# The key the consoles sign sessions and links with: one for all
+	# the nodes, so that a digest's link works on any of them.
+	if [ ! -f "$RUN/web-secret" ]; then
+		(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/web-secret")
+	fi
 	for n in $NODES; do
 		"$MAILGATE" serve -config "$CONFIGS/$n.toml" >"$RUN/$n.log" 2>&1 &
 		echo $! >"$RUN/$n.pid"

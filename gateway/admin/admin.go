@@ -82,6 +82,9 @@ type Check struct {
 	Name   string // "spool", "delivery", "quarantine", "stage <name>"
 	Status Status
 	Detail string // what it is doing, or why it is not
+	// Since is when the part stopped working, where it is known (the
+	// engines of a cluster); zero otherwise.
+	Since time.Time `json:",omitzero"`
 }
 
 // Status is how a part stands.

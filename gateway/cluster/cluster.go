@@ -1,26 +1,32 @@
 // Package cluster joins a gateway to the other nodes of its [cluster]:
 // it opens what they share, says where each part of the state is kept
 // (shared, or under data_dir on one node), and reports on the engines in
-// /healthz and the metrics. Without [cluster] it opens nothing, and the
-// gateway keeps its state under data_dir as a single node does.
+// /healthz, the metrics and the console (Engines). Without [cluster] it
+// opens the node's own store, SQLite under data_dir (Store), and the
+// gateway keeps the rest of its state under data_dir as a single node
+// does.
 //
-// Redis (stages/redisconn) holds the counters: the rate limits
-// (policy/ratelimit) and the pre-greet cache (stages/recstore); the
-// greylist stage opens its own client in its plugin process. While Redis
-// is unreachable each of them fails open, and /healthz says "degraded".
+// Redis (stages/redisconn) holds the counters and caches: the rate limits
+// (policy/ratelimit), the pre-greet cache (stages/recstore) and the
+// answers of verify_rcpts probes (Verdicts); the greylist stage opens its
+// own client in its plugin process. While Redis is unreachable each of
+// them fails open, and /healthz says "degraded".
 //
-// PostgreSQL (state/sqlstore) holds the quarantine
+// PostgreSQL (state/sqlstore) is the node's store (Store): the quarantine
 // (quarantine.Shared, which keeps messages on the node's disk while
 // PostgreSQL is away and moves them when it is back), the traces (the
-// node's trace files, shipped by trace.Ship) and the registry of nodes:
-// each node writes its name, version, config hash and health every
-// HeartbeatEvery, and `mailgate cluster status` lists them. A node starts
-// whether PostgreSQL answers or not, and connects (migrating the schema)
-// when it does.
+// node's trace files, shipped by trace.Ship), the users' lists and the
+// audit log, the DMARC records (the dmarc stage's day files, collected:
+// dmarc.go), the claims of what one node does for all, and the registry
+// of nodes: each node writes its name, version, config hash and health
+// every HeartbeatEvery, and `mailgate cluster status` lists them. A node
+// starts whether PostgreSQL answers or not, and connects (migrating the
+// schema) when it does.
 package cluster
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -55,10 +61,14 @@ type Node struct {
 	redis   *redisconn.Client // nil without [cluster] redis
 	limits  *ratelimit.File   // the rate limits' state on one node
 	quar    *quarantine.Shared
+	local   *sqlstore.Store // the store of one node, under data_dir; nil with [cluster] postgres
 
-	mu    sync.Mutex
-	store *sqlstore.Store // nil without [cluster] postgres, and until it answered
-	pgErr error           // why PostgreSQL is not usable; nil while it answers
+	mu      sync.Mutex
+	store   *sqlstore.Store // nil without [cluster] postgres, and until it answered
+	pgErr   error           // why PostgreSQL is not usable; nil while it answers
+	pgSince time.Time       // when pgErr was first set
+	pgUp    time.Time       // while pgErr is nil: since when PostgreSQL answers
+	probeAt time.Time       // while pgErr is set: when an operation may try again (use)
 }
 
 // Open opens the engines cfg's [cluster] names. Redis need not be up;
@@ -80,7 +90,13 @@ func Open(ctx context.Context, cfg *policy.Config, log *slog.Logger, reg prometh
 				Help: "Commands to the cluster's Redis that found it unreachable, or failed at once while it was; each failed open."},
 				func() float64 { return float64(n.redis.Failures()) }))
 	}
-	if cfg.Cluster.Postgres != "" {
+	if cfg.Cluster.Postgres == "" {
+		var err error
+		if n.local, err = sqlstore.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "state.db"), sqlstore.Options{Node: cfg.Hostname}); err != nil {
+			n.Close()
+			return nil, err
+		}
+	} else {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailgate_cluster_postgres_up",
 			Help: "1 while the cluster's PostgreSQL answered the node's last operation, 0 while it is unreachable."},
 			func() float64 { return up(n.postgresErr()) }))
@@ -106,6 +122,7 @@ func (n *Node) connect(ctx context.Context) bool {
 	if err != nil {
 		if n.pgErr == nil {
 			n.log.Warn("postgres unreachable; the node takes mail and connects when it answers", "err", err)
+			n.pgSince = time.Now()
 		}
 		n.pgErr = err
 		return false
@@ -113,7 +130,7 @@ func (n *Node) connect(ctx context.Context) bool {
 	if n.pgErr != nil {
 		n.log.Info("postgres connected", "was", n.pgErr.Error())
 	}
-	n.store, n.pgErr = s, nil
+	n.store, n.pgErr, n.pgUp = s, nil, time.Now()
 	return true
 }
 
@@ -123,15 +140,6 @@ func (n *Node) pg() *sqlstore.Store {
 	return n.store
 }
 
-// State returns the store the cluster shares in PostgreSQL; nil without
-// [cluster] postgres, and until PostgreSQL first answered.
-func (n *Node) State() state.Store {
-	if s := n.pg(); s != nil {
-		return s
-	}
-	return nil // not a typed nil in the interface
-}
-
 // result records whether PostgreSQL answered an operation.
 func (n *Node) result(err error) {
 	n.mu.Lock()
@@ -139,10 +147,23 @@ func (n *Node) result(err error) {
 	switch {
 	case err != nil && n.pgErr == nil:
 		n.log.Warn("postgres unreachable", "err", err)
+		n.pgSince = time.Now()
 	case err == nil && n.pgErr != nil:
 		n.log.Info("postgres answers again", "was", n.pgErr.Error())
+		n.pgUp = time.Now()
 	}
 	n.pgErr = err
+}
+
+// answeringFor is how long PostgreSQL has answered the node at now: 0
+// while it does not.
+func (n *Node) answeringFor(now time.Time) time.Duration {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.store == nil || n.pgErr != nil {
+		return 0
+	}
+	return now.Sub(n.pgUp)
 }
 
 func (n *Node) postgresErr() error {
@@ -162,8 +183,8 @@ func (n *Node) OpenQuarantine() (*quarantine.Shared, error) {
 	var shared func() state.Quarantine
 	if n.cfg.Cluster.Postgres != "" {
 		shared = func() state.Quarantine {
-			if s := n.pg(); s != nil {
-				return s.Quarantine()
+			if n.pg() != nil {
+				return n.Store().Quarantine() // failing at once while PostgreSQL is away
 			}
 			return nil
 		}
@@ -175,32 +196,42 @@ func (n *Node) OpenQuarantine() (*quarantine.Shared, error) {
 // Run keeps the node in its cluster until ctx ends: it connects to
 // PostgreSQL if need be, reports the node to the registry every
 // HeartbeatEvery (report gives the hash of the config in force and the
-// node's health; the last report, as it stops, says "stopped"), moves
-// the quarantine kept on disk while PostgreSQL was away, and ships the
-// traces. Without [cluster] postgres it does nothing.
+// node's health, asking every engine; the last report, as it stops, says
+// "stopped"), moves the quarantine kept on disk while PostgreSQL was
+// away, ships the traces and collects the DMARC records (dmarc.go). With
+// Redis alone it asks Redis every
+// HeartbeatEvery, so that Engines is never older. Without [cluster] it
+// does nothing.
 func (n *Node) Run(ctx context.Context, report func() (configHash, health string)) {
-	if n.cfg.Cluster.Postgres == "" {
+	pg := n.cfg.Cluster.Postgres != ""
+	if !pg && n.redis == nil {
 		return
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	if n.quar != nil {
+	if n.quar != nil && pg {
 		wg.Go(func() { n.quar.Run(ctx) })
 	}
-	wg.Go(func() {
-		trace.Ship(ctx, filepath.Join(n.cfg.DataDir, "trace"), func() trace.Appender {
-			if s := n.pg(); s != nil {
-				return s.Traces()
-			}
-			return nil
-		}, n.log)
-	})
+	if pg {
+		wg.Go(func() {
+			trace.Ship(ctx, filepath.Join(n.cfg.DataDir, "trace"), func() trace.Appender {
+				if s := n.pg(); s != nil {
+					return s.Traces()
+				}
+				return nil
+			}, n.log)
+		})
+		wg.Go(func() { n.collectDMARC(ctx) })
+	}
 	t := time.NewTicker(HeartbeatEvery)
 	defer t.Stop()
 	for {
-		if n.connect(ctx) {
+		switch {
+		case pg && n.connect(ctx):
 			hash, health := report()
 			n.heartbeat(ctx, hash, health)
+		case n.redis != nil:
+			n.redis.Health(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -217,15 +248,31 @@ func (n *Node) Run(ctx context.Context, report func() (configHash, health string
 	}
 }
 
-// ExpireTraces deletes the shared traces older than before (each node's
-// own trace files expire with the node). Without PostgreSQL reached, it
-// does nothing.
-func (n *Node) ExpireTraces(before time.Time) error {
-	s := n.pg()
-	if s == nil {
+// keepClaims is how long claims are kept (state.Claims): longer than the
+// work they name can be asked for again (a day's digests, the DMARC
+// reports of the last week).
+const keepClaims = 14 * 24 * time.Hour
+
+// Expire deletes from the node's store what is past its time at now:
+// the shared traces older than traceRetention (each node's own trace
+// files expire with the node), the claims older than keepClaims and the
+// DMARC records of days reported. A store that does not answer is left
+// for the next time.
+func (n *Node) Expire(now time.Time, traceRetention time.Duration) error {
+	if n.cfg.Cluster.Postgres != "" && n.pg() == nil {
 		return nil
 	}
-	_, err := s.Traces().Expire(context.Background(), before)
+	ctx, st := context.Background(), n.Store()
+	var errs []error
+	if n.cfg.Cluster.Postgres != "" {
+		_, err := st.Traces().Expire(ctx, now.Add(-traceRetention))
+		errs = append(errs, err)
+	}
+	err := errors.Join(append(errs, st.Claims().Expire(ctx, now.Add(-keepClaims)),
+		st.DMARC().Expire(ctx, now.Add(-dmarcDays*24*time.Hour)))...)
+	if errors.Is(err, state.ErrUnavailable) {
+		return nil // the next time
+	}
 	return err
 }
 
@@ -263,28 +310,43 @@ func (n *Node) Pregreet(now func() time.Time) recstore.Store {
 	return recstore.NewRedis(n.redis, "pregreet", now)
 }
 
-// Health says whether each engine answers. An engine away is degraded,
-// not down: what it holds fails open or waits on local disk, and mail is
-// taken without it.
-func (n *Node) Health(ctx context.Context) admin.Health {
+// Health says whether each engine answers, asking each. An engine away
+// is degraded, not down: what it holds fails open or waits on local
+// disk, and mail is taken without it.
+func (n *Node) Health(ctx context.Context) admin.Health { return n.health(ctx, true) }
+
+// Engines is Health as the node last found the engines, without asking
+// them (the heartbeat asks every HeartbeatEvery): what the console says
+// on every page, at no cost.
+func (n *Node) Engines() admin.Health { return n.health(context.Background(), false) }
+
+func (n *Node) health(ctx context.Context, probe bool) admin.Health {
 	var h admin.Health
 	if n.redis != nil {
 		c := admin.Check{Name: "redis", Status: admin.OK, Detail: "reachable"}
-		if err := n.redis.Health(ctx); err != nil {
-			c.Status = admin.Degraded
+		err := n.redis.Err()
+		if probe {
+			err = n.redis.Health(ctx)
+		}
+		if err != nil {
+			c.Status, c.Since = admin.Degraded, n.redis.DownSince()
 			c.Detail = "unreachable: " + err.Error() + "; rate limits, greylisting and the pre-greet test fail open"
 		}
 		h = append(h, c)
 	}
 	if n.cfg.Cluster.Postgres != "" {
 		c := admin.Check{Name: "postgres", Status: admin.OK, Detail: "reachable"}
-		err := n.postgresErr()
-		if s := n.pg(); s != nil {
-			err = s.Ping(ctx)
-			n.result(err)
+		if s := n.pg(); s != nil && probe {
+			n.result(s.Ping(ctx))
 		}
+		n.mu.Lock()
+		err, since := n.pgErr, n.pgSince
+		if n.store == nil && err == nil {
+			err, since = errors.New("not connected yet"), n.started
+		}
+		n.mu.Unlock()
 		if err != nil {
-			c.Status, c.Detail = admin.Degraded, "unreachable: "+err.Error()
+			c.Status, c.Detail, c.Since = admin.Degraded, "unreachable: "+err.Error(), since
 		}
 		h = append(h, c)
 	}
@@ -294,6 +356,9 @@ func (n *Node) Health(ctx context.Context) admin.Health {
 // Close saves the rate limits of one node and closes the connections.
 // Run must have returned.
 func (n *Node) Close() {
+	if n.local != nil {
+		n.local.Close()
+	}
 	if n.limits != nil {
 		n.limits.Close()
 	}

@@ -81,7 +81,7 @@ func (s *Shared) shared() (q state.Quarantine, unreachable error) {
 		return nil, nil
 	}
 	if q = s.store(); q == nil {
-		return nil, errors.New("quarantine: the cluster's PostgreSQL is not reached")
+		return nil, fmt.Errorf("quarantine: the cluster's PostgreSQL is not reached: %w", state.ErrUnavailable)
 	}
 	return q, nil
 }

@@ -47,8 +47,11 @@ type Router struct {
 	workers int
 	trace   *trace.Log
 	m       *metrics
-	// verified keeps the answers of recipient probes (VerifyRcpt).
+	// verified keeps the answers of recipient probes (VerifyRcpt), and
+	// which routes did not answer lately; shared, if set, keeps the
+	// answers instead, for every node of a cluster.
 	verified verifyCache
+	shared   Verdicts
 
 	// conf is what a reload replaces. A delivery attempt loads it once
 	// and uses that one throughout.
@@ -72,6 +75,10 @@ func Trace(t *trace.Log) Option { return func(r *Router) { r.trace = t } }
 // read from the queue at each scrape, its size and oldest message by
 // destination.
 func Metrics(reg prometheus.Registerer) Option { return func(r *Router) { r.m = newMetrics(r, reg) } }
+
+// SharedVerdicts keeps the answers of recipient probes in v, which the
+// nodes of a cluster share (nil: in the router's memory).
+func SharedVerdicts(v Verdicts) Option { return func(r *Router) { r.shared = v } }
 
 // conf is the part of a Router that follows the config.
 type conf struct {

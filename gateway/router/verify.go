@@ -74,6 +74,17 @@ func (vc *verifyCache) put(key string, v verdict, now time.Time) {
 	vc.entries[key] = v
 }
 
+// Verdicts keep what recipient probes found, each for its time to live:
+// refused is the next hop's permanent refusal, nil when it takes the
+// recipient. The nodes of a cluster share them (in Redis,
+// gateway/cluster), so that a recipient one node asked about is known to
+// every node. A store that fails is a miss, and the route is asked: a
+// probe costs a round trip, mail never waits for the store.
+type Verdicts interface {
+	Get(ctx context.Context, key string) (refused *smtp.SMTPError, ok bool)
+	Put(ctx context.Context, key string, refused *smtp.SMTPError, ttl time.Duration)
+}
+
 // ErrUnverified is wrapped by the error of VerifyRcpt when the route's
 // servers could not tell whether they take a recipient.
 var ErrUnverified = errors.New("recipient not verified")
@@ -120,23 +131,39 @@ func (rs Routes) VerifyRcpt(ctx context.Context, addr string) error {
 // cached, known recipients for an hour, refused ones for ten minutes;
 // temporary ones are not. A route whose servers did not answer is not
 // asked again for verifyDownFor, and meanwhile every recipient that is
-// not known from the cache is unverified.
+// not known from the cache is unverified. In a cluster the answers are
+// the nodes' together (SharedVerdicts); whether a route answered is each
+// node's own.
 func (r *Router) VerifyRcpt(ctx context.Context, route *policy.Route, addr string) error {
 	servers := strings.Join(route.Servers, ",")
 	key := servers + "\x00" + addr
 	down := servers + "\x00" // the route did not answer a probe lately
 	now := time.Now()
-	if v, ok := r.verified.get(key, now); ok {
+	if r.shared != nil {
+		if refused, ok := r.shared.Get(ctx, key); ok {
+			if refused != nil {
+				return refused
+			}
+			return nil
+		}
+	} else if v, ok := r.verified.get(key, now); ok {
 		return v.refused
 	}
 	if _, ok := r.verified.get(down, now); ok {
 		return r.unverified(route, addr, errRouteDown)
 	}
 	known, answered, err := r.probe(ctx, route, addr)
+	var refusal *smtp.SMTPError
 	switch {
+	case known && r.shared != nil:
+		r.shared.Put(ctx, key, nil, verifyKnownFor)
+		return nil
 	case known:
 		r.verified.put(key, verdict{expires: now.Add(verifyKnownFor)}, now)
 		return nil
+	case isPermanent(err) && r.shared != nil && errors.As(err, &refusal):
+		r.shared.Put(ctx, key, refusal, verifyUnknownFor)
+		return err
 	case isPermanent(err):
 		r.verified.put(key, verdict{refused: err, expires: now.Add(verifyUnknownFor)}, now)
 		return err

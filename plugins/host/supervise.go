@@ -232,6 +232,7 @@ func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *sta
 			DnsTimeoutNs: int64(env.DNSTimeout),
 			DataDir:      env.DataDir,
 			Redis:        redisEnv(env.Redis),
+			Shared:       env.Shared,
 		},
 		Name: name,
 	})

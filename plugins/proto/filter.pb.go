@@ -453,7 +453,11 @@ type Env struct {
 	// redis is the Redis the nodes of a [cluster] share, for a stage whose
 	// state every node must see (greylisting's triplets); absent on one
 	// node, where such state lives under data_dir.
-	Redis         *Redis `protobuf:"bytes,5,opt,name=redis,proto3" json:"redis,omitempty"`
+	Redis *Redis `protobuf:"bytes,5,opt,name=redis,proto3" json:"redis,omitempty"`
+	// shared is true on a node of a [cluster] whose nodes share their
+	// state in PostgreSQL: what a stage must do once for the whole cluster
+	// (the dmarc stage's daily reports) it leaves to the gateway.
+	Shared        bool `protobuf:"varint,6,opt,name=shared,proto3" json:"shared,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -521,6 +525,13 @@ func (x *Env) GetRedis() *Redis {
 		return x.Redis
 	}
 	return nil
+}
+
+func (x *Env) GetShared() bool {
+	if x != nil {
+		return x.Shared
+	}
+	return false
 }
 
 // Redis is [cluster] redis and the settings of its client.
@@ -1907,14 +1918,15 @@ const file_filter_proto_rawDesc = "" +
 	"\x10protocol_version\x18\x06 \x01(\rR\x0fprotocolVersion\x12\x18\n" +
 	"\aresults\x18\a \x03(\tR\aresults\x12\x14\n" +
 	"\x05seals\x18\b \x01(\bR\x05seals\x12\x1b\n" +
-	"\tdata_path\x18\t \x01(\rR\bdataPath\"\xb4\x01\n" +
+	"\tdata_path\x18\t \x01(\rR\bdataPath\"\xcc\x01\n" +
 	"\x03Env\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1f\n" +
 	"\vdns_servers\x18\x02 \x03(\tR\n" +
 	"dnsServers\x12\x19\n" +
 	"\bdata_dir\x18\x03 \x01(\tR\adataDir\x12$\n" +
 	"\x0edns_timeout_ns\x18\x04 \x01(\x03R\fdnsTimeoutNs\x12/\n" +
-	"\x05redis\x18\x05 \x01(\v2\x19.mailgate.plugin.v1.RedisR\x05redis\"\x83\x01\n" +
+	"\x05redis\x18\x05 \x01(\v2\x19.mailgate.plugin.v1.RedisR\x05redis\x12\x16\n" +
+	"\x06shared\x18\x06 \x01(\bR\x06shared\"\x83\x01\n" +
 	"\x05Redis\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1d\n" +
 	"\n" +

@@ -20,10 +20,17 @@ import (
 // Layout under <data_dir>:
 //
 //	dmarc/records/<YYYY-MM-DD>.jsonl  the day's evaluations (UTC), one JSON row a line
+//	dmarc/cluster/<YYYY-MM-DD>.jsonl  in a cluster (Env.Shared): a day's evaluations of every
+//	                                   node, written by the gateway of the node that reports it;
+//	                                   .jsonl.sent once reported
 //	dmarc/outbox/                      report messages of a day being finished
 //	pickup/                            finished messages; the gateway moves them into its spool
 type Reporter struct {
 	records, outbox, pickup string
+	// days is where the days to report are read: records on one node,
+	// the cluster's days in a cluster (shared).
+	days                    string
+	shared                  bool
 	from, orgName, hostname string
 	dns                     lookuper
 	org                     OrgDomainer
@@ -62,7 +69,9 @@ func newReporter(env stages.Env, c Config, dns lookuper, org OrgDomainer) (*Repo
 		return nil, &stages.ConfigError{Key: "org_name", Err: errors.New("expect the reporting organisation's name, such as \"Example Corp\"")}
 	}
 	r := &Reporter{
-		records:  filepath.Join(env.DataDir, "dmarc", "records"),
+		records:  filepath.Join(env.DataDir, RecordsDir),
+		days:     filepath.Join(env.DataDir, RecordsDir),
+		shared:   env.Shared,
 		outbox:   filepath.Join(env.DataDir, "dmarc", "outbox"),
 		pickup:   filepath.Join(env.DataDir, "pickup"),
 		from:     c.ReportFrom,
@@ -72,7 +81,10 @@ func newReporter(env stages.Env, c Config, dns lookuper, org OrgDomainer) (*Repo
 		org:      org,
 		log:      func(s string) { fmt.Fprintln(os.Stderr, s) },
 	}
-	for _, d := range []string{r.records, r.outbox, r.pickup} {
+	if r.shared {
+		r.days = filepath.Join(env.DataDir, ClusterDaysDir)
+	}
+	for _, d := range []string{r.records, r.days, r.outbox, r.pickup} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("dmarc reports: %w", err)
 		}
@@ -116,3 +128,34 @@ func (r *Reporter) Record(ev *Evaluation, tx *stages.Transaction, now time.Time)
 
 // day names the UTC day of t, as the record files are named.
 func day(t time.Time) string { return t.UTC().Format(time.DateOnly) }
+
+// Where the evaluations are kept under the data dir, and where a gateway
+// of a cluster (Env.Shared) collects them from and hands back the days
+// to report, with every node's (README.md: Aggregate reports).
+const (
+	RecordsDir     = "dmarc/records" // <day>.jsonl: this node's evaluations of the (UTC) day
+	ClusterDaysDir = "dmarc/cluster" // <day>.jsonl: a day of every node's, to report; <day>.jsonl.sent once reported
+)
+
+// ParseRow returns the time and the policy domain of one line of a
+// records file; ok is false for a line that is not a whole row (cut short
+// by a crash).
+func ParseRow(line []byte) (t time.Time, domain string, ok bool) {
+	var rw struct {
+		Time   int64  `json:"time"`
+		Domain string `json:"domain"`
+	}
+	if json.Unmarshal(line, &rw) != nil || rw.Domain == "" {
+		return time.Time{}, "", false
+	}
+	return time.Unix(rw.Time, 0).UTC(), rw.Domain, true
+}
+
+// ReportsOn reports whether a dmarc stage's config block (as JSON) turns
+// aggregate reports on.
+func ReportsOn(config []byte) bool {
+	var c struct {
+		Reports bool `json:"reports"`
+	}
+	return json.Unmarshal(config, &c) == nil && c.Reports
+}

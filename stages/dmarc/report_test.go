@@ -217,3 +217,68 @@ func decodeBase64(b []byte) ([]byte, error) {
 }
 
 var base64Std = base64.StdEncoding
+
+// TestAggregateReportShared: on a node of a cluster (Env.Shared) the
+// stage records its evaluations as on one node, but reports only the
+// days the gateway hands it in ClusterDaysDir (every node's records),
+// once, and marks each .sent for the gateway.
+func TestAggregateReportShared(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
+	srv := dnstest.NewServer(t, reportZone)
+	f, err := build(stages.Env{DNSServers: []string{srv.Addr()}, DataDir: dir, Hostname: "mx.example.test", Shared: true}, stages.JSONConfig([]byte(
+		`{"reports": true, "report_from": "dmarc-reports@example.test", "org_name": "Example Corp", "cache_size": 0}`)),
+		func() time.Time { return now }, func() int { return 0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := msg("a@example.com", spf("pass", "example.com"))
+	tx.Client.Addr = netip.MustParseAddr("192.0.2.1")
+	if _, err := f.Run(context.Background(), stages.Data, tx); err != nil {
+		t.Fatal(err)
+	}
+	own := filepath.Join(dir, RecordsDir, "2026-12-05.jsonl")
+	line, err := os.ReadFile(own)
+	if err != nil {
+		t.Fatalf("the evaluation is not recorded where the gateway collects it: %v", err)
+	}
+	if at, domain, ok := ParseRow(bytes.TrimSpace(line)); !ok || domain != "example.com" || !at.Equal(now) {
+		t.Fatalf("ParseRow(%s) = %v, %q, %v", line, at, domain, ok)
+	}
+
+	rep := f.reporter.(*Reporter)
+	// The day is over, but its own records are the gateway's to collect:
+	// nothing is reported from them.
+	if err := rep.SendDue(context.Background(), now.Add(24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if p := pickups(t, dir); len(p) != 0 {
+		t.Fatalf("a node of a cluster reported its own records: %v", p)
+	}
+	// The gateway hands over the day with another node's evaluation too.
+	other := bytes.Replace(line, []byte(`"192.0.2.1"`), []byte(`"192.0.2.2"`), 1)
+	day := filepath.Join(dir, ClusterDaysDir, "2026-12-05.jsonl")
+	if err := os.WriteFile(day, append(line, other...), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := rep.SendDue(context.Background(), now.Add(24*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := pickups(t, dir)
+	if len(p) != 1 {
+		t.Fatalf("%d reports handed over, want 1: %v", len(p), p)
+	}
+	_, m := readPickup(t, p[0])
+	doc := string(attachment(t, m, "example.test!example.com!1796428800!1796515199.xml.gz"))
+	if !strings.Contains(doc, "<source_ip>192.0.2.1</source_ip>") || !strings.Contains(doc, "<source_ip>192.0.2.2</source_ip>") {
+		t.Errorf("the report lacks a node's record:\n%s", doc)
+	}
+	if _, err := os.Stat(day + ".sent"); err != nil {
+		t.Errorf("the reported day is not marked .sent: %v", err)
+	}
+	if _, err := os.Stat(own); err != nil {
+		t.Errorf("the node's own records were touched: %v", err)
+	}
+}

@@ -31,21 +31,24 @@ import (
 // SendDue turns every complete day (UTC, before now's day) of recorded
 // evaluations into report messages, one per reporting domain, and hands
 // them to the gateway through the pickup directory. It is what the daily
-// run calls; tests call it with the time they want.
+// run calls; tests call it with the time they want. In a cluster
+// (Env.Shared) the days are those the gateway handed this node to report,
+// with every node's evaluations (ClusterDaysDir), not its own records.
 //
 // A report is handed over once even across a crash: a day's messages are
 // written into the outbox under names fixed by day and domain (a rerun
-// overwrites, never adds), the day's records are removed, and only then
-// is each message renamed into pickup/, which moves it exactly once. A
-// DNS failure while verifying destinations leaves the day for the next
-// run.
+// overwrites, never adds), the day's records are removed (in a cluster,
+// renamed .sent: the gateway tells by it that the day was reported), and
+// only then is each message renamed into pickup/, which moves it exactly
+// once. A DNS failure while verifying destinations leaves the day for the
+// next run.
 func (r *Reporter) SendDue(ctx context.Context, now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := r.flushOutbox(); err != nil {
 		return err
 	}
-	names, err := filepath.Glob(filepath.Join(r.records, "*.jsonl"))
+	names, err := filepath.Glob(filepath.Join(r.days, "*.jsonl"))
 	if err != nil {
 		return err
 	}
@@ -61,7 +64,11 @@ func (r *Reporter) SendDue(ctx context.Context, now time.Time) error {
 			errs = append(errs, fmt.Errorf("dmarc reports of %s: %w", d, err))
 			continue
 		}
-		if err := os.Remove(name); err != nil {
+		done := os.Remove
+		if r.shared {
+			done = func(name string) error { return os.Rename(name, name+".sent") }
+		}
+		if err := done(name); err != nil {
 			errs = append(errs, err)
 		}
 		if err := r.flushOutbox(); err != nil {
@@ -71,9 +78,15 @@ func (r *Reporter) SendDue(ctx context.Context, now time.Time) error {
 	return errors.Join(errs...)
 }
 
+// sharedPoll is how often a node of a cluster looks for a day the
+// gateway handed it to report: a glob of a small directory.
+const sharedPoll = 5 * time.Second
+
 // daily runs SendDue at start (a day that ended while the gateway was
-// down) and then a few minutes after each UTC midnight, until ctx ends.
-// Tests call SendDue with the time they choose instead.
+// down) and then a few minutes after each UTC midnight, until ctx ends;
+// in a cluster, every sharedPoll, as the gateway hands days over when
+// every node's records are in. Tests call SendDue with the time they
+// choose instead.
 func (r *Reporter) daily(ctx context.Context, now func() time.Time) {
 	for {
 		if err := r.SendDue(ctx, now()); err != nil && r.log != nil {
@@ -81,6 +94,9 @@ func (r *Reporter) daily(ctx context.Context, now func() time.Time) {
 		}
 		t := now().UTC()
 		next := time.Date(t.Year(), t.Month(), t.Day()+1, 0, 5, 0, 0, time.UTC)
+		if r.shared {
+			next = t.Add(sharedPoll)
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -128,6 +128,7 @@ type Client struct {
 
 	mu      sync.Mutex
 	lastErr error     // nil while Redis answers
+	since   time.Time // while lastErr is set: when Redis was first found away
 	retryAt time.Time // while down: when one command may try again
 	probing bool      // while down: a command is trying
 }
@@ -185,6 +186,17 @@ func (c *Client) Err() error {
 	return c.lastErr
 }
 
+// DownSince is when Redis was found unreachable, while Err is not nil;
+// zero otherwise.
+func (c *Client) DownSince() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lastErr == nil {
+		return time.Time{}
+	}
+	return c.since
+}
+
 // Failures is how many commands found Redis unreachable or failed fast
 // while it was: each one's user failed open.
 func (c *Client) Failures() uint64 { return c.failures.Load() }
@@ -224,6 +236,9 @@ func (c *Client) settle(err error) (stillDown bool) {
 	c.probing = false
 	switch {
 	case down:
+		if was == nil {
+			c.since = time.Now()
+		}
 		c.lastErr, c.retryAt = err, time.Now().Add(retryAfter)
 	case answered:
 		c.lastErr = nil

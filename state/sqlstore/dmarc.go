@@ -20,8 +20,10 @@ func (d *dmarcRecords) Add(ctx context.Context, r state.DMARCRecord) error {
 	}
 	ctx, cancel := (*Store)(d).ctx(ctx)
 	defer cancel()
-	_, err := d.db.exec(ctx, "INSERT INTO dmarc_records (day, time, node, domain, data) VALUES ($1, $2, $3, $4, $5)",
-		day(r.Time), micros(r.Time), d.node, r.Domain, r.Row)
+	// A record whose key the node sent before meets the unique index
+	// and is not stored again.
+	_, err := d.db.exec(ctx, "INSERT INTO dmarc_records (day, time, node, domain, data, record_key) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+		day(r.Time), micros(r.Time), d.node, r.Domain, r.Row, r.Key)
 	if err != nil {
 		return fmt.Errorf("dmarc record: %w", err)
 	}
@@ -53,30 +55,11 @@ func (d *dmarcRecords) Day(ctx context.Context, t time.Time) ([]state.DMARCRecor
 	return out, nil
 }
 
-// ClaimDay implements state.DMARCRecords: the primary key lets one row
-// per day in, whoever tries at the same moment.
-func (d *dmarcRecords) ClaimDay(ctx context.Context, t time.Time, node string) (bool, error) {
-	ctx, cancel := (*Store)(d).ctx(ctx)
-	defer cancel()
-	n, err := d.db.exec(ctx, "INSERT INTO dmarc_days (day, node, claimed) VALUES ($1, $2, $3) ON CONFLICT (day) DO NOTHING", day(t), node, micros(now()))
-	if err != nil {
-		return false, fmt.Errorf("dmarc reports of %s: %w", day(t), err)
-	}
-	return n == 1, nil
-}
-
 // Expire implements state.DMARCRecords.
 func (d *dmarcRecords) Expire(ctx context.Context, t time.Time) error {
 	ctx, cancel := (*Store)(d).ctx(ctx)
 	defer cancel()
-	err := d.db.inTx(ctx, func(tx querier) error {
-		if _, err := tx.exec(ctx, "DELETE FROM dmarc_records WHERE day < $1", day(t)); err != nil {
-			return err
-		}
-		_, err := tx.exec(ctx, "DELETE FROM dmarc_days WHERE day < $1", day(t))
-		return err
-	})
-	if err != nil {
+	if _, err := d.db.exec(ctx, "DELETE FROM dmarc_records WHERE day < $1", day(t)); err != nil {
 		return fmt.Errorf("expire dmarc records: %w", err)
 	}
 	return nil

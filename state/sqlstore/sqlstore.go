@@ -11,11 +11,16 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver, in pure Go
 
@@ -178,6 +183,7 @@ func (s *Store) Lists() state.Lists           { return (*lists)(s) }
 func (s *Store) DMARC() state.DMARCRecords    { return (*dmarcRecords)(s) }
 func (s *Store) Audit() state.Audit           { return (*audit)(s) }
 func (s *Store) Nodes() state.Nodes           { return (*nodes)(s) }
+func (s *Store) Claims() state.Claims         { return (*claims)(s) }
 
 // micros is t as stored: microseconds since 1970 UTC, 0 for no time.
 func micros(t time.Time) int64 {
@@ -259,3 +265,27 @@ func limit(n int) int {
 
 // notFound wraps state.ErrNotFound for what.
 func notFound(what string) error { return fmt.Errorf("%s: %w", what, state.ErrNotFound) }
+
+// Unreachable reports whether err says the database did not answer (a
+// connection refused, reset or timed out, a server shutting down) rather
+// than that it refused or could not find something: a caller that
+// shares the store with other nodes stops asking for a while, instead of
+// making every request wait for the timeout. An operation its caller
+// cancelled says neither.
+func Unreachable(err error) bool {
+	var pe *pgconn.PgError
+	switch {
+	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, state.ErrNotFound), errors.Is(err, state.ErrExists),
+		errors.Is(err, state.ErrAlreadyReleased), errors.Is(err, state.ErrReleasing), errors.Is(err, ErrNewerSchema):
+		return false
+	case errors.As(err, &pe):
+		// Class 08, connection exception; 57P01-57P03, the server
+		// shutting down or starting (PostgreSQL Appendix A).
+		return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57P")
+	}
+	var ne net.Error
+	var ce *pgconn.ConnectError
+	return errors.As(err, &ce) || errors.As(err, &ne) || pgconn.Timeout(err) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}

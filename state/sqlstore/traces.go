@@ -26,6 +26,7 @@ func (t *traces) Append(ctx context.Context, events ...trace.Event) error {
 				e.Time = now()
 			}
 			e.Time = e.Time.UTC().Truncate(time.Microsecond)
+			e.Node = "" // the column holds it: this store's node
 			b, err := json.Marshal(e)
 			if err != nil {
 				return err
@@ -91,7 +92,7 @@ func (t *traces) Find(ctx context.Context, id string) ([]trace.Event, error) {
 		all = append(all, q)
 	}
 	in, args := inList(all)
-	events, err := t.events(ctx, "SELECT data FROM trace_events WHERE queue_id IN "+in+" ORDER BY time, seq", args...)
+	events, err := t.events(ctx, "SELECT node, data FROM trace_events WHERE queue_id IN "+in+" ORDER BY time, seq", args...)
 	if err != nil {
 		return nil, fmt.Errorf("trace %s: %w", id, err)
 	}
@@ -124,7 +125,7 @@ func (t *traces) Search(ctx context.Context, f state.TraceFilter) ([]trace.Event
 	}
 	ctx, cancel := (*Store)(t).ctx(ctx)
 	defer cancel()
-	events, err := t.events(ctx, fmt.Sprintf("SELECT data FROM trace_events%s ORDER BY time DESC, seq DESC LIMIT %d", &w, limit(f.Limit)), w.args...)
+	events, err := t.events(ctx, fmt.Sprintf("SELECT node, data FROM trace_events%s ORDER BY time DESC, seq DESC LIMIT %d", &w, limit(f.Limit)), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("trace search: %w", err)
 	}
@@ -170,19 +171,25 @@ func (t *traces) strings(ctx context.Context, sql string, args ...any) ([]string
 	return out, rs.Err()
 }
 
-// events decodes the events whose data sql selects.
+// events decodes the events whose node and data sql selects.
 func (t *traces) events(ctx context.Context, sql string, args ...any) ([]trace.Event, error) {
-	data, err := t.strings(ctx, sql, args...)
+	rs, err := t.db.query(ctx, sql, args...)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]trace.Event, 0, len(data))
-	for _, d := range data {
+	defer rs.Close()
+	var out []trace.Event
+	for rs.Next() {
+		var node, data string
+		if err := rs.Scan(&node, &data); err != nil {
+			return nil, err
+		}
 		var e trace.Event
-		if err := json.Unmarshal([]byte(d), &e); err != nil {
+		if err := json.Unmarshal([]byte(data), &e); err != nil {
 			return nil, fmt.Errorf("event: %w", err)
 		}
+		e.Node = node
 		out = append(out, e)
 	}
-	return out, nil
+	return out, rs.Err()
 }

@@ -47,6 +47,7 @@ func Run(t *testing.T, newDB NewDB) {
 		{"Audit", testAudit},
 		{"Nodes", testNodes},
 		{"Revocations", testRevocations},
+		{"Claims", testClaims},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -416,6 +417,14 @@ func testTraceFind(t *testing.T, open func(*testing.T, string) state.Store) {
 	if d := got[1]; d.Score != 12 || len(d.Stages) != 1 || d.Stages[0].Name != "spam" || !d.Time.Equal(at(1)) || *got[0].From != "s@example.org" {
 		t.Errorf("event read back: %+v", d)
 	}
+	// Each event says which node recorded it.
+	var nodes []string
+	for _, e := range got {
+		nodes = append(nodes, e.Node)
+	}
+	if want := []string{"node-a", "node-a", "node-b", "node-b", "node-b", "node-b"}; !slices.Equal(nodes, want) {
+		t.Errorf("the events' nodes: %v, want %v", nodes, want)
+	}
 	if got, err := a.Find(ctx(t), "NOSUCHID0000"); err != nil || len(got) != 0 {
 		t.Errorf("Find of an unknown ID: %v, %v", queueIDs(got), err)
 	}
@@ -580,30 +589,17 @@ func testDMARC(t *testing.T, open func(*testing.T, string) state.Store) {
 		t.Errorf("Day: %+v", got)
 	}
 
-	// Every node tries to claim the day's reports at once; one gets it.
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var claims []string
-	for i, st := range []state.DMARCRecords{a, b, a, b} {
-		node := fmt.Sprintf("node-%d", i)
-		wg.Go(func() {
-			ok, err := st.ClaimDay(ctx(t), day1, node)
-			if err != nil {
-				t.Error(err)
+	// A record added again with its key (a node sending again what it
+	// sent before a crash) is stored once; without a key, every time.
+	for range 2 {
+		for _, st := range []state.DMARCRecords{a, b} {
+			if err := st.Add(ctx(t), state.DMARCRecord{Time: day2, Domain: "example.org", Row: []byte(`{"n":4}`), Key: "records/x.jsonl:0"}); err != nil {
+				t.Fatal(err)
 			}
-			if ok {
-				mu.Lock()
-				claims = append(claims, node)
-				mu.Unlock()
-			}
-		})
+		}
 	}
-	wg.Wait()
-	if len(claims) != 1 {
-		t.Errorf("claims of one day: %v, want exactly 1", claims)
-	}
-	if ok, err := a.ClaimDay(ctx(t), day2, "node-a"); !ok || err != nil {
-		t.Errorf("claim of another day: %v, %v", ok, err)
+	if got, _ := a.Day(ctx(t), day2); len(got) != 3 {
+		t.Errorf("day 2 holds %d records; want 3: one, and one of each node's key sent twice", len(got))
 	}
 
 	if err := a.Expire(ctx(t), day2); err != nil {
@@ -612,11 +608,52 @@ func testDMARC(t *testing.T, open func(*testing.T, string) state.Store) {
 	if got, _ := b.Day(ctx(t), day1); len(got) != 0 {
 		t.Errorf("after Expire, day 1 holds %d records", len(got))
 	}
-	if got, _ := b.Day(ctx(t), day2); len(got) != 1 {
-		t.Errorf("after Expire, day 2 holds %d records, want 1", len(got))
+	if got, _ := b.Day(ctx(t), day2); len(got) != 3 {
+		t.Errorf("after Expire, day 2 holds %d records, want 3", len(got))
 	}
-	if ok, _ := b.ClaimDay(ctx(t), day2, "node-b"); ok {
-		t.Error("day 2 claimed twice")
+}
+
+// testClaims: of nodes claiming one thing at the same moment, one gets
+// it, and gets it again when it asks again; the others never do.
+func testClaims(t *testing.T, open func(*testing.T, string) state.Store) {
+	a, b := open(t, "node-a").Claims(), open(t, "node-b").Claims()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var won []string
+	for i, st := range []state.Claims{a, b, a, b, a, b} {
+		node := fmt.Sprintf("node-%d", i)
+		wg.Go(func() {
+			ok, err := st.Claim(ctx(t), "digest/2025-03-01/bob@example.test", node)
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				mu.Lock()
+				won = append(won, node)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(won) != 1 {
+		t.Fatalf("claims of one thing: %v, want exactly 1", won)
+	}
+	for i, st := range []state.Claims{a, b} {
+		if ok, err := st.Claim(ctx(t), "digest/2025-03-01/bob@example.test", won[0]); !ok || err != nil {
+			t.Errorf("the winner asking again through store %d: %v, %v; want true", i, ok, err)
+		}
+		if ok, err := st.Claim(ctx(t), "digest/2025-03-01/bob@example.test", "node-z"); ok || err != nil {
+			t.Errorf("another node asking later through store %d: %v, %v; want false", i, ok, err)
+		}
+	}
+	if ok, err := b.Claim(ctx(t), "digest/2025-03-01/carol@example.test", "node-z"); !ok || err != nil {
+		t.Errorf("a claim of another thing: %v, %v", ok, err)
+	}
+	if err := a.Expire(ctx(t), time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := a.Claim(ctx(t), "digest/2025-03-01/carol@example.test", "node-y"); !ok || err != nil {
+		t.Errorf("after Expire, the thing is free again: %v, %v", ok, err)
 	}
 }
 

@@ -64,6 +64,10 @@ type Event struct {
 	// Related is another queue ID this event links to: the copy a
 	// quarantine release queued, the original of that copy, a DSN.
 	Related string `json:"related,omitempty"`
+	// Node is the node of a cluster that recorded the event, as the
+	// cluster's store (state.Traces) gives it when read; empty in a
+	// node's own trace files, which are that node's.
+	Node string `json:"node,omitempty"`
 }
 
 // Stage is what one stage did in one phase: the one record of it that the

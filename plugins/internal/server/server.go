@@ -138,6 +138,7 @@ func (s *filterServer) Configure(_ context.Context, req *proto.ConfigureRequest)
 		DNSServers: req.GetEnv().GetDnsServers(),
 		DNSTimeout: time.Duration(req.GetEnv().GetDnsTimeoutNs()),
 		DataDir:    req.GetEnv().GetDataDir(),
+		Shared:     req.GetEnv().GetShared(),
 	}
 	if r := req.GetEnv().GetRedis(); r != nil {
 		env.Redis = stages.Redis{URL: r.GetUrl(), Timeout: time.Duration(r.GetTimeoutNs()),
