@@ -55,8 +55,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/netutil"
 
+	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/door"
-	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/state"
 )

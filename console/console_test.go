@@ -18,10 +18,11 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/spool"
+	"github.com/mailgate/mailgate/state"
 	"github.com/mailgate/mailgate/state/sqlstore"
 	"github.com/mailgate/mailgate/state/trace"
 )
@@ -292,11 +293,13 @@ func (f *fakeBackend) QueueOp(_ context.Context, op, id string) error {
 	return nil
 }
 
-func (f *fakeBackend) Quarantined(flt quarantine.Filter) ([]*quarantine.Record, error) {
+func (f *fakeBackend) Quarantined(flt state.Filter) ([]*state.QuarantineRecord, error) {
 	return f.quar.List(flt, time.Now())
 }
 
-func (f *fakeBackend) QuarantineRecord(id string) (*quarantine.Record, error) { return f.quar.Get(id) }
+func (f *fakeBackend) QuarantineRecord(id string) (*state.QuarantineRecord, error) {
+	return f.quar.Get(id)
+}
 
 func (f *fakeBackend) QuarantineMessage(id string) (io.ReadCloser, error) {
 	if _, err := f.quar.Get(id); err != nil {

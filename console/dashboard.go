@@ -13,7 +13,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/state"
 	"github.com/mailgate/mailgate/state/trace"
 )

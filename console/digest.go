@@ -19,10 +19,10 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/state"
 )
 
 // defaultDigestSubject is [web.digest] subject when the config has none.
@@ -112,12 +112,12 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 	if err != nil {
 		return 0, err
 	}
-	recs, err := c.opts.Admin.Quarantined(quarantine.Filter{})
+	recs, err := c.opts.Admin.Quarantined(state.Filter{})
 	if err != nil {
 		return 0, err
 	}
 	routes := policy.NewRouteTable(cfg.Routes)
-	byRcpt := map[string][]*quarantine.Record{}
+	byRcpt := map[string][]*state.QuarantineRecord{}
 	var rcpts []string
 	for _, rec := range recs {
 		if rec.Time.Before(since) || !rec.Time.Before(until) {
@@ -180,7 +180,7 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 }
 
 // digest renders rcpt's digest as a whole RFC 5322 message.
-func (c *Console) digest(ctx context.Context, cfg *policy.Config, subject, body *template.Template, rcpt string, recs []*quarantine.Record) ([]byte, error) {
+func (c *Console) digest(ctx context.Context, cfg *policy.Config, subject, body *template.Template, rcpt string, recs []*state.QuarantineRecord) ([]byte, error) {
 	link, exp, err := c.newLinks(ctx, rcpt)
 	if err != nil {
 		return nil, err

@@ -9,8 +9,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/stages/address"
+	"github.com/mailgate/mailgate/state"
 )
 
 // endUser wraps a page of an end user's link: /u/{token}/…, for op, the
@@ -79,7 +79,7 @@ func (c *Console) endUser(op string, h func(http.ResponseWriter, *http.Request, 
 func (c *Console) endUserList(w http.ResponseWriter, r *http.Request, v view) {
 	d := quarantineData{}
 	var err error
-	d.Rows, d.More, err = c.rows(quarantine.Filter{Rcpt: v.Rcpt}, "all", func(rec *quarantine.Record) bool {
+	d.Rows, d.More, err = c.rows(state.Filter{Rcpt: v.Rcpt}, "all", func(rec *state.QuarantineRecord) bool {
 		return slices.ContainsFunc(rec.Pending(), func(a string) bool { return address.Equal(a, v.Rcpt) })
 	})
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/state"
 )
@@ -401,7 +400,7 @@ func TestEndUserReleasesScoreHoldsOnly(t *testing.T) {
 			extra = "enduser_release = [\"clamav\"]\n[[stage]]\nname = \"clamav\"\nkind = \"clamav\""
 		}
 		e := newTestEnv(t, extra)
-		virus := e.quarantined("a@shop.example", []string{"bob@example.test"}, "Subject: invoice\r\n\r\nhi\r\n", time.Now(), func(r *quarantine.Record) {
+		virus := e.quarantined("a@shop.example", []string{"bob@example.test"}, "Subject: invoice\r\n\r\nhi\r\n", time.Now(), func(r *state.QuarantineRecord) {
 			r.Stage, r.Reason, r.ByScore = "clamav", "infected: Eicar-Test-Signature", false
 		})
 		b := e.browser()

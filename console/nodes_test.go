@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/state"
 	"github.com/mailgate/mailgate/state/sqlstore"
 )

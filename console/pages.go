@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/policy"
 )
 

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/state"
 )
@@ -22,7 +21,7 @@ const maxQuarantineRows = 500
 
 // quarantineRow is a quarantined message in a list.
 type quarantineRow struct {
-	*quarantine.Record
+	*state.QuarantineRecord
 	Subject string
 }
 
@@ -35,11 +34,11 @@ type quarantineData struct {
 }
 
 // quarantineFilter reads the list's filters from the query.
-func quarantineFilter(r *http.Request) (quarantineData, quarantine.Filter, error) {
+func quarantineFilter(r *http.Request) (quarantineData, state.Filter, error) {
 	q := r.URL.Query()
 	d := quarantineData{From: q.Get("from"), Rcpt: q.Get("rcpt"), Stage: q.Get("stage"), Newer: q.Get("newer"),
 		Older: q.Get("older"), State: q.Get("state")}
-	f := quarantine.Filter{From: d.From, Rcpt: d.Rcpt, Stage: d.Stage}
+	f := state.Filter{From: d.From, Rcpt: d.Rcpt, Stage: d.Stage}
 	for _, p := range []struct {
 		in  string
 		out *time.Duration
@@ -58,7 +57,7 @@ func quarantineFilter(r *http.Request) (quarantineData, quarantine.Filter, error
 
 // rows lists the records f selects in state ("held": not released, the
 // default; "released"; "all"), newest first, each with its subject.
-func (c *Console) rows(f quarantine.Filter, st string, keep func(*quarantine.Record) bool) ([]quarantineRow, bool, error) {
+func (c *Console) rows(f state.Filter, st string, keep func(*state.QuarantineRecord) bool) ([]quarantineRow, bool, error) {
 	recs, err := c.opts.Admin.Quarantined(f)
 	if err != nil {
 		return nil, false, err
@@ -73,7 +72,7 @@ func (c *Console) rows(f quarantine.Filter, st string, keep func(*quarantine.Rec
 		case len(out) == maxQuarantineRows:
 			return out, true, nil
 		}
-		out = append(out, quarantineRow{Record: rec, Subject: c.subject(rec.ID)})
+		out = append(out, quarantineRow{QuarantineRecord: rec, Subject: c.subject(rec.ID)})
 	}
 	return out, false, nil
 }
@@ -102,7 +101,7 @@ func (c *Console) quarantineList(w http.ResponseWriter, r *http.Request, v view)
 
 // shownData is a quarantined message's page.
 type shownData struct {
-	Rec     *quarantine.Record
+	Rec     *state.QuarantineRecord
 	Preview Preview
 	Pending []string
 	// Releasable is false for a hold the viewer may not release: an end
@@ -123,13 +122,13 @@ type shownData struct {
 
 // record returns quarantined message id if the viewer may see it: an end
 // user only their own.
-func (c *Console) record(w http.ResponseWriter, r *http.Request, v view, id string) *quarantine.Record {
+func (c *Console) record(w http.ResponseWriter, r *http.Request, v view, id string) *state.QuarantineRecord {
 	rec, err := c.opts.Admin.QuarantineRecord(id)
 	if err == nil && v.Rcpt != "" && !slices.ContainsFunc(rec.Rcpts, func(a string) bool { return address.Equal(a, v.Rcpt) }) {
-		err = quarantine.ErrNotFound // not theirs: as if it were not there
+		err = state.ErrNotQuarantined // not theirs: as if it were not there
 	}
 	switch {
-	case errors.Is(err, quarantine.ErrNotFound):
+	case errors.Is(err, state.ErrNotQuarantined):
 		c.fail(w, r, http.StatusNotFound, "No such message in the quarantine: it may have been deleted or expired.")
 		return nil
 	case err != nil:
@@ -171,7 +170,7 @@ func (c *Console) quarantineShow(w http.ResponseWriter, r *http.Request, v view)
 
 // releaseTo returns the release of rec to rcpt: the partial release that
 // named it, or the release of the whole message; nil when rcpt waits.
-func releaseTo(rec *quarantine.Record, rcpt string) *state.QuarantineRelease {
+func releaseTo(rec *state.QuarantineRecord, rcpt string) *state.QuarantineRelease {
 	for i, rel := range rec.Releases {
 		if slices.ContainsFunc(rel.Rcpts, func(a string) bool { return address.Equal(a, rcpt) }) {
 			return &rec.Releases[i]
@@ -203,7 +202,7 @@ func (c *Console) quarantineEML(w http.ResponseWriter, r *http.Request, v view) 
 // act runs op on quarantined message id for rcpts, the recipients chosen
 // (the end user's own, those an admin checked), or nil for all of them,
 // and says what it did.
-func (c *Console) act(ctx context.Context, v view, op string, rec *quarantine.Record, rcpts []string) (string, error) {
+func (c *Console) act(ctx context.Context, v view, op string, rec *state.QuarantineRecord, rcpts []string) (string, error) {
 	chosen := rcpts != nil
 	if !chosen {
 		rcpts = rec.Rcpts
@@ -261,7 +260,7 @@ func (c *Console) act(ctx context.Context, v view, op string, rec *quarantine.Re
 // a score threshold made, or one of a stage [web] enduser_release lists.
 // What a stage held by its own action (a virus, a file type) needs an
 // admin: a sender is easy to forge.
-func (c *Console) endUserMayRelease(rec *quarantine.Record) bool {
+func (c *Console) endUserMayRelease(rec *state.QuarantineRecord) bool {
 	return rec.ByScore || slices.Contains(c.opts.Config().Web.EndUserRelease, rec.Stage)
 }
 
@@ -349,7 +348,7 @@ func (c *Console) quarantineBulk(w http.ResponseWriter, r *http.Request, v view)
 	for _, id := range ids {
 		rec, err := c.opts.Admin.QuarantineRecord(id)
 		if err == nil && v.Rcpt != "" && !slices.ContainsFunc(rec.Rcpts, func(a string) bool { return address.Equal(a, v.Rcpt) }) {
-			err = quarantine.ErrNotFound
+			err = state.ErrNotQuarantined
 		}
 		var line string
 		if err == nil {
@@ -372,9 +371,9 @@ func (c *Console) quarantineBulk(w http.ResponseWriter, r *http.Request, v view)
 func (c *Console) opFailed(w http.ResponseWriter, r *http.Request, v view, back, id string, err error) {
 	code := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, quarantine.ErrAlreadyReleased), errors.Is(err, quarantine.ErrReleasing):
+	case errors.Is(err, state.ErrAlreadyReleased), errors.Is(err, state.ErrReleasing):
 		code = http.StatusConflict
-	case errors.Is(err, quarantine.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, state.ErrNotQuarantined), errors.Is(err, fs.ErrNotExist):
 		code = http.StatusNotFound
 	case !isInternal(err):
 		code = http.StatusBadRequest
@@ -400,20 +399,20 @@ func refusef(format string, a ...any) error { return &refusal{fmt.Sprintf(format
 // refusal the user can read.
 func isInternal(err error) bool {
 	var r *refusal
-	return !errors.As(err, &r) && !errors.Is(err, quarantine.ErrAlreadyReleased) && !errors.Is(err, quarantine.ErrReleasing) &&
-		!errors.Is(err, quarantine.ErrNotRecipient) && !errors.Is(err, quarantine.ErrNotFound)
+	return !errors.As(err, &r) && !errors.Is(err, state.ErrAlreadyReleased) && !errors.Is(err, state.ErrReleasing) &&
+		!errors.Is(err, state.ErrNotRecipient) && !errors.Is(err, state.ErrNotQuarantined)
 }
 
 // userError is what a user is told of err: the refusal, or a generic
 // text for a failure of the gateway (the log has it).
 func userError(err error) string {
 	switch {
-	case errors.Is(err, quarantine.ErrAlreadyReleased):
+	case errors.Is(err, state.ErrAlreadyReleased):
 		return "released already (" + err.Error() + ")"
-	case errors.Is(err, quarantine.ErrReleasing):
+	case errors.Is(err, state.ErrReleasing):
 		// Another node of the cluster is releasing it at this moment.
 		return "released already, by another node at this moment (" + err.Error() + ")"
-	case errors.Is(err, quarantine.ErrNotFound):
+	case errors.Is(err, state.ErrNotQuarantined):
 		return "no such message in the quarantine"
 	case errors.Is(err, state.ErrUnavailable):
 		return "not done: the cluster's PostgreSQL is unreachable; try again when it answers"

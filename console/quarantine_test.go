@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/state"
 	"github.com/mailgate/mailgate/state/trace"
@@ -42,7 +41,7 @@ const hostileMessage = "From: \"Eve <script>alert('from')</script>\" <eve@bad.ex
 
 // quarantined puts a message into the test quarantine, held by score
 // unless an edit says otherwise.
-func (e *testEnv) quarantined(from string, rcpts []string, msg string, at time.Time, edits ...func(*quarantine.Record)) *quarantine.Record {
+func (e *testEnv) quarantined(from string, rcpts []string, msg string, at time.Time, edits ...func(*state.QuarantineRecord)) *state.QuarantineRecord {
 	e.t.Helper()
 	w, err := e.backend.spool.Create()
 	if err != nil {
@@ -52,7 +51,7 @@ func (e *testEnv) quarantined(from string, rcpts []string, msg string, at time.T
 	if err := w.Flush(); err != nil {
 		e.t.Fatal(err)
 	}
-	rec := &quarantine.Record{ID: w.ID(), From: from, Rcpts: rcpts, Time: at, Score: 12, Stage: "spam",
+	rec := &state.QuarantineRecord{ID: w.ID(), From: from, Rcpts: rcpts, Time: at, Score: 12, Stage: "spam",
 		Reason: "score 12 reached quarantine_score 10", ByScore: true, ClientAddr: "192.0.2.66", ClientHelo: "bad.example",
 		Verdicts: []trace.Stage{{Name: "spam", Kind: "spam", Phase: "data", Action: stages.Quarantine, Score: 12, Result: "spam", DurationMS: 4}}}
 	for _, f := range edits {
@@ -163,7 +162,7 @@ func TestQuarantineAllowBlockDelete(t *testing.T) {
 	if r.code != http.StatusOK || !strings.Contains(r.body, "Deleted "+rec.ID) || !strings.Contains(r.body, "NOSUCH000001: no such message") {
 		t.Fatalf("bulk delete: %d\n%s", r.code, r.body)
 	}
-	if left, _ := e.backend.quar.List(quarantine.Filter{}, time.Now()); len(left) != 0 {
+	if left, _ := e.backend.quar.List(state.Filter{}, time.Now()); len(left) != 0 {
 		t.Fatalf("%d left after delete", len(left))
 	}
 	if r := b.get("/lists?owner=carol@example.test"); !strings.Contains(r.body, "news@shop.example") || strings.Contains(r.body, "bob@example.test") {

@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"slices"
 
-	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/state"
 )
@@ -34,7 +32,7 @@ func (c *Console) queueList(w http.ResponseWriter, r *http.Request, v view) {
 		c.log.Error("web queue", "err", err)
 		d.Problem = "The queue could not be read; the log says why."
 	}
-	f := quarantine.Filter{From: d.From, Rcpt: d.Rcpt}
+	f := state.Filter{From: d.From, Rcpt: d.Rcpt}
 	now := c.opts.Now()
 	slices.SortFunc(envs, func(a, b *spool.Envelope) int { return a.Received.Compare(b.Received) })
 	for _, env := range envs {
@@ -67,7 +65,7 @@ func (c *Console) queueBulk(w http.ResponseWriter, r *http.Request, v view) {
 	for _, id := range ids {
 		err := c.opts.Admin.QueueOp(r.Context(), op, id)
 		switch {
-		case errors.Is(err, router.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+		case errors.Is(err, spool.ErrNotFound), errors.Is(err, fs.ErrNotExist):
 			lines = append(lines, id+": no such message in the queue")
 		case err != nil:
 			c.log.Error("web queue", "op", op, "id", id, "err", err)
@@ -101,7 +99,7 @@ func (c *Console) auditLog(w http.ResponseWriter, r *http.Request, v view) {
 }
 
 // queueOps are the operations on a queued message, as the CLI has them
-// (router.QueueOp).
+// (the router's QueueOp).
 var queueOps = []string{"retry", "hold", "release", "delete"}
 
 func (c *Console) queueOp(w http.ResponseWriter, r *http.Request, v view) {
@@ -112,7 +110,7 @@ func (c *Console) queueOp(w http.ResponseWriter, r *http.Request, v view) {
 	}
 	err := c.opts.Admin.QueueOp(r.Context(), op, id)
 	switch {
-	case errors.Is(err, router.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, spool.ErrNotFound), errors.Is(err, fs.ErrNotExist):
 		c.fail(w, r, http.StatusNotFound, "No such message in the queue.")
 		return
 	case err != nil:

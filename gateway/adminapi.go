@@ -5,7 +5,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/state/trace"

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/gateway"
-	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages/smtptest"

@@ -24,8 +24,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/console"
-	"github.com/mailgate/mailgate/gateway/admin"
 	"github.com/mailgate/mailgate/gateway/cluster"
 	"github.com/mailgate/mailgate/gateway/pipeline"
 	"github.com/mailgate/mailgate/gateway/quarantine"

@@ -123,6 +123,10 @@ func NewEnvelope(from string, rcpts []string, clientAddr, clientHelo, messageID 
 // ErrClosed is returned by calls on a closed Spool.
 var ErrClosed = errors.New("spool: closed")
 
+// ErrNotFound is returned by the operator's calls on the queue (the
+// router's) for a queue ID it does not hold.
+var ErrNotFound = errors.New("no such message in the queue")
+
 // IsFull reports whether err comes from a full disk or an exhausted quota,
 // the case for a 452 reply (RFC 5321 section 4.2.2: insufficient system
 // storage) rather than a 451.

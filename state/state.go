@@ -43,6 +43,12 @@ var (
 	// ErrReleasing: another release of the message is under way (on the
 	// node the error names) and has not ended.
 	ErrReleasing = errors.New("release in progress")
+	// ErrNotQuarantined: the operator named a message the quarantine does
+	// not hold (the one node's or the cluster's).
+	ErrNotQuarantined = errors.New("no such message in the quarantine")
+	// ErrNotRecipient: a release named a recipient the message does not
+	// have.
+	ErrNotRecipient = errors.New("not a recipient of the message")
 	// ErrUnavailable: the store does not answer (the PostgreSQL of a
 	// cluster is away). A node says so at once while it knows the store
 	// is away, rather than make each caller wait for a timeout.

@@ -34,7 +34,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/mailgate/mailgate/gateway/admin"
+	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/policy/ratelimit"

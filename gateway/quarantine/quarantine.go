@@ -66,20 +66,23 @@ import (
 	"github.com/mailgate/mailgate/state"
 )
 
-// ErrNotFound is returned for an ID that is not in the quarantine.
-var ErrNotFound = errors.New("no such message in the quarantine")
-
-// ErrAlreadyReleased is returned by Release for a message released
-// before; the error names the queue ID of that release.
-var ErrAlreadyReleased = errors.New("already released")
+// The errors of the quarantine are the state's, so that the admin API and
+// the console, which know no quarantine implementation, tell them apart:
+// ErrNotFound for an ID it does not hold; ErrAlreadyReleased from Release
+// for a message released before (the error names the queue ID of that
+// release); ErrReleasing from a cluster's Release while another release
+// is under way (the error names the node); ErrNotRecipient for a
+// recipient the message does not have.
+var (
+	ErrNotFound        = state.ErrNotQuarantined
+	ErrAlreadyReleased = state.ErrAlreadyReleased
+	ErrReleasing       = state.ErrReleasing
+	ErrNotRecipient    = state.ErrNotRecipient
+)
 
 // ErrPartialShared is returned by a cluster's Release asked for some of
 // the recipients of a message in the shared store: it releases to all.
 var ErrPartialShared = errors.New("a release to some recipients is not supported for the cluster's quarantine yet; release to all")
-
-// ErrReleasing is returned by a cluster's Release for a message another
-// release is under way for; the error names the node.
-var ErrReleasing = errors.New("release in progress")
 
 // Record is what the quarantine keeps about a message besides its bytes:
 // the same record, and the same JSON, on one node (a file per record) and
@@ -283,10 +286,6 @@ func (s *Store) Expire(now time.Time, retention time.Duration) ([]string, error)
 	}
 	return ids, errors.Join(errs...)
 }
-
-// ErrNotRecipient is returned by Release for a recipient the message
-// does not have.
-var ErrNotRecipient = errors.New("not a recipient of the message")
 
 // Release queues a copy of message id in sp for delivery to rcpts, or to
 // every recipient not released yet when rcpts is empty, and returns the

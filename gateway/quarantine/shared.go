@@ -448,17 +448,12 @@ func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) erro
 	return q.EndRelease(context.Background(), rec.ID, rec.Released, true)
 }
 
-// fromState gives a shared store's error the quarantine's meaning, so
-// that the admin API answers 404 or 409 as on one node, keeping its text.
+// fromState gives a shared store's "not found" the quarantine's meaning,
+// so that the admin API answers 404 as on one node, keeping its text (the
+// other errors of the store are the quarantine's already).
 func fromState(err error) error {
-	for _, m := range []struct{ from, to error }{
-		{state.ErrNotFound, ErrNotFound},
-		{state.ErrAlreadyReleased, ErrAlreadyReleased},
-		{state.ErrReleasing, ErrReleasing},
-	} {
-		if errors.Is(err, m.from) {
-			return meaning{err, m.to}
-		}
+	if errors.Is(err, state.ErrNotFound) {
+		return meaning{err, ErrNotFound}
 	}
 	return err
 }

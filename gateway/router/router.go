@@ -30,9 +30,6 @@ import (
 	"github.com/mailgate/mailgate/state/trace"
 )
 
-// ErrNotFound is returned by the operator calls for an unknown queue ID.
-var ErrNotFound = errors.New("router: no such message in the queue")
-
 // ErrStopped is returned by the operator calls once Run has returned.
 var ErrStopped = errors.New("router: stopped")
 

@@ -600,7 +600,7 @@ func TestOperatorCalls(t *testing.T) {
 	if _, err := h.sp.Load(deleted.ID); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("deleted message still in the spool: %v", err)
 	}
-	if err := h.r.QueueOp(ctx, "delete", deleted.ID); !errors.Is(err, ErrNotFound) {
+	if err := h.r.QueueOp(ctx, "delete", deleted.ID); !errors.Is(err, spool.ErrNotFound) {
 		t.Errorf("second Delete: %v, want ErrNotFound", err)
 	}
 	if err := h.r.QueueOp(ctx, "retry", held.ID); err == nil {

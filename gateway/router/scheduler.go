@@ -291,7 +291,7 @@ func (s *scheduler) drop(it *item) {
 func (s *scheduler) retry(id string) error {
 	it := s.items[id]
 	if it == nil {
-		return fmt.Errorf("retry %s: %w", id, ErrNotFound)
+		return fmt.Errorf("retry %s: %w", id, spool.ErrNotFound)
 	}
 	if it.env.Held {
 		return fmt.Errorf("retry %s: message is held; release it instead", id)
@@ -306,7 +306,7 @@ func (s *scheduler) retry(id string) error {
 func (s *scheduler) hold(id string, held bool) error {
 	it := s.items[id]
 	if it == nil {
-		return fmt.Errorf("hold %s: %w", id, ErrNotFound)
+		return fmt.Errorf("hold %s: %w", id, spool.ErrNotFound)
 	}
 	if it.env.Held == held {
 		return nil
@@ -333,7 +333,7 @@ func (s *scheduler) hold(id string, held bool) error {
 func (s *scheduler) remove(id string) error {
 	it := s.items[id]
 	if it == nil {
-		return fmt.Errorf("delete %s: %w", id, ErrNotFound)
+		return fmt.Errorf("delete %s: %w", id, spool.ErrNotFound)
 	}
 	s.r.log.Info("deleted", "queue_id", id)
 	s.r.trace.Record(trace.Event{QueueID: id, MessageID: it.env.MessageID, Event: "deleted", Reason: "operator"})

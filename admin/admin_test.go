@@ -12,38 +12,37 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/spool"
+	"github.com/mailgate/mailgate/state"
 )
 
 // fake is a Backend that records calls and fails as told.
 type fake struct {
 	calls  []string
-	filter quarantine.Filter
+	filter state.Filter
 	health Health
 }
 
 func (f *fake) Queue() ([]*spool.Envelope, error) { return []*spool.Envelope{{ID: "Q1"}}, nil }
 func (f *fake) QueuedMessage(id string) (*spool.Envelope, error) {
-	return nil, fmt.Errorf("load %s: %w", id, router.ErrNotFound)
+	return nil, fmt.Errorf("load %s: %w", id, spool.ErrNotFound)
 }
 func (f *fake) QueueOp(_ context.Context, op, id string) error {
 	f.calls = append(f.calls, op+" "+id)
 	return nil
 }
-func (f *fake) Quarantined(flt quarantine.Filter) ([]*quarantine.Record, error) {
+func (f *fake) Quarantined(flt state.Filter) ([]*state.QuarantineRecord, error) {
 	f.filter = flt
 	return nil, nil
 }
-func (f *fake) QuarantineRecord(id string) (*quarantine.Record, error) {
-	return &quarantine.Record{ID: id}, nil
+func (f *fake) QuarantineRecord(id string) (*state.QuarantineRecord, error) {
+	return &state.QuarantineRecord{ID: id}, nil
 }
 func (f *fake) QuarantineMessage(id string) (io.ReadCloser, error) {
 	return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nbody\r\n")), nil
 }
 func (f *fake) QuarantineRelease(_ context.Context, id string, _ []string) (string, error) {
-	return "", fmt.Errorf("quarantine %s: %w as Q2", id, quarantine.ErrAlreadyReleased)
+	return "", fmt.Errorf("quarantine %s: %w as Q2", id, state.ErrAlreadyReleased)
 }
 func (f *fake) QuarantineDelete(id string) error { return nil }
 func (f *fake) Reload(context.Context) error {
@@ -106,7 +105,7 @@ func TestHandler(t *testing.T) {
 		t.Errorf("queue operations %q", got)
 	}
 	do(t, h, "GET", "/api/quarantine?from=a%40x&rcpt=b&stage=av&older=2h&newer=72h", local, false)
-	if want := (quarantine.Filter{From: "a@x", Rcpt: "b", Stage: "av", OlderThan: 2 * time.Hour, NewerThan: 72 * time.Hour}); b.filter != want {
+	if want := (state.Filter{From: "a@x", Rcpt: "b", Stage: "av", OlderThan: 2 * time.Hour, NewerThan: 72 * time.Hour}); b.filter != want {
 		t.Errorf("filter %+v, want %+v", b.filter, want)
 	}
 	b.health = Health{
@@ -198,7 +197,7 @@ func TestClient(t *testing.T) {
 	if err := c.QuarantineMessage(ctx, "Q1", &msg); err != nil || msg.String() != "Subject: x\r\n\r\nbody\r\n" {
 		t.Fatalf("message %q, %v", msg.String(), err)
 	}
-	if _, err := c.Quarantined(ctx, quarantine.Filter{From: "a@x", OlderThan: time.Hour}); err != nil {
+	if _, err := c.Quarantined(ctx, state.Filter{From: "a@x", OlderThan: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	if b.filter.From != "a@x" || b.filter.OlderThan != time.Hour {

@@ -45,9 +45,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mailgate/mailgate/gateway/quarantine"
-	"github.com/mailgate/mailgate/gateway/router"
 	"github.com/mailgate/mailgate/spool"
+	"github.com/mailgate/mailgate/state"
 )
 
 // Header must be set to "1" on requests that change something.
@@ -60,8 +59,8 @@ type Backend interface {
 	// QueueOp runs retry, hold, release or delete on a queued message.
 	QueueOp(ctx context.Context, op, id string) error
 
-	Quarantined(f quarantine.Filter) ([]*quarantine.Record, error)
-	QuarantineRecord(id string) (*quarantine.Record, error)
+	Quarantined(f state.Filter) ([]*state.QuarantineRecord, error)
+	QuarantineRecord(id string) (*state.QuarantineRecord, error)
 	QuarantineMessage(id string) (io.ReadCloser, error)
 	// QuarantineRelease queues a quarantined message for rcpts (none:
 	// every recipient not released yet) and returns the queue ID of the
@@ -313,9 +312,9 @@ func guard(next http.Handler) http.Handler {
 	})
 }
 
-func parseFilter(r *http.Request) (quarantine.Filter, error) {
+func parseFilter(r *http.Request) (state.Filter, error) {
 	q := r.URL.Query()
-	f := quarantine.Filter{From: q.Get("from"), Rcpt: q.Get("rcpt"), Stage: q.Get("stage")}
+	f := state.Filter{From: q.Get("from"), Rcpt: q.Get("rcpt"), Stage: q.Get("stage")}
 	for _, d := range []struct {
 		key string
 		dst *time.Duration
@@ -335,11 +334,11 @@ func parseFilter(r *http.Request) (quarantine.Filter, error) {
 // of failure it was.
 func status(err error) int {
 	switch {
-	case errors.Is(err, fs.ErrNotExist), errors.Is(err, router.ErrNotFound), errors.Is(err, quarantine.ErrNotFound):
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, spool.ErrNotFound), errors.Is(err, state.ErrNotQuarantined):
 		return http.StatusNotFound
-	case errors.Is(err, quarantine.ErrAlreadyReleased), errors.Is(err, quarantine.ErrReleasing):
+	case errors.Is(err, state.ErrAlreadyReleased), errors.Is(err, state.ErrReleasing):
 		return http.StatusConflict
-	case errors.Is(err, quarantine.ErrNotRecipient):
+	case errors.Is(err, state.ErrNotRecipient):
 		return http.StatusBadRequest
 	}
 	return http.StatusInternalServerError

@@ -10,8 +10,8 @@ import (
 	"net/url"
 	"strings"
 
-	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/spool"
+	"github.com/mailgate/mailgate/state"
 )
 
 // Client calls the admin API of a running gateway.
@@ -59,7 +59,7 @@ func (c *Client) QueueOp(ctx context.Context, op, id string) error {
 }
 
 // Quarantined lists the quarantined messages f selects.
-func (c *Client) Quarantined(ctx context.Context, f quarantine.Filter) ([]*quarantine.Record, error) {
+func (c *Client) Quarantined(ctx context.Context, f state.Filter) ([]*state.QuarantineRecord, error) {
 	q := url.Values{}
 	for k, v := range map[string]string{"from": f.From, "rcpt": f.Rcpt, "stage": f.Stage} {
 		if v != "" {
@@ -76,13 +76,13 @@ func (c *Client) Quarantined(ctx context.Context, f quarantine.Filter) ([]*quara
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	var out []*quarantine.Record
+	var out []*state.QuarantineRecord
 	return out, c.call(ctx, http.MethodGet, path, &out)
 }
 
 // QuarantineRecord returns the record of a quarantined message.
-func (c *Client) QuarantineRecord(ctx context.Context, id string) (*quarantine.Record, error) {
-	var out quarantine.Record
+func (c *Client) QuarantineRecord(ctx context.Context, id string) (*state.QuarantineRecord, error) {
+	var out state.QuarantineRecord
 	return &out, c.call(ctx, http.MethodGet, "/api/quarantine/"+url.PathEscape(id), &out)
 }
 
