@@ -339,8 +339,8 @@ func (c *Console) sessionRevoked(ctx context.Context, id string) (bool, error) {
 	defer cancel()
 	revoked, err := c.opts.Revocations.SessionRevoked(ctx, id)
 	if err != nil {
-		c.log.Error("web session refused: "+errUnverified.Error(), "err", err)
-		return false, errUnverified
+		c.log.Error("web session not verified: "+errUnverified.Error(), "err", err)
+		return false, fmt.Errorf("%w: %w", errUnverified, err)
 	}
 	return revoked, nil
 }

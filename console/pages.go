@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"html/template"
 	"io/fs"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/mailgate/mailgate/admin"
 	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/state"
 )
 
 //go:embed templates static
@@ -271,14 +273,19 @@ func (c *Console) routes() {
 // form and back, anything else is refused.
 //
 // A session the store cannot vouch for (errUnverified) gets 503 and a
-// page saying why, for a look as for a change: not the login form,
-// which would take the password and then refuse the new session the
-// same way, a loop that reads as a wrong password; and not the page,
-// since the cookie may have been logged out on another node.
+// page saying why: not the login form, which would take the password and
+// then refuse the new session the same way, a loop that reads as a wrong
+// password; and not the page, since the cookie may have been logged out
+// on another node. One exception, so that the console serves during a
+// cluster's outage, when the admin needs it most: while the node knows
+// the cluster's PostgreSQL is away (state.ErrUnavailable, which a client
+// cannot cause, unlike a cancelled request), a look is allowed with this
+// node's own logouts checked, and every page says the store is
+// unreachable; a change still gets 503.
 func (c *Console) staff(change bool, h func(http.ResponseWriter, *http.Request, view)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, err := c.session(r)
-		if err != nil {
+		if err != nil && (change || s == nil || !errors.Is(err, state.ErrUnavailable)) {
 			c.render(w, http.StatusServiceUnavailable, "error", view{Title: "Try again later",
 				Data: "Your session cannot be checked now: the gateway's state store does not answer. Try again in a few minutes; the log says more."})
 			return
@@ -358,16 +365,20 @@ func (c *Console) cookieSession(r *http.Request) (*session, bool) {
 }
 
 // session returns the session of r's cookie: nil when there is none, or
-// it is not good (forged, expired, logged out); errUnverified when the
-// store cannot say whether it was logged out.
+// it is not good (forged, expired, logged out); the session with
+// errUnverified (wrapping the store's error) when the store cannot say
+// whether it was logged out.
 func (c *Console) session(r *http.Request) (*session, error) {
 	s, ok := c.cookieSession(r)
 	if !ok {
 		return nil, nil
 	}
 	revoked, err := c.sessionRevoked(r.Context(), s.id)
-	if err != nil || revoked {
-		return nil, err
+	switch {
+	case revoked:
+		return nil, nil
+	case err != nil:
+		return s, err // unverified: the caller decides what it may do
 	}
 	return s, nil
 }
