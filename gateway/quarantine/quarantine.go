@@ -61,7 +61,6 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/spool"
-	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/durable"
 	"github.com/mailgate/mailgate/state"
 )
@@ -69,17 +68,15 @@ import (
 // ErrNotFound is returned for an ID that is not in the quarantine.
 var ErrNotFound = errors.New("no such message in the quarantine")
 
-// ErrAlreadyReleased is returned by Release for a message released
-// before; the error names the queue ID of that release.
-var ErrAlreadyReleased = errors.New("already released")
-
-// ErrPartialShared is returned by a cluster's Release asked for some of
-// the recipients of a message in the shared store: it releases to all.
-var ErrPartialShared = errors.New("a release to some recipients is not supported for the cluster's quarantine yet; release to all")
-
-// ErrReleasing is returned by a cluster's Release for a message another
-// release is under way for; the error names the node.
-var ErrReleasing = errors.New("release in progress")
+// Errors of Release, the same in a node's own quarantine and in the
+// cluster's: ErrAlreadyReleased names the queue ID of the release (of
+// the recipient) before, ErrReleasing the node and the recipients of the
+// release under way, ErrNotRecipient an address the message is not for.
+var (
+	ErrAlreadyReleased = state.ErrAlreadyReleased
+	ErrReleasing       = state.ErrReleasing
+	ErrNotRecipient    = state.ErrNotRecipient
+)
 
 // Record is what the quarantine keeps about a message besides its bytes:
 // the same record, and the same JSON, on one node (a file per record) and
@@ -284,10 +281,6 @@ func (s *Store) Expire(now time.Time, retention time.Duration) ([]string, error)
 	return ids, errors.Join(errs...)
 }
 
-// ErrNotRecipient is returned by Release for a recipient the message
-// does not have.
-var ErrNotRecipient = errors.New("not a recipient of the message")
-
 // Release queues a copy of message id in sp for delivery to rcpts, or to
 // every recipient not released yet when rcpts is empty, and returns the
 // copy's envelope, for the caller to hand to the router. See the package
@@ -297,8 +290,7 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...str
 	defer s.mu.Unlock()
 	var rec *Record
 	begin := func(copyID string) (r *Record, to []string, err error) {
-		if rec, to, err = s.toRelease(id, rcpts); err == nil {
-			rec.Releasing = copyID
+		if rec, to, err = s.toRelease(id, copyID, rcpts); err == nil {
 			err = s.writeRecord(rec)
 		}
 		return rec, to, err
@@ -307,34 +299,16 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...str
 	return release(ctx, id, sp, begin, func() (io.ReadCloser, error) { return os.Open(s.MessagePath(id)) }, end)
 }
 
-// toRelease returns the record of id and the recipients a release to
-// rcpts (none: all not released yet) goes to, named in ReleasingRcpts
-// when they are not all.
-func (s *Store) toRelease(id string, rcpts []string) (*Record, []string, error) {
+// toRelease returns the record of id marked as being released as copyID
+// to rcpts (none: all not released yet), and those recipients.
+func (s *Store) toRelease(id, copyID string, rcpts []string) (*Record, []string, error) {
 	rec, err := s.Get(id)
 	if err != nil {
 		return nil, nil, err
 	}
-	if rec.Released != "" {
-		return nil, nil, fmt.Errorf("quarantine %s: %w as %s at %s", id, ErrAlreadyReleased, rec.Released, rec.ReleasedAt.Format(time.RFC3339))
-	}
-	if len(rcpts) == 0 {
-		return rec, rec.Pending(), nil
-	}
-	var to []string
-	for _, a := range rcpts {
-		i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return address.Equal(r, a) })
-		switch {
-		case i < 0:
-			return nil, nil, fmt.Errorf("quarantine %s: %s: %w", id, a, ErrNotRecipient)
-		case rec.ReleasedTo(a) != "":
-			return nil, nil, fmt.Errorf("quarantine %s: %w to %s as %s", id, ErrAlreadyReleased, a, rec.ReleasedTo(a))
-		case !slices.Contains(to, rec.Rcpts[i]):
-			to = append(to, rec.Rcpts[i])
-		}
-	}
-	if len(to) < len(rec.Pending()) || len(rec.Releases) > 0 {
-		rec.ReleasingRcpts = to // else a release as a whole
+	to, err := rec.Begin(copyID, rcpts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quarantine %s: %w", id, err)
 	}
 	return rec, to, nil
 }

@@ -210,7 +210,7 @@ func TestSharedCrashMidRelease(t *testing.T) {
 	ctx := context.Background()
 	// The first crashed after its copy was committed, the second before.
 	w := spooled(t, a.sp, "Subject: one\r\n\r\n1\r\n")
-	if _, err := q.BeginRelease(ctx, committed.ID, "a", w.ID()); err != nil {
+	if _, err := q.BeginRelease(ctx, committed.ID, "a", w.ID(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.q.journal(committed.ID, w.ID(), nil); err != nil {
@@ -219,7 +219,7 @@ func TestSharedCrashMidRelease(t *testing.T) {
 	if err := w.Commit(ctx, spool.NewEnvelope(committed.From, committed.Rcpts, "", "", "")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.BeginRelease(ctx, lost.ID, "a", "LOSTCOPY0000000"); err != nil {
+	if _, err := q.BeginRelease(ctx, lost.ID, "a", "LOSTCOPY0000000", nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.q.journal(lost.ID, "LOSTCOPY0000000", nil); err != nil {
@@ -289,7 +289,7 @@ func TestCopy(t *testing.T) {
 	if err != nil || got.Released != env.ID {
 		t.Fatalf("released message in the store: %+v, %v; want released as %s", got, err, env.ID)
 	}
-	if _, err := st.Quarantine().BeginRelease(context.Background(), kept.ID, "b", "COPY000000000000"); err != nil {
+	if _, err := st.Quarantine().BeginRelease(context.Background(), kept.ID, "b", "COPY000000000000", nil); err != nil {
 		t.Fatalf("the other message is not releasable in the store: %v", err)
 	}
 }

@@ -260,7 +260,7 @@ func testReleaseExactlyOnce(t *testing.T, open func(*testing.T, string) state.St
 				node, copyID := fmt.Sprintf("node-%c", 'a'+n), fmt.Sprintf("COPY%c%02d%05d", 'A'+n, i, m)
 				wg.Go(func() {
 					<-start
-					_, err := st.Quarantine().BeginRelease(ctx(t), id, node, copyID)
+					_, err := st.Quarantine().BeginRelease(ctx(t), id, node, copyID, nil)
 					if err == nil {
 						err = st.Quarantine().EndRelease(ctx(t), id, copyID, true)
 						if err != nil {
@@ -295,12 +295,12 @@ func testReleaseExactlyOnce(t *testing.T, open func(*testing.T, string) state.St
 			t.Errorf("%s after release: released %q releasing %q at %v, want released %q", id, rec.Released, rec.Releasing, rec.ReleasedAt, winners[0])
 		}
 		// Later, a release is refused naming the copy that was queued.
-		_, err = nodes[0].Quarantine().BeginRelease(ctx(t), id, "node-a", "COPYLATE0000")
+		_, err = nodes[0].Quarantine().BeginRelease(ctx(t), id, "node-a", "COPYLATE0000", nil)
 		if !errors.Is(err, state.ErrAlreadyReleased) || !strings.Contains(err.Error(), winners[0]) {
 			t.Errorf("%s: release after release: %v, want ErrAlreadyReleased naming %s", id, err, winners[0])
 		}
 	}
-	if _, err := nodes[0].Quarantine().BeginRelease(ctx(t), "NOSUCHID0000", "node-a", "COPY00000000"); !errors.Is(err, state.ErrNotFound) {
+	if _, err := nodes[0].Quarantine().BeginRelease(ctx(t), "NOSUCHID0000", "node-a", "COPY00000000", nil); !errors.Is(err, state.ErrNotFound) {
 		t.Errorf("release of an unknown ID: %v, want ErrNotFound", err)
 	}
 }
@@ -313,14 +313,14 @@ func testReleaseAbortAndRecover(t *testing.T, open func(*testing.T, string) stat
 	put(t, a, record("ABORT0000002", base.Add(time.Second)), []byte("y"))
 
 	// The spool could not commit the copy: the message is free again.
-	rec, err := b.BeginRelease(ctx(t), "ABORT0000001", "node-b", "COPY00000001")
+	rec, err := b.BeginRelease(ctx(t), "ABORT0000001", "node-b", "COPY00000001", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rec.ID != "ABORT0000001" || rec.Releasing != "COPY00000001" || rec.ReleaseNode != "node-b" || !slices.Equal(rec.Rcpts, record("", base).Rcpts) {
 		t.Errorf("BeginRelease returned %+v", rec)
 	}
-	if _, err := a.BeginRelease(ctx(t), "ABORT0000001", "node-a", "COPY00000002"); !errors.Is(err, state.ErrReleasing) || !strings.Contains(err.Error(), "node-b") {
+	if _, err := a.BeginRelease(ctx(t), "ABORT0000001", "node-a", "COPY00000002", nil); !errors.Is(err, state.ErrReleasing) || !strings.Contains(err.Error(), "node-b") {
 		t.Errorf("release during a release: %v, want ErrReleasing naming node-b", err)
 	}
 	if err := b.EndRelease(ctx(t), "ABORT0000001", "COPY00000001", false); err != nil {
@@ -329,7 +329,7 @@ func testReleaseAbortAndRecover(t *testing.T, open func(*testing.T, string) stat
 	if err := b.EndRelease(ctx(t), "ABORT0000001", "COPY00000001", false); err != nil {
 		t.Errorf("ending an aborted release again: %v", err)
 	}
-	if _, err := a.BeginRelease(ctx(t), "ABORT0000001", "node-a", "COPY00000002"); err != nil {
+	if _, err := a.BeginRelease(ctx(t), "ABORT0000001", "node-a", "COPY00000002", nil); err != nil {
 		t.Fatalf("release after an aborted one: %v", err)
 	}
 	if err := a.EndRelease(ctx(t), "ABORT0000001", "COPY00000001", true); err == nil {
@@ -338,7 +338,7 @@ func testReleaseAbortAndRecover(t *testing.T, open func(*testing.T, string) stat
 
 	// Node b crashes between the steps of another release; started
 	// again, it finds its releases under way, and only its own.
-	if _, err := b.BeginRelease(ctx(t), "ABORT0000002", "node-b", "COPY00000003"); err != nil {
+	if _, err := b.BeginRelease(ctx(t), "ABORT0000002", "node-b", "COPY00000003", nil); err != nil {
 		t.Fatal(err)
 	}
 	for node, want := range map[string][]string{"node-a": {"ABORT0000001"}, "node-b": {"ABORT0000002"}, "node-c": nil} {
