@@ -280,9 +280,15 @@ func (q *quarantine) BeginRelease(ctx context.Context, id, node, copyID string, 
 		if rec, err = getRecord(ctx, tx, id); err != nil {
 			return err
 		}
-		if n == 1 {
+		switch {
+		case n == 0 && rec.Releasing == "" && rec.Released == "":
+			// The release that stopped the UPDATE ended since: this
+			// transaction holds nothing to write with.
+			return fmt.Errorf("%w: another release ended meanwhile; try again", state.ErrReleasing)
+		case n == 1:
 			rec.Releasing = ""
 		}
+		// n == 0: Begin says why, released or whose release is under way.
 		if _, err := rec.Begin(copyID, rcpts); err != nil {
 			return err
 		}
