@@ -417,6 +417,46 @@ func TestClusterQuarantineAcrossNodes(t *testing.T) {
 	})
 }
 
+// TestClusterReleaseSomeRecipientsAcrossNodes: a message to bob and
+// carol held on node A is released to bob from node B and to carol from
+// A; downstream each gets exactly one copy, and a third release of either
+// is refused on both nodes.
+func TestClusterReleaseSomeRecipientsAcrossNodes(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	down := smtptest.NewServer(t)
+	conf := routeTo(down, "dest.test") + holdAll()
+	a := startFromFile(t, conf+pgConfig("a", url, ""))
+	b := startFromFile(t, conf+pgConfig("b", url, ""))
+	c := dial(t, a.SMTPAddrs()[0])
+	c.Cmd("EHLO client.test", "250")
+	id := queuedAs(t, c.SendMail("a@sender.test", []string{"bob@dest.test", "carol@dest.test"}, message("two@test", "held\r\n")))
+
+	b.must("quarantine", "release", "-rcpt", "bob@dest.test", id)
+	a.must("quarantine", "release", "-rcpt", "carol@dest.test", id)
+	for _, n := range []*fileGateway{a, b} {
+		for _, rcpt := range []string{"bob@dest.test", "carol@dest.test"} {
+			if out, ok := n.mailgate("quarantine", "release", "-rcpt", rcpt, id); ok || !strings.Contains(out, "already released") {
+				t.Errorf("a second release to %s: ok=%v %q; want it refused as already released", rcpt, ok, out)
+			}
+		}
+	}
+	down.WaitFor(2, waitLong)
+	waitQueueEmpty(t, a.Gateway)
+	waitQueueEmpty(t, b.Gateway)
+	got := map[string]int{}
+	for _, m := range down.Messages() {
+		if messageID(m.Data) != "two@test" {
+			t.Errorf("delivered %q; want the held message", messageID(m.Data))
+		}
+		for _, r := range m.Rcpts {
+			got[r]++
+		}
+	}
+	if len(got) != 2 || got["bob@dest.test"] != 1 || got["carol@dest.test"] != 1 {
+		t.Fatalf("copies downstream per recipient: %v; want one for bob and one for carol", got)
+	}
+}
+
 // TestClusterPostgresStoppedMidLoad: two nodes quarantine every message
 // of a steady load while PostgreSQL is stopped and started again. Every
 // message answered 250 ends in the cluster's quarantine, once, and its

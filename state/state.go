@@ -22,10 +22,13 @@
 package state
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/mailgate/mailgate/stages/address"
@@ -138,6 +141,55 @@ func (r *QuarantineRecord) ReleasedTo(rcpt string) string {
 	return ""
 }
 
+// ReleasedAs reports whether copyID released r, or some of its
+// recipients.
+func (r *QuarantineRecord) ReleasedAs(copyID string) bool {
+	return r.Released == copyID || slices.ContainsFunc(r.Releases, func(rel QuarantineRelease) bool { return rel.QueueID == copyID })
+}
+
+// ReleasingTo returns the recipients of the release under way.
+func (r *QuarantineRecord) ReleasingTo() []string {
+	if len(r.ReleasingRcpts) > 0 {
+		return r.ReleasingRcpts
+	}
+	return r.Pending()
+}
+
+// Begin marks r as being released as copyID to rcpts (none: every
+// recipient not released yet), each recipient once, and returns the
+// recipients, spelled as r has them. ErrReleasing while another release
+// is under way, ErrAlreadyReleased naming a recipient released before,
+// ErrNotRecipient naming an address r is not for. The caller makes it
+// one decision: under a lock of its own, or in a transaction.
+func (r *QuarantineRecord) Begin(copyID string, rcpts []string) ([]string, error) {
+	switch {
+	case r.Released != "":
+		return nil, fmt.Errorf("%w as %s on %s at %s", ErrAlreadyReleased, r.Released, cmp.Or(r.ReleaseNode, "this node"), r.ReleasedAt.Format(time.RFC3339))
+	case r.Releasing != "":
+		return nil, fmt.Errorf("%w on %s as %s to %s", ErrReleasing, cmp.Or(r.ReleaseNode, "this node"), r.Releasing, strings.Join(r.ReleasingTo(), ", "))
+	}
+	to := r.Pending()
+	if len(rcpts) > 0 {
+		to = nil
+		for _, a := range rcpts {
+			i := slices.IndexFunc(r.Rcpts, func(b string) bool { return address.Equal(a, b) })
+			switch {
+			case i < 0:
+				return nil, fmt.Errorf("%s: %w", a, ErrNotRecipient)
+			case r.ReleasedTo(a) != "":
+				return nil, fmt.Errorf("%w to %s as %s", ErrAlreadyReleased, a, r.ReleasedTo(a))
+			case !slices.Contains(to, r.Rcpts[i]):
+				to = append(to, r.Rcpts[i])
+			}
+		}
+	}
+	r.Releasing, r.ReleasingRcpts = copyID, nil
+	if len(to) < len(r.Pending()) || len(r.Releases) > 0 {
+		r.ReleasingRcpts = to // else a release as a whole
+	}
+	return to, nil
+}
+
 // Settle records the release copyID to rcpts (nil: all pending) as done
 // at now.
 func (r *QuarantineRecord) Settle(copyID string, rcpts []string, now time.Time) {
@@ -172,8 +224,10 @@ type QuarantineFilter struct {
 
 // Quarantine holds messages until an operator releases or deletes them.
 //
-// A release takes three steps, so that it happens exactly once even when
-// nodes crash or race: BeginRelease claims the message for one copy in
+// A release, to all the recipients not released yet or to some of them,
+// takes three steps, so that each recipient is released exactly once
+// even when nodes crash or race: BeginRelease claims the message for one
+// copy in
 // the releasing node's spool (a transaction decides: of two nodes
 // releasing at the same moment, one gets ErrReleasing); the node commits
 // the copy to its spool; EndRelease records it as released, or, when the
@@ -196,12 +250,16 @@ type Quarantine interface {
 	// Delete removes the message and its record.
 	Delete(ctx context.Context, id string) error
 	// BeginRelease claims message id for a release by node as the spool
-	// copy copyID and returns its record. ErrAlreadyReleased or
-	// ErrReleasing when it was released or is being released.
-	BeginRelease(ctx context.Context, id, node, copyID string) (*QuarantineRecord, error)
-	// EndRelease ends the release copyID of message id: queued, the
-	// message is released as copyID; not queued, it may be released
-	// again.
+	// copy copyID to rcpts (none: every recipient not released yet) and
+	// returns its record, whose ReleasingTo are the copy's recipients.
+	// It fails as QuarantineRecord.Begin does: ErrAlreadyReleased for a
+	// recipient released, ErrReleasing while another release of the
+	// message is under way (one at a time, whatever its recipients),
+	// ErrNotRecipient.
+	BeginRelease(ctx context.Context, id, node, copyID string, rcpts []string) (*QuarantineRecord, error)
+	// EndRelease ends the release copyID of message id: queued, its
+	// recipients are released as copyID (the message, with its last
+	// one); not queued, they may be released again.
 	EndRelease(ctx context.Context, id, copyID string, queued bool) error
 }
 

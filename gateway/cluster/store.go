@@ -125,9 +125,9 @@ func (q sharedQuarantine) Delete(ctx context.Context, id string) error {
 	return do(q.n, func(s *sqlstore.Store) error { return s.Quarantine().Delete(ctx, id) })
 }
 
-func (q sharedQuarantine) BeginRelease(ctx context.Context, id, node, copyID string) (*state.QuarantineRecord, error) {
+func (q sharedQuarantine) BeginRelease(ctx context.Context, id, node, copyID string, rcpts []string) (*state.QuarantineRecord, error) {
 	return call(q.n, func(s *sqlstore.Store) (*state.QuarantineRecord, error) {
-		return s.Quarantine().BeginRelease(ctx, id, node, copyID)
+		return s.Quarantine().BeginRelease(ctx, id, node, copyID, rcpts)
 	})
 }
 

@@ -61,7 +61,6 @@ import (
 	"time"
 
 	"github.com/mailgate/mailgate/spool"
-	"github.com/mailgate/mailgate/stages/address"
 	"github.com/mailgate/mailgate/stages/durable"
 	"github.com/mailgate/mailgate/state"
 )
@@ -69,20 +68,17 @@ import (
 // The errors of the quarantine are the state's, so that the admin API and
 // the console, which know no quarantine implementation, tell them apart:
 // ErrNotFound for an ID it does not hold; ErrAlreadyReleased from Release
-// for a message released before (the error names the queue ID of that
-// release); ErrReleasing from a cluster's Release while another release
-// is under way (the error names the node); ErrNotRecipient for a
-// recipient the message does not have.
+// for a message (or a recipient) released before, naming the queue ID of
+// that release; ErrReleasing while another release of the message is
+// under way, naming the node and its recipients; ErrNotRecipient for an
+// address the message is not for. They are the same in a node's own
+// quarantine and in the cluster's.
 var (
 	ErrNotFound        = state.ErrNotQuarantined
 	ErrAlreadyReleased = state.ErrAlreadyReleased
 	ErrReleasing       = state.ErrReleasing
 	ErrNotRecipient    = state.ErrNotRecipient
 )
-
-// ErrPartialShared is returned by a cluster's Release asked for some of
-// the recipients of a message in the shared store: it releases to all.
-var ErrPartialShared = errors.New("a release to some recipients is not supported for the cluster's quarantine yet; release to all")
 
 // Record is what the quarantine keeps about a message besides its bytes:
 // the same record, and the same JSON, on one node (a file per record) and
@@ -296,8 +292,7 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...str
 	defer s.mu.Unlock()
 	var rec *Record
 	begin := func(copyID string) (r *Record, to []string, err error) {
-		if rec, to, err = s.toRelease(id, rcpts); err == nil {
-			rec.Releasing = copyID
+		if rec, to, err = s.toRelease(id, copyID, rcpts); err == nil {
 			err = s.writeRecord(rec)
 		}
 		return rec, to, err
@@ -306,34 +301,16 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...str
 	return release(ctx, id, sp, begin, func() (io.ReadCloser, error) { return os.Open(s.MessagePath(id)) }, end)
 }
 
-// toRelease returns the record of id and the recipients a release to
-// rcpts (none: all not released yet) goes to, named in ReleasingRcpts
-// when they are not all.
-func (s *Store) toRelease(id string, rcpts []string) (*Record, []string, error) {
+// toRelease returns the record of id marked as being released as copyID
+// to rcpts (none: all not released yet), and those recipients.
+func (s *Store) toRelease(id, copyID string, rcpts []string) (*Record, []string, error) {
 	rec, err := s.Get(id)
 	if err != nil {
 		return nil, nil, err
 	}
-	if rec.Released != "" {
-		return nil, nil, fmt.Errorf("quarantine %s: %w as %s at %s", id, ErrAlreadyReleased, rec.Released, rec.ReleasedAt.Format(time.RFC3339))
-	}
-	if len(rcpts) == 0 {
-		return rec, rec.Pending(), nil
-	}
-	var to []string
-	for _, a := range rcpts {
-		i := slices.IndexFunc(rec.Rcpts, func(r string) bool { return address.Equal(r, a) })
-		switch {
-		case i < 0:
-			return nil, nil, fmt.Errorf("quarantine %s: %s: %w", id, a, ErrNotRecipient)
-		case rec.ReleasedTo(a) != "":
-			return nil, nil, fmt.Errorf("quarantine %s: %w to %s as %s", id, ErrAlreadyReleased, a, rec.ReleasedTo(a))
-		case !slices.Contains(to, rec.Rcpts[i]):
-			to = append(to, rec.Rcpts[i])
-		}
-	}
-	if len(to) < len(rec.Pending()) || len(rec.Releases) > 0 {
-		rec.ReleasingRcpts = to // else a release as a whole
+	to, err := rec.Begin(copyID, rcpts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quarantine %s: %w", id, err)
 	}
 	return rec, to, nil
 }

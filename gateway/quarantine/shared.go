@@ -30,9 +30,11 @@ import (
 // Until then the node lists, shows and releases it from its disk, and
 // the other nodes do not see it.
 //
-// A release in the shared store happens once: BeginRelease claims the
+// A release in the shared store, to all the recipients not released yet
+// or to some, happens once for each recipient: BeginRelease claims the
 // message for a copy in this node's spool (a transaction decides between
-// nodes), the copy is committed, EndRelease records it. A journal entry
+// nodes, and the store keeps the copy's recipients), the copy is
+// committed, EndRelease records it. A journal entry
 // under <dir>/releases/, written before the copy is committed, survives
 // a crash and PostgreSQL being away: Recover, before the router loads
 // the spool, tells by the spool whether the copy was committed, and
@@ -199,21 +201,16 @@ func (s *Shared) Expire(now time.Time, retention time.Duration) ([]string, error
 // takes it whatever the shared store does.
 func (s *Shared) Writable() error { return s.local.Writable() }
 
-// Release queues a copy of message id in sp for delivery to its
-// recipients, once, and returns the copy's envelope for the caller to
-// hand to the router; rcpts (none: all) names some of them, for a
-// message on this node only. An error with an envelope says the copy is queued
-// but the release not yet recorded everywhere.
+// Release queues a copy of message id in sp for delivery to rcpts, or to
+// every recipient not released yet when rcpts is empty, once for each,
+// and returns the copy's envelope for the caller to hand to the router.
+// An error with an envelope says the copy is queued but the release not
+// yet recorded everywhere.
 func (s *Shared) Release(ctx context.Context, id string, sp Spooler, rcpts ...string) (*spool.Envelope, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, err := s.local.Get(id); !errors.Is(err, ErrNotFound) || s.store == nil {
 		return s.local.Release(ctx, id, sp, rcpts...)
-	}
-	if len(rcpts) > 0 {
-		// The shared store's release journal covers a release as a
-		// whole only (state/README.md: what is left).
-		return nil, fmt.Errorf("quarantine %s: %w", id, ErrPartialShared)
 	}
 	q, down := s.shared()
 	if down != nil {
@@ -222,14 +219,14 @@ func (s *Shared) Release(ctx context.Context, id string, sp Spooler, rcpts ...st
 	// Once begun, the release is ended whatever the caller's context does.
 	keep := context.WithoutCancel(ctx)
 	begin := func(copyID string) (*Record, []string, error) {
-		rec, err := q.BeginRelease(ctx, id, s.node, copyID)
+		rec, err := q.BeginRelease(ctx, id, s.node, copyID, rcpts)
 		if err != nil {
 			return nil, nil, fromState(err)
 		}
 		if err := s.journal(id, copyID, nil); err != nil {
 			return nil, nil, fmt.Errorf("release %s: %w", id, errors.Join(err, s.end(keep, q, id, copyID, false)))
 		}
-		return rec, rec.Rcpts, nil
+		return rec, rec.ReleasingTo(), nil
 	}
 	message := func() (io.ReadCloser, error) { return q.Message(keep, id) }
 	end := func(copyID string, queued bool) error { return s.end(keep, q, id, copyID, queued) }
@@ -423,8 +420,9 @@ func Copy(local *Store, q state.Quarantine, node string) (int, error) {
 	return n, nil
 }
 
-// copyRecord puts rec and its message into q, as released if it was. A
-// release under way (a crash Recover has not settled) is not copied.
+// copyRecord puts rec and its message into q, with the releases made of
+// it, each done again in q. A release under way (a crash Recover has not
+// settled) is not copied.
 func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) error {
 	if rec.Releasing != "" {
 		return fmt.Errorf("quarantine %s: a release is under way", rec.ID)
@@ -438,14 +436,24 @@ func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) erro
 	if err := q.Put(context.Background(), &cp, m); err != nil && !errors.Is(err, state.ErrExists) {
 		return err
 	}
-	if rec.Released == "" {
-		return nil
-	}
 	by := cmp.Or(rec.ReleaseNode, node)
-	if _, err := q.BeginRelease(context.Background(), rec.ID, by, rec.Released); err != nil && !errors.Is(err, state.ErrAlreadyReleased) {
-		return err
+	releases := rec.Releases
+	if rec.Released != "" && len(releases) == 0 {
+		releases = []state.QuarantineRelease{{QueueID: rec.Released}} // to all
 	}
-	return q.EndRelease(context.Background(), rec.ID, rec.Released, true)
+	for _, rel := range releases {
+		_, err := q.BeginRelease(context.Background(), rec.ID, by, rel.QueueID, rel.Rcpts)
+		if errors.Is(err, state.ErrAlreadyReleased) {
+			continue // copied before
+		}
+		if err == nil {
+			err = q.EndRelease(context.Background(), rec.ID, rel.QueueID, true)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // fromState gives a shared store's "not found" the quarantine's meaning,

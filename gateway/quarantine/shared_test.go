@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -57,11 +58,15 @@ func (n *node) reopen(t *testing.T, name string) {
 	}
 }
 
-// quarantine quarantines a message on n, as smtpd does.
-func (n *node) quarantine(t *testing.T, body string) *Record {
+// quarantine quarantines a message on n to rcpts (none: r@dest.test),
+// as smtpd does.
+func (n *node) quarantine(t *testing.T, body string, rcpts ...string) *Record {
 	t.Helper()
+	if len(rcpts) == 0 {
+		rcpts = []string{"r@dest.test"}
+	}
 	w := spooled(t, n.sp, body)
-	rec := &Record{ID: w.ID(), From: "s@sender.test", Rcpts: []string{"r@dest.test"}, Reason: "test", Time: time.Now().UTC()}
+	rec := &Record{ID: w.ID(), From: "s@sender.test", Rcpts: rcpts, Reason: "test", Time: time.Now().UTC()}
 	if err := n.q.Add(rec, w.Path()); err != nil {
 		t.Fatal(err)
 	}
@@ -118,6 +123,66 @@ func TestSharedReleaseFromAnotherNode(t *testing.T) {
 	}
 	if envs, _ := a.sp.List(); len(envs) != 0 {
 		t.Fatalf("A's spool holds %d messages; want none", len(envs))
+	}
+}
+
+// rcptsOf returns the recipients of the copy env in sp.
+func rcptsOf(t *testing.T, sp *spool.Spool, env *spool.Envelope) string {
+	t.Helper()
+	got, err := sp.Load(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range got.Rcpts {
+		out = append(out, r.Addr)
+	}
+	return strings.Join(out, ",")
+}
+
+// TestSharedReleaseSomeRecipients: a message to bob and carol held on A
+// is released to bob from B, into B's spool, and to the rest from A:
+// each gets one copy, and neither node releases a recipient twice.
+func TestSharedReleaseSomeRecipients(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	a, b := newNode(t, url, "a"), newNode(t, url, "b")
+	rec := a.quarantine(t, "Subject: two\r\n\r\nx\r\n", "bob@dest.test", "carol@dest.test")
+	ctx := context.Background()
+	toBob, err := b.q.Release(ctx, rec.ID, b.sp, "Bob@dest.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rcptsOf(t, b.sp, toBob); got != "bob@dest.test" {
+		t.Fatalf("B's copy is for %s; want bob@dest.test", got)
+	}
+	if _, err := a.q.Release(ctx, rec.ID, a.sp, "bob@dest.test", "carol@dest.test"); !errors.Is(err, ErrAlreadyReleased) || !strings.Contains(err.Error(), toBob.ID) {
+		t.Fatalf("release to bob and carol on A after B: %v; want ErrAlreadyReleased naming %s", err, toBob.ID)
+	}
+	if _, err := a.q.Release(ctx, rec.ID, a.sp, "dave@dest.test"); !errors.Is(err, ErrNotRecipient) {
+		t.Fatalf("release to dave: %v; want ErrNotRecipient", err)
+	}
+	if got, _ := a.q.Get(rec.ID); got.Released != "" || strings.Join(got.Pending(), ",") != "carol@dest.test" {
+		t.Fatalf("record after the release to bob: %+v", got)
+	}
+	rest, err := a.q.Release(ctx, rec.ID, a.sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rcptsOf(t, a.sp, rest); got != "carol@dest.test" {
+		t.Fatalf("A's copy is for %s; want carol@dest.test", got)
+	}
+	if got, _ := b.q.Get(rec.ID); got.Released != rest.ID || len(got.Releases) != 2 || got.ReleasedTo("bob@dest.test") != toBob.ID {
+		t.Fatalf("record after both releases: %+v", got)
+	}
+	for _, n := range []*node{a, b} {
+		if _, err := n.q.Release(ctx, rec.ID, n.sp, "carol@dest.test"); !errors.Is(err, ErrAlreadyReleased) {
+			t.Errorf("a third release: %v; want ErrAlreadyReleased", err)
+		}
+	}
+	na, _ := a.sp.List()
+	nb, _ := b.sp.List()
+	if len(na) != 1 || len(nb) != 1 {
+		t.Fatalf("%d copies on A and %d on B; want one each", len(na), len(nb))
 	}
 }
 
@@ -210,7 +275,7 @@ func TestSharedCrashMidRelease(t *testing.T) {
 	ctx := context.Background()
 	// The first crashed after its copy was committed, the second before.
 	w := spooled(t, a.sp, "Subject: one\r\n\r\n1\r\n")
-	if _, err := q.BeginRelease(ctx, committed.ID, "a", w.ID()); err != nil {
+	if _, err := q.BeginRelease(ctx, committed.ID, "a", w.ID(), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.q.journal(committed.ID, w.ID(), nil); err != nil {
@@ -219,7 +284,7 @@ func TestSharedCrashMidRelease(t *testing.T) {
 	if err := w.Commit(ctx, spool.NewEnvelope(committed.From, committed.Rcpts, "", "", "")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.BeginRelease(ctx, lost.ID, "a", "LOSTCOPY0000000"); err != nil {
+	if _, err := q.BeginRelease(ctx, lost.ID, "a", "LOSTCOPY0000000", nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.q.journal(lost.ID, "LOSTCOPY0000000", nil); err != nil {
@@ -263,6 +328,66 @@ func TestSharedCrashMidRelease(t *testing.T) {
 	}
 }
 
+// TestSharedCrashMidPartialRelease: a node that crashed during releases
+// to some recipients settles each by its spool: the recipient whose copy
+// was committed is released, the other may be released again, and a
+// release of the rest goes to the rest only.
+func TestSharedCrashMidPartialRelease(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	a := newNode(t, url, "a")
+	committed := a.quarantine(t, "Subject: one\r\n\r\n1\r\n", "bob@dest.test", "carol@dest.test")
+	lost := a.quarantine(t, "Subject: two\r\n\r\n2\r\n", "bob@dest.test", "carol@dest.test")
+	q := a.store.Quarantine()
+	ctx := context.Background()
+	w := spooled(t, a.sp, "Subject: one\r\n\r\n1\r\n")
+	if _, err := q.BeginRelease(ctx, committed.ID, "a", w.ID(), []string{"bob@dest.test"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.q.journal(committed.ID, w.ID(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx, spool.NewEnvelope(committed.From, []string{"bob@dest.test"}, "", "", "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.BeginRelease(ctx, lost.ID, "a", "LOSTCOPY0000000", []string{"carol@dest.test"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.q.journal(lost.ID, "LOSTCOPY0000000", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	a.reopen(t, "a")
+	if err := a.q.Recover(a.sp); err != nil {
+		t.Fatal(err)
+	}
+	r1, err1 := q.Get(ctx, committed.ID)
+	r2, err2 := q.Get(ctx, lost.ID)
+	if err1 != nil || err2 != nil || r1.Releasing != "" || r1.ReleasedTo("bob@dest.test") != w.ID() || strings.Join(r1.Pending(), ",") != "carol@dest.test" ||
+		r2.Releasing != "" || strings.Join(r2.Pending(), ",") != "bob@dest.test,carol@dest.test" {
+		t.Fatalf("after recovery: %+v %v, %+v %v", r1, err1, r2, err2)
+	}
+	if _, err := a.q.Release(ctx, committed.ID, a.sp, "bob@dest.test"); !errors.Is(err, ErrAlreadyReleased) {
+		t.Errorf("release to bob, whose copy was committed: %v; want ErrAlreadyReleased", err)
+	}
+	rest, err := a.q.Release(ctx, committed.ID, a.sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rcptsOf(t, a.sp, rest); got != "carol@dest.test" {
+		t.Errorf("the rest went to %s; want carol@dest.test", got)
+	}
+	again, err := a.q.Release(ctx, lost.ID, a.sp, "carol@dest.test")
+	if err != nil {
+		t.Fatalf("release to carol, whose copy was not committed: %v", err)
+	}
+	if got := rcptsOf(t, a.sp, again); got != "carol@dest.test" {
+		t.Errorf("the copy went to %s; want carol@dest.test", got)
+	}
+	if entries, _ := a.q.journalEntries(); len(entries) != 0 {
+		t.Errorf("journal left: %v", entries)
+	}
+}
+
 // TestCopy: a single node's quarantine copied into the cluster's store
 // keeps its messages and their releases, and a second copy adds nothing.
 func TestCopy(t *testing.T) {
@@ -289,7 +414,7 @@ func TestCopy(t *testing.T) {
 	if err != nil || got.Released != env.ID {
 		t.Fatalf("released message in the store: %+v, %v; want released as %s", got, err, env.ID)
 	}
-	if _, err := st.Quarantine().BeginRelease(context.Background(), kept.ID, "b", "COPY000000000000"); err != nil {
+	if _, err := st.Quarantine().BeginRelease(context.Background(), kept.ID, "b", "COPY000000000000", nil); err != nil {
 		t.Fatalf("the other message is not releasable in the store: %v", err)
 	}
 }

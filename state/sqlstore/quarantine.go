@@ -30,7 +30,9 @@ func (q *quarantine) Put(ctx context.Context, rec *state.QuarantineRecord, msg i
 		rec.Time = now()
 	}
 	rec.Time = rec.Time.UTC().Truncate(time.Microsecond) // as the time column holds it
+	// A new message: releases are made by BeginRelease and EndRelease.
 	rec.Releasing, rec.Released, rec.ReleaseNode, rec.ReleasedAt = "", "", "", time.Time{}
+	rec.ReleasingRcpts, rec.Releases = nil, nil
 	ctx, cancel := (*Store)(q).ctx(ctx)
 	defer cancel()
 	err := q.db.inTx(ctx, func(tx querier) error {
@@ -260,8 +262,10 @@ func (q *quarantine) Delete(ctx context.Context, id string) error {
 // BeginRelease implements state.Quarantine. The UPDATE decides: of two
 // concurrent ones, PostgreSQL makes the second wait for the first to
 // commit and then finds its condition false; SQLite runs one transaction
-// at a time.
-func (q *quarantine) BeginRelease(ctx context.Context, id, node, copyID string) (*state.QuarantineRecord, error) {
+// at a time. The row it takes is this transaction's until it ends, so
+// the record read next is the latest and written back whole; a release
+// refused for a recipient rolls the UPDATE back.
+func (q *quarantine) BeginRelease(ctx context.Context, id, node, copyID string, rcpts []string) (*state.QuarantineRecord, error) {
 	if copyID == "" || node == "" {
 		return nil, fmt.Errorf("release %s: no node or copy named", id)
 	}
@@ -277,18 +281,36 @@ func (q *quarantine) BeginRelease(ctx context.Context, id, node, copyID string) 
 			return err
 		}
 		switch {
+		case n == 0 && rec.Releasing == "" && rec.Released == "":
+			// The release that stopped the UPDATE ended since: this
+			// transaction holds nothing to write with.
+			return fmt.Errorf("%w: another release ended meanwhile; try again", state.ErrReleasing)
 		case n == 1:
-			return nil
-		case rec.Released != "":
-			return fmt.Errorf("%w as %s on %s at %s", state.ErrAlreadyReleased, rec.Released, rec.ReleaseNode, rec.ReleasedAt.Format(time.RFC3339))
-		default:
-			return fmt.Errorf("%w on %s as %s", state.ErrReleasing, rec.ReleaseNode, rec.Releasing)
+			rec.Releasing = ""
 		}
+		// n == 0: Begin says why, released or whose release is under way.
+		if _, err := rec.Begin(copyID, rcpts); err != nil {
+			return err
+		}
+		rec.ReleaseNode = node
+		return putRecord(ctx, tx, rec)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("release %s: %w", id, err)
 	}
 	return rec, nil
+}
+
+// putRecord writes rec back to its row, whose release columns say the
+// same.
+func putRecord(ctx context.Context, tx querier, rec *state.QuarantineRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	_, err = tx.exec(ctx, "UPDATE quarantine SET record = $2, releasing = $3, released = $4, release_node = $5, released_at = $6 WHERE id = $1",
+		rec.ID, string(b), rec.Releasing, rec.Released, rec.ReleaseNode, micros(rec.ReleasedAt))
+	return err
 }
 
 // EndRelease implements state.Quarantine. Ending a release twice the
@@ -298,21 +320,22 @@ func (q *quarantine) EndRelease(ctx context.Context, id, copyID string, queued b
 	ctx, cancel := (*Store)(q).ctx(ctx)
 	defer cancel()
 	err := q.db.inTx(ctx, func(tx querier) error {
-		var n int64
-		var err error
-		if queued {
-			n, err = tx.exec(ctx, "UPDATE quarantine SET released = $2, releasing = '', released_at = $3 WHERE id = $1 AND releasing = $2", id, copyID, micros(now()))
-		} else {
-			n, err = tx.exec(ctx, "UPDATE quarantine SET releasing = '', release_node = '' WHERE id = $1 AND releasing = $2", id, copyID)
-		}
-		if err != nil || n == 1 {
+		// Taking the row first, as BeginRelease does.
+		n, err := tx.exec(ctx, "UPDATE quarantine SET releasing = releasing WHERE id = $1 AND releasing = $2", id, copyID)
+		if err != nil {
 			return err
 		}
 		rec, err := getRecord(ctx, tx, id)
 		switch {
 		case err != nil:
 			return err
-		case queued && rec.Released == copyID, !queued && rec.Releasing == "" && rec.Released != copyID:
+		case n == 1 && queued:
+			rec.Settle(copyID, rec.ReleasingRcpts, now())
+			return putRecord(ctx, tx, rec)
+		case n == 1:
+			rec.Releasing, rec.ReleasingRcpts, rec.ReleaseNode = "", nil, ""
+			return putRecord(ctx, tx, rec)
+		case queued && rec.ReleasedAs(copyID), !queued && rec.Releasing == "" && !rec.ReleasedAs(copyID):
 			return nil
 		}
 		return fmt.Errorf("release %s is not under way (releasing %q, released %q)", copyID, rec.Releasing, rec.Released)

@@ -39,6 +39,8 @@ func Run(t *testing.T, newDB NewDB) {
 		{"QuarantineDelete", testQuarantineDelete},
 		{"ReleaseExactlyOnce", testReleaseExactlyOnce},
 		{"ReleaseAbortAndRecover", testReleaseAbortAndRecover},
+		{"ReleaseSomeRecipients", testReleaseSomeRecipients},
+		{"ReleaseSomeRecipientsRace", testReleaseSomeRecipientsRace},
 		{"TraceFind", testTraceFind},
 		{"TraceSearch", testTraceSearch},
 		{"TraceAppendAgain", testTraceAppendAgain},
@@ -260,7 +262,7 @@ func testReleaseExactlyOnce(t *testing.T, open func(*testing.T, string) state.St
 				node, copyID := fmt.Sprintf("node-%c", 'a'+n), fmt.Sprintf("COPY%c%02d%05d", 'A'+n, i, m)
 				wg.Go(func() {
 					<-start
-					_, err := st.Quarantine().BeginRelease(ctx(t), id, node, copyID)
+					_, err := st.Quarantine().BeginRelease(ctx(t), id, node, copyID, nil)
 					if err == nil {
 						err = st.Quarantine().EndRelease(ctx(t), id, copyID, true)
 						if err != nil {
@@ -295,12 +297,12 @@ func testReleaseExactlyOnce(t *testing.T, open func(*testing.T, string) state.St
 			t.Errorf("%s after release: released %q releasing %q at %v, want released %q", id, rec.Released, rec.Releasing, rec.ReleasedAt, winners[0])
 		}
 		// Later, a release is refused naming the copy that was queued.
-		_, err = nodes[0].Quarantine().BeginRelease(ctx(t), id, "node-a", "COPYLATE0000")
+		_, err = nodes[0].Quarantine().BeginRelease(ctx(t), id, "node-a", "COPYLATE0000", nil)
 		if !errors.Is(err, state.ErrAlreadyReleased) || !strings.Contains(err.Error(), winners[0]) {
 			t.Errorf("%s: release after release: %v, want ErrAlreadyReleased naming %s", id, err, winners[0])
 		}
 	}
-	if _, err := nodes[0].Quarantine().BeginRelease(ctx(t), "NOSUCHID0000", "node-a", "COPY00000000"); !errors.Is(err, state.ErrNotFound) {
+	if _, err := nodes[0].Quarantine().BeginRelease(ctx(t), "NOSUCHID0000", "node-a", "COPY00000000", nil); !errors.Is(err, state.ErrNotFound) {
 		t.Errorf("release of an unknown ID: %v, want ErrNotFound", err)
 	}
 }
@@ -313,14 +315,14 @@ func testReleaseAbortAndRecover(t *testing.T, open func(*testing.T, string) stat
 	put(t, a, record("ABORT0000002", base.Add(time.Second)), []byte("y"))
 
 	// The spool could not commit the copy: the message is free again.
-	rec, err := b.BeginRelease(ctx(t), "ABORT0000001", "node-b", "COPY00000001")
+	rec, err := b.BeginRelease(ctx(t), "ABORT0000001", "node-b", "COPY00000001", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rec.ID != "ABORT0000001" || rec.Releasing != "COPY00000001" || rec.ReleaseNode != "node-b" || !slices.Equal(rec.Rcpts, record("", base).Rcpts) {
 		t.Errorf("BeginRelease returned %+v", rec)
 	}
-	if _, err := a.BeginRelease(ctx(t), "ABORT0000001", "node-a", "COPY00000002"); !errors.Is(err, state.ErrReleasing) || !strings.Contains(err.Error(), "node-b") {
+	if _, err := a.BeginRelease(ctx(t), "ABORT0000001", "node-a", "COPY00000002", nil); !errors.Is(err, state.ErrReleasing) || !strings.Contains(err.Error(), "node-b") {
 		t.Errorf("release during a release: %v, want ErrReleasing naming node-b", err)
 	}
 	if err := b.EndRelease(ctx(t), "ABORT0000001", "COPY00000001", false); err != nil {
@@ -329,7 +331,7 @@ func testReleaseAbortAndRecover(t *testing.T, open func(*testing.T, string) stat
 	if err := b.EndRelease(ctx(t), "ABORT0000001", "COPY00000001", false); err != nil {
 		t.Errorf("ending an aborted release again: %v", err)
 	}
-	if _, err := a.BeginRelease(ctx(t), "ABORT0000001", "node-a", "COPY00000002"); err != nil {
+	if _, err := a.BeginRelease(ctx(t), "ABORT0000001", "node-a", "COPY00000002", nil); err != nil {
 		t.Fatalf("release after an aborted one: %v", err)
 	}
 	if err := a.EndRelease(ctx(t), "ABORT0000001", "COPY00000001", true); err == nil {
@@ -338,7 +340,7 @@ func testReleaseAbortAndRecover(t *testing.T, open func(*testing.T, string) stat
 
 	// Node b crashes between the steps of another release; started
 	// again, it finds its releases under way, and only its own.
-	if _, err := b.BeginRelease(ctx(t), "ABORT0000002", "node-b", "COPY00000003"); err != nil {
+	if _, err := b.BeginRelease(ctx(t), "ABORT0000002", "node-b", "COPY00000003", nil); err != nil {
 		t.Fatal(err)
 	}
 	for node, want := range map[string][]string{"node-a": {"ABORT0000001"}, "node-b": {"ABORT0000002"}, "node-c": nil} {
@@ -362,6 +364,168 @@ func testReleaseAbortAndRecover(t *testing.T, open func(*testing.T, string) stat
 	}
 	if err := b.EndRelease(ctx(t), "ABORT0000002", "COPY00000003", false); err == nil {
 		t.Error("aborting a release that was done succeeded")
+	}
+}
+
+// testReleaseSomeRecipients releases a message to some of its
+// recipients, then to the rest, from two nodes: each recipient once.
+func testReleaseSomeRecipients(t *testing.T, open func(*testing.T, string) state.Store) {
+	a, b := open(t, "node-a").Quarantine(), open(t, "node-b").Quarantine()
+	rec := record("SOME00000001", base)
+	rec.Rcpts = []string{"a@dest.test", "B@dest.test", "c@dest.test"}
+	put(t, a, rec, []byte("x"))
+	get := func() *state.QuarantineRecord {
+		t.Helper()
+		r, err := b.Get(ctx(t), rec.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	// To one recipient, named in another case: the copy goes to the
+	// address as the message has it.
+	got, err := a.BeginRelease(ctx(t), rec.ID, "node-a", "COPY00000001", []string{"b@dest.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.ReleasingTo(), []string{"B@dest.test"}) || got.Releasing != "COPY00000001" {
+		t.Fatalf("BeginRelease to b: releasing %q to %v, want COPY00000001 to B@dest.test", got.Releasing, got.ReleasingTo())
+	}
+	// Another release of the message waits for this one to end.
+	if _, err := b.BeginRelease(ctx(t), rec.ID, "node-b", "COPY00000002", []string{"a@dest.test"}); !errors.Is(err, state.ErrReleasing) ||
+		!strings.Contains(err.Error(), "node-a") || !strings.Contains(err.Error(), "B@dest.test") {
+		t.Errorf("release during a partial one: %v, want ErrReleasing naming node-a and B@dest.test", err)
+	}
+	if r := get(); !slices.Equal(r.ReleasingTo(), []string{"B@dest.test"}) {
+		t.Errorf("record during the release: releasing to %v, want B@dest.test", r.ReleasingTo())
+	}
+	if err := a.EndRelease(ctx(t), rec.ID, "COPY00000001", true); err != nil {
+		t.Fatal(err)
+	}
+	r := get()
+	if r.Released != "" || r.Releasing != "" || r.ReleasedTo("b@dest.test") != "COPY00000001" || !slices.Equal(r.Pending(), []string{"a@dest.test", "c@dest.test"}) {
+		t.Fatalf("after the release to b: %+v", r)
+	}
+
+	// A release naming b again is refused as a whole, naming b, and
+	// leaves nothing under way.
+	_, err = b.BeginRelease(ctx(t), rec.ID, "node-b", "COPY00000002", []string{"c@dest.test", "B@dest.test"})
+	if !errors.Is(err, state.ErrAlreadyReleased) || !strings.Contains(err.Error(), "B@dest.test") || !strings.Contains(err.Error(), "COPY00000001") {
+		t.Errorf("release to c and b again: %v, want ErrAlreadyReleased naming B@dest.test and COPY00000001", err)
+	}
+	if _, err := b.BeginRelease(ctx(t), rec.ID, "node-b", "COPY00000002", []string{"x@other.test"}); !errors.Is(err, state.ErrNotRecipient) {
+		t.Errorf("release to a stranger: %v, want ErrNotRecipient", err)
+	}
+	if r := get(); r.Releasing != "" || len(r.Releases) != 1 {
+		t.Errorf("after refused releases: %+v", r)
+	}
+
+	// The rest, from node b: first its spool fails, then it works.
+	for i, queued := range []bool{false, true} {
+		copyID := fmt.Sprintf("COPY0000000%d", 3+i)
+		got, err := b.BeginRelease(ctx(t), rec.ID, "node-b", copyID, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.ReleasingTo(), []string{"a@dest.test", "c@dest.test"}) {
+			t.Errorf("release of the rest to %v, want a and c", got.ReleasingTo())
+		}
+		if err := b.EndRelease(ctx(t), rec.ID, copyID, queued); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = get()
+	if r.Released != "COPY00000004" || r.ReleaseNode != "node-b" || r.ReleasedAt.IsZero() || len(r.Pending()) != 0 || len(r.Releases) != 2 ||
+		r.ReleasedTo("a@dest.test") != "COPY00000004" || r.ReleasedTo("b@dest.test") != "COPY00000001" {
+		t.Fatalf("after the release of the rest: %+v", r)
+	}
+	// Ending the first again (a node's recovery) changes nothing.
+	if err := a.EndRelease(ctx(t), rec.ID, "COPY00000001", true); err != nil {
+		t.Errorf("ending the first release again: %v", err)
+	}
+	for _, rcpts := range [][]string{nil, {"c@dest.test"}} {
+		if _, err := a.BeginRelease(ctx(t), rec.ID, "node-a", "COPY00000005", rcpts); !errors.Is(err, state.ErrAlreadyReleased) {
+			t.Errorf("release to %v of a released message: %v, want ErrAlreadyReleased", rcpts, err)
+		}
+	}
+}
+
+// testReleaseSomeRecipientsRace has two nodes release overlapping sets
+// of recipients of the same messages at the same moment: each recipient
+// is released once, and a release refused for one of its recipients
+// releases none.
+func testReleaseSomeRecipientsRace(t *testing.T, open func(*testing.T, string) state.Store) {
+	nodes := []state.Store{open(t, "node-a"), open(t, "node-b")}
+	rcpts := []string{"r0@dest.test", "r1@dest.test", "r2@dest.test", "r3@dest.test"}
+	const messages, perNode = 5, 3
+	for m := range messages {
+		rec := record(fmt.Sprintf("SOMERACE%04d", m), base)
+		rec.Rcpts = rcpts
+		put(t, nodes[0].Quarantine(), rec, []byte("x"))
+	}
+	for m := range messages {
+		id := fmt.Sprintf("SOMERACE%04d", m)
+		var (
+			wg      sync.WaitGroup
+			start   = make(chan struct{})
+			mu      sync.Mutex
+			copies  = map[string][]string{} // copy → its recipients
+			refused int
+		)
+		for n, st := range nodes {
+			for i := range perNode {
+				g := n*perNode + i
+				node, copyID := fmt.Sprintf("node-%c", 'a'+n), fmt.Sprintf("COPY%c%02d%05d", 'A'+n, i, m)
+				want := []string{rcpts[g%4], rcpts[(g+1)%4]}
+				wg.Go(func() {
+					<-start
+					for {
+						rec, err := st.Quarantine().BeginRelease(ctx(t), id, node, copyID, want)
+						if errors.Is(err, state.ErrReleasing) && ctx(t).Err() == nil {
+							continue // another release of the message is under way: try again
+						}
+						if err == nil {
+							err = st.Quarantine().EndRelease(ctx(t), id, copyID, true)
+						}
+						mu.Lock()
+						defer mu.Unlock()
+						switch {
+						case err == nil:
+							copies[copyID] = rec.ReleasingTo()
+						case errors.Is(err, state.ErrAlreadyReleased):
+							refused++
+						default:
+							t.Errorf("%s: release to %v: %v", id, want, err)
+						}
+						return
+					}
+				})
+			}
+		}
+		close(start)
+		wg.Wait()
+		rec, err := nodes[1].Quarantine().Get(ctx(t), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]string{}
+		for copyID, to := range copies {
+			for _, a := range to {
+				if seen[a] != "" {
+					t.Errorf("%s: %s released twice, as %s and %s", id, a, seen[a], copyID)
+				}
+				seen[a] = copyID
+			}
+		}
+		for _, a := range rcpts {
+			if got := rec.ReleasedTo(a); got != seen[a] && !(rec.Released == seen[a] && len(rec.Releases) == 0) {
+				t.Errorf("%s: record has %s released as %q, the releases made %q", id, a, got, seen[a])
+			}
+		}
+		if len(copies) == 0 || len(copies)+refused != 2*perNode || rec.Releasing != "" {
+			t.Errorf("%s: %d releases done, %d refused, releasing %q; want every attempt to end, at least one done", id, len(copies), refused, rec.Releasing)
+		}
 	}
 }
 
