@@ -332,3 +332,59 @@ func TestPatchPipeliningNotOffered(t *testing.T) {
 		t.Fatalf("server read %q", s)
 	}
 }
+
+// writeCounter counts the writes to the connections a listener accepts.
+type writeCounter struct {
+	net.Listener
+	writes chan int // each write's length
+}
+
+func (l *writeCounter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	return &countedConn{c, l.writes}, err
+}
+
+type countedConn struct {
+	net.Conn
+	writes chan int
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	c.writes <- len(p)
+	return c.Conn.Write(p)
+}
+
+// Patch 10: the replies to MAIL, RCPT and DATA sent in one group go back
+// in one write; a MAIL on its own is answered at once.
+func TestPatchPipelinedReplies(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := &writeCounter{l, make(chan int, 100)}
+	s := smtp.NewServer(new(backend))
+	s.Domain = "localhost"
+	go s.Serve(wl)
+	defer s.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	v := newConv(t, c)
+	v.expect("greeting", "220 ")
+	v.cmd("EHLO localhost", "250 ")
+	for len(wl.writes) > 0 {
+		<-wl.writes
+	}
+	io.WriteString(c, "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+	v.expect("MAIL", "250 ")
+	v.expect("RCPT", "250 ")
+	v.expect("DATA", "354 ")
+	if n := len(wl.writes); n != 1 {
+		t.Fatalf("%d writes for the replies of one group, want 1", n)
+	}
+	io.WriteString(c, "Subject: x\r\n\r\nbody\r\n.\r\n")
+	v.expect("end of data", "250 ")
+	v.cmd("MAIL FROM:<a@example.org>", "250 ")
+}
