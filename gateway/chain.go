@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,7 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 		}
 	}
 	var specs []pipeline.StageSpec
+	started := map[int]*host.Plugin{} // by stage, a process group's all at once
 	for i, sc := range cfg.Stages {
 		key, err := pluginKey(cfg, i)
 		if err != nil {
@@ -57,13 +59,18 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 			return nil, err
 		}
 		p := running[key]
-		if p == nil {
-			hp, err := startStage(ctx, cfg, i, opts, reg)
-			if err != nil {
+		if p == nil && started[i] == nil {
+			if err := startStages(ctx, cfg, i, opts, reg, started); err != nil {
 				ch.Close()
+				for _, hp := range started {
+					hp.Close()
+				}
 				return nil, err
 			}
-			p = &plugin{Plugin: hp, key: key}
+		}
+		if p == nil {
+			p = &plugin{Plugin: started[i], key: key}
+			delete(started, i)
 		}
 		p.refs.Add(1)
 		ch.plugins = append(ch.plugins, p)
@@ -87,16 +94,36 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 }
 
 // pluginKey is a stage's name and everything its plugin process is
-// started with. on_error and timeout are not in it: the pipeline applies
-// them.
+// started with: for a stage of a process group, every member's. on_error
+// and timeout are not in it: the pipeline applies them.
 func pluginKey(cfg *policy.Config, i int) (string, error) {
-	sc := cfg.Stages[i]
-	conf, err := cfg.StageConfigJSON(i)
-	if err != nil {
-		return "", err // positioned
+	var stages []any
+	for _, j := range processGroup(cfg, i) {
+		sc := cfg.Stages[j]
+		conf, err := cfg.StageConfigJSON(j)
+		if err != nil {
+			return "", err // positioned
+		}
+		stages = append(stages, []any{sc.Name, sc.Kind, sc.Path, sc.SHA256, json.RawMessage(conf)})
 	}
-	b, err := json.Marshal([]any{sc.Name, sc.Kind, sc.Path, sc.SHA256, json.RawMessage(conf), cfg.Hostname, cfg.DNS.Servers, cfg.DNS.Timeout, cfg.DataDir})
+	b, err := json.Marshal([]any{cfg.Stages[i].Name, stages, cfg.Hostname, cfg.DNS.Servers, cfg.DNS.Timeout, cfg.DataDir})
 	return string(b), err
+}
+
+// processGroup is the stages that share stage i's process, in config
+// order: its process group's, or i alone.
+func processGroup(cfg *policy.Config, i int) []int {
+	group := cfg.Stages[i].Process
+	if group == "" || cfg.Stages[i].Kind == "plugin" {
+		return []int{i}
+	}
+	var out []int
+	for j, sc := range cfg.Stages {
+		if sc.Process == group && sc.Kind != "plugin" {
+			out = append(out, j)
+		}
+	}
+	return out
 }
 
 // Close stops the plugin processes no other chain uses, all at once: each
@@ -111,6 +138,59 @@ func (c *chain) Close() {
 		}
 		wg.Wait()
 	})
+}
+
+// startStages starts the plugin process of stage i, which serves its
+// process group's other stages too, and puts their Plugins in started.
+func startStages(ctx context.Context, cfg *policy.Config, i int, opts Options, reg prometheus.Registerer, started map[int]*host.Plugin) error {
+	group := processGroup(cfg, i)
+	if len(group) == 1 {
+		p, err := startStage(ctx, cfg, i, opts, reg)
+		if err == nil {
+			started[i] = p
+		}
+		return err
+	}
+	if opts.PluginCommand == nil {
+		return cfg.StageError(i, fmt.Sprintf("no way to start built-in kind %q", cfg.Stages[i].Kind), "kind")
+	}
+	var members []host.Member
+	var kinds []string
+	for _, j := range group {
+		sc := cfg.Stages[j]
+		conf, err := cfg.StageConfigJSON(j)
+		if err != nil {
+			return err // positioned
+		}
+		members = append(members, host.Member{Name: sc.Name, Kind: sc.Kind, Config: conf})
+		if !slices.Contains(kinds, sc.Kind) {
+			kinds = append(kinds, sc.Kind)
+		}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ps, err := host.StartGroup(ctx, host.Spec{
+		Name:       cfg.Stages[i].Process,
+		Cmd:        append(opts.PluginCommand(kinds[0]), kinds[1:]...),
+		Env:        cfg.StageEnv(),
+		Logger:     log,
+		Registerer: reg,
+	}, members)
+	if err != nil {
+		var ce *host.ConfigError
+		for _, j := range group {
+			if errors.As(err, &ce) && ce.Key != "" && ce.Stage == cfg.Stages[j].Name {
+				return cfg.StageError(j, ce.Message, "config", ce.Key)
+			}
+		}
+		return cfg.StageError(i, err.Error(), "process")
+	}
+	for k, j := range group {
+		started[j] = ps[k]
+	}
+	return nil
 }
 
 // startStage starts the plugin process of stage i.

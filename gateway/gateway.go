@@ -43,7 +43,8 @@ import (
 type Options struct {
 	Logger *slog.Logger
 	// PluginCommand returns the command line that serves a built-in stage
-	// kind: the mailgate binary with arguments "plugin <kind>".
+	// kind: the mailgate binary with arguments "plugin <kind>". The other
+	// kinds of a process group ([[stage]] process) are added after it.
 	PluginCommand func(kind string) []string
 	// Spool options (tests inject write failures with them).
 	Spool spool.Options

@@ -138,6 +138,10 @@ type StageConfig struct {
 	// Path and SHA256 locate the executable of kind = "plugin".
 	Path   string `toml:"path"`
 	SHA256 string `toml:"sha256"`
+	// Process names the process group of a built-in kind: the stages
+	// with the same process share one plugin process; "" runs the stage
+	// in a process of its own.
+	Process string `toml:"process"`
 	// Config is the [stage.config] block, decoded by the kind.
 	Config toml.Primitive `toml:"config"`
 	// Results maps the stage's result words to actions ([stage.results]

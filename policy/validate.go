@@ -291,6 +291,12 @@ func (v *validator) stages(list []StageConfig, k key) {
 		}
 		v.enum(sk.field("on_error"), st.OnError)
 		v.duration(sk.field("timeout"), st.Timeout)
+		switch {
+		case st.Process != "" && st.Kind == "plugin":
+			v.errorf(sk.field("process"), `unexpected; process is only for built-in kinds: a plugin runs in a process of its own`)
+		case st.Process != "" && !isName(st.Process):
+			v.errorf(sk.field("process"), "unexpected %q; expect a name of a-z, 0-9, _ and -", st.Process)
+		}
 		if st.Kind == "plugin" {
 			if st.Path == "" {
 				v.errorf(sk.field("path"), `required with kind = "plugin"; expect the plugin's executable`)

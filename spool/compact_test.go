@@ -55,7 +55,6 @@ func TestCompactionDoesNotStallCommits(t *testing.T) {
 	dir := t.TempDir()
 	prefilled := prefill(t, dir, 20000)
 	s := openT(t, dir, Options{})
-	// The first commit's syncfs writes back the prefilled files.
 	commit(t, s, []byte("Subject: x\r\n\r\nbefore\r\n"), &Envelope{})
 	written, release, swapped := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	s.compactStep = func(step string) {

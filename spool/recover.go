@@ -91,8 +91,8 @@ func (s *Spool) snapshot() *compaction {
 }
 
 // compactChunk is how much of a new log is written and flushed at a
-// time: a commit's syncfs (see syncData) writes back whatever the
-// compaction has left dirty, so a commit waits for at most this much.
+// time, so that its writeback comes in small pieces, not in one burst
+// that the commits' fsyncs would queue behind on the disk.
 const compactChunk = 1 << 20
 
 // write is step 2: the snapshot, sorted by ID, in a flushed file in tmp/.

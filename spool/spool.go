@@ -19,9 +19,9 @@
 // ignored; the format is in log.go.
 //
 // A message is committed exactly when the log holds its commit record.
-// The group committer makes a batch of commits durable in order: first
-// the message files and their directory entries (syncfs, then fsync of
-// each), then one append of the batch's records to the log and one
+// Each Commit fsyncs its message file; the group committer then makes a
+// batch of commits durable in order: first the files' directory entries
+// (an fsync of msg/), then one append of the batch's records to the log and one
 // fdatasync. So a commit record never reaches the disk before its
 // message, and after a nil Commit a kill -9 or a power loss does not lose
 // the message. Update appends an update record the same way; replay keeps
@@ -162,7 +162,7 @@ type Spool struct {
 	dir, msgDir, tmpDir string
 	opts                Options
 	lock                *os.File // holds the flock until Close
-	msgDirF             *os.File // a handle on the file system, for syncfs
+	msgDirF             *os.File // msg/, fsynced for the directory entries of new files
 	ids                 idGen
 
 	// idLocks serialize Update and Remove of the same message, so an Update

@@ -276,6 +276,12 @@ func (w *Writer) Commit(ctx context.Context, env *Envelope) error {
 		w.Abort()
 		return err
 	}
+	// The message's own fsync, here rather than in the committer, so
+	// that the sessions' fsyncs run concurrently (see syncMessages).
+	if err := w.f.Sync(); err != nil {
+		w.Abort()
+		return fmt.Errorf("spool: commit %s: fsync message: %w", w.id, err)
+	}
 	env.ID, env.Size = w.id, w.size
 	if env.Received.IsZero() {
 		env.Received = time.Now()

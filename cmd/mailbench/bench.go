@@ -261,7 +261,7 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		serverKeys, stageBlocks, l.proxy = doorServer, doorBlocks, true
 	case lineChain:
 		var err error
-		if stageBlocks, err = b.chainBlocks(); err != nil {
+		if stageBlocks, err = b.chainBlocks(l); err != nil {
 			return err
 		}
 	case lineMailgateMilter:
@@ -325,13 +325,17 @@ func (b *bench) startMailgate(ctx context.Context, bin, name, sinkAddr, serverKe
 
 // chainBlocks are the [[stage]] blocks of the chain line: the -chain file
 // or the default chain.
-func (b *bench) chainBlocks() (string, error) {
-	if b.opts.chain == "" {
+func (b *bench) chainBlocks(l *line) (string, error) {
+	file, flag := b.opts.chain, "-chain"
+	if strings.HasSuffix(l.name, baselineSuffix) && b.opts.baselineChain != "" {
+		file, flag = b.opts.baselineChain, "-baseline-chain"
+	}
+	if file == "" {
 		return defaultChain, nil
 	}
-	c, err := os.ReadFile(b.opts.chain)
+	c, err := os.ReadFile(file)
 	if err != nil {
-		return "", fmt.Errorf("-chain: %w", err)
+		return "", fmt.Errorf("%s: %w", flag, err)
 	}
 	return string(c), nil
 }

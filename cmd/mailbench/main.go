@@ -64,7 +64,10 @@ type options struct {
 	mailgate  string
 	profile   string
 	baseline  string
-	args      []string // as given, for the report
+	// baselineChain replaces the chain of the baseline's chain line: a
+	// baseline binary may not know the keys of the chain (process).
+	baselineChain string
+	args          []string // as given, for the report
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -90,6 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.mailgate, "mailgate", "", "use this mailgate `binary` instead of building ./cmd/mailgate")
 	fs.StringVar(&o.profile, "profile", "", "write a CPU profile of every mailgate process (gateway and plugins) under `dir`/<line>/ (go tool pprof reads them)")
 	fs.StringVar(&o.baseline, "baseline", "", "also run each mailgate line with this mailgate `binary`, as \"<line> (baseline)\", taking turns with the others: a before/after in one run")
+	fs.StringVar(&o.baselineChain, "baseline-chain", "", "TOML `file` of [[stage]] blocks for the mailgate+chain line of the -baseline binary (default: as -chain)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir (configs, logs, queues) for a look afterwards")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

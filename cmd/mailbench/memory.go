@@ -72,7 +72,7 @@ func (b *bench) memory(ctx context.Context, l *line, r *memResult) error {
 	stageBlocks := ""
 	if l.name == lineChain {
 		var err error
-		if stageBlocks, err = b.chainBlocks(); err != nil {
+		if stageBlocks, err = b.chainBlocks(l); err != nil {
 			return err
 		}
 	}

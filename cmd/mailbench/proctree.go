@@ -153,7 +153,8 @@ func cpuBreakdown(before, after cpuSnapshot) map[string]float64 {
 }
 
 // label names a process for the CPU breakdown: its command name, or for
-// mailgate's plugin processes the kind they serve.
+// mailgate's plugin processes the kind they serve (the kinds, joined by
+// "+", of a process group).
 func label(st procStat) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.pid))
 	if err != nil {
@@ -161,7 +162,7 @@ func label(st procStat) string {
 	}
 	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 	if len(args) >= 3 && args[1] == "plugin" {
-		return filepath.Base(args[0]) + " plugin " + args[2]
+		return filepath.Base(args[0]) + " plugin " + strings.Join(args[2:], "+")
 	}
 	return st.comm
 }

@@ -28,7 +28,7 @@ const webUser, webPassword = "bench", "bench password"
 // startWebLine starts a console line: the chain line's config with a
 // [web] table, and for lineWebPolled the poller.
 func (b *bench) startWebLine(ctx context.Context, l *line) error {
-	blocks, err := b.chainBlocks()
+	blocks, err := b.chainBlocks(l)
 	if err != nil {
 		return err
 	}

@@ -72,7 +72,7 @@ func commands() []command {
 			page: "Prints a manual page in roff: `mailgate man 8 | man -l -` reads this page, `mailgate man 5` the one of every config key, where they are not installed."},
 		{name: "version", summary: "the version, VCS revision and build date", run: cmdVersion,
 			page: "Prints the version, the VCS revision the binary was built from (with `-dirty` for uncommitted changes), its build date and the Go version."},
-		{name: "plugin", synopsis: "KIND", summary: "serve a built-in stage kind (started by the gateway)", run: withStderr(cmdPlugin),
+		{name: "plugin", synopsis: "KIND...", summary: "serve built-in stage kinds, one or a process group (started by the gateway)", run: withStderr(cmdPlugin),
 			page: "Serves a built-in stage kind over the plugin protocol. The gateway starts it, one process per stage; it is not for running by hand."},
 	}
 }

@@ -71,18 +71,24 @@ func kindNames() string {
 	return strings.Join(names, ", ")
 }
 
-// cmdPlugin serves one built-in kind over the plugin protocol. The gateway
-// starts it; a person running it by hand gets go-plugin's explanation.
+// cmdPlugin serves a built-in kind over the plugin protocol, or several
+// (a process group, [[stage]] process), each stage configured with its
+// kind. The gateway starts it; a person running it by hand gets
+// go-plugin's explanation.
 func cmdPlugin(args []string, stderr io.Writer) error {
-	if len(args) != 1 {
-		fmt.Fprintf(stderr, "usage: mailgate plugin KIND (one of %s)\n", kindNames())
+	if len(args) == 0 {
+		fmt.Fprintf(stderr, "usage: mailgate plugin KIND... (of %s)\n", kindNames())
 		return errUsage
 	}
-	k, ok := builtinKinds()[args[0]]
-	if !ok {
-		return fmt.Errorf("unknown kind %q; expect one of %s", args[0], kindNames())
+	all, kinds, scans := builtinKinds(), map[string]stages.Factory{}, false
+	for _, name := range args {
+		k, ok := all[name]
+		if !ok {
+			return fmt.Errorf("unknown kind %q; expect one of %s", name, kindNames())
+		}
+		kinds[name], scans = k.new, scans || k.scans
 	}
-	if !k.scans && os.Getenv("GOMAXPROCS") == "" {
+	if !scans && os.Getenv("GOMAXPROCS") == "" {
 		// A plugin that mostly waits for the gateway's calls and answers
 		// each in microseconds uses a fifth less CPU with one Go
 		// processor: with more, the idle ones spin looking for work
@@ -90,7 +96,11 @@ func cmdPlugin(args []string, stderr io.Writer) error {
 		// set in the gateway's environment is left alone.
 		runtime.GOMAXPROCS(1)
 	}
-	sdk.Serve(k.new)
+	if len(args) == 1 {
+		sdk.Serve(kinds[args[0]])
+		return nil
+	}
+	sdk.ServeGroup(kinds)
 	return nil
 }
 

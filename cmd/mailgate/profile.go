@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 )
 
 // profileEnv names a directory in which every mailgate process (serve and
@@ -23,7 +24,7 @@ func startProfile(args []string) (stop func(), err error) {
 	}
 	role := args[0]
 	if role == "plugin" && len(args) > 1 {
-		role += "-" + args[1]
+		role += "-" + strings.Join(args[1:], "+") // a process group: its kinds
 	}
 	path := filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", role, os.Getpid()))
 	f, err := os.Create(path)

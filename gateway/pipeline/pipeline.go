@@ -588,7 +588,15 @@ func (p *Pipeline) runChain(ctx context.Context, ph stages.Phase, tx *stages.Tra
 	var outs []outcome
 	for len(run) > 0 {
 		n := groupLen(run)
-		got := p.runGroup(ctx, ph, tx, run[:n], prior, eff, log)
+		var got []outcome
+		if b := batchLen(run); b > 1 {
+			if got = p.runBatch(ctx, ph, tx, run[:b], prior, eff, log); got != nil {
+				n = b
+			}
+		}
+		if got == nil {
+			got = p.runGroup(ctx, ph, tx, run[:n], prior, eff, log)
+		}
 		for i, o := range got {
 			p.record(ctx, ph, run[i], o, log)
 			prior = append(prior, o.result())
@@ -623,15 +631,8 @@ func groupLen(run []*stage) int {
 // out, as if the chain had stopped there.
 func (p *Pipeline) runGroup(ctx context.Context, ph stages.Phase, tx *stages.Transaction, group []*stage, prior []stages.Result, eff policy.Effective, log *slog.Logger) []outcome {
 	if len(group) == 1 {
-		sg := group[0]
-		o, edits := p.runOne(ctx, ph, sg, tx, prior, eff, log)
-		if len(edits) > 0 {
-			if err := stages.ApplyEdits(tx, edits); err != nil {
-				return []outcome{p.failed(sg, o, err)}
-			}
-			o.bodyReplaced = slices.ContainsFunc(edits, func(e stages.Edit) bool { return e.Op == stages.BodyReplace })
-		}
-		return []outcome{o}
+		o, edits := p.runOne(ctx, ph, group[0], tx, prior, eff, log)
+		return []outcome{p.applyEdits(group[0], tx, o, edits)}
 	}
 
 	outs := make([]outcome, len(group))
@@ -666,6 +667,19 @@ func (p *Pipeline) runGroup(ctx context.Context, ph stages.Phase, tx *stages.Tra
 	return outs
 }
 
+// applyEdits applies the edits of an editing stage, which runs alone; a
+// set of edits that cannot be applied breaks the stage.
+func (p *Pipeline) applyEdits(sg *stage, tx *stages.Transaction, o outcome, edits []stages.Edit) outcome {
+	if len(edits) == 0 {
+		return o
+	}
+	if err := stages.ApplyEdits(tx, edits); err != nil {
+		return p.failed(sg, o, err)
+	}
+	o.bodyReplaced = slices.ContainsFunc(edits, func(e stages.Edit) bool { return e.Op == stages.BodyReplace })
+	return o
+}
+
 // runOne calls one stage and returns its outcome, with on_error applied if
 // it broke or its result mapped, and the edits it asked for.
 func (p *Pipeline) runOne(ctx context.Context, ph stages.Phase, sg *stage, tx *stages.Transaction, prior []stages.Result, eff policy.Effective, log *slog.Logger) (outcome, []stages.Edit) {
@@ -680,7 +694,14 @@ func (p *Pipeline) runOne(ctx context.Context, ph stages.Phase, sg *stage, tx *s
 	}
 	start := time.Now()
 	v, err := p.call(ctx, ph, sg, &stx, log)
-	o := outcome{res: trace.Stage{Name: sg.name, Kind: sg.info.Kind, Phase: ph.String()}, took: time.Since(start)}
+	return p.finish(ph, sg, v, err, time.Since(start), eff)
+}
+
+// finish is the outcome of a call to sg that answered v or err after
+// took: on_error applied if it broke (or v may not be returned), its
+// result mapped under eff; and the edits it asked for.
+func (p *Pipeline) finish(ph stages.Phase, sg *stage, v stages.Verdict, err error, took time.Duration, eff policy.Effective) (outcome, []stages.Edit) {
+	o := outcome{res: trace.Stage{Name: sg.name, Kind: sg.info.Kind, Phase: ph.String()}, took: took}
 	o.res.DurationMS = float64(o.took.Microseconds()) / 1000
 	if err == nil {
 		err = checkVerdict(ph, sg, v)

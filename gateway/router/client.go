@@ -57,31 +57,32 @@ type smtpClient struct {
 	commandTimeout time.Duration
 }
 
-// connect returns a ready connection (greeted, EHLO done, TLS as the mode
-// asks) to t, reused from the pool when one is idle.
-func (sc *smtpClient) connect(ctx context.Context, d *dest, t target, mode string, skipVerify bool) (*conn, error) {
+// transact runs fn on a ready connection to t (greeted, EHLO done, TLS
+// as the mode asks), reused from the pool when one is idle, and returns
+// the connection for the caller to put back or drop. A connection from
+// the pool is not probed first (that was a round trip per message): fn
+// reports it stale when the server answered nothing, or 421, before it
+// accepted anything, which on a reused connection means that the server
+// closed it while idle; fn then runs again on another.
+func (sc *smtpClient) transact(ctx context.Context, d *dest, t target, mode string, skipVerify bool, fn func(*conn) (stale bool)) (*conn, error) {
 	for {
 		c, err := sc.pool.acquire(ctx, d)
 		if err != nil {
 			return nil, err
 		}
 		if c == nil {
-			break
+			if c, err = sc.dial(ctx, t, mode, skipVerify); err != nil {
+				sc.pool.release(d)
+				return nil, err
+			}
+			fn(c)
+			return c, nil
 		}
-		// The server may have closed an idle connection; RSET finds out
-		// before a transaction starts and clears any leftover state
-		// (RFC 5321 §4.1.1.5).
-		if err := c.withContext(ctx, c.c.Reset); err == nil {
+		if !fn(c) {
 			return c, nil
 		}
 		sc.pool.drop(d, c)
 	}
-	c, err := sc.dial(ctx, t, mode, skipVerify)
-	if err != nil {
-		sc.pool.release(d)
-		return nil, err
-	}
-	return c, nil
 }
 
 // dial opens a new connection. With opportunistic TLS a failed handshake
@@ -194,19 +195,24 @@ type sent struct {
 	errs     []error // per recipient; nil: accepted with the message
 	reply    string  // the reply to the end of DATA
 	reusable bool    // the session is in a clean state for another transaction
+	// stale: the server answered nothing, or 421, before it accepted
+	// anything (see transact).
+	stale bool
 }
 
-// send runs one mail transaction (RFC 5321 §3.3) for rcpts.
+// send runs one mail transaction (RFC 5321 §3.3) for rcpts: MAIL, RCPT
+// and DATA in one write when the server offers PIPELINING (RFC 2920),
+// then the message. Each recipient gets the reply to its RCPT, or, if
+// accepted, the reply to DATA or to the end of the message.
 func (sc *smtpClient) send(ctx context.Context, c *conn, from string, rcpts []string, size int64, msg io.Reader) sent {
 	res := sent{errs: make([]error, len(rcpts))}
-	fail := func(err error, idx []int) {
-		for _, i := range idx {
-			res.errs[i] = err
+	// fail gives err to every recipient without a reply of its own.
+	fail := func(err error, r *smtp.EnvelopeReplies) {
+		for i := range res.errs {
+			if r == nil || r.Rcpts[i] == nil {
+				res.errs[i] = err
+			}
 		}
-	}
-	all := make([]int, len(rcpts))
-	for i := range all {
-		all[i] = i
 	}
 	err := c.withContext(ctx, func() error {
 		opts := &smtp.MailOptions{Size: size}
@@ -214,55 +220,53 @@ func (sc *smtpClient) send(ctx context.Context, c *conn, from string, rcpts []st
 			// RFC 6531 §3.2: non-ASCII addresses need SMTPUTF8 at the
 			// next hop; without it the mail cannot be relayed.
 			if ok, _ := c.c.Extension("SMTPUTF8"); !ok {
-				fail(replyErr(553, 5, 6, 7, "next hop does not support SMTPUTF8"), all)
+				fail(replyErr(553, 5, 6, 7, "next hop does not support SMTPUTF8"), nil)
 				res.reusable = true
 				return nil
 			}
 			opts.UTF8 = true
 		}
+		quoted := make([]string, len(rcpts))
+		for i, rcpt := range rcpts {
+			quoted[i] = quoteAddr(rcpt)
+		}
 		// go-smtp adds BODY=8BITMIME when the server offers it
 		// (RFC 6152) and SIZE when it offers that (RFC 1870).
-		if err := c.c.Mail(quoteAddr(from), opts); err != nil {
-			fail(err, all)
-			res.reusable = isReply(err) && c.c.Reset() == nil
+		r, err := c.c.SendEnvelope(quoteAddr(from), opts, quoted)
+		res.stale = r.Answered == 0 || r.Mail != nil && !isReply(r.Mail)
+		switch {
+		case r.Mail != nil:
+			fail(r.Mail, nil)
+			res.reusable = err == nil && isReply(r.Mail) && c.c.Reset() == nil
+			return nil
+		case err != nil:
+			// The session is lost; recipients refused before keep
+			// their reply.
+			copy(res.errs, r.Rcpts)
+			fail(err, r)
 			return nil
 		}
-		var accepted []int
-		for i, rcpt := range rcpts {
-			if err := c.c.Rcpt(quoteAddr(rcpt), nil); err != nil {
-				res.errs[i] = err
-				if !isReply(err) {
-					fail(err, all[i+1:])
-					fail(err, accepted)
-					return nil
-				}
-				continue
+		copy(res.errs, r.Rcpts)
+		if r.Writer == nil {
+			if r.Data != nil {
+				fail(r.Data, r)
 			}
-			accepted = append(accepted, i)
-		}
-		if len(accepted) == 0 {
 			res.reusable = c.c.Reset() == nil
 			return nil
 		}
-		w, err := c.c.Data()
-		if err != nil {
-			fail(err, accepted)
-			res.reusable = isReply(err) && c.c.Reset() == nil
-			return nil
-		}
-		if _, err := io.Copy(&deadlineWriter{w: w, nc: c.nc, timeout: sc.commandTimeout}, msg); err != nil {
+		if _, err := io.Copy(&deadlineWriter{w: r.Writer, nc: c.nc, timeout: sc.commandTimeout}, msg); err != nil {
 			// The message is cut off mid-DATA: the session is lost, and
 			// only closing the connection keeps the next hop from taking
 			// what it got as the whole message; a server that loses the
 			// connection drops the transaction (RFC 5321 §3.8).
 			c.cutOff = true
 			c.nc.Close()
-			fail(fmt.Errorf("sending message: %w", err), accepted)
+			fail(fmt.Errorf("sending message: %w", err), r)
 			return nil
 		}
-		resp, err := w.CloseWithResponse()
+		resp, err := r.Writer.CloseWithResponse()
 		if err != nil {
-			fail(err, accepted)
+			fail(err, r)
 			res.reusable = isReply(err)
 			return nil
 		}
@@ -277,7 +281,7 @@ func (sc *smtpClient) send(ctx context.Context, c *conn, from string, rcpts []st
 				res.errs[i] = errors.Join(err, e)
 			}
 		}
-		res.reusable = false
+		res.reusable, res.stale = false, false
 	}
 	return res
 }

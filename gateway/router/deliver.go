@@ -194,7 +194,11 @@ func (r *Router) toSMTP(ctx context.Context, cf *conf, env *spool.Envelope, g *g
 		host := t.label()
 		pool := cf.client.pool
 		d := pool.dest(destKey{addr: t.addr, name: t.name, tls: mode, skipVerify: skipVerify})
-		c, err := cf.client.connect(ctx, d, t, mode, skipVerify)
+		var s sent
+		c, err := cf.client.transact(ctx, d, t, mode, skipVerify, func(c *conn) bool {
+			s = cf.client.send(ctx, c, env.From, rcpts, env.Size, msg)
+			return s.stale
+		})
 		if err != nil {
 			pool.done(d)
 			lastErr, lastHost = err, host
@@ -204,7 +208,6 @@ func (r *Router) toSMTP(ctx context.Context, cf *conf, env *spool.Envelope, g *g
 			}
 			continue
 		}
-		s := cf.client.send(ctx, c, env.From, rcpts, env.Size, msg)
 		for k, i := range g.rcpts {
 			err := s.errs[k]
 			res := result{idx: i, status: spool.Delivered, reply: s.reply, host: host}

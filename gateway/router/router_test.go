@@ -739,6 +739,70 @@ func TestStalePooledConnection(t *testing.T) {
 	}
 }
 
+// A server that ends an idle connection with 421 (as Postfix's smtpd at
+// its idle timeout) leaves that reply unread in the pooled connection:
+// the next transaction, sent pipelined on it, reads it as the reply to
+// MAIL and goes again on a new connection, deferring nothing.
+func TestPooledConnectionEndedWith421(t *testing.T) {
+	srv := smtptest.NewServer(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	hangUp := make(chan struct{}) // closed: the first connection says 421 and ends
+	hungUp := make(chan struct{}) // closed when it has
+	wg.Go(func() {
+		// A proxy to srv whose first connection the test ends.
+		for first := true; ; first = false {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", srv.Addr())
+			if err != nil {
+				c.Close()
+				return
+			}
+			wg.Go(func() { io.Copy(up, c); up.Close() })
+			if !first {
+				wg.Go(func() { io.Copy(c, up); c.Close() })
+				continue
+			}
+			wg.Go(func() {
+				done := make(chan struct{})
+				go func() { io.Copy(c, up); close(done) }()
+				select {
+				case <-hangUp:
+					up.Close()
+					<-done
+					c.Write([]byte("421 4.4.2 idle timeout\r\n"))
+				case <-done:
+				}
+				c.Close()
+				close(hungUp)
+			})
+		}
+	})
+	route := policy.Route{Domains: []string{"ex.test"}, Servers: []string{l.Addr().String()}, TLS: "none"}
+	h := start(t, testConfig(route), openSpool(t))
+	first := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	h.waitGone(first.ID)
+	close(hangUp)
+	select {
+	case <-hungUp:
+	case <-time.After(waitLong):
+		t.Fatal("the proxy did not end the first connection")
+	}
+	env := h.send("alice@sender.test", []string{"carol@ex.test"}, sample)
+	srv.WaitFor(2, waitLong)
+	h.waitGone(env.ID)
+	if e := strings.Count(h.logs.String(), "msg=deferred"); e != 0 {
+		t.Errorf("a pooled connection ended with 421 caused %d deferrals:\n%s", e, h.logs)
+	}
+}
+
 func TestDataRejectedOneDSN(t *testing.T) {
 	srv := smtptest.NewServer(t)
 	srv.SetDataReply(554)

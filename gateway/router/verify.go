@@ -207,7 +207,11 @@ func (r *Router) probe(ctx context.Context, route *policy.Route, addr string) (k
 		t := target{addr: s, name: host}
 		pool := cf.client.pool
 		d := pool.dest(destKey{addr: t.addr, name: t.name, tls: mode, skipVerify: route.TLSSkipVerify})
-		c, cerr := cf.client.connect(ctx, d, t, mode, route.TLSSkipVerify)
+		var reusable bool
+		c, cerr := cf.client.transact(ctx, d, t, mode, route.TLSSkipVerify, func(c *conn) (stale bool) {
+			known, answered, reusable, stale, err = askRcpt(ctx, c, addr)
+			return stale
+		})
 		if cerr != nil {
 			pool.done(d)
 			err = cerr
@@ -216,8 +220,6 @@ func (r *Router) probe(ctx context.Context, route *policy.Route, addr string) (k
 			}
 			continue
 		}
-		var reusable bool
-		known, answered, reusable, err = askRcpt(ctx, c, addr)
 		if reusable {
 			pool.put(d, c)
 		} else {
@@ -233,8 +235,9 @@ func (r *Router) probe(ctx context.Context, route *policy.Route, addr string) (k
 // never gets to DATA delivers nothing (RFC 5321 §4.1.1.5). The null
 // sender is what the server would see from a bounce, so it answers as it
 // would for one. err is the reply to RCPT, or why RCPT was not asked;
-// answered is true when the server replied (anything but 421).
-func askRcpt(ctx context.Context, c *conn, addr string) (known, answered, reusable bool, err error) {
+// answered is true when the server replied (anything but 421); stale
+// when it did not, to MAIL (see transact).
+func askRcpt(ctx context.Context, c *conn, addr string) (known, answered, reusable, stale bool, err error) {
 	cerr := c.withContext(ctx, func() error {
 		var opts *smtp.MailOptions
 		if !address.IsASCII(addr) {
@@ -249,6 +252,7 @@ func askRcpt(ctx context.Context, c *conn, addr string) (known, answered, reusab
 			// %v: a refused MAIL says nothing about the recipient.
 			err = fmt.Errorf("MAIL FROM:<> refused: %v", merr)
 			answered = isReply(merr)
+			stale = !answered
 			reusable = answered && c.c.Reset() == nil
 			return nil
 		}
@@ -260,7 +264,7 @@ func askRcpt(ctx context.Context, c *conn, addr string) (known, answered, reusab
 	})
 	if cerr != nil {
 		// ctx ended and closed the connection.
-		return false, false, false, cerr
+		return false, false, false, false, cerr
 	}
-	return known, answered, reusable, err
+	return known, answered, reusable, stale, err
 }

@@ -68,9 +68,11 @@ type dataClient struct {
 	done    chan struct{}
 }
 
+// dataAnswer is a call's answer: a frame with a response or a batch
+// response, or the error the call failed with.
 type dataAnswer struct {
-	resp *proto.RunResponse
-	err  error
+	f   *proto.Frame
+	err error
 }
 
 func newDataClient(conn net.Conn) *dataClient {
@@ -98,12 +100,11 @@ func (c *dataClient) read() {
 		if err = proto.ReadFrame(r, &buf, f); err != nil {
 			break
 		}
-		var a dataAnswer
+		a := dataAnswer{f: f}
 		switch k := f.GetKind().(type) {
-		case *proto.Frame_Response:
-			a.resp = k.Response
+		case *proto.Frame_Response, *proto.Frame_BatchResponse:
 		case *proto.Frame_Error:
-			a.err = status.Error(codes.Code(k.Error.GetCode()), k.Error.GetMessage())
+			a.err = errorStatus(k.Error)
 		default:
 			err = fmt.Errorf("unexpected frame %T from the plugin", k)
 		}
@@ -135,6 +136,33 @@ func (c *dataClient) run(ctx context.Context, req *proto.RunRequest) (*proto.Run
 	if dl, ok := ctx.Deadline(); ok {
 		call.TimeoutNs = max(int64(time.Until(dl)), 1)
 	}
+	f, err := c.call(ctx, &proto.Frame{Kind: &proto.Frame_Call{Call: call}})
+	if err != nil {
+		return nil, err
+	}
+	resp := f.GetResponse()
+	if resp == nil {
+		return nil, fmt.Errorf("%w: data path: a call answered with %T", errLost, f.GetKind())
+	}
+	return resp, nil
+}
+
+// batch sends b and waits for its answer until ctx ends; errors as run's.
+func (c *dataClient) batch(ctx context.Context, b *proto.Batch) (*proto.BatchResponse, error) {
+	f, err := c.call(ctx, &proto.Frame{Kind: &proto.Frame_Batch{Batch: b}})
+	if err != nil {
+		return nil, err
+	}
+	resp := f.GetBatchResponse()
+	if resp == nil {
+		return nil, fmt.Errorf("%w: data path: a batch answered with %T", errLost, f.GetKind())
+	}
+	return resp, nil
+}
+
+// call sends f, a call or a batch, with an id of its own and waits for
+// the frame that answers it.
+func (c *dataClient) call(ctx context.Context, f *proto.Frame) (*proto.Frame, error) {
 	ch := make(chan dataAnswer, 1)
 	c.mu.Lock()
 	if c.err != nil {
@@ -145,13 +173,14 @@ func (c *dataClient) run(ctx context.Context, req *proto.RunRequest) (*proto.Run
 	id := c.next
 	c.pending[id] = ch
 	c.mu.Unlock()
-	if err := c.write(ctx, &proto.Frame{Id: id, Kind: &proto.Frame_Call{Call: call}}); err != nil {
+	f.Id = id
+	if err := c.write(ctx, f); err != nil {
 		c.forget(id)
 		return nil, err
 	}
 	select {
 	case a := <-ch:
-		return a.resp, a.err
+		return a.f, a.err
 	case <-ctx.Done():
 		if c.forget(id) {
 			// Tell the plugin, so the filter's context ends as with
@@ -204,4 +233,9 @@ func (c *dataClient) write(ctx context.Context, f *proto.Frame) error {
 		return fmt.Errorf("%w: data path: %v", errLost, err)
 	}
 	return nil
+}
+
+// errorStatus is the gRPC status a CallError carries.
+func errorStatus(e *proto.CallError) error {
+	return status.Error(codes.Code(e.GetCode()), e.GetMessage())
 }

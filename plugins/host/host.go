@@ -3,6 +3,9 @@
 // gRPC contract of plugins/proto and returns a *Plugin, a stages.Stage that
 // forwards every Run to that one process: over the data path (a socket
 // pair, see datapath.go) when the plugin serves it, else over gRPC.
+// StartGroup runs one process for several stages of built-in kinds (a
+// process group), whose calls of one phase can go in one round trip
+// (RunBatch).
 //
 // A plugin that breaks never takes the gateway with it: Run returns an error
 // (never a hang past its context) when the plugin is slow, crashed, down or
@@ -14,7 +17,9 @@
 // A crash is one failure, however many calls it cut short, and a process
 // started after a crash, configured and described, starts with a closed
 // circuit: mail is held up for the restart, not for a cool-down. The
-// restart backoff is what slows down a plugin that keeps crashing.
+// restart backoff is what slows down a plugin that keeps crashing. In a
+// process group each stage keeps its own circuit; a crash of the process
+// is a failure of each.
 package host
 
 import (
@@ -25,7 +30,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -37,9 +41,10 @@ import (
 	"github.com/mailgate/mailgate/stages"
 )
 
-// Spec says how to run one stage instance's plugin.
+// Spec says how to run one stage instance's plugin, or the process of a
+// group (StartGroup).
 type Spec struct {
-	Name string // instance name: logs, metrics and errors use it
+	Name string // instance name (a group's name): logs, metrics and errors use it
 	// Cmd is the executable and its arguments. Built-in kinds are the
 	// mailgate binary itself with "plugin", "<kind>".
 	Cmd []string
@@ -57,6 +62,14 @@ type Spec struct {
 	RestartMax   time.Duration // [30s]
 	MaxFailures  int           // consecutive failed calls that open the circuit [5]
 	Cooldown     time.Duration // how long an open circuit fails calls fast [30s]
+}
+
+// Member is one stage of a process group: a built-in kind the group's
+// executable serves, under the stage's name, with its config.
+type Member struct {
+	Name   string
+	Kind   string
+	Config []byte // as Spec.Config
 }
 
 // FileBody is the optional interface of a stages.Body backed by a file, as
@@ -92,29 +105,22 @@ func (e *ConfigError) Error() string {
 	return fmt.Sprintf("stage %q: config: %s: %s", e.Stage, e.Key, e.Message)
 }
 
-// Plugin is a running stage plugin. It is safe for concurrent use: calls
-// share the one process.
+// Plugin is a running stage plugin: a stage served by a plugin process of
+// its own, or by its group's. It is safe for concurrent use: calls share
+// the one process.
 type Plugin struct {
-	spec       Spec
-	reattach   *plugin.ReattachConfig // Attach: the process is not ours
-	attachData net.Conn               // Attach: the host's end of its data path, until used
-	log        *slog.Logger
-	hclog      *hclogAdapter
-	stdout     *lineLogger
-	stderr     *lineLogger
-	restarts   prometheus.Counter
-	info       stages.Info // from Describe at Start; fixed for the Plugin's life
+	name     string
+	kind     string // in a group, the kind the process is asked to serve
+	config   []byte
+	info     stages.Info // from Describe at Start; fixed for the Plugin's life
+	restarts prometheus.Counter
+	p        *process
 
-	life context.Context // ends at Close
-	stop context.CancelFunc
-	kick chan *proc // asks the supervisor to replace this process
-	wg   sync.WaitGroup
-
-	mu        sync.Mutex
-	cur       *proc // nil while down
-	failures  int   // consecutive failed calls; a crash counts once
+	// Guarded by p.mu.
+	failures  int // consecutive failed calls; a crash counts once
 	openUntil time.Time
 	probing   bool // a half-open probe is in flight
+	closed    bool
 }
 
 // State is where a plugin stands, for health reports.
@@ -128,13 +134,14 @@ type State struct {
 
 // State reports whether the plugin takes calls now.
 func (p *Plugin) State() State {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	st := State{Up: p.cur != nil && !p.cur.gone && p.life.Err() == nil, Failures: p.failures}
+	p.p.mu.Lock()
+	defer p.p.mu.Unlock()
+	cur := p.p.cur
+	st := State{Up: cur != nil && !cur.gone && p.p.life.Err() == nil && !p.closed, Failures: p.failures}
 	if st.Up {
-		st.PID = p.cur.pid
+		st.PID = cur.pid
 	}
-	if p.failures >= p.spec.MaxFailures {
+	if p.failures >= p.p.spec.MaxFailures {
 		st.CircuitOpen, st.OpenUntil = true, p.openUntil
 	}
 	return st
@@ -149,7 +156,29 @@ func Start(ctx context.Context, spec Spec) (*Plugin, error) {
 	if len(spec.Cmd) == 0 || spec.Cmd[0] == "" {
 		return nil, fmt.Errorf("stage %q: no plugin executable", spec.Name)
 	}
-	return start(ctx, spec, nil, nil)
+	ps, err := start(ctx, spec, nil, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return ps[0], nil
+}
+
+// StartGroup starts one process for the stages of a process group:
+// spec.Cmd serves every member's kind (`mailgate plugin KIND...`), and
+// spec.Name names the group; spec.Config is not used. It returns the
+// members' Plugins in order. They share the process: its crash fails the
+// calls in flight of every member, each of which counts it as a failure,
+// and its restart brings them all back. The process stops when every
+// member is closed. A config a member refuses is a *ConfigError naming
+// that member.
+func StartGroup(ctx context.Context, spec Spec, members []Member) ([]*Plugin, error) {
+	if len(spec.Cmd) == 0 || spec.Cmd[0] == "" {
+		return nil, fmt.Errorf("process group %q: no plugin executable", spec.Name)
+	}
+	if len(members) == 0 {
+		return nil, fmt.Errorf("process group %q: no stages", spec.Name)
+	}
+	return start(ctx, spec, members, nil, nil)
 }
 
 // Attach is Start for a plugin already serving in go-plugin's test mode in
@@ -158,62 +187,37 @@ func Start(ctx context.Context, spec Spec) (*Plugin, error) {
 // whose other end the plugin serves (see plugins/proto's Frame); Attach
 // owns it from then on.
 func Attach(ctx context.Context, spec Spec, rc *plugin.ReattachConfig, data net.Conn) (*Plugin, error) {
-	return start(ctx, spec, rc, data)
+	ps, err := start(ctx, spec, nil, rc, data)
+	if err != nil {
+		return nil, err
+	}
+	return ps[0], nil
 }
 
-func start(ctx context.Context, spec Spec, rc *plugin.ReattachConfig, data net.Conn) (*Plugin, error) {
-	p, err := newPlugin(spec, rc)
+// start starts the process of spec: a group's when members is not empty,
+// else one stage's, named spec.Name.
+func start(ctx context.Context, spec Spec, members []Member, rc *plugin.ReattachConfig, data net.Conn) ([]*Plugin, error) {
+	pr, err := newProcess(spec, members, rc)
 	if err != nil {
 		if data != nil {
 			data.Close()
 		}
 		return nil, err
 	}
-	p.attachData = data
+	pr.attachData = data
 	started := make(chan error, 1)
-	p.wg.Add(1)
-	go p.supervise(ctx, started)
+	pr.wg.Add(1)
+	go pr.supervise(ctx, started)
 	select {
 	case err = <-started:
 	case <-ctx.Done():
-		err = fmt.Errorf("stage %q: start plugin: %w", spec.Name, ctx.Err())
+		err = fmt.Errorf("%s: start plugin: %w", pr.what(), ctx.Err())
 	}
 	if err != nil {
-		p.Close()
+		pr.close()
 		return nil, err
 	}
-	return p, nil
-}
-
-func newPlugin(spec Spec, rc *plugin.ReattachConfig) (*Plugin, error) {
-	setDefault(&spec.StartTimeout, 10*time.Second)
-	setDefault(&spec.RestartMin, 100*time.Millisecond)
-	setDefault(&spec.RestartMax, 30*time.Second)
-	setDefault(&spec.Cooldown, 30*time.Second)
-	if spec.MaxFailures <= 0 {
-		spec.MaxFailures = 5
-	}
-	if spec.Logger == nil {
-		spec.Logger = slog.Default()
-	}
-	restarts, err := restartCounter(spec.Registerer, spec.Name)
-	if err != nil {
-		return nil, fmt.Errorf("stage %q: %w", spec.Name, err)
-	}
-	log := spec.Logger.With("stage", spec.Name)
-	life, stop := context.WithCancel(context.Background())
-	return &Plugin{
-		spec:     spec,
-		reattach: rc,
-		log:      log,
-		hclog:    &hclogAdapter{log: log},
-		stdout:   &lineLogger{log: log.With("stream", "stdout")},
-		stderr:   &lineLogger{log: log.With("stream", "stderr")},
-		restarts: restarts,
-		life:     life,
-		stop:     stop,
-		kick:     make(chan *proc, 1),
-	}, nil
+	return pr.members, nil
 }
 
 func setDefault(d *time.Duration, def time.Duration) {
@@ -223,15 +227,24 @@ func setDefault(d *time.Duration, def time.Duration) {
 }
 
 // Name returns the stage's instance name.
-func (p *Plugin) Name() string { return p.spec.Name }
+func (p *Plugin) Name() string { return p.name }
 
 // Info returns what the plugin said of itself in Describe.
 func (p *Plugin) Info() stages.Info { return p.info }
 
-// Close stops the plugin process and waits until it is gone.
+// Close stops the plugin and waits until its process is gone: at once
+// for a plugin of its own, once every member is closed for a group's.
 func (p *Plugin) Close() error {
-	p.stop()
-	p.wg.Wait()
+	p.p.mu.Lock()
+	last := !p.closed
+	p.closed = true
+	for _, m := range p.p.members {
+		last = last && m.closed
+	}
+	p.p.mu.Unlock()
+	if last {
+		p.p.close()
+	}
 	return nil
 }
 
@@ -245,12 +258,12 @@ func (*Plugin) ReturnsByDeadline() {}
 func (p *Plugin) Run(ctx context.Context, phase stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
 	pr, probe, err := p.admit()
 	if err != nil {
-		return stages.Verdict{}, fmt.Errorf("stage %q: %w", p.spec.Name, err)
+		return stages.Verdict{}, fmt.Errorf("stage %q: %w", p.name, err)
 	}
 	v, err := p.call(ctx, pr, phase, tx)
 	p.record(pr, probe, ctx, err)
 	if err != nil {
-		return stages.Verdict{}, fmt.Errorf("stage %q: %w", p.spec.Name, err)
+		return stages.Verdict{}, fmt.Errorf("stage %q: %w", p.name, err)
 	}
 	return v, nil
 }
@@ -259,22 +272,27 @@ func (p *Plugin) Run(ctx context.Context, phase stages.Phase, tx *stages.Transac
 // closed, down, or its circuit is open. Once the cool-down is over, one
 // call at a time goes through as a probe.
 func (p *Plugin) admit() (pr *proc, probe bool, err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.p.mu.Lock()
+	defer p.p.mu.Unlock()
+	return p.admitLocked()
+}
+
+func (p *Plugin) admitLocked() (pr *proc, probe bool, err error) {
 	switch {
-	case p.life.Err() != nil:
+	case p.p.life.Err() != nil || p.closed:
 		return nil, false, ErrClosed
-	case p.failures >= p.spec.MaxFailures:
+	case p.failures >= p.p.spec.MaxFailures:
 		if p.probing || time.Now().Before(p.openUntil) {
 			return nil, false, ErrCircuitOpen
 		}
 		probe = true
 	}
-	if p.cur == nil || p.cur.gone {
+	cur := p.p.cur
+	if cur == nil || cur.gone {
 		return nil, false, ErrDown
 	}
 	p.probing = probe
-	return p.cur, probe, nil
+	return cur, probe, nil
 }
 
 // record counts a call's outcome for the circuit. A caller that gave up
@@ -282,8 +300,8 @@ func (p *Plugin) admit() (pr *proc, probe bool, err error) {
 // call to a process already known to be gone: its crash was counted once,
 // and a process the host replaced was not the plugin's fault.
 func (p *Plugin) record(pr *proc, probe bool, ctx context.Context, err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.p.mu.Lock()
+	defer p.p.mu.Unlock()
 	if probe {
 		p.probing = false
 	}
@@ -296,58 +314,33 @@ func (p *Plugin) record(pr *proc, probe bool, ctx context.Context, err error) {
 	case errors.Is(err, errLost):
 		// The process died under the call. Replace it now rather than
 		// at the supervisor's next look.
-		p.crashed(pr)
-		p.replace(pr)
+		p.p.crashed(pr)
+		p.p.replace(pr)
 		return
 	}
 	p.failures++
-	if p.failures < p.spec.MaxFailures && !probe {
+	if p.failures < p.p.spec.MaxFailures && !probe {
 		return
 	}
-	p.openUntil = time.Now().Add(p.spec.Cooldown)
 	p.openCircuit(err)
 	// A plugin that keeps failing may be wedged rather than dead: a fresh
 	// process is cheap and the cool-down hides the restart. It is not a
 	// crash, so the circuit stays open for its cool-down.
-	p.replace(pr)
-}
-
-// replace asks the supervisor to replace pr now. The supervisor also
-// finds a gone process on its own (see wait), so a kick lost to a full
-// channel only delays the restart.
-func (p *Plugin) replace(pr *proc) {
-	if p.reattach != nil {
-		return
-	}
-	select {
-	case p.kick <- pr:
-	default:
-	}
+	p.p.replace(pr)
 }
 
 func (p *Plugin) openCircuit(err error) {
-	p.openUntil = time.Now().Add(p.spec.Cooldown)
-	p.log.Warn("plugin circuit open", "failures", p.failures, "cooldown", p.spec.Cooldown, "err", err)
-}
-
-// crashed marks pr as gone and counts its crash as one failure, the first
-// time it is seen: by a call that lost its connection or by the
-// supervisor finding the process exited. Callers hold mu.
-func (p *Plugin) crashed(pr *proc) {
-	if pr.gone {
-		return
-	}
-	pr.gone, pr.crashed = true, true
-	p.failures++
-	if p.failures == p.spec.MaxFailures {
-		p.openCircuit(errors.New("plugin process crashed"))
-	}
+	p.openUntil = time.Now().Add(p.p.spec.Cooldown)
+	p.p.log.Warn("plugin circuit open", "stage", p.name, "failures", p.failures, "cooldown", p.p.spec.Cooldown, "err", err)
 }
 
 func (p *Plugin) call(ctx context.Context, pr *proc, phase stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
-	req, err := p.request(phase, tx)
+	req, err := request(phase, tx, p.info.Needs)
 	if err != nil {
 		return stages.Verdict{}, err
+	}
+	if p.kind != "" {
+		req.Stage = p.name
 	}
 	var resp *proto.RunResponse
 	_, streamed := req.GetBody().GetSource().(*proto.Body_Streamed)
@@ -366,19 +359,7 @@ func (p *Plugin) call(ctx context.Context, pr *proc, phase stages.Phase, tx *sta
 		if ctx.Err() != nil {
 			return stages.Verdict{}, fmt.Errorf("run: %w", ctx.Err())
 		}
-		switch s, _ := status.FromError(err); s.Code() {
-		case codes.Unavailable:
-			// The connection broke or was refused: on a local socket, the
-			// process is gone.
-			return stages.Verdict{}, fmt.Errorf("run: %w: %s", errLost, s.Message())
-		case codes.Unknown:
-			return stages.Verdict{}, fmt.Errorf("plugin: %s", s.Message()) // the filter's own error
-		case codes.DeadlineExceeded:
-			// The plugin's side enforces the deadline it was sent and may
-			// give up a moment before ctx itself ends.
-			return stages.Verdict{}, fmt.Errorf("run: %w", context.DeadlineExceeded)
-		}
-		return stages.Verdict{}, fmt.Errorf("run: %w", err)
+		return stages.Verdict{}, runError(err)
 	}
 	v, err := toVerdict(resp.GetVerdict(), p.info.Edits)
 	if err != nil {
@@ -387,11 +368,28 @@ func (p *Plugin) call(ctx context.Context, pr *proc, phase stages.Phase, tx *sta
 	return v, nil
 }
 
-// request builds a RunRequest with no more of the transaction than the
-// plugin declared it needs. A body need implies the header: scanners want
-// the whole message.
-func (p *Plugin) request(phase stages.Phase, tx *stages.Transaction) (*proto.RunRequest, error) {
-	needs := p.info.Needs
+// runError is the error of a Run the plugin failed (a gRPC status, as
+// the Run RPC or the data path reports it).
+func runError(err error) error {
+	switch s, _ := status.FromError(err); s.Code() {
+	case codes.Unavailable:
+		// The connection broke or was refused: on a local socket, the
+		// process is gone.
+		return fmt.Errorf("run: %w: %s", errLost, s.Message())
+	case codes.Unknown:
+		return fmt.Errorf("plugin: %s", s.Message()) // the filter's own error
+	case codes.DeadlineExceeded:
+		// The plugin's side enforces the deadline it was sent and may
+		// give up a moment before ctx itself ends.
+		return fmt.Errorf("run: %w", context.DeadlineExceeded)
+	}
+	return fmt.Errorf("run: %w", err)
+}
+
+// request builds a RunRequest with no more of the transaction than
+// needs, what the plugin declared it needs. A body need implies the
+// header: scanners want the whole message.
+func request(phase stages.Phase, tx *stages.Transaction, needs stages.Needs) (*proto.RunRequest, error) {
 	t := &proto.Transaction{
 		QueueId: tx.QueueID,
 		Client: &proto.Client{
@@ -419,10 +417,7 @@ func (p *Plugin) request(phase stages.Phase, tx *stages.Transaction) (*proto.Run
 	}
 	if needs&stages.NeedResults != 0 {
 		for _, r := range tx.Results {
-			t.Results = append(t.Results, &proto.Result{
-				Stage: r.Stage, Kind: r.Kind, Action: proto.FromAction(r.Action), Score: r.Score,
-				Result: []byte(r.Result), Reason: []byte(r.Reason), Errored: r.Errored,
-			})
+			t.Results = append(t.Results, proto.FromResult(r))
 		}
 	}
 	req := &proto.RunRequest{Phase: proto.FromPhase(phase), Transaction: t}

@@ -57,9 +57,9 @@ var discard = slog.New(slog.DiscardHandler)
 
 // current returns the running process, nil while down.
 func (p *Plugin) current() *proc {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.cur
+	p.p.mu.Lock()
+	defer p.p.mu.Unlock()
+	return p.p.cur
 }
 
 // logBuffer collects the JSON lines of a slog logger for assertions.

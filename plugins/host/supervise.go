@@ -4,14 +4,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"reflect"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -25,27 +28,137 @@ import (
 // go-plugin reports exits only through Client.Exited.
 const exitPoll = 100 * time.Millisecond
 
+// process is one plugin process's life, for the stage or the stages (a
+// process group) it serves: it starts the executable, restarts it when it
+// exits, and stops it at close.
+type process struct {
+	spec       Spec
+	members    []*Plugin              // the stages served, in config order
+	group      bool                   // Configure names each member's kind (StartGroup)
+	reattach   *plugin.ReattachConfig // Attach: the process is not ours
+	attachData net.Conn               // Attach: the host's end of its data path, until used
+	log        *slog.Logger
+	hclog      *hclogAdapter
+	stdout     *lineLogger
+	stderr     *lineLogger
+
+	life context.Context // ends at close
+	stop context.CancelFunc
+	kick chan *proc // asks the supervisor to replace this process
+	wg   sync.WaitGroup
+
+	mu  sync.Mutex // guards cur and the members' circuits
+	cur *proc      // nil while down
+}
+
 // proc is one started plugin process.
 type proc struct {
 	client  *plugin.Client
 	rpc     plugin.ClientProtocol
 	filter  proto.FilterClient
-	info    stages.Info
-	data    *dataClient // the data path, nil if the plugin serves none
+	infos   []stages.Info // the members', in order
+	data    *dataClient   // the data path, nil if the plugin serves none
 	pid     int
 	sock    string // the plugin's Unix socket, "" for TCP
 	started time.Time
 
-	// Guarded by Plugin.mu.
+	// Guarded by process.mu.
 	gone    bool // exited, crashed or being replaced: calls fail fast with ErrDown
 	crashed bool // it died rather than being replaced by the host
 }
 
+func newProcess(spec Spec, members []Member, rc *plugin.ReattachConfig) (*process, error) {
+	setDefault(&spec.StartTimeout, 10*time.Second)
+	setDefault(&spec.RestartMin, 100*time.Millisecond)
+	setDefault(&spec.RestartMax, 30*time.Second)
+	setDefault(&spec.Cooldown, 30*time.Second)
+	if spec.MaxFailures <= 0 {
+		spec.MaxFailures = 5
+	}
+	if spec.Logger == nil {
+		spec.Logger = slog.Default()
+	}
+	log := spec.Logger.With("stage", spec.Name)
+	group := len(members) > 0
+	if group {
+		// The process's own lines name the group; a member's name the
+		// member.
+		log = spec.Logger.With("process", spec.Name)
+	} else {
+		members = []Member{{Name: spec.Name, Config: spec.Config}}
+	}
+	life, stop := context.WithCancel(context.Background())
+	pr := &process{
+		spec:     spec,
+		group:    group,
+		reattach: rc,
+		log:      log,
+		hclog:    &hclogAdapter{log: log},
+		stdout:   &lineLogger{log: log.With("stream", "stdout")},
+		stderr:   &lineLogger{log: log.With("stream", "stderr")},
+		life:     life,
+		stop:     stop,
+		kick:     make(chan *proc, 1),
+	}
+	for _, m := range members {
+		restarts, err := restartCounter(spec.Registerer, m.Name)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("stage %q: %w", m.Name, err)
+		}
+		pr.members = append(pr.members, &Plugin{name: m.Name, kind: m.Kind, config: m.Config, restarts: restarts, p: pr})
+	}
+	return pr, nil
+}
+
+// what names the process in errors: its stage, or its group.
+func (pr *process) what() string {
+	if pr.group {
+		return fmt.Sprintf("process group %q", pr.spec.Name)
+	}
+	return fmt.Sprintf("stage %q", pr.spec.Name)
+}
+
+// close stops the process and waits until it is gone.
+func (pr *process) close() {
+	pr.stop()
+	pr.wg.Wait()
+}
+
+// replace asks the supervisor to replace cur now. The supervisor also
+// finds a gone process on its own (see wait), so a kick lost to a full
+// channel only delays the restart.
+func (pr *process) replace(cur *proc) {
+	if pr.reattach != nil {
+		return
+	}
+	select {
+	case pr.kick <- cur:
+	default:
+	}
+}
+
+// crashed marks cur as gone and counts its crash as one failure of each
+// member, the first time it is seen: by a call that lost its connection
+// or by the supervisor finding the process exited. Callers hold mu.
+func (pr *process) crashed(cur *proc) {
+	if cur.gone {
+		return
+	}
+	cur.gone, cur.crashed = true, true
+	for _, m := range pr.members {
+		m.failures++
+		if m.failures == pr.spec.MaxFailures {
+			m.openCircuit(errors.New("plugin process crashed"))
+		}
+	}
+}
+
 // supervise owns the plugin's processes: it starts the first one (and
 // reports on started), then restarts every process that exits, with
-// exponential backoff, until Close.
-func (p *Plugin) supervise(ctx context.Context, started chan<- error) {
-	defer p.wg.Done()
+// exponential backoff, until close.
+func (pr *process) supervise(ctx context.Context, started chan<- error) {
+	defer pr.wg.Done()
 	// Pdeathsig (see pdeathsig_linux.go) is delivered when the OS thread
 	// that forked the child ends, not when the gateway does. Every start
 	// happens here, on a goroutine locked to its thread for the plugin's
@@ -53,89 +166,100 @@ func (p *Plugin) supervise(ctx context.Context, started chan<- error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	ctx, cancel := context.WithTimeout(ctx, p.spec.StartTimeout)
-	pr, err := p.launch(ctx, nil)
+	ctx, cancel := context.WithTimeout(ctx, pr.spec.StartTimeout)
+	cur, err := pr.launch(ctx, false)
 	cancel()
 	if err == nil {
-		p.info = pr.info
-		p.setCurrent(pr)
+		for i, m := range pr.members {
+			m.info = cur.infos[i]
+		}
+		pr.mu.Lock()
+		pr.cur = cur
+		pr.mu.Unlock()
 	}
 	started <- err
 	if err != nil {
 		return
 	}
-	backoff := p.spec.RestartMin
+	backoff := pr.spec.RestartMin
 	for {
-		p.log.Info("plugin running", "pid", pr.pid, "kind", pr.info.Kind, "version", pr.info.Version)
-		exited := p.wait(pr)
-		p.mu.Lock()
+		pr.log.Info("plugin running", "pid", cur.pid, "kind", pr.kinds(), "version", cur.infos[0].Version)
+		exited := pr.wait(cur)
+		pr.mu.Lock()
 		if exited {
-			p.crashed(pr)
+			pr.crashed(cur)
 		}
-		pr.gone = true // replaced at the circuit's request, or closing
-		crashed := pr.crashed
-		p.cur = nil
-		p.mu.Unlock()
-		pr.close(p.reattach != nil)
-		if p.life.Err() != nil || p.reattach != nil {
+		cur.gone = true // replaced at the circuit's request, or closing
+		crashed := cur.crashed
+		pr.cur = nil
+		pr.mu.Unlock()
+		cur.close(pr.reattach != nil)
+		if pr.life.Err() != nil || pr.reattach != nil {
 			return
 		}
-		if time.Since(pr.started) > p.spec.RestartMax {
-			backoff = p.spec.RestartMin // it ran well for a while: not a crash loop
+		if time.Since(cur.started) > pr.spec.RestartMax {
+			backoff = pr.spec.RestartMin // it ran well for a while: not a crash loop
 		}
-		for pr = nil; pr == nil; {
-			p.log.Warn("plugin process gone; restarting", "in", backoff)
+		for cur = nil; cur == nil; {
+			pr.log.Warn("plugin process gone; restarting", "in", backoff)
 			select {
-			case <-p.life.Done():
+			case <-pr.life.Done():
 				return
 			case <-time.After(backoff):
 			}
-			backoff = min(2*backoff, p.spec.RestartMax)
-			p.restarts.Inc()
-			ctx, cancel := context.WithTimeout(p.life, p.spec.StartTimeout)
-			pr, err = p.launch(ctx, &p.info)
+			backoff = min(2*backoff, pr.spec.RestartMax)
+			for _, m := range pr.members {
+				m.restarts.Inc()
+			}
+			ctx, cancel := context.WithTimeout(pr.life, pr.spec.StartTimeout)
+			cur, err = pr.launch(ctx, true)
 			cancel()
 			if err != nil {
-				p.log.Error("restart plugin", "err", err)
+				pr.log.Error("restart plugin", "err", err)
 			}
 		}
-		p.mu.Lock()
-		p.cur = pr
+		pr.mu.Lock()
+		pr.cur = cur
 		if crashed {
 			// Configured and described: the new process is healthy, and
 			// the failures were the old one's.
-			p.failures, p.openUntil = 0, time.Time{}
+			for _, m := range pr.members {
+				m.failures, m.openUntil = 0, time.Time{}
+			}
 		}
-		p.mu.Unlock()
+		pr.mu.Unlock()
 	}
 }
 
-func (p *Plugin) setCurrent(pr *proc) {
-	p.mu.Lock()
-	p.cur = pr
-	p.mu.Unlock()
+// kinds is what the process serves, for its log lines.
+func (pr *process) kinds() string {
+	var k []string
+	for _, m := range pr.members {
+		k = append(k, m.info.Kind)
+	}
+	return strings.Join(k, ",")
 }
 
-// wait returns when pr has exited (true), or should be replaced, or the
-// plugin closes (false).
-func (p *Plugin) wait(pr *proc) bool {
+// wait returns when cur has exited (true), or should be replaced, or the
+// process closes (false).
+func (pr *process) wait(cur *proc) bool {
 	tick := time.NewTicker(exitPoll)
 	defer tick.Stop()
 	for {
 		select {
-		case <-p.life.Done():
+		case <-pr.life.Done():
 			return false
-		case k := <-p.kick:
-			if k == pr {
+		case k := <-pr.kick:
+			if k == cur {
 				return false
 			}
 		case <-tick.C:
-			if pr.client.Exited() {
+			if cur.client.Exited() {
 				return true
 			}
-			p.mu.Lock()
-			gone := pr.gone
-			p.mu.Unlock()
+			pr.mu.Lock()
+			gone := cur.gone
+			pr.mu.Unlock()
 			if gone {
 				return false
 			}
@@ -160,35 +284,36 @@ func (pr *proc) close(attached bool) {
 	}
 }
 
-// launch starts a process, configures it and checks its description. want,
-// when set, is the description of the first process: a replacement must
-// not change what the pipeline was built around.
-func (p *Plugin) launch(ctx context.Context, want *stages.Info) (*proc, error) {
+// launch starts a process, configures its stages and checks their
+// descriptions. again is set for a replacement: it must describe the
+// stages as the first process did, since the pipeline was built around
+// that.
+func (pr *process) launch(ctx context.Context, again bool) (*proc, error) {
 	cfg := &plugin.ClientConfig{
 		HandshakeConfig:  server.Handshake(),
 		Plugins:          plugin.PluginSet{proto.PluginName: &server.GRPCPlugin{}},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		Logger:           p.hclog,
-		SyncStdout:       p.stdout,
-		SyncStderr:       p.stderr,
-		StartTimeout:     p.spec.StartTimeout,
+		Logger:           pr.hclog,
+		SyncStdout:       pr.stdout,
+		SyncStderr:       pr.stderr,
+		StartTimeout:     pr.spec.StartTimeout,
 	}
 	var data net.Conn // the host's end of the data path
-	if p.reattach != nil {
-		cfg.Reattach = p.reattach
-		data, p.attachData = p.attachData, nil // one process only
+	if pr.reattach != nil {
+		cfg.Reattach = pr.reattach
+		data, pr.attachData = pr.attachData, nil // one process only
 	} else {
-		if p.spec.SHA256 != "" {
-			if err := checkSHA256(p.spec.Cmd[0], p.spec.SHA256); err != nil {
-				return nil, fmt.Errorf("stage %q: %w", p.spec.Name, err)
+		if pr.spec.SHA256 != "" {
+			if err := checkSHA256(pr.spec.Cmd[0], pr.spec.SHA256); err != nil {
+				return nil, fmt.Errorf("%s: %w", pr.what(), err)
 			}
 		}
-		cfg.Cmd = exec.Command(p.spec.Cmd[0], p.spec.Cmd[1:]...)
+		cfg.Cmd = exec.Command(pr.spec.Cmd[0], pr.spec.Cmd[1:]...)
 		setPdeathsig(cfg.Cmd)
 		var child *os.File
 		var err error
 		if data, child, err = newSocketPair(); err != nil {
-			return nil, fmt.Errorf("stage %q: %w", p.spec.Name, err)
+			return nil, fmt.Errorf("%s: %w", pr.what(), err)
 		}
 		// The child's end, fd 3 there; ours is closed once the child
 		// has it (at the latest when launch returns).
@@ -197,7 +322,7 @@ func (p *Plugin) launch(ctx context.Context, want *stages.Info) (*proc, error) {
 		cfg.Cmd.Env = append(cfg.Cmd.Env, dataEnv())
 	}
 	client := plugin.NewClient(cfg)
-	pr, err := p.handshake(ctx, client, want, data)
+	cur, err := pr.handshake(ctx, client, again, data)
 	if err != nil {
 		if data != nil {
 			data.Close()
@@ -205,25 +330,59 @@ func (p *Plugin) launch(ctx context.Context, want *stages.Info) (*proc, error) {
 		client.Kill()
 		return nil, err
 	}
-	return pr, nil
+	return cur, nil
 }
 
-func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *stages.Info, data net.Conn) (*proc, error) {
-	name := p.spec.Name
+func (pr *process) handshake(ctx context.Context, client *plugin.Client, again bool, data net.Conn) (*proc, error) {
 	rpc, err := client.Client()
 	if err != nil {
-		return nil, fmt.Errorf("stage %q: start plugin: %w", name, err)
+		return nil, fmt.Errorf("%s: start plugin: %w", pr.what(), err)
 	}
 	raw, err := rpc.Dispense(proto.PluginName)
 	if err != nil {
-		return nil, fmt.Errorf("stage %q: %w", name, err)
+		return nil, fmt.Errorf("%s: %w", pr.what(), err)
 	}
 	filter := raw.(proto.FilterClient)
-	config := p.spec.Config
+	cur := &proc{client: client, rpc: rpc, filter: filter, started: time.Now()}
+	dataPath := uint32(0)
+	for _, m := range pr.members {
+		info, v, err := pr.configure(ctx, filter, m)
+		if err != nil {
+			return nil, err
+		}
+		if again && !reflect.DeepEqual(info, m.info) {
+			return nil, fmt.Errorf("stage %q: plugin now describes itself as %+v, was %+v; restart the gateway to use it", m.name, info, m.info)
+		}
+		cur.infos, dataPath = append(cur.infos, info), v
+	}
+	switch {
+	case data == nil || dataPath == 0:
+		// A plugin built before the data path: Run goes over gRPC.
+		if data != nil {
+			data.Close()
+		}
+	case dataPath == proto.DataPathVersion:
+		cur.data = newDataClient(data)
+	default:
+		return nil, fmt.Errorf("%s: plugin serves data path version %d; expect %d", pr.what(), dataPath, proto.DataPathVersion)
+	}
+	if rc := client.ReattachConfig(); rc != nil {
+		cur.pid = rc.Pid
+		if rc.Addr != nil && rc.Addr.Network() == "unix" {
+			cur.sock = rc.Addr.String()
+		}
+	}
+	return cur, nil
+}
+
+// configure configures stage m in the process and asks what it is; it
+// returns the description and the data path version the process serves.
+func (pr *process) configure(ctx context.Context, filter proto.FilterClient, m *Plugin) (stages.Info, uint32, error) {
+	config := m.config
 	if len(config) == 0 {
 		config = []byte("{}")
 	}
-	env := p.spec.Env
+	env := pr.spec.Env
 	cr, err := filter.Configure(ctx, &proto.ConfigureRequest{
 		Config: config,
 		Env: &proto.Env{
@@ -234,44 +393,28 @@ func (p *Plugin) handshake(ctx context.Context, client *plugin.Client, want *sta
 			Redis:        redisEnv(env.Redis),
 			Shared:       env.Shared,
 		},
-		Name: name,
+		Name: m.name,
+		Kind: m.kind,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("stage %q: configure plugin: %w", name, err)
+		return stages.Info{}, 0, fmt.Errorf("stage %q: configure plugin: %w", m.name, err)
 	}
 	if cr.GetError() != "" {
-		return nil, &ConfigError{Stage: name, Key: cr.GetKey(), Message: cr.GetError()}
+		return stages.Info{}, 0, &ConfigError{Stage: m.name, Key: cr.GetKey(), Message: cr.GetError()}
 	}
-	dr, err := filter.Describe(ctx, &proto.DescribeRequest{})
+	req := &proto.DescribeRequest{}
+	if pr.group {
+		req.Stage = m.name
+	}
+	dr, err := filter.Describe(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("stage %q: describe plugin: %w", name, err)
+		return stages.Info{}, 0, fmt.Errorf("stage %q: describe plugin: %w", m.name, err)
 	}
 	info, err := toInfo(dr)
 	if err != nil {
-		return nil, fmt.Errorf("stage %q: plugin describes itself wrongly: %w", name, err)
+		return stages.Info{}, 0, fmt.Errorf("stage %q: plugin describes itself wrongly: %w", m.name, err)
 	}
-	if want != nil && !reflect.DeepEqual(info, *want) {
-		return nil, fmt.Errorf("stage %q: plugin now describes itself as %+v, was %+v; restart the gateway to use it", name, info, *want)
-	}
-	pr := &proc{client: client, rpc: rpc, filter: filter, info: info, started: time.Now()}
-	switch v := dr.GetDataPath(); {
-	case data == nil || v == 0:
-		// A plugin built before the data path: Run goes over gRPC.
-		if data != nil {
-			data.Close()
-		}
-	case v == proto.DataPathVersion:
-		pr.data = newDataClient(data)
-	default:
-		return nil, fmt.Errorf("stage %q: plugin serves data path version %d; expect %d", name, v, proto.DataPathVersion)
-	}
-	if rc := client.ReattachConfig(); rc != nil {
-		pr.pid = rc.Pid
-		if rc.Addr != nil && rc.Addr.Network() == "unix" {
-			pr.sock = rc.Addr.String()
-		}
-	}
-	return pr, nil
+	return info, dr.GetDataPath(), nil
 }
 
 func toInfo(d *proto.DescribeResponse) (stages.Info, error) {

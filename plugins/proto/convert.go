@@ -88,6 +88,23 @@ func ToAction(a Action) (stages.Action, error) {
 	return stages.Action(a - 1), nil
 }
 
+// FromResult is r as the protocol carries it.
+func FromResult(r stages.Result) *Result {
+	return &Result{Stage: r.Stage, Kind: r.Kind, Action: FromAction(r.Action), Score: r.Score,
+		Result: []byte(r.Result), Reason: []byte(r.Reason), Errored: r.Errored}
+}
+
+// ToResult is the stages.Result r carries, or an error for an action
+// that is not one.
+func ToResult(r *Result) (stages.Result, error) {
+	a, err := ToAction(r.GetAction())
+	if err != nil {
+		return stages.Result{}, err
+	}
+	return stages.Result{Stage: r.GetStage(), Kind: r.GetKind(), Action: a, Score: r.GetScore(),
+		Result: string(r.GetResult()), Reason: string(r.GetReason()), Errored: r.GetErrored()}, nil
+}
+
 // FromEditOp maps a stages edit operation to its enum value; the numbers
 // are the same on both sides.
 func FromEditOp(o stages.EditOp) EditOp { return EditOp(o) }

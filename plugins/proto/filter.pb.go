@@ -283,7 +283,10 @@ func (EditOp) EnumDescriptor() ([]byte, []int) {
 }
 
 type DescribeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stage names the stage to describe in a process that serves several
+	// (a process group, see ConfigureRequest.kind); empty otherwise.
+	Stage         string `protobuf:"bytes,1,opt,name=stage,proto3" json:"stage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,6 +319,13 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
 	return file_filter_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DescribeRequest) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
 }
 
 type DescribeResponse struct {
@@ -606,9 +616,15 @@ func (x *Redis) GetMaxConns() int32 {
 type ConfigureRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// config is the [stage.config] block as one JSON object ("{}" if absent).
-	Config        []byte `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
-	Env           *Env   `protobuf:"bytes,2,opt,name=env,proto3" json:"env,omitempty"`
-	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"` // the instance name, for the plugin's own logs
+	Config []byte `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	Env    *Env   `protobuf:"bytes,2,opt,name=env,proto3" json:"env,omitempty"`
+	Name   string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"` // the instance name, for the plugin's own logs
+	// kind is set when the process serves several stages: the built-in
+	// kinds of one process group (`mailgate plugin KIND...`, [[stage]]
+	// process). Each Configure then adds the stage name, of this kind, and
+	// Describe, Run and Step name the stage they are for. A plugin that
+	// serves one stage is sent no kind.
+	Kind          string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -660,6 +676,13 @@ func (x *ConfigureRequest) GetEnv() *Env {
 func (x *ConfigureRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *ConfigureRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
 	}
 	return ""
 }
@@ -1216,7 +1239,8 @@ type RunRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Phase         Phase                  `protobuf:"varint,1,opt,name=phase,proto3,enum=mailgate.plugin.v1.Phase" json:"phase,omitempty"`
 	Transaction   *Transaction           `protobuf:"bytes,2,opt,name=transaction,proto3" json:"transaction,omitempty"`
-	Body          *Body                  `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"` // absent: no body (not the data phase, or not needed)
+	Body          *Body                  `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`   // absent: no body (not the data phase, or not needed)
+	Stage         string                 `protobuf:"bytes,4,opt,name=stage,proto3" json:"stage,omitempty"` // in a process that serves several, the stage
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1270,6 +1294,13 @@ func (x *RunRequest) GetBody() *Body {
 		return x.Body
 	}
 	return nil
+}
+
+func (x *RunRequest) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
 }
 
 type RunStreamRequest struct {
@@ -1641,6 +1672,8 @@ type Frame struct {
 	//	*Frame_Response
 	//	*Frame_Error
 	//	*Frame_Cancel
+	//	*Frame_Batch
+	//	*Frame_BatchResponse
 	Kind          isFrame_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1726,6 +1759,24 @@ func (x *Frame) GetCancel() *Cancel {
 	return nil
 }
 
+func (x *Frame) GetBatch() *Batch {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetBatchResponse() *BatchResponse {
+	if x != nil {
+		if x, ok := x.Kind.(*Frame_BatchResponse); ok {
+			return x.BatchResponse
+		}
+	}
+	return nil
+}
+
 type isFrame_Kind interface {
 	isFrame_Kind()
 }
@@ -1746,6 +1797,14 @@ type Frame_Cancel struct {
 	Cancel *Cancel `protobuf:"bytes,5,opt,name=cancel,proto3,oneof"` // host → plugin: the caller gave up on the call
 }
 
+type Frame_Batch struct {
+	Batch *Batch `protobuf:"bytes,6,opt,name=batch,proto3,oneof"` // host → plugin: several stages' calls at once
+}
+
+type Frame_BatchResponse struct {
+	BatchResponse *BatchResponse `protobuf:"bytes,7,opt,name=batch_response,json=batchResponse,proto3,oneof"` // plugin → host: the batch's answers
+}
+
 func (*Frame_Call) isFrame_Kind() {}
 
 func (*Frame_Response) isFrame_Kind() {}
@@ -1753,6 +1812,302 @@ func (*Frame_Response) isFrame_Kind() {}
 func (*Frame_Error) isFrame_Kind() {}
 
 func (*Frame_Cancel) isFrame_Kind() {}
+
+func (*Frame_Batch) isFrame_Kind() {}
+
+func (*Frame_BatchResponse) isFrame_Kind() {}
+
+// Batch is the calls of one phase to several stages of a process group,
+// in one frame and one answer (a BatchResponse, or a CallError for the
+// whole batch): a round trip for all of them rather than one each. The
+// plugin runs the steps as the host's pipeline would: the steps of one
+// group concurrently, each group after the one before, seeing the results
+// of the steps before it (those of request.transaction.results first);
+// after a group in which a step's result is an accept, no more steps run.
+// Only a process serving several stages is sent batches.
+type Batch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// request carries the phase, the transaction (everything any step
+	// needs; each stage is given what it declared it needs, as in a Run of
+	// its own) and the body. Its stage is empty.
+	Request       *RunRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	Steps         []*Step     `protobuf:"bytes,2,rep,name=steps,proto3" json:"steps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Batch) Reset() {
+	*x = Batch{}
+	mi := &file_filter_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Batch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Batch) ProtoMessage() {}
+
+func (x *Batch) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Batch.ProtoReflect.Descriptor instead.
+func (*Batch) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Batch) GetRequest() *RunRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *Batch) GetSteps() []*Step {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+// Step is one stage's call in a Batch.
+type Step struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Stage     string                 `protobuf:"bytes,1,opt,name=stage,proto3" json:"stage,omitempty"`
+	Group     uint32                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`                          // steps of one group are adjacent and run concurrently
+	TimeoutNs int64                  `protobuf:"varint,3,opt,name=timeout_ns,json=timeoutNs,proto3" json:"timeout_ns,omitempty"` // the stage's own timeout; 0: none
+	// broken is the result the later steps see when the call fails (an
+	// error, a timeout): the stage's on_error applied by the host.
+	Broken *Result `protobuf:"bytes,4,opt,name=broken,proto3" json:"broken,omitempty"`
+	// results maps result words to the action the host takes instead of
+	// the stage's own ([stage.results], a policy override), for the result
+	// the later steps see.
+	Results       map[string]Action `protobuf:"bytes,5,rep,name=results,proto3" json:"results,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value,enum=mailgate.plugin.v1.Action"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Step) Reset() {
+	*x = Step{}
+	mi := &file_filter_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Step) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Step) ProtoMessage() {}
+
+func (x *Step) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Step.ProtoReflect.Descriptor instead.
+func (*Step) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Step) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *Step) GetGroup() uint32 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *Step) GetTimeoutNs() int64 {
+	if x != nil {
+		return x.TimeoutNs
+	}
+	return 0
+}
+
+func (x *Step) GetBroken() *Result {
+	if x != nil {
+		return x.Broken
+	}
+	return nil
+}
+
+func (x *Step) GetResults() map[string]Action {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// BatchResponse answers a Batch: one StepAnswer per step that ran, in the
+// order of the steps (a prefix of them when an accept stopped the batch).
+type BatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Answers       []*StepAnswer          `protobuf:"bytes,1,rep,name=answers,proto3" json:"answers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResponse) Reset() {
+	*x = BatchResponse{}
+	mi := &file_filter_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResponse) ProtoMessage() {}
+
+func (x *BatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
+func (*BatchResponse) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *BatchResponse) GetAnswers() []*StepAnswer {
+	if x != nil {
+		return x.Answers
+	}
+	return nil
+}
+
+type StepAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Outcome:
+	//
+	//	*StepAnswer_Response
+	//	*StepAnswer_Error
+	Outcome    isStepAnswer_Outcome `protobuf_oneof:"outcome"`
+	DurationNs int64                `protobuf:"varint,3,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"` // how long the call took
+	// result is the result the later steps saw: the verdict with its result
+	// word mapped, or the step's broken result. The host checks it against
+	// its own reading of the answer.
+	Result        *Result `protobuf:"bytes,4,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StepAnswer) Reset() {
+	*x = StepAnswer{}
+	mi := &file_filter_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StepAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StepAnswer) ProtoMessage() {}
+
+func (x *StepAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_filter_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StepAnswer.ProtoReflect.Descriptor instead.
+func (*StepAnswer) Descriptor() ([]byte, []int) {
+	return file_filter_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *StepAnswer) GetOutcome() isStepAnswer_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return nil
+}
+
+func (x *StepAnswer) GetResponse() *RunResponse {
+	if x != nil {
+		if x, ok := x.Outcome.(*StepAnswer_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
+func (x *StepAnswer) GetError() *CallError {
+	if x != nil {
+		if x, ok := x.Outcome.(*StepAnswer_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+func (x *StepAnswer) GetDurationNs() int64 {
+	if x != nil {
+		return x.DurationNs
+	}
+	return 0
+}
+
+func (x *StepAnswer) GetResult() *Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+type isStepAnswer_Outcome interface {
+	isStepAnswer_Outcome()
+}
+
+type StepAnswer_Response struct {
+	Response *RunResponse `protobuf:"bytes,1,opt,name=response,proto3,oneof"`
+}
+
+type StepAnswer_Error struct {
+	Error *CallError `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*StepAnswer_Response) isStepAnswer_Outcome() {}
+
+func (*StepAnswer_Error) isStepAnswer_Outcome() {}
 
 // Call is a Run: the request, and how long the host waits for the answer.
 type Call struct {
@@ -1768,7 +2123,7 @@ type Call struct {
 
 func (x *Call) Reset() {
 	*x = Call{}
-	mi := &file_filter_proto_msgTypes[19]
+	mi := &file_filter_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1780,7 +2135,7 @@ func (x *Call) String() string {
 func (*Call) ProtoMessage() {}
 
 func (x *Call) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[19]
+	mi := &file_filter_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1793,7 +2148,7 @@ func (x *Call) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Call.ProtoReflect.Descriptor instead.
 func (*Call) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{19}
+	return file_filter_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Call) GetRequest() *RunRequest {
@@ -1825,7 +2180,7 @@ type CallError struct {
 
 func (x *CallError) Reset() {
 	*x = CallError{}
-	mi := &file_filter_proto_msgTypes[20]
+	mi := &file_filter_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +2192,7 @@ func (x *CallError) String() string {
 func (*CallError) ProtoMessage() {}
 
 func (x *CallError) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[20]
+	mi := &file_filter_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +2205,7 @@ func (x *CallError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallError.ProtoReflect.Descriptor instead.
 func (*CallError) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{20}
+	return file_filter_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CallError) GetCode() uint32 {
@@ -1875,7 +2230,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_filter_proto_msgTypes[21]
+	mi := &file_filter_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2242,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_filter_proto_msgTypes[21]
+	mi := &file_filter_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,15 +2255,16 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_filter_proto_rawDescGZIP(), []int{21}
+	return file_filter_proto_rawDescGZIP(), []int{25}
 }
 
 var File_filter_proto protoreflect.FileDescriptor
 
 const file_filter_proto_rawDesc = "" +
 	"\n" +
-	"\ffilter.proto\x12\x12mailgate.plugin.v1\"\x11\n" +
-	"\x0fDescribeRequest\"\xb1\x02\n" +
+	"\ffilter.proto\x12\x12mailgate.plugin.v1\"'\n" +
+	"\x0fDescribeRequest\x12\x14\n" +
+	"\x05stage\x18\x01 \x01(\tR\x05stage\"\xb1\x02\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x121\n" +
@@ -1932,11 +2288,12 @@ const file_filter_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ns\x18\x02 \x01(\x03R\ttimeoutNs\x12,\n" +
 	"\x12connect_timeout_ns\x18\x03 \x01(\x03R\x10connectTimeoutNs\x12\x1b\n" +
-	"\tmax_conns\x18\x04 \x01(\x05R\bmaxConns\"i\n" +
+	"\tmax_conns\x18\x04 \x01(\x05R\bmaxConns\"}\n" +
 	"\x10ConfigureRequest\x12\x16\n" +
 	"\x06config\x18\x01 \x01(\fR\x06config\x12)\n" +
 	"\x03env\x18\x02 \x01(\v2\x17.mailgate.plugin.v1.EnvR\x03env\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\";\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\";\n" +
 	"\x11ConfigureResponse\x12\x14\n" +
 	"\x05error\x18\x01 \x01(\tR\x05error\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\"\xa1\x01\n" +
@@ -1975,12 +2332,13 @@ const file_filter_proto_rawDesc = "" +
 	"\x06inline\x18\x01 \x01(\fH\x00R\x06inline\x121\n" +
 	"\x04file\x18\x02 \x01(\v2\x1b.mailgate.plugin.v1.FileRefH\x00R\x04file\x12\x1c\n" +
 	"\bstreamed\x18\x03 \x01(\x03H\x00R\bstreamedB\b\n" +
-	"\x06source\"\xae\x01\n" +
+	"\x06source\"\xc4\x01\n" +
 	"\n" +
 	"RunRequest\x12/\n" +
 	"\x05phase\x18\x01 \x01(\x0e2\x19.mailgate.plugin.v1.PhaseR\x05phase\x12A\n" +
 	"\vtransaction\x18\x02 \x01(\v2\x1f.mailgate.plugin.v1.TransactionR\vtransaction\x12,\n" +
-	"\x04body\x18\x03 \x01(\v2\x18.mailgate.plugin.v1.BodyR\x04body\"n\n" +
+	"\x04body\x18\x03 \x01(\v2\x18.mailgate.plugin.v1.BodyR\x04body\x12\x14\n" +
+	"\x05stage\x18\x04 \x01(\tR\x05stage\"n\n" +
 	"\x10RunStreamRequest\x12:\n" +
 	"\arequest\x18\x01 \x01(\v2\x1e.mailgate.plugin.v1.RunRequestH\x00R\arequest\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x06\n" +
@@ -2003,14 +2361,39 @@ const file_filter_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\fR\x06reason\x12.\n" +
 	"\x05edits\x18\x06 \x03(\v2\x18.mailgate.plugin.v1.EditR\x05edits\"D\n" +
 	"\vRunResponse\x125\n" +
-	"\averdict\x18\x01 \x01(\v2\x1b.mailgate.plugin.v1.VerdictR\averdict\"\xfb\x01\n" +
+	"\averdict\x18\x01 \x01(\v2\x1b.mailgate.plugin.v1.VerdictR\averdict\"\xfa\x02\n" +
 	"\x05Frame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x04call\x18\x02 \x01(\v2\x18.mailgate.plugin.v1.CallH\x00R\x04call\x12=\n" +
 	"\bresponse\x18\x03 \x01(\v2\x1f.mailgate.plugin.v1.RunResponseH\x00R\bresponse\x125\n" +
 	"\x05error\x18\x04 \x01(\v2\x1d.mailgate.plugin.v1.CallErrorH\x00R\x05error\x124\n" +
-	"\x06cancel\x18\x05 \x01(\v2\x1a.mailgate.plugin.v1.CancelH\x00R\x06cancelB\x06\n" +
-	"\x04kind\"_\n" +
+	"\x06cancel\x18\x05 \x01(\v2\x1a.mailgate.plugin.v1.CancelH\x00R\x06cancel\x121\n" +
+	"\x05batch\x18\x06 \x01(\v2\x19.mailgate.plugin.v1.BatchH\x00R\x05batch\x12J\n" +
+	"\x0ebatch_response\x18\a \x01(\v2!.mailgate.plugin.v1.BatchResponseH\x00R\rbatchResponseB\x06\n" +
+	"\x04kind\"q\n" +
+	"\x05Batch\x128\n" +
+	"\arequest\x18\x01 \x01(\v2\x1e.mailgate.plugin.v1.RunRequestR\arequest\x12.\n" +
+	"\x05steps\x18\x02 \x03(\v2\x18.mailgate.plugin.v1.StepR\x05steps\"\x9e\x02\n" +
+	"\x04Step\x12\x14\n" +
+	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\rR\x05group\x12\x1d\n" +
+	"\n" +
+	"timeout_ns\x18\x03 \x01(\x03R\ttimeoutNs\x122\n" +
+	"\x06broken\x18\x04 \x01(\v2\x1a.mailgate.plugin.v1.ResultR\x06broken\x12?\n" +
+	"\aresults\x18\x05 \x03(\v2%.mailgate.plugin.v1.Step.ResultsEntryR\aresults\x1aV\n" +
+	"\fResultsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x120\n" +
+	"\x05value\x18\x02 \x01(\x0e2\x1a.mailgate.plugin.v1.ActionR\x05value:\x028\x01\"I\n" +
+	"\rBatchResponse\x128\n" +
+	"\aanswers\x18\x01 \x03(\v2\x1e.mailgate.plugin.v1.StepAnswerR\aanswers\"\xe2\x01\n" +
+	"\n" +
+	"StepAnswer\x12=\n" +
+	"\bresponse\x18\x01 \x01(\v2\x1f.mailgate.plugin.v1.RunResponseH\x00R\bresponse\x125\n" +
+	"\x05error\x18\x02 \x01(\v2\x1d.mailgate.plugin.v1.CallErrorH\x00R\x05error\x12\x1f\n" +
+	"\vduration_ns\x18\x03 \x01(\x03R\n" +
+	"durationNs\x122\n" +
+	"\x06result\x18\x04 \x01(\v2\x1a.mailgate.plugin.v1.ResultR\x06resultB\t\n" +
+	"\aoutcome\"_\n" +
 	"\x04Call\x128\n" +
 	"\arequest\x18\x01 \x01(\v2\x1e.mailgate.plugin.v1.RunRequestR\arequest\x12\x1d\n" +
 	"\n" +
@@ -2075,7 +2458,7 @@ func file_filter_proto_rawDescGZIP() []byte {
 }
 
 var file_filter_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_filter_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_filter_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_filter_proto_goTypes = []any{
 	(Phase)(0),                // 0: mailgate.plugin.v1.Phase
 	(Need)(0),                 // 1: mailgate.plugin.v1.Need
@@ -2100,9 +2483,14 @@ var file_filter_proto_goTypes = []any{
 	(*Verdict)(nil),           // 20: mailgate.plugin.v1.Verdict
 	(*RunResponse)(nil),       // 21: mailgate.plugin.v1.RunResponse
 	(*Frame)(nil),             // 22: mailgate.plugin.v1.Frame
-	(*Call)(nil),              // 23: mailgate.plugin.v1.Call
-	(*CallError)(nil),         // 24: mailgate.plugin.v1.CallError
-	(*Cancel)(nil),            // 25: mailgate.plugin.v1.Cancel
+	(*Batch)(nil),             // 23: mailgate.plugin.v1.Batch
+	(*Step)(nil),              // 24: mailgate.plugin.v1.Step
+	(*BatchResponse)(nil),     // 25: mailgate.plugin.v1.BatchResponse
+	(*StepAnswer)(nil),        // 26: mailgate.plugin.v1.StepAnswer
+	(*Call)(nil),              // 27: mailgate.plugin.v1.Call
+	(*CallError)(nil),         // 28: mailgate.plugin.v1.CallError
+	(*Cancel)(nil),            // 29: mailgate.plugin.v1.Cancel
+	nil,                       // 30: mailgate.plugin.v1.Step.ResultsEntry
 }
 var file_filter_proto_depIdxs = []int32{
 	0,  // 0: mailgate.plugin.v1.DescribeResponse.phases:type_name -> mailgate.plugin.v1.Phase
@@ -2123,24 +2511,35 @@ var file_filter_proto_depIdxs = []int32{
 	18, // 15: mailgate.plugin.v1.Verdict.reply:type_name -> mailgate.plugin.v1.Reply
 	19, // 16: mailgate.plugin.v1.Verdict.edits:type_name -> mailgate.plugin.v1.Edit
 	20, // 17: mailgate.plugin.v1.RunResponse.verdict:type_name -> mailgate.plugin.v1.Verdict
-	23, // 18: mailgate.plugin.v1.Frame.call:type_name -> mailgate.plugin.v1.Call
+	27, // 18: mailgate.plugin.v1.Frame.call:type_name -> mailgate.plugin.v1.Call
 	21, // 19: mailgate.plugin.v1.Frame.response:type_name -> mailgate.plugin.v1.RunResponse
-	24, // 20: mailgate.plugin.v1.Frame.error:type_name -> mailgate.plugin.v1.CallError
-	25, // 21: mailgate.plugin.v1.Frame.cancel:type_name -> mailgate.plugin.v1.Cancel
-	16, // 22: mailgate.plugin.v1.Call.request:type_name -> mailgate.plugin.v1.RunRequest
-	8,  // 23: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
-	4,  // 24: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
-	16, // 25: mailgate.plugin.v1.Filter.Run:input_type -> mailgate.plugin.v1.RunRequest
-	17, // 26: mailgate.plugin.v1.Filter.RunStream:input_type -> mailgate.plugin.v1.RunStreamRequest
-	9,  // 27: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
-	5,  // 28: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
-	21, // 29: mailgate.plugin.v1.Filter.Run:output_type -> mailgate.plugin.v1.RunResponse
-	21, // 30: mailgate.plugin.v1.Filter.RunStream:output_type -> mailgate.plugin.v1.RunResponse
-	27, // [27:31] is the sub-list for method output_type
-	23, // [23:27] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	28, // 20: mailgate.plugin.v1.Frame.error:type_name -> mailgate.plugin.v1.CallError
+	29, // 21: mailgate.plugin.v1.Frame.cancel:type_name -> mailgate.plugin.v1.Cancel
+	23, // 22: mailgate.plugin.v1.Frame.batch:type_name -> mailgate.plugin.v1.Batch
+	25, // 23: mailgate.plugin.v1.Frame.batch_response:type_name -> mailgate.plugin.v1.BatchResponse
+	16, // 24: mailgate.plugin.v1.Batch.request:type_name -> mailgate.plugin.v1.RunRequest
+	24, // 25: mailgate.plugin.v1.Batch.steps:type_name -> mailgate.plugin.v1.Step
+	12, // 26: mailgate.plugin.v1.Step.broken:type_name -> mailgate.plugin.v1.Result
+	30, // 27: mailgate.plugin.v1.Step.results:type_name -> mailgate.plugin.v1.Step.ResultsEntry
+	26, // 28: mailgate.plugin.v1.BatchResponse.answers:type_name -> mailgate.plugin.v1.StepAnswer
+	21, // 29: mailgate.plugin.v1.StepAnswer.response:type_name -> mailgate.plugin.v1.RunResponse
+	28, // 30: mailgate.plugin.v1.StepAnswer.error:type_name -> mailgate.plugin.v1.CallError
+	12, // 31: mailgate.plugin.v1.StepAnswer.result:type_name -> mailgate.plugin.v1.Result
+	16, // 32: mailgate.plugin.v1.Call.request:type_name -> mailgate.plugin.v1.RunRequest
+	2,  // 33: mailgate.plugin.v1.Step.ResultsEntry.value:type_name -> mailgate.plugin.v1.Action
+	8,  // 34: mailgate.plugin.v1.Filter.Configure:input_type -> mailgate.plugin.v1.ConfigureRequest
+	4,  // 35: mailgate.plugin.v1.Filter.Describe:input_type -> mailgate.plugin.v1.DescribeRequest
+	16, // 36: mailgate.plugin.v1.Filter.Run:input_type -> mailgate.plugin.v1.RunRequest
+	17, // 37: mailgate.plugin.v1.Filter.RunStream:input_type -> mailgate.plugin.v1.RunStreamRequest
+	9,  // 38: mailgate.plugin.v1.Filter.Configure:output_type -> mailgate.plugin.v1.ConfigureResponse
+	5,  // 39: mailgate.plugin.v1.Filter.Describe:output_type -> mailgate.plugin.v1.DescribeResponse
+	21, // 40: mailgate.plugin.v1.Filter.Run:output_type -> mailgate.plugin.v1.RunResponse
+	21, // 41: mailgate.plugin.v1.Filter.RunStream:output_type -> mailgate.plugin.v1.RunResponse
+	38, // [38:42] is the sub-list for method output_type
+	34, // [34:38] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_filter_proto_init() }
@@ -2162,6 +2561,12 @@ func file_filter_proto_init() {
 		(*Frame_Response)(nil),
 		(*Frame_Error)(nil),
 		(*Frame_Cancel)(nil),
+		(*Frame_Batch)(nil),
+		(*Frame_BatchResponse)(nil),
+	}
+	file_filter_proto_msgTypes[22].OneofWrappers = []any{
+		(*StepAnswer_Response)(nil),
+		(*StepAnswer_Error)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2169,7 +2574,7 @@ func file_filter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_filter_proto_rawDesc), len(file_filter_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   22,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

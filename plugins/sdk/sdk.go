@@ -43,6 +43,17 @@ func Serve(factory stages.Factory) {
 	server.Serve(factory, log, nil, nil)
 }
 
+// ServeGroup serves several kinds in one process, a process group: each
+// stage the gateway configures names its kind, a key of kinds. The
+// gateway starts its built-in kinds so when `process` in their [[stage]]
+// blocks puts them together (`mailgate plugin KIND...`); a plugin of
+// kind = "plugin" always runs alone, and calls Serve.
+func ServeGroup(kinds map[string]stages.Factory) {
+	log := newLogger(os.Stderr)
+	slog.SetDefault(log)
+	server.ServeGroup(kinds, log, nil, nil)
+}
+
 func newLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{
 		Level:       slog.LevelDebug - 4, // the gateway's logger decides what it keeps

@@ -176,6 +176,10 @@ func (c *Client) setConn(conn net.Conn) {
 		Closer: conn,
 	}
 	c.text = textproto.NewConn(rwc)
+	// mailgate patch 9 (pipelining): a larger buffer than textproto's
+	// 4 KiB, so that a message of a few KiB and its final dot go in one
+	// write, as the pipelined commands do.
+	c.text.W = bufio.NewWriterSize(rwc, 32<<10)
 }
 
 // Close closes the connection.
@@ -426,11 +430,28 @@ func (c *Client) Auth(a sasl.Client) error {
 //
 // If server returns an error, it will be of type *SMTPError.
 func (c *Client) Mail(from string, opts *MailOptions) error {
-	if err := validateLine(from); err != nil {
+	line, err := c.mailLine(from, opts)
+	if err != nil {
 		return err
 	}
-	if err := c.hello(); err != nil {
+	if _, _, err := c.cmd(250, "%s", line); err != nil {
 		return err
+	}
+
+	// A new transaction has started, forget the previous recipients.
+	c.rcpts = nil
+
+	return nil
+}
+
+// mailLine is the MAIL command for from and opts. Part of mailgate patch
+// 9 (pipelining), which sends it from SendEnvelope too; was in Mail.
+func (c *Client) mailLine(from string, opts *MailOptions) (string, error) {
+	if err := validateLine(from); err != nil {
+		return "", err
+	}
+	if err := c.hello(); err != nil {
+		return "", err
 	}
 
 	var sb strings.Builder
@@ -447,14 +468,14 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		if _, ok := c.ext["REQUIRETLS"]; ok {
 			sb.WriteString(" REQUIRETLS")
 		} else {
-			return errors.New("smtp: server does not support REQUIRETLS")
+			return "", errors.New("smtp: server does not support REQUIRETLS")
 		}
 	}
 	if opts != nil && opts.UTF8 {
 		if _, ok := c.ext["SMTPUTF8"]; ok {
 			sb.WriteString(" SMTPUTF8")
 		} else {
-			return errors.New("smtp: server does not support SMTPUTF8")
+			return "", errors.New("smtp: server does not support SMTPUTF8")
 		}
 	}
 	if _, ok := c.ext["DSN"]; ok && opts != nil {
@@ -464,11 +485,11 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		case "":
 			// This space is intentionally left blank
 		default:
-			return errors.New("smtp: Unknown RET parameter value")
+			return "", errors.New("smtp: Unknown RET parameter value")
 		}
 		if opts.EnvelopeID != "" {
 			if !isPrintableASCII(opts.EnvelopeID) {
-				return errors.New("smtp: Malformed ENVID parameter value")
+				return "", errors.New("smtp: Malformed ENVID parameter value")
 			}
 			fmt.Fprintf(&sb, " ENVID=%s", encodeXtext(opts.EnvelopeID))
 		}
@@ -479,14 +500,7 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		}
 		// We can safely discard parameter if server does not support AUTH.
 	}
-	if _, _, err := c.cmd(250, "%s", sb.String()); err != nil {
-		return err
-	}
-
-	// A new transaction has started, forget the previous recipients.
-	c.rcpts = nil
-
-	return nil
+	return sb.String(), nil
 }
 
 // Rcpt issues a RCPT command to the server using the provided email address.
@@ -498,8 +512,22 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 //
 // If server returns an error, it will be of type *SMTPError.
 func (c *Client) Rcpt(to string, opts *RcptOptions) error {
-	if err := validateLine(to); err != nil {
+	line, err := c.rcptLine(to, opts)
+	if err != nil {
 		return err
+	}
+	if _, _, err := c.cmd(25, "%s", line); err != nil {
+		return err
+	}
+	c.rcpts = append(c.rcpts, to)
+	return nil
+}
+
+// rcptLine is the RCPT command for to and opts. Part of mailgate patch 9
+// (pipelining), which sends it from SendEnvelope too; was in Rcpt.
+func (c *Client) rcptLine(to string, opts *RcptOptions) (string, error) {
+	if err := validateLine(to); err != nil {
+		return "", err
 	}
 
 	var sb strings.Builder
@@ -510,7 +538,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 		if len(opts.Notify) != 0 {
 			sb.WriteString(" NOTIFY=")
 			if err := checkNotifySet(opts.Notify); err != nil {
-				return errors.New("smtp: Malformed NOTIFY parameter value")
+				return "", errors.New("smtp: Malformed NOTIFY parameter value")
 			}
 			for i, v := range opts.Notify {
 				if i != 0 {
@@ -524,7 +552,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 			switch opts.OriginalRecipientType {
 			case DSNAddressTypeRFC822:
 				if !isPrintableASCII(opts.OriginalRecipient) {
-					return errors.New("smtp: Illegal address")
+					return "", errors.New("smtp: Illegal address")
 				}
 				enc = encodeXtext(opts.OriginalRecipient)
 			case DSNAddressTypeUTF8:
@@ -534,7 +562,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 					enc = encodeUTF8AddrXtext(opts.OriginalRecipient)
 				}
 			default:
-				return errors.New("smtp: Unknown address type")
+				return "", errors.New("smtp: Unknown address type")
 			}
 			fmt.Fprintf(&sb, " ORCPT=%s;%s", string(opts.OriginalRecipientType), enc)
 		}
@@ -544,7 +572,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 	}
 	if _, ok := c.ext["DELIVERBY"]; ok && opts != nil && opts.DeliverBy != nil {
 		if opts.DeliverBy.Mode == DeliverByReturn && opts.DeliverBy.Time < 1 {
-			return errors.New("smtp: DELIVERBY mode must be greater than zero with return mode")
+			return "", errors.New("smtp: DELIVERBY mode must be greater than zero with return mode")
 		}
 		arg := fmt.Sprintf(" BY=%d;%s", int(opts.DeliverBy.Time.Seconds()), opts.DeliverBy.Mode)
 		if opts.DeliverBy.Trace {
@@ -554,15 +582,11 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 	}
 	if _, ok := c.ext["MT-PRIORITY"]; ok && opts != nil && opts.MTPriority != nil {
 		if *opts.MTPriority < -9 || *opts.MTPriority > 9 {
-			return errors.New("smtp: MT-PRIORITY must be between -9 and 9")
+			return "", errors.New("smtp: MT-PRIORITY must be between -9 and 9")
 		}
 		sb.WriteString(fmt.Sprintf(" MT-PRIORITY=%d", *opts.MTPriority))
 	}
-	if _, _, err := c.cmd(25, "%s", sb.String()); err != nil {
-		return err
-	}
-	c.rcpts = append(c.rcpts, to)
-	return nil
+	return sb.String(), nil
 }
 
 // DataCommand is a pending DATA command. DataCommand is an io.WriteCloser.
@@ -711,6 +735,155 @@ func (c *Client) Data() (*DataCommand, error) {
 		return nil, err
 	}
 	return &DataCommand{client: c, wc: c.dataWriter()}, nil
+}
+
+// EnvelopeReplies are the replies to the commands that start a mail
+// transaction, as SendEnvelope returns them. Part of mailgate patch 9
+// (pipelining).
+type EnvelopeReplies struct {
+	// Mail is the reply to MAIL FROM, nil if it was accepted.
+	Mail error
+	// Rcpts has the reply to each RCPT TO, nil for a recipient accepted;
+	// a recipient whose command was not sent has nil too (MAIL refused,
+	// or the connection failed first).
+	Rcpts []error
+	// Data is the reply to DATA when it was not 354, or the reason the
+	// message cannot be sent though DATA was answered 354 (MAIL or every
+	// RCPT TO refused); nil if DATA was not sent.
+	Data error
+	// Writer is the message's writer when DATA was answered 354 after
+	// MAIL and at least one RCPT TO were accepted; as Data returns it.
+	Writer *DataCommand
+	// Answered is how many replies were read, MAIL's first: 0 if the
+	// connection failed before the server answered anything.
+	Answered int
+}
+
+// accepted reports whether any recipient was accepted.
+func (r *EnvelopeReplies) accepted() bool {
+	for _, err := range r.Rcpts {
+		if err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// SendEnvelope starts a mail transaction: MAIL FROM (with opts), a RCPT
+// TO for each of rcpts and DATA. When the server offers PIPELINING (RFC
+// 2920) they go in one write and their replies are read after it, one
+// round trip instead of one per command; otherwise each command waits
+// for its reply, a refused MAIL ends there, and DATA is sent only if a
+// recipient was accepted.
+//
+// Replies are in the result, whatever they say. A non-nil error is one of
+// the connection (or a command that could not be formed): the session
+// cannot go on, and the result holds the replies read before it. RFC 2920
+// §3.1: the client must check every reply of a group, and a server may
+// answer 354 to DATA though MAIL or every RCPT TO was refused; the client
+// then sends a single dot (an empty message, whose reply is read and
+// ignored), and the transaction is over.
+//
+// mailgate patch 9 (pipelining).
+func (c *Client) SendEnvelope(from string, opts *MailOptions, rcpts []string) (*EnvelopeReplies, error) {
+	r := &EnvelopeReplies{Rcpts: make([]error, len(rcpts))}
+	mail, err := c.mailLine(from, opts)
+	if err != nil {
+		return r, err
+	}
+	lines := make([]string, 0, len(rcpts)+2)
+	lines = append(lines, mail)
+	for _, to := range rcpts {
+		line, err := c.rcptLine(to, nil)
+		if err != nil {
+			return r, err
+		}
+		lines = append(lines, line)
+	}
+	lines = append(lines, "DATA")
+	if _, ok := c.ext["PIPELINING"]; !ok {
+		return r, c.sendEnvelopeInTurn(r, lines, rcpts)
+	}
+
+	c.conn.SetDeadline(time.Now().Add(c.CommandTimeout))
+	defer c.conn.SetDeadline(time.Time{})
+	for _, line := range lines {
+		c.text.W.WriteString(line)
+		c.text.W.WriteString("\r\n")
+	}
+	if err := c.text.W.Flush(); err != nil {
+		return r, err
+	}
+	// A reply that is not an *SMTPError is the connection's failure.
+	read := func(expectCode int) (error, error) {
+		_, _, err := c.readResponse(expectCode)
+		if _, ok := err.(*SMTPError); ok || err == nil {
+			r.Answered++
+			return err, nil
+		}
+		return nil, err
+	}
+	if r.Mail, err = read(250); err != nil {
+		return r, err
+	}
+	c.rcpts = nil
+	for i := range rcpts {
+		if r.Rcpts[i], err = read(25); err != nil {
+			return r, err
+		}
+		if r.Mail == nil && r.Rcpts[i] == nil {
+			c.rcpts = append(c.rcpts, rcpts[i])
+		}
+	}
+	if r.Data, err = read(354); err != nil || r.Data != nil {
+		return r, err
+	}
+	if r.Mail == nil && r.accepted() {
+		r.Writer = &DataCommand{client: c, wc: c.dataWriter()}
+		return r, nil
+	}
+	// 354 though nothing can be delivered: end the empty message.
+	r.Data = errors.New("smtp: DATA accepted without recipients")
+	c.text.W.WriteString(".\r\n")
+	if err := c.text.W.Flush(); err != nil {
+		return r, err
+	}
+	_, err = read(0)
+	return r, err
+}
+
+// sendEnvelopeInTurn is SendEnvelope for a server without PIPELINING:
+// lines are MAIL, each RCPT and DATA.
+func (c *Client) sendEnvelopeInTurn(r *EnvelopeReplies, lines []string, rcpts []string) error {
+	cmd := func(expectCode int, line string) (error, error) {
+		_, _, err := c.cmd(expectCode, "%s", line)
+		if _, ok := err.(*SMTPError); ok || err == nil {
+			r.Answered++
+			return err, nil
+		}
+		return nil, err
+	}
+	var err error
+	if r.Mail, err = cmd(250, lines[0]); err != nil || r.Mail != nil {
+		return err
+	}
+	c.rcpts = nil
+	for i := range rcpts {
+		if r.Rcpts[i], err = cmd(25, lines[i+1]); err != nil {
+			return err
+		}
+		if r.Rcpts[i] == nil {
+			c.rcpts = append(c.rcpts, rcpts[i])
+		}
+	}
+	if !r.accepted() {
+		return nil
+	}
+	if r.Data, err = cmd(354, "DATA"); err != nil || r.Data != nil {
+		return err
+	}
+	r.Writer = &DataCommand{client: c, wc: c.dataWriter()}
+	return nil
 }
 
 // dataWriter is the writer of a message after DATA.

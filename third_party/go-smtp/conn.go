@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -44,6 +45,10 @@ type Conn struct {
 	fromReceived bool
 	recipients   []string
 	didAuth      bool
+
+	// replyMayWait is set while MAIL or RCPT is answered: the reply
+	// may wait for the next one (mailgate patch 10, writeResponse).
+	replyMayWait bool
 }
 
 func newConn(c net.Conn, s *Server) *Conn {
@@ -93,7 +98,7 @@ func (c *Conn) handle(cmd string, arg string) {
 	defer func() {
 		if err := recover(); err != nil {
 			c.writeResponse(421, EnhancedCode{4, 0, 0}, "Internal server error")
-			c.Close()
+			c.flushClose()
 
 			stack := debug.Stack()
 			c.server.ErrorLog.Printf("panic serving %v: %v\n%s", c.conn.RemoteAddr(), err, stack)
@@ -139,7 +144,7 @@ func (c *Conn) handle(cmd string, arg string) {
 		c.handleData(arg)
 	case "QUIT":
 		c.writeResponse(221, EnhancedCode{2, 0, 0}, "Bye")
-		c.Close()
+		c.flushClose()
 	case "AUTH":
 		c.handleAuth(arg)
 	case "STARTTLS":
@@ -214,7 +219,7 @@ func (c *Conn) protocolError(code int, ec EnhancedCode, msg string) {
 	c.errCount++
 	if c.errCount > errThreshold {
 		c.writeResponse(500, EnhancedCode{5, 5, 1}, "Too many errors. Quiting now")
-		c.Close()
+		c.flushClose()
 	}
 }
 
@@ -316,6 +321,8 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 
 // READY state -> waiting for MAIL
 func (c *Conn) handleMail(arg string) {
+	c.replyMayWait = true // mailgate patch 10
+	defer func() { c.replyMayWait = false }()
 	// mailgate patch 5 (503): a command out of sequence is 503, not 502
 	// (RFC 5321 §4.3.2), and MAIL inside a transaction is one.
 	if c.helo == "" {
@@ -448,7 +455,7 @@ func (c *Conn) handleMail(arg string) {
 	if err := c.Session().Mail(from, opts); err != nil {
 		c.writeError(451, EnhancedCode{4, 0, 0}, err)
 		if closes(err) { // mailgate patch 6 (421-closes)
-			c.Close()
+			c.flushClose()
 		}
 		return
 	}
@@ -679,6 +686,8 @@ func isPrintableASCII(val string) bool {
 
 // MAIL state -> waiting for RCPTs followed by DATA
 func (c *Conn) handleRcpt(arg string) {
+	c.replyMayWait = true // mailgate patch 10
+	defer func() { c.replyMayWait = false }()
 	if !c.fromReceived {
 		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
 		return
@@ -795,7 +804,7 @@ func (c *Conn) handleRcpt(arg string) {
 	if err := c.Session().Rcpt(recipient, opts); err != nil {
 		c.writeError(451, EnhancedCode{4, 0, 0}, err)
 		if closes(err) { // mailgate patch 6 (421-closes)
-			c.Close()
+			c.flushClose()
 		}
 		return
 	}
@@ -1009,7 +1018,7 @@ func (c *Conn) handleData(arg string) {
 	}
 	c.writeResponse(code, enhancedCode, msg)
 	if code == 421 || drain != nil {
-		c.Close()
+		c.flushClose()
 	}
 }
 
@@ -1131,7 +1140,7 @@ func (c *Conn) handleBdat(arg string) {
 		if !c.server.LMTP {
 			c.writeResponse(dataErrorToStatus(<-c.dataResult))
 		}
-		c.Close()
+		c.flushClose()
 		return
 	}
 	if err != nil {
@@ -1143,7 +1152,7 @@ func (c *Conn) handleBdat(arg string) {
 
 		// mailgate patches 1 and 6, was err == errPanic.
 		if closes(err) || chunk.err != nil {
-			c.Close()
+			c.flushClose()
 			return
 		}
 
@@ -1169,7 +1178,7 @@ func (c *Conn) handleBdat(arg string) {
 		}
 
 		if closes(err) { // mailgate patch 6 (421-closes), was err == errPanic
-			c.Close()
+			c.flushClose()
 			return
 		}
 
@@ -1191,7 +1200,7 @@ func (c *Conn) discardChunk(size uint64) bool {
 	chunk := &chunkReader{r: c.text.R, n: int64(size)}
 	io.Copy(ioutil.Discard, chunk)
 	if chunk.err != nil {
-		c.Close()
+		c.flushClose()
 		return false
 	}
 	return true
@@ -1356,7 +1365,7 @@ func (c *Conn) handleDataLMTP() {
 	// If done gets false, the panic occurred in LMTPData and the connection
 	// should be closed.
 	if !<-done {
-		c.Close()
+		c.flushClose()
 	}
 }
 
@@ -1374,7 +1383,7 @@ func dataErrorToStatus(err error) (code int, enchCode EnhancedCode, msg string) 
 
 func (c *Conn) Reject() {
 	c.writeResponse(421, EnhancedCode{4, 4, 5}, "Too busy. Try again later.")
-	c.Close()
+	c.flushClose()
 }
 
 func (c *Conn) greet() {
@@ -1406,15 +1415,47 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	// transform each single line with \n, into separate lines
 	text = strings.Split(strings.Join(text, "\n"), "\n")
 
+	// mailgate patch 10 (pipelined-replies): a reply to MAIL or RCPT is
+	// not flushed when the client's next command is already read, whole:
+	// it goes out with the replies after it, in one write, as RFC 2920
+	// §3.2 allows (a client that pipelines MAIL, RCPT and DATA gets their
+	// three replies in one segment, not three). Every other reply is
+	// flushed at once (no command line is read after DATA, BDAT or
+	// STARTTLS, and the data reader of LMTP runs beside them), and so is
+	// any reply before the connection is closed (flushClose).
+	w := c.text.W
 	lastLineIndex := len(text) - 1
 	for i := 0; i < lastLineIndex; i++ {
-		c.text.PrintfLine("%d-%v", code, text[i])
+		fmt.Fprintf(w, "%d-%v\r\n", code, text[i])
 	}
 	if enhCode == NoEnhancedCode {
-		c.text.PrintfLine("%d %v", code, text[lastLineIndex])
+		fmt.Fprintf(w, "%d %v\r\n", code, text[lastLineIndex])
 	} else {
-		c.text.PrintfLine("%d %v.%v.%v %v", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
+		fmt.Fprintf(w, "%d %v.%v.%v %v\r\n", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
 	}
+	if !c.replyMayWait || !c.commandBuffered() {
+		w.Flush()
+	}
+}
+
+// commandBuffered reports whether a whole command line from the client is
+// already read into the buffer: the server goes on to it without waiting.
+// Part of mailgate patch 10.
+func (c *Conn) commandBuffered() bool {
+	n := c.text.R.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := c.text.R.Peek(n)
+	return bytes.IndexByte(b, '\n') >= 0
+}
+
+// flushClose sends the replies not yet flushed (see writeResponse), then
+// closes the connection: what the connection's own goroutine does after
+// its last reply. Part of mailgate patch 10; was Close.
+func (c *Conn) flushClose() {
+	c.text.W.Flush()
+	c.Close()
 }
 
 func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {

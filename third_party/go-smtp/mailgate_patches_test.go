@@ -184,3 +184,207 @@ func TestPatch421ClosesAtMail(t *testing.T) {
 		t.Errorf("got %q, want 421 4.7.0 and the end", out)
 	}
 }
+
+// scriptedServer accepts one client on loopback, greets it, answers EHLO
+// with ehlo's extensions, then reads commands until DATA before it
+// answers any of them, from replies (a reply per command, in order): a
+// client that waited for the reply to MAIL would never get it (the test
+// fails at the deadline). After a 354 it reads the message up to its
+// dot, answers 250, then records the rest until the client closes. It
+// returns the address and a channel with everything the client sent
+// after EHLO.
+func scriptedServer(t *testing.T, ehlo string, replies ...string) (string, <-chan string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	got := make(chan string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		r := bufio.NewReader(c)
+		var sent strings.Builder
+		io.WriteString(c, "220 scripted ESMTP\r\n")
+		r.ReadString('\n') // EHLO
+		io.WriteString(c, "250-scripted\r\n"+ehlo+"250 8BITMIME\r\n")
+		var group []string
+		for len(replies) > 0 {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				break
+			}
+			sent.WriteString(l)
+			group = append(group, l)
+			if strings.TrimSpace(l) != "DATA" && len(group) < len(replies) && strings.Contains(ehlo, "PIPELINING") {
+				continue
+			}
+			// The group is read: answer each of its commands.
+			for range group {
+				reply := replies[0]
+				replies = replies[1:]
+				io.WriteString(c, reply+"\r\n")
+				if strings.HasPrefix(reply, "354") {
+					for {
+						l, err := r.ReadString('\n')
+						sent.WriteString(l)
+						if err != nil || l == ".\r\n" {
+							break
+						}
+					}
+					io.WriteString(c, "250 2.0.0 queued\r\n")
+				}
+			}
+			group = nil
+		}
+		rest, _ := io.ReadAll(r)
+		sent.Write(rest)
+		got <- sent.String()
+	}()
+	return l.Addr().String(), got
+}
+
+func codeOf(err error) int {
+	if se, ok := err.(*smtp.SMTPError); ok {
+		return se.Code
+	}
+	return 0
+}
+
+// Patch 9: with PIPELINING, MAIL, every RCPT and DATA go before any reply
+// is read, and each recipient gets its own reply.
+func TestPatchPipelining(t *testing.T) {
+	addr, got := scriptedServer(t, "250-PIPELINING\r\n",
+		"250 2.1.0 ok", "250 2.1.5 ok", "550 5.1.1 no such user", "451 4.3.0 later", "250 2.1.5 ok", "354 go ahead")
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.CommandTimeout = 30 * time.Second
+	r, err := c.SendEnvelope("a@example.org", nil, []string{"b@example.org", "bad@example.org", "later@example.org", "c@example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Mail != nil || r.Data != nil || r.Writer == nil {
+		t.Fatalf("mail %v, data %v, writer %v", r.Mail, r.Data, r.Writer)
+	}
+	for i, want := range []int{0, 550, 451, 0} {
+		if codeOf(r.Rcpts[i]) != want || (want == 0) != (r.Rcpts[i] == nil) {
+			t.Errorf("recipient %d: %v, want code %d", i, r.Rcpts[i], want)
+		}
+	}
+	io.WriteString(r.Writer, "Subject: x\r\n\r\nbody\r\n")
+	if _, err := r.Writer.CloseWithResponse(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	want := "MAIL FROM:<a@example.org> BODY=8BITMIME\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<bad@example.org>\r\n" +
+		"RCPT TO:<later@example.org>\r\nRCPT TO:<c@example.org>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n"
+	if s := <-got; s != want {
+		t.Fatalf("server read %q, want %q", s, want)
+	}
+}
+
+// Patch 9: RFC 2920 §3.1, a server that answers DATA with 354 though every
+// recipient was refused gets a lone dot, and no message.
+func TestPatchPipeliningDataWithoutRecipients(t *testing.T) {
+	addr, got := scriptedServer(t, "250-PIPELINING\r\n", "250 2.1.0 ok", "550 5.1.1 no", "354 go ahead")
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.SendEnvelope("a@example.org", nil, []string{"b@example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if codeOf(r.Rcpts[0]) != 550 || r.Writer != nil || r.Data == nil {
+		t.Fatalf("rcpt %v, writer %v, data %v", r.Rcpts[0], r.Writer, r.Data)
+	}
+	c.Close()
+	if s := <-got; s != "MAIL FROM:<a@example.org> BODY=8BITMIME\r\nRCPT TO:<b@example.org>\r\nDATA\r\n.\r\n" {
+		t.Fatalf("server read %q", s)
+	}
+}
+
+// Patch 9: without PIPELINING each command waits for its reply, and a
+// refused MAIL ends the transaction there.
+func TestPatchPipeliningNotOffered(t *testing.T) {
+	addr, got := scriptedServer(t, "", "553 5.1.8 bad sender")
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.SendEnvelope("a@example.org", nil, []string{"b@example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if codeOf(r.Mail) != 553 || r.Rcpts[0] != nil || r.Data != nil || r.Writer != nil {
+		t.Fatalf("replies %+v", r)
+	}
+	c.Close()
+	if s := <-got; s != "MAIL FROM:<a@example.org> BODY=8BITMIME\r\n" {
+		t.Fatalf("server read %q", s)
+	}
+}
+
+// writeCounter counts the writes to the connections a listener accepts.
+type writeCounter struct {
+	net.Listener
+	writes chan int // each write's length
+}
+
+func (l *writeCounter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	return &countedConn{c, l.writes}, err
+}
+
+type countedConn struct {
+	net.Conn
+	writes chan int
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	c.writes <- len(p)
+	return c.Conn.Write(p)
+}
+
+// Patch 10: the replies to MAIL, RCPT and DATA sent in one group go back
+// in one write; a MAIL on its own is answered at once.
+func TestPatchPipelinedReplies(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := &writeCounter{l, make(chan int, 100)}
+	s := smtp.NewServer(new(backend))
+	s.Domain = "localhost"
+	go s.Serve(wl)
+	defer s.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	v := newConv(t, c)
+	v.expect("greeting", "220 ")
+	v.cmd("EHLO localhost", "250 ")
+	for len(wl.writes) > 0 {
+		<-wl.writes
+	}
+	io.WriteString(c, "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+	v.expect("MAIL", "250 ")
+	v.expect("RCPT", "250 ")
+	v.expect("DATA", "354 ")
+	if n := len(wl.writes); n != 1 {
+		t.Fatalf("%d writes for the replies of one group, want 1", n)
+	}
+	io.WriteString(c, "Subject: x\r\n\r\nbody\r\n.\r\n")
+	v.expect("end of data", "250 ")
+	v.cmd("MAIL FROM:<a@example.org>", "250 ")
+}

@@ -60,7 +60,21 @@ func (s *filterServer) serveData(conn net.Conn) error {
 		}
 		switch k := f.GetKind().(type) {
 		case *proto.Frame_Call:
-			d.start(f.GetId(), k.Call)
+			d.start(f.GetId(), k.Call.GetTimeoutNs(), func(ctx context.Context) *proto.Frame {
+				resp, err := s.runRequest(ctx, k.Call.GetRequest())
+				if err != nil {
+					return errorFrame(err)
+				}
+				return &proto.Frame{Kind: &proto.Frame_Response{Response: resp}}
+			})
+		case *proto.Frame_Batch:
+			d.start(f.GetId(), 0, func(ctx context.Context) *proto.Frame {
+				resp, err := s.runBatch(ctx, k.Batch)
+				if err != nil {
+					return errorFrame(err)
+				}
+				return &proto.Frame{Kind: &proto.Frame_BatchResponse{BatchResponse: resp}}
+			})
 		case *proto.Frame_Cancel:
 			d.cancel(f.GetId())
 		default:
@@ -81,16 +95,18 @@ type dataServer struct {
 	calls map[uint64]context.CancelFunc // calls running, by id
 }
 
-func (d *dataServer) start(id uint64, c *proto.Call) {
+// start runs a call (a Run or a batch) in a goroutine of its own, within
+// timeoutNs if not 0, and sends the answer run returns with the call's id.
+func (d *dataServer) start(id uint64, timeoutNs int64, run func(context.Context) *proto.Frame) {
 	ctx, cancel := context.WithCancel(context.Background())
-	if t := c.GetTimeoutNs(); t > 0 {
-		ctx, cancel = context.WithTimeout(context.Background(), time.Duration(t))
+	if timeoutNs > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), time.Duration(timeoutNs))
 	}
 	d.mu.Lock()
 	d.calls[id] = cancel
 	d.mu.Unlock()
-	go func() {
-		resp, err := d.s.runRequest(ctx, c.GetRequest())
+	d.s.workers.spawn(func() {
+		f := run(ctx)
 		d.mu.Lock()
 		_, live := d.calls[id]
 		delete(d.calls, id)
@@ -99,15 +115,16 @@ func (d *dataServer) start(id uint64, c *proto.Call) {
 		if !live {
 			return // cancelled by the host: nobody waits for the answer
 		}
-		f := &proto.Frame{Id: id}
-		if err != nil {
-			st, _ := status.FromError(err)
-			f.Kind = &proto.Frame_Error{Error: &proto.CallError{Code: uint32(st.Code()), Message: st.Message()}}
-		} else {
-			f.Kind = &proto.Frame_Response{Response: resp}
-		}
+		f.Id = id
 		d.write(f)
-	}()
+	})
+}
+
+// errorFrame is a failed call's answer: its gRPC status, as the Run RPC
+// would have returned it.
+func errorFrame(err error) *proto.Frame {
+	st, _ := status.FromError(err)
+	return &proto.Frame{Kind: &proto.Frame_Error{Error: &proto.CallError{Code: uint32(st.Code()), Message: st.Message()}}}
 }
 
 func (d *dataServer) cancel(id uint64) {

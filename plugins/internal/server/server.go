@@ -33,7 +33,19 @@ import (
 // plugin process finds its end of the data path in its environment
 // (proto.DataFDEnv) and serves it if the host handed one.
 func Serve(factory stages.Factory, log *slog.Logger, test *plugin.ServeTestConfig, data net.Conn) {
-	s := &filterServer{factory: factory, log: log}
+	serve(&filterServer{factory: factory, log: log, filters: map[string]stages.Filter{}, workers: newWorkers()}, log, test, data)
+}
+
+// ServeGroup serves the stages of a process group in one process: each
+// Configure names the kind (a key of kinds) and the stage, and Describe,
+// Run and batches name the stage they are for (ConfigureRequest.kind in
+// plugins/proto). The built-in kinds of mailgate are served this way
+// (`mailgate plugin KIND...`).
+func ServeGroup(kinds map[string]stages.Factory, log *slog.Logger, test *plugin.ServeTestConfig, data net.Conn) {
+	serve(&filterServer{kinds: kinds, log: log, filters: map[string]stages.Filter{}, workers: newWorkers()}, log, test, data)
+}
+
+func serve(s *filterServer, log *slog.Logger, test *plugin.ServeTestConfig, data net.Conn) {
 	if test == nil {
 		var err error
 		if data, err = openDataPath(); err != nil {
@@ -94,44 +106,62 @@ func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc
 }
 
 // filterServer builds the filter at Configure and runs it for every Run,
-// concurrently: a filter must be safe for concurrent use.
+// concurrently: a filter must be safe for concurrent use. A group's
+// server (kinds set) builds one filter per stage.
 type filterServer struct {
 	proto.UnimplementedFilterServer
-	factory stages.Factory
+	factory stages.Factory            // the one stage's, for a plugin
+	kinds   map[string]stages.Factory // by kind, for a process group
 	log     *slog.Logger
 
 	// dataPath: a data path is served, and Describe says so.
 	dataPath bool
+	workers  *workers // run the calls of the data path and batch steps
 
-	mu     sync.Mutex
-	filter stages.Filter // nil until configured
+	mu      sync.Mutex
+	filters map[string]stages.Filter // by stage name; "" for a plugin's one
 }
 
-func (s *filterServer) configured() (stages.Filter, error) {
+// configured returns the filter of stage, which a plugin of one stage
+// ignores (a host sends it none).
+func (s *filterServer) configured(stage string) (stages.Filter, error) {
+	if s.kinds == nil {
+		stage = ""
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.filter == nil {
-		return nil, status.Error(codes.FailedPrecondition, "not configured")
+	f := s.filters[stage]
+	if f == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "stage %q not configured", stage)
 	}
-	return s.filter, nil
+	return f, nil
 }
 
 func (s *filterServer) close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c, ok := s.filter.(stages.Closer); ok {
-		if err := c.Close(); err != nil {
-			s.log.Error("close filter", "err", err)
+	for name, f := range s.filters {
+		if c, ok := f.(stages.Closer); ok {
+			if err := c.Close(); err != nil {
+				s.log.Error("close filter", "stage", name, "err", err)
+			}
 		}
+		delete(s.filters, name)
 	}
-	s.filter = nil
 }
 
 func (s *filterServer) Configure(_ context.Context, req *proto.ConfigureRequest) (*proto.ConfigureResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.filter != nil {
-		return nil, status.Error(codes.FailedPrecondition, "already configured")
+	factory, name := s.factory, ""
+	if s.kinds != nil {
+		name = req.GetName()
+		if factory = s.kinds[req.GetKind()]; factory == nil {
+			return nil, status.Errorf(codes.InvalidArgument, "kind %q is not served here", req.GetKind())
+		}
+	}
+	if s.filters[name] != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "stage %q already configured", name)
 	}
 	env := stages.Env{
 		Hostname:   req.GetEnv().GetHostname(),
@@ -144,7 +174,7 @@ func (s *filterServer) Configure(_ context.Context, req *proto.ConfigureRequest)
 		env.Redis = stages.Redis{URL: r.GetUrl(), Timeout: time.Duration(r.GetTimeoutNs()),
 			ConnectTimeout: time.Duration(r.GetConnectTimeoutNs()), MaxConns: int(r.GetMaxConns())}
 	}
-	f, err := s.factory(env, stages.JSONConfig(req.GetConfig()))
+	f, err := factory(env, stages.JSONConfig(req.GetConfig()))
 	if err != nil {
 		var ce *stages.ConfigError
 		if errors.As(err, &ce) {
@@ -152,12 +182,12 @@ func (s *filterServer) Configure(_ context.Context, req *proto.ConfigureRequest)
 		}
 		return &proto.ConfigureResponse{Error: err.Error()}, nil
 	}
-	s.filter = f
+	s.filters[name] = f
 	return &proto.ConfigureResponse{}, nil
 }
 
-func (s *filterServer) Describe(context.Context, *proto.DescribeRequest) (*proto.DescribeResponse, error) {
-	f, err := s.configured()
+func (s *filterServer) Describe(_ context.Context, req *proto.DescribeRequest) (*proto.DescribeResponse, error) {
+	f, err := s.configured(req.GetStage())
 	if err != nil {
 		return nil, err
 	}
@@ -188,17 +218,25 @@ func (s *filterServer) Run(ctx context.Context, req *proto.RunRequest) (*proto.R
 
 // runRequest is a Run, from gRPC or the data path.
 func (s *filterServer) runRequest(ctx context.Context, req *proto.RunRequest) (*proto.RunResponse, error) {
-	var body stages.Body
+	body, err := bodyOf(req)
+	if err != nil {
+		return nil, err
+	}
+	return s.run(ctx, req, body)
+}
+
+// bodyOf is the body of a request that does not come by RunStream.
+func bodyOf(req *proto.RunRequest) (stages.Body, error) {
 	switch src := req.GetBody().GetSource().(type) {
 	case nil:
+		return nil, nil
 	case *proto.Body_Inline:
-		body = stages.BytesBody(src.Inline)
+		return stages.BytesBody(src.Inline), nil
 	case *proto.Body_File:
-		body = fileBody{path: src.File.GetPath(), offset: src.File.GetOffset(), size: src.File.GetLength()}
+		return fileBody{path: src.File.GetPath(), offset: src.File.GetOffset(), size: src.File.GetLength()}, nil
 	default:
 		return nil, status.Errorf(codes.InvalidArgument, "body %T must come by RunStream", src)
 	}
-	return s.run(ctx, req, body)
 }
 
 func (s *filterServer) RunStream(stream proto.Filter_RunStreamServer) error {
@@ -246,10 +284,9 @@ func (s *filterServer) RunStream(stream proto.Filter_RunStreamServer) error {
 	return stream.SendAndClose(resp)
 }
 
-// run calls the filter. A panic in the filter becomes this call's error
-// rather than the end of the process and of every other call in flight.
+// run calls the filter of the request's stage.
 func (s *filterServer) run(ctx context.Context, req *proto.RunRequest, body stages.Body) (resp *proto.RunResponse, err error) {
-	f, err := s.configured()
+	f, err := s.configured(req.GetStage())
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +299,12 @@ func (s *filterServer) run(ctx context.Context, req *proto.RunRequest, body stag
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	tx.Body = body
+	return s.runFilter(ctx, f, phase, tx)
+}
+
+// runFilter calls f. A panic in the filter becomes this call's error
+// rather than the end of the process and of every other call in flight.
+func (s *filterServer) runFilter(ctx context.Context, f stages.Filter, phase stages.Phase, tx *stages.Transaction) (resp *proto.RunResponse, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("filter panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
@@ -269,7 +312,13 @@ func (s *filterServer) run(ctx context.Context, req *proto.RunRequest, body stag
 		}
 	}()
 	v, err := f.Run(ctx, phase, tx)
-	if err != nil {
+	switch {
+	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		// As gRPC reports a handler past its deadline: the host tells a
+		// timeout from the filter's own error, even when this timer
+		// fires before its own.
+		return nil, status.Error(codes.DeadlineExceeded, err.Error())
+	case err != nil:
 		return nil, status.Error(codes.Unknown, err.Error())
 	}
 	return &proto.RunResponse{Verdict: verdict(v)}, nil
@@ -305,14 +354,11 @@ func transaction(t *proto.Transaction) (*stages.Transaction, error) {
 		tx.Header = append(tx.Header, stages.Field{Name: string(f.GetName()), Value: string(f.GetValue())})
 	}
 	for _, r := range t.GetResults() {
-		a, err := proto.ToAction(r.GetAction())
+		res, err := proto.ToResult(r)
 		if err != nil {
 			return nil, fmt.Errorf("result of stage %q: %w", r.GetStage(), err)
 		}
-		tx.Results = append(tx.Results, stages.Result{
-			Stage: r.GetStage(), Kind: r.GetKind(), Action: a, Score: r.GetScore(),
-			Result: string(r.GetResult()), Reason: string(r.GetReason()), Errored: r.GetErrored(),
-		})
+		tx.Results = append(tx.Results, res)
 	}
 	return tx, nil
 }

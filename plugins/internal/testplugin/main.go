@@ -13,9 +13,13 @@
 //	env@…    reports the Env it was built with in Result
 //	header@… reports the header block it got, as it would write it, in
 //	         Result
+//	results@… reports the results of the stages before it, as
+//	         "stage=action/result" joined by spaces, in Result, or
+//	         "none" without any; with the config's "fail", fails
 //
 // With TESTPLUGIN_GRPC_ONLY set in its environment it does not serve the
-// data path, as a plugin built before it.
+// data path, as a plugin built before it. With arguments it serves a
+// process group whose stages are of kind "testplugin".
 //
 // Otherwise it answers the config's verdict. For a body it reports the
 // size and SHA-256 it read in Result, "<size> <hex>", without one the
@@ -49,6 +53,7 @@ type config struct {
 	// may map them; the words it reports are the Subject or the body's
 	// size and hash, for the tests to read.
 	Results []string `json:"results"`
+	Fail    bool     `json:"fail"` // for results@ senders
 }
 
 type filter struct {
@@ -104,6 +109,19 @@ func (f *filter) Run(ctx context.Context, ph stages.Phase, tx *stages.Transactio
 		var b strings.Builder
 		tx.Header.WriteTo(&b)
 		return stages.Verdict{Result: b.String()}, nil
+	case "results":
+		if f.cfg.Fail {
+			return stages.Verdict{}, errors.New("told to fail")
+		}
+		var rs []string
+		for _, r := range tx.Results {
+			rs = append(rs, fmt.Sprintf("%s=%s/%s", r.Stage, r.Action, r.Result))
+		}
+		v := stages.Verdict{Action: f.cfg.Action, Score: f.cfg.Score, Result: strings.Join(rs, " ")}
+		if len(rs) == 0 {
+			v.Result = "none"
+		}
+		return v, nil
 	}
 	v := stages.Verdict{Action: f.cfg.Action, Score: f.cfg.Score, Reason: fmt.Sprintf("pid %d", os.Getpid())}
 	if f.cfg.Reply != "" {
@@ -138,6 +156,10 @@ func (f *filter) Run(ctx context.Context, ph stages.Phase, tx *stages.Transactio
 func main() {
 	if os.Getenv("TESTPLUGIN_GRPC_ONLY") != "" {
 		os.Unsetenv(proto.DataFDEnv)
+	}
+	if len(os.Args) > 1 {
+		sdk.ServeGroup(map[string]stages.Factory{"testplugin": newFilter})
+		return
 	}
 	sdk.Serve(newFilter)
 }

@@ -1,0 +1,118 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/mailgate/mailgate/plugins/host"
+	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/state/trace"
+)
+
+// Stages of a process group ([[stage]] process) share one plugin process,
+// which runs a phase's calls to several of them in one round trip
+// (host.Plugin.RunBatch) as runChain would run them one by one: group
+// after group, each seeing the results before it, stopping after an
+// Accept. The process is told how to read each verdict (the stage's
+// result mappings under the transaction's policy, and its on_error), and
+// reports the results it passed on, which must be the pipeline's own
+// reading of the answers; if they differ (a verdict the host refuses), or
+// the batch cannot be sent, the stages are called one by one.
+
+// batchLen returns how many stages at the front of run can go in one
+// batch: whole groups (see groupLen) of stages that one process serves,
+// the last of which may be an editing stage, which ends a batch.
+func batchLen(run []*stage) int {
+	first, ok := run[0].Stage.(*host.Plugin)
+	if !ok {
+		return 0
+	}
+	n := 0
+	for n < len(run) && !(n > 0 && run[n-1].info.Edits) {
+		g := groupLen(run[n:])
+		for _, sg := range run[n : n+g] {
+			if !first.Batches(sg.Stage) {
+				return n
+			}
+		}
+		n += g
+	}
+	return n
+}
+
+// runBatch runs the stages of run, which batchLen chose, in one round
+// trip and returns their outcomes as runGroup would have, group after
+// group; nil if the stages are to be called one by one instead.
+func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Transaction, run []*stage, prior []stages.Result, eff policy.Effective, log *slog.Logger) []outcome {
+	steps := make([]host.Step, len(run))
+	var limit time.Duration // the longest the batch may take
+	for i, g := 0, 0; i < len(run); g++ {
+		n := groupLen(run[i:])
+		var longest time.Duration
+		for j, sg := range run[i : i+n] {
+			steps[i+j] = host.Step{Stage: sg.Stage.(*host.Plugin), Group: g, Timeout: sg.timeout,
+				Broken: p.failed(sg, outcome{res: trace.Stage{Name: sg.name, Kind: sg.info.Kind}}, errBroken).result()}
+			for _, word := range sg.info.Results {
+				if a, _, ok := sg.mapResult(eff, word); ok {
+					if steps[i+j].Results == nil {
+						steps[i+j].Results = map[string]stages.Action{}
+					}
+					steps[i+j].Results[word] = a
+				}
+			}
+			longest = max(longest, sg.timeout)
+		}
+		i, limit = i+n, limit+longest
+	}
+	bctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	btx := *tx
+	btx.Results = prior
+	start := time.Now()
+	answers, err := steps[0].Stage.RunBatch(bctx, ph, &btx, steps)
+	if errors.Is(err, host.ErrNotBatched) {
+		log.Debug("stages called one by one", "phase", ph.String(), "reason", err)
+		return nil
+	}
+	outs := make([]outcome, 0, len(run))
+	var edits []stages.Edit
+	for i, sg := range run {
+		var o outcome
+		switch {
+		case err != nil: // the batch failed: each stage broke with it
+			cause := err
+			if ctx.Err() == nil && bctx.Err() != nil {
+				cause = sg.timeoutErr
+			}
+			o, _ = p.finish(ph, sg, stages.Verdict{}, cause, time.Since(start), eff)
+		case i >= len(answers):
+			return nil // the process stopped before the pipeline would
+		default:
+			a := answers[i]
+			if errors.Is(a.Err, context.DeadlineExceeded) {
+				a.Err = sg.timeoutErr
+			}
+			if o, edits = p.finish(ph, sg, a.Verdict, a.Err, a.Took, eff); o.result() != a.Result {
+				log.Warn("a batch's answer read otherwise; stages called one by one", "stage", sg.name, "phase", ph.String())
+				return nil
+			}
+		}
+		outs = append(outs, o)
+		if o.res.Action == stages.Accept {
+			break // as runGroup cuts a group, and runChain the chain
+		}
+	}
+	if err == nil && len(outs) != len(answers) {
+		return nil // the process went on where the pipeline stops
+	}
+	last := len(outs) - 1
+	outs[last] = p.applyEdits(run[last], tx, outs[last], edits)
+	return outs
+}
+
+// errBroken stands for the error of a stage in the result the stages
+// after it see when it breaks; only its on_error shows there.
+var errBroken = errors.New("stage broke")

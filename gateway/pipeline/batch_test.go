@@ -1,0 +1,114 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/mailgate/mailgate/plugins/host"
+	"github.com/mailgate/mailgate/policy"
+	"github.com/mailgate/mailgate/stages"
+)
+
+// testStage is a stage of the test plugin (plugins/internal/testplugin).
+type testStage struct {
+	name, config string
+	spec         StageSpec // OnError, Timeout, Results
+}
+
+// startTestStages starts stages of the test plugin, in one process group
+// (grouped) or each in a process of its own.
+func startTestStages(t *testing.T, grouped bool, ts ...testStage) []StageSpec {
+	t.Helper()
+	bin := buildBinary(t, "../../plugins/internal/testplugin")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var ps []*host.Plugin
+	if grouped {
+		var members []host.Member
+		for _, s := range ts {
+			members = append(members, host.Member{Name: s.name, Kind: "testplugin", Config: []byte(s.config)})
+		}
+		var err error
+		if ps, err = host.StartGroup(ctx, host.Spec{Name: "g", Cmd: []string{bin, "group"}, Logger: slog.New(slog.DiscardHandler)}, members); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		for _, s := range ts {
+			p, err := host.Start(ctx, host.Spec{Name: s.name, Cmd: []string{bin}, Config: []byte(s.config), Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ps = append(ps, p)
+		}
+	}
+	specs := make([]StageSpec, len(ts))
+	for i, p := range ps {
+		t.Cleanup(func() { p.Close() })
+		specs[i] = ts[i].spec
+		specs[i].Stage = p
+	}
+	return specs
+}
+
+// A process group's stages run in one batch per phase, and the pipeline
+// decides as it does when it calls each stage on its own: the same
+// action, score, deciding stage, trace (durations aside) and edits,
+// through result mappings, a stage that breaks, an accept that stops the
+// chain and an editing stage last.
+func TestBatchAsOneByOne(t *testing.T) {
+	chains := map[string][]testStage{
+		"mapped": {
+			{name: "a", config: `{"action": "tag", "score": 2, "results": ["none"]}`, spec: StageSpec{Results: map[string]stages.Action{"none": stages.Quarantine}}},
+			{name: "b", config: `{"score": 1}`},
+			{name: "edit", config: `{"add_header": "X-Seen: yes"}`},
+		},
+		"broken": {
+			{name: "a", config: `{"fail": true}`, spec: StageSpec{OnError: "skip"}},
+			{name: "b", config: `{"score": 3}`},
+		},
+		"accept": {
+			{name: "a", config: `{"score": 1}`},
+			{name: "b", config: `{"action": "accept"}`},
+			{name: "c", config: `{"score": 50}`},
+		},
+		"timeout": {
+			{name: "a", config: `{"sleep": "1h"}`, spec: StageSpec{OnError: "accept", Timeout: 200 * time.Millisecond}},
+			{name: "b", config: `{"score": 50}`},
+		},
+	}
+	for name, chain := range chains {
+		t.Run(name, func(t *testing.T) {
+			sender := "results@example.org"
+			if name == "timeout" {
+				sender = "sleep@example.org"
+			}
+			var got [2]string
+			for i, grouped := range []bool{false, true} {
+				p, err := New(startTestStages(t, grouped, chain...), policy.Policy{TagScore: 5, QuarantineScore: 10, RejectScore: 15}, Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				run := make([]*stage, len(p.stages))
+				for j := range p.stages {
+					run[j] = &p.stages[j]
+				}
+				if n := batchLen(run); grouped != (n == len(run)) {
+					t.Fatalf("grouped %v: a batch of %d stages of %d", grouped, n, len(run))
+				}
+				tx := newTx()
+				tx.From, tx.Body = sender, nil
+				d := p.Begin().Run(context.Background(), stages.Data, tx, nil)
+				for j := range d.Trace {
+					d.Trace[j].DurationMS = 0
+				}
+				got[i] = fmt.Sprintf("%s %v by %q (%s)\ntrace %+v\nheader %v", d.Action, d.Score, d.Stage, d.Reason, d.Trace, tx.Header)
+			}
+			if got[0] != got[1] {
+				t.Errorf("one by one:\n%s\nbatched:\n%s", got[0], got[1])
+			}
+		})
+	}
+}
