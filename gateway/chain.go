@@ -60,12 +60,17 @@ func newChain(ctx context.Context, cfg *policy.Config, opts Options, reg prometh
 		}
 		p := running[key]
 		if p == nil && started[i] == nil {
-			if err := startStages(ctx, cfg, i, opts, reg, started); err != nil {
+			group := processGroup(cfg, i)
+			ps, err := startStages(ctx, cfg, group, opts, reg)
+			if err != nil {
 				ch.Close()
 				for _, hp := range started {
 					hp.Close()
 				}
 				return nil, err
+			}
+			for k, j := range group {
+				started[j] = ps[k]
 			}
 		}
 		if p == nil {
@@ -140,101 +145,64 @@ func (c *chain) Close() {
 	})
 }
 
-// startStages starts the plugin process of stage i, which serves its
-// process group's other stages too, and puts their Plugins in started.
-func startStages(ctx context.Context, cfg *policy.Config, i int, opts Options, reg prometheus.Registerer, started map[int]*host.Plugin) error {
-	group := processGroup(cfg, i)
-	if len(group) == 1 {
-		p, err := startStage(ctx, cfg, i, opts, reg)
-		if err == nil {
-			started[i] = p
-		}
-		return err
-	}
-	if opts.PluginCommand == nil {
-		return cfg.StageError(i, fmt.Sprintf("no way to start built-in kind %q", cfg.Stages[i].Kind), "kind")
-	}
+// startStages starts the plugin process of the stages of group: one
+// stage, or a process group (processGroup), whose executable serves each
+// member's kind.
+func startStages(ctx context.Context, cfg *policy.Config, group []int, opts Options, reg prometheus.Registerer) ([]*host.Plugin, error) {
 	var members []host.Member
-	var kinds []string
+	var cmd, kinds []string
 	for _, j := range group {
 		sc := cfg.Stages[j]
 		conf, err := cfg.StageConfigJSON(j)
 		if err != nil {
-			return err // positioned
+			return nil, err // positioned
 		}
 		members = append(members, host.Member{Name: sc.Name, Kind: sc.Kind, Config: conf})
-		if !slices.Contains(kinds, sc.Kind) {
-			kinds = append(kinds, sc.Kind)
+		switch {
+		case sc.Kind == "plugin":
+			cmd = []string{sc.Path}
+		case opts.PluginCommand == nil:
+			return nil, cfg.StageError(j, fmt.Sprintf("no way to start built-in kind %q", sc.Kind), "kind")
+		case cmd == nil:
+			cmd, kinds = opts.PluginCommand(sc.Kind), []string{sc.Kind}
+		case !slices.Contains(kinds, sc.Kind):
+			cmd, kinds = append(cmd, sc.Kind), append(kinds, sc.Kind)
 		}
 	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	first := cfg.Stages[group[0]]
+	spec := host.Spec{Name: first.Name, Cmd: cmd, SHA256: first.SHA256, Config: members[0].Config,
+		Env: cfg.StageEnv(), Logger: opts.Logger, Registerer: reg}
+	if spec.Logger == nil {
+		spec.Logger = slog.New(slog.DiscardHandler)
 	}
-	ps, err := host.StartGroup(ctx, host.Spec{
-		Name:       cfg.Stages[i].Process,
-		Cmd:        append(opts.PluginCommand(kinds[0]), kinds[1:]...),
-		Env:        cfg.StageEnv(),
-		Logger:     log,
-		Registerer: reg,
-	}, members)
+	var ps []*host.Plugin
+	var err error
+	if len(group) == 1 {
+		var p *host.Plugin
+		p, err = host.Start(ctx, spec)
+		ps = []*host.Plugin{p}
+	} else {
+		spec.Name = first.Process
+		ps, err = host.StartGroup(ctx, spec, members)
+	}
 	if err != nil {
 		var ce *host.ConfigError
 		for _, j := range group {
 			if errors.As(err, &ce) && ce.Key != "" && ce.Stage == cfg.Stages[j].Name {
-				return cfg.StageError(j, ce.Message, "config", ce.Key)
+				return nil, cfg.StageError(j, ce.Message, "config", ce.Key)
 			}
 		}
-		return cfg.StageError(i, err.Error(), "process")
-	}
-	for k, j := range group {
-		started[j] = ps[k]
-	}
-	return nil
-}
-
-// startStage starts the plugin process of stage i.
-func startStage(ctx context.Context, cfg *policy.Config, i int, opts Options, reg prometheus.Registerer) (*host.Plugin, error) {
-	sc := cfg.Stages[i]
-	var cmd []string
-	switch {
-	case sc.Kind == "plugin":
-		cmd = []string{sc.Path}
-	case opts.PluginCommand != nil:
-		cmd = opts.PluginCommand(sc.Kind)
-	default:
-		return nil, cfg.StageError(i, fmt.Sprintf("no way to start built-in kind %q", sc.Kind), "kind")
-	}
-	conf, err := cfg.StageConfigJSON(i)
-	if err != nil {
-		return nil, err // positioned
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	p, err := host.Start(ctx, host.Spec{
-		Name:       sc.Name,
-		Cmd:        cmd,
-		SHA256:     sc.SHA256,
-		Config:     conf,
-		Env:        cfg.StageEnv(),
-		Logger:     log,
-		Registerer: reg,
-	})
-	if err != nil {
-		var ce *host.ConfigError
-		if errors.As(err, &ce) && ce.Key != "" {
-			return nil, cfg.StageError(i, ce.Message, "config", ce.Key)
-		}
 		key := "kind" // a built-in kind that does not start
-		if sc.Kind == "plugin" {
+		switch {
+		case len(group) > 1:
+			key = "process"
+		case first.Kind == "plugin":
 			key = "path" // a plugin executable that does not start
 		}
 		// The host's errors name the stage already.
-		return nil, cfg.StageError(i, err.Error(), key)
+		return nil, cfg.StageError(group[0], err.Error(), key)
 	}
-	return p, nil
+	return ps, nil
 }
 
 // StageInfo is a configured stage and what its plugin describes.
@@ -264,11 +232,12 @@ func DescribeStages(ctx context.Context, cfg *policy.Config, opts Options, start
 		if start != nil && !start(i) {
 			continue
 		}
-		p, err := startStage(ctx, cfg, i, opts, nil)
+		ps, err := startStages(ctx, cfg, []int{i}, opts, nil)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		p := ps[0]
 		info[i] = p.Info()
 		stopped.Go(func() { p.Close() })
 		out = append(out, StageInfo{Name: p.Name(), OnError: sc.OnError, Timeout: time.Duration(sc.Timeout), Info: info[i]})

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailgate/mailgate/gateway"
+	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/stages/smtptest"
 )
 
@@ -138,5 +141,36 @@ func TestProcessGroupKilledMidStream(t *testing.T) {
 		if !strings.Contains(string(m.Data), "\r\nX-Spam-Status: No, score=") {
 			t.Fatalf("message %s passed without the headers stage's fields:\n%s", messageID(m.Data), m.Data)
 		}
+	}
+}
+
+// A config that a member of a process group refuses is reported at that
+// member's key, as for a stage of its own.
+func TestProcessGroupConfigRefused(t *testing.T) {
+	conf := fmt.Sprintf(`hostname = "mx.gateway.test"
+data_dir = %q
+[server]
+listen = ["127.0.0.1:0"]
+[admin]
+listen = ""
+[[stage]]
+name = "spam"
+kind = "spam"
+process = "checks"
+[[stage]]
+name = "headers"
+kind = "headers"
+process = "checks"
+[stage.config]
+spam_headerz = true
+`, t.TempDir())
+	cfg, err := policy.Parse("test.toml", []byte(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = gateway.New(context.Background(), cfg, gateway.Options{Logger: testLogger(t),
+		PluginCommand: func(kind string) []string { return []string{mailgateBin, "plugin", kind} }})
+	if want := "test.toml:16: stage[1].config.spam_headerz: unknown key"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("New: %v; want an error at %s", err, want)
 	}
 }
