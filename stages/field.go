@@ -146,13 +146,11 @@ func EnvelopeAddress(s string) (string, error) {
 	if strings.HasPrefix(a, "<") && strings.HasSuffix(a, ">") {
 		a = a[1 : len(a)-1]
 	}
-	if strings.ContainsAny(a, "<> ") {
+	if strings.ContainsAny(a, "<>") {
 		return "", fmt.Errorf("invalid address %q", s)
 	}
-	for i := 0; i < len(a); i++ {
-		if c := a[i]; c < 32 || c == 127 {
-			return "", fmt.Errorf("control character in address %q", s)
-		}
+	if address.HasControlOrSpace(a) {
+		return "", fmt.Errorf("control character or space in address %q", s)
 	}
 	if _, _, ok := address.Split(a); ok {
 		canon, err := address.Parse(a)

@@ -20,14 +20,8 @@ func envelopeAddress(addr string, trusted, utf8 bool, bad *smtp.SMTPError) (cano
 	if !utf8 && !address.IsASCII(addr) {
 		return "", errNeedUTF8, "non-ASCII address without SMTPUTF8"
 	}
-	for i := 0; i < len(addr); i++ {
-		// Nothing in a mailbox may be a control character, and a space
-		// only inside quotes, which no mail we relay needs; either would
-		// end up in header fields (Received "for") and in the commands
-		// the router sends.
-		if c := addr[i]; c <= ' ' || c == 0x7f {
-			return "", bad, "control character or space in address"
-		}
+	if address.HasControlOrSpace(addr) {
+		return "", bad, "control character or space in address"
 	}
 	canon, err := address.Parse(addr)
 	if err != nil {

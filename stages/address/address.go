@@ -259,6 +259,22 @@ func IsHostname(d string) bool {
 	return true
 }
 
+// HasControlOrSpace reports whether addr holds a control character or a
+// space. Nothing in a mailbox may be a control character, and a space
+// only inside quotes, which no mail a gateway relays needs; either would
+// end up in header fields (Received "for") and in the MAIL and RCPT
+// commands sent on, where it could smuggle parameters. The SMTP side
+// refuses such an address from a client and the stages' edits from a
+// plugin, by this one rule.
+func HasControlOrSpace(addr string) bool {
+	for i := 0; i < len(addr); i++ {
+		if c := addr[i]; c <= ' ' || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
 // IsASCII reports whether s is all ASCII: an address that is not needs
 // SMTPUTF8 (RFC 6531).
 func IsASCII(s string) bool {

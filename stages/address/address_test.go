@@ -245,3 +245,22 @@ func TestIdentity(t *testing.T) {
 		}
 	}
 }
+
+// TestHasControlOrSpace: the one rule the SMTP side and the stages' edits
+// refuse an envelope address by.
+func TestHasControlOrSpace(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"a@example.test":       false,
+		"ü@bücher.test":        false,
+		"a b@example.test":     true,
+		"a\t@example.test":     true,
+		"a@example.test\r\n":   true,
+		"a\x00@example.test":   true,
+		"a\x7f@example.test":   true,
+		"\"quoted\"@x.example": false,
+	} {
+		if got := HasControlOrSpace(addr); got != want {
+			t.Errorf("HasControlOrSpace(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
