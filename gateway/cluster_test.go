@@ -151,45 +151,20 @@ burst = 2
 		startRateLimited(t, conf+clusterConfig("a", srv.URL()), clock),
 		startRateLimited(t, conf+clusterConfig("b", srv.URL()), clock),
 	}
-	var (
-		acked    atomic.Int64
-		stop     atomic.Bool
-		wg       sync.WaitGroup
-		progress = make(chan struct{}, 1000)
-	)
-	for w := range 4 {
-		wg.Go(func() {
-			g := nodes[w%2]
-			c := dial(t, g.SMTPAddrs()[0])
-			c.Cmd("EHLO client.test", "250")
-			for i := 0; !stop.Load(); i++ {
-				from := fmt.Sprintf("load%d-%d@sender.test", w, i)
-				if r := c.SendMail(from, []string{"b@dest.test"}, message(fmt.Sprintf("load%d-%d@test", w, i), "hi\r\n")); !strings.HasPrefix(r, "250") {
-					t.Errorf("%s at node %d: %q", from, w%2, r)
-					return
-				}
-				acked.Add(1)
-				select {
-				case progress <- struct{}{}:
-				default:
-				}
-			}
-		})
-	}
-	// awaitMore waits until n more messages were taken.
-	awaitMore := func(n int, what string) {
-		t.Helper()
-		for range n {
-			select {
-			case <-progress:
-			case <-time.After(waitLong):
-				t.Fatalf("no mail taken for %v %s", waitLong, what)
-			}
+	var acked atomic.Int64
+	load := startClusterLoad(t, nodes, func(c *client, w, i int) bool {
+		from := fmt.Sprintf("load%d-%d@sender.test", w, i)
+		if r := c.SendMail(from, []string{"b@dest.test"}, message(fmt.Sprintf("load%d-%d@test", w, i), "hi\r\n")); !strings.HasPrefix(r, "250") {
+			t.Errorf("%s at node %d: %q", from, w%2, r)
+			return false
 		}
-	}
-	awaitMore(20, "with Redis up")
+		acked.Add(1)
+		return true
+	})
+	load.awaitMore(20, "with Redis up")
 	srv.Kill()
-	awaitMore(50, "with Redis killed")
+	load.restartCount()
+	load.awaitMore(50, "with Redis killed")
 	waitUntil(t, waitLong, "/healthz to say Redis is degraded", func() bool {
 		code, body := httpGet(t, "http://"+nodes[0].AdminAddr().String()+"/healthz")
 		if code != 200 {
@@ -209,9 +184,8 @@ burst = 2
 			return strings.Contains(body, "\nredis: ok: reachable")
 		})
 	}
-	awaitMore(20, "after Redis came back")
-	stop.Store(true)
-	wg.Wait()
+	load.awaitMore(20, "after Redis came back")
+	load.stop()
 
 	// The limits hold again, across the nodes: a sender's burst of 2.
 	var replies []string
@@ -475,53 +449,28 @@ func TestClusterPostgresStoppedMidLoad(t *testing.T) {
 	}
 
 	var (
-		mu       sync.Mutex
-		acked    []string
-		stop     atomic.Bool
-		wg       sync.WaitGroup
-		progress = make(chan struct{}, 1000)
+		mu    sync.Mutex
+		acked []string
 	)
-	for w := range 4 {
-		wg.Go(func() {
-			c := dial(t, nodes[w%2].SMTPAddrs()[0])
-			c.Cmd("EHLO client.test", "250")
-			for i := 0; !stop.Load(); i++ {
-				r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("q%d-%d@test", w, i), "hi\r\n"))
-				id, ok := strings.CutPrefix(r, "250 2.0.0 Ok: queued as ")
-				if !ok {
-					t.Errorf("worker %d message %d: %q", w, i, r)
-					return
-				}
-				mu.Lock()
-				acked = append(acked, id)
-				mu.Unlock()
-				select {
-				case progress <- struct{}{}:
-				default:
-				}
-			}
-		})
-	}
-	awaitMore := func(n int, what string) {
-		t.Helper()
-		for range n {
-			select {
-			case <-progress:
-			case <-time.After(waitLong):
-				t.Fatalf("no mail taken for %v %s", waitLong, what)
-			}
+	load := startClusterLoad(t, nodes, func(c *client, w, i int) bool {
+		r := c.SendMail("a@sender.test", []string{"b@dest.test"}, message(fmt.Sprintf("q%d-%d@test", w, i), "hi\r\n"))
+		id, ok := strings.CutPrefix(r, "250 2.0.0 Ok: queued as ")
+		if !ok {
+			t.Errorf("worker %d message %d: %q", w, i, r)
+			return false
 		}
-	}
-	awaitMore(10, "with PostgreSQL up")
+		mu.Lock()
+		acked = append(acked, id)
+		mu.Unlock()
+		return true
+	})
+	load.awaitMore(10, "with PostgreSQL up")
 	pg.Stop()
-	// Only mail taken from now on counts: the workers run ahead of
-	// awaitMore, so drop what they took before, and wait for one more
-	// message a worker, for the one each may have had in flight across
-	// the stop (it may have reached PostgreSQL before it went).
-	for len(progress) > 0 {
-		<-progress
-	}
-	awaitMore(20+4, "with PostgreSQL stopped")
+	// Wait for one more message a worker than the 20 counted, for the one
+	// each may have had in flight across the stop (it may have reached
+	// PostgreSQL before it went).
+	load.restartCount()
+	load.awaitMore(20+clusterLoadWorkers, "with PostgreSQL stopped")
 	spilled := 0
 	for _, dir := range dirs {
 		left, _ := filepath.Glob(filepath.Join(dir, "quarantine", "*.json"))
@@ -531,9 +480,8 @@ func TestClusterPostgresStoppedMidLoad(t *testing.T) {
 		t.Errorf("%d messages kept on the nodes' disks with PostgreSQL stopped; want the 20 or more taken meanwhile", spilled)
 	}
 	pg.Restart()
-	awaitMore(10, "after PostgreSQL came back")
-	stop.Store(true)
-	wg.Wait()
+	load.awaitMore(10, "after PostgreSQL came back")
+	load.stop()
 
 	st, err := sqlstore.OpenPostgres(context.Background(), url, sqlstore.Options{Node: "test"})
 	if err != nil {
@@ -907,4 +855,65 @@ func TestClusterVerifyRcptsAcrossNodes(t *testing.T) {
 	if n := probes("carol@dest.test"); n != 1 {
 		t.Fatalf("with Redis killed, carol asked %d times; want once, by B itself", n)
 	}
+}
+
+// clusterLoadWorkers is how many SMTP clients a clusterLoad runs.
+const clusterLoadWorkers = 4
+
+// clusterLoad is a steady load on the nodes of a cluster for its fault
+// tests: clusterLoadWorkers clients, each on one node in turn, sending
+// one message after another with send until it fails or stop is called.
+type clusterLoad struct {
+	t        *testing.T
+	halt     atomic.Bool
+	wg       sync.WaitGroup
+	progress chan struct{} // a token a message taken
+}
+
+func startClusterLoad(t *testing.T, nodes []*gateway.Gateway, send func(c *client, worker, i int) bool) *clusterLoad {
+	l := &clusterLoad{t: t, progress: make(chan struct{}, 1000)}
+	for w := range clusterLoadWorkers {
+		l.wg.Go(func() {
+			c := dial(t, nodes[w%len(nodes)].SMTPAddrs()[0])
+			c.Cmd("EHLO client.test", "250")
+			for i := 0; !l.halt.Load(); i++ {
+				if !send(c, w, i) {
+					return
+				}
+				select {
+				case l.progress <- struct{}{}:
+				default:
+				}
+			}
+		})
+	}
+	t.Cleanup(l.stop)
+	return l
+}
+
+// awaitMore waits until n more messages were taken.
+func (l *clusterLoad) awaitMore(n int, what string) {
+	l.t.Helper()
+	for range n {
+		select {
+		case <-l.progress:
+		case <-time.After(waitLong):
+			l.t.Fatalf("no mail taken for %v %s", waitLong, what)
+		}
+	}
+}
+
+// restartCount forgets the messages taken so far, which the clients ran
+// ahead of awaitMore with, so that the next awaitMore counts only what
+// was taken from now on (after a fault, say).
+func (l *clusterLoad) restartCount() {
+	for len(l.progress) > 0 {
+		<-l.progress
+	}
+}
+
+// stop ends the load and waits for the clients; it may be called again.
+func (l *clusterLoad) stop() {
+	l.halt.Store(true)
+	l.wg.Wait()
 }
