@@ -280,7 +280,7 @@ func (n *Node) heartbeat(ctx context.Context, hash, health string) {
 	err := n.pg().Nodes().Heartbeat(ctx, state.Node{Name: n.cfg.Cluster.Node, Version: n.version,
 		ConfigHash: hash, Health: health, Started: n.started})
 	if ctx.Err() == nil {
-		n.result(err)
+		n.done(err)
 	}
 }
 
@@ -337,7 +337,9 @@ func (n *Node) health(ctx context.Context, probe bool) admin.Health {
 	if n.cfg.Cluster.Postgres != "" {
 		c := admin.Check{Name: "postgres", Status: admin.OK, Detail: "reachable"}
 		if s := n.pg(); s != nil && probe {
-			n.result(s.Ping(ctx))
+			// Off the caller's context: a /healthz client that hangs up
+			// says nothing of PostgreSQL.
+			n.done(s.Ping(context.WithoutCancel(ctx)))
 		}
 		n.mu.Lock()
 		err, since := n.pgErr, n.pgSince

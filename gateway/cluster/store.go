@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -52,14 +51,17 @@ func (n *Node) use() (*sqlstore.Store, error) {
 }
 
 // done records whether PostgreSQL answered an operation and returns its
-// error, marked state.ErrUnavailable when it did not answer.
+// error, marked state.ErrUnavailable when it did not answer. Only a
+// success says it is up: an error may have come before any query (an
+// entry refused by its own checks, a caller's cancellation), and must
+// not end an outage the node knows of.
 func (n *Node) done(err error) error {
 	switch {
+	case err == nil:
+		n.result(nil)
 	case sqlstore.Unreachable(err):
 		n.result(err)
 		return fmt.Errorf("%w: %w", state.ErrUnavailable, err)
-	case !errors.Is(err, context.Canceled):
-		n.result(nil)
 	}
 	return err
 }
