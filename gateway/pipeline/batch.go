@@ -67,7 +67,10 @@ func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Tra
 		}
 		i, limit = i+n, limit+longest
 	}
-	bctx, cancel := context.WithTimeout(ctx, limit)
+	// The plugin times each stage from when it reads the frame, later than
+	// here: a margin lets it answer a stage's timeout itself, so that one
+	// stage that hangs costs only its own answer, not its batch mates'.
+	bctx, cancel := context.WithTimeout(ctx, limit+batchMargin(limit))
 	defer cancel()
 	btx := *tx
 	btx.Results = prior
@@ -116,3 +119,9 @@ func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Tra
 // errBroken stands for the error of a stage in the result the stages
 // after it see when it breaks; only its on_error shows there.
 var errBroken = errors.New("stage broke")
+
+// batchMargin is how much longer than its stages' timeouts a batch may
+// take: the frame's trip to the plugin and back.
+func batchMargin(limit time.Duration) time.Duration {
+	return max(limit/10, 500*time.Millisecond)
+}

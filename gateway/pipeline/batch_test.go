@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"testing"
 	"time"
 
@@ -53,6 +54,8 @@ func startTestStages(t *testing.T, grouped bool, ts ...testStage) []StageSpec {
 	return specs
 }
 
+var pidRE = regexp.MustCompile(`pid [0-9]+`)
+
 // A process group's stages run in one batch per phase, and the pipeline
 // decides as it does when it calls each stage on its own: the same
 // action, score, deciding stage, trace (durations aside) and edits,
@@ -78,11 +81,18 @@ func TestBatchAsOneByOne(t *testing.T) {
 			{name: "a", config: `{"sleep": "1h"}`, spec: StageSpec{OnError: "accept", Timeout: 200 * time.Millisecond}},
 			{name: "b", config: `{"score": 50}`},
 		},
+		// The stage that hangs is in the last group, with nothing longer
+		// beside it: its timeout ends the batch's time too, and its
+		// batch mate's answer must still count.
+		"timeout-last": {
+			{name: "a", config: `{"sleep": "1h"}`, spec: StageSpec{OnError: "skip", Timeout: 200 * time.Millisecond}},
+			{name: "b", config: `{"score": 7}`, spec: StageSpec{Timeout: 200 * time.Millisecond}},
+		},
 	}
 	for name, chain := range chains {
 		t.Run(name, func(t *testing.T) {
 			sender := "results@example.org"
-			if name == "timeout" {
+			if name == "timeout" || name == "timeout-last" {
 				sender = "sleep@example.org"
 			}
 			var got [2]string
@@ -105,6 +115,7 @@ func TestBatchAsOneByOne(t *testing.T) {
 					d.Trace[j].DurationMS = 0
 				}
 				got[i] = fmt.Sprintf("%s %v by %q (%s)\ntrace %+v\nheader %v", d.Action, d.Score, d.Stage, d.Reason, d.Trace, tx.Header)
+				got[i] = pidRE.ReplaceAllString(got[i], "pid N") // the test plugin names its process
 			}
 			if got[0] != got[1] {
 				t.Errorf("one by one:\n%s\nbatched:\n%s", got[0], got[1])
