@@ -308,18 +308,16 @@ func (r *revocations) has(id string) bool {
 	return ok
 }
 
-// storeWait bounds what a page waits for the store's word on a session
-// or a link: a store that does not answer by then is taken as down.
-const storeWait = 5 * time.Second
-
 // storeCtx is the context of a look-up or a write of a revocation: ctx's
-// values without its cancellation, bounded by storeWait. A client that
-// half-closes its socket cancels its request's context (net/http), and
-// the store then fails with context.Canceled: what the store says of a
-// session or link, and whether a logout is kept, must not depend on
-// whether the client still listens.
+// values without its cancellation. A client that half-closes its socket
+// cancels its request's context (net/http), and the store then fails
+// with context.Canceled: what the store says of a session or link, and
+// whether a logout is kept, must not depend on whether the client still
+// listens. The store bounds each operation by its own timeout ([cluster]
+// timeout); a shorter deadline here would expire on a slow but working
+// PostgreSQL and have the node take it for unreachable.
 func storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), storeWait)
+	return context.WithCancel(context.WithoutCancel(ctx))
 }
 
 // errUnverified is the answer for a session whose logout cannot be ruled

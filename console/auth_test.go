@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime/multipart"
 	"net/http"
@@ -247,11 +248,20 @@ func (downRevocations) RevokeSession(context.Context, string, time.Time) error {
 	return errDown
 }
 
+// awayRevocations is a cluster's store the node knows to be away.
+type awayRevocations struct{ state.Revocations }
+
+func (awayRevocations) SessionRevoked(context.Context, string) (bool, error) {
+	return false, fmt.Errorf("%w: %w", state.ErrUnavailable, errDown)
+}
+
 // TestSessionStoreDown: while the store does not answer, a session
 // cannot be told from one logged out on another node: its pages and
 // changes get 503 and say why (not the login form, not the page), and a
 // change does not happen; a logout still ends it on this node; when the
-// store answers again the session works.
+// store answers again the session works. While the node knows a
+// cluster's PostgreSQL is away (state.ErrUnavailable), pages are shown and
+// changes still get 503.
 func TestSessionStoreDown(t *testing.T) {
 	e := newTestEnv(t, "")
 	rec := e.quarantined("a@shop.example", []string{"bob@example.test"}, "Subject: held\r\n\r\nhi\r\n", time.Now())
@@ -265,6 +275,18 @@ func TestSessionStoreDown(t *testing.T) {
 	}
 	if r := b.post("/quarantine/"+rec.ID+"/delete", url.Values{"csrf": {token}}); r.code != http.StatusServiceUnavailable {
 		t.Errorf("POST delete with the store down: %d, want 503", r.code)
+	}
+	if _, err := e.backend.quar.Get(rec.ID); err != nil {
+		t.Fatalf("the message is gone: %v", err)
+	}
+	// A cluster's PostgreSQL the node knows is away: the admin may look,
+	// not change.
+	e.c.opts.Revocations = awayRevocations{up}
+	if r := b.get("/quarantine"); r.code != http.StatusOK || !strings.Contains(r.body, rec.ID) {
+		t.Errorf("GET with the cluster's store away: %d, want 200 with the list\n%s", r.code, r.body)
+	}
+	if r := b.post("/quarantine/"+rec.ID+"/delete", url.Values{"csrf": {token}}); r.code != http.StatusServiceUnavailable {
+		t.Errorf("POST delete with the cluster's store away: %d, want 503", r.code)
 	}
 	if _, err := e.backend.quar.Get(rec.ID); err != nil {
 		t.Fatalf("the message is gone: %v", err)
