@@ -158,6 +158,11 @@ func DryRun(ctx context.Context, cfg *policy.Config, opts Options, in DryRunInpu
 // dry run goes on without the lists, as the SMTP side does when its store
 // fails.
 func dryRunLists(ctx context.Context, cfg *policy.Config) (pipeline.UserLists, func(), string) {
+	if cfg.Cluster.Postgres != "" {
+		// The lists are the cluster's, in PostgreSQL; a state.db left
+		// from before the cluster would decide on stale entries.
+		return nil, func() {}, "the recipients' allow- and block-lists were not checked: they are in the cluster's PostgreSQL, which mailgate test does not read"
+	}
 	path := stateFile(cfg)
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil, func() {}, ""

@@ -37,6 +37,11 @@ func TestQuarantineReleaseToSomeRecipients(t *testing.T) {
 	if out, ok := fg.mailgate("quarantine", "release", "-rcpt", "x@dest.test", id); ok || !strings.Contains(out, "not a recipient") {
 		t.Errorf("a release to one who is not a recipient (ok=%v):\n%s", ok, out)
 	}
+	// An empty -rcpt (an unset shell variable) is refused, not taken for
+	// every recipient: d is still held after it.
+	if out, ok := fg.mailgate("quarantine", "release", "-rcpt", " , ", id); ok || !strings.Contains(out, "no address") {
+		t.Errorf("a release with an empty -rcpt (ok=%v):\n%s", ok, out)
+	}
 	if out := fg.must("quarantine", "release", id); !strings.Contains(out, "released, queued as") {
 		t.Fatalf("release of the rest said:\n%s", out)
 	}

@@ -96,6 +96,15 @@ func TestDryRunReadOnlyState(t *testing.T) {
 		t.Errorf("the data directory holds %q, was %q", got, listing)
 	}
 
+	// In a cluster the lists are in PostgreSQL: a state.db left from
+	// before the cluster is not read, and the warning says so.
+	os.WriteFile(config, fmt.Appendf(nil, "hostname = \"mx.gateway.test\"\ndata_dir = %q\n[admin]\nlisten = \"\"\n[cluster]\npostgres = \"postgres://127.0.0.1:1/mailgate\"\n[[route]]\ndomains = [\"dest.test\"]\nservers = [\"127.0.0.1:9\"]\n", data), 0o644)
+	res = dryRun()
+	if res.Action != "accept" || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "cluster's PostgreSQL") {
+		t.Errorf("in a cluster: action %q, warnings %q; want accept and a warning that the cluster's lists were not checked", res.Action, res.Warnings)
+	}
+	os.WriteFile(config, fmt.Appendf(nil, "hostname = \"mx.gateway.test\"\ndata_dir = %q\n[admin]\nlisten = \"\"\n[[route]]\ndomains = [\"dest.test\"]\nservers = [\"127.0.0.1:9\"]\n", data), 0o644)
+
 	if err := os.Chmod(db, 0); err != nil {
 		t.Fatal(err)
 	}

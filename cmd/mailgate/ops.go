@@ -325,10 +325,15 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
 		sel.flags(o.fs, true)
 		if sub == "release" {
 			o.fs.Func("rcpt", "release to these recipients of the message only: `ADDR[,ADDR]` (may be repeated)", func(v string) error {
+				n := len(rcpts)
 				for _, a := range strings.Split(v, ",") {
 					if a = strings.TrimSpace(a); a != "" {
 						rcpts = append(rcpts, a)
 					}
+				}
+				if len(rcpts) == n {
+					// An empty variable must not become "every recipient".
+					return errors.New("no address")
 				}
 				return nil
 			})

@@ -187,6 +187,9 @@ func reloadAfterUserChange(cfg *policy.Config, name string) string {
 	case err != nil:
 		return "the running gateway did not reload (" + err.Error() + "): " + later
 	}
+	if cfg.Cluster.Postgres != "" {
+		return "this node's gateway reloaded it: the sessions of " + name + " have ended here; change the file of every other node of the cluster too"
+	}
 	return "the running gateway reloaded it: the sessions of " + name + " have ended"
 }
 
