@@ -815,7 +815,11 @@ func (c *Client) SendEnvelope(from string, opts *MailOptions, rcpts []string) (*
 		return r, err
 	}
 	// A reply that is not an *SMTPError is the connection's failure.
+	// Each reply gets CommandTimeout of its own, as each command does
+	// when sent in turn: a server that takes its time per recipient does
+	// not fail a long list.
 	read := func(expectCode int) (error, error) {
+		c.conn.SetDeadline(time.Now().Add(c.CommandTimeout))
 		_, _, err := c.readResponse(expectCode)
 		if _, ok := err.(*SMTPError); ok || err == nil {
 			r.Answered++

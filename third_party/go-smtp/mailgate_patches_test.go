@@ -229,6 +229,12 @@ func scriptedServer(t *testing.T, ehlo string, replies ...string) (string, <-cha
 			for range group {
 				reply := replies[0]
 				replies = replies[1:]
+				// "~300ms 250 ok": a server that takes its time to answer.
+				if d, rest, ok := strings.Cut(reply, " "); ok && strings.HasPrefix(d, "~") {
+					wait, _ := time.ParseDuration(d[1:])
+					time.Sleep(wait)
+					reply = rest
+				}
 				io.WriteString(c, reply+"\r\n")
 				if strings.HasPrefix(reply, "354") {
 					for {
@@ -387,4 +393,25 @@ func TestPatchPipelinedReplies(t *testing.T) {
 	io.WriteString(c, "Subject: x\r\n\r\nbody\r\n.\r\n")
 	v.expect("end of data", "250 ")
 	v.cmd("MAIL FROM:<a@example.org>", "250 ")
+}
+
+// Patch 9: each reply of a pipelined envelope gets CommandTimeout of its
+// own, as each command sent in turn does: a next hop that takes a while
+// over every recipient does not fail a long list as a whole.
+func TestPatchPipeliningTimeoutPerReply(t *testing.T) {
+	addr, _ := scriptedServer(t, "250-PIPELINING\r\n",
+		"~400ms 250 2.1.0 ok", "~400ms 250 2.1.5 ok", "~400ms 250 2.1.5 ok", "~400ms 250 2.1.5 ok", "~400ms 354 go ahead")
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.CommandTimeout = 1500 * time.Millisecond // less than the 2 s the five replies take
+	r, err := c.SendEnvelope("a@example.org", nil, []string{"b@example.org", "c@example.org", "d@example.org"})
+	if err != nil {
+		t.Fatalf("SendEnvelope: %v", err)
+	}
+	if r.Mail != nil || r.Data != nil || r.Writer == nil {
+		t.Fatalf("mail %v, data %v, writer %v", r.Mail, r.Data, r.Writer)
+	}
 }
