@@ -26,6 +26,9 @@ const (
 	// verifyDownFor is how long a route whose servers did not answer a
 	// probe is not asked again.
 	verifyDownFor = 30 * time.Second
+	// verifySharedLocalFor is how long a node keeps an answer it read
+	// from the cluster's shared ones (SharedVerdicts).
+	verifySharedLocalFor = time.Minute
 )
 
 // verifyCache keeps the answers of recipient probes.
@@ -132,22 +135,27 @@ func (rs Routes) VerifyRcpt(ctx context.Context, addr string) error {
 // temporary ones are not. A route whose servers did not answer is not
 // asked again for verifyDownFor, and meanwhile every recipient that is
 // not known from the cache is unverified. In a cluster the answers are
-// the nodes' together (SharedVerdicts); whether a route answered is each
-// node's own.
+// the nodes' together (SharedVerdicts), asked after the node's own memory
+// and kept there a minute; whether a route answered is each node's own.
 func (r *Router) VerifyRcpt(ctx context.Context, route *policy.Route, addr string) error {
 	servers := strings.Join(route.Servers, ",")
 	key := servers + "\x00" + addr
 	down := servers + "\x00" // the route did not answer a probe lately
 	now := time.Now()
+	if v, ok := r.verified.get(key, now); ok {
+		return v.refused
+	}
 	if r.shared != nil {
 		if refused, ok := r.shared.Get(ctx, key); ok {
+			var err error
 			if refused != nil {
-				return refused
+				err = refused
 			}
-			return nil
+			// Kept here a short while too, so that a busy recipient costs
+			// Redis one look-up a minute, not one each RCPT.
+			r.verified.put(key, verdict{refused: err, expires: now.Add(verifySharedLocalFor)}, now)
+			return err
 		}
-	} else if v, ok := r.verified.get(key, now); ok {
-		return v.refused
 	}
 	if _, ok := r.verified.get(down, now); ok {
 		return r.unverified(route, addr, errRouteDown)
@@ -155,17 +163,17 @@ func (r *Router) VerifyRcpt(ctx context.Context, route *policy.Route, addr strin
 	known, answered, err := r.probe(ctx, route, addr)
 	var refusal *smtp.SMTPError
 	switch {
-	case known && r.shared != nil:
-		r.shared.Put(ctx, key, nil, verifyKnownFor)
-		return nil
 	case known:
 		r.verified.put(key, verdict{expires: now.Add(verifyKnownFor)}, now)
+		if r.shared != nil {
+			r.shared.Put(ctx, key, nil, verifyKnownFor)
+		}
 		return nil
-	case isPermanent(err) && r.shared != nil && errors.As(err, &refusal):
-		r.shared.Put(ctx, key, refusal, verifyUnknownFor)
-		return err
 	case isPermanent(err):
 		r.verified.put(key, verdict{refused: err, expires: now.Add(verifyUnknownFor)}, now)
+		if r.shared != nil && errors.As(err, &refusal) {
+			r.shared.Put(ctx, key, refusal, verifyUnknownFor)
+		}
 		return err
 	case !answered && !errors.Is(ctx.Err(), context.Canceled):
 		// No server answered (down, hung, or slower than the probe's
