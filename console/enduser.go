@@ -33,22 +33,6 @@ func (c *Console) endUser(op string, h func(http.ResponseWriter, *http.Request, 
 			c.render(w, http.StatusForbidden, "error", view{Title: "Link not valid", Data: "This link is not valid."})
 			return
 		}
-		ctx, cancel := storeCtx(r.Context())
-		gen, err := c.opts.Revocations.LinkGeneration(ctx, l.Rcpt)
-		cancel()
-		switch {
-		case err != nil:
-			// Whether the link was revoked cannot be known: refused
-			// until the store answers.
-			c.log.Error("web link: the state store does not answer", "rcpt", l.Rcpt, "err", err)
-			c.render(w, http.StatusServiceUnavailable, "error", view{Title: "Try again later",
-				Data: "This page cannot be shown now. Try again in a few minutes."})
-			return
-		case l.Gen < gen:
-			c.render(w, http.StatusForbidden, "error", view{Title: "Link revoked",
-				Data: "This link was revoked. The next quarantine digest brings a new one."})
-			return
-		}
 		v := view{Rcpt: l.Rcpt, Token: token, Link: &l, CSRF: c.keys.csrfToken("link " + token)}
 		page := op
 		if page == "" {
@@ -65,6 +49,25 @@ func (c *Console) endUser(op string, h func(http.ResponseWriter, *http.Request, 
 				c.render(w, http.StatusForbidden, "error", v)
 				return
 			}
+		}
+		// The store last: what the link and the form say needs none.
+		ctx, cancel := storeCtx(r.Context())
+		gen, err := c.opts.Revocations.LinkGeneration(ctx, l.Rcpt)
+		cancel()
+		switch {
+		case err != nil:
+			// Whether the link was revoked cannot be known: refused
+			// until the store answers.
+			c.log.Error("web link: the state store does not answer", "rcpt", l.Rcpt, "err", err)
+			c.render(w, http.StatusServiceUnavailable, "error", view{Title: "Try again later",
+				Data: "This page cannot be shown now. Try again in a few minutes."})
+			return
+		case l.Gen < gen:
+			c.render(w, http.StatusForbidden, "error", view{Title: "Link revoked",
+				Data: "This link was revoked. The next quarantine digest brings a new one."})
+			return
+		}
+		if r.Method == http.MethodPost {
 			var ok bool
 			if r, ok = c.changeRequest(w, r); !ok {
 				return
