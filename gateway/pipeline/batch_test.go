@@ -1,10 +1,12 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,7 +99,9 @@ func TestBatchAsOneByOne(t *testing.T) {
 			}
 			var got [2]string
 			for i, grouped := range []bool{false, true} {
-				p, err := New(startTestStages(t, grouped, chain...), policy.Policy{TagScore: 5, QuarantineScore: 10, RejectScore: 15}, Options{})
+				var logged bytes.Buffer
+				log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
+				p, err := New(startTestStages(t, grouped, chain...), policy.Policy{TagScore: 5, QuarantineScore: 10, RejectScore: 15}, Options{Logger: log})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -116,6 +120,9 @@ func TestBatchAsOneByOne(t *testing.T) {
 				}
 				got[i] = fmt.Sprintf("%s %v by %q (%s)\ntrace %+v\nheader %v", d.Action, d.Score, d.Stage, d.Reason, d.Trace, tx.Header)
 				got[i] = pidRE.ReplaceAllString(got[i], "pid N") // the test plugin names its process
+				if grouped && strings.Contains(logged.String(), "one by one") {
+					t.Errorf("the group's stages were called one by one, not batched:\n%s", logged.String())
+				}
 			}
 			if got[0] != got[1] {
 				t.Errorf("one by one:\n%s\nbatched:\n%s", got[0], got[1])
