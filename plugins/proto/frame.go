@@ -5,24 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
-
-	gproto "google.golang.org/protobuf/proto"
+	"slices"
 )
 
 // AppendFrame appends f to b as it goes on the data path: its length in 4
 // bytes, big-endian, then the Frame.
 func AppendFrame(b []byte, f *Frame) ([]byte, error) {
 	start := len(b)
-	b = append(b, 0, 0, 0, 0)
-	b, err := gproto.MarshalOptions{}.MarshalAppend(b, f)
-	if err != nil {
+	n := f.SizeVT()
+	if n > MaxFrame {
+		return b, fmt.Errorf("frame of %d bytes; at most %d", n, MaxFrame)
+	}
+	b = slices.Grow(b, 4+n)[:start+4+n]
+	binary.BigEndian.PutUint32(b[start:], uint32(n))
+	if _, err := f.MarshalToSizedBufferVT(b[start+4:]); err != nil {
 		return b[:start], fmt.Errorf("marshal frame: %w", err)
 	}
-	n := len(b) - start - 4
-	if n > MaxFrame {
-		return b[:start], fmt.Errorf("frame of %d bytes; at most %d", n, MaxFrame)
-	}
-	binary.BigEndian.PutUint32(b[start:], uint32(n))
 	return b, nil
 }
 
@@ -53,7 +51,7 @@ func ReadFrame(r io.Reader, buf *[]byte, f *Frame) error {
 		return err
 	}
 	// Unmarshal copies what it keeps, so b is free for the next frame.
-	if err := gproto.Unmarshal(b, f); err != nil {
+	if err := f.UnmarshalVT(b); err != nil {
 		return fmt.Errorf("unmarshal frame: %w", err)
 	}
 	return nil
