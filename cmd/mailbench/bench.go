@@ -63,6 +63,9 @@ type line struct {
 	proxy bool         // the client opens each connection with a PROXY header
 	poll  *poller      // the client loading the console's dashboard (web.go)
 	stats map[string]*stats
+	// profiles are the directories the line's mailgate instances write
+	// their CPU profiles to (-profile): one per instance.
+	profiles []string
 }
 
 // bench is one mailbench run.
@@ -276,7 +279,7 @@ func (b *bench) startLine(ctx context.Context, l *line) error {
 		l.skip = note
 		return err
 	}
-	l.addr = m.addr
+	l.addr, l.profiles = m.addr, []string{m.profile}
 	l.roots = func() []int { return append([]int{m.pid()}, extra...) }
 	l.alive = m.alive
 	return nil
@@ -299,10 +302,11 @@ func (b *bench) startMailgate(ctx context.Context, bin, name, sinkAddr, serverKe
 	}
 	b.logf("starting %s", name)
 	var env []string
+	var pdir string
 	if b.opts.profile != "" {
-		// Every process of the line writes its CPU profile there when it
-		// exits (cmd/mailgate/profile.go).
-		pdir, err := filepath.Abs(filepath.Join(b.opts.profile, name))
+		// Every process of the line writes its CPU profile there, in
+		// segments (cmd/mailgate/profile.go, cutProfiles).
+		pdir, err = filepath.Abs(filepath.Join(b.opts.profile, name))
 		if err != nil {
 			return nil, "", fmt.Errorf("-profile: %w", err)
 		}
@@ -319,6 +323,7 @@ func (b *bench) startMailgate(ctx context.Context, bin, name, sinkAddr, serverKe
 	if err != nil {
 		return nil, "", err
 	}
+	m.profile = pdir
 	b.onStop(m.stop)
 	return m, "", nil
 }
@@ -371,7 +376,7 @@ func (b *bench) measure(ctx context.Context, r sizeRun, rep *report) error {
 			continue
 		}
 		b.logf("%s: warm-up, %d messages of %d bytes", l.name, b.opts.warmup, r.size)
-		if _, err := b.batch(ctx, l, b.opts.warmup, r.size, 0); err != nil {
+		if _, err := b.batch(ctx, l, b.opts.warmup, r.size, 0, "warmup"); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -392,7 +397,7 @@ func (b *bench) measure(ctx context.Context, r sizeRun, rep *report) error {
 		}
 		for _, l := range order {
 			b.logf("%s: round %d/%d, %d messages of %d bytes", l.name, round+1, b.opts.rounds, n, r.size)
-			bt, err := b.batch(ctx, l, n, r.size, 0)
+			bt, err := b.batch(ctx, l, n, r.size, 0, r.label)
 			if bt != nil {
 				l.stats[r.label].add(bt)
 				if bt.mismatch() {
@@ -432,11 +437,14 @@ func (b *bench) running() []*line {
 const drainStall = 30 * time.Second
 
 // batch sends n messages of size bytes to a line, waits until its sink has
-// them all, and measures.
-func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64) (*batch, error) {
+// them all, and measures. The line's CPU profiles (-profile) of the batch
+// go into segment, those of the time between batches into "idle".
+func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64, segment string) (*batch, error) {
 	if err := l.alive(); err != nil {
 		return nil, err
 	}
+	b.cutProfiles(l, segment)
+	defer b.cutProfiles(l, "idle")
 	roots := l.roots()
 	before, _ := l.sink.received()
 	cpu0 := snapshot(roots...)
@@ -491,7 +499,7 @@ func (b *bench) measureHalfPeak(ctx context.Context, r sizeRun, rep *report) err
 				continue
 			}
 			b.logf("%s: round %d/%d, %d messages at %.0f msg/s (half its peak)", h.line.name, round+1, b.opts.rounds, n, h.rate)
-			bt, err := b.batch(ctx, h.line, n, r.size, h.rate)
+			bt, err := b.batch(ctx, h.line, n, r.size, h.rate, halfPeakSegment)
 			if bt != nil {
 				h.stats.add(bt)
 				if bt.mismatch() {

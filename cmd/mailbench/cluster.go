@@ -119,7 +119,7 @@ func (b *bench) startCluster(ctx context.Context, l *line) error {
 			l.skip = note
 			return err
 		}
-		nodes = append(nodes, m)
+		nodes, l.profiles = append(nodes, m), append(l.profiles, m.profile)
 		if i == 0 {
 			l.addr = m.addr
 		} else {

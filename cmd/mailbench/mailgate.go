@@ -181,6 +181,9 @@ type mailgateInstance struct {
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when the process has exited
 	err    error         // its exit status, once exited
+	// profile is where its processes write their CPU profiles (-profile),
+	// "" if they do not.
+	profile string
 }
 
 // startMailgate starts "mailgate serve" and waits until it answers on addr.

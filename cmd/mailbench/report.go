@@ -106,6 +106,8 @@ func (r *report) markdown() string {
 		}
 		b.WriteString("\n")
 	}
+	r.chainTable(&b)
+	r.targetsTable(&b)
 	if len(r.memory) > 0 {
 		b.WriteString("#### mailgate memory (fresh instance per config)\n\n")
 		b.WriteString("| config | measurement | target | mailgate process | process tree (plugins too) | met |\n|---|---|--:|--:|--:|:-:|\n")

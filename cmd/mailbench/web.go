@@ -46,7 +46,7 @@ func (b *bench) startWebLine(ctx context.Context, l *line) error {
 		l.skip = note
 		return err
 	}
-	l.addr, l.alive = m.addr, m.alive
+	l.addr, l.alive, l.profiles = m.addr, m.alive, []string{m.profile}
 	l.roots = func() []int { return []int{m.pid()} }
 	if l.kind == lineWebPolled {
 		l.poll = startPoller("http://"+web, time.Second)
