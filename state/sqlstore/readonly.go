@@ -26,6 +26,52 @@ var ErrOlderSchema = errors.New("database schema is older than this mailgate")
 // this mailgate's is refused (ErrNewerSchema, ErrOlderSchema): the
 // queries are this version's.
 func OpenSQLiteReadOnly(ctx context.Context, path string, o Options) (*Store, error) {
+	return openReadOnly(ctx, path, o, func(s *Store) error { return s.checkSchema(ctx, false) })
+}
+
+// OpenSQLiteSnapshot opens a copy of the SQLite database in the file
+// path, migrated to this mailgate's schema: what a reader needs that
+// must not touch a file a running gateway, perhaps of an older version,
+// holds (mailgate cluster import). The file is read as
+// OpenSQLiteReadOnly reads it, and copied as one consistent snapshot
+// (VACUUM INTO, a read transaction) into a directory of its own under
+// the system's temporary directory, readable by its owner only; Close
+// deletes it. A schema newer than this mailgate's is refused
+// (ErrNewerSchema) before anything is copied.
+func OpenSQLiteSnapshot(ctx context.Context, path string, o Options) (*Store, error) {
+	dir, err := os.MkdirTemp("", "mailgate-state-")
+	if err != nil {
+		return nil, fmt.Errorf("sqlite %s: a directory for its copy: %w", path, err)
+	}
+	snap := filepath.Join(dir, "state.db")
+	ro, err := openReadOnly(ctx, path, o, func(s *Store) error {
+		if err := s.checkSchema(ctx, true); err != nil {
+			return err
+		}
+		// Bounded by ctx alone, not by the timeout of one operation:
+		// a large file takes longer to copy than a query to answer.
+		_, err := s.db.exec(ctx, "VACUUM INTO $1", snap)
+		return err
+	})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	ro.Close()
+	s, err := OpenSQLite(ctx, snap, o)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("sqlite %s (its copy): %w", path, err)
+	}
+	s.remove = dir
+	return s, nil
+}
+
+// openReadOnly opens path with mode=ro and runs check on it, the first
+// statement on the file: a failure to read a database in WAL mode whose
+// log index cannot be made (no -wal: no gateway has it open) is tried
+// again with immutable=1.
+func openReadOnly(ctx context.Context, path string, o Options, check func(*Store) error) (*Store, error) {
 	o.defaults()
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -39,7 +85,7 @@ func OpenSQLiteReadOnly(ctx context.Context, path string, o Options) (*Store, er
 			return nil, err
 		}
 		s := &Store{db: sqlDB{sdb}, dialect: sqlite, node: o.Node, timeout: o.Timeout}
-		if err := s.sameSchema(ctx); err != nil {
+		if err := check(s); err != nil {
 			sdb.Close()
 			return nil, err
 		}
@@ -57,8 +103,9 @@ func OpenSQLiteReadOnly(ctx context.Context, path string, o Options) (*Store, er
 	return s, nil
 }
 
-// sameSchema checks that the database has this mailgate's schema version.
-func (s *Store) sameSchema(ctx context.Context) error {
+// checkSchema checks that the database has this mailgate's schema
+// version, or, with older, one this mailgate migrates.
+func (s *Store) checkSchema(ctx context.Context, older bool) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	var have int
@@ -68,7 +115,7 @@ func (s *Store) sameSchema(ctx context.Context) error {
 	switch want := SchemaVersion(); {
 	case have > want:
 		return fmt.Errorf("%w: the database has version %d, this mailgate knows up to %d; use the newer mailgate", ErrNewerSchema, have, want)
-	case have < want:
+	case have < want && !older:
 		return fmt.Errorf("%w: the database has version %d, this mailgate's is %d; a gateway of this version migrates it when it starts", ErrOlderSchema, have, want)
 	}
 	return nil
