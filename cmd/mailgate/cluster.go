@@ -23,10 +23,14 @@ const clusterUsage = `usage: mailgate cluster COMMAND [-config FILE] [flags]
   status           the nodes of the cluster: version, config, health and
                    last heartbeat of each; flags the stale ones and those
                    whose config differs from the one most nodes run
-  import           copy this node's own quarantine, traces and lists
-                   (from its data_dir) into the cluster's PostgreSQL, to
-                   move a single node into a cluster; it may run again:
-                   what is there already is not copied twice
+  import           copy what this node kept on its own (its data_dir) into
+                   the cluster's PostgreSQL, to move a single node into a
+                   cluster: the quarantine (with what was released), the
+                   traces and, from state.db, the users' lists, the audit
+                   log, the console's revoked sessions and end users'
+                   links, and the digests sent; it only reads the data_dir
+                   (the node may run) and may run again: what is there
+                   already is not copied twice
 
 The cluster is the PostgreSQL of the config's [cluster] postgres; these
 commands talk to it, not to a running gateway.
@@ -85,8 +89,9 @@ func openShared(ctx context.Context, cfg *policy.Config) (*sqlstore.Store, error
 		Timeout: time.Duration(cl.Timeout), ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: 2})
 }
 
-// clusterImport copies what cfg's node kept on its own into st. The
-// quarantine and the traces are read only, so the node may be running.
+// clusterImport copies what cfg's node kept on its own into st, and
+// says how much of each kind. The data dir is read only, so the node may
+// run: its state.db through a copy (sqlstore.OpenSQLiteSnapshot).
 func clusterImport(ctx context.Context, cfg *policy.Config, st *sqlstore.Store, stdout io.Writer) error {
 	dir := filepath.Join(cfg.DataDir, "quarantine")
 	if fileExists(dir) {
@@ -108,25 +113,22 @@ func clusterImport(ctx context.Context, cfg *policy.Config, st *sqlstore.Store, 
 		}
 		fmt.Fprintf(stdout, "traces: %d events sent (each stored once)\n", n)
 	}
-	// Users' lists exist on one node only where something kept them in
-	// the embedded store.
-	if db := filepath.Join(cfg.DataDir, "state.db"); fileExists(db) {
-		local, err := sqlstore.OpenSQLite(ctx, db, sqlstore.Options{Node: cfg.Cluster.Node})
-		if err != nil {
-			return err
-		}
-		defer local.Close()
-		entries, err := local.Lists().Entries(ctx, "")
-		if err != nil {
-			return err
-		}
-		for _, e := range entries {
-			if err := st.Lists().Add(ctx, e); err != nil {
-				return fmt.Errorf("lists: %w", err)
-			}
-		}
-		fmt.Fprintf(stdout, "lists: %d entries copied\n", len(entries))
+	db := filepath.Join(cfg.DataDir, "state.db")
+	if !fileExists(db) {
+		fmt.Fprintf(stdout, "state.db: none in %s; no lists, audit log or revocations to copy\n", cfg.DataDir)
+		return nil
 	}
+	local, err := sqlstore.OpenSQLiteSnapshot(ctx, db, sqlstore.Options{Node: cfg.Hostname})
+	if err != nil {
+		return err
+	}
+	defer local.Close()
+	n, err := st.Copy(ctx, local)
+	if err != nil {
+		return fmt.Errorf("state.db: %w; what was copied stays, and an import run again copies the rest", err)
+	}
+	fmt.Fprintf(stdout, "lists: %d entries copied\naudit log: %d entries copied\nrevocations: %d sessions, the links of %d end users copied\ndigests sent: %d copied\n",
+		n.Lists, n.Audit, n.Sessions, n.Links, n.Claims)
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -86,6 +87,7 @@ type Store struct {
 	dialect dialect
 	node    string
 	timeout time.Duration
+	remove  string // a directory Close deletes: that of OpenSQLiteSnapshot's copy
 }
 
 var _ state.Store = (*Store)(nil)
@@ -161,6 +163,9 @@ func (s *Store) open(ctx context.Context) error {
 // Close closes the store's connections.
 func (s *Store) Close() error {
 	s.db.close()
+	if s.remove != "" {
+		return os.RemoveAll(s.remove)
+	}
 	return nil
 }
 
