@@ -13,6 +13,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -581,6 +582,46 @@ func TestTrustedProxies(t *testing.T) {
 		}
 		if !trusted && code != http.StatusTooManyRequests {
 			t.Errorf("X-Forwarded-For from a peer not trusted was believed: %d", code)
+		}
+	}
+}
+
+// countingRevocations counts the look-ups of sessions in the store.
+type countingRevocations struct {
+	state.Revocations
+	lookups atomic.Int64
+}
+
+func (c *countingRevocations) SessionRevoked(ctx context.Context, id string) (bool, error) {
+	c.lookups.Add(1)
+	return c.Revocations.SessionRevoked(ctx, id)
+}
+
+// TestErrorPageOneLookup: a page that fails (no such trace, a refused
+// change) asks the store about the session once, as any page does, and
+// still shows the user's menu.
+func TestErrorPageOneLookup(t *testing.T) {
+	e := newTestEnv(t, "")
+	b := e.browser()
+	token := b.login("admin")
+	counted := &countingRevocations{Revocations: e.c.opts.Revocations}
+	e.c.opts.Revocations = counted
+	for _, req := range []struct {
+		method, path string
+		form         url.Values
+		code         int
+	}{
+		{http.MethodGet, "/message/NOSUCH00000001", nil, http.StatusNotFound},
+		{http.MethodPost, "/queue/NOSUCH00000001/frobnicate", url.Values{"csrf": {token}}, http.StatusNotFound},
+		{http.MethodPost, "/queue/bulk", url.Values{"csrf": {"forged"}}, http.StatusForbidden},
+	} {
+		before := counted.lookups.Load()
+		r := b.do(req.method, req.path, req.form, nil)
+		if r.code != req.code || !strings.Contains(r.body, "admin (admin)") {
+			t.Errorf("%s %s: %d, want %d with the user's menu\n%s", req.method, req.path, r.code, req.code, r.body)
+		}
+		if n := counted.lookups.Load() - before; n != 1 {
+			t.Errorf("%s %s: the store was asked about the session %d times, want 1", req.method, req.path, n)
 		}
 	}
 }

@@ -196,7 +196,7 @@ func (c *Console) dashboard(w http.ResponseWriter, r *http.Request, v view) {
 		d.Chart = chart(append(c.samples.all(), sample{c.opts.Now(), seriesValues(mfs)}))
 	}
 	d.Health = c.opts.Admin.Health()
-	if err := c.top.get(c.opts.Now(), &d, func(d *dashboardData) error { return c.topTalkers(r.Context(), d) }); err != nil {
+	if err := c.top.get(r.Context(), c.opts.Now(), &d, c.topTalkers); err != nil {
 		d.Problem = c.unreadable("The traces", err)
 	}
 	v.Title, v.Nav, v.Data, v.Refresh = "Dashboard", "dashboard", d, 30
@@ -308,28 +308,67 @@ func chart(samples []sample) Chart {
 // that pace (its counters and chart, from the metrics, are always new).
 const topEvery = 30 * time.Second
 
-// topCache keeps the last topTalkers tables.
+// topCache keeps the last topTalkers tables and reads them again, one
+// read at a time, off every request's context.
 type topCache struct {
 	mu                        sync.Mutex
 	at                        time.Time // when they were read; zero: never
 	rejects, senders, clients []Bar
+	reading                   chan struct{} // while a read runs; closed when it ends
+	err                       error         // the last read's, if it failed
 }
 
 // get fills d's tables of the last day: those kept if read less than
-// topEvery before now, else read by read (one reader at a time: the
-// others wait for its tables). A read that fails is not kept.
-func (t *topCache) get(now time.Time, d *dashboardData, read func(*dashboardData) error) error {
+// topEvery before now, else read by read. The read runs on its own (on
+// ctx's values, not its cancellation: the store bounds it with its own
+// timeout) and one at a time; every request that wants the tables waits
+// for it as long as its own ctx lets it, then takes the tables kept
+// before, if any. So a slow store, or a client that hangs up, holds up
+// no other dashboard: the lock is never held across a read. A read that
+// fails is not kept; those that waited for it get its error.
+func (t *topCache) get(ctx context.Context, now time.Time, d *dashboardData, read func(context.Context, *dashboardData) error) error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.at.IsZero() || now.Sub(t.at) >= topEvery || now.Before(t.at) {
-		var fresh dashboardData
-		if err := read(&fresh); err != nil {
+		if t.reading == nil {
+			t.reading = make(chan struct{})
+			go t.refresh(context.WithoutCancel(ctx), now, read, t.reading)
+		}
+		reading := t.reading
+		t.mu.Unlock()
+		var err error
+		select {
+		case <-reading:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		t.mu.Lock()
+		switch {
+		case err == nil && t.err != nil:
+			err = t.err // the read waited for
+		case err != nil && !t.at.IsZero():
+			err = nil // given up on: the tables before it
+		}
+		if err != nil {
+			t.mu.Unlock()
 			return err
 		}
-		t.at, t.rejects, t.senders, t.clients = now, fresh.Rejects, fresh.Senders, fresh.Clients
 	}
+	defer t.mu.Unlock()
 	d.Rejects, d.Senders, d.Clients = t.rejects, t.senders, t.clients
 	return nil
+}
+
+// refresh reads the tables as of now and keeps them, or the read's error.
+func (t *topCache) refresh(ctx context.Context, now time.Time, read func(context.Context, *dashboardData) error, done chan struct{}) {
+	var fresh dashboardData
+	err := read(ctx, &fresh)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err = err; err == nil {
+		t.at, t.rejects, t.senders, t.clients = now, fresh.Rejects, fresh.Senders, fresh.Clients
+	}
+	t.reading = nil
+	close(done)
 }
 
 // topTalkers counts, in the last 24 hours' traces (at most the newest

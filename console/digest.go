@@ -278,7 +278,7 @@ func (c *Console) digestNow(w http.ResponseWriter, r *http.Request, v view) {
 	n, err := c.SendDigests(r.Context(), now.Add(-24*time.Hour), now)
 	if err != nil {
 		c.log.Error("web digest", "err", err)
-		c.fail(w, r, http.StatusInternalServerError, fmt.Sprintf("%d digest(s) queued; others could not be sent, the log says why.", n))
+		c.fail(w, v, http.StatusInternalServerError, fmt.Sprintf("%d digest(s) queued; others could not be sent, the log says why.", n))
 		return
 	}
 	c.audit(r.Context(), v, "digest.send", "", fmt.Sprintf("%d digests", n))

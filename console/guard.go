@@ -25,7 +25,7 @@ const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 
 func (c *Console) guard(next http.Handler) http.Handler {
 	xorigin := http.NewCrossOriginProtection()
 	xorigin.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c.fail(w, r, http.StatusForbidden, "This request came from another site and was refused.")
+		c.fail(w, view{}, http.StatusForbidden, "This request came from another site and was refused.")
 	}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -44,7 +44,7 @@ func (c *Console) guard(next http.Handler) http.Handler {
 		if !c.ownHost(r) {
 			// RFC 9110 §15.5.20. The Host is the client's text: not
 			// echoed.
-			c.fail(w, r, http.StatusMisdirectedRequest, "This server does not serve that name.")
+			c.fail(w, view{}, http.StatusMisdirectedRequest, "This server does not serve that name.")
 			return
 		}
 		if !c.readForm(w, r) {
@@ -66,15 +66,15 @@ func (c *Console) readForm(w http.ResponseWriter, r *http.Request) bool {
 	if r.Method == http.MethodPost {
 		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 		if err != nil || mt != "application/x-www-form-urlencoded" {
-			c.fail(w, r, http.StatusUnsupportedMediaType, "Only a form of this console can be sent here.")
+			c.fail(w, view{}, http.StatusUnsupportedMediaType, "Only a form of this console can be sent here.")
 			return false
 		}
 	}
 	if err := r.ParseForm(); err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			c.fail(w, r, http.StatusRequestEntityTooLarge, "The form was too large.")
+			c.fail(w, view{}, http.StatusRequestEntityTooLarge, "The form was too large.")
 		} else {
-			c.fail(w, r, http.StatusBadRequest, "The form could not be read.")
+			c.fail(w, view{}, http.StatusBadRequest, "The form could not be read.")
 		}
 		return false
 	}

@@ -21,7 +21,7 @@ type nodesData struct {
 // are marked, as `mailgate cluster status` marks them.
 func (c *Console) nodes(w http.ResponseWriter, r *http.Request, v view) {
 	if c.opts.Nodes == nil {
-		c.fail(w, r, http.StatusNotFound, "This gateway is not part of a cluster with PostgreSQL: it has no other nodes.")
+		c.fail(w, v, http.StatusNotFound, "This gateway is not part of a cluster with PostgreSQL: it has no other nodes.")
 		return
 	}
 	d := nodesData{Now: c.opts.Now(), StaleAfter: c.opts.StaleAfter.String()}

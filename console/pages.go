@@ -204,12 +204,12 @@ func (c *Console) render(w http.ResponseWriter, code int, page string, v view) {
 	w.Write(b.Bytes())
 }
 
-// fail answers with a page saying msg.
-func (c *Console) fail(w http.ResponseWriter, r *http.Request, code int, msg string) {
-	v := view{Title: http.StatusText(code), Data: msg}
-	if s, err := c.session(r); s != nil && err == nil {
-		v.User, v.CSRF = &s.User, c.keys.csrfToken(s.token)
-	}
+// fail answers with a page saying msg, in the frame of v, the view the
+// request has so far (its user's menu, or an end user's): its session
+// was looked up once, by staff, and an error is no reason to ask the
+// store again. A request refused before that (guard) passes view{}.
+func (c *Console) fail(w http.ResponseWriter, v view, code int, msg string) {
+	v.Title, v.Data, v.Refresh = http.StatusText(code), msg, 0
 	c.render(w, code, "error", v)
 }
 
@@ -295,17 +295,17 @@ func (c *Console) staff(change bool, h func(http.ResponseWriter, *http.Request, 
 				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 				return
 			}
-			c.fail(w, r, http.StatusForbidden, "Log in first.")
+			c.fail(w, view{}, http.StatusForbidden, "Log in first.")
 			return
 		}
 		v := view{User: &s.User, CSRF: c.keys.csrfToken(s.token)}
 		if change {
 			switch {
 			case s.User.Role != "admin":
-				c.fail(w, r, http.StatusForbidden, "Your role may look, not change.")
+				c.fail(w, v, http.StatusForbidden, "Your role may look, not change.")
 				return
 			case !c.keys.checkCSRF(s.token, r.PostFormValue("csrf")):
-				c.fail(w, r, http.StatusForbidden, "The form had no valid CSRF token: reload the page and try again.")
+				c.fail(w, v, http.StatusForbidden, "The form had no valid CSRF token: reload the page and try again.")
 				return
 			}
 			var ok bool

@@ -129,10 +129,10 @@ func (c *Console) record(w http.ResponseWriter, r *http.Request, v view, id stri
 	}
 	switch {
 	case errors.Is(err, state.ErrNotQuarantined):
-		c.fail(w, r, http.StatusNotFound, "No such message in the quarantine: it may have been deleted or expired.")
+		c.fail(w, v, http.StatusNotFound, "No such message in the quarantine: it may have been deleted or expired.")
 		return nil
 	case err != nil:
-		c.fail(w, r, failCode(err), c.unreadable("The quarantine", err))
+		c.fail(w, v, failCode(err), c.unreadable("The quarantine", err))
 		return nil
 	}
 	return rec
@@ -190,7 +190,7 @@ func (c *Console) quarantineEML(w http.ResponseWriter, r *http.Request, v view) 
 	}
 	m, err := c.opts.Admin.QuarantineMessage(id)
 	if err != nil {
-		c.fail(w, r, http.StatusNotFound, "No such message in the quarantine.")
+		c.fail(w, v, http.StatusNotFound, "No such message in the quarantine.")
 		return
 	}
 	defer m.Close()
@@ -337,7 +337,7 @@ func (c *Console) quarantineOp(w http.ResponseWriter, r *http.Request, v view) {
 func (c *Console) quarantineBulk(w http.ResponseWriter, r *http.Request, v view) {
 	op, ids := r.PostFormValue("op"), r.PostForm["id"]
 	if len(ids) == 0 {
-		c.fail(w, r, http.StatusBadRequest, "No message was checked.")
+		c.fail(w, v, http.StatusBadRequest, "No message was checked.")
 		return
 	}
 	back := "/quarantine"

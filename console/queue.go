@@ -58,7 +58,7 @@ func (c *Console) queueList(w http.ResponseWriter, r *http.Request, v view) {
 func (c *Console) queueBulk(w http.ResponseWriter, r *http.Request, v view) {
 	op, ids := r.PostFormValue("op"), r.PostForm["id"]
 	if !slices.Contains(queueOps, op) || len(ids) == 0 {
-		c.fail(w, r, http.StatusBadRequest, "Check messages and choose an operation.")
+		c.fail(w, v, http.StatusBadRequest, "Check messages and choose an operation.")
 		return
 	}
 	var lines []string
@@ -105,17 +105,17 @@ var queueOps = []string{"retry", "hold", "release", "delete"}
 func (c *Console) queueOp(w http.ResponseWriter, r *http.Request, v view) {
 	op, id := r.PathValue("op"), r.PathValue("id")
 	if !slices.Contains(queueOps, op) {
-		c.fail(w, r, http.StatusNotFound, "No such operation.")
+		c.fail(w, v, http.StatusNotFound, "No such operation.")
 		return
 	}
 	err := c.opts.Admin.QueueOp(r.Context(), op, id)
 	switch {
 	case errors.Is(err, spool.ErrNotFound), errors.Is(err, fs.ErrNotExist):
-		c.fail(w, r, http.StatusNotFound, "No such message in the queue.")
+		c.fail(w, v, http.StatusNotFound, "No such message in the queue.")
 		return
 	case err != nil:
 		c.log.Error("web queue", "op", op, "id", id, "err", err)
-		c.fail(w, r, http.StatusInternalServerError, "The operation failed; the log says why.")
+		c.fail(w, v, http.StatusInternalServerError, "The operation failed; the log says why.")
 		return
 	}
 	c.audit(r.Context(), v, "queue."+op, id, "")

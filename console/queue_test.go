@@ -1,15 +1,20 @@
 package console
 
 import (
+	"context"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailgate/mailgate/spool"
+	"github.com/mailgate/mailgate/state"
 	"github.com/mailgate/mailgate/state/trace"
 )
 
@@ -103,5 +108,114 @@ func TestDashboard(t *testing.T) {
 	e.advance(topEvery)
 	if r := b.get("/dashboard"); !strings.Contains(r.body, "newcomer@new.example") {
 		t.Error("the traces were not read again after topEvery")
+	}
+}
+
+// waitLong bounds a wait for what must happen long before it on any
+// machine: an upper bound for a loaded one, never a measure.
+const waitLong = 30 * time.Second
+
+// blockingTraces is a store of traces whose Search waits at a gate while
+// the test holds it shut, as a slow PostgreSQL would.
+type blockingTraces struct {
+	Traces
+	mu       sync.Mutex
+	gate     chan struct{} // nil: open
+	entered  chan struct{} // a Search reached the shut gate
+	searches atomic.Int64
+}
+
+func (b *blockingTraces) shut() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.gate = make(chan struct{})
+}
+
+func (b *blockingTraces) open() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	close(b.gate)
+	b.gate = nil
+}
+
+func (b *blockingTraces) Search(ctx context.Context, f state.TraceFilter) ([]trace.Event, error) {
+	b.searches.Add(1)
+	b.mu.Lock()
+	gate := b.gate
+	b.mu.Unlock()
+	if gate != nil {
+		select {
+		case b.entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return b.Traces.Search(ctx, f)
+}
+
+// TestDashboardSlowStore: while the store is slow to give the day's
+// tables, a dashboard waits for them no longer than its own request
+// lets it, and then shows the tables read before; one read runs at a
+// time, whoever asks; a client that hangs up does not end the read, whose
+// tables the next dashboard shows.
+func TestDashboardSlowStore(t *testing.T) {
+	e := newTestEnv(t, "")
+	recordStories(e)
+	traces := &blockingTraces{Traces: e.c.opts.Traces, entered: make(chan struct{}, 1)}
+	e.c.opts.Traces = traces
+	b := e.browser()
+	b.login("auditor")
+	if r := b.get("/dashboard"); !strings.Contains(r.body, "spammer@bad.example") {
+		t.Fatalf("first dashboard without the senders:\n%s", r.body)
+	}
+	perRead := traces.searches.Load()
+	e.traces.Record(trace.Event{Time: e.clock(), QueueID: "NEW000000001", Event: "mail", From: ptr("newcomer@new.example")})
+	e.advance(topEvery)
+	traces.shut()
+
+	// A's read is held at the store.
+	ctxA, hangUp := context.WithCancel(context.Background())
+	doneA := make(chan *httptest.ResponseRecorder, 1)
+	go func() { doneA <- e.direct(ctxA, http.MethodGet, "/dashboard", nil, b.cookies()) }()
+	select {
+	case <-traces.entered:
+	case <-time.After(waitLong):
+		t.Fatal("the dashboard did not read the traces")
+	}
+	// B gives up after its own deadline, with the tables of before.
+	doneB := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		doneB <- e.direct(ctx, http.MethodGet, "/dashboard", nil, b.cookies())
+	}()
+	select {
+	case w := <-doneB:
+		if body := w.Body.String(); w.Code != http.StatusOK || !strings.Contains(body, "spammer@bad.example") || strings.Contains(body, "newcomer@new.example") {
+			t.Errorf("B past its deadline: %d, want 200 with the tables of before\n%s", w.Code, body)
+		}
+	case <-time.After(waitLong):
+		t.Fatal("a second dashboard waits for the first one's read past its own deadline")
+	}
+	// A's client hangs up: A answers, the read goes on.
+	hangUp()
+	select {
+	case <-doneA:
+	case <-time.After(waitLong):
+		t.Fatal("a dashboard whose client hung up still waits for the store")
+	}
+	if n := traces.searches.Load(); n != perRead+1 {
+		t.Errorf("%d searches after the first read, want 1: one read at a time, held at its first", n-perRead)
+	}
+	traces.open()
+	if r := b.get("/dashboard"); !strings.Contains(r.body, "newcomer@new.example") {
+		t.Errorf("the read A's client left did not give the next dashboard its tables:\n%s", r.body)
+	}
+	if n := traces.searches.Load(); n != 2*perRead {
+		t.Errorf("%d searches, want %d: the read A's client left was read again", n, 2*perRead)
 	}
 }

@@ -202,7 +202,7 @@ func (c *Console) message(w http.ResponseWriter, r *http.Request, v view) {
 	id := r.PathValue("id")
 	events, err := c.opts.Traces.Find(r.Context(), id)
 	if err != nil {
-		c.fail(w, r, failCode(err), c.unreadable("The traces", err))
+		c.fail(w, v, failCode(err), c.unreadable("The traces", err))
 		return
 	}
 	var d storyData
@@ -225,7 +225,7 @@ func (c *Console) message(w http.ResponseWriter, r *http.Request, v view) {
 		}
 	}
 	if d.Message == nil {
-		c.fail(w, r, http.StatusNotFound, "No trace of that message: it may be older than [trace] retention.")
+		c.fail(w, v, http.StatusNotFound, "No trace of that message: it may be older than [trace] retention.")
 		return
 	}
 	v.Title, v.Nav, v.Data = "Message "+d.Message.QueueID, "tracking", d

@@ -97,7 +97,7 @@ var Reference = []KeyDoc{
 	{"stage.timeout", `"10s"`, nil, "one call of the stage"},
 	{"stage.path", "", nil, "the executable of a `plugin`"},
 	{"stage.sha256", "", nil, "the executable's SHA-256 as sha256sum prints it: a plugin that does not match is not started"},
-	{"stage.process", "", nil, "a process group: the built-in stages with the same `process` share one plugin process, apart from the gateway, and a phase's calls to them go in one round trip; a crash of that process fails the calls of all of them (each applies its `on_error`). Not for `plugin`, which always runs alone. Unset: a process of its own ([Performance](#performance))"},
+	{"stage.process", "", nil, "a process group: the built-in stages with the same `process` share one plugin process, apart from the gateway, and a phase's calls to them go in one round trip; a crash of that process fails the calls of all of them (each applies its `on_error`). Not for `plugin`, which always runs alone. A name only one stage has is refused as a likely typo of another group's. Unset: a process of its own ([Performance](#performance))"},
 	{"stage.config", `{}`, nil, "`[stage.config]`: the kind's own keys (its README)"},
 	{"stage.results", `{}`, nil, "`[stage.results]`: result word to action in place of the kind's default (its README's Results), checked against the words the kind declares; the one way to choose a stage's action"},
 

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
@@ -272,7 +273,8 @@ func (v *validator) routes(routes []Route, k key) {
 }
 
 func (v *validator) stages(list []StageConfig, k key) {
-	named := map[string]int{} // name → the stage that has it
+	named := map[string]int{}    // name → the stage that has it
+	groups := map[string][]int{} // process → the built-in stages that name it
 	for i, st := range list {
 		sk := k.index(i)
 		switch first, dup := named[st.Name]; {
@@ -296,6 +298,8 @@ func (v *validator) stages(list []StageConfig, k key) {
 			v.errorf(sk.field("process"), `unexpected; process is only for built-in kinds: a plugin runs in a process of its own`)
 		case st.Process != "" && !isName(st.Process):
 			v.errorf(sk.field("process"), "unexpected %q; expect a name of a-z, 0-9, _ and -", st.Process)
+		case st.Process != "":
+			groups[st.Process] = append(groups[st.Process], i)
 		}
 		if st.Kind == "plugin" {
 			if st.Path == "" {
@@ -311,6 +315,32 @@ func (v *validator) stages(list []StageConfig, k key) {
 		}
 		if st.SHA256 != "" {
 			v.errorf(sk.field("sha256"), `unexpected; sha256 is only for kind = "plugin"`)
+		}
+	}
+	v.processGroups(groups, k)
+}
+
+// processGroups refuses a process group of one stage. It would run as a
+// process of its own does, but a name no other stage uses is almost
+// always a typo of another group's, which would quietly split the group
+// (and its round trips) in two; so it is an error, as an override naming
+// no stage is.
+func (v *validator) processGroups(groups map[string][]int, k key) {
+	names := sortedKeys(groups)
+	for _, name := range names {
+		if len(groups[name]) > 1 {
+			continue
+		}
+		pk := k.index(groups[name][0]).field("process")
+		others := slices.DeleteFunc(slices.Clone(names), func(o string) bool { return o == name })
+		mean := ""
+		if s := suggest(name, others); s != "" {
+			mean = fmt.Sprintf(" did you mean %s?", s)
+		}
+		if len(others) > 0 {
+			v.errorf(pk, "%q is the process of no other stage;%s expect %s, or no process for a process of its own", name, mean, oneOf(others))
+		} else {
+			v.errorf(pk, "%q is the process of no other stage; a process group is for two stages or more: give another built-in stage process = %q, or remove process for a process of its own", name, name)
 		}
 	}
 }

@@ -233,6 +233,14 @@ func (sc *smtpClient) send(ctx context.Context, c *conn, from string, rcpts []st
 		// go-smtp adds BODY=8BITMIME when the server offers it
 		// (RFC 6152) and SIZE when it offers that (RFC 1870).
 		r, err := c.c.SendEnvelope(quoteAddr(from), opts, quoted)
+		if ns := (*smtp.NotSentError)(nil); errors.As(err, &ns) {
+			// An address the client will not write (a line break in
+			// it): nothing went out, the session is as clean as before,
+			// and another connection would refuse it the same way.
+			fail(err, nil)
+			res.reusable = true
+			return nil
+		}
 		res.stale = r.Answered == 0 || r.Mail != nil && !isReply(r.Mail)
 		switch {
 		case r.Mail != nil:

@@ -803,6 +803,35 @@ func TestPooledConnectionEndedWith421(t *testing.T) {
 	}
 }
 
+// A message whose envelope the SMTP client will not write (an address
+// with a line break, which would inject a command) sends nothing: the
+// pooled connection is as clean as before and carries the next message,
+// as it does the retries of the refused one, and the next hop never sees
+// a byte of that envelope.
+func TestUnwritableEnvelopeKeepsConnection(t *testing.T) {
+	srv := smtptest.NewServer(t)
+	cfg := testConfig(serverRoute("ex.test", srv))
+	cfg.Delivery.MaxConnections = 1
+	h := start(t, cfg, openSpool(t))
+	first := h.send("alice@sender.test", []string{"bob@ex.test"}, sample)
+	h.waitGone(first.ID)
+	bad := h.send("alice@sender.test\r\nRCPT TO:<mallory@ex.test>", []string{"carol@ex.test"}, sample)
+	h.waitAttempts(bad.ID, 2)
+	next := h.send("alice@sender.test", []string{"dave@ex.test"}, sample)
+	h.waitGone(next.ID)
+	if n := srv.Connections(); n != 1 {
+		t.Errorf("%d connections, want 1: an envelope never sent spoiled none", n)
+	}
+	if msgs := srv.Messages(); len(msgs) != 2 || msgs[1].Rcpts[0] != "dave@ex.test" {
+		t.Errorf("delivered %+v, want bob's and dave's messages", msgs)
+	}
+	for _, w := range srv.Transcripts() {
+		if strings.Contains(w, "mallory") {
+			t.Errorf("the next hop read the unwritable envelope:\n%s", w)
+		}
+	}
+}
+
 func TestDataRejectedOneDSN(t *testing.T) {
 	srv := smtptest.NewServer(t)
 	srv.SetDataReply(554)

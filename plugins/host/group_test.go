@@ -2,10 +2,16 @@ package host
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailgate/mailgate/stages"
 )
@@ -14,7 +20,14 @@ import (
 // config, named s0, s1, …
 func startGroup(t *testing.T, spec Spec, configs ...string) []*Plugin {
 	t.Helper()
-	spec.Cmd, spec.Name = []string{testPlugin, "group"}, "g"
+	spec.Cmd = []string{testPlugin, "group"}
+	return startGroupCmd(t, spec, configs...)
+}
+
+// startGroupCmd is startGroup with the executable spec.Cmd names.
+func startGroupCmd(t *testing.T, spec Spec, configs ...string) []*Plugin {
+	t.Helper()
+	spec.Name = "g"
 	if spec.Logger == nil {
 		spec.Logger = discard
 	}
@@ -102,28 +115,59 @@ func TestGroupConfigRefused(t *testing.T) {
 	}
 }
 
-// kill -9 of a group's process fails the calls in flight of every member
-// (a failure each), and the restart brings all of them back.
+// kill -9 of a group's process fails the calls in flight of every member,
+// and the restart brings all of them back. The crash is one failure of
+// each member (see package host): not none, which would let a process
+// that keeps crashing escape the circuit, and not one per call that it
+// cut short, which would open the circuit of a member with a few calls in
+// flight after one crash. The count is read while the process is down:
+// a restart after a crash starts from none. The group's executable is a
+// copy pinned by its hash, moved away before the kill so that no restart
+// can happen before the count is read, and put back after. Neither the
+// failed restarts in between nor a batch cut short add to the count.
 func TestGroupCrash(t *testing.T) {
-	ps := startGroup(t, Spec{MaxFailures: 2, Cooldown: time.Hour}, `{"sleep": "1h"}`, `{"sleep": "1h"}`)
-	old := ps[0].State().PID
-	done := make(chan error, 2)
-	for _, p := range ps {
-		go func() {
-			_, err := run(p, time.Hour, dataTx("sleep@example.org", nil))
-			done <- err
-		}()
+	exe := filepath.Join(t.TempDir(), "testplugin")
+	b, err := os.ReadFile(testPlugin)
+	if err != nil {
+		t.Fatal(err)
 	}
-	waitFor(t, waitLong, "both calls to be in flight", func() bool {
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	spec := Spec{MaxFailures: 4, Cooldown: time.Hour, SHA256: hex.EncodeToString(sum[:]), RestartMax: 200 * time.Millisecond}
+	spec.Cmd = []string{exe, "group"}
+	ps := startGroupCmd(t, spec, `{"sleep": "1h"}`, `{"sleep": "1h"}`)
+	const perMember = 2 // calls of its own in flight per member
+	old := ps[0].State().PID
+	const calls = perMember*2 + 1 // and a batch of both
+	done := make(chan error, calls)
+	go func() {
+		_, err := ps[0].RunBatch(context.Background(), stages.Data, dataTx("sleep@example.org", nil),
+			[]Step{{Stage: ps[0]}, {Stage: ps[1]}})
+		done <- err
+	}()
+	for _, p := range ps {
+		for range perMember {
+			go func() {
+				_, err := run(p, time.Hour, dataTx("sleep@example.org", nil))
+				done <- err
+			}()
+		}
+	}
+	waitFor(t, waitLong, "every call to be in flight", func() bool {
 		cur := ps[0].current()
 		cur.data.mu.Lock()
 		defer cur.data.mu.Unlock()
-		return len(cur.data.pending) == 2
+		return len(cur.data.pending) == calls
 	})
+	if err := os.Rename(exe, exe+".away"); err != nil {
+		t.Fatal(err)
+	}
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for range ps {
+	for range calls {
 		select {
 		case err := <-done:
 			if err == nil {
@@ -133,13 +177,24 @@ func TestGroupCrash(t *testing.T) {
 			t.Fatal("an in-flight call still waiting after its group was killed")
 		}
 	}
+	// Restarts that fail (the executable is away) are no calls and no
+	// further failures: let two of them fail before the count is read.
+	waitFor(t, waitLong, "two failed restarts", func() bool { return testutil.ToFloat64(ps[0].restarts) >= 3 })
+	for _, p := range ps {
+		if st := p.State(); st.Up || st.Failures != 1 || st.CircuitOpen {
+			t.Errorf("%s after the crash: %+v, want down with 1 failure and the circuit closed", p.Name(), st)
+		}
+	}
+	if err := os.Rename(exe+".away", exe); err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range ps {
 		waitFor(t, waitLong, p.Name()+" to answer after the restart", func() bool {
 			_, err := run(p, waitLong, dataTx("a@example.org", nil))
 			return err == nil
 		})
-		if st := p.State(); st.PID == old || st.CircuitOpen {
-			t.Errorf("%s after the restart: %+v", p.Name(), st)
+		if st := p.State(); st.PID == old || st.CircuitOpen || st.Failures != 0 {
+			t.Errorf("%s after the restart: %+v, want a new process with no failures", p.Name(), st)
 		}
 	}
 }

@@ -769,6 +769,15 @@ func (r *EnvelopeReplies) accepted() bool {
 	return false
 }
 
+// NotSentError is SendEnvelope refusing to form a command (an address
+// with a line break, an extension the server does not offer): nothing
+// was written, and the session is as clean as it was, ready for another
+// transaction. Part of mailgate patch 9 (pipelining).
+type NotSentError struct{ Err error }
+
+func (e *NotSentError) Error() string { return e.Err.Error() }
+func (e *NotSentError) Unwrap() error { return e.Err }
+
 // SendEnvelope starts a mail transaction: MAIL FROM (with opts), a RCPT
 // TO for each of rcpts and DATA. When the server offers PIPELINING (RFC
 // 2920) they go in one write and their replies are read after it, one
@@ -777,8 +786,9 @@ func (r *EnvelopeReplies) accepted() bool {
 // recipient was accepted.
 //
 // Replies are in the result, whatever they say. A non-nil error is one of
-// the connection (or a command that could not be formed): the session
-// cannot go on, and the result holds the replies read before it. RFC 2920
+// the connection: the session cannot go on, and the result holds the
+// replies read before it; or a *NotSentError, a command that could not be
+// formed, after which it can. RFC 2920
 // §3.1: the client must check every reply of a group, and a server may
 // answer 354 to DATA though MAIL or every RCPT TO was refused; the client
 // then sends a single dot (an empty message, whose reply is read and
@@ -787,16 +797,21 @@ func (r *EnvelopeReplies) accepted() bool {
 // mailgate patch 9 (pipelining).
 func (c *Client) SendEnvelope(from string, opts *MailOptions, rcpts []string) (*EnvelopeReplies, error) {
 	r := &EnvelopeReplies{Rcpts: make([]error, len(rcpts))}
+	// The only I/O before the commands are formed; after it, a command
+	// that cannot be formed leaves the session as it was.
+	if err := c.hello(); err != nil {
+		return r, err
+	}
 	mail, err := c.mailLine(from, opts)
 	if err != nil {
-		return r, err
+		return r, &NotSentError{Err: err}
 	}
 	lines := make([]string, 0, len(rcpts)+2)
 	lines = append(lines, mail)
 	for _, to := range rcpts {
 		line, err := c.rcptLine(to, nil)
 		if err != nil {
-			return r, err
+			return r, &NotSentError{Err: err}
 		}
 		lines = append(lines, line)
 	}

@@ -5,6 +5,7 @@ package smtp_test
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -335,6 +336,36 @@ func TestPatchPipeliningNotOffered(t *testing.T) {
 	}
 	c.Close()
 	if s := <-got; s != "MAIL FROM:<a@example.org> BODY=8BITMIME\r\n" {
+		t.Fatalf("server read %q", s)
+	}
+}
+
+// Patch 9: an envelope with an address the client will not write (a line
+// break would inject a command) is a *NotSentError, nothing reaches the
+// server, and the session goes on with the next envelope.
+func TestPatchPipeliningNotSent(t *testing.T) {
+	addr, got := scriptedServer(t, "250-PIPELINING\r\n", "250 2.1.0 ok", "250 2.1.5 ok", "354 go ahead")
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, env := range [][]string{{"a@example.org\r\nRSET", "b@example.org"}, {"a@example.org", "b@example.org\nRSET"}} {
+		r, err := c.SendEnvelope(env[0], nil, env[1:])
+		var ns *smtp.NotSentError
+		if !errors.As(err, &ns) || r.Answered != 0 {
+			t.Fatalf("envelope %q: %v (%T), %d answered; want a *NotSentError before any reply", env, err, err, r.Answered)
+		}
+	}
+	r, err := c.SendEnvelope("a@example.org", nil, []string{"b@example.org"})
+	if err != nil || r.Writer == nil {
+		t.Fatalf("the next envelope on the session: %+v, %v", r, err)
+	}
+	io.WriteString(r.Writer, "\r\nbody\r\n")
+	if _, err := r.Writer.CloseWithResponse(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if s := <-got; s != "MAIL FROM:<a@example.org> BODY=8BITMIME\r\nRCPT TO:<b@example.org>\r\nDATA\r\n\r\nbody\r\n.\r\n" {
 		t.Fatalf("server read %q", s)
 	}
 }
