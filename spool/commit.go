@@ -13,6 +13,7 @@ type job struct {
 	id      string
 	data    *os.File // the message file; nil for an update
 	msgPath string
+	entry   uint64 // the directory entry of the message file (Writer.entry)
 	js      []byte // the envelope
 	done    chan error
 
@@ -177,8 +178,9 @@ func (s *Spool) flush(batch []*job) {
 // syncMessages is step 1 of flush: each commit's message file was
 // fsynced by its own Commit (its data, and each file's writeback error,
 // which a file keeps for itself), so what is left is the directory
-// entries of the new files: one fsync of msg/ for the batch. An error
-// fails every commit of the batch.
+// entries of the new files: one fsync of msg/ for the batch, unless
+// dirSyncLoop's fsyncs since the files were created cover them all
+// already. An error fails every commit of the batch.
 //
 // It was one syncfs(2) on the spool's file system, then an fsync per
 // file, all in the committer. syncfs also writes back every dirty page of
@@ -198,9 +200,72 @@ func (s *Spool) flush(batch []*job) {
 // file system concurrent fsyncs share the journal's commits, as the
 // committer's batches share the log's fdatasync.
 func (s *Spool) syncMessages(batch []*job, errs []error) {
-	if err := s.msgDirF.Sync(); err != nil {
+	var newest uint64
+	for _, j := range batch {
+		if j.data != nil {
+			newest = max(newest, j.entry)
+		}
+	}
+	if newest <= s.dirDurable.Load() {
+		return // made durable ahead (dirSyncLoop)
+	}
+	if err := s.syncMsgDir(); err != nil {
 		for i := range errs {
 			errs[i] = fmt.Errorf("fsync msg/: %w", err)
+		}
+	}
+}
+
+// newEntry numbers a directory entry just made in msg/ and asks
+// dirSyncLoop to make it durable.
+func (s *Spool) newEntry() uint64 {
+	n := s.entries.Add(1)
+	select {
+	case s.dirWake <- struct{}{}:
+	default:
+	}
+	return n
+}
+
+// syncMsgDir fsyncs msg/ and records which entries that made durable:
+// those made before it began. After an fsync of msg/ has failed, it fails
+// always: what the directory holds on disk is unknown, and a later fsync
+// may succeed without having written what the failed one did not (as
+// with the log, restarting recovers).
+func (s *Spool) syncMsgDir() error {
+	if err := s.dirErr.Load(); err != nil {
+		return *err
+	}
+	upto := s.entries.Load()
+	if err := s.fsyncMsgDir(); err != nil {
+		err = fmt.Errorf("%w; the spool takes no more mail until a restart", err)
+		s.dirErr.CompareAndSwap(nil, &err)
+		return err
+	}
+	for {
+		d := s.dirDurable.Load()
+		if upto <= d || s.dirDurable.CompareAndSwap(d, upto) {
+			return nil
+		}
+	}
+}
+
+// dirSyncLoop makes the directory entries of new message files durable
+// while their messages are still arriving, so that a commit seldom waits
+// for an fsync of msg/ on top of its message's and the log's: a message
+// file is created at MAIL, and by the end of DATA one fsync here, shared
+// by every file created meanwhile, has mostly covered it. An error stays
+// for the commits to report (syncMsgDir).
+func (s *Spool) dirSyncLoop() {
+	defer close(s.dirStopped)
+	for {
+		select {
+		case <-s.dirStop:
+			return
+		case <-s.dirWake:
+		}
+		if s.entries.Load() > s.dirDurable.Load() {
+			s.syncMsgDir()
 		}
 	}
 }

@@ -62,6 +62,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -165,6 +166,19 @@ type Spool struct {
 	msgDirF             *os.File // msg/, fsynced for the directory entries of new files
 	ids                 idGen
 
+	// The directory entries of new message files are made durable ahead
+	// of their commit (dirSyncLoop): entries counts the entries made in
+	// msg/ (files created, rewrites renamed in), dirDurable how many of
+	// the first of them a finished fsync of msg/ covers.
+	entries    atomic.Uint64
+	dirDurable atomic.Uint64
+	dirErr     atomic.Pointer[error] // the first failed fsync of msg/
+	// fsyncMsgDir is msgDirF.Sync; tests make it fail or count it.
+	fsyncMsgDir func() error
+	dirWake     chan struct{} // one token: an entry was made
+	dirStop     chan struct{} // closed by Close
+	dirStopped  chan struct{} // closed when dirSyncLoop has returned
+
 	// idLocks serialize Update and Remove of the same message, so an Update
 	// never brings back the envelope of a message being removed.
 	seed    maphash.Seed
@@ -221,6 +235,9 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 		inPlace:    make(chan struct{}, inPlaceSlots),
 		wake:       make(chan struct{}, 1),
 		stopped:    make(chan struct{}),
+		dirWake:    make(chan struct{}, 1),
+		dirStop:    make(chan struct{}),
+		dirStopped: make(chan struct{}),
 		compactMin: compactMin,
 		compacted:  make(chan compactResult, 1),
 		syncDir:    durable.Sync,
@@ -238,6 +255,9 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 	if err == nil {
 		s.msgDirF, err = os.Open(s.msgDir)
 	}
+	if err == nil {
+		s.fsyncMsgDir = s.msgDirF.Sync
+	}
 	if err != nil {
 		if s.log != nil {
 			s.log.Close()
@@ -246,6 +266,7 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 		return nil, fmt.Errorf("open spool %s: %w", dir, err)
 	}
 	go s.commitLoop()
+	go s.dirSyncLoop()
 	return s, nil
 }
 
@@ -302,7 +323,9 @@ func (s *Spool) Create() (*Writer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("spool: create message: %w", err)
 		}
-		return newWriter(s, id, path, f), nil
+		w := newWriter(s, id, path, f)
+		w.entry = s.newEntry()
+		return w, nil
 	}
 }
 
@@ -579,6 +602,8 @@ func (s *Spool) Close() error {
 	}
 	s.signal()
 	<-s.stopped
+	close(s.dirStop)
+	<-s.dirStopped
 	// A compaction still being written is dropped; the old log is whole.
 	s.compactWG.Wait()
 	select {
@@ -627,9 +652,13 @@ func (s *Spool) Free() (int64, error) {
 }
 
 // Err returns why the spool cannot commit anything more until a restart
-// (its envelope log failed to flush or to cut back a failed append), or
-// nil. The gateway's health check reports it.
+// (its envelope log failed to flush or to cut back a failed append, or an
+// fsync of the message directory failed), or nil. The gateway's health
+// check reports it.
 func (s *Spool) Err() error {
+	if err := s.dirErr.Load(); err != nil {
+		return fmt.Errorf("fsync msg/: %w", *err)
+	}
 	s.logMu.Lock()
 	defer s.logMu.Unlock()
 	return s.logErr

@@ -27,6 +27,10 @@ type Writer struct {
 	size int64
 	err  error // first write error; the message cannot be committed
 	done bool  // committed, aborted or handed to the committer
+	// entry numbers the directory entry of the message's file among
+	// Spool.entries: the commit needs an fsync of msg/ only if the
+	// background one has not covered it yet.
+	entry uint64
 }
 
 func newWriter(s *Spool, id, path string, f *os.File) *Writer {
@@ -220,6 +224,7 @@ func (r *rewriter) finish() error {
 	if err := os.Rename(r.f.Name(), w.path); err != nil {
 		return err
 	}
+	w.entry = w.s.newEntry() // a new inode behind the name
 	w.f.Close()
 	w.f = r.f
 	w.buf.Reset(r.f)
@@ -292,7 +297,7 @@ func (w *Writer) Commit(ctx context.Context, env *Envelope) error {
 		return fmt.Errorf("spool: commit %s: %w", w.id, err)
 	}
 	w.done = true
-	j := &job{id: w.id, data: w.f, msgPath: w.path, js: js, done: make(chan error, 1)}
+	j := &job{id: w.id, data: w.f, msgPath: w.path, entry: w.entry, js: js, done: make(chan error, 1)}
 	if err := w.s.submit(j); err != nil {
 		w.s.discard(j)
 		return fmt.Errorf("spool: commit %s: %w", w.id, err)
