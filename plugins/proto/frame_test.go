@@ -12,8 +12,8 @@ import (
 func wireFrames() []*Frame {
 	req := &RunRequest{Phase: Phase_PHASE_DATA, Stage: "spam",
 		Transaction: &Transaction{QueueId: "Q1", From: []byte("a@b.test"), Rcpts: [][]byte{[]byte("c@d.test"), []byte("e@f.test")},
-			Client: &Client{Addr: "192.0.2.1", Port: 2525, Name: "mx.b.test", Helo: []byte("mx"), Tls: "TLS1.3", AuthUser: []byte("u"), Trusted: true},
-			Header: []*HeaderField{{Name: []byte("Subject"), Value: []byte("hi"), Raw: []byte("Subject:hi")}},
+			Client:  &Client{Addr: "192.0.2.1", Port: 2525, Name: "mx.b.test", Helo: []byte("mx"), Tls: "TLS1.3", AuthUser: []byte("u"), Trusted: true},
+			Header:  []*HeaderField{{Name: []byte("Subject"), Value: []byte("hi"), Raw: []byte("Subject:hi")}},
 			Results: []*Result{{Stage: "spf", Kind: "spf", Action: Action_ACTION_CONTINUE, Score: -0.5, Result: []byte("pass"), Reason: []byte("r"), Errored: true}}},
 		Body: &Body{Source: &Body_File{File: &FileRef{Path: "/spool/msg/Q1", Offset: 120, Length: 5000}}}}
 	verdict := &Verdict{Action: Action_ACTION_REJECT, Score: 7.25, Result: []byte("spam"), Reason: []byte("why"),

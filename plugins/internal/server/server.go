@@ -393,14 +393,7 @@ type fileBody struct {
 func (b fileBody) Size() int64 { return b.size }
 
 func (b fileBody) Open() (io.ReadCloser, error) {
-	f, err := os.Open(b.path)
-	if err != nil {
-		return nil, fmt.Errorf("open body: %w", err)
-	}
-	return struct {
-		io.Reader
-		io.Closer
-	}{io.NewSectionReader(f, b.offset, b.size), f}, nil
+	return openRange(b.path, b.offset, b.size)
 }
 
 // sectionBody is a body spilled by RunStream; readers share the file
