@@ -19,12 +19,14 @@ var ErrOlderSchema = errors.New("database schema is older than this mailgate")
 // OpenSQLiteReadOnly opens the SQLite database in the file path to read
 // it, never to write it: nothing is created or migrated (SQLite's
 // mode=ro), so that a command run beside the gateway, by a user who may
-// read the file but not write it or by root, changes no byte of it. While
-// no gateway has it open it has no write-ahead log, and a reader that may
-// not make the log's index beside it (a directory it may not write) reads
-// the file as immutable: it holds everything then. A schema other than
-// this mailgate's is refused (ErrNewerSchema, ErrOlderSchema): the
-// queries are this version's.
+// read the file but not write it or by root, changes no byte of it and
+// makes no file beside it. While no gateway has it open it has no
+// write-ahead log, and it is read as immutable: it holds everything then,
+// and a read-only connection to a database in WAL mode would make the
+// log's index beside it, owned by whoever ran the command (root), where
+// the gateway must write it when it starts. A schema other than this
+// mailgate's is refused (ErrNewerSchema, ErrOlderSchema): the queries are
+// this version's.
 func OpenSQLiteReadOnly(ctx context.Context, path string, o Options) (*Store, error) {
 	o.defaults()
 	abs, err := filepath.Abs(path)
@@ -32,12 +34,11 @@ func OpenSQLiteReadOnly(ctx context.Context, path string, o Options) (*Store, er
 		return nil, fmt.Errorf("sqlite %s: %w", path, err)
 	}
 	check := func(s *Store) error { return s.checkSchema(ctx, false) }
-	s, err := openReadOnly(abs, o, "", check)
-	if err != nil && !errors.Is(err, ErrNewerSchema) && !errors.Is(err, ErrOlderSchema) {
-		if _, werr := os.Stat(abs + "-wal"); errors.Is(werr, fs.ErrNotExist) {
-			s, err = openReadOnly(abs, o, "&immutable=1", check)
-		}
+	params := "" // beside a gateway: through its log
+	if _, werr := os.Stat(abs + "-wal"); errors.Is(werr, fs.ErrNotExist) {
+		params = "&immutable=1"
 	}
+	s, err := openReadOnly(abs, o, params, check)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite %s (read-only): %w", path, err)
 	}

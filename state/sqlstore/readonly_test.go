@@ -49,6 +49,14 @@ func TestOpenSQLiteReadOnly(t *testing.T) {
 	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
 		t.Fatal("the read-only open changed the file")
 	}
+	// Nothing made beside it either: a reader run as root (mailgate
+	// test) would leave a log and its index owned by root, which the
+	// gateway, running as its own user, could not open when it starts.
+	for _, extra := range []string{"-wal", "-shm", "-journal"} {
+		if _, err := os.Stat(path + extra); err == nil {
+			t.Errorf("the read-only open left %s beside the database", filepath.Base(path+extra))
+		}
+	}
 
 	// Beside a gateway that has it open (a write-ahead log).
 	rw = openSQLite(t, path, "a")
