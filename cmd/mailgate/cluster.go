@@ -37,14 +37,9 @@ commands talk to it, not to a running gateway.
 `
 
 func cmdCluster(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, clusterUsage)
-		return errUsage
-	}
-	sub := args[0]
-	if isHelp(sub) {
-		fmt.Fprint(stdout, clusterUsage)
-		return nil
+	sub, done, err := subcommand(args, clusterUsage, stdout, stderr)
+	if done {
+		return err
 	}
 	o := newOpFlags("cluster "+sub, stderr, clusterUsage)
 	if sub != "status" && sub != "import" {

@@ -97,6 +97,21 @@ func configName(cfg *policy.Config) string {
 	return cfg.File
 }
 
+// subcommand is the subcommand args start with, of a command whose usage
+// is usage. No subcommand is a usage error, and help prints usage: done
+// says the command ends there, with err.
+func subcommand(args []string, usage string, stdout, stderr io.Writer) (sub string, done bool, err error) {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return "", true, errUsage
+	}
+	if isHelp(args[0]) {
+		fmt.Fprint(stdout, usage)
+		return "", true, nil
+	}
+	return args[0], false, nil
+}
+
 // isHelp reports whether arg asks for help, which exits 0.
 func isHelp(arg string) bool {
 	switch arg {
@@ -107,14 +122,9 @@ func isHelp(arg string) bool {
 }
 
 func cmdQueue(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, queueUsage)
-		return errUsage
-	}
-	sub := args[0]
-	if isHelp(sub) {
-		fmt.Fprint(stdout, queueUsage)
-		return nil
+	sub, done, err := subcommand(args, queueUsage, stdout, stderr)
+	if done {
+		return err
 	}
 	o := newOpFlags("queue "+sub, stderr, queueUsage)
 	var sel selection
@@ -307,14 +317,9 @@ func printEnvelope(w io.Writer, env *spool.Envelope) error {
 }
 
 func cmdQuarantine(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, quarantineUsage)
-		return errUsage
-	}
-	sub := args[0]
-	if isHelp(sub) {
-		fmt.Fprint(stdout, quarantineUsage)
-		return nil
+	sub, done, err := subcommand(args, quarantineUsage, stdout, stderr)
+	if done {
+		return err
 	}
 	o := newOpFlags("quarantine "+sub, stderr, quarantineUsage)
 	var sel selection
