@@ -22,11 +22,25 @@
 // every HeartbeatEvery, and `mailgate cluster status` lists them. A node
 // starts whether PostgreSQL answers or not, and connects (migrating the
 // schema) when it does.
+//
+// A node's name must be its own: claims go by name, the DMARC records
+// of a node are stored once under their name and key, and the
+// quarantine's releases under way are the name's. Each heartbeat tells
+// by the row it replaces whether another live process writes under the
+// name (state.NameWatch: a restart is no clash). While one does, both
+// log an error and say "node name: degraded" in Engines and /healthz;
+// the younger process claims nothing (Store's Claims answer false
+// without asking) and leaves its DMARC day files on disk; neither ends
+// the releases under way under the name that its journal does not know
+// (quarantine.Share's mine), which a process does only once a heartbeat
+// found the row as the one before left it. The clash ends StaleAfter
+// after the other's last heartbeat.
 package cluster
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -62,6 +76,10 @@ type Node struct {
 	limits  *ratelimit.File   // the rate limits' state on one node
 	quar    *quarantine.Shared
 	local   *sqlstore.Store // the store of one node, under data_dir; nil with [cluster] postgres
+	// beatEvery is HeartbeatEvery, and names.StaleAfter StaleAfter,
+	// but in tests.
+	beatEvery time.Duration
+	names     state.NameWatch // whether another live process reports under the node's name
 
 	mu      sync.Mutex
 	store   *sqlstore.Store // nil without [cluster] postgres, and until it answered
@@ -76,7 +94,10 @@ type Node struct {
 // later if it did not answer. Metrics of the engines are registered with
 // reg; version is what the node reports of itself.
 func Open(ctx context.Context, cfg *policy.Config, log *slog.Logger, reg prometheus.Registerer, version string) (*Node, error) {
-	n := &Node{cfg: cfg, log: log, version: version, started: time.Now()}
+	// Started as the store keeps it, to the microsecond: the instance
+	// that NameWatch tells by.
+	n := &Node{cfg: cfg, log: log, version: version, started: time.Now().UTC().Truncate(time.Microsecond),
+		beatEvery: HeartbeatEvery, names: state.NameWatch{StaleAfter: StaleAfter}}
 	if cfg.Cluster.Redis != "" {
 		var err error
 		if n.redis, err = redisconn.Open(cfg.StageEnv().Redis, log); err != nil {
@@ -189,7 +210,9 @@ func (n *Node) OpenQuarantine() (*quarantine.Shared, error) {
 			return nil
 		}
 	}
-	n.quar, err = quarantine.Share(local, shared, n.cfg.Cluster.Node, n.log)
+	// The releases under way under the node's name are this process's
+	// to end only while no other live process reports under it.
+	n.quar, err = quarantine.Share(local, shared, n.cfg.Cluster.Node, n.names.Settled, n.log)
 	return n.quar, err
 }
 
@@ -223,7 +246,7 @@ func (n *Node) Run(ctx context.Context, report func() (configHash, health string
 		})
 		wg.Go(func() { n.collectDMARC(ctx) })
 	}
-	t := time.NewTicker(HeartbeatEvery)
+	t := time.NewTicker(n.beatEvery)
 	defer t.Stop()
 	for {
 		switch {
@@ -276,12 +299,36 @@ func (n *Node) Expire(now time.Time, traceRetention time.Duration) error {
 	return err
 }
 
+// heartbeat reports the node to the registry, and tells by the row it
+// replaces whether another live process reports under the same name
+// (state.NameWatch).
 func (n *Node) heartbeat(ctx context.Context, hash, health string) {
-	err := n.pg().Nodes().Heartbeat(ctx, state.Node{Name: n.cfg.Cluster.Node, Version: n.version,
-		ConfigHash: hash, Health: health, Started: n.started})
+	me := state.Node{Name: n.cfg.Cluster.Node, Version: n.version, ConfigHash: hash, Health: health,
+		Started: n.started, Heartbeat: time.Now().UTC().Truncate(time.Microsecond)}
+	was, err := n.pg().Nodes().Heartbeat(ctx, me)
 	if ctx.Err() == nil {
 		n.done(err)
 	}
+	if err != nil {
+		n.names.Failed(me)
+		return
+	}
+	switch begun, ended := n.names.Beat(was, me); {
+	case begun:
+		n.log.Error("another live process reports under this node's name: give each node its own [cluster] node",
+			"node", me.Name, "other_started", was.Started, "other_version", was.Version, "started", me.Started, "note", n.nameDuty())
+	case ended:
+		n.log.Info("no other process reports under this node's name any more", "node", me.Name)
+	}
+}
+
+// nameDuty says what this process does while another reports under its
+// name.
+func (n *Node) nameDuty() string {
+	if n.names.Yields() {
+		return "this process started later: it claims nothing and keeps its DMARC records on disk until the other stops"
+	}
+	return "this process started first: it keeps its duties"
 }
 
 func up(err error) float64 {
@@ -351,6 +398,11 @@ func (n *Node) health(ctx context.Context, probe bool) admin.Health {
 			c.Status, c.Detail, c.Since = admin.Degraded, "unreachable: "+err.Error(), since
 		}
 		h = append(h, c)
+		if other, since, clash := n.names.Clash(); clash {
+			h = append(h, admin.Check{Name: "node name", Status: admin.Degraded, Since: since,
+				Detail: fmt.Sprintf("another live process reports as node %q (started %s, version %s): give each node its own [cluster] node; %s",
+					n.cfg.Cluster.Node, other.Started.Format(time.RFC3339), other.Version, n.nameDuty())})
+		}
 	}
 	return h
 }

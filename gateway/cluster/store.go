@@ -185,8 +185,8 @@ func (a sharedAudit) Entries(ctx context.Context, f state.AuditFilter) ([]state.
 	return call(a.n, func(s *sqlstore.Store) ([]state.AuditEntry, error) { return s.Audit().Entries(ctx, f) })
 }
 
-func (r sharedNodes) Heartbeat(ctx context.Context, nd state.Node) error {
-	return do(r.n, func(s *sqlstore.Store) error { return s.Nodes().Heartbeat(ctx, nd) })
+func (r sharedNodes) Heartbeat(ctx context.Context, nd state.Node) (state.Node, error) {
+	return call(r.n, func(s *sqlstore.Store) (state.Node, error) { return s.Nodes().Heartbeat(ctx, nd) })
 }
 
 func (r sharedNodes) List(ctx context.Context) ([]state.Node, error) {
@@ -197,7 +197,13 @@ func (r sharedNodes) Remove(ctx context.Context, name string) error {
 	return do(r.n, func(s *sqlstore.Store) error { return s.Nodes().Remove(ctx, name) })
 }
 
+// Claim answers false without asking while another live process reports
+// under the node's name and this one is the younger (state.NameWatch):
+// the older claims, once for the name.
 func (c sharedClaims) Claim(ctx context.Context, key, node string) (bool, error) {
+	if c.n.names.Yields() {
+		return false, nil
+	}
 	return call(c.n, func(s *sqlstore.Store) (bool, error) { return s.Claims().Claim(ctx, key, node) })
 }
 
