@@ -15,17 +15,17 @@ type nodes Store
 // same moment, PostgreSQL makes the second wait for the first to commit,
 // and the second reads what the first wrote; SQLite runs one
 // transaction at a time.
-func (n *nodes) Heartbeat(ctx context.Context, node state.Node) (state.Node, error) {
+func (n *nodes) Heartbeat(ctx context.Context, node state.Node) (_ state.Node, err error) {
 	if node.Name == "" {
 		return state.Node{}, errors.New("node heartbeat: no name")
 	}
 	if node.Heartbeat.IsZero() {
 		node.Heartbeat = now()
 	}
-	ctx, cancel := (*Store)(n).ctx(ctx)
-	defer cancel()
+	ctx, end := (*Store)(n).op(ctx)
+	defer end(&err)
 	var was state.Node
-	err := n.db.inTx(ctx, func(tx querier) error {
+	err = n.db.inTx(ctx, func(tx querier) error {
 		if _, err := tx.exec(ctx, "UPDATE nodes SET heartbeat = heartbeat WHERE name = $1", node.Name); err != nil {
 			return err
 		}
@@ -68,9 +68,9 @@ func scanNode(rs rows) (state.Node, error) {
 }
 
 // List implements state.Nodes.
-func (n *nodes) List(ctx context.Context) ([]state.Node, error) {
-	ctx, cancel := (*Store)(n).ctx(ctx)
-	defer cancel()
+func (n *nodes) List(ctx context.Context) (_ []state.Node, err error) {
+	ctx, end := (*Store)(n).op(ctx)
+	defer end(&err)
 	rs, err := n.db.query(ctx, "SELECT "+nodeColumns+" FROM nodes ORDER BY name")
 	if err != nil {
 		return nil, fmt.Errorf("nodes: %w", err)
@@ -91,9 +91,9 @@ func (n *nodes) List(ctx context.Context) ([]state.Node, error) {
 }
 
 // Remove implements state.Nodes.
-func (n *nodes) Remove(ctx context.Context, name string) error {
-	ctx, cancel := (*Store)(n).ctx(ctx)
-	defer cancel()
+func (n *nodes) Remove(ctx context.Context, name string) (err error) {
+	ctx, end := (*Store)(n).op(ctx)
+	defer end(&err)
 	c, err := n.db.exec(ctx, "DELETE FROM nodes WHERE name = $1", name)
 	if err == nil && c == 0 {
 		err = state.ErrNotFound
