@@ -6,6 +6,10 @@
 // Open runs the schema's migrations (embedded, numbered; the version is in
 // the table schema_version) before anything else, and refuses a database
 // a newer mailgate has migrated (ErrNewerSchema).
+//
+// Every operation begins with op: its timeout, and, for the PostgreSQL
+// a cluster's nodes share, the Gate of Options that fails it at once
+// while the database is known to be away (stages/failfast).
 package sqlstore
 
 import (
