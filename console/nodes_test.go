@@ -35,7 +35,7 @@ func TestNodesPage(t *testing.T) {
 		{Name: "mx2", Version: "v1", ConfigHash: "aaaaaaaaaaaaaaaaaaaa", Health: "degraded: redis", Started: now.Add(-time.Hour), Heartbeat: now},
 		{Name: "mx3", Version: "v1", ConfigHash: "bbbbbbbbbbbbbbbbbbbb", Health: "ok", Started: now.Add(-time.Hour), Heartbeat: now.Add(-time.Minute)},
 	} {
-		if err := st.Nodes().Heartbeat(context.Background(), n); err != nil {
+		if _, err := st.Nodes().Heartbeat(context.Background(), n); err != nil {
 			t.Fatal(err)
 		}
 	}

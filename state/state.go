@@ -428,8 +428,11 @@ type Node struct {
 // are judged by the reader's (NodeStatus), so the nodes' clocks must
 // agree within the allowed gap, as NTP keeps them.
 type Nodes interface {
-	// Heartbeat records n, replacing what the node reported before.
-	Heartbeat(ctx context.Context, n Node) error
+	// Heartbeat records n, replacing what was reported under its name
+	// before, and returns that (the zero Node if nothing was), read in
+	// the same transaction: of two processes reporting under one name
+	// at the same moment, one reads what the other wrote (NameWatch).
+	Heartbeat(ctx context.Context, n Node) (was Node, err error)
 	// List returns every node that ever reported, by name; NodeStatus
 	// tells the live from the stale.
 	List(ctx context.Context) ([]Node, error)

@@ -97,3 +97,28 @@ func TestNodeStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestNameWatchLostAnswer: a heartbeat that failed as far as the process
+// knows, but was committed (the answer was lost with the connection), is
+// the process's own writing when the next heartbeat finds it, not a
+// clash; a heartbeat of the same instance this process never wrote is.
+func TestNameWatchLostAnswer(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	w := &NameWatch{StaleAfter: 30 * time.Second}
+	at := func(s int) Node {
+		return Node{Name: "mx", Started: start, Heartbeat: start.Add(time.Duration(s) * time.Second)}
+	}
+	w.Beat(Node{}, at(0))
+	w.Failed(at(5))
+	if begun, _ := w.Beat(at(5), at(10)); begun {
+		t.Fatal("a heartbeat whose answer was lost makes a clash")
+	}
+	if !w.Settled() {
+		t.Fatal("not settled after a heartbeat found its own writing")
+	}
+	// A copy of this very process (a machine cloned running): the same
+	// instance, heartbeats this one did not write.
+	if begun, _ := w.Beat(at(12), at(15)); !begun || w.Settled() || !w.Yields() {
+		t.Fatalf("a clone's heartbeat: begun %v, settled %v, yields %v; want a clash in which both yield", begun, w.Settled(), w.Yields())
+	}
+}

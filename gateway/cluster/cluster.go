@@ -22,11 +22,25 @@
 // every HeartbeatEvery, and `mailgate cluster status` lists them. A node
 // starts whether PostgreSQL answers or not, and connects (migrating the
 // schema) when it does.
+//
+// A node's name must be its own: claims go by name, the DMARC records
+// of a node are stored once under their name and key, and the
+// quarantine's releases under way are the name's. Each heartbeat tells
+// by the row it replaces whether another live process writes under the
+// name (state.NameWatch: a restart is no clash). While one does, both
+// log an error and say "node name: degraded" in Engines and /healthz;
+// the younger process claims nothing (Store's Claims answer false
+// without asking) and leaves its DMARC day files on disk; neither ends
+// the releases under way under the name that its journal does not know
+// (quarantine.Share's mine), which a process does only once a heartbeat
+// found the row as the one before left it. The clash ends StaleAfter
+// after the other's last heartbeat.
 package cluster
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -38,6 +52,7 @@ import (
 	"github.com/mailgate/mailgate/gateway/quarantine"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/policy/ratelimit"
+	"github.com/mailgate/mailgate/stages/failfast"
 	"github.com/mailgate/mailgate/stages/recstore"
 	"github.com/mailgate/mailgate/stages/redisconn"
 	"github.com/mailgate/mailgate/state"
@@ -62,13 +77,14 @@ type Node struct {
 	limits  *ratelimit.File   // the rate limits' state on one node
 	quar    *quarantine.Shared
 	local   *sqlstore.Store // the store of one node, under data_dir; nil with [cluster] postgres
-
-	mu      sync.Mutex
-	store   *sqlstore.Store // nil without [cluster] postgres, and until it answered
-	pgErr   error           // why PostgreSQL is not usable; nil while it answers
-	pgSince time.Time       // when pgErr was first set
-	pgUp    time.Time       // while pgErr is nil: since when PostgreSQL answers
-	probeAt time.Time       // while pgErr is set: when an operation may try again (use)
+	// beatEvery is HeartbeatEvery, and names.StaleAfter StaleAfter,
+	// but in tests.
+	beatEvery time.Duration
+	names     state.NameWatch // whether another live process reports under the node's name
+	// store is the cluster's PostgreSQL, nil without [cluster] postgres;
+	// pg says whether it answers (every operation of store passes it).
+	store *sqlstore.Store
+	pg    *failfast.Gate
 }
 
 // Open opens the engines cfg's [cluster] names. Redis need not be up;
@@ -76,7 +92,10 @@ type Node struct {
 // later if it did not answer. Metrics of the engines are registered with
 // reg; version is what the node reports of itself.
 func Open(ctx context.Context, cfg *policy.Config, log *slog.Logger, reg prometheus.Registerer, version string) (*Node, error) {
-	n := &Node{cfg: cfg, log: log, version: version, started: time.Now()}
+	// Started as the store keeps it, to the microsecond: the instance
+	// that NameWatch tells by.
+	n := &Node{cfg: cfg, log: log, version: version, started: time.Now().UTC().Truncate(time.Microsecond),
+		beatEvery: HeartbeatEvery, names: state.NameWatch{StaleAfter: StaleAfter}}
 	if cfg.Cluster.Redis != "" {
 		var err error
 		if n.redis, err = redisconn.Open(cfg.StageEnv().Redis, log); err != nil {
@@ -97,79 +116,32 @@ func Open(ctx context.Context, cfg *policy.Config, log *slog.Logger, reg prometh
 			return nil, err
 		}
 	} else {
+		cl := cfg.Cluster
+		n.pg = failfast.New(failfast.Config{Down: state.ErrUnavailable, Retry: probeEvery, Log: log,
+			Away: "postgres unreachable; the node takes mail and tries again", Back: "postgres answers again"})
+		var err error
+		if n.store, err = sqlstore.NewPostgres(cl.Postgres, sqlstore.Options{Node: cl.Node, Timeout: time.Duration(cl.Timeout),
+			ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: int32(cl.MaxConns), Gate: n.pg}); err != nil {
+			n.Close()
+			return nil, err
+		}
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailgate_cluster_postgres_up",
 			Help: "1 while the cluster's PostgreSQL answered the node's last operation, 0 while it is unreachable."},
-			func() float64 { return up(n.postgresErr()) }))
-		ctx, cancel := context.WithTimeout(ctx, time.Duration(cfg.Cluster.ConnectTimeout))
+			func() float64 { return up(n.pg.Err()) }))
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(cl.ConnectTimeout))
 		defer cancel()
-		n.connect(ctx)
+		n.store.Connect(ctx)
 	}
 	return n, nil
-}
-
-// connect opens the store in PostgreSQL, migrating its schema, unless it
-// is open already; it reports whether it is. Only Open and then Run call
-// it, one after the other.
-func (n *Node) connect(ctx context.Context) bool {
-	if n.pg() != nil {
-		return true
-	}
-	cl := n.cfg.Cluster
-	s, err := sqlstore.OpenPostgres(ctx, cl.Postgres, sqlstore.Options{Node: cl.Node,
-		Timeout: time.Duration(cl.Timeout), ConnectTimeout: time.Duration(cl.ConnectTimeout), MaxConns: int32(cl.MaxConns)})
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if err != nil {
-		if n.pgErr == nil {
-			n.log.Warn("postgres unreachable; the node takes mail and connects when it answers", "err", err)
-			n.pgSince = time.Now()
-		}
-		n.pgErr = err
-		return false
-	}
-	if n.pgErr != nil {
-		n.log.Info("postgres connected", "was", n.pgErr.Error())
-	}
-	n.store, n.pgErr, n.pgUp = s, nil, time.Now()
-	return true
-}
-
-func (n *Node) pg() *sqlstore.Store {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.store
-}
-
-// result records whether PostgreSQL answered an operation.
-func (n *Node) result(err error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	switch {
-	case err != nil && n.pgErr == nil:
-		n.log.Warn("postgres unreachable", "err", err)
-		n.pgSince = time.Now()
-	case err == nil && n.pgErr != nil:
-		n.log.Info("postgres answers again", "was", n.pgErr.Error())
-		n.pgUp = time.Now()
-	}
-	n.pgErr = err
 }
 
 // answeringFor is how long PostgreSQL has answered the node at now: 0
 // while it does not.
 func (n *Node) answeringFor(now time.Time) time.Duration {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.store == nil || n.pgErr != nil {
+	if !n.store.Connected() || n.pg.Err() != nil {
 		return 0
 	}
-	return now.Sub(n.pgUp)
-}
-
-func (n *Node) postgresErr() error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.pgErr
+	return now.Sub(n.pg.UpSince())
 }
 
 // OpenQuarantine opens the node's quarantine: under data_dir on one
@@ -183,13 +155,15 @@ func (n *Node) OpenQuarantine() (*quarantine.Shared, error) {
 	var shared func() state.Quarantine
 	if n.cfg.Cluster.Postgres != "" {
 		shared = func() state.Quarantine {
-			if n.pg() != nil {
+			if n.store.Connected() {
 				return n.Store().Quarantine() // failing at once while PostgreSQL is away
 			}
 			return nil
 		}
 	}
-	n.quar, err = quarantine.Share(local, shared, n.cfg.Cluster.Node, n.log)
+	// The releases under way under the node's name are this process's
+	// to end only while no other live process reports under it.
+	n.quar, err = quarantine.Share(local, shared, n.cfg.Cluster.Node, n.names.Settled, n.log)
 	return n.quar, err
 }
 
@@ -215,19 +189,19 @@ func (n *Node) Run(ctx context.Context, report func() (configHash, health string
 	if pg {
 		wg.Go(func() {
 			trace.Ship(ctx, filepath.Join(n.cfg.DataDir, "trace"), func() trace.Appender {
-				if s := n.pg(); s != nil {
-					return s.Traces()
+				if n.store.Connected() {
+					return n.store.Traces()
 				}
 				return nil
 			}, n.log)
 		})
 		wg.Go(func() { n.collectDMARC(ctx) })
 	}
-	t := time.NewTicker(HeartbeatEvery)
+	t := time.NewTicker(n.beatEvery)
 	defer t.Stop()
 	for {
 		switch {
-		case pg && n.connect(ctx):
+		case pg && n.store.Connect(ctx) == nil:
 			hash, health := report()
 			n.heartbeat(ctx, hash, health)
 		case n.redis != nil:
@@ -235,7 +209,7 @@ func (n *Node) Run(ctx context.Context, report func() (configHash, health string
 		}
 		select {
 		case <-ctx.Done():
-			if n.pg() != nil {
+			if pg && n.store.Connected() {
 				// The gateway is stopping: a last word, bounded.
 				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.cfg.Cluster.Timeout))
 				hash, _ := report()
@@ -259,7 +233,7 @@ const keepClaims = 14 * 24 * time.Hour
 // DMARC records of days reported. A store that does not answer is left
 // for the next time.
 func (n *Node) Expire(now time.Time, traceRetention time.Duration) error {
-	if n.cfg.Cluster.Postgres != "" && n.pg() == nil {
+	if n.store != nil && !n.store.Connected() {
 		return nil
 	}
 	ctx, st := context.Background(), n.Store()
@@ -276,12 +250,33 @@ func (n *Node) Expire(now time.Time, traceRetention time.Duration) error {
 	return err
 }
 
+// heartbeat reports the node to the registry, and tells by the row it
+// replaces whether another live process reports under the same name
+// (state.NameWatch).
 func (n *Node) heartbeat(ctx context.Context, hash, health string) {
-	err := n.pg().Nodes().Heartbeat(ctx, state.Node{Name: n.cfg.Cluster.Node, Version: n.version,
-		ConfigHash: hash, Health: health, Started: n.started})
-	if ctx.Err() == nil {
-		n.done(err)
+	me := state.Node{Name: n.cfg.Cluster.Node, Version: n.version, ConfigHash: hash, Health: health,
+		Started: n.started, Heartbeat: time.Now().UTC().Truncate(time.Microsecond)}
+	was, err := n.store.Nodes().Heartbeat(ctx, me)
+	if err != nil {
+		n.names.Failed(me)
+		return
 	}
+	switch begun, ended := n.names.Beat(was, me); {
+	case begun:
+		n.log.Error("another live process reports under this node's name: give each node its own [cluster] node",
+			"node", me.Name, "other_started", was.Started, "other_version", was.Version, "started", me.Started, "note", n.nameDuty())
+	case ended:
+		n.log.Info("no other process reports under this node's name any more", "node", me.Name)
+	}
+}
+
+// nameDuty says what this process does while another reports under its
+// name.
+func (n *Node) nameDuty() string {
+	if n.names.Yields() {
+		return "this process started later: it claims nothing and keeps its DMARC records on disk until the other stops"
+	}
+	return "this process started first: it keeps its duties"
 }
 
 func up(err error) float64 {
@@ -336,21 +331,24 @@ func (n *Node) health(ctx context.Context, probe bool) admin.Health {
 	}
 	if n.cfg.Cluster.Postgres != "" {
 		c := admin.Check{Name: "postgres", Status: admin.OK, Detail: "reachable"}
-		if s := n.pg(); s != nil && probe {
+		if probe && n.store.Connected() {
 			// Off the caller's context: a /healthz client that hangs up
 			// says nothing of PostgreSQL.
-			n.done(s.Ping(context.WithoutCancel(ctx)))
+			n.store.Ping(context.WithoutCancel(ctx))
 		}
-		n.mu.Lock()
-		err, since := n.pgErr, n.pgSince
-		if n.store == nil && err == nil {
+		err, since := n.pg.Err(), n.pg.DownSince()
+		if !n.store.Connected() && err == nil {
 			err, since = errors.New("not connected yet"), n.started
 		}
-		n.mu.Unlock()
 		if err != nil {
 			c.Status, c.Detail, c.Since = admin.Degraded, "unreachable: "+err.Error(), since
 		}
 		h = append(h, c)
+		if other, since, clash := n.names.Clash(); clash {
+			h = append(h, admin.Check{Name: "node name", Status: admin.Degraded, Since: since,
+				Detail: fmt.Sprintf("another live process reports as node %q (started %s, version %s): give each node its own [cluster] node; %s",
+					n.cfg.Cluster.Node, other.Started.Format(time.RFC3339), other.Version, n.nameDuty())})
+		}
 	}
 	return h
 }
@@ -367,7 +365,7 @@ func (n *Node) Close() {
 	if n.redis != nil {
 		n.redis.Close()
 	}
-	if s := n.pg(); s != nil {
-		s.Close()
+	if n.store != nil {
+		n.store.Close()
 	}
 }

@@ -102,8 +102,14 @@ func (n *Node) collectDMARC(ctx context.Context) {
 
 // round sends what is new in the stage's day files, then claims the
 // days ended; a day is claimed only once this node's own records of it
-// are all in the store.
+// are all in the store. The younger of two live processes under one
+// name (state.NameWatch) does neither: the store would keep one of two
+// records under the same name and key, and the files wait on its disk
+// until the other stops.
 func (c *dmarcCollector) round(ctx context.Context, now time.Time) error {
+	if c.n.names.Yields() {
+		return nil
+	}
 	st := c.n.Store()
 	if err := c.ship(ctx, st, now); err != nil {
 		return err

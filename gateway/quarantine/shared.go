@@ -47,8 +47,11 @@ type Shared struct {
 	// itself on one node.
 	store func() state.Quarantine
 	node  string
-	log   *slog.Logger
-	dir   string // the journal of releases under way
+	// mine reports whether the releases under way under node in the
+	// shared store are this process's alone (nil: always).
+	mine func() bool
+	log  *slog.Logger
+	dir  string // the journal of releases under way
 
 	// mu makes changes one at a time on this node: a release (local or
 	// shared), a delete, the spill's move and the journal's settling.
@@ -65,9 +68,12 @@ const MoveEvery = 2 * time.Second
 
 // Share returns the quarantine of a node whose own store is local; store
 // is nil on one node, and returns the cluster's shared store (nil while
-// it is not reached) otherwise; node names this node in it.
-func Share(local *Store, store func() state.Quarantine, node string, log *slog.Logger) (*Shared, error) {
-	s := &Shared{local: local, store: store, node: node, log: log, dir: filepath.Join(local.dir, "releases")}
+// it is not reached) otherwise; node names this node in it. mine, if not
+// nil, reports whether no other live process acts under node: until it
+// does, settle leaves alone the releases under way under node that the
+// journal does not know, for they may be the other's.
+func Share(local *Store, store func() state.Quarantine, node string, mine func() bool, log *slog.Logger) (*Shared, error) {
+	s := &Shared{local: local, store: store, node: node, mine: mine, log: log, dir: filepath.Join(local.dir, "releases")}
 	if store != nil {
 		if err := os.MkdirAll(s.dir, 0o700); err != nil {
 			return nil, fmt.Errorf("open quarantine: %w", err)
@@ -318,8 +324,9 @@ func (s *Shared) journalEntries() (map[string]journalEntry, error) {
 
 // settle tells the shared store how the releases of the journal ended,
 // and ends those it has under way on this node that the journal does not
-// know (their copy was never committed: the entry is written first).
-// Under s.mu; failures are left for the next round.
+// know (their copy was never committed: the entry is written first),
+// once the node's name is this process's alone (mine). Under s.mu;
+// failures are left for the next round.
 func (s *Shared) settle(q state.Quarantine) {
 	entries, err := s.journalEntries()
 	if err != nil {
@@ -334,6 +341,9 @@ func (s *Shared) settle(q state.Quarantine) {
 			return
 		}
 		os.Remove(s.journalPath(id))
+	}
+	if s.mine != nil && !s.mine() {
+		return
 	}
 	under, err := q.List(context.Background(), state.QuarantineFilter{ReleasingOn: s.node})
 	if err != nil {

@@ -52,7 +52,7 @@ func (n *node) reopen(t *testing.T, name string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.q, err = Share(local, func() state.Quarantine { return n.store.Quarantine() }, name, slog.New(slog.DiscardHandler))
+	n.q, err = Share(local, func() state.Quarantine { return n.store.Quarantine() }, name, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@
 // unreachable: after a command fails for want of an answer (refused,
 // reset, timed out), the commands of the next second fail at once with
 // ErrDown, and then one command at a time tries Redis again, until one
-// gets an answer. Each user fails open on an error (a limit passes, a
+// gets an answer (stages/failfast). Each user fails open on an error (a limit passes, a
 // triplet is not greylisted) and says so in its log and metrics; none
 // needs to be told that Redis is back.
 package redisconn
@@ -20,13 +20,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/failfast"
 )
 
 // URL forms (README: Cluster):
@@ -122,15 +122,9 @@ func (goRedisLog) Printf(ctx context.Context, format string, v ...any) {
 // Its commands are go-redis's (it embeds redis.UniversalClient).
 type Client struct {
 	redis.UniversalClient
-	log *slog.Logger
 
 	failures atomic.Uint64 // commands that found Redis away, or failed fast
-
-	mu      sync.Mutex
-	lastErr error     // nil while Redis answers
-	since   time.Time // while lastErr is set: when Redis was first found away
-	retryAt time.Time // while down: when one command may try again
-	probing bool      // while down: a command is trying
+	gate     *failfast.Gate
 }
 
 // Open returns a client of the server, Sentinels or Cluster that r.URL
@@ -153,10 +147,9 @@ func Open(r stages.Redis, log *slog.Logger) (*Client, error) {
 	if o.MaxConns <= 0 {
 		o.MaxConns = 10
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	c := &Client{log: log}
+	c := &Client{gate: failfast.New(failfast.Config{Down: ErrDown, Retry: retryAfter, Log: log,
+		Away: "redis unreachable; what is kept there fails open (rate limits pass, greylisting and the pre-greet cache are skipped) until it answers",
+		Back: "redis answers again"})}
 	// go-redis retries a failed command 3 times by default: at most once
 	// here, so that a command is bounded by about two timeouts and the
 	// fail-fast state learns of a failure soon.
@@ -180,22 +173,11 @@ func Open(r stages.Redis, log *slog.Logger) (*Client, error) {
 
 // Err is nil while Redis answers, and the error that found it
 // unreachable otherwise.
-func (c *Client) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lastErr
-}
+func (c *Client) Err() error { return c.gate.Err() }
 
 // DownSince is when Redis was found unreachable, while Err is not nil;
 // zero otherwise.
-func (c *Client) DownSince() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.lastErr == nil {
-		return time.Time{}
-	}
-	return c.since
-}
+func (c *Client) DownSince() time.Time { return c.gate.DownSince() }
 
 // Failures is how many commands found Redis unreachable or failed fast
 // while it was: each one's user failed open.
@@ -205,53 +187,12 @@ func (c *Client) Failures() uint64 { return c.failures.Load() }
 // unreachable) and returns nil or why it is not usable.
 func (c *Client) Health(ctx context.Context) error { return c.Ping(ctx).Err() }
 
-// admit says whether a command may go to Redis now: always while it
-// answers; while it does not, one at a time once retryAfter has passed.
-func (c *Client) admit() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.lastErr == nil {
-		return nil
-	}
-	if c.probing || time.Now().Before(c.retryAt) {
-		return fmt.Errorf("%w: %v", ErrDown, c.lastErr)
-	}
-	c.probing = true
-	return nil
-}
-
 // admitted marks the context of a command admit let through. go-redis
 // sets a new connection up (HELLO, SELECT, …) with commands of its own
 // that pass the hooks too, under the context of the command that needs
 // the connection: they are part of that command, not commands to admit
 // (or a probe would be refused its own set-up).
 type admitted struct{}
-
-// settle records how a command that went to Redis fared, and reports
-// whether it failed while Redis was known to be unreachable already.
-func (c *Client) settle(err error) (stillDown bool) {
-	answered, down := judge(err)
-	c.mu.Lock()
-	was := c.lastErr
-	c.probing = false
-	switch {
-	case down:
-		if was == nil {
-			c.since = time.Now()
-		}
-		c.lastErr, c.retryAt = err, time.Now().Add(retryAfter)
-	case answered:
-		c.lastErr = nil
-	}
-	c.mu.Unlock()
-	switch {
-	case down && was == nil:
-		c.log.Warn("redis unreachable; what is kept there fails open (rate limits pass, greylisting and the pre-greet cache are skipped) until it answers", "err", err)
-	case answered && was != nil:
-		c.log.Info("redis answers again", "was", was.Error())
-	}
-	return down && was != nil
-}
 
 // judge tells from a command's error whether Redis answered (nil, a
 // missing key, an error reply such as NOSCRIPT) or did not (refused,
@@ -288,7 +229,7 @@ func (c *Client) around(ctx context.Context, run func(context.Context) error, cm
 	if ctx.Value(admitted{}) != nil {
 		return run(ctx)
 	}
-	if err := c.admit(); err != nil {
+	if err := c.gate.Admit(); err != nil {
 		c.failures.Add(1)
 		for _, cmd := range cmds {
 			cmd.SetErr(err)
@@ -296,10 +237,11 @@ func (c *Client) around(ctx context.Context, run func(context.Context) error, cm
 		return err
 	}
 	err := run(context.WithValue(ctx, admitted{}, true))
-	if _, down := judge(err); down {
+	answered, down := judge(err)
+	if down {
 		c.failures.Add(1)
 	}
-	if c.settle(err) {
+	if c.gate.Settle(err, answered, down) {
 		// A probe that failed: Redis is still away, as ErrDown says.
 		err = fmt.Errorf("%w: %v", ErrDown, err)
 		for _, cmd := range cmds {

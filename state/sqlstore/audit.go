@@ -10,16 +10,16 @@ import (
 type audit Store
 
 // Record implements state.Audit.
-func (a *audit) Record(ctx context.Context, e state.AuditEntry) error {
+func (a *audit) Record(ctx context.Context, e state.AuditEntry) (err error) {
 	if e.Time.IsZero() {
 		e.Time = now()
 	}
 	if e.Node == "" {
 		e.Node = a.node
 	}
-	ctx, cancel := (*Store)(a).ctx(ctx)
-	defer cancel()
-	_, err := a.db.exec(ctx, "INSERT INTO audit_log (time, node, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+	ctx, end := (*Store)(a).op(ctx)
+	defer end(&err)
+	_, err = a.db.exec(ctx, "INSERT INTO audit_log (time, node, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)",
 		micros(e.Time), e.Node, e.Actor, e.Action, e.Target, e.Detail)
 	if err != nil {
 		return fmt.Errorf("audit %s %s: %w", e.Action, e.Target, err)
@@ -28,7 +28,7 @@ func (a *audit) Record(ctx context.Context, e state.AuditEntry) error {
 }
 
 // Entries implements state.Audit.
-func (a *audit) Entries(ctx context.Context, f state.AuditFilter) ([]state.AuditEntry, error) {
+func (a *audit) Entries(ctx context.Context, f state.AuditFilter) (_ []state.AuditEntry, err error) {
 	var w where
 	if !f.Since.IsZero() {
 		w.add("time >= ?", micros(f.Since))
@@ -41,8 +41,8 @@ func (a *audit) Entries(ctx context.Context, f state.AuditFilter) ([]state.Audit
 			w.add(c.col+" = ?", c.v)
 		}
 	}
-	ctx, cancel := (*Store)(a).ctx(ctx)
-	defer cancel()
+	ctx, end := (*Store)(a).op(ctx)
+	defer end(&err)
 	rs, err := a.db.query(ctx, fmt.Sprintf("SELECT time, node, actor, action, target, detail FROM audit_log%s ORDER BY time DESC, seq DESC LIMIT %d", &w, limit(f.Limit)), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)

@@ -10,9 +10,9 @@ type claims Store
 
 // Claim implements state.Claims: the primary key lets one row per key
 // in, whoever tries at the same moment; the row says whose it is.
-func (c *claims) Claim(ctx context.Context, key, node string) (bool, error) {
-	ctx, cancel := (*Store)(c).ctx(ctx)
-	defer cancel()
+func (c *claims) Claim(ctx context.Context, key, node string) (_ bool, err error) {
+	ctx, end := (*Store)(c).op(ctx)
+	defer end(&err)
 	if _, err := c.db.exec(ctx, "INSERT INTO claims (claim_key, node, claimed) VALUES ($1, $2, $3) ON CONFLICT (claim_key) DO NOTHING", key, node, micros(now())); err != nil {
 		return false, fmt.Errorf("claim %s: %w", key, err)
 	}
@@ -24,9 +24,9 @@ func (c *claims) Claim(ctx context.Context, key, node string) (bool, error) {
 }
 
 // Expire implements state.Claims.
-func (c *claims) Expire(ctx context.Context, t time.Time) error {
-	ctx, cancel := (*Store)(c).ctx(ctx)
-	defer cancel()
+func (c *claims) Expire(ctx context.Context, t time.Time) (err error) {
+	ctx, end := (*Store)(c).op(ctx)
+	defer end(&err)
 	if _, err := c.db.exec(ctx, "DELETE FROM claims WHERE claimed < $1", micros(t)); err != nil {
 		return fmt.Errorf("expire claims: %w", err)
 	}

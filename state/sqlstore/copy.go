@@ -123,15 +123,14 @@ func (s *Store) copyRows(ctx context.Context, src *Store, query string, args []a
 
 // readRows returns the rows query selects, each the values scanned into
 // dest.
-func (s *Store) readRows(ctx context.Context, query string, args []any, dest ...any) ([][]any, error) {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
+func (s *Store) readRows(ctx context.Context, query string, args []any, dest ...any) (out [][]any, err error) {
+	ctx, end := s.op(ctx)
+	defer end(&err)
 	rs, err := s.db.query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rs.Close()
-	var out [][]any
 	for rs.Next() {
 		if err := rs.Scan(dest...); err != nil {
 			return nil, err
@@ -160,9 +159,9 @@ func (s *Store) insert(ctx context.Context, stmt string, rows [][]any) (int, err
 		batch := rows[:min(copyBatch, len(rows))]
 		rows = rows[len(batch):]
 		n := 0
-		err := func() error {
-			ctx, cancel := s.ctx(ctx)
-			defer cancel()
+		err := func() (err error) {
+			ctx, end := s.op(ctx)
+			defer end(&err)
 			return s.db.inTx(ctx, func(q querier) error {
 				for _, args := range batch {
 					changed, err := q.exec(ctx, stmt, args...)

@@ -14,15 +14,15 @@ type dmarcRecords Store
 func day(t time.Time) string { return t.UTC().Format(time.DateOnly) }
 
 // Add implements state.DMARCRecords.
-func (d *dmarcRecords) Add(ctx context.Context, r state.DMARCRecord) error {
+func (d *dmarcRecords) Add(ctx context.Context, r state.DMARCRecord) (err error) {
 	if r.Time.IsZero() {
 		r.Time = now()
 	}
-	ctx, cancel := (*Store)(d).ctx(ctx)
-	defer cancel()
+	ctx, end := (*Store)(d).op(ctx)
+	defer end(&err)
 	// A record whose key the node sent before meets the unique index
 	// and is not stored again.
-	_, err := d.db.exec(ctx, "INSERT INTO dmarc_records (day, time, node, domain, data, record_key) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+	_, err = d.db.exec(ctx, "INSERT INTO dmarc_records (day, time, node, domain, data, record_key) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
 		day(r.Time), micros(r.Time), d.node, r.Domain, r.Row, r.Key)
 	if err != nil {
 		return fmt.Errorf("dmarc record: %w", err)
@@ -31,9 +31,9 @@ func (d *dmarcRecords) Add(ctx context.Context, r state.DMARCRecord) error {
 }
 
 // Day implements state.DMARCRecords.
-func (d *dmarcRecords) Day(ctx context.Context, t time.Time) ([]state.DMARCRecord, error) {
-	ctx, cancel := (*Store)(d).ctx(ctx)
-	defer cancel()
+func (d *dmarcRecords) Day(ctx context.Context, t time.Time) (_ []state.DMARCRecord, err error) {
+	ctx, end := (*Store)(d).op(ctx)
+	defer end(&err)
 	rs, err := d.db.query(ctx, "SELECT time, domain, data FROM dmarc_records WHERE day = $1 ORDER BY seq", day(t))
 	if err != nil {
 		return nil, fmt.Errorf("dmarc records of %s: %w", day(t), err)
@@ -56,9 +56,9 @@ func (d *dmarcRecords) Day(ctx context.Context, t time.Time) ([]state.DMARCRecor
 }
 
 // Expire implements state.DMARCRecords.
-func (d *dmarcRecords) Expire(ctx context.Context, t time.Time) error {
-	ctx, cancel := (*Store)(d).ctx(ctx)
-	defer cancel()
+func (d *dmarcRecords) Expire(ctx context.Context, t time.Time) (err error) {
+	ctx, end := (*Store)(d).op(ctx)
+	defer end(&err)
 	if _, err := d.db.exec(ctx, "DELETE FROM dmarc_records WHERE day < $1", day(t)); err != nil {
 		return fmt.Errorf("expire dmarc records: %w", err)
 	}

@@ -11,16 +11,16 @@ import (
 type lists Store
 
 // Add implements state.Lists.
-func (l *lists) Add(ctx context.Context, e state.ListEntry) error {
-	e, err := state.CanonicalEntry(e)
+func (l *lists) Add(ctx context.Context, e state.ListEntry) (err error) {
+	e, err = state.CanonicalEntry(e)
 	if err != nil {
 		return err
 	}
 	if e.Added.IsZero() {
 		e.Added = now()
 	}
-	ctx, cancel := (*Store)(l).ctx(ctx)
-	defer cancel()
+	ctx, end := (*Store)(l).op(ctx)
+	defer end(&err)
 	_, err = l.db.exec(ctx, `INSERT INTO list_entries (owner, kind, sender, added, added_by) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (owner, kind, sender) DO UPDATE SET added = excluded.added, added_by = excluded.added_by`,
 		e.Owner, string(e.Kind), e.Sender, micros(e.Added), e.By)
@@ -31,13 +31,13 @@ func (l *lists) Add(ctx context.Context, e state.ListEntry) error {
 }
 
 // Remove implements state.Lists.
-func (l *lists) Remove(ctx context.Context, owner string, kind state.ListKind, sender string) error {
+func (l *lists) Remove(ctx context.Context, owner string, kind state.ListKind, sender string) (err error) {
 	e, err := state.CanonicalEntry(state.ListEntry{Owner: owner, Kind: kind, Sender: sender})
 	if err != nil {
 		return err
 	}
-	ctx, cancel := (*Store)(l).ctx(ctx)
-	defer cancel()
+	ctx, end := (*Store)(l).op(ctx)
+	defer end(&err)
 	n, err := l.db.exec(ctx, "DELETE FROM list_entries WHERE owner = $1 AND kind = $2 AND sender = $3", e.Owner, string(e.Kind), e.Sender)
 	if err == nil && n == 0 {
 		err = state.ErrNotFound
@@ -49,14 +49,14 @@ func (l *lists) Remove(ctx context.Context, owner string, kind state.ListKind, s
 }
 
 // Entries implements state.Lists.
-func (l *lists) Entries(ctx context.Context, owner string) ([]state.ListEntry, error) {
+func (l *lists) Entries(ctx context.Context, owner string) (_ []state.ListEntry, err error) {
 	var w where
 	if owner != "" {
 		// Owners are kept as keys (state.CanonicalEntry).
 		w.add("owner = ?", address.Key(owner))
 	}
-	ctx, cancel := (*Store)(l).ctx(ctx)
-	defer cancel()
+	ctx, end := (*Store)(l).op(ctx)
+	defer end(&err)
 	rs, err := l.db.query(ctx, "SELECT owner, kind, sender, added, added_by FROM list_entries"+w.String()+" ORDER BY owner, kind, sender", w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", owner, err)

@@ -19,7 +19,7 @@ const partSize = 1 << 20
 type quarantine Store
 
 // Put implements state.Quarantine.
-func (q *quarantine) Put(ctx context.Context, rec *state.QuarantineRecord, msg io.Reader) error {
+func (q *quarantine) Put(ctx context.Context, rec *state.QuarantineRecord, msg io.Reader) (err error) {
 	if rec.ID == "" {
 		return errors.New("quarantine: record without ID")
 	}
@@ -33,9 +33,9 @@ func (q *quarantine) Put(ctx context.Context, rec *state.QuarantineRecord, msg i
 	// A new message: releases are made by BeginRelease and EndRelease.
 	rec.Releasing, rec.Released, rec.ReleaseNode, rec.ReleasedAt = "", "", "", time.Time{}
 	rec.ReleasingRcpts, rec.Releases = nil, nil
-	ctx, cancel := (*Store)(q).ctx(ctx)
-	defer cancel()
-	err := q.db.inTx(ctx, func(tx querier) error {
+	ctx, end := (*Store)(q).op(ctx)
+	defer end(&err)
+	err = q.db.inTx(ctx, func(tx querier) error {
 		// The row first: of two Puts of one ID, the second finds it
 		// (waiting for the first to commit) and stops.
 		n, err := tx.exec(ctx, `INSERT INTO quarantine (id, node, time, sender_key, rcpts_key, stages_key, size, parts, record)
@@ -138,9 +138,9 @@ func getRecord(ctx context.Context, q querier, id string) (*state.QuarantineReco
 }
 
 // Get implements state.Quarantine.
-func (q *quarantine) Get(ctx context.Context, id string) (*state.QuarantineRecord, error) {
-	ctx, cancel := (*Store)(q).ctx(ctx)
-	defer cancel()
+func (q *quarantine) Get(ctx context.Context, id string) (_ *state.QuarantineRecord, err error) {
+	ctx, end := (*Store)(q).op(ctx)
+	defer end(&err)
 	rec, err := getRecord(ctx, q.db, id)
 	if err != nil {
 		return nil, fmt.Errorf("quarantine %s: %w", id, err)
@@ -149,7 +149,7 @@ func (q *quarantine) Get(ctx context.Context, id string) (*state.QuarantineRecor
 }
 
 // List implements state.Quarantine.
-func (q *quarantine) List(ctx context.Context, f state.QuarantineFilter) ([]*state.QuarantineRecord, error) {
+func (q *quarantine) List(ctx context.Context, f state.QuarantineFilter) (_ []*state.QuarantineRecord, err error) {
 	var w where
 	if f.From != "" {
 		w.contains("sender_key", f.From, false)
@@ -169,8 +169,8 @@ func (q *quarantine) List(ctx context.Context, f state.QuarantineFilter) ([]*sta
 	if f.ReleasingOn != "" {
 		w.add("releasing <> '' AND release_node = ?", f.ReleasingOn)
 	}
-	ctx, cancel := (*Store)(q).ctx(ctx)
-	defer cancel()
+	ctx, end := (*Store)(q).op(ctx)
+	defer end(&err)
 	rs, err := q.db.query(ctx, "SELECT "+quarantineColumns+" FROM quarantine"+w.String()+" ORDER BY time, id", w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list quarantine: %w", err)
@@ -191,11 +191,11 @@ func (q *quarantine) List(ctx context.Context, f state.QuarantineFilter) ([]*sta
 }
 
 // Message implements state.Quarantine.
-func (q *quarantine) Message(ctx context.Context, id string) (io.ReadCloser, error) {
+func (q *quarantine) Message(ctx context.Context, id string) (_ io.ReadCloser, err error) {
 	var parts int64
-	qctx, cancel := (*Store)(q).ctx(ctx)
-	defer cancel()
-	err := queryRow(qctx, q.db, "SELECT parts FROM quarantine WHERE id = $1", []any{id}, &parts)
+	qctx, end := (*Store)(q).op(ctx)
+	defer end(&err)
+	err = queryRow(qctx, q.db, "SELECT parts FROM quarantine WHERE id = $1", []any{id}, &parts)
 	if errors.Is(err, errNoRows) {
 		return nil, notFound("quarantine " + id)
 	}
@@ -220,29 +220,37 @@ func (r *partReader) Read(p []byte) (int, error) {
 		if r.next == r.parts {
 			return 0, io.EOF
 		}
-		ctx, cancel := r.s.ctx(r.ctx)
-		err := queryRow(ctx, r.s.db, "SELECT data FROM quarantine_parts WHERE id = $1 AND seq = $2", []any{r.id, r.next}, &r.buf)
-		cancel()
-		if errors.Is(err, errNoRows) {
-			return 0, fmt.Errorf("quarantine %s: deleted while being read: %w", r.id, state.ErrNotFound)
+		if err := r.readPart(); err != nil {
+			return 0, err
 		}
-		if err != nil {
-			return 0, fmt.Errorf("quarantine %s: %w", r.id, err)
-		}
-		r.next++
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]
 	return n, nil
 }
 
+// readPart reads the next part into buf, an operation of its own.
+func (r *partReader) readPart() (err error) {
+	ctx, end := r.s.op(r.ctx)
+	defer end(&err)
+	err = queryRow(ctx, r.s.db, "SELECT data FROM quarantine_parts WHERE id = $1 AND seq = $2", []any{r.id, r.next}, &r.buf)
+	if errors.Is(err, errNoRows) {
+		return fmt.Errorf("quarantine %s: deleted while being read: %w", r.id, state.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("quarantine %s: %w", r.id, err)
+	}
+	r.next++
+	return nil
+}
+
 func (r *partReader) Close() error { r.buf, r.next = nil, r.parts; return nil }
 
 // Delete implements state.Quarantine.
-func (q *quarantine) Delete(ctx context.Context, id string) error {
-	ctx, cancel := (*Store)(q).ctx(ctx)
-	defer cancel()
-	err := q.db.inTx(ctx, func(tx querier) error {
+func (q *quarantine) Delete(ctx context.Context, id string) (err error) {
+	ctx, end := (*Store)(q).op(ctx)
+	defer end(&err)
+	err = q.db.inTx(ctx, func(tx querier) error {
 		n, err := tx.exec(ctx, "DELETE FROM quarantine WHERE id = $1", id)
 		if err != nil {
 			return err
@@ -265,14 +273,14 @@ func (q *quarantine) Delete(ctx context.Context, id string) error {
 // at a time. The row it takes is this transaction's until it ends, so
 // the record read next is the latest and written back whole; a release
 // refused for a recipient rolls the UPDATE back.
-func (q *quarantine) BeginRelease(ctx context.Context, id, node, copyID string, rcpts []string) (*state.QuarantineRecord, error) {
+func (q *quarantine) BeginRelease(ctx context.Context, id, node, copyID string, rcpts []string) (_ *state.QuarantineRecord, err error) {
 	if copyID == "" || node == "" {
 		return nil, fmt.Errorf("release %s: no node or copy named", id)
 	}
-	ctx, cancel := (*Store)(q).ctx(ctx)
-	defer cancel()
+	ctx, end := (*Store)(q).op(ctx)
+	defer end(&err)
 	var rec *state.QuarantineRecord
-	err := q.db.inTx(ctx, func(tx querier) error {
+	err = q.db.inTx(ctx, func(tx querier) error {
 		n, err := tx.exec(ctx, "UPDATE quarantine SET releasing = $2, release_node = $3 WHERE id = $1 AND releasing = '' AND released = ''", id, copyID, node)
 		if err != nil {
 			return err
@@ -316,10 +324,10 @@ func putRecord(ctx context.Context, tx querier, rec *state.QuarantineRecord) err
 // EndRelease implements state.Quarantine. Ending a release twice the
 // same way is no error: a node that crashed after the first may do it
 // again.
-func (q *quarantine) EndRelease(ctx context.Context, id, copyID string, queued bool) error {
-	ctx, cancel := (*Store)(q).ctx(ctx)
-	defer cancel()
-	err := q.db.inTx(ctx, func(tx querier) error {
+func (q *quarantine) EndRelease(ctx context.Context, id, copyID string, queued bool) (err error) {
+	ctx, end := (*Store)(q).op(ctx)
+	defer end(&err)
+	err = q.db.inTx(ctx, func(tx querier) error {
 		// Taking the row first, as BeginRelease does.
 		n, err := tx.exec(ctx, "UPDATE quarantine SET releasing = releasing WHERE id = $1 AND releasing = $2", id, copyID)
 		if err != nil {

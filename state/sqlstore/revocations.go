@@ -17,10 +17,10 @@ func (s *Store) Revocations() state.Revocations { return (*revocations)(s) }
 var _ state.Revocations = (*revocations)(nil)
 
 // RevokeSession implements state.Revocations.
-func (r *revocations) RevokeSession(ctx context.Context, id string, exp time.Time) error {
-	ctx, cancel := (*Store)(r).ctx(ctx)
-	defer cancel()
-	err := r.db.inTx(ctx, func(q querier) error {
+func (r *revocations) RevokeSession(ctx context.Context, id string, exp time.Time) (err error) {
+	ctx, end := (*Store)(r).op(ctx)
+	defer end(&err)
+	err = r.db.inTx(ctx, func(q querier) error {
 		if _, err := q.exec(ctx, "DELETE FROM revoked_sessions WHERE expires <= $1", micros(now())); err != nil {
 			return err
 		}
@@ -35,9 +35,9 @@ func (r *revocations) RevokeSession(ctx context.Context, id string, exp time.Tim
 }
 
 // SessionRevoked implements state.Revocations.
-func (r *revocations) SessionRevoked(ctx context.Context, id string) (bool, error) {
-	ctx, cancel := (*Store)(r).ctx(ctx)
-	defer cancel()
+func (r *revocations) SessionRevoked(ctx context.Context, id string) (_ bool, err error) {
+	ctx, end := (*Store)(r).op(ctx)
+	defer end(&err)
 	var n int64
 	if err := queryRow(ctx, r.db, "SELECT COUNT(*) FROM revoked_sessions WHERE id = $1", []any{id}, &n); err != nil {
 		return false, fmt.Errorf("revoked session: %w", err)
@@ -46,11 +46,11 @@ func (r *revocations) SessionRevoked(ctx context.Context, id string) (bool, erro
 }
 
 // LinkGeneration implements state.Revocations.
-func (r *revocations) LinkGeneration(ctx context.Context, rcpt string) (int64, error) {
-	ctx, cancel := (*Store)(r).ctx(ctx)
-	defer cancel()
+func (r *revocations) LinkGeneration(ctx context.Context, rcpt string) (_ int64, err error) {
+	ctx, end := (*Store)(r).op(ctx)
+	defer end(&err)
 	var gen int64
-	err := queryRow(ctx, r.db, "SELECT generation FROM link_generations WHERE rcpt = $1", []any{address.Key(rcpt)}, &gen)
+	err = queryRow(ctx, r.db, "SELECT generation FROM link_generations WHERE rcpt = $1", []any{address.Key(rcpt)}, &gen)
 	switch {
 	case err == errNoRows:
 		return 0, nil
@@ -61,11 +61,11 @@ func (r *revocations) LinkGeneration(ctx context.Context, rcpt string) (int64, e
 }
 
 // RevokeLinks implements state.Revocations.
-func (r *revocations) RevokeLinks(ctx context.Context, rcpt string) (int64, error) {
-	ctx, cancel := (*Store)(r).ctx(ctx)
-	defer cancel()
+func (r *revocations) RevokeLinks(ctx context.Context, rcpt string) (_ int64, err error) {
+	ctx, end := (*Store)(r).op(ctx)
+	defer end(&err)
 	var gen int64
-	err := queryRow(ctx, r.db, `INSERT INTO link_generations (rcpt, generation) VALUES ($1, 1)
+	err = queryRow(ctx, r.db, `INSERT INTO link_generations (rcpt, generation) VALUES ($1, 1)
 		ON CONFLICT (rcpt) DO UPDATE SET generation = link_generations.generation + 1 RETURNING generation`,
 		[]any{address.Key(rcpt)}, &gen)
 	if err != nil {

@@ -6,6 +6,10 @@
 // Open runs the schema's migrations (embedded, numbered; the version is in
 // the table schema_version) before anything else, and refuses a database
 // a newer mailgate has migrated (ErrNewerSchema).
+//
+// Every operation begins with op: its timeout, and, for the PostgreSQL
+// a cluster's nodes share, the Gate of Options that fails it at once
+// while the database is known to be away (stages/failfast).
 package sqlstore
 
 import (
@@ -18,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver, in pure Go
 
+	"github.com/mailgate/mailgate/stages/failfast"
 	"github.com/mailgate/mailgate/state"
 )
 
@@ -42,6 +48,12 @@ type Options struct {
 	// MaxConns is the most PostgreSQL connections the node opens
 	// (default 10).
 	MaxConns int32
+	// Gate, if set, is passed by every operation (op): while it knows
+	// the database away, an operation fails at once with its Down error
+	// (state.ErrUnavailable), and each one's outcome tells it whether
+	// the database answered. An operation that found the database
+	// unreachable fails with state.ErrUnavailable.
+	Gate *failfast.Gate
 }
 
 func (o *Options) defaults() {
@@ -88,15 +100,33 @@ type Store struct {
 	node    string
 	timeout time.Duration
 	remove  string // a directory Close deletes: that of OpenSQLiteSnapshot's copy
+	gate    *failfast.Gate
+	name    string      // the database, for errors: user@host:port/db
+	pending atomic.Bool // made by NewPostgres and not connected yet
 }
 
 var _ state.Store = (*Store)(nil)
 
 // OpenPostgres connects to the PostgreSQL database at url (a postgres://
 // URL or a key=value connection string, as libpq reads them), migrates
-// its schema, and returns the store. The pool connects lazily; Open
-// checks the database answers.
+// its schema, and returns the store: NewPostgres, then Connect.
 func OpenPostgres(ctx context.Context, url string, o Options) (*Store, error) {
+	s, err := NewPostgres(url, o)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Connect(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// NewPostgres returns the store of the PostgreSQL database at url
+// without connecting to it: until Connect has migrated its schema, every
+// operation fails at once with state.ErrUnavailable. A node starts so
+// whether PostgreSQL answers or not.
+func NewPostgres(url string, o Options) (*Store, error) {
 	o.defaults()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -106,17 +136,39 @@ func OpenPostgres(ctx context.Context, url string, o Options) (*Store, error) {
 	}
 	cfg.ConnConfig.ConnectTimeout = o.ConnectTimeout
 	cfg.MaxConns = o.MaxConns
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	// The pool connects lazily (no MinConns): this asks nothing yet.
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres %s: %w", redact(cfg), err)
 	}
-	s := &Store{db: pgDB{pool}, dialect: postgres, node: o.Node, timeout: o.Timeout}
-	if err := s.open(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres %s: %w", redact(cfg), err)
-	}
+	s := &Store{db: pgDB{pool}, dialect: postgres, node: o.Node, timeout: o.Timeout, gate: o.Gate, name: redact(cfg)}
+	s.pending.Store(true)
 	return s, nil
 }
+
+// Connect migrates the schema of a store NewPostgres returned, unless
+// that is done already. Its Gate hears of it as of an operation, a
+// failure of any kind as the database away.
+func (s *Store) Connect(ctx context.Context) error {
+	if !s.pending.Load() {
+		return nil
+	}
+	err := s.open(ctx)
+	if err != nil {
+		err = fmt.Errorf("postgres %s: %w", s.name, err)
+	}
+	if s.gate != nil {
+		s.gate.Settle(err, err == nil, err != nil)
+	}
+	if err == nil {
+		s.pending.Store(false)
+	}
+	return err
+}
+
+// Connected reports whether the store's schema is migrated: false for
+// one NewPostgres returned until Connect succeeds.
+func (s *Store) Connected() bool { return !s.pending.Load() }
 
 // redact names the server and database of cfg, without the password.
 func redact(cfg *pgxpool.Config) string {
@@ -170,16 +222,60 @@ func (s *Store) Close() error {
 }
 
 // Ping reports whether the database answers, within the store's timeout.
-func (s *Store) Ping(ctx context.Context) error {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	_, err := s.db.exec(ctx, "SELECT 1")
+func (s *Store) Ping(ctx context.Context) (err error) {
+	ctx, end := s.op(ctx)
+	defer end(&err)
+	_, err = s.db.exec(ctx, "SELECT 1")
 	return err
 }
 
-// ctx bounds an operation by the store's timeout.
+// ctx bounds the opening of a store by its timeout.
 func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.timeout)
+}
+
+// op begins an operation: ctx bounded by the store's timeout; end,
+// deferred with the operation's error, records how it fared with the
+// Gate. An operation refused (not connected yet, or the Gate knows the
+// database away) runs on a context already cancelled, so that it fails
+// before it asks anything, and end gives it the refusal instead.
+func (s *Store) op(ctx context.Context) (context.Context, func(*error)) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	refused := s.admit()
+	if refused != nil {
+		cancel()
+	}
+	return ctx, func(errp *error) {
+		cancel()
+		switch err := *errp; {
+		case refused != nil:
+			*errp = refused
+		case s.gate != nil:
+			down := Unreachable(err)
+			// Only an answer says the database is up: an error may
+			// have come before any query (an entry refused by its
+			// own checks, a caller's cancellation).
+			s.gate.Settle(err, err == nil, down)
+			if down {
+				*errp = fmt.Errorf("%w: %w", state.ErrUnavailable, err)
+			}
+		}
+	}
+}
+
+// admit returns nil if an operation may ask the database now, and why
+// not otherwise.
+func (s *Store) admit() error {
+	if s.pending.Load() {
+		if s.gate != nil && s.gate.Err() != nil {
+			return fmt.Errorf("%w: %v", state.ErrUnavailable, s.gate.Err())
+		}
+		return fmt.Errorf("%w: not connected yet", state.ErrUnavailable)
+	}
+	if s.gate != nil {
+		return s.gate.Admit()
+	}
+	return nil
 }
 
 func (s *Store) Quarantine() state.Quarantine { return (*quarantine)(s) }

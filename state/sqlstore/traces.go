@@ -14,13 +14,13 @@ import (
 type traces Store
 
 // Append implements state.Traces.
-func (t *traces) Append(ctx context.Context, events ...trace.Event) error {
+func (t *traces) Append(ctx context.Context, events ...trace.Event) (err error) {
 	if len(events) == 0 {
 		return nil
 	}
-	ctx, cancel := (*Store)(t).ctx(ctx)
-	defer cancel()
-	err := t.db.inTx(ctx, func(tx querier) error {
+	ctx, end := (*Store)(t).op(ctx)
+	defer end(&err)
+	err = t.db.inTx(ctx, func(tx querier) error {
 		for _, e := range events {
 			if e.Time.IsZero() {
 				e.Time = now()
@@ -59,9 +59,9 @@ func (t *traces) Append(ctx context.Context, events ...trace.Event) error {
 const maxRelated = 16
 
 // Find implements state.Traces.
-func (t *traces) Find(ctx context.Context, id string) ([]trace.Event, error) {
-	ctx, cancel := (*Store)(t).ctx(ctx)
-	defer cancel()
+func (t *traces) Find(ctx context.Context, id string) (_ []trace.Event, err error) {
+	ctx, end := (*Store)(t).op(ctx)
+	defer end(&err)
 	ids, err := t.strings(ctx, "SELECT DISTINCT queue_id FROM trace_events WHERE queue_id = $1 OR (message_key <> '' AND message_key = $2)", id, strings.Trim(id, "<>"))
 	if err != nil {
 		return nil, fmt.Errorf("trace %s: %w", id, err)
@@ -100,7 +100,7 @@ func (t *traces) Find(ctx context.Context, id string) ([]trace.Event, error) {
 }
 
 // Search implements state.Traces.
-func (t *traces) Search(ctx context.Context, f state.TraceFilter) ([]trace.Event, error) {
+func (t *traces) Search(ctx context.Context, f state.TraceFilter) (_ []trace.Event, err error) {
 	var w where
 	if !f.Since.IsZero() {
 		w.add("time >= ?", micros(f.Since))
@@ -123,8 +123,8 @@ func (t *traces) Search(ctx context.Context, f state.TraceFilter) ([]trace.Event
 	if f.Node != "" {
 		w.add("node = ?", f.Node)
 	}
-	ctx, cancel := (*Store)(t).ctx(ctx)
-	defer cancel()
+	ctx, end := (*Store)(t).op(ctx)
+	defer end(&err)
 	events, err := t.events(ctx, fmt.Sprintf("SELECT node, data FROM trace_events%s ORDER BY time DESC, seq DESC LIMIT %d", &w, limit(f.Limit)), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("trace search: %w", err)
@@ -133,9 +133,9 @@ func (t *traces) Search(ctx context.Context, f state.TraceFilter) ([]trace.Event
 }
 
 // Expire implements state.Traces.
-func (t *traces) Expire(ctx context.Context, before time.Time) (int64, error) {
-	ctx, cancel := (*Store)(t).ctx(ctx)
-	defer cancel()
+func (t *traces) Expire(ctx context.Context, before time.Time) (_ int64, err error) {
+	ctx, end := (*Store)(t).op(ctx)
+	defer end(&err)
 	n, err := t.db.exec(ctx, "DELETE FROM trace_events WHERE time < $1", micros(before))
 	if err != nil {
 		return 0, fmt.Errorf("expire traces: %w", err)

@@ -48,6 +48,7 @@ func Run(t *testing.T, newDB NewDB) {
 		{"DMARC", testDMARC},
 		{"Audit", testAudit},
 		{"Nodes", testNodes},
+		{"NodeNameClash", testNodeNameClash},
 		{"Revocations", testRevocations},
 		{"Claims", testClaims},
 	}
@@ -877,7 +878,7 @@ func testNodes(t *testing.T, open func(*testing.T, string) state.Store) {
 	now := base.Add(time.Hour)
 	beat := func(st state.Nodes, name, hash string, at time.Time) {
 		t.Helper()
-		err := st.Heartbeat(ctx(t), state.Node{Name: name, Version: "1.0", ConfigHash: hash, Health: "ok", Started: base, Heartbeat: at})
+		_, err := st.Heartbeat(ctx(t), state.Node{Name: name, Version: "1.0", ConfigHash: hash, Health: "ok", Started: base, Heartbeat: at})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -916,6 +917,90 @@ func testNodes(t *testing.T, open func(*testing.T, string) state.Store) {
 	}
 	if list, _ := a.List(ctx(t)); len(list) != 3 {
 		t.Errorf("after Remove: %d nodes, want 3", len(list))
+	}
+}
+
+// testNodeNameClash: Heartbeat returns the row it replaced, so that
+// NameWatch tells a restart from two live processes under one name: a
+// new process whose first heartbeat replaces a fresh one of another
+// instance is no clash once it finds its own next; two processes
+// writing in turn both find the other, and the younger yields; the
+// clash ends when the other has not written for StaleAfter.
+func testNodeNameClash(t *testing.T, open func(*testing.T, string) state.Store) {
+	a, b := open(t, "mx").Nodes(), open(t, "mx").Nodes()
+	stale := 30 * time.Second
+	type proc struct {
+		st      state.Nodes
+		started time.Time
+		w       *state.NameWatch
+	}
+	beat := func(p proc, at time.Time) (begun, ended bool) {
+		t.Helper()
+		n := state.Node{Name: "mx", Version: "1.0", Health: "ok", Started: p.started, Heartbeat: at}
+		was, err := p.st.Heartbeat(ctx(t), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.w.Beat(was, n)
+	}
+	if was, err := a.Heartbeat(ctx(t), state.Node{Name: "new", Started: base, Heartbeat: base}); err != nil || was.Name != "" {
+		t.Fatalf("first heartbeat of a name returned %+v, %v; want the zero Node", was, err)
+	}
+
+	// A runs, is killed, and B takes over its name at once: a restart.
+	old := proc{a, base, &state.NameWatch{StaleAfter: stale}}
+	beat(old, base)
+	beat(old, base.Add(5*time.Second))
+	restarted := proc{b, base.Add(6 * time.Second), &state.NameWatch{StaleAfter: stale}}
+	for i := range 3 {
+		if begun, _ := beat(restarted, base.Add(time.Duration(7+5*i)*time.Second)); begun {
+			t.Fatalf("heartbeat %d of a restarted node: a clash; want none", i)
+		}
+	}
+	if _, _, clash := restarted.w.Clash(); clash || !restarted.w.Settled() || restarted.w.Yields() {
+		t.Errorf("restarted node: clash %v, settled %v, yields %v; want no clash, settled", clash, restarted.w.Settled(), restarted.w.Yields())
+	}
+
+	// A process started later under the same name, both writing.
+	older := restarted
+	younger := proc{a, base.Add(20 * time.Second), &state.NameWatch{StaleAfter: stale}}
+	if begun, _ := beat(younger, base.Add(21*time.Second)); begun {
+		t.Fatal("a clash at the first heartbeat: it cannot tell a restart")
+	}
+	if begun, _ := beat(older, base.Add(22*time.Second)); !begun {
+		t.Fatal("the older process does not find the younger's heartbeat")
+	}
+	if begun, _ := beat(younger, base.Add(26*time.Second)); !begun {
+		t.Fatal("the younger process does not find the older's heartbeat")
+	}
+	for _, p := range []proc{older, younger} {
+		other, _, clash := p.w.Clash()
+		if !clash || other.Name != "mx" || p.w.Settled() {
+			t.Errorf("process started %v: clash %v with %+v, settled %v; want the clash, not settled", p.started, clash, other, p.w.Settled())
+		}
+	}
+	if other, _, _ := older.w.Clash(); !other.Started.Equal(younger.started) {
+		t.Errorf("the older finds %+v; want the younger, started %v", other, younger.started)
+	}
+	if older.w.Yields() || !younger.w.Yields() {
+		t.Errorf("yields: older %v, younger %v; want the younger only", older.w.Yields(), younger.w.Yields())
+	}
+
+	// The younger stops after its heartbeat at 26s, which the older
+	// finds at 27s; the clash ends at the first heartbeat StaleAfter
+	// after that.
+	last := base.Add(27 * time.Second)
+	for at := last; ; at = at.Add(5 * time.Second) {
+		_, ended := beat(older, at)
+		if ended != !at.Before(last.Add(stale)) {
+			t.Fatalf("heartbeat %v after the clash was last found: ended %v", at.Sub(last), ended)
+		}
+		if ended {
+			break
+		}
+	}
+	if _, _, clash := older.w.Clash(); clash || !older.w.Settled() {
+		t.Errorf("after the clash: clash %v, settled %v", clash, older.w.Settled())
 	}
 }
 

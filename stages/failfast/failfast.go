@@ -1,0 +1,127 @@
+// Package failfast keeps whether an engine that a node shares with
+// others answers, so that no caller waits for a timeout while it is
+// known to be away: the cluster's Redis (stages/redisconn) and its
+// PostgreSQL (state/sqlstore). After an operation finds the engine
+// unreachable (refused, reset, timed out), the operations of the next
+// Retry fail at once; then one operation at a time tries it again,
+// until one gets an answer. The first failure and the first answer
+// after it are logged.
+package failfast
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Config is what a Gate says of its engine.
+type Config struct {
+	// Down wraps the error of an operation refused while the engine is
+	// away (redisconn.ErrDown, state.ErrUnavailable).
+	Down error
+	// Retry is how long operations fail at once after one found the
+	// engine away, before one may try it again.
+	Retry time.Duration
+	// Log hears Away (a warning, with the error) when the engine is
+	// found away and Back (with what it was) when it answers again; nil
+	// logs nothing.
+	Log        *slog.Logger
+	Away, Back string
+}
+
+// Gate is the state of one engine. It is safe for concurrent use.
+type Gate struct {
+	c Config
+
+	mu      sync.Mutex
+	err     error     // nil while the engine answers, or before it was tried
+	since   time.Time // while err is set: when the engine was found away
+	up      time.Time // while err is nil: since when it answers; zero before its first answer
+	retryAt time.Time // while err is set: when one operation may try again
+	probing bool      // while err is set: an operation is trying
+}
+
+// New returns the Gate of an engine not tried yet.
+func New(c Config) *Gate {
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Gate{c: c}
+}
+
+// Admit says whether an operation may go to the engine now: always while
+// it answers; while it does not, one at a time once Retry has passed.
+// An operation admitted must be told to Settle.
+func (g *Gate) Admit() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.err == nil {
+		return nil
+	}
+	if g.probing || time.Now().Before(g.retryAt) {
+		return fmt.Errorf("%w: %v", g.c.Down, g.err)
+	}
+	g.probing = true
+	return nil
+}
+
+// Settle records how an operation fared: whether the engine answered
+// it, or was found unreachable (err says why); neither, for one its
+// caller cancelled or that failed before asking. It reports whether the
+// engine was found away while it was known to be away already.
+func (g *Gate) Settle(err error, answered, down bool) (stillDown bool) {
+	g.mu.Lock()
+	was := g.err
+	g.probing = false
+	switch {
+	case down:
+		if was == nil {
+			g.since = time.Now()
+		}
+		g.err, g.retryAt = err, time.Now().Add(g.c.Retry)
+	case answered:
+		if was != nil || g.up.IsZero() {
+			g.up = time.Now()
+		}
+		g.err = nil
+	}
+	g.mu.Unlock()
+	switch {
+	case down && was == nil:
+		g.c.Log.Warn(g.c.Away, "err", err)
+	case answered && was != nil:
+		g.c.Log.Info(g.c.Back, "was", was.Error())
+	}
+	return down && was != nil
+}
+
+// Err is nil while the engine answers (or was not tried yet), and the
+// error that found it unreachable otherwise.
+func (g *Gate) Err() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
+}
+
+// DownSince is when the engine was found unreachable, while Err is not
+// nil; zero otherwise.
+func (g *Gate) DownSince() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.err == nil {
+		return time.Time{}
+	}
+	return g.since
+}
+
+// UpSince is since when the engine answers, while Err is nil; zero
+// before its first answer and while it is away.
+func (g *Gate) UpSince() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.err != nil {
+		return time.Time{}
+	}
+	return g.up
+}
