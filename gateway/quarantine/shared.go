@@ -394,7 +394,7 @@ func (s *Shared) move(q state.Quarantine) {
 	}
 	moved := 0
 	for _, rec := range recs {
-		if err := copyRecord(s.local, q, rec, s.node); err != nil {
+		if _, err := copyRecord(s.local, q, rec, s.node); err != nil {
 			s.log.Warn("quarantine: not moved to the cluster's store yet", "id", rec.ID, "err", err)
 			return
 		}
@@ -411,7 +411,9 @@ func (s *Shared) move(q state.Quarantine) {
 
 // Copy copies every message of local into q, with its release state, and
 // returns how many q did not have: mailgate cluster import. It can run
-// again: what q has already is left as it is.
+// again: a message q has already is left as it is, but for the releases
+// made of it on local that q does not record yet (a run interrupted
+// between a message and its releases).
 func Copy(local *Store, q state.Quarantine, node string) (int, error) {
 	recs, err := local.List(Filter{}, time.Now())
 	if err != nil {
@@ -419,13 +421,13 @@ func Copy(local *Store, q state.Quarantine, node string) (int, error) {
 	}
 	n := 0
 	for _, rec := range recs {
-		if _, err := q.Get(context.Background(), rec.ID); err == nil {
-			continue
-		}
-		if err := copyRecord(local, q, rec, node); err != nil {
+		added, err := copyRecord(local, q, rec, node)
+		if err != nil {
 			return n, err
 		}
-		n++
+		if added {
+			n++
+		}
 	}
 	return n, nil
 }
@@ -433,18 +435,21 @@ func Copy(local *Store, q state.Quarantine, node string) (int, error) {
 // copyRecord puts rec and its message into q, with the releases made of
 // it, each done again in q. A release under way (a crash Recover has not
 // settled) is not copied.
-func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) error {
+func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) (added bool, err error) {
 	if rec.Releasing != "" {
-		return fmt.Errorf("quarantine %s: a release is under way", rec.ID)
+		return false, fmt.Errorf("quarantine %s: a release is under way", rec.ID)
 	}
 	m, err := local.Message(rec.ID)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer m.Close()
 	cp := *rec
-	if err := q.Put(context.Background(), &cp, m); err != nil && !errors.Is(err, state.ErrExists) {
-		return err
+	switch err := q.Put(context.Background(), &cp, m); {
+	case err == nil:
+		added = true
+	case !errors.Is(err, state.ErrExists):
+		return false, err
 	}
 	by := cmp.Or(rec.ReleaseNode, node)
 	releases := rec.Releases
@@ -452,18 +457,46 @@ func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) erro
 		releases = []state.QuarantineRelease{{QueueID: rec.Released}} // to all
 	}
 	for _, rel := range releases {
-		_, err := q.BeginRelease(context.Background(), rec.ID, by, rel.QueueID, rel.Rcpts)
+		rcpts := rel.Rcpts
+		_, err := q.BeginRelease(context.Background(), rec.ID, by, rel.QueueID, rcpts)
 		if errors.Is(err, state.ErrAlreadyReleased) {
-			continue // copied before
+			// Copied before; or a copy interrupted after its Put, and
+			// another node released some of these recipients from the
+			// store since: this node's release of the others is recorded
+			// all the same, or they could be released a second time.
+			if rcpts = unreleased(q, rec.ID, rel); len(rcpts) == 0 {
+				continue
+			}
+			_, err = q.BeginRelease(context.Background(), rec.ID, by, rel.QueueID, rcpts)
 		}
 		if err == nil {
 			err = q.EndRelease(context.Background(), rec.ID, rel.QueueID, true)
 		}
 		if err != nil {
-			return err
+			return added, err
 		}
 	}
-	return nil
+	return added, nil
+}
+
+// unreleased returns the recipients of rel the store's record of id has
+// not released, none if rel itself is recorded there (or the record
+// cannot be read: the BeginRelease that failed said why).
+func unreleased(q state.Quarantine, id string, rel state.QuarantineRelease) []string {
+	rec, err := q.Get(context.Background(), id)
+	if err != nil || rec.ReleasedAs(rel.QueueID) || rec.Released != "" {
+		return nil
+	}
+	if len(rel.Rcpts) == 0 {
+		return rec.Pending()
+	}
+	var out []string
+	for _, a := range rel.Rcpts {
+		if rec.ReleasedTo(a) == "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // fromState gives a shared store's "not found" the quarantine's meaning,

@@ -418,3 +418,64 @@ func TestCopy(t *testing.T) {
 		t.Fatalf("the other message is not releasable in the store: %v", err)
 	}
 }
+
+// TestCopyOverlappingRelease: a message copied into the cluster's store
+// before (a move interrupted after its Put), released there since to
+// some recipients by another node, while this node had released it to
+// those and others: the copy records this node's release of the others,
+// which must not be released a second time.
+func TestCopyOverlappingRelease(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	local, sp, _ := open(t)
+	w := spooled(t, sp, "Subject: hi\r\n\r\nbody\r\n")
+	rec := &Record{ID: w.ID(), From: "a@a.test", Rcpts: []string{"x@dest.test", "y@dest.test", "z@dest.test"}, Time: time.Now(), Reason: "test"}
+	if err := local.Add(rec, w.Path()); err != nil {
+		t.Fatal(err)
+	}
+	w.Abort()
+	st, err := sqlstore.OpenPostgres(context.Background(), url, sqlstore.Options{Node: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, q := context.Background(), st.Quarantine()
+	// The earlier, interrupted move: the record and message, no release.
+	m, err := local.Message(rec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := *rec
+	if err := q.Put(ctx, &cp, m); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	// Node b releases y from the store.
+	if _, err := q.BeginRelease(ctx, rec.ID, "b", "BCOPY00000000001", []string{"y@dest.test"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.EndRelease(ctx, rec.ID, "BCOPY00000000001", true); err != nil {
+		t.Fatal(err)
+	}
+	// This node, meanwhile, released x and y from its disk.
+	env, err := local.Release(ctx, rec.ID, sp, "x@dest.test", "y@dest.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := Copy(local, q, "a"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Get(ctx, rec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ReleasedTo("x@dest.test") != env.ID || got.ReleasedTo("y@dest.test") != "BCOPY00000000001" {
+		t.Errorf("x released as %q (want %s), y as %q (want BCOPY00000000001)", got.ReleasedTo("x@dest.test"), env.ID, got.ReleasedTo("y@dest.test"))
+	}
+	if p := got.Pending(); len(p) != 1 || p[0] != "z@dest.test" {
+		t.Errorf("pending %v, want z alone", p)
+	}
+	if _, err := q.BeginRelease(ctx, rec.ID, "b", "BCOPY00000000002", []string{"x@dest.test"}); !errors.Is(err, state.ErrAlreadyReleased) {
+		t.Errorf("x released again from the store: %v", err)
+	}
+}
