@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,6 +33,11 @@ const clusterUsage = `usage: mailgate cluster COMMAND [-config FILE] [flags]
                    links, and the digests sent; it only reads the data_dir
                    (the node may run) and may run again: what is there
                    already is not copied twice
+  remove NODE      take a node gone for good out of the cluster: the
+                   releases from the quarantine it had under way (their
+                   copies were in its spool, gone with it) end, so that
+                   the messages can be released again, and the node
+                   leaves the registry; refused while NODE is live
 
 The cluster is the PostgreSQL of the config's [cluster] postgres; these
 commands talk to it, not to a running gateway.
@@ -42,12 +49,25 @@ func cmdCluster(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	o := newOpFlags("cluster "+sub, stderr, clusterUsage)
-	if sub != "status" && sub != "import" {
+	var node string
+	switch sub {
+	case "status", "import":
+		if err := parseNone(o.fs, args[1:]); err != nil {
+			return err
+		}
+	case "remove":
+		rest, err := parseAll(o.fs, args[1:])
+		if err != nil {
+			return err
+		}
+		if len(rest) != 1 {
+			fmt.Fprintf(stderr, "mailgate cluster remove: name one node (mailgate cluster status lists them)\n\n%s", clusterUsage)
+			return errUsage
+		}
+		node = rest[0]
+	default:
 		fmt.Fprintf(stderr, "mailgate cluster: unknown command %q\n\n%s", sub, clusterUsage)
 		return errUsage
-	}
-	if err := parseNone(o.fs, args[1:]); err != nil {
-		return err
 	}
 	ctx := context.Background()
 	cfg, err := loadConfig(*o.config)
@@ -59,8 +79,11 @@ func cmdCluster(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
-	if sub == "import" {
+	switch sub {
+	case "import":
 		return clusterImport(ctx, cfg, st, stdout)
+	case "remove":
+		return clusterRemove(ctx, st, node, time.Now(), stdout)
 	}
 	nodes, err := st.Nodes().List(ctx)
 	if err != nil {
@@ -125,6 +148,50 @@ func clusterImport(ctx context.Context, cfg *policy.Config, st *sqlstore.Store, 
 	fmt.Fprintf(stdout, "lists: %d entries copied\naudit log: %d entries copied\nrevocations: %d sessions, the links of %d end users copied\ndigests sent: %d copied\n",
 		n.Lists, n.Audit, n.Sessions, n.Links, n.Claims)
 	return nil
+}
+
+// clusterRemove takes node, gone for good, out of st's cluster at now:
+// the quarantine's releases it had under way end as not done (a copy it
+// queued was in its spool, which went with it: the message may be
+// released again, by any node), and its row leaves the registry. A node
+// live at now is refused: it would carry on with its releases, and its
+// next heartbeat would bring it back.
+func clusterRemove(ctx context.Context, st *sqlstore.Store, node string, now time.Time, stdout io.Writer) error {
+	nodes, err := st.Nodes().List(ctx)
+	if err != nil {
+		return err
+	}
+	state.NodeStatus(nodes, now, cluster.StaleAfter)
+	i := slices.IndexFunc(nodes, func(n state.Node) bool { return n.Name == node })
+	if i < 0 {
+		var names []string
+		for _, n := range nodes {
+			names = append(names, n.Name)
+		}
+		return fmt.Errorf("no node %q in the cluster (it has %s)", node, cmp.Or(strings.Join(names, ", "), "none"))
+	}
+	if n := nodes[i]; !n.Stale && n.Health != "stopped" {
+		return fmt.Errorf("node %q is live (its last heartbeat %s ago): stop it first, or wait %v after its last heartbeat",
+			node, now.Sub(n.Heartbeat).Round(time.Second), cluster.StaleAfter)
+	}
+	q := st.Quarantine()
+	under, err := q.List(ctx, state.QuarantineFilter{ReleasingOn: node})
+	if err != nil {
+		return err
+	}
+	for _, rec := range under {
+		if err := q.EndRelease(ctx, rec.ID, rec.Releasing, false); err != nil {
+			return fmt.Errorf("quarantine %s: %w", rec.ID, err)
+		}
+		fmt.Fprintf(stdout, "quarantine %s: the release %s under way on %s ended; the message may be released again\n", rec.ID, rec.Releasing, node)
+	}
+	if err := st.Nodes().Remove(ctx, node); err != nil {
+		return err
+	}
+	st.Audit().Record(ctx, state.AuditEntry{Actor: "cli", Action: "cluster.remove", Target: node,
+		Detail: fmt.Sprintf("%d releases under way ended", len(under))})
+	_, err = fmt.Fprintf(stdout, "node %s removed from the cluster\n", node)
+	return err
 }
 
 // findShared finds the events of message id in the traces of every node

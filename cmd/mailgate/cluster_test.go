@@ -157,3 +157,73 @@ func TestClusterImportUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterRemove: `mailgate cluster remove` takes a node gone for
+// good out of the registry and ends the releases it had under way, so
+// that another node can release those messages; a live node, or a name
+// the cluster does not have, is refused and nothing changes.
+func TestClusterRemove(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	conf := writeConfig(t, fmt.Sprintf("\n[cluster]\npostgres = %q\nnode = \"admin-box\"\n", url))
+	ctx := context.Background()
+	st, err := sqlstore.OpenPostgres(ctx, url, sqlstore.Options{Node: "gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	long := time.Now().Add(-time.Hour)
+	for _, n := range []state.Node{
+		{Name: "gone", Version: "1", Health: "ok", Started: long.Add(-time.Hour), Heartbeat: long},
+		{Name: "live", Version: "1", Health: "ok", Started: long, Heartbeat: time.Now()},
+	} {
+		if _, err := st.Nodes().Heartbeat(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q := st.Quarantine()
+	for _, id := range []string{"0123456789ABCDE1", "0123456789ABCDE2"} {
+		rec := &state.QuarantineRecord{ID: id, From: "a@sender.test", Rcpts: []string{"bob@example.test"}, Reason: "spam", Time: long}
+		if err := q.Put(ctx, rec, strings.NewReader("Subject: held\r\n\r\nhi\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.BeginRelease(ctx, "0123456789ABCDE1", "gone", "COPYOFGONE000001", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.BeginRelease(ctx, "0123456789ABCDE2", "live", "COPYOFLIVE000001", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct{ node, says string }{
+		{"live", `node "live" is live`},
+		{"nobody", `no node "nobody" in the cluster (it has gone, live)`},
+	} {
+		r := runMailgate(t, "cluster", "remove", "-config", conf, c.node)
+		if r.code == 0 || !strings.Contains(r.stderr, c.says) {
+			t.Errorf("cluster remove %s: exit %d, %q; want a refusal saying %q", c.node, r.code, r.stderr, c.says)
+		}
+	}
+	if r := runMailgate(t, "cluster", "remove", "-config", conf); r.code != 2 {
+		t.Errorf("cluster remove without a node: exit %d, want 2", r.code)
+	}
+
+	r := runMailgate(t, "cluster", "remove", "-config", conf, "gone")
+	if r.code != 0 || !strings.Contains(r.stdout, "quarantine 0123456789ABCDE1: the release COPYOFGONE000001 under way on gone ended") ||
+		!strings.Contains(r.stdout, "node gone removed from the cluster") {
+		t.Fatalf("cluster remove gone: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := q.BeginRelease(ctx, "0123456789ABCDE1", "live", "COPYOFLIVE000002", nil); err != nil {
+		t.Errorf("the message the gone node was releasing cannot be released by another: %v", err)
+	}
+	if rec, err := q.Get(ctx, "0123456789ABCDE2"); err != nil || rec.Releasing != "COPYOFLIVE000001" {
+		t.Errorf("the live node's release under way: %+v, %v; want it left alone", rec, err)
+	}
+	nodes, err := st.Nodes().List(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].Name != "live" {
+		t.Errorf("registry after the removal: %+v, %v; want live alone", nodes, err)
+	}
+	es, err := st.Audit().Entries(ctx, state.AuditFilter{Action: "cluster.remove"})
+	if err != nil || len(es) != 1 || es[0].Target != "gone" {
+		t.Errorf("audit log: %+v, %v; want the removal of gone", es, err)
+	}
+}
