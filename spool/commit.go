@@ -206,10 +206,7 @@ func (s *Spool) syncMessages(batch []*job, errs []error) {
 			newest = max(newest, j.entry)
 		}
 	}
-	if newest <= s.dirDurable.Load() {
-		return // made durable ahead (dirSyncLoop)
-	}
-	if err := s.syncMsgDir(); err != nil {
+	if err := s.syncMsgDir(newest); err != nil {
 		for i := range errs {
 			errs[i] = fmt.Errorf("fsync msg/: %w", err)
 		}
@@ -227,14 +224,25 @@ func (s *Spool) newEntry() uint64 {
 	return n
 }
 
-// syncMsgDir fsyncs msg/ and records which entries that made durable:
-// those made before it began. After an fsync of msg/ has failed, it fails
+// syncMsgDir makes the first need entries of msg/ durable: unless an
+// fsync has covered them already (as dirSyncLoop's mostly have), it
+// fsyncs msg/ and records which entries that made durable: those made
+// before it began. After an fsync of msg/ has failed, it fails
 // always: what the directory holds on disk is unknown, and a later fsync
 // may succeed without having written what the failed one did not (as
 // with the log, restarting recovers).
-func (s *Spool) syncMsgDir() error {
+//
+// One at a time (dirMu): of two fsyncs of one file at the same moment the
+// kernel may report a writeback error to one only, and the other, a
+// success, must not count for the entries the failed one did not write.
+func (s *Spool) syncMsgDir(need uint64) error {
+	s.dirMu.Lock()
+	defer s.dirMu.Unlock()
 	if err := s.dirErr.Load(); err != nil {
 		return *err
+	}
+	if need <= s.dirDurable.Load() {
+		return nil
 	}
 	upto := s.entries.Load()
 	if err := s.fsyncMsgDir(); err != nil {
@@ -264,8 +272,6 @@ func (s *Spool) dirSyncLoop() {
 			return
 		case <-s.dirWake:
 		}
-		if s.entries.Load() > s.dirDurable.Load() {
-			s.syncMsgDir()
-		}
+		s.syncMsgDir(s.entries.Load())
 	}
 }

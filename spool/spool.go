@@ -173,6 +173,7 @@ type Spool struct {
 	entries    atomic.Uint64
 	dirDurable atomic.Uint64
 	dirErr     atomic.Pointer[error] // the first failed fsync of msg/
+	dirMu      sync.Mutex            // one fsync of msg/ at a time (syncMsgDir)
 	// fsyncMsgDir is msgDirF.Sync; tests make it fail or count it.
 	fsyncMsgDir func() error
 	dirWake     chan struct{} // one token: an entry was made
