@@ -70,11 +70,17 @@ type NameWatch struct {
 	seen  time.Time // when a heartbeat last found the other's writing
 }
 
+// maxLost bounds the failed heartbeats a NameWatch remembers: more than
+// five hours of them at one every 5 seconds, so that the answer lost at
+// the start of a long outage is still known for this process's own when
+// PostgreSQL is back.
+const maxLost = 4096
+
 // Failed records a heartbeat n whose writing failed.
 func (w *NameWatch) Failed(n Node) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.lost) == 8 {
+	if len(w.lost) == maxLost {
 		w.lost = w.lost[1:]
 	}
 	w.lost = append(w.lost, n.Heartbeat)
@@ -115,12 +121,16 @@ func (w *NameWatch) Clash() (other Node, since time.Time, ok bool) {
 }
 
 // Yields reports whether this process is the younger of a live clash
-// (started later, or at the same moment): it should do nothing that
-// must be done once for the cluster, and leave it to the older.
+// (started later): it should do nothing that must be done once for the
+// cluster, and leave it to the older. A process that started at the same
+// moment does not yield: that is a clone restored from a snapshot of a
+// running machine, or this process's own write that a NameWatch could not
+// tell for its own (an answer lost further back than it remembers), and
+// a digest sent twice is better than none.
 func (w *NameWatch) Yields() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.other.Name != "" && !w.last.Started.Before(w.other.Started)
+	return w.other.Name != "" && w.other.Started.Before(w.last.Started)
 }
 
 // Settled reports whether the name is this process's alone, as far as

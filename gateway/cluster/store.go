@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/mailgate/mailgate/state"
@@ -49,12 +50,14 @@ type nodeClaims struct {
 	n *Node
 }
 
-// Claim answers false without asking while another live process reports
-// under the node's name and this one is the younger (state.NameWatch):
-// the older claims, once for the name.
+// Claim fails without asking while another live process reports under
+// the node's name and this one is the younger (state.NameWatch): the
+// older claims, once for the name. An error, not a "no": the caller tries
+// again later, as when PostgreSQL is away, so that what the older has
+// not claimed after all (it stopped meanwhile) is still done.
 func (c nodeClaims) Claim(ctx context.Context, key, node string) (bool, error) {
 	if c.n.names.Yields() {
-		return false, nil
+		return false, fmt.Errorf("claim %s: another live process reports under node name %q and started first (give each node its own [cluster] node)", key, node)
 	}
 	return c.Claims.Claim(ctx, key, node)
 }
