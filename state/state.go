@@ -46,6 +46,10 @@ var (
 	// ErrReleasing: another release of the message is under way (on the
 	// node the error names) and has not ended.
 	ErrReleasing = errors.New("release in progress")
+	// ErrNotUnderWay: EndRelease named a release the store does not have
+	// under way, nor recorded as done: it was ended from elsewhere (a
+	// node taken out of the cluster, mailgate cluster remove).
+	ErrNotUnderWay = errors.New("release not under way")
 	// ErrNotQuarantined: the operator named a message the quarantine does
 	// not hold (the one node's or the cluster's).
 	ErrNotQuarantined = errors.New("no such message in the quarantine")
@@ -104,8 +108,12 @@ type QuarantineRecord struct {
 	// Released that of the release that released the last recipient
 	// (see Quarantine.BeginRelease), Releases every release done for some
 	// recipients (on one node: the console's partial releases).
-	Releasing      string              `json:"releasing,omitempty"`
-	ReleasingRcpts []string            `json:"releasing_rcpts,omitempty"`
+	Releasing      string   `json:"releasing,omitempty"`
+	ReleasingRcpts []string `json:"releasing_rcpts,omitempty"`
+	// ReleasingSince is when the release under way began, in the
+	// cluster's store: a node leaves a fresh one it does not know alone
+	// (it may be a clone's, not yet found; see quarantine.Shared).
+	ReleasingSince time.Time           `json:"releasing_since,omitzero"`
 	Released       string              `json:"released,omitempty"`
 	ReleaseNode    string              `json:"release_node,omitempty"`
 	ReleasedAt     time.Time           `json:"released_at,omitzero"`
@@ -204,7 +212,7 @@ func (r *QuarantineRecord) Settle(copyID string, rcpts []string, now time.Time) 
 			r.Released, r.ReleasedAt = copyID, now
 		}
 	}
-	r.Releasing, r.ReleasingRcpts = "", nil
+	r.Releasing, r.ReleasingRcpts, r.ReleasingSince = "", nil, time.Time{}
 }
 
 // QuarantineFilter selects quarantined messages; zero fields select all.

@@ -37,7 +37,8 @@ const clusterUsage = `usage: mailgate cluster COMMAND [-config FILE] [flags]
                    releases from the quarantine it had under way (their
                    copies were in its spool, gone with it) end, so that
                    the messages can be released again, and the node
-                   leaves the registry; refused while NODE is live
+                   leaves the registry; refused for a node heard from in
+                   the last 10 minutes
 
 The cluster is the PostgreSQL of the config's [cluster] postgres; these
 commands talk to it, not to a running gateway.
@@ -150,12 +151,16 @@ func clusterImport(ctx context.Context, cfg *policy.Config, st *sqlstore.Store, 
 	return nil
 }
 
+// removeAfter is how long a node must have been silent for cluster remove
+// to take it out: far longer than a restart or a short outage.
+const removeAfter = 10 * time.Minute
+
 // clusterRemove takes node, gone for good, out of st's cluster at now:
 // the quarantine's releases it had under way end as not done (a copy it
 // queued was in its spool, which went with it: the message may be
 // released again, by any node), and its row leaves the registry. A node
-// live at now is refused: it would carry on with its releases, and its
-// next heartbeat would bring it back.
+// heard from in the last removeAfter is refused, stopped or not: it may
+// come back with its spool, and carry on with its releases.
 func clusterRemove(ctx context.Context, st *sqlstore.Store, node string, now time.Time, stdout io.Writer) error {
 	nodes, err := st.Nodes().List(ctx)
 	if err != nil {
@@ -170,9 +175,11 @@ func clusterRemove(ctx context.Context, st *sqlstore.Store, node string, now tim
 		}
 		return fmt.Errorf("no node %q in the cluster (it has %s)", node, cmp.Or(strings.Join(names, ", "), "none"))
 	}
-	if n := nodes[i]; !n.Stale && n.Health != "stopped" {
-		return fmt.Errorf("node %q is live (its last heartbeat %s ago): stop it first, or wait %v after its last heartbeat",
-			node, now.Sub(n.Heartbeat).Round(time.Second), cluster.StaleAfter)
+	if n := nodes[i]; now.Sub(n.Heartbeat) < removeAfter {
+		// A node restarting, or cut off from PostgreSQL for a while, still
+		// has its spool and its journal: its releases are its own to end.
+		return fmt.Errorf("node %q was heard from %s ago (%s): remove a node only once it is gone for good, %v after its last heartbeat",
+			node, now.Sub(n.Heartbeat).Round(time.Second), n.Health, removeAfter)
 	}
 	q := st.Quarantine()
 	under, err := q.List(ctx, state.QuarantineFilter{ReleasingOn: node})

@@ -160,8 +160,9 @@ func TestClusterImportUsage(t *testing.T) {
 
 // TestClusterRemove: `mailgate cluster remove` takes a node gone for
 // good out of the registry and ends the releases it had under way, so
-// that another node can release those messages; a live node, or a name
-// the cluster does not have, is refused and nothing changes.
+// that another node can release those messages; a node heard from in the
+// last 10 minutes (live, or stopped: it may be restarting), or a name the
+// cluster does not have, is refused and nothing changes.
 func TestClusterRemove(t *testing.T) {
 	url := pgtest.Start(t).NewDatabase(t)
 	conf := writeConfig(t, fmt.Sprintf("\n[cluster]\npostgres = %q\nnode = \"admin-box\"\n", url))
@@ -175,6 +176,7 @@ func TestClusterRemove(t *testing.T) {
 	for _, n := range []state.Node{
 		{Name: "gone", Version: "1", Health: "ok", Started: long.Add(-time.Hour), Heartbeat: long},
 		{Name: "live", Version: "1", Health: "ok", Started: long, Heartbeat: time.Now()},
+		{Name: "restarting", Version: "1", Health: "stopped", Started: long, Heartbeat: time.Now().Add(-time.Minute)},
 	} {
 		if _, err := st.Nodes().Heartbeat(ctx, n); err != nil {
 			t.Fatal(err)
@@ -195,8 +197,9 @@ func TestClusterRemove(t *testing.T) {
 	}
 
 	for _, c := range []struct{ node, says string }{
-		{"live", `node "live" is live`},
-		{"nobody", `no node "nobody" in the cluster (it has gone, live)`},
+		{"live", `node "live" was heard from 0s ago (ok): remove a node only once it is gone for good, 10m0s after its last heartbeat`},
+		{"restarting", `node "restarting" was heard from 1m0s ago (stopped)`},
+		{"nobody", `no node "nobody" in the cluster (it has gone, live, restarting)`},
 	} {
 		r := runMailgate(t, "cluster", "remove", "-config", conf, c.node)
 		if r.code == 0 || !strings.Contains(r.stderr, c.says) {
@@ -219,8 +222,8 @@ func TestClusterRemove(t *testing.T) {
 		t.Errorf("the live node's release under way: %+v, %v; want it left alone", rec, err)
 	}
 	nodes, err := st.Nodes().List(ctx)
-	if err != nil || len(nodes) != 1 || nodes[0].Name != "live" {
-		t.Errorf("registry after the removal: %+v, %v; want live alone", nodes, err)
+	if err != nil || len(nodes) != 2 || nodes[0].Name != "live" || nodes[1].Name != "restarting" {
+		t.Errorf("registry after the removal: %+v, %v; want live and restarting", nodes, err)
 	}
 	es, err := st.Audit().Entries(ctx, state.AuditFilter{Action: "cluster.remove"})
 	if err != nil || len(es) != 1 || es[0].Target != "gone" {

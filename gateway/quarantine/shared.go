@@ -50,8 +50,10 @@ type Shared struct {
 	// mine reports whether the releases under way under node in the
 	// shared store are this process's alone (nil: always).
 	mine func() bool
-	log  *slog.Logger
-	dir  string // the journal of releases under way
+	// settleAfter is settleAfter; tests shorten it.
+	settleAfter time.Duration
+	log         *slog.Logger
+	dir         string // the journal of releases under way
 
 	// mu makes changes one at a time on this node: a release (local or
 	// shared), a delete, the spill's move and the journal's settling.
@@ -73,7 +75,7 @@ const MoveEvery = 2 * time.Second
 // does, settle leaves alone the releases under way under node that the
 // journal does not know, for they may be the other's.
 func Share(local *Store, store func() state.Quarantine, node string, mine func() bool, log *slog.Logger) (*Shared, error) {
-	s := &Shared{local: local, store: store, node: node, mine: mine, log: log, dir: filepath.Join(local.dir, "releases")}
+	s := &Shared{local: local, store: store, node: node, mine: mine, log: log, dir: filepath.Join(local.dir, "releases"), settleAfter: settleAfter}
 	if store != nil {
 		if err := os.MkdirAll(s.dir, 0o700); err != nil {
 			return nil, fmt.Errorf("open quarantine: %w", err)
@@ -325,8 +327,11 @@ func (s *Shared) journalEntries() (map[string]journalEntry, error) {
 // settle tells the shared store how the releases of the journal ended,
 // and ends those it has under way on this node that the journal does not
 // know (their copy was never committed: the entry is written first),
-// once the node's name is this process's alone (mine). Under s.mu;
-// failures are left for the next round.
+// once the node's name is this process's alone (mine), and once they
+// began settleAfter ago: a clone of this node that has just begun a
+// release under the name (its heartbeats have not been found yet) knows
+// it in its own journal. Under s.mu; failures are left for the next
+// round.
 func (s *Shared) settle(q state.Quarantine) {
 	entries, err := s.journalEntries()
 	if err != nil {
@@ -337,7 +342,14 @@ func (s *Shared) settle(q state.Quarantine) {
 		if r.Queued == nil {
 			continue // Recover decides, before the router starts
 		}
-		if err := s.end(context.Background(), q, id, r.Copy, *r.Queued); err != nil && !errors.Is(err, state.ErrNotFound) {
+		switch err := s.end(context.Background(), q, id, r.Copy, *r.Queued); {
+		case errors.Is(err, state.ErrNotUnderWay):
+			// Ended from elsewhere: this node was taken out of the
+			// cluster (mailgate cluster remove) while it was away. Kept,
+			// the entry would stop every round here.
+			s.log.Error("quarantine: the cluster's store no longer has this node's release under way; it was ended from elsewhere (mailgate cluster remove?)",
+				"id", id, "copy", r.Copy, "copy_queued", *r.Queued, "err", err)
+		case err != nil && !errors.Is(err, state.ErrNotFound):
 			return
 		}
 		os.Remove(s.journalPath(id))
@@ -350,13 +362,20 @@ func (s *Shared) settle(q state.Quarantine) {
 		return
 	}
 	for _, rec := range under {
-		if _, ok := entries[rec.ID]; !ok {
-			if err := q.EndRelease(context.Background(), rec.ID, rec.Releasing, false); err != nil {
-				return
-			}
+		if _, ok := entries[rec.ID]; ok || time.Since(rec.ReleasingSince) < s.settleAfter {
+			continue
+		}
+		if err := q.EndRelease(context.Background(), rec.ID, rec.Releasing, false); err != nil {
+			return
 		}
 	}
 }
+
+// settleAfter is how old a release under way under this node's name must
+// be for settle to end it when the journal does not know it: longer than
+// two heartbeats, after which two processes under one name have found
+// each other (state.NameWatch), and a release's own time many times over.
+const settleAfter = 30 * time.Second
 
 // Run moves the spill to the shared store and settles the journal every
 // MoveEvery while the shared store answers, until ctx ends. On one node

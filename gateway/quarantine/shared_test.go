@@ -479,3 +479,74 @@ func TestCopyOverlappingRelease(t *testing.T) {
 		t.Errorf("x released again from the store: %v", err)
 	}
 }
+
+// TestSettleUnknownReleases: a release under way under this node's name
+// that its journal does not know is ended once it is old enough (a crash
+// before the journal was written), and left alone while fresh (a clone's,
+// under the same name, not yet found by the heartbeats); a journal entry
+// whose release the store no longer has under way (the node was taken out
+// of the cluster meanwhile) is dropped, and the entries after it are still
+// told to the store.
+func TestSettleUnknownReleases(t *testing.T) {
+	pg := pgtest.Start(t)
+	url := pg.NewDatabase(t)
+	a := newNode(t, url, "a")
+	ctx, q := context.Background(), a.store.Quarantine()
+	put := func(id string) {
+		t.Helper()
+		rec := &state.QuarantineRecord{ID: id, From: "s@sender.test", Rcpts: []string{"r@dest.test"}, Time: time.Now().UTC()}
+		if err := q.Put(ctx, rec, strings.NewReader("Subject: held\r\n\r\nbody\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	releasing := func(id string) string {
+		t.Helper()
+		rec, err := q.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec.Releasing
+	}
+	put("FRESH00000000001")
+	if _, err := q.BeginRelease(ctx, "FRESH00000000001", "a", "CLONECOPY0000001", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.q.Recover(a.sp); err != nil {
+		t.Fatal(err)
+	}
+	if got := releasing("FRESH00000000001"); got != "CLONECOPY0000001" {
+		t.Fatalf("a fresh release under way that the journal does not know was ended (releasing %q)", got)
+	}
+	a.q.settleAfter = 0
+	if err := a.q.Recover(a.sp); err != nil {
+		t.Fatal(err)
+	}
+	if got := releasing("FRESH00000000001"); got != "" {
+		t.Fatalf("an old release under way that the journal does not know is still under way (%q)", got)
+	}
+
+	// Two journal entries: the first's release was ended from elsewhere.
+	for _, id := range []string{"GONE000000000001", "KEPT000000000001"} {
+		put(id)
+		if _, err := q.BeginRelease(ctx, id, "a", "COPYOF"+id[:10], nil); err != nil {
+			t.Fatal(err)
+		}
+		queued := true
+		if err := a.q.journal(id, "COPYOF"+id[:10], &queued); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.EndRelease(ctx, "GONE000000000001", "COPYOFGONE000000", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.q.Recover(a.sp); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := a.q.journalEntries()
+	if err != nil || len(entries) != 0 {
+		t.Errorf("journal after settling: %v, %v; want it empty", entries, err)
+	}
+	if rec, err := q.Get(ctx, "KEPT000000000001"); err != nil || rec.Released != "COPYOFKEPT000000" {
+		t.Errorf("the entry after the dropped one: %+v, %v; want released as COPYOFKEPT000000", rec, err)
+	}
+}

@@ -31,7 +31,7 @@ func (q *quarantine) Put(ctx context.Context, rec *state.QuarantineRecord, msg i
 	}
 	rec.Time = rec.Time.UTC().Truncate(time.Microsecond) // as the time column holds it
 	// A new message: releases are made by BeginRelease and EndRelease.
-	rec.Releasing, rec.Released, rec.ReleaseNode, rec.ReleasedAt = "", "", "", time.Time{}
+	rec.Releasing, rec.Released, rec.ReleaseNode, rec.ReleasedAt, rec.ReleasingSince = "", "", "", time.Time{}, time.Time{}
 	rec.ReleasingRcpts, rec.Releases = nil, nil
 	ctx, end := (*Store)(q).op(ctx)
 	defer end(&err)
@@ -300,7 +300,7 @@ func (q *quarantine) BeginRelease(ctx context.Context, id, node, copyID string, 
 		if _, err := rec.Begin(copyID, rcpts); err != nil {
 			return err
 		}
-		rec.ReleaseNode = node
+		rec.ReleaseNode, rec.ReleasingSince = node, now()
 		return putRecord(ctx, tx, rec)
 	})
 	if err != nil {
@@ -341,12 +341,12 @@ func (q *quarantine) EndRelease(ctx context.Context, id, copyID string, queued b
 			rec.Settle(copyID, rec.ReleasingRcpts, now())
 			return putRecord(ctx, tx, rec)
 		case n == 1:
-			rec.Releasing, rec.ReleasingRcpts, rec.ReleaseNode = "", nil, ""
+			rec.Releasing, rec.ReleasingRcpts, rec.ReleaseNode, rec.ReleasingSince = "", nil, "", time.Time{}
 			return putRecord(ctx, tx, rec)
 		case queued && rec.ReleasedAs(copyID), !queued && rec.Releasing == "" && !rec.ReleasedAs(copyID):
 			return nil
 		}
-		return fmt.Errorf("release %s is not under way (releasing %q, released %q)", copyID, rec.Releasing, rec.Released)
+		return fmt.Errorf("%w: %s (releasing %q, released %q)", state.ErrNotUnderWay, copyID, rec.Releasing, rec.Released)
 	})
 	if err != nil {
 		return fmt.Errorf("release %s: %w", id, err)
