@@ -66,7 +66,9 @@ func toReply(r *proto.Reply) (*stages.Reply, error) {
 	default:
 		return nil, fmt.Errorf("enhanced code of %d numbers", len(e))
 	}
-	if len(out.Text) > maxReplyText || strings.ContainsFunc(out.Text, isControl) {
+	// RFC 5321 §4.2: the text is printable US-ASCII (and a tab); the data
+	// path does not check that a string is even UTF-8.
+	if len(out.Text) > maxReplyText || strings.ContainsFunc(out.Text, func(r rune) bool { return r != '\t' && (isControl(r) || r > 126) }) {
 		return nil, fmt.Errorf("text %q", out.Text)
 	}
 	return out, nil

@@ -38,6 +38,8 @@ func TestToVerdict(t *testing.T) {
 		{"enhanced length", reject(&proto.Verdict{Reply: &proto.Reply{Code: 550, Enhanced: []int32{5, 7}}}), false, "reply: enhanced code of 2 numbers"},
 		{"reply line break", reject(&proto.Verdict{Reply: &proto.Reply{Code: 550, Text: "no\r\n250 ok"}}), false, "reply: text"},
 		{"reply too long", reject(&proto.Verdict{Reply: &proto.Reply{Code: 550, Text: strings.Repeat("x", 501)}}), false, "reply: text"},
+		{"reply not ASCII", reject(&proto.Verdict{Reply: &proto.Reply{Code: 550, Text: "nicht erwünscht"}}), false, "reply: text"},
+		{"reply not UTF-8", reject(&proto.Verdict{Reply: &proto.Reply{Code: 550, Text: "bad \xff byte"}}), false, "reply: text"},
 		{"edits undeclared", edit(hdr("X-A", "1")), false, "did not declare edits"},
 		{"header add", edit(hdr("X-A", "1")), true, ""},
 		{"folded value", edit(hdr("X-A", "1\r\n\t2")), true, ""},

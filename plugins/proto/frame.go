@@ -51,6 +51,8 @@ func ReadFrame(r io.Reader, buf *[]byte, f *Frame) error {
 		return err
 	}
 	// Unmarshal copies what it keeps, so b is free for the next frame.
+	// UnmarshalVT merges into f, where the runtime's Unmarshal resets it.
+	f.Reset()
 	if err := f.UnmarshalVT(b); err != nil {
 		return fmt.Errorf("unmarshal frame: %w", err)
 	}

@@ -101,3 +101,26 @@ func BenchmarkFrame(b *testing.B) {
 		}
 	}
 }
+
+// TestReadFrameIntoUsedFrame: a frame read into one that held another is
+// the new frame alone, as the runtime's Unmarshal leaves it.
+func TestReadFrameIntoUsedFrame(t *testing.T) {
+	// The second has no id: one kept of the first would show.
+	frames := []*Frame{wireFrames()[0], {Kind: &Frame_Cancel{Cancel: &Cancel{}}}}
+	var stream []byte
+	for _, f := range frames {
+		var err error
+		if stream, err = AppendFrame(stream, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, buf, f := bytes.NewReader(stream), []byte(nil), new(Frame)
+	for _, want := range frames {
+		if err := ReadFrame(r, &buf, f); err != nil {
+			t.Fatal(err)
+		}
+		if !gproto.Equal(f, want) {
+			t.Errorf("read %v, want %v", f, want)
+		}
+	}
+}
