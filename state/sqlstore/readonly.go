@@ -34,11 +34,15 @@ func OpenSQLiteReadOnly(ctx context.Context, path string, o Options) (*Store, er
 		return nil, fmt.Errorf("sqlite %s: %w", path, err)
 	}
 	check := func(s *Store) error { return s.checkSchema(ctx, false) }
-	params := "" // beside a gateway: through its log
+	var s *Store
+	err = errors.New("no log") // beside a gateway: through its log
 	if _, werr := os.Stat(abs + "-wal"); errors.Is(werr, fs.ErrNotExist) {
-		params = "&immutable=1"
+		s, err = openReadOnly(abs, o, "&immutable=1", check)
 	}
-	s, err := openReadOnly(abs, o, params, check)
+	if err != nil && !errors.Is(err, ErrNewerSchema) && !errors.Is(err, ErrOlderSchema) {
+		// A gateway has it open, or started meanwhile.
+		s, err = openReadOnly(abs, o, "", check)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sqlite %s (read-only): %w", path, err)
 	}

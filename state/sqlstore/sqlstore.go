@@ -158,7 +158,9 @@ func (s *Store) Connect(ctx context.Context) error {
 		err = fmt.Errorf("postgres %s: %w", s.name, err)
 	}
 	if s.gate != nil {
-		s.gate.Settle(err, err == nil, err != nil)
+		// A caller that gave up (the gateway stopping) found nothing of
+		// the database.
+		s.gate.Settle(err, err == nil, err != nil && ctx.Err() == nil)
 	}
 	if err == nil {
 		s.pending.Store(false)
