@@ -1,13 +1,11 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages"
+	"github.com/mailgate/mailgate/stages/testkit"
 	"github.com/mailgate/mailgate/state"
 	"github.com/mailgate/mailgate/state/pgtest"
 )
@@ -29,23 +28,8 @@ const (
 	waitLimit      = time.Minute
 )
 
-// logBuffer is a log the test reads while the node writes it.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// logBuffer collects log output a test reads while it is written.
+type logBuffer = testkit.SyncBuffer
 
 // testNode is a process of a gateway as a node named name of the
 // cluster whose PostgreSQL is at url, with its quarantine and spool.

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -22,6 +21,7 @@ import (
 	"github.com/mailgate/mailgate/spool"
 	"github.com/mailgate/mailgate/stages"
 	"github.com/mailgate/mailgate/stages/smtptest"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
 
 // waitLong bounds every wait for something the router does by itself: an
@@ -68,23 +68,8 @@ func openSpool(t *testing.T) *spool.Spool {
 	return sp
 }
 
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+// logBuffer collects log output a test reads while it is written.
+type logBuffer = testkit.SyncBuffer
 
 type harness struct {
 	t    *testing.T

@@ -7,33 +7,18 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/mailgate/mailgate/stages/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// logBuffer collects log lines for a test to read.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// logBuffer collects log output a test reads while it is written.
+type logBuffer = testkit.SyncBuffer
 
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+func logger(l *logBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
 
 // spend takes events for key until one is refused and returns how many
 // passed.
@@ -55,7 +40,7 @@ func spend(t *testing.T, s Store, k Key, lim Limit, now time.Time) int {
 
 func fileOpts(c *fakeClock, log *logBuffer, m *Metrics) FileOptions {
 	// SaveEvery an hour: the tests save when they choose.
-	return FileOptions{Now: c.Now, Logger: log.logger(), Metrics: m, SaveEvery: time.Hour}
+	return FileOptions{Now: c.Now, Logger: logger(log), Metrics: m, SaveEvery: time.Hour}
 }
 
 // TestFileSurvivesRestart: a spent burst is still spent after Close and

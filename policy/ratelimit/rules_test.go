@@ -252,7 +252,7 @@ func TestRulesStoreFails(t *testing.T) {
 	m := NewMetrics(prometheus.NewRegistry())
 	log := &logBuffer{}
 	r := New(loadRules(t, "[[ratelimit]]\nname = \"r\"\nkey = \"client_ip\"\nrate = 1\nper = \"1h\"\nburst = 1\n"),
-		Env{Store: failingStore{}, Metrics: m, Logger: log.logger()})
+		Env{Store: failingStore{}, Metrics: m, Logger: logger(log)})
 	for range 3 {
 		if x := r.Check(context.Background(), mail("192.0.2.1", "a@x.test")); x != nil {
 			t.Fatal(x.Reason)
