@@ -445,6 +445,10 @@ func (b *bench) batch(ctx context.Context, l *line, n, size int, rate float64, s
 	}
 	b.cutProfiles(l, segment)
 	defer b.cutProfiles(l, "idle")
+	if l.poll != nil {
+		l.poll.on.Store(true)
+		defer l.poll.on.Store(false)
+	}
 	roots := l.roots()
 	before, _ := l.sink.received()
 	cpu0 := snapshot(roots...)

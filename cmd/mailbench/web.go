@@ -59,8 +59,12 @@ func (b *bench) startWebLine(ctx context.Context, l *line) error {
 // stopped, and counts the loads.
 type poller struct {
 	ok, failed atomic.Int64
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
+	// on is set while its line takes mail (bench.batch): loading the
+	// dashboard between, while other lines are measured, would load the
+	// machine under them.
+	on     atomic.Bool
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 func startPoller(base string, every time.Duration) *poller {
@@ -102,6 +106,9 @@ func startPoller(base string, every time.Duration) *poller {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+			}
+			if !p.on.Load() {
+				continue
 			}
 			if err := load(); err != nil {
 				if ctx.Err() == nil {
