@@ -236,6 +236,11 @@ func (s *Spool) newEntry() uint64 {
 // kernel may report a writeback error to one only, and the other, a
 // success, must not count for the entries the failed one did not write.
 func (s *Spool) syncMsgDir(need uint64) error {
+	// Covered already: no waiting for an fsync under way that this one
+	// does not need.
+	if s.dirErr.Load() == nil && need <= s.dirDurable.Load() {
+		return nil
+	}
 	s.dirMu.Lock()
 	defer s.dirMu.Unlock()
 	if err := s.dirErr.Load(); err != nil {
