@@ -51,29 +51,36 @@ func New(c Config) *Gate {
 }
 
 // Admit says whether an operation may go to the engine now: always while
-// it answers; while it does not, one at a time once Retry has passed.
-// An operation admitted must be told to Settle.
-func (g *Gate) Admit() error {
+// it answers; while it does not, one at a time once Retry has passed, and
+// that one is the probe. An operation admitted must be told to Settle,
+// with probe as Admit returned it.
+func (g *Gate) Admit() (probe bool, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.err == nil {
-		return nil
+		return false, nil
 	}
 	if g.probing || time.Now().Before(g.retryAt) {
-		return fmt.Errorf("%w: %v", g.c.Down, g.err)
+		return false, fmt.Errorf("%w: %v", g.c.Down, g.err)
 	}
 	g.probing = true
-	return nil
+	return true, nil
 }
 
 // Settle records how an operation fared: whether the engine answered
 // it, or was found unreachable (err says why); neither, for one its
-// caller cancelled or that failed before asking. It reports whether the
-// engine was found away while it was known to be away already.
-func (g *Gate) Settle(err error, answered, down bool) (stillDown bool) {
+// caller cancelled or that failed before asking. probe is what Admit
+// said of the operation (false for one not admitted by Admit): only the
+// probe's end lets another operation probe, so that operations admitted
+// before the engine went away, ending during the outage, do not let
+// several probes run at once. It reports whether the engine was found
+// away while it was known to be away already.
+func (g *Gate) Settle(probe bool, err error, answered, down bool) (stillDown bool) {
 	g.mu.Lock()
 	was := g.err
-	g.probing = false
+	if probe {
+		g.probing = false
+	}
 	switch {
 	case down:
 		if was == nil {
@@ -84,7 +91,7 @@ func (g *Gate) Settle(err error, answered, down bool) (stillDown bool) {
 		if was != nil || g.up.IsZero() {
 			g.up = time.Now()
 		}
-		g.err = nil
+		g.err, g.probing = nil, false // up: nothing to probe
 	}
 	g.mu.Unlock()
 	switch {

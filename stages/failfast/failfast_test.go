@@ -14,42 +14,74 @@ var errAway = errors.New("engine away")
 // (its caller cancelled it) changes nothing but lets the next one try.
 func TestGate(t *testing.T) {
 	g := New(Config{Down: errAway, Retry: time.Hour})
-	if err := g.Admit(); err != nil || !g.UpSince().IsZero() {
-		t.Fatalf("an engine not tried yet: Admit %v, UpSince %v; want admitted, no answer yet", err, g.UpSince())
+	if probe, err := g.Admit(); err != nil || probe || !g.UpSince().IsZero() {
+		t.Fatalf("an engine not tried yet: Admit %v %v, UpSince %v; want admitted, not a probe, no answer yet", probe, err, g.UpSince())
 	}
-	g.Settle(nil, true, false)
+	g.Settle(false, nil, true, false)
 	if g.UpSince().IsZero() {
 		t.Fatal("no UpSince after an answer")
 	}
 	refused := errors.New("connection refused")
-	if g.Settle(refused, false, true) {
+	if g.Settle(false, refused, false, true) {
 		t.Error("the first failure says the engine was known away")
 	}
-	if err := g.Admit(); !errors.Is(err, errAway) || g.Err() != refused || g.DownSince().IsZero() || !g.UpSince().IsZero() {
+	if _, err := g.Admit(); !errors.Is(err, errAway) || g.Err() != refused || g.DownSince().IsZero() || !g.UpSince().IsZero() {
 		t.Fatalf("within Retry: Admit %v, Err %v, DownSince %v", err, g.Err(), g.DownSince())
 	}
 
 	g = New(Config{Down: errAway, Retry: 0})
-	g.Settle(refused, false, true)
-	if err := g.Admit(); err != nil {
-		t.Fatalf("after Retry: %v; want one probe admitted", err)
+	g.Settle(false, refused, false, true)
+	probe, err := g.Admit()
+	if err != nil || !probe {
+		t.Fatalf("after Retry: Admit %v %v; want one probe admitted", probe, err)
 	}
-	if err := g.Admit(); !errors.Is(err, errAway) {
+	if _, err := g.Admit(); !errors.Is(err, errAway) {
 		t.Fatalf("a second probe while one is trying: %v; want refused", err)
 	}
-	g.Settle(nil, false, false) // cancelled: tells nothing
+	g.Settle(true, nil, false, false) // cancelled: tells nothing
 	if g.Err() == nil {
 		t.Fatal("a cancelled probe ended the outage")
 	}
-	if err := g.Admit(); err != nil {
-		t.Fatalf("after a cancelled probe: %v; want the next admitted", err)
+	if probe, err = g.Admit(); err != nil || !probe {
+		t.Fatalf("after a cancelled probe: %v %v; want the next admitted as the probe", probe, err)
 	}
-	if !g.Settle(refused, false, true) {
+	if !g.Settle(true, refused, false, true) {
 		t.Error("a failed probe does not say the engine was known away")
 	}
-	g.Admit()
-	g.Settle(nil, true, false)
-	if g.Err() != nil || !g.DownSince().IsZero() || g.Admit() != nil {
-		t.Errorf("after an answer: Err %v, DownSince %v", g.Err(), g.DownSince())
+	probe, _ = g.Admit()
+	g.Settle(probe, nil, true, false)
+	if _, err := g.Admit(); g.Err() != nil || !g.DownSince().IsZero() || err != nil {
+		t.Errorf("after an answer: Err %v, DownSince %v, Admit %v", g.Err(), g.DownSince(), err)
+	}
+}
+
+// TestGateProbeAlone: operations admitted while the engine answered and
+// ending during the outage (they fail too, or their callers cancel them)
+// do not let a second probe run beside the one under way; only the
+// probe's own end does.
+func TestGateProbeAlone(t *testing.T) {
+	g := New(Config{Down: errAway, Retry: 0})
+	var before []bool
+	for range 3 { // in flight when the engine goes away
+		probe, err := g.Admit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = append(before, probe)
+	}
+	refused := errors.New("connection refused")
+	g.Settle(before[0], refused, false, true)
+	probe, err := g.Admit()
+	if err != nil || !probe {
+		t.Fatalf("after Retry: Admit %v %v; want the probe", probe, err)
+	}
+	g.Settle(before[1], refused, false, true)
+	g.Settle(before[2], nil, false, false)
+	if _, err := g.Admit(); !errors.Is(err, errAway) {
+		t.Fatalf("older operations ended while the probe runs: Admit %v; want refused", err)
+	}
+	g.Settle(probe, refused, false, true)
+	if probe, err := g.Admit(); err != nil || !probe {
+		t.Fatalf("after the probe failed: Admit %v %v; want the next probe", probe, err)
 	}
 }

@@ -229,19 +229,20 @@ func (c *Client) around(ctx context.Context, run func(context.Context) error, cm
 	if ctx.Value(admitted{}) != nil {
 		return run(ctx)
 	}
-	if err := c.gate.Admit(); err != nil {
+	probe, err := c.gate.Admit()
+	if err != nil {
 		c.failures.Add(1)
 		for _, cmd := range cmds {
 			cmd.SetErr(err)
 		}
 		return err
 	}
-	err := run(context.WithValue(ctx, admitted{}, true))
+	err = run(context.WithValue(ctx, admitted{}, true))
 	answered, down := judge(err)
 	if down {
 		c.failures.Add(1)
 	}
-	if c.gate.Settle(err, answered, down) {
+	if c.gate.Settle(probe, err, answered, down) {
 		// A probe that failed: Redis is still away, as ErrDown says.
 		err = fmt.Errorf("%w: %v", ErrDown, err)
 		for _, cmd := range cmds {

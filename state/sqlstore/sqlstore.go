@@ -160,7 +160,7 @@ func (s *Store) Connect(ctx context.Context) error {
 	if s.gate != nil {
 		// A caller that gave up (the gateway stopping) found nothing of
 		// the database.
-		s.gate.Settle(err, err == nil, err != nil && ctx.Err() == nil)
+		s.gate.Settle(false, err, err == nil, err != nil && ctx.Err() == nil)
 	}
 	if err == nil {
 		s.pending.Store(false)
@@ -243,7 +243,7 @@ func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 // before it asks anything, and end gives it the refusal instead.
 func (s *Store) op(ctx context.Context) (context.Context, func(*error)) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	refused := s.admit()
+	probe, refused := s.admit()
 	if refused != nil {
 		cancel()
 	}
@@ -257,7 +257,7 @@ func (s *Store) op(ctx context.Context) (context.Context, func(*error)) {
 			// Only an answer says the database is up: an error may
 			// have come before any query (an entry refused by its
 			// own checks, a caller's cancellation).
-			s.gate.Settle(err, err == nil, down)
+			s.gate.Settle(probe, err, err == nil, down)
 			if down {
 				*errp = fmt.Errorf("%w: %w", state.ErrUnavailable, err)
 			}
@@ -266,18 +266,18 @@ func (s *Store) op(ctx context.Context) (context.Context, func(*error)) {
 }
 
 // admit returns nil if an operation may ask the database now, and why
-// not otherwise.
-func (s *Store) admit() error {
+// not otherwise; probe as the Gate's Admit.
+func (s *Store) admit() (probe bool, err error) {
 	if s.pending.Load() {
 		if s.gate != nil && s.gate.Err() != nil {
-			return fmt.Errorf("%w: %v", state.ErrUnavailable, s.gate.Err())
+			return false, fmt.Errorf("%w: %v", state.ErrUnavailable, s.gate.Err())
 		}
-		return fmt.Errorf("%w: not connected yet", state.ErrUnavailable)
+		return false, fmt.Errorf("%w: not connected yet", state.ErrUnavailable)
 	}
 	if s.gate != nil {
 		return s.gate.Admit()
 	}
-	return nil
+	return false, nil
 }
 
 func (s *Store) Quarantine() state.Quarantine { return (*quarantine)(s) }
