@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -234,4 +235,24 @@ func (s *sampler) end() (rss, pss int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.peakRSS, s.peak
+}
+
+// pause stops (SIGSTOP) the process trees under roots, but not those
+// under keep, and returns what resumes them (SIGCONT).
+func pause(roots, keep []int) (resume func()) {
+	spare := map[int]bool{}
+	for _, st := range tree(keep...) {
+		spare[st.pid] = true
+	}
+	var stopped []int
+	for _, st := range tree(roots...) {
+		if !spare[st.pid] && syscall.Kill(st.pid, syscall.SIGSTOP) == nil {
+			stopped = append(stopped, st.pid)
+		}
+	}
+	return func() {
+		for _, pid := range stopped {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
 }

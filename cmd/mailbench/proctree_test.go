@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseStat(t *testing.T) {
@@ -88,4 +92,44 @@ func TestCPUBreakdown(t *testing.T) {
 	if total := after.seconds() - before.seconds(); total-sum > 1e-9 || sum-total > 1e-9 {
 		t.Errorf("parts add up to %v, total %v", sum, total)
 	}
+}
+
+func TestPause(t *testing.T) {
+	// Two sleepers: one paused with its tree, one kept running.
+	start := func() *exec.Cmd {
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd
+	}
+	a, b := start(), start()
+	state := func(pid int) string {
+		buf, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(buf[bytes.LastIndexByte(buf, ')')+1:]))
+		return f[0]
+	}
+	// waitState waits for the kernel to act on the signal.
+	waitState := func(pid int, want func(string) bool, what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !want(state(pid)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("process %d: state %s, want %s", pid, state(pid), what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	stopped := func(s string) bool { return s == "T" }
+	resume := pause([]int{a.Process.Pid, b.Process.Pid}, []int{b.Process.Pid})
+	waitState(a.Process.Pid, stopped, "T (stopped)")
+	if s := state(b.Process.Pid); stopped(s) {
+		t.Errorf("kept process stopped (state %s)", s)
+	}
+	resume()
+	waitState(a.Process.Pid, func(s string) bool { return !stopped(s) }, "running or sleeping")
 }
