@@ -23,15 +23,18 @@ import (
 // the batch cannot be sent, the stages are called one by one.
 
 // batchLen returns how many stages at the front of run can go in one
-// batch: whole groups (see groupLen) of stages that one process serves,
-// the last of which may be an editing stage, which ends a batch.
+// batch: whole groups (see groupLen) of stages that one process serves.
+// An editing stage does not end a batch: the process applies its edits
+// before the next group, as runChain does (proto.Batch); a process that
+// cannot has the batch refused (host.ErrNotBatched), and the stages are
+// called one by one.
 func batchLen(run []*stage) int {
 	first, ok := run[0].Stage.(*host.Plugin)
 	if !ok {
 		return 0
 	}
 	n := 0
-	for n < len(run) && !(n > 0 && run[n-1].info.Edits) {
+	for n < len(run) {
 		g := groupLen(run[n:])
 		for _, sg := range run[n : n+g] {
 			if !first.Batches(sg.Stage) {
@@ -81,7 +84,11 @@ func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Tra
 		return nil
 	}
 	outs := make([]outcome, 0, len(run))
-	var edits []stages.Edit
+	// The edits go to a copy of tx until every answer is read as the
+	// process read it: one refused on the way means the later steps saw
+	// a message the pipeline would not have, so they are called again,
+	// one by one, on tx as it was.
+	etx := *tx
 	for i, sg := range run {
 		var o outcome
 		switch {
@@ -98,9 +105,18 @@ func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Tra
 			if errors.Is(a.Err, context.DeadlineExceeded) {
 				a.Err = sg.timeoutErr
 			}
+			var edits []stages.Edit
 			if o, edits = p.finish(ph, sg, a.Verdict, a.Err, a.Took, eff); o.result() != a.Result {
 				log.Warn("a batch's answer read otherwise; stages called one by one", "stage", sg.name, "phase", ph.String())
 				return nil
+			}
+			o = p.applyEdits(sg, &etx, o, edits)
+			if o.result() != a.Result {
+				if i < len(answers)-1 {
+					log.Warn("a batch's edits refused before its last step; stages called one by one", "stage", sg.name, "phase", ph.String())
+					return nil
+				}
+				// The last step: it broke, as it would have alone.
 			}
 		}
 		outs = append(outs, o)
@@ -111,8 +127,7 @@ func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Tra
 	if err == nil && len(outs) != len(answers) {
 		return nil // the process went on where the pipeline stops
 	}
-	last := len(outs) - 1
-	outs[last] = p.applyEdits(run[last], tx, outs[last], edits)
+	*tx = etx
 	return outs
 }
 

@@ -78,7 +78,7 @@ func (p *Plugin) RunBatch(ctx context.Context, phase stages.Phase, tx *stages.Tr
 	}
 
 	// Every stage must be admitted, as for a call of its own.
-	pr, probes, err := p.admitAll(steps)
+	pr, probes, err := p.admitAll(steps, editsInside(steps))
 	if err != nil {
 		return nil, err
 	}
@@ -121,21 +121,40 @@ func (p *Plugin) RunBatch(ctx context.Context, phase stages.Phase, tx *stages.Tr
 	return out, nil
 }
 
+// editsInside reports whether a step follows the step of an editing
+// stage: the process must then apply edits within the batch.
+func editsInside(steps []Step) bool {
+	for _, st := range steps[:max(len(steps)-1, 0)] {
+		if st.Stage.info.Edits {
+			return true
+		}
+	}
+	return false
+}
+
 // admitAll admits the call of every step's stage to their process, or
-// none, and returns the process and which calls are probes.
-func (p *Plugin) admitAll(steps []Step) (*proc, []bool, error) {
+// none, and returns the process and which calls are probes. edits says
+// the process must apply edits within the batch (editsInside).
+func (p *Plugin) admitAll(steps []Step, edits bool) (*proc, []bool, error) {
 	p.p.mu.Lock()
 	defer p.p.mu.Unlock()
 	probes := make([]bool, len(steps))
 	var pr *proc
 	for i, st := range steps {
 		cur, probe, err := st.Stage.admitLocked()
-		if err == nil && cur.data == nil {
-			err = ErrNotBatched
+		admitted := steps[:i]
+		if err == nil {
+			admitted = steps[:i+1]
+			switch {
+			case cur.data == nil:
+				err = ErrNotBatched
+			case edits && cur.dataVer < proto.DataPathEditsInBatch:
+				err = fmt.Errorf("data path version %d applies no edits within a batch", cur.dataVer)
+			}
 		}
 		if err != nil {
-			for _, admitted := range steps[:i] {
-				admitted.Stage.probing = false
+			for _, a := range admitted {
+				a.Stage.probing = false
 			}
 			return nil, nil, fmt.Errorf("%w: stage %q: %w", ErrNotBatched, st.Stage.name, err)
 		}

@@ -58,6 +58,7 @@ type proc struct {
 	filter  proto.FilterClient
 	infos   []stages.Info // the members', in order
 	data    *dataClient   // the data path, nil if the plugin serves none
+	dataVer uint32        // the data path's version (proto.DataPathVersion), 0 without one
 	pid     int
 	sock    string // the plugin's Unix socket, "" for TCP
 	started time.Time
@@ -361,10 +362,10 @@ func (pr *process) handshake(ctx context.Context, client *plugin.Client, again b
 		if data != nil {
 			data.Close()
 		}
-	case dataPath == proto.DataPathVersion:
-		cur.data = newDataClient(data)
+	case dataPath >= proto.DataPathOldest && dataPath <= proto.DataPathVersion:
+		cur.data, cur.dataVer = newDataClient(data), dataPath
 	default:
-		return nil, fmt.Errorf("%s: plugin serves data path version %d; expect %d", pr.what(), dataPath, proto.DataPathVersion)
+		return nil, fmt.Errorf("%s: plugin serves data path version %d; expect %d to %d", pr.what(), dataPath, proto.DataPathOldest, proto.DataPathVersion)
 	}
 	if rc := client.ReattachConfig(); rc != nil {
 		cur.pid = rc.Pid

@@ -1649,7 +1649,8 @@ func (x *RunResponse) GetVerdict() *Verdict {
 	return nil
 }
 
-// The data path, version 1 (DataPathVersion in proto.go): Run without
+// The data path, version 2 (DataPathVersion in proto.go; version 1 is
+// the same but for what Batch says of editing steps): Run without
 // gRPC, for speed. The host starts the plugin with one end of a Unix
 // socket pair as an extra file descriptor, whose number is in the
 // environment variable MAILGATE_PLUGIN_DATA_FD (see proto.go). A plugin
@@ -1824,7 +1825,14 @@ func (*Frame_BatchResponse) isFrame_Kind() {}
 // group concurrently, each group after the one before, seeing the results
 // of the steps before it (those of request.transaction.results first);
 // after a group in which a step's result is an accept, no more steps run.
-// Only a process serving several stages is sent batches.
+// A step of a stage that edits is a group of its own. Before the group
+// after it, the plugin applies that step's edits (those of its verdict)
+// to the transaction, as the host's pipeline does (stages.ApplyEdits), so
+// the later steps see the message as they would one by one; if they
+// cannot be applied, the answers end with that step's and the host calls
+// the stages one by one. A plugin of data path version 1 is sent no step
+// after an editing one. Only a process serving several stages is sent
+// batches.
 type Batch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// request carries the phase, the transaction (everything any step

@@ -46,7 +46,19 @@ const ChunkSize = 64 << 10
 const (
 	// DataPathVersion is the version of the data path this package
 	// describes, as a plugin states it in DescribeResponse.data_path.
-	DataPathVersion = 1
+	// Version 2 lets a Batch go on after the step of an editing stage
+	// (the plugin applies its edits before the next group); a plugin of
+	// version 1 is sent batches that end at such a step. A host serves
+	// every version from DataPathOldest on.
+	DataPathVersion = 2
+
+	// DataPathOldest is the oldest version of the data path a host
+	// serves: plugins built with an older SDK keep working.
+	DataPathOldest = 1
+
+	// DataPathEditsInBatch is the version from which a Batch may hold
+	// steps after the step of an editing stage.
+	DataPathEditsInBatch = 2
 
 	// DataFDEnv names the environment variable that gives a plugin the
 	// number of its end of the data socket (an inherited descriptor).

@@ -15,10 +15,11 @@ import (
 
 // runBatch runs the steps of a batch (proto.Batch) as the host's pipeline
 // would run those stages: group after group, the steps of a group
-// concurrently, each stage given what it declared it needs and the
-// results of the steps before its group, and no group after one in which
-// a step's result is an accept. An error is one of the whole batch (a
-// request it cannot read); a step's failure is in its answer.
+// concurrently, each stage given what it declared it needs, the results
+// of the steps before its group and the message as their edits left it,
+// and no group after one in which a step's result is an accept. An error
+// is one of the whole batch (a request it cannot read); a step's failure
+// is in its answer.
 func (s *filterServer) runBatch(ctx context.Context, b *proto.Batch) (*proto.BatchResponse, error) {
 	req := b.GetRequest()
 	phase, err := proto.ToPhase(req.GetPhase())
@@ -39,7 +40,7 @@ func (s *filterServer) runBatch(ctx context.Context, b *proto.Batch) (*proto.Bat
 		for n < len(steps) && steps[n].GetGroup() == steps[0].GetGroup() {
 			n++
 		}
-		got := s.runGroup(ctx, phase, tx, steps[:n])
+		got, edits := s.runGroup(ctx, phase, tx, steps[:n])
 		for _, a := range got {
 			r, err := proto.ToResult(a.GetResult())
 			if err != nil {
@@ -51,26 +52,50 @@ func (s *filterServer) runBatch(ctx context.Context, b *proto.Batch) (*proto.Bat
 		if len(got) < n || got[n-1].GetResult().GetAction() == proto.Action_ACTION_ACCEPT {
 			break
 		}
+		if !s.applyEdits(tx, steps[:n], edits) {
+			break // the host calls the stages one by one
+		}
 		steps = steps[n:]
 	}
 	return out, nil
 }
 
+// applyEdits applies the edits the steps of a group asked for to tx, in
+// order, as the host's pipeline does before the next group, and reports
+// whether it could: edits from a stage that did not declare any, or that
+// stages.ApplyEdits refuses, fail that stage on the host's side, so the
+// batch ends there. An editing stage is alone in its group.
+func (s *filterServer) applyEdits(tx *stages.Transaction, group []*proto.Step, edits [][]stages.Edit) bool {
+	for i, e := range edits {
+		if len(e) == 0 {
+			continue
+		}
+		f, err := s.configured(group[i].GetStage())
+		if err != nil || !f.Info().Edits || stages.ApplyEdits(tx, e) != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // runGroup runs the steps of one group concurrently and returns their
-// answers in order, up to the first whose result is an accept: the steps
-// after it are cancelled and left out, as the pipeline leaves them.
-func (s *filterServer) runGroup(ctx context.Context, phase stages.Phase, tx *stages.Transaction, group []*proto.Step) []*proto.StepAnswer {
+// answers in order, up to the first whose result is an accept (the steps
+// after it are cancelled and left out, as the pipeline leaves them), and
+// the edits each answer's verdict asked for.
+func (s *filterServer) runGroup(ctx context.Context, phase stages.Phase, tx *stages.Transaction, group []*proto.Step) ([]*proto.StepAnswer, [][]stages.Edit) {
 	if len(group) == 1 {
-		return []*proto.StepAnswer{s.runStep(ctx, phase, tx, group[0])}
+		a, e := s.runStep(ctx, phase, tx, group[0])
+		return []*proto.StepAnswer{a}, [][]stages.Edit{e}
 	}
 	answers := make([]*proto.StepAnswer, len(group))
+	edits := make([][]stages.Edit, len(group))
 	cancels := make([]context.CancelFunc, len(group))
 	done := make(chan int, len(group))
 	for i, st := range group {
 		sctx, cancel := context.WithCancel(ctx)
 		cancels[i] = cancel
 		go func() {
-			answers[i] = s.runStep(sctx, phase, tx, st)
+			answers[i], edits[i] = s.runStep(sctx, phase, tx, st)
 			done <- i
 		}()
 	}
@@ -88,21 +113,22 @@ func (s *filterServer) runGroup(ctx context.Context, phase stages.Phase, tx *sta
 		cancel()
 	}
 	if accepted < len(group) {
-		return answers[:accepted+1]
+		return answers[:accepted+1], edits[:accepted+1]
 	}
-	return answers
+	return answers, edits
 }
 
 // runStep calls one step's stage with the part of tx it declared it
 // needs and answers with the verdict or the error, and the result the
-// steps after it see. It answers by the step's timeout, as the host does
-// for a call of its own, even if the filter does not return then: the
-// steps after it must not wait for it.
-func (s *filterServer) runStep(ctx context.Context, phase stages.Phase, tx *stages.Transaction, st *proto.Step) *proto.StepAnswer {
+// steps after it see; and the verdict's edits. It answers by the step's
+// timeout, as the host does for a call of its own, even if the filter
+// does not return then: the steps after it must not wait for it.
+func (s *filterServer) runStep(ctx context.Context, phase stages.Phase, tx *stages.Transaction, st *proto.Step) (*proto.StepAnswer, []stages.Edit) {
 	start := time.Now()
 	a := &proto.StepAnswer{}
 	f, err := s.configured(st.GetStage())
 	var resp *proto.RunResponse
+	var edits []stages.Edit
 	if err == nil {
 		if t := st.GetTimeoutNs(); t > 0 {
 			var cancel context.CancelFunc
@@ -110,18 +136,19 @@ func (s *filterServer) runStep(ctx context.Context, phase stages.Phase, tx *stag
 			defer cancel()
 		}
 		type answer struct {
-			resp *proto.RunResponse
-			err  error
+			resp  *proto.RunResponse
+			edits []stages.Edit
+			err   error
 		}
 		done := make(chan answer, 1) // the filter may answer after nobody waits
 		stx := needed(tx, f.Info().Needs)
 		s.workers.spawn(func() {
-			resp, err := s.runFilter(ctx, f, phase, stx)
-			done <- answer{resp, err}
+			resp, edits, err := s.runFilter(ctx, f, phase, stx)
+			done <- answer{resp, edits, err}
 		})
 		select {
 		case an := <-done:
-			resp, err = an.resp, an.err
+			resp, edits, err = an.resp, an.edits, an.err
 		case <-ctx.Done():
 			code := codes.Canceled
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -135,11 +162,11 @@ func (s *filterServer) runStep(ctx context.Context, phase stages.Phase, tx *stag
 		e, _ := status.FromError(err)
 		a.Outcome = &proto.StepAnswer_Error{Error: &proto.CallError{Code: uint32(e.Code()), Message: e.Message()}}
 		a.Result = st.GetBroken() // the stage's on_error, as the host sent it
-		return a
+		return a, nil
 	}
 	a.Outcome = &proto.StepAnswer_Response{Response: resp}
 	a.Result = resultOf(st, f.Info().Kind, resp.GetVerdict())
-	return a
+	return a, edits
 }
 
 // resultOf is the result the steps after st see of verdict v: its result

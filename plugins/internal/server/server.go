@@ -299,16 +299,19 @@ func (s *filterServer) run(ctx context.Context, req *proto.RunRequest, body stag
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	tx.Body = body
-	return s.runFilter(ctx, f, phase, tx)
+	resp, _, err = s.runFilter(ctx, f, phase, tx)
+	return resp, err
 }
 
-// runFilter calls f. A panic in the filter becomes this call's error
-// rather than the end of the process and of every other call in flight.
-func (s *filterServer) runFilter(ctx context.Context, f stages.Filter, phase stages.Phase, tx *stages.Transaction) (resp *proto.RunResponse, err error) {
+// runFilter calls f and returns its verdict as the host reads it, and
+// the verdict's edits (for a batch to apply before its next step). A
+// panic in the filter becomes this call's error rather than the end of
+// the process and of every other call in flight.
+func (s *filterServer) runFilter(ctx context.Context, f stages.Filter, phase stages.Phase, tx *stages.Transaction) (resp *proto.RunResponse, edits []stages.Edit, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("filter panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			resp, err = nil, status.Errorf(codes.Internal, "filter panicked: %v", r)
+			resp, edits, err = nil, nil, status.Errorf(codes.Internal, "filter panicked: %v", r)
 		}
 	}()
 	v, err := f.Run(ctx, phase, tx)
@@ -317,11 +320,11 @@ func (s *filterServer) runFilter(ctx context.Context, f stages.Filter, phase sta
 		// As gRPC reports a handler past its deadline: the host tells a
 		// timeout from the filter's own error, even when this timer
 		// fires before its own.
-		return nil, status.Error(codes.DeadlineExceeded, err.Error())
+		return nil, nil, status.Error(codes.DeadlineExceeded, err.Error())
 	case err != nil:
-		return nil, status.Error(codes.Unknown, err.Error())
+		return nil, nil, status.Error(codes.Unknown, err.Error())
 	}
-	return &proto.RunResponse{Verdict: verdict(v)}, nil
+	return &proto.RunResponse{Verdict: verdict(v)}, v.Edits, nil
 }
 
 func transaction(t *proto.Transaction) (*stages.Transaction, error) {

@@ -23,7 +23,8 @@
 //
 // Otherwise it answers the config's verdict. For a body it reports the
 // size and SHA-256 it read in Result, "<size> <hex>", without one the
-// Subject it got; its pid goes in Reason.
+// Subject it got (or with "result_header" the value of that field); its
+// pid goes in Reason.
 package main
 
 import (
@@ -43,12 +44,15 @@ import (
 )
 
 type config struct {
-	Action    stages.Action   `json:"action"`     // default continue
-	Score     float64         `json:"score"`      //
-	Reply     string          `json:"reply"`      // text of a 550 5.7.1 reply
-	AddHeader string          `json:"add_header"` // "Name: value", added by an edit
-	Sleep     stages.Duration `json:"sleep"`      // for sleep@ senders
-	Garbage   string          `json:"garbage"`    // "action" or "edit": a verdict the host must refuse
+	Action    stages.Action `json:"action"`     // default continue
+	Score     float64       `json:"score"`      //
+	Reply     string        `json:"reply"`      // text of a 550 5.7.1 reply
+	AddHeader string        `json:"add_header"` // "Name: value", added by an edit
+	// ResultHeader names the field whose value it reports in Result
+	// instead of the Subject (a stage after an editing one sees its edit).
+	ResultHeader string          `json:"result_header"`
+	Sleep        stages.Duration `json:"sleep"`   // for sleep@ senders
+	Garbage      string          `json:"garbage"` // "action" or "edit": a verdict the host must refuse
 	// Results are the result words it declares in Info, so that a config
 	// may map them; the words it reports are the Subject or the body's
 	// size and hash, for the tests to read.
@@ -137,7 +141,10 @@ func (f *filter) Run(ctx context.Context, ph stages.Phase, tx *stages.Transactio
 		v.Edits = append(v.Edits, stages.Edit{Op: stages.HeaderAdd, Name: "X-Ok", Value: "1\r\nInjected: yes"})
 	}
 	v.Result = tx.Header.Get("Subject")
-	if tx.Body != nil {
+	if f.cfg.ResultHeader != "" {
+		v.Result = tx.Header.Get(f.cfg.ResultHeader)
+	}
+	if tx.Body != nil && f.cfg.ResultHeader == "" {
 		r, err := tx.Body.Open()
 		if err != nil {
 			return stages.Verdict{}, err
