@@ -110,13 +110,12 @@ func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Tra
 				log.Warn("a batch's answer read otherwise; stages called one by one", "stage", sg.name, "phase", ph.String())
 				return nil
 			}
-			o = p.applyEdits(sg, &etx, o, edits)
-			if o.result() != a.Result {
-				if i < len(answers)-1 {
-					log.Warn("a batch's edits refused before its last step; stages called one by one", "stage", sg.name, "phase", ph.String())
-					return nil
-				}
-				// The last step: it broke, as it would have alone.
+			// Edits refused break the stage (applyEdits): the last step
+			// broke as it would have alone; one before it means the
+			// steps after it saw edits the pipeline refused.
+			if o = p.applyEdits(sg, &etx, o, edits); o.broke && len(edits) > 0 && i < len(answers)-1 {
+				log.Warn("a batch's edits refused before its last step; stages called one by one", "stage", sg.name, "phase", ph.String())
+				return nil
 			}
 		}
 		outs = append(outs, o)
