@@ -24,17 +24,17 @@ import (
 
 // batchLen returns how many stages at the front of run can go in one
 // batch: whole groups (see groupLen) of stages that one process serves.
-// An editing stage does not end a batch: the process applies its edits
-// before the next group, as runChain does (proto.Batch); a process that
-// cannot has the batch refused (host.ErrNotBatched), and the stages are
-// called one by one.
+// An editing stage ends a batch only for a process that cannot apply its
+// edits before the next group as runChain does (proto.Batch, data path
+// version 1).
 func batchLen(run []*stage) int {
 	first, ok := run[0].Stage.(*host.Plugin)
 	if !ok {
 		return 0
 	}
+	inside := first.EditsInBatch()
 	n := 0
-	for n < len(run) {
+	for n < len(run) && (inside || n == 0 || !run[n-1].info.Edits) {
 		g := groupLen(run[n:])
 		for _, sg := range run[n : n+g] {
 			if !first.Batches(sg.Stage) {
@@ -112,7 +112,9 @@ func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Tra
 			}
 			// Edits refused break the stage (applyEdits): the last step
 			// broke as it would have alone; one before it means the
-			// steps after it saw edits the pipeline refused.
+			// steps after it saw edits the pipeline refused. (A step
+			// that broke otherwise, its verdict refused included, had no
+			// edits applied in the process either: proto.Batch.)
 			if o = p.applyEdits(sg, &etx, o, edits); o.broke && len(edits) > 0 && i < len(answers)-1 {
 				log.Warn("a batch's edits refused before its last step; stages called one by one", "stage", sg.name, "phase", ph.String())
 				return nil

@@ -85,6 +85,12 @@ func TestBatchAsOneByOne(t *testing.T) {
 			{name: "a", config: `{"garbage": "edit"}`, spec: StageSpec{OnError: "skip"}},
 			{name: "b", config: `{"score": 1, "result_header": "X-Ok"}`},
 		},
+		// A verdict the pipeline refuses from an editing stage: it
+		// broke, so the steps after it must not see its edit.
+		"garbage-inside": {
+			{name: "a", config: `{"add_header": "X-First: 1", "garbage": "action"}`, spec: StageSpec{OnError: "skip"}},
+			{name: "b", config: `{"score": 1, "result_header": "X-First"}`, spec: StageSpec{Results: map[string]stages.Action{"1": stages.Reject}}},
+		},
 		"broken": {
 			{name: "a", config: `{"fail": true}`, spec: StageSpec{OnError: "skip"}},
 			{name: "b", config: `{"score": 3}`},
@@ -112,7 +118,7 @@ func TestBatchAsOneByOne(t *testing.T) {
 			switch name {
 			case "timeout", "timeout-last":
 				sender = "sleep@example.org"
-			case "edits-inside", "refused-inside":
+			case "edits-inside", "refused-inside", "garbage-inside":
 				sender = "edits@example.org" // the config's verdicts and edits
 			}
 			var got [2]string
@@ -147,5 +153,50 @@ func TestBatchAsOneByOne(t *testing.T) {
 				t.Errorf("one by one:\n%s\nbatched:\n%s", got[0], got[1])
 			}
 		})
+	}
+}
+
+// A process that serves data path version 1 (as a plugin under a gateway
+// from before version 2 would state) applies no edits within a batch: its
+// batches end at an editing stage, and the pipeline decides as it does
+// one by one, without falling back.
+func TestBatchDataPathV1(t *testing.T) {
+	t.Setenv("TESTPLUGIN_DATA_VERSION", "1")
+	chain := []testStage{
+		{name: "x", config: `{"score": 1}`},
+		{name: "a", config: `{"add_header": "X-First: 1"}`},
+		{name: "c", config: `{"score": 2, "result_header": "X-First"}`},
+	}
+	var got [2]string
+	for i, grouped := range []bool{false, true} {
+		var logged bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		p, err := New(startTestStages(t, grouped, chain...), policy.Policy{TagScore: 5, QuarantineScore: 10, RejectScore: 15}, Options{Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run := make([]*stage, len(p.stages))
+		for j := range p.stages {
+			run[j] = &p.stages[j]
+		}
+		if n, want := batchLen(run), map[bool]int{false: 0, true: 2}[grouped]; grouped && n != want {
+			t.Fatalf("a version-1 group: a batch of %d stages; want %d (ending at the editing stage)", n, want)
+		}
+		tx := newTx()
+		tx.From, tx.Body = "edits@example.org", nil
+		d := p.Begin().Run(context.Background(), stages.Data, tx, nil)
+		for j := range d.Trace {
+			d.Trace[j].DurationMS = 0
+		}
+		got[i] = pidRE.ReplaceAllString(fmt.Sprintf("%s %v by %q\ntrace %+v\nheader %v", d.Action, d.Score, d.Stage, d.Trace, tx.Header), "pid N")
+		if grouped && strings.Contains(logged.String(), "one by one") {
+			t.Errorf("a version-1 group fell back to one by one:\n%s", logged.String())
+		}
+	}
+	if got[0] != got[1] {
+		t.Errorf("one by one:\n%s\nbatched:\n%s", got[0], got[1])
+	}
+	if !strings.Contains(got[1], "Result:1 ") {
+		t.Errorf("stage c did not see stage a's edit:\n%s", got[1])
 	}
 }

@@ -47,6 +47,15 @@ func (p *Plugin) Batches(other stages.Stage) bool {
 	return ok && o.p == p.p && p.p.group
 }
 
+// EditsInBatch reports whether p's process applies a step's edits before
+// the steps after it in a batch (data path version 2), so that a batch
+// may go on past an editing stage.
+func (p *Plugin) EditsInBatch() bool {
+	p.p.mu.Lock()
+	defer p.p.mu.Unlock()
+	return p.p.cur != nil && p.p.cur.dataVer >= proto.DataPathEditsInBatch
+}
+
 // RunBatch sends the calls of steps, stages that all Batches p, in one
 // round trip, and returns the answers of the steps that ran, in order: all
 // of them, or those up to a step whose result is an accept (the process
@@ -116,7 +125,7 @@ func (p *Plugin) RunBatch(ctx context.Context, phase stages.Phase, tx *stages.Tr
 		}
 	}
 	for i := len(answers); i < len(steps); i++ {
-		steps[i].Stage.record(pr, probes[i], ctx, nil) // not run: ends a probe
+		steps[i].Stage.unprobe(probes[i]) // not run: no outcome to count, but a probe ends
 	}
 	return out, nil
 }

@@ -49,8 +49,14 @@ func newSocketPair() (host net.Conn, child *os.File, err error) {
 // cancelWait bounds the sending of a cancel frame.
 const cancelWait = time.Second
 
-// dataEnv is the environment entry that tells the plugin where its end is.
-func dataEnv() string { return proto.DataFDEnv + "=" + strconv.Itoa(dataFD) }
+// dataEnv is the environment entries that tell the plugin where its end
+// is and which versions of the data path the host serves.
+func dataEnv() []string {
+	return []string{
+		proto.DataFDEnv + "=" + strconv.Itoa(dataFD),
+		proto.DataVersionEnv + "=" + strconv.Itoa(proto.DataPathVersion),
+	}
+}
 
 // dataClient is the host's side of one process's data path. Calls share
 // the connection: each is a frame out and one back, matched by id.

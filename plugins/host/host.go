@@ -329,6 +329,18 @@ func (p *Plugin) record(pr *proc, probe bool, ctx context.Context, err error) {
 	p.p.replace(pr)
 }
 
+// unprobe ends a call admitted as a probe that was not made (a batch
+// stopped before its step): it says nothing of the plugin, so the circuit
+// stays as it was and the next call may probe.
+func (p *Plugin) unprobe(probe bool) {
+	if !probe {
+		return
+	}
+	p.p.mu.Lock()
+	defer p.p.mu.Unlock()
+	p.probing = false
+}
+
 func (p *Plugin) openCircuit(err error) {
 	p.openUntil = time.Now().Add(p.p.spec.Cooldown)
 	p.p.log.Warn("plugin circuit open", "stage", p.name, "failures", p.failures, "cooldown", p.p.spec.Cooldown, "err", err)

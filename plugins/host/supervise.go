@@ -320,7 +320,7 @@ func (pr *process) launch(ctx context.Context, again bool) (*proc, error) {
 		// has it (at the latest when launch returns).
 		defer child.Close()
 		cfg.Cmd.ExtraFiles = []*os.File{child}
-		cfg.Cmd.Env = append(cfg.Cmd.Env, dataEnv())
+		cfg.Cmd.Env = append(cfg.Cmd.Env, dataEnv()...)
 	}
 	client := plugin.NewClient(cfg)
 	cur, err := pr.handshake(ctx, client, again, data)

@@ -60,6 +60,13 @@ const (
 	// steps after the step of an editing stage.
 	DataPathEditsInBatch = 2
 
+	// DataVersionEnv names the environment variable in which the host
+	// gives the highest data path version it serves. A plugin states the
+	// lower of it and its own DataPathVersion; without it (a host from
+	// before version 2), version 1, so that a plugin built with a newer
+	// SDK still starts under an older gateway.
+	DataVersionEnv = "MAILGATE_PLUGIN_DATA_VERSION"
+
 	// DataFDEnv names the environment variable that gives a plugin the
 	// number of its end of the data socket (an inherited descriptor).
 	DataFDEnv = "MAILGATE_PLUGIN_DATA_FD"

@@ -166,6 +166,9 @@ func (s *filterServer) runStep(ctx context.Context, phase stages.Phase, tx *stag
 	}
 	a.Outcome = &proto.StepAnswer_Response{Response: resp}
 	a.Result = resultOf(st, f.Info().Kind, resp.GetVerdict())
+	if a.Result.GetErrored() {
+		return a, nil // a verdict the host refuses: the stage broke, its edits with it
+	}
 	return a, edits
 }
 

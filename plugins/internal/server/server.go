@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"time"
 
@@ -46,15 +47,17 @@ func ServeGroup(kinds map[string]stages.Factory, log *slog.Logger, test *plugin.
 }
 
 func serve(s *filterServer, log *slog.Logger, test *plugin.ServeTestConfig, data net.Conn) {
+	version := uint32(proto.DataPathVersion) // an in-process test's host is this one
 	if test == nil {
 		var err error
 		if data, err = openDataPath(); err != nil {
 			// The host then calls Run over gRPC: slower, not broken.
 			log.Error("no data path", "err", err)
 		}
+		version = hostDataVersion()
 	}
 	if data != nil {
-		s.dataPath = true
+		s.dataPath = version
 		go func() {
 			if err := s.serveData(data); err != nil {
 				log.Error("data path", "err", err)
@@ -114,8 +117,9 @@ type filterServer struct {
 	kinds   map[string]stages.Factory // by kind, for a process group
 	log     *slog.Logger
 
-	// dataPath: a data path is served, and Describe says so.
-	dataPath bool
+	// dataPath is the version of the data path served, as Describe
+	// says; 0 for none.
+	dataPath uint32
 	workers  *workers // run the calls of the data path and batch steps
 
 	mu      sync.Mutex
@@ -205,11 +209,18 @@ func (s *filterServer) Describe(_ context.Context, req *proto.DescribeRequest) (
 	}, nil
 }
 
-func (s *filterServer) dataPathVersion() uint32 {
-	if s.dataPath {
-		return proto.DataPathVersion
+func (s *filterServer) dataPathVersion() uint32 { return s.dataPath }
+
+// hostDataVersion is the data path version to serve: the lower of the
+// host's highest (proto.DataVersionEnv) and this package's, and 1 under a
+// host that does not say (one from before version 2).
+func hostDataVersion() uint32 {
+	v, err := strconv.ParseUint(os.Getenv(proto.DataVersionEnv), 10, 32)
+	os.Unsetenv(proto.DataVersionEnv)
+	if err != nil || v < 1 {
+		return 1
 	}
-	return 0
+	return uint32(min(v, proto.DataPathVersion))
 }
 
 func (s *filterServer) Run(ctx context.Context, req *proto.RunRequest) (*proto.RunResponse, error) {

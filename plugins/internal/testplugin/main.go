@@ -18,7 +18,8 @@
 //	         "none" without any; with the config's "fail", fails
 //
 // With TESTPLUGIN_GRPC_ONLY set in its environment it does not serve the
-// data path, as a plugin built before it. With arguments it serves a
+// data path, as a plugin built before it; with TESTPLUGIN_DATA_VERSION=1
+// it serves version 1 of it, as under a host from before version 2. With arguments it serves a
 // process group whose stages are of kind "testplugin".
 //
 // Otherwise it answers the config's verdict. For a body it reports the
@@ -163,6 +164,9 @@ func (f *filter) Run(ctx context.Context, ph stages.Phase, tx *stages.Transactio
 func main() {
 	if os.Getenv("TESTPLUGIN_GRPC_ONLY") != "" {
 		os.Unsetenv(proto.DataFDEnv)
+	}
+	if v := os.Getenv("TESTPLUGIN_DATA_VERSION"); v != "" {
+		os.Setenv(proto.DataVersionEnv, v) // as under a host that serves no later version
 	}
 	if len(os.Args) > 1 {
 		sdk.ServeGroup(map[string]stages.Factory{"testplugin": newFilter})
