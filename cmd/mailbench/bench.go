@@ -500,9 +500,12 @@ func (b *bench) measureHalfPeak(ctx context.Context, r sizeRun, rep *report) err
 	// the same quiet.
 	var others, measured []int
 	for _, l := range b.running() {
-		if slices.ContainsFunc(hp, func(h *halfPeak) bool { return h.line == l }) {
+		switch {
+		case slices.ContainsFunc(hp, func(h *halfPeak) bool { return h.line == l }):
 			measured = append(measured, l.roots()...)
-		} else {
+		case l.alive() == nil:
+			// Not a line that died: its PIDs could be another
+			// program's by now.
 			others = append(others, l.roots()...)
 		}
 	}

@@ -124,9 +124,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mailbench:", err)
 		return 2
 	}
-	// An interrupt ends the run; the deferred stops still run, so nothing
-	// mailbench started outlives it.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// An interrupt, a SIGTERM or a SIGHUP (the terminal went away) ends
+	// the run; the deferred stops still run (half peak's resume of the
+	// lines it paused first), so nothing mailbench started outlives it.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	b := &bench{opts: o, log: stderr}
 	rep, err := b.run(ctx)

@@ -39,7 +39,8 @@ type Gate struct {
 	since   time.Time // while err is set: when the engine was found away
 	up      time.Time // while err is nil: since when it answers; zero before its first answer
 	retryAt time.Time // while err is set: when one operation may try again
-	probing bool      // while err is set: an operation is trying
+	probing uint64    // while err is set: the probe trying, by number; 0 for none
+	probes  uint64    // probes admitted so far: the number of the last
 }
 
 // New returns the Gate of an engine not tried yet.
@@ -52,34 +53,37 @@ func New(c Config) *Gate {
 
 // Admit says whether an operation may go to the engine now: always while
 // it answers; while it does not, one at a time once Retry has passed, and
-// that one is the probe. An operation admitted must be told to Settle,
-// with probe as Admit returned it.
-func (g *Gate) Admit() (probe bool, err error) {
+// that one is the probe (probe is its number, 0 for an operation that is
+// not one). An operation admitted must be told to Settle, with probe as
+// Admit returned it.
+func (g *Gate) Admit() (probe uint64, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.err == nil {
-		return false, nil
+		return 0, nil
 	}
-	if g.probing || time.Now().Before(g.retryAt) {
-		return false, fmt.Errorf("%w: %v", g.c.Down, g.err)
+	if g.probing != 0 || time.Now().Before(g.retryAt) {
+		return 0, fmt.Errorf("%w: %v", g.c.Down, g.err)
 	}
-	g.probing = true
-	return true, nil
+	g.probes++
+	g.probing = g.probes
+	return g.probing, nil
 }
 
 // Settle records how an operation fared: whether the engine answered
 // it, or was found unreachable (err says why); neither, for one its
 // caller cancelled or that failed before asking. probe is what Admit
-// said of the operation (false for one not admitted by Admit): only the
-// probe's end lets another operation probe, so that operations admitted
-// before the engine went away, ending during the outage, do not let
-// several probes run at once. It reports whether the engine was found
-// away while it was known to be away already.
-func (g *Gate) Settle(probe bool, err error, answered, down bool) (stillDown bool) {
+// said of the operation (0 for one not admitted by Admit): only the end
+// of the probe under way lets another operation probe, so that
+// operations admitted earlier (before the engine went away, or probes of
+// an outage that ended), ending during the outage, do not let several
+// probes run at once. It reports whether the engine was found away while
+// it was known to be away already.
+func (g *Gate) Settle(probe uint64, err error, answered, down bool) (stillDown bool) {
 	g.mu.Lock()
 	was := g.err
-	if probe {
-		g.probing = false
+	if probe != 0 && probe == g.probing {
+		g.probing = 0
 	}
 	switch {
 	case down:
@@ -91,7 +95,7 @@ func (g *Gate) Settle(probe bool, err error, answered, down bool) (stillDown boo
 		if was != nil || g.up.IsZero() {
 			g.up = time.Now()
 		}
-		g.err, g.probing = nil, false // up: nothing to probe
+		g.err, g.probing = nil, 0 // up: nothing to probe
 	}
 	g.mu.Unlock()
 	switch {

@@ -14,15 +14,15 @@ var errAway = errors.New("engine away")
 // (its caller cancelled it) changes nothing but lets the next one try.
 func TestGate(t *testing.T) {
 	g := New(Config{Down: errAway, Retry: time.Hour})
-	if probe, err := g.Admit(); err != nil || probe || !g.UpSince().IsZero() {
+	if probe, err := g.Admit(); err != nil || probe != 0 || !g.UpSince().IsZero() {
 		t.Fatalf("an engine not tried yet: Admit %v %v, UpSince %v; want admitted, not a probe, no answer yet", probe, err, g.UpSince())
 	}
-	g.Settle(false, nil, true, false)
+	g.Settle(0, nil, true, false)
 	if g.UpSince().IsZero() {
 		t.Fatal("no UpSince after an answer")
 	}
 	refused := errors.New("connection refused")
-	if g.Settle(false, refused, false, true) {
+	if g.Settle(0, refused, false, true) {
 		t.Error("the first failure says the engine was known away")
 	}
 	if _, err := g.Admit(); !errors.Is(err, errAway) || g.Err() != refused || g.DownSince().IsZero() || !g.UpSince().IsZero() {
@@ -30,22 +30,22 @@ func TestGate(t *testing.T) {
 	}
 
 	g = New(Config{Down: errAway, Retry: 0})
-	g.Settle(false, refused, false, true)
+	g.Settle(0, refused, false, true)
 	probe, err := g.Admit()
-	if err != nil || !probe {
+	if err != nil || probe == 0 {
 		t.Fatalf("after Retry: Admit %v %v; want one probe admitted", probe, err)
 	}
 	if _, err := g.Admit(); !errors.Is(err, errAway) {
 		t.Fatalf("a second probe while one is trying: %v; want refused", err)
 	}
-	g.Settle(true, nil, false, false) // cancelled: tells nothing
+	g.Settle(probe, nil, false, false) // cancelled: tells nothing
 	if g.Err() == nil {
 		t.Fatal("a cancelled probe ended the outage")
 	}
-	if probe, err = g.Admit(); err != nil || !probe {
+	if probe, err = g.Admit(); err != nil || probe == 0 {
 		t.Fatalf("after a cancelled probe: %v %v; want the next admitted as the probe", probe, err)
 	}
-	if !g.Settle(true, refused, false, true) {
+	if !g.Settle(probe, refused, false, true) {
 		t.Error("a failed probe does not say the engine was known away")
 	}
 	probe, _ = g.Admit()
@@ -61,7 +61,7 @@ func TestGate(t *testing.T) {
 // probe's own end does.
 func TestGateProbeAlone(t *testing.T) {
 	g := New(Config{Down: errAway, Retry: 0})
-	var before []bool
+	var before []uint64
 	for range 3 { // in flight when the engine goes away
 		probe, err := g.Admit()
 		if err != nil {
@@ -72,7 +72,7 @@ func TestGateProbeAlone(t *testing.T) {
 	refused := errors.New("connection refused")
 	g.Settle(before[0], refused, false, true)
 	probe, err := g.Admit()
-	if err != nil || !probe {
+	if err != nil || probe == 0 {
 		t.Fatalf("after Retry: Admit %v %v; want the probe", probe, err)
 	}
 	g.Settle(before[1], refused, false, true)
@@ -81,7 +81,23 @@ func TestGateProbeAlone(t *testing.T) {
 		t.Fatalf("older operations ended while the probe runs: Admit %v; want refused", err)
 	}
 	g.Settle(probe, refused, false, true)
-	if probe, err := g.Admit(); err != nil || !probe {
+	if probe, err := g.Admit(); err != nil || probe == 0 {
 		t.Fatalf("after the probe failed: Admit %v %v; want the next probe", probe, err)
+	}
+
+	// A probe of an earlier outage that ends during the next one does
+	// not end that one's probe.
+	g = New(Config{Down: errAway, Retry: 0})
+	g.Settle(0, refused, false, true)
+	old, _ := g.Admit()               // a slow probe of outage 1
+	g.Settle(0, nil, true, false)     // another operation's answer ends outage 1
+	g.Settle(0, refused, false, true) // outage 2
+	cur, err := g.Admit()
+	if err != nil || cur == 0 || cur == old {
+		t.Fatalf("outage 2: Admit %v %v; want a new probe", cur, err)
+	}
+	g.Settle(old, refused, false, true)
+	if _, err := g.Admit(); !errors.Is(err, errAway) {
+		t.Fatalf("outage 1's probe ended while outage 2's runs: Admit %v; want refused", err)
 	}
 }

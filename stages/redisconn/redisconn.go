@@ -237,7 +237,14 @@ func (c *Client) around(ctx context.Context, run func(context.Context) error, cm
 		}
 		return err
 	}
+	settled := false
+	defer func() {
+		if !settled { // run panicked: the gate must not wait for this probe for ever
+			c.gate.Settle(probe, nil, false, false)
+		}
+	}()
 	err = run(context.WithValue(ctx, admitted{}, true))
+	settled = true
 	answered, down := judge(err)
 	if down {
 		c.failures.Add(1)

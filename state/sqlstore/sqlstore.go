@@ -160,7 +160,7 @@ func (s *Store) Connect(ctx context.Context) error {
 	if s.gate != nil {
 		// A caller that gave up (the gateway stopping) found nothing of
 		// the database.
-		s.gate.Settle(false, err, err == nil, err != nil && ctx.Err() == nil)
+		s.gate.Settle(0, err, err == nil, err != nil && ctx.Err() == nil)
 	}
 	if err == nil {
 		s.pending.Store(false)
@@ -267,17 +267,17 @@ func (s *Store) op(ctx context.Context) (context.Context, func(*error)) {
 
 // admit returns nil if an operation may ask the database now, and why
 // not otherwise; probe as the Gate's Admit.
-func (s *Store) admit() (probe bool, err error) {
+func (s *Store) admit() (probe uint64, err error) {
 	if s.pending.Load() {
 		if s.gate != nil && s.gate.Err() != nil {
-			return false, fmt.Errorf("%w: %v", state.ErrUnavailable, s.gate.Err())
+			return 0, fmt.Errorf("%w: %v", state.ErrUnavailable, s.gate.Err())
 		}
-		return false, fmt.Errorf("%w: not connected yet", state.ErrUnavailable)
+		return 0, fmt.Errorf("%w: not connected yet", state.ErrUnavailable)
 	}
 	if s.gate != nil {
 		return s.gate.Admit()
 	}
-	return false, nil
+	return 0, nil
 }
 
 func (s *Store) Quarantine() state.Quarantine { return (*quarantine)(s) }
