@@ -253,7 +253,7 @@ func TestClusterStatus(t *testing.T) {
 	c := startGateway(t, strings.Replace(conf, "rate = 100", "rate = 50", 1)+pgConfig("c", url, ""))
 
 	var nodes []state.Node
-	waitUntil(t, waitLong, "three nodes to report ok", func() bool {
+	waitUntil(t, waitClusterStart, "three nodes to report ok", func() bool {
 		nodes = nil
 		if err := json.Unmarshal([]byte(clusterCLI(t, url, "status", "-json")), &nodes); err != nil {
 			t.Fatal(err)
@@ -536,6 +536,12 @@ func TestClusterPostgresStoppedMidLoad(t *testing.T) {
 	}
 }
 
+// waitClusterStart bounds the wait for three nodes to start and report
+// ok: each starts its plugins and joins PostgreSQL and Redis, and under
+// make test's load with the race detector that took over 30 s once. An
+// upper bound only: the tests go on as soon as the nodes report.
+const waitClusterStart = 2 * time.Minute
+
 // TestClusterExample: examples/cluster runs as its README says, in two
 // commands (cluster.sh engines, cluster.sh nodes), here on free ports
 // and in a temporary directory: three nodes that agree on their config
@@ -609,7 +615,7 @@ func TestClusterExample(t *testing.T) {
 		out, err := exec.Command(mailgateBin, args...).CombinedOutput()
 		return string(out), err
 	}
-	waitUntil(t, waitLong, "three nodes to report ok with one config", func() bool {
+	waitUntil(t, waitClusterStart, "three nodes to report ok with one config", func() bool {
 		out, err := cli("cluster", "status", "-json", "-config", filepath.Join(configs, "mx1.toml"))
 		if err != nil {
 			return false // PostgreSQL may still be starting
