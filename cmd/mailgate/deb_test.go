@@ -37,6 +37,10 @@ systemd-analyze security --offline=yes /lib/systemd/system/mailgate.service > "$
 echo "# edited by the admin" >> /etc/mailgate/mailgate.toml
 dpkg -i "$deb" >> "$out/install.log" 2>&1
 { tail -n 1 /etc/mailgate/mailgate.toml; stat -c '%U:%G %a' /etc/mailgate/mailgate.toml; } > "$out/reinstalled"
+# What a gateway that ran leaves in its data directory (its spool): dpkg
+# removes the directory with the package only if it is empty, and mail
+# not yet delivered must outlive a remove.
+setpriv --reuid=mailgate --regid=mailgate --clear-groups mkdir /var/lib/mailgate/queue
 dpkg -r mailgate >> "$out/install.log" 2>&1
 { ls -d /etc/mailgate/mailgate.toml /var/lib/mailgate /usr/bin/mailgate 2>&1 || true; } > "$out/removed"
 dpkg -P mailgate >> "$out/install.log" 2>&1

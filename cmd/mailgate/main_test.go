@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -309,5 +310,29 @@ func TestResultWordTypoRefused(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckLeavesNothing: check starts every stage once in a data_dir of
+// its own, so the gateway's stays as it was (missing here): run as root
+// before the service's first start, it used to leave directories there
+// (greylist, dmarc, pickup) that the service's own user could not write.
+func TestCheckLeavesNothing(t *testing.T) {
+	file := writeConfig(t, `
+[[stage]]
+name = "grey"
+kind = "greylist"
+
+[[stage]]
+name = "dmarc"
+kind = "dmarc"
+`)
+	if r := runMailgate(t, "check", "-config", file); r.code != 0 {
+		t.Fatalf("check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	data := filepath.Join(filepath.Dir(file), "data")
+	if _, err := os.Stat(data); !errors.Is(err, fs.ErrNotExist) {
+		entries, _ := os.ReadDir(data)
+		t.Errorf("check made the data_dir %s (%v): %v", data, err, entries)
 	}
 }

@@ -196,7 +196,18 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 		}
 		return true
 	}
-	_, err = gateway.DescribeStages(context.Background(), cfg, gateway.Options{PluginCommand: pluginCommand}, sound)
+	// The stages start in a data_dir of their own, removed after: check
+	// validates and leaves nothing behind. In the gateway's data_dir, run
+	// as root before the service's first start, it made directories
+	// (greylist, dmarc, pickup) that the service's own user could not
+	// write.
+	scratch := *cfg
+	if scratch.DataDir, err = os.MkdirTemp("", "mailgate-check-"); err != nil {
+		fmt.Fprintln(stderr, "check:", err)
+		return errConfig
+	}
+	defer os.RemoveAll(scratch.DataDir)
+	_, err = gateway.DescribeStages(context.Background(), &scratch, gateway.Options{PluginCommand: pluginCommand}, sound)
 	errs = collect(errs, err)
 	if len(errs) > 0 {
 		// In line order, once each: a built-in kind's plugin declares the
