@@ -123,30 +123,14 @@ func TestBatchAsOneByOne(t *testing.T) {
 			}
 			var got [2]string
 			for i, grouped := range []bool{false, true} {
-				var logged bytes.Buffer
-				log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
-				p, err := New(startTestStages(t, grouped, chain...), policy.Policy{TagScore: 5, QuarantineScore: 10, RejectScore: 15}, Options{Logger: log})
-				if err != nil {
-					t.Fatal(err)
+				r := runChainOnce(t, grouped, chain, sender)
+				if grouped != (r.batch == r.stages) {
+					t.Fatalf("grouped %v: a batch of %d stages of %d", grouped, r.batch, r.stages)
 				}
-				run := make([]*stage, len(p.stages))
-				for j := range p.stages {
-					run[j] = &p.stages[j]
-				}
-				if n := batchLen(run); grouped != (n == len(run)) {
-					t.Fatalf("grouped %v: a batch of %d stages of %d", grouped, n, len(run))
-				}
-				tx := newTx()
-				tx.From, tx.Body = sender, nil
-				d := p.Begin().Run(context.Background(), stages.Data, tx, nil)
-				for j := range d.Trace {
-					d.Trace[j].DurationMS = 0
-				}
-				got[i] = fmt.Sprintf("%s %v by %q (%s)\ntrace %+v\nheader %v", d.Action, d.Score, d.Stage, d.Reason, d.Trace, tx.Header)
-				got[i] = pidRE.ReplaceAllString(got[i], "pid N") // the test plugin names its process
+				got[i] = r.got
 				// refused-inside falls back by design, and says so.
-				if grouped && strings.Contains(logged.String(), "one by one") != (name == "refused-inside") {
-					t.Errorf("the group's stages were (or were not) called one by one:\n%s", logged.String())
+				if grouped && strings.Contains(r.logged, "one by one") != (name == "refused-inside") {
+					t.Errorf("the group's stages were (or were not) called one by one:\n%s", r.logged)
 				}
 			}
 			if got[0] != got[1] {
@@ -169,28 +153,13 @@ func TestBatchDataPathV1(t *testing.T) {
 	}
 	var got [2]string
 	for i, grouped := range []bool{false, true} {
-		var logged bytes.Buffer
-		log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		p, err := New(startTestStages(t, grouped, chain...), policy.Policy{TagScore: 5, QuarantineScore: 10, RejectScore: 15}, Options{Logger: log})
-		if err != nil {
-			t.Fatal(err)
+		r := runChainOnce(t, grouped, chain, "edits@example.org")
+		if grouped && r.batch != 2 {
+			t.Fatalf("a version-1 group: a batch of %d stages; want 2 (ending at the editing stage)", r.batch)
 		}
-		run := make([]*stage, len(p.stages))
-		for j := range p.stages {
-			run[j] = &p.stages[j]
-		}
-		if n, want := batchLen(run), map[bool]int{false: 0, true: 2}[grouped]; grouped && n != want {
-			t.Fatalf("a version-1 group: a batch of %d stages; want %d (ending at the editing stage)", n, want)
-		}
-		tx := newTx()
-		tx.From, tx.Body = "edits@example.org", nil
-		d := p.Begin().Run(context.Background(), stages.Data, tx, nil)
-		for j := range d.Trace {
-			d.Trace[j].DurationMS = 0
-		}
-		got[i] = pidRE.ReplaceAllString(fmt.Sprintf("%s %v by %q\ntrace %+v\nheader %v", d.Action, d.Score, d.Stage, d.Trace, tx.Header), "pid N")
-		if grouped && strings.Contains(logged.String(), "one by one") {
-			t.Errorf("a version-1 group fell back to one by one:\n%s", logged.String())
+		got[i] = r.got
+		if grouped && strings.Contains(r.logged, "one by one") {
+			t.Errorf("a version-1 group fell back to one by one:\n%s", r.logged)
 		}
 	}
 	if got[0] != got[1] {
@@ -198,5 +167,43 @@ func TestBatchDataPathV1(t *testing.T) {
 	}
 	if !strings.Contains(got[1], "Result:1 ") {
 		t.Errorf("stage c did not see stage a's edit:\n%s", got[1])
+	}
+}
+
+// chainRun is what runChainOnce saw.
+type chainRun struct {
+	got    string // the decision, trace (durations left out) and header
+	logged string // the pipeline's log
+	batch  int    // how many stages batchLen puts in the first batch
+	stages int
+}
+
+// runChainOnce runs the data phase of chain's stages for sender, with
+// the stages in one process group (grouped) or each in a process of its
+// own, and no body.
+func runChainOnce(t *testing.T, grouped bool, chain []testStage, sender string) chainRun {
+	t.Helper()
+	var logged bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	p, err := New(startTestStages(t, grouped, chain...), policy.Policy{TagScore: 5, QuarantineScore: 10, RejectScore: 15}, Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := make([]*stage, len(p.stages))
+	for j := range p.stages {
+		run[j] = &p.stages[j]
+	}
+	tx := newTx()
+	tx.From, tx.Body = sender, nil
+	d := p.Begin().Run(context.Background(), stages.Data, tx, nil)
+	for j := range d.Trace {
+		d.Trace[j].DurationMS = 0
+	}
+	got := fmt.Sprintf("%s %v by %q (%s)\ntrace %+v\nheader %v", d.Action, d.Score, d.Stage, d.Reason, d.Trace, tx.Header)
+	return chainRun{
+		got:    pidRE.ReplaceAllString(got, "pid N"), // the test plugin names its process
+		logged: logged.String(),
+		batch:  batchLen(run),
+		stages: len(run),
 	}
 }

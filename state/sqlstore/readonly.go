@@ -34,13 +34,15 @@ func OpenSQLiteReadOnly(ctx context.Context, path string, o Options) (*Store, er
 		return nil, fmt.Errorf("sqlite %s: %w", path, err)
 	}
 	check := func(s *Store) error { return s.checkSchema(ctx, false) }
+	// No gateway beside it (no log): immutable. Beside one, or if one
+	// started meanwhile: through its log.
+	_, werr := os.Stat(abs + "-wal")
+	immutable := errors.Is(werr, fs.ErrNotExist)
 	var s *Store
-	err = errors.New("no log") // beside a gateway: through its log
-	if _, werr := os.Stat(abs + "-wal"); errors.Is(werr, fs.ErrNotExist) {
+	if immutable {
 		s, err = openReadOnly(abs, o, "&immutable=1", check)
 	}
-	if err != nil && !errors.Is(err, ErrNewerSchema) && !errors.Is(err, ErrOlderSchema) {
-		// A gateway has it open, or started meanwhile.
+	if !immutable || err != nil && !errors.Is(err, ErrNewerSchema) && !errors.Is(err, ErrOlderSchema) {
 		s, err = openReadOnly(abs, o, "", check)
 	}
 	if err != nil {

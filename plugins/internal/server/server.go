@@ -205,11 +205,9 @@ func (s *filterServer) Describe(_ context.Context, req *proto.DescribeRequest) (
 		Seals:           info.Seals,
 		ProtocolVersion: proto.ProtocolVersion,
 		Results:         info.Results,
-		DataPath:        s.dataPathVersion(),
+		DataPath:        s.dataPath,
 	}, nil
 }
-
-func (s *filterServer) dataPathVersion() uint32 { return s.dataPath }
 
 // hostDataVersion is the data path version to serve: the lower of the
 // host's highest (proto.DataVersionEnv) and this package's, and 1 under a
