@@ -8,9 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -606,6 +608,16 @@ func TestClusterExample(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	// On failure, what the nodes said: the log is where an admin looks.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, n := range names {
+			b, _ := os.ReadFile(filepath.Join(run, n+".log"))
+			t.Logf("%s.log:\n%s", n, b)
+		}
+	})
 	for _, cmd := range []string{"engines", "nodes"} {
 		if err := script(cmd); err != nil {
 			t.Fatal(err)
@@ -615,8 +627,21 @@ func TestClusterExample(t *testing.T) {
 		out, err := exec.Command(mailgateBin, args...).CombinedOutput()
 		return string(out), err
 	}
+	var status string // the last answer, logged if the nodes never agree
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last cluster status:\n%s", status)
+		}
+	})
 	waitUntil(t, waitClusterStart, "three nodes to report ok with one config", func() bool {
+		for _, n := range names { // a node that exited will not report
+			b, _ := os.ReadFile(filepath.Join(run, n+".pid"))
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err != nil || syscall.Kill(pid, 0) != nil {
+				t.Fatalf("node %s is not running (pid file %q)", n, b)
+			}
+		}
 		out, err := cli("cluster", "status", "-json", "-config", filepath.Join(configs, "mx1.toml"))
+		status = out
 		if err != nil {
 			return false // PostgreSQL may still be starting
 		}

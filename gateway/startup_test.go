@@ -13,19 +13,8 @@ import (
 	"github.com/mailgate/mailgate/gateway"
 	"github.com/mailgate/mailgate/policy"
 	"github.com/mailgate/mailgate/spool"
+	"github.com/mailgate/mailgate/stages/testkit"
 )
-
-// freePort returns a loopback address nobody listens on (at the moment).
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
 
 // occupied returns a loopback address this test listens on until it ends.
 func occupied(t *testing.T) string {
@@ -98,7 +87,7 @@ func TestStartupFailures(t *testing.T) {
 				for _, w := range strings.Fields(spec) {
 					switch w {
 					case "free":
-						a := freePort(t)
+						a := testkit.FreeAddr(t)
 						free = append(free, a)
 						out = append(out, a)
 					case "occupied":

@@ -147,14 +147,14 @@ func (c *Clamd) Log() string {
 // start runs clamd once and waits until it answers PING, or fails with the
 // reason and clamd's log.
 func start(bin, dir, sockDir, db string, o Options) (*Clamd, error) {
-	port, err := freePort()
+	addr, err := testkit.FreeLoopback()
 	if err != nil {
 		return nil, err
 	}
 	c := &Clamd{
 		dir:     dir,
 		socket:  filepath.Join(sockDir, "clamd.sock"),
-		tcpAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		tcpAddr: addr,
 		exited:  make(chan struct{}),
 	}
 	os.Remove(c.socket) // left by an earlier attempt
@@ -168,7 +168,7 @@ func start(bin, dir, sockDir, db string, o Options) (*Clamd, error) {
 		"TemporaryDirectory " + dir,
 		"LocalSocket " + c.socket,
 		"TCPAddr 127.0.0.1",
-		"TCPSocket " + strconv.Itoa(port),
+		"TCPSocket " + c.tcpAddr[strings.LastIndex(c.tcpAddr, ":")+1:],
 		"ScanMail yes",
 		// Nothing to verify or run: no bytecode signatures are loaded.
 		"Bytecode no",
@@ -231,14 +231,4 @@ func ping(ctx context.Context, network, address string) error {
 		return fmt.Errorf("PING: got %q (%v)", reply, err)
 	}
 	return nil
-}
-
-// freePort returns a TCP port on 127.0.0.1 nobody listens on right now.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -8,10 +8,13 @@ package testkit
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,12 +52,65 @@ func isFile(p string) bool {
 // now, for a daemon that must be told its port.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := FreeLoopback()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return addr
+}
+
+// FreeLoopback is FreeAddr for a caller without a testing.TB. The port is
+// free for TCP and UDP both (a DNS server takes both), and lies below the
+// kernel's ephemeral range (net.ipv4.ip_local_port_range): a port from
+// that range, the kind Listen(":0") picks, can be taken by an outgoing
+// connection of any test running meanwhile, before the daemon told of it
+// binds it — with `go test ./...` running packages side by side, one of a
+// cluster's eleven ports was, once in a while. Below the range only
+// another listener can take it, and the ports are drawn at random.
+func FreeLoopback() (string, error) {
+	lo := ephemeralLow()
+	for range 200 {
+		port := lo - 1 - rand.IntN(min(lo-1024, 16384))
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if portFree(addr) {
+			return addr, nil
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // a crowded range: any port
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
 	defer ln.Close()
-	return ln.Addr().String()
+	return ln.Addr().String(), nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range; 32768,
+// Linux's default, where it cannot be read.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if lo, err := strconv.Atoi(f[0]); err == nil && lo > 2048 {
+				return lo
+			}
+		}
+	}
+	return 32768
+}
+
+// portFree reports whether addr can be bound for TCP and UDP.
+func portFree(addr string) bool {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer ln.Close()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	pc.Close()
+	return true
 }
 
 // StartDaemon runs name with args in the foreground until the test ends,
