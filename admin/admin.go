@@ -59,14 +59,16 @@ type Backend interface {
 	// QueueOp runs retry, hold, release or delete on a queued message.
 	QueueOp(ctx context.Context, op, id string) error
 
-	Quarantined(f state.Filter) ([]*state.QuarantineRecord, error)
-	QuarantineRecord(id string) (*state.QuarantineRecord, error)
-	QuarantineMessage(id string) (io.ReadCloser, error)
+	Quarantined(ctx context.Context, f state.Filter) ([]*state.QuarantineRecord, error)
+	QuarantineRecord(ctx context.Context, id string) (*state.QuarantineRecord, error)
+	// QuarantineMessage's reader may read under ctx: read it before ctx
+	// ends.
+	QuarantineMessage(ctx context.Context, id string) (io.ReadCloser, error)
 	// QuarantineRelease queues a quarantined message for rcpts (none:
 	// every recipient not released yet) and returns the queue ID of the
 	// copy.
 	QuarantineRelease(ctx context.Context, id string, rcpts []string) (string, error)
-	QuarantineDelete(id string) error
+	QuarantineDelete(ctx context.Context, id string) error
 
 	Reload(ctx context.Context) error
 	// Health reports on each part the gateway needs to take mail.
@@ -193,15 +195,15 @@ func Handler(b Backend, metrics http.Handler, listen string) http.Handler {
 			replyError(w, http.StatusBadRequest, err)
 			return
 		}
-		recs, err := b.Quarantined(f)
+		recs, err := b.Quarantined(r.Context(), f)
 		reply(w, recs, err)
 	})
 	api.HandleFunc("GET /api/quarantine/{id}", func(w http.ResponseWriter, r *http.Request) {
-		rec, err := b.QuarantineRecord(r.PathValue("id"))
+		rec, err := b.QuarantineRecord(r.Context(), r.PathValue("id"))
 		reply(w, rec, err)
 	})
 	api.HandleFunc("GET /api/quarantine/{id}/message", func(w http.ResponseWriter, r *http.Request) {
-		m, err := b.QuarantineMessage(r.PathValue("id"))
+		m, err := b.QuarantineMessage(r.Context(), r.PathValue("id"))
 		if err != nil {
 			reply(w, nil, err)
 			return
@@ -215,7 +217,7 @@ func Handler(b Backend, metrics http.Handler, listen string) http.Handler {
 		reply(w, Released{QueueID: id}, err)
 	})
 	api.HandleFunc("DELETE /api/quarantine/{id}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, done{OK: true}, b.QuarantineDelete(r.PathValue("id")))
+		reply(w, done{OK: true}, b.QuarantineDelete(r.Context(), r.PathValue("id")))
 	})
 	api.HandleFunc("POST /api/reload", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, done{OK: true}, b.Reload(r.Context()))

@@ -31,20 +31,20 @@ func (f *fake) QueueOp(_ context.Context, op, id string) error {
 	f.calls = append(f.calls, op+" "+id)
 	return nil
 }
-func (f *fake) Quarantined(flt state.Filter) ([]*state.QuarantineRecord, error) {
+func (f *fake) Quarantined(_ context.Context, flt state.Filter) ([]*state.QuarantineRecord, error) {
 	f.filter = flt
 	return nil, nil
 }
-func (f *fake) QuarantineRecord(id string) (*state.QuarantineRecord, error) {
+func (f *fake) QuarantineRecord(_ context.Context, id string) (*state.QuarantineRecord, error) {
 	return &state.QuarantineRecord{ID: id}, nil
 }
-func (f *fake) QuarantineMessage(id string) (io.ReadCloser, error) {
+func (f *fake) QuarantineMessage(_ context.Context, id string) (io.ReadCloser, error) {
 	return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nbody\r\n")), nil
 }
 func (f *fake) QuarantineRelease(_ context.Context, id string, _ []string) (string, error) {
 	return "", fmt.Errorf("quarantine %s: %w as Q2", id, state.ErrAlreadyReleased)
 }
-func (f *fake) QuarantineDelete(id string) error { return nil }
+func (f *fake) QuarantineDelete(_ context.Context, id string) error { return nil }
 func (f *fake) Reload(context.Context) error {
 	return errors.New("reload: server.listen changed: restart needed")
 }

@@ -209,14 +209,14 @@ func TestLogoutHoldsOnCancelledRequest(t *testing.T) {
 	if w.Code != http.StatusForbidden {
 		t.Errorf("POST delete, cancelled, logged-out cookie: %d, want 403", w.Code)
 	}
-	if _, err := e.backend.quar.Get(rec.ID); err != nil {
+	if _, err := e.backend.quar.Get(context.Background(), rec.ID); err != nil {
 		t.Fatalf("the message is gone: %v", err)
 	}
 
 	live := b.browser()
 	liveToken := live.login("admin")
 	w = b.direct(cancelled(), http.MethodPost, "/quarantine/"+rec.ID+"/delete", url.Values{"csrf": {liveToken}}, live.cookies())
-	if _, err := e.backend.quar.Get(rec.ID); err != nil {
+	if _, err := e.backend.quar.Get(context.Background(), rec.ID); err != nil {
 		t.Fatalf("a delete on a cancelled request happened (%d): %v", w.Code, err)
 	}
 }
@@ -277,7 +277,7 @@ func TestSessionStoreDown(t *testing.T) {
 	if r := b.post("/quarantine/"+rec.ID+"/delete", url.Values{"csrf": {token}}); r.code != http.StatusServiceUnavailable {
 		t.Errorf("POST delete with the store down: %d, want 503", r.code)
 	}
-	if _, err := e.backend.quar.Get(rec.ID); err != nil {
+	if _, err := e.backend.quar.Get(context.Background(), rec.ID); err != nil {
 		t.Fatalf("the message is gone: %v", err)
 	}
 	// A cluster's PostgreSQL the node knows is away: the admin may look,
@@ -289,7 +289,7 @@ func TestSessionStoreDown(t *testing.T) {
 	if r := b.post("/quarantine/"+rec.ID+"/delete", url.Values{"csrf": {token}}); r.code != http.StatusServiceUnavailable {
 		t.Errorf("POST delete with the cluster's store away: %d, want 503", r.code)
 	}
-	if _, err := e.backend.quar.Get(rec.ID); err != nil {
+	if _, err := e.backend.quar.Get(context.Background(), rec.ID); err != nil {
 		t.Fatalf("the message is gone: %v", err)
 	}
 	e.c.opts.Revocations = up

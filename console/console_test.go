@@ -293,16 +293,16 @@ func (f *fakeBackend) QueueOp(_ context.Context, op, id string) error {
 	return nil
 }
 
-func (f *fakeBackend) Quarantined(flt state.Filter) ([]*state.QuarantineRecord, error) {
-	return f.quar.List(flt, time.Now())
+func (f *fakeBackend) Quarantined(ctx context.Context, flt state.Filter) ([]*state.QuarantineRecord, error) {
+	return f.quar.List(ctx, flt, time.Now())
 }
 
-func (f *fakeBackend) QuarantineRecord(id string) (*state.QuarantineRecord, error) {
-	return f.quar.Get(id)
+func (f *fakeBackend) QuarantineRecord(ctx context.Context, id string) (*state.QuarantineRecord, error) {
+	return f.quar.Get(ctx, id)
 }
 
-func (f *fakeBackend) QuarantineMessage(id string) (io.ReadCloser, error) {
-	if _, err := f.quar.Get(id); err != nil {
+func (f *fakeBackend) QuarantineMessage(ctx context.Context, id string) (io.ReadCloser, error) {
+	if _, err := f.quar.Get(ctx, id); err != nil {
 		return nil, err
 	}
 	return os.Open(f.quar.MessagePath(id))
@@ -319,6 +319,8 @@ func (f *fakeBackend) QuarantineRelease(ctx context.Context, id string, rcpts []
 	return env.ID, err
 }
 
-func (f *fakeBackend) QuarantineDelete(id string) error { return f.quar.Delete(id) }
-func (f *fakeBackend) Reload(context.Context) error     { return nil }
-func (f *fakeBackend) Health() admin.Health             { return admin.Health{{Name: "spool", Status: admin.OK}} }
+func (f *fakeBackend) QuarantineDelete(ctx context.Context, id string) error {
+	return f.quar.Delete(ctx, id)
+}
+func (f *fakeBackend) Reload(context.Context) error { return nil }
+func (f *fakeBackend) Health() admin.Health         { return admin.Health{{Name: "spool", Status: admin.OK}} }

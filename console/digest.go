@@ -112,7 +112,7 @@ func (c *Console) sendDigests(ctx context.Context, since, until time.Time, run *
 	if err != nil {
 		return 0, err
 	}
-	recs, err := c.opts.Admin.Quarantined(state.Filter{})
+	recs, err := c.opts.Admin.Quarantined(ctx, state.Filter{})
 	if err != nil {
 		return 0, err
 	}
@@ -188,7 +188,7 @@ func (c *Console) digest(ctx context.Context, cfg *policy.Config, subject, body 
 	base := link(scopeAll, "")
 	d := DigestData{Rcpt: rcpt, Hostname: cfg.Hostname, Link: base, Lists: base + "/lists", Expires: exp}
 	for _, rec := range recs {
-		m := DigestMessage{ID: rec.ID, From: oneLine(rec.From), Subject: oneLine(c.subject(rec.ID)), Reason: oneLine(rec.Reason),
+		m := DigestMessage{ID: rec.ID, From: oneLine(rec.From), Subject: oneLine(c.subject(ctx, rec.ID)), Reason: oneLine(rec.Reason),
 			Time: rec.Time, Score: rec.Score, View: link("view", rec.ID)}
 		if m.From == "" {
 			m.From = "<>"

@@ -82,7 +82,7 @@ func (c *Console) endUser(op string, h func(http.ResponseWriter, *http.Request, 
 func (c *Console) endUserList(w http.ResponseWriter, r *http.Request, v view) {
 	d := quarantineData{}
 	var err error
-	d.Rows, d.More, err = c.rows(state.Filter{Rcpt: v.Rcpt}, "all", func(rec *state.QuarantineRecord) bool {
+	d.Rows, d.More, err = c.rows(r.Context(), state.Filter{Rcpt: v.Rcpt}, "all", func(rec *state.QuarantineRecord) bool {
 		return slices.ContainsFunc(rec.Pending(), func(a string) bool { return address.Equal(a, v.Rcpt) })
 	})
 	if err != nil {
@@ -120,7 +120,7 @@ func (c *Console) endUserConfirm(w http.ResponseWriter, r *http.Request, v view)
 		return
 	}
 	v.Title = label + "?"
-	v.Data = confirmData{Op: op, Label: label, Subject: c.subject(id), From: rec.From, Action: "/u/" + v.Token + "/" + id + "/" + op}
+	v.Data = confirmData{Op: op, Label: label, Subject: c.subject(r.Context(), id), From: rec.From, Action: "/u/" + v.Token + "/" + id + "/" + op}
 	c.render(w, http.StatusOK, "confirm", v)
 }
 

@@ -57,8 +57,8 @@ func quarantineFilter(r *http.Request) (quarantineData, state.Filter, error) {
 
 // rows lists the records f selects in state ("held": not released, the
 // default; "released"; "all"), newest first, each with its subject.
-func (c *Console) rows(f state.Filter, st string, keep func(*state.QuarantineRecord) bool) ([]quarantineRow, bool, error) {
-	recs, err := c.opts.Admin.Quarantined(f)
+func (c *Console) rows(ctx context.Context, f state.Filter, st string, keep func(*state.QuarantineRecord) bool) ([]quarantineRow, bool, error) {
+	recs, err := c.opts.Admin.Quarantined(ctx, f)
 	if err != nil {
 		return nil, false, err
 	}
@@ -72,14 +72,14 @@ func (c *Console) rows(f state.Filter, st string, keep func(*state.QuarantineRec
 		case len(out) == maxQuarantineRows:
 			return out, true, nil
 		}
-		out = append(out, quarantineRow{QuarantineRecord: rec, Subject: c.subject(rec.ID)})
+		out = append(out, quarantineRow{QuarantineRecord: rec, Subject: c.subject(ctx, rec.ID)})
 	}
 	return out, false, nil
 }
 
 // subject reads the Subject of a quarantined message.
-func (c *Console) subject(id string) string {
-	m, err := c.opts.Admin.QuarantineMessage(id)
+func (c *Console) subject(ctx context.Context, id string) string {
+	m, err := c.opts.Admin.QuarantineMessage(ctx, id)
 	if err != nil {
 		return ""
 	}
@@ -91,7 +91,7 @@ func (c *Console) quarantineList(w http.ResponseWriter, r *http.Request, v view)
 	d, f, err := quarantineFilter(r)
 	if err != nil {
 		d.Problem = err.Error()
-	} else if d.Rows, d.More, err = c.rows(f, d.State, nil); err != nil {
+	} else if d.Rows, d.More, err = c.rows(r.Context(), f, d.State, nil); err != nil {
 		d.Problem = c.unreadable("The quarantine", err)
 	}
 	d.Digests = c.opts.Config().Web.BaseURL != ""
@@ -123,7 +123,7 @@ type shownData struct {
 // record returns quarantined message id if the viewer may see it: an end
 // user only their own.
 func (c *Console) record(w http.ResponseWriter, r *http.Request, v view, id string) *state.QuarantineRecord {
-	rec, err := c.opts.Admin.QuarantineRecord(id)
+	rec, err := c.opts.Admin.QuarantineRecord(r.Context(), id)
 	if err == nil && v.Rcpt != "" && !slices.ContainsFunc(rec.Rcpts, func(a string) bool { return address.Equal(a, v.Rcpt) }) {
 		err = state.ErrNotQuarantined // not theirs: as if it were not there
 	}
@@ -154,7 +154,7 @@ func (c *Console) quarantineShow(w http.ResponseWriter, r *http.Request, v view)
 			d.Pending = append(d.Pending, a)
 		}
 	}
-	if m, err := c.opts.Admin.QuarantineMessage(id); err == nil {
+	if m, err := c.opts.Admin.QuarantineMessage(r.Context(), id); err == nil {
 		d.Preview = readPreview(m)
 		m.Close()
 	} else {
@@ -188,7 +188,7 @@ func (c *Console) quarantineEML(w http.ResponseWriter, r *http.Request, v view) 
 	if c.record(w, r, v, id) == nil {
 		return
 	}
-	m, err := c.opts.Admin.QuarantineMessage(id)
+	m, err := c.opts.Admin.QuarantineMessage(r.Context(), id)
 	if err != nil {
 		c.fail(w, v, http.StatusNotFound, "No such message in the quarantine.")
 		return
@@ -237,7 +237,7 @@ func (c *Console) act(ctx context.Context, v view, op string, rec *state.Quarant
 		if v.Rcpt != "" && len(rec.Rcpts) > 1 {
 			return "", refusef("%s has other recipients too; it stays until they or an admin decide", rec.ID)
 		}
-		if err := c.opts.Admin.QuarantineDelete(rec.ID); err != nil {
+		if err := c.opts.Admin.QuarantineDelete(ctx, rec.ID); err != nil {
 			return "", err
 		}
 		c.audit(ctx, v, "quarantine.delete", rec.ID, "")
@@ -346,7 +346,7 @@ func (c *Console) quarantineBulk(w http.ResponseWriter, r *http.Request, v view)
 	}
 	var lines []string
 	for _, id := range ids {
-		rec, err := c.opts.Admin.QuarantineRecord(id)
+		rec, err := c.opts.Admin.QuarantineRecord(r.Context(), id)
 		if err == nil && v.Rcpt != "" && !slices.ContainsFunc(rec.Rcpts, func(a string) bool { return address.Equal(a, v.Rcpt) }) {
 			err = state.ErrNotQuarantined
 		}

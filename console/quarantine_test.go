@@ -57,7 +57,7 @@ func (e *testEnv) quarantined(from string, rcpts []string, msg string, at time.T
 	for _, f := range edits {
 		f(rec)
 	}
-	if err := e.backend.quar.Add(rec, w.Path()); err != nil {
+	if err := e.backend.quar.Add(context.Background(), rec, w.Path()); err != nil {
 		e.t.Fatal(err)
 	}
 	w.Abort()
@@ -121,7 +121,7 @@ func TestQuarantineReleaseOnce(t *testing.T) {
 	if r.code != http.StatusOK || !strings.Contains(r.body, "for carol@example.test") {
 		t.Fatalf("release to carol: %d\n%s", r.code, r.body)
 	}
-	got, _ := e.backend.quar.Get(two.ID)
+	got, _ := e.backend.quar.Get(context.Background(), two.ID)
 	if strings.Join(got.Pending(), ",") != "bob@example.test" {
 		t.Fatalf("pending %v, want bob", got.Pending())
 	}
@@ -162,7 +162,7 @@ func TestQuarantineAllowBlockDelete(t *testing.T) {
 	if r.code != http.StatusOK || !strings.Contains(r.body, "Deleted "+rec.ID) || !strings.Contains(r.body, "NOSUCH000001: no such message") {
 		t.Fatalf("bulk delete: %d\n%s", r.code, r.body)
 	}
-	if left, _ := e.backend.quar.List(state.Filter{}, time.Now()); len(left) != 0 {
+	if left, _ := e.backend.quar.List(context.Background(), state.Filter{}, time.Now()); len(left) != 0 {
 		t.Fatalf("%d left after delete", len(left))
 	}
 	if r := b.get("/lists?owner=carol@example.test"); !strings.Contains(r.body, "news@shop.example") || strings.Contains(r.body, "bob@example.test") {
@@ -186,7 +186,7 @@ func TestReleaseChosenOnce(t *testing.T) {
 	if len(list) != 1 || len(list[0].Rcpts) != 1 || list[0].Rcpts[0].Addr != "bob@example.test" {
 		t.Fatalf("queued %+v, want one copy for bob alone", list)
 	}
-	if got, _ := e.backend.quar.Get(rec.ID); !slices.Equal(got.Pending(), []string{"carol@example.test"}) {
+	if got, _ := e.backend.quar.Get(context.Background(), rec.ID); !slices.Equal(got.Pending(), []string{"carol@example.test"}) {
 		t.Errorf("still held for %v, want carol", got.Pending())
 	}
 }

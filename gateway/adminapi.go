@@ -22,16 +22,16 @@ func (b adminBackend) QueueOp(ctx context.Context, op, id string) error {
 	return b.g.router.QueueOp(ctx, op, id)
 }
 
-func (b adminBackend) Quarantined(f quarantine.Filter) ([]*quarantine.Record, error) {
-	return b.g.quar.List(f, time.Now())
+func (b adminBackend) Quarantined(ctx context.Context, f quarantine.Filter) ([]*quarantine.Record, error) {
+	return b.g.quar.List(ctx, f, time.Now())
 }
 
-func (b adminBackend) QuarantineRecord(id string) (*quarantine.Record, error) {
-	return b.g.quar.Get(id)
+func (b adminBackend) QuarantineRecord(ctx context.Context, id string) (*quarantine.Record, error) {
+	return b.g.quar.Get(ctx, id)
 }
 
-func (b adminBackend) QuarantineMessage(id string) (io.ReadCloser, error) {
-	return b.g.quar.Message(id)
+func (b adminBackend) QuarantineMessage(ctx context.Context, id string) (io.ReadCloser, error) {
+	return b.g.quar.Message(ctx, id)
 }
 
 // QuarantineRelease queues a copy of a quarantined message for rcpts (all
@@ -54,8 +54,8 @@ func (b adminBackend) QuarantineRelease(ctx context.Context, id string, rcpts []
 	return env.ID, err
 }
 
-func (b adminBackend) QuarantineDelete(id string) error {
-	if err := b.g.quar.Delete(id); err != nil {
+func (b adminBackend) QuarantineDelete(ctx context.Context, id string) error {
+	if err := b.g.quar.Delete(ctx, id); err != nil {
 		return err
 	}
 	b.g.log.Info("quarantine deleted", "id", id)

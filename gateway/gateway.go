@@ -134,7 +134,7 @@ func New(ctx context.Context, cfg *policy.Config, opts Options) (_ *Gateway, err
 		return nil, err
 	}
 	// Before the router loads the spool: see the quarantine package.
-	if err = g.quar.Recover(g.spool); err != nil {
+	if err = g.quar.Recover(ctx, g.spool); err != nil {
 		return nil, err
 	}
 	if g.trace, err = trace.Open(filepath.Join(cfg.DataDir, "trace"), opts.Logger); err != nil {
@@ -284,7 +284,7 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 	for {
 		now, cfg := time.Now(), g.config()
 		keep := time.Duration(cfg.Quarantine.Retention)
-		ids, err := g.quar.Expire(now, keep)
+		ids, err := g.quar.Expire(ctx, now, keep)
 		for _, id := range ids {
 			g.log.Info("quarantine expired", "id", id)
 			g.trace.Record(trace.Event{QueueID: id, Event: "deleted", Reason: "quarantine retention " + keep.String() + " reached"})

@@ -115,11 +115,11 @@ func clusterImport(ctx context.Context, cfg *policy.Config, st *sqlstore.Store, 
 	dir := filepath.Join(cfg.DataDir, "quarantine")
 	if fileExists(dir) {
 		local := quarantine.Read(dir)
-		recs, err := local.List(quarantine.Filter{}, time.Now())
+		recs, err := local.List(ctx, quarantine.Filter{}, time.Now())
 		if err != nil {
 			return err
 		}
-		n, err := quarantine.Copy(local, st.Quarantine(), cfg.Cluster.Node)
+		n, err := quarantine.Copy(ctx, local, st.Quarantine(), cfg.Cluster.Node)
 		if err != nil {
 			return fmt.Errorf("quarantine: %d messages copied, then: %w", n, err)
 		}

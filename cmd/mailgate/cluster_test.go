@@ -59,7 +59,7 @@ func TestClusterImportStateDB(t *testing.T) {
 	if err := os.WriteFile(msg, []byte("Subject: held\r\n\r\nhi\r\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Add(&quarantine.Record{ID: "0123456789ABCDEF", From: "a@sender.test", Rcpts: []string{"bob@example.test"}, Reason: "spam"}, msg); err != nil {
+	if err := q.Add(context.Background(), &quarantine.Record{ID: "0123456789ABCDEF", From: "a@sender.test", Rcpts: []string{"bob@example.test"}, Reason: "spam"}, msg); err != nil {
 		t.Fatal(err)
 	}
 	untouched := func() string {

@@ -190,7 +190,7 @@ func TestNodeNameClash(t *testing.T) {
 	// start (Recover) and in every round, while both are live.
 	id := releaseUnderWay(t, older.Store(), "mx")
 	for _, n := range []*testNode{older, younger} {
-		if err := n.quar.Recover(n.sp); err != nil {
+		if err := n.quar.Recover(testCtx(t), n.sp); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -225,7 +225,7 @@ func TestNodeRestartIsNoClash(t *testing.T) {
 	id := releaseUnderWay(t, killed.Store(), "mx")
 
 	restarted := openNode(t, url, "mx", "v1")
-	if err := restarted.quar.Recover(restarted.sp); err != nil {
+	if err := restarted.quar.Recover(testCtx(t), restarted.sp); err != nil {
 		t.Fatal(err)
 	}
 	if got := releasing(t, restarted.Store(), id); got != "COPY0000001" {

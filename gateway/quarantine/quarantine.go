@@ -139,8 +139,8 @@ func (s *Store) MessagePath(id string) string { return filepath.Join(s.dir, id+"
 func (s *Store) recPath(id string) string     { return filepath.Join(s.dir, id+".json") }
 
 // Message returns the bytes of quarantined message id.
-func (s *Store) Message(id string) (io.ReadCloser, error) {
-	if _, err := s.Get(id); err != nil {
+func (s *Store) Message(ctx context.Context, id string) (io.ReadCloser, error) {
+	if _, err := s.Get(ctx, id); err != nil {
 		return nil, err
 	}
 	return os.Open(s.MessagePath(id))
@@ -149,7 +149,7 @@ func (s *Store) Message(id string) (io.ReadCloser, error) {
 // Add puts the message in the file msgPath (a spooled message that is
 // not committed; the caller aborts it afterwards) into the quarantine
 // under rec.ID. It returns once message and record are on stable storage.
-func (s *Store) Add(rec *Record, msgPath string) error {
+func (s *Store) Add(ctx context.Context, rec *Record, msgPath string) error {
 	if !spool.ValidID(rec.ID) {
 		return fmt.Errorf("quarantine %q: invalid queue ID", rec.ID)
 	}
@@ -198,7 +198,7 @@ func (s *Store) writeJSON(path string, v any) error {
 }
 
 // Get returns the record of id.
-func (s *Store) Get(id string) (*Record, error) {
+func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	if !spool.ValidID(id) {
 		return nil, fmt.Errorf("quarantine %q: %w", id, ErrNotFound)
 	}
@@ -217,14 +217,14 @@ func (s *Store) Get(id string) (*Record, error) {
 }
 
 // List returns the records f selects at now, oldest first.
-func (s *Store) List(f Filter, now time.Time) ([]*Record, error) {
+func (s *Store) List(ctx context.Context, f Filter, now time.Time) ([]*Record, error) {
 	ids, err := spool.ReadIDs(s.dir, ".json")
 	if err != nil {
 		return nil, fmt.Errorf("list quarantine: %w", err)
 	}
 	var out []*Record
 	for id := range ids {
-		rec, err := s.Get(id)
+		rec, err := s.Get(ctx, id)
 		if errors.Is(err, ErrNotFound) {
 			continue // deleted since ReadDir
 		}
@@ -241,7 +241,7 @@ func (s *Store) List(f Filter, now time.Time) ([]*Record, error) {
 
 // Delete removes a message from the quarantine: the record first, so a
 // crash in between leaves a message file that Open removes.
-func (s *Store) Delete(id string) error {
+func (s *Store) Delete(ctx context.Context, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.delete(id)
@@ -264,8 +264,8 @@ func (s *Store) delete(id string) error {
 
 // Expire deletes the messages quarantined more than retention before now
 // and returns their IDs.
-func (s *Store) Expire(now time.Time, retention time.Duration) ([]string, error) {
-	recs, err := s.List(Filter{OlderThan: retention}, now)
+func (s *Store) Expire(ctx context.Context, now time.Time, retention time.Duration) ([]string, error) {
+	recs, err := s.List(ctx, Filter{OlderThan: retention}, now)
 	if err != nil {
 		return nil, err
 	}
@@ -292,7 +292,7 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...str
 	defer s.mu.Unlock()
 	var rec *Record
 	begin := func(copyID string) (r *Record, to []string, err error) {
-		if rec, to, err = s.toRelease(id, copyID, rcpts); err == nil {
+		if rec, to, err = s.toRelease(ctx, id, copyID, rcpts); err == nil {
 			err = s.writeRecord(rec)
 		}
 		return rec, to, err
@@ -303,8 +303,8 @@ func (s *Store) Release(ctx context.Context, id string, sp Spooler, rcpts ...str
 
 // toRelease returns the record of id marked as being released as copyID
 // to rcpts (none: all not released yet), and those recipients.
-func (s *Store) toRelease(id, copyID string, rcpts []string) (*Record, []string, error) {
-	rec, err := s.Get(id)
+func (s *Store) toRelease(ctx context.Context, id, copyID string, rcpts []string) (*Record, []string, error) {
+	rec, err := s.Get(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -366,8 +366,8 @@ func release(ctx context.Context, id string, sp Spooler, begin func(copyID strin
 
 // Recover completes or undoes releases a crash interrupted. Call it before
 // the router loads the spool.
-func (s *Store) Recover(sp Spooler) error {
-	recs, err := s.List(Filter{}, time.Now())
+func (s *Store) Recover(ctx context.Context, sp Spooler) error {
+	recs, err := s.List(ctx, Filter{}, time.Now())
 	if err != nil {
 		return err
 	}

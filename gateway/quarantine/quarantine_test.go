@@ -52,7 +52,7 @@ func add(t *testing.T, q *Store, sp *spool.Spool, from, rcpt, stage string, at t
 	w := spooled(t, sp, "Subject: hi\r\n\r\nbody of "+from+"\r\n")
 	rec := &Record{ID: w.ID(), From: from, Rcpts: []string{rcpt}, Time: at, Stage: stage, Reason: "test",
 		Verdicts: []trace.Stage{{Name: "spam", Phase: "data", Action: stages.Tag, Score: 6}}}
-	if err := q.Add(rec, w.Path()); err != nil {
+	if err := q.Add(context.Background(), rec, w.Path()); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Abort(); err != nil {
@@ -75,7 +75,7 @@ func TestListFilterSpellings(t *testing.T) {
 		{From: "@BÜCHER.test."},
 		{From: "boss@bücher.test"},
 	} {
-		recs, err := q.List(f, now)
+		recs, err := q.List(context.Background(), f, now)
 		if err != nil || len(recs) != 1 || recs[0].ID != a.ID {
 			t.Errorf("List(%+v) = %v, %v; want %s", f, recs, err, a.ID)
 		}
@@ -106,7 +106,7 @@ func TestAddListShowDelete(t *testing.T) {
 		{Filter{OlderThan: 24 * time.Hour}, []string{a.ID}},
 		{Filter{NewerThan: 24 * time.Hour}, []string{b.ID}},
 	} {
-		recs, err := q.List(tc.f, now)
+		recs, err := q.List(context.Background(), tc.f, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -118,17 +118,17 @@ func TestAddListShowDelete(t *testing.T) {
 			t.Errorf("List(%+v) = %v, want %v", tc.f, ids, tc.want)
 		}
 	}
-	rec, err := q.Get(b.ID)
+	rec, err := q.Get(context.Background(), b.ID)
 	if err != nil || rec.From != "bob@b.test" || len(rec.Verdicts) != 1 || rec.Verdicts[0].Score != 6 {
 		t.Fatalf("Get: %+v, %v", rec, err)
 	}
-	if err := q.Delete(b.ID); err != nil {
+	if err := q.Delete(context.Background(), b.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.Get(b.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := q.Get(context.Background(), b.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get after Delete: %v", err)
 	}
-	if err := q.Delete(b.ID); !errors.Is(err, ErrNotFound) {
+	if err := q.Delete(context.Background(), b.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second Delete: %v", err)
 	}
 	if _, err := os.Stat(q.MessagePath(b.ID)); !os.IsNotExist(err) {
@@ -141,11 +141,11 @@ func TestExpire(t *testing.T) {
 	now := time.Now()
 	old := add(t, q, sp, "old@a.test", "x@dest.test", "", now.Add(-31*24*time.Hour))
 	fresh := add(t, q, sp, "new@a.test", "x@dest.test", "", now.Add(-time.Hour))
-	ids, err := q.Expire(now, 720*time.Hour)
+	ids, err := q.Expire(context.Background(), now, 720*time.Hour)
 	if err != nil || len(ids) != 1 || ids[0] != old.ID {
 		t.Fatalf("Expire = %v, %v; want [%s]", ids, err, old.ID)
 	}
-	if _, err := q.Get(fresh.ID); err != nil {
+	if _, err := q.Get(context.Background(), fresh.ID); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -168,7 +168,7 @@ func TestReleaseOnce(t *testing.T) {
 	if list, _ := sp.List(); len(list) != 1 {
 		t.Fatalf("%d messages in the spool after two releases, want 1", len(list))
 	}
-	got, _ := q.Get(rec.ID)
+	got, _ := q.Get(context.Background(), rec.ID)
 	if got.Released != env.ID || got.Releasing != "" || got.ReleasedAt.IsZero() {
 		t.Fatalf("record after release: %+v", got)
 	}
@@ -183,7 +183,7 @@ func TestRecover(t *testing.T) {
 
 	// lost: crash after step 1, the copy never committed.
 	w, _ := sp.Create()
-	rec, _ := q.Get(lost.ID)
+	rec, _ := q.Get(context.Background(), lost.ID)
 	rec.Releasing = w.ID()
 	if err := q.writeRecord(rec); err != nil {
 		t.Fatal(err)
@@ -194,7 +194,7 @@ func TestRecover(t *testing.T) {
 	if err := w2.Commit(context.Background(), &spool.Envelope{From: "b@a.test", Rcpts: []spool.Recipient{{Addr: "x@dest.test", Status: spool.Pending}}}); err != nil {
 		t.Fatal(err)
 	}
-	rec, _ = q.Get(kept.ID)
+	rec, _ = q.Get(context.Background(), kept.ID)
 	rec.Releasing = w2.ID()
 	if err := q.writeRecord(rec); err != nil {
 		t.Fatal(err)
@@ -204,16 +204,16 @@ func TestRecover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q2.Recover(sp); err != nil {
+	if err := q2.Recover(context.Background(), sp); err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := q2.Get(lost.ID); r.Releasing != "" || r.Released != "" {
+	if r, _ := q2.Get(context.Background(), lost.ID); r.Releasing != "" || r.Released != "" {
 		t.Fatalf("uncommitted release not undone: %+v", r)
 	}
 	if _, err := q2.Release(context.Background(), lost.ID, sp); err != nil {
 		t.Fatalf("release after an undone one: %v", err)
 	}
-	if r, _ := q2.Get(kept.ID); r.Released != w2.ID() || r.Releasing != "" {
+	if r, _ := q2.Get(context.Background(), kept.ID); r.Released != w2.ID() || r.Releasing != "" {
 		t.Fatalf("committed release not completed: %+v", r)
 	}
 	if _, err := q2.Release(context.Background(), kept.ID, sp); !errors.Is(err, ErrAlreadyReleased) {
@@ -249,7 +249,7 @@ func TestReleaseSomeRecipients(t *testing.T) {
 	q, sp, dir := open(t)
 	w := spooled(t, sp, "Subject: hi\r\n\r\nbody\r\n")
 	rec := &Record{ID: w.ID(), From: "a@a.test", Rcpts: []string{"x@dest.test", "y@dest.test", "z@dest.test"}, Time: time.Now()}
-	if err := q.Add(rec, w.Path()); err != nil {
+	if err := q.Add(context.Background(), rec, w.Path()); err != nil {
 		t.Fatal(err)
 	}
 	w.Abort()
@@ -270,7 +270,7 @@ func TestReleaseSomeRecipients(t *testing.T) {
 	if _, err := q.Release(ctx, rec.ID, sp, "nobody@dest.test"); !errors.Is(err, ErrNotRecipient) {
 		t.Fatalf("a stranger: %v", err)
 	}
-	got, _ := q.Get(rec.ID)
+	got, _ := q.Get(ctx, rec.ID)
 	if got.Released != "" || strings.Join(got.Pending(), ",") != "x@dest.test,z@dest.test" {
 		t.Fatalf("after one: released %q, pending %v", got.Released, got.Pending())
 	}
@@ -288,10 +288,10 @@ func TestReleaseSomeRecipients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q2.Recover(sp); err != nil {
+	if err := q2.Recover(ctx, sp); err != nil {
 		t.Fatal(err)
 	}
-	got, _ = q2.Get(rec.ID)
+	got, _ = q2.Get(ctx, rec.ID)
 	if strings.Join(got.Pending(), ",") != "x@dest.test" || got.Releasing != "" {
 		t.Fatalf("after recovery: pending %v, releasing %q", got.Pending(), got.Releasing)
 	}
@@ -300,7 +300,7 @@ func TestReleaseSomeRecipients(t *testing.T) {
 	if err != nil || strings.Join(rcptsOf(env), ",") != "x@dest.test" {
 		t.Fatalf("release of the rest: %v %v", rcptsOf(env), err)
 	}
-	got, _ = q2.Get(rec.ID)
+	got, _ = q2.Get(ctx, rec.ID)
 	if got.Released != env.ID || len(got.Pending()) != 0 || len(got.Releases) != 3 {
 		t.Fatalf("after all: %+v", got)
 	}

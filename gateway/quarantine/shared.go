@@ -98,10 +98,10 @@ func (s *Shared) shared() (q state.Quarantine, unreachable error) {
 
 // Add keeps the message in the file msgPath under rec.ID: in the shared
 // store, or in the spill when that fails. It returns once it is durable.
-func (s *Shared) Add(rec *Record, msgPath string) error {
+func (s *Shared) Add(ctx context.Context, rec *Record, msgPath string) error {
 	q, _ := s.shared()
 	if q == nil || time.Since(time.Unix(0, s.lastFail.Load())) < spillFor {
-		return s.local.Add(rec, msgPath)
+		return s.local.Add(ctx, rec, msgPath)
 	}
 	f, err := os.Open(msgPath)
 	if err != nil {
@@ -109,17 +109,20 @@ func (s *Shared) Add(rec *Record, msgPath string) error {
 	}
 	defer f.Close()
 	cp := *rec
-	if err = q.Put(context.Background(), &cp, f); err == nil {
+	if err = q.Put(ctx, &cp, f); err == nil {
 		return nil
+	}
+	if ctx.Err() != nil {
+		return err // the caller went away: the store did not fail, and nobody waits for a 250
 	}
 	s.lastFail.Store(time.Now().UnixNano())
 	s.log.Warn("quarantine: the cluster's store failed; the message is kept on this node's disk and moved when it answers", "id", rec.ID, "err", err)
-	return s.local.Add(rec, msgPath)
+	return s.local.Add(ctx, rec, msgPath)
 }
 
 // Get returns the record of id, from the spill or the shared store.
-func (s *Shared) Get(id string) (*Record, error) {
-	rec, err := s.local.Get(id)
+func (s *Shared) Get(ctx context.Context, id string) (*Record, error) {
+	rec, err := s.local.Get(ctx, id)
 	q, down := s.shared()
 	if !errors.Is(err, ErrNotFound) || s.store == nil {
 		return rec, err
@@ -127,14 +130,14 @@ func (s *Shared) Get(id string) (*Record, error) {
 	if down != nil {
 		return nil, fmt.Errorf("%w; messages quarantined on this node meanwhile are on its disk", down)
 	}
-	rec, err = q.Get(context.Background(), id)
+	rec, err = q.Get(ctx, id)
 	return rec, fromState(err)
 }
 
 // List returns what f selects at now, oldest first: the shared store's
 // records and the spill's.
-func (s *Shared) List(f Filter, now time.Time) ([]*Record, error) {
-	recs, err := s.local.List(f, now)
+func (s *Shared) List(ctx context.Context, f Filter, now time.Time) ([]*Record, error) {
+	recs, err := s.local.List(ctx, f, now)
 	if err != nil || s.store == nil {
 		return recs, err
 	}
@@ -142,7 +145,7 @@ func (s *Shared) List(f Filter, now time.Time) ([]*Record, error) {
 	if down != nil {
 		return nil, fmt.Errorf("%w; %d messages quarantined on this node meanwhile are on its disk", down, len(recs))
 	}
-	all, err := q.List(context.Background(), f.Window(now))
+	all, err := q.List(ctx, f.Window(now))
 	if err != nil {
 		return nil, err
 	}
@@ -152,8 +155,8 @@ func (s *Shared) List(f Filter, now time.Time) ([]*Record, error) {
 }
 
 // Message returns the bytes of message id.
-func (s *Shared) Message(id string) (io.ReadCloser, error) {
-	m, err := s.local.Message(id)
+func (s *Shared) Message(ctx context.Context, id string) (io.ReadCloser, error) {
+	m, err := s.local.Message(ctx, id)
 	if !errors.Is(err, ErrNotFound) || s.store == nil {
 		return m, err
 	}
@@ -161,15 +164,15 @@ func (s *Shared) Message(id string) (io.ReadCloser, error) {
 	if down != nil {
 		return nil, down
 	}
-	m, err = q.Message(context.Background(), id)
+	m, err = q.Message(ctx, id)
 	return m, fromState(err)
 }
 
 // Delete deletes message id for good.
-func (s *Shared) Delete(id string) error {
+func (s *Shared) Delete(ctx context.Context, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	err := s.local.Delete(id)
+	err := s.local.Delete(ctx, id)
 	if !errors.Is(err, ErrNotFound) || s.store == nil {
 		return err
 	}
@@ -177,25 +180,28 @@ func (s *Shared) Delete(id string) error {
 	if down != nil {
 		return down
 	}
-	return fromState(q.Delete(context.Background(), id))
+	return fromState(q.Delete(ctx, id))
 }
 
 // Expire deletes what was quarantined more than retention before now and
 // returns the IDs this node deleted (of two nodes expiring at once, each
 // deletes some).
-func (s *Shared) Expire(now time.Time, retention time.Duration) ([]string, error) {
-	ids, err := s.local.Expire(now, retention)
+func (s *Shared) Expire(ctx context.Context, now time.Time, retention time.Duration) ([]string, error) {
+	ids, err := s.local.Expire(ctx, now, retention)
 	q, _ := s.shared()
 	if err != nil || q == nil {
 		return ids, err
 	}
-	old, err := q.List(context.Background(), state.QuarantineFilter{Until: now.Add(-retention)})
+	old, err := q.List(ctx, state.QuarantineFilter{Until: now.Add(-retention)})
 	if err != nil {
 		return ids, err
 	}
 	var errs []error
 	for _, rec := range old {
-		switch err := q.Delete(context.Background(), rec.ID); {
+		if err := ctx.Err(); err != nil {
+			return ids, errors.Join(append(errs, err)...)
+		}
+		switch err := q.Delete(ctx, rec.ID); {
 		case err == nil:
 			ids = append(ids, rec.ID)
 		case !errors.Is(err, state.ErrNotFound):
@@ -217,7 +223,7 @@ func (s *Shared) Writable() error { return s.local.Writable() }
 func (s *Shared) Release(ctx context.Context, id string, sp Spooler, rcpts ...string) (*spool.Envelope, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, err := s.local.Get(id); !errors.Is(err, ErrNotFound) || s.store == nil {
+	if _, err := s.local.Get(ctx, id); !errors.Is(err, ErrNotFound) || s.store == nil {
 		return s.local.Release(ctx, id, sp, rcpts...)
 	}
 	q, down := s.shared()
@@ -274,8 +280,8 @@ func (s *Shared) end(ctx context.Context, q state.Quarantine, id, copyID string,
 // spill, and, in a cluster, those the journal holds, by whether the spool
 // has their copy. Call it before the router loads the spool. The shared
 // store is told now if it answers, or by Run.
-func (s *Shared) Recover(sp Spooler) error {
-	if err := s.local.Recover(sp); err != nil || s.store == nil {
+func (s *Shared) Recover(ctx context.Context, sp Spooler) error {
+	if err := s.local.Recover(ctx, sp); err != nil || s.store == nil {
 		return err
 	}
 	s.mu.Lock()
@@ -298,7 +304,7 @@ func (s *Shared) Recover(sp Spooler) error {
 		}
 	}
 	if q, _ := s.shared(); q != nil {
-		s.settle(q)
+		s.settle(ctx, q)
 	}
 	return nil
 }
@@ -332,7 +338,7 @@ func (s *Shared) journalEntries() (map[string]journalEntry, error) {
 // release under the name (its heartbeats have not been found yet) knows
 // it in its own journal. Under s.mu; failures are left for the next
 // round.
-func (s *Shared) settle(q state.Quarantine) {
+func (s *Shared) settle(ctx context.Context, q state.Quarantine) {
 	entries, err := s.journalEntries()
 	if err != nil {
 		s.log.Error("quarantine: journal unreadable", "err", err)
@@ -342,7 +348,12 @@ func (s *Shared) settle(q state.Quarantine) {
 		if r.Queued == nil {
 			continue // Recover decides, before the router starts
 		}
-		switch err := s.end(context.Background(), q, id, r.Copy, *r.Queued); {
+		if ctx.Err() != nil {
+			return
+		}
+		// Detached, as a release once begun is: cancelled after its
+		// commit, it would look ended from elsewhere to the next round.
+		switch err := s.end(context.WithoutCancel(ctx), q, id, r.Copy, *r.Queued); {
 		case errors.Is(err, state.ErrNotUnderWay):
 			// Ended from elsewhere: this node was taken out of the
 			// cluster (mailgate cluster remove) while it was away. Kept,
@@ -357,7 +368,7 @@ func (s *Shared) settle(q state.Quarantine) {
 	if s.mine != nil && !s.mine() {
 		return
 	}
-	under, err := q.List(context.Background(), state.QuarantineFilter{ReleasingOn: s.node})
+	under, err := q.List(ctx, state.QuarantineFilter{ReleasingOn: s.node})
 	if err != nil {
 		return
 	}
@@ -365,7 +376,7 @@ func (s *Shared) settle(q state.Quarantine) {
 		if _, ok := entries[rec.ID]; ok || time.Since(rec.ReleasingSince) < s.settleAfter {
 			continue
 		}
-		if err := q.EndRelease(context.Background(), rec.ID, rec.Releasing, false); err != nil {
+		if err := q.EndRelease(ctx, rec.ID, rec.Releasing, false); err != nil {
 			return
 		}
 	}
@@ -389,8 +400,8 @@ func (s *Shared) Run(ctx context.Context) {
 	for {
 		if q, _ := s.shared(); q != nil {
 			s.mu.Lock()
-			s.settle(q)
-			s.move(q)
+			s.settle(ctx, q)
+			s.move(ctx, q)
 			s.mu.Unlock()
 		}
 		select {
@@ -405,19 +416,22 @@ func (s *Shared) Run(ctx context.Context) {
 // if they were released from the spill, and deletes them from the spill.
 // A message the store has already (moved before a crash) is only
 // deleted. Under s.mu.
-func (s *Shared) move(q state.Quarantine) {
-	recs, err := s.local.List(Filter{}, time.Now())
+func (s *Shared) move(ctx context.Context, q state.Quarantine) {
+	recs, err := s.local.List(ctx, Filter{}, time.Now())
 	if err != nil {
 		s.log.Error("quarantine: spill unreadable", "err", err)
 		return
 	}
 	moved := 0
 	for _, rec := range recs {
-		if _, err := copyRecord(s.local, q, rec, s.node); err != nil {
+		if ctx.Err() != nil {
+			break
+		}
+		if _, err := copyRecord(ctx, s.local, q, rec, s.node); err != nil {
 			s.log.Warn("quarantine: not moved to the cluster's store yet", "id", rec.ID, "err", err)
 			return
 		}
-		if err := s.local.Delete(rec.ID); err != nil {
+		if err := s.local.Delete(ctx, rec.ID); err != nil {
 			s.log.Error("quarantine: moved, but not deleted from this node's disk", "id", rec.ID, "err", err)
 			return
 		}
@@ -433,14 +447,17 @@ func (s *Shared) move(q state.Quarantine) {
 // again: a message q has already is left as it is, but for the releases
 // made of it on local that q does not record yet (a run interrupted
 // between a message and its releases).
-func Copy(local *Store, q state.Quarantine, node string) (int, error) {
-	recs, err := local.List(Filter{}, time.Now())
+func Copy(ctx context.Context, local *Store, q state.Quarantine, node string) (int, error) {
+	recs, err := local.List(ctx, Filter{}, time.Now())
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	for _, rec := range recs {
-		added, err := copyRecord(local, q, rec, node)
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		added, err := copyRecord(ctx, local, q, rec, node)
 		if err != nil {
 			return n, err
 		}
@@ -454,17 +471,21 @@ func Copy(local *Store, q state.Quarantine, node string) (int, error) {
 // copyRecord puts rec and its message into q, with the releases made of
 // it, each done again in q. A release under way (a crash Recover has not
 // settled) is not copied.
-func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) (added bool, err error) {
+func copyRecord(ctx context.Context, local *Store, q state.Quarantine, rec *Record, node string) (added bool, err error) {
 	if rec.Releasing != "" {
 		return false, fmt.Errorf("quarantine %s: a release is under way", rec.ID)
 	}
-	m, err := local.Message(rec.ID)
+	m, err := local.Message(ctx, rec.ID)
 	if err != nil {
 		return false, err
 	}
 	defer m.Close()
+	// Detached from here on: stopped between the Put and the releases,
+	// the store would show a message released here as held, for another
+	// node to release again.
+	ctx = context.WithoutCancel(ctx)
 	cp := *rec
-	switch err := q.Put(context.Background(), &cp, m); {
+	switch err := q.Put(ctx, &cp, m); {
 	case err == nil:
 		added = true
 	case !errors.Is(err, state.ErrExists):
@@ -477,19 +498,19 @@ func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) (add
 	}
 	for _, rel := range releases {
 		rcpts := rel.Rcpts
-		_, err := q.BeginRelease(context.Background(), rec.ID, by, rel.QueueID, rcpts)
+		_, err := q.BeginRelease(ctx, rec.ID, by, rel.QueueID, rcpts)
 		if errors.Is(err, state.ErrAlreadyReleased) {
 			// Copied before; or a copy interrupted after its Put, and
 			// another node released some of these recipients from the
 			// store since: this node's release of the others is recorded
 			// all the same, or they could be released a second time.
-			if rcpts = unreleased(q, rec.ID, rel); len(rcpts) == 0 {
+			if rcpts = unreleased(ctx, q, rec.ID, rel); len(rcpts) == 0 {
 				continue
 			}
-			_, err = q.BeginRelease(context.Background(), rec.ID, by, rel.QueueID, rcpts)
+			_, err = q.BeginRelease(ctx, rec.ID, by, rel.QueueID, rcpts)
 		}
 		if err == nil {
-			err = q.EndRelease(context.Background(), rec.ID, rel.QueueID, true)
+			err = q.EndRelease(ctx, rec.ID, rel.QueueID, true)
 		}
 		if err != nil {
 			return added, err
@@ -501,8 +522,8 @@ func copyRecord(local *Store, q state.Quarantine, rec *Record, node string) (add
 // unreleased returns the recipients of rel the store's record of id has
 // not released, none if rel itself is recorded there (or the record
 // cannot be read: the BeginRelease that failed said why).
-func unreleased(q state.Quarantine, id string, rel state.QuarantineRelease) []string {
-	rec, err := q.Get(context.Background(), id)
+func unreleased(ctx context.Context, q state.Quarantine, id string, rel state.QuarantineRelease) []string {
+	rec, err := q.Get(ctx, id)
 	if err != nil || rec.ReleasedAs(rel.QueueID) || rec.Released != "" {
 		return nil
 	}

@@ -67,7 +67,7 @@ func (n *node) quarantine(t *testing.T, body string, rcpts ...string) *Record {
 	}
 	w := spooled(t, n.sp, body)
 	rec := &Record{ID: w.ID(), From: "s@sender.test", Rcpts: rcpts, Reason: "test", Time: time.Now().UTC()}
-	if err := n.q.Add(rec, w.Path()); err != nil {
+	if err := n.q.Add(context.Background(), rec, w.Path()); err != nil {
 		t.Fatal(err)
 	}
 	w.Abort()
@@ -101,11 +101,11 @@ func TestSharedReleaseFromAnotherNode(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(a.dir, "quarantine", rec.ID+".json")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("record on A's disk (%v); want it in PostgreSQL only", err)
 	}
-	recs, err := b.q.List(Filter{From: "sender.test"}, time.Now())
+	recs, err := b.q.List(context.Background(), Filter{From: "sender.test"}, time.Now())
 	if err != nil || len(recs) != 1 || recs[0].ID != rec.ID || recs[0].Node != "a" {
 		t.Fatalf("List on B = %v, %v; want %s from node a", recs, err, rec.ID)
 	}
-	if got := read(t)(b.q.Message(rec.ID)); got != "Subject: held\r\n\r\nbody\r\n" {
+	if got := read(t)(b.q.Message(context.Background(), rec.ID)); got != "Subject: held\r\n\r\nbody\r\n" {
 		t.Fatalf("message on B: %q", got)
 	}
 	env, err := b.q.Release(context.Background(), rec.ID, b.sp)
@@ -118,7 +118,7 @@ func TestSharedReleaseFromAnotherNode(t *testing.T) {
 	if _, err := a.q.Release(context.Background(), rec.ID, a.sp); !errors.Is(err, ErrAlreadyReleased) {
 		t.Fatalf("release on A after B: %v; want ErrAlreadyReleased", err)
 	}
-	if got, _ := a.q.Get(rec.ID); got.Released != env.ID || got.ReleaseNode != "b" {
+	if got, _ := a.q.Get(context.Background(), rec.ID); got.Released != env.ID || got.ReleaseNode != "b" {
 		t.Fatalf("record on A: %+v; want released as %s on b", got, env.ID)
 	}
 	if envs, _ := a.sp.List(); len(envs) != 0 {
@@ -161,7 +161,7 @@ func TestSharedReleaseSomeRecipients(t *testing.T) {
 	if _, err := a.q.Release(ctx, rec.ID, a.sp, "dave@dest.test"); !errors.Is(err, ErrNotRecipient) {
 		t.Fatalf("release to dave: %v; want ErrNotRecipient", err)
 	}
-	if got, _ := a.q.Get(rec.ID); got.Released != "" || strings.Join(got.Pending(), ",") != "carol@dest.test" {
+	if got, _ := a.q.Get(ctx, rec.ID); got.Released != "" || strings.Join(got.Pending(), ",") != "carol@dest.test" {
 		t.Fatalf("record after the release to bob: %+v", got)
 	}
 	rest, err := a.q.Release(ctx, rec.ID, a.sp)
@@ -171,7 +171,7 @@ func TestSharedReleaseSomeRecipients(t *testing.T) {
 	if got := rcptsOf(t, a.sp, rest); got != "carol@dest.test" {
 		t.Fatalf("A's copy is for %s; want carol@dest.test", got)
 	}
-	if got, _ := b.q.Get(rec.ID); got.Released != rest.ID || len(got.Releases) != 2 || got.ReleasedTo("bob@dest.test") != toBob.ID {
+	if got, _ := b.q.Get(ctx, rec.ID); got.Released != rest.ID || len(got.Releases) != 2 || got.ReleasedTo("bob@dest.test") != toBob.ID {
 		t.Fatalf("record after both releases: %+v", got)
 	}
 	for _, n := range []*node{a, b} {
@@ -227,10 +227,10 @@ func TestSharedSpill(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(a.dir, "quarantine", rec.ID+".json")); err != nil {
 		t.Fatalf("spilled record: %v", err)
 	}
-	if got := read(t)(a.q.Message(rec.ID)); got != "Subject: spilled\r\n\r\nkept\r\n" {
+	if got := read(t)(a.q.Message(context.Background(), rec.ID)); got != "Subject: spilled\r\n\r\nkept\r\n" {
 		t.Fatalf("spilled message on A: %q", got)
 	}
-	if _, err := a.q.List(Filter{}, time.Now()); err == nil {
+	if _, err := a.q.List(context.Background(), Filter{}, time.Now()); err == nil {
 		t.Error("List with PostgreSQL down: no error; want one saying it is not reached")
 	}
 
@@ -241,7 +241,7 @@ func TestSharedSpill(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, err := b.q.Get(rec.ID); err == nil {
+		if _, err := b.q.Get(ctx, rec.ID); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -249,7 +249,7 @@ func TestSharedSpill(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond) // polling a condition, bounded by deadline
 	}
-	if _, err := a.q.local.Get(rec.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := a.q.local.Get(ctx, rec.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("moved message still on A's disk: %v", err)
 	}
 	env, err := b.q.Release(context.Background(), rec.ID, b.sp)
@@ -258,6 +258,32 @@ func TestSharedSpill(t *testing.T) {
 	}
 	if got := read(t)(b.sp.OpenMessage(env.ID)); got != "Subject: spilled\r\n\r\nkept\r\n" {
 		t.Fatalf("released copy: %q", got)
+	}
+}
+
+// TestSharedAddCancelled: an Add whose caller went away fails and keeps
+// nothing, and the next Add still goes to the shared store: a cancelled
+// Put is not the store failing.
+func TestSharedAddCancelled(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	a := newNode(t, url, "a")
+	w := spooled(t, a.sp, "Subject: gone\r\n\r\nbody\r\n")
+	defer w.Abort()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	gone := &Record{ID: w.ID(), From: "s@sender.test", Rcpts: []string{"r@dest.test"}, Time: time.Now().UTC()}
+	if err := a.q.Add(ctx, gone, w.Path()); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Add, cancelled: %v; want context.Canceled", err)
+	}
+	if _, err := a.q.Get(context.Background(), gone.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("cancelled Add kept the message: %v", err)
+	}
+	kept := a.quarantine(t, "Subject: kept\r\n\r\nbody\r\n")
+	if _, err := a.q.local.Get(context.Background(), kept.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the Add after a cancelled one spilled: %v", err)
+	}
+	if _, err := a.store.Quarantine().Get(context.Background(), kept.ID); err != nil {
+		t.Errorf("the Add after a cancelled one is not in the shared store: %v", err)
 	}
 }
 
@@ -293,7 +319,7 @@ func TestSharedCrashMidRelease(t *testing.T) {
 
 	pg.Stop()
 	a.reopen(t, "a")
-	if err := a.q.Recover(a.sp); err != nil {
+	if err := a.q.Recover(ctx, a.sp); err != nil {
 		t.Fatal(err)
 	}
 	pg.Restart()
@@ -357,7 +383,7 @@ func TestSharedCrashMidPartialRelease(t *testing.T) {
 	}
 
 	a.reopen(t, "a")
-	if err := a.q.Recover(a.sp); err != nil {
+	if err := a.q.Recover(ctx, a.sp); err != nil {
 		t.Fatal(err)
 	}
 	r1, err1 := q.Get(ctx, committed.ID)
@@ -405,7 +431,7 @@ func TestCopy(t *testing.T) {
 	}
 	defer st.Close()
 	for i, want := range []int{2, 0} {
-		n, err := Copy(local, st.Quarantine(), "single")
+		n, err := Copy(context.Background(), local, st.Quarantine(), "single")
 		if err != nil || n != want {
 			t.Fatalf("copy %d: %d, %v; want %d", i+1, n, err, want)
 		}
@@ -429,7 +455,7 @@ func TestCopyOverlappingRelease(t *testing.T) {
 	local, sp, _ := open(t)
 	w := spooled(t, sp, "Subject: hi\r\n\r\nbody\r\n")
 	rec := &Record{ID: w.ID(), From: "a@a.test", Rcpts: []string{"x@dest.test", "y@dest.test", "z@dest.test"}, Time: time.Now(), Reason: "test"}
-	if err := local.Add(rec, w.Path()); err != nil {
+	if err := local.Add(context.Background(), rec, w.Path()); err != nil {
 		t.Fatal(err)
 	}
 	w.Abort()
@@ -440,7 +466,7 @@ func TestCopyOverlappingRelease(t *testing.T) {
 	defer st.Close()
 	ctx, q := context.Background(), st.Quarantine()
 	// The earlier, interrupted move: the record and message, no release.
-	m, err := local.Message(rec.ID)
+	m, err := local.Message(ctx, rec.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,7 +488,7 @@ func TestCopyOverlappingRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, err := Copy(local, q, "a"); err != nil {
+	if _, err := Copy(ctx, local, q, "a"); err != nil {
 		t.Fatal(err)
 	}
 	got, err := q.Get(ctx, rec.ID)
@@ -511,14 +537,14 @@ func TestSettleUnknownReleases(t *testing.T) {
 	if _, err := q.BeginRelease(ctx, "FRESH00000000001", "a", "CLONECOPY0000001", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.q.Recover(a.sp); err != nil {
+	if err := a.q.Recover(ctx, a.sp); err != nil {
 		t.Fatal(err)
 	}
 	if got := releasing("FRESH00000000001"); got != "CLONECOPY0000001" {
 		t.Fatalf("a fresh release under way that the journal does not know was ended (releasing %q)", got)
 	}
 	a.q.settleAfter = 0
-	if err := a.q.Recover(a.sp); err != nil {
+	if err := a.q.Recover(ctx, a.sp); err != nil {
 		t.Fatal(err)
 	}
 	if got := releasing("FRESH00000000001"); got != "" {
@@ -539,7 +565,7 @@ func TestSettleUnknownReleases(t *testing.T) {
 	if err := q.EndRelease(ctx, "GONE000000000001", "COPYOFGONE000000", false); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.q.Recover(a.sp); err != nil {
+	if err := a.q.Recover(ctx, a.sp); err != nil {
 		t.Fatal(err)
 	}
 	entries, err := a.q.journalEntries()

@@ -53,7 +53,7 @@ type Queuer interface {
 // spooled message that is not committed and returns once the message and
 // its record are on stable storage; the caller then drops the spool file.
 type Quarantiner interface {
-	Add(rec *quarantine.Record, msgPath string) error
+	Add(ctx context.Context, rec *quarantine.Record, msgPath string) error
 }
 
 // Options is everything a Server, and its Driver, need.
@@ -458,7 +458,9 @@ func (t *Txn) Data(r io.Reader) Outcome {
 		ev.Size = w.Size()
 	}
 	if d.Action == stages.Quarantine {
-		if err := t.quarantine(d, ev.MessageID); err != nil {
+		// Detached, as the commit below: once the data is in, keeping it is
+		// cheaper than having the client send it all again.
+		if err := t.quarantine(context.WithoutCancel(ctx), d, ev.MessageID); err != nil {
 			return failed("quarantine", err)
 		}
 		return decided(queued(t.tx.QueueID), d.Action, nil)
@@ -488,7 +490,7 @@ func (t *Txn) Data(r io.Reader) Outcome {
 
 // quarantine moves the message into the quarantine with its envelope,
 // every verdict and the reason; the spool file is dropped by end.
-func (t *Txn) quarantine(d pipeline.Decision, messageID string) error {
+func (t *Txn) quarantine(ctx context.Context, d pipeline.Decision, messageID string) error {
 	w := t.w
 	if err := w.Flush(); err != nil {
 		return err
@@ -508,7 +510,7 @@ func (t *Txn) quarantine(d pipeline.Decision, messageID string) error {
 		ByScore:    d.ByScore,
 		Verdicts:   t.stages,
 	}
-	return t.c.d.opts.Quarantine.Add(rec, w.Path())
+	return t.c.d.opts.Quarantine.Add(ctx, rec, w.Path())
 }
 
 // Abandon marks a transaction the client left (RSET, a hang-up) while

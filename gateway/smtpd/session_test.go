@@ -77,7 +77,7 @@ func (q *queue) queued() []*spool.Envelope {
 
 type noQuarantine struct{}
 
-func (noQuarantine) Add(*quarantine.Record, string) error { return nil }
+func (noQuarantine) Add(context.Context, *quarantine.Record, string) error { return nil }
 
 type testServer struct {
 	srv   *Server
