@@ -15,6 +15,7 @@ type job struct {
 	msgPath string
 	entry   uint64 // the directory entry of the message file (Writer.entry)
 	js      []byte // the envelope
+	msg     []byte // the message's bytes for an inline commit, or nil
 	done    chan error
 
 	// Guarded by Spool.mu.
@@ -116,11 +117,14 @@ func (s *Spool) flush(batch []*job) {
 		if errs[i] != nil || abandoned[i] {
 			continue
 		}
-		op := opUpdate
-		if j.data != nil {
-			op = opCommit
+		switch {
+		case j.msg != nil:
+			b = appendInline(b, s.gen, seq, s.durable, j.id, j.js, j.msg)
+		case j.data != nil:
+			b = appendRecord(b, s.gen, seq, s.durable, opCommit, j.id, j.js)
+		default:
+			b = appendRecord(b, s.gen, seq, s.durable, opUpdate, j.id, j.js)
 		}
-		b = appendRecord(b, s.gen, seq, s.durable, op, j.id, j.js)
 		seq++
 	}
 	err := s.appendLog(b)
@@ -155,6 +159,9 @@ func (s *Spool) flush(batch []*job) {
 			if _, ok := s.x.live[j.id]; ok || j.data != nil {
 				s.x.live[j.id] = j.js
 			}
+			if j.msg != nil {
+				s.x.inline[j.id] = nil
+			}
 		}
 		s.maybeCompact()
 		s.logMu.Unlock()
@@ -180,7 +187,9 @@ func (s *Spool) flush(batch []*job) {
 // which a file keeps for itself), so what is left is the directory
 // entries of the new files: one fsync of msg/ for the batch, unless
 // dirSyncLoop's fsyncs since the files were created cover them all
-// already. An error fails every commit of the batch.
+// already. An inline commit needs neither (its record has the bytes),
+// but after a failed fsync of msg/ it fails too: the disk is in doubt.
+// An error fails every commit of the batch.
 //
 // It was one syncfs(2) on the spool's file system, then an fsync per
 // file, all in the committer. syncfs also writes back every dirty page of
@@ -202,7 +211,7 @@ func (s *Spool) flush(batch []*job) {
 func (s *Spool) syncMessages(batch []*job, errs []error) {
 	var newest uint64
 	for _, j := range batch {
-		if j.data != nil {
+		if j.data != nil && j.msg == nil {
 			newest = max(newest, j.entry)
 		}
 	}

@@ -118,6 +118,7 @@ func TestCompactionDoesNotStallCommits(t *testing.T) {
 		t.Errorf("%d records after the compaction, want %d", records, want)
 	}
 
+	s.compactStep = nil // Close compacts the inline commits once more
 	s.Close()
 	s2 := openT(t, dir, Options{})
 	got := map[string]bool{}

@@ -51,8 +51,8 @@ func TestDirSyncAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w2.Write([]byte("Subject: behind\r\n\r\nbody\r\n"))
-	waitDurable(t, s, w2) // the background loop has taken its wake-up
+	w2.Write(message("behind", inlineMax+1)) // not inline: its file must be durable
+	waitDurable(t, s, w2)                    // the background loop has taken its wake-up
 	// An entry made since, as a rewrite's rename makes, without waking
 	// the background loop: only the committer can cover it.
 	w2.entry = s.entries.Add(1)
@@ -87,7 +87,13 @@ func TestDirSyncFails(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w.Write([]byte("Subject: x\r\n\r\nbody\r\n"))
+		// The first one's file must be durable; the second, inline, needs
+		// no fsync of msg/ but is refused too: the disk is in doubt.
+		size := inlineMax + 1
+		if i == 1 {
+			size = 100
+		}
+		w.Write(message("x", size))
 		if err := w.Commit(context.Background(), &Envelope{From: "a@b.test", Rcpts: []Recipient{{Addr: "c@d.test", Status: Pending}}}); err == nil {
 			t.Fatalf("commit %d acknowledged after a failed fsync of msg/", i+1)
 		}

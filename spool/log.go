@@ -18,6 +18,7 @@ import (
 //	record:  gen (8) | seq (8) | durable (8) | len (4) | CRC-32C (4) | payload (len)
 //	payload: "commit <id> <json>" | "update <id> <json>" | "remove <id>"
 //	         | "note <id> <json of a Progress>"
+//	         | "inline <id> <json>\n<message bytes>"
 //
 // Integers are big-endian; the CRC covers the 28 header bytes before it and
 // the payload. gen is random for each log file and seq counts its records
@@ -25,6 +26,11 @@ import (
 // a journal, a crash can expose old blocks at the end of a file) never
 // pass for records of this one. durable says that every record with a
 // lower seq was on stable storage when this record was written.
+//
+// An inline record is a commit that carries the message's bytes (JSON
+// holds no raw newline, so the first one ends the envelope): its file was
+// not flushed, and recovery writes it again from the record if it is
+// missing or differs (see Writer.Commit).
 //
 // A crash can leave any part of what was appended after the last fdatasync
 // unwritten, so replay stops at the first record that is not whole. That
@@ -44,6 +50,7 @@ const (
 	opUpdate = "update"
 	opRemove = "remove"
 	opNote   = "note"
+	opInline = "inline"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -64,6 +71,22 @@ func appendRecord(b []byte, gen, seq, durable uint64, op, id string, js []byte) 
 		b = append(b, ' ')
 		b = append(b, js...)
 	}
+	return seal(b, start, gen, seq, durable)
+}
+
+// appendInline appends the commit record of a message that carries its
+// bytes.
+func appendInline(b []byte, gen, seq, durable uint64, id string, js, msg []byte) []byte {
+	start := len(b)
+	b = slices.Grow(b, recHeaderLen+len(opInline)+1+len(id)+1+len(js)+1+len(msg))
+	b = b[:start+recHeaderLen]
+	b = append(b, opInline...)
+	b = append(b, ' ')
+	b = append(b, id...)
+	b = append(b, ' ')
+	b = append(b, js...)
+	b = append(b, '\n')
+	b = append(b, msg...)
 	return seal(b, start, gen, seq, durable)
 }
 
@@ -123,9 +146,16 @@ func decodeRecord(b []byte, gen uint64) (record, bool) {
 type index struct {
 	live    map[string][]byte
 	records int // records in the log, live or not, for compaction
+	// inline holds the live messages committed by an inline record whose
+	// file is not known to be on disk yet: with their bytes when replayed
+	// (slices of the log read), nil at run time. A compaction flushes
+	// their files before it drops the records that carry them.
+	inline map[string][]byte
 }
 
-func newIndex() index { return index{live: make(map[string][]byte)} }
+func newIndex() index {
+	return index{live: make(map[string][]byte), inline: make(map[string][]byte)}
+}
 
 // dead is the number of records in the log that a compaction would drop.
 func (x *index) dead() int { return x.records - len(x.live) }
@@ -143,12 +173,21 @@ func (x *index) apply(payload []byte) error {
 	switch string(op) {
 	case opCommit:
 		x.live[string(id)] = bytes.Clone(js)
+		delete(x.inline, string(id))
+	case opInline:
+		js, msg, ok := bytes.Cut(js, []byte("\n"))
+		if !ok {
+			return fmt.Errorf("record %.40q: inline commit without the message", payload)
+		}
+		x.live[string(id)] = bytes.Clone(js)
+		x.inline[string(id)] = msg
 	case opUpdate:
 		if _, ok := x.live[string(id)]; ok {
 			x.live[string(id)] = bytes.Clone(js)
 		}
 	case opRemove:
 		delete(x.live, string(id))
+		delete(x.inline, string(id))
 	case opNote:
 		old, ok := x.live[string(id)]
 		if !ok {

@@ -1,7 +1,10 @@
 package spool
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"math/rand/v2"
 	"os"
@@ -37,6 +40,15 @@ func (s *Spool) recover() error {
 			}
 		}
 	}
+	for id, msg := range x.inline {
+		// The log has the bytes: a file lost or torn in the crash is
+		// written again. The compaction below flushes it.
+		if err := restore(filepath.Join(s.msgDir, id), msg); err != nil {
+			return fmt.Errorf("recover: %w", err)
+		}
+		msgs[id] = true
+		x.inline[id] = nil // the log's bytes are let go with the old log
+	}
 	for id := range x.live {
 		if !msgs[id] {
 			delete(x.live, id) // a Remove cut short after it deleted the message
@@ -45,6 +57,19 @@ func (s *Spool) recover() error {
 	s.x = x
 	if err := s.compact(); err != nil {
 		return fmt.Errorf("recover: %w", err)
+	}
+	return nil
+}
+
+// restore makes the file at path hold msg, if it does not already: the
+// file of a message committed inline may be missing or hold less, or
+// other bytes, after a crash.
+func restore(path string, msg []byte) error {
+	if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, msg) {
+		return nil
+	}
+	if err := os.WriteFile(path, msg, 0o600); err != nil {
+		return fmt.Errorf("restore message: %w", err)
 	}
 	return nil
 }
@@ -66,11 +91,19 @@ func (s *Spool) recover() error {
 // Until the rename the old log is the log, whole and saying everything
 // acknowledged (recovery removes tmp/); from the rename on the new one is,
 // and it was flushed with all of it before.
+//
+// The new log has no inline records: step 2 flushes the files of the
+// messages committed inline (and msg/) before it writes their plain
+// commits. Inline records appended since the snapshot are carried over
+// in step 3 as they are.
 type compaction struct {
 	live    map[string][]byte // the snapshot
-	from    int64             // the old log's size at the snapshot
-	fromSeq uint64            // the seq of its next record then
-	fromGen uint64            // its gen
+	inline  []string          // its messages committed inline: files to flush
+	msgDir  string
+	syncDir func(dir string) error
+	from    int64  // the old log's size at the snapshot
+	fromSeq uint64 // the seq of its next record then
+	fromGen uint64 // its gen
 
 	tmp  string
 	f    *os.File // the new log, once written
@@ -83,6 +116,9 @@ type compaction struct {
 func (s *Spool) snapshot() *compaction {
 	return &compaction{
 		live:    maps.Clone(s.x.live),
+		inline:  slices.Collect(maps.Keys(s.x.inline)),
+		msgDir:  s.msgDir,
+		syncDir: s.syncDir,
 		from:    s.size,
 		fromSeq: s.seq,
 		fromGen: s.gen,
@@ -97,6 +133,9 @@ const compactChunk = 1 << 20
 
 // write is step 2: the snapshot, sorted by ID, in a flushed file in tmp/.
 func (c *compaction) write() error {
+	if err := c.syncInline(); err != nil {
+		return err
+	}
 	c.gen = rand.Uint64()
 	ids := slices.Sorted(maps.Keys(c.live))
 	f, err := os.OpenFile(c.tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
@@ -127,6 +166,33 @@ func (c *compaction) write() error {
 	// The size and the directory entry of the file, for the rename.
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("compact: %w", err)
+	}
+	return nil
+}
+
+// syncInline flushes the files of the snapshot's messages committed
+// inline, and then their directory entries, so that the new log's plain
+// commits of them follow durable files as every commit must. A file gone
+// meanwhile was removed: the old log's tail says so.
+func (c *compaction) syncInline() error {
+	for _, id := range c.inline {
+		f, err := os.Open(filepath.Join(c.msgDir, id))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("compact: %w", err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("compact: fsync message %s: %w", id, err)
+		}
+	}
+	if len(c.inline) > 0 {
+		if err := c.syncDir(c.msgDir); err != nil {
+			return fmt.Errorf("compact: %w", err)
+		}
 	}
 	return nil
 }
@@ -181,6 +247,10 @@ func (s *Spool) swap(c *compaction) error {
 	seq := uint64(c.n+n) + 1
 	s.log, s.gen, s.seq, s.durable, s.size = c.f, c.gen, seq, seq, c.size+int64(len(tail))
 	s.x.records = c.n + n
+	for _, id := range c.inline {
+		delete(s.x.inline, id) // flushed, and committed without its bytes
+	}
+	s.compactedSize = s.size
 	if err := s.syncDir(s.dir); err != nil {
 		// Whether the rename is on disk is unknown, so is which log a
 		// restart reads: commit nothing more until then.
@@ -241,7 +311,10 @@ func (s *Spool) compact() error {
 // Callers hold logMu and are the committer.
 func (s *Spool) maybeCompact() {
 	dead := s.x.dead()
-	if s.compacting || dead < s.nextCompact || dead < 4*len(s.x.live) {
+	// Inline records make the log grow by the messages' size: compacted
+	// once it has grown by inlineGrowth, however many are live.
+	grown := s.size-s.compactedSize > inlineGrowth && len(s.x.inline) > 0
+	if s.compacting || !grown && (dead < s.nextCompact || dead < 4*len(s.x.live)) {
 		return
 	}
 	s.startCompact()
@@ -283,6 +356,7 @@ func (s *Spool) finishCompact(r compactResult) {
 	}
 	if err != nil {
 		s.nextCompact = 2 * s.x.dead()
+		s.compactedSize = s.size
 		return
 	}
 	s.nextCompact = s.compactMin

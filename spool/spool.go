@@ -19,12 +19,16 @@
 // ignored; the format is in log.go.
 //
 // A message is committed exactly when the log holds its commit record.
-// Each Commit fsyncs its message file; the group committer then makes a
-// batch of commits durable in order: first the files' directory entries
-// (an fsync of msg/), then one append of the batch's records to the log and one
-// fdatasync. So a commit record never reaches the disk before its
-// message, and after a nil Commit a kill -9 or a power loss does not lose
-// the message. Update appends an update record the same way; replay keeps
+// A message of up to inlineMax bytes (64 KiB) is in its commit record
+// too, an inline commit: its file is written but not flushed, and one
+// append of the batch's records to the log and one fdatasync make message
+// and envelope durable. A larger one's Commit fsyncs its file, and the
+// group committer then flushes the files' directory entries (an fsync of
+// msg/) before that append. So a commit record never reaches the disk
+// before its message, and after a nil Commit a kill -9 or a power loss
+// does not lose the message: recovery writes the file of an inline
+// commit again if the crash lost or tore it, and a compaction flushes
+// the files of inline commits before the new log drops their bytes. Update appends an update record the same way; replay keeps
 // the last record of each ID, so a crash leaves the old or the new
 // envelope, never a mix.
 //
@@ -157,6 +161,14 @@ type Options struct {
 // once it spares replaying many records.
 const compactMin = 1024
 
+// inlineMax is the largest message whose commit record carries its bytes
+// (Writer.Commit), and inlineGrowth how much the log may grow by such
+// records before a compaction flushes their files and drops them.
+const (
+	inlineMax    = 64 << 10
+	inlineGrowth = 64 << 20
+)
+
 // Spool is a directory of queued messages. Its methods are safe for
 // concurrent use.
 type Spool struct {
@@ -207,6 +219,9 @@ type Spool struct {
 	compactMin  int
 	nextCompact int  // dead records that trigger the next compaction
 	compacting  bool // a compaction is under way
+	// compactedSize is the log's size after the last compaction (or the
+	// last failed one): inline records compact it once it grows past.
+	compactedSize int64
 
 	// A compaction writes its new log in the background and hands it to
 	// the committer, which swaps it in between flushes.
@@ -317,7 +332,8 @@ func (s *Spool) Create() (*Writer, error) {
 	for {
 		id := s.ids.next(time.Now())
 		path := filepath.Join(s.msgDir, id)
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		// Read and write: Commit reads a small message back for its record.
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, fs.ErrExist) {
 			continue // only after the clock went back; the next ID is higher
 		}
@@ -573,6 +589,7 @@ func (s *Spool) appendRemove(id string) error {
 	s.seq++
 	s.x.records++
 	delete(s.x.live, id)
+	delete(s.x.inline, id)
 	return nil
 }
 
@@ -613,6 +630,12 @@ func (s *Spool) Close() error {
 	default:
 	}
 	s.logMu.Lock()
+	if len(s.x.inline) > 0 && s.logErr == nil {
+		// A log without inline records, which a version before them
+		// reads too (a downgrade after a clean stop). Best effort: on a
+		// failure the old log is whole, for this version.
+		s.compact()
+	}
 	err := s.log.Close()
 	s.log = nil
 	s.logMu.Unlock()

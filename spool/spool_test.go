@@ -369,7 +369,9 @@ func TestRecovery(t *testing.T) {
 	// A crash mid-Rewrite leaves a file in tmp/, and one during Remove an
 	// envelope whose message is gone.
 	os.WriteFile(filepath.Join(dir, "tmp", c.ID()+".msg.123"), []byte("Subject"), 0o600)
-	gone := commit(t, s1, []byte("gone"), &Envelope{})
+	// (Larger than inlineMax: the file of an inline commit comes back;
+	// TestInlineRestored.)
+	gone := commit(t, s1, message("gone", inlineMax+1), &Envelope{})
 	os.Remove(s1.MessagePath(gone.ID()))
 
 	// While s1 is open, nobody else can open the spool, and a refused
