@@ -46,6 +46,7 @@ func (s *Spool) recover() error {
 		if err := restore(filepath.Join(s.msgDir, id), msg); err != nil {
 			return fmt.Errorf("recover: %w", err)
 		}
+		s.ids.observe(id)
 		msgs[id] = true
 		x.inline[id] = nil // the log's bytes are let go with the old log
 	}
