@@ -19,8 +19,9 @@ import (
 // Accept. The process is told how to read each verdict (the stage's
 // result mappings under the transaction's policy, and its on_error), and
 // reports the results it passed on, which must be the pipeline's own
-// reading of the answers; if they differ (a verdict the host refuses), or
-// the batch cannot be sent, the stages are called one by one.
+// reading of the answers; if they differ (a verdict the host refuses),
+// the stages after that step are called one by one, and if the batch
+// cannot be sent, all of them.
 
 // batchLen returns how many stages at the front of run can go in one
 // batch: whole groups (see groupLen) of stages that one process serves.
@@ -48,7 +49,12 @@ func batchLen(run []*stage) int {
 
 // runBatch runs the stages of run, which batchLen chose, in one round
 // trip and returns their outcomes as runGroup would have, group after
-// group; nil if the stages are to be called one by one instead.
+// group. A batch cut short (the process stopped early, read an answer
+// otherwise, or applied an edit the pipeline refuses) returns the
+// outcomes the pipeline can keep, those of the steps before the later
+// ones went wrong, and the caller calls the rest: a stage that ran is
+// not run again, so its side effects (a rate limit's count, a greylist
+// entry) happen once. Nil: the batch was not sent.
 func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Transaction, run []*stage, prior []stages.Result, eff policy.Effective, log *slog.Logger) []outcome {
 	steps := make([]host.Step, len(run))
 	var limit time.Duration // the longest the batch may take
@@ -84,11 +90,10 @@ func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Tra
 		return nil
 	}
 	outs := make([]outcome, 0, len(run))
-	// The edits go to a copy of tx until every answer is read as the
-	// process read it: one refused on the way means the later steps saw
-	// a message the pipeline would not have, so they are called again,
-	// one by one, on tx as it was.
+	// The edits go to a copy of tx, the message as the pipeline has it
+	// after each step it keeps.
 	etx := *tx
+	defer func() { *tx = etx }()
 	for i, sg := range run {
 		var o outcome
 		switch {
@@ -99,36 +104,39 @@ func (p *Pipeline) runBatch(ctx context.Context, ph stages.Phase, tx *stages.Tra
 			}
 			o, _ = p.finish(ph, sg, stages.Verdict{}, cause, time.Since(start), eff)
 		case i >= len(answers):
-			return nil // the process stopped before the pipeline would
+			// The process stopped before the pipeline would (an edit it
+			// could not apply): the rest are called on their own.
+			log.Debug("a batch ended early; the stages after it called one by one", "stage", sg.name, "phase", ph.String())
+			return outs
 		default:
 			a := answers[i]
 			if errors.Is(a.Err, context.DeadlineExceeded) {
 				a.Err = sg.timeoutErr
 			}
 			var edits []stages.Edit
-			if o, edits = p.finish(ph, sg, a.Verdict, a.Err, a.Took, eff); o.result() != a.Result {
-				log.Warn("a batch's answer read otherwise; stages called one by one", "stage", sg.name, "phase", ph.String())
-				return nil
-			}
-			// Edits refused break the stage (applyEdits): the last step
-			// broke as it would have alone; one before it means the
-			// steps after it saw edits the pipeline refused. (A step
-			// that broke otherwise, its verdict refused included, had no
-			// edits applied in the process either: proto.Batch.)
-			if o = p.applyEdits(sg, &etx, o, edits); o.broke && len(edits) > 0 && i < len(answers)-1 {
-				log.Warn("a batch's edits refused before its last step; stages called one by one", "stage", sg.name, "phase", ph.String())
-				return nil
+			o, edits = p.finish(ph, sg, a.Verdict, a.Err, a.Took, eff)
+			readOtherwise := o.result() != a.Result
+			// Edits refused break the stage (applyEdits), as alone. (A
+			// step that broke otherwise, its verdict refused included,
+			// had no edits applied in the process either: proto.Batch.)
+			o = p.applyEdits(sg, &etx, o, edits)
+			// The steps after one read otherwise, or after edits the
+			// pipeline refused, saw what the pipeline would not have
+			// shown them: this step's outcome stands, theirs do not.
+			refused := o.broke && len(edits) > 0
+			if (readOtherwise || refused) && i < len(answers)-1 {
+				log.Warn("a batch's answer read otherwise, or its edits refused, before its last step; the stages after it called one by one", "stage", sg.name, "phase", ph.String())
+				return append(outs, o)
 			}
 		}
 		outs = append(outs, o)
 		if o.res.Action == stages.Accept {
-			break // as runGroup cuts a group, and runChain the chain
+			// As runGroup cuts a group, and runChain the chain; a
+			// process that went on past it ran stages the pipeline
+			// ignores.
+			break
 		}
 	}
-	if err == nil && len(outs) != len(answers) {
-		return nil // the process went on where the pipeline stops
-	}
-	*tx = etx
 	return outs
 }
 

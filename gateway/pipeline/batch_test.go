@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -127,6 +129,13 @@ func TestBatchAsOneByOne(t *testing.T) {
 				if grouped != (r.batch == r.stages) {
 					t.Fatalf("grouped %v: a batch of %d stages of %d", grouped, r.batch, r.stages)
 				}
+				// A batch cut short calls only the stages after it
+				// again: each stage runs once, as one by one.
+				for stage, n := range r.calls {
+					if n > 1 {
+						t.Errorf("grouped %v: stage %s ran %d times in one phase", grouped, stage, n)
+					}
+				}
 				got[i] = r.got
 				// refused-inside falls back by design, and says so.
 				if grouped && strings.Contains(r.logged, "one by one") != (name == "refused-inside") {
@@ -172,9 +181,10 @@ func TestBatchDataPathV1(t *testing.T) {
 
 // chainRun is what runChainOnce saw.
 type chainRun struct {
-	got    string // the decision, trace (durations left out) and header
-	logged string // the pipeline's log
-	batch  int    // how many stages batchLen puts in the first batch
+	calls  map[string]int // how many times each stage ran
+	got    string         // the decision, trace (durations left out) and header
+	logged string         // the pipeline's log
+	batch  int            // how many stages batchLen puts in the first batch
 	stages int
 }
 
@@ -185,7 +195,15 @@ func runChainOnce(t *testing.T, grouped bool, chain []testStage, sender string) 
 	t.Helper()
 	var logged bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p, err := New(startTestStages(t, grouped, chain...), policy.Policy{TagScore: 5, QuarantineScore: 10, RejectScore: 15}, Options{Logger: log})
+	// Each stage tags its calls (testplugin's tag) in a file of this run.
+	calls := filepath.Join(t.TempDir(), "calls")
+	t.Setenv("TESTPLUGIN_CALLS", calls)
+	tagged := make([]testStage, len(chain))
+	for i, s := range chain {
+		s.config = withTag(s.config, s.name)
+		tagged[i] = s
+	}
+	p, err := New(startTestStages(t, grouped, tagged...), policy.Policy{TagScore: 5, QuarantineScore: 10, RejectScore: 15}, Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,10 +218,26 @@ func runChainOnce(t *testing.T, grouped bool, chain []testStage, sender string) 
 		d.Trace[j].DurationMS = 0
 	}
 	got := fmt.Sprintf("%s %v by %q (%s)\ntrace %+v\nheader %v", d.Action, d.Score, d.Stage, d.Reason, d.Trace, tx.Header)
+	ran := map[string]int{}
+	if b, err := os.ReadFile(calls); err == nil {
+		for _, tag := range strings.Fields(string(b)) {
+			ran[tag]++
+		}
+	}
 	return chainRun{
+		calls:  ran,
 		got:    pidRE.ReplaceAllString(got, "pid N"), // the test plugin names its process
 		logged: logged.String(),
 		batch:  batchLen(run),
 		stages: len(run),
 	}
+}
+
+// withTag adds "tag": name to the JSON object config.
+func withTag(config, name string) string {
+	rest := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(config), "{"))
+	if rest == "" || rest == "}" {
+		return fmt.Sprintf(`{"tag": %q}`, name)
+	}
+	return fmt.Sprintf(`{"tag": %q, `, name) + rest
 }

@@ -590,11 +590,12 @@ func (p *Pipeline) runChain(ctx context.Context, ph stages.Phase, tx *stages.Tra
 		n := groupLen(run)
 		var got []outcome
 		if b := batchLen(run); b > 1 {
-			if got = p.runBatch(ctx, ph, tx, run[:b], prior, eff, log); got != nil {
-				n = b
+			// A batch cut short keeps what ran; the next turn goes on.
+			if got = p.runBatch(ctx, ph, tx, run[:b], prior, eff, log); len(got) > 0 {
+				n = len(got)
 			}
 		}
-		if got == nil {
+		if len(got) == 0 {
 			got = p.runGroup(ctx, ph, tx, run[:n], prior, eff, log)
 		}
 		for i, o := range got {

@@ -59,6 +59,9 @@ type config struct {
 	// size and hash, for the tests to read.
 	Results []string `json:"results"`
 	Fail    bool     `json:"fail"` // for results@ senders
+	// Tag, with TESTPLUGIN_CALLS naming a file, appends a line "<tag>"
+	// to the file at each call: how many times the stage ran.
+	Tag string `json:"tag"`
 }
 
 type filter struct {
@@ -92,6 +95,11 @@ func (f *filter) Info() stages.Info {
 }
 
 func (f *filter) Run(ctx context.Context, ph stages.Phase, tx *stages.Transaction) (stages.Verdict, error) {
+	if calls := os.Getenv("TESTPLUGIN_CALLS"); calls != "" && f.cfg.Tag != "" {
+		if err := appendLine(calls, f.cfg.Tag); err != nil {
+			return stages.Verdict{}, err
+		}
+	}
 	switch local, _, _ := strings.Cut(tx.From, "@"); local {
 	case "crash":
 		os.Exit(3)
@@ -173,4 +181,14 @@ func main() {
 		return
 	}
 	sdk.Serve(newFilter)
+}
+
+// appendLine appends line to the file at path, in one write.
+func appendLine(path, line string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(line + "\n")
+	return errors.Join(err, f.Close())
 }
