@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -250,9 +251,68 @@ func pause(roots, keep []int) (resume func()) {
 			stopped = append(stopped, st.pid)
 		}
 	}
+	dog := resumeOnExit(stopped)
 	return func() {
+		dog.cancel()
 		for _, pid := range stopped {
 			syscall.Kill(pid, syscall.SIGCONT)
 		}
+	}
+}
+
+// watchdog is a process that sends SIGCONT to the processes mailbench
+// paused once mailbench is gone: a SIGKILL (no handler runs) would leave
+// them stopped for ever, servers that hold their ports. It reads a pipe
+// whose only writer is mailbench; the kernel closes it when mailbench
+// exits, however it exits.
+type watchdog struct {
+	cmd *exec.Cmd
+	w   *os.File // mailbench's end of the pipe
+}
+
+// resumeOnExit starts the watchdog of pids; on failure there is none
+// (the processes are resumed by mailbench alone, as before).
+func resumeOnExit(pids []int) *watchdog {
+	if len(pids) == 0 {
+		return nil
+	}
+	args := make([]string, len(pids))
+	for i, pid := range pids {
+		args[i] = strconv.Itoa(pid)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil
+	}
+	defer r.Close()
+	cmd := exec.Command("sh", "-c", `read x; kill -CONT "$@"`, "watchdog")
+	cmd.Args = append(cmd.Args, args...)
+	cmd.Stdin = r
+	// Its own process group: a Ctrl-C at the terminal stops mailbench,
+	// not the watchdog that must outlive it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return nil
+	}
+	return &watchdog{cmd: cmd, w: w}
+}
+
+// cancel stops the watchdog without it sending anything: mailbench
+// resumes the processes itself.
+func (d *watchdog) cancel() {
+	if d == nil {
+		return
+	}
+	d.cmd.Process.Kill()
+	d.cmd.Wait()
+	d.w.Close()
+}
+
+// orphan closes mailbench's end of the pipe, as its exit would.
+func (d *watchdog) orphan() {
+	if d != nil {
+		d.w.Close()
+		d.cmd.Wait()
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -132,4 +133,14 @@ func TestPause(t *testing.T) {
 	}
 	resume()
 	waitState(a.Process.Pid, func(s string) bool { return !stopped(s) }, "running or sleeping")
+
+	// mailbench gone without resuming (SIGKILL): its watchdog resumes.
+	syscall.Kill(a.Process.Pid, syscall.SIGSTOP)
+	waitState(a.Process.Pid, stopped, "T (stopped)")
+	dog := resumeOnExit([]int{a.Process.Pid})
+	if dog == nil {
+		t.Fatal("no watchdog started")
+	}
+	dog.orphan()
+	waitState(a.Process.Pid, func(s string) bool { return !stopped(s) }, "running or sleeping, resumed by the watchdog")
 }
