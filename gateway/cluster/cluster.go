@@ -44,6 +44,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -85,6 +86,9 @@ type Node struct {
 	// pg says whether it answers (every operation of store passes it).
 	store *sqlstore.Store
 	pg    *failfast.Gate
+	// newerSchema is the schema version of the cluster's database when a
+	// newer node migrated it past this one's, else 0 (heartbeat).
+	newerSchema atomic.Int64
 }
 
 // Open opens the engines cfg's [cluster] names. Redis need not be up;
@@ -261,12 +265,32 @@ func (n *Node) heartbeat(ctx context.Context, hash, health string) {
 		n.names.Failed(me)
 		return
 	}
+	n.checkSchema(ctx)
 	switch begun, ended := n.names.Beat(was, me); {
 	case begun:
 		n.log.Error("another live process reports under this node's name: give each node its own [cluster] node",
 			"node", me.Name, "other_started", was.Started, "other_version", was.Version, "started", me.Started, "note", n.nameDuty())
 	case ended:
 		n.log.Info("no other process reports under this node's name any more", "node", me.Name)
+	}
+}
+
+// checkSchema notes whether a newer node has migrated the cluster's
+// database past the schema this one knows, and logs it once: this node
+// goes on taking mail, but what it writes to the database may fail or be
+// misread until it is upgraded too.
+func (n *Node) checkSchema(ctx context.Context) {
+	v, err := n.store.SchemaInUse(ctx)
+	if err != nil {
+		return // the next heartbeat asks again
+	}
+	newer := 0
+	if v > sqlstore.SchemaVersion() {
+		newer = v
+	}
+	if old := n.newerSchema.Swap(int64(newer)); old != int64(newer) && newer != 0 {
+		n.log.Error("a newer mailgate migrated the cluster's database: upgrade this node",
+			"schema", newer, "this_node_knows", sqlstore.SchemaVersion(), "version", n.version)
 	}
 }
 
@@ -344,6 +368,10 @@ func (n *Node) health(ctx context.Context, probe bool) admin.Health {
 			c.Status, c.Detail, c.Since = admin.Degraded, "unreachable: "+err.Error(), since
 		}
 		h = append(h, c)
+		if v := n.newerSchema.Load(); v != 0 {
+			h = append(h, admin.Check{Name: "schema", Status: admin.Degraded,
+				Detail: fmt.Sprintf("the cluster's database has schema version %d, newer than this node's %d: a newer mailgate migrated it; upgrade this node", v, sqlstore.SchemaVersion())})
+		}
 		if other, since, clash := n.names.Clash(); clash {
 			h = append(h, admin.Check{Name: "node name", Status: admin.Degraded, Since: since,
 				Detail: fmt.Sprintf("another live process reports as node %q (started %s, version %s): give each node its own [cluster] node; %s",

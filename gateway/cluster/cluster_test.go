@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailgate/mailgate/admin"
@@ -18,6 +20,7 @@ import (
 	"github.com/mailgate/mailgate/stages/testkit"
 	"github.com/mailgate/mailgate/state"
 	"github.com/mailgate/mailgate/state/pgtest"
+	"github.com/mailgate/mailgate/state/sqlstore"
 )
 
 // Heartbeats of the tests: StaleAfter is long beside them, so that a
@@ -242,4 +245,47 @@ func TestNodeRestartIsNoClash(t *testing.T) {
 	waitUntil(t, "the restarted process to end the release of its former self", func() bool {
 		return releasing(t, restarted.Store(), id) == ""
 	})
+}
+
+// TestNewerSchema: in a rolling upgrade the first node of a newer
+// version migrates the cluster's database under the older ones, which
+// checked its schema only when they started. An older node finds out at
+// its next heartbeat: it logs it once and reports "schema" degraded,
+// saying what to do, until it is upgraded (here: the version put back).
+func TestNewerSchema(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	n := openNode(t, url, "mx", "v-older")
+	n.run()
+	schemaCheck := func() (admin.Check, bool) {
+		for _, c := range n.Engines() {
+			if c.Name == "schema" {
+				return c, true
+			}
+		}
+		return admin.Check{}, false
+	}
+	waitUntil(t, "a first heartbeat", func() bool { _, ok := schemaCheck(); return !ok && n.names.Settled() })
+
+	conn, err := pgx.Connect(testCtx(t), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	setVersion := func(v int) {
+		if _, err := conn.Exec(testCtx(t), "UPDATE schema_version SET version = $1", v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setVersion(sqlstore.SchemaVersion() + 1)
+	waitUntil(t, "the node to find the newer schema", func() bool { _, ok := schemaCheck(); return ok })
+	c, _ := schemaCheck()
+	if c.Status != admin.Degraded || !strings.Contains(c.Detail, fmt.Sprintf("schema version %d", sqlstore.SchemaVersion()+1)) ||
+		!strings.Contains(c.Detail, "upgrade this node") {
+		t.Errorf("check %+v; want degraded, naming the version and what to do", c)
+	}
+	if got := strings.Count(n.log.String(), "a newer mailgate migrated the cluster's database"); got != 1 {
+		t.Errorf("logged %d times, want once:\n%s", got, n.log.String())
+	}
+	setVersion(sqlstore.SchemaVersion())
+	waitUntil(t, "the check to go", func() bool { _, ok := schemaCheck(); return !ok })
 }

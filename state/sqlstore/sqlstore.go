@@ -231,6 +231,17 @@ func (s *Store) Ping(ctx context.Context) (err error) {
 	return err
 }
 
+// SchemaInUse returns the schema version the database has now. A node
+// of a cluster asks at every heartbeat: in a rolling upgrade the first
+// node of a newer version migrates the shared database under the older
+// ones, which checked it only when they started.
+func (s *Store) SchemaInUse(ctx context.Context) (v int, err error) {
+	ctx, end := s.op(ctx)
+	defer end(&err)
+	err = queryRow(ctx, s.db, "SELECT version FROM schema_version", nil, &v)
+	return v, err
+}
+
 // ctx bounds the opening of a store by its timeout.
 func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.timeout)
