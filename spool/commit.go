@@ -222,15 +222,26 @@ func (s *Spool) syncMessages(batch []*job, errs []error) {
 	}
 }
 
-// newEntry numbers a directory entry just made in msg/ and asks
-// dirSyncLoop to make it durable.
-func (s *Spool) newEntry() uint64 {
+// newEntry numbers a directory entry just made in msg/ for a message of
+// size bytes so far, and asks dirSyncLoop to make it durable if the
+// message is past inlineMax already (else Writer.Write asks once it is).
+func (s *Spool) newEntry(size int64) uint64 {
 	n := s.entries.Add(1)
+	if size > inlineMax {
+		s.wakeDirSync()
+	}
+	return n
+}
+
+// wakeDirSync asks dirSyncLoop for an fsync of msg/. Only a message
+// larger than inlineMax needs its directory entry durable: an inline
+// commit's record holds the message, and an fsync of msg/ that nobody
+// needs would only hold up the log's flush on the same disk.
+func (s *Spool) wakeDirSync() {
 	select {
 	case s.dirWake <- struct{}{}:
 	default:
 	}
-	return n
 }
 
 // syncMsgDir makes the first need entries of msg/ durable: unless an

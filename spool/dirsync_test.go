@@ -20,10 +20,10 @@ func waitDurable(t *testing.T, s *Spool, w *Writer) {
 	}
 }
 
-// TestDirSyncAhead: the directory entry of a message file is made
-// durable while the message arrives, and its commit then waits for no
-// fsync of msg/ of its own; a message whose entry is not covered yet
-// gets one.
+// TestDirSyncAhead: the directory entry of a message file too large to
+// commit inline is made durable while the message arrives, and its
+// commit then waits for no fsync of msg/ of its own; a message whose
+// entry is not covered yet gets one. A small message asks for none.
 func TestDirSyncAhead(t *testing.T) {
 	s := openT(t, t.TempDir(), Options{})
 	var syncs atomic.Int32
@@ -36,7 +36,18 @@ func TestDirSyncAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Write([]byte("Subject: ahead\r\n\r\nbody\r\n"))
+	small, err := s.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	small.Write([]byte("Subject: small\r\n\r\nbody\r\n"))
+	if err := small.Commit(context.Background(), env()); err != nil {
+		t.Fatal(err)
+	}
+	if got := syncs.Load(); got != 0 {
+		t.Errorf("an inline message took %d fsyncs of msg/", got)
+	}
+	w.Write(message("ahead", inlineMax+1))
 	waitDurable(t, s, w)
 	before := syncs.Load()
 	if err := w.Commit(context.Background(), env()); err != nil {

@@ -341,7 +341,7 @@ func (s *Spool) Create() (*Writer, error) {
 			return nil, fmt.Errorf("spool: create message: %w", err)
 		}
 		w := newWriter(s, id, path, f)
-		w.entry = s.newEntry()
+		w.entry = s.newEntry(0)
 		return w, nil
 	}
 }

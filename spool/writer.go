@@ -66,6 +66,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 		}
 	}
 	n, err := w.buf.Write(p)
+	if w.size <= inlineMax && w.size+int64(n) > inlineMax {
+		w.s.wakeDirSync() // too large to commit inline: its entry must be durable
+	}
 	w.size += int64(n)
 	if err != nil {
 		w.err = fmt.Errorf("spool: write %s: %w", w.id, err)
@@ -224,7 +227,7 @@ func (r *rewriter) finish() error {
 	if err := os.Rename(r.f.Name(), w.path); err != nil {
 		return err
 	}
-	w.entry = w.s.newEntry() // a new inode behind the name
+	w.entry = w.s.newEntry(r.fw.n) // a new inode behind the name
 	w.f.Close()
 	w.f = r.f
 	w.buf.Reset(r.f)
