@@ -98,13 +98,17 @@ func restore(path string, msg []byte) error {
 // commits. Inline records appended since the snapshot are carried over
 // in step 3 as they are.
 type compaction struct {
-	live    map[string][]byte // the snapshot
-	inline  []string          // its messages committed inline: files to flush
-	msgDir  string
-	syncDir func(dir string) error
-	from    int64  // the old log's size at the snapshot
-	fromSeq uint64 // the seq of its next record then
-	fromGen uint64 // its gen
+	live   map[string][]byte // the snapshot
+	inline []string          // its messages committed inline: files to flush
+	msgDir string
+	// syncMsgs makes msg/'s entries durable: through syncMsgDir once the
+	// spool runs (one fsync of msg/ at a time, and none after one
+	// failed: a later success would not cover what the failed one did
+	// not write), directly at recovery.
+	syncMsgs func() error
+	from     int64  // the old log's size at the snapshot
+	fromSeq  uint64 // the seq of its next record then
+	fromGen  uint64 // its gen
 
 	tmp  string
 	f    *os.File // the new log, once written
@@ -113,17 +117,27 @@ type compaction struct {
 	size int64 // bytes in the new log
 }
 
+// msgSyncer is what a compaction calls to make the entries of msg/
+// made so far durable (compaction.syncMsgs).
+func (s *Spool) msgSyncer() func() error {
+	if s.fsyncMsgDir == nil { // recovery: msg/ is not open yet
+		return func() error { return s.syncDir(s.msgDir) }
+	}
+	need := s.entries.Load()
+	return func() error { return s.syncMsgDir(need) }
+}
+
 // snapshot is step 1. Callers hold logMu.
 func (s *Spool) snapshot() *compaction {
 	return &compaction{
-		live:    maps.Clone(s.x.live),
-		inline:  slices.Collect(maps.Keys(s.x.inline)),
-		msgDir:  s.msgDir,
-		syncDir: s.syncDir,
-		from:    s.size,
-		fromSeq: s.seq,
-		fromGen: s.gen,
-		tmp:     filepath.Join(s.tmpDir, logName),
+		live:     maps.Clone(s.x.live),
+		inline:   slices.Collect(maps.Keys(s.x.inline)),
+		msgDir:   s.msgDir,
+		syncMsgs: s.msgSyncer(),
+		from:     s.size,
+		fromSeq:  s.seq,
+		fromGen:  s.gen,
+		tmp:      filepath.Join(s.tmpDir, logName),
 	}
 }
 
@@ -191,7 +205,7 @@ func (c *compaction) syncInline() error {
 		}
 	}
 	if len(c.inline) > 0 {
-		if err := c.syncDir(c.msgDir); err != nil {
+		if err := c.syncMsgs(); err != nil {
 			return fmt.Errorf("compact: %w", err)
 		}
 	}
