@@ -117,14 +117,14 @@ func (s *Spool) flush(batch []*job) {
 		if errs[i] != nil || abandoned[i] {
 			continue
 		}
+		op := opUpdate
 		switch {
 		case j.msg != nil:
-			b = appendInline(b, s.gen, seq, s.durable, j.id, j.js, j.msg)
+			op = opInline
 		case j.data != nil:
-			b = appendRecord(b, s.gen, seq, s.durable, opCommit, j.id, j.js)
-		default:
-			b = appendRecord(b, s.gen, seq, s.durable, opUpdate, j.id, j.js)
+			op = opCommit
 		}
+		b = appendRecord(b, s.gen, seq, s.durable, op, j.id, j.js, j.msg)
 		seq++
 	}
 	err := s.appendLog(b)

@@ -34,7 +34,7 @@ func prefill(t *testing.T, dir string, n int) []string {
 		id := ids.next(time.Now())
 		all[i] = id
 		js := fmt.Sprintf(`{"id":%q,"from":"a@example.test","rcpts":[%s{"addr":"b@example.test","status":"pending"}],"size":3}`, id, rcpts)
-		b = appendRecord(b, gen, uint64(i)+1, uint64(i)+1, opCommit, id, []byte(js))
+		b = appendRecord(b, gen, uint64(i)+1, uint64(i)+1, opCommit, id, []byte(js), nil)
 		if err := os.WriteFile(filepath.Join(dir, "msg", id), []byte("x\r\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -2,8 +2,11 @@ package spool
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -86,6 +89,8 @@ func TestCompactionFlushesInline(t *testing.T) {
 	s := openT(t, dir, Options{})
 	var dirSyncs atomic.Int32
 	s.fsyncMsgDir = func() error { dirSyncs.Add(1); return s.msgDirF.Sync() }
+	var l syncLog
+	l.hook(s, false)
 	var ids []string
 	for i := range 5 {
 		ids = append(ids, commit(t, s, message("m"+string(rune('a'+i)), 5000), &Envelope{From: "a@b.test"}).ID())
@@ -97,6 +102,9 @@ func TestCompactionFlushesInline(t *testing.T) {
 	s.logMu.Unlock()
 	if n != 5 || err != nil || inline != 0 {
 		t.Fatalf("compact: %v; inline commits before %d, after %d; want 5 and 0", err, n, inline)
+	}
+	if missing := l.notSynced(ids, ""); len(missing) > 0 {
+		t.Errorf("files of %v not fsynced before the new log dropped their bytes", missing)
 	}
 	if dirSyncs.Load() == 0 {
 		t.Error("msg/ not flushed before the new log")
@@ -160,5 +168,131 @@ func TestCompactionAfterDirSyncFailed(t *testing.T) {
 	s.logMu.Unlock()
 	if err == nil || inline != 1 {
 		t.Fatalf("compact after a failed fsync of msg/: %v, %d inline commits left; want an error and 1", err, inline)
+	}
+}
+
+// syncLog records in order the files a compaction fsyncs for its inline
+// commits ("sync <id>") and the compaction's steps.
+type syncLog struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (l *syncLog) add(e string) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+}
+
+// hook records s's inline fsyncs, and its steps unless steps is false
+// (the test holds a compaction with its own compactStep).
+func (l *syncLog) hook(s *Spool, steps bool) {
+	s.syncFile = func(f *os.File) error {
+		l.add("sync " + filepath.Base(f.Name()))
+		return f.Sync()
+	}
+	if steps {
+		s.compactStep = l.add
+	}
+}
+
+// notSynced returns the ids whose file was not fsynced before the first
+// event step ("" for: at all).
+func (l *syncLog) notSynced(ids []string, step string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	end := len(l.events)
+	if i := slices.Index(l.events, step); step != "" && i >= 0 {
+		end = i
+	}
+	var missing []string
+	for _, id := range ids {
+		if !slices.Contains(l.events[:end], "sync "+id) {
+			missing = append(missing, id)
+		}
+	}
+	return missing
+}
+
+// TestRecoveryFlushesInline: after a crash the file of a message
+// committed inline may be in the page cache only, or written again by
+// recovery: recovery fsyncs every one of them before its new log, which
+// no longer carries their bytes, becomes the log.
+func TestRecoveryFlushesInline(t *testing.T) {
+	dir := t.TempDir()
+	s1 := openT(t, dir, Options{})
+	var ids []string
+	for i := range 3 {
+		ids = append(ids, commit(t, s1, message(fmt.Sprint("m", i), 5000), &Envelope{From: "a@b.test"}).ID())
+	}
+	os.Remove(s1.MessagePath(ids[0])) // lost in the crash: written again
+	s1.lock.Close()                   // the process dies
+
+	s2 := newSpool(dir, Options{})
+	var l syncLog
+	l.hook(s2, true)
+	if err := s2.open(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s2.Close() })
+	if missing := l.notSynced(ids, "renamed"); len(missing) > 0 {
+		t.Errorf("recovery's new log became the log before %v were fsynced; events: %v", missing, l.events)
+	}
+}
+
+// TestInlineDuringCompaction: messages committed inline while a
+// compaction is written are carried into the new log as inline records
+// (the compaction's snapshot did not flush their files), stay known as
+// such, and the next compaction fsyncs them before it drops their bytes.
+func TestInlineDuringCompaction(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{})
+	var l syncLog
+	l.hook(s, false)
+	before := []string{commit(t, s, message("before", 5000), &Envelope{From: "a@b.test"}).ID()}
+	written, release, swapped := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	s.compactStep = func(step string) {
+		switch step {
+		case "written":
+			close(written)
+			<-release
+		case "renamed":
+			close(swapped)
+		}
+	}
+	s.logMu.Lock()
+	s.startCompact()
+	s.logMu.Unlock()
+	<-written
+	var during []string
+	for i := range 3 {
+		during = append(during, commit(t, s, message(fmt.Sprint("during", i), 5000), &Envelope{From: "a@b.test"}).ID())
+	}
+	close(release)
+	<-swapped
+	s.compactStep = nil
+	if missing := l.notSynced(before, ""); len(missing) > 0 {
+		t.Errorf("the compaction did not fsync %v, committed inline before it", missing)
+	}
+	if missing := l.notSynced(during, ""); len(missing) == 0 {
+		t.Fatal("the compaction fsynced messages committed after its snapshot: the test does not test")
+	}
+	s.logMu.Lock()
+	for _, id := range during {
+		if _, ok := s.x.inline[id]; !ok {
+			t.Errorf("%s, committed inline during the compaction, is not known as inline after it", id)
+		}
+	}
+	err := s.compact()
+	s.logMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if missing := l.notSynced(during, ""); len(missing) > 0 {
+		t.Errorf("the next compaction did not fsync %v before dropping their bytes", missing)
+	}
+	x, err := replayFile(filepath.Join(dir, logName))
+	if err != nil || len(x.inline) != 0 {
+		t.Errorf("log after the second compaction: %d inline records, %v; want none", len(x.inline), err)
 	}
 }

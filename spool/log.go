@@ -59,10 +59,12 @@ func logHeader(gen uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte(logMagic), gen)
 }
 
-// appendRecord appends one record to b; js is nil for a remove.
-func appendRecord(b []byte, gen, seq, durable uint64, op, id string, js []byte) []byte {
+// appendRecord appends one record to b: op and id, then js unless it is
+// nil (a remove), then for an inline commit (msg not nil) a newline and
+// the message's bytes.
+func appendRecord(b []byte, gen, seq, durable uint64, op, id string, js, msg []byte) []byte {
 	start := len(b)
-	b = slices.Grow(b, recHeaderLen+len(op)+1+len(id)+1+len(js))
+	b = slices.Grow(b, recHeaderLen+len(op)+1+len(id)+1+len(js)+1+len(msg))
 	b = b[:start+recHeaderLen]
 	b = append(b, op...)
 	b = append(b, ' ')
@@ -71,22 +73,10 @@ func appendRecord(b []byte, gen, seq, durable uint64, op, id string, js []byte) 
 		b = append(b, ' ')
 		b = append(b, js...)
 	}
-	return seal(b, start, gen, seq, durable)
-}
-
-// appendInline appends the commit record of a message that carries its
-// bytes.
-func appendInline(b []byte, gen, seq, durable uint64, id string, js, msg []byte) []byte {
-	start := len(b)
-	b = slices.Grow(b, recHeaderLen+len(opInline)+1+len(id)+1+len(js)+1+len(msg))
-	b = b[:start+recHeaderLen]
-	b = append(b, opInline...)
-	b = append(b, ' ')
-	b = append(b, id...)
-	b = append(b, ' ')
-	b = append(b, js...)
-	b = append(b, '\n')
-	b = append(b, msg...)
+	if msg != nil {
+		b = append(b, '\n')
+		b = append(b, msg...)
+	}
 	return seal(b, start, gen, seq, durable)
 }
 

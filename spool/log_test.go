@@ -49,8 +49,8 @@ func TestTornTail(t *testing.T) {
 			newer.Held = true
 			js, _ := encodeT(t, &newer)
 			s.logMu.Lock()
-			rec := appendRecord(nil, s.gen, s.seq, s.durable, opUpdate, kept.ID(), js)
-			rec = appendRecord(rec, s.gen, s.seq+1, s.durable, opCommit, torn.ID(), []byte(`{"id":"`+torn.ID()+`"}`))
+			rec := appendRecord(nil, s.gen, s.seq, s.durable, opUpdate, kept.ID(), js, nil)
+			rec = appendRecord(rec, s.gen, s.seq+1, s.durable, opCommit, torn.ID(), []byte(`{"id":"`+torn.ID()+`"}`), nil)
 			s.logMu.Unlock()
 			if cut < 0 { // whole update, torn commit
 				cut = len(rec) - 3
@@ -229,7 +229,7 @@ func TestCrashDuringCompaction(t *testing.T) {
 	}
 	s.logMu.Lock()
 	partial := logHeader(12345)
-	partial = appendRecord(partial, 12345, 1, 2, opCommit, c.ID(), []byte(`{"id":"`+c.ID()+`","attempts":1}`))
+	partial = appendRecord(partial, 12345, 1, 2, opCommit, c.ID(), []byte(`{"id":"`+c.ID()+`","attempts":1}`), nil)
 	s.logMu.Unlock()
 	if err := os.WriteFile(filepath.Join(dir, "tmp", logName), partial[:len(partial)-5], 0o600); err != nil {
 		t.Fatal(err)
@@ -251,6 +251,9 @@ func TestCrashDuringCompaction(t *testing.T) {
 func TestReopenAfterManyUpdates(t *testing.T) {
 	dir := t.TempDir()
 	s := openT(t, dir, Options{})
+	s.logMu.Lock()
+	s.compactMin, s.nextCompact = 1024, 1024
+	s.logMu.Unlock()
 	envs := make([]*Envelope, 3)
 	for i := range envs {
 		envs[i] = &Envelope{From: fmt.Sprint(i), Rcpts: []Recipient{{Addr: "b@example.test", Status: Pending}}}
@@ -267,7 +270,7 @@ func TestReopenAfterManyUpdates(t *testing.T) {
 	s.logMu.Lock()
 	records := s.x.records
 	s.logMu.Unlock()
-	if records > compactMin+3 {
+	if records > 1024+3 {
 		t.Errorf("log of %d records after 3000 updates of 3 envelopes: not compacted", records)
 	}
 	s.Close()

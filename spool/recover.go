@@ -106,9 +106,10 @@ type compaction struct {
 	// failed: a later success would not cover what the failed one did
 	// not write), directly at recovery.
 	syncMsgs func() error
-	from     int64  // the old log's size at the snapshot
-	fromSeq  uint64 // the seq of its next record then
-	fromGen  uint64 // its gen
+	syncFile func(*os.File) error // Spool.syncFile
+	from     int64                // the old log's size at the snapshot
+	fromSeq  uint64               // the seq of its next record then
+	fromGen  uint64               // its gen
 
 	tmp  string
 	f    *os.File // the new log, once written
@@ -134,6 +135,7 @@ func (s *Spool) snapshot() *compaction {
 		inline:   slices.Collect(maps.Keys(s.x.inline)),
 		msgDir:   s.msgDir,
 		syncMsgs: s.msgSyncer(),
+		syncFile: s.syncFile,
 		from:     s.size,
 		fromSeq:  s.seq,
 		fromGen:  s.gen,
@@ -163,7 +165,7 @@ func (c *compaction) write() error {
 	durable := uint64(len(ids)) + 1
 	b := logHeader(c.gen)
 	for i, id := range ids {
-		b = appendRecord(b, c.gen, uint64(i)+1, durable, opCommit, id, c.live[id])
+		b = appendRecord(b, c.gen, uint64(i)+1, durable, opCommit, id, c.live[id], nil)
 		if len(b) >= compactChunk || i == len(ids)-1 {
 			if err := c.flush(b); err != nil {
 				return err
@@ -198,7 +200,7 @@ func (c *compaction) syncInline() error {
 		if err != nil {
 			return fmt.Errorf("compact: %w", err)
 		}
-		err = f.Sync()
+		err = c.syncFile(f)
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("compact: fsync message %s: %w", id, err)

@@ -147,6 +147,8 @@ type session struct {
 	body []byte
 	res  loadResult
 	seq  int
+	// claimed: a message is claimed and not yet sent.
+	claimed bool
 	// proxyHeader opens each connection when the load goes through a
 	// proxy; nil otherwise.
 	proxyHeader []byte
@@ -172,7 +174,20 @@ func proxyHeader(i int) []byte {
 
 // connection sends messages over one connection until perConn is reached
 // (done false) or no message is left (done true).
+//
+// It claims its first message before it dials: at a paced rate a session
+// connects when it has a message due, as a sending MTA does. Dialing
+// first opened every session of a batch at its start, a burst of
+// connections (greeting, EHLO, the connect checks) that the first paced
+// messages waited behind: in one run at half peak, without the first
+// 60 ms of each batch the chain line's p99 was 11 ms instead of 14.
 func (s *session) connection(ctx context.Context, claim func() (int, bool)) (done bool, err error) {
+	if !s.claimed {
+		if _, ok := claim(); !ok {
+			return true, nil
+		}
+		s.claimed = true // kept if this connection fails before sending it
+	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
@@ -204,11 +219,14 @@ func (s *session) connection(ctx context.Context, claim func() (int, bool)) (don
 		return true, fmt.Errorf("%s does not announce PIPELINING", s.addr)
 	}
 	for n := 0; n < s.l.perConn; n++ {
-		if _, ok := claim(); !ok {
-			c.w.WriteString("QUIT\r\n")
-			c.flushReply()
-			return true, nil
+		if !s.claimed {
+			if _, ok := claim(); !ok {
+				c.w.WriteString("QUIT\r\n")
+				c.flushReply()
+				return true, nil
+			}
 		}
+		s.claimed = false
 		if err := s.message(c); err != nil {
 			return false, err
 		}
