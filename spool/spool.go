@@ -28,9 +28,16 @@
 // before its message, and after a nil Commit a kill -9 or a power loss
 // does not lose the message: recovery writes the file of an inline
 // commit again if the crash lost or tore it, and a compaction flushes
-// the files of inline commits before the new log drops their bytes. Update appends an update record the same way; replay keeps
-// the last record of each ID, so a crash leaves the old or the new
-// envelope, never a mix.
+// the files of inline commits before the new log drops their bytes.
+// Update appends an update record the same way; replay keeps the last
+// record of each ID, so a crash leaves the old or the new envelope,
+// never a mix.
+//
+// A Commit that fails because the log's flush failed may have reached
+// the disk all the same: nothing more is written to the log until a
+// restart, whose recovery cannot tell that batch from one flushed just
+// before a crash, and delivers it. The client, told to try again, sends
+// the message a second time: a duplicate, never a loss (RFC 5321 §6.1).
 //
 // Remove appends a remove record and deletes the message file without
 // waiting for a flush: after a power loss a removed message may come back
