@@ -128,3 +128,21 @@ func TestLineEndReaderKeepsError(t *testing.T) {
 		}
 	}
 }
+
+// FuzzIsClean: isClean answers as the byte-by-byte rule it stands for.
+func FuzzIsClean(f *testing.F) {
+	for _, s := range []string{"", "a\r\n", "\r\n\r\n", "\r", "\n", "a\rb\r\n", "a\r\nb\n", "\r\r\n", "a\r\n\r"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		want := true
+		for i, c := range in {
+			if c == '\n' && (i == 0 || in[i-1] != '\r') || c == '\r' && (i+1 == len(in) || in[i+1] != '\n') {
+				want = false
+			}
+		}
+		if got := isClean(in); got != want {
+			t.Fatalf("isClean(%q) = %v, want %v", in, got, want)
+		}
+	})
+}
