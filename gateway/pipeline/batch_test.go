@@ -93,6 +93,13 @@ func TestBatchAsOneByOne(t *testing.T) {
 			{name: "a", config: `{"add_header": "X-First: 1", "garbage": "action"}`, spec: StageSpec{OnError: "skip"}},
 			{name: "b", config: `{"score": 1, "result_header": "X-First"}`, spec: StageSpec{Results: map[string]stages.Action{"1": stages.Reject}}},
 		},
+		// A verdict the pipeline refuses from a stage that edits
+		// nothing, before a group mate: the mate's answer stands, as
+		// it saw what it would have seen alone.
+		"garbage-mate": {
+			{name: "a", config: `{"score": 1, "garbage": "action"}`, spec: StageSpec{OnError: "skip"}},
+			{name: "b", config: `{"score": 2}`},
+		},
 		"broken": {
 			{name: "a", config: `{"fail": true}`, spec: StageSpec{OnError: "skip"}},
 			{name: "b", config: `{"score": 3}`},
@@ -120,7 +127,7 @@ func TestBatchAsOneByOne(t *testing.T) {
 			switch name {
 			case "timeout", "timeout-last":
 				sender = "sleep@example.org"
-			case "edits-inside", "refused-inside", "garbage-inside":
+			case "edits-inside", "refused-inside", "garbage-inside", "garbage-mate":
 				sender = "edits@example.org" // the config's verdicts and edits
 			}
 			var got [2]string
