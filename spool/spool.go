@@ -36,8 +36,11 @@
 // A Commit that fails because the log's flush failed may have reached
 // the disk all the same: nothing more is written to the log until a
 // restart, whose recovery cannot tell that batch from one flushed just
-// before a crash, and delivers it. The client, told to try again, sends
-// the message a second time: a duplicate, never a loss (RFC 5321 §6.1).
+// before a crash. An inline commit of it comes back from its record and
+// is delivered, while the client, told to try again, sends the message a
+// second time: a duplicate, never a loss (RFC 5321 §6.1). A larger
+// message's file was removed with the failure, and recovery drops its
+// record.
 //
 // Remove appends a remove record and deletes the message file without
 // waiting for a flush: after a power loss a removed message may come back
@@ -169,7 +172,7 @@ type Options struct {
 // messages around each swap at half peak took 2 to 6 ms longer. At 1,024
 // that came about every 400 messages; now about as often as inline
 // records compact the log anyway (inlineGrowth, some 13,000 messages of
-// 5 KiB), and recovery replays at most some tens of thousands of
+// 5 KiB), and recovery typically replays some tens of thousands of
 // records, tens of milliseconds.
 const compactMin = 32768
 
@@ -263,7 +266,8 @@ func OpenWith(dir string, opts Options) (*Spool, error) {
 }
 
 // newSpool is a Spool not yet opened: tests set their hooks on it before
-// open recovers.
+// open recovers. A Spool whose open failed is unusable: drop it, do not
+// Close it (no committer runs to stop).
 func newSpool(dir string, opts Options) *Spool {
 	s := &Spool{
 		dir:        dir,

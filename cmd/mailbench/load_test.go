@@ -132,6 +132,100 @@ func TestLoadRate(t *testing.T) {
 	}
 }
 
+// refuseFirst is a listener that answers its first connection with a
+// 421 greeting and closes it, as a busy server does, and hands the
+// others to the SMTP server behind it.
+type refuseFirst struct {
+	net.Listener
+	once sync.Once
+}
+
+func (l *refuseFirst) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		first := false
+		l.once.Do(func() { first = true })
+		if !first {
+			return c, nil
+		}
+		c.Write([]byte("421 4.3.2 busy\r\n"))
+		c.Close()
+	}
+}
+
+// A session claims its message before it dials: a connection refused at
+// the greeting does not lose it, the next connection sends it.
+func TestLoadClaimSurvivesRefusedConnection(t *testing.T) {
+	rec := &recorder{}
+	srv := smtp.NewServer(rec)
+	srv.Domain = "recorder.localhost"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(&refuseFirst{Listener: ln})
+	t.Cleanup(func() { srv.Close() })
+	l := load{addr: ln.Addr().String(), messages: 4, size: 500, sessions: 1, perConn: 10, from: "a@sender.test", to: "b@bench.test"}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := l.run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if res.sent != 4 || len(rec.messages) != 4 || res.refused["error: 421"] != 1 {
+		t.Errorf("sent %d, server received %d, refused %v; want 4, 4 and one greeting refused", res.sent, len(rec.messages), res.refused)
+	}
+}
+
+// At a paced rate a session connects when its first message is due, not
+// at the start: the fourth of four sessions, whose first message is due
+// at 75 ms, cannot connect before.
+func TestLoadDialsWhenDue(t *testing.T) {
+	rec := &recorder{}
+	srv := smtp.NewServer(rec)
+	srv.Domain = "recorder.localhost"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var opened []time.Time
+	go srv.Serve(&stampAccept{Listener: ln, stamp: func(t time.Time) { mu.Lock(); opened = append(opened, t); mu.Unlock() }})
+	t.Cleanup(func() { srv.Close() })
+	l := load{addr: ln.Addr().String(), messages: 4, size: 500, sessions: 4, perConn: 10, rate: 40, from: "a@sender.test", to: "b@bench.test"}
+	res, err := l.run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(opened) != 4 {
+		t.Fatalf("%d connections, want 4", len(opened))
+	}
+	if last := opened[3].Sub(res.start); last < 70*time.Millisecond {
+		t.Errorf("the fourth connection opened %v after the start, before its first message was due (75 ms)", last)
+	}
+}
+
+// stampAccept calls stamp with the time of each connection it accepts.
+type stampAccept struct {
+	net.Listener
+	stamp func(time.Time)
+}
+
+func (l *stampAccept) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.stamp(time.Now())
+	}
+	return c, err
+}
+
 func TestMessageBody(t *testing.T) {
 	for _, size := range []int{1000, 5 << 10, 100 << 10} {
 		b := messageBody(size)
