@@ -56,16 +56,7 @@ func TestCompactionDoesNotStallCommits(t *testing.T) {
 	prefilled := prefill(t, dir, 20000)
 	s := openT(t, dir, Options{})
 	commit(t, s, []byte("Subject: x\r\n\r\nbefore\r\n"), &Envelope{})
-	written, release, swapped := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	s.compactStep = func(step string) {
-		switch step {
-		case "written":
-			close(written)
-			<-release
-		case "renamed":
-			close(swapped)
-		}
-	}
+	held := holdCompaction(s)
 	// during commits a message within a bound: a commit that waited for
 	// the held compaction would run into it, far beyond what any commit
 	// takes on a loaded machine.
@@ -94,7 +85,7 @@ func TestCompactionDoesNotStallCommits(t *testing.T) {
 	for {
 		during()
 		select {
-		case <-written:
+		case <-held.written:
 		default:
 			continue
 		}
@@ -104,12 +95,7 @@ func TestCompactionDoesNotStallCommits(t *testing.T) {
 	for range 3 {
 		during()
 	}
-	close(release)
-	select {
-	case <-swapped:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the compaction did not finish")
-	}
+	held.finish(t)
 	t.Logf("snapshot of %d envelopes written in %v; %d commits meanwhile", len(prefilled), took, len(acked))
 	s.logMu.Lock()
 	records := s.x.records
@@ -341,5 +327,38 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := os.WriteFile(to, b, 0o600); err != nil {
 		t.Error(err)
+	}
+}
+
+// heldCompaction is a compaction of a test's spool held once its
+// snapshot is written (holdCompaction).
+type heldCompaction struct {
+	written, release, swapped chan struct{}
+}
+
+// holdCompaction makes the next compaction of s stop once its new log is
+// written: written is closed then, and the swap waits for finish.
+func holdCompaction(s *Spool) *heldCompaction {
+	h := &heldCompaction{make(chan struct{}), make(chan struct{}), make(chan struct{})}
+	s.compactStep = func(step string) {
+		switch step {
+		case "written":
+			close(h.written)
+			<-h.release
+		case "renamed":
+			close(h.swapped)
+		}
+	}
+	return h
+}
+
+// finish lets the held compaction swap its log in and waits for it.
+func (h *heldCompaction) finish(t *testing.T) {
+	t.Helper()
+	close(h.release)
+	select {
+	case <-h.swapped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the compaction did not finish")
 	}
 }

@@ -254,26 +254,16 @@ func TestInlineDuringCompaction(t *testing.T) {
 	var l syncLog
 	l.hook(s, false)
 	before := []string{commit(t, s, message("before", 5000), &Envelope{From: "a@b.test"}).ID()}
-	written, release, swapped := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	s.compactStep = func(step string) {
-		switch step {
-		case "written":
-			close(written)
-			<-release
-		case "renamed":
-			close(swapped)
-		}
-	}
+	held := holdCompaction(s)
 	s.logMu.Lock()
 	s.startCompact()
 	s.logMu.Unlock()
-	<-written
+	<-held.written
 	var during []string
 	for i := range 3 {
 		during = append(during, commit(t, s, message(fmt.Sprint("during", i), 5000), &Envelope{From: "a@b.test"}).ID())
 	}
-	close(release)
-	<-swapped
+	held.finish(t)
 	s.compactStep = nil
 	if missing := l.notSynced(before, ""); len(missing) > 0 {
 		t.Errorf("the compaction did not fsync %v, committed inline before it", missing)

@@ -57,17 +57,29 @@ func (s *recordSession) Data(r io.Reader) error {
 
 func startRecorder(t *testing.T) (*recorder, string) {
 	t.Helper()
-	rec := &recorder{}
-	srv := smtp.NewServer(rec)
-	srv.Domain = "recorder.localhost"
-	srv.MaxMessageBytes = 1 << 20
+	l := listenT(t)
+	return serveRecorder(t, l), l.Addr().String()
+}
+
+// listenT listens on a loopback port for a test.
+func listenT(t *testing.T) net.Listener {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return l
+}
+
+// serveRecorder serves a recorder on l until the test ends.
+func serveRecorder(t *testing.T, l net.Listener) *recorder {
+	rec := &recorder{}
+	srv := smtp.NewServer(rec)
+	srv.Domain = "recorder.localhost"
+	srv.MaxMessageBytes = 1 << 20
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
-	return rec, l.Addr().String()
+	return rec
 }
 
 func TestLoadCountsRepliesAndMessages(t *testing.T) {
@@ -159,15 +171,8 @@ func (l *refuseFirst) Accept() (net.Conn, error) {
 // A session claims its message before it dials: a connection refused at
 // the greeting does not lose it, the next connection sends it.
 func TestLoadClaimSurvivesRefusedConnection(t *testing.T) {
-	rec := &recorder{}
-	srv := smtp.NewServer(rec)
-	srv.Domain = "recorder.localhost"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(&refuseFirst{Listener: ln})
-	t.Cleanup(func() { srv.Close() })
+	ln := listenT(t)
+	rec := serveRecorder(t, &refuseFirst{Listener: ln})
 	l := load{addr: ln.Addr().String(), messages: 4, size: 500, sessions: 1, perConn: 10, from: "a@sender.test", to: "b@bench.test"}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -183,32 +188,30 @@ func TestLoadClaimSurvivesRefusedConnection(t *testing.T) {
 }
 
 // At a paced rate a session connects when its first message is due, not
-// at the start: the fourth of four sessions, whose first message is due
-// at 75 ms, cannot connect before.
+// at the start. Each connection follows the due time of a message of its
+// own (its session's first), so the k-th connection to open cannot open
+// before message k is due: k/rate after the start. (How many sessions
+// connect at all depends on which claims which message first.)
 func TestLoadDialsWhenDue(t *testing.T) {
-	rec := &recorder{}
-	srv := smtp.NewServer(rec)
-	srv.Domain = "recorder.localhost"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenT(t)
 	var mu sync.Mutex
 	var opened []time.Time
-	go srv.Serve(&stampAccept{Listener: ln, stamp: func(t time.Time) { mu.Lock(); opened = append(opened, t); mu.Unlock() }})
-	t.Cleanup(func() { srv.Close() })
-	l := load{addr: ln.Addr().String(), messages: 4, size: 500, sessions: 4, perConn: 10, rate: 40, from: "a@sender.test", to: "b@bench.test"}
+	serveRecorder(t, &stampAccept{Listener: ln, stamp: func(t time.Time) { mu.Lock(); opened = append(opened, t); mu.Unlock() }})
+	const rate = 40
+	l := load{addr: ln.Addr().String(), messages: 4, size: 500, sessions: 4, perConn: 10, rate: rate, from: "a@sender.test", to: "b@bench.test"}
 	res, err := l.run(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(opened) != 4 {
-		t.Fatalf("%d connections, want 4", len(opened))
+	if len(opened) < 2 {
+		t.Fatalf("%d connections for 4 messages over 4 sessions: the test does not test", len(opened))
 	}
-	if last := opened[3].Sub(res.start); last < 70*time.Millisecond {
-		t.Errorf("the fourth connection opened %v after the start, before its first message was due (75 ms)", last)
+	for k, at := range opened {
+		if due := time.Duration(k) * time.Second / rate; at.Sub(res.start) < due-time.Millisecond {
+			t.Errorf("connection %d opened %v after the start, before message %d was due (%v)", k, at.Sub(res.start), k, due)
+		}
 	}
 }
 

@@ -308,11 +308,3 @@ func (d *watchdog) cancel() {
 	d.cmd.Wait()
 	d.w.Close()
 }
-
-// orphan closes mailbench's end of the pipe, as its exit would.
-func (d *watchdog) orphan() {
-	if d != nil {
-		d.w.Close()
-		d.cmd.Wait()
-	}
-}

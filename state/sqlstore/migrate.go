@@ -88,8 +88,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		if _, err := q.exec(ctx, "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"); err != nil {
 			return fmt.Errorf("schema version: %w", err)
 		}
-		var have int
-		err := queryRow(ctx, q, "SELECT version FROM schema_version", nil, &have)
+		have, err := schemaIn(ctx, q)
 		switch {
 		case errors.Is(err, errNoRows):
 			if _, err := q.exec(ctx, "INSERT INTO schema_version (version) VALUES (0)"); err != nil {

@@ -155,8 +155,8 @@ func openReadOnly(abs string, o Options, params string, check func(*Store) error
 func (s *Store) checkSchema(ctx context.Context, older bool) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	var have int
-	if err := queryRow(ctx, s.db, "SELECT version FROM schema_version", nil, &have); err != nil {
+	have, err := schemaIn(ctx, s.db)
+	if err != nil {
 		return fmt.Errorf("schema version: %w", err)
 	}
 	switch want := SchemaVersion(); {

@@ -238,7 +238,12 @@ func (s *Store) Ping(ctx context.Context) (err error) {
 func (s *Store) SchemaInUse(ctx context.Context) (v int, err error) {
 	ctx, end := s.op(ctx)
 	defer end(&err)
-	err = queryRow(ctx, s.db, "SELECT version FROM schema_version", nil, &v)
+	return schemaIn(ctx, s.db)
+}
+
+// schemaIn reads the schema version the database q reaches has.
+func schemaIn(ctx context.Context, q querier) (v int, err error) {
+	err = queryRow(ctx, q, "SELECT version FROM schema_version", nil, &v)
 	return v, err
 }
 
